@@ -1,0 +1,1 @@
+//! Install profiles (TOML): disk layout, file systems, golden archive, identity, network, hooks.
