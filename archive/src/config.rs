@@ -84,9 +84,9 @@ impl StoreConfig {
         if !(64..=1 << 20).contains(&c.min)
             || !(256..=4 << 20).contains(&c.avg)
             || !(1024..=16 << 20).contains(&c.max)
-            || c.min % 2 != 0
-            || c.avg % 2 != 0
-            || c.max % 2 != 0
+            || !c.min.is_multiple_of(2)
+            || !c.avg.is_multiple_of(2)
+            || !c.max.is_multiple_of(2)
             || !(c.min <= c.avg && c.avg <= c.max)
             || c.normalization > 3
         {

@@ -59,14 +59,11 @@ pub fn check_tree(entries: &[Entry]) -> Result<()> {
         }
         guard.check(&e.path)?;
         match &e.kind {
-            EntryKind::HardLink { target } => {
-                if !files.contains(target.as_slice()) {
-                    return Err(Error::UnsafePath {
-                        path: e.path_str(),
-                        what: "hard link to something other than an earlier file of the tree"
-                            .into(),
-                    });
-                }
+            EntryKind::HardLink { target } if !files.contains(target.as_slice()) => {
+                return Err(Error::UnsafePath {
+                    path: e.path_str(),
+                    what: "hard link to something other than an earlier file of the tree".into(),
+                });
             }
             EntryKind::File { .. } => {
                 files.insert(&e.path);
@@ -222,7 +219,7 @@ pub fn export_dir(
         .iter()
         .filter(|e| e.kind == EntryKind::Dir)
         .collect();
-    dirs.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.path.len()));
     for d in dirs {
         apply_metadata(&root, d, as_root)?;
     }

@@ -176,7 +176,7 @@ pub fn gc(store: &Store) -> Result<GcReport> {
         packs.push((name, pack::read_trailer(&path)?, size));
     }
     report.packs_before = packs.len();
-    packs.sort_by(|a, b| b.2.cmp(&a.2)); // keep copies in the fullest packs
+    packs.sort_by_key(|p| std::cmp::Reverse(p.2)); // keep copies in the fullest packs
     let mut kept: HashSet<ChunkId> = HashSet::new();
     let mut doomed: Vec<(String, u64)> = Vec::new();
     let mut to_copy: Vec<(String, PackEntry)> = Vec::new();

@@ -303,10 +303,10 @@ impl Store {
             }
         };
         if let Some((name, id)) = spec.split_once('@') {
-            let named = all.iter().filter(|m| m.name == name);
+            let mut named = all.iter().filter(|m| m.name == name);
             if id == "latest" {
                 return named
-                    .last()
+                    .next_back()
                     .cloned()
                     .ok_or_else(|| Error::NoSuchSnapshot(spec.to_string()));
             }

@@ -219,8 +219,10 @@ pub fn run(args: Args) -> Result<()> {
             let bs = parse_size(&block_size).with_context(|| {
                 format!("block size {block_size:?} is not a size; use e.g. 64K")
             })?;
-            let mut cfg = StoreConfig::default();
-            cfg.block_size = u32::try_from(bs).context("block size too large")?;
+            let mut cfg = StoreConfig {
+                block_size: u32::try_from(bs).context("block size too large")?,
+                ..Default::default()
+            };
             cfg.compression.level = zstd_level;
             Store::init(&path, cfg)?;
             println!("initialized store {}", path.display());
