@@ -33,18 +33,22 @@ pub enum DiffReport {
     },
 }
 
-fn what_changed(a: &Entry, b: &Entry) -> Vec<&'static str> {
+/// Decides whether two files hold the same bytes when their chunk lists differ (the same
+/// content can be chunked differently: a sparse file read from disk is cut at its holes, the
+/// same file from a tar stream is not).
+pub type SameContent<'a> = dyn Fn(&Entry, &Entry) -> bool + 'a;
+
+fn what_changed(a: &Entry, b: &Entry, same_content: &SameContent) -> Vec<&'static str> {
     let mut w = Vec::new();
-    let content = |k: &EntryKind| match k {
-        EntryKind::File { size, extents } => Some((*size, extents.clone())),
-        _ => None,
-    };
-    if std::mem::discriminant(&a.kind) != std::mem::discriminant(&b.kind) {
-        w.push("type");
-    } else if content(&a.kind) != content(&b.kind) {
-        w.push("content");
-    } else if a.kind != b.kind {
-        w.push("target");
+    match (&a.kind, &b.kind) {
+        (EntryKind::File { size: sa, extents: xa }, EntryKind::File { size: sb, extents: xb }) => {
+            if sa != sb || (xa != xb && !same_content(a, b)) {
+                w.push("content");
+            }
+        }
+        (ka, kb) if std::mem::discriminant(ka) != std::mem::discriminant(kb) => w.push("type"),
+        (ka, kb) if ka != kb => w.push("target"),
+        _ => {}
     }
     if a.mode != b.mode {
         w.push("mode");
@@ -61,7 +65,7 @@ fn what_changed(a: &Entry, b: &Entry) -> Vec<&'static str> {
     w
 }
 
-pub fn diff_trees(a: &[Entry], b: &[Entry]) -> Vec<Change> {
+pub fn diff_trees(a: &[Entry], b: &[Entry], same_content: &SameContent) -> Vec<Change> {
     let map = |es: &'_ [Entry]| -> BTreeMap<String, Entry> {
         es.iter().map(|e| (e.path_str(), e.clone())).collect()
     };
@@ -71,7 +75,7 @@ pub fn diff_trees(a: &[Entry], b: &[Entry]) -> Vec<Change> {
         match mb.get(p) {
             None => out.push(Change::Removed { path: p.clone() }),
             Some(eb) => {
-                let what = what_changed(ea, eb);
+                let what = what_changed(ea, eb, same_content);
                 // A file whose only change is its mtime is reported: a restore resets it.
                 if !what.is_empty() {
                     out.push(Change::Changed {
@@ -98,7 +102,9 @@ fn path_of(c: &Change) -> &str {
 pub fn diff(store: &Store, a: &Manifest, b: &Manifest) -> Result<DiffReport> {
     match (a.kind, b.kind) {
         (SnapshotKind::Tree, SnapshotKind::Tree) => Ok(DiffReport::Tree {
-            changes: diff_trees(&store.load_tree(a)?, &store.load_tree(b)?),
+            changes: diff_trees(&store.load_tree(a)?, &store.load_tree(b)?, &|x, y| {
+                matches!((file_bytes(store, x), file_bytes(store, y)), (Ok(p), Ok(q)) if p == q)
+            }),
         }),
         (SnapshotKind::Image, SnapshotKind::Image) => {
             let (ba, bb) = (store.load_image(a)?, store.load_image(b)?);
@@ -119,4 +125,19 @@ pub fn diff(store: &Store, a: &Manifest, b: &Manifest) -> Result<DiffReport> {
             a.id, a.kind, b.id, b.kind
         ))),
     }
+}
+
+/// A file's whole content, zeros included (used only when chunk lists differ).
+pub fn file_bytes(store: &Store, e: &Entry) -> Result<Vec<u8>> {
+    let EntryKind::File { size, extents } = &e.kind else {
+        return Ok(Vec::new());
+    };
+    let mut out = vec![0u8; *size as usize];
+    for x in extents {
+        let data = store.read_chunk(&x.id)?;
+        let at = x.offset as usize;
+        let end = (at + data.len()).min(out.len());
+        out[at..end].copy_from_slice(&data[..end - at]);
+    }
+    Ok(out)
 }

@@ -91,7 +91,7 @@ pub fn apply(policy: &Policy, snapshots: &[Manifest]) -> Result<Vec<Decision>> {
     }
     let mut out = Vec::new();
     for (_, mut group) in groups {
-        group.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id))); // newest first
+        group.sort_by(|a, b| (b.time, b.time_nsec, &b.id).cmp(&(a.time, a.time_nsec, &a.id))); // newest first
         let newest = group[0].time;
         type Bucket = fn(&DateTime<Utc>) -> i64;
         let rules: [(&str, Option<u32>, Bucket); 6] = [
@@ -157,6 +157,7 @@ mod tests {
             name: "web".into(),
             kind: SnapshotKind::Tree,
             time,
+            time_nsec: 0,
             labels: Default::default(),
             parent: None,
             data_sha256: String::new(),

@@ -20,6 +20,9 @@ pub struct Manifest {
     pub kind: SnapshotKind,
     /// Creation time, seconds since the epoch (UTC).
     pub time: i64,
+    /// Sub-second part of `time`: several snapshots a second must still sort in order.
+    #[serde(default)]
+    pub time_nsec: u32,
     pub labels: BTreeMap<String, String>,
     pub parent: Option<String>,
     /// SHA-256 of the data file, checked on every load.

@@ -288,7 +288,7 @@ impl Store {
                 Err(e) => return Err(e).at(&p),
             }
         }
-        out.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        out.sort_by(|a, b| (a.time, a.time_nsec, &a.id).cmp(&(b.time, b.time_nsec, &b.id)));
         Ok(out)
     }
 

@@ -261,11 +261,13 @@ impl<'s> Writer<'s> {
         let mut stats = draft.stats;
         stats.new_chunks = ws.new_chunks;
         stats.new_stored_bytes = ws.new_stored_bytes;
+        let now = chrono::Utc::now();
         let manifest = Manifest {
             id: id.clone(),
             name: draft.name,
             kind,
-            time: chrono::Utc::now().timestamp(),
+            time: now.timestamp(),
+            time_nsec: now.timestamp_subsec_nanos(),
             labels: draft.labels,
             parent: draft.parent,
             data_sha256: hex::encode(Sha256::digest(&data)),
