@@ -41,7 +41,16 @@ pub type SameContent<'a> = dyn Fn(&Entry, &Entry) -> bool + 'a;
 fn what_changed(a: &Entry, b: &Entry, same_content: &SameContent) -> Vec<&'static str> {
     let mut w = Vec::new();
     match (&a.kind, &b.kind) {
-        (EntryKind::File { size: sa, extents: xa }, EntryKind::File { size: sb, extents: xb }) => {
+        (
+            EntryKind::File {
+                size: sa,
+                extents: xa,
+            },
+            EntryKind::File {
+                size: sb,
+                extents: xb,
+            },
+        ) => {
             if sa != sb || (xa != xb && !same_content(a, b)) {
                 w.push("content");
             }
@@ -102,9 +111,11 @@ fn path_of(c: &Change) -> &str {
 pub fn diff(store: &Store, a: &Manifest, b: &Manifest) -> Result<DiffReport> {
     match (a.kind, b.kind) {
         (SnapshotKind::Tree, SnapshotKind::Tree) => Ok(DiffReport::Tree {
-            changes: diff_trees(&store.load_tree(a)?, &store.load_tree(b)?, &|x, y| {
-                matches!((file_bytes(store, x), file_bytes(store, y)), (Ok(p), Ok(q)) if p == q)
-            }),
+            changes: diff_trees(
+                &store.load_tree(a)?,
+                &store.load_tree(b)?,
+                &|x, y| matches!((file_bytes(store, x), file_bytes(store, y)), (Ok(p), Ok(q)) if p == q),
+            ),
         }),
         (SnapshotKind::Image, SnapshotKind::Image) => {
             let (ba, bb) = (store.load_image(a)?, store.load_image(b)?);
