@@ -1,10 +1,17 @@
 //! Command-line surface. Each top-level command lives in its own module with an `Args` type
 //! and a `run` function; this file only dispatches.
 
+mod archive;
+mod progress;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ignite", version, about = "Network install and image backup server")]
+#[command(
+    name = "ignite",
+    version,
+    about = "Network install and image backup server"
+)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -14,11 +21,16 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// The archive store: import, export, verify, prune, gc.
+    Archive(archive::Args),
+}
 
 impl Command {
     pub fn run(self) -> anyhow::Result<()> {
-        match self {}
+        match self {
+            Command::Archive(a) => archive::run(a),
+        }
     }
 }
 

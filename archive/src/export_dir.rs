@@ -1,0 +1,278 @@
+//! File-tree snapshots out to a directory, with owners, modes, xattrs, times, hard links,
+//! device nodes and holes restored. Nothing is written outside the target: paths are checked
+//! again (a store may hold snapshots committed by remote clients), nothing is placed beneath a
+//! symlink, and existing symlinks in a non-empty target are never followed.
+
+use crate::error::{Error, IoContext, Result};
+use crate::import::Progress;
+use crate::paths::{ancestors, normalize, SymlinkGuard};
+use crate::snapshot::{Entry, EntryKind, Manifest};
+use crate::store::Store;
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::ffi::{CString, OsStr};
+use std::fs::{self, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExportStats {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Device nodes not created because we are not root.
+    pub skipped_devices: u64,
+}
+
+fn target_path(root: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    }
+}
+
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::Invalid(format!("{}: path contains NUL", p.display())))
+}
+
+fn os_err<T>(ret: libc::c_int, path: &Path, ok: T) -> Result<T> {
+    if ret == 0 {
+        Ok(ok)
+    } else {
+        Err(std::io::Error::last_os_error()).at(path)
+    }
+}
+
+/// Checks the whole tree before anything is written: hostile input changes nothing.
+pub fn check_tree(entries: &[Entry]) -> Result<()> {
+    let mut guard = SymlinkGuard::default();
+    let mut files: HashSet<&[u8]> = HashSet::new();
+    for e in entries {
+        if normalize(&e.path)? != e.path {
+            return Err(Error::UnsafePath {
+                path: e.path_str(),
+                what: "is not in normal form".into(),
+            });
+        }
+        guard.check(&e.path)?;
+        match &e.kind {
+            EntryKind::HardLink { target } if !files.contains(target.as_slice()) => {
+                return Err(Error::UnsafePath {
+                    path: e.path_str(),
+                    what: "hard link to something other than an earlier file of the tree".into(),
+                });
+            }
+            EntryKind::File { .. } => {
+                files.insert(&e.path);
+            }
+            _ => {}
+        }
+        if e.path.is_empty() && e.kind != EntryKind::Dir {
+            return Err(Error::UnsafePath {
+                path: String::new(),
+                what: "the tree root is not a directory".into(),
+            });
+        }
+        guard.record(&e.path, matches!(e.kind, EntryKind::Symlink { .. }));
+    }
+    Ok(())
+}
+
+pub fn export_dir(
+    store: &Store,
+    m: &Manifest,
+    target: &Path,
+    progress: &Progress,
+) -> Result<ExportStats> {
+    let entries = store.load_tree(m)?;
+    check_tree(&entries)?;
+    fs::create_dir_all(target).at(target)?;
+    let root = fs::canonicalize(target).at(target)?;
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut stats = ExportStats::default();
+    let mut safe_dirs: HashSet<Vec<u8>> = HashSet::new();
+    safe_dirs.insert(Vec::new());
+
+    // Pass 1, in order: directories, links, special files, empty regular files.
+    for e in &entries {
+        if e.path.is_empty() {
+            continue;
+        }
+        for a in ancestors(&e.path) {
+            if safe_dirs.contains(a) {
+                continue;
+            }
+            let p = target_path(&root, a);
+            match fs::symlink_metadata(&p) {
+                Ok(md) if md.file_type().is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::UnsafePath {
+                        path: e.path_str(),
+                        what: format!("{} in the target is not a directory", p.display()),
+                    })
+                }
+                Err(_) => fs::create_dir(&p).at(&p)?,
+            }
+            safe_dirs.insert(a.to_vec());
+        }
+        let p = target_path(&root, &e.path);
+        let existing = fs::symlink_metadata(&p).ok();
+        if let Some(md) = &existing {
+            let keep_dir = md.is_dir() && e.kind == EntryKind::Dir;
+            if md.is_dir() && !keep_dir {
+                return Err(Error::UnsafePath {
+                    path: e.path_str(),
+                    what: format!("{} exists in the target as a directory", p.display()),
+                });
+            }
+            if !keep_dir {
+                fs::remove_file(&p).at(&p)?;
+            }
+        }
+        match &e.kind {
+            EntryKind::Dir => {
+                if existing.is_none() {
+                    fs::create_dir(&p).at(&p)?;
+                }
+                // Owner-writable while we fill it; the real mode is set at the end.
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).at(&p)?;
+                safe_dirs.insert(e.path.clone());
+            }
+            EntryKind::File { size, .. } => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&p)
+                    .at(&p)?;
+                f.set_len(*size).at(&p)?;
+            }
+            EntryKind::Symlink { target } => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), &p).at(&p)?;
+            }
+            EntryKind::HardLink { target } => {
+                fs::hard_link(target_path(&root, target), &p).at(&p)?;
+            }
+            EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+                let kind = if matches!(e.kind, EntryKind::CharDevice { .. }) {
+                    libc::S_IFCHR
+                } else {
+                    libc::S_IFBLK
+                };
+                let c = cstr(&p)?;
+                let dev = libc::makedev(*major, *minor);
+                // SAFETY: valid C string; mknod reads no other memory.
+                if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, dev) } != 0 {
+                    let err = std::io::Error::last_os_error();
+                    if !as_root && err.raw_os_error() == Some(libc::EPERM) {
+                        tracing::warn!("{}: device nodes need root; skipped", p.display());
+                        stats.skipped_devices += 1;
+                        continue;
+                    }
+                    return Err(err).at(&p);
+                }
+            }
+            EntryKind::Fifo => {
+                let c = cstr(&p)?;
+                // SAFETY: valid C string.
+                os_err(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, &p, ())?;
+            }
+        }
+    }
+
+    // Pass 2, in parallel: file contents (holes stay holes).
+    let files: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+        .collect();
+    let bytes = files
+        .par_iter()
+        .map(|e| -> Result<u64> {
+            let EntryKind::File { extents, .. } = &e.kind else {
+                unreachable!()
+            };
+            let p = target_path(&root, &e.path);
+            let f = OpenOptions::new().write(true).open(&p).at(&p)?;
+            let write = |x: &crate::snapshot::Extent| -> Result<u64> {
+                let data = store.read_chunk(&x.id)?;
+                f.write_all_at(&data, x.offset).at(&p)?;
+                progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(data.len() as u64)
+            };
+            if extents.len() > 4 {
+                extents.par_iter().map(write).sum()
+            } else {
+                extents.iter().map(write).sum()
+            }
+        })
+        .sum::<Result<u64>>()?;
+    stats.bytes = bytes;
+
+    // Pass 3: metadata; directories last and deepest first, so their mtimes stay.
+    entries
+        .par_iter()
+        .filter(|e| e.kind != EntryKind::Dir && !matches!(e.kind, EntryKind::HardLink { .. }))
+        .try_for_each(|e| apply_metadata(&root, e, as_root))?;
+    let mut dirs: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.path.len()));
+    for d in dirs {
+        apply_metadata(&root, d, as_root)?;
+    }
+    stats.entries = entries.len() as u64;
+    Ok(stats)
+}
+
+/// Owner, then mode (chown clears setuid bits), then xattrs (chown clears file
+/// capabilities), then times.
+fn apply_metadata(root: &Path, e: &Entry, as_root: bool) -> Result<()> {
+    let p = target_path(root, &e.path);
+    if fs::symlink_metadata(&p).is_err() {
+        return Ok(()); // a device node we could not create
+    }
+    let c = cstr(&p)?;
+    let is_link = matches!(e.kind, EntryKind::Symlink { .. });
+    if as_root {
+        // SAFETY: valid C string.
+        os_err(unsafe { libc::lchown(c.as_ptr(), e.uid, e.gid) }, &p, ())?;
+    }
+    if !is_link {
+        fs::set_permissions(&p, fs::Permissions::from_mode(e.mode)).at(&p)?;
+    }
+    for x in &e.xattrs {
+        let name = OsStr::from_bytes(&x.name);
+        if let Err(err) = xattr::set(&p, name, &x.value) {
+            // Unprivileged users cannot set trusted.* or security.* attributes.
+            if as_root || err.raw_os_error() != Some(libc::EPERM) {
+                return Err(err).at(&p);
+            }
+        }
+    }
+    let times = [
+        libc::timespec {
+            tv_sec: e.mtime as libc::time_t,
+            tv_nsec: e.mtime_nsec as _,
+        },
+        libc::timespec {
+            tv_sec: e.mtime as libc::time_t,
+            tv_nsec: e.mtime_nsec as _,
+        },
+    ];
+    // SAFETY: valid C string and a two-element timespec array.
+    os_err(
+        unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        },
+        &p,
+        (),
+    )
+}

@@ -1,0 +1,260 @@
+//! `gc`: removes chunks no snapshot references, while imports keep running.
+//!
+//! Only one gc runs at a time (`locks/gc.lock`); imports never wait for it. The protocol with
+//! writers is described in writer.rs: gc moves doomed packs to `trash/` *before* reading the
+//! writers' reference logs and the snapshots committed meanwhile, and puts back any trashed
+//! pack that turns out to be needed. A gc killed at any point leaves packs in `trash/`, which
+//! readers still read and the next gc puts back first.
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::fsync_dir;
+use crate::id::ChunkId;
+use crate::pack::{self, pack_path, PackEntry, PackWriter};
+use crate::store::Store;
+use crate::writer::flock;
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    pub packs_before: usize,
+    pub packs_deleted: usize,
+    pub packs_repacked: usize,
+    pub packs_rescued: usize,
+    pub chunks_removed: usize,
+    pub bytes_freed: i64,
+    pub stale_writers: usize,
+}
+
+/// Files this old in tmp/ or snapshots/ without an owner are leftovers of a crash.
+const GRACE: Duration = Duration::from_secs(3600);
+
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() > age)
+        .unwrap_or(false)
+}
+
+fn move_pack(store: &Store, name: &str, to_trash: bool) -> Result<()> {
+    let from = store.pack_file_path(name, !to_trash);
+    let to = store.pack_file_path(name, to_trash);
+    let dir = to.parent().unwrap();
+    fs::create_dir_all(dir).at(dir)?;
+    fs::rename(&from, &to).at(&to)?;
+    fsync_dir(dir)?;
+    fsync_dir(from.parent().unwrap())
+}
+
+/// Live writers' ids; stale leases (their process died) are cleared with their leftovers.
+fn sweep_writers(store: &Store, report: &mut GcReport) -> Result<HashSet<String>> {
+    let locks = store.dir("locks");
+    let mut live = HashSet::new();
+    for f in fs::read_dir(&locks).at(&locks)? {
+        let p = f.at(&locks)?.path();
+        let Some(wid) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".lock"))
+            .filter(|n| *n != "gc")
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let Ok(file) = File::open(&p) else { continue };
+        if !flock(&file, true).at(&p)? {
+            live.insert(wid);
+            continue;
+        }
+        report.stale_writers += 1;
+        let _ = fs::remove_file(locks.join(format!("{wid}.refs")));
+        let tmp = store.dir("tmp");
+        for t in fs::read_dir(&tmp).at(&tmp)? {
+            let t = t.at(&tmp)?.path();
+            if t.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{wid}.")))
+            {
+                let _ = fs::remove_file(&t);
+            }
+        }
+        let _ = fs::remove_file(&p);
+    }
+    // Orphaned refs (lock already gone) and old temporary files.
+    for f in fs::read_dir(&locks).at(&locks)? {
+        let p = f.at(&locks)?.path();
+        if let Some(wid) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".refs"))
+        {
+            if !live.contains(wid) && !locks.join(format!("{wid}.lock")).exists() {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
+    let tmp = store.dir("tmp");
+    for t in fs::read_dir(&tmp).at(&tmp)? {
+        let t = t.at(&tmp)?.path();
+        let owner = t
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('.').next());
+        if !owner.is_some_and(|o| live.contains(o)) && older_than(&t, GRACE) {
+            let _ = fs::remove_file(&t);
+        }
+    }
+    Ok(live)
+}
+
+fn read_refs(store: &Store) -> Result<HashSet<ChunkId>> {
+    let locks = store.dir("locks");
+    let mut out = HashSet::new();
+    for f in fs::read_dir(&locks).at(&locks)? {
+        let p = f.at(&locks)?.path();
+        if p.extension().and_then(|e| e.to_str()) != Some("refs") {
+            continue;
+        }
+        let Ok(bytes) = fs::read(&p) else { continue };
+        out.extend(
+            bytes
+                .chunks_exact(32)
+                .map(|c| ChunkId(c.try_into().unwrap())),
+        );
+    }
+    Ok(out)
+}
+
+pub fn gc(store: &Store) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let lock_path = store.dir("locks").join("gc.lock");
+    let lock = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .at(&lock_path)?;
+    if !flock(&lock, true).at(&lock_path)? {
+        return Err(Error::Invalid(format!(
+            "store {}: another gc is running",
+            store.root().display()
+        )));
+    }
+    // A gc that died left packs in trash: put them back before deciding anything.
+    for (name, trash, _) in store.list_packs()? {
+        if trash {
+            move_pack(store, &name, false)?;
+        }
+    }
+    sweep_writers(store, &mut report)?;
+    store.rebuild_index()?;
+
+    // Mark.
+    let snapshots = store.list_snapshots()?;
+    let seen: HashSet<String> = snapshots.iter().map(|m| m.id.clone()).collect();
+    let mut live: HashSet<ChunkId> = HashSet::new();
+    for m in &snapshots {
+        live.extend(store.snapshot_chunks(m)?);
+    }
+    let snapdir = store.dir("snapshots");
+    for f in fs::read_dir(&snapdir).at(&snapdir)? {
+        let p = f.at(&snapdir)?.path();
+        if p.extension().and_then(|e| e.to_str()) == Some("data") {
+            let id = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            if !store.manifest_path(id).exists() && older_than(&p, GRACE) {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
+
+    // Plan: keep one copy of each live chunk; drop or repack packs with dead space.
+    let mut packs: Vec<(String, Vec<PackEntry>, u64)> = Vec::new();
+    for (name, _, path) in store.list_packs()? {
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        packs.push((name, pack::read_trailer(&path)?, size));
+    }
+    report.packs_before = packs.len();
+    packs.sort_by_key(|p| std::cmp::Reverse(p.2)); // keep copies in the fullest packs
+    let mut kept: HashSet<ChunkId> = HashSet::new();
+    let mut doomed: Vec<(String, u64)> = Vec::new();
+    let mut to_copy: Vec<(String, PackEntry)> = Vec::new();
+    for (name, entries, size) in &packs {
+        let keep: Vec<&PackEntry> = entries
+            .iter()
+            .filter(|e| live.contains(&e.id) && !kept.contains(&e.id))
+            .collect();
+        let keep_bytes: u64 = keep.iter().map(|e| e.stored_len as u64).sum();
+        let all_bytes: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
+        if keep.len() == entries.len() || (keep_bytes * 10 >= all_bytes * 8 && !keep.is_empty()) {
+            kept.extend(keep.iter().map(|e| e.id)); // mostly live: leave it
+            continue;
+        }
+        report.chunks_removed += entries.len() - keep.len();
+        doomed.push((name.clone(), *size));
+        for e in keep {
+            kept.insert(e.id);
+            to_copy.push((name.clone(), *e));
+        }
+    }
+    if doomed.is_empty() {
+        return Ok(report);
+    }
+
+    // Repack the live chunks of doomed packs (copied as stored, after checking them).
+    let mut new_bytes = 0u64;
+    if !to_copy.is_empty() {
+        let mut pw = PackWriter::create(&store.dir("tmp"), "gc")?;
+        let packs_dir = store.dir("packs");
+        for (name, e) in &to_copy {
+            let path = pack_path(&packs_dir, name);
+            let f = File::open(&path).at(&path)?;
+            let stored = pack::read_stored(&f, &path, e)?;
+            pack::decode(e, &stored)?;
+            pw.add(e.id, e.codec, e.raw_len, &stored)?;
+            if pw.size() >= store.config().pack_size {
+                new_bytes += pw.size();
+                pw.seal(&packs_dir)?;
+                pw = PackWriter::create(&store.dir("tmp"), "gc")?;
+            }
+        }
+        new_bytes += pw.size();
+        pw.seal(&packs_dir)?;
+        report.packs_repacked = doomed
+            .iter()
+            .filter(|(n, _)| to_copy.iter().any(|(m, _)| m == n))
+            .count();
+    }
+
+    // Trash, then look at what writers and fresh snapshots need.
+    for (name, _) in &doomed {
+        move_pack(store, name, true)?;
+    }
+    let mut needed = read_refs(store)?;
+    for m in store.list_snapshots()? {
+        if !seen.contains(&m.id) {
+            needed.extend(store.snapshot_chunks(&m)?);
+        }
+    }
+    store.rebuild_index()?;
+    let available: HashSet<ChunkId> = store.packed_ids().into_keys().collect();
+    for (name, size) in &doomed {
+        let path = store.pack_file_path(name, true);
+        let entries = pack::read_trailer(&path)?;
+        if entries
+            .iter()
+            .any(|e| needed.contains(&e.id) && !available.contains(&e.id))
+        {
+            move_pack(store, name, false)?;
+            report.packs_rescued += 1;
+        } else {
+            fs::remove_file(&path).at(&path)?;
+            report.packs_deleted += 1;
+            report.bytes_freed += *size as i64;
+        }
+    }
+    report.bytes_freed -= new_bytes as i64;
+    store.rebuild_index()?;
+    Ok(report)
+}

@@ -1,0 +1,279 @@
+//! Directories into file-tree snapshots. With a parent snapshot of the same directory, files
+//! whose size, mtime, ctime and inode are unchanged are not read again (restic's files cache).
+
+use crate::chunker::chunk_stream;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::data_ranges;
+use crate::import::{ImportOptions, Progress};
+use crate::pipeline::{self, PendingExtents, Submitter};
+use crate::snapshot::{
+    Entry, EntryKind, Extent, Manifest, SnapshotKind, SnapshotStats, SourceStamp, Xattr,
+};
+use crate::store::Store;
+use crate::writer::{Draft, DraftContent, Writer};
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+struct Walk<'a> {
+    writer: &'a Writer<'a>,
+    params: crate::config::ChunkerParams,
+    progress: &'a Progress,
+    parent: HashMap<Vec<u8>, Entry>,
+    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    root_dev: u64,
+    one_fs: bool,
+    entries: Vec<Entry>,
+    pending: PendingExtents,
+    stats: SnapshotStats,
+}
+
+pub fn import_dir(
+    store: &Store,
+    root: &Path,
+    opts: &ImportOptions,
+    progress: &Progress,
+) -> Result<Manifest> {
+    opts.check()?;
+    let started = Instant::now();
+    let meta = fs::metadata(root).at(root)?;
+    if !meta.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: not a directory",
+            root.display()
+        )));
+    }
+    let parent = opts.find_parent(store, SnapshotKind::Tree)?;
+    let parent_entries = match &parent {
+        Some(m) => store.load_tree(m)?,
+        None => Vec::new(),
+    };
+    let writer = Writer::new(store)?;
+    let mut walk = Walk {
+        writer: &writer,
+        params: store.config().chunker.clone(),
+        progress,
+        parent: parent_entries
+            .into_iter()
+            .filter(|e| e.source.is_some())
+            .map(|e| (e.path.clone(), e))
+            .collect(),
+        hardlinks: HashMap::new(),
+        root_dev: meta.dev(),
+        one_fs: opts.one_file_system,
+        entries: Vec::new(),
+        pending: PendingExtents::default(),
+        stats: SnapshotStats::default(),
+    };
+    let ((), ids) = pipeline::run(&writer, |sub| walk.visit(root, Vec::new(), &meta, sub))?;
+    let Walk {
+        mut entries,
+        pending,
+        mut stats,
+        ..
+    } = walk;
+    pending.resolve(&mut entries, &ids);
+    stats.entries = entries.len() as u64;
+    stats.chunks = entries
+        .iter()
+        .map(|e| match &e.kind {
+            EntryKind::File { extents, .. } => extents.len() as u64,
+            _ => 0,
+        })
+        .sum();
+    stats.zero_bytes = stats.logical_bytes - crate::import_tar::stored_extent_bytes(&entries);
+    stats.seconds = started.elapsed().as_secs_f64();
+    writer.commit(Draft {
+        name: opts.name.clone(),
+        labels: opts.labels.clone(),
+        parent: parent.map(|m| m.id),
+        content: DraftContent::Tree(entries),
+        stats,
+    })
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<Xattr>> {
+    let mut out = Vec::new();
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+        Err(e) => return Err(e).at(path),
+    };
+    for name in names {
+        if let Some(value) = xattr::get(path, &name).at(path)? {
+            out.push(Xattr {
+                name: name.as_bytes().to_vec(),
+                value,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+impl Walk<'_> {
+    fn visit(
+        &mut self,
+        path: &Path,
+        rel: Vec<u8>,
+        meta: &Metadata,
+        sub: &mut Submitter,
+    ) -> Result<()> {
+        let ft = meta.file_type();
+        let mut entry = Entry {
+            path: rel.clone(),
+            kind: EntryKind::Dir,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec() as u32,
+            xattrs: read_xattrs(path)?,
+            source: None,
+        };
+        if ft.is_dir() {
+            self.entries.push(entry);
+            if self.one_fs && meta.dev() != self.root_dev {
+                return Ok(()); // a mount point: record it, do not descend
+            }
+            let mut children: Vec<_> = fs::read_dir(path)
+                .at(path)?
+                .map(|d| d.map(|d| d.file_name()))
+                .collect::<std::io::Result<_>>()
+                .at(path)?;
+            children.sort();
+            for name in children {
+                let child = path.join(&name);
+                let cmeta = match fs::symlink_metadata(&child) {
+                    Ok(m) => m,
+                    // Deleted while we walked: a live system changes under a capture.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e).at(&child),
+                };
+                self.visit(&child, join(&rel, name.as_bytes()), &cmeta, sub)?;
+            }
+            return Ok(());
+        }
+        entry.kind = if ft.is_symlink() {
+            EntryKind::Symlink {
+                target: fs::read_link(path)
+                    .at(path)?
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            }
+        } else if ft.is_file() {
+            let key = (meta.dev(), meta.ino());
+            if meta.nlink() > 1 {
+                if let Some(first) = self.hardlinks.get(&key) {
+                    entry.kind = EntryKind::HardLink {
+                        target: first.clone(),
+                    };
+                    self.entries.push(entry);
+                    return Ok(());
+                }
+                self.hardlinks.insert(key, rel.clone());
+            }
+            let stamp = SourceStamp {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                ctime: meta.ctime(),
+                ctime_nsec: meta.ctime_nsec() as u32,
+            };
+            entry.source = Some(stamp);
+            self.stats.logical_bytes += meta.len();
+            match self.unchanged_extents(&entry, meta.len())? {
+                Some(extents) => EntryKind::File {
+                    size: meta.len(),
+                    extents,
+                },
+                None => {
+                    let idx = self.entries.len();
+                    self.read_file(path, meta.len(), idx, sub)?;
+                    EntryKind::File {
+                        size: meta.len(),
+                        extents: Vec::new(),
+                    }
+                }
+            }
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+            if ft.is_char_device() {
+                EntryKind::CharDevice { major, minor }
+            } else {
+                EntryKind::BlockDevice { major, minor }
+            }
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else {
+            tracing::warn!("{}: sockets are not archived (as with tar)", path.display());
+            return Ok(());
+        };
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// The parent's extents if the file is unchanged and the store still has every chunk.
+    fn unchanged_extents(&self, entry: &Entry, size: u64) -> Result<Option<Vec<Extent>>> {
+        let Some(old) = self.parent.get(&entry.path) else {
+            return Ok(None);
+        };
+        let EntryKind::File {
+            size: old_size,
+            extents,
+        } = &old.kind
+        else {
+            return Ok(None);
+        };
+        if *old_size != size
+            || old.mtime != entry.mtime
+            || old.mtime_nsec != entry.mtime_nsec
+            || old.source != entry.source
+        {
+            return Ok(None);
+        }
+        for x in extents {
+            if !self.writer.reference(&x.id)? {
+                return Ok(None);
+            }
+        }
+        self.progress.fetch_add(size, Ordering::Relaxed);
+        Ok(Some(extents.clone()))
+    }
+
+    fn read_file(&mut self, path: &Path, size: u64, idx: usize, sub: &mut Submitter) -> Result<()> {
+        let mut file = File::open(path).at(path)?;
+        let what = path.display().to_string();
+        for (start, end) in data_ranges(&file, size) {
+            file.seek(SeekFrom::Start(start)).at(path)?;
+            let (pending, progress) = (&mut self.pending, self.progress);
+            let read = chunk_stream(
+                (&mut file).take(end - start),
+                &self.params,
+                &what,
+                |off, data| {
+                    let len = data.len() as u32;
+                    progress.fetch_add(len as u64, Ordering::Relaxed);
+                    let seq = sub.submit(data)?;
+                    pending.push(idx, start + off, len, seq);
+                    Ok(())
+                },
+            )?;
+            self.stats.read_bytes += read;
+        }
+        Ok(())
+    }
+}

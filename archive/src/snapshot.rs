@@ -1,0 +1,239 @@
+//! Snapshots: an immutable manifest (`snapshots/<id>.json`) plus its data file
+//! (`snapshots/<id>.data`): the entries of a file tree, or the chunk list of a block image.
+
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    Tree,
+    Image,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub id: String,
+    pub name: String,
+    pub kind: SnapshotKind,
+    /// Creation time, seconds since the epoch (UTC).
+    pub time: i64,
+    /// Sub-second part of `time`: several snapshots a second must still sort in order.
+    #[serde(default)]
+    pub time_nsec: u32,
+    pub labels: BTreeMap<String, String>,
+    pub parent: Option<String>,
+    /// SHA-256 of the data file, checked on every load.
+    pub data_sha256: String,
+    pub data_len: u64,
+    /// For images: total size and chunk size.
+    pub image_size: Option<u64>,
+    pub block_size: Option<u32>,
+    pub stats: SnapshotStats,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotStats {
+    /// Bytes of file content (trees) or of the image (images), holes and zeros included.
+    pub logical_bytes: u64,
+    pub zero_bytes: u64,
+    pub entries: u64,
+    pub chunks: u64,
+    /// Chunks and compressed bytes this snapshot added to the store when it was made.
+    pub new_chunks: u64,
+    pub new_stored_bytes: u64,
+    /// Bytes read from the source (less than logical when a parent made reading unnecessary).
+    pub read_bytes: u64,
+    pub seconds: f64,
+}
+
+/// One file system object in a tree snapshot. Paths are raw bytes, relative, `/`-separated;
+/// the empty path is the root of the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub xattrs: Vec<Xattr>,
+    /// Where the entry came from when imported from a directory; lets the next import of the
+    /// same directory skip unchanged files (size, mtime, ctime, inode), as restic does.
+    pub source: Option<SourceStamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime: i64,
+    pub ctime_nsec: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    Dir,
+    /// Content is `size` bytes; each extent is a data chunk at an offset. Gaps between extents
+    /// are zeros (holes, or all-zero chunks never stored): restored as holes.
+    File {
+        size: u64,
+        extents: Vec<Extent>,
+    },
+    Symlink {
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    /// Another name for an earlier regular file of the same snapshot.
+    HardLink {
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
+    Fifo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u32,
+    pub id: ChunkId,
+}
+
+impl Entry {
+    pub fn path_str(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}
+
+/// Snapshot ids: 16 hex digits, random. A unique prefix selects a snapshot, as in restic.
+pub fn new_snapshot_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+const TREE_MAGIC: &[u8; 8] = b"IGNTREE1";
+const IMAGE_MAGIC: &[u8; 8] = b"IGNIMGE1";
+
+pub fn encode_tree(entries: &[Entry]) -> Result<Vec<u8>> {
+    let body = postcard::to_stdvec(entries)
+        .map_err(|e| Error::Invalid(format!("cannot encode tree: {e}")))?;
+    let mut out = TREE_MAGIC.to_vec();
+    out.extend(zstd::bulk::compress(&body, 3).map_err(|e| Error::Invalid(e.to_string()))?);
+    Ok(out)
+}
+
+pub fn decode_tree(id: &str, data: &[u8]) -> Result<Vec<Entry>> {
+    let bad = |what: String| Error::BadSnapshot {
+        id: id.to_string(),
+        what,
+    };
+    let body = data
+        .strip_prefix(TREE_MAGIC)
+        .ok_or_else(|| bad("data file is not a tree".into()))?;
+    let raw = zstd::stream::decode_all(body).map_err(|e| bad(format!("tree: {e}")))?;
+    postcard::from_bytes(&raw).map_err(|e| bad(format!("tree does not decode: {e}")))
+}
+
+/// A block image's chunk list: one id per block, `None` for an all-zero block.
+pub fn encode_image(blocks: &[Option<ChunkId>]) -> Result<Vec<u8>> {
+    let mut body = Vec::with_capacity(blocks.len() * 32);
+    for b in blocks {
+        body.extend_from_slice(&b.map(|id| id.0).unwrap_or([0u8; 32]));
+    }
+    let mut out = IMAGE_MAGIC.to_vec();
+    out.extend(zstd::bulk::compress(&body, 3).map_err(|e| Error::Invalid(e.to_string()))?);
+    Ok(out)
+}
+
+pub fn decode_image(id: &str, data: &[u8]) -> Result<Vec<Option<ChunkId>>> {
+    let bad = |what: String| Error::BadSnapshot {
+        id: id.to_string(),
+        what,
+    };
+    let body = data
+        .strip_prefix(IMAGE_MAGIC)
+        .ok_or_else(|| bad("data file is not an image index".into()))?;
+    let raw = zstd::stream::decode_all(body).map_err(|e| bad(format!("image index: {e}")))?;
+    if raw.len() % 32 != 0 {
+        return Err(bad("image index length is not a multiple of 32".into()));
+    }
+    Ok(raw
+        .chunks_exact(32)
+        .map(|c| {
+            let id: [u8; 32] = c.try_into().unwrap();
+            (id != [0u8; 32]).then_some(ChunkId(id))
+        })
+        .collect())
+}
+
+/// Every chunk a snapshot needs.
+pub fn tree_chunks(entries: &[Entry]) -> impl Iterator<Item = ChunkId> + '_ {
+    entries
+        .iter()
+        .flat_map(|e| match &e.kind {
+            EntryKind::File { extents, .. } => extents.as_slice(),
+            _ => &[],
+        })
+        .map(|x| x.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_round_trip() {
+        let entries = vec![Entry {
+            path: b"etc/\xffbad-utf8".to_vec(),
+            kind: EntryKind::File {
+                size: 10,
+                extents: vec![Extent {
+                    offset: 0,
+                    len: 10,
+                    id: ChunkId::of(b"0123456789"),
+                }],
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            mtime_nsec: 2,
+            xattrs: vec![Xattr {
+                name: b"security.capability".to_vec(),
+                value: vec![1, 2, 3],
+            }],
+            source: None,
+        }];
+        let enc = encode_tree(&entries).unwrap();
+        assert_eq!(decode_tree("t", &enc).unwrap(), entries);
+        assert!(decode_tree("t", &enc[..enc.len() - 3]).is_err());
+        assert!(decode_tree("t", b"garbage").is_err());
+    }
+
+    #[test]
+    fn image_round_trip() {
+        let blocks = vec![Some(ChunkId::of(b"a")), None, Some(ChunkId::of(b"b"))];
+        let enc = encode_image(&blocks).unwrap();
+        assert_eq!(decode_image("i", &enc).unwrap(), blocks);
+    }
+}

@@ -1,0 +1,570 @@
+//! `ignite archive`: the chunk store on the command line.
+
+use super::progress::with_progress;
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use ignite_archive::config::{parse_size, StoreConfig};
+use ignite_archive::diff::{Change, DiffReport};
+use ignite_archive::import::{ImportOptions, ParentChoice};
+use ignite_archive::import_image::ImageSource;
+use ignite_archive::retention::{self, Policy};
+use ignite_archive::{Manifest, SnapshotKind, Store};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// The store directory.
+    #[arg(long, env = "IGNITE_STORE", global = true)]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create an empty store.
+    Init {
+        /// Chunk size for block-image snapshots.
+        #[arg(long, default_value = "64K")]
+        block_size: String,
+        /// zstd level for chunks (1-19).
+        #[arg(long, default_value_t = ignite_archive::config::DEFAULT_ZSTD_LEVEL)]
+        zstd_level: i32,
+    },
+    /// Import a tar stream (plain, gz, zst, xz; `-` for stdin), a directory, or a raw image.
+    Import {
+        #[arg(long)]
+        name: String,
+        /// Free-form labels, e.g. --label guest=web1.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Use this snapshot as parent (default: the latest of the same name and labels).
+        #[arg(long, conflicts_with = "no_parent")]
+        parent: Option<String>,
+        #[arg(long)]
+        no_parent: bool,
+        /// Descend into other file systems when importing a directory.
+        #[arg(long)]
+        cross_file_systems: bool,
+        /// A raw disk image or block device to import as a block snapshot.
+        #[arg(long, conflicts_with = "source")]
+        image: Option<PathBuf>,
+        /// FILE.tar[.gz|.zst|.xz], `-` (tar on stdin) or DIR.
+        #[arg(required_unless_present = "image")]
+        source: Option<String>,
+    },
+    /// Write a snapshot out: NAME (latest), NAME@ID or an id prefix.
+    Export {
+        snapshot: String,
+        #[arg(long, group = "dest")]
+        dir: Option<PathBuf>,
+        /// A tar file, or `-` for stdout.
+        #[arg(long, group = "dest")]
+        tar: Option<String>,
+        #[arg(long, group = "dest")]
+        image: Option<PathBuf>,
+    },
+    /// List snapshots.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Only snapshots of this name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show one snapshot.
+    Show {
+        snapshot: String,
+        #[arg(long)]
+        json: bool,
+        /// Also list its entries (trees).
+        #[arg(long)]
+        entries: bool,
+    },
+    /// What changed between two snapshots.
+    Diff {
+        from: String,
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that every referenced chunk is present and intact.
+    Verify {
+        /// Read only this fraction of chunks (0.1 or 10%).
+        #[arg(long)]
+        sample: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget snapshots by retention policy (restic semantics, grouped by name and labels).
+    Prune {
+        #[arg(long)]
+        keep_last: Option<u32>,
+        #[arg(long)]
+        keep_hourly: Option<u32>,
+        #[arg(long)]
+        keep_daily: Option<u32>,
+        #[arg(long)]
+        keep_weekly: Option<u32>,
+        #[arg(long)]
+        keep_monthly: Option<u32>,
+        #[arg(long)]
+        keep_yearly: Option<u32>,
+        /// Keep everything within this long of the newest snapshot (7d, 2w, 1y6m, 12h).
+        #[arg(long)]
+        keep_within: Option<String>,
+        /// Say what would go and why the rest stays; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove chunks no snapshot needs (safe while imports run).
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sizes, deduplication and compression of the whole store.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?}: write it as key=value"))?;
+    if k.is_empty() {
+        return Err(format!("label {s:?}: the key is empty"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub fn human(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn time_str(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+fn labels_str(m: &Manifest) -> String {
+    m.labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn open(store: &Option<PathBuf>) -> Result<Store> {
+    let path = store
+        .as_ref()
+        .context("no store given; pass --store DIR or set IGNITE_STORE")?;
+    Ok(Store::open(path)?)
+}
+
+fn import_summary(m: &Manifest) {
+    let s = &m.stats;
+    let rate = s.logical_bytes as f64 / s.seconds.max(1e-9) / 1e6;
+    println!(
+        "snapshot {} {} ({}): {} in {} entries; {} new in {} new of {} chunks; read {}; {:.1}s ({rate:.0} MB/s)",
+        m.id,
+        m.name,
+        match m.kind {
+            SnapshotKind::Tree => "tree",
+            SnapshotKind::Image => "image",
+        },
+        human(s.logical_bytes),
+        s.entries,
+        human(s.new_stored_bytes),
+        s.new_chunks,
+        s.chunks,
+        human(s.read_bytes),
+        s.seconds,
+    );
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        Cmd::Init {
+            block_size,
+            zstd_level,
+        } => {
+            let path = args
+                .store
+                .context("no store given; pass --store DIR or set IGNITE_STORE")?;
+            let bs = parse_size(&block_size).with_context(|| {
+                format!("block size {block_size:?} is not a size; use e.g. 64K")
+            })?;
+            let mut cfg = StoreConfig {
+                block_size: u32::try_from(bs).context("block size too large")?,
+                ..Default::default()
+            };
+            cfg.compression.level = zstd_level;
+            Store::init(&path, cfg)?;
+            println!("initialized store {}", path.display());
+        }
+        Cmd::Import {
+            name,
+            labels,
+            parent,
+            no_parent,
+            cross_file_systems,
+            image,
+            source,
+        } => {
+            let store = open(&args.store)?;
+            let mut opts = ImportOptions::new(&name);
+            opts.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
+            opts.one_file_system = !cross_file_systems;
+            opts.parent = match (parent, no_parent) {
+                (Some(p), _) => ParentChoice::Id(p),
+                (None, true) => ParentChoice::None,
+                (None, false) => ParentChoice::Auto,
+            };
+            let m = if let Some(img) = image {
+                let total = std::fs::File::open(&img)
+                    .ok()
+                    .and_then(|f| ignite_archive::fsutil::source_size(&f).ok());
+                with_progress(total, "import", |p| {
+                    ignite_archive::import_image::import_image(
+                        &store,
+                        ImageSource {
+                            path: &img,
+                            changed: None,
+                        },
+                        &opts,
+                        p,
+                    )
+                })?
+            } else {
+                let source = source.expect("clap requires source");
+                if source == "-" {
+                    with_progress(None, "import", |p| {
+                        ignite_archive::import_tar::import_tar(
+                            &store,
+                            std::io::stdin().lock(),
+                            &opts,
+                            p,
+                        )
+                    })?
+                } else {
+                    let path = Path::new(&source);
+                    let md = std::fs::metadata(path)
+                        .with_context(|| format!("{source}: cannot read it"))?;
+                    if md.is_dir() {
+                        with_progress(None, "import", |p| {
+                            ignite_archive::import_dir::import_dir(&store, path, &opts, p)
+                        })?
+                    } else {
+                        let f = std::fs::File::open(path)
+                            .with_context(|| format!("{source}: cannot open it"))?;
+                        with_progress(Some(md.len()), "import", |p| {
+                            ignite_archive::import_tar::import_tar(&store, f, &opts, p)
+                        })?
+                    }
+                }
+            };
+            import_summary(&m);
+        }
+        Cmd::Export {
+            snapshot,
+            dir,
+            tar,
+            image,
+        } => {
+            let store = open(&args.store)?;
+            let m = store.resolve(&snapshot)?;
+            let total = Some(m.stats.logical_bytes);
+            if let Some(dir) = dir {
+                let st = with_progress(total, "export", |p| {
+                    ignite_archive::export_dir::export_dir(&store, &m, &dir, p)
+                })?;
+                eprintln!(
+                    "exported {} ({}) to {}: {} entries, {}",
+                    m.id,
+                    m.name,
+                    dir.display(),
+                    st.entries,
+                    human(st.bytes)
+                );
+                if st.skipped_devices > 0 {
+                    eprintln!(
+                        "warning: {} device nodes skipped (not root)",
+                        st.skipped_devices
+                    );
+                }
+            } else if let Some(tar) = tar {
+                if tar == "-" {
+                    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+                    ignite_archive::export_tar::export_tar(&store, &m, out)?;
+                } else {
+                    let f = std::fs::File::create(&tar)
+                        .with_context(|| format!("{tar}: cannot create it"))?;
+                    ignite_archive::export_tar::export_tar(&store, &m, std::io::BufWriter::new(f))?;
+                }
+            } else if let Some(image) = image {
+                with_progress(total, "export", |p| {
+                    ignite_archive::export_image::export_image(&store, &m, &image, p)
+                })?;
+                eprintln!("exported {} ({}) to {}", m.id, m.name, image.display());
+            } else {
+                bail!("say where to: --dir DIR, --tar FILE|- or --image FILE");
+            }
+        }
+        Cmd::List { json, name } => {
+            let store = open(&args.store)?;
+            let snaps: Vec<Manifest> = store
+                .list_snapshots()?
+                .into_iter()
+                .filter(|m| name.as_ref().is_none_or(|n| &m.name == n))
+                .collect();
+            if json {
+                return print_json(&snaps);
+            }
+            println!(
+                "{:<16}  {:<19}  {:<5}  {:>10}  {:>10}  {:<20} labels",
+                "id", "time (UTC)", "kind", "size", "added", "name"
+            );
+            for m in &snaps {
+                println!(
+                    "{:<16}  {:<19}  {:<5}  {:>10}  {:>10}  {:<20} {}",
+                    m.id,
+                    time_str(m.time),
+                    if m.kind == SnapshotKind::Tree {
+                        "tree"
+                    } else {
+                        "image"
+                    },
+                    human(m.stats.logical_bytes),
+                    human(m.stats.new_stored_bytes),
+                    m.name,
+                    labels_str(m)
+                );
+            }
+        }
+        Cmd::Show {
+            snapshot,
+            json,
+            entries,
+        } => {
+            let store = open(&args.store)?;
+            let m = store.resolve(&snapshot)?;
+            let tree = if entries && m.kind == SnapshotKind::Tree {
+                Some(store.load_tree(&m)?)
+            } else {
+                None
+            };
+            if json {
+                return print_json(&serde_json::json!({ "manifest": m, "entries": tree }));
+            }
+            println!("id:        {}", m.id);
+            println!("name:      {}", m.name);
+            println!("kind:      {:?}", m.kind);
+            println!("time:      {} UTC", time_str(m.time));
+            println!("labels:    {}", labels_str(&m));
+            println!("parent:    {}", m.parent.as_deref().unwrap_or("-"));
+            println!(
+                "size:      {} ({} zero)",
+                human(m.stats.logical_bytes),
+                human(m.stats.zero_bytes)
+            );
+            println!("entries:   {}", m.stats.entries);
+            println!(
+                "chunks:    {} ({} new, {} added)",
+                m.stats.chunks,
+                m.stats.new_chunks,
+                human(m.stats.new_stored_bytes)
+            );
+            if let Some(tree) = tree {
+                for e in tree {
+                    println!("{:o} {}:{} {}", e.mode, e.uid, e.gid, e.path_str());
+                }
+            }
+        }
+        Cmd::Diff { from, to, json } => {
+            let store = open(&args.store)?;
+            let (a, b) = (store.resolve(&from)?, store.resolve(&to)?);
+            let report = ignite_archive::diff::diff(&store, &a, &b)?;
+            if json {
+                return print_json(&report);
+            }
+            match report {
+                DiffReport::Tree { changes } => {
+                    for c in &changes {
+                        match c {
+                            Change::Added { path } => println!("+ {path}"),
+                            Change::Removed { path } => println!("- {path}"),
+                            Change::Changed { path, what } => {
+                                println!("M {path} ({})", what.join(","))
+                            }
+                        }
+                    }
+                    eprintln!("{} changes between {} and {}", changes.len(), a.id, b.id);
+                }
+                DiffReport::Image {
+                    blocks,
+                    changed_blocks,
+                    changed_bytes,
+                } => println!(
+                    "{changed_blocks} of {blocks} blocks differ ({})",
+                    human(changed_bytes)
+                ),
+            }
+        }
+        Cmd::Verify { sample, json } => {
+            let store = open(&args.store)?;
+            let fraction = match sample {
+                None => 1.0,
+                Some(s) => {
+                    let v: f64 = s.trim_end_matches('%').parse().with_context(|| {
+                        format!("sample {s:?}: use a fraction (0.1) or a percentage (10%)")
+                    })?;
+                    let v = if s.ends_with('%') { v / 100.0 } else { v };
+                    if !(0.0..=1.0).contains(&v) {
+                        bail!("sample {s:?} must be between 0 and 1 (or 0% and 100%)");
+                    }
+                    v
+                }
+            };
+            let r = ignite_archive::verify::verify(&store, fraction)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                for p in &r.problems {
+                    println!("problem: {p}");
+                }
+                println!(
+                    "{}: {} snapshots, {} packs, {} of {} referenced chunks read ({})",
+                    if r.ok() { "ok" } else { "DAMAGED" },
+                    r.snapshots,
+                    r.packs,
+                    r.chunks_checked,
+                    r.chunks_referenced,
+                    human(r.bytes_checked)
+                );
+            }
+            if !r.ok() {
+                bail!(
+                    "store {} has {} problems",
+                    store.root().display(),
+                    r.problems.len()
+                );
+            }
+        }
+        Cmd::Prune {
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            dry_run,
+            json,
+        } => {
+            let store = open(&args.store)?;
+            let policy = Policy {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+                within: keep_within
+                    .as_deref()
+                    .map(retention::parse_duration)
+                    .transpose()?,
+            };
+            let decisions = retention::apply(&policy, &store.list_snapshots()?)?;
+            if !dry_run {
+                for d in decisions.iter().filter(|d| !d.keep) {
+                    store.forget(&d.id)?;
+                }
+            }
+            if json {
+                return print_json(&decisions);
+            }
+            for d in &decisions {
+                println!(
+                    "{} {} {} {}  {}",
+                    if d.keep {
+                        "keep  "
+                    } else if dry_run {
+                        "would remove"
+                    } else {
+                        "remove"
+                    },
+                    d.id,
+                    time_str(d.time),
+                    d.name,
+                    d.reasons.join(", ")
+                );
+            }
+            let gone = decisions.iter().filter(|d| !d.keep).count();
+            eprintln!(
+                "{} {gone} of {} snapshots; run `ignite archive gc` to free their space",
+                if dry_run { "would remove" } else { "removed" },
+                decisions.len()
+            );
+        }
+        Cmd::Gc { json } => {
+            let store = open(&args.store)?;
+            let r = ignite_archive::gc::gc(&store)?;
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "gc: {} packs: {} deleted, {} repacked, {} rescued for running imports; {} chunks removed; {} freed",
+                r.packs_before,
+                r.packs_deleted,
+                r.packs_repacked,
+                r.packs_rescued,
+                r.chunks_removed,
+                human(r.bytes_freed.max(0) as u64)
+            );
+        }
+        Cmd::Stats { json } => {
+            let store = open(&args.store)?;
+            let s = ignite_archive::stats::stats(&store)?;
+            if json {
+                return print_json(&s);
+            }
+            println!("snapshots:    {}", s.snapshots);
+            println!("logical:      {}", human(s.logical_bytes));
+            println!("stored:       {}", human(s.stored_bytes));
+            println!(
+                "chunks:       {} ({} unique)",
+                s.chunks,
+                human(s.unique_bytes)
+            );
+            println!("dedup:        {:.2}x", s.dedup_ratio);
+            println!("compression:  {:.2}x", s.compression_ratio);
+            println!("total:        {:.2}x", s.total_ratio);
+        }
+    }
+    Ok(())
+}
