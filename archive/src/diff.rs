@@ -50,11 +50,8 @@ fn what_changed(a: &Entry, b: &Entry, same_content: &SameContent) -> Vec<&'stati
                 size: sb,
                 extents: xb,
             },
-        ) => {
-            if sa != sb || (xa != xb && !same_content(a, b)) {
-                w.push("content");
-            }
-        }
+        ) if sa != sb || (xa != xb && !same_content(a, b)) => w.push("content"),
+        (EntryKind::File { .. }, EntryKind::File { .. }) => {}
         (ka, kb) if std::mem::discriminant(ka) != std::mem::discriminant(kb) => w.push("type"),
         (ka, kb) if ka != kb => w.push("target"),
         _ => {}
