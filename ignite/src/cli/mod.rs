@@ -3,8 +3,16 @@
 
 use clap::{Parser, Subcommand};
 
+mod client;
+mod netboot;
+mod server;
+
 #[derive(Parser)]
-#[command(name = "ignite", version, about = "Network install and image backup server")]
+#[command(
+    name = "ignite",
+    version,
+    about = "Network install and image backup server"
+)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -14,11 +22,22 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Run the boot server: DHCP (or proxyDHCP), TFTP and HTTP.
+    Server(server::ServerArgs),
+    /// Manage the client registry (MAC → boot action).
+    Client(client::ClientArgs),
+    /// Network boot tools: fetch boot files, list leases.
+    Netboot(netboot::NetbootArgs),
+}
 
 impl Command {
     pub fn run(self) -> anyhow::Result<()> {
-        match self {}
+        match self {
+            Command::Server(a) => server::run(a),
+            Command::Client(a) => client::run(a),
+            Command::Netboot(a) => netboot::run(a),
+        }
     }
 }
 
