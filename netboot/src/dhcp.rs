@@ -303,7 +303,13 @@ impl DhcpEngine {
             return Some(r.ip);
         }
         let prev = self.leases.as_ref().and_then(|l| l.ip_of(mac));
-        for ip in prev.into_iter().chain(requested) {
+        // A client that DISCOVERs again before REQUESTing gets the same offer.
+        let offered = self
+            .offers
+            .iter()
+            .find(|(_, (m, _))| *m == mac)
+            .map(|(ip, _)| *ip);
+        for ip in offered.into_iter().chain(prev).chain(requested) {
             if self.can_have(ip, mac, now, false) {
                 return Some(ip);
             }

@@ -127,6 +127,34 @@ fn dora_gives_distinct_addresses_with_options() {
 }
 
 #[test]
+fn repeated_discover_gets_the_same_offer() {
+    let mut e = env(Some((100, 110)));
+    let a = send(
+        &mut e.engine,
+        &req(MessageType::Discover, mac(1), vec![]),
+        Port::Dhcp,
+        1,
+    )
+    .unwrap();
+    let b = send(
+        &mut e.engine,
+        &req(MessageType::Discover, mac(1), vec![]),
+        Port::Dhcp,
+        2,
+    )
+    .unwrap();
+    assert_eq!(a.msg.yiaddr(), b.msg.yiaddr());
+    let c = send(
+        &mut e.engine,
+        &req(MessageType::Discover, mac(2), vec![]),
+        Port::Dhcp,
+        2,
+    )
+    .unwrap();
+    assert_ne!(a.msg.yiaddr(), c.msg.yiaddr());
+}
+
+#[test]
 fn same_client_gets_same_address_and_leases_survive_restart() {
     let mut e = env(Some((100, 110)));
     let a = dora(&mut e.engine, mac(1), 1000);
