@@ -635,6 +635,10 @@ impl DhcpEngine {
             ("proxy-offer", Self::destination(req, MessageType::Nak))
         };
         let ip = Some(req.ciaddr()).filter(|c| !c.is_unspecified());
+        if let Some(ip) = ip {
+            // Lets TFTP and HTTP logs name the client even though another server leased it.
+            self.clients.insert(ip, mac);
+        }
         self.step(
             mac,
             ip,
