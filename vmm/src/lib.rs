@@ -1,1 +1,26 @@
-//! The KVM monitor: memory, vCPUs, Linux boot, AVIO (virtio-pci) and VIO (emulated) devices.
+//! The KVM monitor: memory, vCPUs, Linux boot, AVIO (virtio-pci) devices, serial console,
+//! tap networking, disk change tracking and the guest test programs that exercise it all.
+//!
+//! A VM is described by a [`VmConfig`], built by [`Vm::new`] and run in the foreground by
+//! [`Vm::run`], which returns why it stopped.
+
+pub mod boot;
+
+pub mod config;
+pub mod devices;
+mod error;
+pub mod guest;
+pub mod hwcheck;
+pub mod irq;
+pub mod layout;
+pub mod memory;
+pub mod pci;
+mod vcpu;
+
+mod vm;
+
+pub use config::{
+    DiskConfig, KernelImage, NetBackend, NetConfig, SerialTarget, SharedBuffer, VmConfig,
+};
+pub use error::{Error, Result};
+pub use vm::{Mark, RunOutcome, StopReason, Vm};

@@ -1,10 +1,16 @@
 //! Command-line surface. Each top-level command lives in its own module with an `Args` type
 //! and a `run` function; this file only dispatches.
 
+mod vm;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ignite", version, about = "Network install and image backup server")]
+#[command(
+    name = "ignite",
+    version,
+    about = "Network install and image backup server"
+)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -14,11 +20,16 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// The bundled virtual machine monitor.
+    Vm(vm::Args),
+}
 
 impl Command {
     pub fn run(self) -> anyhow::Result<()> {
-        match self {}
+        match self {
+            Command::Vm(a) => a.run(),
+        }
     }
 }
 
