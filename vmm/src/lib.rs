@@ -5,10 +5,13 @@
 //! [`Vm::run`], which returns why it stopped.
 
 pub mod boot;
+pub mod change_tracking;
 
 pub mod config;
 pub mod devices;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guest;
 pub mod hwcheck;
 pub mod irq;
@@ -16,6 +19,7 @@ pub mod layout;
 pub mod memory;
 pub mod pci;
 mod vcpu;
+pub mod virtio;
 
 mod vm;
 

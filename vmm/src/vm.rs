@@ -2,6 +2,7 @@
 //! until it stops.
 
 use crate::boot;
+use crate::change_tracking::ChangeTracker;
 use crate::config::{SerialTarget, VmConfig};
 pub use crate::devices::{Mark, StopReason};
 use crate::devices::{Platform, SerialOut, StopSignal};
@@ -11,8 +12,11 @@ use crate::layout::*;
 use crate::memory::{self, GuestMemory};
 use crate::pci::PciBus;
 use crate::vcpu;
+use crate::virtio::block::Block;
+use crate::virtio::pci::VirtioPci;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
@@ -33,6 +37,7 @@ pub struct Vm {
     // Field order is drop order: vCPUs and devices before the VM fd, guest memory last.
     vcpus: Vec<VcpuFd>,
     platform: Arc<Platform>,
+    trackers: Vec<(PathBuf, Arc<ChangeTracker>)>,
     _vm: Arc<VmFd>,
     _kvm: Kvm,
     _mem: GuestMemory,
@@ -84,7 +89,24 @@ impl Vm {
         vm.register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(Error::kvm("KVM_IRQFD"))?;
         let stop = Arc::new(StopSignal::default());
-        let pci = PciBus::new();
+        let mut pci = PciBus::new();
+        let mut trackers = Vec::new();
+        let mut next_bar = MMIO_START;
+        let mut add = |pci: &mut PciBus, dev: Box<dyn crate::virtio::VirtioDevice>| -> Result<()> {
+            let t = VirtioPci::new(dev, next_bar, mem.clone(), router.clone(), vm.clone())?;
+            next_bar += crate::virtio::pci::BAR_SIZE;
+            pci.add(Box::new(t)).ok_or(Error::TooManyDevices(
+                config.disks.len() + config.nets.len(),
+            ))?;
+            Ok(())
+        };
+        for (i, d) in config.disks.iter().enumerate() {
+            let blk = Block::new(d, i)?;
+            if let Some(t) = blk.tracker() {
+                trackers.push((d.path.clone(), t));
+            }
+            add(&mut pci, Box::new(blk))?;
+        }
         let platform = Arc::new(Platform::new(
             serial_out(&config.serial)?,
             serial_irq,
@@ -121,10 +143,16 @@ impl Vm {
         Ok(Vm {
             vcpus,
             platform,
+            trackers,
             _vm: vm,
             _kvm: kvm,
             _mem: mem,
         })
+    }
+
+    /// Change trackers of the writable disks, by image path (valid while and after running).
+    pub fn change_trackers(&self) -> Vec<(PathBuf, Arc<ChangeTracker>)> {
+        self.trackers.clone()
     }
 
     /// Runs until the guest stops or `limit` passes.

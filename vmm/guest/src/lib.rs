@@ -2,6 +2,7 @@
 //! arguments, PCI configuration access and a minimal modern virtio-pci driver.
 #![no_std]
 
+pub mod blk;
 pub mod boot;
 pub mod io;
 pub mod pci;

@@ -58,3 +58,15 @@ pub fn expect_pass(run: ProgramRun) -> ProgramResult {
     );
     r
 }
+
+/// A scratch directory removed on drop.
+pub fn tempdir() -> vmm_sys_util::tempdir::TempDir {
+    vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/ign-vmm-test").expect("temp dir")
+}
+
+/// A disk image of `size` bytes filled with `byte`.
+pub fn image(dir: &std::path::Path, name: &str, size: usize, byte: u8) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, vec![byte; size]).expect("write image");
+    p
+}
