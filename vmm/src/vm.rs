@@ -13,6 +13,7 @@ use crate::memory::{self, GuestMemory};
 use crate::pci::PciBus;
 use crate::vcpu;
 use crate::virtio::block::Block;
+use crate::virtio::net::Net;
 use crate::virtio::pci::VirtioPci;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -106,6 +107,9 @@ impl Vm {
                 trackers.push((d.path.clone(), t));
             }
             add(&mut pci, Box::new(blk))?;
+        }
+        for (i, n) in config.nets.iter().enumerate() {
+            add(&mut pci, Box::new(Net::new(n, i)?))?;
         }
         let platform = Arc::new(Platform::new(
             serial_out(&config.serial)?,

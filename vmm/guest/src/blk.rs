@@ -34,8 +34,19 @@ struct Slot {
 }
 
 /// Per-device request slots (header + status byte each); device i uses SLOT_MEM[i].
-static mut SLOT_MEM: [[Slot; SLOTS]; 4] = [[Slot { ty: 0, reserved: 0, sector: 0, status: 0xff, busy: false }; SLOTS]; 4];
-static mut QUEUE_MEM: [QueueMem; 4] = [QueueMem::new(), QueueMem::new(), QueueMem::new(), QueueMem::new()];
+static mut SLOT_MEM: [[Slot; SLOTS]; 4] = [[Slot {
+    ty: 0,
+    reserved: 0,
+    sector: 0,
+    status: 0xff,
+    busy: false,
+}; SLOTS]; 4];
+static mut QUEUE_MEM: [QueueMem; 4] = [
+    QueueMem::new(),
+    QueueMem::new(),
+    QueueMem::new(),
+    QueueMem::new(),
+];
 
 pub struct Blk {
     pub dev: Device,
@@ -51,7 +62,11 @@ impl Blk {
     /// interrupts suppressed).
     pub fn open(n: usize, bdf: Bdf, wanted: u64, irq_vector: Option<u8>) -> Blk {
         let mut dev = Device::probe(bdf).unwrap_or_else(|| {
-            crate::println!("FAIL: device {}:{} has no virtio capabilities", bdf.dev, bdf.func);
+            crate::println!(
+                "FAIL: device {}:{} has no virtio capabilities",
+                bdf.dev,
+                bdf.func
+            );
             crate::io::exit(1)
         });
         let features = dev.init(wanted | F_VERSION_1).unwrap_or_else(|| {
@@ -69,7 +84,13 @@ impl Blk {
         let mut q = dev.setup_queue(0, qmem, vector);
         q.suppress_interrupts(irq_vector.is_none());
         dev.driver_ok();
-        Blk { dev, q, features, slots: unsafe { core::ptr::addr_of_mut!(SLOT_MEM[n]) }, head_slot: [0; crate::virtio::QSIZE] }
+        Blk {
+            dev,
+            q,
+            features,
+            slots: unsafe { core::ptr::addr_of_mut!(SLOT_MEM[n]) },
+            head_slot: [0; crate::virtio::QSIZE],
+        }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -92,7 +113,13 @@ impl Blk {
     pub fn submit(&mut self, ty: u32, sector: u64, bufs: &[(u64, u32)], dev_writes: bool) -> usize {
         let i = self.free_slot();
         let slots = unsafe { &mut *self.slots };
-        slots[i] = Slot { ty, reserved: 0, sector, status: 0xff, busy: true };
+        slots[i] = Slot {
+            ty,
+            reserved: 0,
+            sector,
+            status: 0xff,
+            busy: true,
+        };
         let hdr = &slots[i] as *const Slot as u64;
         let status = hdr + 16;
         let mut chain = [(0u64, 0u32, false); 18];

@@ -3,8 +3,10 @@
 //! its queue work on an I/O thread, woken by ioeventfds and signalling through irqfds.
 
 pub mod block;
+pub mod net;
 
 pub mod pci;
+pub mod tap;
 
 mod worker;
 

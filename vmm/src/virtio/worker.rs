@@ -16,18 +16,30 @@ const STOP: u64 = u64::MAX;
 impl Worker {
     /// Runs `on_event(token)` for each readable fd in `fds` (token = index) until stopped.
     /// `on_event` returning false ends the thread too.
-    pub fn spawn<F>(name: &str, fds: Vec<RawFd>, mut on_event: F) -> std::io::Result<Worker>
+    pub fn spawn<F>(name: &str, fds: Vec<RawFd>, on_event: F) -> std::io::Result<Worker>
+    where
+        F: FnMut(usize) -> bool + Send + 'static,
+    {
+        Self::spawn_with(
+            name,
+            fds.into_iter().map(|fd| (fd, EventSet::IN)).collect(),
+            on_event,
+        )
+    }
+
+    /// As `spawn`, with the epoll events for each fd (e.g. edge-triggered).
+    pub fn spawn_with<F>(
+        name: &str,
+        fds: Vec<(RawFd, EventSet)>,
+        mut on_event: F,
+    ) -> std::io::Result<Worker>
     where
         F: FnMut(usize) -> bool + Send + 'static,
     {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
-        for (i, fd) in fds.iter().enumerate() {
-            epoll.ctl(
-                ControlOperation::Add,
-                *fd,
-                EpollEvent::new(EventSet::IN, i as u64),
-            )?;
+        for (i, (fd, set)) in fds.iter().enumerate() {
+            epoll.ctl(ControlOperation::Add, *fd, EpollEvent::new(*set, i as u64))?;
         }
         epoll.ctl(
             ControlOperation::Add,
