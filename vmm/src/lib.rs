@@ -4,6 +4,7 @@
 //! A VM is described by a [`VmConfig`], built by [`Vm::new`] and run in the foreground by
 //! [`Vm::run`], which returns why it stopped.
 
+pub mod bench;
 pub mod boot;
 pub mod change_tracking;
 
@@ -15,9 +16,12 @@ pub mod fuzzing;
 pub mod guest;
 pub mod hwcheck;
 pub mod irq;
+mod kvm_stats;
 pub mod layout;
 pub mod memory;
+pub mod netns;
 pub mod pci;
+pub mod selftest;
 mod vcpu;
 pub mod virtio;
 

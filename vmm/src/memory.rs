@@ -41,6 +41,16 @@ pub fn register(vm: &VmFd, mem: &GuestMemory) -> Result<()> {
             memory_size: r.len(),
             userspace_addr: host as u64,
         };
+        // Transparent huge pages for guest RAM where the host allows them: fewer TLB misses
+        // when devices copy into guest buffers. Advisory; failure changes nothing.
+        // SAFETY: madvise on a mapping we own, with its exact bounds.
+        unsafe {
+            libc::madvise(
+                host as *mut libc::c_void,
+                r.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        };
         // SAFETY: the mapping belongs to `mem`, which outlives the VM (the Vm owns both and
         // drops the VmFd first), and regions never overlap.
         unsafe { vm.set_user_memory_region(region) }

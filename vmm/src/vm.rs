@@ -134,6 +134,9 @@ impl Vm {
                 .create_vcpu(id as u64)
                 .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
             boot::cpu_state::setup_vcpu(&vcpu, id, config.cpus, entry.rip, &supported)?;
+            if let Some(c) = crate::kvm_stats::VcpuCounter::open(&vcpu, "exits") {
+                platform.add_exit_counter(c);
+            }
             vcpus.push(vcpu);
         }
         // Application processors wait for INIT/SIPI like on real hardware.

@@ -32,3 +32,42 @@ fn failing_check_reports_code_and_message() {
     assert_eq!(r.outcome.reason, StopReason::TestExit(1), "{}", r.serial);
     assert!(r.last_line().starts_with("FAIL: e820 RAM"), "{}", r.serial);
 }
+
+#[test]
+fn hardware_check_measures_and_explains() {
+    if !common::kvm() {
+        return;
+    }
+    let s = ignite_vmm::hwcheck::measure().unwrap();
+    eprintln!("{}", s.describe());
+    assert!(s.guest_per_sec > 0.0 && s.host_per_sec > 0.0);
+    let d = s.describe();
+    if s.hardware_assisted() {
+        assert!(d.contains("hardware speed"), "{d}");
+    } else {
+        assert!(
+            d.contains("slower than the host") && d.contains("guest test programs still run"),
+            "{d}"
+        );
+    }
+}
+
+#[test]
+fn selftest_runs_every_guest_program() {
+    if !common::kvm() {
+        return;
+    }
+    let dir = common::tempdir();
+    let lines = ignite_vmm::selftest::run(dir.as_path());
+    assert_eq!(lines.len(), ignite_vmm::guest::PROGRAMS.len());
+    for l in &lines {
+        match &l.verdict {
+            ignite_vmm::selftest::Verdict::Fail(m) => panic!("{}: {m}", l.program),
+            ignite_vmm::selftest::Verdict::Skip(m) => {
+                assert!(!common::in_ci(), "{} skipped in CI: {m}", l.program);
+                eprintln!("{} skipped: {m}", l.program)
+            }
+            ignite_vmm::selftest::Verdict::Pass(_) => {}
+        }
+    }
+}

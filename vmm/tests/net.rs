@@ -5,63 +5,9 @@
 mod common;
 
 use ignite_vmm::guest::ProgramRun;
+use ignite_vmm::netns::Netns;
 use ignite_vmm::{NetBackend, NetConfig};
 use std::process::Command;
-
-/// A network namespace `ign-vmm-<pid>-<tag>`, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("ign-vmm-{}-{tag}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name}");
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "ip"])
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Runs `f` on a thread that has entered the namespace (threads it spawns inherit it).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: setns on this thread only, with a namespace fd we hold open.
-            let r =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn prerequisites() -> bool {
     common::kvm()
@@ -98,17 +44,20 @@ fn guest_pings_a_peer_through_a_new_tap_on_a_bridge() {
     if !prerequisites() {
         return;
     }
-    let ns = Netns::new("br");
-    ns.ip(&["link", "add", "ignbr0", "type", "bridge"]);
-    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "ignbr0"]);
-    ns.ip(&["link", "set", "ignbr0", "up"]);
-    let r = ns.run(|| {
-        ping(
-            NetBackend::Bridge("ignbr0".into()),
-            "10.77.0.2",
-            "10.77.0.1",
-        )
-    });
+    let ns = Netns::new("br").unwrap();
+    ns.ip(&["link", "add", "ignbr0", "type", "bridge"]).unwrap();
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "ignbr0"])
+        .unwrap();
+    ns.ip(&["link", "set", "ignbr0", "up"]).unwrap();
+    let r = ns
+        .run(|| {
+            ping(
+                NetBackend::Bridge("ignbr0".into()),
+                "10.77.0.2",
+                "10.77.0.1",
+            )
+        })
+        .unwrap();
     assert!(r.serial.contains("MAC 52:54:00:12:34:56"), "{}", r.serial);
     assert!(r.serial.contains("ARP reply: peer is at"), "{}", r.serial);
     assert!(
@@ -123,11 +72,15 @@ fn guest_pings_a_peer_through_an_existing_tap() {
     if !prerequisites() {
         return;
     }
-    let ns = Netns::new("tap");
-    ns.ip(&["tuntap", "add", "dev", "igntap0", "mode", "tap", "vnet_hdr"]);
-    ns.ip(&["addr", "add", "10.78.0.1/24", "dev", "igntap0"]);
-    ns.ip(&["link", "set", "igntap0", "up"]);
-    let r = ns.run(|| ping(NetBackend::Tap("igntap0".into()), "10.78.0.2", "10.78.0.1"));
+    let ns = Netns::new("tap").unwrap();
+    ns.ip(&["tuntap", "add", "dev", "igntap0", "mode", "tap", "vnet_hdr"])
+        .unwrap();
+    ns.ip(&["addr", "add", "10.78.0.1/24", "dev", "igntap0"])
+        .unwrap();
+    ns.ip(&["link", "set", "igntap0", "up"]).unwrap();
+    let r = ns
+        .run(|| ping(NetBackend::Tap("igntap0".into()), "10.78.0.2", "10.78.0.1"))
+        .unwrap();
     assert!(
         r.serial.contains("ICMP echo reply from 10.78.0.1"),
         "{}",
@@ -140,17 +93,19 @@ fn missing_bridge_is_a_clear_error() {
     if !prerequisites() {
         return;
     }
-    let ns = Netns::new("nobr");
-    let msg = ns.run(|| {
-        let cfg = NetConfig {
-            backend: NetBackend::Bridge("nosuchbr".into()),
-            mac: [2, 0, 0, 0, 0, 1],
-        };
-        match ignite_vmm::virtio::net::Net::new(&cfg, 0) {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        }
-    });
+    let ns = Netns::new("nobr").unwrap();
+    let msg = ns
+        .run(|| {
+            let cfg = NetConfig {
+                backend: NetBackend::Bridge("nosuchbr".into()),
+                mac: [2, 0, 0, 0, 0, 1],
+            };
+            match ignite_vmm::virtio::net::Net::new(&cfg, 0) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        })
+        .unwrap();
     assert!(
         msg.contains("bridge nosuchbr") && msg.contains("ip link add nosuchbr type bridge"),
         "{msg}"

@@ -103,6 +103,9 @@ pub struct Mark {
     pub exits: u64,
     /// Monitor process CPU time (user + system) so far.
     pub cpu: Duration,
+    /// All VM exits KVM counted so far (including those it handled itself), where KVM
+    /// exposes binary statistics.
+    pub kvm_exits: Option<u64>,
 }
 
 pub fn process_cpu_time() -> Duration {
@@ -143,6 +146,7 @@ pub struct Platform {
     faults: Mutex<Vec<Mark>>,
     exits: AtomicU64,
     start: Instant,
+    exit_counters: Mutex<Vec<crate::kvm_stats::VcpuCounter>>,
 }
 
 impl Platform {
@@ -162,6 +166,33 @@ impl Platform {
             faults: Mutex::new(Vec::new()),
             exits: AtomicU64::new(0),
             start: Instant::now(),
+            exit_counters: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn add_exit_counter(&self, c: crate::kvm_stats::VcpuCounter) {
+        self.exit_counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c);
+    }
+
+    /// KVM's count of all exits, summed over vCPUs (None without binary stats).
+    pub fn kvm_exits(&self) -> Option<u64> {
+        let c = self.exit_counters.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_empty() {
+            return None;
+        }
+        c.iter().map(|c| c.read()).sum()
+    }
+
+    fn mark(&self, value: u32) -> Mark {
+        Mark {
+            value,
+            at: self.start.elapsed(),
+            exits: self.exits(),
+            cpu: process_cpu_time(),
+            kvm_exits: self.kvm_exits(),
         }
     }
 
@@ -235,12 +266,7 @@ impl Platform {
                 .pio_write(port - 0xcf8, data),
             TEST_EXIT_PORT => self.stop.stop(StopReason::TestExit(le_value(data))),
             MARK_PORT => {
-                let m = Mark {
-                    value: le_value(data),
-                    at: self.start.elapsed(),
-                    exits: self.exits(),
-                    cpu: process_cpu_time(),
-                };
+                let m = self.mark(le_value(data));
                 self.marks.lock().unwrap_or_else(|e| e.into_inner()).push(m);
             }
             FAULT_INFO_PORT => {
@@ -249,12 +275,7 @@ impl Platform {
                     value = format_args!("{v:#x}"),
                     "guest fault info (error code / RIP)"
                 );
-                let m = Mark {
-                    value: v,
-                    at: self.start.elapsed(),
-                    exits: self.exits(),
-                    cpu: process_cpu_time(),
-                };
+                let m = self.mark(v);
                 self.faults
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -266,12 +287,7 @@ impl Platform {
                         ms = self.start.elapsed().as_millis() as u64,
                         "guest boot marker"
                     );
-                    let m = Mark {
-                        value: 123,
-                        at: self.start.elapsed(),
-                        exits: self.exits(),
-                        cpu: process_cpu_time(),
-                    };
+                    let m = self.mark(123);
                     self.marks.lock().unwrap_or_else(|e| e.into_inner()).push(m);
                 }
             }
