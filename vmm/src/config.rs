@@ -50,6 +50,8 @@ pub enum SerialTarget {
     Stdout,
     File(PathBuf),
     Buffer(SharedBuffer),
+    /// A Unix socket the monitor listens on; one client at a time gets output and sends input.
+    Unix(PathBuf),
     /// Output is discarded.
     Null,
 }
@@ -180,6 +182,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
     pub serial: SerialTarget,
+    /// With `SerialTarget::Stdout`: forward the monitor's stdin to the guest console.
+    pub serial_input: bool,
 }
 
 impl VmConfig {
@@ -193,6 +197,7 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             serial: SerialTarget::Stdout,
+            serial_input: false,
         }
     }
 }

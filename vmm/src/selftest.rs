@@ -129,6 +129,42 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
                     .then(|| format!("{} marks, expected 8", r.outcome.marks.len()))
             })
         }
+        "console" => {
+            use std::io::{Read, Write};
+            let sock = dir.join("console.sock");
+            let mut cfg = crate::VmConfig::new(crate::guest::image("console"));
+            cfg.mem_bytes = 64 << 20;
+            cfg.cmdline = "expect=hello-guest".into();
+            cfg.serial = crate::SerialTarget::Unix(sock.clone());
+            let vm = crate::Vm::new(&cfg).map_err(|e| e.to_string())?;
+            let runner = std::thread::spawn(move || vm.run(Some(Duration::from_secs(30))));
+            let mut conn = std::os::unix::net::UnixStream::connect(&sock)
+                .map_err(|e| format!("console socket: {e}"))?;
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            conn.write_all(b"hello-guest\n")
+                .map_err(|e| e.to_string())?;
+            let mut seen = String::new();
+            let mut buf = [0u8; 256];
+            while !seen.contains("PASS") && !seen.contains("FAIL") {
+                match conn.read(&mut buf) {
+                    Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                    _ => break,
+                }
+            }
+            let out = runner
+                .join()
+                .map_err(|_| "VM thread panicked".to_string())?
+                .map_err(|e| e.to_string())?;
+            let r = ProgramResult {
+                outcome: out,
+                serial: seen.replace('\r', ""),
+            };
+            verdict(Ok(r), |r| {
+                (!r.serial.contains("got: hello-guest"))
+                    .then(|| "input did not arrive over the socket".into())
+            })
+        }
         other => (
             Verdict::Skip(format!("no selftest scenario for {other}")),
             Duration::ZERO,

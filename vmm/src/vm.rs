@@ -4,6 +4,7 @@
 use crate::boot;
 use crate::change_tracking::ChangeTracker;
 use crate::config::{SerialTarget, VmConfig};
+use crate::devices::console::{self, SocketOut};
 pub use crate::devices::{Mark, StopReason};
 use crate::devices::{Platform, SerialOut, StopSignal};
 use crate::error::{Error, Result};
@@ -17,6 +18,7 @@ use crate::virtio::net::Net;
 use crate::virtio::pci::VirtioPci;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +50,10 @@ pub(crate) fn open_kvm() -> Result<Kvm> {
     Kvm::new().map_err(|e| Error::NoKvm(std::io::Error::from_raw_os_error(e.errno())))
 }
 
-fn serial_out(t: &SerialTarget) -> Result<SerialOut> {
+fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> Result<SerialOut> {
+    if let Some((_, out)) = socket {
+        return Ok(Box::new(out.clone()));
+    }
     Ok(match t {
         SerialTarget::Stdout => Box::new(std::io::stdout()),
         SerialTarget::File(p) => {
@@ -58,7 +63,7 @@ fn serial_out(t: &SerialTarget) -> Result<SerialOut> {
             })?)
         }
         SerialTarget::Buffer(b) => Box::new(b.clone()),
-        SerialTarget::Null => Box::new(std::io::sink()),
+        SerialTarget::Null | SerialTarget::Unix(_) => Box::new(std::io::sink()),
     })
 }
 
@@ -111,12 +116,31 @@ impl Vm {
         for (i, n) in config.nets.iter().enumerate() {
             add(&mut pci, Box::new(Net::new(n, i)?))?;
         }
+        let socket = match &config.serial {
+            SerialTarget::Unix(p) => Some((
+                console::bind(p).map_err(|err| Error::SerialFile {
+                    path: p.clone(),
+                    err,
+                })?,
+                SocketOut::default(),
+            )),
+            _ => None,
+        };
         let platform = Arc::new(Platform::new(
-            serial_out(&config.serial)?,
+            serial_out(&config.serial, &socket)?,
             serial_irq,
             pci,
             stop,
         ));
+        match (socket, &config.serial) {
+            (Some((listener, out)), _) => {
+                console::serve_socket(listener, out, Arc::downgrade(&platform))
+            }
+            (None, SerialTarget::Stdout) if config.serial_input => {
+                console::forward_stdin(Arc::downgrade(&platform))
+            }
+            _ => {}
+        }
 
         let entry = boot::load(
             &mem,

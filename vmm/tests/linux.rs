@@ -294,6 +294,7 @@ fn debian_kernel_boots_mounts_ext4_pings_and_reboots() {
             mac: [0x52, 0x54, 0, 0x79, 0, 2],
         }],
         serial: SerialTarget::Buffer(serial.clone()),
+        serial_input: false,
     };
     let out = ns
         .run(move || {

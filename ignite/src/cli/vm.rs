@@ -67,7 +67,7 @@ struct RunArgs {
     /// NIC: tap=NAME or bridge=BR, optionally ,mac=M (repeatable); AVIO virtio-net.
     #[arg(long = "net")]
     nets: Vec<String>,
-    /// Serial console: stdio, null or file:PATH.
+    /// Serial console: stdio (stdin is forwarded), null, file:PATH or unix:PATH (a socket).
     #[arg(long, default_value = "stdio", value_parser = SerialTarget::parse)]
     serial: SerialTarget,
     /// Stop the VM after this many seconds.
@@ -114,6 +114,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         cpus: a.cpus,
         disks: a.disks,
         nets,
+        serial_input: matches!(a.serial, SerialTarget::Stdout),
         serial: a.serial,
     };
     let vm = Vm::new(&cfg)?;

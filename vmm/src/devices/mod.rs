@@ -2,6 +2,8 @@
 //! serial, i8042 reset line, test-exit and mark ports) and the PCI bus; and the stop signal
 //! through which any device or vCPU ends the run with a reason.
 
+pub mod console;
+
 use crate::layout::*;
 use crate::pci::PciBus;
 use std::io::Write;
@@ -202,6 +204,21 @@ impl Platform {
 
     pub fn marks(&self) -> Vec<Mark> {
         self.marks.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Feeds console input to the guest's UART, waiting while its FIFO is full. Gives up
+    /// when the VM stops.
+    pub fn serial_input(&self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.stop.get().is_none() {
+            let n = {
+                let mut s = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+                s.enqueue_raw_bytes(bytes).unwrap_or(0)
+            };
+            bytes = &bytes[n..];
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// Words the guest's exception handler reported before failing.
