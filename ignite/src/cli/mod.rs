@@ -6,6 +6,7 @@ mod client;
 mod netboot;
 mod progress;
 mod server;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ pub enum Command {
     Client(client::ClientArgs),
     /// Network boot tools: fetch boot files, list leases.
     Netboot(netboot::NetbootArgs),
+    /// The bundled virtual machine monitor.
+    Vm(vm::Args),
 }
 
 impl Command {
@@ -42,6 +45,7 @@ impl Command {
             Command::Server(a) => server::run(a),
             Command::Client(a) => client::run(a),
             Command::Netboot(a) => netboot::run(a),
+            Command::Vm(a) => a.run(),
         }
     }
 }
