@@ -15,13 +15,29 @@ fn level(n: u8) -> Normalization {
 }
 
 /// Splits everything `reader` yields into chunks, calling `each(offset, data)` in order.
-/// `what` names the source in errors.
+/// `size_hint` is the expected length, if known: a stream shorter than the minimum chunk
+/// size is one chunk whatever the chunker says, so it is read whole without the chunker's
+/// max-size buffer (most files of a root file system are that small). `what` names the
+/// source in errors.
 pub fn chunk_stream(
-    reader: impl Read,
+    mut reader: impl Read,
+    size_hint: Option<u64>,
     p: &ChunkerParams,
     what: &str,
     mut each: impl FnMut(u64, Vec<u8>) -> Result<()>,
 ) -> Result<u64> {
+    if let Some(n) = size_hint.filter(|&n| n < p.min as u64) {
+        let mut data = Vec::with_capacity(n as usize);
+        reader.read_to_end(&mut data).map_err(|e| Error::Io {
+            path: what.into(),
+            source: e,
+        })?;
+        let len = data.len() as u64;
+        if len > 0 {
+            each(0, data)?;
+        }
+        return Ok(len);
+    }
     let cdc = StreamCDC::with_level(
         reader,
         p.min as usize,
@@ -62,7 +78,7 @@ mod tests {
         }
         let cut = |d: &[u8]| {
             let mut v = Vec::new();
-            chunk_stream(d, &p, "test", |off, c| {
+            chunk_stream(d, None, &p, "test", |off, c| {
                 v.push((off, c.len() as u64, crate::id::ChunkId::of(&c)));
                 Ok(())
             })

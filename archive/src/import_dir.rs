@@ -257,11 +257,18 @@ impl Walk<'_> {
     fn read_file(&mut self, path: &Path, size: u64, idx: usize, sub: &mut Submitter) -> Result<()> {
         let mut file = File::open(path).at(path)?;
         let what = path.display().to_string();
-        for (start, end) in data_ranges(&file, size) {
+        // Holes matter only in files larger than a chunk; small files skip the lseeks.
+        let ranges = if size < self.params.min as u64 {
+            vec![(0, size)]
+        } else {
+            data_ranges(&file, size)
+        };
+        for (start, end) in ranges {
             file.seek(SeekFrom::Start(start)).at(path)?;
             let (pending, progress) = (&mut self.pending, self.progress);
             let read = chunk_stream(
                 (&mut file).take(end - start),
+                Some(end - start),
                 &self.params,
                 &what,
                 |off, data| {

@@ -117,12 +117,15 @@ pub fn import_tar(
                 | tar::EntryType::Continuous
                 | tar::EntryType::GNUSparse => {
                     let idx = entries.len();
-                    let size = chunk_stream(&mut e, &params, &entry.path_str(), |off, data| {
-                        let len = data.len() as u32;
-                        let seq = sub.submit(data)?;
-                        pending.push(idx, off, len, seq);
-                        Ok(())
-                    })?;
+                    // A sparse entry's header size is its stored data, not its length.
+                    let hint = (ty != tar::EntryType::GNUSparse).then(|| e.size());
+                    let size =
+                        chunk_stream(&mut e, hint, &params, &entry.path_str(), |off, data| {
+                            let len = data.len() as u32;
+                            let seq = sub.submit(data)?;
+                            pending.push(idx, off, len, seq);
+                            Ok(())
+                        })?;
                     stats.logical_bytes += size;
                     files.insert(path.clone());
                     EntryKind::File {

@@ -158,8 +158,60 @@ impl<'s> Writer<'s> {
         Ok(id)
     }
 
-    /// As `put`, for a chunk whose id the caller computed (and that was checked to match).
-    pub fn put_with_id(
+    /// A chunk uploaded by a remote client: refused unless it hashes to the id it claims.
+    pub fn upload(
+        &self,
+        id: ChunkId,
+        data: &[u8],
+        zc: &mut zstd::bulk::Compressor<'static>,
+    ) -> Result<()> {
+        if ChunkId::of(data) != id {
+            return Err(Error::CorruptChunk {
+                id: id.to_hex(),
+                what: "uploaded data does not hash to this id".into(),
+            });
+        }
+        self.put_with_id(id, data, zc)
+    }
+
+    /// Commits a snapshot described by a remote client: its tree must be safe to export and
+    /// every chunk it names must be in the store (uploaded or already there).
+    pub fn commit_uploaded(self, draft: Draft) -> Result<Manifest> {
+        let ids: Vec<ChunkId> = match &draft.content {
+            DraftContent::Tree(entries) => {
+                crate::export_dir::check_tree(entries)?;
+                snapshot::tree_chunks(entries).collect()
+            }
+            DraftContent::Image {
+                size,
+                block_size,
+                blocks,
+            } => {
+                if blocks.len() as u64 != size.div_ceil(*block_size as u64) {
+                    return Err(Error::Invalid(
+                        "image chunk list does not match its size".into(),
+                    ));
+                }
+                blocks.iter().flatten().copied().collect()
+            }
+        };
+        let mut missing = Vec::new();
+        for id in ids {
+            if !self.reference(&id)? {
+                missing.push(id.to_hex());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::Invalid(format!(
+                "snapshot names {} chunks the store lacks (first {}); upload them first",
+                missing.len(),
+                missing[0]
+            )));
+        }
+        self.commit(draft)
+    }
+
+    fn put_with_id(
         &self,
         id: ChunkId,
         data: &[u8],
@@ -304,8 +356,10 @@ pub fn validate_name(name: &str) -> Result<()> {
 impl Drop for Writer<'_> {
     fn drop(&mut self) {
         if !self.committed {
-            if let Some(pw) = self.pack.lock().unwrap().take() {
-                pw.abort();
+            // Keep what was written: an interrupted upload resumes without sending it again,
+            // and gc removes it if no snapshot ever names it.
+            if let Err(e) = self.flush() {
+                tracing::warn!("writer {}: could not seal its last pack: {e}", self.id);
             }
         }
         // Refs go before the lock: gc treats refs without a live lock as stale.
