@@ -13,6 +13,14 @@ fn prerequisites() -> bool {
         && require(have("mke2fs") && have("e2fsck"), "e2fsprogs")
 }
 
+fn arc(store: &str, args: &[&str]) -> String {
+    ignite(&[&["archive", "--store", store], args].concat())
+}
+
+fn arc_json(store: &str, args: &[&str]) -> serde_json::Value {
+    ignite_json(&[&["archive", "--store", store], args].concat())
+}
+
 fn store_in(dir: &Path) -> String {
     let s = dir.join("store");
     ignite(&["archive", "--store", s.to_str().unwrap(), "init"]);
@@ -28,45 +36,19 @@ fn debootstrap_tree_round_trip_is_exact() {
     let (base, tar) = (paths[0].to_str().unwrap(), paths[1].to_str().unwrap());
     let t = tempfile::tempdir().unwrap();
     let s = store_in(t.path());
-    ignite(&[
-        "archive",
-        "--store",
-        &s,
-        "import",
-        "--name",
-        "debian-12",
-        tar,
-    ]);
+    arc(&s, &["import", "--name", "debian-12", tar]);
     let out = t.path().join("out");
     let out = out.to_str().unwrap();
-    ignite(&[
-        "archive",
-        "--store",
-        &s,
-        "export",
-        "debian-12",
-        "--dir",
-        out,
-    ]);
+    arc(&s, &["export", "debian-12", "--dir", out]);
     // GNU tar: contents, modes, owners, mtimes, link targets, device numbers.
     sh(&format!(
         "tar --numeric-owner --xattrs --xattrs-include='*' -C {out} --compare -f {tar}"
     ));
     // Ours: also xattrs and hard-link structure, and the source directory agrees too.
-    ignite(&[
-        "archive", "--store", &s, "import", "--name", "exported", out,
-    ]);
-    ignite(&["archive", "--store", &s, "import", "--name", "source", base]);
+    arc(&s, &["import", "--name", "exported", out]);
+    arc(&s, &["import", "--name", "source", base]);
     for other in ["exported", "source"] {
-        let d = ignite_json(&[
-            "archive",
-            "--store",
-            &s,
-            "diff",
-            "debian-12",
-            other,
-            "--json",
-        ]);
+        let d = arc_json(&s, &["diff", "debian-12", other, "--json"]);
         assert_eq!(d["changes"].as_array().unwrap().len(), 0, "{other}: {d}");
     }
     let links = sh(&format!("find {out} -type f -links +1 | wc -l"));
@@ -83,7 +65,7 @@ fn debootstrap_tree_round_trip_is_exact() {
         "tar --numeric-owner -C {base} --compare -f {}",
         ours.display()
     ));
-    ignite(&["archive", "--store", &s, "verify"]);
+    arc(&s, &["verify"]);
 }
 
 #[test]
@@ -100,26 +82,21 @@ fn ext4_image_round_trip_is_byte_identical() {
         img.display()
     ));
     let s = store_in(t.path());
-    ignite(&[
-        "archive",
-        "--store",
+    arc(
         &s,
-        "import",
-        "--name",
-        "root-img",
-        "--image",
-        img.to_str().unwrap(),
-    ]);
+        &[
+            "import",
+            "--name",
+            "root-img",
+            "--image",
+            img.to_str().unwrap(),
+        ],
+    );
     let out = t.path().join("out.img");
-    ignite(&[
-        "archive",
-        "--store",
+    arc(
         &s,
-        "export",
-        "root-img",
-        "--image",
-        out.to_str().unwrap(),
-    ]);
+        &["export", "root-img", "--image", out.to_str().unwrap()],
+    );
     sh(&format!("cmp {} {}", img.display(), out.display()));
     sh(&format!("e2fsck -fn {}", out.display()));
     // Sparse: the export allocates about what the file system uses, not 1 GiB.
@@ -156,26 +133,18 @@ fn nightly_series_costs_only_what_changed() {
             .iter()
             .find(|p| p.ends_with(format!("gen{g}.img")))
             .expect("genN.img");
-        ignite(&[
-            "archive",
-            "--store",
+        arc(&s, &["import", "--name", "nightly", dir.to_str().unwrap()]);
+        arc(
             &s,
-            "import",
-            "--name",
-            "nightly",
-            dir.to_str().unwrap(),
-        ]);
-        ignite(&[
-            "archive",
-            "--store",
-            &s,
-            "import",
-            "--name",
-            "nightly-img",
-            "--image",
-            img.to_str().unwrap(),
-        ]);
-        let list = ignite_json(&["archive", "--store", &s, "list", "--json"]);
+            &[
+                "import",
+                "--name",
+                "nightly-img",
+                "--image",
+                img.to_str().unwrap(),
+            ],
+        );
+        let list = arc_json(&s, &["list", "--json"]);
         let added = |name: &str| {
             list.as_array()
                 .unwrap()
@@ -231,7 +200,7 @@ fn nightly_series_costs_only_what_changed() {
             );
         }
     }
-    ignite(&["archive", "--store", &s, "verify"]);
+    arc(&s, &["verify"]);
 }
 
 fn changed_file_bytes(prev: &Path, cur: &Path) -> u64 {
