@@ -113,6 +113,7 @@ pub fn run(dir: &Path, total_1m: u64, total_4k: u64, irq_wait: bool) -> Result<V
     run.disks = vec![DiskConfig {
         path: image.clone(),
         read_only: false,
+        direct: false,
         track_changes: Some(DEFAULT_TRACK_GRANULARITY),
     }];
     let wait = if irq_wait { "irq" } else { "poll" };

@@ -61,7 +61,7 @@ struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u8,
-    /// Disk image: PATH or PATH,ro (repeatable); AVIO virtio-blk.
+    /// Disk image: PATH[,ro][,direct] (repeatable); AVIO virtio-blk, change tracking on writable disks.
     #[arg(long = "disk", value_parser = DiskConfig::parse)]
     disks: Vec<DiskConfig>,
     /// NIC: tap=NAME or bridge=BR, optionally ,mac=M (repeatable); AVIO virtio-net.

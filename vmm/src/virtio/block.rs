@@ -22,6 +22,8 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const SEG_MAX: u32 = 126;
 /// Most discard / write-zeroes segments per request.
 const MAX_SEGMENTS: u32 = 16;
+/// Alignment O_DIRECT requests need (the largest logical block size in common use).
+const DIRECT_ALIGN: u64 = 4096;
 /// How long the I/O thread keeps polling the ring after the last request.
 const POLL_BUDGET: std::time::Duration = std::time::Duration::from_micros(50);
 /// Longest chain we accept (header + segments + status).
@@ -29,6 +31,9 @@ const MAX_DESCRIPTORS: usize = SEG_MAX as usize + 2;
 
 pub struct DiskFile {
     file: File,
+    /// With O_DIRECT: `file` is the direct fd and this one goes through the page cache, for
+    /// requests that do not meet O_DIRECT's alignment.
+    buffered: Option<File>,
     pub size: u64,
     pub read_only: bool,
     id: [u8; 20],
@@ -40,6 +45,7 @@ impl DiskFile {
         let size = file_size(&file)?;
         Ok(DiskFile {
             file,
+            buffered: None,
             size,
             read_only,
             id: *b"ignite-test-disk\0\0\0\0",
@@ -47,14 +53,20 @@ impl DiskFile {
     }
 
     pub fn open(cfg: &DiskConfig) -> Result<DiskFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!cfg.read_only)
-            .open(&cfg.path)
-            .map_err(|err| Error::DiskUnreadable {
-                path: cfg.path.clone(),
-                err,
-            })?;
+        let open = |direct: bool| {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .read(true)
+                .write(!cfg.read_only)
+                .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+                .open(&cfg.path)
+                .map_err(|err| Error::DiskUnreadable {
+                    path: cfg.path.clone(),
+                    err,
+                })
+        };
+        let file = open(cfg.direct)?;
+        let buffered = if cfg.direct { Some(open(false)?) } else { None };
         let md = file.metadata().map_err(|err| Error::DiskUnreadable {
             path: cfg.path.clone(),
             err,
@@ -88,6 +100,7 @@ impl DiskFile {
         }
         Ok(DiskFile {
             file,
+            buffered,
             size,
             read_only: cfg.read_only,
             id,
@@ -349,7 +362,12 @@ impl BlockHandler {
                     let Some(ptr) = io_ptr(&self.mem, addr, len) else {
                         return (IOERR, 0);
                     };
-                    let fd = self.disk.file.as_raw_fd();
+                    // O_DIRECT wants aligned buffers, offsets and lengths.
+                    let aligned = (ptr as u64 | off | len as u64).is_multiple_of(DIRECT_ALIGN);
+                    let fd = match (&self.disk.buffered, aligned) {
+                        (Some(b), false) => b.as_raw_fd(),
+                        _ => self.disk.file.as_raw_fd(),
+                    };
                     let mut done = 0usize;
                     while done < len as usize {
                         // SAFETY: ptr..ptr+len is inside a guest memory mapping (checked).
