@@ -26,6 +26,20 @@ enum Cmd {
     },
     /// virtio-blk sequential throughput from a guest program vs a host process on the same image.
     Bench(BenchArgs),
+    /// Time from VM start to the boot marker (init writes 123 to port 0x3f0), Linux guests.
+    Boottime {
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        #[arg(long, default_value = "console=ttyS0 reboot=k panic=1 quiet")]
+        cmdline: String,
+        #[arg(long, default_value = "512M", value_parser = config::parse_size)]
+        mem: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
 }
 
 #[derive(Parser)]
@@ -81,6 +95,13 @@ impl Args {
             Cmd::Run(a) => run(a),
             Cmd::Selftest { dir } => selftest(dir),
             Cmd::Bench(a) => bench(a),
+            Cmd::Boottime {
+                kernel,
+                initrd,
+                cmdline,
+                mem,
+                timeout,
+            } => boottime(kernel, initrd, cmdline, mem, timeout),
         }
     }
 }
@@ -232,4 +253,44 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir(&d);
     Ok(())
+}
+
+fn boottime(
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    mem: u64,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    if !kernel.is_file() {
+        bail!(
+            "kernel {}: no such file; pass --kernel with a bzImage",
+            kernel.display()
+        );
+    }
+    let speed = ignite_vmm::hwcheck::measure().context("hardware virtualization check")?;
+    if !speed.hardware_assisted() {
+        println!("not measured: {}", speed.describe());
+        return Ok(());
+    }
+    let mut cfg = VmConfig::new(KernelImage::Path(kernel));
+    cfg.initrd = initrd;
+    cfg.cmdline = cmdline;
+    cfg.mem_bytes = mem;
+    cfg.serial = SerialTarget::Null;
+    let out = Vm::new(&cfg)?.run(Some(Duration::from_secs(timeout)))?;
+    match out.marks.iter().find(|m| m.value == 123) {
+        Some(m) => {
+            println!(
+                "boot to init marker: {:.1} ms (VM then stopped: {})",
+                m.at.as_secs_f64() * 1e3,
+                out.reason
+            );
+            Ok(())
+        }
+        None => bail!(
+            "no boot marker on port 0x3f0 before the VM stopped ({}); does init write 123 there?",
+            out.reason
+        ),
+    }
 }
