@@ -86,20 +86,38 @@ fn host_direct(
 }
 
 /// Runs the benchmark on an image in `dir`. `total_1m`/`total_4k`: bytes per phase.
-pub fn run(dir: &Path, total_1m: u64, total_4k: u64) -> Result<Vec<Row>> {
+/// `irq_wait`: the guest sleeps until the queue interrupt instead of spinning on the ring.
+pub fn run(dir: &Path, total_1m: u64, total_4k: u64, irq_wait: bool) -> Result<Vec<Row>> {
     let image = dir.join(format!("ignite-vm-bench-{}.img", std::process::id()));
     let size = total_1m.max(total_4k);
-    std::fs::write(&image, b"")?;
-    OpenOptions::new().write(true).open(&image)?.set_len(size)?;
+    // Written in full and synced first, so that guest and host both overwrite allocated
+    // blocks (a sparse file would charge block allocation to whoever writes first).
+    {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&image)?;
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut off = 0;
+        while off < size {
+            let n = (size - off).min(chunk.len() as u64) as usize;
+            f.write_all_at(&chunk[..n], off)?;
+            off += n as u64;
+        }
+        f.sync_all()?;
+    }
     let cleanup = scopeguard(&image);
     let mut run = ProgramRun::new("blkbench");
     run.mem_bytes = 128 << 20;
     run.disks = vec![DiskConfig {
         path: image.clone(),
         read_only: false,
+        direct: false,
         track_changes: Some(DEFAULT_TRACK_GRANULARITY),
     }];
-    run.args = format!("total1m={total_1m} total4k={total_4k}");
+    let wait = if irq_wait { "irq" } else { "poll" };
+    run.args = format!("total1m={total_1m} total4k={total_4k} wait={wait}");
     run.timeout = Duration::from_secs(600);
     let r = run_program(run)?;
     if r.outcome.reason != StopReason::TestExit(0) {
@@ -177,6 +195,14 @@ pub fn table(rows: &[Row]) -> String {
         );
     }
     s
+}
+
+/// The 1-minute load average (other work on the machine skews every number).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// One line about this machine: CPU model, cores, kernel.

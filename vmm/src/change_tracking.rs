@@ -175,6 +175,25 @@ impl ChangeTracker {
         Ok(())
     }
 
+    /// Marks several regions with one write and one sync of the map.
+    pub fn mark_all(&self, regions: &[(u64, u64)]) -> std::io::Result<()> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (file, set) = &mut *g;
+        let mut changed: Option<(usize, usize)> = None;
+        for &(offset, len) in regions {
+            if let Some((s, e)) = set.mark(offset, len) {
+                changed = Some(changed.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+            }
+        }
+        if let Some((s, e)) = changed {
+            file.write_all_at(&set.bits[s..e], HEADER + s as u64)?;
+            if self.sync {
+                file.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Current marks, without resetting.
     pub fn peek(&self) -> ChangeSet {
         self.inner
@@ -276,6 +295,7 @@ mod tests {
         t.mark(5 * (64 << 10), 64 << 10).unwrap(); // exactly region 5
         t.mark(size - 512, 4096).unwrap(); // clipped at the end
         t.mark(size + 10, 10).unwrap(); // beyond: ignored
+        t.mark_all(&[(0, 1), (5 * (64 << 10) + 3, 1)]).unwrap(); // already marked: no change
         let on_disk = ChangeTracker::load(&img).unwrap();
         assert_eq!(on_disk, t.peek());
         assert_eq!(

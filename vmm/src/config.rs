@@ -76,6 +76,9 @@ impl SerialTarget {
 pub struct DiskConfig {
     pub path: PathBuf,
     pub read_only: bool,
+    /// Open the image with O_DIRECT (bypassing the host page cache); requests whose buffers
+    /// or offsets are not 4 KiB aligned go through the page cache instead.
+    pub direct: bool,
     /// Change-tracking granularity in bytes (a power of two, at least 4 KiB), or None to
     /// not track (read-only disks are never tracked).
     pub track_changes: Option<u64>,
@@ -85,24 +88,30 @@ pub struct DiskConfig {
 pub const DEFAULT_TRACK_GRANULARITY: u64 = 64 << 10;
 
 impl DiskConfig {
-    /// `PATH[,ro]`. Writable disks get change tracking at the default granularity.
+    /// `PATH[,ro][,direct]`. Writable disks get change tracking at the default granularity.
     pub fn parse(s: &str) -> Result<DiskConfig, String> {
-        let (path, ro) = match s.rsplit_once(',') {
-            Some((p, "ro")) => (p, true),
-            Some((p, "rw")) => (p, false),
-            Some((_, opt)) => {
-                return Err(format!(
-                    "disk {s:?}: unknown option {opt:?}; use PATH or PATH,ro"
-                ))
+        let mut parts = s.split(',');
+        let path = parts.next().unwrap_or("");
+        let (mut ro, mut direct) = (false, false);
+        for opt in parts {
+            match opt {
+                "ro" => ro = true,
+                "rw" => ro = false,
+                "direct" => direct = true,
+                _ => {
+                    return Err(format!(
+                        "disk {s:?}: unknown option {opt:?}; use PATH[,ro][,direct]"
+                    ))
+                }
             }
-            None => (s, false),
-        };
+        }
         if path.is_empty() {
-            return Err(format!("disk {s:?}: empty path; use PATH or PATH,ro"));
+            return Err(format!("disk {s:?}: empty path; use PATH[,ro][,direct]"));
         }
         Ok(DiskConfig {
             path: path.into(),
             read_only: ro,
+            direct,
             track_changes: (!ro).then_some(DEFAULT_TRACK_GRANULARITY),
         })
     }
@@ -223,6 +232,8 @@ mod tests {
         assert!(!d.read_only && d.track_changes == Some(64 << 10));
         assert!(DiskConfig::parse("x.img,rx").is_err());
         assert!(DiskConfig::parse(",ro").is_err());
+        let d = DiskConfig::parse("x.img,ro,direct").unwrap();
+        assert!(d.read_only && d.direct);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub struct ProgramRun {
     /// Test parameters for the program (`key=value` words).
     pub args: String,
     pub mem_bytes: u64,
+    pub cpus: u8,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
     pub timeout: Duration,
@@ -39,6 +40,7 @@ impl ProgramRun {
             name,
             args: String::new(),
             mem_bytes: 64 << 20,
+            cpus: 1,
             disks: Vec::new(),
             nets: Vec::new(),
             timeout: Duration::from_secs(60),
@@ -72,6 +74,7 @@ pub fn run_program(run: ProgramRun) -> crate::Result<ProgramResult> {
     let mut cfg = VmConfig::new(image(run.name));
     cfg.cmdline = format!("mem={} {}", run.mem_bytes, run.args);
     cfg.mem_bytes = run.mem_bytes;
+    cfg.cpus = run.cpus;
     cfg.disks = run.disks;
     cfg.nets = run.nets;
     cfg.serial = SerialTarget::Buffer(buf.clone());

@@ -35,6 +35,7 @@ fn disk(p: &Path, ro: bool) -> DiskConfig {
     DiskConfig {
         path: p.to_owned(),
         read_only: ro,
+        direct: false,
         track_changes: (!ro).then_some(crate::config::DEFAULT_TRACK_GRANULARITY),
     }
 }

@@ -107,3 +107,101 @@ fn unix_socket_console_carries_output_and_input() {
     assert_eq!(out.reason, StopReason::TestExit(0));
     assert!(String::from_utf8_lossy(&seen).contains("got: hello-guest"));
 }
+
+/// A minimal 64-bit ELF whose only segment is `code`, loaded and entered at 2 MiB.
+fn raw_elf(code: &[u8]) -> &'static [u8] {
+    let mut e = vec![0u8; 0x1000];
+    e[..4].copy_from_slice(b"\x7fELF");
+    e[4] = 2; // 64-bit
+    e[5] = 1; // little endian
+    e[6] = 1;
+    e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    e[20..24].copy_from_slice(&1u32.to_le_bytes());
+    e[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // entry
+    e[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    e[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+    e[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+    e[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+    let ph = &mut e[64..120];
+    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // offset
+    ph[16..24].copy_from_slice(&0x20_0000u64.to_le_bytes()); // vaddr
+    ph[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // paddr
+    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+    e.extend_from_slice(code);
+    Box::leak(e.into_boxed_slice())
+}
+
+fn run_raw(code: &[u8], cpus: u8) -> StopReason {
+    let mut cfg = ignite_vmm::VmConfig::new(ignite_vmm::KernelImage::Bytes {
+        name: "raw".into(),
+        data: raw_elf(code),
+    });
+    cfg.mem_bytes = 32 << 20;
+    cfg.cpus = cpus;
+    cfg.serial = ignite_vmm::SerialTarget::Null;
+    ignite_vmm::Vm::new(&cfg)
+        .unwrap()
+        .run(Some(std::time::Duration::from_secs(30)))
+        .unwrap()
+        .reason
+}
+
+#[test]
+fn triple_fault_and_i8042_reset_stop_the_vm_with_a_reason() {
+    if !common::kvm() {
+        return;
+    }
+    // ud2 with the boot IDT empty: #UD -> #GP -> #DF -> shutdown.
+    assert_eq!(run_raw(&[0x0f, 0x0b], 1), StopReason::TripleFault);
+    // mov al, 0xfe; out 0x64, al; hlt — the keyboard controller's reset line.
+    assert_eq!(
+        run_raw(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4], 2),
+        StopReason::Reset
+    );
+}
+
+#[test]
+fn errors_name_the_object_and_what_to_do() {
+    let mut cfg =
+        ignite_vmm::VmConfig::new(ignite_vmm::KernelImage::Path("/nonexistent/vmlinuz".into()));
+    cfg.mem_bytes = 32 << 20;
+    cfg.serial = ignite_vmm::SerialTarget::Null;
+    if common::kvm() {
+        let e = ignite_vmm::Vm::new(&cfg).err().unwrap().to_string();
+        assert!(
+            e.contains("/nonexistent/vmlinuz") && e.contains("pass --kernel"),
+            "{e}"
+        );
+        cfg.kernel = ignite_vmm::guest::image("hello");
+        cfg.disks = vec![ignite_vmm::DiskConfig::parse("/nonexistent/disk.img").unwrap()];
+        let e = ignite_vmm::Vm::new(&cfg).err().unwrap().to_string();
+        assert!(
+            e.contains("disk /nonexistent/disk.img") && e.contains("check the path"),
+            "{e}"
+        );
+        cfg.disks.clear();
+        cfg.cpus = 0;
+        let e = ignite_vmm::Vm::new(&cfg).err().unwrap().to_string();
+        assert!(e.contains("vCPUs is out of range"), "{e}");
+    }
+    let e = ignite_vmm::Error::NoKvm(std::io::Error::from_raw_os_error(libc::ENOENT)).to_string();
+    assert!(
+        e.starts_with("/dev/kvm:") && e.contains("load the kvm module"),
+        "{e}"
+    );
+}
+
+#[test]
+fn two_vcpus_boot_the_program_on_the_bsp() {
+    if !common::kvm() {
+        return;
+    }
+    let mut run = ProgramRun::new("hello");
+    run.cpus = 2;
+    common::expect_pass(run);
+}

@@ -5,6 +5,7 @@ mod common;
 use ignite_vmm::change_tracking::ChangeTracker;
 use ignite_vmm::guest::ProgramRun;
 use ignite_vmm::DiskConfig;
+use std::os::unix::fs::OpenOptionsExt;
 
 fn disk(path: &std::path::Path, ro: bool) -> DiskConfig {
     DiskConfig::parse(&format!(
@@ -92,4 +93,37 @@ fn change_tracking_marks_exactly_the_written_regions() {
     let set = ChangeTracker::load(&img).unwrap();
     let marked: Vec<u64> = (0..set.regions()).filter(|&r| set.is_marked(r)).collect();
     assert_eq!(marked, vec![0, 3, 4, 20, 40]);
+}
+
+#[test]
+fn virtio_blk_with_o_direct() {
+    if !common::kvm() {
+        return;
+    }
+    let dir = common::tempdir();
+    let size = 4 << 20;
+    let a = common::image(dir.as_path(), "direct.img", size, 0xee);
+    // O_DIRECT needs file system support (tmpfs has none).
+    let probe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&a)
+        .map(|_| ())
+        .map_err(|e| format!("O_DIRECT on {}: {e}", dir.as_path().display()));
+    if !common::require("a file system with O_DIRECT", probe) {
+        return;
+    }
+    let mut run = ProgramRun::new("blk");
+    let mut d = disk(&a, false);
+    d.direct = true;
+    run.disks = vec![d];
+    run.args = format!("sectors={} id=direct.img", size / 512);
+    let r = common::expect_pass(run);
+    assert!(r.serial.contains("pattern verified"), "{}", r.serial);
+    let data = std::fs::read(&a).unwrap();
+    let expect: Vec<u8> = (0..4096usize)
+        .map(|j| (7 * 131 + j * 7 + (j >> 8)) as u8)
+        .collect();
+    let off = (64 * 7 + 8) * 512;
+    assert_eq!(&data[off..off + 4096], &expect[..]);
 }

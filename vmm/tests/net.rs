@@ -111,3 +111,24 @@ fn missing_bridge_is_a_clear_error() {
         "{msg}"
     );
 }
+
+#[test]
+fn tap_that_cannot_be_created_is_a_clear_error() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Netns::new("badtap").unwrap();
+    // "lo" exists and is not a tap: TUNSETIFF refuses it.
+    let msg = ns
+        .run(|| {
+            ignite_vmm::virtio::tap::Tap::open("lo")
+                .err()
+                .map(|e| e.to_string())
+        })
+        .unwrap();
+    let msg = msg.expect("opening lo as a tap must fail");
+    assert!(
+        msg.starts_with("tap lo:") && msg.contains("CAP_NET_ADMIN"),
+        "{msg}"
+    );
+}

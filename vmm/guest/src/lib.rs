@@ -101,3 +101,14 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 pub fn irq_count(i: usize) -> u64 {
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!(start::IRQ_COUNTS[i])) }
 }
+
+extern "C" {
+    fn rt_wait_irq(seen: u64);
+}
+
+/// Sleeps (HLT at CPL0, entered through a UD2 trap) until an interrupt arrives on vector
+/// IRQ_BASE, unless one arrived since `irq_count(0)` returned `seen`. Lets a polling loop
+/// give its CPU back.
+pub fn wait_irq(seen: u64) {
+    unsafe { rt_wait_irq(seen) }
+}

@@ -76,6 +76,7 @@ _start:
     jne 3b
     lidt [rip + rt_idt_ptr]
 
+
     /* Mask both PICs and LINT0 (ExtINT): only MSI-X reaches us. Software-enable the LAPIC. */
     mov al, 0xff
     out 0x21, al
@@ -102,6 +103,8 @@ rt_isr_common:
     mov rax, [rsp + 16]
     cmp rax, 0xff
     je 5f
+    cmp rax, 6
+    je 7f
     sub rax, 0x40
     cmp rax, 16
     jae 4f
@@ -114,6 +117,25 @@ rt_isr_common:
     pop rax
     add rsp, 8
     iretq
+7:
+    /* #UD: if raised by the UD2 in rt_wait_irq, it is the wait-for-interrupt call (software-
+       assisted KVMs such as PVM deliver exceptions from CPL3 but not INT n or SYSCALL into
+       code that may STI/HLT). RAX held IRQ_COUNTS[0] as the caller saw it: halt until the
+       next interrupt unless one came since. IF is clear (interrupt gate) and STI's shadow
+       covers HLT, so no wakeup is lost. Then resume after the UD2. */
+    lea rcx, [rip + rt_wait_irq_ud2]
+    cmp [rsp + 24], rcx
+    jne 4f
+    mov rax, [rsp + 8]
+    lea rcx, [rip + IRQ_COUNTS]
+    cmp [rcx], rax
+    jne 9f
+    sti
+    hlt
+    cli
+9:
+    add qword ptr [rsp + 24], 2
+    jmp 5b
 4:
     /* Exception or unexpected vector: the two words above the vector (error code and/or
        RIP) to the fault-info port, then exit code 0x100 + vector through the test port. */
@@ -129,6 +151,14 @@ rt_isr_common:
 6:
     hlt
     jmp 6b
+
+
+    .global rt_wait_irq
+rt_wait_irq:
+    mov rax, rdi
+rt_wait_irq_ud2:
+    ud2
+    ret
 
     .section .data.rt_gdt, "aw"
     .align 16

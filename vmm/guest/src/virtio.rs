@@ -105,8 +105,13 @@ impl Queue {
         head
     }
 
+    /// Notifies the device unless it said it is polling (VRING_USED_F_NO_NOTIFY).
     pub fn notify(&self) {
-        mmio_write::<u16>(self.notify_addr, self.index);
+        fence(Ordering::SeqCst);
+        let m = unsafe { &*self.mem };
+        if unsafe { core::ptr::read_volatile(&m.used_flags) } & 1 == 0 {
+            mmio_write::<u16>(self.notify_addr, self.index);
+        }
     }
 
     /// Next completion (head, bytes written by the device), if any.

@@ -284,7 +284,7 @@ impl Platform {
             TEST_EXIT_PORT => self.stop.stop(StopReason::TestExit(le_value(data))),
             MARK_PORT => {
                 let m = self.mark(le_value(data));
-                self.marks.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+                push_bounded(&self.marks, m);
             }
             FAULT_INFO_PORT => {
                 let v = le_value(data);
@@ -293,10 +293,7 @@ impl Platform {
                     "guest fault info (error code / RIP)"
                 );
                 let m = self.mark(v);
-                self.faults
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(m);
+                push_bounded(&self.faults, m);
             }
             BOOT_MARKER_PORT => {
                 if data.first() == Some(&123) {
@@ -305,7 +302,7 @@ impl Platform {
                         "guest boot marker"
                     );
                     let m = self.mark(123);
-                    self.marks.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+                    push_bounded(&self.marks, m);
                 }
             }
             _ => tracing::trace!(port, ?data, "write to unclaimed port"),
@@ -335,6 +332,17 @@ impl Platform {
         {
             tracing::trace!(addr, "write to unclaimed MMIO");
         }
+    }
+}
+
+/// Marks a guest can make are bounded: a guest writing the port in a loop must not grow the
+/// monitor's memory without end.
+const MAX_MARKS: usize = 4096;
+
+fn push_bounded(v: &Mutex<Vec<Mark>>, m: Mark) {
+    let mut g = v.lock().unwrap_or_else(|e| e.into_inner());
+    if g.len() < MAX_MARKS {
+        g.push(m);
     }
 }
 
@@ -379,6 +387,14 @@ mod tests {
         assert_eq!(d, [0xff, 0xff]);
         p.pio_write(MARK_PORT, &[]);
         assert_eq!(p.marks().len(), 1);
-        assert_eq!(p.exits(), 3);
+        for _ in 0..MAX_MARKS + 10 {
+            p.pio_write(MARK_PORT, &[1]);
+        }
+        assert_eq!(
+            p.marks().len(),
+            MAX_MARKS,
+            "a guest cannot grow the mark list without end"
+        );
+        assert_eq!(p.exits(), 3 + MAX_MARKS as u64 + 10);
     }
 }

@@ -137,7 +137,8 @@ impl PciBus {
         for dev in self.slots.iter_mut().flatten() {
             for bar in 0..6 {
                 if let Some((base, size)) = dev.config().mem_bar(bar) {
-                    if addr >= base && addr + len as u64 <= base + size {
+                    if addr >= base && addr.saturating_add(len as u64) <= base.saturating_add(size)
+                    {
                         return Some((dev, bar, addr - base));
                     }
                 }

@@ -43,7 +43,7 @@ impl Net {
         // Offer guest-side offloads only if this tap can deliver such frames.
         let all = tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6 | tap::TUN_F_TSO_ECN;
         let offloads_ok = tap.set_offload(all).is_ok() && tap.set_offload(0).is_ok();
-        tracing::info!(
+        tracing::debug!(
             tap = tap.name(),
             offloads = offloads_ok,
             "virtio-net attached"

@@ -1,6 +1,7 @@
 //! Sequential virtio-blk throughput from CPL3, polled (no interrupts). For each phase the
 //! monitor timestamps a mark before and after: 11/12 write 1 MiB, 21/22 write 4 KiB,
-//! 31/32 read 1 MiB, 41/42 read 4 KiB. Args: `total1m=BYTES total4k=BYTES`.
+//! 31/32 read 1 MiB, 41/42 read 4 KiB. Args: `total1m=BYTES total4k=BYTES wait=poll|irq`
+//! (irq: sleep in HLT until the queue's MSI-X interrupt instead of spinning on the ring).
 #![no_std]
 #![no_main]
 
@@ -18,7 +19,22 @@ const SMALL_DEPTH: usize = 64;
 struct Buf([u8; BIG * BIG_DEPTH]);
 static mut BUF: Buf = Buf([0; BIG * BIG_DEPTH]);
 
-fn phase(d: &mut Blk, write: bool, bs: usize, depth: usize, total: u64, mark: u32) {
+/// Next completion: spinning, or sleeping until the queue interrupt.
+fn next(d: &mut Blk, irq: bool) -> (usize, u8, u32) {
+    loop {
+        let seen = rt::irq_count(0);
+        if let Some(c) = d.poll() {
+            return c;
+        }
+        if irq {
+            rt::wait_irq(seen);
+        } else {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+fn phase(d: &mut Blk, irq: bool, write: bool, bs: usize, depth: usize, total: u64, mark: u32) {
     let buf = unsafe { &*core::ptr::addr_of!(BUF) };
     let count = total / bs as u64;
     let (mut submitted, mut completed) = (0u64, 0u64);
@@ -41,7 +57,7 @@ fn phase(d: &mut Blk, write: bool, bs: usize, depth: usize, total: u64, mark: u3
             d.q.notify();
         }
         // Reap everything that is done before queueing more.
-        let (_, st, _) = d.wait();
+        let (_, st, _) = next(d, irq);
         check!(st == S_OK, "request failed with status {}", st);
         completed += 1;
         while let Some((_, st, _)) = d.poll() {
@@ -59,7 +75,8 @@ fn main() {
         n == 2 && found[1].2 == 0x1042,
         "expected one virtio-blk device"
     );
-    let mut d = Blk::open(0, found[1].0, F_FLUSH, None);
+    let irq = boot::arg("wait") == Some("irq");
+    let mut d = Blk::open(0, found[1].0, F_FLUSH, irq.then_some(rt::start::IRQ_BASE));
     let total1m = boot::arg_u64("total1m", 64 << 20);
     let total4k = boot::arg_u64("total4k", 16 << 20);
     check!(
@@ -70,10 +87,10 @@ fn main() {
     for (i, b) in buf.0.iter_mut().enumerate() {
         *b = (i * 7) as u8;
     }
-    phase(&mut d, true, BIG, BIG_DEPTH, total1m, 11);
-    phase(&mut d, true, 4096, SMALL_DEPTH, total4k, 21);
-    phase(&mut d, false, BIG, BIG_DEPTH, total1m, 31);
-    phase(&mut d, false, 4096, SMALL_DEPTH, total4k, 41);
+    phase(&mut d, irq, true, BIG, BIG_DEPTH, total1m, 11);
+    phase(&mut d, irq, true, 4096, SMALL_DEPTH, total4k, 21);
+    phase(&mut d, irq, false, BIG, BIG_DEPTH, total1m, 31);
+    phase(&mut d, irq, false, 4096, SMALL_DEPTH, total4k, 41);
     check!(d.run(T_FLUSH, 0, &[], false) == S_OK, "flush");
-    println!("bench done");
+    println!("bench done ({} interrupts)", rt::irq_count(0));
 }
