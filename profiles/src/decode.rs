@@ -593,21 +593,22 @@ impl<'a> Decoder<'a> {
             loc,
             size_loc,
             mount_loc: mount.map(|m| m.1),
+            n,
             ok,
         })
     }
 
     fn layout_rules(&mut self, parts: &[PartDecoded], ploc: Loc, complete: bool) {
-        let mut rest_seen: Option<usize> = None;
+        let mut rest_seen: Option<usize> = None; // partition number
         let mut pct = 0u32;
         let mut mounts: Vec<(String, usize, Loc)> = Vec::new();
-        for (i, p) in parts.iter().enumerate() {
+        for p in parts {
             match p.spec.size {
                 Size::Rest => {
                     if let Some(first) = rest_seen {
-                        self.err(p.size_loc, format!("partition {} also has size \"rest\" (partition {} already takes the rest); give it a size such as \"10G\" or \"20%\"", i + 1, first + 1));
+                        self.err(p.size_loc, format!("partition {} also has size \"rest\" (partition {first} already takes the rest); give it a size such as \"10G\" or \"20%\"", p.n));
                     } else {
-                        rest_seen = Some(i);
+                        rest_seen = Some(p.n);
                     }
                 }
                 Size::Percent(n) => {
@@ -621,12 +622,12 @@ impl<'a> Decoder<'a> {
             }
             if let (Some(m), Some(mloc)) = (&p.spec.mount, p.mount_loc) {
                 if let Some((_, j, _)) = mounts.iter().find(|x| &x.0 == m) {
-                    self.err(mloc, format!("mount point {m:?} is already used by partition {}; use each mount point once", j + 1));
+                    self.err(mloc, format!("mount point {m:?} is already used by partition {j}; use each mount point once"));
                 } else {
-                    mounts.push((m.clone(), i, mloc));
+                    mounts.push((m.clone(), p.n, mloc));
                 }
             } else if let Some(m) = &p.spec.mount {
-                mounts.push((m.clone(), i, p.loc));
+                mounts.push((m.clone(), p.n, p.loc));
             }
         }
         let has_fs = parts
@@ -1138,6 +1139,8 @@ struct PartDecoded {
     loc: Loc,
     size_loc: Loc,
     mount_loc: Option<Loc>,
+    /// 1-based position in the profile's list.
+    n: usize,
     /// False when the partition had an error (already reported).
     ok: bool,
 }

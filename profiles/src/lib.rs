@@ -245,7 +245,7 @@ pub(crate) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
         .iter()
         .map(|k| (levenshtein(&w, k), *k))
         .filter(|(d, k)| *d <= (k.len().max(w.len()) / 3).max(1))
-        .min_by_key(|(d, _)| *d)
+        .min_by_key(|(d, k)| (*d, k.len().abs_diff(w.len())))
         .map(|(_, k)| k)
 }
 
