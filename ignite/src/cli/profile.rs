@@ -187,3 +187,22 @@ fn describe(s: &Step) -> String {
         Step::Unmount => "unmount".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_arguments() {
+        let d = parse_disk("/dev/vda:20G").unwrap();
+        assert_eq!(
+            (d.path.as_str(), d.size, d.serial),
+            ("/dev/vda", 20 << 30, None)
+        );
+        let d = parse_disk("/dev/sdb:1T:WD-123").unwrap();
+        assert_eq!(d.serial.as_deref(), Some("WD-123"));
+        assert!(parse_disk("/dev/vda").is_err());
+        assert!(parse_disk("vda:20G").is_err());
+        assert!(parse_disk("/dev/vda:20X").is_err());
+    }
+}
