@@ -3,7 +3,7 @@
 
 use crate::error::Diagnostic;
 use crate::model::*;
-use crate::size::{parse_range, parse_size, Size};
+use crate::size::{parse_range, parse_size, Size, MIB};
 use crate::source::{Loc, Node, Sources, Table, Value};
 use crate::template::parse_template;
 use std::net::IpAddr;
@@ -239,11 +239,6 @@ impl<'a> Decoder<'a> {
 
     pub fn profile(&mut self, name: &str, chain: Vec<String>, root: &Table) -> Option<Profile> {
         self.keys(root, "the profile", ROOT_KEYS);
-        if let Some(e) = root.get("extends") {
-            if !matches!(e.node.v, Value::Str(_)) {
-                self.wrong_type(&e.node, "extends", "a string", "extends = \"base\"");
-            }
-        }
         let description = self
             .str(root, "", "description", "description = \"web servers\"")
             .map(|d| d.0);
@@ -572,7 +567,11 @@ impl<'a> Decoder<'a> {
             );
             ok = false;
         }
-        let (size, size_loc) = size?;
+        // A bad or missing size is already reported; the partition still takes part in the
+        // cross-partition rules (mount points), with its size left out of them.
+        let size_ok = size.is_some();
+        ok &= size_ok;
+        let (size, size_loc) = size.unwrap_or((Size::Bytes(MIB), loc));
         let default_name = match (kind_v, mount_v.as_deref()) {
             (PartKind::Efi, _) => "efi".to_string(),
             (PartKind::BiosBoot, _) => "bios_boot".to_string(),
@@ -595,6 +594,7 @@ impl<'a> Decoder<'a> {
             mount_loc: mount.map(|m| m.1),
             n,
             ok,
+            size_ok,
         })
     }
 
@@ -603,7 +603,11 @@ impl<'a> Decoder<'a> {
         let mut pct = 0u32;
         let mut mounts: Vec<(String, usize, Loc)> = Vec::new();
         for p in parts {
-            match p.spec.size {
+            match if p.size_ok {
+                p.spec.size
+            } else {
+                Size::Bytes(MIB)
+            } {
                 Size::Rest => {
                     if let Some(first) = rest_seen {
                         self.err(p.size_loc, format!("partition {} also has size \"rest\" (partition {first} already takes the rest); give it a size such as \"10G\" or \"20%\"", p.n));
@@ -1143,6 +1147,7 @@ struct PartDecoded {
     n: usize,
     /// False when the partition had an error (already reported).
     ok: bool,
+    size_ok: bool,
 }
 
 struct DiskDecoded {

@@ -147,7 +147,14 @@ impl Profile {
             errs.extend(syntax);
             let ext = tree.get("extends").and_then(|e| match &e.node.v {
                 Value::Str(s) => Some((s.clone(), e.node.loc)),
-                _ => None,
+                v => {
+                    let msg = format!(
+                        "extends is {}, not a string; write e.g. extends = \"base\"",
+                        v.type_name()
+                    );
+                    errs.push(sources.diag(e.node.loc, msg));
+                    None
+                }
             });
             trees.push(tree);
             let Some((base, loc)) = ext else { break };

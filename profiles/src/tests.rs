@@ -577,3 +577,31 @@ fn suggestions() {
     assert_eq!(suggest("mca6", &["mac", "mac6", "name"]), Some("mac6"));
     assert_eq!(suggest("zzzzzz", &["mount", "fs"]), None);
 }
+
+#[test]
+fn rules_still_run_beside_a_bad_size() {
+    let t = format!("{GOOD}\n[[disk.partitions]]\nsize = \"1Q\"\nfs = \"xfs\"\nmount = \"/\"\n");
+    let e = errs(&t);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].starts_with("15:8 size \"1Q\""), "{e:?}");
+    assert!(
+        e[1].starts_with("17:9 mount point \"/\" is already used by partition 2"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn extends_must_be_a_string() {
+    let e = one_err("extends = 3\n");
+    assert_eq!(
+        e,
+        "1:11 extends is an integer, not a string; write e.g. extends = \"base\""
+    );
+    let mut resolve = |_: &str| Ok(("base.toml".to_string(), format!("extends = [1]\n{GOOD}")));
+    let e = Profile::from_str_with("web.toml", "extends = \"base\"\n", &mut resolve).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(
+        (e.0[0].file.as_str(), e.0[0].line, e.0[0].col),
+        ("base.toml", 1, 11)
+    );
+}
