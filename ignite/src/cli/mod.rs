@@ -4,6 +4,7 @@
 mod archive;
 mod client;
 mod netboot;
+mod profile;
 mod progress;
 mod server;
 mod vm;
@@ -36,6 +37,8 @@ pub enum Command {
     Netboot(netboot::NetbootArgs),
     /// The bundled virtual machine monitor.
     Vm(vm::Args),
+    /// Install profiles: check them, render a client's install plan.
+    Profile(profile::Args),
 }
 
 impl Command {
@@ -46,6 +49,7 @@ impl Command {
             Command::Client(a) => client::run(a),
             Command::Netboot(a) => netboot::run(a),
             Command::Vm(a) => a.run(),
+            Command::Profile(a) => profile::run(a),
         }
     }
 }

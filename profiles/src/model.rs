@@ -1,0 +1,176 @@
+//! The profile as loaded and checked: plain data, defaults filled in.
+
+use crate::size::{Size, SizeRange};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// A checked install profile (after `extends` merging and validation).
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The file stem of the profile (`web` for `web.toml`).
+    pub name: String,
+    pub description: Option<String>,
+    pub archive: ArchiveRef,
+    pub disk: DiskSpec,
+    pub identity: Identity,
+    pub network: Network,
+    pub boot: Boot,
+    /// Shell commands run in the installed system (chroot) before first boot, in order.
+    pub hooks: Vec<String>,
+    /// The profiles this one was built from, deepest base first, this one last.
+    pub chain: Vec<String>,
+    pub(crate) hostname_template: Vec<crate::template::Piece>,
+}
+
+/// The golden archive: `debian-12` (its latest snapshot) or `debian-12@<id prefix>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRef {
+    pub name: String,
+    pub id: Option<String>,
+}
+
+impl std::fmt::Display for ArchiveRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "{}@{id}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Which client disk to install on: every given criterion must match; the first matching disk
+/// (in the client's order) wins; no criterion means the client's first disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSelect {
+    pub path: Option<String>,
+    pub serial: Option<String>,
+    pub size: Option<SizeRange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionTable {
+    Gpt,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    pub select: DiskSelect,
+    pub table: PartitionTable,
+    pub partitions: Vec<PartitionSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartKind {
+    /// Linux file system data (also used for partitions without a file system).
+    Linux,
+    /// EFI system partition (vfat).
+    Efi,
+    /// BIOS boot partition, for GRUB's core image on BIOS + GPT.
+    BiosBoot,
+    Swap,
+}
+
+impl PartKind {
+    /// The GPT partition type GUID.
+    pub fn type_guid(self) -> &'static str {
+        match self {
+            PartKind::Linux => "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+            PartKind::Efi => "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+            PartKind::BiosBoot => "21686148-6449-6E6F-744E-656564454649",
+            PartKind::Swap => "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fs {
+    Ext4,
+    Xfs,
+    Vfat,
+    Swap,
+}
+
+#[derive(Debug, Clone)]
+pub struct PartitionSpec {
+    /// GPT partition name.
+    pub name: String,
+    pub kind: PartKind,
+    pub size: Size,
+    pub fs: Option<Fs>,
+    pub mount: Option<String>,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The template as written (`web-{mac6}`).
+    pub hostname: String,
+    pub fresh_machine_id: bool,
+    pub fresh_ssh_host_keys: bool,
+    pub root_authorized_keys: Vec<String>,
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub uid: Option<u32>,
+    pub groups: Vec<String>,
+    pub shell: String,
+    pub authorized_keys: Vec<String>,
+}
+
+/// The network configuration format written into the installed system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetFormat {
+    /// Detect what the image uses (netplan, then systemd-networkd, then ifupdown).
+    Auto,
+    Ifupdown,
+    Networkd,
+    Netplan,
+}
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub format: NetFormat,
+    pub interfaces: Vec<Interface>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// The interface name in the installed system, or `boot`: the NIC the client booted from
+    /// (matched by its MAC address).
+    pub name: String,
+    pub dhcp: bool,
+    /// `address/prefix`, for a static configuration.
+    pub address: Option<String>,
+    pub gateway: Option<IpAddr>,
+    pub dns: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loader {
+    Grub,
+    Extlinux,
+    /// No boot loader: the monitor boots the guest's kernel directly.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Boot {
+    pub loader: Loader,
+    pub firmware: Firmware,
+}
