@@ -134,6 +134,48 @@ pub enum Drop {
     Overload,
     #[error("no or unknown DHCP message type")]
     NoMessageType,
+    #[error("option {0} has an impossible length")]
+    BadOptionLength(u8),
+}
+
+/// Options whose length dhcproto 0.15 asserts on instead of returning an error (found by
+/// the `dhcp_packet` fuzz target: option 94 with length 2 panicked the decoder), with the
+/// lengths they may have.
+fn checked_len_ok(code: u8, len: usize) -> Option<bool> {
+    Some(match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        151 => len >= 1,
+        152..=155 => len == 4,
+        _ => return None,
+    })
+}
+
+/// Walks the raw options (after the 240-byte header) and refuses lengths the decoder cannot
+/// take. Split options (RFC 3396) of these fixed-size kinds are refused too.
+fn check_options(bytes: &[u8]) -> std::result::Result<(), Drop> {
+    let mut seen = [false; 256];
+    let mut i = 240;
+    while i < bytes.len() {
+        let code = bytes[i];
+        match code {
+            0 => i += 1,
+            255 => break,
+            _ => {
+                let Some(&len) = bytes.get(i + 1) else { break };
+                let len = len as usize;
+                if let Some(ok) = checked_len_ok(code, len) {
+                    if !ok || seen[code as usize] {
+                        return Err(Drop::BadOptionLength(code));
+                    }
+                }
+                seen[code as usize] = true;
+                i += 2 + len;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses and sanity-checks a client packet. Everything a hostile packet can do ends here.
@@ -144,7 +186,12 @@ pub fn parse_request(bytes: &[u8]) -> std::result::Result<Message, Drop> {
     if bytes[236..240] != MAGIC {
         return Err(Drop::NoMagic);
     }
-    let msg = Message::from_bytes(bytes).map_err(|e| Drop::Undecodable(e.to_string()))?;
+    check_options(bytes)?;
+    // Defence in depth: should the decoder still panic on some input, drop the packet
+    // instead of losing the DHCP service.
+    let msg = std::panic::catch_unwind(|| Message::from_bytes(bytes))
+        .map_err(|_| Drop::Undecodable("decoder panicked".into()))?
+        .map_err(|e| Drop::Undecodable(e.to_string()))?;
     if msg.opcode() != Opcode::BootRequest {
         return Err(Drop::NotRequest);
     }
@@ -184,12 +231,61 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Addresses offered and not yet requested, held for their client for a short while.
+/// Indexed both ways so each packet costs O(1), even with tens of thousands outstanding.
+#[derive(Default)]
+struct Offers {
+    by_ip: HashMap<Ipv4Addr, (MacAddr, u64)>,
+    by_mac: HashMap<MacAddr, Ipv4Addr>,
+    next_sweep: u64,
+}
+
+impl Offers {
+    fn holder(&self, ip: Ipv4Addr, now: u64) -> Option<MacAddr> {
+        self.by_ip
+            .get(&ip)
+            .filter(|(_, until)| *until > now)
+            .map(|(m, _)| *m)
+    }
+
+    fn of(&self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
+        let ip = *self.by_mac.get(&mac)?;
+        (self.holder(ip, now) == Some(mac)).then_some(ip)
+    }
+
+    fn insert(&mut self, ip: Ipv4Addr, mac: MacAddr, until: u64) {
+        self.remove_mac(mac);
+        self.by_ip.insert(ip, (mac, until));
+        self.by_mac.insert(mac, ip);
+    }
+
+    fn remove_mac(&mut self, mac: MacAddr) {
+        if let Some(ip) = self.by_mac.remove(&mac) {
+            if self.by_ip.get(&ip).is_some_and(|(m, _)| *m == mac) {
+                self.by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Drops expired offers, at most once a second.
+    fn sweep(&mut self, now: u64) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + 1;
+        self.by_ip.retain(|_, (_, until)| *until > now);
+        let by_ip = &self.by_ip;
+        self.by_mac
+            .retain(|m, ip| by_ip.get(ip).is_some_and(|(h, _)| h == m));
+    }
+}
+
 pub struct DhcpEngine {
     cfg: DhcpConfig,
     leases: Option<LeaseStore>,
     reserved_by_mac: HashMap<MacAddr, Reservation>,
     reserved_ips: HashSet<Ipv4Addr>,
-    offers: HashMap<Ipv4Addr, (MacAddr, u64)>,
+    offers: Offers,
     cursor: u32,
     provider: Arc<dyn BootProvider>,
     clients: Arc<ClientMap>,
@@ -228,7 +324,7 @@ impl DhcpEngine {
             leases,
             reserved_by_mac,
             reserved_ips,
-            offers: HashMap::new(),
+            offers: Offers::default(),
             cursor,
             provider,
             clients,
@@ -286,8 +382,8 @@ impl DhcpEngine {
         if !self.in_pool(ip) || self.reserved_ips.contains(&ip) {
             return false;
         }
-        if let Some((m, until)) = self.offers.get(&ip) {
-            if *m != mac && *until > now {
+        if let Some(m) = self.offers.holder(ip, now) {
+            if m != mac {
                 return false;
             }
         }
@@ -304,11 +400,7 @@ impl DhcpEngine {
         }
         let prev = self.leases.as_ref().and_then(|l| l.ip_of(mac));
         // A client that DISCOVERs again before REQUESTing gets the same offer.
-        let offered = self
-            .offers
-            .iter()
-            .find(|(_, (m, _))| *m == mac)
-            .map(|(ip, _)| *ip);
+        let offered = self.offers.of(mac, now);
         for ip in offered.into_iter().chain(prev).chain(requested) {
             if self.can_have(ip, mac, now, false) {
                 return Some(ip);
@@ -463,7 +555,7 @@ impl DhcpEngine {
             _ => None,
         };
         let kind = opts.msg_type();
-        self.offers.retain(|_, (_, until)| *until > now);
+        self.offers.sweep(now);
         match kind {
             Some(MessageType::Discover) => {
                 let Some(ip) = self.choose(mac, requested, now) else {
@@ -472,7 +564,7 @@ impl DhcpEngine {
                     );
                     return Ok(None);
                 };
-                self.offers.insert(ip, (mac, now + OFFER_HOLD_SECS));
+                self.offers.insert(ip, mac, now + OFFER_HOLD_SECS);
                 let mut m = self.reply(req, MessageType::Offer, ip);
                 self.network_options(&mut m, mac, true);
                 let boot = self.boot_options(req, &mut m, mac, false);
@@ -486,7 +578,7 @@ impl DhcpEngine {
                 if let Some(sid) = server_id {
                     if sid != self.cfg.server_ip {
                         // The client took another server's offer: free ours.
-                        self.offers.retain(|_, (m, _)| *m != mac);
+                        self.offers.remove_mac(mac);
                         return Ok(None);
                     }
                 }
@@ -519,7 +611,7 @@ impl DhcpEngine {
                 if let Some(l) = self.leases.as_mut() {
                     l.bind(ip, mac, expires, hostname)?;
                 }
-                self.offers.remove(&ip);
+                self.offers.remove_mac(mac);
                 self.clients.insert(ip, mac);
                 let mut m = self.reply(req, MessageType::Ack, ip);
                 m.set_ciaddr(req.ciaddr());

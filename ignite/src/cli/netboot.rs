@@ -33,6 +33,8 @@ enum NetbootCmd {
         #[arg(long, default_value = "IGNITE-INITRAMFS-OK")]
         marker: String,
     },
+    /// Benchmarks against the usual peers (tftpd-hpa, dnsmasq, perfdhcp), side by side.
+    Bench(crate::cli::bench::BenchArgs),
     /// List DHCP leases.
     Leases {
         #[arg(long, env = "IGNITE_STATE_DIR", default_value = "/var/lib/ignite")]
@@ -51,6 +53,7 @@ pub fn run(a: NetbootArgs) -> Result<()> {
             marker,
         } => fetch_boot_files(&boot_dir, kernel, &cache_dir, &marker),
         NetbootCmd::Leases { state_dir, json } => leases(&state_dir, json),
+        NetbootCmd::Bench(b) => crate::cli::bench::run(b),
     }
 }
 

@@ -434,6 +434,16 @@ fn hostile_packets_are_dropped() {
     let mut overload = good[..240].to_vec();
     overload.extend_from_slice(&[53, 1, 1, 52, 1, 3, 255]);
     assert_eq!(parse_request(&overload), Err(Drop::Overload));
+    // Found by fuzzing: option 94 must be 3 bytes (dhcproto asserts on it).
+    let mut short94 = good[..240].to_vec();
+    short94.extend_from_slice(&[53, 1, 1, 94, 2, 1, 2, 255]);
+    assert_eq!(parse_request(&short94), Err(Drop::BadOptionLength(94)));
+    let mut twice94 = good[..240].to_vec();
+    twice94.extend_from_slice(&[53, 1, 1, 94, 3, 1, 2, 1, 94, 3, 1, 2, 1, 255]);
+    assert_eq!(parse_request(&twice94), Err(Drop::BadOptionLength(94)));
+    let mut empty151 = good[..240].to_vec();
+    empty151.extend_from_slice(&[53, 1, 1, 151, 0, 255]);
+    assert_eq!(parse_request(&empty151), Err(Drop::BadOptionLength(151)));
     // Unknown message type 42.
     let mut bad = good[..240].to_vec();
     bad.extend_from_slice(&[53, 1, 42, 255]);

@@ -1,0 +1,44 @@
+//! Any bytes into the DHCP parser and a full server engine (pool + proxy): no panic, and
+//! a reply, if any, encodes to at least the BOOTP minimum.
+#![no_main]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ignite_netboot::boot::{BootFiles, BootPlan, ClientMap, FixedPlan};
+use ignite_netboot::dhcp::{encode_reply, parse_request, DhcpConfig, DhcpEngine, Port};
+use ignite_netboot::leases::LeaseStore;
+use libfuzzer_sys::fuzz_target;
+
+fn engine(pool: bool) -> DhcpEngine {
+    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+    let cfg = DhcpConfig {
+        server_ip: Ipv4Addr::new(10, 0, 0, 1),
+        pool: pool.then(|| (Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 20))),
+        subnet_mask: Ipv4Addr::new(255, 255, 255, 0),
+        router: None,
+        dns: vec![],
+        domain: None,
+        lease_secs: 600,
+        reservations: vec![],
+        files: BootFiles::default(),
+        http_base: "http://10.0.0.1:8080".into(),
+    };
+    let leases = pool.then(|| LeaseStore::open(&dir.path().join("l.db")).unwrap());
+    DhcpEngine::new(cfg, leases, Arc::new(FixedPlan(BootPlan::Local)), Arc::new(ClientMap::default())).unwrap()
+}
+
+static ENGINES: OnceLock<Mutex<(DhcpEngine, DhcpEngine)>> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parse_request(data);
+    let e = ENGINES.get_or_init(|| Mutex::new((engine(true), engine(false))));
+    let mut e = e.lock().unwrap();
+    let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 99), 68);
+    for (is_proxy, port) in [(false, Port::Dhcp), (true, Port::Dhcp), (true, Port::Pxe)] {
+        let eng = if is_proxy { &mut e.1 } else { &mut e.0 };
+        if let Some(r) = eng.handle(data, src, port, 1000) {
+            assert!(encode_reply(&r.msg).len() >= 300);
+        }
+    }
+});
