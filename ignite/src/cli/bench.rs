@@ -139,8 +139,8 @@ impl Pair {
         c
     }
 
-    /// Starts a server in the server namespace and waits until it listens on `port`/udp.
-    fn serve(&mut self, mut cmd: Command, port: u16, log: &Path) -> Result<()> {
+    /// Starts a server in the server namespace and waits until it listens on `ip`:`port`/udp.
+    fn serve(&mut self, mut cmd: Command, ip: &str, port: u16, log: &Path) -> Result<()> {
         let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)
@@ -150,13 +150,17 @@ impl Pair {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
             let ss = sh(Self::cmd(&self.server, "ss").args(["-ulnH"]))?;
-            if ss.lines().any(|l| l.contains(&format!(":{port} "))) {
+            // ss shows device-bound sockets as addr%dev:port.
+            if ss
+                .lines()
+                .any(|l| l.contains(ip) && l.contains(&format!(":{port} ")))
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!(
-            "server {cmd:?} did not listen on port {port}: {}",
+            "server {cmd:?} did not listen on {ip}:{port}: {}",
             std::fs::read_to_string(log).unwrap_or_default()
         )
     }
@@ -266,12 +270,20 @@ fn tftp(size_mb: usize, clients: usize, runs: usize) -> Result<()> {
         },
     ];
     let exe = std::env::current_exe()?;
-    let servers = ["ignite", "tftpd-hpa", "dnsmasq"];
-    let mut results = vec![vec![0f64; columns.len()]; servers.len()];
+    // All three run at once, each on its own address, and the runs interleave them, so
+    // load from anything else on the machine hits all of them alike.
+    let servers = [
+        ("ignite", "10.77.0.1"),
+        ("tftpd-hpa", "10.77.0.2"),
+        ("dnsmasq", "10.77.0.3"),
+    ];
     let mut pair = Pair::new()?;
-    for (si, server) in servers.iter().enumerate() {
+    for ip in ["10.77.0.2/16", "10.77.0.3/16"] {
+        sh(Command::new("ip").args(["-n", &pair.server, "addr", "add", ip, "dev", "s0"]))?;
+    }
+    for (server, ip) in servers {
         let log = work.join(format!("{server}.log"));
-        let cmd = match *server {
+        let cmd = match server {
             "ignite" => {
                 let mut c = Pair::cmd(&pair.server, exe.to_str().context("exe path")?);
                 c.args([
@@ -295,7 +307,7 @@ fn tftp(size_mb: usize, clients: usize, runs: usize) -> Result<()> {
                 c.args([
                     "--foreground",
                     "--address",
-                    "10.77.0.1:69",
+                    &format!("{ip}:69"),
                     "--user",
                     "root",
                     "--secure",
@@ -310,19 +322,21 @@ fn tftp(size_mb: usize, clients: usize, runs: usize) -> Result<()> {
                     "--conf-file=/dev/null",
                     "--port=0",
                     "--enable-tftp",
-                    "--interface=s0",
                     "--bind-interfaces",
                     "--user=root",
                 ])
+                .arg(format!("--listen-address={ip}"))
                 .arg(format!("--tftp-root={}", root.display()))
                 .arg(format!("--pid-file={}", work.join("dnsmasq.pid").display()));
                 c
             }
         };
-        pair.serve(cmd, 69, &log)?;
+        pair.serve(cmd, ip, 69, &log)?;
+    }
+    let mut samples = vec![vec![Vec::new(); columns.len()]; servers.len()];
+    for _ in 0..runs {
         for (ci, col) in columns.iter().enumerate() {
-            let mut rates = Vec::new();
-            for _ in 0..runs {
+            for (si, (server, ip)) in servers.iter().enumerate() {
                 let outs: Vec<PathBuf> = (0..col.clients)
                     .map(|i| work.join(format!("out{i}")))
                     .collect();
@@ -333,9 +347,7 @@ fn tftp(size_mb: usize, clients: usize, runs: usize) -> Result<()> {
                     for opt in col.opts {
                         c.args(["--option", opt]);
                     }
-                    c.args(["-g", "-r", "big.bin", "-l"])
-                        .arg(o)
-                        .arg("10.77.0.1");
+                    c.args(["-g", "-r", "big.bin", "-l"]).arg(o).arg(ip);
                     kids.push(c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?);
                 }
                 for k in kids {
@@ -358,17 +370,17 @@ fn tftp(size_mb: usize, clients: usize, runs: usize) -> Result<()> {
                     }
                     std::fs::remove_file(o)?;
                 }
-                rates.push((size * col.clients) as f64 / secs / 1e6);
+                let rate = (size * col.clients) as f64 / secs / 1e6;
+                eprintln!("{server:<10} {:<32} {rate:8.1} MB/s", col_name(col));
+                samples[si][ci].push(rate);
             }
-            results[si][ci] = median(rates);
-            eprintln!(
-                "{server:<10} {:<32} {:8.1} MB/s",
-                col_name(col),
-                results[si][ci]
-            );
         }
-        pair.stop_servers();
     }
+    pair.stop_servers();
+    let results: Vec<Vec<f64>> = samples
+        .into_iter()
+        .map(|cols| cols.into_iter().map(median).collect())
+        .collect();
     println!(
         "### TFTP: {size_mb} MiB over a veth pair, atftp client, median of {runs} runs (MB/s)\n"
     );
@@ -378,7 +390,7 @@ fn tftp(size_mb: usize, clients: usize, runs: usize) -> Result<()> {
         header += &format!(" {} |", col_name(c));
     }
     println!("{header}\n|---|{}", "---|".repeat(columns.len()));
-    for (si, s) in servers.iter().enumerate() {
+    for (si, (s, _)) in servers.iter().enumerate() {
         let mut row = format!("| {s} |");
         for v in &results[si] {
             row += &format!(" {v:.1} |");
@@ -485,7 +497,7 @@ fn dhcp(seconds: u32, rate: u32, macs: u32) -> Result<()> {
             .arg(format!("--pid-file={}", work.join("dnsmasq.pid").display()));
             c
         };
-        pair.serve(cmd, 67, &log)?;
+        pair.serve(cmd, "", 67, &log)?;
         let (r, text) = perfdhcp(&pair, seconds, rate, macs)?;
         let drops = text
             .lines()

@@ -127,7 +127,7 @@ pub fn run(cfg: Config) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let clients = Arc::new(ClientMap::default());
         let provider: Arc<dyn BootProvider> = Arc::new(RegistryProvider {
@@ -217,5 +217,8 @@ pub fn run(cfg: Config) -> Result<()> {
         }
         tracing::info!("ignite server stopped");
         Ok(())
-    })
+    });
+    // A transfer thread still waiting for a vanished client must not hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
