@@ -209,3 +209,54 @@ fn dhclient_lease_and_release() {
     });
     server.stop();
 }
+
+#[test]
+fn default_lab_bridge_is_created_and_serves() {
+    if !require(&["udhcpc", "ip"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let boot = boot_dir(tmp.path());
+    let mut lab = Lab::new("labbr");
+    let log = tmp.path().join("server.log");
+    // No --interface: the built-in lab network, created inside our namespace.
+    let child = Lab::cmd(&lab.ns, ignite())
+        .args(["server", "--http-port", "8080", "--state-dir"])
+        .arg(tmp.path().join("state"))
+        .arg("--boot-dir")
+        .arg(&boot)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = lab.adopt(child);
+    wait_for("server ready", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ignite server ready on ignite0 (10.77.0.1/24)")
+    });
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("created the lab bridge ignite0"));
+    // A client on the lab bridge gets a lease from the default range.
+    let c = lab.add_client(9);
+    run(Command::new("ip").args(["-n", &lab.ns, "link", "set", "vc9", "master", "ignite0"]));
+    let d = tmp.path().join("c");
+    std::fs::create_dir_all(&d).unwrap();
+    let script = hook(&d);
+    run(Lab::cmd(&c, "udhcpc")
+        .args(["-i", "c0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s"])
+        .arg(&script));
+    let ip = env_file(&d.join("ev.bound"))["ip"].clone();
+    assert!(
+        ip.starts_with("10.77.0.1") && ip.len() == "10.77.0.100".len(),
+        "{ip}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_for("server stopped", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ignite server stopped")
+    });
+}

@@ -1,6 +1,7 @@
 //! Starting, running and stopping the daemon.
 
 use std::net::{Ipv4Addr, SocketAddr};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,9 +36,48 @@ fn interface_address(cfg: &Config) -> Result<(Ipv4Addr, u8)> {
     })
 }
 
+/// Whether the configured interface is the built-in lab bridge and does not exist yet.
+fn lab_bridge_missing(cfg: &Config) -> bool {
+    cfg.network.interface == LAB_INTERFACE
+        && !std::path::Path::new("/sys/class/net")
+            .join(LAB_INTERFACE)
+            .exists()
+}
+
+/// The built-in lab network: with no --interface, `ignite server` creates the bridge
+/// `ignite0` with 10.77.0.1/24, to which guests' tap devices attach.
+fn create_lab_bridge() -> Result<()> {
+    let ip = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .context("cannot run `ip` (package iproute2) to create the lab bridge")?;
+        if !out.status.success() {
+            bail!(
+                "creating the lab bridge {LAB_INTERFACE}: ip {}: {}; create it by hand or pass --interface",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    ip(&["link", "add", LAB_INTERFACE, "type", "bridge"])?;
+    ip(&["addr", "add", LAB_ADDRESS, "dev", LAB_INTERFACE])?;
+    ip(&["link", "set", LAB_INTERFACE, "up"])?;
+    tracing::info!(
+        "created the lab bridge {LAB_INTERFACE} ({LAB_ADDRESS}); attach guests' taps to it"
+    );
+    Ok(())
+}
+
 /// `ignite server --check`: validates everything that can be checked without binding.
 pub fn check(cfg: &Config) -> Result<String> {
-    let (ip, prefix) = interface_address(cfg)?;
+    let (ip, prefix) = if lab_bridge_missing(cfg) {
+        let (a, p) = LAB_ADDRESS.split_once('/').unwrap_or((LAB_ADDRESS, "24"));
+        (a.parse()?, p.parse()?)
+    } else {
+        interface_address(cfg)?
+    };
     let r = resolve(cfg, ip, prefix)?;
     let boot_dir = cfg.boot_dir();
     let mut warnings = Vec::new();
@@ -110,6 +150,9 @@ fn api(state: Arc<State>) -> Router {
 }
 
 pub fn run(cfg: Config) -> Result<()> {
+    if lab_bridge_missing(&cfg) {
+        create_lab_bridge()?;
+    }
     let (ip, prefix) = interface_address(&cfg)?;
     let r = resolve(&cfg, ip, prefix)?;
     let boot_dir = cfg.boot_dir();
