@@ -260,3 +260,60 @@ fn default_lab_bridge_is_created_and_serves() {
             .contains("ignite server stopped")
     });
 }
+
+#[test]
+fn two_interfaces_each_serve_their_own_subnet() {
+    if !require(&["udhcpc", "curl", "ip"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let boot = boot_dir(tmp.path());
+    let mut lab = Lab::new("twoif");
+    lab.add_bridge("br1", "10.78.0.1/24");
+    let c1 = lab.add_client(11);
+    let c2 = lab.add_client(12);
+    lab.move_client(12, "br1");
+    let mut server = Server::start(
+        &lab,
+        &state,
+        &boot,
+        &[
+            "--interface",
+            "br0,br1",
+            "--dhcp-range",
+            "10.78.0.20-10.78.0.30,10.77.0.20-10.77.0.30",
+        ],
+    );
+    let lease = |ns: &str, dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = hook(dir);
+        run(Lab::cmd(ns, "udhcpc")
+            .args(["-i", "c0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s"])
+            .arg(&script));
+        env_file(&dir.join("ev.bound"))
+    };
+    let e1 = lease(&c1, &tmp.path().join("c1"));
+    let e2 = lease(&c2, &tmp.path().join("c2"));
+    assert!(
+        e1["ip"].starts_with("10.77.0.") && e1["serverid"] == "10.77.0.1",
+        "{e1:?}"
+    );
+    assert!(
+        e2["ip"].starts_with("10.78.0.") && e2["serverid"] == "10.78.0.1",
+        "{e2:?}"
+    );
+    // The script a client fetches names the address it reached the server at.
+    run(Command::new(ignite())
+        .args(["client", "default", "capture", "--state-dir"])
+        .arg(&state));
+    let s = run(Lab::cmd(&c2, "curl").args([
+        "-sS",
+        "--fail",
+        "http://10.78.0.1:8080/ipxe/52-54-00-77-00-0c",
+    ]));
+    assert!(s.contains("kernel http://10.78.0.1:8080/files/"), "{s}");
+    let l = leases(&state);
+    assert_eq!(l.len(), 2, "{l:?}");
+    server.stop();
+}

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
@@ -280,9 +280,23 @@ impl Offers {
     }
 }
 
+/// One lease store for all interfaces' engines: a MAC holds one address in the whole
+/// server, and an address is never bound twice.
+pub type SharedLeases = Arc<Mutex<LeaseStore>>;
+
+pub fn shared(l: LeaseStore) -> SharedLeases {
+    Arc::new(Mutex::new(l))
+}
+
+fn lock(l: &SharedLeases) -> MutexGuard<'_, LeaseStore> {
+    // Every lease change is one SQLite statement plus map updates done after it succeeds;
+    // a panic elsewhere while holding the lock leaves the store usable.
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct DhcpEngine {
     cfg: DhcpConfig,
-    leases: Option<LeaseStore>,
+    leases: Option<SharedLeases>,
     reserved_by_mac: HashMap<MacAddr, Reservation>,
     reserved_ips: HashSet<Ipv4Addr>,
     offers: Offers,
@@ -295,7 +309,7 @@ impl DhcpEngine {
     /// `leases` may be `None` only in proxy mode.
     pub fn new(
         cfg: DhcpConfig,
-        leases: Option<LeaseStore>,
+        leases: Option<SharedLeases>,
         provider: Arc<dyn BootProvider>,
         clients: Arc<ClientMap>,
     ) -> Result<DhcpEngine> {
@@ -313,7 +327,7 @@ impl DhcpEngine {
         let reserved_ips = cfg.reservations.iter().map(|r| r.ip).collect();
         let cursor = cfg.pool.map(|(f, _)| u32::from(f)).unwrap_or(0);
         if let Some(l) = &leases {
-            for lease in l.all() {
+            for lease in lock(l).all() {
                 if let (Some(m), true) = (lease.mac, lease.active(unix_now())) {
                     clients.insert(lease.ip, m);
                 }
@@ -335,8 +349,9 @@ impl DhcpEngine {
         &self.cfg
     }
 
-    pub fn leases(&self) -> Option<&LeaseStore> {
-        self.leases.as_ref()
+    /// The lease store, locked (shared with the engines of other interfaces).
+    pub fn leases(&self) -> Option<MutexGuard<'_, LeaseStore>> {
+        self.leases.as_ref().map(|l| lock(l))
     }
 
     /// One packet in, at most one reply out. `src` is the UDP source of the packet.
@@ -387,8 +402,7 @@ impl DhcpEngine {
                 return false;
             }
         }
-        self.leases
-            .as_ref()
+        self.leases()
             .is_some_and(|l| l.available(ip, mac, now, prefer_unused))
     }
 
@@ -398,7 +412,7 @@ impl DhcpEngine {
         if let Some(r) = self.reserved_by_mac.get(&mac) {
             return Some(r.ip);
         }
-        let prev = self.leases.as_ref().and_then(|l| l.ip_of(mac));
+        let prev = self.leases().and_then(|l| l.ip_of(mac));
         // A client that DISCOVERs again before REQUESTing gets the same offer.
         let offered = self.offers.of(mac, now);
         for ip in offered.into_iter().chain(prev).chain(requested) {
@@ -608,7 +622,7 @@ impl DhcpEngine {
                     )));
                 }
                 let expires = now + u64::from(self.cfg.lease_secs);
-                if let Some(l) = self.leases.as_mut() {
+                if let Some(mut l) = self.leases() {
                     l.bind(ip, mac, expires, hostname)?;
                 }
                 self.offers.remove_mac(mac);
@@ -625,7 +639,7 @@ impl DhcpEngine {
             }
             Some(MessageType::Release) => {
                 let ip = req.ciaddr();
-                if let Some(l) = self.leases.as_mut() {
+                if let Some(mut l) = self.leases() {
                     if l.release(ip, mac, now)? {
                         self.clients.remove(ip);
                         tracing::info!("DHCP release of {ip} by {mac}");
@@ -634,7 +648,7 @@ impl DhcpEngine {
                 Ok(None)
             }
             Some(MessageType::Decline) => {
-                if let (Some(ip), Some(l)) = (requested, self.leases.as_mut()) {
+                if let (Some(ip), Some(mut l)) = (requested, self.leases()) {
                     if l.decline(ip, mac, now + u64::from(self.cfg.lease_secs))? {
                         self.clients.remove(ip);
                         tracing::warn!(

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType};
 use dhcproto::Encodable;
 use ignite_netboot::boot::{BootFiles, BootPlan, ClientMap, FixedPlan};
-use ignite_netboot::dhcp::{encode_reply, DhcpConfig, DhcpEngine, Port};
+use ignite_netboot::dhcp::{encode_reply, shared, DhcpConfig, DhcpEngine, Port};
 use ignite_netboot::leases::LeaseStore;
 use ignite_netboot::tftp::{encode_rrq, parse, Packet};
 use proptest::prelude::*;
@@ -26,7 +26,7 @@ fn engine(dir: &std::path::Path, pool: bool) -> DhcpEngine {
         files: BootFiles::default(),
         http_base: "http://10.0.0.1:8080".into(),
     };
-    let leases = pool.then(|| LeaseStore::open(&dir.join("l.db")).unwrap());
+    let leases = pool.then(|| shared(LeaseStore::open(&dir.join("l.db")).unwrap()));
     DhcpEngine::new(
         cfg,
         leases,

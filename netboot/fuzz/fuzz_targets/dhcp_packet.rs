@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ignite_netboot::boot::{BootFiles, BootPlan, ClientMap, FixedPlan};
-use ignite_netboot::dhcp::{encode_reply, parse_request, DhcpConfig, DhcpEngine, Port};
+use ignite_netboot::dhcp::{encode_reply, parse_request, shared, DhcpConfig, DhcpEngine, Port};
 use ignite_netboot::leases::LeaseStore;
 use libfuzzer_sys::fuzz_target;
 
@@ -24,7 +24,7 @@ fn engine(pool: bool) -> DhcpEngine {
         files: BootFiles::default(),
         http_base: "http://10.0.0.1:8080".into(),
     };
-    let leases = pool.then(|| LeaseStore::open(&dir.path().join("l.db")).unwrap());
+    let leases = pool.then(|| shared(LeaseStore::open(&dir.path().join("l.db")).unwrap()));
     DhcpEngine::new(cfg, leases, Arc::new(FixedPlan(BootPlan::Local)), Arc::new(ClientMap::default())).unwrap()
 }
 

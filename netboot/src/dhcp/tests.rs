@@ -32,7 +32,7 @@ struct Env {
 fn env(pool: Option<(u8, u8)>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
-    let leases = pool.map(|_| LeaseStore::open(&db).unwrap());
+    let leases = pool.map(|_| shared(LeaseStore::open(&db).unwrap()));
     let engine = DhcpEngine::new(
         cfg(pool),
         leases,
@@ -160,7 +160,7 @@ fn same_client_gets_same_address_and_leases_survive_restart() {
     let a = dora(&mut e.engine, mac(1), 1000);
     assert_eq!(dora(&mut e.engine, mac(1), 1001), a);
     // Restart: a new engine on the same database.
-    let leases = LeaseStore::open(&e.db).unwrap();
+    let leases = shared(LeaseStore::open(&e.db).unwrap());
     let mut e2 = DhcpEngine::new(
         cfg(Some((100, 110))),
         Some(leases),
