@@ -10,8 +10,7 @@ use ignite_netboot::dhcp::{encode_reply, parse_request, shared, DhcpConfig, Dhcp
 use ignite_netboot::leases::LeaseStore;
 use libfuzzer_sys::fuzz_target;
 
-fn engine(pool: bool) -> DhcpEngine {
-    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+fn engine(dir: &tempfile::TempDir, pool: bool) -> DhcpEngine {
     let cfg = DhcpConfig {
         server_ip: Ipv4Addr::new(10, 0, 0, 1),
         pool: pool.then(|| (Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 20))),
@@ -28,11 +27,16 @@ fn engine(pool: bool) -> DhcpEngine {
     DhcpEngine::new(cfg, leases, Arc::new(FixedPlan(BootPlan::Local)), Arc::new(ClientMap::default())).unwrap()
 }
 
-static ENGINES: OnceLock<Mutex<(DhcpEngine, DhcpEngine)>> = OnceLock::new();
+/// Both engines live for the whole run (state accumulates); the directory is kept with them
+/// so it is removed at exit rather than leaked.
+static ENGINES: OnceLock<Mutex<(DhcpEngine, DhcpEngine, tempfile::TempDir)>> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_request(data);
-    let e = ENGINES.get_or_init(|| Mutex::new((engine(true), engine(false))));
+    let e = ENGINES.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        Mutex::new((engine(&dir, true), engine(&dir, false), dir))
+    });
     let mut e = e.lock().unwrap();
     let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 99), 68);
     for (is_proxy, port) in [(false, Port::Dhcp), (true, Port::Dhcp), (true, Port::Pxe)] {
