@@ -119,7 +119,7 @@ pub struct Reply {
 
 /// Why a packet was dropped (logged at debug; hostile input must never do more).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Drop {
+pub enum Dropped {
     #[error("truncated ({0} bytes, a BOOTP header needs 240)")]
     Truncated(usize),
     #[error("no DHCP magic cookie")]
@@ -154,7 +154,7 @@ fn checked_len_ok(code: u8, len: usize) -> Option<bool> {
 
 /// Walks the raw options (after the 240-byte header) and refuses lengths the decoder cannot
 /// take. Split options (RFC 3396) of these fixed-size kinds are refused too.
-fn check_options(bytes: &[u8]) -> std::result::Result<(), Drop> {
+fn check_options(bytes: &[u8]) -> std::result::Result<(), Dropped> {
     let mut seen = [false; 256];
     let mut i = 240;
     while i < bytes.len() {
@@ -167,7 +167,7 @@ fn check_options(bytes: &[u8]) -> std::result::Result<(), Drop> {
                 let len = len as usize;
                 if let Some(ok) = checked_len_ok(code, len) {
                     if !ok || seen[code as usize] {
-                        return Err(Drop::BadOptionLength(code));
+                        return Err(Dropped::BadOptionLength(code));
                     }
                 }
                 seen[code as usize] = true;
@@ -179,27 +179,27 @@ fn check_options(bytes: &[u8]) -> std::result::Result<(), Drop> {
 }
 
 /// Parses and sanity-checks a client packet. Everything a hostile packet can do ends here.
-pub fn parse_request(bytes: &[u8]) -> std::result::Result<Message, Drop> {
+pub fn parse_request(bytes: &[u8]) -> std::result::Result<Message, Dropped> {
     if bytes.len() < 240 {
-        return Err(Drop::Truncated(bytes.len()));
+        return Err(Dropped::Truncated(bytes.len()));
     }
     if bytes[236..240] != MAGIC {
-        return Err(Drop::NoMagic);
+        return Err(Dropped::NoMagic);
     }
     check_options(bytes)?;
     // Defence in depth: should the decoder still panic on some input, drop the packet
     // instead of losing the DHCP service.
     let msg = std::panic::catch_unwind(|| Message::from_bytes(bytes))
-        .map_err(|_| Drop::Undecodable("decoder panicked".into()))?
-        .map_err(|e| Drop::Undecodable(e.to_string()))?;
+        .map_err(|_| Dropped::Undecodable("decoder panicked".into()))?
+        .map_err(|e| Dropped::Undecodable(e.to_string()))?;
     if msg.opcode() != Opcode::BootRequest {
-        return Err(Drop::NotRequest);
+        return Err(Dropped::NotRequest);
     }
     if msg.htype() != HType::Eth || msg.hlen() != 6 {
-        return Err(Drop::NotEthernet);
+        return Err(Dropped::NotEthernet);
     }
     if msg.opts().get(OptionCode::OptionOverload).is_some() {
-        return Err(Drop::Overload);
+        return Err(Dropped::Overload);
     }
     match msg.opts().msg_type() {
         Some(
@@ -209,7 +209,7 @@ pub fn parse_request(bytes: &[u8]) -> std::result::Result<Message, Drop> {
             | MessageType::Release
             | MessageType::Inform,
         ) => Ok(msg),
-        _ => Err(Drop::NoMessageType),
+        _ => Err(Dropped::NoMessageType),
     }
 }
 

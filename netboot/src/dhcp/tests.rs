@@ -420,34 +420,34 @@ fn proxy_mode_answers_only_boot_info() {
 #[test]
 fn hostile_packets_are_dropped() {
     let good = req(MessageType::Discover, mac(1), vec![]).to_vec().unwrap();
-    assert_eq!(parse_request(&good[..100]), Err(Drop::Truncated(100)));
+    assert_eq!(parse_request(&good[..100]), Err(Dropped::Truncated(100)));
     let mut bad = good.clone();
     bad[236] = 0;
-    assert_eq!(parse_request(&bad), Err(Drop::NoMagic));
+    assert_eq!(parse_request(&bad), Err(Dropped::NoMagic));
     let mut bad = good.clone();
     bad[0] = 2;
-    assert_eq!(parse_request(&bad), Err(Drop::NotRequest));
+    assert_eq!(parse_request(&bad), Err(Dropped::NotRequest));
     let mut bad = good.clone();
     bad[2] = 16;
-    assert_eq!(parse_request(&bad), Err(Drop::NotEthernet));
+    assert_eq!(parse_request(&bad), Err(Dropped::NotEthernet));
     // Option overload.
     let mut overload = good[..240].to_vec();
     overload.extend_from_slice(&[53, 1, 1, 52, 1, 3, 255]);
-    assert_eq!(parse_request(&overload), Err(Drop::Overload));
+    assert_eq!(parse_request(&overload), Err(Dropped::Overload));
     // Found by fuzzing: option 94 must be 3 bytes (dhcproto asserts on it).
     let mut short94 = good[..240].to_vec();
     short94.extend_from_slice(&[53, 1, 1, 94, 2, 1, 2, 255]);
-    assert_eq!(parse_request(&short94), Err(Drop::BadOptionLength(94)));
+    assert_eq!(parse_request(&short94), Err(Dropped::BadOptionLength(94)));
     let mut twice94 = good[..240].to_vec();
     twice94.extend_from_slice(&[53, 1, 1, 94, 3, 1, 2, 1, 94, 3, 1, 2, 1, 255]);
-    assert_eq!(parse_request(&twice94), Err(Drop::BadOptionLength(94)));
+    assert_eq!(parse_request(&twice94), Err(Dropped::BadOptionLength(94)));
     let mut empty151 = good[..240].to_vec();
     empty151.extend_from_slice(&[53, 1, 1, 151, 0, 255]);
-    assert_eq!(parse_request(&empty151), Err(Drop::BadOptionLength(151)));
+    assert_eq!(parse_request(&empty151), Err(Dropped::BadOptionLength(151)));
     // Unknown message type 42.
     let mut bad = good[..240].to_vec();
     bad.extend_from_slice(&[53, 1, 42, 255]);
-    assert_eq!(parse_request(&bad), Err(Drop::NoMessageType));
+    assert_eq!(parse_request(&bad), Err(Dropped::NoMessageType));
     // An option claiming more bytes than the packet has never comes out as an option.
     let mut bad = good[..240].to_vec();
     bad.extend_from_slice(&[53, 1, 1, 60, 200, b'P']);
