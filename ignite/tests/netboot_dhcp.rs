@@ -202,6 +202,12 @@ fn dhclient_lease_and_release() {
     assert_eq!(env["new_dhcp_lease_time"], "3600");
     let l = leases(&state);
     assert_eq!(lease_of(&l, "52:54:00:77:00:03").unwrap()["state"], "bound");
+    // Stop without releasing, then start again: INIT-REBOOT asks for the remembered address
+    // (REQUEST with option 50, no server identifier) and gets it.
+    run(&mut dhclient(&["-x"]));
+    run(&mut dhclient(&["-1"]));
+    let env = env_file(&d.join("ev.REBOOT"));
+    assert_eq!(env["new_ip_address"], ip, "{env:?}");
     // dhclient -r sends RELEASE and stops the running dhclient.
     run(&mut dhclient(&["-r"]));
     wait_for("lease released", Duration::from_secs(10), || {
