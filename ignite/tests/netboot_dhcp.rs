@@ -323,3 +323,95 @@ fn two_interfaces_each_serve_their_own_subnet() {
     assert_eq!(l.len(), 2, "{l:?}");
     server.stop();
 }
+
+#[test]
+fn client_behind_dnsmasq_relay_gets_address_from_relay_pool() {
+    if !require(&["udhcpc", "dnsmasq", "ip"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let boot = boot_dir(tmp.path());
+    let mut lab = Lab::new("relay");
+    // The relay: one leg on the server's bridge (10.77.0.2), one on the remote subnet.
+    let relay = lab.add_client(0x21);
+    run(Command::new("ip").args(["-n", &relay, "addr", "add", "10.77.0.2/24", "dev", "c0"]));
+    run(Command::new("ip").args([
+        "-n",
+        &lab.ns,
+        "route",
+        "add",
+        "10.90.0.0/24",
+        "via",
+        "10.77.0.2",
+    ]));
+    let remote = format!("{}-remote", lab.ns);
+    run(Command::new("ip").args(["netns", "add", &remote]));
+    lab.clients.push(remote.clone());
+    run(Command::new("ip").args([
+        "link", "add", "r1", "netns", &relay, "type", "veth", "peer", "name", "c0", "netns",
+        &remote,
+    ]));
+    run(Command::new("ip").args(["-n", &relay, "addr", "add", "10.90.0.1/24", "dev", "r1"]));
+    run(Command::new("ip").args(["-n", &relay, "link", "set", "r1", "up"]));
+    run(Command::new("ip").args([
+        "-n",
+        &remote,
+        "link",
+        "set",
+        "c0",
+        "address",
+        "52:54:00:77:00:22",
+    ]));
+    run(Command::new("ip").args(["-n", &remote, "link", "set", "c0", "up"]));
+    let child = Lab::cmd(&relay, "dnsmasq")
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--user=root",
+            "--interface=r1",
+            "--interface=c0",
+        ])
+        .args(["--dhcp-relay=10.90.0.1,10.77.0.1", "--log-dhcp"])
+        .arg(format!(
+            "--pid-file={}",
+            tmp.path().join("relay.pid").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("relay.log")).unwrap())
+        .spawn()
+        .unwrap();
+    lab.adopt(child);
+    let mut server = Server::start(
+        &lab,
+        &state,
+        &boot,
+        &[
+            "--dhcp-range",
+            "10.77.0.100-10.77.0.110,10.90.0.50-10.90.0.60/24",
+        ],
+    );
+    let d = tmp.path().join("c");
+    std::fs::create_dir_all(&d).unwrap();
+    let script = hook(&d);
+    let out = Lab::cmd(&remote, "udhcpc")
+        .args(["-i", "c0", "-f", "-q", "-n", "-t", "6", "-T", "1", "-s"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let relay_log = std::fs::read_to_string(tmp.path().join("relay.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "udhcpc: {out:?}\nrelay: {relay_log}\nserver: {}",
+        server.log_text()
+    );
+    let env = env_file(&d.join("ev.bound"));
+    assert!(
+        env["ip"].starts_with("10.90.0.5") || env["ip"] == "10.90.0.60",
+        "{env:?}"
+    );
+    assert_eq!(env["router"], "10.90.0.1", "{env:?}");
+    assert_eq!(env["serverid"], SERVER_IP);
+    server.stop();
+}

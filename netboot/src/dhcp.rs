@@ -34,6 +34,24 @@ pub struct Reservation {
     pub hostname: Option<String>,
 }
 
+/// Addresses for a remote subnet reached through a relay agent (whose giaddr lies in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayPool {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    pub mask: Ipv4Addr,
+}
+
+/// The addresses and network settings one request is served from: the local pool, or a
+/// relay pool.
+#[derive(Debug, Clone, Copy)]
+struct Scope {
+    first: u32,
+    last: u32,
+    mask: Ipv4Addr,
+    router: Option<Ipv4Addr>,
+}
+
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
     /// Our address on the boot network: server identifier, next-server, URL host.
@@ -46,6 +64,8 @@ pub struct DhcpConfig {
     pub domain: Option<String>,
     pub lease_secs: u32,
     pub reservations: Vec<Reservation>,
+    /// Pools for clients behind DHCP relays, chosen by the relay's giaddr.
+    pub relay_pools: Vec<RelayPool>,
     pub files: BootFiles,
     /// e.g. `http://10.0.0.1:8080`; iPXE scripts and HTTP boot URLs start with it.
     pub http_base: String,
@@ -81,6 +101,28 @@ impl DhcpConfig {
                     "contains the server's own address {}; start the range after it",
                     self.server_ip
                 )));
+            }
+        }
+        for p in &self.relay_pools {
+            let m = u32::from(p.mask);
+            let err = |msg: String| Error::Pool {
+                first: p.first,
+                last: p.last,
+                msg,
+            };
+            if u32::from(p.first) > u32::from(p.last)
+                || u32::from(p.first) & m != u32::from(p.last) & m
+            {
+                return Err(err(format!(
+                    "a relay pool must run upwards inside one subnet of mask {}",
+                    p.mask
+                )));
+            }
+            if u32::from(p.first) & mask == net {
+                return Err(err(
+                    "is on the server's own subnet; relay pools are for subnets behind a relay"
+                        .into(),
+                ));
             }
         }
         let mut seen = HashSet::new();
@@ -301,6 +343,8 @@ pub struct DhcpEngine {
     reserved_ips: HashSet<Ipv4Addr>,
     offers: Offers,
     cursor: u32,
+    /// Where the request being handled is served from (set by `handle_full`).
+    scope: Scope,
     provider: Arc<dyn BootProvider>,
     clients: Arc<ClientMap>,
 }
@@ -340,6 +384,12 @@ impl DhcpEngine {
             reserved_ips,
             offers: Offers::default(),
             cursor,
+            scope: Scope {
+                first: 1,
+                last: 0,
+                mask: Ipv4Addr::UNSPECIFIED,
+                router: None,
+            },
             provider,
             clients,
         })
@@ -385,9 +435,40 @@ impl DhcpEngine {
     }
 
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
-        self.cfg
-            .pool
-            .is_some_and(|(f, l)| (u32::from(f)..=u32::from(l)).contains(&u32::from(ip)))
+        (self.scope.first..=self.scope.last).contains(&u32::from(ip))
+    }
+
+    /// The pool for a request: by giaddr for relayed ones, else the local pool.
+    fn scope_for(&self, req: &Message) -> Option<Scope> {
+        let (first, last) = self.cfg.pool?;
+        let local = Scope {
+            first: u32::from(first),
+            last: u32::from(last),
+            mask: self.cfg.subnet_mask,
+            router: self.cfg.router,
+        };
+        let gi = req.giaddr();
+        if gi.is_unspecified() {
+            return Some(local);
+        }
+        let same = |a: Ipv4Addr, b: Ipv4Addr, m: Ipv4Addr| {
+            u32::from(a) & u32::from(m) == u32::from(b) & u32::from(m)
+        };
+        if let Some(p) = self
+            .cfg
+            .relay_pools
+            .iter()
+            .find(|p| same(gi, p.first, p.mask))
+        {
+            return Some(Scope {
+                first: u32::from(p.first),
+                last: u32::from(p.last),
+                mask: p.mask,
+                router: Some(gi),
+            });
+        }
+        // A relay on our own network.
+        same(gi, self.cfg.server_ip, self.cfg.subnet_mask).then_some(local)
     }
 
     fn can_have(&self, ip: Ipv4Addr, mac: MacAddr, now: u64, prefer_unused: bool) -> bool {
@@ -420,8 +501,7 @@ impl DhcpEngine {
                 return Some(ip);
             }
         }
-        let (first, last) = self.cfg.pool?;
-        let (first, last) = (u32::from(first), u32::from(last));
+        let (first, last) = (self.scope.first, self.scope.last);
         let size = last - first + 1;
         for prefer_unused in [true, false] {
             for i in 0..size {
@@ -463,8 +543,8 @@ impl DhcpEngine {
             o.insert(DhcpOption::Renewal(c.lease_secs / 2));
             o.insert(DhcpOption::Rebinding(c.lease_secs / 8 * 7));
         }
-        o.insert(DhcpOption::SubnetMask(c.subnet_mask));
-        if let Some(r) = c.router {
+        o.insert(DhcpOption::SubnetMask(self.scope.mask));
+        if let Some(r) = self.scope.router {
             o.insert(DhcpOption::Router(vec![r]));
         }
         if !c.dns.is_empty() {
@@ -570,6 +650,14 @@ impl DhcpEngine {
         };
         let kind = opts.msg_type();
         self.offers.sweep(now);
+        let Some(scope) = self.scope_for(req) else {
+            tracing::info!(
+                "DHCP request from {mac} via relay {} dropped: no pool for that subnet; add a relay range (FIRST-LAST/PREFIX) to --dhcp-range",
+                req.giaddr()
+            );
+            return Ok(None);
+        };
+        self.scope = scope;
         match kind {
             Some(MessageType::Discover) => {
                 let Some(ip) = self.choose(mac, requested, now) else {

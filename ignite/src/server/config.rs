@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ignite_netboot::dhcp::{DhcpConfig, Reservation};
+use ignite_netboot::dhcp::{DhcpConfig, RelayPool, Reservation};
 use ignite_netboot::MacAddr;
 use serde::Deserialize;
 
@@ -213,10 +213,39 @@ pub fn resolve(c: &Config, iface: &str, server_ip: Ipv4Addr, prefix: u8) -> Resu
     let net = u32::from(server_ip) & mask;
     let in_net = |a: Ipv4Addr| u32::from(a) & mask == net;
     let several = c.interfaces().len() > 1;
-    let ranges = match &c.network.dhcp_range {
-        Some(r) => r.split(',').map(parse_range).collect::<Result<Vec<_>>>()?,
-        None => Vec::new(),
-    };
+    // `FIRST-LAST/PREFIX` entries are pools for subnets behind relay agents.
+    let (relay, local): (Vec<&str>, Vec<&str>) = c
+        .network
+        .dhcp_range
+        .as_deref()
+        .map(|r| {
+            r.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|x| x.contains('/'));
+    let ranges = local
+        .into_iter()
+        .map(parse_range)
+        .collect::<Result<Vec<_>>>()?;
+    let mut relay_pools = Vec::new();
+    for r in relay {
+        let (range, p) = r.split_once('/').unwrap_or((r, ""));
+        let p: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| (1..=30).contains(p))
+            .with_context(|| format!("relay DHCP range {r:?}: the prefix after '/' must be 1-30, e.g. 10.90.0.50-10.90.0.99/24"))?;
+        let (first, last) = parse_range(range)?;
+        relay_pools.push(RelayPool {
+            first,
+            last,
+            mask: Ipv4Addr::from(u32::MAX << (32 - u32::from(p))),
+        });
+    }
     let pool = if c.network.proxy_dhcp {
         None
     } else {
@@ -266,6 +295,7 @@ pub fn resolve(c: &Config, iface: &str, server_ip: Ipv4Addr, prefix: u8) -> Resu
         domain: c.network.domain.clone(),
         lease_secs: c.network.lease_time,
         reservations,
+        relay_pools,
         files: ignite_netboot::boot::BootFiles {
             bios: c.boot.bios.clone(),
             efi_x64: c.boot.efi_x64.clone(),

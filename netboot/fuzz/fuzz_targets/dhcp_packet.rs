@@ -20,6 +20,7 @@ fn engine(dir: &tempfile::TempDir, pool: bool) -> DhcpEngine {
         domain: None,
         lease_secs: 600,
         reservations: vec![],
+        relay_pools: vec![],
         files: BootFiles::default(),
         http_base: "http://10.0.0.1:8080".into(),
     };

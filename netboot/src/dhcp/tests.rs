@@ -18,6 +18,11 @@ fn cfg(pool: Option<(u8, u8)>) -> DhcpConfig {
             ip: Ipv4Addr::new(10, 9, 0, 5),
             hostname: Some("fixed".into()),
         }],
+        relay_pools: vec![RelayPool {
+            first: Ipv4Addr::new(10, 90, 0, 50),
+            last: Ipv4Addr::new(10, 90, 0, 60),
+            mask: Ipv4Addr::new(255, 255, 255, 0),
+        }],
         files: BootFiles::default(),
         http_base: "http://10.9.0.1:8080".into(),
     }
@@ -295,6 +300,42 @@ fn relayed_request_goes_to_giaddr_with_option_82_echoed() {
         offer.msg.opts().get(OptionCode::RelayAgentInformation),
         Some(&DhcpOption::RelayAgentInformation(info))
     );
+}
+
+#[test]
+fn relay_on_another_subnet_gets_its_own_pool() {
+    let mut e = env(Some((100, 110)));
+    let gi = Ipv4Addr::new(10, 90, 0, 1);
+    let mut r = req(MessageType::Discover, mac(1), vec![]);
+    r.set_giaddr(gi);
+    let offer = send(&mut e.engine, &r, Port::Dhcp, 1000).unwrap();
+    let ip = offer.msg.yiaddr();
+    assert!(
+        (50..=60).contains(&ip.octets()[3]) && ip.octets()[..3] == [10, 90, 0],
+        "{ip}"
+    );
+    assert_eq!(
+        offer.msg.opts().get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![gi]))
+    );
+    assert_eq!(offer.to, SocketAddrV4::new(gi, 67));
+    let mut q = req(
+        MessageType::Request,
+        mac(1),
+        vec![
+            DhcpOption::RequestedIpAddress(ip),
+            DhcpOption::ServerIdentifier(SERVER),
+        ],
+    );
+    q.set_giaddr(gi);
+    assert_eq!(
+        kind(&send(&mut e.engine, &q, Port::Dhcp, 1000).unwrap()),
+        MessageType::Ack
+    );
+    // A relay from a subnet we have no pool for: no answer.
+    let mut r = req(MessageType::Discover, mac(2), vec![]);
+    r.set_giaddr(Ipv4Addr::new(192, 168, 5, 1));
+    assert!(send(&mut e.engine, &r, Port::Dhcp, 1000).is_none());
 }
 
 fn pxe_opts(arch: u16, ipxe: bool) -> Vec<DhcpOption> {
