@@ -413,11 +413,28 @@ fn col_name(c: &Column) -> String {
     }
 }
 
-fn tempdir() -> Result<PathBuf> {
+/// The benchmark's scratch directory (test files, server state), removed when dropped,
+/// also when the benchmark fails half-way.
+struct WorkDir(PathBuf);
+
+impl std::ops::Deref for WorkDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Result<WorkDir> {
     let p = std::env::temp_dir().join(format!("ignite-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p)?;
-    Ok(p)
+    Ok(WorkDir(p))
 }
 
 /// Runs perfdhcp from the client namespace; returns (exchanges/s, its output).
@@ -472,7 +489,7 @@ fn dhcp(seconds: u32, rate: u32, macs: u32) -> Result<()> {
             .arg("--state-dir")
             .arg(work.join("state"))
             .arg("--boot-dir")
-            .arg(&work)
+            .arg(&*work)
             .env("RUST_LOG", "warn");
             c
         } else {
@@ -529,6 +546,5 @@ fn dhcp(seconds: u32, rate: u32, macs: u32) -> Result<()> {
         "| **Ignite / dnsmasq** | **{:.2}x** | |",
         rates[0] / rates[1]
     );
-    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
