@@ -202,10 +202,216 @@ fn dhclient_lease_and_release() {
     assert_eq!(env["new_dhcp_lease_time"], "3600");
     let l = leases(&state);
     assert_eq!(lease_of(&l, "52:54:00:77:00:03").unwrap()["state"], "bound");
+    // Stop without releasing, then start again: INIT-REBOOT asks for the remembered address
+    // (REQUEST with option 50, no server identifier) and gets it.
+    run(&mut dhclient(&["-x"]));
+    run(&mut dhclient(&["-1"]));
+    let env = env_file(&d.join("ev.REBOOT"));
+    assert_eq!(env["new_ip_address"], ip, "{env:?}");
     // dhclient -r sends RELEASE and stops the running dhclient.
     run(&mut dhclient(&["-r"]));
     wait_for("lease released", Duration::from_secs(10), || {
         lease_of(&leases(&state), "52:54:00:77:00:03").is_some_and(|l| l["state"] == "released")
     });
+    server.stop();
+}
+
+#[test]
+fn default_lab_bridge_is_created_and_serves() {
+    if !require(&["udhcpc", "ip"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let boot = boot_dir(tmp.path());
+    let mut lab = Lab::new("labbr");
+    let log = tmp.path().join("server.log");
+    // No --interface: the built-in lab network, created inside our namespace.
+    let child = Lab::cmd(&lab.ns, ignite())
+        .args(["server", "--http-port", "8080", "--state-dir"])
+        .arg(tmp.path().join("state"))
+        .arg("--boot-dir")
+        .arg(&boot)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = lab.adopt(child);
+    wait_for("server ready", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ignite server ready on ignite0 (10.77.0.1/24)")
+    });
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("created the lab bridge ignite0"));
+    // A client on the lab bridge gets a lease from the default range.
+    let c = lab.add_client(9);
+    run(Command::new("ip").args(["-n", &lab.ns, "link", "set", "vc9", "master", "ignite0"]));
+    let d = tmp.path().join("c");
+    std::fs::create_dir_all(&d).unwrap();
+    let script = hook(&d);
+    run(Lab::cmd(&c, "udhcpc")
+        .args(["-i", "c0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s"])
+        .arg(&script));
+    let ip = env_file(&d.join("ev.bound"))["ip"].clone();
+    assert!(
+        ip.starts_with("10.77.0.1") && ip.len() == "10.77.0.100".len(),
+        "{ip}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_for("server stopped", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ignite server stopped")
+    });
+}
+
+#[test]
+fn two_interfaces_each_serve_their_own_subnet() {
+    if !require(&["udhcpc", "curl", "ip"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let boot = boot_dir(tmp.path());
+    let mut lab = Lab::new("twoif");
+    lab.add_bridge("br1", "10.78.0.1/24");
+    let c1 = lab.add_client(11);
+    let c2 = lab.add_client(12);
+    lab.move_client(12, "br1");
+    let mut server = Server::start(
+        &lab,
+        &state,
+        &boot,
+        &[
+            "--interface",
+            "br0,br1",
+            "--dhcp-range",
+            "10.78.0.20-10.78.0.30,10.77.0.20-10.77.0.30",
+        ],
+    );
+    let lease = |ns: &str, dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = hook(dir);
+        run(Lab::cmd(ns, "udhcpc")
+            .args(["-i", "c0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s"])
+            .arg(&script));
+        env_file(&dir.join("ev.bound"))
+    };
+    let e1 = lease(&c1, &tmp.path().join("c1"));
+    let e2 = lease(&c2, &tmp.path().join("c2"));
+    assert!(
+        e1["ip"].starts_with("10.77.0.") && e1["serverid"] == "10.77.0.1",
+        "{e1:?}"
+    );
+    assert!(
+        e2["ip"].starts_with("10.78.0.") && e2["serverid"] == "10.78.0.1",
+        "{e2:?}"
+    );
+    // The script a client fetches names the address it reached the server at.
+    run(Command::new(ignite())
+        .args(["client", "default", "capture", "--state-dir"])
+        .arg(&state));
+    let s = run(Lab::cmd(&c2, "curl").args([
+        "-sS",
+        "--fail",
+        "http://10.78.0.1:8080/ipxe/52-54-00-77-00-0c",
+    ]));
+    assert!(s.contains("kernel http://10.78.0.1:8080/files/"), "{s}");
+    let l = leases(&state);
+    assert_eq!(l.len(), 2, "{l:?}");
+    server.stop();
+}
+
+#[test]
+fn client_behind_dnsmasq_relay_gets_address_from_relay_pool() {
+    if !require(&["udhcpc", "dnsmasq", "ip"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let boot = boot_dir(tmp.path());
+    let mut lab = Lab::new("relay");
+    // The relay: one leg on the server's bridge (10.77.0.2), one on the remote subnet.
+    let relay = lab.add_client(0x21);
+    run(Command::new("ip").args(["-n", &relay, "addr", "add", "10.77.0.2/24", "dev", "c0"]));
+    run(Command::new("ip").args([
+        "-n",
+        &lab.ns,
+        "route",
+        "add",
+        "10.90.0.0/24",
+        "via",
+        "10.77.0.2",
+    ]));
+    let remote = format!("{}-remote", lab.ns);
+    run(Command::new("ip").args(["netns", "add", &remote]));
+    lab.clients.push(remote.clone());
+    run(Command::new("ip").args([
+        "link", "add", "r1", "netns", &relay, "type", "veth", "peer", "name", "c0", "netns",
+        &remote,
+    ]));
+    run(Command::new("ip").args(["-n", &relay, "addr", "add", "10.90.0.1/24", "dev", "r1"]));
+    run(Command::new("ip").args(["-n", &relay, "link", "set", "r1", "up"]));
+    run(Command::new("ip").args([
+        "-n",
+        &remote,
+        "link",
+        "set",
+        "c0",
+        "address",
+        "52:54:00:77:00:22",
+    ]));
+    run(Command::new("ip").args(["-n", &remote, "link", "set", "c0", "up"]));
+    let child = Lab::cmd(&relay, "dnsmasq")
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--user=root",
+            "--interface=r1",
+            "--interface=c0",
+        ])
+        .args(["--dhcp-relay=10.90.0.1,10.77.0.1", "--log-dhcp"])
+        .arg(format!(
+            "--pid-file={}",
+            tmp.path().join("relay.pid").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("relay.log")).unwrap())
+        .spawn()
+        .unwrap();
+    lab.adopt(child);
+    let mut server = Server::start(
+        &lab,
+        &state,
+        &boot,
+        &[
+            "--dhcp-range",
+            "10.77.0.100-10.77.0.110,10.90.0.50-10.90.0.60/24",
+        ],
+    );
+    let d = tmp.path().join("c");
+    std::fs::create_dir_all(&d).unwrap();
+    let script = hook(&d);
+    let out = Lab::cmd(&remote, "udhcpc")
+        .args(["-i", "c0", "-f", "-q", "-n", "-t", "6", "-T", "1", "-s"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let relay_log = std::fs::read_to_string(tmp.path().join("relay.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "udhcpc: {out:?}\nrelay: {relay_log}\nserver: {}",
+        server.log_text()
+    );
+    let env = env_file(&d.join("ev.bound"));
+    assert!(
+        env["ip"].starts_with("10.90.0.5") || env["ip"] == "10.90.0.60",
+        "{env:?}"
+    );
+    assert_eq!(env["router"], "10.90.0.1", "{env:?}");
+    assert_eq!(env["serverid"], SERVER_IP);
     server.stop();
 }

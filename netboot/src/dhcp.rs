@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
@@ -34,6 +34,24 @@ pub struct Reservation {
     pub hostname: Option<String>,
 }
 
+/// Addresses for a remote subnet reached through a relay agent (whose giaddr lies in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayPool {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    pub mask: Ipv4Addr,
+}
+
+/// The addresses and network settings one request is served from: the local pool, or a
+/// relay pool.
+#[derive(Debug, Clone, Copy)]
+struct Scope {
+    first: u32,
+    last: u32,
+    mask: Ipv4Addr,
+    router: Option<Ipv4Addr>,
+}
+
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
     /// Our address on the boot network: server identifier, next-server, URL host.
@@ -46,6 +64,8 @@ pub struct DhcpConfig {
     pub domain: Option<String>,
     pub lease_secs: u32,
     pub reservations: Vec<Reservation>,
+    /// Pools for clients behind DHCP relays, chosen by the relay's giaddr.
+    pub relay_pools: Vec<RelayPool>,
     pub files: BootFiles,
     /// e.g. `http://10.0.0.1:8080`; iPXE scripts and HTTP boot URLs start with it.
     pub http_base: String,
@@ -81,6 +101,28 @@ impl DhcpConfig {
                     "contains the server's own address {}; start the range after it",
                     self.server_ip
                 )));
+            }
+        }
+        for p in &self.relay_pools {
+            let m = u32::from(p.mask);
+            let err = |msg: String| Error::Pool {
+                first: p.first,
+                last: p.last,
+                msg,
+            };
+            if u32::from(p.first) > u32::from(p.last)
+                || u32::from(p.first) & m != u32::from(p.last) & m
+            {
+                return Err(err(format!(
+                    "a relay pool must run upwards inside one subnet of mask {}",
+                    p.mask
+                )));
+            }
+            if u32::from(p.first) & mask == net {
+                return Err(err(
+                    "is on the server's own subnet; relay pools are for subnets behind a relay"
+                        .into(),
+                ));
             }
         }
         let mut seen = HashSet::new();
@@ -119,7 +161,7 @@ pub struct Reply {
 
 /// Why a packet was dropped (logged at debug; hostile input must never do more).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Drop {
+pub enum Dropped {
     #[error("truncated ({0} bytes, a BOOTP header needs 240)")]
     Truncated(usize),
     #[error("no DHCP magic cookie")]
@@ -134,25 +176,72 @@ pub enum Drop {
     Overload,
     #[error("no or unknown DHCP message type")]
     NoMessageType,
+    #[error("option {0} has an impossible length")]
+    BadOptionLength(u8),
+}
+
+/// Options whose length dhcproto 0.15 asserts on instead of returning an error (found by
+/// the `dhcp_packet` fuzz target: option 94 with length 2 panicked the decoder), with the
+/// lengths they may have.
+fn checked_len_ok(code: u8, len: usize) -> Option<bool> {
+    Some(match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        151 => len >= 1,
+        152..=155 => len == 4,
+        _ => return None,
+    })
+}
+
+/// Walks the raw options (after the 240-byte header) and refuses lengths the decoder cannot
+/// take. Split options (RFC 3396) of these fixed-size kinds are refused too.
+fn check_options(bytes: &[u8]) -> std::result::Result<(), Dropped> {
+    let mut seen = [false; 256];
+    let mut i = 240;
+    while i < bytes.len() {
+        let code = bytes[i];
+        match code {
+            0 => i += 1,
+            255 => break,
+            _ => {
+                let Some(&len) = bytes.get(i + 1) else { break };
+                let len = len as usize;
+                if let Some(ok) = checked_len_ok(code, len) {
+                    if !ok || seen[code as usize] {
+                        return Err(Dropped::BadOptionLength(code));
+                    }
+                }
+                seen[code as usize] = true;
+                i += 2 + len;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses and sanity-checks a client packet. Everything a hostile packet can do ends here.
-pub fn parse_request(bytes: &[u8]) -> std::result::Result<Message, Drop> {
+pub fn parse_request(bytes: &[u8]) -> std::result::Result<Message, Dropped> {
     if bytes.len() < 240 {
-        return Err(Drop::Truncated(bytes.len()));
+        return Err(Dropped::Truncated(bytes.len()));
     }
     if bytes[236..240] != MAGIC {
-        return Err(Drop::NoMagic);
+        return Err(Dropped::NoMagic);
     }
-    let msg = Message::from_bytes(bytes).map_err(|e| Drop::Undecodable(e.to_string()))?;
+    check_options(bytes)?;
+    // Defence in depth: should the decoder still panic on some input, drop the packet
+    // instead of losing the DHCP service.
+    let msg = std::panic::catch_unwind(|| Message::from_bytes(bytes))
+        .map_err(|_| Dropped::Undecodable("decoder panicked".into()))?
+        .map_err(|e| Dropped::Undecodable(e.to_string()))?;
     if msg.opcode() != Opcode::BootRequest {
-        return Err(Drop::NotRequest);
+        return Err(Dropped::NotRequest);
     }
     if msg.htype() != HType::Eth || msg.hlen() != 6 {
-        return Err(Drop::NotEthernet);
+        return Err(Dropped::NotEthernet);
     }
     if msg.opts().get(OptionCode::OptionOverload).is_some() {
-        return Err(Drop::Overload);
+        return Err(Dropped::Overload);
     }
     match msg.opts().msg_type() {
         Some(
@@ -162,7 +251,7 @@ pub fn parse_request(bytes: &[u8]) -> std::result::Result<Message, Drop> {
             | MessageType::Release
             | MessageType::Inform,
         ) => Ok(msg),
-        _ => Err(Drop::NoMessageType),
+        _ => Err(Dropped::NoMessageType),
     }
 }
 
@@ -184,13 +273,78 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Addresses offered and not yet requested, held for their client for a short while.
+/// Indexed both ways so each packet costs O(1), even with tens of thousands outstanding.
+#[derive(Default)]
+struct Offers {
+    by_ip: HashMap<Ipv4Addr, (MacAddr, u64)>,
+    by_mac: HashMap<MacAddr, Ipv4Addr>,
+    next_sweep: u64,
+}
+
+impl Offers {
+    fn holder(&self, ip: Ipv4Addr, now: u64) -> Option<MacAddr> {
+        self.by_ip
+            .get(&ip)
+            .filter(|(_, until)| *until > now)
+            .map(|(m, _)| *m)
+    }
+
+    fn of(&self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
+        let ip = *self.by_mac.get(&mac)?;
+        (self.holder(ip, now) == Some(mac)).then_some(ip)
+    }
+
+    fn insert(&mut self, ip: Ipv4Addr, mac: MacAddr, until: u64) {
+        self.remove_mac(mac);
+        self.by_ip.insert(ip, (mac, until));
+        self.by_mac.insert(mac, ip);
+    }
+
+    fn remove_mac(&mut self, mac: MacAddr) {
+        if let Some(ip) = self.by_mac.remove(&mac) {
+            if self.by_ip.get(&ip).is_some_and(|(m, _)| *m == mac) {
+                self.by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Drops expired offers, at most once a second.
+    fn sweep(&mut self, now: u64) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + 1;
+        self.by_ip.retain(|_, (_, until)| *until > now);
+        let by_ip = &self.by_ip;
+        self.by_mac
+            .retain(|m, ip| by_ip.get(ip).is_some_and(|(h, _)| h == m));
+    }
+}
+
+/// One lease store for all interfaces' engines: a MAC holds one address in the whole
+/// server, and an address is never bound twice.
+pub type SharedLeases = Arc<Mutex<LeaseStore>>;
+
+pub fn shared(l: LeaseStore) -> SharedLeases {
+    Arc::new(Mutex::new(l))
+}
+
+fn lock(l: &SharedLeases) -> MutexGuard<'_, LeaseStore> {
+    // Every lease change is one SQLite statement plus map updates done after it succeeds;
+    // a panic elsewhere while holding the lock leaves the store usable.
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct DhcpEngine {
     cfg: DhcpConfig,
-    leases: Option<LeaseStore>,
+    leases: Option<SharedLeases>,
     reserved_by_mac: HashMap<MacAddr, Reservation>,
     reserved_ips: HashSet<Ipv4Addr>,
-    offers: HashMap<Ipv4Addr, (MacAddr, u64)>,
+    offers: Offers,
     cursor: u32,
+    /// Where the request being handled is served from (set by `handle_full`).
+    scope: Scope,
     provider: Arc<dyn BootProvider>,
     clients: Arc<ClientMap>,
 }
@@ -199,7 +353,7 @@ impl DhcpEngine {
     /// `leases` may be `None` only in proxy mode.
     pub fn new(
         cfg: DhcpConfig,
-        leases: Option<LeaseStore>,
+        leases: Option<SharedLeases>,
         provider: Arc<dyn BootProvider>,
         clients: Arc<ClientMap>,
     ) -> Result<DhcpEngine> {
@@ -217,7 +371,7 @@ impl DhcpEngine {
         let reserved_ips = cfg.reservations.iter().map(|r| r.ip).collect();
         let cursor = cfg.pool.map(|(f, _)| u32::from(f)).unwrap_or(0);
         if let Some(l) = &leases {
-            for lease in l.all() {
+            for lease in lock(l).all() {
                 if let (Some(m), true) = (lease.mac, lease.active(unix_now())) {
                     clients.insert(lease.ip, m);
                 }
@@ -228,8 +382,14 @@ impl DhcpEngine {
             leases,
             reserved_by_mac,
             reserved_ips,
-            offers: HashMap::new(),
+            offers: Offers::default(),
             cursor,
+            scope: Scope {
+                first: 1,
+                last: 0,
+                mask: Ipv4Addr::UNSPECIFIED,
+                router: None,
+            },
             provider,
             clients,
         })
@@ -239,8 +399,9 @@ impl DhcpEngine {
         &self.cfg
     }
 
-    pub fn leases(&self) -> Option<&LeaseStore> {
-        self.leases.as_ref()
+    /// The lease store, locked (shared with the engines of other interfaces).
+    pub fn leases(&self) -> Option<MutexGuard<'_, LeaseStore>> {
+        self.leases.as_ref().map(|l| lock(l))
     }
 
     /// One packet in, at most one reply out. `src` is the UDP source of the packet.
@@ -274,9 +435,40 @@ impl DhcpEngine {
     }
 
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
-        self.cfg
-            .pool
-            .is_some_and(|(f, l)| (u32::from(f)..=u32::from(l)).contains(&u32::from(ip)))
+        (self.scope.first..=self.scope.last).contains(&u32::from(ip))
+    }
+
+    /// The pool for a request: by giaddr for relayed ones, else the local pool.
+    fn scope_for(&self, req: &Message) -> Option<Scope> {
+        let (first, last) = self.cfg.pool?;
+        let local = Scope {
+            first: u32::from(first),
+            last: u32::from(last),
+            mask: self.cfg.subnet_mask,
+            router: self.cfg.router,
+        };
+        let gi = req.giaddr();
+        if gi.is_unspecified() {
+            return Some(local);
+        }
+        let same = |a: Ipv4Addr, b: Ipv4Addr, m: Ipv4Addr| {
+            u32::from(a) & u32::from(m) == u32::from(b) & u32::from(m)
+        };
+        if let Some(p) = self
+            .cfg
+            .relay_pools
+            .iter()
+            .find(|p| same(gi, p.first, p.mask))
+        {
+            return Some(Scope {
+                first: u32::from(p.first),
+                last: u32::from(p.last),
+                mask: p.mask,
+                router: Some(gi),
+            });
+        }
+        // A relay on our own network.
+        same(gi, self.cfg.server_ip, self.cfg.subnet_mask).then_some(local)
     }
 
     fn can_have(&self, ip: Ipv4Addr, mac: MacAddr, now: u64, prefer_unused: bool) -> bool {
@@ -286,13 +478,12 @@ impl DhcpEngine {
         if !self.in_pool(ip) || self.reserved_ips.contains(&ip) {
             return false;
         }
-        if let Some((m, until)) = self.offers.get(&ip) {
-            if *m != mac && *until > now {
+        if let Some(m) = self.offers.holder(ip, now) {
+            if m != mac {
                 return false;
             }
         }
-        self.leases
-            .as_ref()
+        self.leases()
             .is_some_and(|l| l.available(ip, mac, now, prefer_unused))
     }
 
@@ -302,20 +493,15 @@ impl DhcpEngine {
         if let Some(r) = self.reserved_by_mac.get(&mac) {
             return Some(r.ip);
         }
-        let prev = self.leases.as_ref().and_then(|l| l.ip_of(mac));
+        let prev = self.leases().and_then(|l| l.ip_of(mac));
         // A client that DISCOVERs again before REQUESTing gets the same offer.
-        let offered = self
-            .offers
-            .iter()
-            .find(|(_, (m, _))| *m == mac)
-            .map(|(ip, _)| *ip);
+        let offered = self.offers.of(mac, now);
         for ip in offered.into_iter().chain(prev).chain(requested) {
             if self.can_have(ip, mac, now, false) {
                 return Some(ip);
             }
         }
-        let (first, last) = self.cfg.pool?;
-        let (first, last) = (u32::from(first), u32::from(last));
+        let (first, last) = (self.scope.first, self.scope.last);
         let size = last - first + 1;
         for prefer_unused in [true, false] {
             for i in 0..size {
@@ -357,8 +543,8 @@ impl DhcpEngine {
             o.insert(DhcpOption::Renewal(c.lease_secs / 2));
             o.insert(DhcpOption::Rebinding(c.lease_secs / 8 * 7));
         }
-        o.insert(DhcpOption::SubnetMask(c.subnet_mask));
-        if let Some(r) = c.router {
+        o.insert(DhcpOption::SubnetMask(self.scope.mask));
+        if let Some(r) = self.scope.router {
             o.insert(DhcpOption::Router(vec![r]));
         }
         if !c.dns.is_empty() {
@@ -463,7 +649,15 @@ impl DhcpEngine {
             _ => None,
         };
         let kind = opts.msg_type();
-        self.offers.retain(|_, (_, until)| *until > now);
+        self.offers.sweep(now);
+        let Some(scope) = self.scope_for(req) else {
+            tracing::info!(
+                "DHCP request from {mac} via relay {} dropped: no pool for that subnet; add a relay range (FIRST-LAST/PREFIX) to --dhcp-range",
+                req.giaddr()
+            );
+            return Ok(None);
+        };
+        self.scope = scope;
         match kind {
             Some(MessageType::Discover) => {
                 let Some(ip) = self.choose(mac, requested, now) else {
@@ -472,7 +666,7 @@ impl DhcpEngine {
                     );
                     return Ok(None);
                 };
-                self.offers.insert(ip, (mac, now + OFFER_HOLD_SECS));
+                self.offers.insert(ip, mac, now + OFFER_HOLD_SECS);
                 let mut m = self.reply(req, MessageType::Offer, ip);
                 self.network_options(&mut m, mac, true);
                 let boot = self.boot_options(req, &mut m, mac, false);
@@ -486,7 +680,7 @@ impl DhcpEngine {
                 if let Some(sid) = server_id {
                     if sid != self.cfg.server_ip {
                         // The client took another server's offer: free ours.
-                        self.offers.retain(|_, (m, _)| *m != mac);
+                        self.offers.remove_mac(mac);
                         return Ok(None);
                     }
                 }
@@ -516,10 +710,10 @@ impl DhcpEngine {
                     )));
                 }
                 let expires = now + u64::from(self.cfg.lease_secs);
-                if let Some(l) = self.leases.as_mut() {
+                if let Some(mut l) = self.leases() {
                     l.bind(ip, mac, expires, hostname)?;
                 }
-                self.offers.remove(&ip);
+                self.offers.remove_mac(mac);
                 self.clients.insert(ip, mac);
                 let mut m = self.reply(req, MessageType::Ack, ip);
                 m.set_ciaddr(req.ciaddr());
@@ -533,7 +727,7 @@ impl DhcpEngine {
             }
             Some(MessageType::Release) => {
                 let ip = req.ciaddr();
-                if let Some(l) = self.leases.as_mut() {
+                if let Some(mut l) = self.leases() {
                     if l.release(ip, mac, now)? {
                         self.clients.remove(ip);
                         tracing::info!("DHCP release of {ip} by {mac}");
@@ -542,7 +736,7 @@ impl DhcpEngine {
                 Ok(None)
             }
             Some(MessageType::Decline) => {
-                if let (Some(ip), Some(l)) = (requested, self.leases.as_mut()) {
+                if let (Some(ip), Some(mut l)) = (requested, self.leases()) {
                     if l.decline(ip, mac, now + u64::from(self.cfg.lease_secs))? {
                         self.clients.remove(ip);
                         tracing::warn!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -88,10 +88,27 @@ async fn file(
     resp
 }
 
+/// The URL prefix for links in a generated script: the address the client reached us at
+/// (its Host header), so a server on several networks hands each client its own; else
+/// the configured one.
+fn base_for(headers: &HeaderMap, fallback: &str) -> String {
+    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(h)
+            if !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c)) =>
+        {
+            format!("http://{h}")
+        }
+        _ => fallback.to_string(),
+    }
+}
+
 async fn script(
     State(s): State<Arc<HttpState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(mac): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     let Ok(mac) = mac.trim_end_matches(".ipxe").parse::<MacAddr>() else {
         return (
@@ -100,7 +117,7 @@ async fn script(
         )
             .into_response();
     };
-    let body = ipxe_script(&s.provider.plan(mac), &s.http_base);
+    let body = ipxe_script(&s.provider.plan(mac), &base_for(&headers, &s.http_base));
     s.provider.step(&BootEvent {
         mac: Some(mac),
         ip: peer_ip(peer),
@@ -127,4 +144,19 @@ pub async fn serve(
         let _ = shutdown.wait_for(|v| *v).await;
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_base_follows_host_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(base_for(&h, "http://10.0.0.1:80"), "http://10.0.0.1:80");
+        h.insert(header::HOST, "10.2.0.1:8080".parse().unwrap());
+        assert_eq!(base_for(&h, "http://10.0.0.1:80"), "http://10.2.0.1:8080");
+        h.insert(header::HOST, "evil/x?".parse().unwrap());
+        assert_eq!(base_for(&h, "http://10.0.0.1:80"), "http://10.0.0.1:80");
+    }
 }

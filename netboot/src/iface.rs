@@ -68,13 +68,13 @@ pub fn mtu_of(iface: &str) -> Option<u32> {
         .ok()
 }
 
-/// A non-blocking UDP socket on `addr`, restricted to `iface` when given (SO_BINDTODEVICE),
-/// allowed to broadcast. Must be called inside a tokio runtime.
-pub fn udp_socket(
+/// A blocking UDP socket on `addr`, restricted to `iface` when given (SO_BINDTODEVICE),
+/// allowed to broadcast, with large buffers.
+pub fn std_udp_socket(
     iface: Option<&str>,
     addr: SocketAddrV4,
     what: &'static str,
-) -> Result<UdpSocket> {
+) -> Result<std::net::UdpSocket> {
     let bind_err = |source| Error::Bind {
         what,
         addr: format!(
@@ -92,9 +92,24 @@ pub fn udp_socket(
     // Big buffers: a windowed TFTP transfer or a DHCP burst must not drop on a busy host.
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
-    s.set_nonblocking(true).map_err(bind_err)?;
     s.bind(&SocketAddr::V4(addr).into()).map_err(bind_err)?;
-    UdpSocket::from_std(s.into()).map_err(bind_err)
+    Ok(s.into())
+}
+
+/// [`std_udp_socket`] for tokio. Must be called inside a tokio runtime.
+pub fn udp_socket(
+    iface: Option<&str>,
+    addr: SocketAddrV4,
+    what: &'static str,
+) -> Result<UdpSocket> {
+    let s = std_udp_socket(iface, addr, what)?;
+    let err = |source| Error::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    };
+    s.set_nonblocking(true).map_err(err)?;
+    UdpSocket::from_std(s).map_err(err)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! and a `run` function; this file only dispatches.
 
 mod archive;
+mod bench;
 mod client;
 mod netboot;
 mod profile;

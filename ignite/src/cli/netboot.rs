@@ -33,6 +33,8 @@ enum NetbootCmd {
         #[arg(long, default_value = "IGNITE-INITRAMFS-OK")]
         marker: String,
     },
+    /// Benchmarks against the usual peers (tftpd-hpa, dnsmasq, perfdhcp), side by side.
+    Bench(crate::cli::bench::BenchArgs),
     /// List DHCP leases.
     Leases {
         #[arg(long, env = "IGNITE_STATE_DIR", default_value = "/var/lib/ignite")]
@@ -51,6 +53,7 @@ pub fn run(a: NetbootArgs) -> Result<()> {
             marker,
         } => fetch_boot_files(&boot_dir, kernel, &cache_dir, &marker),
         NetbootCmd::Leases { state_dir, json } => leases(&state_dir, json),
+        NetbootCmd::Bench(b) => crate::cli::bench::run(b),
     }
 }
 
@@ -105,9 +108,14 @@ fn sh(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Unpacks Debian package `pkg` into `<cache>/<pkg>` (downloading its .deb once) and
-/// returns that directory. Uses the ordinary apt client.
+/// Unpacks Debian package `pkg` into `<cache>/root/<pkg>` (downloading its .deb once) and
+/// returns that directory. Uses the ordinary apt client. With `only`, just that member
+/// directory (e.g. `./boot`) is unpacked: a kernel package's modules are 400 MB we never use.
 fn unpack_deb(pkg: &str, cache: &Path) -> Result<PathBuf> {
+    unpack_deb_part(pkg, cache, None)
+}
+
+fn unpack_deb_part(pkg: &str, cache: &Path, only: Option<&str>) -> Result<PathBuf> {
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)
         .with_context(|| format!("cache directory {}", debs.display()))?;
@@ -141,7 +149,29 @@ fn unpack_deb(pkg: &str, cache: &Path) -> Result<PathBuf> {
         let tmp = cache.join("root").join(format!(".{pkg}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        sh(Command::new("dpkg").arg("-x").arg(&deb).arg(&tmp))?;
+        match only {
+            None => {
+                sh(Command::new("dpkg").arg("-x").arg(&deb).arg(&tmp))?;
+            }
+            Some(member) => {
+                let mut deb_tar = Command::new("dpkg-deb")
+                    .arg("--fsys-tarfile")
+                    .arg(&deb)
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .context("cannot run dpkg-deb")?;
+                let stdout = deb_tar.stdout.take().context("dpkg-deb output")?;
+                sh(Command::new("tar")
+                    .arg("-x")
+                    .arg("-C")
+                    .arg(&tmp)
+                    .arg(member)
+                    .stdin(stdout))?;
+                if !deb_tar.wait()?.success() {
+                    bail!("dpkg-deb --fsys-tarfile {} failed", deb.display());
+                }
+            }
+        }
         std::fs::rename(&tmp, &root)?;
     }
     Ok(root)
@@ -177,7 +207,37 @@ fn write_atomic(dst: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Holds an exclusive lock on the cache directory while alive, so that concurrent runs
+/// (parallel tests, two admins) do not download or unpack the same package at once.
+struct CacheLock {
+    _file: std::fs::File,
+}
+
+impl CacheLock {
+    fn take(cache: &Path) -> Result<CacheLock> {
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(cache)
+            .with_context(|| format!("cache directory {}", cache.display()))?;
+        let f = std::fs::File::create(cache.join(".lock")).with_context(|| {
+            format!(
+                "cache directory {}: cannot create its lock file",
+                cache.display()
+            )
+        })?;
+        // SAFETY: flock on a file descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "cache directory {}: cannot lock it: {}",
+                cache.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(CacheLock { _file: f })
+    }
+}
+
 pub fn fetch_boot_files(boot_dir: &Path, kernel: bool, cache: &Path, marker: &str) -> Result<()> {
+    let _lock = CacheLock::take(cache)?;
     let system = Path::new("/usr/lib/ipxe");
     let ipxe_dir = if system.join("undionly.kpxe").is_file() {
         system.to_path_buf()
@@ -191,11 +251,34 @@ pub fn fetch_boot_files(boot_dir: &Path, kernel: bool, cache: &Path, marker: &st
             println!("{}", boot_dir.join(f).display());
         }
     }
+    // iPXE option ROMs for emulated NICs (Debian package ipxe-qemu), for guests of a
+    // monitor that wants a network-bootable NIC ROM.
+    let roms = Path::new("/usr/lib/ipxe/qemu");
+    let roms = if roms.join("pxe-virtio.rom").is_file() {
+        Some(roms.to_path_buf())
+    } else {
+        unpack_deb("ipxe-qemu", cache)
+            .map_err(|e| tracing::warn!("iPXE NIC ROMs skipped: {e:#}"))
+            .ok()
+            .map(|r| r.join("usr/lib/ipxe/qemu"))
+    };
+    if let Some(dir) = roms {
+        for e in std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .flatten()
+        {
+            let name = e.file_name();
+            if name.to_string_lossy().ends_with(".rom") {
+                install(&e.path(), &boot_dir.join("qemu").join(&name))?;
+            }
+        }
+        println!("{}", boot_dir.join("qemu").display());
+    }
     if !kernel {
         return Ok(());
     }
     let pkg = kernel_package()?;
-    let root = unpack_deb(&pkg, cache)?;
+    let root = unpack_deb_part(&pkg, cache, Some("./boot"))?;
     let vmlinuz = std::fs::read_dir(root.join("boot"))?
         .flatten()
         .map(|e| e.path())

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ignite_netboot::dhcp::{DhcpConfig, Reservation};
+use ignite_netboot::dhcp::{DhcpConfig, RelayPool, Reservation};
 use ignite_netboot::MacAddr;
 use serde::Deserialize;
 
@@ -125,6 +125,16 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The boot network interfaces: `interface` may list several, comma-separated.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.network
+            .interface
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
     pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Config> {
         let mut c = match path {
             Some(p) => {
@@ -188,30 +198,72 @@ pub fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr)> {
 /// What the server runs with once the interface's address is known.
 #[derive(Debug)]
 pub struct Resolved {
-    pub prefix: u8,
     pub http_base: String,
     pub dhcp: DhcpConfig,
 }
 
-pub fn resolve(c: &Config, server_ip: Ipv4Addr, prefix: u8) -> Result<Resolved> {
+/// Settings for interface `iface` with address `server_ip/prefix`. With several interfaces,
+/// each takes the `dhcp_range` (comma-separated list) and reservations inside its subnet.
+pub fn resolve(c: &Config, iface: &str, server_ip: Ipv4Addr, prefix: u8) -> Result<Resolved> {
     let mask = if prefix == 0 {
         0
     } else {
         u32::MAX << (32 - u32::from(prefix))
     };
     let net = u32::from(server_ip) & mask;
+    let in_net = |a: Ipv4Addr| u32::from(a) & mask == net;
+    let several = c.interfaces().len() > 1;
+    // `FIRST-LAST/PREFIX` entries are pools for subnets behind relay agents.
+    let (relay, local): (Vec<&str>, Vec<&str>) = c
+        .network
+        .dhcp_range
+        .as_deref()
+        .map(|r| {
+            r.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|x| x.contains('/'));
+    let ranges = local
+        .into_iter()
+        .map(parse_range)
+        .collect::<Result<Vec<_>>>()?;
+    let mut relay_pools = Vec::new();
+    for r in relay {
+        let (range, p) = r.split_once('/').unwrap_or((r, ""));
+        let p: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| (1..=30).contains(p))
+            .with_context(|| format!("relay DHCP range {r:?}: the prefix after '/' must be 1-30, e.g. 10.90.0.50-10.90.0.99/24"))?;
+        let (first, last) = parse_range(range)?;
+        relay_pools.push(RelayPool {
+            first,
+            last,
+            mask: Ipv4Addr::from(u32::MAX << (32 - u32::from(p))),
+        });
+    }
     let pool = if c.network.proxy_dhcp {
         None
     } else {
-        Some(match &c.network.dhcp_range {
-            Some(r) => parse_range(r)?,
+        Some(match ranges.iter().find(|(a, _)| in_net(*a)) {
+            Some(r) => *r,
+            // One interface: its range, even a wrong one, which validation then names.
+            None if !ranges.is_empty() && !several => ranges[0],
+            None if !ranges.is_empty() => bail!(
+                "interface {iface} ({server_ip}/{prefix}): none of the DHCP ranges {:?} is in its subnet; \
+                 add one to --dhcp-range",
+                c.network.dhcp_range.as_deref().unwrap_or_default()
+            ),
             None => {
                 let bcast = net | !mask;
                 if bcast.saturating_sub(net) < 200 {
                     bail!(
-                        "interface {} has {server_ip}/{prefix}, too small for the default DHCP range .100-.199; \
-                         give one with --dhcp-range FIRST-LAST",
-                        c.network.interface
+                        "interface {iface} has {server_ip}/{prefix}, too small for the default DHCP range .100-.199; \
+                         give one with --dhcp-range FIRST-LAST"
                     );
                 }
                 (Ipv4Addr::from(net + 100), Ipv4Addr::from(net + 199))
@@ -224,6 +276,9 @@ pub fn resolve(c: &Config, server_ip: Ipv4Addr, prefix: u8) -> Result<Resolved> 
             .mac
             .parse()
             .with_context(|| format!("config [[reservation]] for {}", r.ip))?;
+        if several && !in_net(r.ip) {
+            continue;
+        }
         reservations.push(Reservation {
             mac,
             ip: r.ip,
@@ -240,6 +295,7 @@ pub fn resolve(c: &Config, server_ip: Ipv4Addr, prefix: u8) -> Result<Resolved> 
         domain: c.network.domain.clone(),
         lease_secs: c.network.lease_time,
         reservations,
+        relay_pools,
         files: ignite_netboot::boot::BootFiles {
             bios: c.boot.bios.clone(),
             efi_x64: c.boot.efi_x64.clone(),
@@ -249,11 +305,7 @@ pub fn resolve(c: &Config, server_ip: Ipv4Addr, prefix: u8) -> Result<Resolved> 
     };
     dhcp.validate()?;
     c.default_action()?;
-    Ok(Resolved {
-        prefix,
-        http_base,
-        dhcp,
-    })
+    Ok(Resolved { http_base, dhcp })
 }
 
 #[cfg(test)]
@@ -288,15 +340,43 @@ mod tests {
             ),
             ("eth1", 9000, true)
         );
-        let r = resolve(&c, "10.1.0.1".parse().unwrap(), 24).unwrap();
+        let r = resolve(&c, "eth1", "10.1.0.1".parse().unwrap(), 24).unwrap();
         assert!(r.dhcp.pool.is_none());
         assert_eq!(r.http_base, "http://10.1.0.1:9000");
     }
 
     #[test]
+    fn several_interfaces_pick_their_own_range() {
+        let o = Overrides {
+            interface: Some("br0, br1".into()),
+            dhcp_range: Some("10.2.0.50-10.2.0.60,10.1.0.50-10.1.0.60".into()),
+            ..Default::default()
+        };
+        let c = Config::load(None, &o).unwrap();
+        assert_eq!(c.interfaces(), ["br0", "br1"]);
+        let r0 = resolve(&c, "br0", "10.1.0.1".parse().unwrap(), 24).unwrap();
+        let r1 = resolve(&c, "br1", "10.2.0.1".parse().unwrap(), 24).unwrap();
+        assert_eq!(
+            r0.dhcp.pool.unwrap().0,
+            "10.1.0.50".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            r1.dhcp.pool.unwrap().0,
+            "10.2.0.50".parse::<Ipv4Addr>().unwrap()
+        );
+        let e = resolve(&c, "br2", "10.3.0.1".parse().unwrap(), 24)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("br2") && e.contains("none of the DHCP ranges"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults_and_errors() {
         let c = Config::load(None, &Overrides::default()).unwrap();
-        let r = resolve(&c, "10.77.0.1".parse().unwrap(), 24).unwrap();
+        let r = resolve(&c, "ignite0", "10.77.0.1".parse().unwrap(), 24).unwrap();
         assert_eq!(
             r.dhcp.pool,
             Some((
@@ -304,7 +384,7 @@ mod tests {
                 "10.77.0.199".parse().unwrap()
             ))
         );
-        assert!(resolve(&c, "10.77.0.1".parse().unwrap(), 28)
+        assert!(resolve(&c, "ignite0", "10.77.0.1".parse().unwrap(), 28)
             .unwrap_err()
             .to_string()
             .contains("--dhcp-range"));

@@ -147,6 +147,36 @@ impl Lab {
         cns
     }
 
+    /// A second bridge `name` with server address `addr` (CIDR) in the lab namespace.
+    pub fn add_bridge(&self, name: &str, addr: &str) {
+        ip(&[
+            "-n",
+            &self.ns,
+            "link",
+            "add",
+            name,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ]);
+        ip(&["-n", &self.ns, "addr", "add", addr, "dev", name]);
+        ip(&["-n", &self.ns, "link", "set", name, "up"]);
+    }
+
+    /// Moves client `n`'s bridge port to bridge `name`.
+    pub fn move_client(&self, n: u8, bridge: &str) {
+        ip(&[
+            "-n",
+            &self.ns,
+            "link",
+            "set",
+            &format!("vc{n}"),
+            "master",
+            bridge,
+        ]);
+    }
+
     /// A tap device on the bridge, for QEMU (run QEMU inside `self.ns`).
     pub fn add_tap(&self, name: &str) {
         ip(&["-n", &self.ns, "tuntap", "add", "dev", name, "mode", "tap"]);
@@ -211,8 +241,14 @@ impl Server {
         let log = state.join(format!("server-{:x}.log", rand_u64()));
         std::fs::create_dir_all(state).unwrap();
         let f = std::fs::File::create(&log).unwrap();
+        let iface: &[&str] = if extra.contains(&"--interface") {
+            &[]
+        } else {
+            &["--interface", "br0"]
+        };
         let child = Lab::cmd(&lab.ns, ignite())
-            .args(["server", "--interface", "br0", "--http-port", "8080"])
+            .args(["server", "--http-port", "8080"])
+            .args(iface)
             .arg("--state-dir")
             .arg(state)
             .arg("--boot-dir")

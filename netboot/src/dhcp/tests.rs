@@ -18,6 +18,11 @@ fn cfg(pool: Option<(u8, u8)>) -> DhcpConfig {
             ip: Ipv4Addr::new(10, 9, 0, 5),
             hostname: Some("fixed".into()),
         }],
+        relay_pools: vec![RelayPool {
+            first: Ipv4Addr::new(10, 90, 0, 50),
+            last: Ipv4Addr::new(10, 90, 0, 60),
+            mask: Ipv4Addr::new(255, 255, 255, 0),
+        }],
         files: BootFiles::default(),
         http_base: "http://10.9.0.1:8080".into(),
     }
@@ -32,7 +37,7 @@ struct Env {
 fn env(pool: Option<(u8, u8)>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
-    let leases = pool.map(|_| LeaseStore::open(&db).unwrap());
+    let leases = pool.map(|_| shared(LeaseStore::open(&db).unwrap()));
     let engine = DhcpEngine::new(
         cfg(pool),
         leases,
@@ -160,7 +165,7 @@ fn same_client_gets_same_address_and_leases_survive_restart() {
     let a = dora(&mut e.engine, mac(1), 1000);
     assert_eq!(dora(&mut e.engine, mac(1), 1001), a);
     // Restart: a new engine on the same database.
-    let leases = LeaseStore::open(&e.db).unwrap();
+    let leases = shared(LeaseStore::open(&e.db).unwrap());
     let mut e2 = DhcpEngine::new(
         cfg(Some((100, 110))),
         Some(leases),
@@ -297,6 +302,42 @@ fn relayed_request_goes_to_giaddr_with_option_82_echoed() {
     );
 }
 
+#[test]
+fn relay_on_another_subnet_gets_its_own_pool() {
+    let mut e = env(Some((100, 110)));
+    let gi = Ipv4Addr::new(10, 90, 0, 1);
+    let mut r = req(MessageType::Discover, mac(1), vec![]);
+    r.set_giaddr(gi);
+    let offer = send(&mut e.engine, &r, Port::Dhcp, 1000).unwrap();
+    let ip = offer.msg.yiaddr();
+    assert!(
+        (50..=60).contains(&ip.octets()[3]) && ip.octets()[..3] == [10, 90, 0],
+        "{ip}"
+    );
+    assert_eq!(
+        offer.msg.opts().get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![gi]))
+    );
+    assert_eq!(offer.to, SocketAddrV4::new(gi, 67));
+    let mut q = req(
+        MessageType::Request,
+        mac(1),
+        vec![
+            DhcpOption::RequestedIpAddress(ip),
+            DhcpOption::ServerIdentifier(SERVER),
+        ],
+    );
+    q.set_giaddr(gi);
+    assert_eq!(
+        kind(&send(&mut e.engine, &q, Port::Dhcp, 1000).unwrap()),
+        MessageType::Ack
+    );
+    // A relay from a subnet we have no pool for: no answer.
+    let mut r = req(MessageType::Discover, mac(2), vec![]);
+    r.set_giaddr(Ipv4Addr::new(192, 168, 5, 1));
+    assert!(send(&mut e.engine, &r, Port::Dhcp, 1000).is_none());
+}
+
 fn pxe_opts(arch: u16, ipxe: bool) -> Vec<DhcpOption> {
     let mut v = vec![
         DhcpOption::ClassIdentifier(format!("PXEClient:Arch:{arch:05}:UNDI:002001").into_bytes()),
@@ -420,24 +461,34 @@ fn proxy_mode_answers_only_boot_info() {
 #[test]
 fn hostile_packets_are_dropped() {
     let good = req(MessageType::Discover, mac(1), vec![]).to_vec().unwrap();
-    assert_eq!(parse_request(&good[..100]), Err(Drop::Truncated(100)));
+    assert_eq!(parse_request(&good[..100]), Err(Dropped::Truncated(100)));
     let mut bad = good.clone();
     bad[236] = 0;
-    assert_eq!(parse_request(&bad), Err(Drop::NoMagic));
+    assert_eq!(parse_request(&bad), Err(Dropped::NoMagic));
     let mut bad = good.clone();
     bad[0] = 2;
-    assert_eq!(parse_request(&bad), Err(Drop::NotRequest));
+    assert_eq!(parse_request(&bad), Err(Dropped::NotRequest));
     let mut bad = good.clone();
     bad[2] = 16;
-    assert_eq!(parse_request(&bad), Err(Drop::NotEthernet));
+    assert_eq!(parse_request(&bad), Err(Dropped::NotEthernet));
     // Option overload.
     let mut overload = good[..240].to_vec();
     overload.extend_from_slice(&[53, 1, 1, 52, 1, 3, 255]);
-    assert_eq!(parse_request(&overload), Err(Drop::Overload));
+    assert_eq!(parse_request(&overload), Err(Dropped::Overload));
+    // Found by fuzzing: option 94 must be 3 bytes (dhcproto asserts on it).
+    let mut short94 = good[..240].to_vec();
+    short94.extend_from_slice(&[53, 1, 1, 94, 2, 1, 2, 255]);
+    assert_eq!(parse_request(&short94), Err(Dropped::BadOptionLength(94)));
+    let mut twice94 = good[..240].to_vec();
+    twice94.extend_from_slice(&[53, 1, 1, 94, 3, 1, 2, 1, 94, 3, 1, 2, 1, 255]);
+    assert_eq!(parse_request(&twice94), Err(Dropped::BadOptionLength(94)));
+    let mut empty151 = good[..240].to_vec();
+    empty151.extend_from_slice(&[53, 1, 1, 151, 0, 255]);
+    assert_eq!(parse_request(&empty151), Err(Dropped::BadOptionLength(151)));
     // Unknown message type 42.
     let mut bad = good[..240].to_vec();
     bad.extend_from_slice(&[53, 1, 42, 255]);
-    assert_eq!(parse_request(&bad), Err(Drop::NoMessageType));
+    assert_eq!(parse_request(&bad), Err(Dropped::NoMessageType));
     // An option claiming more bytes than the packet has never comes out as an option.
     let mut bad = good[..240].to_vec();
     bad.extend_from_slice(&[53, 1, 1, 60, 200, b'P']);

@@ -1,0 +1,131 @@
+//! `ignite client …` and `ignite server --check` from the command line (no root needed).
+
+use std::process::Command;
+
+fn ignite(args: &[&str], state: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ignite"))
+        .args(args)
+        .env("IGNITE_STATE_DIR", state)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn client_registry_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path();
+    assert!(
+        ignite(
+            &[
+                "client",
+                "add",
+                "52:54:00:aa:00:01",
+                "web1",
+                "install",
+                "web"
+            ],
+            st
+        )
+        .0
+    );
+    assert!(ignite(&["client", "add", "52-54-00-AA-00-02", "db1"], st).0);
+    let (ok, _, err) = ignite(&["client", "add", "52:54:00:aa:00:03", "x", "reboot"], st);
+    assert!(!ok && err.contains("not a boot action"), "{err}");
+    let (ok, _, err) = ignite(&["client", "add", "nonsense", "y"], st);
+    assert!(!ok && err.contains("not a MAC address"), "{err}");
+    let (ok, out, _) = ignite(&["client", "list", "--json"], st);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db1", "web1"]);
+    assert_eq!(v[0]["action"], "local");
+    assert_eq!(v[1]["action"], "install");
+    assert_eq!(v[1]["arg"], "web");
+    assert!(ignite(&["client", "set", "db1", "recover", "db1@latest"], st).0);
+    let (_, out, _) = ignite(&["client", "show", "52:54:00:aa:00:02"], st);
+    assert!(out.contains("action: recover db1@latest"), "{out}");
+    assert!(ignite(&["client", "remove", "web1"], st).0);
+    let (ok, _, err) = ignite(&["client", "show", "web1"], st);
+    assert!(!ok && err.contains("not registered"), "{err}");
+    assert!(ignite(&["client", "default", "capture"], st).0);
+    assert_eq!(ignite(&["client", "default"], st).1.trim(), "capture");
+}
+
+#[test]
+fn server_check_validates_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path();
+    let boot = st.join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    let b = boot.to_str().unwrap();
+    let (ok, out, err) = ignite(
+        &["server", "--check", "--interface", "lo", "--boot-dir", b],
+        st,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("config OK: interface lo (127.0.0.1/8), DHCP 127.0.0.100-127.0.0.199"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: boot file undionly.kpxe is missing"),
+        "{out}"
+    );
+    let (ok, out, _) = ignite(
+        &[
+            "server",
+            "--check",
+            "--interface",
+            "lo",
+            "--proxy-dhcp",
+            "--boot-dir",
+            b,
+        ],
+        st,
+    );
+    assert!(ok && out.contains("proxyDHCP"), "{out}");
+    let (ok, _, err) = ignite(&["server", "--check", "--interface", "nosuchif9"], st);
+    assert!(
+        !ok && err.contains("nosuchif9") && err.contains("does not exist"),
+        "{err}"
+    );
+    let (ok, _, err) = ignite(
+        &[
+            "server",
+            "--check",
+            "--interface",
+            "lo",
+            "--dhcp-range",
+            "10.0.0.1-10.0.0.9",
+        ],
+        st,
+    );
+    assert!(!ok && err.contains("outside the server's subnet"), "{err}");
+    let cfg = st.join("bad.toml");
+    std::fs::write(&cfg, "[boot]\ndefault_action = \"explode\"\n").unwrap();
+    let (ok, _, err) = ignite(
+        &[
+            "server",
+            "--check",
+            "--interface",
+            "lo",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        st,
+    );
+    assert!(
+        !ok && err.contains("default_action") && err.contains("not a boot action"),
+        "{err}"
+    );
+}
