@@ -41,11 +41,17 @@ pub type SameContent<'a> = dyn Fn(&Entry, &Entry) -> bool + 'a;
 fn what_changed(a: &Entry, b: &Entry, same_content: &SameContent) -> Vec<&'static str> {
     let mut w = Vec::new();
     match (&a.kind, &b.kind) {
-        (EntryKind::File { size: sa, extents: xa }, EntryKind::File { size: sb, extents: xb }) => {
-            if sa != sb || (xa != xb && !same_content(a, b)) {
-                w.push("content");
-            }
-        }
+        (
+            EntryKind::File {
+                size: sa,
+                extents: xa,
+            },
+            EntryKind::File {
+                size: sb,
+                extents: xb,
+            },
+        ) if sa != sb || (xa != xb && !same_content(a, b)) => w.push("content"),
+        (EntryKind::File { .. }, EntryKind::File { .. }) => {}
         (ka, kb) if std::mem::discriminant(ka) != std::mem::discriminant(kb) => w.push("type"),
         (ka, kb) if ka != kb => w.push("target"),
         _ => {}
@@ -65,17 +71,54 @@ fn what_changed(a: &Entry, b: &Entry, same_content: &SameContent) -> Vec<&'stati
     w
 }
 
+/// Path → (entry, hard-link group). A hard link is compared as the file it names, and the
+/// group says which paths share it, so the same tree imported in another order (the first name
+/// seen becomes the file) compares equal.
+fn canonical(es: &[Entry]) -> BTreeMap<String, (Entry, Vec<String>)> {
+    let by_path: BTreeMap<&[u8], &Entry> = es.iter().map(|e| (e.path.as_slice(), e)).collect();
+    let mut groups: BTreeMap<&[u8], Vec<String>> = BTreeMap::new();
+    for e in es {
+        if let EntryKind::HardLink { target } = &e.kind {
+            let g = groups.entry(target.as_slice()).or_default();
+            if g.is_empty() {
+                g.push(String::from_utf8_lossy(target).into_owned());
+            }
+            g.push(e.path_str());
+        }
+    }
+    let mut out = BTreeMap::new();
+    for e in es {
+        let (key, entry) = match &e.kind {
+            EntryKind::HardLink { target } => match by_path.get(target.as_slice()) {
+                Some(t) => (
+                    target.as_slice(),
+                    Entry {
+                        path: e.path.clone(),
+                        ..(*t).clone()
+                    },
+                ),
+                None => (e.path.as_slice(), e.clone()),
+            },
+            _ => (e.path.as_slice(), e.clone()),
+        };
+        let mut group = groups.get(key).cloned().unwrap_or_default();
+        group.sort();
+        out.insert(e.path_str(), (entry, group));
+    }
+    out
+}
+
 pub fn diff_trees(a: &[Entry], b: &[Entry], same_content: &SameContent) -> Vec<Change> {
-    let map = |es: &'_ [Entry]| -> BTreeMap<String, Entry> {
-        es.iter().map(|e| (e.path_str(), e.clone())).collect()
-    };
-    let (ma, mb) = (map(a), map(b));
+    let (ma, mb) = (canonical(a), canonical(b));
     let mut out = Vec::new();
-    for (p, ea) in &ma {
+    for (p, (ea, ga)) in &ma {
         match mb.get(p) {
             None => out.push(Change::Removed { path: p.clone() }),
-            Some(eb) => {
-                let what = what_changed(ea, eb, same_content);
+            Some((eb, gb)) => {
+                let mut what = what_changed(ea, eb, same_content);
+                if ga != gb {
+                    what.push("links");
+                }
                 // A file whose only change is its mtime is reported: a restore resets it.
                 if !what.is_empty() {
                     out.push(Change::Changed {
@@ -102,9 +145,11 @@ fn path_of(c: &Change) -> &str {
 pub fn diff(store: &Store, a: &Manifest, b: &Manifest) -> Result<DiffReport> {
     match (a.kind, b.kind) {
         (SnapshotKind::Tree, SnapshotKind::Tree) => Ok(DiffReport::Tree {
-            changes: diff_trees(&store.load_tree(a)?, &store.load_tree(b)?, &|x, y| {
-                matches!((file_bytes(store, x), file_bytes(store, y)), (Ok(p), Ok(q)) if p == q)
-            }),
+            changes: diff_trees(
+                &store.load_tree(a)?,
+                &store.load_tree(b)?,
+                &|x, y| matches!((file_bytes(store, x), file_bytes(store, y)), (Ok(p), Ok(q)) if p == q),
+            ),
         }),
         (SnapshotKind::Image, SnapshotKind::Image) => {
             let (ba, bb) = (store.load_image(a)?, store.load_image(b)?);

@@ -22,7 +22,11 @@ fn small_packs(dir: &Path) -> Store {
 fn data_dir(root: &Path, seed: u64, files: usize) {
     fs::create_dir_all(root).unwrap();
     for i in 0..files {
-        fs::write(root.join(format!("f{i:03}")), random_bytes(256 << 10, seed * 1000 + i as u64)).unwrap();
+        fs::write(
+            root.join(format!("f{i:03}")),
+            random_bytes(256 << 10, seed * 1000 + i as u64),
+        )
+        .unwrap();
     }
 }
 
@@ -55,7 +59,10 @@ fn two_imports_at_once_both_succeed_and_dedup() {
     // ...and gc removes what both wrote.
     ignite_archive::gc::gc(&store).unwrap();
     let after = ignite_archive::stats::stats(&store).unwrap().stored_bytes;
-    assert!(after <= stored && after < single + (2 << 20), "after gc {after}");
+    assert!(
+        after <= stored && after < single + (2 << 20),
+        "after gc {after}"
+    );
     assert!(ignite_archive::verify::verify(&store, 1.0).unwrap().ok());
 }
 
@@ -69,7 +76,11 @@ fn gc_while_importing_loses_nothing() {
             // Each generation shares most files with the previous one.
             data_dir(&d, 1, 24);
             for i in 0..4 {
-                fs::write(d.join(format!("f{:03}", i * 5)), random_bytes(200 << 10, 100 + g * 10 + i)).unwrap();
+                fs::write(
+                    d.join(format!("f{:03}", i * 5)),
+                    random_bytes(200 << 10, 100 + g * 10 + i),
+                )
+                .unwrap();
             }
             d
         })
@@ -93,7 +104,9 @@ fn gc_while_importing_loses_nothing() {
     };
     let mut gcs = 0;
     while !importer.is_finished() || gcs < 3 {
-        for d in ignite_archive::retention::apply(&policy, &store.list_snapshots().unwrap()).unwrap() {
+        for d in
+            ignite_archive::retention::apply(&policy, &store.list_snapshots().unwrap()).unwrap()
+        {
             if !d.keep {
                 store.forget(&d.id).unwrap();
             }

@@ -24,7 +24,11 @@ fn directory_round_trip_keeps_everything() {
     export_dir(&store, &m, &out, &progress()).unwrap();
     assert_same_tree(&src, &out);
     // Independent checks: content by diff -r, holes kept, hard link kept.
-    sh(&format!("diff -r --no-dereference -x fifo -x null -x loop {} {}", src.display(), out.display()));
+    sh(&format!(
+        "diff -r --no-dereference -x fifo -x null -x loop {} {}",
+        src.display(),
+        out.display()
+    ));
     let sparse = fs::metadata(out.join("usr/sparse")).unwrap();
     assert_eq!(sparse.len(), 64 << 20);
     assert!(sparse.blocks() * 512 < 4 << 20, "sparse file was filled in");
@@ -33,9 +37,18 @@ fn directory_round_trip_keeps_everything() {
         fs::metadata(out.join("usr/bin/big-link")).unwrap(),
     );
     assert_eq!(a.ino(), b.ino());
-    assert_eq!(xattr::get(out.join("etc/hostname"), "user.ignite").unwrap().unwrap(), b"test-value");
+    assert_eq!(
+        xattr::get(out.join("etc/hostname"), "user.ignite")
+            .unwrap()
+            .unwrap(),
+        b"test-value"
+    );
     if is_root() {
-        assert!(xattr::get(out.join("usr/bin/setuid"), "security.capability").unwrap().is_some());
+        assert!(
+            xattr::get(out.join("usr/bin/setuid"), "security.capability")
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(fs::metadata(out.join("etc/hostname")).unwrap().uid(), 1234);
     }
     assert!(ignite_archive::verify::verify(&store, 1.0).unwrap().ok());
@@ -53,16 +66,31 @@ fn gnu_tar_in_and_tar_out_agree_with_gnu_tar() {
         tarball.display()
     ));
     let store = new_store(t.path());
-    for (suffix, cmd) in [("", None), (".gz", Some("gzip -k")), (".zst", Some("zstd -q -k")), (".xz", Some("xz -k"))] {
+    for (suffix, cmd) in [
+        ("", None),
+        (".gz", Some("gzip -k")),
+        (".zst", Some("zstd -q -k")),
+        (".xz", Some("xz -k")),
+    ] {
         if let Some(cmd) = cmd {
             sh(&format!("{cmd} {}", tarball.display()));
         }
         let path = format!("{}{suffix}", tarball.display());
-        let m = import_tar(&store, fs::File::open(&path).unwrap(), &opts("tar"), &progress()).unwrap();
+        let m = import_tar(
+            &store,
+            fs::File::open(&path).unwrap(),
+            &opts("tar"),
+            &progress(),
+        )
+        .unwrap();
         let out = t.path().join(format!("out{suffix}"));
         export_dir(&store, &m, &out, &progress()).unwrap();
         // GNU tar compares content, modes, owners, mtimes and link targets with the export.
-        sh(&format!("tar --numeric-owner -C {} --compare -f {}", out.display(), tarball.display()));
+        sh(&format!(
+            "tar --numeric-owner -C {} --compare -f {}",
+            out.display(),
+            tarball.display()
+        ));
         assert_same_tree(&src, &out);
     }
     // Our tar output extracts with GNU tar to the same tree.
@@ -76,7 +104,11 @@ fn gnu_tar_in_and_tar_out_agree_with_gnu_tar() {
         ext.display(),
         ours.display()
     ));
-    sh(&format!("diff -r --no-dereference -x fifo -x null -x loop {} {}", src.display(), ext.display()));
+    sh(&format!(
+        "diff -r --no-dereference -x fifo -x null -x loop {} {}",
+        src.display(),
+        ext.display()
+    ));
     assert_same_tree(&src, &ext);
 }
 
@@ -87,20 +119,36 @@ fn image_round_trip_is_byte_identical_and_sparse() {
     let f = fs::File::create(&img).unwrap();
     f.set_len(256 << 20).unwrap();
     f.write_all_at(&random_bytes(5 << 20, 1), 0).unwrap();
-    f.write_all_at(&random_bytes(300_000, 2), 100 << 20).unwrap();
+    f.write_all_at(&random_bytes(300_000, 2), 100 << 20)
+        .unwrap();
     f.write_all_at(&vec![0u8; 1 << 20], 200 << 20).unwrap(); // written zeros: stored as nothing
     f.write_all_at(b"tail", (256 << 20) - 4).unwrap();
     let store = new_store(t.path());
-    let src = ImageSource { path: &img, changed: None };
+    let src = ImageSource {
+        path: &img,
+        changed: None,
+    };
     let m = import_image(&store, src, &opts("disk"), &progress()).unwrap();
     assert!(m.stats.new_stored_bytes < 6 << 20);
     let out = t.path().join("out.img");
     export_image(&store, &m, &out, &progress()).unwrap();
     sh(&format!("cmp {} {}", img.display(), out.display()));
-    assert!(fs::metadata(&out).unwrap().blocks() * 512 < 8 << 20, "export is not sparse");
+    assert!(
+        fs::metadata(&out).unwrap().blocks() * 512 < 8 << 20,
+        "export is not sparse"
+    );
     // A nightly change: one block rewritten; only that block is new.
     f.write_all_at(&random_bytes(4096, 9), 50 << 20).unwrap();
-    let m2 = import_image(&store, ImageSource { path: &img, changed: None }, &opts("disk"), &progress()).unwrap();
+    let m2 = import_image(
+        &store,
+        ImageSource {
+            path: &img,
+            changed: None,
+        },
+        &opts("disk"),
+        &progress(),
+    )
+    .unwrap();
     assert_eq!(m2.stats.new_chunks, 1);
     // With a change map from the monitor, unchanged blocks are not even read.
     let bs = store.config().block_size as u64;
@@ -109,7 +157,16 @@ fn image_round_trip_is_byte_identical_and_sparse() {
     changed[((60u64 << 20) / bs) as usize] = true;
     let mut o = opts("disk");
     o.parent = ignite_archive::import::ParentChoice::Id(m2.id.clone());
-    let m3 = import_image(&store, ImageSource { path: &img, changed: Some(&changed) }, &o, &progress()).unwrap();
+    let m3 = import_image(
+        &store,
+        ImageSource {
+            path: &img,
+            changed: Some(&changed),
+        },
+        &o,
+        &progress(),
+    )
+    .unwrap();
     assert_eq!(m3.stats.read_bytes, bs);
     let out3 = t.path().join("out3.img");
     export_image(&store, &m3, &out3, &progress()).unwrap();

@@ -28,7 +28,8 @@ pub fn progress() -> Progress {
 
 /// The tree of a directory as our importer sees it, without source stamps.
 pub fn tree_of(store: &Store, dir: &Path) -> Vec<Entry> {
-    let m = ignite_archive::import_dir::import_dir(store, dir, &opts("scratch"), &progress()).unwrap();
+    let m =
+        ignite_archive::import_dir::import_dir(store, dir, &opts("scratch"), &progress()).unwrap();
     let mut t = store.load_tree(&m).unwrap();
     for e in &mut t {
         e.source = None;
@@ -40,7 +41,8 @@ pub fn tree_of(store: &Store, dir: &Path) -> Vec<Entry> {
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let scratch = tempfile::tempdir().unwrap();
     let store = new_store(scratch.path());
-    let same = |x: &Entry, y: &Entry| file_bytes(&store, x).unwrap() == file_bytes(&store, y).unwrap();
+    let same =
+        |x: &Entry, y: &Entry| file_bytes(&store, x).unwrap() == file_bytes(&store, y).unwrap();
     let changes: Vec<Change> = diff_trees(&tree_of(&store, a), &tree_of(&store, b), &same);
     assert!(changes.is_empty(), "trees differ: {changes:#?}");
 }
@@ -94,15 +96,21 @@ pub fn build_sample_tree(root: &Path) {
     sp.set_len(64 << 20).unwrap();
     use std::os::unix::fs::FileExt;
     sp.write_all_at(&random_bytes(8192, 3), 1 << 20).unwrap();
-    sp.write_all_at(&random_bytes(100_000, 4), 40 << 20).unwrap();
+    sp.write_all_at(&random_bytes(100_000, 4), 40 << 20)
+        .unwrap();
     xattr::set(root.join("etc/hostname"), "user.ignite", b"test-value").unwrap();
     sh(&format!("mkfifo {}", root.join("etc/fifo").display()));
     if is_root() {
         sh(&format!("mknod {} c 1 3", root.join("etc/null").display()));
         sh(&format!("mknod {} b 7 0", root.join("etc/loop").display()));
-        sh(&format!("chown 1234:5678 {}", root.join("etc/hostname").display()));
+        sh(&format!(
+            "chown 1234:5678 {}",
+            root.join("etc/hostname").display()
+        ));
         // File capabilities, as `ping` has them (security.capability, v2 format).
-        let cap: [u8; 20] = [0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let cap: [u8; 20] = [
+            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
         xattr::set(root.join("usr/bin/setuid"), "security.capability", &cap).unwrap();
     }
     sh(&format!(
