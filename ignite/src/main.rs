@@ -1,6 +1,9 @@
 //! `ignite`: the one binary — CLI, server daemon, HTTP API and the in-guest install agent.
 
 mod cli;
+mod initramfs;
+mod server;
+mod state;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -2,7 +2,11 @@
 //! and a `run` function; this file only dispatches.
 
 mod archive;
+mod client;
+mod netboot;
 mod progress;
+mod server;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -24,12 +28,24 @@ pub struct Cli {
 pub enum Command {
     /// The archive store: import, export, verify, prune, gc.
     Archive(archive::Args),
+    /// Run the boot server: DHCP (or proxyDHCP), TFTP and HTTP.
+    Server(server::ServerArgs),
+    /// Manage the client registry (MAC → boot action).
+    Client(client::ClientArgs),
+    /// Network boot tools: fetch boot files, list leases.
+    Netboot(netboot::NetbootArgs),
+    /// The bundled virtual machine monitor.
+    Vm(vm::Args),
 }
 
 impl Command {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Archive(a) => archive::run(a),
+            Command::Server(a) => server::run(a),
+            Command::Client(a) => client::run(a),
+            Command::Netboot(a) => netboot::run(a),
+            Command::Vm(a) => a.run(),
         }
     }
 }

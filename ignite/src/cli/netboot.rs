@@ -1,0 +1,233 @@
+//! `ignite netboot`: boot-file fetching, lease listing and benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use ignite_netboot::leases::LeaseStore;
+
+use crate::initramfs::marker_initramfs;
+use crate::state::db_path;
+
+#[derive(Args)]
+pub struct NetbootArgs {
+    #[command(subcommand)]
+    cmd: NetbootCmd,
+}
+
+#[derive(Subcommand)]
+enum NetbootCmd {
+    /// Fill a boot directory with iPXE (Debian package ipxe) and, with --kernel, a Debian
+    /// kernel (linux-image-amd64) plus a small busybox initramfs.
+    FetchBootFiles {
+        #[arg(long, env = "IGNITE_BOOT_DIR", default_value = "/var/lib/ignite/boot")]
+        boot_dir: PathBuf,
+        /// Also fetch the kernel and build the test initramfs (debian/vmlinuz, debian/initrd.img).
+        #[arg(long)]
+        kernel: bool,
+        /// Where downloaded .deb packages are kept between runs.
+        #[arg(long, env = "IGNITE_CACHE_DIR", default_value = "/var/cache/ignite")]
+        cache_dir: PathBuf,
+        /// Text the initramfs prints on the console before powering off.
+        #[arg(long, default_value = "IGNITE-INITRAMFS-OK")]
+        marker: String,
+    },
+    /// List DHCP leases.
+    Leases {
+        #[arg(long, env = "IGNITE_STATE_DIR", default_value = "/var/lib/ignite")]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(a: NetbootArgs) -> Result<()> {
+    match a.cmd {
+        NetbootCmd::FetchBootFiles {
+            boot_dir,
+            kernel,
+            cache_dir,
+            marker,
+        } => fetch_boot_files(&boot_dir, kernel, &cache_dir, &marker),
+        NetbootCmd::Leases { state_dir, json } => leases(&state_dir, json),
+    }
+}
+
+fn leases(state_dir: &Path, json: bool) -> Result<()> {
+    let store = LeaseStore::open(&db_path(state_dir))?;
+    let now = ignite_netboot::dhcp::unix_now();
+    let rows: Vec<serde_json::Value> = store
+        .all()
+        .into_iter()
+        .map(|l| {
+            serde_json::json!({
+                "ip": l.ip.to_string(),
+                "mac": l.mac.map(|m| m.to_string()),
+                "expires": l.expires,
+                "state": format!("{:?}", l.state).to_lowercase(),
+                "active": l.active(now),
+                "hostname": l.hostname,
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<16} {:<18} {:<9} {:<6} EXPIRES",
+            "IP", "MAC", "STATE", "ACTIVE"
+        );
+        for r in rows {
+            println!(
+                "{:<16} {:<18} {:<9} {:<6} {}",
+                r["ip"].as_str().unwrap_or(""),
+                r["mac"].as_str().unwrap_or("-"),
+                r["state"].as_str().unwrap_or(""),
+                r["active"],
+                r["expires"]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Unpacks Debian package `pkg` into `<cache>/<pkg>` (downloading its .deb once) and
+/// returns that directory. Uses the ordinary apt client.
+fn unpack_deb(pkg: &str, cache: &Path) -> Result<PathBuf> {
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs)
+        .with_context(|| format!("cache directory {}", debs.display()))?;
+    let find = || -> Option<PathBuf> {
+        std::fs::read_dir(&debs)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+            })
+    };
+    let deb = match find() {
+        Some(d) => d,
+        None => {
+            tracing::info!("downloading Debian package {pkg}");
+            sh(Command::new("apt-get")
+                .arg("download")
+                .arg(pkg)
+                .current_dir(&debs))
+            .with_context(|| {
+                format!("package {pkg}: download failed; run `apt-get update` first")
+            })?;
+            find().with_context(|| format!("package {pkg}: apt-get download left no .deb"))?
+        }
+    };
+    let root = cache.join("root").join(pkg);
+    if !root.is_dir() {
+        let tmp = cache.join("root").join(format!(".{pkg}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        sh(Command::new("dpkg").arg("-x").arg(&deb).arg(&tmp))?;
+        std::fs::rename(&tmp, &root)?;
+    }
+    Ok(root)
+}
+
+/// The versioned kernel package linux-image-amd64 currently depends on.
+fn kernel_package() -> Result<String> {
+    let out = sh(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(|p| p.trim().to_string())
+        .find(|p| p.starts_with("linux-image-") && p != "linux-image-amd64")
+        .context("linux-image-amd64 names no kernel package; run `apt-get update`")
+}
+
+/// Copies `src` to `dst` through a temporary name, so readers never see half a file.
+fn install(src: &Path, dst: &Path) -> Result<()> {
+    let bytes = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+    write_atomic(dst, &bytes)
+}
+
+fn write_atomic(dst: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if let Some(d) = dst.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let tmp = dst.with_extension("tmp-ignite");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
+pub fn fetch_boot_files(boot_dir: &Path, kernel: bool, cache: &Path, marker: &str) -> Result<()> {
+    let system = Path::new("/usr/lib/ipxe");
+    let ipxe_dir = if system.join("undionly.kpxe").is_file() {
+        system.to_path_buf()
+    } else {
+        unpack_deb("ipxe", cache)?.join("usr/lib/ipxe")
+    };
+    for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe"] {
+        let src = ipxe_dir.join(f);
+        if src.is_file() {
+            install(&src, &boot_dir.join(f))?;
+            println!("{}", boot_dir.join(f).display());
+        }
+    }
+    if !kernel {
+        return Ok(());
+    }
+    let pkg = kernel_package()?;
+    let root = unpack_deb(&pkg, cache)?;
+    let vmlinuz = std::fs::read_dir(root.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .with_context(|| format!("package {pkg} has no boot/vmlinuz-*"))?;
+    install(&vmlinuz, &boot_dir.join("debian/vmlinuz"))?;
+    println!("{}", boot_dir.join("debian/vmlinuz").display());
+    let busybox = Path::new("/bin/busybox");
+    let busybox = if busybox.is_file() && is_static(busybox) {
+        busybox.to_path_buf()
+    } else {
+        unpack_deb("busybox-static", cache)?.join("bin/busybox")
+    };
+    let bb =
+        std::fs::read(&busybox).with_context(|| format!("cannot read {}", busybox.display()))?;
+    write_atomic(
+        &boot_dir.join("debian/initrd.img"),
+        &marker_initramfs(bb, marker),
+    )?;
+    println!("{}", boot_dir.join("debian/initrd.img").display());
+    Ok(())
+}
+
+/// A dynamically linked busybox would not run in an initramfs without its libraries.
+fn is_static(p: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(p) else {
+        return false;
+    };
+    // ELF with no PT_INTERP program header: look for the interpreter path string.
+    bytes.starts_with(b"\x7fELF") && !bytes.windows(13).any(|w| w == b"/lib64/ld-lin")
+}

@@ -1,0 +1,52 @@
+//! `ignite server`: DHCP (or proxyDHCP), TFTP and HTTP boot in one daemon.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::server::config::{Config, Overrides};
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// TOML configuration file (every setting has a default).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for the state database (clients, leases, boot log).
+    #[arg(long, env = "IGNITE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Interface of the boot network (default: the lab bridge ignite0).
+    #[arg(long)]
+    interface: Option<String>,
+    /// Address pool FIRST-LAST (default: .100-.199 of the interface's subnet).
+    #[arg(long, value_name = "FIRST-LAST")]
+    dhcp_range: Option<String>,
+    /// Only answer boot information, next to an existing DHCP server.
+    #[arg(long)]
+    proxy_dhcp: bool,
+    /// Directory served over TFTP and HTTP (default: <state-dir>/boot).
+    #[arg(long)]
+    boot_dir: Option<PathBuf>,
+    /// HTTP port for boot files, iPXE scripts and the API.
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn run(a: ServerArgs) -> anyhow::Result<()> {
+    let o = Overrides {
+        state_dir: a.state_dir,
+        interface: a.interface,
+        dhcp_range: a.dhcp_range,
+        proxy_dhcp: a.proxy_dhcp,
+        boot_dir: a.boot_dir,
+        http_port: a.http_port,
+    };
+    let cfg = Config::load(a.config.as_deref(), &o)?;
+    if a.check {
+        print!("{}", crate::server::run::check(&cfg)?);
+        return Ok(());
+    }
+    crate::server::run::run(cfg)
+}

@@ -1,0 +1,323 @@
+//! `ignite server` configuration: a TOML file whose every field has a default (the built-in
+//! lab network), overridden by command-line flags.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ignite_netboot::dhcp::{DhcpConfig, Reservation};
+use ignite_netboot::MacAddr;
+use serde::Deserialize;
+
+use crate::state::Action;
+
+/// The built-in lab network: a bridge named `ignite0` with 10.77.0.1/24.
+pub const LAB_INTERFACE: &str = "ignite0";
+pub const LAB_ADDRESS: &str = "10.77.0.1/24";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    /// Defaults to `<state_dir>/boot`.
+    pub boot_dir: Option<PathBuf>,
+    pub network: Network,
+    pub boot: Boot,
+    #[serde(rename = "reservation")]
+    pub reservations: Vec<ReservationCfg>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    pub interface: String,
+    /// `FIRST-LAST`; default: .100-.199 of the interface's subnet.
+    pub dhcp_range: Option<String>,
+    /// Answer boot information only, next to another DHCP server.
+    pub proxy_dhcp: bool,
+    /// Run no DHCP at all (only TFTP and HTTP).
+    pub dhcp: bool,
+    pub tftp: bool,
+    pub http_port: u16,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_time: u32,
+    /// Largest TFTP block size; default: interface MTU - 32.
+    pub tftp_max_blksize: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Boot {
+    /// Kernel, initrds and command line for install/recover/capture, relative to boot_dir.
+    pub kernel: String,
+    pub initrd: Vec<String>,
+    pub cmdline: String,
+    /// Action for clients not in the registry (until `ignite client default` sets one).
+    pub default_action: String,
+    pub bios: String,
+    pub efi_x64: String,
+    pub efi_arm64: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationCfg {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/ignite"),
+            boot_dir: None,
+            network: Network::default(),
+            boot: Boot::default(),
+            reservations: Vec::new(),
+        }
+    }
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            interface: LAB_INTERFACE.into(),
+            dhcp_range: None,
+            proxy_dhcp: false,
+            dhcp: true,
+            tftp: true,
+            http_port: 8080,
+            router: None,
+            dns: Vec::new(),
+            domain: None,
+            lease_time: 3600,
+            tftp_max_blksize: None,
+        }
+    }
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Boot {
+            kernel: "debian/vmlinuz".into(),
+            initrd: vec!["debian/initrd.img".into()],
+            cmdline: "console=ttyS0".into(),
+            default_action: "local".into(),
+            bios: "undionly.kpxe".into(),
+            efi_x64: "ipxe.efi".into(),
+            efi_arm64: "ipxe-arm64.efi".into(),
+        }
+    }
+}
+
+/// Command-line overrides (flags win over the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub state_dir: Option<PathBuf>,
+    pub interface: Option<String>,
+    pub dhcp_range: Option<String>,
+    pub proxy_dhcp: bool,
+    pub boot_dir: Option<PathBuf>,
+    pub http_port: Option<u16>,
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>, o: &Overrides) -> Result<Config> {
+        let mut c = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("config {}: cannot read it", p.display()))?;
+                toml::from_str::<Config>(&text).map_err(|e| {
+                    anyhow::anyhow!("config {}: {}", p.display(), e.to_string().trim_end())
+                })?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = &o.state_dir {
+            c.state_dir = v.clone();
+        }
+        if let Some(v) = &o.interface {
+            c.network.interface = v.clone();
+        }
+        if let Some(v) = &o.dhcp_range {
+            c.network.dhcp_range = Some(v.clone());
+        }
+        if o.proxy_dhcp {
+            c.network.proxy_dhcp = true;
+        }
+        if let Some(v) = &o.boot_dir {
+            c.boot_dir = Some(v.clone());
+        }
+        if let Some(v) = o.http_port {
+            c.network.http_port = v;
+        }
+        Ok(c)
+    }
+
+    pub fn boot_dir(&self) -> PathBuf {
+        self.boot_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("boot"))
+    }
+
+    pub fn default_action(&self) -> Result<Action> {
+        self.boot.default_action.parse().with_context(|| {
+            format!(
+                "config [boot] default_action = {:?}",
+                self.boot.default_action
+            )
+        })
+    }
+}
+
+pub fn parse_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr)> {
+    let Some((a, b)) = s.split_once('-') else {
+        bail!("DHCP range {s:?} is not FIRST-LAST; use e.g. 10.77.0.100-10.77.0.199");
+    };
+    let p = |x: &str| {
+        x.trim()
+            .parse::<Ipv4Addr>()
+            .with_context(|| format!("DHCP range {s:?}: {x:?} is not an IPv4 address"))
+    };
+    Ok((p(a)?, p(b)?))
+}
+
+/// What the server runs with once the interface's address is known.
+#[derive(Debug)]
+pub struct Resolved {
+    pub prefix: u8,
+    pub http_base: String,
+    pub dhcp: DhcpConfig,
+}
+
+pub fn resolve(c: &Config, server_ip: Ipv4Addr, prefix: u8) -> Result<Resolved> {
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    let net = u32::from(server_ip) & mask;
+    let pool = if c.network.proxy_dhcp {
+        None
+    } else {
+        Some(match &c.network.dhcp_range {
+            Some(r) => parse_range(r)?,
+            None => {
+                let bcast = net | !mask;
+                if bcast.saturating_sub(net) < 200 {
+                    bail!(
+                        "interface {} has {server_ip}/{prefix}, too small for the default DHCP range .100-.199; \
+                         give one with --dhcp-range FIRST-LAST",
+                        c.network.interface
+                    );
+                }
+                (Ipv4Addr::from(net + 100), Ipv4Addr::from(net + 199))
+            }
+        })
+    };
+    let mut reservations = Vec::new();
+    for r in &c.reservations {
+        let mac: MacAddr = r
+            .mac
+            .parse()
+            .with_context(|| format!("config [[reservation]] for {}", r.ip))?;
+        reservations.push(Reservation {
+            mac,
+            ip: r.ip,
+            hostname: r.hostname.clone(),
+        });
+    }
+    let http_base = format!("http://{server_ip}:{}", c.network.http_port);
+    let dhcp = DhcpConfig {
+        server_ip,
+        pool,
+        subnet_mask: Ipv4Addr::from(mask),
+        router: c.network.router,
+        dns: c.network.dns.clone(),
+        domain: c.network.domain.clone(),
+        lease_secs: c.network.lease_time,
+        reservations,
+        files: ignite_netboot::boot::BootFiles {
+            bios: c.boot.bios.clone(),
+            efi_x64: c.boot.efi_x64.clone(),
+            efi_arm64: c.boot.efi_arm64.clone(),
+        },
+        http_base: http_base.clone(),
+    };
+    dhcp.validate()?;
+    c.default_action()?;
+    Ok(Resolved {
+        prefix,
+        http_base,
+        dhcp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ignite.toml");
+        std::fs::write(
+            &p,
+            "state_dir = \"/srv/ig\"\n[network]\ninterface = \"br0\"\nhttp_port = 81\n\
+             [[reservation]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.1.0.9\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c.network.interface, "br0");
+        assert_eq!(c.boot_dir(), PathBuf::from("/srv/ig/boot"));
+        let o = Overrides {
+            interface: Some("eth1".into()),
+            http_port: Some(9000),
+            proxy_dhcp: true,
+            ..Default::default()
+        };
+        let c = Config::load(Some(&p), &o).unwrap();
+        assert_eq!(
+            (
+                c.network.interface.as_str(),
+                c.network.http_port,
+                c.network.proxy_dhcp
+            ),
+            ("eth1", 9000, true)
+        );
+        let r = resolve(&c, "10.1.0.1".parse().unwrap(), 24).unwrap();
+        assert!(r.dhcp.pool.is_none());
+        assert_eq!(r.http_base, "http://10.1.0.1:9000");
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        let r = resolve(&c, "10.77.0.1".parse().unwrap(), 24).unwrap();
+        assert_eq!(
+            r.dhcp.pool,
+            Some((
+                "10.77.0.100".parse().unwrap(),
+                "10.77.0.199".parse().unwrap()
+            ))
+        );
+        assert!(resolve(&c, "10.77.0.1".parse().unwrap(), 28)
+            .unwrap_err()
+            .to_string()
+            .contains("--dhcp-range"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, "[network]\nhttp_prot = 1\n").unwrap();
+        let e = Config::load(Some(&p), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.toml") && e.contains("http_prot"), "{e}");
+        assert!(parse_range("10.0.0.1")
+            .unwrap_err()
+            .to_string()
+            .contains("FIRST-LAST"));
+    }
+}

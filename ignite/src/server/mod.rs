@@ -1,0 +1,5 @@
+//! The `ignite server` daemon: DHCP (or proxyDHCP), TFTP and HTTP in one process.
+
+pub mod config;
+pub mod provider;
+pub mod run;

@@ -1,0 +1,325 @@
+//! Support for tests that run real network clients against `ignite server` inside network
+//! namespaces. Nothing here touches the host's own network: every address lives on a bridge
+//! inside a namespace named `ign-nb-<pid>-<tag>`, removed on drop even when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SERVER_IP: &str = "10.77.0.1";
+
+/// Returns `true` if the test may run. Missing prerequisites skip the test with a one-line
+/// reason, or fail it when `IGNITE_CI=1`.
+pub fn require(tools: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root (network namespaces)".to_string());
+    }
+    for t in tools {
+        if which(t).is_none() {
+            missing.push(format!("`{t}` (see scripts/deps/netboot.apt)"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("needs {}", missing.join(", "));
+    if std::env::var("IGNITE_CI").as_deref() == Ok("1") {
+        panic!("prerequisite missing with IGNITE_CI=1: {msg}");
+    }
+    eprintln!("skipping: {msg}");
+    false
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    if tool.contains('/') {
+        return Path::new(tool).exists().then(|| PathBuf::from(tool));
+    }
+    for dir in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let p = Path::new(dir).join(tool);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+/// A namespace with a bridge `br0` holding the server address, plus client namespaces,
+/// each joined to the bridge by a veth pair.
+pub struct Lab {
+    pub ns: String,
+    pub clients: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        let ns = format!("ign-nb-{}-{tag}", std::process::id());
+        // A leftover from a crashed earlier run with the same pid would make `add` fail.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &ns]);
+        let lab = Lab {
+            ns,
+            clients: Vec::new(),
+            children: Vec::new(),
+        };
+        ip(&["-n", &lab.ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &lab.ns,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ]);
+        ip(&[
+            "-n",
+            &lab.ns,
+            "addr",
+            "add",
+            &format!("{SERVER_IP}/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &lab.ns, "link", "set", "br0", "up"]);
+        lab
+    }
+
+    /// Adds a client namespace with interface `c0` (MAC `52:54:00:77:00:<n>`); returns its name.
+    pub fn add_client(&mut self, n: u8) -> String {
+        let cns = format!("{}-c{n}", self.ns);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &cns])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &cns]);
+        self.clients.push(cns.clone());
+        let peer = format!("vc{n}");
+        ip(&[
+            "link", "add", "c0", "netns", &cns, "type", "veth", "peer", "name", &peer, "netns",
+            &self.ns,
+        ]);
+        ip(&["-n", &self.ns, "link", "set", &peer, "master", "br0", "up"]);
+        ip(&[
+            "-n",
+            &cns,
+            "link",
+            "set",
+            "c0",
+            "address",
+            &format!("52:54:00:77:00:{n:02x}"),
+        ]);
+        ip(&["-n", &cns, "link", "set", "c0", "up"]);
+        ip(&["-n", &cns, "link", "set", "lo", "up"]);
+        cns
+    }
+
+    /// A tap device on the bridge, for QEMU (run QEMU inside `self.ns`).
+    pub fn add_tap(&self, name: &str) {
+        ip(&["-n", &self.ns, "tuntap", "add", "dev", name, "mode", "tap"]);
+        ip(&["-n", &self.ns, "link", "set", name, "master", "br0", "up"]);
+    }
+
+    /// A command that runs inside namespace `ns`.
+    pub fn cmd(ns: &str, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, prog]);
+        c
+    }
+
+    /// Keeps a background process to kill when the lab goes away.
+    pub fn adopt(&mut self, c: Child) -> u32 {
+        let id = c.id();
+        self.children.push(c);
+        id
+    }
+}
+
+fn kill_ns_pids(ns: &str) {
+    // Only processes inside our own namespaces: all started by this test.
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: plain kill(2) on a pid we read from our namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.clients.iter().chain(std::iter::once(&self.ns)) {
+            kill_ns_pids(ns);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        for ns in self.clients.iter().chain(std::iter::once(&self.ns)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// `ignite server` running in the lab namespace, its log in a file.
+pub struct Server {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+pub fn ignite() -> &'static str {
+    env!("CARGO_BIN_EXE_ignite")
+}
+
+impl Server {
+    pub fn start(lab: &Lab, state: &Path, boot: &Path, extra: &[&str]) -> Server {
+        let log = state.join(format!("server-{:x}.log", rand_u64()));
+        std::fs::create_dir_all(state).unwrap();
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Lab::cmd(&lab.ns, ignite())
+            .args(["server", "--interface", "br0", "--http-port", "8080"])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--boot-dir")
+            .arg(boot)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("start ignite server");
+        let s = Server {
+            child: Some(child),
+            log,
+        };
+        s.wait_log("ignite server ready", Duration::from_secs(20));
+        s
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server log never said {needle:?}:\n{}", self.log_text());
+    }
+
+    /// SIGTERM, then wait: the server must exit 0 by itself.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let t = Instant::now();
+            loop {
+                if let Some(st) = c.try_wait().unwrap() {
+                    assert!(
+                        st.success(),
+                        "server exited with {st}:\n{}",
+                        self.log_text()
+                    );
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    let _ = c.kill();
+                    panic!("server ignored SIGTERM for 10 s:\n{}", self.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(1);
+    h.finish()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Parses `KEY=value` lines (as `env` prints them).
+pub fn env_file(p: &Path) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
+        .collect()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for files to compare byte by byte.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}

@@ -1,0 +1,211 @@
+//! Real DHCP clients (busybox udhcpc, ISC dhclient) against `ignite server` in a network
+//! namespace: leases with the right options, renew, release, leases across a restart.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn leases(state: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = run(Command::new(ignite())
+        .args(["netboot", "leases", "--json", "--state-dir"])
+        .arg(state));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn lease_of<'a>(l: &'a [serde_json::Value], mac: &str) -> Option<&'a serde_json::Value> {
+    l.iter().find(|x| x["mac"] == mac)
+}
+
+/// A udhcpc/dhclient hook script that records each event's environment and configures the
+/// address, inside the client namespace only.
+fn hook(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("hook.sh");
+    let d = dir.display();
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\nev=\"${{1:-$reason}}\"\nenv > {d}/ev.$ev.tmp && mv {d}/ev.$ev.tmp {d}/ev.$ev\n\
+             case \"$ev\" in\n\
+               bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$subnet\" dev \"$interface\" ;;\n\
+               BOUND|RENEW|REBOOT) ip addr flush dev \"$interface\"; ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\" ;;\n\
+             esac\nexit 0\n"
+        ),
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("+x").arg(&p));
+    p
+}
+
+fn boot_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    let b = dir.join("boot");
+    std::fs::create_dir_all(&b).unwrap();
+    b
+}
+
+#[test]
+fn udhcpc_lease_pxe_options_renew_release_and_restart() {
+    if !require(&["udhcpc", "ip"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let boot = boot_dir(tmp.path());
+    let mut lab = Lab::new("udhcpc");
+    let c1 = lab.add_client(1);
+    let c2 = lab.add_client(2);
+    let mut server = Server::start(
+        &lab,
+        &state,
+        &boot,
+        &["--dhcp-range", "10.77.0.100-10.77.0.110"],
+    );
+
+    let d1 = tmp.path().join("c1");
+    std::fs::create_dir_all(&d1).unwrap();
+    let script = hook(&d1);
+    // A BIOS PXE client: vendor class and option 93 = 0.
+    let child = Lab::cmd(&c1, "udhcpc")
+        .args([
+            "-i",
+            "c0",
+            "-f",
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-V",
+            "PXEClient:Arch:00000:UNDI:002001",
+            "-x",
+            "0x5d:0000",
+            "-s",
+        ])
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = lab.adopt(child);
+    wait_for("udhcpc bound", Duration::from_secs(15), || {
+        d1.join("ev.bound").exists()
+    });
+    let env = env_file(&d1.join("ev.bound"));
+    let ip1 = env["ip"].clone();
+    assert!(ip1.starts_with("10.77.0.1"), "{env:?}");
+    assert_eq!(env["subnet"], "255.255.255.0");
+    assert_eq!(env["serverid"], SERVER_IP);
+    assert_eq!(env["siaddr"], SERVER_IP);
+    assert_eq!(env["boot_file"], "undionly.kpxe");
+    assert_eq!(env["lease"], "3600");
+    let l = leases(&state);
+    assert_eq!(
+        lease_of(&l, "52:54:00:77:00:01").unwrap()["ip"],
+        ip1.as_str()
+    );
+    server.wait_log(
+        "boot step dhcp-ack mac=52:54:00:77:00:01",
+        Duration::from_secs(5),
+    );
+
+    // Renew (SIGUSR1): a unicast REQUEST from ciaddr, answered with the same address.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    wait_for("udhcpc renew", Duration::from_secs(10), || {
+        d1.join("ev.renew").exists()
+    });
+    assert_eq!(env_file(&d1.join("ev.renew"))["ip"], ip1);
+
+    // Release (SIGUSR2).
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR2) };
+    wait_for("lease released", Duration::from_secs(10), || {
+        lease_of(&leases(&state), "52:54:00:77:00:01").is_some_and(|l| l["state"] == "released")
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+
+    // Rebind c1 before the restart, then restart: the lease is remembered, a second client
+    // gets a different address, and c1 gets its own back.
+    let once = |ns: &str, dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = hook(dir);
+        run(Lab::cmd(ns, "udhcpc")
+            .args(["-i", "c0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s"])
+            .arg(&script));
+        env_file(&dir.join("ev.bound"))["ip"].clone()
+    };
+    let again = once(&c1, &tmp.path().join("c1b"));
+    assert_eq!(again, ip1, "same client, same address");
+    server.stop();
+    let mut server = Server::start(
+        &lab,
+        &state,
+        &boot,
+        &["--dhcp-range", "10.77.0.100-10.77.0.110"],
+    );
+    let ip2 = once(&c2, &tmp.path().join("c2"));
+    assert_ne!(ip2, ip1, "never the same address to two clients");
+    assert_eq!(
+        once(&c1, &tmp.path().join("c1c")),
+        ip1,
+        "lease survived the restart"
+    );
+    server.stop();
+    assert!(server.log_text().contains("ignite server stopped"));
+}
+
+#[test]
+fn dhclient_lease_and_release() {
+    if !require(&["dhclient", "ip"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let boot = boot_dir(tmp.path());
+    let mut lab = Lab::new("dhclient");
+    let c = lab.add_client(3);
+    let mut server = Server::start(
+        &lab,
+        &state,
+        &boot,
+        &["--dhcp-range", "10.77.0.150-10.77.0.160"],
+    );
+    let d = tmp.path().join("c");
+    std::fs::create_dir_all(&d).unwrap();
+    let script = hook(&d);
+    let lf = d.join("leases");
+    let pf = d.join("pid");
+    let dhclient = |extra: &[&str]| {
+        let mut c = Lab::cmd(&c, "dhclient");
+        c.args(["-4", "-v"])
+            .args(extra)
+            .arg("-sf")
+            .arg(&script)
+            .arg("-lf")
+            .arg(&lf)
+            .arg("-pf")
+            .arg(&pf)
+            .arg("c0");
+        c
+    };
+    run(&mut dhclient(&["-1"]));
+    let env = env_file(&d.join("ev.BOUND"));
+    let ip = env["new_ip_address"].clone();
+    assert!(
+        ip.starts_with("10.77.0.15") || ip == "10.77.0.160",
+        "{env:?}"
+    );
+    assert_eq!(env["new_subnet_mask"], "255.255.255.0");
+    assert_eq!(env["new_dhcp_server_identifier"], SERVER_IP);
+    assert_eq!(env["new_dhcp_lease_time"], "3600");
+    let l = leases(&state);
+    assert_eq!(lease_of(&l, "52:54:00:77:00:03").unwrap()["state"], "bound");
+    // dhclient -r sends RELEASE and stops the running dhclient.
+    run(&mut dhclient(&["-r"]));
+    wait_for("lease released", Duration::from_secs(10), || {
+        lease_of(&leases(&state), "52:54:00:77:00:03").is_some_and(|l| l["state"] == "released")
+    });
+    server.stop();
+}

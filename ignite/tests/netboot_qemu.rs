@@ -1,0 +1,211 @@
+//! Real firmware: QEMU (software emulation, no disk, network boot only) PXE-boots from
+//! `ignite server` in a network namespace, under SeaBIOS (the NIC's iPXE ROM) and under
+//! OVMF (UEFI PXE → ipxe.efi over TFTP → iPXE). Both end with the Debian kernel running a
+//! busybox initramfs that prints a marker on the serial console.
+//!
+//! Boot files come from `ignite netboot fetch-boot-files --kernel`, which keeps downloaded
+//! packages in $IGNITE_CACHE_DIR (default /var/cache/ignite) so reruns are quick.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MARKER: &str = "IGNITE-NETBOOT-MARKER";
+
+fn boot_files(dir: &Path) -> PathBuf {
+    let boot = dir.join("boot");
+    run(Command::new(ignite())
+        .args([
+            "netboot",
+            "fetch-boot-files",
+            "--kernel",
+            "--marker",
+            MARKER,
+            "--boot-dir",
+        ])
+        .arg(&boot));
+    boot
+}
+
+/// Runs QEMU until the marker shows on the serial console (or `limit` passes); returns the
+/// console text.
+fn boot_qemu(
+    lab: &mut Lab,
+    firmware: &[String],
+    nic: &str,
+    mac: &str,
+    serial: &Path,
+    limit: Duration,
+) -> String {
+    lab.add_tap("tap0");
+    let child = Lab::cmd(&lab.ns, "qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
+        .args(firmware)
+        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+        .args(["-device", &format!("{nic},netdev=n0,mac={mac}")])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu");
+    lab.adopt(child);
+    let t = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).into_owned();
+        if text.contains(&format!("{MARKER} ")) {
+            eprintln!("marker after {:?}", t.elapsed());
+            return text;
+        }
+        if t.elapsed() > limit {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn check_steps(log: &str, mac: &str) {
+    for step in [
+        format!("boot step dhcp-ack mac={mac}"),
+        format!("boot step script mac={mac}"),
+        format!("mac={mac} ip=10.77.0.1"), // address from the pool (.100-.199)
+        "GET /files/debian/vmlinuz".to_string(),
+        "GET /files/debian/initrd.img".to_string(),
+    ] {
+        assert!(log.contains(&step), "server log lacks {step:?}:\n{log}");
+    }
+}
+
+#[test]
+fn seabios_ipxe_rom_boots_kernel_from_ignite() {
+    if !require(&[
+        "qemu-system-x86_64",
+        "ip",
+        "apt-get",
+        "/usr/lib/ipxe/qemu/efi-e1000.rom",
+    ]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let boot = boot_files(tmp.path());
+    let state = tmp.path().join("state");
+    let mac = "52:54:00:77:00:10";
+    run(Command::new(ignite())
+        .args([
+            "client",
+            "add",
+            mac,
+            "bios1",
+            "install",
+            "web",
+            "--state-dir",
+        ])
+        .arg(&state));
+    let mut lab = Lab::new("bios");
+    let mut server = Server::start(&lab, &state, &boot, &[]);
+    let serial = tmp.path().join("serial.log");
+    let fw = vec!["-boot".to_string(), "n".to_string()];
+    let text = boot_qemu(
+        &mut lab,
+        &fw,
+        "e1000",
+        mac,
+        &serial,
+        Duration::from_secs(150),
+    );
+    let log = server.log_text();
+    assert!(
+        text.contains(&format!("{MARKER} ")),
+        "no marker on the console:\n{text}\n--- server log:\n{log}"
+    );
+    assert!(
+        text.contains("ignite.action=install ignite.profile=web"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("ignite.mac={mac}")), "{text}");
+    // The NIC ROM is iPXE already: it gets the script URL straight away.
+    assert!(
+        log.contains(&format!("boot step dhcp-ack mac={mac}"))
+            && log.contains("ipxe=true boot=http://10.77.0.1:8080/ipxe/52-54-00-77-00-10"),
+        "{log}"
+    );
+    check_steps(&log, mac);
+    server.stop();
+}
+
+#[test]
+fn ovmf_uefi_pxe_chains_ipxe_over_tftp_and_boots_kernel() {
+    let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+    let vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+    if !require(&["qemu-system-x86_64", "ip", "apt-get", code, vars]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let boot = boot_files(tmp.path());
+    let state = tmp.path().join("state");
+    let mac = "52:54:00:77:00:11";
+    // Unknown client: the registry default decides.
+    run(Command::new(ignite())
+        .args(["client", "default", "capture", "--state-dir"])
+        .arg(&state));
+    let my_vars = tmp.path().join("vars.fd");
+    std::fs::copy(vars, &my_vars).unwrap();
+    let mut lab = Lab::new("uefi");
+    let mut server = Server::start(&lab, &state, &boot, &[]);
+    let serial = tmp.path().join("serial.log");
+    let fw = vec![
+        "-machine".to_string(),
+        "q35".to_string(),
+        "-drive".to_string(),
+        format!("if=pflash,format=raw,readonly=on,file={code}"),
+        "-drive".to_string(),
+        format!("if=pflash,format=raw,file={}", my_vars.display()),
+    ];
+    // No option ROM: OVMF's own virtio-net driver and PXE client do the first step, so
+    // the chain goes through TFTP (with an iPXE ROM, iPXE would take over from the start).
+    let text = boot_qemu(
+        &mut lab,
+        &fw,
+        "virtio-net-pci,romfile=",
+        mac,
+        &serial,
+        Duration::from_secs(170),
+    );
+    let log = server.log_text();
+    assert!(
+        text.contains(&format!("{MARKER} ")),
+        "no marker on the console:\n{text}\n--- server log:\n{log}"
+    );
+    assert!(text.contains("ignite.action=capture"), "{text}");
+    // Firmware PXE (arch 7) got ipxe.efi over TFTP; then iPXE got its script.
+    assert!(
+        log.contains("firmware=efi-x64 ipxe=false boot=ipxe.efi"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("boot step tftp mac={mac}")) && log.contains("sent file ipxe.efi"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "firmware=efi-x64 ipxe=true boot=http://10.77.0.1:8080/ipxe/52-54-00-77-00-11"
+        ),
+        "{log}"
+    );
+    check_steps(&log, mac);
+    server.stop();
+}

@@ -1,0 +1,641 @@
+//! Read-only TFTP server (RFC 1350) with option negotiation (RFC 2347), blksize (2348),
+//! timeout and tsize (2349) and windowsize (7440).
+//!
+//! Written here rather than taken from `async-tftp` 0.4: that crate runs its own smol
+//! executor inside `serve()`, its handler trait uses futures-lite readers, it does not clamp
+//! blksize to the interface MTU and does not re-check symlinks after joining the root. What
+//! a PXE server needs (virtual per-client files, tsize probes, MTU clamping, the same path
+//! rules as HTTP, boot-step logging) is a small state machine on top of tokio sockets.
+//!
+//! Block numbers roll over from 65535 to 0 (as tftp-hpa and most clients expect), so files
+//! of any size can be sent at any block size.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{watch, Semaphore};
+
+use crate::boot::{virtual_file, BootEvent, BootProvider, ClientMap};
+use crate::error::Result;
+use crate::files::{resolve, BadPath};
+use crate::iface::udp_socket;
+
+pub const OP_RRQ: u16 = 1;
+pub const OP_WRQ: u16 = 2;
+pub const OP_DATA: u16 = 3;
+pub const OP_ACK: u16 = 4;
+pub const OP_ERROR: u16 = 5;
+pub const OP_OACK: u16 = 6;
+
+/// Largest blksize RFC 2348 allows.
+pub const MAX_BLKSIZE: u16 = 65464;
+
+#[derive(Debug, Clone)]
+pub struct TftpConfig {
+    pub root: PathBuf,
+    /// Our address on the boot network; transfers reply from it.
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub iface: Option<String>,
+    /// Upper bound for blksize; set it to the interface MTU - 32 so blocks never fragment.
+    pub max_blksize: u16,
+    pub max_window: u16,
+    /// First retransmission timeout; doubles on each retry.
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub max_transfers: usize,
+    pub http_base: String,
+}
+
+impl TftpConfig {
+    pub fn new(
+        root: PathBuf,
+        ip: Ipv4Addr,
+        iface: Option<String>,
+        http_base: String,
+    ) -> TftpConfig {
+        let mtu = iface
+            .as_deref()
+            .and_then(crate::iface::mtu_of)
+            .unwrap_or(1500);
+        TftpConfig {
+            root,
+            ip,
+            port: 69,
+            iface,
+            max_blksize: mtu.saturating_sub(32).clamp(512, u32::from(MAX_BLKSIZE)) as u16,
+            max_window: 64,
+            timeout: Duration::from_secs(1),
+            max_retries: 6,
+            max_transfers: 256,
+            http_base,
+        }
+    }
+}
+
+/// A parsed TFTP packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    Read(Request),
+    Write(Request),
+    Data { block: u16, len: usize },
+    Ack(u16),
+    Error { code: u16, msg: String },
+    Oack(Vec<(String, String)>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub filename: String,
+    /// Lower-cased: `octet` or `netascii` (`mail` is refused).
+    pub mode: String,
+    /// Option names lower-cased, in the order sent.
+    pub options: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadPacket {
+    #[error("shorter than 4 bytes")]
+    Short,
+    #[error("unknown opcode {0}")]
+    Opcode(u16),
+    #[error("string field not NUL-terminated")]
+    Unterminated,
+    #[error("string field not UTF-8")]
+    NotUtf8,
+    #[error("option without value")]
+    OddOptions,
+    #[error("too many options")]
+    TooManyOptions,
+}
+
+fn strings(mut b: &[u8]) -> std::result::Result<Vec<String>, BadPacket> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let end = b
+            .iter()
+            .position(|&c| c == 0)
+            .ok_or(BadPacket::Unterminated)?;
+        out.push(String::from_utf8(b[..end].to_vec()).map_err(|_| BadPacket::NotUtf8)?);
+        b = &b[end + 1..];
+        if out.len() > 66 {
+            return Err(BadPacket::TooManyOptions);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses any TFTP packet. Never panics, whatever the bytes.
+pub fn parse(b: &[u8]) -> std::result::Result<Packet, BadPacket> {
+    if b.len() < 4 {
+        return Err(BadPacket::Short);
+    }
+    let op = u16::from_be_bytes([b[0], b[1]]);
+    let num = u16::from_be_bytes([b[2], b[3]]);
+    match op {
+        OP_RRQ | OP_WRQ => {
+            let s = strings(&b[2..])?;
+            if s.len() < 2 {
+                return Err(BadPacket::Unterminated);
+            }
+            if s.len() % 2 != 0 {
+                return Err(BadPacket::OddOptions);
+            }
+            let options = s[2..]
+                .chunks(2)
+                .map(|c| (c[0].to_ascii_lowercase(), c[1].clone()))
+                .collect();
+            let r = Request {
+                filename: s[0].clone(),
+                mode: s[1].to_ascii_lowercase(),
+                options,
+            };
+            Ok(if op == OP_RRQ {
+                Packet::Read(r)
+            } else {
+                Packet::Write(r)
+            })
+        }
+        OP_DATA => Ok(Packet::Data {
+            block: num,
+            len: b.len() - 4,
+        }),
+        OP_ACK => Ok(Packet::Ack(num)),
+        OP_ERROR => {
+            let msg = b[4..].split(|&c| c == 0).next().unwrap_or(&[]);
+            Ok(Packet::Error {
+                code: num,
+                msg: String::from_utf8_lossy(msg).into_owned(),
+            })
+        }
+        OP_OACK => {
+            let s = strings(&b[2..])?;
+            if s.len() % 2 != 0 {
+                return Err(BadPacket::OddOptions);
+            }
+            Ok(Packet::Oack(
+                s.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect(),
+            ))
+        }
+        n => Err(BadPacket::Opcode(n)),
+    }
+}
+
+/// Encodes a read request (used by tests and the benchmark client).
+pub fn encode_rrq(filename: &str, mode: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut v = OP_RRQ.to_be_bytes().to_vec();
+    for s in [filename, mode]
+        .into_iter()
+        .chain(options.iter().flat_map(|(a, b)| [*a, *b]))
+    {
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+pub fn encode_error(code: u16, msg: &str) -> Vec<u8> {
+    let mut v = OP_ERROR.to_be_bytes().to_vec();
+    v.extend_from_slice(&code.to_be_bytes());
+    v.extend_from_slice(msg.as_bytes());
+    v.push(0);
+    v
+}
+
+fn encode_oack(opts: &[(&str, String)]) -> Vec<u8> {
+    let mut v = OP_OACK.to_be_bytes().to_vec();
+    for (k, val) in opts {
+        v.extend_from_slice(k.as_bytes());
+        v.push(0);
+        v.extend_from_slice(val.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+/// What a transfer sends from.
+enum Source {
+    Memory(Vec<u8>),
+    File(File, u64),
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Memory(v) => v.len() as u64,
+            Source::File(_, n) => *n,
+        }
+    }
+
+    /// Fills `buf` from `offset`; returns bytes read (short only at end of file).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        match self {
+            Source::Memory(v) => {
+                let start = (offset as usize).min(v.len());
+                let n = buf.len().min(v.len() - start);
+                buf[..n].copy_from_slice(&v[start..start + n]);
+                Ok(n)
+            }
+            Source::File(f, _) => {
+                let mut done = 0;
+                while done < buf.len() {
+                    // Page-cache reads of boot files are short; they run on the transfer's
+                    // task rather than a blocking pool to keep per-block latency low.
+                    match f.read_at(&mut buf[done..], offset + done as u64)? {
+                        0 => break,
+                        n => done += n,
+                    }
+                }
+                Ok(done)
+            }
+        }
+    }
+}
+
+/// netascii: LF -> CR LF, CR -> CR NUL (RFC 764).
+fn to_netascii(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
+    for &c in data {
+        match c {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Files sent in netascii mode are converted in memory; bigger ones must use octet mode.
+const NETASCII_LIMIT: u64 = 16 << 20;
+
+struct Shared {
+    cfg: TftpConfig,
+    provider: Arc<dyn BootProvider>,
+    clients: Arc<ClientMap>,
+    slots: Arc<Semaphore>,
+}
+
+/// Binds the TFTP listening socket.
+pub fn bind(cfg: &TftpConfig) -> Result<UdpSocket> {
+    udp_socket(
+        cfg.iface.as_deref(),
+        SocketAddrV4::new(cfg.ip, cfg.port),
+        "TFTP server",
+    )
+}
+
+/// Serves read requests until `shutdown` turns true; running transfers are abandoned then.
+pub async fn run(
+    cfg: TftpConfig,
+    sock: UdpSocket,
+    provider: Arc<dyn BootProvider>,
+    clients: Arc<ClientMap>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared {
+        slots: Arc::new(Semaphore::new(cfg.max_transfers)),
+        cfg,
+        provider,
+        clients,
+    });
+    let mut buf = vec![0u8; 1024];
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let (n, peer) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!("TFTP receive: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|v| *v) => break,
+        };
+        while tasks.try_join_next().is_some() {}
+        let SocketAddr::V4(peer) = peer else { continue };
+        let pkt = match parse(&buf[..n]) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("TFTP packet from {peer} dropped: {e}");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        match pkt {
+            Packet::Read(req) => {
+                let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        "TFTP: {} transfers running; request from {peer} dropped",
+                        shared.cfg.max_transfers
+                    );
+                    continue;
+                };
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    serve_read(&shared, peer, req).await;
+                });
+            }
+            Packet::Write(req) => {
+                tracing::info!(
+                    "TFTP write request for {:?} from {peer} refused",
+                    req.filename
+                );
+                tasks.spawn(async move {
+                    if let Ok(s) = transfer_socket(&shared.cfg, peer).await {
+                        let _ = s.send(&encode_error(2, "this server is read-only")).await;
+                    }
+                });
+            }
+            // Stray packets on port 69 (not requests) get no answer.
+            _ => tracing::debug!("TFTP non-request packet from {peer} ignored"),
+        }
+    }
+    tasks.abort_all();
+}
+
+async fn transfer_socket(cfg: &TftpConfig, peer: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    let s = udp_socket(
+        cfg.iface.as_deref(),
+        SocketAddrV4::new(cfg.ip, 0),
+        "TFTP transfer",
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    s.connect(peer).await?;
+    Ok(s)
+}
+
+fn open(shared: &Shared, req: &Request) -> std::result::Result<(Source, bool), (u16, String)> {
+    if req.mode != "octet" && req.mode != "netascii" {
+        return Err((
+            0,
+            format!("transfer mode {:?} not supported; use octet", req.mode),
+        ));
+    }
+    let netascii = req.mode == "netascii";
+    let (data, is_virtual) = match virtual_file(
+        shared.provider.as_ref(),
+        &req.filename,
+        &shared.cfg.http_base,
+    ) {
+        Some((_, text)) => (Source::Memory(text.into_bytes()), true),
+        None => {
+            let path = resolve(&shared.cfg.root, &req.filename).map_err(|e| {
+                let code = match e {
+                    BadPath::NotFound | BadPath::NotAFile | BadPath::Empty => 1,
+                    _ => 2,
+                };
+                (code, format!("{}: {e}", req.filename))
+            })?;
+            let f = File::open(&path).map_err(|e| (2, format!("{}: {e}", req.filename)))?;
+            let len = f
+                .metadata()
+                .map_err(|e| (2, format!("{}: {e}", req.filename)))?
+                .len();
+            (Source::File(f, len), false)
+        }
+    };
+    if !netascii {
+        return Ok((data, is_virtual));
+    }
+    if data.len() > NETASCII_LIMIT {
+        return Err((
+            0,
+            format!("{}: too large for netascii mode; use octet", req.filename),
+        ));
+    }
+    let mut raw = vec![0u8; data.len() as usize];
+    let n = data.read_at(&mut raw, 0).map_err(|e| (2, e.to_string()))?;
+    raw.truncate(n);
+    Ok((Source::Memory(to_netascii(&raw)), is_virtual))
+}
+
+struct Negotiated {
+    blksize: usize,
+    window: u64,
+    timeout: Duration,
+    oack: Vec<(&'static str, String)>,
+    tsize_asked: bool,
+}
+
+fn negotiate(cfg: &TftpConfig, req: &Request, size: u64) -> Negotiated {
+    let mut n = Negotiated {
+        blksize: 512,
+        window: 1,
+        timeout: cfg.timeout,
+        oack: Vec::new(),
+        tsize_asked: false,
+    };
+    for (name, val) in &req.options {
+        let v: Option<u64> = val.trim().parse().ok();
+        match (name.as_str(), v) {
+            ("blksize", Some(b)) if b >= 8 => {
+                n.blksize = b.min(u64::from(cfg.max_blksize)) as usize;
+                n.oack.push(("blksize", n.blksize.to_string()));
+            }
+            ("tsize", Some(_)) => {
+                n.tsize_asked = true;
+                n.oack.push(("tsize", size.to_string()));
+            }
+            ("timeout", Some(t)) if (1..=255).contains(&t) => {
+                n.timeout = Duration::from_secs(t);
+                n.oack.push(("timeout", t.to_string()));
+            }
+            ("windowsize", Some(w)) if (1..=65535).contains(&w) => {
+                n.window = w.min(u64::from(cfg.max_window));
+                n.oack.push(("windowsize", n.window.to_string()));
+            }
+            _ => {}
+        }
+    }
+    n
+}
+
+enum Outcome {
+    Sent,
+    /// The client ended after the OACK (PXE ROMs do this to learn tsize).
+    Probe,
+    Failed(String),
+}
+
+async fn serve_read(shared: &Shared, peer: SocketAddrV4, req: Request) {
+    let ip = Some(*peer.ip());
+    let mac = shared.clients.mac_of(*peer.ip());
+    let sock = match transfer_socket(&shared.cfg, peer).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("TFTP transfer socket for {peer}: {e}");
+            return;
+        }
+    };
+    let (src, is_virtual) = match open(shared, &req) {
+        Ok(s) => s,
+        Err((code, msg)) => {
+            shared.provider.step(&BootEvent {
+                mac,
+                ip,
+                step: "tftp-missing",
+                detail: msg.clone(),
+            });
+            let _ = sock.send(&encode_error(code, &msg)).await;
+            return;
+        }
+    };
+    let neg = negotiate(&shared.cfg, &req, src.len());
+    let start = Instant::now();
+    let outcome = send_file(&shared.cfg, &sock, &src, &neg).await;
+    let what = if is_virtual { "generated" } else { "file" };
+    match outcome {
+        Outcome::Sent => {
+            let secs = start.elapsed().as_secs_f64();
+            shared.provider.step(&BootEvent {
+                mac,
+                ip,
+                step: "tftp",
+                detail: format!(
+                    "sent {what} {} ({} bytes, blksize {}, window {}, {:.1} MB/s)",
+                    req.filename,
+                    src.len(),
+                    neg.blksize,
+                    neg.window,
+                    src.len() as f64 / secs.max(1e-6) / 1e6
+                ),
+            });
+        }
+        Outcome::Probe => tracing::debug!("TFTP {} from {peer}: size probe answered", req.filename),
+        Outcome::Failed(why) => shared.provider.step(&BootEvent {
+            mac,
+            ip,
+            step: "tftp-failed",
+            detail: format!("{}: {why}", req.filename),
+        }),
+    }
+}
+
+/// Waits for the next ACK/ERROR from the client, skipping anything else.
+async fn recv_ack(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> std::result::Result<Option<Packet>, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
+            Err(_) => return Ok(None),
+            // ICMP port unreachable: the client has gone away.
+            Ok(Err(e)) => return Err(format!("client unreachable: {e}")),
+            Ok(Ok(n)) => match parse(&buf[..n]) {
+                Ok(p @ (Packet::Ack(_) | Packet::Error { .. })) => return Ok(Some(p)),
+                _ => continue,
+            },
+        }
+    }
+}
+
+async fn send_file(cfg: &TftpConfig, sock: &UdpSocket, src: &Source, neg: &Negotiated) -> Outcome {
+    let mut rbuf = [0u8; 512];
+    let backoff = |t: Duration| (t * 2).min(Duration::from_secs(10));
+    if !neg.oack.is_empty() {
+        let oack = encode_oack(&neg.oack);
+        let mut timeout = neg.timeout;
+        let mut tries = 0;
+        loop {
+            if let Err(e) = sock.send(&oack).await {
+                return Outcome::Failed(format!("send: {e}"));
+            }
+            match recv_ack(sock, &mut rbuf, timeout).await {
+                Ok(Some(Packet::Ack(0))) => break,
+                Ok(Some(Packet::Error { .. })) if neg.tsize_asked => return Outcome::Probe,
+                Ok(Some(Packet::Error { code, msg })) => {
+                    return Outcome::Failed(format!("client refused options: error {code} {msg}"))
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    tries += 1;
+                    if tries > cfg.max_retries {
+                        return Outcome::Failed("no ACK for the option acknowledgement".into());
+                    }
+                    timeout = backoff(timeout);
+                }
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
+    }
+
+    let blk = neg.blksize;
+    let size = src.len();
+    // Blocks 1..=last; the last one is shorter than blksize (possibly empty).
+    let last = size / blk as u64 + 1;
+    let mut acked: u64 = 0;
+    let mut tries = 0;
+    let mut timeout = neg.timeout;
+    let mut window_buf = vec![0u8; blk * neg.window as usize];
+    let mut pkt = vec![0u8; 4 + blk];
+    pkt[..2].copy_from_slice(&OP_DATA.to_be_bytes());
+    'send: loop {
+        let end = (acked + neg.window).min(last);
+        let first = acked + 1;
+        let offset = (first - 1) * blk as u64;
+        let want = ((end - first + 1) as usize * blk).min(window_buf.len());
+        let got = match src.read_at(&mut window_buf[..want], offset) {
+            Ok(n) => n,
+            Err(e) => return Outcome::Failed(format!("read: {e}")),
+        };
+        for b in first..=end {
+            let start = (b - first) as usize * blk;
+            let n = got.saturating_sub(start).min(blk);
+            pkt[2..4].copy_from_slice(&(b as u16).to_be_bytes());
+            pkt[4..4 + n].copy_from_slice(&window_buf[start..start + n]);
+            if let Err(e) = sock.send(&pkt[..4 + n]).await {
+                return Outcome::Failed(format!("send: {e}"));
+            }
+        }
+        loop {
+            match recv_ack(sock, &mut rbuf, timeout).await {
+                Ok(Some(Packet::Ack(n))) => {
+                    // Map the 16-bit number onto the blocks in flight (rollover-safe).
+                    let delta = u64::from(n.wrapping_sub(acked as u16));
+                    if delta == 0 {
+                        // Duplicate ACK. With a window it asks for a resend from there;
+                        // in lock-step, resending would start the Sorcerer's Apprentice
+                        // storm (RFC 1123 4.2.3.1), so wait for the timeout instead.
+                        if neg.window > 1 {
+                            continue 'send;
+                        }
+                        continue;
+                    }
+                    if delta > end - acked {
+                        continue;
+                    }
+                    acked += delta;
+                    tries = 0;
+                    timeout = neg.timeout;
+                    if acked == last {
+                        return Outcome::Sent;
+                    }
+                    continue 'send;
+                }
+                Ok(Some(Packet::Error { code, msg })) => {
+                    return Outcome::Failed(format!("client error {code}: {msg}"))
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    tries += 1;
+                    if tries > cfg.max_retries {
+                        return Outcome::Failed(format!("timed out at block {}", acked + 1));
+                    }
+                    timeout = backoff(timeout);
+                    continue 'send;
+                }
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

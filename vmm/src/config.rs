@@ -1,0 +1,244 @@
+//! What a VM is made of. Parsing of user strings (sizes, `path,ro`, `tap=NAME`) lives here
+//! so that the CLI and tests share one set of rules and error messages.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+pub enum KernelImage {
+    /// A bzImage or ELF file.
+    Path(PathBuf),
+    /// An in-memory ELF image (the embedded guest test programs).
+    Bytes { name: String, data: &'static [u8] },
+}
+
+impl KernelImage {
+    pub fn name(&self) -> String {
+        match self {
+            KernelImage::Path(p) => p.display().to_string(),
+            KernelImage::Bytes { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// A byte buffer shared with the serial device, for tests and the selftest to read output.
+#[derive(Clone, Default)]
+pub struct SharedBuffer(pub Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub enum SerialTarget {
+    Stdout,
+    File(PathBuf),
+    Buffer(SharedBuffer),
+    /// A Unix socket the monitor listens on; one client at a time gets output and sends input.
+    Unix(PathBuf),
+    /// Output is discarded.
+    Null,
+}
+
+impl SerialTarget {
+    /// `stdio` or `file:PATH`.
+    pub fn parse(s: &str) -> Result<SerialTarget, String> {
+        match s {
+            "stdio" => Ok(SerialTarget::Stdout),
+            "null" => Ok(SerialTarget::Null),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(SerialTarget::File(p.into())),
+                _ => Err(format!(
+                    "serial target {s:?} is not valid; use stdio, null or file:PATH"
+                )),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Change-tracking granularity in bytes (a power of two, at least 4 KiB), or None to
+    /// not track (read-only disks are never tracked).
+    pub track_changes: Option<u64>,
+}
+
+/// Default change-tracking granularity: 64 KiB.
+pub const DEFAULT_TRACK_GRANULARITY: u64 = 64 << 10;
+
+impl DiskConfig {
+    /// `PATH[,ro]`. Writable disks get change tracking at the default granularity.
+    pub fn parse(s: &str) -> Result<DiskConfig, String> {
+        let (path, ro) = match s.rsplit_once(',') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            Some((_, opt)) => {
+                return Err(format!(
+                    "disk {s:?}: unknown option {opt:?}; use PATH or PATH,ro"
+                ))
+            }
+            None => (s, false),
+        };
+        if path.is_empty() {
+            return Err(format!("disk {s:?}: empty path; use PATH or PATH,ro"));
+        }
+        Ok(DiskConfig {
+            path: path.into(),
+            read_only: ro,
+            track_changes: (!ro).then_some(DEFAULT_TRACK_GRANULARITY),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetBackend {
+    /// Attach to the tap of that name, creating it if it does not exist.
+    Tap(String),
+    /// Create a tap (named by the kernel) and add it to this existing bridge.
+    Bridge(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub backend: NetBackend,
+    pub mac: [u8; 6],
+}
+
+impl NetConfig {
+    /// `tap=NAME` or `bridge=BR`, optionally `,mac=52:54:...`. Without a MAC, one is derived
+    /// from `index` (locally administered, unicast).
+    pub fn parse(s: &str, index: usize) -> Result<NetConfig, String> {
+        let mut backend = None;
+        let mut mac = [0x52, 0x54, 0x00, 0x1e, 0x00, index as u8];
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tap", n)) if valid_ifname(n) => backend = Some(NetBackend::Tap(n.into())),
+                Some(("bridge", n)) if valid_ifname(n) => backend = Some(NetBackend::Bridge(n.into())),
+                Some(("mac", m)) => mac = parse_mac(m).ok_or_else(|| format!("net {s:?}: MAC {m:?} is not like 52:54:00:12:34:56"))?,
+                _ => return Err(format!("net {s:?}: use tap=NAME or bridge=BR (interface names up to 15 characters), optionally ,mac=M")),
+            }
+        }
+        let backend = backend.ok_or_else(|| format!("net {s:?}: say tap=NAME or bridge=BR"))?;
+        Ok(NetConfig { backend, mac })
+    }
+}
+
+fn valid_ifname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() < 16
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+pub fn parse_mac(m: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = m.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// `512M`, `2G`, `1048576` (bytes), `64K`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("size {s:?} is not a size; use e.g. 512M or 2G"))
+}
+
+#[derive(Clone)]
+pub struct VmConfig {
+    pub kernel: KernelImage,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_bytes: u64,
+    pub cpus: u8,
+    pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
+    pub serial: SerialTarget,
+    /// With `SerialTarget::Stdout`: forward the monitor's stdin to the guest console.
+    pub serial_input: bool,
+}
+
+impl VmConfig {
+    pub fn new(kernel: KernelImage) -> VmConfig {
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: "console=ttyS0 reboot=k panic=1".into(),
+            mem_bytes: 512 << 20,
+            cpus: 1,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            serial: SerialTarget::Stdout,
+            serial_input: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("10X").unwrap_err().contains("not a size"));
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn disks() {
+        let d = DiskConfig::parse("/a/b.img,ro").unwrap();
+        assert!(d.read_only && d.track_changes.is_none());
+        let d = DiskConfig::parse("x.img").unwrap();
+        assert!(!d.read_only && d.track_changes == Some(64 << 10));
+        assert!(DiskConfig::parse("x.img,rx").is_err());
+        assert!(DiskConfig::parse(",ro").is_err());
+    }
+
+    #[test]
+    fn nets() {
+        let n = NetConfig::parse("tap=tap0,mac=02:00:00:00:00:01", 0).unwrap();
+        assert_eq!(n.backend, NetBackend::Tap("tap0".into()));
+        assert_eq!(n.mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(NetConfig::parse("bridge=br0", 3).unwrap().mac[5], 3);
+        assert!(NetConfig::parse("tap=", 0).is_err());
+        assert!(NetConfig::parse("tap=a/b", 0).is_err());
+        assert!(NetConfig::parse("tap=x,mac=zz", 0).is_err());
+        assert!(NetConfig::parse("vde=x", 0).is_err());
+        assert!(SerialTarget::parse("file:").is_err());
+        assert!(matches!(
+            SerialTarget::parse("file:/tmp/x").unwrap(),
+            SerialTarget::File(_)
+        ));
+    }
+}

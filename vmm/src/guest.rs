@@ -1,0 +1,84 @@
+//! The guest test programs (vmm/guest), built by build.rs and embedded in the monitor so that
+//! `ignite vm selftest` needs no files beside the binary.
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+/// ELF image of the guest program `name`.
+pub fn program(name: &str) -> Option<&'static [u8]> {
+    PROGRAMS.iter().find(|(n, _)| *n == name).map(|(_, d)| *d)
+}
+
+/// A kernel image for `name`; panics only for names not built (a programming error).
+pub fn image(name: &str) -> crate::KernelImage {
+    crate::KernelImage::Bytes {
+        name: format!("guest program {name}"),
+        data: program(name)
+            .unwrap_or_else(|| panic!("no guest program {name:?} in vmm/guest/src/bin")),
+    }
+}
+
+use crate::config::{DiskConfig, NetConfig, SerialTarget, SharedBuffer, VmConfig};
+use crate::devices::StopReason;
+use crate::vm::{RunOutcome, Vm};
+use std::time::Duration;
+
+/// One run of a guest test program.
+pub struct ProgramRun {
+    pub name: &'static str,
+    /// Test parameters for the program (`key=value` words).
+    pub args: String,
+    pub mem_bytes: u64,
+    pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
+    pub timeout: Duration,
+}
+
+impl ProgramRun {
+    pub fn new(name: &'static str) -> ProgramRun {
+        ProgramRun {
+            name,
+            args: String::new(),
+            mem_bytes: 64 << 20,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct ProgramResult {
+    pub outcome: RunOutcome,
+    pub serial: String,
+}
+
+impl ProgramResult {
+    pub fn passed(&self) -> bool {
+        self.outcome.reason == StopReason::TestExit(0)
+    }
+    /// The last line the program printed (its verdict, or what it was doing).
+    pub fn last_line(&self) -> &str {
+        self.serial
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+    }
+}
+
+/// Boots guest program `run.name` and waits for its verdict on the test port.
+pub fn run_program(run: ProgramRun) -> crate::Result<ProgramResult> {
+    let buf = SharedBuffer::default();
+    let mut cfg = VmConfig::new(image(run.name));
+    cfg.cmdline = format!("mem={} {}", run.mem_bytes, run.args);
+    cfg.mem_bytes = run.mem_bytes;
+    cfg.disks = run.disks;
+    cfg.nets = run.nets;
+    cfg.serial = SerialTarget::Buffer(buf.clone());
+    let vm = Vm::new(&cfg)?;
+    let outcome = vm.run(Some(run.timeout))?;
+    Ok(ProgramResult {
+        outcome,
+        serial: buf.contents().replace('\r', ""),
+    })
+}

@@ -1,0 +1,189 @@
+//! `ignite vm selftest`: every guest test program, each in its own VM, with the host-side
+//! checks that go with it; one line per program.
+
+use crate::change_tracking::ChangeTracker;
+use crate::config::{DiskConfig, NetBackend, NetConfig};
+use crate::guest::{run_program, ProgramResult, ProgramRun};
+use crate::netns::Netns;
+use std::path::Path;
+use std::time::Duration;
+
+pub enum Verdict {
+    Pass(String),
+    Fail(String),
+    Skip(String),
+}
+
+pub struct Line {
+    pub program: &'static str,
+    pub verdict: Verdict,
+    pub elapsed: Duration,
+}
+
+fn image(
+    dir: &Path,
+    name: &str,
+    size: usize,
+    byte: u8,
+) -> std::result::Result<std::path::PathBuf, String> {
+    let p = dir.join(name);
+    std::fs::write(&p, vec![byte; size]).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(p)
+}
+
+fn disk(p: &Path, ro: bool) -> DiskConfig {
+    DiskConfig {
+        path: p.to_owned(),
+        read_only: ro,
+        track_changes: (!ro).then_some(crate::config::DEFAULT_TRACK_GRANULARITY),
+    }
+}
+
+fn verdict(
+    r: crate::Result<ProgramResult>,
+    host_check: impl FnOnce(&ProgramResult) -> Option<String>,
+) -> (Verdict, Duration) {
+    match r {
+        Err(e) => (Verdict::Fail(e.to_string()), Duration::ZERO),
+        Ok(r) if !r.passed() => (
+            Verdict::Fail(format!("{}: {}", r.outcome.reason, r.last_line())),
+            r.outcome.elapsed,
+        ),
+        Ok(r) => match host_check(&r) {
+            Some(why) => (Verdict::Fail(why), r.outcome.elapsed),
+            None => {
+                let summary = r
+                    .serial
+                    .lines()
+                    .rev()
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                (Verdict::Pass(summary), r.outcome.elapsed)
+            }
+        },
+    }
+}
+
+fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Duration), String> {
+    let mut run = ProgramRun::new(program);
+    Ok(match program {
+        "hello" | "pci_enum" | "blk" | "dirty" => {
+            let a = image(dir, &format!("{program}.img"), 4 << 20, 0)?;
+            let ro = image(dir, &format!("{program}-ro.img"), 1 << 20, 0x5a)?;
+            match program {
+                "pci_enum" => {
+                    run.disks = vec![disk(&a, false), disk(&ro, true)];
+                    run.args = "expect=1af4:1042,1af4:1042".into();
+                }
+                "blk" => {
+                    run.disks = vec![disk(&a, false), disk(&ro, true)];
+                    run.args = format!("sectors={} id={program}.img ro=1", (4 << 20) / 512);
+                }
+                "dirty" => {
+                    run.disks = vec![disk(&a, false)];
+                    run.args = "writes=5+1,511+2,2560+128 zero=5120+128".into();
+                }
+                _ => {}
+            }
+            verdict(run_program(run), |_| {
+                if program != "dirty" {
+                    return None;
+                }
+                let set = ChangeTracker::load(&a).ok()?;
+                let marked: Vec<u64> = (0..set.regions()).filter(|&r| set.is_marked(r)).collect();
+                (marked != [0, 3, 4, 20, 40]).then(|| {
+                    format!("change map marks regions {marked:?}, expected [0, 3, 4, 20, 40]")
+                })
+            })
+        }
+        "net" => {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return Ok((
+                    Verdict::Skip("needs root for a network namespace and a tap".into()),
+                    Duration::ZERO,
+                ));
+            }
+            let ns = Netns::new("selftest")?;
+            ns.ip(&["link", "add", "ignbr0", "type", "bridge"])?;
+            ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "ignbr0"])?;
+            ns.ip(&["link", "set", "ignbr0", "up"])?;
+            run.nets = vec![NetConfig {
+                backend: NetBackend::Bridge("ignbr0".into()),
+                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            }];
+            run.args = "ip=10.77.0.2 peer=10.77.0.1".into();
+            run.timeout = Duration::from_secs(30);
+            let r = ns.run(move || run_program(run))?;
+            verdict(r, |_| None)
+        }
+        "blkbench" => {
+            let a = image(dir, "bench.img", 8 << 20, 0)?;
+            run.disks = vec![disk(&a, false)];
+            run.mem_bytes = 128 << 20;
+            run.args = "total1m=8M total4k=2M".into();
+            verdict(run_program(run), |r| {
+                (r.outcome.marks.len() != 8)
+                    .then(|| format!("{} marks, expected 8", r.outcome.marks.len()))
+            })
+        }
+        "console" => {
+            use std::io::{Read, Write};
+            let sock = dir.join("console.sock");
+            let mut cfg = crate::VmConfig::new(crate::guest::image("console"));
+            cfg.mem_bytes = 64 << 20;
+            cfg.cmdline = "expect=hello-guest".into();
+            cfg.serial = crate::SerialTarget::Unix(sock.clone());
+            let vm = crate::Vm::new(&cfg).map_err(|e| e.to_string())?;
+            let runner = std::thread::spawn(move || vm.run(Some(Duration::from_secs(30))));
+            let mut conn = std::os::unix::net::UnixStream::connect(&sock)
+                .map_err(|e| format!("console socket: {e}"))?;
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            conn.write_all(b"hello-guest\n")
+                .map_err(|e| e.to_string())?;
+            let mut seen = String::new();
+            let mut buf = [0u8; 256];
+            while !seen.contains("PASS") && !seen.contains("FAIL") {
+                match conn.read(&mut buf) {
+                    Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                    _ => break,
+                }
+            }
+            let out = runner
+                .join()
+                .map_err(|_| "VM thread panicked".to_string())?
+                .map_err(|e| e.to_string())?;
+            let r = ProgramResult {
+                outcome: out,
+                serial: seen.replace('\r', ""),
+            };
+            verdict(Ok(r), |r| {
+                (!r.serial.contains("got: hello-guest"))
+                    .then(|| "input did not arrive over the socket".into())
+            })
+        }
+        other => (
+            Verdict::Skip(format!("no selftest scenario for {other}")),
+            Duration::ZERO,
+        ),
+    })
+}
+
+/// Runs every guest program; `dir` holds scratch disk images.
+pub fn run(dir: &Path) -> Vec<Line> {
+    crate::guest::PROGRAMS
+        .iter()
+        .map(|(program, _)| {
+            let (verdict, elapsed) =
+                one(dir, program).unwrap_or_else(|e| (Verdict::Fail(e), Duration::ZERO));
+            Line {
+                program,
+                verdict,
+                elapsed,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,214 @@
+//! A VM: KVM objects, guest memory, platform devices, vCPU threads; run in the foreground
+//! until it stops.
+
+use crate::boot;
+use crate::change_tracking::ChangeTracker;
+use crate::config::{SerialTarget, VmConfig};
+use crate::devices::console::{self, SocketOut};
+pub use crate::devices::{Mark, StopReason};
+use crate::devices::{Platform, SerialOut, StopSignal};
+use crate::error::{Error, Result};
+use crate::irq::KvmRouter;
+use crate::layout::*;
+use crate::memory::{self, GuestMemory};
+use crate::pci::PciBus;
+use crate::vcpu;
+use crate::virtio::block::Block;
+use crate::virtio::net::Net;
+use crate::virtio::pci::VirtioPci;
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::EventFd;
+
+/// How a run ended and what was observed.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub reason: StopReason,
+    pub elapsed: Duration,
+    /// Exits handled by the monitor (port I/O and MMIO that reached userspace).
+    pub exits: u64,
+    pub marks: Vec<Mark>,
+    /// What a guest program's exception handler reported (error code / RIP words).
+    pub fault_info: Vec<u32>,
+}
+
+pub struct Vm {
+    // Field order is drop order: vCPUs and devices before the VM fd, guest memory last.
+    vcpus: Vec<VcpuFd>,
+    platform: Arc<Platform>,
+    trackers: Vec<(PathBuf, Arc<ChangeTracker>)>,
+    _vm: Arc<VmFd>,
+    _kvm: Kvm,
+    _mem: GuestMemory,
+}
+
+pub(crate) fn open_kvm() -> Result<Kvm> {
+    Kvm::new().map_err(|e| Error::NoKvm(std::io::Error::from_raw_os_error(e.errno())))
+}
+
+fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> Result<SerialOut> {
+    if let Some((_, out)) = socket {
+        return Ok(Box::new(out.clone()));
+    }
+    Ok(match t {
+        SerialTarget::Stdout => Box::new(std::io::stdout()),
+        SerialTarget::File(p) => {
+            Box::new(std::fs::File::create(p).map_err(|err| Error::SerialFile {
+                path: p.clone(),
+                err,
+            })?)
+        }
+        SerialTarget::Buffer(b) => Box::new(b.clone()),
+        SerialTarget::Null | SerialTarget::Unix(_) => Box::new(std::io::sink()),
+    })
+}
+
+impl Vm {
+    pub fn new(config: &VmConfig) -> Result<Vm> {
+        if config.cpus == 0 || config.cpus > MAX_CPUS {
+            return Err(Error::CpuCount(config.cpus));
+        }
+        let kvm = open_kvm()?;
+        let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
+        vm.set_tss_address(KVM_TSS_ADDR)
+            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+
+        let mem = memory::create(config.mem_bytes)?;
+        memory::register(&vm, &mem)?;
+        let router = Arc::new(KvmRouter::new(vm.clone()));
+        router.init()?;
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK)?;
+        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let stop = Arc::new(StopSignal::default());
+        let mut pci = PciBus::new();
+        let mut trackers = Vec::new();
+        let mut next_bar = MMIO_START;
+        let mut add = |pci: &mut PciBus, dev: Box<dyn crate::virtio::VirtioDevice>| -> Result<()> {
+            let t = VirtioPci::new(dev, next_bar, mem.clone(), router.clone(), vm.clone())?;
+            next_bar += crate::virtio::pci::BAR_SIZE;
+            pci.add(Box::new(t)).ok_or(Error::TooManyDevices(
+                config.disks.len() + config.nets.len(),
+            ))?;
+            Ok(())
+        };
+        for (i, d) in config.disks.iter().enumerate() {
+            let blk = Block::new(d, i)?;
+            if let Some(t) = blk.tracker() {
+                trackers.push((d.path.clone(), t));
+            }
+            add(&mut pci, Box::new(blk))?;
+        }
+        for (i, n) in config.nets.iter().enumerate() {
+            add(&mut pci, Box::new(Net::new(n, i)?))?;
+        }
+        let socket = match &config.serial {
+            SerialTarget::Unix(p) => Some((
+                console::bind(p).map_err(|err| Error::SerialFile {
+                    path: p.clone(),
+                    err,
+                })?,
+                SocketOut::default(),
+            )),
+            _ => None,
+        };
+        let platform = Arc::new(Platform::new(
+            serial_out(&config.serial, &socket)?,
+            serial_irq,
+            pci,
+            stop,
+        ));
+        match (socket, &config.serial) {
+            (Some((listener, out)), _) => {
+                console::serve_socket(listener, out, Arc::downgrade(&platform))
+            }
+            (None, SerialTarget::Stdout) if config.serial_input => {
+                console::forward_stdin(Arc::downgrade(&platform))
+            }
+            _ => {}
+        }
+
+        let entry = boot::load(
+            &mem,
+            &config.kernel,
+            config.initrd.as_deref(),
+            &config.cmdline,
+            config.cpus,
+        )?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::new();
+        for id in 0..config.cpus {
+            let vcpu = vm
+                .create_vcpu(id as u64)
+                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+            boot::cpu_state::setup_vcpu(&vcpu, id, config.cpus, entry.rip, &supported)?;
+            if let Some(c) = crate::kvm_stats::VcpuCounter::open(&vcpu, "exits") {
+                platform.add_exit_counter(c);
+            }
+            vcpus.push(vcpu);
+        }
+        // Application processors wait for INIT/SIPI like on real hardware.
+        for vcpu in vcpus.iter().skip(1) {
+            let mp = kvm_bindings::kvm_mp_state {
+                mp_state: kvm_bindings::KVM_MP_STATE_UNINITIALIZED,
+            };
+            vcpu.set_mp_state(mp)
+                .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
+        }
+        Ok(Vm {
+            vcpus,
+            platform,
+            trackers,
+            _vm: vm,
+            _kvm: kvm,
+            _mem: mem,
+        })
+    }
+
+    /// Change trackers of the writable disks, by image path (valid while and after running).
+    pub fn change_trackers(&self) -> Vec<(PathBuf, Arc<ChangeTracker>)> {
+        self.trackers.clone()
+    }
+
+    /// Runs until the guest stops or `limit` passes.
+    pub fn run(mut self, limit: Option<Duration>) -> Result<RunOutcome> {
+        let start = Instant::now();
+        let mut threads = Vec::new();
+        for (id, vcpu) in self.vcpus.drain(..).enumerate() {
+            threads.push(vcpu::spawn(id as u8, vcpu, self.platform.clone())?);
+        }
+        let reason = match self.platform.stop.wait(limit) {
+            Some(r) => r,
+            None => {
+                self.platform.stop.stop(StopReason::Timeout);
+                self.platform.stop.get().unwrap_or(StopReason::Timeout)
+            }
+        };
+        for t in threads.iter_mut() {
+            t.stop_and_join();
+        }
+        Ok(RunOutcome {
+            reason,
+            elapsed: start.elapsed(),
+            exits: self.platform.exits(),
+            marks: self.platform.marks(),
+            fault_info: self.platform.fault_info(),
+        })
+    }
+}

@@ -1,0 +1,113 @@
+//! virtio-net under real KVM: a guest program ARPs for and pings a peer — the kernel of a
+//! network namespace created for the test — through a tap the monitor creates on a bridge,
+//! or through an existing tap.
+
+mod common;
+
+use ignite_vmm::guest::ProgramRun;
+use ignite_vmm::netns::Netns;
+use ignite_vmm::{NetBackend, NetConfig};
+use std::process::Command;
+
+fn prerequisites() -> bool {
+    common::kvm()
+        && common::root()
+        && common::require(
+            "iproute2 (ip)",
+            Command::new("ip")
+                .arg("-V")
+                .output()
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        )
+        && common::require(
+            "/dev/net/tun",
+            std::fs::metadata("/dev/net/tun")
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        )
+}
+
+fn ping(backend: NetBackend, me: &str, peer: &str) -> ignite_vmm::guest::ProgramResult {
+    let mut run = ProgramRun::new("net");
+    run.nets = vec![NetConfig {
+        backend,
+        mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+    }];
+    run.args = format!("ip={me} peer={peer}");
+    run.timeout = std::time::Duration::from_secs(30);
+    common::expect_pass(run)
+}
+
+#[test]
+fn guest_pings_a_peer_through_a_new_tap_on_a_bridge() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Netns::new("br").unwrap();
+    ns.ip(&["link", "add", "ignbr0", "type", "bridge"]).unwrap();
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "ignbr0"])
+        .unwrap();
+    ns.ip(&["link", "set", "ignbr0", "up"]).unwrap();
+    let r = ns
+        .run(|| {
+            ping(
+                NetBackend::Bridge("ignbr0".into()),
+                "10.77.0.2",
+                "10.77.0.1",
+            )
+        })
+        .unwrap();
+    assert!(r.serial.contains("MAC 52:54:00:12:34:56"), "{}", r.serial);
+    assert!(r.serial.contains("ARP reply: peer is at"), "{}", r.serial);
+    assert!(
+        r.serial.contains("ICMP echo reply from 10.77.0.1"),
+        "{}",
+        r.serial
+    );
+}
+
+#[test]
+fn guest_pings_a_peer_through_an_existing_tap() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Netns::new("tap").unwrap();
+    ns.ip(&["tuntap", "add", "dev", "igntap0", "mode", "tap", "vnet_hdr"])
+        .unwrap();
+    ns.ip(&["addr", "add", "10.78.0.1/24", "dev", "igntap0"])
+        .unwrap();
+    ns.ip(&["link", "set", "igntap0", "up"]).unwrap();
+    let r = ns
+        .run(|| ping(NetBackend::Tap("igntap0".into()), "10.78.0.2", "10.78.0.1"))
+        .unwrap();
+    assert!(
+        r.serial.contains("ICMP echo reply from 10.78.0.1"),
+        "{}",
+        r.serial
+    );
+}
+
+#[test]
+fn missing_bridge_is_a_clear_error() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Netns::new("nobr").unwrap();
+    let msg = ns
+        .run(|| {
+            let cfg = NetConfig {
+                backend: NetBackend::Bridge("nosuchbr".into()),
+                mac: [2, 0, 0, 0, 0, 1],
+            };
+            match ignite_vmm::virtio::net::Net::new(&cfg, 0) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        })
+        .unwrap();
+    assert!(
+        msg.contains("bridge nosuchbr") && msg.contains("ip link add nosuchbr type bridge"),
+        "{msg}"
+    );
+}
