@@ -17,20 +17,37 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Instant;
+
+/// Files are read by several threads at once: on a cold cache, reading thousands of small
+/// files one after another waits on the disk for each (restic reads two at once).
+const READERS: usize = 4;
+
+/// A regular file to read: its path and its index among the entries.
+type ReadJob = (std::path::PathBuf, u64, usize);
 
 struct Walk<'a> {
     writer: &'a Writer<'a>,
-    params: crate::config::ChunkerParams,
     progress: &'a Progress,
+    jobs: Option<crossbeam_channel::Sender<ReadJob>>,
     parent: HashMap<Vec<u8>, Entry>,
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
     root_dev: u64,
     one_fs: bool,
     entries: Vec<Entry>,
-    pending: PendingExtents,
     stats: SnapshotStats,
+}
+
+/// What the reader threads share.
+struct Readers<'a> {
+    params: crate::config::ChunkerParams,
+    progress: &'a Progress,
+    pending: Mutex<PendingExtents>,
+    read_bytes: AtomicU64,
+    failure: Mutex<Option<Error>>,
 }
 
 pub fn import_dir(
@@ -54,10 +71,17 @@ pub fn import_dir(
         None => Vec::new(),
     };
     let writer = Writer::new(store)?;
-    let mut walk = Walk {
-        writer: &writer,
+    let readers = Readers {
         params: store.config().chunker.clone(),
         progress,
+        pending: Mutex::new(PendingExtents::default()),
+        read_bytes: AtomicU64::new(0),
+        failure: Mutex::new(None),
+    };
+    let mut walk = Walk {
+        writer: &writer,
+        progress,
+        jobs: None,
         parent: parent_entries
             .into_iter()
             .filter(|e| e.source.is_some())
@@ -67,17 +91,43 @@ pub fn import_dir(
         root_dev: meta.dev(),
         one_fs: opts.one_file_system,
         entries: Vec::new(),
-        pending: PendingExtents::default(),
         stats: SnapshotStats::default(),
     };
-    let ((), ids) = pipeline::run(&writer, |sub| walk.visit(root, Vec::new(), &meta, sub))?;
+    let ((), ids) = pipeline::run(&writer, |sub| {
+        std::thread::scope(|s| {
+            let (tx, rx) = crossbeam_channel::bounded::<ReadJob>(256);
+            for _ in 0..READERS {
+                let (rx, readers) = (rx.clone(), &readers);
+                s.spawn(move || {
+                    for (path, size, idx) in rx.iter() {
+                        if let Err(e) = readers.read_file(&path, size, idx, sub) {
+                            readers.failure.lock().unwrap().get_or_insert(e);
+                            return; // the walk sees the failure and stops
+                        }
+                    }
+                });
+            }
+            walk.jobs = Some(tx);
+            let r = walk.visit(root, Vec::new(), &meta, &readers);
+            walk.jobs = None; // readers finish the queue and exit
+            r
+        })?;
+        match readers.failure.lock().unwrap().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    })?;
     let Walk {
         mut entries,
-        pending,
         mut stats,
         ..
     } = walk;
-    pending.resolve(&mut entries, &ids);
+    stats.read_bytes = readers.read_bytes.load(Ordering::Relaxed);
+    readers
+        .pending
+        .into_inner()
+        .unwrap()
+        .resolve(&mut entries, &ids);
     stats.entries = entries.len() as u64;
     stats.chunks = entries
         .iter()
@@ -130,7 +180,7 @@ impl Walk<'_> {
         path: &Path,
         rel: Vec<u8>,
         meta: &Metadata,
-        sub: &mut Submitter,
+        readers: &Readers,
     ) -> Result<()> {
         let ft = meta.file_type();
         let mut entry = Entry {
@@ -163,7 +213,7 @@ impl Walk<'_> {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e).at(&child),
                 };
-                self.visit(&child, join(&rel, name.as_bytes()), &cmeta, sub)?;
+                self.visit(&child, join(&rel, name.as_bytes()), &cmeta, readers)?;
             }
             return Ok(());
         }
@@ -202,7 +252,19 @@ impl Walk<'_> {
                 },
                 None => {
                     let idx = self.entries.len();
-                    self.read_file(path, meta.len(), idx, sub)?;
+                    if readers.failure.lock().unwrap().is_some() {
+                        return Ok(()); // a reader failed; the caller reports it
+                    }
+                    let job = (path.to_path_buf(), meta.len(), idx);
+                    if self
+                        .jobs
+                        .as_ref()
+                        .expect("readers running")
+                        .send(job)
+                        .is_err()
+                    {
+                        return Ok(()); // every reader stopped on an error
+                    }
                     EntryKind::File {
                         size: meta.len(),
                         extents: Vec::new(),
@@ -253,8 +315,10 @@ impl Walk<'_> {
         self.progress.fetch_add(size, Ordering::Relaxed);
         Ok(Some(extents.clone()))
     }
+}
 
-    fn read_file(&mut self, path: &Path, size: u64, idx: usize, sub: &mut Submitter) -> Result<()> {
+impl Readers<'_> {
+    fn read_file(&self, path: &Path, size: u64, idx: usize, sub: &Submitter) -> Result<()> {
         let mut file = File::open(path).at(path)?;
         let what = path.display().to_string();
         // Holes matter only in files larger than a chunk; small files skip the lseeks.
@@ -265,7 +329,7 @@ impl Walk<'_> {
         };
         for (start, end) in ranges {
             file.seek(SeekFrom::Start(start)).at(path)?;
-            let (pending, progress) = (&mut self.pending, self.progress);
+            let (pending, progress) = (&self.pending, self.progress);
             let read = chunk_stream(
                 (&mut file).take(end - start),
                 Some(end - start),
@@ -275,11 +339,11 @@ impl Walk<'_> {
                     let len = data.len() as u32;
                     progress.fetch_add(len as u64, Ordering::Relaxed);
                     let seq = sub.submit(data)?;
-                    pending.push(idx, start + off, len, seq);
+                    pending.lock().unwrap().push(idx, start + off, len, seq);
                     Ok(())
                 },
             )?;
-            self.stats.read_bytes += read;
+            self.read_bytes.fetch_add(read, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -8,20 +8,21 @@ use crate::id::{is_zero, ChunkId};
 use crate::snapshot::{Entry, EntryKind, Extent};
 use crate::writer::Writer;
 use crossbeam_channel::{bounded, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// Shared by any number of producer threads (directory imports read files in parallel).
 pub struct Submitter {
-    tx: Option<Sender<(usize, Vec<u8>)>>,
-    next: usize,
+    tx: Sender<(usize, Vec<u8>)>,
+    next: AtomicUsize,
 }
 
 impl Submitter {
     /// Queues a chunk; returns its sequence number.
-    pub fn submit(&mut self, data: Vec<u8>) -> Result<usize> {
-        let seq = self.next;
-        self.next += 1;
-        let tx = self.tx.as_ref().expect("submitter open");
-        tx.send((seq, data))
+    pub fn submit(&self, data: Vec<u8>) -> Result<usize> {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send((seq, data))
             .map_err(|_| Error::Invalid("import workers stopped".into()))?;
         Ok(seq)
     }
@@ -38,7 +39,7 @@ pub fn workers() -> usize {
 /// (`None` for an all-zero chunk, which is never stored).
 pub fn run<R>(
     writer: &Writer,
-    produce: impl FnOnce(&mut Submitter) -> Result<R>,
+    produce: impl FnOnce(&Submitter) -> Result<R>,
 ) -> Result<(R, Vec<Option<ChunkId>>)> {
     let level = writer.store().config().compression.level;
     let n = workers();
@@ -81,13 +82,14 @@ pub fn run<R>(
             });
         }
         drop(rx);
-        let mut sub = Submitter {
-            tx: Some(tx),
-            next: 0,
+        let sub = Submitter {
+            tx,
+            next: AtomicUsize::new(0),
         };
-        let r = produce(&mut sub);
-        sub.tx = None; // close the queue; workers drain and exit
-        (r, sub.next)
+        let r = produce(&sub);
+        let count = sub.next.load(Ordering::Relaxed);
+        drop(sub); // closes the queue; workers drain and exit
+        (r, count)
     });
     if let Some(e) = failure.into_inner().unwrap() {
         return Err(e);
