@@ -45,6 +45,10 @@ pub enum Error {
     SerialFile { path: PathBuf, err: std::io::Error },
     #[error("too many PCI devices ({0}); at most 31 disks and NICs together")]
     TooManyDevices(usize),
+    #[error("{0} VIO (IDE) disks requested; the PIIX IDE controller takes at most 4 (two channels of two drives): put the others on AVIO (virtio-blk)")]
+    TooManyVioDisks(usize),
+    #[error("{0} VIO (NE2000) NICs requested; at most 4 are supported: put the others on AVIO (virtio-net)")]
+    TooManyVioNics(usize),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

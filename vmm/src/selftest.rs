@@ -120,6 +120,28 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
             let r = ns.run(move || run_program(run))?;
             verdict(r, |_| None)
         }
+        "ide" => {
+            // Two sparse 200 GiB disks on the primary channel: LBA48 above 2^28 sectors.
+            let size = 200u64 << 30;
+            let mut disks = Vec::new();
+            for i in 0..2 {
+                let p = dir.join(format!("ide{i}.img"));
+                let f = std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                f.set_len(size)
+                    .and_then(|_| {
+                        std::os::unix::fs::FileExt::write_all_at(
+                            &f,
+                            format!("VIODISK{i}").as_bytes(),
+                            0,
+                        )
+                    })
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                disks.push(disk(&p, false));
+            }
+            run.vio_disks = disks;
+            run.args = format!("disks=2 sectors={}", size / 512);
+            verdict(run_program(run), |_| None)
+        }
         "blkbench" => {
             let a = image(dir, "bench.img", 8 << 20, 0)?;
             run.disks = vec![disk(&a, false)];

@@ -147,6 +147,41 @@ impl PciBus {
         None
     }
 
+    fn find_io_bar(&mut self, port: u16) -> Option<(&mut Box<dyn PciDevice>, usize, u64)> {
+        let port = port as u64;
+        for dev in self.slots.iter_mut().flatten() {
+            for bar in 0..6 {
+                if let Some((base, size)) = dev.config().io_bar(bar) {
+                    if port >= base && port < base + size {
+                        return Some((dev, bar, port - base));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Port read decoded by an I/O BAR; false when none decodes `port`.
+    pub fn io_bar_read(&mut self, port: u16, data: &mut [u8]) -> bool {
+        match self.find_io_bar(port) {
+            Some((dev, bar, off)) => {
+                dev.bar_read(bar, off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn io_bar_write(&mut self, port: u16, data: &[u8]) -> bool {
+        match self.find_io_bar(port) {
+            Some((dev, bar, off)) => {
+                dev.bar_write(bar, off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// MMIO read; false when no BAR decodes `addr`.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
         match self.find_bar(addr, data.len()) {
