@@ -368,11 +368,19 @@ pub fn avio_vio_table(avio: &[Phase], vio: &[Phase]) -> String {
         let cpu = a.cpu_per_gib() / v.cpu_per_gib();
         min_bw = min_bw.min(bw);
         max_cpu = max_cpu.max(cpu);
+        // Three significant digits at least: VIO rows can be far below 1 MB/s.
+        let mb = |x: f64| {
+            if x >= 10.0 {
+                format!("{x:.1}")
+            } else {
+                format!("{x:.4}")
+            }
+        };
         s += &format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} |\n",
+            "| {} | {} | {} | {:.1} | {:.3} | {:.3} | {:.6} | {:.1} | {:.1} |\n",
             a.name,
-            a.mbps(),
-            v.mbps(),
+            mb(a.mbps()),
+            mb(v.mbps()),
             bw,
             a.cpu_per_gib(),
             v.cpu_per_gib(),
@@ -381,7 +389,7 @@ pub fn avio_vio_table(avio: &[Phase], vio: &[Phase]) -> String {
             v.exits_per_mib(),
         );
     }
-    s += &format!("\nAVIO/VIO: bandwidth x{min_bw:.1}, cpu per byte x{max_cpu:.3}\n");
+    s += &format!("\nAVIO/VIO: bandwidth x{min_bw:.1}, cpu per byte x{max_cpu:.4}\n");
     s
 }
 
@@ -407,7 +415,7 @@ mod tests {
         let t = avio_vio_table(&avio, &vio);
         assert!(
             t.trim_end()
-                .ends_with("AVIO/VIO: bandwidth x3.0, cpu per byte x0.250"),
+                .ends_with("AVIO/VIO: bandwidth x3.0, cpu per byte x0.2500"),
             "{t}"
         );
     }
