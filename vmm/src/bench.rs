@@ -241,3 +241,182 @@ pub fn utc_now() -> String {
         tm.tm_min
     )
 }
+
+/// One phase of a guest benchmark program, between its two marks.
+#[derive(Clone, Debug)]
+pub struct Phase {
+    pub name: &'static str,
+    pub bytes: u64,
+    pub secs: f64,
+    /// Monitor process CPU time (user + system, all threads) during the phase.
+    pub cpu_secs: f64,
+    pub user_exits: u64,
+    pub kvm_exits: Option<u64>,
+}
+
+impl Phase {
+    pub fn mbps(&self) -> f64 {
+        self.bytes as f64 / MIB / self.secs
+    }
+    pub fn cpu_per_gib(&self) -> f64 {
+        self.cpu_secs / (self.bytes as f64 / GIB)
+    }
+    pub fn exits_per_mib(&self) -> f64 {
+        self.kvm_exits.unwrap_or(self.user_exits) as f64 / (self.bytes as f64 / MIB)
+    }
+}
+
+/// The four disk phases both benchmark programs bracket with marks.
+const DISK_PHASES: [(&str, u32, bool); 4] = [
+    ("disk write 1 MiB", 11, true),
+    ("disk write 4 KiB", 21, true),
+    ("disk read 1 MiB", 31, false),
+    ("disk read 4 KiB", 41, false),
+];
+
+fn disk_phases(
+    r: &crate::guest::ProgramResult,
+    total_1m: u64,
+    total_4k: u64,
+) -> Result<Vec<Phase>> {
+    let marks = &r.outcome.marks;
+    let mark = |v: u32| marks.iter().find(|m| m.value == v).cloned();
+    let mut out = Vec::new();
+    for (name, start, _) in DISK_PHASES {
+        let (Some(a), Some(b)) = (mark(start), mark(start + 1)) else {
+            return Err(crate::Error::Memory(format!("phase {name} left no marks")));
+        };
+        out.push(Phase {
+            name,
+            bytes: if name.contains("1 MiB") {
+                total_1m
+            } else {
+                total_4k
+            },
+            secs: (b.at - a.at).as_secs_f64(),
+            cpu_secs: (b.cpu - a.cpu).as_secs_f64(),
+            user_exits: b.exits - a.exits,
+            kvm_exits: b.kvm_exits.zip(a.kvm_exits).map(|(b, a)| b - a),
+        });
+    }
+    Ok(out)
+}
+
+/// AVIO (virtio-blk, `blkbench`) and VIO (IDE PIO, `idebench`) on the same image file in
+/// one run, each guest sleeping until its device interrupt: (avio, vio) phases.
+pub fn avio_vio_disk(dir: &Path, total_1m: u64, total_4k: u64) -> Result<(Vec<Phase>, Vec<Phase>)> {
+    let image = dir.join(format!("ignite-vm-avio-vio-{}.img", std::process::id()));
+    let size = total_1m.max(total_4k);
+    {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&image)?;
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut off = 0;
+        while off < size {
+            let n = (size - off).min(chunk.len() as u64) as usize;
+            f.write_all_at(&chunk[..n], off)?;
+            off += n as u64;
+        }
+        f.sync_all()?;
+    }
+    let _cleanup = scopeguard(&image);
+    let disk = DiskConfig {
+        path: image.clone(),
+        read_only: false,
+        direct: false,
+        track_changes: Some(DEFAULT_TRACK_GRANULARITY),
+    };
+    let mut out = Vec::new();
+    for (program, vio) in [("blkbench", false), ("idebench", true)] {
+        let mut run = ProgramRun::new(program);
+        run.mem_bytes = 128 << 20;
+        if vio {
+            run.vio_disks = vec![disk.clone()];
+        } else {
+            run.disks = vec![disk.clone()];
+        }
+        run.args = format!("total1m={total_1m} total4k={total_4k} wait=irq");
+        run.timeout = Duration::from_secs(1800);
+        let r = run_program(run)?;
+        if r.outcome.reason != StopReason::TestExit(0) {
+            return Err(crate::Error::Memory(format!(
+                "{program}: {}: {}",
+                r.outcome.reason,
+                r.last_line()
+            )));
+        }
+        out.push(disk_phases(&r, total_1m, total_4k)?);
+    }
+    let vio = out.pop().unwrap_or_default();
+    let avio = out.pop().unwrap_or_default();
+    Ok((avio, vio))
+}
+
+/// Markdown table of AVIO vs VIO rows and the summary line
+/// `AVIO/VIO: bandwidth xMIN, cpu per byte xMAX` (least favourable row of each).
+pub fn avio_vio_table(avio: &[Phase], vio: &[Phase]) -> String {
+    let mut s = String::from(
+        "| phase | AVIO MB/s | VIO MB/s | AVIO/VIO bandwidth | AVIO CPU s/GiB | VIO CPU s/GiB | AVIO/VIO CPU per byte | AVIO exits/MiB | VIO exits/MiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let (mut min_bw, mut max_cpu) = (f64::INFINITY, 0f64);
+    for (a, v) in avio.iter().zip(vio) {
+        let bw = a.mbps() / v.mbps();
+        let cpu = a.cpu_per_gib() / v.cpu_per_gib();
+        min_bw = min_bw.min(bw);
+        max_cpu = max_cpu.max(cpu);
+        // Three significant digits at least: VIO rows can be far below 1 MB/s.
+        let mb = |x: f64| {
+            if x >= 10.0 {
+                format!("{x:.1}")
+            } else {
+                format!("{x:.4}")
+            }
+        };
+        s += &format!(
+            "| {} | {} | {} | {:.1} | {:.3} | {:.3} | {:.6} | {:.1} | {:.1} |\n",
+            a.name,
+            mb(a.mbps()),
+            mb(v.mbps()),
+            bw,
+            a.cpu_per_gib(),
+            v.cpu_per_gib(),
+            cpu,
+            a.exits_per_mib(),
+            v.exits_per_mib(),
+        );
+    }
+    s += &format!("\nAVIO/VIO: bandwidth x{min_bw:.1}, cpu per byte x{max_cpu:.4}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &'static str, secs: f64, cpu: f64) -> Phase {
+        Phase {
+            name,
+            bytes: 1 << 30,
+            secs,
+            cpu_secs: cpu,
+            user_exits: 10,
+            kvm_exits: None,
+        }
+    }
+
+    #[test]
+    fn avio_vio_summary_takes_the_least_favourable_rows() {
+        let avio = [p("a", 1.0, 0.5), p("b", 1.0, 0.1)];
+        let vio = [p("a", 10.0, 5.0), p("b", 3.0, 0.4)];
+        let t = avio_vio_table(&avio, &vio);
+        assert!(
+            t.trim_end()
+                .ends_with("AVIO/VIO: bandwidth x3.0, cpu per byte x0.2500"),
+            "{t}"
+        );
+    }
+}

@@ -189,7 +189,11 @@ pub struct VmConfig {
     pub mem_bytes: u64,
     pub cpus: u8,
     pub disks: Vec<DiskConfig>,
+    /// Disks on the emulated IDE controller (VIO), at most 4.
+    pub vio_disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    /// NICs of the emulated NE2000 model (VIO), at most 4.
+    pub vio_nets: Vec<NetConfig>,
     pub serial: SerialTarget,
     /// With `SerialTarget::Stdout`: forward the monitor's stdin to the guest console.
     pub serial_input: bool,
@@ -204,7 +208,9 @@ impl VmConfig {
             mem_bytes: 512 << 20,
             cpus: 1,
             disks: Vec::new(),
+            vio_disks: Vec::new(),
             nets: Vec::new(),
+            vio_nets: Vec::new(),
             serial: SerialTarget::Stdout,
             serial_input: false,
         }

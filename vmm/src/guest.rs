@@ -30,7 +30,11 @@ pub struct ProgramRun {
     pub mem_bytes: u64,
     pub cpus: u8,
     pub disks: Vec<DiskConfig>,
+    /// Disks on the IDE controller (VIO).
+    pub vio_disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    /// NE2000 NICs (VIO).
+    pub vio_nets: Vec<NetConfig>,
     pub timeout: Duration,
 }
 
@@ -42,7 +46,9 @@ impl ProgramRun {
             mem_bytes: 64 << 20,
             cpus: 1,
             disks: Vec::new(),
+            vio_disks: Vec::new(),
             nets: Vec::new(),
+            vio_nets: Vec::new(),
             timeout: Duration::from_secs(60),
         }
     }
@@ -76,7 +82,9 @@ pub fn run_program(run: ProgramRun) -> crate::Result<ProgramResult> {
     cfg.mem_bytes = run.mem_bytes;
     cfg.cpus = run.cpus;
     cfg.disks = run.disks;
+    cfg.vio_disks = run.vio_disks;
     cfg.nets = run.nets;
+    cfg.vio_nets = run.vio_nets;
     cfg.serial = SerialTarget::Buffer(buf.clone());
     let vm = Vm::new(&cfg)?;
     let outcome = vm.run(Some(run.timeout))?;

@@ -23,6 +23,7 @@ pub mod netns;
 pub mod pci;
 pub mod selftest;
 mod vcpu;
+pub mod vio;
 pub mod virtio;
 
 mod vm;

@@ -120,6 +120,73 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
             let r = ns.run(move || run_program(run))?;
             verdict(r, |_| None)
         }
+        "ide" => {
+            // Two sparse 200 GiB disks on the primary channel: LBA48 above 2^28 sectors.
+            let size = 200u64 << 30;
+            let mut disks = Vec::new();
+            for i in 0..2 {
+                let p = dir.join(format!("ide{i}.img"));
+                let f = std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                f.set_len(size)
+                    .and_then(|_| {
+                        std::os::unix::fs::FileExt::write_all_at(
+                            &f,
+                            format!("VIODISK{i}").as_bytes(),
+                            0,
+                        )
+                    })
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                disks.push(disk(&p, false));
+            }
+            run.vio_disks = disks;
+            run.args = format!("disks=2 sectors={}", size / 512);
+            verdict(run_program(run), |_| None)
+        }
+        "manydisks" => {
+            let mut disks = Vec::new();
+            for i in 0..128 {
+                let p = dir.join(format!("many{i}.img"));
+                let mut data = vec![0u8; 4096];
+                data[..7].copy_from_slice(format!("MANY{i:03}").as_bytes());
+                std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))?;
+                disks.push(disk(&p, true));
+            }
+            run.disks = disks;
+            run.mem_bytes = 128 << 20;
+            run.args = "disks=128".into();
+            verdict(run_program(run), |_| None)
+        }
+        "ne2k" => {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return Ok((
+                    Verdict::Skip("needs root for a network namespace and a tap".into()),
+                    Duration::ZERO,
+                ));
+            }
+            let ns = Netns::new("selftest-ne2k")?;
+            ns.ip(&["link", "add", "ignbr0", "type", "bridge"])?;
+            ns.ip(&["addr", "add", "10.76.0.1/24", "dev", "ignbr0"])?;
+            ns.ip(&["link", "set", "ignbr0", "up"])?;
+            run.vio_nets = vec![NetConfig {
+                backend: NetBackend::Bridge("ignbr0".into()),
+                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x57],
+            }];
+            run.args = "ip=10.76.0.2 peer=10.76.0.1 mac=52:54:00:12:34:57".into();
+            run.timeout = Duration::from_secs(30);
+            let r = ns.run(move || run_program(run))?;
+            verdict(r, |_| None)
+        }
+        "idebench" => {
+            let a = image(dir, "idebench.img", 1 << 20, 0)?;
+            run.vio_disks = vec![disk(&a, false)];
+            // No 1 MiB phase: VIO writes cost one exit per word (~20 s per MiB on nested KVM).
+            run.args = "total1m=0 total4k=8192 wait=irq".into();
+            verdict(run_program(run), |r| {
+                (r.outcome.marks.len() != 8)
+                    .then(|| format!("{} marks, expected 8", r.outcome.marks.len()))
+            })
+        }
         "blkbench" => {
             let a = image(dir, "bench.img", 8 << 20, 0)?;
             run.disks = vec![disk(&a, false)];

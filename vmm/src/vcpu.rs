@@ -41,14 +41,20 @@ pub fn spawn(id: u8, mut vcpu: VcpuFd, platform: Arc<Platform>) -> std::io::Resu
 }
 
 fn run_loop(id: u8, vcpu: &mut VcpuFd, p: &Platform) {
+    // The access width of port I/O exits (kvm_run.io.size) is not part of VcpuExit; read it
+    // through the shared kvm_run mapping, which lives as long as the vCPU fd.
+    let run = vcpu.get_kvm_run() as *const kvm_bindings::kvm_run;
+    // SAFETY: `run` points into the vCPU's kvm_run mapping; after an IO exit the kernel has
+    // filled the `io` member of the exit union, and we only read it.
+    let io_size = || unsafe { (*run).__bindgen_anon_1.io.size as usize };
     loop {
         if p.stop.get().is_some() {
             return;
         }
         match vcpu.run() {
             Ok(exit) => match exit {
-                VcpuExit::IoOut(port, data) => p.pio_write(port, data),
-                VcpuExit::IoIn(port, data) => p.pio_read(port, data),
+                VcpuExit::IoOut(port, data) => p.pio_write_sized(port, io_size(), data),
+                VcpuExit::IoIn(port, data) => p.pio_read_sized(port, io_size(), data),
                 VcpuExit::MmioRead(addr, data) => p.mmio_read(addr, data),
                 VcpuExit::MmioWrite(addr, data) => p.mmio_write(addr, data),
                 VcpuExit::Hlt => {

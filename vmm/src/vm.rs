@@ -72,6 +72,12 @@ impl Vm {
         if config.cpus == 0 || config.cpus > MAX_CPUS {
             return Err(Error::CpuCount(config.cpus));
         }
+        if config.vio_disks.len() > crate::vio::ide::MAX_DISKS {
+            return Err(Error::TooManyVioDisks(config.vio_disks.len()));
+        }
+        if config.vio_nets.len() > 4 {
+            return Err(Error::TooManyVioNics(config.vio_nets.len()));
+        }
         let kvm = open_kvm()?;
         let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
         vm.set_tss_address(KVM_TSS_ADDR)
@@ -116,6 +122,52 @@ impl Vm {
         for (i, n) in config.nets.iter().enumerate() {
             add(&mut pci, Box::new(Net::new(n, i)?))?;
         }
+        let ide = if config.vio_disks.is_empty() {
+            None
+        } else {
+            let mut irqs = [None, None];
+            for (slot, gsi) in irqs.iter_mut().zip(crate::vio::ide::IRQS) {
+                let e = EventFd::new(libc::EFD_NONBLOCK)?;
+                vm.register_irqfd(&e, gsi)
+                    .map_err(Error::kvm("KVM_IRQFD"))?;
+                *slot = Some(e);
+            }
+            let ide = crate::vio::ide::Ide::new(&config.vio_disks, irqs)?;
+            for (d, t) in config
+                .vio_disks
+                .iter()
+                .filter(|d| !d.read_only && d.track_changes.is_some())
+                .zip(ide.trackers())
+            {
+                trackers.push((d.path.clone(), t));
+            }
+            pci.add(Box::new(crate::vio::ide::PiixIde::new()))
+                .ok_or(Error::TooManyDevices(
+                    config.disks.len() + config.nets.len() + 1,
+                ))?;
+            Some(ide)
+        };
+        // VIO NICs: I/O BAR at 0xc000 + 0x100·i, INTA on IOAPIC input 16 + i (level, in the
+        // MP table).
+        let mut intx = Vec::new();
+        for (i, n) in config.vio_nets.iter().enumerate() {
+            let gsi = 16 + i as u8;
+            let vmfd = vm.clone();
+            let line = Box::new(move |level: bool| {
+                if let Err(e) = vmfd.set_irq_line(gsi as u32, level) {
+                    tracing::warn!(error = %e, gsi, "ne2k: cannot set the INTx line");
+                }
+            });
+            let dev = crate::vio::ne2k::Ne2kPci::new(n, 0xc000 + 0x100 * i as u16, gsi, line)?;
+            let slot = pci.add(Box::new(dev)).ok_or(Error::TooManyDevices(
+                config.disks.len() + config.nets.len() + config.vio_nets.len(),
+            ))?;
+            intx.push(boot::mptable::PciIntx {
+                slot,
+                pin: 1,
+                ioapic_pin: gsi,
+            });
+        }
         let socket = match &config.serial {
             SerialTarget::Unix(p) => Some((
                 console::bind(p).map_err(|err| Error::SerialFile {
@@ -126,12 +178,12 @@ impl Vm {
             )),
             _ => None,
         };
-        let platform = Arc::new(Platform::new(
-            serial_out(&config.serial, &socket)?,
-            serial_irq,
-            pci,
-            stop,
-        ));
+        let mut platform =
+            Platform::new(serial_out(&config.serial, &socket)?, serial_irq, pci, stop);
+        if let Some(ide) = ide {
+            platform = platform.with_ide(ide);
+        }
+        let platform = Arc::new(platform);
         match (socket, &config.serial) {
             (Some((listener, out)), _) => {
                 console::serve_socket(listener, out, Arc::downgrade(&platform))
@@ -148,6 +200,7 @@ impl Vm {
             config.initrd.as_deref(),
             &config.cmdline,
             config.cpus,
+            &intx,
         )?;
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

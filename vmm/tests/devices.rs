@@ -127,3 +127,31 @@ fn virtio_blk_with_o_direct() {
     let off = (64 * 7 + 8) * 512;
     assert_eq!(&data[off..off + 4096], &expect[..]);
 }
+
+#[test]
+fn one_hundred_twenty_eight_avio_disks_on_multifunction_devices() {
+    if !common::kvm() {
+        return;
+    }
+    let dir = common::tempdir();
+    let mut disks = Vec::new();
+    for i in 0..128 {
+        let p = dir.as_path().join(format!("m{i}.img"));
+        let mut data = vec![0u8; 4096];
+        data[..7].copy_from_slice(format!("MANY{i:03}").as_bytes());
+        std::fs::write(&p, data).unwrap();
+        disks.push(disk(&p, true));
+    }
+    let mut run = ProgramRun::new("manydisks");
+    run.disks = disks;
+    run.mem_bytes = 128 << 20;
+    run.args = "disks=128".into();
+    run.timeout = std::time::Duration::from_secs(120);
+    let r = common::expect_pass(run);
+    assert!(
+        r.serial
+            .contains("read 128 disks (97 on functions other than 0)"),
+        "{}",
+        r.serial
+    );
+}

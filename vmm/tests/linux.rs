@@ -289,6 +289,8 @@ fn debian_kernel_boots_mounts_ext4_pings_and_reboots() {
         mem_bytes: 512 << 20,
         cpus: 2,
         disks: vec![DiskConfig::parse(&img.display().to_string()).unwrap()],
+        vio_disks: Vec::new(),
+        vio_nets: Vec::new(),
         nets: vec![NetConfig {
             backend: NetBackend::Bridge("ignbr0".into()),
             mac: [0x52, 0x54, 0, 0x79, 0, 2],

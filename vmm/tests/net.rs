@@ -132,3 +132,33 @@ fn tap_that_cannot_be_created_is_a_clear_error() {
         "{msg}"
     );
 }
+
+#[test]
+fn ne2k_guest_pings_a_peer_through_a_tap_on_a_bridge() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Netns::new("ne2k").unwrap();
+    ns.ip(&["link", "add", "ignbr0", "type", "bridge"]).unwrap();
+    ns.ip(&["addr", "add", "10.76.0.1/24", "dev", "ignbr0"])
+        .unwrap();
+    ns.ip(&["link", "set", "ignbr0", "up"]).unwrap();
+    let r = ns
+        .run(|| {
+            let mut run = ProgramRun::new("ne2k");
+            run.vio_nets = vec![NetConfig {
+                backend: NetBackend::Bridge("ignbr0".into()),
+                mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x57],
+            }];
+            run.args = "ip=10.76.0.2 peer=10.76.0.1 mac=52:54:00:12:34:57".into();
+            run.timeout = std::time::Duration::from_secs(30);
+            common::expect_pass(run)
+        })
+        .unwrap();
+    assert!(r.serial.contains("ARP reply: peer is at"), "{}", r.serial);
+    assert!(
+        r.serial.contains("ICMP echo reply from 10.76.0.1"),
+        "{}",
+        r.serial
+    );
+}

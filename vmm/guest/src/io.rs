@@ -76,3 +76,19 @@ macro_rules! print {
 macro_rules! println {
     ($($arg:tt)*) => {{ $crate::print!($($arg)*); $crate::print!("\n"); }};
 }
+
+/// `rep insw`: `buf.len() / 2` words from `port` (one string-I/O exit per page or less).
+pub fn insw(port: u16, buf: &mut [u8]) {
+    unsafe {
+        asm!("rep insw", in("dx") port, inout("rdi") buf.as_mut_ptr() => _,
+            inout("rcx") buf.len() / 2 => _, options(nostack, preserves_flags))
+    }
+}
+
+/// `rep outsw`: `buf.len() / 2` words to `port`.
+pub fn outsw(port: u16, buf: &[u8]) {
+    unsafe {
+        asm!("rep outsw", in("dx") port, inout("rsi") buf.as_ptr() => _,
+            inout("rcx") buf.len() / 2 => _, options(nostack, preserves_flags))
+    }
+}

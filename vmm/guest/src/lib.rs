@@ -2,6 +2,7 @@
 //! arguments, PCI configuration access and a minimal modern virtio-pci driver.
 #![no_std]
 
+pub mod ata;
 pub mod blk;
 pub mod boot;
 pub mod io;

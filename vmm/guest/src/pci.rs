@@ -52,6 +52,31 @@ pub fn scan(out: &mut [(Bdf, u16, u16)]) -> usize {
     n
 }
 
+/// Every present function on bus 0 (functions 1–7 only where function 0 says multifunction),
+/// with vendor and device ids, in (device, function) order. Returns how many there are.
+pub fn scan_functions(out: &mut [(Bdf, u16, u16)]) -> usize {
+    let mut n = 0;
+    for dev in 0..32 {
+        let f0 = Bdf { dev, func: 0 };
+        if read32(f0, 0) & 0xffff == 0xffff {
+            continue;
+        }
+        let funcs = if read8(f0, 0x0e) & 0x80 != 0 { 8 } else { 1 };
+        for func in 0..funcs {
+            let b = Bdf { dev, func };
+            let id = read32(b, 0);
+            if id & 0xffff == 0xffff {
+                continue;
+            }
+            if n < out.len() {
+                out[n] = (b, id as u16, (id >> 16) as u16);
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
 /// BAR `i`: (address, size, is_memory). Sizing writes all ones then restores the value.
 pub fn bar(b: Bdf, i: u8) -> (u64, u64, bool) {
     let reg = 0x10 + 4 * i;

@@ -250,6 +250,12 @@ impl Device {
         Some(f)
     }
 
+    /// Device reset (status 0): queues stop, their memory may be reused.
+    pub fn reset(&mut self) {
+        self.set_status(0);
+        while self.status() != 0 {}
+    }
+
     pub fn device_features(&self) -> u64 {
         mmio_write::<u32>(self.common, 0);
         let lo = mmio_read::<u32>(self.common + 4) as u64;
@@ -276,6 +282,8 @@ impl Device {
         );
         mmio_write::<u16>(c + 0x18, QSIZE as u16);
         mmio_write::<u16>(c + 0x1a, vector);
+        // The memory may have served a queue before (a reset device's): start from zero.
+        unsafe { core::ptr::write_bytes(mem as *mut QueueMem as *mut u8, 0, core::mem::size_of::<QueueMem>()) };
         let base = mem as *mut QueueMem as u64;
         let avail = base + core::mem::offset_of!(QueueMem, avail_flags) as u64;
         let used = base + core::mem::offset_of!(QueueMem, used_flags) as u64;

@@ -37,6 +37,7 @@ pub fn load(
     initrd: Option<&Path>,
     cmdline: &str,
     cpus: u8,
+    intx: &[mptable::PciIntx],
 ) -> Result<BootEntry> {
     let (entry, hdr) = match kernel {
         KernelImage::Path(path) => {
@@ -105,7 +106,7 @@ pub fn load(
     )
     .map_err(|e| Error::Memory(format!("zero page: {e}")))?;
 
-    mptable::write(mem, cpus, &[])?;
+    mptable::write(mem, cpus, intx)?;
     cpu_state::write_tables(mem)?;
     Ok(entry)
 }
@@ -231,7 +232,7 @@ mod tests {
             name: "hello".into(),
             data: crate::guest::program("hello").unwrap(),
         };
-        let e = load(&mem, &k, None, "a=b", 1).unwrap();
+        let e = load(&mem, &k, None, "a=b", 1, &[]).unwrap();
         assert_eq!(e.rip, 0x20_0000);
         let ptr: u32 = mem.read_obj(GuestAddress(ZERO_PAGE + 0x228)).unwrap();
         let mut s = [0u8; 4];
@@ -239,7 +240,7 @@ mod tests {
         assert_eq!(&s, b"a=b\0");
         let long = "x".repeat(5000);
         assert!(matches!(
-            load(&mem, &k, None, &long, 1),
+            load(&mem, &k, None, &long, 1, &[]),
             Err(Error::CmdlineTooLong { .. })
         ));
     }

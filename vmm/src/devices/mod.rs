@@ -149,6 +149,8 @@ pub struct Platform {
     exits: AtomicU64,
     start: Instant,
     exit_counters: Mutex<Vec<crate::kvm_stats::VcpuCounter>>,
+    /// The IDE channels behind the legacy ATA ports, when the VM has VIO disks.
+    ide: Option<Mutex<crate::vio::ide::Ide>>,
 }
 
 impl Platform {
@@ -169,7 +171,14 @@ impl Platform {
             exits: AtomicU64::new(0),
             start: Instant::now(),
             exit_counters: Mutex::new(Vec::new()),
+            ide: None,
         }
+    }
+
+    /// Puts IDE channels behind ports 0x1F0–0x1F7/0x3F6 and 0x170–0x177/0x376.
+    pub fn with_ide(mut self, ide: crate::vio::ide::Ide) -> Platform {
+        self.ide = Some(Mutex::new(ide));
+        self
     }
 
     pub(crate) fn add_exit_counter(&self, c: crate::kvm_stats::VcpuCounter) {
@@ -232,7 +241,21 @@ impl Platform {
     }
 
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
+        self.pio_read_sized(port, data.len().min(4), data)
+    }
+
+    pub fn pio_write(&self, port: u16, data: &[u8]) {
+        self.pio_write_sized(port, data.len().min(4), data)
+    }
+
+    /// One port-read exit: `size` is the access width (1, 2, 4), `data` holds
+    /// `size × count` bytes for string I/O (`rep insw`).
+    pub fn pio_read_sized(&self, port: u16, size: usize, data: &mut [u8]) {
         self.exits.fetch_add(1, Ordering::Relaxed);
+        if let (Some(ide), Some((ch, off))) = (&self.ide, crate::vio::ide::Ide::decode(port)) {
+            let mut ide = ide.lock().unwrap_or_else(|e| e.into_inner());
+            return ide.channels[ch].pio_read(off, size, data);
+        }
         match port {
             COM1..=0x3ff => {
                 let mut s = self.serial.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,13 +274,26 @@ impl Platform {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .pio_read(port - 0xcf8, data),
-            // Nothing here: reads of absent hardware float high.
-            _ => data.fill(0xff),
+            // PCI I/O BARs (VIO NIC), else nothing: reads of absent hardware float high.
+            _ => {
+                if !self
+                    .pci
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .io_bar_read(port, data)
+                {
+                    data.fill(0xff)
+                }
+            }
         }
     }
 
-    pub fn pio_write(&self, port: u16, data: &[u8]) {
+    pub fn pio_write_sized(&self, port: u16, size: usize, data: &[u8]) {
         self.exits.fetch_add(1, Ordering::Relaxed);
+        if let (Some(ide), Some((ch, off))) = (&self.ide, crate::vio::ide::Ide::decode(port)) {
+            let mut ide = ide.lock().unwrap_or_else(|e| e.into_inner());
+            return ide.channels[ch].pio_write(off, size, data);
+        }
         match port {
             COM1..=0x3ff => {
                 let mut s = self.serial.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,7 +341,16 @@ impl Platform {
                     push_bounded(&self.marks, m);
                 }
             }
-            _ => tracing::trace!(port, ?data, "write to unclaimed port"),
+            _ => {
+                if !self
+                    .pci
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .io_bar_write(port, data)
+                {
+                    tracing::trace!(port, ?data, "write to unclaimed port")
+                }
+            }
         }
     }
 

@@ -123,6 +123,15 @@ impl PciConfig {
         Some((addr, bar.size))
     }
 
+    /// Current (port, size) of I/O BAR `i` if I/O decoding is on.
+    pub fn io_bar(&self, i: usize) -> Option<(u64, u64)> {
+        let bar = self.bars.get(i).copied().flatten()?;
+        if self.get16(COMMAND) & 1 == 0 || bar.kind != BarKind::Io {
+            return None;
+        }
+        Some(((self.get32(BAR0 + 4 * i) & !0x3) as u64, bar.size))
+    }
+
     /// Appends a capability (`body` starts after the id/next bytes); returns its offset.
     /// `writable` masks (same length as body) say which body bytes the guest may change.
     pub fn add_capability(&mut self, id: u8, body: &[u8], writable: &[u8]) -> usize {

@@ -50,27 +50,40 @@ impl PciDevice for HostBridge {
     fn bar_write(&mut self, _: usize, _: u64, _: &[u8]) {}
 }
 
+/// Functions on bus 0: 32 devices of 8 functions.
+pub const FUNCTIONS: usize = 32 * 8;
+
 pub struct PciBus {
-    /// Index = device (slot) number; function 0 only.
+    /// Index = device (slot) number × 8 + function.
     slots: Vec<Option<Box<dyn PciDevice>>>,
     address: u32,
 }
 
 impl PciBus {
     pub fn new() -> PciBus {
-        let mut slots: Vec<Option<Box<dyn PciDevice>>> = (0..32).map(|_| None).collect();
+        let mut slots: Vec<Option<Box<dyn PciDevice>>> = (0..FUNCTIONS).map(|_| None).collect();
         slots[0] = Some(Box::new(HostBridge::new()));
         PciBus { slots, address: 0 }
     }
 
-    /// Puts `dev` in the lowest free slot; returns the slot or None when the bus is full.
+    /// Puts `dev` at function 0 of the lowest free slot, or, when every slot is taken, at
+    /// the lowest free function of a slot (making it a multifunction device); returns the
+    /// slot or None when all 248 functions besides the host bridge's slot are taken.
     pub fn add(&mut self, dev: Box<dyn PciDevice>) -> Option<u8> {
-        let slot = self.slots.iter().position(Option::is_none)?;
-        self.slots[slot] = Some(dev);
-        Some(slot as u8)
+        let idx = (1..32)
+            .map(|d| d * 8)
+            .find(|&i| self.slots[i].is_none())
+            .or_else(|| (8..FUNCTIONS).find(|&i| self.slots[i].is_none()))?;
+        self.slots[idx] = Some(dev);
+        Some((idx / 8) as u8)
     }
 
-    /// Which device answers the current CONFIG_ADDRESS: (slot, dword register).
+    /// Does slot `dev` have functions besides 0?
+    fn multifunction(&self, dev: usize) -> bool {
+        (1..8).any(|f| self.slots[dev * 8 + f].is_some())
+    }
+
+    /// Which function answers the current CONFIG_ADDRESS: (index, dword register).
     fn target(&self) -> Option<(usize, usize)> {
         let a = self.address;
         let (enabled, bus, dev, func, reg) = (
@@ -80,8 +93,13 @@ impl PciBus {
             (a >> 8) & 7,
             (a >> 2) & 0x3f,
         );
-        (enabled && bus == 0 && func == 0 && self.slots[dev as usize].is_some())
-            .then_some((dev as usize, reg as usize))
+        let idx = (dev * 8 + func) as usize;
+        // Function 0 must exist for the others to be seen (PCI enumeration rule).
+        (enabled
+            && bus == 0
+            && self.slots[(dev * 8) as usize].is_some()
+            && self.slots[idx].is_some())
+        .then_some((idx, reg as usize))
     }
 
     /// Port access at 0xCF8 + `offset` (0..8).
@@ -95,9 +113,16 @@ impl PciBus {
             }
             4..=7 => {
                 let v = match self.target() {
-                    Some((slot, reg)) => self.slots[slot]
-                        .as_ref()
-                        .map_or(!0, |d| d.config().read(reg)),
+                    Some((idx, reg)) => {
+                        let mut v = self.slots[idx]
+                            .as_ref()
+                            .map_or(!0, |d| d.config().read(reg));
+                        // Header type bit 7: a multifunction device.
+                        if reg == 3 && idx % 8 == 0 && self.multifunction(idx / 8) {
+                            v |= 0x0080_0000;
+                        }
+                        v
+                    }
                     None => 0xffff_ffff,
                 }
                 .to_le_bytes();
@@ -147,6 +172,41 @@ impl PciBus {
         None
     }
 
+    fn find_io_bar(&mut self, port: u16) -> Option<(&mut Box<dyn PciDevice>, usize, u64)> {
+        let port = port as u64;
+        for dev in self.slots.iter_mut().flatten() {
+            for bar in 0..6 {
+                if let Some((base, size)) = dev.config().io_bar(bar) {
+                    if port >= base && port < base + size {
+                        return Some((dev, bar, port - base));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Port read decoded by an I/O BAR; false when none decodes `port`.
+    pub fn io_bar_read(&mut self, port: u16, data: &mut [u8]) -> bool {
+        match self.find_io_bar(port) {
+            Some((dev, bar, off)) => {
+                dev.bar_read(bar, off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn io_bar_write(&mut self, port: u16, data: &[u8]) -> bool {
+        match self.find_io_bar(port) {
+            Some((dev, bar, off)) => {
+                dev.bar_write(bar, off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// MMIO read; false when no BAR decodes `addr`.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
         match self.find_bar(addr, data.len()) {
@@ -187,6 +247,25 @@ mod tests {
     }
 
     #[test]
+    fn functions_beyond_31_devices_make_slots_multifunction() {
+        let mut bus = PciBus::new();
+        for i in 0..40 {
+            let slot = bus.add(Box::new(HostBridge::new())).unwrap();
+            assert_eq!(slot, if i < 31 { i + 1 } else { 1 + (i - 31) / 7 });
+        }
+        // Slot 1 now has functions 0..7, slot 2 functions 0..2.
+        assert_eq!(cfg_read(&mut bus, 1, 0x0c) >> 16 & 0x80, 0x80);
+        assert_eq!(cfg_read(&mut bus, 3, 0x0c) >> 16 & 0x80, 0);
+        assert_eq!(cfg_read(&mut bus, 1, 7 << 8), 0x0d57_8086);
+        assert_eq!(cfg_read(&mut bus, 2, 2 << 8), 0x0d57_8086);
+        assert_eq!(cfg_read(&mut bus, 2, 3 << 8), 0xffff_ffff);
+        for _ in 40..(31 * 8) {
+            assert!(bus.add(Box::new(HostBridge::new())).is_some());
+        }
+        assert!(bus.add(Box::new(HostBridge::new())).is_none(), "bus full");
+    }
+
+    #[test]
     fn host_bridge_and_empty_slots() {
         let mut bus = PciBus::new();
         assert_eq!(cfg_read(&mut bus, 0, 0), 0x0d57_8086);
@@ -202,7 +281,8 @@ mod tests {
         let mut b = [0u8; 2];
         bus.pio_read(6, &mut b);
         assert_eq!(u16::from_le_bytes(b), 0x0d57);
-        // Odd sizes and offsets never panic.
+        // Odd sizes and offsets never panic (function 1 of the bridge is absent).
+        assert_eq!(cfg_read(&mut bus, 0, 1 << 8), 0xffff_ffff);
         bus.pio_write(3, &[1, 2, 3, 4]);
         bus.pio_write(7, &[1, 2, 3, 4]);
         bus.pio_read(9, &mut d);

@@ -108,6 +108,136 @@ impl DiskFile {
     }
 }
 
+impl DiskFile {
+    /// Identification bytes (the image's file name, NUL padded): virtio GET_ID, ATA serial.
+    pub fn id(&self) -> &[u8; 20] {
+        &self.id
+    }
+
+    fn fd_for(&self, ptr: u64, off: u64, len: u64) -> i32 {
+        let aligned = (ptr | off | len).is_multiple_of(DIRECT_ALIGN);
+        match (&self.buffered, aligned) {
+            (Some(b), false) => b.as_raw_fd(),
+            _ => self.file.as_raw_fd(),
+        }
+    }
+
+    /// Fills `buf` from byte offset `off` (short reads retried; past the end is an error).
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        let fd = self.fd_for(buf.as_ptr() as u64, off, buf.len() as u64);
+        let mut done = 0usize;
+        while done < buf.len() {
+            // SAFETY: the pointer range is inside `buf`.
+            let r = unsafe {
+                libc::pread64(
+                    fd,
+                    buf.as_mut_ptr().add(done) as *mut libc::c_void,
+                    buf.len() - done,
+                    (off + done as u64) as i64,
+                )
+            };
+            match r {
+                r if r > 0 => done += r as usize,
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at byte offset `off`.
+    pub fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        if self.read_only {
+            return Err(std::io::ErrorKind::PermissionDenied.into());
+        }
+        let fd = self.fd_for(buf.as_ptr() as u64, off, buf.len() as u64);
+        let mut done = 0usize;
+        while done < buf.len() {
+            // SAFETY: the pointer range is inside `buf`.
+            let r = unsafe {
+                libc::pwrite64(
+                    fd,
+                    buf.as_ptr().add(done) as *const libc::c_void,
+                    buf.len() - done,
+                    (off + done as u64) as i64,
+                )
+            };
+            match r {
+                r if r > 0 => done += r as usize,
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An image with its change tracker: what every disk model (virtio-blk, IDE) executes reads,
+/// writes and flushes against, so that change tracking behaves the same on every bus.
+#[derive(Clone)]
+pub struct TrackedDisk {
+    pub file: Arc<DiskFile>,
+    pub tracker: Option<Arc<ChangeTracker>>,
+}
+
+impl TrackedDisk {
+    /// Opens the image and, for writable disks with tracking configured, its change map.
+    pub fn open(cfg: &DiskConfig) -> Result<TrackedDisk> {
+        let disk = DiskFile::open(cfg)?;
+        let tracker = match cfg.track_changes {
+            Some(g) if !cfg.read_only => Some(Arc::new(ChangeTracker::open(
+                &cfg.path, disk.size, g, true,
+            )?)),
+            _ => None,
+        };
+        Ok(TrackedDisk {
+            file: Arc::new(disk),
+            tracker,
+        })
+    }
+
+    /// Is `len` bytes at `off` inside the disk?
+    pub fn contains(&self, off: u64, len: u64) -> bool {
+        off.checked_add(len).is_some_and(|e| e <= self.file.size)
+    }
+
+    pub fn read(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.file.read_at(buf, off)
+    }
+
+    /// Marks the range in the change map (persisted first), then writes.
+    pub fn write(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        if self.file.read_only {
+            return Err(std::io::ErrorKind::PermissionDenied.into());
+        }
+        if let Some(t) = &self.tracker {
+            t.mark(off, buf.len() as u64)?;
+        }
+        self.file.write_at(buf, off)
+    }
+
+    /// Change map and data to stable storage.
+    pub fn flush(&self) -> std::io::Result<()> {
+        if let Some(t) = &self.tracker {
+            t.sync()?;
+        }
+        if self.file.read_only {
+            return Ok(());
+        }
+        self.file.file.sync_data()
+    }
+}
+
 trait BlockDeviceLike {
     fn is_block_device_like(&self) -> bool;
 }
@@ -403,15 +533,11 @@ impl BlockHandler {
                 )
             }
             RequestType::Flush => {
-                if let Some(t) = &self.tracker {
-                    if t.sync().is_err() {
-                        return (IOERR, 0);
-                    }
-                }
-                if ro {
-                    return (OK, 0);
-                }
-                match self.disk.file.sync_data() {
+                let d = TrackedDisk {
+                    file: self.disk.clone(),
+                    tracker: self.tracker.clone(),
+                };
+                match d.flush() {
                     Ok(()) => (OK, 0),
                     Err(_) => (IOERR, 0),
                 }
@@ -516,15 +642,9 @@ pub struct Block {
 
 impl Block {
     pub fn new(cfg: &DiskConfig, index: usize) -> Result<Block> {
-        let disk = DiskFile::open(cfg)?;
-        let tracker = match cfg.track_changes {
-            Some(g) if !cfg.read_only => Some(Arc::new(ChangeTracker::open(
-                &cfg.path, disk.size, g, true,
-            )?)),
-            _ => None,
-        };
+        let TrackedDisk { file, tracker } = TrackedDisk::open(cfg)?;
         Ok(Block {
-            disk: Arc::new(disk),
+            disk: file,
             tracker,
             worker: None,
             index,

@@ -4,7 +4,7 @@
 
 use super::tap::{self, Tap, VNET_HDR_LEN};
 use super::{read_config_bytes, Activation, QueueInterrupt, VirtioDevice, Worker};
-use crate::config::{NetBackend, NetConfig};
+use crate::config::NetConfig;
 use crate::error::{Error, Result};
 use crate::memory::GuestMemory;
 use std::io::{Read, Write};
@@ -28,18 +28,7 @@ pub struct Net {
 
 impl Net {
     pub fn new(cfg: &NetConfig, index: usize) -> Result<Net> {
-        let tap = match &cfg.backend {
-            NetBackend::Tap(name) => Tap::open(name)?,
-            NetBackend::Bridge(br) => {
-                crate::virtio::tap::ifindex(br).map_err(|e| Error::Bridge {
-                    name: br.clone(),
-                    msg: format!("{e}; create it first (ip link add {br} type bridge)"),
-                })?;
-                let t = Tap::open("ignite%d")?;
-                t.attach_to_bridge(br)?;
-                t
-            }
-        };
+        let tap = Tap::from_backend(&cfg.backend)?;
         // Offer guest-side offloads only if this tap can deliver such frames.
         let all = tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6 | tap::TUN_F_TSO_ECN;
         let offloads_ok = tap.set_offload(all).is_ok() && tap.set_offload(0).is_ok();

@@ -118,6 +118,24 @@ impl Tap {
         Ok(tap)
     }
 
+    /// The tap a NIC config names: an existing/new tap, or a new one added to a bridge.
+    /// Shared by every NIC model (virtio-net, NE2000).
+    pub fn from_backend(b: &crate::config::NetBackend) -> Result<Tap> {
+        use crate::config::NetBackend;
+        Ok(match b {
+            NetBackend::Tap(name) => Tap::open(name)?,
+            NetBackend::Bridge(br) => {
+                ifindex(br).map_err(|e| crate::error::Error::Bridge {
+                    name: br.clone(),
+                    msg: format!("{e}; create it first (ip link add {br} type bridge)"),
+                })?;
+                let t = Tap::open("ignite%d")?;
+                t.attach_to_bridge(br)?;
+                t
+            }
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
