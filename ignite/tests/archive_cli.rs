@@ -103,15 +103,20 @@ fn kill_9_anywhere_leaves_a_verifiable_store() {
     let started = std::time::Instant::now();
     ok(&scratch, &["import", "--name", "timing", src]);
     let full_ms = started.elapsed().as_millis() as u64;
+    // Later imports dedup against earlier ones and finish sooner than the timed one, so keep
+    // killing (at shorter delays) until enough landed mid-import.
     let mut killed = 0;
-    for i in 0..10u64 {
+    for i in 0..40u64 {
+        if killed >= 6 {
+            break;
+        }
         // Vary the data a little so each import has new chunks to write.
         std::fs::write(
             data.join("changing"),
             format!("generation {i}").repeat(10_000),
         )
         .unwrap();
-        let ms = 5 + pseudo_random(i) % (full_ms + 1);
+        let ms = 1 + pseudo_random(i) % (full_ms / 2 + 1);
         if kill_after(
             &store,
             &["import", "--name", "crash", "--no-parent", src],

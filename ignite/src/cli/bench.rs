@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::sh;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
@@ -75,19 +76,6 @@ fn need(tools: &[&str]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn sh(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A server namespace (veth `s0`, 10.77.0.1/16) and a client namespace (`c0`, 10.77.0.50/16)

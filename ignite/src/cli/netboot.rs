@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::sh;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ignite_netboot::leases::LeaseStore;
@@ -93,19 +94,6 @@ fn leases(state_dir: &Path, json: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn sh(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Unpacks Debian package `pkg` into `<cache>/root/<pkg>` (downloading its .deb once) and
