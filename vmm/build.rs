@@ -56,7 +56,7 @@ fn main() {
     names.sort();
     let mut src = String::from("/// Guest test programs, by name (vmm/guest/src/bin).\npub const PROGRAMS: &[(&str, &[u8])] = &[\n");
     for n in &names {
-        let elf: &Path = &target_dir.join("release").join(n);
+        let elf: &Path = &target_dir.join("x86_64-unknown-linux-gnu/release").join(n);
         src += &format!(
             "    ({n:?}, include_bytes!({:?})),\n",
             elf.display().to_string()
