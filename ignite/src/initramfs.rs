@@ -1,4 +1,6 @@
-//! Writing initramfs images (cpio "newc", uncompressed — the kernel unpacks it as is).
+//! Writing initramfs images (cpio "newc"; the kernel unpacks it plain or compressed).
+
+pub mod build;
 
 use std::io::Write;
 
@@ -17,6 +19,10 @@ pub enum Entry {
         mode: u32,
         major: u32,
         minor: u32,
+    },
+    Symlink {
+        path: String,
+        target: String,
     },
 }
 
@@ -64,6 +70,13 @@ pub fn cpio(entries: &[Entry]) -> Vec<u8> {
             Entry::File { path, mode, data } => {
                 header(&mut out, ino, 0o100000 | mode, data.len(), (0, 0), path);
                 out.extend_from_slice(data);
+                while !out.len().is_multiple_of(4) {
+                    out.push(0);
+                }
+            }
+            Entry::Symlink { path, target } => {
+                header(&mut out, ino, 0o120777, target.len(), (0, 0), path);
+                out.extend_from_slice(target.as_bytes());
                 while !out.len().is_multiple_of(4) {
                     out.push(0);
                 }

@@ -1,9 +1,8 @@
 //! `ignite`: the one binary — CLI, server daemon, HTTP API and the in-guest install agent.
 
+mod agent;
 mod cli;
 mod initramfs;
-// The agent (issue 6) and the install API are being built against this interface.
-#[allow(dead_code)]
 mod install;
 mod server;
 mod state;
@@ -12,6 +11,10 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // As the initramfs /init the binary is the install agent (and never returns).
+    if std::process::id() == 1 || std::env::args_os().next().is_some_and(|a| a == "/init") {
+        agent::init::main();
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

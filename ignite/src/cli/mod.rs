@@ -4,6 +4,7 @@
 mod archive;
 mod bench;
 mod client;
+mod install;
 mod netboot;
 mod profile;
 mod progress;
@@ -41,6 +42,8 @@ pub enum Command {
     Vm(vm::Args),
     /// Install profiles: check them, render a client's install plan.
     Profile(profile::Args),
+    /// Install a profile onto a disk of this machine from a local store.
+    Install(install::Args),
 }
 
 impl Command {
@@ -52,6 +55,7 @@ impl Command {
             Command::Netboot(a) => netboot::run(a),
             Command::Vm(a) => a.run(),
             Command::Profile(a) => profile::run(a),
+            Command::Install(a) => install::run(a),
         }
     }
 }

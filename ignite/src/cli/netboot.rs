@@ -34,6 +34,22 @@ enum NetbootCmd {
         #[arg(long, default_value = "IGNITE-INITRAMFS-OK")]
         marker: String,
     },
+    /// Build the install initramfs: this `ignite` as /init (the install agent), the kernel
+    /// modules it needs, mkfs tools with their libraries, busybox for the rescue shell.
+    BuildInitramfs {
+        /// The kernel version the modules are for (`uname -r` of the install kernel).
+        #[arg(long)]
+        kernel_version: String,
+        /// /lib/modules/VERSION, a package root holding lib/modules/VERSION, or a
+        /// linux-image .deb. Default: /lib/modules/VERSION, else package
+        /// linux-image-VERSION from the cache (downloaded with apt).
+        #[arg(long)]
+        modules_from: Option<PathBuf>,
+        #[arg(long, default_value = "ignite-initrd.img")]
+        output: PathBuf,
+        #[arg(long, env = "IGNITE_CACHE_DIR", default_value = "/var/cache/ignite")]
+        cache_dir: PathBuf,
+    },
     /// Benchmarks against the usual peers (tftpd-hpa, dnsmasq, perfdhcp), side by side.
     Bench(crate::cli::bench::BenchArgs),
     /// List DHCP leases.
@@ -55,7 +71,72 @@ pub fn run(a: NetbootArgs) -> Result<()> {
         } => fetch_boot_files(&boot_dir, kernel, &cache_dir, &marker),
         NetbootCmd::Leases { state_dir, json } => leases(&state_dir, json),
         NetbootCmd::Bench(b) => crate::cli::bench::run(b),
+        NetbootCmd::BuildInitramfs {
+            kernel_version,
+            modules_from,
+            output,
+            cache_dir,
+        } => build_initramfs(&kernel_version, modules_from, &output, &cache_dir),
     }
+}
+
+fn build_initramfs(
+    version: &str,
+    modules_from: Option<PathBuf>,
+    output: &Path,
+    cache: &Path,
+) -> Result<()> {
+    use crate::initramfs::build;
+    let _tmp;
+    let from = match modules_from {
+        Some(p) if p.extension().is_some_and(|e| e == "deb") => {
+            let t = tempfile_dir(cache)?;
+            sh(Command::new("dpkg-deb").arg("-x").arg(&p).arg(&t.0))
+                .with_context(|| format!("cannot unpack {}", p.display()))?;
+            let dir = t.0.clone();
+            _tmp = t;
+            dir
+        }
+        Some(p) => p,
+        None if Path::new("/lib/modules").join(version).is_dir() => {
+            Path::new("/lib/modules").join(version)
+        }
+        None => {
+            let _lock = CacheLock::take(cache)?;
+            unpack_deb_part(
+                &format!("linux-image-{version}"),
+                cache,
+                Some("./lib/modules"),
+            )?
+        }
+    };
+    let dir = build::modules_dir(&from, version)?;
+    let built = build::build(version, &dir, Path::new("/proc/self/exe"))?;
+    write_atomic(output, &built.image)?;
+    eprintln!(
+        "{}: {} bytes, {} modules, tools: {}",
+        output.display(),
+        built.image.len(),
+        built.modules,
+        built.tools.join(" ")
+    );
+    Ok(())
+}
+
+/// A scratch directory in the cache, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir(cache: &Path) -> Result<ScratchDir> {
+    let d = cache.join(format!("tmp-initramfs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    Ok(ScratchDir(d))
 }
 
 fn leases(state_dir: &Path, json: bool) -> Result<()> {
@@ -132,9 +213,15 @@ fn unpack_deb_part(pkg: &str, cache: &Path, only: Option<&str>) -> Result<PathBu
             find().with_context(|| format!("package {pkg}: apt-get download left no .deb"))?
         }
     };
-    let root = cache.join("root").join(pkg);
+    // A partial unpack gets its own directory (`<pkg>@boot`), so it never passes for the
+    // whole package or for another part.
+    let name = match only {
+        None => pkg.to_string(),
+        Some(m) => format!("{pkg}@{}", m.trim_start_matches("./").replace('/', "_")),
+    };
+    let root = cache.join("root").join(&name);
     if !root.is_dir() {
-        let tmp = cache.join("root").join(format!(".{pkg}.tmp"));
+        let tmp = cache.join("root").join(format!(".{name}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         match only {

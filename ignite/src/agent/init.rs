@@ -1,0 +1,272 @@
+//! The agent as the initramfs `/init` (PID 1): mount the kernel file systems, load the
+//! modules, wait for a disk and the boot NIC, DHCP, then install as the kernel command line
+//! says and reboot — or, on failure, report it and leave a shell on the console.
+//!
+//! Kernel command line: `ignite.server=URL ignite.mac=MAC ignite.token=T`, and optionally
+//! `ignite.after=reboot|poweroff|shell` and `ignite.selfcheck=1` (load modules, look for a
+//! disk, run each tool, print [`SELFCHECK_OK`], no network, no install).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ignite_profiles::ClientFacts;
+
+use super::mount::mount;
+use super::{dhcp, facts, modules, netif};
+use crate::install::{InstallServer, Phase};
+
+/// Printed on the console when the self-check passes.
+pub const SELFCHECK_OK: &str = "IGNITE-AGENT-SELFCHECK-OK";
+const DEVICE_WAIT: Duration = Duration::from_secs(20);
+
+/// `ignite.*` options of the kernel command line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BootArgs {
+    pub server: Option<String>,
+    pub mac: Option<String>,
+    pub token: Option<String>,
+    pub after: After,
+    pub selfcheck: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    #[default]
+    Reboot,
+    Poweroff,
+    Shell,
+}
+
+pub fn parse_cmdline(text: &str) -> BootArgs {
+    let kv: HashMap<&str, &str> = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("ignite."))
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    BootArgs {
+        server: kv.get("server").map(|s| s.to_string()),
+        mac: kv.get("mac").map(|s| s.to_string()),
+        token: kv.get("token").map(|s| s.to_string()),
+        after: match kv.get("after").copied() {
+            Some("poweroff") => After::Poweroff,
+            Some("shell") => After::Shell,
+            _ => After::Reboot,
+        },
+        selfcheck: kv.get("selfcheck").is_some_and(|v| *v == "1"),
+    }
+}
+
+fn say(text: &str) {
+    eprintln!("ignite-agent: {text}");
+}
+
+/// /proc, /sys, /dev (devtmpfs), /dev/pts and /run, as the kernel leaves none of them.
+fn mount_kernel_fs() -> Result<()> {
+    for (src, dir, ty) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("devpts", "/dev/pts", "devpts"),
+        ("tmpfs", "/run", "tmpfs"),
+    ] {
+        std::fs::create_dir_all(dir)?;
+        mount(src, Path::new(dir), Some(ty), 0, "")?;
+    }
+    if Path::new("/sys/firmware/efi/efivars").is_dir() {
+        let _ = mount(
+            "efivarfs",
+            Path::new("/sys/firmware/efi/efivars"),
+            Some("efivarfs"),
+            0,
+            "",
+        );
+    }
+    Ok(())
+}
+
+fn kernel_release() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/osrelease")?
+        .trim()
+        .to_string())
+}
+
+fn wait_for_disks() -> Result<Vec<ignite_profiles::DiskFact>> {
+    let start = Instant::now();
+    loop {
+        let disks = facts::disks(Path::new("/sys/block"));
+        if !disks.is_empty() {
+            return Ok(disks);
+        }
+        if start.elapsed() > DEVICE_WAIT {
+            bail!("no disk appeared within {} s; does the machine have a disk the initramfs has a driver for?", DEVICE_WAIT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_for_nic(mac: &str) -> Result<String> {
+    let start = Instant::now();
+    loop {
+        if let Some(n) = netif::by_mac(mac) {
+            return Ok(n);
+        }
+        if start.elapsed() > DEVICE_WAIT {
+            bail!(
+                "no network interface with MAC {mac} appeared within {} s",
+                DEVICE_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Modules loaded, disks seen, tools run: proves an initramfs fits its kernel.
+fn selfcheck() -> Result<()> {
+    let disks = wait_for_disks()?;
+    for d in &disks {
+        say(&format!(
+            "disk {} {} bytes serial {:?}",
+            d.path, d.size, d.serial
+        ));
+    }
+    for (tool, arg) in [
+        ("mke2fs", "-V"),
+        ("mkfs.xfs", "-V"),
+        ("mkfs.vfat", "--help"),
+        ("mkswap", "--version"),
+        ("sh", "-c true"),
+    ] {
+        let mut cmd = Command::new(tool);
+        cmd.args(arg.split(' '));
+        let out = cmd.output().with_context(|| format!("cannot run {tool}"))?;
+        // mkfs.vfat --help exits 1 after printing its usage; running at all is the check.
+        if out.status.code().is_none() {
+            bail!("{tool} was killed: {}", out.status);
+        }
+        say(&format!("tool {tool} runs"));
+    }
+    let nics: Vec<String> = std::fs::read_dir("/sys/class/net")?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    if nics.is_empty() {
+        bail!("no network interface: the NIC driver did not load");
+    }
+    say(&format!("network interfaces: {}", nics.join(" ")));
+    Ok(())
+}
+
+/// The network install server for these boot arguments.
+fn connect(args: &BootArgs) -> Result<Box<dyn InstallServer>> {
+    let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
+        bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
+    };
+    let _ = (server, mac, token);
+    bail!("this build has no network install client (ignite/src/agent/remote.rs) yet")
+}
+
+fn install(args: &BootArgs) -> Result<()> {
+    let mac = args
+        .mac
+        .clone()
+        .context("the kernel command line has no ignite.mac=")?;
+    let disks = wait_for_disks()?;
+    let nic = wait_for_nic(&mac)?;
+    netif::up("lo")?;
+    netif::up(&nic)?;
+    let lease = dhcp::lease(&nic, &netif::mac_of(&nic)?, Duration::from_secs(60))
+        .with_context(|| format!("DHCP on {nic}"))?;
+    netif::configure(&nic, lease.ip, lease.mask, lease.router)?;
+    say(&format!(
+        "{nic}: {} netmask {} router {:?}",
+        lease.ip, lease.mask, lease.router
+    ));
+    let server = connect(args)?;
+    server.report(&Phase::Booted {
+        ip: lease.ip.to_string(),
+    })?;
+    let facts = ClientFacts {
+        mac,
+        disks,
+        hostname: None,
+    };
+    super::install(server.as_ref(), &facts, Path::new("/run/ignite/target"))
+}
+
+fn finish(after: After) -> ! {
+    // SAFETY: sync and reboot have no memory-safety preconditions.
+    unsafe { libc::sync() };
+    match after {
+        After::Shell => shell(),
+        After::Poweroff => unsafe { libc::reboot(libc::RB_POWER_OFF) },
+        After::Reboot => unsafe { libc::reboot(libc::RB_AUTOBOOT) },
+    };
+    shell()
+}
+
+/// The rescue shell on the console, forever (PID 1 must not exit).
+fn shell() -> ! {
+    loop {
+        let r = Command::new("/usr/bin/sh")
+            .env("PATH", "/usr/sbin:/usr/bin")
+            .status();
+        if let Err(e) = r {
+            say(&format!("cannot start the rescue shell: {e}"));
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+}
+
+/// Entry point as PID 1.
+pub fn main() -> ! {
+    // SAFETY: setting PATH before any thread starts.
+    unsafe { std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin") };
+    if let Err(e) = mount_kernel_fs() {
+        say(&format!("cannot mount the kernel file systems: {e:#}"));
+        shell();
+    }
+    let args = parse_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let result = kernel_release().and_then(|r| {
+        let (n, failed) = modules::load_all(&Path::new("/lib/modules").join(&r))?;
+        say(&format!("kernel {r}: {n} modules loaded"));
+        for f in failed {
+            say(&format!("module not loaded: {f}"));
+        }
+        if args.selfcheck {
+            selfcheck()?;
+            say(SELFCHECK_OK);
+            Ok(())
+        } else {
+            install(&args)
+        }
+    });
+    match result {
+        Ok(()) => finish(args.after),
+        Err(e) => {
+            say(&format!("FAILED: {e:#}"));
+            say("leaving a shell on the console");
+            shell()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line() {
+        let a = parse_cmdline("BOOT_IMAGE=x console=ttyS0 ignite.server=http://10.0.0.1:8080 ignite.mac=52:54:00:00:00:01 ignite.token=abc ignite.after=poweroff quiet\n");
+        assert_eq!(a.server.as_deref(), Some("http://10.0.0.1:8080"));
+        assert_eq!(a.mac.as_deref(), Some("52:54:00:00:00:01"));
+        assert_eq!(a.token.as_deref(), Some("abc"));
+        assert_eq!(a.after, After::Poweroff);
+        assert!(!a.selfcheck);
+        assert_eq!(parse_cmdline("ignite.selfcheck=1").after, After::Reboot);
+        assert!(parse_cmdline("ignite.selfcheck=1").selfcheck);
+    }
+}

@@ -1,0 +1,97 @@
+//! The `Partition` step: a fresh GPT exactly as the plan lays it out, then the kernel is
+//! told to re-read it and we wait for the partition devices.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ignite_profiles::DiskPlan;
+
+use super::gpt::{self, GptPartition};
+use super::log::Log;
+
+const BLKRRPART: libc::c_ulong = 0x125f;
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// How long the partition device nodes may take to appear after the re-read.
+const DEVICE_WAIT: Duration = Duration::from_secs(15);
+
+/// The size in bytes of a block device or file.
+pub fn device_size(f: &std::fs::File) -> Result<u64> {
+    let md = f.metadata()?;
+    if md.is_file() {
+        return Ok(md.len());
+    }
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 into `size`.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut size) } != 0 {
+        bail!("cannot read its size: {}", std::io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+pub fn partition(plan_disk: &DiskPlan, disk: &str, log: &mut Log) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .with_context(|| format!("disk {disk}: cannot open it for writing"))?;
+    let size = device_size(&f).with_context(|| format!("disk {disk}"))?;
+    if size < plan_disk.size_bytes {
+        bail!(
+            "disk {disk} has {size} bytes but the plan was made for {} bytes; re-run the install so the plan is rendered for this disk",
+            plan_disk.size_bytes
+        );
+    }
+    let parts = plan_disk
+        .partitions
+        .iter()
+        .map(|p| {
+            Ok(GptPartition {
+                type_guid: gpt::parse_guid(&p.type_guid)
+                    .with_context(|| format!("partition {}", p.number))?,
+                unique_guid: gpt::random_guid()?,
+                first_lba: p.start_sector,
+                last_lba: p.end_sector,
+                attributes: 0,
+                name: p.name.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // The plan's partitions end where a disk of the planned size ends; a larger disk keeps
+    // its extra space unpartitioned, with the backup table at its real end.
+    let disk_guid = gpt::random_guid()?;
+    let img = gpt::build(size, disk_guid, &parts)
+        .with_context(|| format!("disk {disk}: the plan does not fit"))?;
+    gpt::write(&f, &img).with_context(|| format!("disk {disk}"))?;
+    log.line(&format!(
+        "disk {disk}: wrote GPT {} with {} partitions",
+        gpt::format_guid(&disk_guid),
+        parts.len()
+    ));
+    if f.metadata()?.is_file() {
+        return Ok(());
+    }
+    // SAFETY: BLKRRPART takes no argument.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BLKRRPART, 0) } != 0 {
+        bail!(
+            "disk {disk}: the kernel cannot re-read the partition table ({}); is a partition of it still mounted?",
+            std::io::Error::last_os_error()
+        );
+    }
+    drop(f);
+    let start = Instant::now();
+    for p in &plan_disk.partitions {
+        while !Path::new(&p.device).exists() {
+            if start.elapsed() > DEVICE_WAIT {
+                bail!(
+                    "partition device {} did not appear within {} s after writing the table",
+                    p.device,
+                    DEVICE_WAIT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! The install initramfs: `/init` is this very `ignite` binary (static, so it needs nothing
+//! beside it), with the kernel modules the agent loads (and their dependencies), and the
+//! tools it runs with their shared libraries, found as initramfs-tools does (`ldd`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::{cpio, Entry};
+use crate::agent::modules::parse_dep;
+
+/// Modules the agent needs on QEMU/KVM guests and common PCs: disk and NIC drivers, the
+/// file systems it makes, and what those need at run time.
+pub const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_net",
+    "ata_piix",
+    "ahci",
+    "sd_mod",
+    "sr_mod",
+    "ne2k_pci",
+    "8390",
+    "e1000",
+    "e1000e",
+    "af_packet",
+    "ext4",
+    "xfs",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "nls_ascii",
+    "crc32c_generic",
+    "crc32c_intel",
+    "efivarfs",
+];
+
+/// Tools the agent runs, and the Debian package of each.
+pub const TOOLS: &[(&str, &str)] = &[
+    ("mke2fs", "e2fsprogs"),
+    ("mkfs.xfs", "xfsprogs"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mkswap", "util-linux"),
+];
+
+/// Where a kernel's modules are: `/lib/modules/<version>` itself, or a package root holding
+/// it (`lib/modules/<version>` or `usr/lib/modules/<version>`).
+pub fn modules_dir(from: &Path, version: &str) -> Result<PathBuf> {
+    for d in [
+        from.to_path_buf(),
+        from.join("lib/modules").join(version),
+        from.join("usr/lib/modules").join(version),
+    ] {
+        if d.join("modules.dep").is_file() {
+            return Ok(d);
+        }
+    }
+    bail!(
+        "{} holds no modules for kernel {version} (no modules.dep there nor in lib/modules/{version}); pass the kernel's module directory or its linux-image-{version} package",
+        from.display()
+    )
+}
+
+/// The name a module is asked for by: file stem, with `-` and `_` alike.
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file
+        .strip_suffix(".ko")
+        .or_else(|| file.strip_suffix(".ko.xz"))
+        .or_else(|| file.strip_suffix(".ko.zst"))
+        .or_else(|| file.strip_suffix(".ko.gz"))
+        .unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// The module file as the kernel loads it (compressed modules are unpacked here, so the
+/// agent needs no decompressor).
+fn read_module(dir: &Path, rel: &str) -> Result<(String, Vec<u8>)> {
+    let path = dir.join(rel);
+    let raw =
+        std::fs::read(&path).with_context(|| format!("cannot read module {}", path.display()))?;
+    if let Some(plain) = rel.strip_suffix(".zst") {
+        let data = zstd::decode_all(&raw[..]).with_context(|| format!("module {rel}: bad zstd"))?;
+        return Ok((plain.to_string(), data));
+    }
+    for (suffix, tool) in [(".xz", "xz"), (".gz", "gzip")] {
+        if let Some(plain) = rel.strip_suffix(suffix) {
+            let out = Command::new(tool)
+                .args(["-dc"])
+                .arg(&path)
+                .output()
+                .with_context(|| format!("module {rel}: cannot run {tool} to unpack it"))?;
+            if !out.status.success() {
+                bail!("module {rel}: {tool} -dc failed");
+            }
+            return Ok((plain.to_string(), out.stdout));
+        }
+    }
+    Ok((rel.to_string(), raw))
+}
+
+/// The modules wanted and everything they depend on, as (path under the module dir, deps).
+fn module_closure(
+    dir: &Path,
+    version: &str,
+    wanted: &[&str],
+) -> Result<Vec<(String, Vec<String>)>> {
+    let deps = parse_dep(&std::fs::read_to_string(dir.join("modules.dep"))?);
+    let by_name: BTreeMap<String, &(String, Vec<String>)> =
+        deps.iter().map(|d| (module_name(&d.0), d)).collect();
+    let builtin: BTreeSet<String> = std::fs::read_to_string(dir.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .map(module_name)
+        .collect();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for w in wanted {
+        let name = w.replace('-', "_");
+        match by_name.get(&name) {
+            Some((path, d)) => {
+                for p in std::iter::once(path).chain(d.iter()) {
+                    let entry = by_name
+                        .get(&module_name(p))
+                        .with_context(|| format!("module {p} (needed by {w}) is not in modules.dep"))?;
+                    out.insert(entry.0.clone(), entry.1.clone());
+                }
+            }
+            None if builtin.contains(&name) => {}
+            None => bail!(
+                "kernel {version}: module {w} is neither in {} nor built in; it comes with package linux-image-{version}",
+                dir.display()
+            ),
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// True if the ELF file has no program interpreter (PT_INTERP): it runs with no loader.
+pub fn is_static_elf(bytes: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    // ELF64 little-endian only: the agent is x86_64.
+    if !bytes.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum as usize).all(|i| {
+        let at = phoff as usize + i * phentsize as usize;
+        u32_at(at).is_some_and(|t| t != 3)
+    })
+}
+
+/// A program's shared libraries and loader, from `ldd` (empty for a static program).
+fn libraries(prog: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(prog)
+        .output()
+        .context("cannot run ldd (package libc-bin)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut libs = Vec::new();
+    for l in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match l.split_once("=>") {
+            Some((_, rhs)) => rhs.split_whitespace().next(),
+            None => l.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Adds `path` (absolute) and its parent directories to the image, once each.
+struct Image {
+    entries: Vec<Entry>,
+    dirs: BTreeSet<String>,
+    files: BTreeSet<String>,
+}
+
+impl Image {
+    fn new() -> Image {
+        Image {
+            entries: Vec::new(),
+            dirs: BTreeSet::new(),
+            files: BTreeSet::new(),
+        }
+    }
+
+    fn dir(&mut self, path: &str) {
+        let path = path.trim_matches('/');
+        if path.is_empty() || self.dirs.contains(path) {
+            return;
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.dirs.insert(path.to_string());
+        self.entries.push(Entry::Dir {
+            path: path.to_string(),
+            mode: 0o755,
+        });
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: Vec<u8>) {
+        let path = path.trim_start_matches('/').to_string();
+        if !self.files.insert(path.clone()) {
+            return;
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.entries.push(Entry::File { path, mode, data });
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        let path = path.trim_start_matches('/').to_string();
+        if !self.files.insert(path.clone()) {
+            return;
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.entries.push(Entry::Symlink {
+            path,
+            target: target.to_string(),
+        });
+    }
+
+    /// A host file under the same path (symlinks followed: the content is stored).
+    fn host_file(&mut self, path: &Path) -> Result<()> {
+        let data =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        self.file(&path.to_string_lossy(), 0o755, data);
+        Ok(())
+    }
+}
+
+pub struct Built {
+    pub image: Vec<u8>,
+    pub modules: usize,
+    pub tools: Vec<String>,
+}
+
+/// Builds the compressed (zstd) initramfs for kernel `version`, modules from `mod_dir`.
+pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
+    let agent = std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
+    if !is_static_elf(&agent) {
+        bail!(
+            "{} is not a statically linked executable, so it cannot be the initramfs /init; build ignite with the workspace's .cargo/config.toml (static glibc)",
+            init.display()
+        );
+    }
+    let mut img = Image::new();
+    for d in ["dev", "proc", "sys", "run", "tmp", "root", "etc"] {
+        img.dir(d);
+    }
+    img.entries.push(Entry::CharDev {
+        path: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    img.file("init", 0o755, agent);
+
+    let modules = module_closure(mod_dir, version, MODULES)?;
+    let mut dep = String::new();
+    let plain = |p: &str| {
+        p.strip_suffix(".zst")
+            .or_else(|| p.strip_suffix(".xz"))
+            .or_else(|| p.strip_suffix(".gz"))
+            .unwrap_or(p)
+            .to_string()
+    };
+    for (path, deps) in &modules {
+        let (name, data) = read_module(mod_dir, path)?;
+        img.file(&format!("lib/modules/{version}/{name}"), 0o644, data);
+        let deps: Vec<String> = deps.iter().map(|d| plain(d)).collect();
+        dep.push_str(&format!("{name}: {}\n", deps.join(" ")));
+    }
+    img.file(
+        &format!("lib/modules/{version}/modules.dep"),
+        0o644,
+        dep.into_bytes(),
+    );
+
+    let mut tools = Vec::new();
+    for (tool, package) in TOOLS {
+        let path = which(tool).with_context(|| {
+            format!("tool {tool} is not installed here; install package {package} (apt-get install {package})")
+        })?;
+        img.host_file(&path)?;
+        for lib in libraries(&path)? {
+            img.host_file(&lib)?;
+        }
+        tools.push(path.display().to_string());
+    }
+    // Debian is merged-/usr: programs run as /sbin/X find their libraries as /lib/X.
+    img.symlink("bin", "usr/bin");
+    img.symlink("sbin", "usr/sbin");
+    if Path::new("/etc/mke2fs.conf").is_file() {
+        img.host_file(Path::new("/etc/mke2fs.conf"))?;
+    }
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .context(
+            "busybox is not installed here; install package busybox-static (the rescue shell)",
+        )?;
+    let bb = std::fs::read(busybox)?;
+    if !is_static_elf(&bb) {
+        bail!(
+            "{} is dynamically linked; install package busybox-static for the rescue shell",
+            busybox.display()
+        );
+    }
+    img.file("usr/bin/busybox", 0o755, bb);
+    img.symlink("usr/bin/sh", "busybox");
+    tools.push(busybox.display().to_string());
+
+    let raw = cpio(&img.entries);
+    let image = zstd::encode_all(&raw[..], 19).context("cannot compress the initramfs")?;
+    Ok(Built {
+        image,
+        modules: modules.len(),
+        tools,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_ignore_dashes_and_compression() {
+        assert_eq!(module_name("kernel/drivers/net/ne2k-pci.ko.xz"), "ne2k_pci");
+        assert_eq!(module_name("kernel/fs/ext4/ext4.ko"), "ext4");
+    }
+
+    #[test]
+    fn this_test_binary_is_static_and_ls_is_not() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(is_static_elf(&me), "the workspace builds static binaries");
+        let ls = std::fs::read("/bin/ls").unwrap();
+        assert!(!is_static_elf(&ls));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+    }
+}

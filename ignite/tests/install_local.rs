@@ -1,0 +1,222 @@
+//! `ignite install` end to end on a loop device: the debootstrap golden archive installed
+//! with a two-partition profile, then checked with independent tools (sgdisk, sfdisk, blkid,
+//! e2fsck, GNU tar --compare).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::run;
+
+fn ignite() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ignite"))
+}
+
+/// Detaches the loop device and unmounts on drop, also when the test fails.
+struct Loop {
+    dev: String,
+    mnt: Option<PathBuf>,
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mnt {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+const PROFILE: &str = r#"
+archive = "debian-12"
+hooks = ["echo hook-ran-in-$(cat /etc/hostname) > /root/hook-marker"]
+
+[[disk.partitions]]
+type = "efi"
+size = "64M"
+
+[[disk.partitions]]
+size = "rest"
+fs = "ext4"
+mount = "/"
+
+[identity]
+hostname = "web-{mac6}"
+fresh_machine_id = true
+fresh_ssh_host_keys = true
+root_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin@ignite"]
+
+[network]
+format = "ifupdown"
+
+[network.interfaces.boot]
+dhcp = true
+
+[boot]
+loader = "none"
+"#;
+
+#[test]
+fn debootstrap_image_installs_onto_a_loop_device() {
+    if !common::require(&[
+        "losetup",
+        "sgdisk",
+        "sfdisk",
+        "blkid",
+        "e2fsck",
+        "mkfs.vfat",
+        "tar",
+    ]) {
+        return;
+    }
+    let fixture = run(Command::new(repo().join("scripts/fixtures/rootfs")));
+    let base = PathBuf::from(fixture.lines().next().unwrap());
+    let tar = PathBuf::from(fixture.lines().nth(1).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    run(Command::new(ignite())
+        .args(["archive", "init", "--store"])
+        .arg(&store));
+    run(Command::new(ignite())
+        .args(["archive", "import", "--name", "debian-12", "--store"])
+        .arg(&store)
+        .arg(&tar));
+    let profile = dir.path().join("web.toml");
+    std::fs::write(&profile, PROFILE).unwrap();
+
+    let img = dir.path().join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let dev = run(Command::new("losetup")
+        .args(["-P", "--show", "-f"])
+        .arg(&img));
+    let mut lo = Loop {
+        dev: dev.trim().to_string(),
+        mnt: None,
+    };
+    let out = Command::new(ignite())
+        .args(["install", "--profile"])
+        .arg(&profile)
+        .args(["--disk", &lo.dev, "--mac", "52:54:00:ab:cd:ef", "--store"])
+        .arg(&store)
+        .arg("--root")
+        .arg(dir.path().join("target"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ignite install failed:\n{log}");
+    for phase in [
+        "partitioned",
+        "formatted",
+        "extracted",
+        "configured",
+        "done",
+    ] {
+        assert!(
+            log.contains(&format!("\"phase\":\"{phase}\"")),
+            "no {phase} phase in:\n{log}"
+        );
+    }
+
+    let v = run(Command::new("sgdisk").arg("-v").arg(&lo.dev));
+    assert!(v.contains("No problems found"), "{v}");
+    let json: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&lo.dev))).unwrap();
+    let parts = json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["start"], 2048);
+    assert_eq!(parts[0]["size"], 64 * 2048);
+    assert_eq!(parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(parts[1]["type"], "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+
+    let p1 = format!("{}p1", lo.dev);
+    let p2 = format!("{}p2", lo.dev);
+    let blkid = |dev: &str, tag: &str| {
+        run(Command::new("blkid").args(["-p", "-o", "value", "-s", tag, dev]))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(blkid(&p1, "TYPE"), "vfat");
+    assert_eq!(blkid(&p2, "TYPE"), "ext4");
+    run(Command::new("e2fsck").args(["-fn", &p2]));
+
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Command::new("mount").args(["-o", "ro", &p2]).arg(&mnt));
+    lo.mnt = Some(mnt.clone());
+    let read = |p: &str| std::fs::read_to_string(mnt.join(p)).unwrap();
+    let fstab = read("etc/fstab");
+    assert!(
+        fstab.contains(&format!("UUID={} / ext4 defaults 0 1", blkid(&p2, "UUID"))),
+        "{fstab}"
+    );
+    assert!(
+        fstab.contains(&format!(
+            "UUID={} /boot/efi vfat umask=0077 0 2",
+            blkid(&p1, "UUID")
+        )),
+        "{fstab}"
+    );
+    assert_eq!(read("etc/hostname"), "web-abcdef\n");
+    assert!(read("etc/hosts").contains("127.0.1.1\tweb-abcdef\n"));
+    let id = read("etc/machine-id");
+    assert_eq!(id.trim().len(), 32);
+    assert!(id.trim().chars().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(
+        id,
+        std::fs::read_to_string(base.join("etc/machine-id")).unwrap_or_default()
+    );
+    assert_eq!(read("root/hook-marker"), "hook-ran-in-web-abcdef\n");
+    assert!(read("root/.ssh/authorized_keys").contains("admin@ignite"));
+    assert!(read("etc/network/interfaces").contains("iface boot0 inet dhcp"));
+    assert!(
+        read("etc/systemd/network/10-ignite-boot.link").contains("MACAddress=52:54:00:ab:cd:ef")
+    );
+
+    // Everything else is exactly the golden tree: contents, owners, modes, times, xattrs,
+    // hard links (GNU tar compares each against the installed file system).
+    let cmp = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} --xattrs --numeric-owner -cf - . | tar -C {} --xattrs --numeric-owner -df - 2>&1",
+            base.display(),
+            mnt.display()
+        ))
+        .output()
+        .unwrap();
+    let changed = [
+        "./etc/fstab",
+        "./etc/hostname",
+        "./etc/hosts",
+        "./etc/machine-id",
+        "./etc/network",
+        "./etc",
+        "./root",
+        "./etc/systemd",
+        "./boot",
+        "./var/lib/dbus/machine-id",
+        "./",
+    ];
+    for line in String::from_utf8_lossy(&cmp.stdout).lines() {
+        let path = line.split(':').next().unwrap_or("");
+        assert!(
+            changed
+                .iter()
+                .any(|c| path == *c || path.starts_with(&format!("{c}/"))),
+            "installed tree differs from the golden image beyond identity files: {line}"
+        );
+    }
+}
