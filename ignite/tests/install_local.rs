@@ -1,6 +1,6 @@
-//! `ignite install` end to end on a loop device: the debootstrap golden archive installed
-//! with a two-partition profile, then checked with independent tools (sgdisk, sfdisk, blkid,
-//! e2fsck, GNU tar --compare).
+//! `ignite install` end to end onto a disk image file (its partitions on loop devices): the
+//! debootstrap golden archive installed with a two-partition profile, then checked with
+//! independent tools (sgdisk, sfdisk, blkid, e2fsck, GNU tar --compare).
 
 mod common;
 
@@ -13,18 +13,37 @@ fn ignite() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ignite"))
 }
 
-/// Detaches the loop device and unmounts on drop, also when the test fails.
-struct Loop {
-    dev: String,
+/// Loop devices over the image's partitions (and a mount), undone on drop, also when the
+/// test fails.
+#[derive(Default)]
+struct Loops {
+    devs: Vec<String>,
     mnt: Option<PathBuf>,
 }
 
-impl Drop for Loop {
+impl Loops {
+    fn attach(&mut self, img: &Path, part: &serde_json::Value) -> String {
+        let start = part["start"].as_u64().unwrap() * 512;
+        let size = part["size"].as_u64().unwrap() * 512;
+        let dev = run(Command::new("losetup")
+            .args(["--show", "-f", "-r", "--offset", &start.to_string()])
+            .args(["--sizelimit", &size.to_string()])
+            .arg(img))
+        .trim()
+        .to_string();
+        self.devs.push(dev.clone());
+        dev
+    }
+}
+
+impl Drop for Loops {
     fn drop(&mut self) {
         if let Some(m) = &self.mnt {
             let _ = Command::new("umount").arg(m).status();
         }
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        for d in &self.devs {
+            let _ = Command::new("losetup").args(["-d", d]).status();
+        }
     }
 }
 
@@ -40,13 +59,22 @@ archive = "debian-12"
 hooks = ["echo hook-ran-in-$(cat /etc/hostname) > /root/hook-marker"]
 
 [[disk.partitions]]
-type = "efi"
+type = "swap"
 size = "64M"
+fs = "swap"
 
 [[disk.partitions]]
-size = "rest"
+name = "root"
+size = "1200M"
 fs = "ext4"
 mount = "/"
+options = ["noatime", "errors=remount-ro"]
+
+[[disk.partitions]]
+name = "srv"
+size = "rest"
+fs = "xfs"
+mount = "/srv"
 
 [identity]
 hostname = "web-{mac6}"
@@ -65,7 +93,7 @@ loader = "none"
 "#;
 
 #[test]
-fn debootstrap_image_installs_onto_a_loop_device() {
+fn debootstrap_image_installs_onto_a_disk_image() {
     if !common::require(&[
         "losetup",
         "sgdisk",
@@ -77,7 +105,7 @@ fn debootstrap_image_installs_onto_a_loop_device() {
     ]) {
         return;
     }
-    let fixture = run(Command::new(repo().join("scripts/fixtures/rootfs")));
+    let fixture = run(&mut Command::new(repo().join("scripts/fixtures/rootfs")));
     let base = PathBuf::from(fixture.lines().next().unwrap());
     let tar = PathBuf::from(fixture.lines().nth(1).unwrap());
     let dir = tempfile::tempdir().unwrap();
@@ -97,17 +125,12 @@ fn debootstrap_image_installs_onto_a_loop_device() {
         .unwrap()
         .set_len(2 << 30)
         .unwrap();
-    let dev = run(Command::new("losetup")
-        .args(["-P", "--show", "-f"])
-        .arg(&img));
-    let mut lo = Loop {
-        dev: dev.trim().to_string(),
-        mnt: None,
-    };
     let out = Command::new(ignite())
         .args(["install", "--profile"])
         .arg(&profile)
-        .args(["--disk", &lo.dev, "--mac", "52:54:00:ab:cd:ef", "--store"])
+        .arg("--disk")
+        .arg(&img)
+        .args(["--mac", "52:54:00:ab:cd:ef", "--store"])
         .arg(&store)
         .arg("--root")
         .arg(dir.path().join("target"))
@@ -128,30 +151,46 @@ fn debootstrap_image_installs_onto_a_loop_device() {
         );
     }
 
-    let v = run(Command::new("sgdisk").arg("-v").arg(&lo.dev));
+    assert_eq!(
+        run(Command::new("losetup").args(["-j"]).arg(&img)),
+        "",
+        "ignite install left loop devices attached"
+    );
+    let v = run(Command::new("sgdisk").arg("-v").arg(&img));
     assert!(v.contains("No problems found"), "{v}");
     let json: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&lo.dev))).unwrap();
+        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&img))).unwrap();
     let parts = json["partitiontable"]["partitions"]
         .as_array()
         .unwrap()
         .clone();
-    assert_eq!(parts.len(), 2);
+    assert_eq!(parts.len(), 3);
     assert_eq!(parts[0]["start"], 2048);
     assert_eq!(parts[0]["size"], 64 * 2048);
-    assert_eq!(parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(parts[0]["type"], "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F");
+    assert_eq!(parts[1]["start"], 2048 + 64 * 2048);
+    assert_eq!(parts[1]["size"], 1200 * 2048);
+    assert_eq!(parts[1]["name"], "root");
     assert_eq!(parts[1]["type"], "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+    assert_eq!(parts[2]["name"], "srv");
 
-    let p1 = format!("{}p1", lo.dev);
-    let p2 = format!("{}p2", lo.dev);
+    let mut lo = Loops::default();
+    let p1 = lo.attach(&img, &parts[0]);
+    let p2 = lo.attach(&img, &parts[1]);
+    let p3 = lo.attach(&img, &parts[2]);
     let blkid = |dev: &str, tag: &str| {
         run(Command::new("blkid").args(["-p", "-o", "value", "-s", tag, dev]))
             .trim()
             .to_string()
     };
-    assert_eq!(blkid(&p1, "TYPE"), "vfat");
+    assert_eq!(blkid(&p1, "TYPE"), "swap");
     assert_eq!(blkid(&p2, "TYPE"), "ext4");
+    assert_eq!(blkid(&p2, "LABEL"), "root");
+    assert_eq!(blkid(&p3, "TYPE"), "xfs");
     run(Command::new("e2fsck").args(["-fn", &p2]));
+    if common::which("xfs_repair").is_some() {
+        run(Command::new("xfs_repair").args(["-n", &p3]));
+    }
 
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -159,17 +198,13 @@ fn debootstrap_image_installs_onto_a_loop_device() {
     lo.mnt = Some(mnt.clone());
     let read = |p: &str| std::fs::read_to_string(mnt.join(p)).unwrap();
     let fstab = read("etc/fstab");
-    assert!(
-        fstab.contains(&format!("UUID={} / ext4 defaults 0 1", blkid(&p2, "UUID"))),
-        "{fstab}"
-    );
-    assert!(
-        fstab.contains(&format!(
-            "UUID={} /boot/efi vfat umask=0077 0 2",
-            blkid(&p1, "UUID")
-        )),
-        "{fstab}"
-    );
+    for line in [
+        format!("UUID={} / ext4 noatime,errors=remount-ro 0 1", blkid(&p2, "UUID")),
+        format!("UUID={} /srv xfs defaults 0 2", blkid(&p3, "UUID")),
+        format!("UUID={} none swap sw 0 0", blkid(&p1, "UUID")),
+    ] {
+        assert!(fstab.contains(&line), "no `{line}` in:\n{fstab}");
+    }
     assert_eq!(read("etc/hostname"), "web-abcdef\n");
     assert!(read("etc/hosts").contains("127.0.1.1\tweb-abcdef\n"));
     let id = read("etc/machine-id");
@@ -206,6 +241,7 @@ fn debootstrap_image_installs_onto_a_loop_device() {
         "./etc",
         "./root",
         "./etc/systemd",
+        "./srv",
         "./boot",
         "./var/lib/dbus/machine-id",
         "./",

@@ -1,25 +1,89 @@
 //! An [`InstallServer`] on this machine: the profile from a file, the archive from a local
-//! store. `ignite install` uses it to install onto a local disk (or a loop device holding a
-//! guest image), running exactly the steps the network agent runs.
+//! store. `ignite install` uses it to install onto a local disk or a guest's disk image
+//! file, running exactly the steps the network agent runs.
+//!
+//! For an image file, each partition is attached as a loop device over its byte range
+//! (`losetup --offset --sizelimit`) and the plan names those devices: that needs no
+//! partition support in the kernel (many VM kernels have no GPT support) and no udev.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ignite_archive::Store;
-use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan, Profile};
+use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan, Profile, Step};
 
+use crate::cli::sh;
 use crate::install::{InstallServer, Phase};
 
 pub struct LocalServer {
     pub profile: Profile,
     pub store: PathBuf,
+    /// Loop devices attached for an image file's partitions, detached on drop.
+    loops: Mutex<Vec<String>>,
+}
+
+impl LocalServer {
+    pub fn new(profile: Profile, store: PathBuf) -> LocalServer {
+        LocalServer {
+            profile,
+            store,
+            loops: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Points the plan's partition devices at loop devices over the image file's ranges.
+    fn attach_partitions(&self, plan: &mut InstallPlan) -> Result<()> {
+        let image = plan.disk.path.clone();
+        for p in &mut plan.disk.partitions {
+            let dev = sh(Command::new("losetup")
+                .args(["--show", "-f", "--offset"])
+                .arg(p.start_bytes.to_string())
+                .arg("--sizelimit")
+                .arg(p.size_bytes.to_string())
+                .arg(&image))
+            .with_context(|| format!("image {image}: cannot attach partition {}", p.number))?
+            .trim()
+            .to_string();
+            if let Ok(mut l) = self.loops.lock() {
+                l.push(dev.clone());
+            }
+            for step in &mut plan.steps {
+                match step {
+                    Step::Format { device, .. } | Step::Mount { device, .. }
+                        if *device == p.device =>
+                    {
+                        device.clone_from(&dev)
+                    }
+                    _ => {}
+                }
+            }
+            p.device = dev;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Ok(loops) = self.loops.lock() {
+            for l in loops.iter() {
+                let _ = Command::new("losetup").args(["-d", l]).status();
+            }
+        }
+    }
 }
 
 impl InstallServer for LocalServer {
     fn plan(&self, facts: &ClientFacts) -> Result<InstallPlan> {
-        Ok(self.profile.render(facts)?)
+        let mut plan = self.profile.render(facts)?;
+        if Path::new(&plan.disk.path).is_file() {
+            self.attach_partitions(&mut plan)?;
+        }
+        Ok(plan)
     }
 
     fn report(&self, phase: &Phase) -> Result<()> {

@@ -15,7 +15,7 @@ pub struct Args {
     /// The install profile (TOML).
     #[arg(long)]
     profile: PathBuf,
-    /// The disk to install on (its contents are lost): /dev/sdX, /dev/loopN...
+    /// The disk to install on (its contents are lost): /dev/sdX, or a disk image file.
     #[arg(long)]
     disk: String,
     #[arg(long, env = "IGNITE_STORE")]
@@ -51,9 +51,6 @@ pub fn run(a: Args) -> Result<()> {
         }],
         hostname: a.hostname,
     };
-    let server = LocalServer {
-        profile,
-        store: a.store,
-    };
+    let server = LocalServer::new(profile, a.store);
     agent::install(&server, &facts, &a.root)
 }
