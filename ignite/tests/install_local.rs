@@ -138,6 +138,7 @@ fn debootstrap_image_installs_onto_a_disk_image() {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "ignite install failed:\n{log}");
+    eprintln!("{log}");
     for phase in [
         "partitioned",
         "formatted",
@@ -246,7 +247,9 @@ fn debootstrap_image_installs_onto_a_disk_image() {
         "./var/lib/dbus/machine-id",
         "./",
     ];
-    for line in String::from_utf8_lossy(&cmp.stdout).lines() {
+    let diffs = String::from_utf8_lossy(&cmp.stdout);
+    eprintln!("tar --compare, golden vs installed:\n{diffs}");
+    for line in diffs.lines() {
         let path = line.split(':').next().unwrap_or("");
         assert!(
             changed

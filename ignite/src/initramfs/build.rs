@@ -9,7 +9,6 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use super::{cpio, Entry};
-use crate::agent::modules::parse_dep;
 
 /// Modules the agent needs on QEMU/KVM guests and common PCs: disk and NIC drivers, the
 /// file systems it makes, and what those need at run time.
@@ -54,14 +53,52 @@ pub fn modules_dir(from: &Path, version: &str) -> Result<PathBuf> {
         from.join("lib/modules").join(version),
         from.join("usr/lib/modules").join(version),
     ] {
-        if d.join("modules.dep").is_file() {
+        if d.join("kernel").is_dir() {
             return Ok(d);
         }
     }
     bail!(
-        "{} holds no modules for kernel {version} (no modules.dep there nor in lib/modules/{version}); pass the kernel's module directory or its linux-image-{version} package",
+        "{} holds no modules for kernel {version} (no kernel/ there nor in lib/modules/{version}); pass the kernel's module directory or its linux-image-{version} package",
         from.display()
     )
+}
+
+/// Every module file under `dir/kernel`, by module name.
+fn index_modules(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.join("kernel")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                let rel = rel.to_string_lossy().into_owned();
+                if rel.contains(".ko") {
+                    out.insert(module_name(&rel), rel);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The modules a module needs directly: its modinfo `depends=` (what depmod reads too; a
+/// kernel package ships no modules.dep, depmod makes it when the package is installed).
+fn modinfo_depends(ko: &[u8]) -> Vec<String> {
+    ko.windows(9)
+        .position(|w| w == b"\0depends=")
+        .map(|i| {
+            let rest = &ko[i + 9..];
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end])
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The name a module is asked for by: file stem, with `-` and `_` alike.
@@ -102,40 +139,61 @@ fn read_module(dir: &Path, rel: &str) -> Result<(String, Vec<u8>)> {
     Ok((rel.to_string(), raw))
 }
 
-/// The modules wanted and everything they depend on, as (path under the module dir, deps).
-fn module_closure(
-    dir: &Path,
-    version: &str,
-    wanted: &[&str],
-) -> Result<Vec<(String, Vec<String>)>> {
-    let deps = parse_dep(&std::fs::read_to_string(dir.join("modules.dep"))?);
-    let by_name: BTreeMap<String, &(String, Vec<String>)> =
-        deps.iter().map(|d| (module_name(&d.0), d)).collect();
+/// A module to put in the image: its path there (uncompressed), contents, direct deps.
+struct Module {
+    path: String,
+    data: Vec<u8>,
+    deps: Vec<String>,
+}
+
+/// The modules wanted and everything they depend on, each after its dependencies.
+fn module_closure(dir: &Path, version: &str, wanted: &[&str]) -> Result<Vec<Module>> {
+    let index = index_modules(dir)?;
     let builtin: BTreeSet<String> = std::fs::read_to_string(dir.join("modules.builtin"))
         .unwrap_or_default()
         .lines()
         .map(module_name)
         .collect();
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for w in wanted {
-        let name = w.replace('-', "_");
-        match by_name.get(&name) {
-            Some((path, d)) => {
-                for p in std::iter::once(path).chain(d.iter()) {
-                    let entry = by_name
-                        .get(&module_name(p))
-                        .with_context(|| format!("module {p} (needed by {w}) is not in modules.dep"))?;
-                    out.insert(entry.0.clone(), entry.1.clone());
-                }
-            }
-            None if builtin.contains(&name) => {}
-            None => bail!(
-                "kernel {version}: module {w} is neither in {} nor built in; it comes with package linux-image-{version}",
-                dir.display()
-            ),
+    let mut out = Vec::new();
+    let mut done = BTreeMap::new();
+    // Depth-first, dependencies first; `needed_by` names the module that asked, for errors.
+    fn visit(
+        name: &str,
+        needed_by: &str,
+        ctx: (&Path, &str, &BTreeMap<String, String>, &BTreeSet<String>),
+        done: &mut BTreeMap<String, Option<String>>,
+        out: &mut Vec<Module>,
+    ) -> Result<Option<String>> {
+        if let Some(p) = done.get(name) {
+            return Ok(p.clone());
         }
+        let (dir, version, index, builtin) = ctx;
+        let Some(rel) = index.get(name) else {
+            if builtin.contains(name) {
+                done.insert(name.to_string(), None);
+                return Ok(None);
+            }
+            bail!(
+                "kernel {version}: module {name}{needed_by} is neither in {} nor built in; it comes with package linux-image-{version}",
+                dir.display()
+            );
+        };
+        done.insert(name.to_string(), None);
+        let (path, data) = read_module(dir, rel)?;
+        let mut deps = Vec::new();
+        for d in modinfo_depends(&data) {
+            if let Some(p) = visit(&d, &format!(" (needed by {name})"), ctx, done, out)? {
+                deps.push(p);
+            }
+        }
+        done.insert(name.to_string(), Some(path.clone()));
+        out.push(Module { path: path.clone(), data, deps });
+        Ok(Some(path))
     }
-    Ok(out.into_iter().collect())
+    for w in wanted {
+        visit(&w.replace('-', "_"), "", (dir, version, &index, &builtin), &mut done, &mut out)?;
+    }
+    Ok(out)
 }
 
 /// True if the ELF file has no program interpreter (PT_INTERP): it runs with no loader.
@@ -290,19 +348,12 @@ pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
     img.file("init", 0o755, agent);
 
     let modules = module_closure(mod_dir, version, MODULES)?;
+    let count = modules.len();
+    // modules.dep lines in load order, each listing its direct dependencies.
     let mut dep = String::new();
-    let plain = |p: &str| {
-        p.strip_suffix(".zst")
-            .or_else(|| p.strip_suffix(".xz"))
-            .or_else(|| p.strip_suffix(".gz"))
-            .unwrap_or(p)
-            .to_string()
-    };
-    for (path, deps) in &modules {
-        let (name, data) = read_module(mod_dir, path)?;
-        img.file(&format!("lib/modules/{version}/{name}"), 0o644, data);
-        let deps: Vec<String> = deps.iter().map(|d| plain(d)).collect();
-        dep.push_str(&format!("{name}: {}\n", deps.join(" ")));
+    for m in modules {
+        dep.push_str(&format!("{}: {}\n", m.path, m.deps.join(" ")));
+        img.file(&format!("lib/modules/{version}/{}", m.path), 0o644, m.data);
     }
     img.file(
         &format!("lib/modules/{version}/modules.dep"),
@@ -349,7 +400,7 @@ pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
     let image = zstd::encode_all(&raw[..], 19).context("cannot compress the initramfs")?;
     Ok(Built {
         image,
-        modules: modules.len(),
+        modules: count,
         tools,
     })
 }
@@ -357,6 +408,14 @@ pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modinfo_depends_are_read() {
+        let ko = b"\x7fELF....\0license=GPL\0depends=virtio,virtio-ring\0intree=Y\0";
+        assert_eq!(modinfo_depends(ko), ["virtio", "virtio_ring"]);
+        assert!(modinfo_depends(b"\0depends=\0name=x\0").is_empty());
+        assert!(modinfo_depends(b"nothing").is_empty());
+    }
 
     #[test]
     fn module_names_ignore_dashes_and_compression() {
