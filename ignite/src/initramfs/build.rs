@@ -397,7 +397,7 @@ pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
     tools.push(busybox.display().to_string());
 
     let raw = cpio(&img.entries);
-    let image = zstd::encode_all(&raw[..], 19).context("cannot compress the initramfs")?;
+    let image = zstd::encode_all(&raw[..], 3).context("cannot compress the initramfs")?;
     Ok(Built {
         image,
         modules: count,
