@@ -148,11 +148,12 @@ fn selfcheck() -> Result<()> {
         }
         say(&format!("tool {tool} runs"));
     }
-    let nics: Vec<String> = std::fs::read_dir("/sys/class/net")?
+    let mut nics: Vec<String> = std::fs::read_dir("/sys/class/net")?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n != "lo")
         .collect();
+    nics.sort();
     if nics.is_empty() {
         bail!("no network interface: the NIC driver did not load");
     }

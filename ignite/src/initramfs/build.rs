@@ -11,8 +11,12 @@ use anyhow::{bail, Context, Result};
 use super::{cpio, Entry};
 
 /// Modules the agent needs on QEMU/KVM guests and common PCs: disk and NIC drivers, the
-/// file systems it makes, and what those need at run time.
+/// file systems it makes, and what those need at run time. They load in this order, after
+/// their dependencies: the crc32c implementations come first because libcrc32c (for xfs)
+/// looks the algorithm up when it loads (a softdep, which modinfo `depends=` does not list).
 pub const MODULES: &[&str] = &[
+    "crc32c_generic",
+    "crc32c_intel",
     "virtio_pci",
     "virtio_blk",
     "virtio_scsi",
@@ -32,8 +36,6 @@ pub const MODULES: &[&str] = &[
     "nls_cp437",
     "nls_iso8859_1",
     "nls_ascii",
-    "crc32c_generic",
-    "crc32c_intel",
     "efivarfs",
 ];
 
