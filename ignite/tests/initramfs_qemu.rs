@@ -123,7 +123,8 @@ fn agent_initramfs_boots_debian_kernel_and_passes_its_selfcheck() {
     // every other module must load.
     for line in console.lines().filter(|l| l.contains("module not loaded")) {
         assert!(
-            line.contains("efivarfs.ko: No such device") || line.contains("crc32c-intel.ko: No such device"),
+            line.contains("efivarfs.ko: No such device")
+                || line.contains("crc32c-intel.ko: No such device"),
             "{line}\n{console}"
         );
     }

@@ -200,7 +200,10 @@ fn debootstrap_image_installs_onto_a_disk_image() {
     let read = |p: &str| std::fs::read_to_string(mnt.join(p)).unwrap();
     let fstab = read("etc/fstab");
     for line in [
-        format!("UUID={} / ext4 noatime,errors=remount-ro 0 1", blkid(&p2, "UUID")),
+        format!(
+            "UUID={} / ext4 noatime,errors=remount-ro 0 1",
+            blkid(&p2, "UUID")
+        ),
         format!("UUID={} /srv xfs defaults 0 2", blkid(&p3, "UUID")),
         format!("UUID={} none swap sw 0 0", blkid(&p1, "UUID")),
     ] {

@@ -24,7 +24,7 @@ pub fn find_kernel(boot: &Path) -> Result<(String, Option<String>)> {
                 .map(String::from)
         })
         .collect();
-    versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    versions.sort_by_key(|v| version_key(v));
     let Some(v) = versions.pop() else {
         bail!(
             "the image has no kernel ({}/vmlinuz-*); install a kernel package in the golden image",

@@ -8,8 +8,6 @@ const ENTRIES: u64 = 128;
 const ENTRY_SIZE: u64 = 128;
 /// Sectors taken by the entry array (128 entries of 128 bytes).
 const ENTRY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
-/// Attribute bit 2: legacy BIOS bootable (what syslinux's gptmbr.bin looks for).
-pub const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
 
 /// One partition as it goes into the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +239,9 @@ pub fn write(dev: &std::fs::File, img: &GptImage) -> Result<()> {
 mod tests {
     use super::*;
     use crate::agent::testing::{require_tool, run_ok};
+
+    /// Attribute bit 2: legacy BIOS bootable (what syslinux's gptmbr.bin looks for).
+    const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
 
     #[test]
     fn crc32_check_value() {

@@ -189,11 +189,21 @@ fn module_closure(dir: &Path, version: &str, wanted: &[&str]) -> Result<Vec<Modu
             }
         }
         done.insert(name.to_string(), Some(path.clone()));
-        out.push(Module { path: path.clone(), data, deps });
+        out.push(Module {
+            path: path.clone(),
+            data,
+            deps,
+        });
         Ok(Some(path))
     }
     for w in wanted {
-        visit(&w.replace('-', "_"), "", (dir, version, &index, &builtin), &mut done, &mut out)?;
+        visit(
+            &w.replace('-', "_"),
+            "",
+            (dir, version, &index, &builtin),
+            &mut done,
+            &mut out,
+        )?;
     }
     Ok(out)
 }
