@@ -163,29 +163,36 @@ fn selfcheck() -> Result<()> {
 
 /// The network install server for these boot arguments.
 fn connect(args: &BootArgs) -> Result<Box<dyn InstallServer>> {
-    let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
+    if args.server.is_none() || args.mac.is_none() || args.token.is_none() {
         bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
-    };
-    let _ = (server, mac, token);
-    bail!("this build has no network install client (ignite/src/agent/remote.rs) yet")
+    }
+    // The HTTP client (agent/remote.rs, HttpInstallServer) comes from the install-api work.
+    bail!("this build has no network install client yet")
 }
 
-fn install(args: &BootArgs) -> Result<()> {
+/// Brings `nic` (and lo) up and configures it by DHCP.
+pub fn bring_up(nic: &str, timeout: Duration) -> Result<dhcp::Lease> {
+    netif::up("lo")?;
+    netif::up(nic)?;
+    let lease = dhcp::lease(nic, &netif::mac_of(nic)?, timeout)
+        .with_context(|| format!("DHCP on {nic}"))?;
+    netif::configure(nic, lease.ip, lease.mask, lease.router)?;
+    say(&format!(
+        "{nic}: {} netmask {} router {:?}",
+        lease.ip, lease.mask, lease.router
+    ));
+    Ok(lease)
+}
+
+/// The install once the machine is up: disk and NIC, DHCP, then the plan from the server.
+pub fn install(args: &BootArgs) -> Result<()> {
     let mac = args
         .mac
         .clone()
         .context("the kernel command line has no ignite.mac=")?;
     let disks = wait_for_disks()?;
     let nic = wait_for_nic(&mac)?;
-    netif::up("lo")?;
-    netif::up(&nic)?;
-    let lease = dhcp::lease(&nic, &netif::mac_of(&nic)?, Duration::from_secs(60))
-        .with_context(|| format!("DHCP on {nic}"))?;
-    netif::configure(&nic, lease.ip, lease.mask, lease.router)?;
-    say(&format!(
-        "{nic}: {} netmask {} router {:?}",
-        lease.ip, lease.mask, lease.router
-    ));
+    let lease = bring_up(&nic, Duration::from_secs(60))?;
     let server = connect(args)?;
     server.report(&Phase::Booted {
         ip: lease.ip.to_string(),

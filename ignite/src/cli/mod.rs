@@ -1,6 +1,7 @@
 //! Command-line surface. Each top-level command lives in its own module with an `Args` type
 //! and a `run` function; this file only dispatches.
 
+mod agent;
 mod archive;
 mod bench;
 mod client;
@@ -44,6 +45,8 @@ pub enum Command {
     Profile(profile::Args),
     /// Install a profile onto a disk of this machine from a local store.
     Install(install::Args),
+    /// The install agent's parts by hand (DHCP, a whole network install).
+    Agent(agent::Args),
 }
 
 impl Command {
@@ -56,6 +59,7 @@ impl Command {
             Command::Vm(a) => a.run(),
             Command::Profile(a) => profile::run(a),
             Command::Install(a) => install::run(a),
+            Command::Agent(a) => agent::run(a),
         }
     }
 }
