@@ -92,6 +92,23 @@ dhcp = true
 loader = "none"
 "#;
 
+/// The debootstrap fixture imported as `debian-12` into a new store under `dir`; returns the
+/// fixture tree and the store.
+fn golden_store(dir: &Path) -> (PathBuf, PathBuf) {
+    let fixture = run(&mut Command::new(repo().join("scripts/fixtures/rootfs")));
+    let base = PathBuf::from(fixture.lines().next().unwrap());
+    let tar = PathBuf::from(fixture.lines().nth(1).unwrap());
+    let store = dir.join("store");
+    run(Command::new(ignite())
+        .args(["archive", "init", "--store"])
+        .arg(&store));
+    run(Command::new(ignite())
+        .args(["archive", "import", "--name", "debian-12", "--store"])
+        .arg(&store)
+        .arg(&tar));
+    (base, store)
+}
+
 #[test]
 fn debootstrap_image_installs_onto_a_disk_image() {
     if !common::require(&[
@@ -105,18 +122,8 @@ fn debootstrap_image_installs_onto_a_disk_image() {
     ]) {
         return;
     }
-    let fixture = run(&mut Command::new(repo().join("scripts/fixtures/rootfs")));
-    let base = PathBuf::from(fixture.lines().next().unwrap());
-    let tar = PathBuf::from(fixture.lines().nth(1).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    run(Command::new(ignite())
-        .args(["archive", "init", "--store"])
-        .arg(&store));
-    run(Command::new(ignite())
-        .args(["archive", "import", "--name", "debian-12", "--store"])
-        .arg(&store)
-        .arg(&tar));
+    let (base, store) = golden_store(dir.path());
     let profile = dir.path().join("web.toml");
     std::fs::write(&profile, PROFILE).unwrap();
 
@@ -261,4 +268,52 @@ fn debootstrap_image_installs_onto_a_disk_image() {
             "installed tree differs from the golden image beyond identity files: {line}"
         );
     }
+}
+
+/// A failing hook and a disk too small each end with a clear error, and nothing is left
+/// mounted or attached.
+#[test]
+fn failures_are_reported_and_leave_nothing_behind() {
+    if !common::require(&["losetup", "mkfs.xfs", "mkswap"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = golden_store(dir.path());
+    let install = |profile: &str, size: u64| {
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, profile).unwrap();
+        let img = dir.path().join("disk.img");
+        let _ = std::fs::remove_file(&img);
+        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+        let root = dir.path().join("target");
+        let out = Command::new(ignite())
+            .args(["install", "--profile"])
+            .arg(&p)
+            .arg("--disk")
+            .arg(&img)
+            .arg("--store")
+            .arg(&store)
+            .arg("--root")
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert_eq!(run(Command::new("losetup").arg("-j").arg(&img)), "");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(root.to_str().unwrap()), "{mounts}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let hook = PROFILE.replace(
+        "hooks = [\"echo hook-ran-in-$(cat /etc/hostname) > /root/hook-marker\"]",
+        "hooks = [\"true\", \"echo about to fail; exit 3\"]",
+    );
+    let err = install(&hook, 2 << 30);
+    assert!(
+        err.contains("hook 2 (`echo about to fail; exit 3`) failed")
+            && err.contains("exit status: 3")
+            && err.contains("\"phase\":\"failed\""),
+        "{err}"
+    );
+    let err = install(PROFILE, 1 << 30);
+    assert!(err.contains("has 1 GiB but the layout needs at least 1.2 GiB"), "{err}");
 }

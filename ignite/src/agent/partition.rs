@@ -31,11 +31,18 @@ pub fn device_size(f: &std::fs::File) -> Result<u64> {
 }
 
 pub fn partition(plan_disk: &DiskPlan, disk: &str, log: &mut Log) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_EXCL on a block device fails while any of it is mounted or in use: never
+    // repartition a disk that is busy.
+    let excl = std::fs::metadata(disk).is_ok_and(|m| !m.is_file());
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(if excl { libc::O_EXCL } else { 0 })
         .open(disk)
-        .with_context(|| format!("disk {disk}: cannot open it for writing"))?;
+        .with_context(|| {
+            format!("disk {disk}: cannot open it for writing (is it mounted or in use?)")
+        })?;
     let size = device_size(&f).with_context(|| format!("disk {disk}"))?;
     if size < plan_disk.size_bytes {
         bail!(
