@@ -315,5 +315,8 @@ fn failures_are_reported_and_leave_nothing_behind() {
         "{err}"
     );
     let err = install(PROFILE, 1 << 30);
-    assert!(err.contains("has 1 GiB but the layout needs at least 1.2 GiB"), "{err}");
+    assert!(
+        err.contains("has 1 GiB but the layout needs at least 1.2 GiB"),
+        "{err}"
+    );
 }

@@ -430,6 +430,35 @@ mod tests {
     }
 
     #[test]
+    fn closure_puts_dependencies_first_and_names_what_is_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("kernel/fs");
+        std::fs::create_dir_all(&k).unwrap();
+        std::fs::write(k.join("xfs.ko"), b"ELF\0depends=libcrc32c,crc-builtin\0").unwrap();
+        std::fs::write(
+            k.join("libcrc32c.ko.zst"),
+            zstd::encode_all(&b"ELF\0depends=\0"[..], 3).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("modules.builtin"),
+            "kernel/lib/crc-builtin.ko\n",
+        )
+        .unwrap();
+        let m = module_closure(d.path(), "6.1.0-9-amd64", &["xfs"]).unwrap();
+        let paths: Vec<&str> = m.iter().map(|m| m.path.as_str()).collect();
+        assert_eq!(paths, ["kernel/fs/libcrc32c.ko", "kernel/fs/xfs.ko"]);
+        assert_eq!(m[1].deps, ["kernel/fs/libcrc32c.ko"]);
+        assert_eq!(m[0].data, b"ELF\0depends=\0");
+        let e = module_closure(d.path(), "6.1.0-9-amd64", &["e1000"]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("module e1000 is neither in")
+                && format!("{e:#}").contains("package linux-image-6.1.0-9-amd64"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
     fn module_names_ignore_dashes_and_compression() {
         assert_eq!(module_name("kernel/drivers/net/ne2k-pci.ko.xz"), "ne2k_pci");
         assert_eq!(module_name("kernel/fs/ext4/ext4.ko"), "ext4");
