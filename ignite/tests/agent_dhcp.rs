@@ -39,7 +39,7 @@ fn agent_dhcp_client_configures_its_interface_from_dnsmasq() {
     lab.adopt(child);
     // Clear any address the namespace set-up gave: the agent starts with none.
     run(Command::new("ip").args(["-n", &client, "addr", "flush", "dev", "c0"]));
-    let out = run(&mut Lab::cmd(&client, ignite()).args(["agent", "dhcp", "--iface", "c0"]));
+    let out = run(Lab::cmd(&client, ignite()).args(["agent", "dhcp", "--iface", "c0"]));
     assert!(
         out.starts_with("c0: 10.77.0.5") || out.starts_with("c0: 10.77.0.60"),
         "{out}"
