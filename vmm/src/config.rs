@@ -11,6 +11,9 @@ pub enum KernelImage {
     Path(PathBuf),
     /// An in-memory ELF image (the embedded guest test programs).
     Bytes { name: String, data: &'static [u8] },
+    /// Fetched by the monitor's network boot firmware on the first NIC (`--boot net`);
+    /// `VmConfig::initrd` is not used, `cmdline` only if the boot file is a kernel itself.
+    Net,
 }
 
 impl KernelImage {
@@ -18,6 +21,7 @@ impl KernelImage {
         match self {
             KernelImage::Path(p) => p.display().to_string(),
             KernelImage::Bytes { name, .. } => name.clone(),
+            KernelImage::Net => "network boot".into(),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::boot;
 use crate::change_tracking::ChangeTracker;
-use crate::config::{SerialTarget, VmConfig};
+use crate::config::{KernelImage, SerialTarget, VmConfig};
 use crate::devices::console::{self, SocketOut};
 pub use crate::devices::{Mark, StopReason};
 use crate::devices::{Platform, SerialOut, StopSignal};
@@ -78,6 +78,28 @@ impl Vm {
         if config.vio_nets.len() > 4 {
             return Err(Error::TooManyVioNics(config.vio_nets.len()));
         }
+        let socket = match &config.serial {
+            SerialTarget::Unix(p) => Some((
+                console::bind(p).map_err(|err| Error::SerialFile {
+                    path: p.clone(),
+                    err,
+                })?,
+                SocketOut::default(),
+            )),
+            _ => None,
+        };
+        let mut serial = serial_out(&config.serial, &socket)?;
+        // The boot firmware runs first, on the NIC's tap before the NIC device holds it, and
+        // prints its steps on the VM's console.
+        let fetched = match config.kernel {
+            KernelImage::Net => {
+                let nic = config.nets.first().or(config.vio_nets.first()).ok_or_else(|| {
+                    Error::Netboot("no NIC to boot from; add one (--net bridge=BR or tap=NAME)".into())
+                })?;
+                Some(crate::netboot::fetch(nic, &config.cmdline, &mut serial)?)
+            }
+            _ => None,
+        };
         let kvm = open_kvm()?;
         let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
         vm.set_tss_address(KVM_TSS_ADDR)
@@ -168,18 +190,7 @@ impl Vm {
                 ioapic_pin: gsi,
             });
         }
-        let socket = match &config.serial {
-            SerialTarget::Unix(p) => Some((
-                console::bind(p).map_err(|err| Error::SerialFile {
-                    path: p.clone(),
-                    err,
-                })?,
-                SocketOut::default(),
-            )),
-            _ => None,
-        };
-        let mut platform =
-            Platform::new(serial_out(&config.serial, &socket)?, serial_irq, pci, stop);
+        let mut platform = Platform::new(serial, serial_irq, pci, stop);
         if let Some(ide) = ide {
             platform = platform.with_ide(ide);
         }
@@ -194,14 +205,17 @@ impl Vm {
             _ => {}
         }
 
-        let entry = boot::load(
-            &mem,
-            &config.kernel,
-            config.initrd.as_deref(),
-            &config.cmdline,
-            config.cpus,
-            &intx,
-        )?;
+        let entry = match &fetched {
+            Some(f) => boot::load_fetched(&mem, f, config.cpus, &intx)?,
+            None => boot::load(
+                &mem,
+                &config.kernel,
+                config.initrd.as_deref(),
+                &config.cmdline,
+                config.cpus,
+                &intx,
+            )?,
+        };
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
