@@ -82,8 +82,12 @@ struct BenchArgs {
 #[derive(Parser)]
 struct RunArgs {
     /// Kernel: a Linux bzImage or a 64-bit ELF image (e.g. a guest test program).
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "boot", conflicts_with = "boot")]
+    kernel: Option<PathBuf>,
+    /// `net`: the monitor netboots like PXE firmware on the first NIC (DHCP, then TFTP/HTTP
+    /// boot file or iPXE script naming kernel, initrd and command line).
+    #[arg(long, value_parser = ["net"], conflicts_with = "initrd")]
+    boot: Option<String>,
     /// Initial ramdisk.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -134,12 +138,14 @@ impl Args {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    if !a.kernel.is_file() {
-        bail!(
+    let kernel = match a.kernel {
+        Some(k) if !k.is_file() => bail!(
             "kernel {}: no such file; pass --kernel with a bzImage or ELF image",
-            a.kernel.display()
-        );
-    }
+            k.display()
+        ),
+        Some(k) => KernelImage::Path(k),
+        None => KernelImage::Net,
+    };
     let nets = a
         .nets
         .iter()
@@ -154,7 +160,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         .map(|(i, s)| NetConfig::parse(s, nets.len() + i))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    if is_linux_kernel(&a.kernel) {
+    if matches!(&kernel, KernelImage::Path(k) if is_linux_kernel(k)) {
         match ignite_vmm::hwcheck::measure() {
             Ok(s) if !s.hardware_assisted() => tracing::warn!("{}", s.describe()),
             Ok(s) => tracing::debug!("{}", s.describe()),
@@ -162,7 +168,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
     let cfg = VmConfig {
-        kernel: KernelImage::Path(a.kernel),
+        kernel,
         initrd: a.initrd,
         cmdline: a.cmdline,
         mem_bytes: a.mem,
