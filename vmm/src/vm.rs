@@ -93,9 +93,15 @@ impl Vm {
         // prints its steps on the VM's console.
         let fetched = match config.kernel {
             KernelImage::Net => {
-                let nic = config.nets.first().or(config.vio_nets.first()).ok_or_else(|| {
-                    Error::Netboot("no NIC to boot from; add one (--net bridge=BR or tap=NAME)".into())
-                })?;
+                let nic = config
+                    .nets
+                    .first()
+                    .or(config.vio_nets.first())
+                    .ok_or_else(|| {
+                        Error::Netboot(
+                            "no NIC to boot from; add one (--net bridge=BR or tap=NAME)".into(),
+                        )
+                    })?;
                 Some(crate::netboot::fetch(nic, &config.cmdline, &mut serial)?)
             }
             _ => None,

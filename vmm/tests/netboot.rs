@@ -29,9 +29,18 @@ fn prerequisites() -> bool {
 /// A namespace with bridge `nbbr0` at 10.79.0.1/24.
 fn lab(tag: &str) -> Netns {
     let ns = Netns::new(tag).unwrap();
-    ns.ip(&["link", "add", "nbbr0", "type", "bridge", "forward_delay", "0"])
+    ns.ip(&[
+        "link",
+        "add",
+        "nbbr0",
+        "type",
+        "bridge",
+        "forward_delay",
+        "0",
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "10.79.0.1/24", "dev", "nbbr0"])
         .unwrap();
-    ns.ip(&["addr", "add", "10.79.0.1/24", "dev", "nbbr0"]).unwrap();
     ns.ip(&["link", "set", "nbbr0", "up"]).unwrap();
     ns
 }
@@ -44,7 +53,10 @@ impl Dnsmasq {
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), "dnsmasq", "--no-daemon"])
             .args(["--conf-file=/dev/null", "--port=0", "--bind-interfaces"])
-            .args(["--interface=nbbr0", "--dhcp-range=10.79.0.100,10.79.0.150,1h"])
+            .args([
+                "--interface=nbbr0",
+                "--dhcp-range=10.79.0.100,10.79.0.150,1h",
+            ])
             .args(["--enable-tftp", "--log-dhcp", "--pid-file="])
             .arg(format!("--tftp-root={}", tftp_root.display()))
             .args(extra)
@@ -99,9 +111,9 @@ fn guest(name: &str) -> &'static [u8] {
 }
 
 fn fnv1a(d: &[u8]) -> String {
-    let h = d
-        .iter()
-        .fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    let h = d.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
     format!("{h:08x}")
 }
 
@@ -153,13 +165,20 @@ fn dnsmasq_tftp_ipxe_script_names_kernel_initrd_and_cmdline() {
         .lines()
         .find(|l| l.starts_with("cmdline: "))
         .unwrap_or_else(|| panic!("{text}"));
-    assert!(line.starts_with(&format!("cmdline: ignite.mac={MAC_STR} ip=10.79.0.1")), "{line}");
+    assert!(
+        line.starts_with(&format!("cmdline: ignite.mac={MAC_STR} ip=10.79.0.1")),
+        "{line}"
+    );
     assert!(line.ends_with(" dashed=52-54-00-4e-42-01"), "{line}");
     let mut both = initrd.clone();
     both.resize(both.len().next_multiple_of(4), 0);
     both.extend_from_slice(b"xyz");
     assert!(
-        text.contains(&format!("initrd: {} bytes fnv1a {}", both.len(), fnv1a(&both))),
+        text.contains(&format!(
+            "initrd: {} bytes fnv1a {}",
+            both.len(),
+            fnv1a(&both)
+        )),
         "{text}"
     );
 }
@@ -176,7 +195,10 @@ fn no_dhcp_server_is_a_clear_error_in_bounded_time() {
         e.starts_with("network boot: DHCP on tap ") && e.contains(&format!("MAC {MAC_STR}")),
         "{e}"
     );
-    assert!(e.contains("no usable answer to 4 DISCOVERs over 15 s"), "{e}");
+    assert!(
+        e.contains("no usable answer to 4 DISCOVERs over 15 s"),
+        "{e}"
+    );
     assert!(t < Duration::from_secs(20), "{t:?}");
 }
 

@@ -30,8 +30,8 @@ const CLIENT_NII: [u8; 3] = [1, 2, 1];
 pub const USER_CLASS: &[u8] = b"iPXE";
 /// What a PXE ROM asks for (its list, with 66/67 for the boot file).
 const PARAMETERS: &[u8] = &[
-    1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58, 59, 60,
-    66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135,
+    1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58, 59, 60, 66,
+    67, 97, 128, 129, 130, 131, 132, 133, 134, 135,
 ];
 
 const OPT_SUBNET_MASK: u8 = 1;
@@ -333,7 +333,11 @@ mod tests {
         assert_eq!((udp.src_port(), udp.dst_port()), (68, 67));
         let pkt = DhcpPacket::new_checked(udp.payload()).unwrap();
         let opts: Vec<(u8, Vec<u8>)> = pkt.options().map(|o| (o.kind, o.data.to_vec())).collect();
-        let get = |k: u8| opts.iter().find(|(kind, _)| *kind == k).map(|(_, d)| d.clone());
+        let get = |k: u8| {
+            opts.iter()
+                .find(|(kind, _)| *kind == k)
+                .map(|(_, d)| d.clone())
+        };
         assert_eq!(get(53).unwrap(), [1]);
         assert_eq!(get(60).unwrap(), VENDOR_CLASS);
         assert_eq!(get(93).unwrap(), [0, 0]);
@@ -390,7 +394,10 @@ mod tests {
                 data: b"boot.example",
             }],
         );
-        let e = parse_reply(&f, &client()).unwrap().tftp_server().unwrap_err();
+        let e = parse_reply(&f, &client())
+            .unwrap()
+            .tftp_server()
+            .unwrap_err();
         assert!(e.contains("no DNS"), "{e}");
     }
 

@@ -85,15 +85,12 @@ pub fn dechunk(mut body: &[u8]) -> Result<Option<Vec<u8>>, String> {
         };
         let line = std::str::from_utf8(&body[..eol]).map_err(|_| "chunk size is not text")?;
         let hex = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(hex, 16)
-            .map_err(|_| format!("bad chunk size {line:?}"))?;
+        let size =
+            usize::from_str_radix(hex, 16).map_err(|_| format!("bad chunk size {line:?}"))?;
         body = &body[eol + 2..];
         if size == 0 {
             // Trailers end with an empty line; we ignore them but wait for it.
-            return Ok(body
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .map(|_| out));
+            return Ok(body.windows(2).position(|w| w == b"\r\n").map(|_| out));
         }
         if size > MAX_FILE || out.len() + size > MAX_FILE {
             return Err(format!("body larger than the {MAX_FILE}-byte limit"));
@@ -127,7 +124,9 @@ pub fn body(buf: &[u8], eof: bool) -> Result<Option<(Head, Vec<u8>)>, String> {
         }
     } else if let Some(n) = head.content_length {
         if n > MAX_FILE as u64 {
-            return Err(format!("Content-Length {n} is more than the {MAX_FILE}-byte limit"));
+            return Err(format!(
+                "Content-Length {n} is more than the {MAX_FILE}-byte limit"
+            ));
         }
         match (rest.len() as u64).cmp(&n) {
             std::cmp::Ordering::Less if eof => {
@@ -255,7 +254,10 @@ mod tests {
         assert_eq!(body(&c[..c.len() - 2], false).unwrap(), None);
         let e = b"HTTP/1.0 404 Not Found\r\nServer: x\r\n\r\nnope";
         let (h, d) = body(e, true).unwrap().unwrap();
-        assert_eq!((h.status, h.reason.as_str(), d), (404, "Not Found", b"nope".to_vec()));
+        assert_eq!(
+            (h.status, h.reason.as_str(), d),
+            (404, "Not Found", b"nope".to_vec())
+        );
         assert!(parse_head(b"SSH-2.0\r\n\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
         assert!(dechunk(b"zz\r\n").is_err());

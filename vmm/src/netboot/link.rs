@@ -108,7 +108,13 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub fn new(link: Link, mac: [u8; 6], ip: Ipv4Addr, prefix: u8, router: Option<Ipv4Addr>) -> Stack {
+    pub fn new(
+        link: Link,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        prefix: u8,
+        router: Option<Ipv4Addr>,
+    ) -> Stack {
         let mut link = link;
         let epoch = Instant::now();
         let mut cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
@@ -143,7 +149,8 @@ impl Stack {
             self.iface.poll(now, &mut self.link, &mut self.sockets);
             if let Some(v) = done(&mut self.sockets) {
                 // Let what `done` queued (an ACK, a request) leave now.
-                self.iface.poll(self.now(), &mut self.link, &mut self.sockets);
+                self.iface
+                    .poll(self.now(), &mut self.link, &mut self.sockets);
                 return Some(v);
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -113,9 +113,21 @@ pub fn fetch(net: &NetConfig, cmdline: &str, out: &mut dyn Write) -> Result<Load
         ("ip", lease.ip.to_string()),
         ("net0/netmask", netmask(lease.prefix).to_string()),
         ("netmask", netmask(lease.prefix).to_string()),
-        ("net0/gateway", lease.router.map(|r| r.to_string()).unwrap_or_default()),
-        ("gateway", lease.router.map(|r| r.to_string()).unwrap_or_default()),
-        ("next-server", lease.tftp_server().map(|s| s.to_string()).unwrap_or_default()),
+        (
+            "net0/gateway",
+            lease.router.map(|r| r.to_string()).unwrap_or_default(),
+        ),
+        (
+            "gateway",
+            lease.router.map(|r| r.to_string()).unwrap_or_default(),
+        ),
+        (
+            "next-server",
+            lease
+                .tftp_server()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ),
         ("filename", file.clone()),
         ("platform", "pcbios".into()),
         ("buildarch", "x86_64".into()),
@@ -141,8 +153,7 @@ fn dhcp(link: &mut Link, c: &dhcp::Client, con: &mut Console) -> Result<dhcp::Le
             DISCOVER_WAITS.len()
         ));
         link.send(&dhcp::discover(c, secs()));
-        let Some(offer) = wait_reply(link, c, Duration::from_secs(*wait), dhcp::Kind::Offer)
-        else {
+        let Some(offer) = wait_reply(link, c, Duration::from_secs(*wait), dhcp::Kind::Offer) else {
             continue;
         };
         con.say(&format!(
@@ -155,10 +166,17 @@ fn dhcp(link: &mut Link, c: &dhcp::Client, con: &mut Console) -> Result<dhcp::Le
                 .as_ref()
                 .map(|f| format!(", boot file {f:?}"))
                 .unwrap_or_default(),
-            if offer.vendor_options { ", PXE vendor options (43) ignored" } else { "" }
+            if offer.vendor_options {
+                ", PXE vendor options (43) ignored"
+            } else {
+                ""
+            }
         ));
         for _ in 0..2 {
-            con.say(&format!("DHCP: REQUEST {} from {}", offer.ip, offer.server_id));
+            con.say(&format!(
+                "DHCP: REQUEST {} from {}",
+                offer.ip, offer.server_id
+            ));
             link.send(&dhcp::request(c, &offer, secs()));
             match wait_reply(link, c, REQUEST_WAIT, dhcp::Kind::Ack) {
                 Some(ack) if ack.kind == dhcp::Kind::Ack => {
@@ -172,13 +190,18 @@ fn dhcp(link: &mut Link, c: &dhcp::Client, con: &mut Console) -> Result<dhcp::Le
                         "DHCP: ACK {}/{} gateway {} from {}",
                         ack.ip,
                         ack.prefix,
-                        ack.router.map(|r| r.to_string()).unwrap_or_else(|| "none".into()),
+                        ack.router
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|| "none".into()),
                         ack.server_id
                     ));
                     return Ok(ack);
                 }
                 Some(_) => {
-                    con.say(&format!("DHCP: NAK from {}; starting over", offer.server_id));
+                    con.say(&format!(
+                        "DHCP: NAK from {}; starting over",
+                        offer.server_id
+                    ));
                     continue 'discover;
                 }
                 None => {}
@@ -196,7 +219,12 @@ fn dhcp(link: &mut Link, c: &dhcp::Client, con: &mut Console) -> Result<dhcp::Le
 }
 
 /// Waits for an OFFER (or an ACK/NAK when `want` is Ack) for our transaction.
-fn wait_reply(link: &mut Link, c: &dhcp::Client, wait: Duration, want: dhcp::Kind) -> Option<dhcp::Lease> {
+fn wait_reply(
+    link: &mut Link,
+    c: &dhcp::Client,
+    wait: Duration,
+    want: dhcp::Kind,
+) -> Option<dhcp::Lease> {
     let deadline = Instant::now() + wait;
     loop {
         while let Some(frame) = link.recv() {
@@ -266,9 +294,15 @@ fn follow(
         let text = String::from_utf8_lossy(&data);
         let outcome = script::interpret(&text, vars, &mut |l| con.say(l))
             .map_err(|e| fail(&format!("iPXE script {url}"), e))?;
-        let join = |r: &str| url.join(r).map_err(|e| fail(&format!("iPXE script {url}"), e));
+        let join = |r: &str| {
+            url.join(r)
+                .map_err(|e| fail(&format!("iPXE script {url}"), e))
+        };
         match outcome {
-            script::Outcome::Chain { url: next, cmdline: c } => {
+            script::Outcome::Chain {
+                url: next,
+                cmdline: c,
+            } => {
                 url = join(&next)?;
                 cmdline = c;
             }

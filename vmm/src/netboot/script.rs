@@ -180,7 +180,8 @@ mod tests {
     #[test]
     fn random_scripts_never_panic() {
         let mut rng = crate::netboot::tests::Rng(5);
-        let seed = b"#!ipxe\nset a ${net0/mac:hexhyp}\nkernel -n k ${a} x\nimgargs k y\ninitrd i\nboot\n";
+        let seed =
+            b"#!ipxe\nset a ${net0/mac:hexhyp}\nkernel -n k ${a} x\nimgargs k y\ninitrd i\nboot\n";
         let alphabet = b"${}:-# \nabkx/";
         for _ in 0..30_000 {
             let mut p = seed.to_vec();

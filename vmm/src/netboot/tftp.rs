@@ -16,9 +16,18 @@ const TRIES: u32 = 5;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Packet<'a> {
-    Data { block: u16, data: &'a [u8] },
-    Error { code: u16, msg: String },
-    Oack { blksize: Option<usize>, tsize: Option<u64> },
+    Data {
+        block: u16,
+        data: &'a [u8],
+    },
+    Error {
+        code: u16,
+        msg: String,
+    },
+    Oack {
+        blksize: Option<usize>,
+        tsize: Option<u64>,
+    },
 }
 
 /// A read request for `file` in octet mode, asking for BLKSIZE blocks and the file size.
@@ -63,9 +72,13 @@ pub fn parse(p: &[u8]) -> Result<Packet<'_>, String> {
             let (mut blksize, mut tsize) = (None, None);
             for pair in words[..words.len() - 1].chunks(2) {
                 let name = String::from_utf8_lossy(pair[0]).to_ascii_lowercase();
-                let value = std::str::from_utf8(pair[1]).ok().and_then(|v| v.parse::<u64>().ok());
+                let value = std::str::from_utf8(pair[1])
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
                 match (name.as_str(), value) {
-                    ("blksize", Some(v)) if (8..=BLKSIZE as u64).contains(&v) => blksize = Some(v as usize),
+                    ("blksize", Some(v)) if (8..=BLKSIZE as u64).contains(&v) => {
+                        blksize = Some(v as usize)
+                    }
                     ("tsize", Some(v)) => tsize = Some(v),
                     ("blksize" | "tsize", _) => {
                         return Err(format!("OACK option {name} has a bad value"))
@@ -121,7 +134,10 @@ fn transfer(
                 ));
             }
             tries += 1;
-            let _ = stack.sockets.get_mut::<udp::Socket>(h).send_slice(&last, peer);
+            let _ = stack
+                .sockets
+                .get_mut::<udp::Socket>(h)
+                .send_slice(&last, peer);
             next_send = Instant::now() + RETRY;
         }
         let got = stack.run_until(next_send, |s| {
@@ -144,7 +160,9 @@ fn transfer(
         }
         match pkt {
             Packet::Error { code, msg } => {
-                return Err(format!("server error {code}: {msg}; check that the file exists in the TFTP root"))
+                return Err(format!(
+                    "server error {code}: {msg}; check that the file exists in the TFTP root"
+                ))
             }
             Packet::Oack { blksize: b, tsize } if expect == 1 && data.is_empty() => {
                 if let Some(t) = tsize.filter(|&t| t > MAX_FILE as u64) {
@@ -156,7 +174,10 @@ fn transfer(
             Packet::Oack { .. } => continue,
             Packet::Data { block, data: d } if block == expect => {
                 if d.len() > blksize {
-                    return Err(format!("block {block} is {} bytes, more than the block size {blksize}", d.len()));
+                    return Err(format!(
+                        "block {block} is {} bytes, more than the block size {blksize}",
+                        d.len()
+                    ));
                 }
                 if data.len() + d.len() > MAX_FILE {
                     return Err(format!("more than the {MAX_FILE}-byte limit"));

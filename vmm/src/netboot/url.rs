@@ -97,7 +97,10 @@ impl Url {
             };
             format!("{dir}{r}")
         };
-        Ok(Url { path, ..self.clone() })
+        Ok(Url {
+            path,
+            ..self.clone()
+        })
     }
 }
 
@@ -115,15 +118,19 @@ mod tests {
         assert_eq!((t.port, t.path.as_str()), (69, "boot/s.ipxe"));
         assert_eq!(t.join("k").unwrap().to_string(), "tftp://10.0.0.2/boot/k");
         assert_eq!(
-            Url::tftp(Ipv4Addr::new(1, 2, 3, 4), "s.ipxe").join("k").unwrap().path,
+            Url::tftp(Ipv4Addr::new(1, 2, 3, 4), "s.ipxe")
+                .join("k")
+                .unwrap()
+                .path,
             "k"
         );
-        assert_eq!(
-            t.join("http://10.0.0.3/a").unwrap().scheme,
-            Scheme::Http
-        );
-        assert!(Url::parse("https://10.0.0.1/").unwrap_err().contains("http:// or tftp://"));
-        assert!(Url::parse("http://boot.example/").unwrap_err().contains("no DNS"));
+        assert_eq!(t.join("http://10.0.0.3/a").unwrap().scheme, Scheme::Http);
+        assert!(Url::parse("https://10.0.0.1/")
+            .unwrap_err()
+            .contains("http:// or tftp://"));
+        assert!(Url::parse("http://boot.example/")
+            .unwrap_err()
+            .contains("no DNS"));
         assert!(Url::parse("http://10.0.0.1:x/").is_err());
         assert!(Url::parse("nonsense").is_err());
     }
