@@ -6,53 +6,32 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok && std::env::var("IGNITE_CI").as_deref() == Ok("1") {
-        panic!("prerequisite missing with IGNITE_CI=1: /dev/kvm");
+/// A lab whose `ignite server` serves `files` (paths in the boot directory) and knows `mac`
+/// as a client to install with profile `web`.
+fn lab_with_server(tmp: &Path, tag: &str, mac: &str, files: &[(&str, &[u8])]) -> (Lab, Server) {
+    let boot = tmp.join("boot");
+    for (name, data) in files {
+        let p = boot.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
     }
-    if !ok {
-        eprintln!("skipping: needs /dev/kvm");
-    }
-    ok
-}
-
-fn fnv1a(d: &[u8]) -> String {
-    let h = d.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    });
-    format!("{h:08x}")
-}
-
-#[test]
-fn monitor_netboots_the_planned_kernel_from_ignite_server() {
-    if !require(&["ip"]) || !kvm() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let boot = tmp.path().join("boot");
-    std::fs::create_dir_all(boot.join("debian")).unwrap();
-    let kernel = ignite_vmm::guest::program("netbooted").unwrap();
-    std::fs::write(boot.join("debian/vmlinuz"), kernel).unwrap();
-    let initrd = pattern(300_001, 7);
-    std::fs::write(boot.join("debian/initrd.img"), &initrd).unwrap();
-    let state = tmp.path().join("state");
-    let mac = "52:54:00:77:00:21";
+    std::fs::create_dir_all(&boot).unwrap();
+    let state = tmp.join("state");
     run(Command::new(ignite())
-        .args(["client", "add", mac, "vm1", "install", "web", "--state-dir"])
+        .args(["client", "add", mac, tag, "install", "web", "--state-dir"])
         .arg(&state));
-    let lab = Lab::new("vmnb");
+    let lab = Lab::new(tag);
     let server = Server::start(&lab, &state, &boot, &[]);
-    let serial = tmp.path().join("serial.log");
-    let t = Instant::now();
-    let out = Lab::cmd(&lab.ns, ignite())
+    (lab, server)
+}
+
+/// `ignite vm run --boot net` with one NIC on the lab's bridge.
+fn vm_run(lab: &Lab, mac: &str, serial: &str) -> Output {
+    Lab::cmd(&lab.ns, ignite())
         .args([
             "vm",
             "run",
@@ -63,12 +42,31 @@ fn monitor_netboots_the_planned_kernel_from_ignite_server() {
             "--timeout",
             "60",
         ])
-        .args(["--net", &format!("bridge=br0,mac={mac}")])
-        .arg("--serial")
-        .arg(format!("file:{}", serial.display()))
+        .args([
+            "--net",
+            &format!("bridge=br0,mac={mac}"),
+            "--serial",
+            serial,
+        ])
         .stdin(Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn monitor_netboots_the_planned_kernel_from_ignite_server() {
+    if !require(&["ip", "/dev/kvm"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mac = "52:54:00:77:00:21";
+    let kernel = ignite_vmm::guest::program("netbooted").unwrap();
+    let initrd = pattern(300_001, 7);
+    let files: &[(&str, &[u8])] = &[("debian/vmlinuz", kernel), ("debian/initrd.img", &initrd)];
+    let (lab, server) = lab_with_server(tmp.path(), "vmnb", mac, files);
+    let serial = tmp.path().join("serial.log");
+    let t = Instant::now();
+    let out = vm_run(&lab, mac, &format!("file:{}", serial.display()));
     let text = std::fs::read_to_string(&serial).unwrap_or_default();
     let log = server.log_text();
     assert!(
@@ -100,7 +98,7 @@ fn monitor_netboots_the_planned_kernel_from_ignite_server() {
         text.contains(&format!(
             "initrd: {} bytes fnv1a {}",
             initrd.len(),
-            fnv1a(&initrd)
+            ignite_vmm::guest::fnv1a(&initrd)
         )),
         "{text}"
     );
@@ -116,39 +114,13 @@ fn monitor_netboots_the_planned_kernel_from_ignite_server() {
 
 #[test]
 fn missing_kernel_on_the_server_is_a_clear_error() {
-    if !require(&["ip"]) || !kvm() {
+    if !require(&["ip", "/dev/kvm"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let boot = tmp.path().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    let state = tmp.path().join("state");
     let mac = "52:54:00:77:00:22";
-    run(Command::new(ignite())
-        .args(["client", "add", mac, "vm2", "install", "web", "--state-dir"])
-        .arg(&state));
-    let lab = Lab::new("vmnb404");
-    let _server = Server::start(&lab, &state, &boot, &[]);
-    let out = Lab::cmd(&lab.ns, ignite())
-        .args([
-            "vm",
-            "run",
-            "--boot",
-            "net",
-            "--mem",
-            "128M",
-            "--timeout",
-            "30",
-        ])
-        .args([
-            "--net",
-            &format!("bridge=br0,mac={mac}"),
-            "--serial",
-            "null",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let (lab, _server) = lab_with_server(tmp.path(), "vmnb404", mac, &[]);
+    let out = vm_run(&lab, mac, "null");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

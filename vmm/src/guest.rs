@@ -93,3 +93,11 @@ pub fn run_program(run: ProgramRun) -> crate::Result<ProgramResult> {
         serial: buf.contents().replace('\r', ""),
     })
 }
+
+/// FNV-1a (32-bit) as the `netbooted` program prints it for its initrd.
+pub fn fnv1a(data: &[u8]) -> String {
+    let h = data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    format!("{h:08x}")
+}

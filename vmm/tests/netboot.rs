@@ -110,13 +110,6 @@ fn guest(name: &str) -> &'static [u8] {
     ignite_vmm::guest::program(name).unwrap()
 }
 
-fn fnv1a(d: &[u8]) -> String {
-    let h = d.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    });
-    format!("{h:08x}")
-}
-
 #[test]
 fn dnsmasq_tftp_boot_file_is_the_kernel() {
     if !prerequisites() {
@@ -177,7 +170,7 @@ fn dnsmasq_tftp_ipxe_script_names_kernel_initrd_and_cmdline() {
         text.contains(&format!(
             "initrd: {} bytes fnv1a {}",
             both.len(),
-            fnv1a(&both)
+            ignite_vmm::guest::fnv1a(&both)
         )),
         "{text}"
     );

@@ -407,12 +407,7 @@ mod tests {
         let good = reply(DhcpMessageType::Offer, &[]);
         let mut rng = crate::netboot::tests::Rng(0x1234_5678);
         for _ in 0..20_000 {
-            let mut f = good.clone();
-            for _ in 0..rng.below(8) {
-                let i = rng.below(f.len());
-                f[i] = rng.next() as u8;
-            }
-            f.truncate(rng.below(good.len() + 1));
+            let f = rng.mutate(&good, None);
             let _ = parse_reply(&f, &c);
             let _ = parse_dhcp(&f[(42.min(f.len()))..], &c);
         }

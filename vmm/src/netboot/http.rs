@@ -273,12 +273,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nff\r\n0\r\n\r\n",
         ];
         for i in 0..30_000 {
-            let mut p = seeds[i % 2].to_vec();
-            for _ in 0..rng.below(6) {
-                let j = rng.below(p.len());
-                p[j] = rng.next() as u8;
-            }
-            p.truncate(rng.below(p.len() + 1));
+            let p = rng.mutate(seeds[i % 2], None);
             let _ = body(&p, i % 3 == 0);
         }
     }

@@ -360,6 +360,19 @@ pub(crate) mod tests {
                 (self.next() % n as u64) as usize
             }
         }
+        /// `seed` with a few bytes replaced (from `alphabet`, or any) and cut at random.
+        pub fn mutate(&mut self, seed: &[u8], alphabet: Option<&[u8]>) -> Vec<u8> {
+            let mut p = seed.to_vec();
+            for _ in 0..self.below(8) {
+                let j = self.below(p.len());
+                p[j] = match alphabet {
+                    Some(a) => a[self.below(a.len())],
+                    None => self.next() as u8,
+                };
+            }
+            p.truncate(self.below(p.len() + 1));
+            p
+        }
     }
 
     #[test]

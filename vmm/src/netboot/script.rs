@@ -184,12 +184,7 @@ mod tests {
             b"#!ipxe\nset a ${net0/mac:hexhyp}\nkernel -n k ${a} x\nimgargs k y\ninitrd i\nboot\n";
         let alphabet = b"${}:-# \nabkx/";
         for _ in 0..30_000 {
-            let mut p = seed.to_vec();
-            for _ in 0..rng.below(8) {
-                let j = rng.below(p.len());
-                p[j] = alphabet[rng.below(alphabet.len())];
-            }
-            p.truncate(rng.below(p.len() + 1));
+            let p = rng.mutate(seed, Some(alphabet));
             let _ = interpret(&String::from_utf8_lossy(&p), &vars(), &mut |_| {});
         }
     }

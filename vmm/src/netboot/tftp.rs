@@ -249,12 +249,7 @@ mod tests {
             b"\0\x03\0\x07xyz",
         ];
         for i in 0..30_000 {
-            let mut p = seeds[i % 3].to_vec();
-            for _ in 0..rng.below(6) {
-                let j = rng.below(p.len());
-                p[j] = rng.next() as u8;
-            }
-            p.truncate(rng.below(p.len() + 1));
+            let p = rng.mutate(seeds[i % 3], None);
             let _ = parse(&p);
         }
     }
