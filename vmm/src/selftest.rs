@@ -233,6 +233,14 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
                     .then(|| "input did not arrive over the socket".into())
             })
         }
+        // Booted directly here; the network boot tests serve it over DHCP/TFTP/HTTP.
+        "netbooted" => {
+            run.args = "from=selftest".into();
+            verdict(run_program(run), |r| {
+                (!r.serial.contains("cmdline: mem=") || !r.serial.contains("initrd: none"))
+                    .then(|| "did not report its command line and no initrd".to_string())
+            })
+        }
         other => (
             Verdict::Skip(format!("no selftest scenario for {other}")),
             Duration::ZERO,

@@ -211,3 +211,25 @@ fn missing_tftp_file_is_a_clear_error() {
     );
     assert!(t < Duration::from_secs(20), "{t:?}");
 }
+
+#[test]
+fn unreachable_tftp_server_is_a_clear_error_in_bounded_time() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = common::tempdir();
+    let ns = lab("nbgone");
+    // siaddr names a host that does not exist on the bridge: ARP goes unanswered.
+    let _d = Dnsmasq::start(
+        &ns,
+        dir.as_path(),
+        &["--dhcp-boot=k.elf,boothost,10.79.0.99"],
+    );
+    let (r, t) = netboot(&ns, "");
+    let e = r.unwrap_err();
+    assert!(
+        e.starts_with("network boot: download: TFTP 10.79.0.99 file \"k.elf\": no answer after 5 tries over 5 s"),
+        "{e}"
+    );
+    assert!(t < Duration::from_secs(10), "{t:?}");
+}

@@ -281,15 +281,16 @@ fn text(s: &str) -> Option<String> {
 }
 
 impl Lease {
-    /// Where TFTP goes: option 66 if it is an address, else siaddr, else the DHCP server.
+    /// Where TFTP goes: siaddr (as iPXE and PXE ROMs use it), else option 66 if it is an
+    /// address, else the DHCP server. dnsmasq, for one, puts a host name in 66 beside siaddr.
     pub fn tftp_server(&self) -> Result<Ipv4Addr, String> {
-        if let Some(name) = &self.tftp_server {
-            return name.parse().map_err(|_| {
-                format!("TFTP server name {name:?} (option 66) is not an IPv4 address and the boot firmware does no DNS; have the server send an address")
-            });
-        }
         if !self.next_server.is_unspecified() {
             return Ok(self.next_server);
+        }
+        if let Some(name) = &self.tftp_server {
+            return name.parse().map_err(|_| {
+                format!("TFTP server name {name:?} (option 66) is not an IPv4 address, the answer has no siaddr, and the boot firmware does no DNS; have the server send an address")
+            });
         }
         Ok(self.server_id)
     }
@@ -374,7 +375,12 @@ mod tests {
         assert_eq!(l.prefix, 16);
         assert_eq!(l.server_id, Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(l.boot_file.as_deref(), Some("boot/hello.elf"));
-        assert_eq!(l.tftp_server(), Ok(Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(l.tftp_server(), Ok(Ipv4Addr::new(10, 0, 0, 2)));
+        let no_siaddr = Lease {
+            next_server: Ipv4Addr::UNSPECIFIED,
+            ..l.clone()
+        };
+        assert_eq!(no_siaddr.tftp_server(), Ok(Ipv4Addr::new(10, 0, 0, 9)));
         // Other transactions and other clients are not ours.
         let mut other = client();
         other.xid ^= 1;
@@ -387,17 +393,12 @@ mod tests {
         assert_eq!(l.kind, Kind::Ack);
         assert_eq!(l.boot_file, None);
         assert_eq!(l.tftp_server(), Ok(Ipv4Addr::new(10, 0, 0, 2)));
-        let f = reply(
-            DhcpMessageType::Offer,
-            &[DhcpOption {
-                kind: 66,
-                data: b"boot.example",
-            }],
-        );
-        let e = parse_reply(&f, &client())
-            .unwrap()
-            .tftp_server()
-            .unwrap_err();
+        let named = Lease {
+            next_server: Ipv4Addr::UNSPECIFIED,
+            tftp_server: Some("boot.example".into()),
+            ..l
+        };
+        let e = named.tftp_server().unwrap_err();
         assert!(e.contains("no DNS"), "{e}");
     }
 
