@@ -19,6 +19,8 @@ pub struct Head {
     pub reason: String,
     pub content_length: Option<u64>,
     pub chunked: bool,
+    /// Where a redirect points.
+    pub location: Option<String>,
     /// Bytes the head took, including the blank line.
     pub len: usize,
 }
@@ -47,6 +49,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         reason: words.next().unwrap_or("").to_owned(),
         content_length: None,
         chunked: false,
+        location: None,
         len: end + 4,
     };
     for l in lines {
@@ -70,6 +73,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
                     .next()
                     .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
             }
+            "location" => head.location = Some(value.to_owned()),
             _ => {}
         }
     }
@@ -146,8 +150,33 @@ pub fn body(buf: &[u8], eof: bool) -> Result<Option<(Head, Vec<u8>)>, String> {
     Ok(Some((head, data)))
 }
 
-/// Downloads `url` (an http URL). Errors name the URL.
+/// Redirects followed per download, as a browser or iPXE would (a few, not forever).
+const MAX_REDIRECTS: usize = 4;
+
+/// Downloads `url` (an http URL), following redirects. Errors name the URL.
 pub fn get(stack: &mut Stack, url: &Url) -> Result<Vec<u8>, String> {
+    let mut url = url.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        match get_once(stack, &url).map_err(|e| format!("HTTP GET {url}: {e}"))? {
+            Response::Body(d) => return Ok(d),
+            Response::Redirect(to) => {
+                url = url
+                    .join(&to)
+                    .map_err(|e| format!("HTTP GET {url}: redirect: {e}"))?
+            }
+        }
+    }
+    Err(format!(
+        "HTTP GET {url}: more than {MAX_REDIRECTS} redirects; is the server redirecting in a loop?"
+    ))
+}
+
+enum Response {
+    Body(Vec<u8>),
+    Redirect(String),
+}
+
+fn get_once(stack: &mut Stack, url: &Url) -> Result<Response, String> {
     let sock = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; 256 << 10]),
         tcp::SocketBuffer::new(vec![0; 4 << 10]),
@@ -157,10 +186,14 @@ pub fn get(stack: &mut Stack, url: &Url) -> Result<Vec<u8>, String> {
     stack.sockets.get_mut::<tcp::Socket>(h).abort();
     stack.run_until(Instant::now(), |_| Some(()));
     stack.remove(h);
-    r.map_err(|e| format!("HTTP GET {url}: {e}"))
+    r
 }
 
-fn fetch(stack: &mut Stack, h: smoltcp::iface::SocketHandle, url: &Url) -> Result<Vec<u8>, String> {
+fn fetch(
+    stack: &mut Stack,
+    h: smoltcp::iface::SocketHandle,
+    url: &Url,
+) -> Result<Response, String> {
     let local = 49152 + (super::random_u64() % 16000) as u16;
     let cx = stack.iface.context();
     stack
@@ -224,13 +257,16 @@ fn fetch(stack: &mut Stack, h: smoltcp::iface::SocketHandle, url: &Url) -> Resul
             return Err(format!("response larger than the {MAX_FILE}-byte limit"));
         }
         if let Some((head, data)) = body(&buf, eof)? {
+            if let (301 | 302 | 303 | 307 | 308, Some(to)) = (head.status, head.location) {
+                return Ok(Response::Redirect(to));
+            }
             if head.status != 200 {
                 return Err(format!(
                     "server answered {} {}; check the URL and the files the server serves",
                     head.status, head.reason
                 ));
             }
-            return Ok(data);
+            return Ok(Response::Body(data));
         }
         if eof {
             return Err("connection closed before the response ended".into());
@@ -257,6 +293,11 @@ mod tests {
         assert_eq!(
             (h.status, h.reason.as_str(), d),
             (404, "Not Found", b"nope".to_vec())
+        );
+        let r = b"HTTP/1.1 302 Found\r\nLocation: /b\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            body(r, false).unwrap().unwrap().0.location.as_deref(),
+            Some("/b")
         );
         assert!(parse_head(b"SSH-2.0\r\n\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
