@@ -17,11 +17,10 @@ fn prerequisites() -> bool {
     common::kvm()
         && common::root()
         && common::require(
-            "dnsmasq (scripts/deps/netboot.apt)",
-            Command::new("dnsmasq")
-                .arg("--version")
-                .output()
-                .map(|_| ())
+            "dnsmasq and python3 (scripts/deps/vmm.apt)",
+            ["dnsmasq", "python3"]
+                .iter()
+                .try_for_each(|p| Command::new(p).arg("--version").output().map(|_| ()))
                 .map_err(|e| e.to_string()),
         )
 }
@@ -45,11 +44,12 @@ fn lab(tag: &str) -> Netns {
     ns
 }
 
-/// dnsmasq with DHCP and TFTP on the bridge, killed on drop.
-struct Dnsmasq(Child);
+/// A server process in the namespace, killed on drop.
+struct Daemon(Child);
 
-impl Dnsmasq {
-    fn start(ns: &Netns, tftp_root: &Path, extra: &[&str]) -> Dnsmasq {
+impl Daemon {
+    /// dnsmasq with DHCP and TFTP on the bridge.
+    fn dnsmasq(ns: &Netns, tftp_root: &Path, extra: &[&str]) -> Daemon {
         let child = Command::new("ip")
             .args(["netns", "exec", ns.name(), "dnsmasq", "--no-daemon"])
             .args(["--conf-file=/dev/null", "--port=0", "--bind-interfaces"])
@@ -66,11 +66,52 @@ impl Dnsmasq {
             .expect("start dnsmasq");
         // dnsmasq binds before it serves; give it a moment.
         std::thread::sleep(Duration::from_millis(300));
-        Dnsmasq(child)
+        Daemon(child)
+    }
+
+    /// Python's HTTP/1.1 server on 10.79.0.1:8000 serving `root` with chunked bodies, and
+    /// `/start` redirecting to `/b/boot.ipxe`.
+    fn http(ns: &Netns, root: &Path) -> Daemon {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "python3", "-c", HTTP_SERVER])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3");
+        std::thread::sleep(Duration::from_millis(500));
+        Daemon(child)
     }
 }
 
-impl Drop for Dnsmasq {
+const HTTP_SERVER: &str = r#"
+import http.server, os, sys
+root = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/start":
+            self.send_response(302)
+            self.send_header("Location", "/b/boot.ipxe")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        p = os.path.join(root, self.path.lstrip("/"))
+        if not os.path.isfile(p):
+            self.send_error(404)
+            return
+        d = open(p, "rb").read()
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(d), 1000):
+            c = d[i:i + 1000]
+            self.wfile.write(b"%x\r\n" % len(c) + c + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+http.server.ThreadingHTTPServer(("10.79.0.1", 8000), H).serve_forever()
+"#;
+
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -118,7 +159,7 @@ fn dnsmasq_tftp_boot_file_is_the_kernel() {
     let dir = common::tempdir();
     std::fs::write(dir.as_path().join("netbooted.elf"), guest("netbooted")).unwrap();
     let ns = lab("nbk");
-    let _d = Dnsmasq::start(&ns, dir.as_path(), &["--dhcp-boot=netbooted.elf"]);
+    let _d = Daemon::dnsmasq(&ns, dir.as_path(), &["--dhcp-boot=netbooted.elf"]);
     let (r, t) = netboot(&ns, "from=dnsmasq-direct");
     let text = r.unwrap();
     eprintln!("netboot took {t:?}\n{text}");
@@ -149,7 +190,7 @@ fn dnsmasq_tftp_ipxe_script_names_kernel_initrd_and_cmdline() {
     )
     .unwrap();
     let ns = lab("nbs");
-    let _d = Dnsmasq::start(&ns, root, &["--dhcp-boot=b/boot.ipxe"]);
+    let _d = Daemon::dnsmasq(&ns, root, &["--dhcp-boot=b/boot.ipxe"]);
     let (r, t) = netboot(&ns, "unused");
     let text = r.unwrap();
     eprintln!("netboot took {t:?}\n{text}");
@@ -202,7 +243,7 @@ fn missing_tftp_file_is_a_clear_error() {
     }
     let dir = common::tempdir();
     let ns = lab("nbmiss");
-    let _d = Dnsmasq::start(&ns, dir.as_path(), &["--dhcp-boot=nosuch.elf"]);
+    let _d = Daemon::dnsmasq(&ns, dir.as_path(), &["--dhcp-boot=nosuch.elf"]);
     let (r, t) = netboot(&ns, "");
     let e = r.unwrap_err();
     assert!(
@@ -220,7 +261,7 @@ fn unreachable_tftp_server_is_a_clear_error_in_bounded_time() {
     let dir = common::tempdir();
     let ns = lab("nbgone");
     // siaddr names a host that does not exist on the bridge: ARP goes unanswered.
-    let _d = Dnsmasq::start(
+    let _d = Daemon::dnsmasq(
         &ns,
         dir.as_path(),
         &["--dhcp-boot=k.elf,boothost,10.79.0.99"],
@@ -232,4 +273,42 @@ fn unreachable_tftp_server_is_a_clear_error_in_bounded_time() {
         "{e}"
     );
     assert!(t < Duration::from_secs(10), "{t:?}");
+}
+
+#[test]
+fn dhcp_boot_url_redirect_and_chunked_http() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = common::tempdir();
+    let root = dir.as_path();
+    std::fs::create_dir(root.join("b")).unwrap();
+    std::fs::write(root.join("b/k.elf"), guest("netbooted")).unwrap();
+    let initrd: Vec<u8> = (0..4321u32).map(|i| (i * 13) as u8).collect();
+    std::fs::write(root.join("b/initrd.img"), &initrd).unwrap();
+    std::fs::write(
+        root.join("b/boot.ipxe"),
+        "#!ipxe\nkernel k.elf via=http\ninitrd /b/initrd.img\nboot\n",
+    )
+    .unwrap();
+    let ns = lab("nbhttp");
+    let _h = Daemon::http(&ns, root);
+    let _d = Daemon::dnsmasq(&ns, root, &["--dhcp-boot=http://10.79.0.1:8000/start"]);
+    let (r, t) = netboot(&ns, "unused");
+    let text = r.unwrap();
+    eprintln!("netboot took {t:?}\n{text}");
+    assert!(
+        text.contains("http://10.79.0.1:8000/start ok from http://10.79.0.1:8000/b/boot.ipxe"),
+        "{text}"
+    );
+    assert!(text.contains("http://10.79.0.1:8000/b/k.elf ok:"), "{text}");
+    assert!(text.contains("cmdline: via=http\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "initrd: {} bytes fnv1a {}",
+            initrd.len(),
+            ignite_vmm::guest::fnv1a(&initrd)
+        )),
+        "{text}"
+    );
 }

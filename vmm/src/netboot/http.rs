@@ -153,12 +153,13 @@ pub fn body(buf: &[u8], eof: bool) -> Result<Option<(Head, Vec<u8>)>, String> {
 /// Redirects followed per download, as a browser or iPXE would (a few, not forever).
 const MAX_REDIRECTS: usize = 4;
 
-/// Downloads `url` (an http URL), following redirects. Errors name the URL.
-pub fn get(stack: &mut Stack, url: &Url) -> Result<Vec<u8>, String> {
+/// Downloads `url` (an http URL), following redirects; returns the body and the URL it came
+/// from in the end (what relative references in it are relative to). Errors name the URL.
+pub fn get(stack: &mut Stack, url: &Url) -> Result<(Vec<u8>, Url), String> {
     let mut url = url.clone();
     for _ in 0..=MAX_REDIRECTS {
         match get_once(stack, &url).map_err(|e| format!("HTTP GET {url}: {e}"))? {
-            Response::Body(d) => return Ok(d),
+            Response::Body(d) => return Ok((d, url)),
             Response::Redirect(to) => {
                 url = url
                     .join(&to)

@@ -246,20 +246,26 @@ fn wait_reply(
     }
 }
 
-fn download(stack: &mut Stack, url: &Url, con: &mut Console) -> Result<Vec<u8>> {
+/// The file at `url`, and the URL it finally came from (after HTTP redirects).
+fn download(stack: &mut Stack, url: &Url, con: &mut Console) -> Result<(Vec<u8>, Url)> {
     con.say(&format!("{url} ..."));
     let t = Instant::now();
-    let data = match url.scheme {
-        Scheme::Tftp => tftp::get(stack, url.host, &url.path),
+    let (data, from) = match url.scheme {
+        Scheme::Tftp => tftp::get(stack, url.host, &url.path).map(|d| (d, url.clone())),
         Scheme::Http => http::get(stack, url),
     }
     .map_err(|e| fail("download", e))?;
+    let via = if from == *url {
+        String::new()
+    } else {
+        format!(" from {from}")
+    };
     con.say(&format!(
-        "{url} ok: {} bytes in {:.2} s",
+        "{url} ok{via}: {} bytes in {:.2} s",
         data.len(),
         t.elapsed().as_secs_f64()
     ));
-    Ok(data)
+    Ok((data, from))
 }
 
 fn is_kernel(d: &[u8]) -> bool {
@@ -275,7 +281,8 @@ fn follow(
     con: &mut Console,
 ) -> Result<Loaded> {
     for _ in 0..MAX_CHAIN {
-        let data = download(stack, &url, con)?;
+        let (data, from) = download(stack, &url, con)?;
+        url = from;
         if is_kernel(&data) {
             con.say(&format!("Booting {url} as the kernel"));
             return Ok(Loaded {
@@ -312,7 +319,7 @@ fn follow(
                 cmdline,
             } => {
                 let kurl = join(&kernel)?;
-                let kernel = download(stack, &kurl, con)?;
+                let (kernel, _) = download(stack, &kurl, con)?;
                 if !is_kernel(&kernel) {
                     return Err(fail(
                         &format!("kernel {kurl}"),
@@ -321,7 +328,7 @@ fn follow(
                 }
                 let mut initrd = None::<Vec<u8>>;
                 for i in &initrds {
-                    let d = download(stack, &join(i)?, con)?;
+                    let (d, _) = download(stack, &join(i)?, con)?;
                     let all = initrd.get_or_insert_with(Vec::new);
                     all.resize(all.len().next_multiple_of(4), 0);
                     all.extend_from_slice(&d);
