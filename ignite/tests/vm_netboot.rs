@@ -95,11 +95,7 @@ fn monitor_netboots_the_planned_kernel_from_ignite_server() {
         assert!(cmdline.contains(want), "{want:?} not in {cmdline}");
     }
     assert!(
-        text.contains(&format!(
-            "initrd: {} bytes fnv1a {}",
-            initrd.len(),
-            ignite_vmm::guest::fnv1a(&initrd)
-        )),
+        text.contains(&ignite_vmm::guest::netbooted_initrd_line(&initrd)),
         "{text}"
     );
     for step in [

@@ -94,10 +94,10 @@ pub fn run_program(run: ProgramRun) -> crate::Result<ProgramResult> {
     })
 }
 
-/// FNV-1a (32-bit) as the `netbooted` program prints it for its initrd.
-pub fn fnv1a(data: &[u8]) -> String {
+/// The line the `netbooted` program prints for an initrd of these bytes (FNV-1a, 32-bit).
+pub fn netbooted_initrd_line(data: &[u8]) -> String {
     let h = data.iter().fold(0x811c_9dc5u32, |h, &b| {
         (h ^ b as u32).wrapping_mul(0x0100_0193)
     });
-    format!("{h:08x}")
+    format!("initrd: {} bytes fnv1a {h:08x}", data.len())
 }
