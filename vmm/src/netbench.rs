@@ -366,12 +366,17 @@ fn run_model(vio: bool, frames: u32, flow: Flow) -> Result<Vec<Phase>> {
     Ok(vec![send, receive])
 }
 
-/// AVIO and VIO each send and receive `bytes` (rounded up to whole frames) through the
-/// same tap in a network namespace: (avio, vio) phases `net send` and `net receive`.
-/// Needs root (namespace, tap, packet socket).
-pub fn avio_vio_net(bytes: u64) -> Result<(Vec<Phase>, Vec<Phase>)> {
-    let frames = u32::try_from(bytes.div_ceil(FRAME as u64))
-        .map_err(|_| Error::Bench(format!("network: {bytes} bytes is too many frames")))?;
+fn frames(bytes: u64) -> Result<u32> {
+    u32::try_from(bytes.div_ceil(FRAME as u64))
+        .map_err(|_| Error::Bench(format!("network: {bytes} bytes is too many frames")))
+}
+
+/// AVIO sends and receives `avio_bytes`, VIO `vio_bytes` (each rounded up to whole frames;
+/// VIO's string OUT costs an exit per element, so it gets less), through the same tap in
+/// a network namespace: (avio, vio) phases `net send` and `net receive`. Needs root
+/// (namespace, tap, packet socket).
+pub fn avio_vio_net(avio_bytes: u64, vio_bytes: u64) -> Result<(Vec<Phase>, Vec<Phase>)> {
+    let (avio_frames, vio_frames) = (frames(avio_bytes)?, frames(vio_bytes)?);
     let ns_err =
         |e: String| Error::Bench(format!("network namespace: {e} (needs root and iproute2)"));
     let ns = Netns::new("netbench").map_err(ns_err)?;
@@ -381,10 +386,10 @@ pub fn avio_vio_net(bytes: u64) -> Result<(Vec<Phase>, Vec<Phase>)> {
     ns.ip(&["link", "set", TAP, "address", &peer_mac, "up"])
         .map_err(ns_err)?;
     let avio = ns
-        .run(move || run_model(false, frames, AVIO_FLOW))
+        .run(move || run_model(false, avio_frames, AVIO_FLOW))
         .map_err(ns_err)??;
     let vio = ns
-        .run(move || run_model(true, frames, VIO_FLOW))
+        .run(move || run_model(true, vio_frames, VIO_FLOW))
         .map_err(ns_err)??;
     Ok((avio, vio))
 }

@@ -172,7 +172,7 @@ fn bulk_frames_both_ways_through_virtio_net_and_ne2k_arrive_verified() {
     // 256 KiB each way per model; avio_vio_net fails unless every frame arrived in order and
     // each receiver's checksum matches the pattern the sender made.
     let bytes = 256 << 10;
-    let (avio, vio) = ignite_vmm::netbench::avio_vio_net(bytes).unwrap();
+    let (avio, vio) = ignite_vmm::netbench::avio_vio_net(bytes, bytes).unwrap();
     let frames = bytes.div_ceil(ignite_vmm::netbench::FRAME as u64);
     for (model, phases) in [("AVIO", &avio), ("VIO", &vio)] {
         let names: Vec<&str> = phases.iter().map(|p| p.name).collect();

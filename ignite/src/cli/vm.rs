@@ -59,10 +59,13 @@ enum BenchWhich {
         /// Bytes moved per 4 KiB-transfer phase.
         #[arg(long, default_value = "512K", value_parser = config::parse_size)]
         size_4k: u64,
-        /// Bytes sent and received per network phase, in 1514-byte frames (VIO costs about a
-        /// dozen exits per frame: some 3 s per MiB where an exit costs 44 µs).
-        #[arg(long, default_value = "4M", value_parser = config::parse_size)]
+        /// Bytes AVIO sends and receives per network phase, in 1514-byte frames.
+        #[arg(long, default_value = "64M", value_parser = config::parse_size)]
         net_size: u64,
+        /// Bytes VIO sends and receives per network phase (its sends cost an exit per 32-bit
+        /// word: some 20 s per MiB where an exit costs 44 µs).
+        #[arg(long, default_value = "1M", value_parser = config::parse_size)]
+        vio_net_size: u64,
     },
 }
 
@@ -241,7 +244,12 @@ fn selftest(dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn avio_vio(dir: Option<PathBuf>, size_1m: u64, size_4k: u64, net_size: u64) -> anyhow::Result<()> {
+fn avio_vio(
+    dir: Option<PathBuf>,
+    size_1m: u64,
+    size_4k: u64,
+    net_sizes: (u64, u64),
+) -> anyhow::Result<()> {
     use ignite_vmm::bench;
     if size_1m < 1 << 20
         || size_4k < 4096
@@ -250,16 +258,20 @@ fn avio_vio(dir: Option<PathBuf>, size_1m: u64, size_4k: u64, net_size: u64) -> 
     {
         bail!("--size-1m must be a multiple of 1M and --size-4k a multiple of 4K");
     }
-    if !(64 << 10..=4 << 30).contains(&net_size) {
-        bail!("--net-size {net_size} is out of range; use between 64K and 4G (e.g. --net-size 4M)");
+    let (net_size, vio_net_size) = net_sizes;
+    if ![net_size, vio_net_size]
+        .iter()
+        .all(|s| (64 << 10..=4 << 30).contains(s))
+    {
+        bail!("--net-size and --vio-net-size must be between 64K and 4G (e.g. --net-size 64M)");
     }
     let d = scratch_dir(dir)?;
     let load_before = bench::load_average();
     let (mut avio, mut vio) =
         bench::avio_vio_disk(&d, size_1m, size_4k).context("AVIO vs VIO disk benchmark")?;
     let _ = std::fs::remove_dir(&d);
-    let (net_avio, net_vio) =
-        ignite_vmm::netbench::avio_vio_net(net_size).context("AVIO vs VIO network benchmark")?;
+    let (net_avio, net_vio) = ignite_vmm::netbench::avio_vio_net(net_size, vio_net_size)
+        .context("AVIO vs VIO network benchmark")?;
     avio.extend(net_avio);
     vio.extend(net_vio);
     println!(
@@ -267,7 +279,7 @@ fn avio_vio(dir: Option<PathBuf>, size_1m: u64, size_4k: u64, net_size: u64) -> 
          image: a file in {} ({} KiB per 1 MiB phase, {} KiB per 4 KiB phase), written and synced first; AVIO = virtio-blk (blkbench, \
          8 x 1 MiB / 64 x 4 KiB in flight), VIO = IDE PIO (idebench, one command at a time, \
          READ/WRITE MULTIPLE EXT, 16-sector DRQ blocks); both sleep until their interrupt\n\
-         network: {} frames of {} bytes each way through one tap to a raw socket on its host side \
+         network: {} (AVIO) and {} (VIO) frames of {} bytes each way through one tap to a raw socket on its host side \
          (netbench; AVIO = virtio-net, window {}, VIO = NE2000 remote DMA, window {}); \
          every frame counted and checksummed by its receiver; the peer's CPU time is not counted\n",
         bench::utc_now(),
@@ -277,6 +289,7 @@ fn avio_vio(dir: Option<PathBuf>, size_1m: u64, size_4k: u64, net_size: u64) -> 
         size_1m >> 10,
         size_4k >> 10,
         net_size.div_ceil(ignite_vmm::netbench::FRAME as u64),
+        vio_net_size.div_ceil(ignite_vmm::netbench::FRAME as u64),
         ignite_vmm::netbench::FRAME,
         ignite_vmm::netbench::AVIO_FLOW.window,
         ignite_vmm::netbench::VIO_FLOW.window,
@@ -292,9 +305,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         size_1m,
         size_4k,
         net_size,
+        vio_net_size,
     }) = a.which
     {
-        return avio_vio(dir, size_1m, size_4k, net_size);
+        return avio_vio(dir, size_1m, size_4k, (net_size, vio_net_size));
     }
     let d = scratch_dir(a.dir)?;
     let speed = ignite_vmm::hwcheck::measure().context("hardware virtualization check")?;

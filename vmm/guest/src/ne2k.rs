@@ -1,5 +1,6 @@
 //! NE2000 (RTL8029) driver through its I/O BAR, with the 8390's own programming model: frames
-//! move by remote DMA through the data port (`rep insw/outsw`, word mode), the receive ring
+//! move by remote DMA through the data port (word mode, 32-bit `rep insd/outsd` as Linux's
+//! ne2k-pci does on this chip: a string OUT exits once per element), the receive ring
 //! lies between PSTART and PSTOP (4-byte 8390 header, BNRY/CURR), one transmit buffer at
 //! TPSR. Every register access is a port-I/O exit, so the driver keeps them few: CURR is
 //! read only once the ring looks empty, BNRY given back once per batch, TBCR written only
@@ -7,7 +8,7 @@
 //! the next one needs the buffer.
 
 use crate::eth::{Nic, MAX_FRAME};
-use crate::io::{inb, insw, outb, outsw};
+use crate::io::{inb, insl, insw, outb, outsl};
 use crate::pci::{self, Bdf};
 use crate::{check, start};
 
@@ -185,9 +186,10 @@ impl Nic for Ne2k {
             );
             self.w(ISR, PTX | RDC);
         }
-        let words = (wire + 1) & !1;
-        self.dma(CR_RWRITE, (TPSR as u16) << 8, words);
-        outsw(self.base + DATA, &buf[..words]);
+        let dwords = (wire + 3) & !3;
+        buf[wire..dwords].fill(0);
+        self.dma(CR_RWRITE, (TPSR as u16) << 8, dwords);
+        outsl(self.base + DATA, &buf[..dwords]);
         if wire != self.tx_len {
             self.w(0x05, wire as u8);
             self.w(0x06, (wire >> 8) as u8);
@@ -213,7 +215,7 @@ impl Nic for Ne2k {
         // The 8390 header, then the frame: the second remote read goes on where the first
         // stopped (RSAR is not written again), wrapping at PSTOP as the ring does.
         self.dma(CR_RREAD, page, 4);
-        insw(self.base + DATA, &mut buf[..4]);
+        insl(self.base + DATA, &mut buf[..4]);
         let (status, next) = (buf[0], buf[1]);
         let count = (u16::from_le_bytes([buf[2], buf[3]]) as usize).saturating_sub(4);
         check!(
@@ -222,11 +224,11 @@ impl Nic for Ne2k {
             &buf[..4],
             self.next
         );
-        let words = (count + 1) & !1;
-        self.w(0x0a, words as u8);
-        self.w(0x0b, (words >> 8) as u8);
+        let dwords = (count + 3) & !3;
+        self.w(0x0a, dwords as u8);
+        self.w(0x0b, (dwords >> 8) as u8);
         self.w(CR, CR_RREAD);
-        insw(self.base + DATA, &mut buf[..words]);
+        insl(self.base + DATA, &mut buf[..dwords]);
         self.next = next;
         self.unreturned = true;
         Some(f(&buf[..count]))
