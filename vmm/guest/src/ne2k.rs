@@ -21,8 +21,8 @@ const ISR: u16 = 0x07;
 const CURR: u16 = 0x07; // page 1
 const DATA: u16 = 0x10;
 const RESET: u16 = 0x1f;
-pub const PRX: u8 = 0x01;
-pub const PTX: u8 = 0x02;
+const PRX: u8 = 0x01;
+const PTX: u8 = 0x02;
 const RDC: u8 = 0x40;
 const RST: u8 = 0x80;
 // CR values: page 0 or 1, started, with the remote DMA command.
@@ -69,7 +69,7 @@ impl Ne2k {
     }
 
     /// Remote read of `buf.len()` (even) bytes at `addr`, waiting for ISR.RDC.
-    pub fn remote_read(&self, addr: u16, buf: &mut [u8]) {
+    fn remote_read(&self, addr: u16, buf: &mut [u8]) {
         self.dma(CR_RREAD, addr, buf.len());
         insw(self.base + DATA, buf);
         check!(self.r(ISR) & RDC != 0, "remote DMA read did not complete");
