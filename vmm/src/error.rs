@@ -53,6 +53,8 @@ pub enum Error {
     TooManyVioNics(usize),
     #[error("network boot: {0}")]
     Netboot(String),
+    #[error("benchmark: {0}")]
+    Bench(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -19,6 +19,7 @@ pub mod irq;
 mod kvm_stats;
 pub mod layout;
 pub mod memory;
+pub mod netbench;
 pub mod netboot;
 pub mod netns;
 pub mod pci;
