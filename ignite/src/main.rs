@@ -2,9 +2,9 @@
 
 mod cli;
 mod initramfs;
-// The agent (issue 6) and the install API are being built against this interface.
-#[allow(dead_code)]
+mod agent;
 mod install;
+mod installs;
 mod server;
 mod state;
 

@@ -24,7 +24,14 @@ impl RegistryProvider {
             b.cmdline, self.http_base
         );
         match action {
-            Action::Install(p) => cmdline += &format!(" ignite.action=install ignite.profile={p}"),
+            Action::Install(p) => {
+                cmdline += &format!(" ignite.action=install ignite.profile={p}");
+                match self.state.boot_install_token(&mac.to_string(), p) {
+                    Ok(t) => cmdline += &format!(" ignite.token={t}"),
+                    // The agent will be refused and say so; the boot itself still works.
+                    Err(e) => tracing::error!("install token for {mac}: {e:#}"),
+                }
+            }
             Action::Recover(s) => cmdline += &format!(" ignite.action=recover ignite.snapshot={s}"),
             Action::Capture => cmdline += " ignite.action=capture",
             Action::Local => {}
