@@ -192,37 +192,48 @@ mod http_parts {
     }
 }
 
-/// Chunks from the server for one extraction. A chunk several files share is kept in memory
-/// until its last use, so it crosses the network once.
+/// Chunks from the server for one extraction. A chunk several files share is fetched once
+/// (the first file to need it fetches it, the others wait) and kept until its last use.
 struct RemoteChunks<'a> {
     server: &'a HttpInstallServer,
     uses: HashMap<ChunkId, u32>,
-    shared: Mutex<HashMap<ChunkId, (u32, Arc<Vec<u8>>)>>,
+    /// Shared chunks: uses left, and the chunk once fetched.
+    shared: Mutex<HashMap<ChunkId, (u32, SharedChunk)>>,
+}
+
+type SharedChunk = Arc<Mutex<Option<Vec<u8>>>>;
+
+impl RemoteChunks<'_> {
+    fn fetch(&self, id: &ChunkId) -> ignite_archive::Result<Vec<u8>> {
+        self.server
+            .fetch_chunk(id)
+            .map_err(|e| ignite_archive::Error::Invalid(format!("{e:#}")))
+    }
 }
 
 impl ChunkSource for RemoteChunks<'_> {
     fn chunk(&self, id: &ChunkId) -> ignite_archive::Result<Vec<u8>> {
         let uses = self.uses.get(id).copied().unwrap_or(1);
-        if uses > 1 {
+        if uses <= 1 {
+            return self.fetch(id);
+        }
+        let slot = {
             let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((left, data)) = shared.get_mut(id) {
-                *left -= 1;
-                let data = data.to_vec();
-                if *left == 0 {
-                    shared.remove(id);
-                }
-                return Ok(data);
+            let (left, slot) = shared.entry(*id).or_insert_with(|| (uses, Arc::default()));
+            *left -= 1;
+            let slot = slot.clone();
+            if *left == 0 {
+                shared.remove(id);
             }
+            slot
+        };
+        let mut data = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = &*data {
+            return Ok(d.clone());
         }
-        let data = self
-            .server
-            .fetch_chunk(id)
-            .map_err(|e| ignite_archive::Error::Invalid(format!("{e:#}")))?;
-        if uses > 1 {
-            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            shared.insert(*id, (uses - 1, Arc::new(data.clone())));
-        }
-        Ok(data)
+        let d = self.fetch(id)?;
+        *data = Some(d.clone());
+        Ok(d)
     }
 }
 
