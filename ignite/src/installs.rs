@@ -71,7 +71,11 @@ impl Status {
             "failed" => Status::Failed,
             "done" => Status::Done,
             "replaced" => Status::Replaced,
-            _ => return Err(anyhow!("install status {s:?} in the state database is unknown")),
+            _ => {
+                return Err(anyhow!(
+                    "install status {s:?} in the state database is unknown"
+                ))
+            }
         })
     }
 
@@ -288,9 +292,8 @@ impl State {
 
     pub fn phases(&self, token: &str) -> Result<Vec<PhaseRecord>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT time_ms, phase FROM install_phases WHERE token = ?1 ORDER BY id",
-        )?;
+        let mut stmt =
+            conn.prepare("SELECT time_ms, phase FROM install_phases WHERE token = ?1 ORDER BY id")?;
         let rows: Vec<(i64, String)> = stmt
             .query_map(params![token], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
@@ -349,7 +352,8 @@ mod tests {
         assert_eq!(first.status, Status::Active);
         // Booting reuses the scheduled token; scheduling again replaces it.
         assert_eq!(s.boot_install_token(&m, "web").unwrap(), first.token);
-        s.set_action("web1", &"install db".parse().unwrap()).unwrap();
+        s.set_action("web1", &"install db".parse().unwrap())
+            .unwrap();
         let second = s.current_install(&m).unwrap().unwrap();
         assert_ne!(second.token, first.token);
         assert_eq!(second.profile, "db");
@@ -368,8 +372,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::open(dir.path()).unwrap();
         let t = s.boot_install_token("52:54:00:00:00:02", "web").unwrap();
-        s.record_phase(&t, &Phase::Booted { ip: "10.0.0.5".into() })
-            .unwrap();
+        s.record_phase(
+            &t,
+            &Phase::Booted {
+                ip: "10.0.0.5".into(),
+            },
+        )
+        .unwrap();
         for done in [1, 2, 3] {
             s.record_phase(&t, &Phase::Extracting { done, total: 3 })
                 .unwrap();

@@ -1,8 +1,8 @@
 //! `ignite`: the one binary — CLI, server daemon, HTTP API and the in-guest install agent.
 
+mod agent;
 mod cli;
 mod initramfs;
-mod agent;
 mod install;
 mod installs;
 mod server;

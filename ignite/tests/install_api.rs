@@ -91,7 +91,10 @@ impl Setup {
         arc(&store, &["init"]);
         // The directory, not the tar: our tar importer takes no PAX sparse files, and the tar
         // (for GNU tar's --compare) needs PAX for xattrs.
-        arc(&store, &["import", "--name", "golden", src.to_str().unwrap()]);
+        arc(
+            &store,
+            &["import", "--name", "golden", src.to_str().unwrap()],
+        );
         std::fs::create_dir_all(dir.path().join("state/profiles")).unwrap();
         std::fs::create_dir_all(dir.path().join("boot")).unwrap();
         std::fs::write(dir.path().join("state/profiles/web.toml"), PROFILE).unwrap();
@@ -132,11 +135,16 @@ impl Setup {
         run(Lab::cmd(&self.lab.ns, "curl").arg("-s").args(args))
     }
 
-    /// Registers client `n` to install `profile`; returns its MAC and the token from the
-    /// kernel command line of its iPXE script.
+    /// Registers client `n` to install `profile`; returns its MAC and token.
     fn schedule(&self, n: u8, profile: &str) -> (String, String) {
         let mac = format!("52:54:00:77:01:{n:02x}");
         self.client(&["add", &mac, &format!("web{n}"), "install", profile]);
+        let token = self.token(&mac);
+        (mac, token)
+    }
+
+    /// The token on the kernel command line of the client's iPXE script.
+    fn token(&self, mac: &str) -> String {
         let script = self.curl(&[&format!("{SERVER}/ipxe/{}", mac.replace(':', "-"))]);
         let token = script
             .split_whitespace()
@@ -144,15 +152,23 @@ impl Setup {
             .unwrap_or_else(|| panic!("no ignite.token= in the boot script:\n{script}"))
             .to_string();
         assert_eq!(token.len(), 32, "{script}");
-        (mac, token)
+        token
     }
 
     fn extract_cmd(&self, mac: &str, token: &str, to: &Path, extra: &[&str]) -> Command {
         let mut c = Lab::cmd(&self.lab.ns, ignite());
-        c.args(["install-extract", "--server", SERVER, "--mac", mac, "--token", token])
-            .arg("--to")
-            .arg(to)
-            .args(extra);
+        c.args([
+            "install-extract",
+            "--server",
+            SERVER,
+            "--mac",
+            mac,
+            "--token",
+            token,
+        ])
+        .arg("--to")
+        .arg(to)
+        .args(extra);
         c
     }
 
@@ -210,7 +226,8 @@ fn extract_matches_the_archive_and_done_flips_to_local() {
     let o = s.extract(&mac, &token, &out, &["--done"]);
     assert!(o.status.success(), "{}", stderr(&o));
     s.assert_same_tree(&out);
-    let v: serde_json::Value = serde_json::from_str(&s.client(&["show", "web1", "--json"])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&s.client(&["show", "web1", "--json"])).unwrap();
     assert_eq!(v["client"]["action"], "local", "{v}");
     assert_eq!(v["install"]["status"], "done", "{v}");
     let phases: Vec<&str> = v["phases"]
@@ -222,13 +239,23 @@ fn extract_matches_the_archive_and_done_flips_to_local() {
     assert_eq!(phases.last(), Some(&"done"), "{v}");
     assert!(phases.contains(&"extracted"), "{v}");
     let show = s.client(&["show", "web1"]);
-    assert!(show.contains("extracted") && show.contains("total"), "{show}");
+    assert!(
+        show.contains("extracted") && show.contains("total"),
+        "{show}"
+    );
     let log = s.client(&["log", "web1"]);
-    assert!(log.contains("extracted") && log.contains("bytes of golden@"), "{log}");
+    assert!(
+        log.contains("extracted") && log.contains("bytes of golden@"),
+        "{log}"
+    );
     // The install is over: its token no longer works.
     let o = s.extract(&mac, &token, &s.path("again"), &[]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("install has finished"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("install has finished"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -272,34 +299,28 @@ fn refusals_say_what_is_wrong() {
     assert!(body.contains("not valid JSON"), "{body}");
     // A disk too small for the layout.
     let e = fails(&mac, &token, &["--disk", "/dev/vda:1M"]);
-    assert!(e.contains("disk /dev/vda has") && e.contains("(422)"), "{e}");
+    assert!(
+        e.contains("disk /dev/vda has") && e.contains("(422)"),
+        "{e}"
+    );
     // A profile that does not exist, then a broken one.
     s.client(&["set", "web2", "install", "nosuch"]);
-    let token2b = {
-        let script = s.curl(&[&format!("{SERVER}/ipxe/{}", mac2.replace(':', "-"))]);
-        script
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ignite.token="))
-            .unwrap()
-            .to_string()
-    };
+    let token2b = s.token(&mac2);
     assert_ne!(token2b, token2, "rescheduling must issue a fresh token");
     let e = fails(&mac2, &token2, &[]);
     assert!(e.contains("token refused"), "{e}");
     let e = fails(&mac2, &token2b, &[]);
-    assert!(e.contains("profile nosuch") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("profile nosuch") && e.contains("does not exist"),
+        "{e}"
+    );
     std::fs::write(
         s.path("state/profiles/broken.toml"),
         "archive = \"golden\"\n[disk]\nsize_of_nothing = 3\n",
     )
     .unwrap();
     s.client(&["set", "web1", "install", "broken"]);
-    let script = s.curl(&[&format!("{SERVER}/ipxe/{}", mac.replace(':', "-"))]);
-    let t = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ignite.token="))
-        .unwrap();
-    let e = fails(&mac, t, &[]);
+    let e = fails(&mac, &s.token(&mac), &[]);
     assert!(
         e.contains("profile broken is broken") && e.contains("size_of_nothing"),
         "{e}"
@@ -311,13 +332,11 @@ fn refusals_say_what_is_wrong() {
     )
     .unwrap();
     s.client(&["set", "web1", "install", "web"]);
-    let script = s.curl(&[&format!("{SERVER}/ipxe/{}", mac.replace(':', "-"))]);
-    let t = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ignite.token="))
-        .unwrap();
-    let e = fails(&mac, t, &[]);
-    assert!(e.contains("debian-99") && e.contains("no snapshot matches"), "{e}");
+    let e = fails(&mac, &s.token(&mac), &[]);
+    assert!(
+        e.contains("debian-99") && e.contains("no snapshot matches"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -363,7 +382,10 @@ fn four_concurrent_extracts_read_each_chunk_once() {
         .map(|n| {
             let (mac, token) = s.schedule(n, "web");
             let out = s.path(&format!("out{n}"));
-            (out.clone(), s.extract_cmd(&mac, &token, &out, &[]).spawn().unwrap())
+            (
+                out.clone(),
+                s.extract_cmd(&mac, &token, &out, &[]).spawn().unwrap(),
+            )
         })
         .collect();
     for (out, mut a) in agents {
@@ -372,8 +394,16 @@ fn four_concurrent_extracts_read_each_chunk_once() {
     }
     let st = s.stats();
     let unique = s.unique_chunks();
-    assert_eq!(st["chunk_cache"]["disk_reads"].as_u64(), Some(unique), "{st}");
-    assert_eq!(st["chunk_cache"]["requests"].as_u64(), Some(4 * unique), "{st}");
+    assert_eq!(
+        st["chunk_cache"]["disk_reads"].as_u64(),
+        Some(unique),
+        "{st}"
+    );
+    assert_eq!(
+        st["chunk_cache"]["requests"].as_u64(),
+        Some(4 * unique),
+        "{st}"
+    );
 }
 
 #[test]

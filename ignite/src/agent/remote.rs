@@ -79,11 +79,7 @@ impl HttpInstallServer {
         let auth = format!("Bearer {}", self.token);
         let url = self.url(path);
         let res = match body {
-            Some(b) => self
-                .http
-                .post(&url)
-                .header("Authorization", &auth)
-                .send(b),
+            Some(b) => self.http.post(&url).header("Authorization", &auth).send(b),
             None => self.http.get(&url).header("Authorization", &auth).call(),
         };
         let mut resp = res.map_err(|e| Failure::Transient(e.to_string()))?;
@@ -112,7 +108,12 @@ impl HttpInstallServer {
 
     /// One request, retried with backoff while the server is unreachable or failing; a
     /// refusal (4xx) ends it at once with the server's message.
-    fn request(&self, what: &str, path: &str, body: Option<&[u8]>) -> Result<(http_parts::Headers, Vec<u8>)> {
+    fn request(
+        &self,
+        what: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(http_parts::Headers, Vec<u8>)> {
         let mut since: Option<Instant> = None;
         let mut wait = Duration::from_millis(100);
         loop {
@@ -176,7 +177,9 @@ mod http_parts {
         fn from(h: &ureq::http::HeaderMap) -> Headers {
             Headers(
                 h.iter()
-                    .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                    .filter_map(|(k, v)| {
+                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                    })
                     .collect(),
             )
         }
@@ -299,7 +302,9 @@ impl InstallServer for HttpInstallServer {
                 progress(done.load(Ordering::Relaxed), total);
                 std::thread::sleep(Duration::from_millis(200));
             }
-            worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            worker
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
         .with_context(|| format!("extracting archive {archive} into {}", root.display()))?;
         progress(stats.bytes, total);

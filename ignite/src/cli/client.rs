@@ -102,7 +102,9 @@ pub fn run(a: ClientArgs) -> Result<()> {
                 .find(&client)?
                 .map(|c| c.mac)
                 .or_else(|| client.parse::<MacAddr>().ok().map(|m| m.to_string()))
-                .ok_or_else(|| anyhow::anyhow!("client {client:?} is not registered; see `ignite client list`"))?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!("client {client:?} is not registered; see `ignite client list`")
+                })?;
             let Some(inst) = state.current_install(&mac)? else {
                 anyhow::bail!("client {client}: no install was ever scheduled; `ignite client set {client} install PROFILE`");
             };
@@ -274,7 +276,11 @@ fn timeline(state: &State, i: &Install, steps: &[StepRecord]) -> Result<String> 
     let start = boot_start.unwrap_or(i.created_ms);
     let mut prev = start;
     // Extraction progress is folded into `extracted`, which ends the extract phase.
-    for p in state.phases(&i.token)?.into_iter().filter(|p| !matches!(p.phase, Phase::Extracting { .. })) {
+    for p in state
+        .phases(&i.token)?
+        .into_iter()
+        .filter(|p| !matches!(p.phase, Phase::Extracting { .. }))
+    {
         let name = phase_name(&p.phase);
         let detail = match &p.phase {
             Phase::Booted { ip } => format!(" ({ip})"),

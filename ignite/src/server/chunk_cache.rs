@@ -89,10 +89,11 @@ impl ChunkCache {
                 inner.bytes += c.data.len() as u64;
                 self.evict(&mut inner);
             }
-            Err(_) if !slot.initialized() => {
-                if inner.slots.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                    inner.slots.remove(&id);
-                }
+            Err(_)
+                if !slot.initialized()
+                    && inner.slots.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) =>
+            {
+                inner.slots.remove(&id);
             }
             _ => {}
         }

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State as AxState};
+use axum::extract::{FromRequestParts, Path, State as AxState};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -115,9 +116,9 @@ impl InstallApi {
 
     /// The install this request belongs to, if its token is the install's.
     fn authorize(&self, mac: &str, headers: &HeaderMap) -> ApiResult<Install> {
-        let mac: MacAddr = mac.parse().map_err(|e| {
-            ApiError(StatusCode::BAD_REQUEST, format!("install API: {e}"))
-        })?;
+        let mac: MacAddr = mac
+            .parse()
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("install API: {e}")))?;
         let mac = mac.to_string();
         let token = headers
             .get(header::AUTHORIZATION)
@@ -156,12 +157,20 @@ impl InstallApi {
         Ok(inst)
     }
 
-    fn plan(&self, inst: &Install, mut facts: ClientFacts) -> ApiResult<ignite_profiles::InstallPlan> {
+    fn plan(
+        &self,
+        inst: &Install,
+        mut facts: ClientFacts,
+    ) -> ApiResult<ignite_profiles::InstallPlan> {
         let unprocessable = |m: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, m);
         // The MAC is the authenticated one; the client's registered name is its {name}.
         facts.mac = inst.mac.clone();
         if facts.hostname.is_none() {
-            facts.hostname = self.state.find(&inst.mac).map_err(internal)?.map(|c| c.name);
+            facts.hostname = self
+                .state
+                .find(&inst.mac)
+                .map_err(internal)?
+                .map(|c| c.name);
         }
         let name = &inst.profile;
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
@@ -179,7 +188,11 @@ impl InstallApi {
                 "profile {name} is broken ({} error{}): {}; run `ignite profile check {}`",
                 errs.0.len(),
                 if errs.0.len() == 1 { "" } else { "s" },
-                errs.0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "),
+                errs.0
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 path.display()
             )),
             other => unprocessable(other.to_string()),
@@ -222,7 +235,10 @@ impl InstallApi {
         let Some(id) = &inst.snapshot else {
             return Err(ApiError(
                 StatusCode::CONFLICT,
-                format!("install of {}: no plan yet; ask for the plan first (POST .../plan)", inst.mac),
+                format!(
+                    "install of {}: no plan yet; ask for the plan first (POST .../plan)",
+                    inst.mac
+                ),
             ));
         };
         if let Some(t) = self.trees.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
@@ -232,14 +248,19 @@ impl InstallApi {
         let gone = |e: ignite_archive::Error| {
             ApiError(
                 StatusCode::GONE,
-                format!("snapshot {id} pinned by the install of {}: {e}; schedule the install again", inst.mac),
+                format!(
+                    "snapshot {id} pinned by the install of {}: {e}; schedule the install again",
+                    inst.mac
+                ),
             )
         };
         let m = store.resolve(id).map_err(gone)?;
         let entries = store.load_tree(&m).map_err(gone)?;
         let tree = Arc::new(Tree {
             chunks: ignite_archive::snapshot::tree_chunks(&entries).collect(),
-            encoded: Bytes::from(ignite_archive::snapshot::encode_tree(&entries).map_err(internal)?),
+            encoded: Bytes::from(
+                ignite_archive::snapshot::encode_tree(&entries).map_err(internal)?,
+            ),
         });
         let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
         if trees.len() >= MAX_TREES {
@@ -294,7 +315,9 @@ impl InstallApi {
     }
 
     fn phase(&self, inst: &Install, phase: &Phase) -> ApiResult<()> {
-        self.state.record_phase(&inst.token, phase).map_err(internal)?;
+        self.state
+            .record_phase(&inst.token, phase)
+            .map_err(internal)?;
         let who = self.client_label(inst);
         match phase {
             Phase::Done => {
@@ -307,7 +330,9 @@ impl InstallApi {
                     // boots its disk from now on instead of installing again.
                     None => {
                         let name = self.free_name(inst).map_err(internal)?;
-                        self.state.add(mac, &name, &Action::Local).map_err(internal)?;
+                        self.state
+                            .add(mac, &name, &Action::Local)
+                            .map_err(internal)?;
                     }
                 }
                 tracing::info!("install of {who} done; next boot: local disk");
@@ -375,20 +400,29 @@ async fn blocking<T: Send + 'static>(
 
 type Api = AxState<Arc<InstallApi>>;
 
-async fn auth(api: &Arc<InstallApi>, mac: String, headers: HeaderMap) -> ApiResult<Install> {
-    let a = api.clone();
-    tokio::task::spawn_blocking(move || a.authorize(&mac, &headers))
-        .await
-        .map_err(internal)?
+/// The install a request belongs to, checked against its token (see `authorize`).
+struct Authed(Install);
+
+impl FromRequestParts<Arc<InstallApi>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        api: &Arc<InstallApi>,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, api)
+            .await
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let mac = params.get("mac").cloned().unwrap_or_default();
+        let (a, headers) = (api.clone(), parts.headers.clone());
+        tokio::task::spawn_blocking(move || a.authorize(&mac, &headers))
+            .await
+            .map_err(internal)?
+            .map(Authed)
+    }
 }
 
-async fn plan_handler(
-    AxState(api): Api,
-    Path(mac): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let inst = auth(&api, mac, headers).await?;
+async fn plan_handler(AxState(api): Api, Authed(inst): Authed, body: Bytes) -> ApiResult<Response> {
     let facts: ClientFacts = parse_json("install plan request (ClientFacts)", &body)?;
     let plan = blocking(&api, &inst, move |api, inst| api.plan(inst, facts)).await?;
     Ok(Json(plan).into_response())
@@ -396,11 +430,9 @@ async fn plan_handler(
 
 async fn phase_handler(
     AxState(api): Api,
-    Path(mac): Path<String>,
-    headers: HeaderMap,
+    Authed(inst): Authed,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let inst = auth(&api, mac, headers).await?;
     let phase: Phase = parse_json("phase report", &body)?;
     blocking(&api, &inst, move |api, inst| api.phase(inst, &phase)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -408,11 +440,9 @@ async fn phase_handler(
 
 async fn log_handler(
     AxState(api): Api,
-    Path(mac): Path<String>,
-    headers: HeaderMap,
+    Authed(inst): Authed,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let inst = auth(&api, mac, headers).await?;
     let text = String::from_utf8_lossy(&body).into_owned();
     blocking(&api, &inst, move |api, inst| {
         api.state.append_log(&inst.token, &text).map_err(internal)
@@ -421,12 +451,7 @@ async fn log_handler(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn tree_handler(
-    AxState(api): Api,
-    Path(mac): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let inst = auth(&api, mac, headers).await?;
+async fn tree_handler(AxState(api): Api, Authed(inst): Authed) -> ApiResult<Response> {
     let tree = blocking(&api, &inst, |api, inst| api.tree(inst)).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -437,10 +462,9 @@ async fn tree_handler(
 
 async fn chunk_handler(
     AxState(api): Api,
-    Path((mac, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Authed(inst): Authed,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let inst = auth(&api, mac, headers).await?;
     let c = api.chunk(&inst, &id).await?;
     let codec = match c.entry.codec {
         Codec::Raw => "raw",
@@ -449,7 +473,10 @@ async fn chunk_handler(
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::HeaderName::from_static(CODEC_HEADER), codec.to_string()),
+            (
+                header::HeaderName::from_static(CODEC_HEADER),
+                codec.to_string(),
+            ),
             (
                 header::HeaderName::from_static(RAW_LEN_HEADER),
                 c.entry.raw_len.to_string(),
