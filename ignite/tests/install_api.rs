@@ -256,6 +256,19 @@ fn extract_matches_the_archive_and_done_flips_to_local() {
         "{}",
         stderr(&o)
     );
+    // A client not in the registry installs under the default action, then is registered
+    // (by its hostname) to boot from its disk.
+    s.client(&["default", "install", "web"]);
+    let mac = "52:54:00:77:01:09";
+    let token = s.token(mac);
+    let o = s.extract(mac, &token, &s.path("out9"), &["--done"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&s.client(&["show", mac, "--json"])).unwrap();
+    assert_eq!(
+        (v["client"]["name"].as_str(), v["client"]["action"].as_str()),
+        (Some("ignite-770109"), Some("local")),
+        "{v}"
+    );
 }
 
 #[test]
