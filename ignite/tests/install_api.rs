@@ -301,6 +301,26 @@ fn refusals_say_what_is_wrong() {
         &format!("{SERVER}/api/install/{mac}/plan"),
     ]);
     assert_eq!(code, "401");
+    // No server: retried, then a clear give-up.
+    let o = Lab::cmd(&s.lab.ns, ignite())
+        .args(["install-extract", "--server", "http://10.77.0.1:8081"])
+        .args([
+            "--mac",
+            &mac,
+            "--token",
+            &token,
+            "--give-up-after",
+            "2",
+            "--to",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("has not answered for 2 s"),
+        "{e}"
+    );
     // Bad JSON is a 400 with a message.
     let body = s.curl(&[
         "-H",
