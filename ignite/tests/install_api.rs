@@ -301,6 +301,29 @@ fn refusals_say_what_is_wrong() {
         &format!("{SERVER}/api/install/{mac}/plan"),
     ]);
     assert_eq!(code, "401");
+    // The plan pins its snapshot: a re-import of the archive changes nothing for this
+    // install, while a newly scheduled one gets the new snapshot.
+    let plan_id = |mac: &str, token: &str| -> String {
+        let body = s.curl(&[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--data",
+            &format!(r#"{{"mac":"{mac}","disks":[{{"path":"/dev/vda","size":10000000000,"serial":null}}],"hostname":null}}"#),
+            &format!("{SERVER}/api/install/{mac}/plan"),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&body).expect(&body);
+        v["archive"]["id"].as_str().unwrap().to_string()
+    };
+    let pinned = plan_id(&mac, &token);
+    std::fs::write(s.path("src/etc/motd"), "new\n").unwrap();
+    let src = s.path("src");
+    arc(
+        &s.path("state/store"),
+        &["import", "--name", "golden", src.to_str().unwrap()],
+    );
+    assert_eq!(plan_id(&mac, &token), pinned);
+    let (mac3, token3) = s.schedule(3, "web");
+    assert_ne!(plan_id(&mac3, &token3), pinned);
     // No server: retried, then a clear give-up.
     let o = Lab::cmd(&s.lab.ns, ignite())
         .args(["install-extract", "--server", "http://10.77.0.1:8081"])
