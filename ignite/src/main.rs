@@ -1,10 +1,10 @@
 //! `ignite`: the one binary — CLI, server daemon, HTTP API and the in-guest install agent.
 
+mod agent;
 mod cli;
 mod initramfs;
-// The agent (issue 6) and the install API are being built against this interface.
-#[allow(dead_code)]
 mod install;
+mod installs;
 mod server;
 mod state;
 

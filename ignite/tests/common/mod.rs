@@ -238,6 +238,17 @@ pub fn ignite() -> &'static str {
 
 impl Server {
     pub fn start(lab: &Lab, state: &Path, boot: &Path, extra: &[&str]) -> Server {
+        Server::start_env(lab, state, boot, extra, &[])
+    }
+
+    /// As `start`, with extra environment variables (test hooks).
+    pub fn start_env(
+        lab: &Lab,
+        state: &Path,
+        boot: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = state.join(format!("server-{:x}.log", rand_u64()));
         std::fs::create_dir_all(state).unwrap();
         let f = std::fs::File::create(&log).unwrap();
@@ -255,6 +266,7 @@ impl Server {
             .arg(boot)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
