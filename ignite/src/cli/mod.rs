@@ -4,6 +4,7 @@
 mod archive;
 mod bench;
 mod client;
+mod guests;
 mod netboot;
 mod profile;
 mod progress;

@@ -251,6 +251,39 @@ mod tests {
         assert_eq!(v, ["vmlinuz-6.1.0-18-amd64", "vmlinuz-6.9.0", "vmlinuz-6.10.1"]);
     }
 
+    /// The cargo-fuzz target's input class, randomized: partition tables and ext4
+    /// superblocks with random fields never make `find` panic.
+    #[test]
+    fn hostile_images_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..400 {
+            let mut d = vec![0u8; 256 << 10];
+            for _ in 0..64 {
+                let at = rnd() as usize % (d.len() - 8);
+                d[at..at + 8].copy_from_slice(&rnd().to_le_bytes());
+            }
+            d[510] = 0x55;
+            d[511] = 0xaa;
+            if round % 2 == 0 {
+                d[446 + 4] = 0xee;
+                d[512..520].copy_from_slice(b"EFI PART");
+                d[512 + 80..512 + 84].copy_from_slice(&(rnd() as u32 % 300).to_le_bytes());
+                d[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+            }
+            // An ext4 superblock magic where a whole-disk or first partition would have it.
+            for base in [0usize, 34 * 512, 64 << 10] {
+                d[base + 1024 + 56..base + 1024 + 58].copy_from_slice(&0xef53u16.to_le_bytes());
+            }
+            let _ = find(Arc::new(d));
+        }
+    }
+
     #[test]
     fn disks_without_ext4_say_what_was_looked_at() {
         let e = find(Arc::new(vec![0u8; 1 << 20])).unwrap_err();
