@@ -363,6 +363,7 @@ fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
     let d = tmp.path();
     let s = &d.join("state");
     let hello = ignite_vmm::guest::program("hello").unwrap();
+    // The monitor places an initrd above 96 MiB: these guests get 128M.
     let initrd = vec![0x5a; 64 << 10];
 
     // GPT, /boot inside the root file system.
@@ -375,7 +376,7 @@ fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
         "8M",
     );
     let disk = partitioned(d, "gpt.img", "gpt", &[fs]);
-    ok(s, &["create", "disk1", "--mem", "64M", "--disk", disk.to_str().unwrap(), "--engine", "bundled"]);
+    ok(s, &["create", "disk1", "--mem", "128M", "--disk", disk.to_str().unwrap(), "--engine", "bundled"]);
     ok(s, &["start", "disk1"]);
     let v = wait_stopped(s, "disk1", Duration::from_secs(30));
     assert_eq!(v["last_stop"], "guest program passed", "{}", console_log(s, "disk1"));
@@ -399,7 +400,7 @@ fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
     );
     let rootfs = ext4(d, "rootfs2", root2, &[("etc/hostname", b"g2\n")], "8M");
     let disk = partitioned(d, "mbr.img", "dos", &[bootfs, rootfs]);
-    ok(s, &["create", "disk2", "--mem", "64M", "--disk", disk.to_str().unwrap(), "--engine", "bundled", "--disk-bus", "vio"]);
+    ok(s, &["create", "disk2", "--mem", "128M", "--disk", disk.to_str().unwrap(), "--engine", "bundled", "--disk-bus", "vio"]);
     ok(s, &["start", "disk2"]);
     let v = wait_stopped(s, "disk2", Duration::from_secs(30));
     assert_eq!(v["last_stop"], "guest program passed", "{}", console_log(s, "disk2"));

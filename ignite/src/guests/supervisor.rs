@@ -70,7 +70,8 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
     let mut cmd = Command::new(std::env::current_exe().context("cannot find the ignite binary")?);
     cmd.args(["vm", "_supervise", name, "--state-dir"])
         .arg(state_dir)
-        .args(["--engine", &engine.to_string(), "--why", &why])
+        .arg(format!("--engine={engine}"))
+        .arg(format!("--why={why}"))
         .args(kvm.then_some("--kvm"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -92,10 +93,11 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
         }
         if let Some(code) = child.try_wait()? {
             let log = std::fs::read_to_string(paths.supervisor_log()).unwrap_or_default();
-            let why = log
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
+            // Its error (main prints "ignite: ..."), else whatever it said last.
+            let lines = || log.lines().rev().filter(|l| !l.trim().is_empty());
+            let why = lines()
+                .find_map(|l| l.strip_prefix("ignite: "))
+                .or_else(|| lines().next())
                 .unwrap_or("no message");
             bail!("guest {name} did not start ({code}): {why}");
         }
