@@ -16,17 +16,27 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
     /// The agent runs and has an address.
-    Booted { ip: String },
+    Booted {
+        ip: String,
+    },
     Partitioned,
     Formatted,
     /// Archive data written so far, of `total` bytes.
-    Extracting { done: u64, total: u64 },
-    Extracted { bytes: u64 },
+    Extracting {
+        done: u64,
+        total: u64,
+    },
+    Extracted {
+        bytes: u64,
+    },
     /// Identity, network, fstab and hooks written.
     Configured,
     BootLoader,
     Done,
-    Failed { error: String, log_tail: String },
+    Failed {
+        error: String,
+        log_tail: String,
+    },
 }
 
 /// The agent's side of the install API. The network implementation talks HTTP to

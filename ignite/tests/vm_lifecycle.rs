@@ -116,7 +116,9 @@ impl Console {
                 if n == 0 {
                     break;
                 }
-                o.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                o.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         Console { child, out }
@@ -150,9 +152,26 @@ fn definitions_round_trip_with_unique_macs_and_clear_errors() {
     let out = ok(
         s,
         &[
-            "create", "web1", "--mem", "512M", "--cpus", "2", "--disk", "2G", "--disk", image,
-            "--net", "bridge=br0", "--net", "bridge=br1", "--mac", "52:54:00:AA:00:01",
-            "--boot", "net", "--engine", "qemu",
+            "create",
+            "web1",
+            "--mem",
+            "512M",
+            "--cpus",
+            "2",
+            "--disk",
+            "2G",
+            "--disk",
+            image,
+            "--net",
+            "bridge=br0",
+            "--net",
+            "bridge=br1",
+            "--mac",
+            "52:54:00:AA:00:01",
+            "--boot",
+            "net",
+            "--engine",
+            "qemu",
         ],
     );
     assert!(out.contains("guest web1 defined"), "{out}");
@@ -177,7 +196,10 @@ fn definitions_round_trip_with_unique_macs_and_clear_errors() {
     assert_eq!(nics[0]["mac"], "52:54:00:aa:00:01");
     assert_eq!(nics[0]["bridge"], "br0");
     let generated = nics[1]["mac"].as_str().unwrap().to_owned();
-    assert!(generated.starts_with("52:54:00:") && generated.len() == 17, "{generated}");
+    assert!(
+        generated.starts_with("52:54:00:") && generated.len() == 17,
+        "{generated}"
+    );
 
     // Many guests with generated MACs: all distinct, and distinct from web1's.
     let mut macs = vec!["52:54:00:aa:00:01".to_string(), generated.clone()];
@@ -194,42 +216,141 @@ fn definitions_round_trip_with_unique_macs_and_clear_errors() {
     let list: Value = serde_json::from_str(&ok(s, &["list", "--json"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 9);
     let table = ok(s, &["list"]);
-    assert!(table.lines().any(|l| l.starts_with("web1") && l.contains("defined")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("web1") && l.contains("defined")),
+        "{table}"
+    );
 
     // Errors: each names the object and what to do, and stores nothing.
-    fails(s, &["create", "web1", "--boot", "net", "--net", "bridge=br0"], "guest web1 is already defined");
     fails(
         s,
-        &["create", "dup", "--net", "bridge=br0", "--mac", "52:54:00:aa:00:01", "--boot", "net"],
+        &["create", "web1", "--boot", "net", "--net", "bridge=br0"],
+        "guest web1 is already defined",
+    );
+    fails(
+        s,
+        &[
+            "create",
+            "dup",
+            "--net",
+            "bridge=br0",
+            "--mac",
+            "52:54:00:aa:00:01",
+            "--boot",
+            "net",
+        ],
         "MAC 52:54:00:aa:00:01 is already used by guest web1",
     );
     fails(
         s,
-        &["create", "dup", "--net", "bridge=br0", "--mac", &generated, "--boot", "net"],
+        &[
+            "create",
+            "dup",
+            "--net",
+            "bridge=br0",
+            "--mac",
+            &generated,
+            "--boot",
+            "net",
+        ],
         "is already used by guest web1",
     );
     fails(
         s,
-        &["create", "twice", "--net", "bridge=a", "--net", "bridge=b", "--mac", "52:54:00:00:00:09",
-          "--mac", "52:54:00:00:00:09", "--boot", "net"],
+        &[
+            "create",
+            "twice",
+            "--net",
+            "bridge=a",
+            "--net",
+            "bridge=b",
+            "--mac",
+            "52:54:00:00:00:09",
+            "--mac",
+            "52:54:00:00:00:09",
+            "--boot",
+            "net",
+        ],
         "is given twice",
     );
     fails(s, &["create", "bad", "--disk", "10X"], "neither a size");
-    fails(s, &["create", "bad", "--mem", "lots", "--disk", "1G"], "not a size");
-    fails(s, &["create", "bad", "--mem", "1M", "--disk", "1G"], "out of range");
-    fails(s, &["create", "bad", "--mac", "zz", "--net", "bridge=b", "--boot", "net"], "is not like");
-    fails(s, &["create", "bad", "--mac", "01:00:00:00:00:01", "--net", "bridge=b", "--boot", "net"], "multicast");
     fails(
         s,
-        &["create", "bad", "--disk-bus", "vio", "--disk", "1G", "--disk", "1G", "--disk", "1G",
-          "--disk", "1G", "--disk", "1G"],
+        &["create", "bad", "--mem", "lots", "--disk", "1G"],
+        "not a size",
+    );
+    fails(
+        s,
+        &["create", "bad", "--mem", "1M", "--disk", "1G"],
+        "out of range",
+    );
+    fails(
+        s,
+        &[
+            "create", "bad", "--mac", "zz", "--net", "bridge=b", "--boot", "net",
+        ],
+        "is not like",
+    );
+    fails(
+        s,
+        &[
+            "create",
+            "bad",
+            "--mac",
+            "01:00:00:00:00:01",
+            "--net",
+            "bridge=b",
+            "--boot",
+            "net",
+        ],
+        "multicast",
+    );
+    fails(
+        s,
+        &[
+            "create",
+            "bad",
+            "--disk-bus",
+            "vio",
+            "--disk",
+            "1G",
+            "--disk",
+            "1G",
+            "--disk",
+            "1G",
+            "--disk",
+            "1G",
+            "--disk",
+            "1G",
+        ],
         "at most 4",
     );
     fails(s, &["create", "bad"], "--boot disk needs a disk");
-    fails(s, &["create", "bad", "--boot", "net"], "--boot net needs a NIC");
-    fails(s, &["create", "bad", "--disk", "1G", "--boot", "kernel=/no/such/vmlinuz"], "no such file");
+    fails(
+        s,
+        &["create", "bad", "--boot", "net"],
+        "--boot net needs a NIC",
+    );
+    fails(
+        s,
+        &[
+            "create",
+            "bad",
+            "--disk",
+            "1G",
+            "--boot",
+            "kernel=/no/such/vmlinuz",
+        ],
+        "no such file",
+    );
     fails(s, &["create", "bad/name", "--disk", "1G"], "not valid");
-    fails(s, &["create", "bad", "--net", "tap=x", "--boot", "net"], "use bridge=BR");
+    fails(
+        s,
+        &["create", "bad", "--net", "tap=x", "--boot", "net"],
+        "use bridge=BR",
+    );
     assert!(!state.join("guests/bad").exists() && !state.join("guests/dup").exists());
     fails(s, &["show", "nosuch"], "guest nosuch is not defined");
     fails(s, &["start", "nosuch"], "guest nosuch is not defined");
@@ -243,7 +364,19 @@ fn definitions_round_trip_with_unique_macs_and_clear_errors() {
     assert!(created.exists() && Path::new(image).exists());
     fails(s, &["show", "web1"], "not defined");
     // Its MAC is free again, and the kept image blocks a new guest's image of the same name.
-    ok(s, &["create", "web2", "--net", "bridge=br0", "--mac", "52:54:00:aa:00:01", "--boot", "net"]);
+    ok(
+        s,
+        &[
+            "create",
+            "web2",
+            "--net",
+            "bridge=br0",
+            "--mac",
+            "52:54:00:aa:00:01",
+            "--boot",
+            "net",
+        ],
+    );
     fails(s, &["create", "web1", "--disk", "1G"], "cannot create it");
     std::fs::remove_file(&created).unwrap();
     ok(s, &["create", "web1", "--disk", "1G"]);
@@ -261,7 +394,12 @@ fn bundled_guest_starts_takes_console_input_and_stops() {
     let s = &tmp.path().join("state");
     let prog = guest_program(tmp.path(), "console");
     let boot = format!("kernel={},cmdline=expect=hello-ignite", prog.display());
-    ok(s, &["create", "con1", "--mem", "64M", "--boot", &boot, "--engine", "bundled"]);
+    ok(
+        s,
+        &[
+            "create", "con1", "--mem", "64M", "--boot", &boot, "--engine", "bundled",
+        ],
+    );
 
     let out = ok(s, &["start", "con1"]);
     assert!(out.contains("engine bundled"), "{out}");
@@ -282,9 +420,11 @@ fn bundled_guest_starts_takes_console_input_and_stops() {
     let stdin = console.child.stdin.as_mut().unwrap();
     stdin.write_all(b"hello-ignite\r").unwrap();
     stdin.flush().unwrap();
-    wait_for("the echo through the console", Duration::from_secs(20), || {
-        console.text().contains("got: hello-ignite")
-    });
+    wait_for(
+        "the echo through the console",
+        Duration::from_secs(20),
+        || console.text().contains("got: hello-ignite"),
+    );
     // The program then passes and the guest ends: the console and the supervisor go.
     console.wait_exit(Duration::from_secs(20));
     let v = wait_stopped(s, "con1", Duration::from_secs(20));
@@ -342,7 +482,11 @@ fn partitioned(dir: &Path, name: &str, label: &str, filesystems: &[Vec<u8>]) -> 
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    sf.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     assert!(sf.wait().unwrap().success(), "sfdisk failed");
     for (i, fs) in filesystems.iter().enumerate() {
         f.write_all_at(fs, (1 + 8 * i as u64) << 20).unwrap();
@@ -372,21 +516,45 @@ fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
         d,
         "rootfs",
         root_uuid,
-        &[("boot/vmlinuz", hello), ("boot/initrd.img", &initrd), ("etc/hostname", b"g1\n")],
+        &[
+            ("boot/vmlinuz", hello),
+            ("boot/initrd.img", &initrd),
+            ("etc/hostname", b"g1\n"),
+        ],
         "8M",
     );
     let disk = partitioned(d, "gpt.img", "gpt", &[fs]);
-    ok(s, &["create", "disk1", "--mem", "128M", "--disk", disk.to_str().unwrap(), "--engine", "bundled"]);
+    ok(
+        s,
+        &[
+            "create",
+            "disk1",
+            "--mem",
+            "128M",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--engine",
+            "bundled",
+        ],
+    );
     ok(s, &["start", "disk1"]);
     let v = wait_stopped(s, "disk1", Duration::from_secs(30));
-    assert_eq!(v["last_stop"], "guest program passed", "{}", console_log(s, "disk1"));
+    assert_eq!(
+        v["last_stop"],
+        "guest program passed",
+        "{}",
+        console_log(s, "disk1")
+    );
     let log = console_log(s, "disk1");
     assert!(
         log.contains(&format!("cmdline: root=UUID={root_uuid} ro console=ttyS0")),
         "{log}"
     );
     let sup = std::fs::read_to_string(s.join("guests/disk1/supervisor.log")).unwrap();
-    assert!(sup.contains("partition 1: /boot/vmlinuz + /boot/initrd.img"), "{sup}");
+    assert!(
+        sup.contains("partition 1: /boot/vmlinuz + /boot/initrd.img"),
+        "{sup}"
+    );
 
     // MBR, /boot a partition of its own with a versioned kernel; root on the second.
     let boot_uuid = "0a0b0c0d-1111-4222-8333-444455556666";
@@ -395,21 +563,56 @@ fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
         d,
         "bootfs",
         boot_uuid,
-        &[("vmlinuz-6.1.0-9-amd64", b"not this one"), ("vmlinuz-6.10.2-amd64", hello), ("initrd.img-6.10.2-amd64", &initrd)],
+        &[
+            ("vmlinuz-6.1.0-9-amd64", b"not this one"),
+            ("vmlinuz-6.10.2-amd64", hello),
+            ("initrd.img-6.10.2-amd64", &initrd),
+        ],
         "8M",
     );
     let rootfs = ext4(d, "rootfs2", root2, &[("etc/hostname", b"g2\n")], "8M");
     let disk = partitioned(d, "mbr.img", "dos", &[bootfs, rootfs]);
-    ok(s, &["create", "disk2", "--mem", "128M", "--disk", disk.to_str().unwrap(), "--engine", "bundled", "--disk-bus", "vio"]);
+    ok(
+        s,
+        &[
+            "create",
+            "disk2",
+            "--mem",
+            "128M",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--engine",
+            "bundled",
+            "--disk-bus",
+            "vio",
+        ],
+    );
     ok(s, &["start", "disk2"]);
     let v = wait_stopped(s, "disk2", Duration::from_secs(30));
-    assert_eq!(v["last_stop"], "guest program passed", "{}", console_log(s, "disk2"));
+    assert_eq!(
+        v["last_stop"],
+        "guest program passed",
+        "{}",
+        console_log(s, "disk2")
+    );
     assert!(console_log(s, "disk2").contains(&format!("cmdline: root=UUID={root2} ")));
 
     // A disk without ext4: start says why and the guest stays stopped.
     let blank = d.join("blank.img");
     std::fs::write(&blank, vec![0u8; 4 << 20]).unwrap();
-    ok(s, &["create", "blank", "--mem", "64M", "--disk", blank.to_str().unwrap(), "--engine", "bundled"]);
+    ok(
+        s,
+        &[
+            "create",
+            "blank",
+            "--mem",
+            "64M",
+            "--disk",
+            blank.to_str().unwrap(),
+            "--engine",
+            "bundled",
+        ],
+    );
     fails(s, &["start", "blank"], "no ext4 file system");
     assert_eq!(show(s, "blank")["state"], "stopped");
 }
@@ -428,7 +631,14 @@ fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
     let boot = tmp.path().join("boot");
     common::run(
         Command::new(ignite())
-            .args(["netboot", "fetch-boot-files", "--kernel", "--marker", MARKER, "--boot-dir"])
+            .args([
+                "netboot",
+                "fetch-boot-files",
+                "--kernel",
+                "--marker",
+                MARKER,
+                "--boot-dir",
+            ])
             .arg(&boot),
     );
     let spec = format!(
@@ -436,9 +646,17 @@ fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
         boot.join("debian/vmlinuz").display(),
         boot.join("debian/initrd.img").display()
     );
-    ok(s, &["create", "q1", "--mem", "256M", "--disk", "64M", "--boot", &spec, "--engine", "qemu"]);
+    ok(
+        s,
+        &[
+            "create", "q1", "--mem", "256M", "--disk", "64M", "--boot", &spec, "--engine", "qemu",
+        ],
+    );
     let out = ok(s, &["start", "q1"]);
-    assert!(out.contains("engine qemu") && out.contains("-accel"), "{out}");
+    assert!(
+        out.contains("engine qemu") && out.contains("-accel"),
+        "{out}"
+    );
     assert_eq!(show(s, "q1")["running"]["engine"], "qemu");
     let mut console = Console::attach(s, "q1");
     // The initramfs prints the marker and powers off: QEMU exits, the guest is stopped.
@@ -447,7 +665,11 @@ fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
     let log = console_log(s, "q1");
     assert!(log.contains(&format!("{MARKER} ")), "console log:\n{log}");
     console.wait_exit(Duration::from_secs(10));
-    assert!(console.text().contains(MARKER), "console:\n{}", console.text());
+    assert!(
+        console.text().contains(MARKER),
+        "console:\n{}",
+        console.text()
+    );
 
     // Started again and forced off through QMP before it gets far.
     ok(s, &["start", "q1"]);

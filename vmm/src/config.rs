@@ -54,7 +54,10 @@ pub enum SerialTarget {
     Unix(PathBuf),
     /// A Unix socket as above, with all output also appended to a log file (a detached
     /// guest's console: attach any time, read what was missed in the log).
-    LoggedUnix { socket: PathBuf, log: PathBuf },
+    LoggedUnix {
+        socket: PathBuf,
+        log: PathBuf,
+    },
     /// Output is discarded.
     Null,
 }

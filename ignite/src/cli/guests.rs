@@ -191,7 +191,10 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
     check_name(&a.name)?;
     let mem = parse_size(&a.mem).map_err(anyhow::Error::msg)?;
     if !(16 << 20..=64 << 30).contains(&mem) {
-        bail!("memory size {} is out of range; use between 16M and 64G", a.mem);
+        bail!(
+            "memory size {} is out of range; use between 16M and 64G",
+            a.mem
+        );
     }
     if a.cpus == 0 || a.cpus > ignite_vmm::layout::MAX_CPUS {
         bail!(
@@ -409,7 +412,10 @@ fn show(state_dir: &Path, name: &str, json: bool) -> Result<()> {
         println!("disk:      {} ({:?})", x.path.display(), d.disk_bus);
     }
     for n in &d.nics {
-        println!("nic:       {} on bridge {} ({:?})", n.mac, n.bridge, d.net_model);
+        println!(
+            "nic:       {} on bridge {} ({:?})",
+            n.mac, n.bridge, d.net_model
+        );
     }
     println!("console:   {}", v.console_log.display());
     Ok(())
@@ -438,8 +444,9 @@ fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<()> {
         }
     } else {
         if paths.dir.exists() {
-            std::fs::remove_dir_all(&paths.dir)
-                .with_context(|| format!("guest directory {}: cannot remove it", paths.dir.display()))?;
+            std::fs::remove_dir_all(&paths.dir).with_context(|| {
+                format!("guest directory {}: cannot remove it", paths.dir.display())
+            })?;
         }
         println!("guest {name} removed");
     }
@@ -489,8 +496,12 @@ fn console(state_dir: &Path, name: &str) -> Result<()> {
             paths.console_log().display()
         );
     }
-    let sock = std::os::unix::net::UnixStream::connect(paths.console())
-        .with_context(|| format!("console socket {}: cannot connect", paths.console().display()))?;
+    let sock = std::os::unix::net::UnixStream::connect(paths.console()).with_context(|| {
+        format!(
+            "console socket {}: cannot connect",
+            paths.console().display()
+        )
+    })?;
     eprintln!("ignite: attached to {name}'s console; Ctrl-] detaches\r");
     let raw = RawMode::enter();
     let mut from_guest = sock.try_clone()?;

@@ -38,10 +38,8 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
         });
     }
     for (i, n) in def.nics.iter().enumerate() {
-        c.arg("-netdev").arg(format!(
-            "tap,id=net{i},fd={}",
-            FIRST_TAP_FD + i as i32
-        ));
+        c.arg("-netdev")
+            .arg(format!("tap,id=net{i},fd={}", FIRST_TAP_FD + i as i32));
         let model = match def.net_model {
             Bus::Avio => "virtio-net-pci",
             Bus::Vio => "ne2k_pci",
@@ -113,8 +111,8 @@ impl Qmp {
                 // QEMU closes QMP as it quits.
                 return Ok(());
             }
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .with_context(|| format!("QMP: bad reply {line:?}"))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("QMP: bad reply {line:?}"))?;
             if v.get("return").is_some() {
                 return Ok(());
             }

@@ -37,6 +37,9 @@ pub struct Record {
     pub last_stop_time: Option<i64>,
 }
 
+/// A `guests` row as read: definition, created, last_engine, last_stop, last_stop_time.
+type GuestRow = (String, i64, Option<String>, Option<String>, Option<i64>);
+
 pub struct Guests {
     conn: Connection,
 }
@@ -134,11 +137,11 @@ impl Guests {
         Ok(def)
     }
 
-    fn record(r: &rusqlite::Row) -> rusqlite::Result<(String, i64, Option<String>, Option<String>, Option<i64>)> {
+    fn record(r: &rusqlite::Row) -> rusqlite::Result<GuestRow> {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
     }
 
-    fn to_record(t: (String, i64, Option<String>, Option<String>, Option<i64>)) -> Result<Record> {
+    fn to_record(t: GuestRow) -> Result<Record> {
         Ok(Record {
             def: serde_json::from_str(&t.0).context("a stored guest definition is unreadable")?,
             created: t.1,

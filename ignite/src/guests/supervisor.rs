@@ -60,7 +60,9 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
         );
     }
     let (engine, kvm, why) = choose_engine(rec.def.engine);
-    if engine == Engine::Qemu && crate::cli::sh(Command::new("qemu-system-x86_64").arg("--version")).is_err() {
+    if engine == Engine::Qemu
+        && crate::cli::sh(Command::new("qemu-system-x86_64").arg("--version")).is_err()
+    {
         bail!("guest {name}: qemu-system-x86_64 is not installed; apt-get install qemu-system-x86 (or use --engine bundled)");
     }
     std::fs::create_dir_all(&paths.dir)
@@ -145,7 +147,11 @@ pub fn stop(state_dir: &Path, name: &str, force: bool, limit: Duration) -> Resul
             }
             // The supervisor leads its own session: this also ends QEMU.
             unsafe { libc::kill(-(s.pid as i32), libc::SIGKILL) };
-            Guests::open(state_dir)?.record_stop(name, s.engine, "killed by ignite vm stop --force")?;
+            Guests::open(state_dir)?.record_stop(
+                name,
+                s.engine,
+                "killed by ignite vm stop --force",
+            )?;
             remove_runtime_files(&paths);
             return Ok(());
         }
@@ -161,7 +167,13 @@ fn remove_runtime_files(paths: &Paths) {
 }
 
 /// The supervisor: runs guest `name` on `engine` until it ends.
-pub fn supervise(state_dir: &Path, name: &str, engine: Engine, kvm: bool, why: String) -> Result<()> {
+pub fn supervise(
+    state_dir: &Path,
+    name: &str,
+    engine: Engine,
+    kvm: bool,
+    why: String,
+) -> Result<()> {
     let guests = Guests::open(state_dir)?;
     let def = guests.get(name)?.def;
     let paths = Paths::new(state_dir, name);
@@ -218,7 +230,9 @@ fn serve_control(
 
 /// The bundled monitor's configuration for `def`.
 fn bundled_config(def: &Definition, paths: &Paths) -> Result<ignite_vmm::VmConfig> {
-    use ignite_vmm::{config::DEFAULT_TRACK_GRANULARITY, DiskConfig, KernelImage, NetBackend, NetConfig};
+    use ignite_vmm::{
+        config::DEFAULT_TRACK_GRANULARITY, DiskConfig, KernelImage, NetBackend, NetConfig,
+    };
     let (kernel, initrd, cmdline) = match &def.boot {
         Boot::Kernel {
             kernel,

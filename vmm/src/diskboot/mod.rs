@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 /// Random-access bytes of a disk image.
 pub trait DiskSource: Send + Sync {
-    fn len(&self) -> u64;
+    fn size(&self) -> u64;
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
 }
 
 impl DiskSource for std::fs::File {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.metadata().map(|m| m.len()).unwrap_or(0)
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
@@ -28,7 +28,7 @@ impl DiskSource for std::fs::File {
 }
 
 impl DiskSource for Vec<u8> {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.as_slice().len() as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
@@ -230,7 +230,8 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
                 out.push((rest[..digits].parse().unwrap_or(u64::MAX), String::new()));
                 rest = &rest[digits..];
             } else {
-                let text = rest.len() - rest.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+                let text =
+                    rest.len() - rest.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
                 out.push((0, rest[..text].to_owned()));
                 rest = &rest[text..];
             }
@@ -248,7 +249,10 @@ mod tests {
     fn versions_compare_numerically() {
         let mut v = ["vmlinuz-6.9.0", "vmlinuz-6.10.1", "vmlinuz-6.1.0-18-amd64"];
         v.sort_by(|a, b| version_order(a, b));
-        assert_eq!(v, ["vmlinuz-6.1.0-18-amd64", "vmlinuz-6.9.0", "vmlinuz-6.10.1"]);
+        assert_eq!(
+            v,
+            ["vmlinuz-6.1.0-18-amd64", "vmlinuz-6.9.0", "vmlinuz-6.10.1"]
+        );
     }
 
     /// The cargo-fuzz target's input class, randomized: partition tables and ext4
@@ -287,6 +291,9 @@ mod tests {
     #[test]
     fn disks_without_ext4_say_what_was_looked_at() {
         let e = find(Arc::new(vec![0u8; 1 << 20])).unwrap_err();
-        assert!(e.contains("no ext4 file system on it (the whole disk)"), "{e}");
+        assert!(
+            e.contains("no ext4 file system on it (the whole disk)"),
+            "{e}"
+        );
     }
 }

@@ -41,7 +41,7 @@ pub fn list(disk: &dyn DiskSource) -> Vec<Partition> {
     let whole = vec![Partition {
         number: 0,
         start: 0,
-        len: disk.len(),
+        len: disk.size(),
     }];
     let mut mbr = [0u8; 512];
     if disk.read_at(0, &mut mbr).is_err() || mbr[510..512] != [0x55, 0xaa] {
@@ -78,7 +78,7 @@ pub fn list(disk: &dyn DiskSource) -> Vec<Partition> {
 fn within(disk: &dyn DiskSource, number: u32, first_lba: u64, sectors: u64) -> Option<Partition> {
     let start = first_lba.checked_mul(SECTOR)?;
     let len = sectors.checked_mul(SECTOR)?;
-    (len > 0 && start > 0 && start.checked_add(len)? <= disk.len()).then_some(Partition {
+    (len > 0 && start > 0 && start.checked_add(len)? <= disk.size()).then_some(Partition {
         number,
         start,
         len,
@@ -132,15 +132,28 @@ mod tests {
     #[test]
     fn mbr_primaries_inside_the_disk_only() {
         let d = mbr_disk(
-            &[(0x83, 2048, 100), (0x05, 4096, 10), (0x83, 1 << 30, 10), (0x83, 3000, 20)],
+            &[
+                (0x83, 2048, 100),
+                (0x05, 4096, 10),
+                (0x83, 1 << 30, 10),
+                (0x83, 3000, 20),
+            ],
             4 << 20,
         );
         let p = list(&d);
         assert_eq!(
             p,
             vec![
-                Partition { number: 1, start: 2048 * 512, len: 100 * 512 },
-                Partition { number: 4, start: 3000 * 512, len: 20 * 512 },
+                Partition {
+                    number: 1,
+                    start: 2048 * 512,
+                    len: 100 * 512
+                },
+                Partition {
+                    number: 4,
+                    start: 3000 * 512,
+                    len: 20 * 512
+                },
             ]
         );
     }
@@ -148,7 +161,14 @@ mod tests {
     #[test]
     fn no_table_is_the_whole_disk() {
         let d = vec![0u8; 8192];
-        assert_eq!(list(&d), vec![Partition { number: 0, start: 0, len: 8192 }]);
+        assert_eq!(
+            list(&d),
+            vec![Partition {
+                number: 0,
+                start: 0,
+                len: 8192
+            }]
+        );
         // A signature with only empty entries: still the whole disk.
         assert_eq!(list(&mbr_disk(&[], 8192))[0].number, 0);
     }
@@ -166,7 +186,11 @@ mod tests {
         d[e + 40..e + 48].copy_from_slice(&99u64.to_le_bytes());
         assert_eq!(
             list(&d),
-            vec![Partition { number: 2, start: 34 * 512, len: 66 * 512 }]
+            vec![Partition {
+                number: 2,
+                start: 34 * 512,
+                len: 66 * 512
+            }]
         );
         // last < first, then an absurd entry count: no partitions, so the whole disk.
         d[e + 40..e + 48].copy_from_slice(&3u64.to_le_bytes());
