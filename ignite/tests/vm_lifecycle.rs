@@ -1,7 +1,8 @@
 //! Guest lifecycle through the real binary: `ignite vm create/list/show/remove` (no VM), then
 //! guests started detached on the bundled monitor (a guest test program taking console
 //! input; a guest program booted from the ext4 /boot of a GPT disk) and under QEMU (Debian's
-//! kernel with a busybox initramfs), attached to with `ignite vm console` and stopped.
+//! kernel with a busybox initramfs, its NIC a tap on a bridge), attached to with
+//! `ignite vm console` and stopped.
 
 mod common;
 
@@ -622,6 +623,11 @@ fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
     if !require(&[
         ("qemu-system-x86_64", which("qemu-system-x86_64").is_some()),
         ("apt-get (fetch-boot-files)", which("apt-get").is_some()),
+        (
+            "root (a bridge in a network namespace)",
+            unsafe { libc::geteuid() } == 0,
+        ),
+        ("ip (iproute2)", which("ip").is_some()),
     ]) {
         return;
     }
@@ -649,15 +655,44 @@ fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
     ok(
         s,
         &[
-            "create", "q1", "--mem", "256M", "--disk", "64M", "--boot", &spec, "--engine", "qemu",
+            "create",
+            "q1",
+            "--mem",
+            "256M",
+            "--disk",
+            "64M",
+            "--net",
+            "bridge=br0",
+            "--boot",
+            &spec,
+            "--engine",
+            "qemu",
         ],
     );
-    let out = ok(s, &["start", "q1"]);
+    // Started inside a namespace holding bridge br0 (the supervisor and QEMU stay there; the
+    // lab kills whatever is left in it).
+    let lab = common::Lab::new("vmlc");
+    let taps = || {
+        common::run(Command::new("ip").args(["-n", &lab.ns, "-o", "link", "show", "master", "br0"]))
+    };
+    let start = || {
+        common::run(
+            common::Lab::cmd(&lab.ns, ignite())
+                .args(["vm", "start", "q1"])
+                .env("IGNITE_STATE_DIR", s),
+        )
+    };
+    let out = start();
     assert!(
         out.contains("engine qemu") && out.contains("-accel"),
         "{out}"
     );
     assert_eq!(show(s, "q1")["running"]["engine"], "qemu");
+    assert!(
+        taps().contains("ignite"),
+        "no tap on br0 while q1 runs: {}",
+        taps()
+    );
     let mut console = Console::attach(s, "q1");
     // The initramfs prints the marker and powers off: QEMU exits, the guest is stopped.
     let v = wait_stopped(s, "q1", Duration::from_secs(90));
@@ -671,8 +706,10 @@ fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
         console.text()
     );
 
+    assert!(!taps().contains("ignite"), "tap left on br0: {}", taps());
+
     // Started again and forced off through QMP before it gets far.
-    ok(s, &["start", "q1"]);
+    start();
     ok(s, &["stop", "q1", "--force"]);
     let v = show(s, "q1");
     assert_eq!(v["state"], "stopped");
