@@ -52,16 +52,13 @@ fn show(state: &Path, name: &str) -> Value {
 
 /// Skips (or fails under IGNITE_CI=1) unless every check passes.
 fn require(checks: &[(&str, bool)]) -> bool {
-    let missing: Vec<&str> = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("needs {}", missing.join(", "));
-    if std::env::var("IGNITE_CI").as_deref() == Ok("1") {
-        panic!("prerequisite missing with IGNITE_CI=1: {msg}");
-    }
-    eprintln!("skipping: {msg}");
-    false
+    common::run_or_skip(
+        checks
+            .iter()
+            .filter(|c| !c.1)
+            .map(|c| c.0.to_string())
+            .collect(),
+    )
 }
 
 fn kvm() -> (&'static str, bool) {
@@ -225,139 +222,46 @@ fn definitions_round_trip_with_unique_macs_and_clear_errors() {
     );
 
     // Errors: each names the object and what to do, and stores nothing.
-    fails(
-        s,
-        &["create", "web1", "--boot", "net", "--net", "bridge=br0"],
-        "guest web1 is already defined",
-    );
-    fails(
-        s,
-        &[
-            "create",
-            "dup",
-            "--net",
-            "bridge=br0",
-            "--mac",
-            "52:54:00:aa:00:01",
-            "--boot",
-            "net",
-        ],
-        "MAC 52:54:00:aa:00:01 is already used by guest web1",
-    );
-    fails(
-        s,
-        &[
-            "create",
-            "dup",
-            "--net",
-            "bridge=br0",
-            "--mac",
-            &generated,
-            "--boot",
-            "net",
-        ],
-        "is already used by guest web1",
-    );
-    fails(
-        s,
-        &[
-            "create",
-            "twice",
-            "--net",
-            "bridge=a",
-            "--net",
-            "bridge=b",
-            "--mac",
-            "52:54:00:00:00:09",
-            "--mac",
-            "52:54:00:00:00:09",
-            "--boot",
-            "net",
-        ],
-        "is given twice",
-    );
-    fails(s, &["create", "bad", "--disk", "10X"], "neither a size");
-    fails(
-        s,
-        &["create", "bad", "--mem", "lots", "--disk", "1G"],
-        "not a size",
-    );
-    fails(
-        s,
-        &["create", "bad", "--mem", "1M", "--disk", "1G"],
-        "out of range",
-    );
-    fails(
-        s,
-        &[
-            "create", "bad", "--mac", "zz", "--net", "bridge=b", "--boot", "net",
-        ],
-        "is not like",
-    );
-    fails(
-        s,
-        &[
-            "create",
-            "bad",
-            "--mac",
-            "01:00:00:00:00:01",
-            "--net",
-            "bridge=b",
-            "--boot",
-            "net",
-        ],
-        "multicast",
-    );
-    fails(
-        s,
-        &[
-            "create",
-            "bad",
-            "--disk-bus",
-            "vio",
-            "--disk",
-            "1G",
-            "--disk",
-            "1G",
-            "--disk",
-            "1G",
-            "--disk",
-            "1G",
-            "--disk",
-            "1G",
-        ],
-        "at most 4",
-    );
-    fails(s, &["create", "bad"], "--boot disk needs a disk");
-    fails(
-        s,
-        &["create", "bad", "--boot", "net"],
-        "--boot net needs a NIC",
-    );
-    fails(
-        s,
-        &[
-            "create",
-            "bad",
-            "--disk",
-            "1G",
-            "--boot",
-            "kernel=/no/such/vmlinuz",
-        ],
-        "no such file",
-    );
-    fails(s, &["create", "bad/name", "--disk", "1G"], "not valid");
-    fails(
-        s,
-        &["create", "bad", "--net", "tap=x", "--boot", "net"],
-        "use bridge=BR",
-    );
+    let dup_generated = format!("create dup --net bridge=br0 --mac {generated} --boot net");
+    let cases: &[(&str, &str)] = &[
+        ("create web1 --boot net --net bridge=br0", "guest web1 is already defined"),
+        (
+            "create dup --net bridge=br0 --mac 52:54:00:aa:00:01 --boot net",
+            "MAC 52:54:00:aa:00:01 is already used by guest web1",
+        ),
+        (&dup_generated, "is already used by guest web1"),
+        (
+            "create twice --net bridge=a --net bridge=b --mac 52:54:00:00:00:09 --mac 52:54:00:00:00:09 --boot net",
+            "is given twice",
+        ),
+        ("create bad --disk 10X", "neither a size"),
+        ("create bad --disk 0", "too small"),
+        ("create bad --mem lots --disk 1G", "not a size"),
+        ("create bad --mem 1M --disk 1G", "out of range"),
+        ("create bad --cpus 0 --disk 1G", "out of range"),
+        ("create bad --mac zz --net bridge=b --boot net", "is not like"),
+        ("create bad --mac 01:00:00:00:00:01 --net bridge=b --boot net", "multicast"),
+        ("create bad --mac 52:54:00:00:00:01 --boot net", "at most one MAC per NIC"),
+        (
+            "create bad --disk-bus vio --disk 1G --disk 1G --disk 1G --disk 1G --disk 1G",
+            "at most 4",
+        ),
+        ("create bad", "--boot disk needs a disk"),
+        ("create bad --boot net", "--boot net needs a NIC"),
+        ("create bad --disk 1G --boot kernel=/no/such/vmlinuz", "no such file"),
+        ("create bad --disk 1G --boot cdrom", "not a boot source"),
+        ("create bad/name --disk 1G", "not valid"),
+        ("create bad --net tap=x --boot net", "use bridge=BR"),
+        ("show nosuch", "guest nosuch is not defined"),
+        ("start nosuch", "guest nosuch is not defined"),
+        ("stop web1", "guest web1 is not running"),
+        ("console web1", "guest web1 is not running"),
+        ("remove nosuch", "guest nosuch is not defined"),
+    ];
+    for (args, needle) in cases {
+        fails(s, &args.split(' ').collect::<Vec<_>>(), needle);
+    }
     assert!(!state.join("guests/bad").exists() && !state.join("guests/dup").exists());
-    fails(s, &["show", "nosuch"], "guest nosuch is not defined");
-    fails(s, &["start", "nosuch"], "guest nosuch is not defined");
-    fails(s, &["stop", "web1"], "guest web1 is not running");
-    fails(s, &["console", "web1"], "guest web1 is not running");
-    fails(s, &["remove", "nosuch"], "guest nosuch is not defined");
 
     // Remove keeping the created image, then fully; the existing image is never touched.
     let out = ok(s, &["remove", "web1", "--keep-disks"]);
@@ -495,6 +399,30 @@ fn partitioned(dir: &Path, name: &str, label: &str, filesystems: &[Vec<u8>]) -> 
     disk
 }
 
+/// Defines and starts a bundled guest booting from `disk`; waits for its guest program to
+/// pass and returns its console log.
+fn boot_from_disk(s: &Path, name: &str, disk: &Path, bus: &str) -> String {
+    let disk = disk.to_str().unwrap();
+    let args = [
+        "create",
+        name,
+        "--mem",
+        "128M",
+        "--disk",
+        disk,
+        "--disk-bus",
+        bus,
+        "--engine",
+        "bundled",
+    ];
+    ok(s, &args);
+    ok(s, &["start", name]);
+    let v = wait_stopped(s, name, Duration::from_secs(30));
+    let log = console_log(s, name);
+    assert_eq!(v["last_stop"], "guest program passed", "{log}");
+    log
+}
+
 #[test]
 fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
     if !require(&[
@@ -525,28 +453,7 @@ fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
         "8M",
     );
     let disk = partitioned(d, "gpt.img", "gpt", &[fs]);
-    ok(
-        s,
-        &[
-            "create",
-            "disk1",
-            "--mem",
-            "128M",
-            "--disk",
-            disk.to_str().unwrap(),
-            "--engine",
-            "bundled",
-        ],
-    );
-    ok(s, &["start", "disk1"]);
-    let v = wait_stopped(s, "disk1", Duration::from_secs(30));
-    assert_eq!(
-        v["last_stop"],
-        "guest program passed",
-        "{}",
-        console_log(s, "disk1")
-    );
-    let log = console_log(s, "disk1");
+    let log = boot_from_disk(s, "disk1", &disk, "avio");
     assert!(
         log.contains(&format!("cmdline: root=UUID={root_uuid} ro console=ttyS0")),
         "{log}"
@@ -573,30 +480,11 @@ fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
     );
     let rootfs = ext4(d, "rootfs2", root2, &[("etc/hostname", b"g2\n")], "8M");
     let disk = partitioned(d, "mbr.img", "dos", &[bootfs, rootfs]);
-    ok(
-        s,
-        &[
-            "create",
-            "disk2",
-            "--mem",
-            "128M",
-            "--disk",
-            disk.to_str().unwrap(),
-            "--engine",
-            "bundled",
-            "--disk-bus",
-            "vio",
-        ],
+    let log = boot_from_disk(s, "disk2", &disk, "vio");
+    assert!(
+        log.contains(&format!("cmdline: root=UUID={root2} ")),
+        "{log}"
     );
-    ok(s, &["start", "disk2"]);
-    let v = wait_stopped(s, "disk2", Duration::from_secs(30));
-    assert_eq!(
-        v["last_stop"],
-        "guest program passed",
-        "{}",
-        console_log(s, "disk2")
-    );
-    assert!(console_log(s, "disk2").contains(&format!("cmdline: root=UUID={root2} ")));
 
     // A disk without ext4: start says why and the guest stays stopped.
     let blank = d.join("blank.img");
@@ -634,19 +522,7 @@ fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
     const MARKER: &str = "IGNITE-LIFECYCLE-MARKER";
     let tmp = tempfile::tempdir().unwrap();
     let s = &tmp.path().join("state");
-    let boot = tmp.path().join("boot");
-    common::run(
-        Command::new(ignite())
-            .args([
-                "netboot",
-                "fetch-boot-files",
-                "--kernel",
-                "--marker",
-                MARKER,
-                "--boot-dir",
-            ])
-            .arg(&boot),
-    );
+    let boot = common::fetch_boot_files(tmp.path(), MARKER);
     let spec = format!(
         "kernel={},initrd={},cmdline=console=ttyS0 panic=-1",
         boot.join("debian/vmlinuz").display(),
