@@ -74,8 +74,8 @@ pub enum Cmd {
     #[command(name = "_supervise", hide = true)]
     Supervise {
         name: String,
-        #[arg(long, value_parser = ["bundled", "qemu"])]
-        engine: String,
+        #[arg(long, value_enum)]
+        engine: Engine,
         #[arg(long)]
         kvm: bool,
         #[arg(long)]
@@ -152,14 +152,7 @@ impl Cmd {
                 kvm,
                 why,
                 state,
-            } => {
-                let engine = if engine == "qemu" {
-                    Engine::Qemu
-                } else {
-                    Engine::Bundled
-                };
-                supervisor::supervise(&state.state_dir, &name, engine, kvm, why)
-            }
+            } => supervisor::supervise(&state.state_dir, &name, engine, kvm, why),
         }
     }
 }
@@ -338,7 +331,7 @@ struct View {
 fn view(state_dir: &Path, record: Record) -> Result<View> {
     let paths = Paths::new(state_dir, &record.def.name);
     let running = control::status(&paths.control())?;
-    let state = match (&running, record.last_stop_time) {
+    let state = match (&running, &record.last_engine) {
         (Some(_), _) => "running",
         (None, Some(_)) => "stopped",
         (None, None) => "defined",
@@ -374,7 +367,10 @@ fn list(state_dir: &Path, json: bool) -> Result<()> {
         let (engine, pid, up) = match &v.running {
             Some(s) => (s.engine.to_string(), s.pid.to_string(), uptime(s)),
             None => (
-                format!("{:?}", v.record.def.engine).to_lowercase(),
+                serde_json::to_value(v.record.def.engine)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 "-".into(),
                 "-".into(),
             ),

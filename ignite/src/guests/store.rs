@@ -1,5 +1,5 @@
 //! Guest definitions in the server state database (`ignite.db`): table `guests` (the
-//! definition as JSON, and how the guest last stopped) and `guest_macs`, whose primary key
+//! definition as JSON, the engine it last ran on and how it last stopped) and `guest_macs`, whose primary key
 //! keeps every NIC's MAC unique across all guests.
 
 use super::{Definition, Engine};
@@ -184,6 +184,16 @@ impl Guests {
             bail!("guest {name} is not defined; `ignite vm list` shows the defined guests");
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks the guest as having run on `engine` (before its supervisor serves it), so a
+    /// supervisor killed outright still leaves it "stopped", not "defined".
+    pub fn record_start(&self, name: &str, engine: Engine) -> Result<()> {
+        self.conn.execute(
+            "UPDATE guests SET last_engine = ?2 WHERE name = ?1",
+            params![name, engine.to_string()],
+        )?;
         Ok(())
     }
 

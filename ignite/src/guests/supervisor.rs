@@ -21,8 +21,12 @@ use std::time::{Duration, Instant};
 /// How long `start` waits for a supervisor to report its guest running.
 const START_LIMIT: Duration = Duration::from_secs(30);
 
-/// The engine for `choice`, whether QEMU may use KVM, and why, in words for the user.
+/// The engine for `choice`, whether QEMU may use KVM (only where guest kernel code runs at
+/// hardware speed: nested KVM without it is slower than TCG), and why, in words for the user.
 pub fn choose_engine(choice: EngineChoice) -> (Engine, bool, String) {
+    if choice == EngineChoice::Bundled {
+        return (Engine::Bundled, false, "--engine bundled".into());
+    }
     let speed = ignite_vmm::hwcheck::measure();
     let hw = matches!(&speed, Ok(s) if s.hardware_assisted());
     let seen = match &speed {
@@ -30,20 +34,20 @@ pub fn choose_engine(choice: EngineChoice) -> (Engine, bool, String) {
         Err(e) => format!("KVM is not usable: {e}"),
     };
     match choice {
-        EngineChoice::Bundled => (Engine::Bundled, hw, "--engine bundled".into()),
-        EngineChoice::Qemu => (
+        EngineChoice::Auto if hw => (Engine::Bundled, true, format!("--engine auto: {seen}")),
+        EngineChoice::Auto => (
+            Engine::Qemu,
+            false,
+            format!("--engine auto chose qemu -accel tcg: {seen}"),
+        ),
+        // --engine qemu (bundled returned above).
+        _ => (
             Engine::Qemu,
             hw,
             format!(
                 "--engine qemu, {} ({seen})",
                 if hw { "-accel kvm" } else { "-accel tcg" }
             ),
-        ),
-        EngineChoice::Auto if hw => (Engine::Bundled, true, format!("--engine auto: {seen}")),
-        EngineChoice::Auto => (
-            Engine::Qemu,
-            false,
-            format!("--engine auto chose qemu -accel tcg: {seen}"),
         ),
     }
 }
@@ -179,6 +183,7 @@ pub fn supervise(
     let paths = Paths::new(state_dir, name);
     remove_runtime_files(&paths);
     std::fs::write(paths.pid(), format!("{}\n", std::process::id()))?;
+    guests.record_start(name, engine)?;
     let status = Status {
         state: "running".into(),
         pid: std::process::id(),
