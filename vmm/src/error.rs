@@ -53,6 +53,8 @@ pub enum Error {
     TooManyVioDisks(usize),
     #[error("{0} VIO (NE2000) NICs requested; at most 4 are supported: put the others on AVIO (virtio-net)")]
     TooManyVioNics(usize),
+    #[error("benchmark: {0}")]
+    Bench(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

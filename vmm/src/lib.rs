@@ -20,6 +20,7 @@ pub mod irq;
 mod kvm_stats;
 pub mod layout;
 pub mod memory;
+pub mod netbench;
 pub mod netns;
 pub mod pci;
 pub mod selftest;
