@@ -341,6 +341,17 @@ fn bundled_guest_starts_takes_console_input_and_stops() {
     // Started again (the prompt waits for input forever), then stopped from outside.
     ok(s, &["start", "con1"]);
     assert_eq!(show(s, "con1")["state"], "running");
+    // Ctrl-] detaches the console and leaves the guest running.
+    let mut console = Console::attach(s, "con1");
+    console
+        .child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&[0x1d])
+        .unwrap();
+    console.wait_exit(Duration::from_secs(10));
+    assert_eq!(show(s, "con1")["state"], "running");
     let out = ok(s, &["stop", "con1"]);
     assert!(out.contains("guest con1 stopped"), "{out}");
     let v = show(s, "con1");
