@@ -157,6 +157,7 @@ pub fn stop(state_dir: &Path, name: &str, force: bool, limit: Duration) -> Resul
                 "killed by ignite vm stop --force",
             )?;
             remove_runtime_files(&paths);
+            let _ = std::fs::remove_file(paths.pid());
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -164,8 +165,9 @@ pub fn stop(state_dir: &Path, name: &str, force: bool, limit: Duration) -> Resul
     Ok(())
 }
 
+/// The sockets of a supervisor that is gone (the pid file goes with the supervisor's lock).
 fn remove_runtime_files(paths: &Paths) {
-    for p in [paths.control(), paths.console(), paths.qmp(), paths.pid()] {
+    for p in [paths.control(), paths.console(), paths.qmp()] {
         let _ = std::fs::remove_file(p);
     }
 }
@@ -181,8 +183,27 @@ pub fn supervise(
     let guests = Guests::open(state_dir)?;
     let def = guests.get(name)?.def;
     let paths = Paths::new(state_dir, name);
+    // Held until this process exits: a second supervisor of the same guest (two racing
+    // starts) stops here instead of taking over the first one's sockets.
+    let mut pid_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.pid())
+        .with_context(|| format!("{}: cannot open it", paths.pid().display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(pid_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "guest {name} is already running (another supervisor holds {})",
+            paths.pid().display()
+        );
+    }
     remove_runtime_files(&paths);
-    std::fs::write(paths.pid(), format!("{}\n", std::process::id()))?;
+    pid_file.set_len(0)?;
+    std::io::Write::write_all(
+        &mut pid_file,
+        format!("{}\n", std::process::id()).as_bytes(),
+    )?;
     guests.record_start(name, engine)?;
     let status = Status {
         state: "running".into(),
@@ -198,6 +219,7 @@ pub fn supervise(
         Engine::Qemu => run_qemu(&def, &paths, kvm, status, requested.clone()),
     };
     remove_runtime_files(&paths);
+    let _ = std::fs::remove_file(paths.pid());
     let reason = match &result {
         Ok(_) if requested.load(Ordering::SeqCst) => "stopped by ignite vm stop".to_string(),
         Ok(r) => r.clone(),
