@@ -366,14 +366,7 @@ fn list(state_dir: &Path, json: bool) -> Result<()> {
     for v in &views {
         let (engine, pid, up) = match &v.running {
             Some(s) => (s.engine.to_string(), s.pid.to_string(), uptime(s)),
-            None => (
-                serde_json::to_value(v.record.def.engine)?
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                "-".into(),
-                "-".into(),
-            ),
+            None => (v.record.def.engine.to_string(), "-".into(), "-".into()),
         };
         println!(
             "{:<20} {:<8} {:<8} {:>8} {:>5} {:>10}",
@@ -397,7 +390,7 @@ fn show(state_dir: &Path, name: &str, json: bool) -> Result<()> {
         println!("pid:       {}", s.pid);
         println!("uptime:    {}", uptime(s));
     } else {
-        println!("engine:    {:?}", d.engine);
+        println!("engine:    {}", d.engine);
     }
     if let Some(r) = &v.record.last_stop {
         println!("last stop: {r}");

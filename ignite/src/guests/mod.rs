@@ -32,6 +32,16 @@ pub enum EngineChoice {
     Auto,
 }
 
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineChoice::Bundled => "bundled",
+            EngineChoice::Qemu => "qemu",
+            EngineChoice::Auto => "auto",
+        })
+    }
+}
+
 /// The engine that actually runs a guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
