@@ -2,6 +2,7 @@
 
 mod agent;
 mod cli;
+mod guests;
 mod initramfs;
 mod install;
 mod installs;

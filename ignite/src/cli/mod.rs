@@ -4,6 +4,7 @@
 mod archive;
 mod bench;
 mod client;
+mod guests;
 mod install_extract;
 mod netboot;
 mod profile;
