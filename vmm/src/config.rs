@@ -56,6 +56,12 @@ pub enum SerialTarget {
     Buffer(SharedBuffer),
     /// A Unix socket the monitor listens on; one client at a time gets output and sends input.
     Unix(PathBuf),
+    /// A Unix socket as above, with all output also appended to a log file (a detached
+    /// guest's console: attach any time, read what was missed in the log).
+    LoggedUnix {
+        socket: PathBuf,
+        log: PathBuf,
+    },
     /// Output is discarded.
     Null,
 }

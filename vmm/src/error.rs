@@ -35,6 +35,8 @@ pub enum Error {
     DiskUnreadable { path: PathBuf, err: std::io::Error },
     #[error("disk {path}: {msg}")]
     Disk { path: PathBuf, msg: String },
+    #[error("disk {path}: cannot boot from it: {msg}")]
+    DiskBoot { path: PathBuf, msg: String },
     #[error("change tracking map {path}: {msg}")]
     ChangeMap { path: PathBuf, msg: String },
     #[error("tap {name}: {err}; run as root (CAP_NET_ADMIN) and check that /dev/net/tun exists")]

@@ -5,8 +5,9 @@ use crate::boot;
 use crate::change_tracking::ChangeTracker;
 use crate::config::{KernelImage, SerialTarget, VmConfig};
 use crate::devices::console::{self, SocketOut};
+pub use crate::devices::StopSignal;
 pub use crate::devices::{Mark, StopReason};
-use crate::devices::{Platform, SerialOut, StopSignal};
+use crate::devices::{Platform, SerialOut};
 use crate::error::{Error, Result};
 use crate::irq::KvmRouter;
 use crate::layout::*;
@@ -51,6 +52,17 @@ pub(crate) fn open_kvm() -> Result<Kvm> {
 }
 
 fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> Result<SerialOut> {
+    if let (Some((_, out)), SerialTarget::LoggedUnix { log, .. }) = (socket, t) {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|err| Error::SerialFile {
+                path: log.clone(),
+                err,
+            })?;
+        return Ok(Box::new(console::Tee(out.clone(), file)));
+    }
     if let Some((_, out)) = socket {
         return Ok(Box::new(out.clone()));
     }
@@ -63,7 +75,9 @@ fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> R
             })?)
         }
         SerialTarget::Buffer(b) => Box::new(b.clone()),
-        SerialTarget::Null | SerialTarget::Unix(_) => Box::new(std::io::sink()),
+        SerialTarget::Null | SerialTarget::Unix(_) | SerialTarget::LoggedUnix { .. } => {
+            Box::new(std::io::sink())
+        }
     })
 }
 
@@ -79,7 +93,7 @@ impl Vm {
             return Err(Error::TooManyVioNics(config.vio_nets.len()));
         }
         let socket = match &config.serial {
-            SerialTarget::Unix(p) => Some((
+            SerialTarget::Unix(p) | SerialTarget::LoggedUnix { socket: p, .. } => Some((
                 console::bind(p).map_err(|err| Error::SerialFile {
                     path: p.clone(),
                     err,
@@ -257,6 +271,11 @@ impl Vm {
     /// Change trackers of the writable disks, by image path (valid while and after running).
     pub fn change_trackers(&self) -> Vec<(PathBuf, Arc<ChangeTracker>)> {
         self.trackers.clone()
+    }
+
+    /// Stops a running VM from another thread: `stop(StopReason::PowerOff)` ends `run`.
+    pub fn stop_signal(&self) -> Arc<StopSignal> {
+        self.platform.stop.clone()
     }
 
     /// Runs until the guest stops or `limit` passes.

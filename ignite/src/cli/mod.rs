@@ -4,6 +4,8 @@
 mod archive;
 mod bench;
 mod client;
+mod guests;
+mod install_extract;
 mod netboot;
 mod profile;
 mod progress;
@@ -41,6 +43,10 @@ pub enum Command {
     Vm(vm::Args),
     /// Install profiles: check them, render a client's install plan.
     Profile(profile::Args),
+    /// The agent's network side by hand: fetch a plan and extract its archive into a
+    /// directory, as an install would (for tests and debugging).
+    #[command(hide = true)]
+    InstallExtract(install_extract::Args),
 }
 
 impl Command {
@@ -52,6 +58,7 @@ impl Command {
             Command::Netboot(a) => netboot::run(a),
             Command::Vm(a) => a.run(),
             Command::Profile(a) => profile::run(a),
+            Command::InstallExtract(a) => install_extract::run(a),
         }
     }
 }

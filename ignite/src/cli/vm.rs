@@ -1,4 +1,5 @@
-//! `ignite vm`: run the bundled monitor in the foreground.
+//! `ignite vm`: run the bundled monitor in the foreground; defined guests (`create`, `start`, ...)
+//! are in `guests`.
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -16,6 +17,8 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[command(flatten)]
+    Guest(super::guests::Cmd),
     /// Run a VM in the foreground until it powers off, resets or fails.
     Run(RunArgs),
     /// Run every guest test program (one VM each) and print one line per program.
@@ -132,6 +135,7 @@ struct RunArgs {
 impl Args {
     pub fn run(self) -> anyhow::Result<()> {
         match self.cmd {
+            Cmd::Guest(c) => c.run(),
             Cmd::Run(a) => run(a),
             Cmd::Selftest { dir } => selftest(dir),
             Cmd::Bench(a) => bench(a),

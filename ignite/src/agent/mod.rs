@@ -1,0 +1,3 @@
+//! The install agent.
+
+pub mod remote;
