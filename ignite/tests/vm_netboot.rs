@@ -126,3 +126,61 @@ fn missing_kernel_on_the_server_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn defined_guest_with_boot_net_netboots_on_the_bundled_engine() {
+    if !require(&["ip", "/dev/kvm"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mac = "52:54:00:77:00:23";
+    let kernel = ignite_vmm::guest::program("netbooted").unwrap();
+    let initrd = pattern(4097, 3);
+    let files: &[(&str, &[u8])] = &[("debian/vmlinuz", kernel), ("debian/initrd.img", &initrd)];
+    let (lab, server) = lab_with_server(tmp.path(), "vmnbdef", mac, files);
+    let guests = tmp.path().join("guests-state");
+    let vm = |args: &[&str]| {
+        let o = Lab::cmd(&lab.ns, ignite())
+            .arg("vm")
+            .args(args)
+            .env("IGNITE_STATE_DIR", &guests)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ignite vm {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    vm(&[
+        "create",
+        "nb1",
+        "--mem",
+        "128M",
+        "--net",
+        "bridge=br0",
+        "--mac",
+        mac,
+        "--boot",
+        "net",
+        "--engine",
+        "bundled",
+    ]);
+    vm(&["start", "nb1"]);
+    let log = guests.join("guests/nb1/console.log");
+    let want = ignite_vmm::guest::netbooted_initrd_line(&initrd);
+    wait_for(
+        "the netbooted program's report",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains(&want)),
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("DHCP: ACK 10.77.0."), "{text}");
+    assert!(text.contains(&format!("ignite.mac={mac}")), "{text}");
+    assert!(
+        server.log_text().contains("GET /files/debian/vmlinuz"),
+        "{}",
+        server.log_text()
+    );
+}

@@ -266,7 +266,7 @@ fn bundled_config(def: &Definition, paths: &Paths) -> Result<ignite_vmm::VmConfi
             initrd,
             cmdline,
         } => (
-            kernel.clone(),
+            KernelImage::Path(kernel.clone()),
             initrd.clone(),
             cmdline
                 .clone()
@@ -278,14 +278,17 @@ fn bundled_config(def: &Definition, paths: &Paths) -> Result<ignite_vmm::VmConfi
             std::fs::create_dir_all(paths.boot_files())?;
             let (k, i) = files.write_to(&paths.boot_files())?;
             eprintln!("booting {} of {}", files.found, disk.display());
-            (k, i, files.cmdline())
+            (KernelImage::Path(k), i, files.cmdline())
         }
-        Boot::Net => bail!(
-            "--boot net is not yet available on the bundled monitor (its network boot firmware is \
-             still being added); define the guest with --engine qemu to boot it from the network"
+        // The monitor's boot firmware netboots on the first NIC; the command line is used only
+        // if the boot file is a kernel itself (a script brings its own).
+        Boot::Net => (
+            KernelImage::Net,
+            None,
+            "console=ttyS0 reboot=k panic=1".into(),
         ),
     };
-    let mut cfg = ignite_vmm::VmConfig::new(KernelImage::Path(kernel));
+    let mut cfg = ignite_vmm::VmConfig::new(kernel);
     cfg.initrd = initrd;
     cfg.cmdline = cmdline;
     cfg.mem_bytes = def.mem;
