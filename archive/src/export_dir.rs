@@ -4,6 +4,7 @@
 //! symlink, and existing symlinks in a non-empty target are never followed.
 
 use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
 use crate::import::Progress;
 use crate::paths::{ancestors, normalize, SymlinkGuard};
 use crate::snapshot::{Entry, EntryKind, Manifest};
@@ -81,14 +82,36 @@ pub fn check_tree(entries: &[Entry]) -> Result<()> {
     Ok(())
 }
 
+/// Where chunk contents come from: the local store, or a remote server's install API.
+/// Implementations return the chunk's bytes checked against its id.
+pub trait ChunkSource: Sync {
+    fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>>;
+}
+
+impl ChunkSource for Store {
+    fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_chunk(id)
+    }
+}
+
 pub fn export_dir(
     store: &Store,
     m: &Manifest,
     target: &Path,
     progress: &Progress,
 ) -> Result<ExportStats> {
-    let entries = store.load_tree(m)?;
-    check_tree(&entries)?;
+    export_tree(store, &store.load_tree(m)?, target, progress)
+}
+
+/// Writes `entries` under `target`, file contents from `source`. File contents are written
+/// on the current rayon pool: run it inside a larger pool for more chunk reads in flight.
+pub fn export_tree(
+    source: &dyn ChunkSource,
+    entries: &[Entry],
+    target: &Path,
+    progress: &Progress,
+) -> Result<ExportStats> {
+    check_tree(entries)?;
     fs::create_dir_all(target).at(target)?;
     let root = fs::canonicalize(target).at(target)?;
     let as_root = unsafe { libc::geteuid() } == 0;
@@ -97,7 +120,7 @@ pub fn export_dir(
     safe_dirs.insert(Vec::new());
 
     // Pass 1, in order: directories, links, special files, empty regular files.
-    for e in &entries {
+    for e in entries {
         if e.path.is_empty() {
             continue;
         }
@@ -196,7 +219,7 @@ pub fn export_dir(
             let p = target_path(&root, &e.path);
             let f = OpenOptions::new().write(true).open(&p).at(&p)?;
             let write = |x: &crate::snapshot::Extent| -> Result<u64> {
-                let data = store.read_chunk(&x.id)?;
+                let data = source.chunk(&x.id)?;
                 f.write_all_at(&data, x.offset).at(&p)?;
                 progress.fetch_add(data.len() as u64, Ordering::Relaxed);
                 Ok(data.len() as u64)

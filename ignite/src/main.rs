@@ -2,8 +2,10 @@
 
 mod agent;
 mod cli;
+mod guests;
 mod initramfs;
 mod install;
+mod installs;
 mod server;
 mod state;
 

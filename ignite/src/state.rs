@@ -154,6 +154,7 @@ impl State {
             );
             CREATE INDEX IF NOT EXISTS boot_log_mac ON boot_log(mac, id);",
         )
+        .and_then(|()| conn.execute_batch(crate::installs::SCHEMA))
         .with_context(|| format!("state database {}: cannot create tables", path.display()))?;
         Ok(State {
             conn: Mutex::new(conn),
@@ -165,7 +166,7 @@ impl State {
         &self.path
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (each statement
         // is atomic), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -192,7 +193,7 @@ impl State {
             "INSERT INTO clients (mac, name, action, arg) VALUES (?1, ?2, ?3, ?4)",
             params![mac.to_string(), name, kind, arg],
         )?;
-        Ok(())
+        self.action_changed(&mac.to_string(), action)
     }
 
     fn row(r: &rusqlite::Row) -> rusqlite::Result<ClientRow> {
@@ -258,6 +259,7 @@ impl State {
             "UPDATE clients SET action = ?2, arg = ?3 WHERE mac = ?1",
             params![c.mac, kind, arg],
         )?;
+        self.action_changed(&c.mac, action)?;
         self.get(&c.mac)
     }
 

@@ -78,17 +78,7 @@ fn prepare(tag: &str) -> Option<(tempfile::TempDir, Lab, std::path::PathBuf)> {
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let boot = tmp.path().join("boot");
-    run(Command::new(ignite())
-        .args([
-            "netboot",
-            "fetch-boot-files",
-            "--kernel",
-            "--marker",
-            MARKER,
-            "--boot-dir",
-        ])
-        .arg(&boot));
+    let boot = fetch_boot_files(tmp.path(), MARKER);
     run(Command::new(ignite())
         .args(["client", "default", "install", "base", "--state-dir"])
         .arg(tmp.path().join("state")));

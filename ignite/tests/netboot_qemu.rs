@@ -8,28 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const MARKER: &str = "IGNITE-NETBOOT-MARKER";
-
-fn boot_files(dir: &Path) -> PathBuf {
-    let boot = dir.join("boot");
-    run(Command::new(ignite())
-        .args([
-            "netboot",
-            "fetch-boot-files",
-            "--kernel",
-            "--marker",
-            MARKER,
-            "--boot-dir",
-        ])
-        .arg(&boot));
-    boot
-}
 
 /// Runs QEMU until the marker shows on the serial console (or `limit` passes); returns the
 /// console text.
@@ -101,7 +86,7 @@ fn seabios_ipxe_rom_boots_kernel_from_ignite() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let boot = boot_files(tmp.path());
+    let boot = fetch_boot_files(tmp.path(), MARKER);
     let state = tmp.path().join("state");
     let mac = "52:54:00:77:00:10";
     run(Command::new(ignite())
@@ -155,7 +140,7 @@ fn ovmf_uefi_pxe_chains_ipxe_over_tftp_and_boots_kernel() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let boot = boot_files(tmp.path());
+    let boot = fetch_boot_files(tmp.path(), MARKER);
     let state = tmp.path().join("state");
     let mac = "52:54:00:77:00:11";
     // Unknown client: the registry default decides.

@@ -135,7 +135,10 @@ fn basename(p: &str) -> &str {
 /// command line names it (`initrd=<iPXE image name>`), so the names are always added.
 pub fn ipxe_script(plan: &BootPlan, http_base: &str) -> String {
     match plan {
-        BootPlan::Local => "#!ipxe\necho Ignite: booting from local disk\nexit\n".to_string(),
+        // A failure status sends the firmware on to its next boot device, the disk. UEFI
+        // firmware treats a boot program that exits with success as "boot done" and opens
+        // its boot manager menu instead (EDK2's BDS does).
+        BootPlan::Local => "#!ipxe\necho Ignite: booting from local disk\nexit 1\n".to_string(),
         BootPlan::Kernel {
             kernel,
             initrds,
@@ -284,7 +287,7 @@ mod tests {
              kernel http://h:1/files/debian/vmlinuz initrd=initrd.img console=ttyS0\n\
              initrd http://h:1/files/debian/initrd.img\nboot\n"
         );
-        assert!(ipxe_script(&BootPlan::Local, "x").contains("exit"));
+        assert!(ipxe_script(&BootPlan::Local, "x").contains("\nexit 1\n"));
         assert!(pxelinux_config(&plan).contains("INITRD debian/initrd.img"));
     }
 

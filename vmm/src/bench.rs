@@ -5,23 +5,16 @@
 use crate::config::{DiskConfig, DEFAULT_TRACK_GRANULARITY};
 use crate::error::Result;
 use crate::guest::{run_program, ProgramRun};
-use crate::StopReason;
+use crate::{Mark, StopReason};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// One `ignite vm bench` row: the guest's phase and the same I/O done directly by the host.
 #[derive(Clone, Debug)]
 pub struct Row {
-    pub name: &'static str,
-    pub bytes: u64,
-    pub secs: f64,
-    /// Monitor process CPU time (all threads) during the phase.
-    pub cpu_secs: f64,
-    /// Exits that reached the monitor.
-    pub user_exits: u64,
-    /// All exits KVM counted, where available.
-    pub kvm_exits: Option<u64>,
+    pub guest: Phase,
     pub host_secs: f64,
     pub host_cpu_secs: f64,
 }
@@ -30,24 +23,16 @@ const GIB: f64 = (1u64 << 30) as f64;
 const MIB: f64 = (1u64 << 20) as f64;
 
 impl Row {
-    pub fn mbps(&self) -> f64 {
-        self.bytes as f64 / MIB / self.secs
-    }
     pub fn host_mbps(&self) -> f64 {
-        self.bytes as f64 / MIB / self.host_secs
-    }
-    pub fn cpu_per_gib(&self) -> f64 {
-        self.cpu_secs / (self.bytes as f64 / GIB)
+        self.guest.bytes as f64 / MIB / self.host_secs
     }
     pub fn host_cpu_per_gib(&self) -> f64 {
-        self.host_cpu_secs / (self.bytes as f64 / GIB)
-    }
-    pub fn exits_per_mib(&self) -> f64 {
-        self.kvm_exits.unwrap_or(self.user_exits) as f64 / (self.bytes as f64 / MIB)
+        self.host_cpu_secs / (self.guest.bytes as f64 / GIB)
     }
 }
 
-fn thread_cpu() -> Duration {
+/// CPU time of the calling thread.
+pub(crate) fn thread_cpu() -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct we own.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
@@ -85,77 +70,71 @@ fn host_direct(
     Ok((t.elapsed().as_secs_f64(), (thread_cpu() - c).as_secs_f64()))
 }
 
-/// Runs the benchmark on an image in `dir`. `total_1m`/`total_4k`: bytes per phase.
-/// `irq_wait`: the guest sleeps until the queue interrupt instead of spinning on the ring.
-pub fn run(dir: &Path, total_1m: u64, total_4k: u64, irq_wait: bool) -> Result<Vec<Row>> {
-    let image = dir.join(format!("ignite-vm-bench-{}.img", std::process::id()));
-    let size = total_1m.max(total_4k);
-    // Written in full and synced first, so that guest and host both overwrite allocated
-    // blocks (a sparse file would charge block allocation to whoever writes first).
-    {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&image)?;
-        let chunk = vec![0x5au8; 1 << 20];
-        let mut off = 0;
-        while off < size {
-            let n = (size - off).min(chunk.len() as u64) as usize;
-            f.write_all_at(&chunk[..n], off)?;
-            off += n as u64;
-        }
-        f.sync_all()?;
+/// Writes the benchmark image in full and syncs it, so that guest and host both overwrite
+/// allocated blocks (a sparse file would charge block allocation to whoever writes first).
+fn write_image(image: &Path, size: u64) -> std::io::Result<()> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(image)?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(chunk.len() as u64) as usize;
+        f.write_all_at(&chunk[..n], off)?;
+        off += n as u64;
     }
-    let cleanup = scopeguard(&image);
-    let mut run = ProgramRun::new("blkbench");
-    run.mem_bytes = 128 << 20;
-    run.disks = vec![DiskConfig {
-        path: image.clone(),
-        read_only: false,
-        direct: false,
-        track_changes: Some(DEFAULT_TRACK_GRANULARITY),
-    }];
-    let wait = if irq_wait { "irq" } else { "poll" };
-    run.args = format!("total1m={total_1m} total4k={total_4k} wait={wait}");
-    run.timeout = Duration::from_secs(600);
+    f.sync_all()
+}
+
+/// A guest program's run, failing unless it passed.
+fn run_passing(run: ProgramRun) -> Result<crate::guest::ProgramResult> {
+    let name = run.name;
     let r = run_program(run)?;
     if r.outcome.reason != StopReason::TestExit(0) {
-        return Err(crate::Error::Memory(format!(
-            "blkbench: {}: {}",
+        return Err(crate::Error::Bench(format!(
+            "{name}: {}: {}",
             r.outcome.reason,
             r.last_line()
         )));
     }
-    let marks = r.outcome.marks;
-    let mark = |v: u32| marks.iter().find(|m| m.value == v).cloned();
-    // (name, first mark, write, request size, requests in flight as in blkbench, bytes)
-    let phases: [(&str, u32, bool, usize, usize, u64); 4] = [
-        ("write 1 MiB", 11, true, 1 << 20, 8, total_1m),
-        ("write 4 KiB", 21, true, 4096, 64, total_4k),
-        ("read 1 MiB", 31, false, 1 << 20, 8, total_1m),
-        ("read 4 KiB", 41, false, 4096, 64, total_4k),
-    ];
+    Ok(r)
+}
+
+/// The benchmark disk: the image with change tracking on, as guests normally have it.
+fn bench_disk(image: &Path) -> DiskConfig {
+    DiskConfig {
+        path: image.to_owned(),
+        read_only: false,
+        direct: false,
+        track_changes: Some(DEFAULT_TRACK_GRANULARITY),
+    }
+}
+
+/// Runs the benchmark on an image in `dir`. `total_1m`/`total_4k`: bytes per phase.
+/// `irq_wait`: the guest sleeps until the queue interrupt instead of spinning on the ring.
+pub fn run(dir: &Path, total_1m: u64, total_4k: u64, irq_wait: bool) -> Result<Vec<Row>> {
+    let image = dir.join(format!("ignite-vm-bench-{}.img", std::process::id()));
+    write_image(&image, total_1m.max(total_4k))?;
+    let _cleanup = scopeguard(&image);
+    let mut run = ProgramRun::new("blkbench");
+    run.mem_bytes = 128 << 20;
+    run.disks = vec![bench_disk(&image)];
+    let wait = if irq_wait { "irq" } else { "poll" };
+    run.args = format!("total1m={total_1m} total4k={total_4k} wait={wait}");
+    run.timeout = Duration::from_secs(600);
+    let r = run_passing(run)?;
+    let phases = disk_phases(&r.outcome.marks, total_1m, total_4k)?;
     let mut rows = Vec::new();
-    for (name, start, write, bs, depth, total) in phases {
-        let (Some(a), Some(b)) = (mark(start), mark(start + 1)) else {
-            return Err(crate::Error::Memory(format!(
-                "blkbench: phase {name} left no marks"
-            )));
-        };
-        let (hs, hc) = host_direct(&image, write, bs, depth, total)?;
+    for (guest, &(_, _, write, bs, depth)) in phases.into_iter().zip(&DISK_PHASES) {
+        let (host_secs, host_cpu_secs) = host_direct(&image, write, bs, depth, guest.bytes)?;
         rows.push(Row {
-            name,
-            bytes: total,
-            secs: (b.at - a.at).as_secs_f64(),
-            cpu_secs: (b.cpu - a.cpu).as_secs_f64(),
-            user_exits: b.exits - a.exits,
-            kvm_exits: b.kvm_exits.zip(a.kvm_exits).map(|(b, a)| b - a),
-            host_secs: hs,
-            host_cpu_secs: hc,
+            guest,
+            host_secs,
+            host_cpu_secs,
         });
     }
-    drop(cleanup);
     Ok(rows)
 }
 
@@ -179,19 +158,19 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         s += &format!(
             "| {} | {:.0} | {:.0} | {:.2} | {:.3} | {:.3} | {:.1}{} | {:.2} |\n",
-            r.name,
-            r.mbps(),
+            r.guest.name,
+            r.guest.mbps(),
             r.host_mbps(),
-            r.mbps() / r.host_mbps(),
-            r.cpu_per_gib(),
+            r.guest.mbps() / r.host_mbps(),
+            r.guest.cpu_per_gib(),
             r.host_cpu_per_gib(),
-            r.exits_per_mib(),
-            if r.kvm_exits.is_some() {
+            r.guest.exits_per_mib(),
+            if r.guest.kvm_exits.is_some() {
                 ""
             } else {
                 " (monitor only)"
             },
-            r.user_exits as f64 / (r.bytes as f64 / MIB),
+            r.guest.user_exits as f64 / (r.guest.bytes as f64 / MIB),
         );
     }
     s
@@ -266,89 +245,60 @@ impl Phase {
     }
 }
 
-/// The four disk phases both benchmark programs bracket with marks.
-const DISK_PHASES: [(&str, u32, bool); 4] = [
-    ("disk write 1 MiB", 11, true),
-    ("disk write 4 KiB", 21, true),
-    ("disk read 1 MiB", 31, false),
-    ("disk read 4 KiB", 41, false),
+/// The four disk phases both disk benchmark programs bracket with marks: (name, first mark,
+/// write, request size, requests blkbench keeps in flight).
+const DISK_PHASES: [(&str, u32, bool, usize, usize); 4] = [
+    ("disk write 1 MiB", 11, true, 1 << 20, 8),
+    ("disk write 4 KiB", 21, true, 4096, 64),
+    ("disk read 1 MiB", 31, false, 1 << 20, 8),
+    ("disk read 4 KiB", 41, false, 4096, 64),
 ];
 
-fn disk_phases(
-    r: &crate::guest::ProgramResult,
-    total_1m: u64,
-    total_4k: u64,
-) -> Result<Vec<Phase>> {
-    let marks = &r.outcome.marks;
-    let mark = |v: u32| marks.iter().find(|m| m.value == v).cloned();
-    let mut out = Vec::new();
-    for (name, start, _) in DISK_PHASES {
-        let (Some(a), Some(b)) = (mark(start), mark(start + 1)) else {
-            return Err(crate::Error::Memory(format!("phase {name} left no marks")));
-        };
-        out.push(Phase {
-            name,
-            bytes: if name.contains("1 MiB") {
-                total_1m
-            } else {
-                total_4k
-            },
-            secs: (b.at - a.at).as_secs_f64(),
-            cpu_secs: (b.cpu - a.cpu).as_secs_f64(),
-            user_exits: b.exits - a.exits,
-            kvm_exits: b.kvm_exits.zip(a.kvm_exits).map(|(b, a)| b - a),
-        });
-    }
-    Ok(out)
+/// The phase `name` of `bytes` between marks `start` and `start + 1`.
+pub(crate) fn phase(marks: &[Mark], name: &'static str, start: u32, bytes: u64) -> Result<Phase> {
+    let mark = |v: u32| marks.iter().find(|m| m.value == v);
+    let (Some(a), Some(b)) = (mark(start), mark(start + 1)) else {
+        return Err(crate::Error::Bench(format!("phase {name} left no marks")));
+    };
+    Ok(Phase {
+        name,
+        bytes,
+        secs: (b.at - a.at).as_secs_f64(),
+        cpu_secs: (b.cpu - a.cpu).as_secs_f64(),
+        user_exits: b.exits - a.exits,
+        kvm_exits: b.kvm_exits.zip(a.kvm_exits).map(|(b, a)| b - a),
+    })
+}
+
+fn disk_phases(marks: &[Mark], total_1m: u64, total_4k: u64) -> Result<Vec<Phase>> {
+    DISK_PHASES
+        .iter()
+        .map(|&(name, start, _, bs, _)| {
+            let bytes = if bs == 1 << 20 { total_1m } else { total_4k };
+            phase(marks, name, start, bytes)
+        })
+        .collect()
 }
 
 /// AVIO (virtio-blk, `blkbench`) and VIO (IDE PIO, `idebench`) on the same image file in
 /// one run, each guest sleeping until its device interrupt: (avio, vio) phases.
 pub fn avio_vio_disk(dir: &Path, total_1m: u64, total_4k: u64) -> Result<(Vec<Phase>, Vec<Phase>)> {
     let image = dir.join(format!("ignite-vm-avio-vio-{}.img", std::process::id()));
-    let size = total_1m.max(total_4k);
-    {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&image)?;
-        let chunk = vec![0x5au8; 1 << 20];
-        let mut off = 0;
-        while off < size {
-            let n = (size - off).min(chunk.len() as u64) as usize;
-            f.write_all_at(&chunk[..n], off)?;
-            off += n as u64;
-        }
-        f.sync_all()?;
-    }
+    write_image(&image, total_1m.max(total_4k))?;
     let _cleanup = scopeguard(&image);
-    let disk = DiskConfig {
-        path: image.clone(),
-        read_only: false,
-        direct: false,
-        track_changes: Some(DEFAULT_TRACK_GRANULARITY),
-    };
     let mut out = Vec::new();
     for (program, vio) in [("blkbench", false), ("idebench", true)] {
         let mut run = ProgramRun::new(program);
         run.mem_bytes = 128 << 20;
         if vio {
-            run.vio_disks = vec![disk.clone()];
+            run.vio_disks = vec![bench_disk(&image)];
         } else {
-            run.disks = vec![disk.clone()];
+            run.disks = vec![bench_disk(&image)];
         }
         run.args = format!("total1m={total_1m} total4k={total_4k} wait=irq");
         run.timeout = Duration::from_secs(1800);
-        let r = run_program(run)?;
-        if r.outcome.reason != StopReason::TestExit(0) {
-            return Err(crate::Error::Memory(format!(
-                "{program}: {}: {}",
-                r.outcome.reason,
-                r.last_line()
-            )));
-        }
-        out.push(disk_phases(&r, total_1m, total_4k)?);
+        let r = run_passing(run)?;
+        out.push(disk_phases(&r.outcome.marks, total_1m, total_4k)?);
     }
     let vio = out.pop().unwrap_or_default();
     let avio = out.pop().unwrap_or_default();

@@ -11,6 +11,9 @@ pub enum KernelImage {
     Path(PathBuf),
     /// An in-memory ELF image (the embedded guest test programs).
     Bytes { name: String, data: &'static [u8] },
+    /// Fetched by the monitor's network boot firmware on the first NIC (`--boot net`);
+    /// `VmConfig::initrd` is not used, `cmdline` only if the boot file is a kernel itself.
+    Net,
 }
 
 impl KernelImage {
@@ -18,6 +21,7 @@ impl KernelImage {
         match self {
             KernelImage::Path(p) => p.display().to_string(),
             KernelImage::Bytes { name, .. } => name.clone(),
+            KernelImage::Net => "network boot".into(),
         }
     }
 }
@@ -52,6 +56,12 @@ pub enum SerialTarget {
     Buffer(SharedBuffer),
     /// A Unix socket the monitor listens on; one client at a time gets output and sends input.
     Unix(PathBuf),
+    /// A Unix socket as above, with all output also appended to a log file (a detached
+    /// guest's console: attach any time, read what was missed in the log).
+    LoggedUnix {
+        socket: PathBuf,
+        log: PathBuf,
+    },
     /// Output is discarded.
     Null,
 }

@@ -35,6 +35,8 @@ pub enum Error {
     DiskUnreadable { path: PathBuf, err: std::io::Error },
     #[error("disk {path}: {msg}")]
     Disk { path: PathBuf, msg: String },
+    #[error("disk {path}: cannot boot from it: {msg}")]
+    DiskBoot { path: PathBuf, msg: String },
     #[error("change tracking map {path}: {msg}")]
     ChangeMap { path: PathBuf, msg: String },
     #[error("tap {name}: {err}; run as root (CAP_NET_ADMIN) and check that /dev/net/tun exists")]
@@ -51,6 +53,10 @@ pub enum Error {
     TooManyVioDisks(usize),
     #[error("{0} VIO (NE2000) NICs requested; at most 4 are supported: put the others on AVIO (virtio-net)")]
     TooManyVioNics(usize),
+    #[error("network boot: {0}")]
+    Netboot(String),
+    #[error("benchmark: {0}")]
+    Bench(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

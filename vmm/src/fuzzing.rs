@@ -88,3 +88,30 @@ pub fn run_block_queue(input: &[u8]) {
     h.process();
     h.process();
 }
+
+/// The network boot firmware's parsers of what servers send: the first byte picks DHCP reply
+/// (UDP payload), TFTP packet, HTTP response (head and body) or iPXE script.
+pub fn netboot_parsers(input: &[u8]) {
+    use crate::netboot::{http, parse_dhcp, script, tftp, DhcpClient};
+    let Some((&which, rest)) = input.split_first() else {
+        return;
+    };
+    match which % 4 {
+        0 => {
+            let _ = parse_dhcp(
+                rest,
+                &DhcpClient::new([0x52, 0x54, 0, 0, 0, 1], 0x0102_0304),
+            );
+        }
+        1 => {
+            let _ = tftp::parse(rest);
+        }
+        2 => {
+            let _ = http::body(rest, which & 0x80 != 0);
+        }
+        _ => {
+            let vars = [("net0/mac".to_string(), "52:54:00:00:00:01".to_string())].into();
+            let _ = script::interpret(&String::from_utf8_lossy(rest), &vars, &mut |_| {});
+        }
+    }
+}

@@ -93,3 +93,11 @@ pub fn run_program(run: ProgramRun) -> crate::Result<ProgramResult> {
         serial: buf.contents().replace('\r', ""),
     })
 }
+
+/// The line the `netbooted` program prints for an initrd of these bytes (FNV-1a, 32-bit).
+pub fn netbooted_initrd_line(data: &[u8]) -> String {
+    let h = data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    format!("initrd: {} bytes fnv1a {h:08x}", data.len())
+}

@@ -10,6 +10,7 @@ pub mod change_tracking;
 
 pub mod config;
 pub mod devices;
+pub mod diskboot;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -19,6 +20,8 @@ pub mod irq;
 mod kvm_stats;
 pub mod layout;
 pub mod memory;
+pub mod netbench;
+pub mod netboot;
 pub mod netns;
 pub mod pci;
 pub mod selftest;
@@ -32,4 +35,4 @@ pub use config::{
     DiskConfig, KernelImage, NetBackend, NetConfig, SerialTarget, SharedBuffer, VmConfig,
 };
 pub use error::{Error, Result};
-pub use vm::{Mark, RunOutcome, StopReason, Vm};
+pub use vm::{Mark, RunOutcome, StopReason, StopSignal, Vm};

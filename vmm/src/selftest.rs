@@ -69,6 +69,13 @@ fn verdict(
 
 fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Duration), String> {
     let mut run = ProgramRun::new(program);
+    // SAFETY: geteuid has no preconditions.
+    if matches!(program, "net" | "ne2k" | "netbench") && unsafe { libc::geteuid() } != 0 {
+        return Ok((
+            Verdict::Skip("needs root for a network namespace and a tap".into()),
+            Duration::ZERO,
+        ));
+    }
     Ok(match program {
         "hello" | "pci_enum" | "blk" | "dirty" => {
             let a = image(dir, &format!("{program}.img"), 4 << 20, 0)?;
@@ -100,13 +107,6 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
             })
         }
         "net" => {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                return Ok((
-                    Verdict::Skip("needs root for a network namespace and a tap".into()),
-                    Duration::ZERO,
-                ));
-            }
             let ns = Netns::new("selftest")?;
             ns.ip(&["link", "add", "ignbr0", "type", "bridge"])?;
             ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "ignbr0"])?;
@@ -157,13 +157,6 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
             verdict(run_program(run), |_| None)
         }
         "ne2k" => {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                return Ok((
-                    Verdict::Skip("needs root for a network namespace and a tap".into()),
-                    Duration::ZERO,
-                ));
-            }
             let ns = Netns::new("selftest-ne2k")?;
             ns.ip(&["link", "add", "ignbr0", "type", "bridge"])?;
             ns.ip(&["addr", "add", "10.76.0.1/24", "dev", "ignbr0"])?;
@@ -176,6 +169,20 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
             run.timeout = Duration::from_secs(30);
             let r = ns.run(move || run_program(run))?;
             verdict(r, |_| None)
+        }
+        "netbench" => {
+            // Both NIC models, 64 KiB each way, every frame counted and checksummed.
+            let started = std::time::Instant::now();
+            match crate::netbench::avio_vio_net(64 << 10, 64 << 10) {
+                Ok((avio, _)) => (
+                    Verdict::Pass(format!(
+                        "virtio-net and NE2000: {} bytes each way, verified",
+                        avio[0].bytes
+                    )),
+                    started.elapsed(),
+                ),
+                Err(e) => (Verdict::Fail(e.to_string()), started.elapsed()),
+            }
         }
         "idebench" => {
             let a = image(dir, "idebench.img", 1 << 20, 0)?;
@@ -231,6 +238,14 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
             verdict(Ok(r), |r| {
                 (!r.serial.contains("got: hello-guest"))
                     .then(|| "input did not arrive over the socket".into())
+            })
+        }
+        // Booted directly here; the network boot tests serve it over DHCP/TFTP/HTTP.
+        "netbooted" => {
+            run.args = "from=selftest".into();
+            verdict(run_program(run), |r| {
+                (!r.serial.contains("cmdline: mem=") || !r.serial.contains("initrd: none"))
+                    .then(|| "did not report its command line and no initrd".to_string())
             })
         }
         other => (

@@ -3,10 +3,11 @@
 
 use crate::boot;
 use crate::change_tracking::ChangeTracker;
-use crate::config::{SerialTarget, VmConfig};
+use crate::config::{KernelImage, SerialTarget, VmConfig};
 use crate::devices::console::{self, SocketOut};
+pub use crate::devices::StopSignal;
 pub use crate::devices::{Mark, StopReason};
-use crate::devices::{Platform, SerialOut, StopSignal};
+use crate::devices::{Platform, SerialOut};
 use crate::error::{Error, Result};
 use crate::irq::KvmRouter;
 use crate::layout::*;
@@ -51,6 +52,17 @@ pub(crate) fn open_kvm() -> Result<Kvm> {
 }
 
 fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> Result<SerialOut> {
+    if let (Some((_, out)), SerialTarget::LoggedUnix { log, .. }) = (socket, t) {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|err| Error::SerialFile {
+                path: log.clone(),
+                err,
+            })?;
+        return Ok(Box::new(console::Tee(out.clone(), file)));
+    }
     if let Some((_, out)) = socket {
         return Ok(Box::new(out.clone()));
     }
@@ -63,7 +75,9 @@ fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> R
             })?)
         }
         SerialTarget::Buffer(b) => Box::new(b.clone()),
-        SerialTarget::Null | SerialTarget::Unix(_) => Box::new(std::io::sink()),
+        SerialTarget::Null | SerialTarget::Unix(_) | SerialTarget::LoggedUnix { .. } => {
+            Box::new(std::io::sink())
+        }
     })
 }
 
@@ -78,6 +92,34 @@ impl Vm {
         if config.vio_nets.len() > 4 {
             return Err(Error::TooManyVioNics(config.vio_nets.len()));
         }
+        let socket = match &config.serial {
+            SerialTarget::Unix(p) | SerialTarget::LoggedUnix { socket: p, .. } => Some((
+                console::bind(p).map_err(|err| Error::SerialFile {
+                    path: p.clone(),
+                    err,
+                })?,
+                SocketOut::default(),
+            )),
+            _ => None,
+        };
+        let mut serial = serial_out(&config.serial, &socket)?;
+        // The boot firmware runs first, on the NIC's tap before the NIC device holds it, and
+        // prints its steps on the VM's console.
+        let fetched = match config.kernel {
+            KernelImage::Net => {
+                let nic = config
+                    .nets
+                    .first()
+                    .or(config.vio_nets.first())
+                    .ok_or_else(|| {
+                        Error::Netboot(
+                            "no NIC to boot from; add one (--net bridge=BR or tap=NAME)".into(),
+                        )
+                    })?;
+                Some(crate::netboot::fetch(nic, &config.cmdline, &mut serial)?)
+            }
+            _ => None,
+        };
         let kvm = open_kvm()?;
         let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
         vm.set_tss_address(KVM_TSS_ADDR)
@@ -168,18 +210,7 @@ impl Vm {
                 ioapic_pin: gsi,
             });
         }
-        let socket = match &config.serial {
-            SerialTarget::Unix(p) => Some((
-                console::bind(p).map_err(|err| Error::SerialFile {
-                    path: p.clone(),
-                    err,
-                })?,
-                SocketOut::default(),
-            )),
-            _ => None,
-        };
-        let mut platform =
-            Platform::new(serial_out(&config.serial, &socket)?, serial_irq, pci, stop);
+        let mut platform = Platform::new(serial, serial_irq, pci, stop);
         if let Some(ide) = ide {
             platform = platform.with_ide(ide);
         }
@@ -194,14 +225,17 @@ impl Vm {
             _ => {}
         }
 
-        let entry = boot::load(
-            &mem,
-            &config.kernel,
-            config.initrd.as_deref(),
-            &config.cmdline,
-            config.cpus,
-            &intx,
-        )?;
+        let entry = match &fetched {
+            Some(f) => boot::load_fetched(&mem, f, config.cpus, &intx)?,
+            None => boot::load(
+                &mem,
+                &config.kernel,
+                config.initrd.as_deref(),
+                &config.cmdline,
+                config.cpus,
+                &intx,
+            )?,
+        };
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
@@ -237,6 +271,11 @@ impl Vm {
     /// Change trackers of the writable disks, by image path (valid while and after running).
     pub fn change_trackers(&self) -> Vec<(PathBuf, Arc<ChangeTracker>)> {
         self.trackers.clone()
+    }
+
+    /// Stops a running VM from another thread: `stop(StopReason::PowerOff)` ends `run`.
+    pub fn stop_signal(&self) -> Arc<StopSignal> {
+        self.platform.stop.clone()
     }
 
     /// Runs until the guest stops or `limit` passes.

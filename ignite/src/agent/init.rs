@@ -163,11 +163,12 @@ fn selfcheck() -> Result<()> {
 
 /// The network install server for these boot arguments.
 fn connect(args: &BootArgs) -> Result<Box<dyn InstallServer>> {
-    if args.server.is_none() || args.mac.is_none() || args.token.is_none() {
+    let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
         bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
-    }
-    // The HTTP client (agent/remote.rs, HttpInstallServer) comes from the install-api work.
-    bail!("this build has no network install client yet")
+    };
+    Ok(Box::new(super::remote::HttpInstallServer::new(
+        server, mac, token,
+    )))
 }
 
 /// Brings `nic` (and lo) up and configures it by DHCP.

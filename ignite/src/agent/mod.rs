@@ -19,6 +19,7 @@ pub mod netif;
 pub mod network;
 pub mod partition;
 pub mod random;
+pub mod remote;
 #[cfg(test)]
 pub mod testing;
 

@@ -6,7 +6,9 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use ignite_netboot::MacAddr;
 
-use crate::state::{Action, State};
+use crate::install::Phase;
+use crate::installs::{phase_name, Install, Status};
+use crate::state::{Action, Client, State, StepRecord};
 
 #[derive(Args)]
 pub struct ClientArgs {
@@ -31,10 +33,20 @@ enum ClientCmd {
         /// install <profile> | local | recover <snapshot> | capture
         action: Vec<String>,
     },
-    /// List registered clients.
+    /// List registered clients with their install phase and progress.
     List {
         #[arg(long)]
         json: bool,
+        /// Refresh every second until no install is running.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+    },
+    /// Print a client's install log (its latest install).
+    Log {
+        client: String,
+        /// Keep printing new lines until the install ends.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Show one client (by MAC or name) with its recent boot steps.
     Show {
@@ -68,34 +80,67 @@ pub fn run(a: ClientArgs) -> Result<()> {
             state.add(mac, &name, &action)?;
             println!("added client {name} ({mac}): {action}");
         }
-        ClientCmd::List { json } => {
-            let list = state.list()?;
+        ClientCmd::List { json, watch } => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!("{:<18} {:<20} {:<28} LAST STEP", "MAC", "NAME", "ACTION");
-                for c in list {
-                    println!(
-                        "{:<18} {:<20} {:<28} {}",
-                        c.mac,
-                        c.name,
-                        c.action.to_string(),
-                        c.last_step.unwrap_or_default()
-                    );
+                println!("{}", serde_json::to_string_pretty(&rows(&state)?)?);
+            } else if watch {
+                loop {
+                    let r = rows(&state)?;
+                    // Clear the screen and home the cursor between refreshes.
+                    print!("\x1b[2J\x1b[H{}", table(&r));
+                    if !r.iter().any(|r| running(&r.install)) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(1));
                 }
+            } else {
+                print!("{}", table(&rows(&state)?));
+            }
+        }
+        ClientCmd::Log { client, follow } => {
+            let mac = state
+                .find(&client)?
+                .map(|c| c.mac)
+                .or_else(|| client.parse::<MacAddr>().ok().map(|m| m.to_string()))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("client {client:?} is not registered; see `ignite client list`")
+                })?;
+            let Some(inst) = state.current_install(&mac)? else {
+                anyhow::bail!("client {client}: no install was ever scheduled; `ignite client set {client} install PROFILE`");
+            };
+            let mut after = 0;
+            loop {
+                for l in state.log_since(&inst.token, after)? {
+                    println!("{}", l.text.trim_end_matches('\n'));
+                    after = l.id;
+                }
+                let now = state.current_install(&mac)?;
+                let still = now.is_some_and(|i| i.token == inst.token && running(&Some(i)));
+                if !follow || !still {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
         }
         ClientCmd::Show { client, json } => {
             let c = state.get(&client)?;
             let steps = state.steps(&c.mac, 20)?;
             if json {
-                let v = serde_json::json!({ "client": c, "steps": steps });
+                let install = state.current_install(&c.mac)?;
+                let phases = match &install {
+                    Some(i) => state.phases(&i.token)?,
+                    None => Vec::new(),
+                };
+                let v = serde_json::json!({ "client": c, "steps": steps, "install": install, "phases": phases });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
                     "name:   {}\nmac:    {}\naction: {}",
                     c.name, c.mac, c.action
                 );
+                if let Some(i) = state.current_install(&c.mac)? {
+                    print!("{}", timeline(&state, &i, &steps)?);
+                }
                 println!("recent boot steps:");
                 for s in steps {
                     println!(
@@ -132,4 +177,122 @@ pub fn run(a: ClientArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A client with its latest install (clients not in the registry appear while installing).
+#[derive(serde::Serialize)]
+struct Row {
+    #[serde(flatten)]
+    client: Client,
+    install: Option<Install>,
+}
+
+fn rows(state: &State) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for c in state.list()? {
+        let install = state.current_install(&c.mac)?;
+        rows.push(Row { client: c, install });
+    }
+    for i in state.active_installs()? {
+        if !rows.iter().any(|r| r.client.mac == i.mac) {
+            rows.push(Row {
+                client: Client {
+                    mac: i.mac.clone(),
+                    name: "-".into(),
+                    action: Action::Install(i.profile.clone()),
+                    last_seen: None,
+                    last_step: None,
+                },
+                install: Some(i),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn running(i: &Option<Install>) -> bool {
+    i.as_ref().is_some_and(|i| i.status == Status::Active)
+}
+
+fn mb(b: u64) -> u64 {
+    b.div_ceil(1_000_000)
+}
+
+/// `extracting 41% 120/290 MB`, `done`, `failed: why`, `scheduled`.
+fn install_state(i: &Install) -> String {
+    match (&i.phase, i.status) {
+        (_, Status::Replaced) => String::new(),
+        (None, _) => format!("scheduled ({})", i.profile),
+        (Some(Phase::Extracting { done, total }), _) => format!(
+            "extracting {}% {}/{} MB",
+            (done * 100).checked_div(*total).unwrap_or(0),
+            mb(*done),
+            mb(*total)
+        ),
+        (Some(Phase::Failed { error, .. }), _) => format!("failed: {error}"),
+        (Some(p), _) => phase_name(p).to_string(),
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<18} {:<20} {:<24} {:<28} LAST STEP\n",
+        "MAC", "NAME", "ACTION", "INSTALL"
+    );
+    for r in rows {
+        let c = &r.client;
+        out += &format!(
+            "{:<18} {:<20} {:<24} {:<28} {}\n",
+            c.mac,
+            c.name,
+            c.action.to_string(),
+            r.install.as_ref().map(install_state).unwrap_or_default(),
+            c.last_step.clone().unwrap_or_default()
+        );
+    }
+    out
+}
+
+fn secs(ms: i64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+/// The install's phases with how long each took (from the previous one; the first from the
+/// client's first network-boot step after scheduling, which makes it the boot time).
+fn timeline(state: &State, i: &Install, steps: &[StepRecord]) -> Result<String> {
+    let mut out = format!(
+        "install: profile {}, {}{}\n",
+        i.profile,
+        serde_json::to_value(i.status)?.as_str().unwrap_or("?"),
+        i.snapshot
+            .as_ref()
+            .map(|s| format!(", snapshot {s}"))
+            .unwrap_or_default()
+    );
+    let boot_start = steps
+        .iter()
+        .map(|s| s.time * 1000)
+        .find(|&t| t >= i.created_ms - 999);
+    let start = boot_start.unwrap_or(i.created_ms);
+    let mut prev = start;
+    // Extraction progress is folded into `extracted`, which ends the extract phase.
+    for p in state
+        .phases(&i.token)?
+        .into_iter()
+        .filter(|p| !matches!(p.phase, Phase::Extracting { .. }))
+    {
+        let name = phase_name(&p.phase);
+        let detail = match &p.phase {
+            Phase::Booted { ip } => format!(" ({ip})"),
+            Phase::Extracted { bytes } => format!(" ({} MB)", mb(*bytes)),
+            Phase::Failed { error, .. } => format!(": {error}"),
+            _ => String::new(),
+        };
+        out += &format!("  {name:<12} {:>9}{detail}\n", secs(p.time_ms - prev));
+        prev = p.time_ms;
+    }
+    if prev > start {
+        out += &format!("  {:<12} {:>9}\n", "total", secs(prev - start));
+    }
+    Ok(out)
 }

@@ -5,7 +5,9 @@ mod agent;
 mod archive;
 mod bench;
 mod client;
+mod guests;
 mod install;
+mod install_extract;
 mod netboot;
 mod profile;
 mod progress;
@@ -47,6 +49,10 @@ pub enum Command {
     Install(install::Args),
     /// The install agent's parts by hand (DHCP, a whole network install).
     Agent(agent::Args),
+    /// The agent's network side by hand: fetch a plan and extract its archive into a
+    /// directory, as an install would (for tests and debugging).
+    #[command(hide = true)]
+    InstallExtract(install_extract::Args),
 }
 
 impl Command {
@@ -60,6 +66,7 @@ impl Command {
             Command::Profile(a) => profile::run(a),
             Command::Install(a) => install::run(a),
             Command::Agent(a) => agent::run(a),
+            Command::InstallExtract(a) => install_extract::run(a),
         }
     }
 }

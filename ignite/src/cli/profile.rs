@@ -38,7 +38,7 @@ enum Cmd {
     },
 }
 
-fn parse_disk(s: &str) -> Result<DiskFact, String> {
+pub(crate) fn parse_disk(s: &str) -> Result<DiskFact, String> {
     let mut it = s.splitn(3, ':');
     let path = it.next().unwrap_or_default();
     let (Some(size), true) = (it.next(), path.starts_with('/')) else {

@@ -29,6 +29,12 @@ pub struct ServerArgs {
     /// HTTP port for boot files, iPXE scripts and the API.
     #[arg(long)]
     http_port: Option<u16>,
+    /// Install profiles directory (default: <state-dir>/profiles).
+    #[arg(long)]
+    profiles_dir: Option<PathBuf>,
+    /// Archive store installs stream from (default: <state-dir>/store).
+    #[arg(long, env = "IGNITE_STORE")]
+    store: Option<PathBuf>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -42,6 +48,8 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
         proxy_dhcp: a.proxy_dhcp,
         boot_dir: a.boot_dir,
         http_port: a.http_port,
+        profiles_dir: a.profiles_dir,
+        store: a.store,
     };
     let cfg = Config::load(a.config.as_deref(), &o)?;
     if a.check {

@@ -1,4 +1,5 @@
-//! `ignite vm`: run the bundled monitor in the foreground.
+//! `ignite vm`: run the bundled monitor in the foreground; defined guests (`create`, `start`, ...)
+//! are in `guests`.
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -16,6 +17,8 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[command(flatten)]
+    Guest(super::guests::Cmd),
     /// Run a VM in the foreground until it powers off, resets or fails.
     Run(RunArgs),
     /// Run every guest test program (one VM each) and print one line per program.
@@ -44,8 +47,10 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchWhich {
-    /// AVIO (virtio-blk) vs VIO (IDE PIO) disk I/O from guest programs on the same image file
-    /// in one run: MB/s, monitor CPU per GiB, VM exits per MiB and the ratios.
+    /// AVIO (virtio-blk, virtio-net) vs VIO (IDE PIO, NE2000) disk I/O on the same image file
+    /// and bulk frames both ways on the same tap, from guest programs in one run: MB/s,
+    /// monitor CPU per GiB, VM exits per MiB and the ratios. Needs root (the network part
+    /// runs in a network namespace of its own).
     AvioVio {
         /// Directory for the benchmark image.
         #[arg(long)]
@@ -57,6 +62,13 @@ enum BenchWhich {
         /// Bytes moved per 4 KiB-transfer phase.
         #[arg(long, default_value = "512K", value_parser = config::parse_size)]
         size_4k: u64,
+        /// Bytes AVIO sends and receives per network phase, in 1514-byte frames.
+        #[arg(long, default_value = "64M", value_parser = config::parse_size)]
+        net_size: u64,
+        /// Bytes VIO sends and receives per network phase (its sends cost an exit per 32-bit
+        /// word: some 20 s per MiB where an exit costs 44 µs).
+        #[arg(long, default_value = "1M", value_parser = config::parse_size)]
+        vio_net_size: u64,
     },
 }
 
@@ -82,8 +94,12 @@ struct BenchArgs {
 #[derive(Parser)]
 struct RunArgs {
     /// Kernel: a Linux bzImage or a 64-bit ELF image (e.g. a guest test program).
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "boot", conflicts_with = "boot")]
+    kernel: Option<PathBuf>,
+    /// `net`: the monitor netboots like PXE firmware on the first NIC (DHCP, then TFTP/HTTP
+    /// boot file or iPXE script naming kernel, initrd and command line).
+    #[arg(long, value_parser = ["net"], conflicts_with = "initrd")]
+    boot: Option<String>,
     /// Initial ramdisk.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -119,6 +135,7 @@ struct RunArgs {
 impl Args {
     pub fn run(self) -> anyhow::Result<()> {
         match self.cmd {
+            Cmd::Guest(c) => c.run(),
             Cmd::Run(a) => run(a),
             Cmd::Selftest { dir } => selftest(dir),
             Cmd::Bench(a) => bench(a),
@@ -134,12 +151,14 @@ impl Args {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    if !a.kernel.is_file() {
-        bail!(
+    let kernel = match a.kernel {
+        Some(k) if !k.is_file() => bail!(
             "kernel {}: no such file; pass --kernel with a bzImage or ELF image",
-            a.kernel.display()
-        );
-    }
+            k.display()
+        ),
+        Some(k) => KernelImage::Path(k),
+        None => KernelImage::Net,
+    };
     let nets = a
         .nets
         .iter()
@@ -154,7 +173,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         .map(|(i, s)| NetConfig::parse(s, nets.len() + i))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    if is_linux_kernel(&a.kernel) {
+    if matches!(&kernel, KernelImage::Path(k) if is_linux_kernel(k)) {
         match ignite_vmm::hwcheck::measure() {
             Ok(s) if !s.hardware_assisted() => tracing::warn!("{}", s.describe()),
             Ok(s) => tracing::debug!("{}", s.describe()),
@@ -162,7 +181,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
     let cfg = VmConfig {
-        kernel: KernelImage::Path(a.kernel),
+        kernel,
         initrd: a.initrd,
         cmdline: a.cmdline,
         mem_bytes: a.mem,
@@ -235,7 +254,12 @@ fn selftest(dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn avio_vio(dir: Option<PathBuf>, size_1m: u64, size_4k: u64) -> anyhow::Result<()> {
+fn avio_vio(
+    dir: Option<PathBuf>,
+    size_1m: u64,
+    size_4k: u64,
+    net_sizes: (u64, u64),
+) -> anyhow::Result<()> {
     use ignite_vmm::bench;
     if size_1m < 1 << 20
         || size_4k < 4096
@@ -244,22 +268,41 @@ fn avio_vio(dir: Option<PathBuf>, size_1m: u64, size_4k: u64) -> anyhow::Result<
     {
         bail!("--size-1m must be a multiple of 1M and --size-4k a multiple of 4K");
     }
+    let (net_size, vio_net_size) = net_sizes;
+    if ![net_size, vio_net_size]
+        .iter()
+        .all(|s| (64 << 10..=4 << 30).contains(s))
+    {
+        bail!("--net-size and --vio-net-size must be between 64K and 4G (e.g. --net-size 64M)");
+    }
     let d = scratch_dir(dir)?;
     let load_before = bench::load_average();
-    let (avio, vio) =
+    let (mut avio, mut vio) =
         bench::avio_vio_disk(&d, size_1m, size_4k).context("AVIO vs VIO disk benchmark")?;
     let _ = std::fs::remove_dir(&d);
+    let (net_avio, net_vio) = ignite_vmm::netbench::avio_vio_net(net_size, vio_net_size)
+        .context("AVIO vs VIO network benchmark")?;
+    avio.extend(net_avio);
+    vio.extend(net_vio);
     println!(
         "date: {}\nmachine: {}\nload average: {load_before} before, {} after\n\
          image: a file in {} ({} KiB per 1 MiB phase, {} KiB per 4 KiB phase), written and synced first; AVIO = virtio-blk (blkbench, \
          8 x 1 MiB / 64 x 4 KiB in flight), VIO = IDE PIO (idebench, one command at a time, \
-         READ/WRITE MULTIPLE EXT, 16-sector DRQ blocks); both sleep until their interrupt\n",
+         READ/WRITE MULTIPLE EXT, 16-sector DRQ blocks); both sleep until their interrupt\n\
+         network: {} (AVIO) and {} (VIO) frames of {} bytes each way through one tap to a raw socket on its host side \
+         (netbench; AVIO = virtio-net, window {}, VIO = NE2000 remote DMA, window {}); \
+         every frame counted and checksummed by its receiver; the peer's CPU time is not counted\n",
         bench::utc_now(),
         bench::machine(),
         bench::load_average(),
         d.display(),
         size_1m >> 10,
-        size_4k >> 10
+        size_4k >> 10,
+        net_size.div_ceil(ignite_vmm::netbench::FRAME as u64),
+        vio_net_size.div_ceil(ignite_vmm::netbench::FRAME as u64),
+        ignite_vmm::netbench::FRAME,
+        ignite_vmm::netbench::AVIO_FLOW.window,
+        ignite_vmm::netbench::VIO_FLOW.window,
     );
     print!("{}", bench::avio_vio_table(&avio, &vio));
     Ok(())
@@ -271,9 +314,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         dir,
         size_1m,
         size_4k,
+        net_size,
+        vio_net_size,
     }) = a.which
     {
-        return avio_vio(dir, size_1m, size_4k);
+        return avio_vio(dir, size_1m, size_4k, (net_size, vio_net_size));
     }
     let d = scratch_dir(a.dir)?;
     let speed = ignite_vmm::hwcheck::measure().context("hardware virtualization check")?;
@@ -289,11 +334,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         let rows = bench::run(&d, a.size_1m, a.size_4k, irq).context("virtio-blk benchmark")?;
         let table = bench::table(&rows);
         println!("{title}\n{table}");
-        if let Some(r) = rows.iter().find(|r| r.name == "read 1 MiB") {
+        if let Some(r) = rows.iter().find(|r| r.guest.name == "disk read 1 MiB") {
             println!(
                 "read 1 MiB: guest {:.0} MB/s = {:.0}% of host-direct {:.0} MB/s (goal: at least 70%)\n",
-                r.mbps(),
-                100.0 * r.mbps() / r.host_mbps(),
+                r.guest.mbps(),
+                100.0 * r.guest.mbps() / r.host_mbps(),
                 r.host_mbps()
             );
         }

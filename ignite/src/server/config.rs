@@ -21,6 +21,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Defaults to `<state_dir>/boot`.
     pub boot_dir: Option<PathBuf>,
+    /// Install profiles (`<name>.toml`); defaults to `<state_dir>/profiles`.
+    pub profiles_dir: Option<PathBuf>,
+    /// The archive store installs stream from; defaults to `<state_dir>/store`.
+    pub store: Option<PathBuf>,
+    /// Memory for chunks shared by concurrent installs.
+    pub chunk_cache_mib: u64,
     pub network: Network,
     pub boot: Boot,
     #[serde(rename = "reservation")]
@@ -74,6 +80,9 @@ impl Default for Config {
         Config {
             state_dir: PathBuf::from("/var/lib/ignite"),
             boot_dir: None,
+            profiles_dir: None,
+            store: None,
+            chunk_cache_mib: 256,
             network: Network::default(),
             boot: Boot::default(),
             reservations: Vec::new(),
@@ -122,6 +131,8 @@ pub struct Overrides {
     pub proxy_dhcp: bool,
     pub boot_dir: Option<PathBuf>,
     pub http_port: Option<u16>,
+    pub profiles_dir: Option<PathBuf>,
+    pub store: Option<PathBuf>,
 }
 
 impl Config {
@@ -164,6 +175,12 @@ impl Config {
         if let Some(v) = o.http_port {
             c.network.http_port = v;
         }
+        if let Some(v) = &o.profiles_dir {
+            c.profiles_dir = Some(v.clone());
+        }
+        if let Some(v) = &o.store {
+            c.store = Some(v.clone());
+        }
         Ok(c)
     }
 
@@ -171,6 +188,18 @@ impl Config {
         self.boot_dir
             .clone()
             .unwrap_or_else(|| self.state_dir.join("boot"))
+    }
+
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.profiles_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("profiles"))
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.store
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("store"))
     }
 
     pub fn default_action(&self) -> Result<Action> {

@@ -24,7 +24,14 @@ impl RegistryProvider {
             b.cmdline, self.http_base
         );
         match action {
-            Action::Install(p) => cmdline += &format!(" ignite.action=install ignite.profile={p}"),
+            Action::Install(p) => {
+                cmdline += &format!(" ignite.action=install ignite.profile={p}");
+                match self.state.boot_install_token(&mac.to_string(), p) {
+                    Ok(t) => cmdline += &format!(" ignite.token={t}"),
+                    // The agent will be refused and say so; the boot itself still works.
+                    Err(e) => tracing::error!("install token for {mac}: {e:#}"),
+                }
+            }
             Action::Recover(s) => cmdline += &format!(" ignite.action=recover ignite.snapshot={s}"),
             Action::Capture => cmdline += " ignite.action=capture",
             Action::Local => {}
@@ -54,9 +61,36 @@ impl BootProvider for RegistryProvider {
     }
 
     fn step(&self, ev: &BootEvent) {
+        // Install tokens stay out of logs and `ignite client list`.
+        let ev = &BootEvent {
+            detail: redact_token(&ev.detail),
+            ..ev.clone()
+        };
         log_step(ev);
         if let Err(e) = self.state.record_step(ev.mac, ev.ip, ev.step, &ev.detail) {
             tracing::warn!("boot log in {}: {e:#}", self.state.path().display());
         }
+    }
+}
+
+/// `ignite.token=abc…` → `ignite.token=…`.
+fn redact_token(text: &str) -> String {
+    text.split(' ')
+        .map(|w| match w.strip_prefix("ignite.token=") {
+            Some(_) => "ignite.token=…",
+            None => w,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_are_redacted() {
+        assert_eq!(
+            super::redact_token("kernel x ignite.mac=m ignite.token=0123abcd console=ttyS0"),
+            "kernel x ignite.mac=m ignite.token=… console=ttyS0"
+        );
     }
 }

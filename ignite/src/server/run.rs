@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::config::{resolve, Config, Resolved, LAB_ADDRESS, LAB_INTERFACE};
+use super::install_api::InstallApi;
 use super::provider::RegistryProvider;
 use crate::state::{db_path, State};
 
@@ -267,14 +268,28 @@ pub fn run(cfg: Config) -> Result<()> {
             clients: clients.clone(),
             http_base: http_base.clone(),
         }))
-        .merge(api(state.clone()));
+        .merge(api(state.clone()))
+        .merge(
+            Arc::new(InstallApi::new(
+                state.clone(),
+                cfg.profiles_dir(),
+                cfg.store_dir(),
+                cfg.chunk_cache_mib << 20,
+            ))
+            .router(),
+        );
         let rx = stop_rx.clone();
         tasks.spawn(async move {
             if let Err(e) = http::serve(listener, app, rx).await {
                 tracing::error!("HTTP server: {e}");
             }
         });
-        services.push(format!("HTTP on port {}", cfg.network.http_port));
+        services.push(format!(
+            "HTTP on port {} (install API: profiles {}, store {})",
+            cfg.network.http_port,
+            cfg.profiles_dir().display(),
+            cfg.store_dir().display()
+        ));
         let on: Vec<String> = nets
             .iter()
             .map(|n| format!("{} ({}/{})", n.name, n.ip, n.prefix))

@@ -23,6 +23,11 @@ pub fn require(tools: &[&str]) -> bool {
             missing.push(format!("`{t}` (see scripts/deps/netboot.apt)"));
         }
     }
+    run_or_skip(missing)
+}
+
+/// `true` when nothing is missing; otherwise skips with the list, or fails when `IGNITE_CI=1`.
+pub fn run_or_skip(missing: Vec<String>) -> bool {
     if missing.is_empty() {
         return true;
     }
@@ -32,6 +37,23 @@ pub fn require(tools: &[&str]) -> bool {
     }
     eprintln!("skipping: {msg}");
     false
+}
+
+/// Debian's kernel and a busybox initramfs whose init prints `marker` and powers off
+/// (`ignite netboot fetch-boot-files --kernel`) in `dir/boot/debian/`; returns `dir/boot`.
+pub fn fetch_boot_files(dir: &Path, marker: &str) -> PathBuf {
+    let boot = dir.join("boot");
+    run(Command::new(ignite())
+        .args([
+            "netboot",
+            "fetch-boot-files",
+            "--kernel",
+            "--marker",
+            marker,
+            "--boot-dir",
+        ])
+        .arg(&boot));
+    boot
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {
@@ -238,6 +260,17 @@ pub fn ignite() -> &'static str {
 
 impl Server {
     pub fn start(lab: &Lab, state: &Path, boot: &Path, extra: &[&str]) -> Server {
+        Server::start_env(lab, state, boot, extra, &[])
+    }
+
+    /// As `start`, with extra environment variables (test hooks).
+    pub fn start_env(
+        lab: &Lab,
+        state: &Path,
+        boot: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = state.join(format!("server-{:x}.log", rand_u64()));
         std::fs::create_dir_all(state).unwrap();
         let f = std::fs::File::create(&log).unwrap();
@@ -255,6 +288,7 @@ impl Server {
             .arg(boot)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()

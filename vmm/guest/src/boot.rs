@@ -65,3 +65,11 @@ pub fn e820_ram() -> u64 {
         })
         .sum()
 }
+
+/// Address and size of the initrd the loader placed (0 size if none).
+pub fn initrd() -> (u64, u64) {
+    let zp = zero_page();
+    let addr = unsafe { core::ptr::read_volatile((zp + 0x218) as *const u32) } as u64;
+    let size = unsafe { core::ptr::read_volatile((zp + 0x21c) as *const u32) } as u64;
+    (addr, size)
+}

@@ -92,3 +92,19 @@ pub fn outsw(port: u16, buf: &[u8]) {
             inout("rcx") buf.len() / 2 => _, options(nostack, preserves_flags))
     }
 }
+
+/// `rep insd`: `buf.len() / 4` doublewords from `port`.
+pub fn insl(port: u16, buf: &mut [u8]) {
+    unsafe {
+        asm!("rep insd", in("dx") port, inout("rdi") buf.as_mut_ptr() => _,
+            inout("rcx") buf.len() / 4 => _, options(nostack, preserves_flags))
+    }
+}
+
+/// `rep outsd`: `buf.len() / 4` doublewords to `port`.
+pub fn outsl(port: u16, buf: &[u8]) {
+    unsafe {
+        asm!("rep outsd", in("dx") port, inout("rsi") buf.as_ptr() => _,
+            inout("rcx") buf.len() / 4 => _, options(nostack, preserves_flags))
+    }
+}

@@ -1,14 +1,19 @@
 //! Runtime for guest test programs: startup to CPL3, serial output, test-port exit, boot
-//! arguments, PCI configuration access and a minimal modern virtio-pci driver.
+//! arguments, PCI configuration access, a minimal modern virtio-pci driver and the drivers
+//! built on it and on the emulated devices.
 #![no_std]
 
 pub mod ata;
 pub mod blk;
 pub mod boot;
+pub mod bulk;
+pub mod eth;
 pub mod io;
+pub mod ne2k;
 pub mod pci;
 pub mod start;
 pub mod virtio;
+pub mod vnet;
 
 /// Port the monitor timestamps (with its exit counters and CPU time) on each write; used by
 /// benchmark programs to bracket a measured phase without trusting guest clocks.

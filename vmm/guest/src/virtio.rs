@@ -129,15 +129,11 @@ impl Queue {
         Some((id as u16, len))
     }
 
-    /// Spins until a completion arrives (or `spins` polls pass).
-    pub fn wait(&mut self, spins: u64) -> Option<(u16, u32)> {
-        for _ in 0..spins {
-            if let Some(c) = self.poll() {
-                return Some(c);
-            }
-            core::hint::spin_loop();
-        }
-        None
+    /// Whether the device has completions `poll` has not taken yet.
+    pub fn has_used(&self) -> bool {
+        let m = unsafe { &*self.mem };
+        let used = unsafe { core::ptr::read_volatile(&m.used_idx) };
+        used != self.last_used
     }
 
     /// Ask the device not to interrupt for this queue (we poll).
@@ -283,7 +279,13 @@ impl Device {
         mmio_write::<u16>(c + 0x18, QSIZE as u16);
         mmio_write::<u16>(c + 0x1a, vector);
         // The memory may have served a queue before (a reset device's): start from zero.
-        unsafe { core::ptr::write_bytes(mem as *mut QueueMem as *mut u8, 0, core::mem::size_of::<QueueMem>()) };
+        unsafe {
+            core::ptr::write_bytes(
+                mem as *mut QueueMem as *mut u8,
+                0,
+                core::mem::size_of::<QueueMem>(),
+            )
+        };
         let base = mem as *mut QueueMem as u64;
         let avail = base + core::mem::offset_of!(QueueMem, avail_flags) as u64;
         let used = base + core::mem::offset_of!(QueueMem, used_flags) as u64;

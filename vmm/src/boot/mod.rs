@@ -50,7 +50,47 @@ pub fn load(
         KernelImage::Bytes { name, data } => {
             load_kernel(mem, &mut Cursor::new(data), Path::new(name))?
         }
+        KernelImage::Net => {
+            return Err(Error::Netboot(
+                "no kernel fetched yet: the boot firmware runs before loading (Vm::new)".into(),
+            ))
+        }
     };
+    finish(mem, entry, hdr, cmdline, cpus, intx, |hdr| {
+        initrd.map(|p| load_initrd(mem, p, hdr)).transpose()
+    })
+}
+
+/// Loads what the network boot firmware fetched, as `load` does files.
+pub fn load_fetched(
+    mem: &GuestMemory,
+    fetched: &crate::netboot::Loaded,
+    cpus: u8,
+    intx: &[mptable::PciIntx],
+) -> Result<BootEntry> {
+    let name = Path::new(&fetched.name);
+    let (entry, hdr) = load_kernel(mem, &mut Cursor::new(&fetched.kernel[..]), name)?;
+    finish(mem, entry, hdr, &fetched.cmdline, cpus, intx, |hdr| {
+        let Some(data) = &fetched.initrd else {
+            return Ok(None);
+        };
+        let addr = initrd_addr(mem, name, hdr, data.len() as u64)?;
+        mem.write_slice(data, GuestAddress(addr))
+            .map_err(|e| Error::Memory(format!("initrd: {e}")))?;
+        Ok(Some((addr, data.len() as u64)))
+    })
+}
+
+/// Command line, initrd (placed by `initrd`), zero page, MP table and CPU tables.
+fn finish(
+    mem: &GuestMemory,
+    entry: BootEntry,
+    hdr: Option<setup_header>,
+    cmdline: &str,
+    cpus: u8,
+    intx: &[mptable::PciIntx],
+    initrd: impl FnOnce(&setup_header) -> Result<Option<(u64, u64)>>,
+) -> Result<BootEntry> {
     let hdr = match hdr {
         Some(h) => h,
         None => setup_header {
@@ -85,8 +125,7 @@ pub fn load(
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
     params.hdr.cmdline_size = bytes.len() as u32;
 
-    if let Some(path) = initrd {
-        let (addr, size) = load_initrd(mem, path, &params.hdr)?;
+    if let Some((addr, size)) = initrd(&params.hdr)? {
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
     }
@@ -164,6 +203,14 @@ fn load_initrd(mem: &GuestMemory, path: &Path, hdr: &setup_header) -> Result<(u6
     let mut f =
         File::open(path).map_err(|e| err(format!("{e}; pass --initrd with a readable file")))?;
     let size = f.metadata().map_err(|e| err(e.to_string()))?.len();
+    let addr = initrd_addr(mem, path, hdr, size)?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
+        .map_err(|e| err(format!("cannot load: {e}")))?;
+    Ok((addr, size))
+}
+
+/// Where an initrd of `size` bytes goes: as high as the kernel allows, below 4 GiB.
+fn initrd_addr(mem: &GuestMemory, path: &Path, hdr: &setup_header, size: u64) -> Result<u64> {
     let max = if hdr.initrd_addr_max != 0 {
         hdr.initrd_addr_max as u64
     } else {
@@ -171,19 +218,16 @@ fn load_initrd(mem: &GuestMemory, path: &Path, hdr: &setup_header) -> Result<(u6
     };
     let top = memory::low_ram_end(mem).min(max + 1);
     // Keep clear of where the kernel decompresses itself (pref_address 16 MiB + init_size).
-    let addr = top
-        .checked_sub(size)
+    top.checked_sub(size)
         .map(|a| a & !0xfff)
-        .filter(|&a| a >= 96 << 20);
-    let addr = addr.ok_or_else(|| {
-        err(format!(
-            "{} MiB does not fit in guest RAM; give the VM more --mem",
-            size >> 20
-        ))
-    })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
-        .map_err(|e| err(format!("cannot load: {e}")))?;
-    Ok((addr, size))
+        .filter(|&a| a >= 96 << 20)
+        .ok_or_else(|| Error::Initrd {
+            path: path.to_owned(),
+            msg: format!(
+                "{} MiB does not fit in guest RAM; give the VM more --mem",
+                size >> 20
+            ),
+        })
 }
 
 /// RAM below the EBDA, RAM from 1 MiB, RAM above 4 GiB; the EBDA/BIOS area reserved.

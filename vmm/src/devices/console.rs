@@ -27,6 +27,21 @@ impl Write for SocketOut {
     }
 }
 
+/// Output to a socket console and a log file: the log gets everything, whether or not a
+/// client is attached.
+pub struct Tee(pub SocketOut, pub std::fs::File);
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A full disk must not stall the guest's UART: the log is best effort.
+        let _ = self.1.write_all(buf);
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Binds `path` (replacing a stale socket file).
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);

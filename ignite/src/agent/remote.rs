@@ -1,0 +1,313 @@
+//! The agent's side of the install API over HTTP (see `server/install_api.rs`).
+//!
+//! Extraction fetches the snapshot's tree, then its chunks with several requests in flight,
+//! checks each chunk against its id, and writes through the archive crate's own export. When
+//! the server goes away every request is retried with backoff until it returns (or until
+//! `give_up_after`); the export then simply goes on, so files and chunks already written are
+//! not fetched again.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ignite_archive::export_dir::{export_tree, ChunkSource};
+use ignite_archive::pack::{self, Codec, PackEntry};
+use ignite_archive::snapshot::{decode_tree, tree_chunks};
+use ignite_archive::ChunkId;
+use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
+
+use crate::install::{InstallServer, Phase};
+
+/// Largest chunk accepted from a server (the store's chunker stays far below).
+const MAX_CHUNK: u32 = 64 << 20;
+/// Largest tree or plan accepted.
+const MAX_BODY: u64 = 1 << 30;
+
+pub struct HttpInstallServer {
+    /// `http://IP:PORT`, from `ignite.server=`.
+    server: String,
+    mac: String,
+    token: String,
+    http: ureq::Agent,
+    /// How long to keep retrying while the server cannot be reached.
+    pub give_up_after: Duration,
+    /// Chunk requests in flight during extraction.
+    pub fetchers: usize,
+}
+
+/// Why a request did not get an answer worth keeping.
+enum Failure {
+    /// The server is away or overloaded: try again.
+    Transient(String),
+    /// The server answered and refused: its message, to show as is.
+    Refused(String),
+}
+
+impl HttpInstallServer {
+    pub fn new(server: &str, mac: &str, token: &str) -> HttpInstallServer {
+        let http = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            // A stalled connection (server stopped, cable pulled) must not hang forever.
+            .timeout_recv_body(Some(Duration::from_secs(60)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .max_idle_connections_per_host(32)
+            .build()
+            .into();
+        HttpInstallServer {
+            server: server.trim_end_matches('/').to_string(),
+            mac: mac.to_string(),
+            token: token.to_string(),
+            http,
+            give_up_after: Duration::from_secs(600),
+            fetchers: 8,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/install/{}/{path}", self.server, self.mac)
+    }
+
+    fn once(
+        &self,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(http_parts::Headers, Vec<u8>), Failure> {
+        let auth = format!("Bearer {}", self.token);
+        let url = self.url(path);
+        let res = match body {
+            Some(b) => self.http.post(&url).header("Authorization", &auth).send(b),
+            None => self.http.get(&url).header("Authorization", &auth).call(),
+        };
+        let mut resp = res.map_err(|e| Failure::Transient(e.to_string()))?;
+        let status = resp.status();
+        let data = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()
+            .map_err(|e| Failure::Transient(format!("reading the answer: {e}")))?;
+        if status.is_server_error() {
+            return Err(Failure::Transient(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&data).trim()
+            )));
+        }
+        if !status.is_success() {
+            return Err(Failure::Refused(format!(
+                "{} ({})",
+                String::from_utf8_lossy(&data).trim(),
+                status.as_u16()
+            )));
+        }
+        Ok((http_parts::Headers::from(resp.headers()), data))
+    }
+
+    /// One request, retried with backoff while the server is unreachable or failing; a
+    /// refusal (4xx) ends it at once with the server's message.
+    fn request(
+        &self,
+        what: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(http_parts::Headers, Vec<u8>)> {
+        let mut since: Option<Instant> = None;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.once(path, body) {
+                Ok(r) => return Ok(r),
+                Err(Failure::Refused(m)) => bail!("server {} refused {what}: {m}", self.server),
+                Err(Failure::Transient(m)) => {
+                    let t0 = *since.get_or_insert_with(Instant::now);
+                    if t0.elapsed() >= self.give_up_after {
+                        bail!(
+                            "{what}: server {} has not answered for {} s (last error: {m}); check that `ignite server` runs and is reachable, then reboot the client",
+                            self.server,
+                            self.give_up_after.as_secs()
+                        );
+                    }
+                    if wait >= Duration::from_secs(1) {
+                        tracing::warn!("{what}: {m}; retrying");
+                    }
+                    std::thread::sleep(wait.min(self.give_up_after.saturating_sub(t0.elapsed())));
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn fetch_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let hex = id.to_hex();
+        let what = format!("chunk {hex}");
+        let (headers, stored) = self.request(&what, &format!("chunk/{hex}"), None)?;
+        let codec = match headers.get(crate::server::install_api::CODEC_HEADER) {
+            Some("raw") => Codec::Raw,
+            Some("zstd") => Codec::Zstd,
+            other => bail!("{what}: server sent an unknown codec {other:?}"),
+        };
+        let raw_len = headers
+            .get(crate::server::install_api::RAW_LEN_HEADER)
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|&n| n <= MAX_CHUNK)
+            .ok_or_else(|| anyhow!("{what}: server sent no usable length"))?;
+        let entry = PackEntry {
+            id: *id,
+            offset: 0,
+            stored_len: stored.len() as u32,
+            raw_len,
+            codec,
+        };
+        pack::decode(&entry, &stored).map_err(|e| {
+            anyhow!(
+                "{e} (served by {}); refusing it: run `ignite archive verify` on the server's store",
+                self.server
+            )
+        })
+    }
+}
+
+/// Just the headers the agent reads, owned (ureq's borrow the response).
+mod http_parts {
+    pub struct Headers(Vec<(String, String)>);
+
+    impl From<&ureq::http::HeaderMap> for Headers {
+        fn from(h: &ureq::http::HeaderMap) -> Headers {
+            Headers(
+                h.iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    impl Headers {
+        pub fn get(&self, name: &str) -> Option<&str> {
+            self.0
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+}
+
+/// Chunks from the server for one extraction. A chunk several files share is fetched once
+/// (the first file to need it fetches it, the others wait) and kept until its last use.
+struct RemoteChunks<'a> {
+    server: &'a HttpInstallServer,
+    uses: HashMap<ChunkId, u32>,
+    /// Shared chunks: uses left, and the chunk once fetched.
+    shared: Mutex<HashMap<ChunkId, (u32, SharedChunk)>>,
+}
+
+type SharedChunk = Arc<Mutex<Option<Vec<u8>>>>;
+
+impl RemoteChunks<'_> {
+    fn fetch(&self, id: &ChunkId) -> ignite_archive::Result<Vec<u8>> {
+        self.server
+            .fetch_chunk(id)
+            .map_err(|e| ignite_archive::Error::Invalid(format!("{e:#}")))
+    }
+}
+
+impl ChunkSource for RemoteChunks<'_> {
+    fn chunk(&self, id: &ChunkId) -> ignite_archive::Result<Vec<u8>> {
+        let uses = self.uses.get(id).copied().unwrap_or(1);
+        if uses <= 1 {
+            return self.fetch(id);
+        }
+        let slot = {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let (left, slot) = shared.entry(*id).or_insert_with(|| (uses, Arc::default()));
+            *left -= 1;
+            let slot = slot.clone();
+            if *left == 0 {
+                shared.remove(id);
+            }
+            slot
+        };
+        let mut data = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = &*data {
+            return Ok(d.clone());
+        }
+        let d = self.fetch(id)?;
+        *data = Some(d.clone());
+        Ok(d)
+    }
+}
+
+impl InstallServer for HttpInstallServer {
+    fn plan(&self, facts: &ClientFacts) -> Result<InstallPlan> {
+        let body = serde_json::to_vec(facts)?;
+        let (_, data) = self.request("the install plan request", "plan", Some(&body))?;
+        serde_json::from_slice(&data).context("the server's install plan does not parse")
+    }
+
+    fn report(&self, phase: &Phase) -> Result<()> {
+        let body = serde_json::to_vec(phase)?;
+        self.request("a phase report", "phase", Some(&body))
+            .map(|_| ())
+    }
+
+    fn log(&self, text: &str) -> Result<()> {
+        self.request("a log append", "log", Some(text.as_bytes()))
+            .map(|_| ())
+    }
+
+    fn extract(
+        &self,
+        archive: &ArchiveRef,
+        root: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64> {
+        let (_, data) = self.request(&format!("the tree of archive {archive}"), "tree", None)?;
+        let id = archive.id.clone().unwrap_or_else(|| archive.name.clone());
+        let entries = decode_tree(&id, &data)
+            .with_context(|| format!("archive {archive} from server {}", self.server))?;
+        let mut uses: HashMap<ChunkId, u32> = HashMap::new();
+        for c in tree_chunks(&entries) {
+            *uses.entry(c).or_default() += 1;
+        }
+        let total: u64 = entries
+            .iter()
+            .map(|e| match &e.kind {
+                ignite_archive::EntryKind::File { extents, .. } => {
+                    extents.iter().map(|x| u64::from(x.len)).sum()
+                }
+                _ => 0,
+            })
+            .sum();
+        let source = RemoteChunks {
+            server: self,
+            uses,
+            shared: Mutex::new(HashMap::new()),
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.fetchers.max(1))
+            .build()
+            .context("cannot start the chunk fetch threads")?;
+        let done = AtomicU64::new(0);
+        let finished = AtomicBool::new(false);
+        let stats = std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                let r = pool.install(|| export_tree(&source, &entries, root, &done));
+                finished.store(true, Ordering::Release);
+                r
+            });
+            while !finished.load(Ordering::Acquire) {
+                progress(done.load(Ordering::Relaxed), total);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            worker
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+        .with_context(|| format!("extracting archive {archive} into {}", root.display()))?;
+        progress(stats.bytes, total);
+        Ok(stats.bytes)
+    }
+}

@@ -1,0 +1,537 @@
+//! `ignite vm create/start/stop/list/show/console/remove`: defined guests (see `crate::guests`).
+
+use crate::guests::control::{self, Status};
+use crate::guests::store::{Guests, Record};
+use crate::guests::supervisor;
+use crate::guests::{
+    check_name, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic, Paths, MAX_VIO_DISKS,
+};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use ignite_vmm::config::{parse_mac, parse_size};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct StateDir {
+    /// Directory of the state database (guest files go in its guests/ folder).
+    #[arg(long, env = "IGNITE_STATE_DIR", default_value = "/var/lib/ignite")]
+    state_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Define a guest (stored in the state database; disks given as sizes are created).
+    Create(CreateArgs),
+    /// Start a defined guest detached (under a supervisor process).
+    Start {
+        name: String,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Ask a running guest to power off and wait; --force ends it at once.
+    Stop {
+        name: String,
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for the guest to power off.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// List defined guests with their state.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Show one guest's definition and state.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Attach to a running guest's serial console (Ctrl-] detaches).
+    Console {
+        name: String,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Remove a stopped guest's definition and the disk images created for it.
+    Remove {
+        name: String,
+        /// Keep the disk images created for the guest (in its directory).
+        #[arg(long)]
+        keep_disks: bool,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    #[command(name = "_supervise", hide = true)]
+    Supervise {
+        name: String,
+        #[arg(long, value_enum)]
+        engine: Engine,
+        #[arg(long)]
+        kvm: bool,
+        #[arg(long)]
+        why: String,
+        #[command(flatten)]
+        state: StateDir,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    name: String,
+    #[arg(long, default_value = "1G")]
+    mem: String,
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// A size (e.g. 10G: a new sparse image in the guest's directory) or an existing image (repeatable).
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    /// avio (virtio-blk) or vio (IDE, at most 4 disks).
+    #[arg(long, value_enum, default_value = "avio")]
+    disk_bus: Bus,
+    /// NIC on a bridge: bridge=BR (repeatable).
+    #[arg(long = "net")]
+    nets: Vec<String>,
+    /// avio (virtio-net) or vio (NE2000).
+    #[arg(long, value_enum, default_value = "avio")]
+    net_model: Bus,
+    /// MAC of the NIC of the same position (repeatable); generated when left out.
+    #[arg(long = "mac")]
+    macs: Vec<String>,
+    /// net, disk, or kernel=PATH[,initrd=PATH][,cmdline=...].
+    #[arg(long, default_value = "disk")]
+    boot: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    engine: EngineChoice,
+    #[command(flatten)]
+    state: StateDir,
+}
+
+impl Cmd {
+    pub fn run(self) -> Result<()> {
+        match self {
+            Cmd::Create(a) => create(a),
+            Cmd::Start { name, state } => {
+                let s = supervisor::start(&state.state_dir, &name)?;
+                println!(
+                    "guest {name} started: engine {} ({}), pid {}; console: ignite vm console {name}",
+                    s.engine, s.why, s.pid
+                );
+                Ok(())
+            }
+            Cmd::Stop {
+                name,
+                force,
+                timeout,
+                state,
+            } => {
+                supervisor::stop(&state.state_dir, &name, force, Duration::from_secs(timeout))?;
+                println!("guest {name} stopped");
+                Ok(())
+            }
+            Cmd::List { json, state } => list(&state.state_dir, json),
+            Cmd::Show { name, json, state } => show(&state.state_dir, &name, json),
+            Cmd::Console { name, state } => console(&state.state_dir, &name),
+            Cmd::Remove {
+                name,
+                keep_disks,
+                state,
+            } => remove(&state.state_dir, &name, keep_disks),
+            Cmd::Supervise {
+                name,
+                engine,
+                kvm,
+                why,
+                state,
+            } => supervisor::supervise(&state.state_dir, &name, engine, kvm, why),
+        }
+    }
+}
+
+/// A new image of `size` bytes, or an existing image.
+enum DiskArg {
+    New(u64),
+    Existing(PathBuf),
+}
+
+fn disk_arg(s: &str) -> Result<DiskArg> {
+    if !s.contains('/') {
+        if let Ok(size) = parse_size(s) {
+            if size < 1 << 20 {
+                bail!("disk size {s:?} is too small; give at least 1M (e.g. --disk 10G)");
+            }
+            return Ok(DiskArg::New(size));
+        }
+    }
+    match std::fs::canonicalize(s) {
+        Ok(p) if p.is_file() => Ok(DiskArg::Existing(p)),
+        _ => bail!(
+            "disk {s:?} is neither a size (e.g. 10G, for a new sparse image) nor an existing image file"
+        ),
+    }
+}
+
+fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
+    check_name(&a.name)?;
+    let mem = parse_size(&a.mem).map_err(anyhow::Error::msg)?;
+    if !(16 << 20..=64 << 30).contains(&mem) {
+        bail!(
+            "memory size {} is out of range; use between 16M and 64G",
+            a.mem
+        );
+    }
+    if a.cpus == 0 || a.cpus > ignite_vmm::layout::MAX_CPUS {
+        bail!(
+            "{} vCPUs is out of range; use between 1 and {}",
+            a.cpus,
+            ignite_vmm::layout::MAX_CPUS
+        );
+    }
+    if a.disk_bus == Bus::Vio && a.disks.len() > MAX_VIO_DISKS {
+        bail!(
+            "{} disks on --disk-bus vio; the emulated IDE controller takes at most {MAX_VIO_DISKS}: \
+             use --disk-bus avio or fewer disks",
+            a.disks.len()
+        );
+    }
+    let dir = crate::guests::guest_dir(&a.state.state_dir, &a.name);
+    let mut disks = Vec::new();
+    let mut sizes = Vec::new();
+    for (i, s) in a.disks.iter().enumerate() {
+        match disk_arg(s)? {
+            DiskArg::New(size) => {
+                disks.push(Disk {
+                    path: dir.join(format!("disk{i}.img")),
+                    owned: true,
+                });
+                sizes.push(Some(size));
+            }
+            DiskArg::Existing(path) => {
+                disks.push(Disk { path, owned: false });
+                sizes.push(None);
+            }
+        }
+    }
+    if a.macs.len() > a.nets.len() {
+        bail!(
+            "{} --mac for {} --net; give at most one MAC per NIC",
+            a.macs.len(),
+            a.nets.len()
+        );
+    }
+    let mut nics = Vec::new();
+    for (i, n) in a.nets.iter().enumerate() {
+        let bridge = match n.strip_prefix("bridge=") {
+            Some(b) if !b.is_empty() && b.len() < 16 && !b.contains(['/', ' ', ',']) => b,
+            _ => bail!("net {n:?}: use bridge=BR (an existing bridge, up to 15 characters)"),
+        };
+        let mac = match a.macs.get(i) {
+            Some(m) => {
+                let b = parse_mac(m)
+                    .with_context(|| format!("MAC {m:?} is not like 52:54:00:12:34:56"))?;
+                if b[0] & 1 != 0 {
+                    bail!("MAC {m} is a multicast address; a NIC needs a unicast one (first byte even)");
+                }
+                b.map(|x| format!("{x:02x}")).join(":")
+            }
+            None => String::new(),
+        };
+        nics.push(Nic {
+            bridge: bridge.to_owned(),
+            mac,
+        });
+    }
+    let boot = Boot::parse(&a.boot)?;
+    if boot == Boot::Disk && disks.is_empty() {
+        bail!("--boot disk needs a disk; add --disk SIZE|PATH or boot with --boot net|kernel=PATH");
+    }
+    if boot == Boot::Net && nics.is_empty() {
+        bail!("--boot net needs a NIC; add --net bridge=BR");
+    }
+    Ok((
+        Definition {
+            name: a.name.clone(),
+            mem,
+            cpus: a.cpus,
+            disks,
+            disk_bus: a.disk_bus,
+            nics,
+            net_model: a.net_model,
+            boot,
+            engine: a.engine,
+        },
+        sizes,
+    ))
+}
+
+fn create(a: CreateArgs) -> Result<()> {
+    let (def, sizes) = definition(&a)?;
+    let mut guests = Guests::open(&a.state.state_dir)?;
+    let dir = crate::guests::guest_dir(&a.state.state_dir, &a.name);
+    let mut made = Vec::new();
+    let result = guests.create(def, |def| {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("guest directory {}: cannot create it", dir.display()))?;
+        for (d, size) in def.disks.iter().zip(&sizes) {
+            let Some(size) = size else { continue };
+            let f = std::fs::File::create_new(&d.path).with_context(|| {
+                format!(
+                    "disk image {}: cannot create it (an image kept from an earlier guest? \
+                     move it away or pass it as --disk PATH)",
+                    d.path.display()
+                )
+            })?;
+            made.push(d.path.clone());
+            f.set_len(*size)
+                .with_context(|| format!("disk image {}: cannot size it", d.path.display()))?;
+        }
+        Ok(())
+    });
+    match result {
+        Ok(def) => {
+            println!("guest {} defined", def.name);
+            for n in &def.nics {
+                println!("  nic on bridge {}: mac {}", n.bridge, n.mac);
+            }
+            for d in &def.disks {
+                println!("  disk {}", d.path.display());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            for p in &made {
+                let _ = std::fs::remove_file(p);
+            }
+            let _ = std::fs::remove_dir(&dir);
+            Err(e)
+        }
+    }
+}
+
+/// A guest as `list` and `show` report it.
+#[derive(serde::Serialize)]
+struct View {
+    #[serde(flatten)]
+    record: Record,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running: Option<Status>,
+    console_log: PathBuf,
+}
+
+fn view(state_dir: &Path, record: Record) -> Result<View> {
+    let paths = Paths::new(state_dir, &record.def.name);
+    let running = control::status(&paths.control())?;
+    let state = match (&running, &record.last_engine) {
+        (Some(_), _) => "running",
+        (None, Some(_)) => "stopped",
+        (None, None) => "defined",
+    };
+    Ok(View {
+        record,
+        state,
+        running,
+        console_log: paths.console_log(),
+    })
+}
+
+fn uptime(s: &Status) -> String {
+    let secs = (crate::guests::store::now() - s.started).max(0);
+    format!("{}h{:02}m{:02}s", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn list(state_dir: &Path, json: bool) -> Result<()> {
+    let views = Guests::open(state_dir)?
+        .list()?
+        .into_iter()
+        .map(|r| view(state_dir, r))
+        .collect::<Result<Vec<_>>>()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<8} {:<8} {:>8} {:>5} {:>10}",
+        "NAME", "STATE", "ENGINE", "PID", "CPUS", "UPTIME"
+    );
+    for v in &views {
+        let (engine, pid, up) = match &v.running {
+            Some(s) => (s.engine.to_string(), s.pid.to_string(), uptime(s)),
+            None => (v.record.def.engine.to_string(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<20} {:<8} {:<8} {:>8} {:>5} {:>10}",
+            v.record.def.name, v.state, engine, pid, v.record.def.cpus, up
+        );
+    }
+    Ok(())
+}
+
+fn show(state_dir: &Path, name: &str, json: bool) -> Result<()> {
+    let v = view(state_dir, Guests::open(state_dir)?.get(name)?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let d = &v.record.def;
+    println!("name:      {}", d.name);
+    println!("state:     {}", v.state);
+    if let Some(s) = &v.running {
+        println!("engine:    {} ({})", s.engine, s.why);
+        println!("pid:       {}", s.pid);
+        println!("uptime:    {}", uptime(s));
+    } else {
+        println!("engine:    {}", d.engine);
+    }
+    if let Some(r) = &v.record.last_stop {
+        println!("last stop: {r}");
+    }
+    println!("memory:    {} MiB, {} vCPU(s)", d.mem >> 20, d.cpus);
+    println!("boot:      {}", d.boot);
+    for x in &d.disks {
+        println!("disk:      {} ({:?})", x.path.display(), d.disk_bus);
+    }
+    for n in &d.nics {
+        println!(
+            "nic:       {} on bridge {} ({:?})",
+            n.mac, n.bridge, d.net_model
+        );
+    }
+    println!("console:   {}", v.console_log.display());
+    Ok(())
+}
+
+fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<()> {
+    let mut guests = Guests::open(state_dir)?;
+    let rec = guests.get(name)?;
+    let paths = Paths::new(state_dir, name);
+    if let Some(s) = control::status(&paths.control())? {
+        bail!(
+            "guest {name} is running (pid {}); stop it first with `ignite vm stop {name}`",
+            s.pid
+        );
+    }
+    guests.remove(name)?;
+    let kept: Vec<&Disk> = rec.def.disks.iter().filter(|d| d.owned).collect();
+    if keep_disks {
+        for p in [paths.console_log(), paths.supervisor_log()] {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir_all(paths.boot_files());
+        println!("guest {name} removed; kept its disk images:");
+        for d in kept {
+            println!("  {}", d.path.display());
+        }
+    } else {
+        if paths.dir.exists() {
+            std::fs::remove_dir_all(&paths.dir).with_context(|| {
+                format!("guest directory {}: cannot remove it", paths.dir.display())
+            })?;
+        }
+        println!("guest {name} removed");
+    }
+    Ok(())
+}
+
+/// Restores the terminal settings saved when the console attached.
+struct RawMode(Option<libc::termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        // SAFETY: termios calls on stdin with a struct we own.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return RawMode(None);
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return RawMode(None);
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            RawMode(Some(saved))
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restores settings read by tcgetattr.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
+    }
+}
+
+/// Ctrl-]: detaches from the console, as telnet's escape.
+const DETACH: u8 = 0x1d;
+
+fn console(state_dir: &Path, name: &str) -> Result<()> {
+    Guests::open(state_dir)?.get(name)?;
+    let paths = Paths::new(state_dir, name);
+    if control::status(&paths.control())?.is_none() {
+        bail!(
+            "guest {name} is not running; start it with `ignite vm start {name}` (its last console output is in {})",
+            paths.console_log().display()
+        );
+    }
+    let sock = std::os::unix::net::UnixStream::connect(paths.console()).with_context(|| {
+        format!(
+            "console socket {}: cannot connect",
+            paths.console().display()
+        )
+    })?;
+    eprintln!("ignite: attached to {name}'s console; Ctrl-] detaches\r");
+    let raw = RawMode::enter();
+    let mut from_guest = sock.try_clone()?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let output = done_tx.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut out = std::io::stdout();
+        while let Ok(n) = from_guest.read(&mut buf) {
+            if n == 0 || out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                break;
+            }
+        }
+        let _ = output.send("the guest stopped");
+    });
+    let mut to_guest = sock;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        let mut input = std::io::stdin();
+        while let Ok(n) = input.read(&mut buf) {
+            if n == 0 {
+                // End of input: keep showing output until the guest stops.
+                return;
+            }
+            let data = &buf[..n];
+            let (data, detach) = match data.iter().position(|&b| b == DETACH) {
+                Some(i) => (&data[..i], true),
+                None => (data, false),
+            };
+            if to_guest.write_all(data).is_err() {
+                break;
+            }
+            if detach {
+                let _ = done_tx.send("detached");
+                return;
+            }
+        }
+        let _ = done_tx.send("the console closed");
+    });
+    let why = done_rx.recv().unwrap_or("the console closed");
+    drop(raw);
+    eprintln!("\r\nignite: {why}");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! `ignite install-extract` (hidden): the agent's network side by hand. Asks the server for
+//! the install plan of a scheduled client, then extracts the plan's archive into a
+//! directory, reporting progress as the agent does.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args as ClapArgs;
+use ignite_profiles::{ClientFacts, DiskFact};
+
+use crate::agent::remote::HttpInstallServer;
+use crate::install::{InstallServer, Phase};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// The server, as ignite.server= gives it: http://IP:PORT.
+    #[arg(long)]
+    server: String,
+    #[arg(long)]
+    mac: String,
+    #[arg(long)]
+    token: String,
+    /// Directory to extract into.
+    #[arg(long)]
+    to: PathBuf,
+    /// A disk the client reports, PATH:SIZE[:SERIAL]; repeat for more.
+    #[arg(long = "disk", value_parser = super::profile::parse_disk, default_value = "/dev/vda:20G")]
+    disks: Vec<DiskFact>,
+    /// Give up after the server has been unreachable this long (seconds).
+    #[arg(long, default_value_t = 600)]
+    give_up_after: u64,
+    /// Chunk requests in flight.
+    #[arg(long, default_value_t = 8)]
+    fetchers: usize,
+    /// Report the install done afterwards (the client then boots from its disk).
+    #[arg(long)]
+    done: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut server = HttpInstallServer::new(&a.server, &a.mac, &a.token);
+    server.give_up_after = Duration::from_secs(a.give_up_after);
+    server.fetchers = a.fetchers;
+    let facts = ClientFacts {
+        mac: a.mac.clone(),
+        disks: a.disks,
+        hostname: None,
+    };
+    let plan = server.plan(&facts)?;
+    eprintln!(
+        "plan: profile {} for {}, archive {}",
+        plan.profile, plan.hostname, plan.archive
+    );
+    let t0 = Instant::now();
+    let mut last = Instant::now();
+    let mut report = |done: u64, total: u64| {
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            if let Err(e) = server.report(&Phase::Extracting { done, total }) {
+                tracing::warn!("progress report: {e:#}");
+            }
+        }
+    };
+    let bytes = server.extract(&plan.archive, &a.to, &mut report)?;
+    server.report(&Phase::Extracted { bytes })?;
+    server.log(&format!(
+        "extracted {bytes} bytes of {} into {}",
+        plan.archive,
+        a.to.display()
+    ))?;
+    if a.done {
+        server.report(&Phase::Done)?;
+    }
+    println!(
+        "extracted {bytes} bytes of archive {} into {} in {:.1} s",
+        plan.archive,
+        a.to.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The QEMU engine: the same definition under `qemu-system-x86_64` (same disk files, MACs,
+//! taps on the same bridges, console on the same socket and log), stopped through QMP.
+
+use super::{Boot, Bus, Definition, Paths};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// First file descriptor number handed to QEMU for taps (`-netdev tap,fd=N`).
+pub const FIRST_TAP_FD: i32 = 3;
+
+/// The QEMU command line for `def`; tap `i` is expected on fd `FIRST_TAP_FD + i`.
+pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    let chardev = format!(
+        "socket,id=con,path={},server=on,wait=off,logfile={},logappend=on",
+        paths.console().display(),
+        paths.console_log().display()
+    );
+    c.args(["-name", &def.name])
+        .args(["-machine", "pc", "-accel", if kvm { "kvm" } else { "tcg" }])
+        .args(["-m", &format!("{}M", def.mem >> 20)])
+        .args(["-smp", &def.cpus.to_string()])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .args(["-chardev", &chardev, "-serial", "chardev:con"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", paths.qmp().display()));
+    for (i, d) in def.disks.iter().enumerate() {
+        c.arg("-drive").arg(format!(
+            "file={},format=raw,if=none,id=disk{i}",
+            d.path.display()
+        ));
+        c.arg("-device").arg(match def.disk_bus {
+            Bus::Avio => format!("virtio-blk-pci,drive=disk{i}"),
+            Bus::Vio => format!("ide-hd,drive=disk{i},bus=ide.{},unit={}", i / 2, i % 2),
+        });
+    }
+    for (i, n) in def.nics.iter().enumerate() {
+        c.arg("-netdev")
+            .arg(format!("tap,id=net{i},fd={}", FIRST_TAP_FD + i as i32));
+        let model = match def.net_model {
+            Bus::Avio => "virtio-net-pci",
+            Bus::Vio => "ne2k_pci",
+        };
+        c.arg("-device")
+            .arg(format!("{model},netdev=net{i},mac={}", n.mac));
+    }
+    match &def.boot {
+        Boot::Net => {
+            c.args(["-boot", "n"]);
+        }
+        Boot::Disk => {
+            c.args(["-boot", "c"]);
+        }
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            c.arg("-kernel").arg(kernel);
+            if let Some(i) = initrd {
+                c.arg("-initrd").arg(i);
+            }
+            c.arg("-append")
+                .arg(cmdline.as_deref().unwrap_or("console=ttyS0"));
+        }
+    }
+    c
+}
+
+/// A QMP session (after capabilities negotiation).
+pub struct Qmp {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    /// Connects to QEMU's QMP socket, waiting up to `limit` for QEMU to create it.
+    pub fn connect(paths: &Paths, limit: Duration) -> Result<Qmp> {
+        let t = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(paths.qmp()) {
+                Ok(s) => break s,
+                Err(e) if t.elapsed() > limit => {
+                    return Err(e).with_context(|| {
+                        format!("QMP socket {}: QEMU did not open it", paths.qmp().display())
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut q = Qmp {
+            reader: BufReader::new(stream.try_clone()?),
+            stream,
+        };
+        let mut greeting = String::new();
+        q.reader.read_line(&mut greeting)?;
+        q.execute("qmp_capabilities")?;
+        Ok(q)
+    }
+
+    /// Runs a command and waits for its return (skipping events).
+    pub fn execute(&mut self, cmd: &str) -> Result<()> {
+        writeln!(self.stream, "{{\"execute\":\"{cmd}\"}}")?;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                // QEMU closes QMP as it quits.
+                return Ok(());
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("QMP: bad reply {line:?}"))?;
+            if v.get("return").is_some() {
+                return Ok(());
+            }
+            if let Some(e) = v.get("error") {
+                bail!("QMP {cmd}: {e}");
+            }
+        }
+    }
+}

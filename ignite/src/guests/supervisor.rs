@@ -1,0 +1,407 @@
+//! Starting a guest detached and the supervisor process that runs it.
+//!
+//! `start` picks the engine, then runs `ignite vm _supervise NAME` in a new session (no
+//! controlling terminal, outlives the shell) and returns once the guest's control socket
+//! answers, or reports the supervisor's own error if it ended first. The supervisor runs the
+//! engine, serves the control socket, and when the guest ends records why in the state
+//! database and removes its runtime files.
+
+use super::control::{self, Reply, Request, Status};
+use super::store::{now, Guests};
+use super::{qemu, Boot, Bus, Definition, Engine, EngineChoice, Paths};
+use anyhow::{bail, Context, Result};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long `start` waits for a supervisor to report its guest running.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// The engine for `choice`, whether QEMU may use KVM (only where guest kernel code runs at
+/// hardware speed: nested KVM without it is slower than TCG), and why, in words for the user.
+pub fn choose_engine(choice: EngineChoice) -> (Engine, bool, String) {
+    if choice == EngineChoice::Bundled {
+        return (Engine::Bundled, false, "--engine bundled".into());
+    }
+    let speed = ignite_vmm::hwcheck::measure();
+    let hw = matches!(&speed, Ok(s) if s.hardware_assisted());
+    let seen = match &speed {
+        Ok(s) => s.describe(),
+        Err(e) => format!("KVM is not usable: {e}"),
+    };
+    match choice {
+        EngineChoice::Auto if hw => (Engine::Bundled, true, format!("--engine auto: {seen}")),
+        EngineChoice::Auto => (
+            Engine::Qemu,
+            false,
+            format!("--engine auto chose qemu -accel tcg: {seen}"),
+        ),
+        // --engine qemu (bundled returned above).
+        _ => (
+            Engine::Qemu,
+            hw,
+            format!(
+                "--engine qemu, {} ({seen})",
+                if hw { "-accel kvm" } else { "-accel tcg" }
+            ),
+        ),
+    }
+}
+
+/// Starts `name` detached; returns its status once it runs.
+pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
+    let rec = Guests::open(state_dir)?.get(name)?;
+    let paths = Paths::new(state_dir, name);
+    if let Some(s) = control::status(&paths.control())? {
+        bail!(
+            "guest {name} is already running (pid {}, engine {}); stop it first with `ignite vm stop {name}`",
+            s.pid,
+            s.engine
+        );
+    }
+    let (engine, kvm, why) = choose_engine(rec.def.engine);
+    if engine == Engine::Qemu
+        && crate::cli::sh(Command::new("qemu-system-x86_64").arg("--version")).is_err()
+    {
+        bail!("guest {name}: qemu-system-x86_64 is not installed; apt-get install qemu-system-x86 (or use --engine bundled)");
+    }
+    std::fs::create_dir_all(&paths.dir)
+        .with_context(|| format!("guest directory {}: cannot create it", paths.dir.display()))?;
+    let log = std::fs::File::create(paths.supervisor_log())
+        .with_context(|| format!("{}: cannot create it", paths.supervisor_log().display()))?;
+    let mut cmd = Command::new(std::env::current_exe().context("cannot find the ignite binary")?);
+    cmd.args(["vm", "_supervise", name, "--state-dir"])
+        .arg(state_dir)
+        .arg(format!("--engine={engine}"))
+        .arg(format!("--why={why}"))
+        .args(kvm.then_some("--kvm"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the child only execs afterwards.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the guest supervisor")?;
+    let t = Instant::now();
+    loop {
+        if let Some(s) = control::status(&paths.control())? {
+            return Ok(s);
+        }
+        if let Some(code) = child.try_wait()? {
+            let log = std::fs::read_to_string(paths.supervisor_log()).unwrap_or_default();
+            // Its error (main prints "ignite: ..."), else whatever it said last.
+            let lines = || log.lines().rev().filter(|l| !l.trim().is_empty());
+            let why = lines()
+                .find_map(|l| l.strip_prefix("ignite: "))
+                .or_else(|| lines().next())
+                .unwrap_or("no message");
+            bail!("guest {name} did not start ({code}): {why}");
+        }
+        if t.elapsed() > START_LIMIT {
+            let _ = child.kill();
+            bail!(
+                "guest {name} did not report running within {}s; see {}",
+                START_LIMIT.as_secs(),
+                paths.supervisor_log().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Is process `pid` alive (and not a zombie waiting for a parent that will not reap it)?
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: "pid (comm) S ...".
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Asks the running guest to power off (or, with `force`, ends it at once) and waits up to
+/// `limit` for its supervisor to exit.
+pub fn stop(state_dir: &Path, name: &str, force: bool, limit: Duration) -> Result<()> {
+    Guests::open(state_dir)?.get(name)?;
+    let paths = Paths::new(state_dir, name);
+    let Some(s) = control::status(&paths.control())? else {
+        bail!("guest {name} is not running");
+    };
+    control::ask(&paths.control(), &Request::Stop { force })?;
+    let t = Instant::now();
+    while alive(s.pid) {
+        if t.elapsed() > limit {
+            if !force {
+                bail!(
+                    "guest {name} did not power off within {}s (does it handle the ACPI power button?); \
+                     `ignite vm stop --force {name}` ends it at once",
+                    limit.as_secs()
+                );
+            }
+            // The supervisor leads its own session: this also ends QEMU.
+            unsafe { libc::kill(-(s.pid as i32), libc::SIGKILL) };
+            Guests::open(state_dir)?.record_stop(
+                name,
+                s.engine,
+                "killed by ignite vm stop --force",
+            )?;
+            remove_runtime_files(&paths);
+            let _ = std::fs::remove_file(paths.pid());
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The sockets of a supervisor that is gone (the pid file goes with the supervisor's lock).
+fn remove_runtime_files(paths: &Paths) {
+    for p in [paths.control(), paths.console(), paths.qmp()] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// The supervisor: runs guest `name` on `engine` until it ends.
+pub fn supervise(
+    state_dir: &Path,
+    name: &str,
+    engine: Engine,
+    kvm: bool,
+    why: String,
+) -> Result<()> {
+    let guests = Guests::open(state_dir)?;
+    let def = guests.get(name)?.def;
+    let paths = Paths::new(state_dir, name);
+    // Held until this process exits: a second supervisor of the same guest (two racing
+    // starts) stops here instead of taking over the first one's sockets.
+    let mut pid_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.pid())
+        .with_context(|| format!("{}: cannot open it", paths.pid().display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(pid_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "guest {name} is already running (another supervisor holds {})",
+            paths.pid().display()
+        );
+    }
+    remove_runtime_files(&paths);
+    pid_file.set_len(0)?;
+    std::io::Write::write_all(
+        &mut pid_file,
+        format!("{}\n", std::process::id()).as_bytes(),
+    )?;
+    guests.record_start(name, engine)?;
+    let status = Status {
+        state: "running".into(),
+        pid: std::process::id(),
+        engine,
+        started: now(),
+        why,
+    };
+    eprintln!("guest {name}: engine {engine} ({})", status.why);
+    let requested = Arc::new(AtomicBool::new(false));
+    let result = match engine {
+        Engine::Bundled => run_bundled(&def, &paths, status, requested.clone()),
+        Engine::Qemu => run_qemu(&def, &paths, kvm, status, requested.clone()),
+    };
+    remove_runtime_files(&paths);
+    let _ = std::fs::remove_file(paths.pid());
+    let reason = match &result {
+        Ok(_) if requested.load(Ordering::SeqCst) => "stopped by ignite vm stop".to_string(),
+        Ok(r) => r.clone(),
+        Err(e) => format!("failed: {e:#}"),
+    };
+    eprintln!("guest {name}: {reason}");
+    guests.record_stop(name, engine, &reason)?;
+    result.map(|_| ())
+}
+
+/// Serves the control socket; `stop(force)` ends or powers off the guest.
+fn serve_control(
+    paths: &Paths,
+    status: Status,
+    requested: Arc<AtomicBool>,
+    stop: impl Fn(bool) -> Result<()> + Send + 'static,
+) -> Result<()> {
+    let _ = std::fs::remove_file(paths.control());
+    let listener = std::os::unix::net::UnixListener::bind(paths.control())
+        .with_context(|| format!("control socket {}: cannot bind", paths.control().display()))?;
+    control::serve(listener, move |req| match req {
+        Request::Status => Reply::Status(status.clone()),
+        Request::Stop { force } => {
+            requested.store(true, Ordering::SeqCst);
+            match stop(force) {
+                Ok(()) => Reply::Ok { ok: true },
+                Err(e) => Reply::Error {
+                    error: format!("{e:#}"),
+                },
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The bundled monitor's configuration for `def`.
+fn bundled_config(def: &Definition, paths: &Paths) -> Result<ignite_vmm::VmConfig> {
+    use ignite_vmm::{
+        config::DEFAULT_TRACK_GRANULARITY, DiskConfig, KernelImage, NetBackend, NetConfig,
+    };
+    let (kernel, initrd, cmdline) = match &def.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => (
+            KernelImage::Path(kernel.clone()),
+            initrd.clone(),
+            cmdline
+                .clone()
+                .unwrap_or_else(|| "console=ttyS0 reboot=k panic=1".into()),
+        ),
+        Boot::Disk => {
+            let disk = &def.disks.first().context("--boot disk needs a disk")?.path;
+            let files = ignite_vmm::diskboot::find_on_image(disk)?;
+            std::fs::create_dir_all(paths.boot_files())?;
+            let (k, i) = files.write_to(&paths.boot_files())?;
+            eprintln!("booting {} of {}", files.found, disk.display());
+            (KernelImage::Path(k), i, files.cmdline())
+        }
+        // The monitor's boot firmware netboots on the first NIC; the command line is used only
+        // if the boot file is a kernel itself (a script brings its own).
+        Boot::Net => (
+            KernelImage::Net,
+            None,
+            "console=ttyS0 reboot=k panic=1".into(),
+        ),
+    };
+    let mut cfg = ignite_vmm::VmConfig::new(kernel);
+    cfg.initrd = initrd;
+    cfg.cmdline = cmdline;
+    cfg.mem_bytes = def.mem;
+    cfg.cpus = def.cpus;
+    let disks = def.disks.iter().map(|d| DiskConfig {
+        path: d.path.clone(),
+        read_only: false,
+        direct: false,
+        track_changes: Some(DEFAULT_TRACK_GRANULARITY),
+    });
+    match def.disk_bus {
+        Bus::Avio => cfg.disks = disks.collect(),
+        Bus::Vio => cfg.vio_disks = disks.collect(),
+    }
+    let nics = def
+        .nics
+        .iter()
+        .map(|n| -> Result<NetConfig> {
+            Ok(NetConfig {
+                backend: NetBackend::Bridge(n.bridge.clone()),
+                mac: ignite_vmm::config::parse_mac(&n.mac)
+                    .with_context(|| format!("stored MAC {:?} is not valid", n.mac))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    match def.net_model {
+        Bus::Avio => cfg.nets = nics,
+        Bus::Vio => cfg.vio_nets = nics,
+    }
+    cfg.serial = ignite_vmm::SerialTarget::LoggedUnix {
+        socket: paths.console(),
+        log: paths.console_log(),
+    };
+    Ok(cfg)
+}
+
+fn run_bundled(
+    def: &Definition,
+    paths: &Paths,
+    status: Status,
+    requested: Arc<AtomicBool>,
+) -> Result<String> {
+    let vm = ignite_vmm::Vm::new(&bundled_config(def, paths)?)?;
+    let signal = vm.stop_signal();
+    // No ACPI on the bundled monitor: a stop ends the run (vCPUs stopped, then the devices
+    // and image files closed), forced or not.
+    serve_control(paths, status, requested, move |_force| {
+        signal.stop(ignite_vmm::StopReason::PowerOff);
+        Ok(())
+    })?;
+    let out = vm.run(None).context("running the guest")?;
+    Ok(out.reason.to_string())
+}
+
+fn run_qemu(
+    def: &Definition,
+    paths: &Paths,
+    kvm: bool,
+    status: Status,
+    requested: Arc<AtomicBool>,
+) -> Result<String> {
+    use ignite_vmm::virtio::tap::Tap;
+    let taps = def
+        .nics
+        .iter()
+        .map(|n| Tap::from_backend(&ignite_vmm::NetBackend::Bridge(n.bridge.clone())))
+        .collect::<ignite_vmm::Result<Vec<_>>>()?;
+    // Move the taps above the numbers they get in QEMU, so that placing one cannot
+    // overwrite another.
+    let high: Vec<std::os::fd::OwnedFd> = taps
+        .iter()
+        .map(|t| {
+            let fd = unsafe { libc::fcntl(t.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a new descriptor we own.
+            Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+        })
+        .collect::<std::io::Result<_>>()?;
+    let fds: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmd = qemu::command(def, paths, kvm);
+    cmd.stdin(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it clears close-on-exec on the copies.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, qemu::FIRST_TAP_FD + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot run qemu-system-x86_64")?;
+    drop(high);
+    let qmp = match qemu::Qmp::connect(paths, Duration::from_secs(20)) {
+        Ok(q) => Arc::new(Mutex::new(q)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    serve_control(paths, status, requested, move |force| {
+        let mut q = qmp.lock().unwrap_or_else(|e| e.into_inner());
+        q.execute(if force { "quit" } else { "system_powerdown" })
+    })?;
+    let code = child.wait()?;
+    drop(taps);
+    Ok(if code.success() {
+        "guest powered off or reset (qemu exited)".into()
+    } else {
+        format!("qemu ended: {code}; see the supervisor log")
+    })
+}

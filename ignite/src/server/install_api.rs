@@ -1,0 +1,496 @@
+//! The install API the agent talks to. Every request names the client's MAC in the path and
+//! carries its install's token (`Authorization: Bearer TOKEN`, from `ignite.token=` on the
+//! kernel command line); the source address is not trusted.
+//!
+//! ```text
+//! POST /api/install/{mac}/plan        ClientFacts (JSON) → InstallPlan (JSON)
+//! POST /api/install/{mac}/phase       Phase (JSON)
+//! POST /api/install/{mac}/log         text appended to the install log
+//! GET  /api/install/{mac}/tree        the pinned snapshot's entries (archive tree encoding)
+//! GET  /api/install/{mac}/chunk/{id}  a chunk as stored; headers x-ignite-codec, x-ignite-raw-len
+//! GET  /api/stats                     chunk cache counters
+//! ```
+//!
+//! Errors are one line of text: what is wrong and what to do; the agent shows and reports it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State as AxState};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ignite_archive::pack::Codec;
+use ignite_archive::{ChunkId, SnapshotKind, Store};
+use ignite_netboot::MacAddr;
+use ignite_profiles::{ClientFacts, LoadError, Profile, Step};
+use serde::de::DeserializeOwned;
+
+use super::chunk_cache::{ChunkCache, StoredChunk};
+use crate::install::Phase;
+use crate::installs::{Install, Status};
+use crate::state::{Action, State};
+
+pub const CODEC_HEADER: &str = "x-ignite-codec";
+pub const RAW_LEN_HEADER: &str = "x-ignite-raw-len";
+
+/// A refusal: status and a one-line message.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("server: {e:#}"))
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// A snapshot's tree as served, and the chunks it may ask for.
+struct Tree {
+    encoded: Bytes,
+    chunks: HashSet<ChunkId>,
+}
+
+pub struct InstallApi {
+    state: Arc<State>,
+    profiles_dir: PathBuf,
+    store_dir: PathBuf,
+    /// Opened on first use: the store may be created after the server starts.
+    store: Mutex<Option<Arc<Store>>>,
+    trees: Mutex<HashMap<String, Arc<Tree>>>,
+    cache: ChunkCache,
+    chunk_requests: AtomicU64,
+    /// Test hook (`IGNITE_TEST_CHUNK_DELAY_MS`): slows chunk answers so that tests can stop
+    /// the server in the middle of an extraction.
+    chunk_delay: Option<std::time::Duration>,
+}
+
+/// Snapshot trees kept in memory; installs rarely use more than a few snapshots at once.
+const MAX_TREES: usize = 8;
+
+impl InstallApi {
+    pub fn new(
+        state: Arc<State>,
+        profiles_dir: PathBuf,
+        store_dir: PathBuf,
+        cache_bytes: u64,
+    ) -> InstallApi {
+        InstallApi {
+            state,
+            profiles_dir,
+            store_dir,
+            store: Mutex::new(None),
+            trees: Mutex::new(HashMap::new()),
+            cache: ChunkCache::new(cache_bytes),
+            chunk_requests: AtomicU64::new(0),
+            chunk_delay: std::env::var("IGNITE_TEST_CHUNK_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis),
+        }
+    }
+
+    fn store(&self) -> ApiResult<Arc<Store>> {
+        let mut s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(st) = &*s {
+            return Ok(st.clone());
+        }
+        let st = Arc::new(Store::open(&self.store_dir).map_err(|e| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("server archive store: {e}; start the server with --store DIR"),
+            )
+        })?);
+        *s = Some(st.clone());
+        Ok(st)
+    }
+
+    /// The install this request belongs to, if its token is the install's.
+    fn authorize(&self, mac: &str, headers: &HeaderMap) -> ApiResult<Install> {
+        let mac: MacAddr = mac
+            .parse()
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("install API: {e}")))?;
+        let mac = mac.to_string();
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                format!("install API request for {mac} without a token; send `Authorization: Bearer TOKEN` with the ignite.token= of the client's kernel command line"),
+            ));
+        };
+        let Some(inst) = self.state.current_install(&mac).map_err(internal)? else {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("no install is scheduled for {mac}; schedule one with `ignite client set {mac} install PROFILE` and boot the client again"),
+            ));
+        };
+        if !constant_time_eq(token.as_bytes(), inst.token.as_bytes()) {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("token refused for {mac}: it is not the token of the client's current install (rescheduled since?); boot the client again to get a fresh one"),
+            ));
+        }
+        if !inst.status.accepts_requests() {
+            let why = match inst.status {
+                Status::Done => "has finished",
+                _ => "was replaced (the client's action changed)",
+            };
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("token refused for {mac}: its install {why}; schedule a new install with `ignite client set {mac} install PROFILE`"),
+            ));
+        }
+        Ok(inst)
+    }
+
+    fn plan(
+        &self,
+        inst: &Install,
+        mut facts: ClientFacts,
+    ) -> ApiResult<ignite_profiles::InstallPlan> {
+        let unprocessable = |m: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, m);
+        // The MAC is the authenticated one; the client's registered name is its {name}.
+        facts.mac = inst.mac.clone();
+        if facts.hostname.is_none() {
+            facts.hostname = self
+                .state
+                .find(&inst.mac)
+                .map_err(internal)?
+                .map(|c| c.name);
+        }
+        let name = &inst.profile;
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(unprocessable(format!("profile name {name:?} is not usable; set the client to `install NAME` with NAME a file in {}", self.profiles_dir.display())));
+        }
+        let path = self.profiles_dir.join(format!("{name}.toml"));
+        if !path.is_file() {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("profile {name}: {} does not exist on the server; create it or point the client at another profile", path.display()),
+            ));
+        }
+        let profile = Profile::load(&path).map_err(|e| match e {
+            LoadError::Invalid(errs) => unprocessable(format!(
+                "profile {name} is broken ({} error{}): {}; run `ignite profile check {}`",
+                errs.0.len(),
+                if errs.0.len() == 1 { "" } else { "s" },
+                errs.0
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                path.display()
+            )),
+            other => unprocessable(other.to_string()),
+        })?;
+        let mut plan = profile
+            .render(&facts)
+            .map_err(|e| unprocessable(e.to_string()))?;
+        // Pin the snapshot on the first plan request: a re-import of the same name while
+        // installs run must not change what they get.
+        let store = self.store()?;
+        let spec = match &inst.snapshot {
+            Some(id) => format!("{}@{id}", plan.archive.name),
+            None => plan.archive.to_string(),
+        };
+        let m = store.resolve(&spec).map_err(|e| {
+            ApiError(
+                StatusCode::CONFLICT,
+                format!("profile {name}: archive {spec}: {e}"),
+            )
+        })?;
+        if m.kind != SnapshotKind::Tree {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("profile {name}: archive {spec} is a block image, not a file tree; point the profile at a tree snapshot"),
+            ));
+        }
+        plan.archive.id = Some(m.id.clone());
+        for s in &mut plan.steps {
+            if let Step::Extract { archive } = s {
+                *archive = plan.archive.clone();
+            }
+        }
+        self.state
+            .pin_install(&inst.token, &m.id, &plan.hostname)
+            .map_err(internal)?;
+        Ok(plan)
+    }
+
+    fn tree(&self, inst: &Install) -> ApiResult<Arc<Tree>> {
+        let Some(id) = &inst.snapshot else {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "install of {}: no plan yet; ask for the plan first (POST .../plan)",
+                    inst.mac
+                ),
+            ));
+        };
+        if let Some(t) = self.trees.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(t.clone());
+        }
+        let store = self.store()?;
+        let gone = |e: ignite_archive::Error| {
+            ApiError(
+                StatusCode::GONE,
+                format!(
+                    "snapshot {id} pinned by the install of {}: {e}; schedule the install again",
+                    inst.mac
+                ),
+            )
+        };
+        let m = store.resolve(id).map_err(gone)?;
+        let entries = store.load_tree(&m).map_err(gone)?;
+        let tree = Arc::new(Tree {
+            chunks: ignite_archive::snapshot::tree_chunks(&entries).collect(),
+            encoded: Bytes::from(
+                ignite_archive::snapshot::encode_tree(&entries).map_err(internal)?,
+            ),
+        });
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        if trees.len() >= MAX_TREES {
+            trees.clear();
+        }
+        trees.insert(id.clone(), tree.clone());
+        Ok(tree)
+    }
+
+    async fn chunk(self: &Arc<Self>, inst: &Install, id: &str) -> ApiResult<Arc<StoredChunk>> {
+        self.chunk_requests.fetch_add(1, Ordering::Relaxed);
+        let cid = ChunkId::from_hex(id).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("chunk id {id:?} is not 64 hex digits"),
+            )
+        })?;
+        let cached = inst.snapshot.as_ref().and_then(|id| {
+            let trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+            trees.get(id).cloned()
+        });
+        let tree = match cached {
+            Some(t) => t,
+            None => blocking(self, inst, |api, inst| api.tree(inst)).await?,
+        };
+        if !tree.chunks.contains(&cid) {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("chunk {id} is not part of the snapshot this install extracts"),
+            ));
+        }
+        if let Some(d) = self.chunk_delay {
+            tokio::time::sleep(d).await;
+        }
+        let store = self.store()?;
+        self.cache
+            .get(cid, move || {
+                store
+                    .read_chunk_stored(&cid)
+                    .map(|(entry, data)| StoredChunk {
+                        entry,
+                        data: Bytes::from(data),
+                    })
+            })
+            .await
+            .map_err(|e| match e {
+                ignite_archive::Error::MissingChunk { .. } => {
+                    ApiError(StatusCode::NOT_FOUND, e.to_string())
+                }
+                e => internal(e),
+            })
+    }
+
+    fn phase(&self, inst: &Install, phase: &Phase) -> ApiResult<()> {
+        self.state
+            .record_phase(&inst.token, phase)
+            .map_err(internal)?;
+        let who = self.client_label(inst);
+        match phase {
+            Phase::Done => {
+                let mac: MacAddr = inst.mac.parse().map_err(internal)?;
+                match self.state.find(&inst.mac).map_err(internal)? {
+                    Some(_) => {
+                        self.state.install_finished(mac).map_err(internal)?;
+                    }
+                    // A client installed under the default action: register it so that it
+                    // boots its disk from now on instead of installing again.
+                    None => {
+                        let name = self.free_name(inst).map_err(internal)?;
+                        self.state
+                            .add(mac, &name, &Action::Local)
+                            .map_err(internal)?;
+                    }
+                }
+                tracing::info!("install of {who} done; next boot: local disk");
+            }
+            Phase::Failed { error, .. } => tracing::warn!("install of {who} failed: {error}"),
+            Phase::Extracting { .. } => tracing::debug!("install of {who}: {phase:?}"),
+            p => tracing::info!("install of {who}: {}", crate::installs::phase_name(p)),
+        }
+        Ok(())
+    }
+
+    fn client_label(&self, inst: &Install) -> String {
+        match self.state.find(&inst.mac) {
+            Ok(Some(c)) => format!("{} ({})", c.name, c.mac),
+            _ => inst.mac.clone(),
+        }
+    }
+
+    /// A registry name for a client registered after its install: its hostname if free.
+    fn free_name(&self, inst: &Install) -> anyhow::Result<String> {
+        if let Some(h) = &inst.hostname {
+            if self.state.find(h)?.is_none() {
+                return Ok(h.clone());
+            }
+        }
+        Ok(format!("client-{}", inst.mac.replace(':', "")))
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/api/install/{mac}/plan", post(plan_handler))
+            .route("/api/install/{mac}/phase", post(phase_handler))
+            .route("/api/install/{mac}/log", post(log_handler))
+            .route("/api/install/{mac}/tree", get(tree_handler))
+            .route("/api/install/{mac}/chunk/{id}", get(chunk_handler))
+            .route("/api/stats", get(stats_handler))
+            .with_state(self)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_json<T: DeserializeOwned>(what: &str, body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: the request body is not valid JSON for it: {e}"),
+        )
+    })
+}
+
+/// Runs `f` on a blocking thread (SQLite, profile files and the store are blocking I/O).
+async fn blocking<T: Send + 'static>(
+    api: &Arc<InstallApi>,
+    inst: &Install,
+    f: impl FnOnce(&InstallApi, &Install) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let (api, inst) = (api.clone(), inst.clone());
+    tokio::task::spawn_blocking(move || f(&api, &inst))
+        .await
+        .map_err(internal)?
+}
+
+type Api = AxState<Arc<InstallApi>>;
+
+/// The install a request belongs to, checked against its token (see `authorize`).
+struct Authed(Install);
+
+impl FromRequestParts<Arc<InstallApi>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        api: &Arc<InstallApi>,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, api)
+            .await
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let mac = params.get("mac").cloned().unwrap_or_default();
+        let (a, headers) = (api.clone(), parts.headers.clone());
+        tokio::task::spawn_blocking(move || a.authorize(&mac, &headers))
+            .await
+            .map_err(internal)?
+            .map(Authed)
+    }
+}
+
+async fn plan_handler(AxState(api): Api, Authed(inst): Authed, body: Bytes) -> ApiResult<Response> {
+    let facts: ClientFacts = parse_json("install plan request (ClientFacts)", &body)?;
+    let plan = blocking(&api, &inst, move |api, inst| api.plan(inst, facts)).await?;
+    Ok(Json(plan).into_response())
+}
+
+async fn phase_handler(
+    AxState(api): Api,
+    Authed(inst): Authed,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let phase: Phase = parse_json("phase report", &body)?;
+    blocking(&api, &inst, move |api, inst| api.phase(inst, &phase)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn log_handler(
+    AxState(api): Api,
+    Authed(inst): Authed,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    blocking(&api, &inst, move |api, inst| {
+        api.state.append_log(&inst.token, &text).map_err(internal)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn tree_handler(AxState(api): Api, Authed(inst): Authed) -> ApiResult<Response> {
+    let tree = blocking(&api, &inst, |api, inst| api.tree(inst)).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        tree.encoded.clone(),
+    )
+        .into_response())
+}
+
+async fn chunk_handler(
+    AxState(api): Api,
+    Authed(inst): Authed,
+    Path((_, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let c = api.chunk(&inst, &id).await?;
+    let codec = match c.entry.codec {
+        Codec::Raw => "raw",
+        Codec::Zstd => "zstd",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::HeaderName::from_static(CODEC_HEADER),
+                codec.to_string(),
+            ),
+            (
+                header::HeaderName::from_static(RAW_LEN_HEADER),
+                c.entry.raw_len.to_string(),
+            ),
+        ],
+        c.data.clone(),
+    )
+        .into_response())
+}
+
+async fn stats_handler(AxState(api): Api) -> Response {
+    Json(serde_json::json!({
+        "chunk_requests": api.chunk_requests.load(Ordering::Relaxed),
+        "chunk_cache": api.cache.stats(),
+    }))
+    .into_response()
+}
