@@ -38,8 +38,10 @@ enum NetbootCmd {
     /// modules it needs, mkfs tools with their libraries, busybox for the rescue shell.
     BuildInitramfs {
         /// The kernel version the modules are for (`uname -r` of the install kernel).
+        /// Default: the kernel `fetch-boot-files --kernel` serves (the one the package
+        /// linux-image-amd64 depends on).
         #[arg(long)]
-        kernel_version: String,
+        kernel_version: Option<String>,
         /// /lib/modules/VERSION, a package root holding lib/modules/VERSION, or a
         /// linux-image .deb. Default: /lib/modules/VERSION, else package
         /// linux-image-VERSION from the cache (downloaded with apt).
@@ -76,7 +78,16 @@ pub fn run(a: NetbootArgs) -> Result<()> {
             modules_from,
             output,
             cache_dir,
-        } => build_initramfs(&kernel_version, modules_from, &output, &cache_dir),
+        } => {
+            let version = match kernel_version {
+                Some(v) => v,
+                None => kernel_package()?
+                    .strip_prefix("linux-image-")
+                    .map(str::to_string)
+                    .context("the kernel package name does not start with linux-image-")?,
+            };
+            build_initramfs(&version, modules_from, &output, &cache_dir)
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod install;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -316,6 +318,14 @@ impl Server {
         panic!("server log never said {needle:?}:\n{}", self.log_text());
     }
 
+    /// SIGKILL: the server dies mid-work, as in a crash or power loss.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, then wait: the server must exit 0 by itself.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -343,10 +353,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
     }
 }
 

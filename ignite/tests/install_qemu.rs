@@ -1,0 +1,184 @@
+//! Network installs end to end: real firmware (SeaBIOS + iPXE, OVMF) in QEMU under software
+//! emulation PXE-boots the Ignite agent from `ignite server` in a network namespace, the
+//! agent installs the golden Debian image (scripts/fixtures/golden) onto the guest's empty
+//! virtio disk with a profile, reports its phases, and the guest reboots from its own disk
+//! into the installed system, which prints its identity on the serial console.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::install::*;
+use common::*;
+
+/// Installed by a profile hook: on the first boot of the installed system, print the
+/// guest's identity on the serial console, then power off (which ends QEMU).
+const FIRSTBOOT_HOOK: &str = r#"cat >/usr/local/sbin/ignite-firstboot <<'EOF'
+#!/bin/sh
+key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
+echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) end" >/dev/ttyS0
+EOF
+chmod 755 /usr/local/sbin/ignite-firstboot
+cat >/etc/systemd/system/ignite-firstboot.service <<'EOF'
+[Unit]
+Description=Print this machine's identity on the serial console (Ignite tests)
+After=multi-user.target
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/ignite-firstboot
+ExecStartPost=/bin/systemctl poweroff
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl enable ignite-firstboot.service"#;
+
+/// The tests here each run four software-emulated guests; on two cores they take turns.
+static QEMU_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn prerequisites() -> bool {
+    require(&[
+        "qemu-system-x86_64",
+        "ip",
+        "apt-get",
+        "debootstrap",
+        OVMF_CODE,
+        OVMF_VARS,
+        "/usr/lib/ipxe/qemu/efi-virtio.rom",
+    ])
+}
+
+/// Four guests install at once from one server — two under SeaBIOS + iPXE, two under OVMF —
+/// report done, reboot from their own disks and come up with distinct identities.
+#[test]
+fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = QEMU_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let site = Site::new(&[("lab", profile(&[FIRSTBOOT_HOOK]))]);
+    let lab = Lab::new("inst4");
+    let server = site.server(&lab, "");
+    let fws = [
+        Firmware::Bios,
+        Firmware::Uefi,
+        Firmware::Bios,
+        Firmware::Uefi,
+    ];
+    let mut guests = Vec::new();
+    for (i, fw) in fws.iter().enumerate() {
+        let n = i as u8 + 1;
+        site.client(&format!("52:54:00:78:00:{n:02x}"), &format!("g{n}"), "lab");
+        guests.push(Guest::start(&lab, site.tmp.path(), n, *fw, 4 << 30));
+    }
+    let t = Instant::now();
+    let limit = Duration::from_secs(1500);
+    while guests.iter().any(|g| g.firstboot().is_none()) {
+        for g in &mut guests {
+            if g.exited() && g.firstboot().is_none() {
+                panic!(
+                    "guest {} stopped before its installed system reported:\n{}\n--- clients:\n{}\n--- server log:\n{}",
+                    g.name,
+                    g.console(),
+                    site.ignite(&["client", "list"]),
+                    server.log_text()
+                );
+            }
+        }
+        assert!(
+            t.elapsed() < limit,
+            "not every guest came up within {limit:?}:\n{}\n--- server log:\n{}",
+            site.ignite(&["client", "list"]),
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    eprintln!("four installs and first boots in {:?}", t.elapsed());
+    let mut ids = HashSet::new();
+    let mut keys = HashSet::new();
+    for g in &guests {
+        let id = g.firstboot().unwrap();
+        let want = format!("lab-{}", &g.mac.replace(':', "")[6..]);
+        assert_eq!(id["host"], want, "{}", g.console());
+        assert_eq!(id["root"], "ext4");
+        assert_eq!(id["var"], "xfs");
+        assert_eq!(id["machine-id"].len(), 32, "{id:?}");
+        assert!(ids.insert(id["machine-id"].clone()), "machine-id repeats: {id:?}");
+        assert!(keys.insert(id["sshkey"].clone()), "SSH host key repeats: {id:?}");
+        let show = site.ignite(&["client", "show", &g.name]);
+        eprintln!("{show}");
+        assert!(show.contains("done"), "{show}");
+    }
+}
+
+/// Everything that can go wrong ends with a clear error reported to the server, at once and
+/// side by side: a broken profile, a profile naming an archive the store lacks, a disk too
+/// small for the layout — and a server killed mid-install, from which the agent recovers
+/// by retrying and resuming once the server is back.
+#[test]
+fn broken_profile_missing_archive_small_disk_and_killed_server() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = QEMU_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let broken = "archive = \"debian-12\"\n[disk]\ntable = \"gpt\"\nsize_typo = 3\n".to_string();
+    let ghost = profile(&[]).replace("archive = \"debian-12\"", "archive = \"no-such-image\"");
+    let site = Site::new(&[
+        ("lab", profile(&[FIRSTBOOT_HOOK])),
+        ("broken", broken),
+        ("ghost", ghost),
+    ]);
+    let lab = Lab::new("instfail");
+    let mut server = site.server(&lab, "");
+    let cases = [
+        ("broken", 4u64 << 30, "broken.toml"),
+        ("ghost", 4 << 30, "no-such-image"),
+        ("lab", 1 << 30, "too small"),
+    ];
+    let mut guests = Vec::new();
+    for (i, (profile, size, _)) in cases.iter().enumerate() {
+        let n = i as u8 + 11;
+        site.client(&format!("52:54:00:78:00:{n:02x}"), &format!("g{n}"), profile);
+        guests.push(Guest::start(&lab, site.tmp.path(), n, Firmware::Bios, *size));
+    }
+    site.client("52:54:00:78:00:0e", "g14", "lab");
+    let mut resumer = Guest::start(&lab, site.tmp.path(), 14, Firmware::Bios, 4 << 30);
+
+    // The three doomed installs fail with their reasons on the server and the console.
+    let t = Instant::now();
+    for (g, (_, _, why)) in guests.iter().zip(cases.iter()) {
+        wait_for(&format!("{} to report its failure", g.name), Duration::from_secs(600), || {
+            let show = site.ignite(&["client", "show", &g.name]);
+            show.contains("failed") && show.contains(why)
+        });
+        wait_for(&format!("{}'s console to show the error", g.name), Duration::from_secs(60), || {
+            g.console().contains(why)
+        });
+    }
+    eprintln!("three failures reported after {:?}", t.elapsed());
+    drop(guests);
+
+    // Kill the server while the fourth guest is extracting, bring it back, and the install
+    // completes from where it was.
+    wait_for("g14 to be extracting", Duration::from_secs(600), || {
+        site.ignite(&["client", "list"])
+            .lines()
+            .any(|l| l.contains(" g14 ") && l.contains("extracting"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    server.kill();
+    std::thread::sleep(Duration::from_secs(10));
+    let server = site.server(&lab, "");
+    wait_for("g14's installed system to come up", Duration::from_secs(900), || {
+        assert!(
+            !(resumer.exited() && resumer.firstboot().is_none()),
+            "g14 stopped:\n{}\n--- server log:\n{}",
+            resumer.console(),
+            server.log_text()
+        );
+        resumer.firstboot().is_some()
+    });
+    let show = site.ignite(&["client", "show", "g14"]);
+    eprintln!("{show}");
+    assert!(show.contains("done"), "{show}");
+}
