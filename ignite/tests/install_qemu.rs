@@ -133,7 +133,7 @@ fn broken_profile_missing_archive_small_disk_and_killed_server() {
     let cases = [
         ("broken", 4u64 << 30, "broken.toml"),
         ("ghost", 4 << 30, "no-such-image"),
-        ("lab", 1 << 30, "too small"),
+        ("lab", 1 << 30, "needs at least"),
     ];
     let mut guests = Vec::new();
     for (i, (profile, size, _)) in cases.iter().enumerate() {

@@ -318,6 +318,10 @@ impl Server {
         panic!("server log never said {needle:?}:\n{}", self.log_text());
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// SIGKILL: the server dies mid-work, as in a crash or power loss.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,205 @@
+//! Install time of the golden image: Ignite's agent (chunks over the install API, verified,
+//! several in flight) against `curl | tar` of the same image as a plain tarball served by
+//! `python3 -m http.server`, inside the same guest: same initramfs, same profile, same
+//! partitioning and formatting — only the extract step differs (the agent runs the
+//! baseline pipeline itself when the kernel line says `ignite.baseline-tar=URL`).
+//! One guest, then four at once, in QEMU under software emulation in a network namespace.
+//!
+//! Run as root: `cargo bench -p ignite --bench install` (`-- --guests 1` for one round).
+//! Prints per-phase times, the server's CPU time during the extracts, and the ratios.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::install::*;
+use common::*;
+
+const BASELINE_PORT: u16 = 8000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    Ignite,
+    CurlTar,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Ignite => "ignite",
+            Method::CurlTar => "curl|tar",
+        }
+    }
+}
+
+/// Seconds each install spent per phase, from the server's timeline.
+#[derive(Default, Clone)]
+struct Times {
+    boot: f64,
+    prepare: f64,
+    extract: f64,
+    configure: f64,
+    total: f64,
+    bytes: u64,
+}
+
+fn times(site: &Site, name: &str) -> Times {
+    let show: serde_json::Value =
+        serde_json::from_str(&site.ignite(&["client", "show", name, "--json"])).unwrap();
+    let at = |phase: &str| -> f64 {
+        show["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phase"] == phase)
+            .and_then(|p| p["time_ms"].as_i64())
+            .unwrap_or_else(|| panic!("{name} never reported {phase}: {show:#}")) as f64
+            / 1000.0
+    };
+    let first_step = show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["time"].as_i64())
+        .min()
+        .unwrap() as f64;
+    let bytes = show["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "extracted")
+        .and_then(|p| p["bytes"].as_u64())
+        .unwrap_or(0);
+    Times {
+        boot: at("booted") - first_step,
+        prepare: at("formatted") - at("booted"),
+        extract: at("extracted") - at("formatted"),
+        configure: at("done") - at("extracted"),
+        total: at("done") - first_step,
+        bytes,
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// Installs on `n` guests at once with `method`; returns each guest's times and the CPU
+/// seconds of the process serving the image (ignite server, or the baseline's web server
+/// `http_pid`) over the round.
+fn round(
+    site: &Site,
+    lab: &Lab,
+    method: Method,
+    n: u8,
+    first: u8,
+    http_pid: u32,
+) -> (Vec<Times>, f64) {
+    let args = match method {
+        Method::Ignite => "ignite.after=poweroff".to_string(),
+        Method::CurlTar => format!(
+            "ignite.after=poweroff ignite.baseline-tar=http://{SERVER_IP}:{BASELINE_PORT}/root.tar"
+        ),
+    };
+    let server = site.server(lab, &args);
+    let serving = match method {
+        Method::Ignite => server.pid(),
+        Method::CurlTar => http_pid,
+    };
+    let cpu0 = cpu_seconds(serving);
+    let mut guests = Vec::new();
+    for i in 0..n {
+        let k = first + i;
+        site.client(&format!("52:54:00:78:00:{k:02x}"), &format!("b{k}"), "bench");
+        guests.push(Guest::start(lab, site.tmp.path(), k, Firmware::Bios, 4 << 30));
+    }
+    let t = Instant::now();
+    while !guests.iter_mut().all(|g| g.exited()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(1800),
+            "round did not finish:\n{}",
+            site.ignite(&["client", "list"])
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let cpu = cpu_seconds(serving) - cpu0;
+    let times = guests.iter().map(|g| times(site, &g.name)).collect();
+    (times, cpu)
+}
+
+fn mean(v: &[Times], f: impl Fn(&Times) -> f64) -> f64 {
+    v.iter().map(f).sum::<f64>() / v.len() as f64
+}
+
+fn main() {
+    let guests: Vec<u8> = match std::env::args().skip_while(|a| a != "--guests").nth(1) {
+        Some(n) => vec![n.parse().expect("--guests N")],
+        None => vec![1, 4],
+    };
+    if !require(&["qemu-system-x86_64", "ip", "python3", "debootstrap"]) {
+        return;
+    }
+    let site = Site::new(&[("bench", profile(&[]))]);
+    let golden = fixture("golden");
+    let mut lab = Lab::new("bench");
+    let http = Lab::cmd(&lab.ns, "python3")
+        .args(["-m", "http.server", &BASELINE_PORT.to_string(), "--bind", SERVER_IP])
+        .arg("--directory")
+        .arg(golden[1].parent().unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 -m http.server");
+    let http_pid = lab.adopt(http);
+    let mut results: BTreeMap<(u8, &str), (Vec<Times>, f64)> = BTreeMap::new();
+    let mut next = 0x20;
+    for &n in &guests {
+        for method in [Method::Ignite, Method::CurlTar] {
+            eprintln!("round: {n} guest(s), {}", method.name());
+            let r = round(&site, &lab, method, n, next, http_pid);
+            next += n;
+            results.insert((n, method.name()), r);
+        }
+    }
+    println!("golden image install (QEMU tcg guests, 1 vCPU each, BIOS; seconds, mean per guest)");
+    println!(
+        "{:<8} {:<9} {:>6} {:>8} {:>8} {:>10} {:>7} {:>8} {:>11}",
+        "guests", "method", "boot", "prepare", "extract", "configure", "total", "MB/s", "serving cpu"
+    );
+    for ((n, m), (t, cpu)) in &results {
+        let mbs = mean(t, |x| x.bytes as f64 / 1e6 / x.extract);
+        println!(
+            "{:<8} {:<9} {:>6.1} {:>8.1} {:>8.1} {:>10.1} {:>7.1} {:>8.1} {:>10.1}s",
+            n,
+            m,
+            mean(t, |x| x.boot),
+            mean(t, |x| x.prepare),
+            mean(t, |x| x.extract),
+            mean(t, |x| x.configure),
+            mean(t, |x| x.total),
+            mbs,
+            cpu
+        );
+    }
+    for &n in &guests {
+        let i = &results[&(n, "ignite")].0;
+        let b = &results[&(n, "curl|tar")].0;
+        println!(
+            "{n} guest(s): extract curl|tar/ignite x{:.2}, install total curl|tar/ignite x{:.2} (above 1: Ignite faster)",
+            mean(b, |x| x.extract) / mean(i, |x| x.extract),
+            mean(b, |x| x.total) / mean(i, |x| x.total),
+        );
+    }
+}
