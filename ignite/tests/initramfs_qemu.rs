@@ -65,8 +65,9 @@ fn agent_initramfs_boots_debian_kernel_and_passes_its_selfcheck() {
         .args([
             "-accel",
             "tcg",
+            // A debug build of ignite is ~200 MB: unpacked in the initramfs it needs the room.
             "-m",
-            "512",
+            "1024",
             "-display",
             "none",
             "-monitor",
