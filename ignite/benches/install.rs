@@ -90,7 +90,12 @@ fn cpu_seconds(pid: u32) -> f64 {
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz
@@ -122,8 +127,18 @@ fn round(
     let mut guests = Vec::new();
     for i in 0..n {
         let k = first + i;
-        site.client(&format!("52:54:00:78:00:{k:02x}"), &format!("b{k}"), "bench");
-        guests.push(Guest::start(lab, site.tmp.path(), k, Firmware::Bios, 4 << 30));
+        site.client(
+            &format!("52:54:00:78:00:{k:02x}"),
+            &format!("b{k}"),
+            "bench",
+        );
+        guests.push(Guest::start(
+            lab,
+            site.tmp.path(),
+            k,
+            Firmware::Bios,
+            4 << 30,
+        ));
     }
     let t = Instant::now();
     while !guests.iter_mut().all(|g| g.exited()) {
@@ -155,7 +170,13 @@ fn main() {
     let golden = fixture("golden");
     let mut lab = Lab::new("bench");
     let http = Lab::cmd(&lab.ns, "python3")
-        .args(["-m", "http.server", &BASELINE_PORT.to_string(), "--bind", SERVER_IP])
+        .args([
+            "-m",
+            "http.server",
+            &BASELINE_PORT.to_string(),
+            "--bind",
+            SERVER_IP,
+        ])
         .arg("--directory")
         .arg(golden[1].parent().unwrap())
         .stdout(Stdio::null())
@@ -176,7 +197,15 @@ fn main() {
     println!("golden image install (QEMU tcg guests, 1 vCPU each, BIOS; seconds, mean per guest)");
     println!(
         "{:<8} {:<9} {:>6} {:>8} {:>8} {:>10} {:>7} {:>8} {:>11}",
-        "guests", "method", "boot", "prepare", "extract", "configure", "total", "MB/s", "serving cpu"
+        "guests",
+        "method",
+        "boot",
+        "prepare",
+        "extract",
+        "configure",
+        "total",
+        "MB/s",
+        "serving cpu"
     );
     for ((n, m), (t, cpu)) in &results {
         let mbs = mean(t, |x| x.bytes as f64 / 1e6 / x.extract);

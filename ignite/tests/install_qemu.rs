@@ -58,7 +58,7 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
     let _turn = QEMU_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let site = Site::new(&[("lab", profile(&[FIRSTBOOT_HOOK]))]);
     let lab = Lab::new("inst4");
-    let server = site.server(&lab, "");
+    let mut server = site.server(&lab, "");
     let fws = [
         Firmware::Bios,
         Firmware::Uefi,
@@ -72,6 +72,20 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
         guests.push(Guest::start(&lab, site.tmp.path(), n, *fw, 4 << 30));
     }
     let t = Instant::now();
+    // The server dies (SIGKILL) while guests are extracting and comes back: the agents
+    // retry, resume where they were, and finish. (UEFI guests boot later than BIOS ones, so
+    // not all four need be extracting at that moment.)
+    wait_for("guests to be extracting", Duration::from_secs(600), || {
+        let list = site.ignite(&["client", "list"]);
+        list.lines().filter(|l| l.contains("extracting")).count() >= 2
+    });
+    server.kill();
+    std::thread::sleep(Duration::from_secs(5));
+    let server = site.server(&lab, "");
+    eprintln!(
+        "server killed and restarted mid-extract after {:?}",
+        t.elapsed()
+    );
     let limit = Duration::from_secs(1500);
     while guests.iter().any(|g| g.firstboot().is_none()) {
         for g in &mut guests {
@@ -103,33 +117,35 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
         assert_eq!(id["root"], "ext4");
         assert_eq!(id["var"], "xfs");
         assert_eq!(id["machine-id"].len(), 32, "{id:?}");
-        assert!(ids.insert(id["machine-id"].clone()), "machine-id repeats: {id:?}");
-        assert!(keys.insert(id["sshkey"].clone()), "SSH host key repeats: {id:?}");
+        assert!(
+            ids.insert(id["machine-id"].clone()),
+            "machine-id repeats: {id:?}"
+        );
+        assert!(
+            keys.insert(id["sshkey"].clone()),
+            "SSH host key repeats: {id:?}"
+        );
         let show = site.ignite(&["client", "show", &g.name]);
         eprintln!("{show}");
         assert!(show.contains("done"), "{show}");
     }
 }
 
-/// Everything that can go wrong ends with a clear error reported to the server, at once and
-/// side by side: a broken profile, a profile naming an archive the store lacks, a disk too
-/// small for the layout — and a server killed mid-install, from which the agent recovers
-/// by retrying and resuming once the server is back.
+/// Everything that can go wrong before the first byte is written ends with a clear error,
+/// reported to the server and shown on the guest's console (which keeps a shell): a broken
+/// profile, a profile naming an archive the store lacks, a disk too small for the layout.
+/// (A server killed mid-install is in the four-guest test: the agents resume.)
 #[test]
-fn broken_profile_missing_archive_small_disk_and_killed_server() {
+fn broken_profile_missing_archive_and_small_disk_fail_clearly() {
     if !prerequisites() {
         return;
     }
     let _turn = QEMU_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let broken = "archive = \"debian-12\"\n[disk]\ntable = \"gpt\"\nsize_typo = 3\n".to_string();
     let ghost = profile(&[]).replace("archive = \"debian-12\"", "archive = \"no-such-image\"");
-    let site = Site::new(&[
-        ("lab", profile(&[FIRSTBOOT_HOOK])),
-        ("broken", broken),
-        ("ghost", ghost),
-    ]);
+    let site = Site::new(&[("lab", profile(&[])), ("broken", broken), ("ghost", ghost)]);
     let lab = Lab::new("instfail");
-    let mut server = site.server(&lab, "");
+    let _server = site.server(&lab, "");
     let cases = [
         ("broken", 4u64 << 30, "broken.toml"),
         ("ghost", 4 << 30, "no-such-image"),
@@ -138,47 +154,34 @@ fn broken_profile_missing_archive_small_disk_and_killed_server() {
     let mut guests = Vec::new();
     for (i, (profile, size, _)) in cases.iter().enumerate() {
         let n = i as u8 + 11;
-        site.client(&format!("52:54:00:78:00:{n:02x}"), &format!("g{n}"), profile);
-        guests.push(Guest::start(&lab, site.tmp.path(), n, Firmware::Bios, *size));
+        site.client(
+            &format!("52:54:00:78:00:{n:02x}"),
+            &format!("g{n}"),
+            profile,
+        );
+        guests.push(Guest::start(
+            &lab,
+            site.tmp.path(),
+            n,
+            Firmware::Bios,
+            *size,
+        ));
     }
-    site.client("52:54:00:78:00:0e", "g14", "lab");
-    let mut resumer = Guest::start(&lab, site.tmp.path(), 14, Firmware::Bios, 4 << 30);
-
-    // The three doomed installs fail with their reasons on the server and the console.
     let t = Instant::now();
     for (g, (_, _, why)) in guests.iter().zip(cases.iter()) {
-        wait_for(&format!("{} to report its failure", g.name), Duration::from_secs(600), || {
-            let show = site.ignite(&["client", "show", &g.name]);
-            show.contains("failed") && show.contains(why)
-        });
-        wait_for(&format!("{}'s console to show the error", g.name), Duration::from_secs(60), || {
-            g.console().contains(why)
-        });
+        wait_for(
+            &format!("{} to report its failure", g.name),
+            Duration::from_secs(600),
+            || {
+                let show = site.ignite(&["client", "show", &g.name]);
+                show.contains("failed") && show.contains(why)
+            },
+        );
+        wait_for(
+            &format!("{}'s console to show the error", g.name),
+            Duration::from_secs(60),
+            || g.console().contains(why),
+        );
     }
     eprintln!("three failures reported after {:?}", t.elapsed());
-    drop(guests);
-
-    // Kill the server while the fourth guest is extracting, bring it back, and the install
-    // completes from where it was.
-    wait_for("g14 to be extracting", Duration::from_secs(600), || {
-        site.ignite(&["client", "list"])
-            .lines()
-            .any(|l| l.contains(" g14 ") && l.contains("extracting"))
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    server.kill();
-    std::thread::sleep(Duration::from_secs(10));
-    let server = site.server(&lab, "");
-    wait_for("g14's installed system to come up", Duration::from_secs(900), || {
-        assert!(
-            !(resumer.exited() && resumer.firstboot().is_none()),
-            "g14 stopped:\n{}\n--- server log:\n{}",
-            resumer.console(),
-            server.log_text()
-        );
-        resumer.firstboot().is_some()
-    });
-    let show = site.ignite(&["client", "show", "g14"]);
-    eprintln!("{show}");
-    assert!(show.contains("done"), "{show}");
 }

@@ -30,6 +30,8 @@ pub struct BootArgs {
     pub token: Option<String>,
     pub after: After,
     pub selfcheck: bool,
+    /// `ignite.baseline-tar=URL`: extract with `curl | tar` instead (the install benchmark).
+    pub baseline_tar: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,7 @@ pub fn parse_cmdline(text: &str) -> BootArgs {
             _ => After::Reboot,
         },
         selfcheck: kv.get("selfcheck").is_some_and(|v| *v == "1"),
+        baseline_tar: kv.get("baseline-tar").map(|s| s.to_string()),
     }
 }
 
@@ -194,7 +197,13 @@ pub fn install(args: &BootArgs) -> Result<()> {
     let disks = wait_for_disks()?;
     let nic = wait_for_nic(&mac)?;
     let lease = bring_up(&nic, Duration::from_secs(60))?;
-    let server = connect(args)?;
+    let mut server = connect(args)?;
+    if let Some(url) = &args.baseline_tar {
+        server = Box::new(super::baseline::CurlTar {
+            server,
+            url: url.clone(),
+        });
+    }
     server.report(&Phase::Booted {
         ip: lease.ip.to_string(),
     })?;

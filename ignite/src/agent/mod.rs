@@ -2,6 +2,7 @@
 //! phase to its [`InstallServer`]. As `/init` of the install initramfs ([`init`]) it first
 //! brings the machine up; `ignite install` ([`local`]) runs the same steps from a local store.
 
+pub mod baseline;
 pub mod bootloader;
 pub mod chroot;
 pub mod dhcp;

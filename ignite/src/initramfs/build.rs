@@ -45,6 +45,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("mkfs.xfs", "xfsprogs"),
     ("mkfs.vfat", "dosfstools"),
     ("mkswap", "util-linux"),
+    // The rescue shell's and the install benchmark's baseline (`curl | tar`).
+    ("curl", "curl"),
+    ("tar", "tar"),
 ];
 
 /// Where a kernel's modules are: `/lib/modules/<version>` itself, or a package root holding

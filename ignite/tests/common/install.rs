@@ -120,12 +120,25 @@ impl Site {
             ),
         )
         .unwrap();
-        Server::start(lab, &self.state, &self.boot, &["--config", cfg.to_str().unwrap()])
+        Server::start(
+            lab,
+            &self.state,
+            &self.boot,
+            &["--config", cfg.to_str().unwrap()],
+        )
     }
 
     pub fn client(&self, mac: &str, name: &str, profile: &str) {
         run(Command::new(ignite())
-            .args(["client", "add", mac, name, "install", profile, "--state-dir"])
+            .args([
+                "client",
+                "add",
+                mac,
+                name,
+                "install",
+                profile,
+                "--state-dir",
+            ])
             .arg(&self.state));
     }
 
@@ -239,4 +252,3 @@ impl Drop for Guest {
         let _ = self.child.wait();
     }
 }
-

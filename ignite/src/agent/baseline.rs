@@ -1,0 +1,71 @@
+//! The install benchmark's baseline: the golden image as a plain tarball over HTTP, unpacked
+//! with `curl | tar`, as a site without Ignite would. With `ignite.baseline-tar=URL` on the
+//! kernel command line the agent does everything else as usual (plan, partitions, file
+//! systems, identity, boot loader, phase reports), so the benchmark compares the extract
+//! step alone, in the same guest.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
+
+use crate::install::{InstallServer, Phase};
+
+pub struct CurlTar {
+    pub server: Box<dyn InstallServer>,
+    pub url: String,
+}
+
+impl InstallServer for CurlTar {
+    fn plan(&self, facts: &ClientFacts) -> Result<InstallPlan> {
+        self.server.plan(facts)
+    }
+
+    fn report(&self, phase: &Phase) -> Result<()> {
+        self.server.report(phase)
+    }
+
+    fn log(&self, text: &str) -> Result<()> {
+        self.server.log(text)
+    }
+
+    fn extract(
+        &self,
+        _archive: &ArchiveRef,
+        root: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64> {
+        let head = Command::new("curl")
+            .args(["-sSfI", &self.url])
+            .output()
+            .context("cannot run curl (is it in the initramfs?)")?;
+        let text = String::from_utf8_lossy(&head.stdout);
+        let size: u64 = text
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .with_context(|| format!("{}: no Content-Length in {text:?}", self.url))?;
+        let pipeline = format!(
+            "set -o pipefail 2>/dev/null; curl -sSf '{}' | tar -x --xattrs --xattrs-include='*' --numeric-owner -p -C '{}'",
+            self.url,
+            root.display()
+        );
+        let out = Command::new("sh")
+            .args(["-c", &pipeline])
+            .output()
+            .context("cannot run sh")?;
+        if !out.status.success() {
+            bail!(
+                "{pipeline}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        progress(size, size);
+        Ok(size)
+    }
+}
