@@ -129,7 +129,7 @@ fn round(
         let k = first + i;
         site.client(
             &format!("52:54:00:78:00:{k:02x}"),
-            &format!("b{k}"),
+            &format!("g{k}"),
             "bench",
         );
         guests.push(Guest::start(
@@ -138,6 +138,7 @@ fn round(
             k,
             Firmware::Bios,
             4 << 30,
+            2,
         ));
     }
     let t = Instant::now();
@@ -194,7 +195,7 @@ fn main() {
             results.insert((n, method.name()), r);
         }
     }
-    println!("golden image install (QEMU tcg guests, 1 vCPU each, BIOS; seconds, mean per guest)");
+    println!("golden image install (QEMU tcg guests, 2 vCPUs and 1 GiB each, BIOS; seconds, mean per guest)");
     println!(
         "{:<8} {:<9} {:>6} {:>8} {:>8} {:>10} {:>7} {:>8} {:>11}",
         "guests",

@@ -69,7 +69,7 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
     for (i, fw) in fws.iter().enumerate() {
         let n = i as u8 + 1;
         site.client(&format!("52:54:00:78:00:{n:02x}"), &format!("g{n}"), "lab");
-        guests.push(Guest::start(&lab, site.tmp.path(), n, *fw, 4 << 30));
+        guests.push(Guest::start(&lab, site.tmp.path(), n, *fw, 4 << 30, 1));
     }
     let t = Instant::now();
     // The server dies (SIGKILL) while guests are extracting and comes back: the agents
@@ -165,6 +165,7 @@ fn broken_profile_missing_archive_and_small_disk_fail_clearly() {
             n,
             Firmware::Bios,
             *size,
+            1,
         ));
     }
     let t = Instant::now();

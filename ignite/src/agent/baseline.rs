@@ -5,7 +5,7 @@
 //! step alone, in the same guest.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
@@ -49,20 +49,37 @@ impl InstallServer for CurlTar {
                     .then(|| v.trim().parse().ok())?
             })
             .with_context(|| format!("{}: no Content-Length in {text:?}", self.url))?;
-        let pipeline = format!(
-            "set -o pipefail 2>/dev/null; curl -sSf '{}' | tar -x --xattrs --xattrs-include='*' --numeric-owner -p -C '{}'",
-            self.url,
-            root.display()
-        );
-        let out = Command::new("sh")
-            .args(["-c", &pipeline])
+        // The pipeline without a shell: busybox's sh would run its own tar applet.
+        let mut curl = Command::new("curl")
+            .args(["-sSf", &self.url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run curl")?;
+        let body = curl.stdout.take().context("curl's output")?;
+        let tar = Command::new("tar")
+            .args([
+                "-x",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "-p",
+                "-C",
+            ])
+            .arg(root)
+            .stdin(body)
             .output()
-            .context("cannot run sh")?;
-        if !out.status.success() {
+            .context("cannot run tar")?;
+        let curl = curl.wait_with_output().context("curl")?;
+        if !curl.status.success() || !tar.status.success() {
             bail!(
-                "{pipeline}: {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
+                "curl {} | tar -x -C {}: curl {}, tar {}: {}{}",
+                self.url,
+                root.display(),
+                curl.status,
+                tar.status,
+                String::from_utf8_lossy(&curl.stderr),
+                String::from_utf8_lossy(&tar.stderr)
             );
         }
         progress(size, size);

@@ -166,7 +166,8 @@ pub struct Guest {
 }
 
 impl Guest {
-    pub fn start(lab: &Lab, dir: &Path, n: u8, fw: Firmware, disk_size: u64) -> Guest {
+    /// `cpus` vCPUs (TCG runs each on a host thread of its own).
+    pub fn start(lab: &Lab, dir: &Path, n: u8, fw: Firmware, disk_size: u64, cpus: u8) -> Guest {
         let name = format!("g{n}");
         let mac = format!("52:54:00:78:00:{n:02x}");
         let tap = format!("tap{n}");
@@ -178,7 +179,7 @@ impl Guest {
             .unwrap();
         let serial = dir.join(format!("{name}.serial"));
         let mut cmd = Lab::cmd(&lab.ns, "qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "1"])
+        cmd.args(["-accel", "tcg", "-m", "1024", "-smp", &cpus.to_string()])
             .args(["-display", "none", "-monitor", "none"])
             .args([
                 "-netdev",
