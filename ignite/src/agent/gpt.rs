@@ -238,7 +238,11 @@ pub fn write(dev: &std::fs::File, img: &GptImage) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::testing::{require_tool, run_ok};
+    use ignite_e2e::{have, require, run};
+
+    fn run_ok(cmd: &mut std::process::Command) -> String {
+        String::from_utf8_lossy(&run(cmd).stdout).into_owned()
+    }
 
     /// Attribute bit 2: legacy BIOS bootable (what syslinux's gptmbr.bin looks for).
     const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
@@ -278,7 +282,9 @@ mod tests {
     /// sgdisk and sfdisk, independent GPT readers, agree with what we wrote.
     #[test]
     fn sgdisk_and_sfdisk_read_our_table() {
-        if !require_tool("sgdisk", "gdisk") || !require_tool("sfdisk", "fdisk") {
+        if !require(have("sgdisk"), "`sgdisk` (apt package gdisk)")
+            || !require(have("sfdisk"), "`sfdisk` (apt package fdisk)")
+        {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -21,8 +21,6 @@ pub mod network;
 pub mod partition;
 pub mod random;
 pub mod remote;
-#[cfg(test)]
-pub mod testing;
 
 use std::time::{Duration, Instant};
 
