@@ -7,10 +7,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::import::Progress;
 use crate::paths::{ancestors, normalize, SymlinkGuard};
-use crate::snapshot::{Entry, EntryKind, Manifest};
+use crate::snapshot::{Entry, EntryKind, Extent, Manifest};
 use crate::store::Store;
 use rayon::prelude::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -86,7 +86,19 @@ pub fn check_tree(entries: &[Entry]) -> Result<()> {
 /// Implementations return the chunk's bytes checked against its id.
 pub trait ChunkSource: Sync {
     fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>>;
+
+    /// Several chunks, in the order asked. A remote source answers them with one request:
+    /// a root file system is mostly small files, and a request per chunk costs more than the
+    /// chunk.
+    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>> {
+        ids.iter().map(|id| self.chunk(id)).collect()
+    }
 }
+
+/// File contents are written in batches of consecutive extents, at most this much data...
+pub const BATCH_BYTES: u64 = 4 << 20;
+/// ...and at most this many chunks.
+pub const BATCH_CHUNKS: usize = 256;
 
 impl ChunkSource for Store {
     fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
@@ -205,31 +217,10 @@ pub fn export_tree(
         }
     }
 
-    // Pass 2, in parallel: file contents (holes stay holes).
-    let files: Vec<&Entry> = entries
-        .iter()
-        .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-        .collect();
-    let bytes = files
+    // Pass 2, in parallel: file contents (holes stay holes), a batch at a time.
+    let bytes = extent_batches(entries)
         .par_iter()
-        .map(|e| -> Result<u64> {
-            let EntryKind::File { extents, .. } = &e.kind else {
-                unreachable!()
-            };
-            let p = target_path(&root, &e.path);
-            let f = OpenOptions::new().write(true).open(&p).at(&p)?;
-            let write = |x: &crate::snapshot::Extent| -> Result<u64> {
-                let data = source.chunk(&x.id)?;
-                f.write_all_at(&data, x.offset).at(&p)?;
-                progress.fetch_add(data.len() as u64, Ordering::Relaxed);
-                Ok(data.len() as u64)
-            };
-            if extents.len() > 4 {
-                extents.par_iter().map(write).sum()
-            } else {
-                extents.iter().map(write).sum()
-            }
-        })
+        .map(|batch| write_batch(source, &root, batch, progress))
         .sum::<Result<u64>>()?;
     stats.bytes = bytes;
 
@@ -248,6 +239,73 @@ pub fn export_tree(
     }
     stats.entries = entries.len() as u64;
     Ok(stats)
+}
+
+/// One extent of one file.
+type Piece<'a> = (&'a [u8], &'a Extent);
+
+/// The files' extents in tree order, cut into batches of `BATCH_BYTES` / `BATCH_CHUNKS`.
+fn extent_batches(entries: &[Entry]) -> Vec<Vec<Piece<'_>>> {
+    let mut batches = Vec::new();
+    let (mut batch, mut bytes): (Vec<Piece>, u64) = (Vec::new(), 0);
+    for e in entries {
+        let EntryKind::File { extents, .. } = &e.kind else {
+            continue;
+        };
+        for x in extents {
+            if !batch.is_empty()
+                && (bytes + u64::from(x.len) > BATCH_BYTES || batch.len() == BATCH_CHUNKS)
+            {
+                batches.push(std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            batch.push((&e.path, x));
+            bytes += u64::from(x.len);
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+/// Fetches a batch's chunks (each once) and writes them where they belong.
+fn write_batch(
+    source: &dyn ChunkSource,
+    root: &Path,
+    batch: &[Piece],
+    progress: &Progress,
+) -> Result<u64> {
+    let mut ids: Vec<ChunkId> = Vec::with_capacity(batch.len());
+    let mut index: HashMap<ChunkId, usize> = HashMap::with_capacity(batch.len());
+    for (_, x) in batch {
+        index.entry(x.id).or_insert_with(|| {
+            ids.push(x.id);
+            ids.len() - 1
+        });
+    }
+    let data = source.chunks(&ids)?;
+    if data.len() != ids.len() {
+        return Err(Error::Invalid(format!(
+            "asked for {} chunks, got {}",
+            ids.len(),
+            data.len()
+        )));
+    }
+    let mut open: Option<(&[u8], fs::File)> = None;
+    let mut written = 0;
+    for (path, x) in batch {
+        let p = target_path(root, path);
+        if open.as_ref().is_none_or(|(o, _)| o != path) {
+            open = Some((path, OpenOptions::new().write(true).open(&p).at(&p)?));
+        }
+        let (_, f) = open.as_ref().expect("opened above");
+        let d = &data[index[&x.id]];
+        f.write_all_at(d, x.offset).at(&p)?;
+        progress.fetch_add(d.len() as u64, Ordering::Relaxed);
+        written += d.len() as u64;
+    }
+    Ok(written)
 }
 
 /// Owner, then mode (chown clears setuid bits), then xattrs (chown clears file

@@ -4,6 +4,7 @@
 //! `export_*` modules turn tar streams, directories and raw images into snapshots and back;
 //! `verify`, `retention` (prune), `gc`, `diff` and `stats` maintain and inspect a store.
 
+pub mod chunk_stream;
 pub mod chunker;
 pub mod config;
 pub mod diff;

@@ -5,8 +5,10 @@
 //! baseline pipeline itself when the kernel line says `ignite.baseline-tar=URL`).
 //! One guest, then four at once, in QEMU under software emulation in a network namespace.
 //!
-//! Run as root: `cargo bench -p ignite --bench install` (`-- --guests 1` for one round).
-//! Prints per-phase times, the server's CPU time during the extracts, and the ratios.
+//! Run as root: `cargo bench -p ignite --bench install [-- --guests N] [--rounds R]`
+//! (default: 1 guest, then 4; 3 rounds of each method, alternating which goes first, since
+//! one round's times vary by seconds — SSH host keys are generated in an emulated CPU).
+//! Prints per-phase medians, the serving process's CPU time per round, and the ratios.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -155,15 +157,35 @@ fn round(
     (times, cpu)
 }
 
-fn mean(v: &[Times], f: impl Fn(&Times) -> f64) -> f64 {
-    v.iter().map(f).sum::<f64>() / v.len() as f64
+/// Every guest's times over all rounds, and the serving CPU per round.
+type Results = (Vec<Times>, Vec<f64>);
+
+/// The median of `f` over `v`.
+fn median<T>(v: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    let mut x: Vec<f64> = v.iter().map(f).collect();
+    x.sort_by(f64::total_cmp);
+    let m = x.len() / 2;
+    if x.len() % 2 == 1 {
+        x[m]
+    } else {
+        (x[m - 1] + x[m]) / 2.0
+    }
+}
+
+fn arg(name: &str) -> Option<u8> {
+    let v = std::env::args().skip_while(|a| a != name).nth(1)?;
+    Some(
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} takes a number, not {v:?}")),
+    )
 }
 
 fn main() {
-    let guests: Vec<u8> = match std::env::args().skip_while(|a| a != "--guests").nth(1) {
-        Some(n) => vec![n.parse().expect("--guests N")],
+    let guests: Vec<u8> = match arg("--guests") {
+        Some(n) => vec![n],
         None => vec![1, 4],
     };
+    let rounds = arg("--rounds").unwrap_or(3);
     if !require(&["qemu-system-x86_64", "ip", "python3", "debootstrap"]) {
         return;
     }
@@ -185,17 +207,32 @@ fn main() {
         .spawn()
         .expect("start python3 -m http.server");
     let http_pid = lab.adopt(http);
-    let mut results: BTreeMap<(u8, &str), (Vec<Times>, f64)> = BTreeMap::new();
+    let mut results: BTreeMap<(u8, &str), Results> = BTreeMap::new();
     let mut next = 0x20;
     for &n in &guests {
-        for method in [Method::Ignite, Method::CurlTar] {
-            eprintln!("round: {n} guest(s), {}", method.name());
-            let r = round(&site, &lab, method, n, next, http_pid);
-            next += n;
-            results.insert((n, method.name()), r);
+        for r in 0..rounds {
+            let order = if r % 2 == 0 {
+                [Method::Ignite, Method::CurlTar]
+            } else {
+                [Method::CurlTar, Method::Ignite]
+            };
+            for method in order {
+                eprintln!("round {}/{rounds}: {n} guest(s), {}", r + 1, method.name());
+                let (times, cpu) = round(&site, &lab, method, n, next, http_pid);
+                for t in &times {
+                    eprintln!(
+                        "  boot {:.1} prepare {:.1} extract {:.1} configure {:.1} total {:.1}; serving cpu {cpu:.1} s",
+                        t.boot, t.prepare, t.extract, t.configure, t.total
+                    );
+                }
+                next += n;
+                let e = results.entry((n, method.name())).or_default();
+                e.0.extend(times);
+                e.1.push(cpu);
+            }
         }
     }
-    println!("golden image install (QEMU tcg guests, 2 vCPUs and 1 GiB each, BIOS; seconds, mean per guest)");
+    println!("golden image install (QEMU tcg guests, 2 vCPUs and 1 GiB each, BIOS; seconds, median over {rounds} rounds)");
     println!(
         "{:<8} {:<9} {:>6} {:>8} {:>8} {:>10} {:>7} {:>8} {:>11}",
         "guests",
@@ -209,18 +246,18 @@ fn main() {
         "serving cpu"
     );
     for ((n, m), (t, cpu)) in &results {
-        let mbs = mean(t, |x| x.bytes as f64 / 1e6 / x.extract);
+        let mbs = median(t, |x| x.bytes as f64 / 1e6 / x.extract);
         println!(
             "{:<8} {:<9} {:>6.1} {:>8.1} {:>8.1} {:>10.1} {:>7.1} {:>8.1} {:>10.1}s",
             n,
             m,
-            mean(t, |x| x.boot),
-            mean(t, |x| x.prepare),
-            mean(t, |x| x.extract),
-            mean(t, |x| x.configure),
-            mean(t, |x| x.total),
+            median(t, |x| x.boot),
+            median(t, |x| x.prepare),
+            median(t, |x| x.extract),
+            median(t, |x| x.configure),
+            median(t, |x| x.total),
             mbs,
-            cpu
+            median(cpu, |c| *c)
         );
     }
     for &n in &guests {
@@ -228,8 +265,8 @@ fn main() {
         let b = &results[&(n, "curl|tar")].0;
         println!(
             "{n} guest(s): extract curl|tar/ignite x{:.2}, install total curl|tar/ignite x{:.2} (above 1: Ignite faster)",
-            mean(b, |x| x.extract) / mean(i, |x| x.extract),
-            mean(b, |x| x.total) / mean(i, |x| x.total),
+            median(b, |x| x.extract) / median(i, |x| x.extract),
+            median(b, |x| x.total) / median(i, |x| x.total),
         );
     }
 }

@@ -315,6 +315,27 @@ fn refusals_say_what_is_wrong() {
         v["archive"]["id"].as_str().unwrap().to_string()
     };
     let pinned = plan_id(&mac, &token);
+    // Chunk requests: ids must be whole, few enough, and of this install's snapshot.
+    let chunks = |body: &str| -> String {
+        s.curl(&[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-w",
+            " %{http_code}",
+            "--data-binary",
+            body,
+            &format!("{SERVER}/api/install/{mac}/chunks"),
+        ])
+    };
+    let e = chunks("short");
+    assert!(e.contains("ids of 32 bytes") && e.ends_with(" 400"), "{e}");
+    let e = chunks(&"x".repeat(32 * 1025));
+    assert!(e.contains("not 32800 bytes") && e.ends_with(" 400"), "{e}");
+    let e = chunks(&"x".repeat(32));
+    assert!(
+        e.contains("is not part of the snapshot this install extracts") && e.ends_with(" 404"),
+        "{e}"
+    );
     std::fs::write(s.path("src/etc/motd"), "new\n").unwrap();
     let src = s.path("src");
     arc(
@@ -407,9 +428,10 @@ fn server_killed_mid_extract_and_restarted_resumes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Stop the server once the agent has reported some progress.
+    // Stop the server once the agent has written something (a batch of chunks).
     wait_for("extraction progress", Duration::from_secs(30), || {
-        s.client(&["list"]).contains("extracting")
+        let list = s.client(&["list"]);
+        list.contains("extracting") && !list.contains("extracting 0%")
     });
     drop(s.server.take()); // SIGKILL
     std::thread::sleep(Duration::from_secs(2));
@@ -422,7 +444,8 @@ fn server_killed_mid_extract_and_restarted_resumes() {
     let o = s.extract(&mac, &token, &s.path("full"), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let full = s.stats()["chunk_requests"].as_u64().unwrap() - after_restart;
-    assert_eq!(full, s.unique_chunks());
+    // A chunk shared by files in different batches is asked for once per batch.
+    assert!(full >= s.unique_chunks());
     assert!(
         after_restart > 0 && after_restart < full,
         "resumed extraction asked for {after_restart} chunks, a full one {full}"
@@ -455,11 +478,8 @@ fn four_concurrent_extracts_read_each_chunk_once() {
         Some(unique),
         "{st}"
     );
-    assert_eq!(
-        st["chunk_cache"]["requests"].as_u64(),
-        Some(4 * unique),
-        "{st}"
-    );
+    let requests = st["chunk_cache"]["requests"].as_u64().unwrap();
+    assert!(requests >= 4 * unique && requests.is_multiple_of(4), "{st}");
 }
 
 #[test]

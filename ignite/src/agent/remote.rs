@@ -6,16 +6,14 @@
 //! `give_up_after`); the export then simply goes on, so files and chunks already written are
 //! not fetched again.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use ignite_archive::chunk_stream;
 use ignite_archive::export_dir::{export_tree, ChunkSource};
-use ignite_archive::pack::{self, Codec, PackEntry};
-use ignite_archive::snapshot::{decode_tree, tree_chunks};
+use ignite_archive::snapshot::decode_tree;
 use ignite_archive::ChunkId;
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
 
@@ -71,11 +69,7 @@ impl HttpInstallServer {
         format!("{}/api/install/{}/{path}", self.server, self.mac)
     }
 
-    fn once(
-        &self,
-        path: &str,
-        body: Option<&[u8]>,
-    ) -> Result<(http_parts::Headers, Vec<u8>), Failure> {
+    fn once(&self, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
         let auth = format!("Bearer {}", self.token);
         let url = self.url(path);
         let res = match body {
@@ -103,17 +97,12 @@ impl HttpInstallServer {
                 status.as_u16()
             )));
         }
-        Ok((http_parts::Headers::from(resp.headers()), data))
+        Ok(data)
     }
 
     /// One request, retried with backoff while the server is unreachable or failing; a
     /// refusal (4xx) ends it at once with the server's message.
-    fn request(
-        &self,
-        what: &str,
-        path: &str,
-        body: Option<&[u8]>,
-    ) -> Result<(http_parts::Headers, Vec<u8>)> {
+    fn request(&self, what: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
         let mut since: Option<Instant> = None;
         let mut wait = Duration::from_millis(100);
         loop {
@@ -139,28 +128,15 @@ impl HttpInstallServer {
         }
     }
 
-    fn fetch_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let hex = id.to_hex();
-        let what = format!("chunk {hex}");
-        let (headers, stored) = self.request(&what, &format!("chunk/{hex}"), None)?;
-        let codec = match headers.get(crate::server::install_api::CODEC_HEADER) {
-            Some("raw") => Codec::Raw,
-            Some("zstd") => Codec::Zstd,
-            other => bail!("{what}: server sent an unknown codec {other:?}"),
+    /// Chunks in one request, each checked against its id.
+    fn fetch_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>> {
+        let what = match ids {
+            [one] => format!("chunk {}", one.to_hex()),
+            _ => format!("{} chunks from {}", ids.len(), ids[0].to_hex()),
         };
-        let raw_len = headers
-            .get(crate::server::install_api::RAW_LEN_HEADER)
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|&n| n <= MAX_CHUNK)
-            .ok_or_else(|| anyhow!("{what}: server sent no usable length"))?;
-        let entry = PackEntry {
-            id: *id,
-            offset: 0,
-            stored_len: stored.len() as u32,
-            raw_len,
-            codec,
-        };
-        pack::decode(&entry, &stored).map_err(|e| {
+        let body: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
+        let stream = self.request(&what, "chunks", Some(&body))?;
+        chunk_stream::decode(ids, &stream, MAX_CHUNK).map_err(|e| {
             anyhow!(
                 "{e} (served by {}); refusing it: run `ignite archive verify` on the server's store",
                 self.server
@@ -169,81 +145,25 @@ impl HttpInstallServer {
     }
 }
 
-/// Just the headers the agent reads, owned (ureq's borrow the response).
-mod http_parts {
-    pub struct Headers(Vec<(String, String)>);
-
-    impl From<&ureq::http::HeaderMap> for Headers {
-        fn from(h: &ureq::http::HeaderMap) -> Headers {
-            Headers(
-                h.iter()
-                    .filter_map(|(k, v)| {
-                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
-                    })
-                    .collect(),
-            )
-        }
-    }
-
-    impl Headers {
-        pub fn get(&self, name: &str) -> Option<&str> {
-            self.0
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-    }
-}
-
-/// Chunks from the server for one extraction. A chunk several files share is fetched once
-/// (the first file to need it fetches it, the others wait) and kept until its last use.
-struct RemoteChunks<'a> {
-    server: &'a HttpInstallServer,
-    uses: HashMap<ChunkId, u32>,
-    /// Shared chunks: uses left, and the chunk once fetched.
-    shared: Mutex<HashMap<ChunkId, (u32, SharedChunk)>>,
-}
-
-type SharedChunk = Arc<Mutex<Option<Vec<u8>>>>;
-
-impl RemoteChunks<'_> {
-    fn fetch(&self, id: &ChunkId) -> ignite_archive::Result<Vec<u8>> {
-        self.server
-            .fetch_chunk(id)
-            .map_err(|e| ignite_archive::Error::Invalid(format!("{e:#}")))
-    }
-}
+/// Chunks from the server for one extraction, a batch per request.
+struct RemoteChunks<'a>(&'a HttpInstallServer);
 
 impl ChunkSource for RemoteChunks<'_> {
     fn chunk(&self, id: &ChunkId) -> ignite_archive::Result<Vec<u8>> {
-        let uses = self.uses.get(id).copied().unwrap_or(1);
-        if uses <= 1 {
-            return self.fetch(id);
-        }
-        let slot = {
-            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            let (left, slot) = shared.entry(*id).or_insert_with(|| (uses, Arc::default()));
-            *left -= 1;
-            let slot = slot.clone();
-            if *left == 0 {
-                shared.remove(id);
-            }
-            slot
-        };
-        let mut data = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = &*data {
-            return Ok(d.clone());
-        }
-        let d = self.fetch(id)?;
-        *data = Some(d.clone());
-        Ok(d)
+        Ok(self.chunks(std::slice::from_ref(id))?.remove(0))
+    }
+
+    fn chunks(&self, ids: &[ChunkId]) -> ignite_archive::Result<Vec<Vec<u8>>> {
+        self.0
+            .fetch_chunks(ids)
+            .map_err(|e| ignite_archive::Error::Invalid(format!("{e:#}")))
     }
 }
 
 impl InstallServer for HttpInstallServer {
     fn plan(&self, facts: &ClientFacts) -> Result<InstallPlan> {
         let body = serde_json::to_vec(facts)?;
-        let (_, data) = self.request("the install plan request", "plan", Some(&body))?;
+        let data = self.request("the install plan request", "plan", Some(&body))?;
         serde_json::from_slice(&data).context("the server's install plan does not parse")
     }
 
@@ -264,14 +184,10 @@ impl InstallServer for HttpInstallServer {
         root: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64> {
-        let (_, data) = self.request(&format!("the tree of archive {archive}"), "tree", None)?;
+        let data = self.request(&format!("the tree of archive {archive}"), "tree", None)?;
         let id = archive.id.clone().unwrap_or_else(|| archive.name.clone());
         let entries = decode_tree(&id, &data)
             .with_context(|| format!("archive {archive} from server {}", self.server))?;
-        let mut uses: HashMap<ChunkId, u32> = HashMap::new();
-        for c in tree_chunks(&entries) {
-            *uses.entry(c).or_default() += 1;
-        }
         let total: u64 = entries
             .iter()
             .map(|e| match &e.kind {
@@ -281,11 +197,7 @@ impl InstallServer for HttpInstallServer {
                 _ => 0,
             })
             .sum();
-        let source = RemoteChunks {
-            server: self,
-            uses,
-            shared: Mutex::new(HashMap::new()),
-        };
+        let source = RemoteChunks(self);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.fetchers.max(1))
             .build()

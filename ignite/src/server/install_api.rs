@@ -7,7 +7,8 @@
 //! POST /api/install/{mac}/phase       Phase (JSON)
 //! POST /api/install/{mac}/log         text appended to the install log
 //! GET  /api/install/{mac}/tree        the pinned snapshot's entries (archive tree encoding)
-//! GET  /api/install/{mac}/chunk/{id}  a chunk as stored; headers x-ignite-codec, x-ignite-raw-len
+//! POST /api/install/{mac}/chunks      chunk ids (32 bytes each, at most MAX_BATCH) → the
+//!                                     chunks as stored (`ignite_archive::chunk_stream`)
 //! GET  /api/stats                     chunk cache counters
 //! ```
 //!
@@ -25,8 +26,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ignite_archive::pack::Codec;
-use ignite_archive::{ChunkId, SnapshotKind, Store};
+use ignite_archive::{chunk_stream, ChunkId, SnapshotKind, Store};
 use ignite_netboot::MacAddr;
 use ignite_profiles::{ClientFacts, LoadError, Profile, Step};
 use serde::de::DeserializeOwned;
@@ -36,8 +36,8 @@ use crate::install::Phase;
 use crate::installs::{Install, Status};
 use crate::state::{Action, State};
 
-pub const CODEC_HEADER: &str = "x-ignite-codec";
-pub const RAW_LEN_HEADER: &str = "x-ignite-raw-len";
+/// Most chunks one request may ask for (the agent asks for at most `BATCH_CHUNKS`).
+pub const MAX_BATCH: usize = 1024;
 
 /// A refusal: status and a one-line message.
 pub struct ApiError(StatusCode, String);
@@ -68,6 +68,7 @@ pub struct InstallApi {
     store: Mutex<Option<Arc<Store>>>,
     trees: Mutex<HashMap<String, Arc<Tree>>>,
     cache: ChunkCache,
+    /// Chunks asked for, over all requests.
     chunk_requests: AtomicU64,
     /// Test hook (`IGNITE_TEST_CHUNK_DELAY_MS`): slows chunk answers so that tests can stop
     /// the server in the middle of an extraction.
@@ -270,14 +271,23 @@ impl InstallApi {
         Ok(tree)
     }
 
-    async fn chunk(self: &Arc<Self>, inst: &Install, id: &str) -> ApiResult<Arc<StoredChunk>> {
-        self.chunk_requests.fetch_add(1, Ordering::Relaxed);
-        let cid = ChunkId::from_hex(id).ok_or_else(|| {
-            ApiError(
+    /// The chunks `body` names (32-byte ids back to back), as a chunk stream.
+    async fn chunks(self: &Arc<Self>, inst: &Install, body: &[u8]) -> ApiResult<Vec<u8>> {
+        if body.is_empty() || !body.len().is_multiple_of(32) || body.len() / 32 > MAX_BATCH {
+            return Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                format!("chunk id {id:?} is not 64 hex digits"),
-            )
-        })?;
+                format!(
+                    "a chunk request is 1 to {MAX_BATCH} ids of 32 bytes back to back, not {} bytes",
+                    body.len()
+                ),
+            ));
+        }
+        let ids: Vec<ChunkId> = body
+            .chunks_exact(32)
+            .map(|b| ChunkId(b.try_into().expect("32 bytes")))
+            .collect();
+        self.chunk_requests
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
         let cached = inst.snapshot.as_ref().and_then(|id| {
             let trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
             trees.get(id).cloned()
@@ -286,32 +296,41 @@ impl InstallApi {
             Some(t) => t,
             None => blocking(self, inst, |api, inst| api.tree(inst)).await?,
         };
-        if !tree.chunks.contains(&cid) {
+        if let Some(id) = ids.iter().find(|id| !tree.chunks.contains(id)) {
             return Err(ApiError(
                 StatusCode::NOT_FOUND,
-                format!("chunk {id} is not part of the snapshot this install extracts"),
+                format!(
+                    "chunk {} is not part of the snapshot this install extracts",
+                    id.to_hex()
+                ),
             ));
         }
-        if let Some(d) = self.chunk_delay {
-            tokio::time::sleep(d).await;
+        let mut out = Vec::new();
+        for cid in ids {
+            if let Some(d) = self.chunk_delay {
+                tokio::time::sleep(d).await;
+            }
+            let store = self.store()?;
+            let c = self
+                .cache
+                .get(cid, move || {
+                    store
+                        .read_chunk_stored(&cid)
+                        .map(|(entry, data)| StoredChunk {
+                            entry,
+                            data: Bytes::from(data),
+                        })
+                })
+                .await
+                .map_err(|e| match e {
+                    ignite_archive::Error::MissingChunk { .. } => {
+                        ApiError(StatusCode::NOT_FOUND, e.to_string())
+                    }
+                    e => internal(e),
+                })?;
+            chunk_stream::encode(&c.entry, &c.data, &mut out);
         }
-        let store = self.store()?;
-        self.cache
-            .get(cid, move || {
-                store
-                    .read_chunk_stored(&cid)
-                    .map(|(entry, data)| StoredChunk {
-                        entry,
-                        data: Bytes::from(data),
-                    })
-            })
-            .await
-            .map_err(|e| match e {
-                ignite_archive::Error::MissingChunk { .. } => {
-                    ApiError(StatusCode::NOT_FOUND, e.to_string())
-                }
-                e => internal(e),
-            })
+        Ok(out)
     }
 
     fn phase(&self, inst: &Install, phase: &Phase) -> ApiResult<()> {
@@ -367,7 +386,7 @@ impl InstallApi {
             .route("/api/install/{mac}/phase", post(phase_handler))
             .route("/api/install/{mac}/log", post(log_handler))
             .route("/api/install/{mac}/tree", get(tree_handler))
-            .route("/api/install/{mac}/chunk/{id}", get(chunk_handler))
+            .route("/api/install/{mac}/chunks", post(chunks_handler))
             .route("/api/stats", get(stats_handler))
             .with_state(self)
     }
@@ -460,31 +479,13 @@ async fn tree_handler(AxState(api): Api, Authed(inst): Authed) -> ApiResult<Resp
         .into_response())
 }
 
-async fn chunk_handler(
+async fn chunks_handler(
     AxState(api): Api,
     Authed(inst): Authed,
-    Path((_, id)): Path<(String, String)>,
+    body: Bytes,
 ) -> ApiResult<Response> {
-    let c = api.chunk(&inst, &id).await?;
-    let codec = match c.entry.codec {
-        Codec::Raw => "raw",
-        Codec::Zstd => "zstd",
-    };
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (
-                header::HeaderName::from_static(CODEC_HEADER),
-                codec.to_string(),
-            ),
-            (
-                header::HeaderName::from_static(RAW_LEN_HEADER),
-                c.entry.raw_len.to_string(),
-            ),
-        ],
-        c.data.clone(),
-    )
-        .into_response())
+    let data = api.chunks(&inst, &body).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
 async fn stats_handler(AxState(api): Api) -> Response {

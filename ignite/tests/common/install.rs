@@ -162,6 +162,7 @@ pub struct Guest {
     pub name: String,
     pub mac: String,
     pub serial: PathBuf,
+    disk: PathBuf,
     child: Child,
 }
 
@@ -218,6 +219,7 @@ impl Guest {
             name,
             mac,
             serial,
+            disk,
             child,
         }
     }
@@ -251,5 +253,7 @@ impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Installed disks are large: benchmarks run many rounds in one directory.
+        let _ = std::fs::remove_file(&self.disk);
     }
 }
