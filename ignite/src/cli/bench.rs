@@ -272,24 +272,7 @@ fn tftp(size_mb: usize, clients: usize, runs: usize) -> Result<()> {
     for (server, ip) in servers {
         let log = work.join(format!("{server}.log"));
         let cmd = match server {
-            "ignite" => {
-                let mut c = Pair::cmd(&pair.server, exe.to_str().context("exe path")?);
-                c.args([
-                    "server",
-                    "--interface",
-                    "s0",
-                    "--http-port",
-                    "18080",
-                    "--dhcp-range",
-                    "10.77.1.0-10.77.1.200",
-                ])
-                .arg("--state-dir")
-                .arg(work.join("state"))
-                .arg("--boot-dir")
-                .arg(&root)
-                .env("RUST_LOG", "warn");
-                c
-            }
+            "ignite" => ignite_server(&pair, &exe, "10.77.1.0-10.77.1.200", &work, &root)?,
             "tftpd-hpa" => {
                 let mut c = Pair::cmd(&pair.server, "in.tftpd");
                 c.args([
@@ -455,6 +438,25 @@ fn perfdhcp(pair: &Pair, seconds: u32, rate: u32, macs: u32) -> Result<(f64, Str
     Ok((rate, text))
 }
 
+/// `ignite server` in the pair's server namespace, state under `work`, quiet.
+fn ignite_server(
+    pair: &Pair,
+    exe: &Path,
+    dhcp_range: &str,
+    work: &Path,
+    boot_dir: &Path,
+) -> Result<Command> {
+    let mut c = Pair::cmd(&pair.server, exe.to_str().context("exe path")?);
+    c.args(["server", "--interface", "s0", "--http-port", "18080"])
+        .args(["--dhcp-range", dhcp_range])
+        .arg("--state-dir")
+        .arg(work.join("state"))
+        .arg("--boot-dir")
+        .arg(boot_dir)
+        .env("RUST_LOG", "warn");
+    Ok(c)
+}
+
 fn dhcp(seconds: u32, rate: u32, macs: u32) -> Result<()> {
     need(&["perfdhcp", "dnsmasq", "ss", "ip"])?;
     let work = tempdir()?;
@@ -464,22 +466,7 @@ fn dhcp(seconds: u32, rate: u32, macs: u32) -> Result<()> {
     for server in ["ignite", "dnsmasq"] {
         let log = work.join(format!("{server}.log"));
         let cmd = if server == "ignite" {
-            let mut c = Pair::cmd(&pair.server, exe.to_str().context("exe path")?);
-            c.args([
-                "server",
-                "--interface",
-                "s0",
-                "--http-port",
-                "18080",
-                "--dhcp-range",
-                "10.77.1.0-10.77.250.255",
-            ])
-            .arg("--state-dir")
-            .arg(work.join("state"))
-            .arg("--boot-dir")
-            .arg(&*work)
-            .env("RUST_LOG", "warn");
-            c
+            ignite_server(&pair, &exe, "10.77.1.0-10.77.250.255", &work, &work)?
         } else {
             let mut c = Pair::cmd(&pair.server, "dnsmasq");
             c.args([
