@@ -8,7 +8,9 @@
 //! Run as root: `cargo bench -p ignite --bench install [-- --guests N] [--rounds R]`
 //! (default: 1 guest, then 4; 3 rounds of each method, alternating which goes first, since
 //! one round's times vary by seconds — SSH host keys are generated in an emulated CPU).
-//! Prints per-phase medians, the serving process's CPU time per round, and the ratios.
+//! Prints per-phase medians, the CPU seconds each guest's QEMU spent (the cost of the work
+//! whatever else the shared host runs: wall times on a busy 2-core machine mean little),
+//! the serving process's CPU time per round, and the ratios.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -46,9 +48,26 @@ struct Times {
     configure: f64,
     total: f64,
     bytes: u64,
+    /// CPU seconds the guest's QEMU used in the extract and over the whole install: what
+    /// the work cost, whatever else the host was running.
+    extract_cpu: f64,
+    total_cpu: f64,
 }
 
-fn times(site: &Site, name: &str) -> Times {
+/// A guest's QEMU CPU seconds, sampled: (Unix time in seconds, CPU seconds).
+type CpuSamples = Vec<(f64, f64)>;
+
+/// CPU seconds at Unix time `t`, interpolated between samples.
+fn cpu_at(samples: &CpuSamples, t: f64) -> f64 {
+    let i = samples.partition_point(|&(at, _)| at < t);
+    match (i.checked_sub(1).map(|j| samples[j]), samples.get(i)) {
+        (Some((t0, c0)), Some(&(t1, c1))) if t1 > t0 => c0 + (c1 - c0) * (t - t0) / (t1 - t0),
+        (_, Some(&(_, c))) | (Some((_, c)), None) => c,
+        (None, None) => 0.0,
+    }
+}
+
+fn times(site: &Site, name: &str, cpu: &CpuSamples) -> Times {
     let show: serde_json::Value =
         serde_json::from_str(&site.ignite(&["client", "show", name, "--json"])).unwrap();
     let at = |phase: &str| -> f64 {
@@ -82,6 +101,8 @@ fn times(site: &Site, name: &str) -> Times {
         configure: at("done") - at("extracted"),
         total: at("done") - first_step,
         bytes,
+        extract_cpu: cpu_at(cpu, at("extracted")) - cpu_at(cpu, at("formatted")),
+        total_cpu: cpu_at(cpu, at("done")) - cpu_at(cpu, first_step),
     }
 }
 
@@ -144,16 +165,30 @@ fn round(
         ));
     }
     let t = Instant::now();
+    let mut samples: Vec<CpuSamples> = vec![Vec::new(); guests.len()];
     while !guests.iter_mut().all(|g| g.exited()) {
         assert!(
             t.elapsed() < Duration::from_secs(1800),
             "round did not finish:\n{}",
             site.ignite(&["client", "list"])
         );
-        std::thread::sleep(Duration::from_secs(1));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        for (g, s) in guests.iter_mut().zip(&mut samples) {
+            if !g.exited() {
+                s.push((now, cpu_seconds(g.pid())));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
     let cpu = cpu_seconds(serving) - cpu0;
-    let times = guests.iter().map(|g| times(site, &g.name)).collect();
+    let times = guests
+        .iter()
+        .zip(&samples)
+        .map(|(g, s)| times(site, &g.name, s))
+        .collect();
     (times, cpu)
 }
 
@@ -221,8 +256,8 @@ fn main() {
                 let (times, cpu) = round(&site, &lab, method, n, next, http_pid);
                 for t in &times {
                     eprintln!(
-                        "  boot {:.1} prepare {:.1} extract {:.1} configure {:.1} total {:.1}; serving cpu {cpu:.1} s",
-                        t.boot, t.prepare, t.extract, t.configure, t.total
+                        "  boot {:.1} prepare {:.1} extract {:.1} configure {:.1} total {:.1}; guest cpu extract {:.1} total {:.1}; serving cpu {cpu:.1} s",
+                        t.boot, t.prepare, t.extract, t.configure, t.total, t.extract_cpu, t.total_cpu
                     );
                 }
                 next += n;
@@ -234,7 +269,7 @@ fn main() {
     }
     println!("golden image install (QEMU tcg guests, 2 vCPUs and 1 GiB each, BIOS; seconds, median over {rounds} rounds)");
     println!(
-        "{:<8} {:<9} {:>6} {:>8} {:>8} {:>10} {:>7} {:>8} {:>11}",
+        "{:<8} {:<9} {:>6} {:>8} {:>8} {:>10} {:>7} {:>8} {:>11} {:>11} {:>11}",
         "guests",
         "method",
         "boot",
@@ -243,12 +278,14 @@ fn main() {
         "configure",
         "total",
         "MB/s",
+        "extract cpu",
+        "install cpu",
         "serving cpu"
     );
     for ((n, m), (t, cpu)) in &results {
         let mbs = median(t, |x| x.bytes as f64 / 1e6 / x.extract);
         println!(
-            "{:<8} {:<9} {:>6.1} {:>8.1} {:>8.1} {:>10.1} {:>7.1} {:>8.1} {:>10.1}s",
+            "{:<8} {:<9} {:>6.1} {:>8.1} {:>8.1} {:>10.1} {:>7.1} {:>8.1} {:>10.1}s {:>10.1}s {:>10.1}s",
             n,
             m,
             median(t, |x| x.boot),
@@ -257,6 +294,8 @@ fn main() {
             median(t, |x| x.configure),
             median(t, |x| x.total),
             mbs,
+            median(t, |x| x.extract_cpu),
+            median(t, |x| x.total_cpu),
             median(cpu, |c| *c)
         );
     }
@@ -264,9 +303,11 @@ fn main() {
         let i = &results[&(n, "ignite")].0;
         let b = &results[&(n, "curl|tar")].0;
         println!(
-            "{n} guest(s): extract curl|tar/ignite x{:.2}, install total curl|tar/ignite x{:.2} (above 1: Ignite faster)",
+            "{n} guest(s), curl|tar/ignite (above 1: Ignite faster or cheaper): time extract x{:.2}, install x{:.2}; guest cpu extract x{:.2}, install x{:.2}",
             median(b, |x| x.extract) / median(i, |x| x.extract),
             median(b, |x| x.total) / median(i, |x| x.total),
+            median(b, |x| x.extract_cpu) / median(i, |x| x.extract_cpu),
+            median(b, |x| x.total_cpu) / median(i, |x| x.total_cpu),
         );
     }
 }

@@ -244,6 +244,10 @@ impl Guest {
         )
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
     }
