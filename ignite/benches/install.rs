@@ -52,6 +52,8 @@ struct Times {
     /// the work cost, whatever else the host was running.
     extract_cpu: f64,
     total_cpu: f64,
+    /// The agent's log line for the extract (write and sync times).
+    extract_log: String,
 }
 
 /// A guest's QEMU CPU seconds, sampled: (Unix time in seconds, CPU seconds).
@@ -103,6 +105,13 @@ fn times(site: &Site, name: &str, cpu: &CpuSamples) -> Times {
         bytes,
         extract_cpu: cpu_at(cpu, at("extracted")) - cpu_at(cpu, at("formatted")),
         total_cpu: cpu_at(cpu, at("done")) - cpu_at(cpu, first_step),
+        extract_log: site
+            .ignite(&["client", "log", name])
+            .lines()
+            .find(|l| l.contains("extracted "))
+            .unwrap_or("(no extract line in the log)")
+            .trim()
+            .to_string(),
     }
 }
 
@@ -255,6 +264,7 @@ fn main() {
                 eprintln!("round {}/{rounds}: {n} guest(s), {}", r + 1, method.name());
                 let (times, cpu) = round(&site, &lab, method, n, next, http_pid);
                 for t in &times {
+                    eprintln!("  {}", t.extract_log);
                     eprintln!(
                         "  boot {:.1} prepare {:.1} extract {:.1} configure {:.1} total {:.1}; guest cpu extract {:.1} total {:.1}; serving cpu {cpu:.1} s",
                         t.boot, t.prepare, t.extract, t.configure, t.total, t.extract_cpu, t.total_cpu

@@ -144,6 +144,7 @@ fn run_step(
             options,
         } => target.mount(device, mount, *fs, options, log),
         Step::Extract { archive } => {
+            let started = Instant::now();
             let mut last = Instant::now();
             let mut report_err = None;
             let bytes = server.extract(archive, target.root(), &mut |done, total| {
@@ -159,9 +160,14 @@ fn run_step(
             }
             // On disk before `extracted` is reported, so the phase times say where the time
             // went: write-back would otherwise land in whichever step comes next.
+            let written = started.elapsed();
             // SAFETY: sync has no preconditions.
             unsafe { libc::sync() };
-            log.line(&format!("extracted {archive}: {bytes} bytes"));
+            log.line(&format!(
+                "extracted {archive}: {bytes} bytes in {:.1} s, then {:.1} s until on disk",
+                written.as_secs_f64(),
+                (started.elapsed() - written).as_secs_f64()
+            ));
             server.report(&Phase::Extracted { bytes })
         }
         Step::Fstab => fstab::write(target, &plan.disk, log),
