@@ -507,3 +507,89 @@ fn a_corrupt_chunk_is_refused_by_name() {
         "{e}"
     );
 }
+
+/// extlinux on UEFI boots copies of the kernel and initrd from the ESP (syslinux.efi reads
+/// no other partition). Only the archive knows their size: the plan is refused when the
+/// profile's ESP cannot hold them, before the agent writes anything, and the message says
+/// what ESP size would do; that size is then accepted.
+#[test]
+fn extlinux_uefi_plan_is_refused_when_the_esp_cannot_hold_the_kernel() {
+    let Some(s) = Setup::new("ia-esp", &[]) else {
+        return;
+    };
+    // A 30 MiB kernel and initrd, as holes: their sizes count, no data is stored.
+    std::fs::create_dir_all(s.path("src/boot")).unwrap();
+    for f in ["vmlinuz-6.1.0-1-amd64", "initrd.img-6.1.0-1-amd64"] {
+        std::fs::File::create(s.path("src/boot").join(f))
+            .unwrap()
+            .set_len(30 << 20)
+            .unwrap();
+    }
+    arc(
+        &s.path("state/store"),
+        &[
+            "import",
+            "--name",
+            "golden",
+            s.path("src").to_str().unwrap(),
+        ],
+    );
+    let profile = |esp: &str| {
+        format!(
+            "archive = \"golden\"\n\
+             [[disk.partitions]]\ntype = \"efi\"\nsize = \"{esp}\"\n\
+             [[disk.partitions]]\nsize = \"rest\"\nfs = \"ext4\"\nmount = \"/\"\n\
+             [boot]\nloader = \"extlinux\"\nfirmware = \"uefi\"\n"
+        )
+    };
+    let plan = |n: u8, esp: &str| -> (String, String) {
+        let name = format!("esp{n}");
+        std::fs::write(
+            s.path("state/profiles").join(format!("{name}.toml")),
+            profile(esp),
+        )
+        .unwrap();
+        let (mac, token) = s.schedule(n, &name);
+        let out = s.curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--data",
+            &format!(r#"{{"mac":"{mac}","disks":[{{"path":"/dev/vda","size":10000000000,"serial":null}}],"hostname":null}}"#),
+            &format!("{SERVER}/api/install/{mac}/plan"),
+        ]);
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let (code, body) = plan(1, "48M");
+    assert_eq!(code, "422", "{body}");
+    assert!(
+        body.contains("profile esp1 with archive golden: extlinux on UEFI boots copies of the kernel and initrd from the EFI system partition")
+            && body.contains("cannot hold vmlinuz-6.1.0-1-amd64 and initrd.img-6.1.0-1-amd64 (61 MiB with the loader)"),
+        "{body}"
+    );
+    let want = body
+        .split("size = \"")
+        .nth(1)
+        .and_then(|x| x.split('"').next())
+        .unwrap()
+        .to_string();
+    let (code, body) = plan(2, &want);
+    assert_eq!(code, "200", "{body}");
+    // GRUB reads /boot itself: the same small ESP is fine for it.
+    std::fs::write(
+        s.path("state/profiles/grub.toml"),
+        profile("48M").replace("extlinux", "grub"),
+    )
+    .unwrap();
+    let (mac, token) = s.schedule(3, "grub");
+    let body = s.curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "--data",
+        &format!(r#"{{"mac":"{mac}","disks":[{{"path":"/dev/vda","size":10000000000,"serial":null}}],"hostname":null}}"#),
+        &format!("{SERVER}/api/install/{mac}/plan"),
+    ]);
+    assert!(body.contains("\"steps\""), "{body}");
+}

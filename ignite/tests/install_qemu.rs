@@ -17,7 +17,7 @@ use common::*;
 const FIRSTBOOT_HOOK: &str = r#"cat >/usr/local/sbin/ignite-firstboot <<'EOF'
 #!/bin/sh
 key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
-echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) end" >/dev/ttyS0
+echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) boot=$(findmnt -no FSTYPE /boot) end" >/dev/ttyS0
 EOF
 chmod 755 /usr/local/sbin/ignite-firstboot
 cat >/etc/systemd/system/ignite-firstboot.service <<'EOF'
@@ -48,28 +48,109 @@ fn prerequisites() -> bool {
     ])
 }
 
-/// Four guests install at once from one server — two under SeaBIOS + iPXE, two under OVMF —
-/// report done, reboot from their own disks and come up with distinct identities.
+/// How a guest boots its installed system: which firmware, which loader, and what the
+/// loader leaves on the serial console.
+struct Boot {
+    fw: Firmware,
+    profile: &'static str,
+}
+
+impl Boot {
+    /// Checks that the installed system was started by this guest's loader. `console` is
+    /// what followed the agent's "install done".
+    fn check(&self, name: &str, console: &str) {
+        let cmdline = console
+            .lines()
+            .filter_map(|l| l.split_once("Command line: ").map(|x| x.1))
+            .next_back()
+            .unwrap_or_else(|| {
+                panic!("{name}: no kernel command line after the install:\n{console}")
+            });
+        match (self.profile, self.fw) {
+            // GRUB passes the path it loaded; it adds no initrd= of its own.
+            ("lab", _) => assert!(
+                cmdline.starts_with("BOOT_IMAGE=/boot/vmlinuz-") && !cmdline.contains("initrd="),
+                "{name}: not booted by GRUB from /boot in root: {cmdline}"
+            ),
+            // Syslinux (BIOS) names the kernel on the /boot file system, says so on the
+            // serial port (its SERIAL directive) and adds initrd=.
+            ("lab-extlinux", Firmware::Bios) => {
+                assert!(
+                    console.contains("SYSLINUX 6.04") && console.contains("Loading /vmlinuz-"),
+                    "{name}: no Syslinux banner and kernel load on the console:\n{console}"
+                );
+                assert!(
+                    cmdline.starts_with("BOOT_IMAGE=/vmlinuz-")
+                        && cmdline.contains(" initrd=/initrd.img-"),
+                    "{name}: not booted by extlinux from the /boot partition: {cmdline}"
+                );
+            }
+            // syslinux.efi loads the copies on the ESP.
+            ("lab-extlinux", Firmware::Uefi) => {
+                assert!(
+                    console.contains("Loading /EFI/BOOT/vmlinuz-"),
+                    "{name}: syslinux.efi did not report loading the kernel:\n{console}"
+                );
+                assert!(
+                    cmdline.starts_with("BOOT_IMAGE=/EFI/BOOT/vmlinuz-")
+                        && cmdline.contains(" initrd=/EFI/BOOT/initrd.img-"),
+                    "{name}: not booted by syslinux.efi from the ESP: {cmdline}"
+                );
+            }
+            (p, _) => panic!("unknown profile {p}"),
+        }
+        eprintln!("{name}: booted by {}: {cmdline}", self.profile);
+        for l in console
+            .lines()
+            .filter(|l| l.contains("SYSLINUX") || l.contains("Loading /"))
+        {
+            eprintln!("{name}:   {l}");
+        }
+    }
+}
+
+/// Four guests install at once from one server — two under SeaBIOS + iPXE, two under OVMF,
+/// one of each booting with GRUB and one with Syslinux — report done, reboot from their own
+/// disks through their own loaders and come up with distinct identities.
 #[test]
 fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
     if !prerequisites() {
         return;
     }
     let _turn = QEMU_TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let site = Site::new(&[("lab", profile(&[FIRSTBOOT_HOOK]))]);
+    let site = Site::new(&[
+        ("lab", profile(&[FIRSTBOOT_HOOK])),
+        ("lab-extlinux", extlinux_profile()),
+    ]);
     let lab = Lab::new("inst4");
     let mut server = site.server(&lab, "");
-    let fws = [
-        Firmware::Bios,
-        Firmware::Uefi,
-        Firmware::Bios,
-        Firmware::Uefi,
+    let boots = [
+        Boot {
+            fw: Firmware::Bios,
+            profile: "lab",
+        },
+        Boot {
+            fw: Firmware::Uefi,
+            profile: "lab",
+        },
+        Boot {
+            fw: Firmware::Bios,
+            profile: "lab-extlinux",
+        },
+        Boot {
+            fw: Firmware::Uefi,
+            profile: "lab-extlinux",
+        },
     ];
     let mut guests = Vec::new();
-    for (i, fw) in fws.iter().enumerate() {
+    for (i, b) in boots.iter().enumerate() {
         let n = i as u8 + 1;
-        site.client(&format!("52:54:00:78:00:{n:02x}"), &format!("g{n}"), "lab");
-        guests.push(Guest::start(&lab, site.tmp.path(), n, *fw, 4 << 30, 1));
+        site.client(
+            &format!("52:54:00:78:00:{n:02x}"),
+            &format!("g{n}"),
+            b.profile,
+        );
+        guests.push(Guest::start(&lab, site.tmp.path(), n, b.fw, 4 << 30, 1));
     }
     let t = Instant::now();
     // The server dies (SIGKILL) while guests are extracting and comes back: the agents
@@ -110,12 +191,24 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
     eprintln!("four installs and first boots in {:?}", t.elapsed());
     let mut ids = HashSet::new();
     let mut keys = HashSet::new();
-    for g in &guests {
+    for (g, b) in guests.iter().zip(&boots) {
         let id = g.firstboot().unwrap();
         let want = format!("lab-{}", &g.mac.replace(':', "")[6..]);
         assert_eq!(id["host"], want, "{}", g.console());
         assert_eq!(id["root"], "ext4");
         assert_eq!(id["var"], "xfs");
+        let boot_fs = if b.profile == "lab-extlinux" {
+            "ext4"
+        } else {
+            ""
+        };
+        assert_eq!(id["boot"], boot_fs, "{id:?}");
+        let console = strip_ansi(&g.console());
+        let after = console
+            .rfind("install done")
+            .map(|i| &console[i..])
+            .unwrap_or_else(|| panic!("{}: no \"install done\" on the console", g.name));
+        b.check(&g.name, after);
         assert_eq!(id["machine-id"].len(), 32, "{id:?}");
         assert!(
             ids.insert(id["machine-id"].clone()),

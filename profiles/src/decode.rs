@@ -592,6 +592,7 @@ impl<'a> Decoder<'a> {
             loc,
             size_loc,
             mount_loc: mount.map(|m| m.1),
+            fs_loc: fs.map(|f| f.1),
             n,
             ok,
             size_ok,
@@ -657,7 +658,40 @@ impl<'a> Decoder<'a> {
             && !has(PartKind::BiosBoot)
         {
             let l = if boot.explicit { lloc } else { disk.loc };
-            self.err(l, "GRUB on BIOS with a GPT disk needs a bios_boot partition; add [[disk.partitions]] type = \"bios_boot\", size = \"1M\" (or set [boot] firmware = \"uefi\" or loader = \"none\")");
+            self.err(l, "GRUB on BIOS with a GPT disk needs a bios_boot partition; add [[disk.partitions]] type = \"bios_boot\", size = \"1M\" (or set [boot] firmware = \"uefi\", or loader = \"extlinux\" or \"none\")");
+        }
+        if loader == Loader::Extlinux && matches!(fw, Firmware::Bios | Firmware::Both) {
+            self.extlinux_bios(disk);
+        }
+    }
+
+    /// Syslinux on BIOS reads the kernel from the file system that holds /boot (where
+    /// `extlinux --install` puts ldlinux.sys), so that file system must be one it can read.
+    /// (On UEFI the agent copies the kernel to the EFI system partition, so any /boot does.)
+    fn extlinux_bios(&mut self, disk: &DiskDecoded) {
+        let holder = ["/boot", "/"].iter().find_map(|m| {
+            disk.parts
+                .iter()
+                .find(|p| p.spec.mount.as_deref() == Some(*m))
+        });
+        let Some(p) = holder else {
+            return; // no "/" at all is reported by the layout rules
+        };
+        let mount = p.spec.mount.as_deref().unwrap_or("/");
+        let what = if mount == "/boot" {
+            "/boot".to_string()
+        } else {
+            "/ (which holds /boot)".to_string()
+        };
+        let fix = "put /boot on its own ext4 partition (e.g. [[disk.partitions]] size = \"512M\", fs = \"ext4\", mount = \"/boot\") or use loader = \"grub\"";
+        let l = p.fs_loc.or(p.mount_loc).unwrap_or(p.loc);
+        match p.spec.fs {
+            Some(Fs::Ext4 | Fs::Vfat) | None => {}
+            Some(Fs::Xfs) => self.err(
+                l,
+                format!("extlinux on BIOS cannot boot from {what} on xfs: xfs keeps its superblock in the partition's first sector, where Syslinux's boot sector has to go; {fix}"),
+            ),
+            Some(Fs::Swap) => {}
         }
     }
 
@@ -1143,6 +1177,7 @@ struct PartDecoded {
     loc: Loc,
     size_loc: Loc,
     mount_loc: Option<Loc>,
+    fs_loc: Option<Loc>,
     /// 1-based position in the profile's list.
     n: usize,
     /// False when the partition had an error (already reported).

@@ -58,6 +58,16 @@
 //!   At most one partition may be `"rest"`, anywhere in the list: partitions after it are laid
 //!   out after it, so they end at the end of the disk.
 //! - An EFI partition defaults to `fs = "vfat"`, `mount = "/boot/efi"`.
+//! - `loader = "grub"` on BIOS needs a `bios_boot` partition (GRUB's core image goes there).
+//! - `loader = "extlinux"` (Syslinux 6.04 from the image: packages extlinux, syslinux-common,
+//!   syslinux-efi) needs no `bios_boot` partition. On BIOS, gptmbr.bin boots the partition
+//!   holding `/boot` (its own, else `/`), which the plan marks legacy BIOS bootable; that
+//!   file system must be ext4 or vfat: xfs keeps its superblock where Syslinux's boot
+//!   sector goes, so the check refuses it. On UEFI, syslinux.efi reads only the EFI system
+//!   partition, so the agent copies the kernel and initrd there: the ESP must hold them
+//!   (about 45 MiB for Debian 12; the agent checks and says how much it needs), and a
+//!   kernel update in the installed system does not refresh those copies. Either way the
+//!   config names the kernel installed with the image.
 //! - A profile with syntax errors reports only its syntax errors (all of them, in every file
 //!   of the chain); otherwise every type, key and rule error is reported at once.
 

@@ -70,6 +70,23 @@ pub struct PartitionPlan {
     pub fs: Option<Fs>,
     pub mount: Option<String>,
     pub options: Vec<String>,
+    /// GPT attribute bit 2: Syslinux's gptmbr.bin boots the first partition that has it
+    /// (set on the partition holding /boot for extlinux on BIOS).
+    #[serde(default)]
+    pub legacy_bios_bootable: bool,
+}
+
+impl DiskPlan {
+    /// The partition whose file system holds `/boot`: the one mounted there, else root.
+    pub fn boot_partition(&self) -> Option<&PartitionPlan> {
+        holding_boot(&self.partitions)
+    }
+}
+
+fn holding_boot(parts: &[PartitionPlan]) -> Option<&PartitionPlan> {
+    ["/boot", "/"]
+        .iter()
+        .find_map(|m| parts.iter().find(|p| p.mount.as_deref() == Some(*m)))
 }
 
 /// One thing the agent does. Paths in `mount` are inside the target root.
@@ -153,7 +170,15 @@ impl Profile {
             });
         }
         let disk = self.pick_disk(facts)?;
-        let parts = self.layout(disk)?;
+        let mut parts = self.layout(disk)?;
+        if self.boot.loader == Loader::Extlinux
+            && matches!(self.boot.firmware, Firmware::Bios | Firmware::Both)
+        {
+            let n = holding_boot(&parts).map(|p| p.number);
+            if let Some(p) = parts.iter_mut().find(|p| Some(p.number) == n) {
+                p.legacy_bios_bootable = true;
+            }
+        }
         let disk_plan = DiskPlan {
             path: disk.path.clone(),
             size_bytes: disk.size,
@@ -367,6 +392,7 @@ impl Profile {
                 fs: p.fs,
                 mount: p.mount.clone(),
                 options: p.options.clone(),
+                legacy_bios_bootable: false,
             });
             at += size;
         }

@@ -223,6 +223,123 @@ fn bios_grub_needs_bios_boot() {
     assert!(load(&format!("{t}[boot]\nloader = \"none\"\n")).is_ok());
 }
 
+/// ESP, ext4 /boot, xfs root: what extlinux can boot on BIOS and UEFI alike.
+const EXTLINUX: &str = r#"archive = "debian-12"
+
+[[disk.partitions]]
+type = "efi"
+size = "64M"
+
+[[disk.partitions]]
+size = "256M"
+fs = "ext4"
+mount = "/boot"
+
+[[disk.partitions]]
+size = "rest"
+fs = "xfs"
+mount = "/"
+
+[boot]
+loader = "extlinux"
+firmware = "both"
+"#;
+
+#[test]
+fn extlinux_on_bios_needs_a_boot_file_system_it_can_read() {
+    let p = load(EXTLINUX).unwrap();
+    assert_eq!(p.boot.loader, Loader::Extlinux);
+    // /boot on xfs (its own partition, or inside root): the error points at its fs.
+    let e = one_err(&EXTLINUX.replace("fs = \"ext4\"", "fs = \"xfs\""));
+    assert!(
+        e.starts_with("9:6 extlinux on BIOS cannot boot from /boot on xfs: xfs keeps its superblock in the partition's first sector"),
+        "{e}"
+    );
+    assert!(e.ends_with("or use loader = \"grub\""), "{e}");
+    let no_boot = EXTLINUX.replace(
+        "[[disk.partitions]]\nsize = \"256M\"\nfs = \"ext4\"\nmount = \"/boot\"\n\n",
+        "",
+    );
+    let e = one_err(&no_boot);
+    assert!(
+        e.starts_with("9:6 extlinux on BIOS cannot boot from / (which holds /boot) on xfs"),
+        "{e}"
+    );
+    let e = one_err(&no_boot.replace("\"both\"", "\"bios\""));
+    assert!(e.starts_with("9:6 extlinux on BIOS"), "{e}");
+    // UEFI boots copies on the ESP, so /boot may be anything; GRUB reads xfs.
+    assert!(load(&no_boot.replace("\"both\"", "\"uefi\"")).is_ok());
+    let grub = no_boot
+        .replace("\"extlinux\"", "\"grub\"")
+        .replace("\"both\"", "\"uefi\"");
+    assert!(load(&grub).is_ok());
+    // vfat /boot (the ESP mounted there) is readable.
+    let esp_boot = no_boot.replace("size = \"64M\"", "size = \"256M\"\nmount = \"/boot\"");
+    assert!(load(&esp_boot).is_ok(), "{:?}", errs(&esp_boot));
+}
+
+#[test]
+fn extlinux_errors_point_into_the_base_profile() {
+    let base = EXTLINUX
+        .replace("fs = \"ext4\"", "fs = \"xfs\"")
+        .replace("[boot]\nloader = \"extlinux\"\nfirmware = \"both\"\n", "");
+    let mut resolve = |_: &str| Ok(("dir/base.toml".to_string(), base.clone()));
+    let child = "extends = \"base\"\n[boot]\nloader = \"extlinux\"\n";
+    let e = Profile::from_str_with("dir/x.toml", child, &mut resolve).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].file, "dir/base.toml");
+    assert_eq!((e.0[0].line, e.0[0].col), (9, 6));
+    assert!(
+        e.to_string()
+            .starts_with("profile dir/base.toml line 9 col 6: extlinux on BIOS"),
+        "{e}"
+    );
+    // the same base with GRUB (its default loader) and a bios_boot-less disk on UEFI is fine
+    let mut resolve = |_: &str| Ok(("dir/base.toml".to_string(), base.clone()));
+    assert!(Profile::from_str_with(
+        "dir/y.toml",
+        "extends = \"base\"\n[boot]\nfirmware = \"uefi\"\n",
+        &mut resolve
+    )
+    .is_ok());
+}
+
+#[test]
+fn render_marks_the_boot_partition_for_extlinux_on_bios_only() {
+    let marks = |text: &str| -> Vec<bool> {
+        load(text)
+            .unwrap()
+            .render(&facts(4 << 30))
+            .unwrap()
+            .disk
+            .partitions
+            .iter()
+            .map(|p| p.legacy_bios_bootable)
+            .collect()
+    };
+    assert_eq!(marks(EXTLINUX), [false, true, false]);
+    let plan = load(EXTLINUX).unwrap().render(&facts(4 << 30)).unwrap();
+    assert_eq!(
+        plan.disk.boot_partition().unwrap().mount.as_deref(),
+        Some("/boot")
+    );
+    assert_eq!(
+        marks(&EXTLINUX.replace("\"both\"", "\"bios\"")),
+        [false, true, false]
+    );
+    assert_eq!(
+        marks(&EXTLINUX.replace("\"both\"", "\"uefi\"")),
+        [false, false, false]
+    );
+    let grub = EXTLINUX
+        .replace("\"extlinux\"", "\"grub\"")
+        .replace("\"both\"", "\"uefi\"");
+    assert_eq!(marks(&grub), [false, false, false]);
+    // without a /boot partition, root holds /boot
+    let root_only = GOOD.to_string() + "[boot]\nloader = \"extlinux\"\n";
+    assert_eq!(marks(&root_only), [false, true]);
+}
+
 #[test]
 fn percentages_at_most_100() {
     let t = format!(

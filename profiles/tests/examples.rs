@@ -38,7 +38,7 @@ fn diags(file: &str) -> Vec<String> {
 
 #[test]
 fn examples_load() {
-    for f in ["base.toml", "web.toml", "uefi.toml"] {
+    for f in ["base.toml", "web.toml", "uefi.toml", "extlinux.toml"] {
         let p = Profile::load(&dir("examples").join(f));
         assert!(p.is_ok(), "{f}: {}", p.unwrap_err());
     }
@@ -102,6 +102,42 @@ fn uefi_example_renders() {
     assert_eq!(
         json["disk"]["partitions"][0]["type_guid"],
         "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+    );
+}
+
+#[test]
+fn extlinux_example_renders_for_bios_and_uefi() {
+    let p = Profile::load(&dir("examples/extlinux.toml")).unwrap();
+    assert_eq!(p.chain, ["base", "extlinux"]);
+    let plan = p.render(&client(8 << 30)).unwrap();
+    assert!(plan.steps.iter().any(|s| matches!(
+        s,
+        Step::BootLoader {
+            loader: Loader::Extlinux,
+            firmware: Firmware::Both,
+            ..
+        }
+    )));
+    let bootable: Vec<_> = plan
+        .disk
+        .partitions
+        .iter()
+        .filter(|p| p.legacy_bios_bootable)
+        .map(|p| p.mount.as_deref())
+        .collect();
+    assert_eq!(bootable, [Some("/boot")]);
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["disk"]["partitions"][1]["legacy_bios_bootable"], true);
+}
+
+#[test]
+fn extlinux_on_an_xfs_root_is_refused_where_the_fs_is_written() {
+    let d = diags("extlinux-xfs-root.toml");
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(
+        d[0].starts_with("extlinux-xfs-root.toml:6:6: extlinux on BIOS cannot boot from / (which holds /boot) on xfs"),
+        "{}",
+        d[0]
     );
 }
 

@@ -1,7 +1,18 @@
-//! The `BootLoader` step: GRUB installed by the image's own grub-install (BIOS core image in
-//! the BIOS-boot partition, UEFI as the removable-media path), and a grub.cfg we write
-//! ourselves so the result does not depend on grub-mkconfig or os-prober.
+//! The `BootLoader` step: GRUB or Syslinux (extlinux), each installed from the image's own
+//! programs and files, with a configuration we write ourselves (root by UUID, serial
+//! console, no menu) so the result does not depend on grub-mkconfig, os-prober or
+//! extlinux-update.
+//!
+//! - GRUB: the image's grub-install puts the BIOS core image in the bios_boot partition
+//!   and the UEFI loader on the removable-media path of the ESP.
+//! - extlinux on BIOS: the image's `extlinux --install` writes Syslinux's boot sector and
+//!   ldlinux.sys into the file system holding /boot, Syslinux's gptmbr.bin goes into the
+//!   MBR's boot code, and the plan marks that partition legacy BIOS bootable (see
+//!   `agent::partition`), which is how gptmbr.bin finds it.
+//! - extlinux on UEFI: syslinux.efi on the removable-media path of the ESP. It reads only
+//!   the partition it was loaded from, so the kernel and initrd are copied there.
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -12,28 +23,49 @@ use super::chroot;
 use super::log::Log;
 use super::mount::Target;
 
-/// The newest `vmlinuz-V` in `boot` that has a matching `initrd.img-V`.
+/// What the installed kernel is told about its consoles, whichever loader starts it.
+const CONSOLE_ARGS: &str = "console=ttyS0,115200 console=tty0";
+/// In the image (package syslinux-common).
+const GPTMBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
+/// In the image (packages syslinux-efi and syslinux-common).
+const SYSLINUX_EFI: &str = "/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi";
+const LDLINUX_E64: &str = "/usr/lib/syslinux/modules/efi64/ldlinux.e64";
+/// The boot code at the start of the MBR; what follows it (disk signature, partition
+/// entries, 0x55AA) is the protective MBR we wrote and stays.
+const MBR_CODE: usize = 440;
+/// Where extlinux's files and config go, inside the installed system.
+const EXTLINUX_DIR: &str = "/boot/extlinux";
+/// The removable-media path of the ESP (firmware boots it with no NVRAM entry).
+const EFI_BOOT_DIR: &str = "EFI/BOOT";
+
+/// The newest `vmlinuz-V` in `boot`, and its `initrd.img-V` if there is one.
 pub fn find_kernel(boot: &Path) -> Result<(String, Option<String>)> {
-    let mut versions: Vec<String> = std::fs::read_dir(boot)
+    let names: Vec<String> = std::fs::read_dir(boot)
         .with_context(|| format!("cannot list {}", boot.display()))?
         .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("vmlinuz-"))
-                .map(String::from)
-        })
+        .filter_map(|e| e.file_name().to_str().map(String::from))
         .collect();
-    versions.sort_by_key(|v| version_key(v));
-    let Some(v) = versions.pop() else {
-        bail!(
+    newest_kernel(names.iter().map(String::as_str)).with_context(|| {
+        format!(
             "the image has no kernel ({}/vmlinuz-*); install a kernel package in the golden image",
             boot.display()
-        );
-    };
+        )
+    })
+}
+
+/// Among the file names of a /boot, the newest `vmlinuz-V` and its `initrd.img-V` if there
+/// is one.
+pub fn newest_kernel<'a>(
+    names: impl IntoIterator<Item = &'a str> + Clone,
+) -> Option<(String, Option<String>)> {
+    let v = names
+        .clone()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("vmlinuz-"))
+        .max_by_key(|v| version_key(v))?;
     let initrd = format!("initrd.img-{v}");
-    let initrd = boot.join(&initrd).exists().then_some(initrd);
-    Ok((format!("vmlinuz-{v}"), initrd))
+    let initrd = names.into_iter().any(|n| n == initrd).then_some(initrd);
+    Some((format!("vmlinuz-{v}"), initrd))
 }
 
 /// Compares `6.1.0-10-amd64` after `6.1.0-9-amd64`: numbers as numbers.
@@ -68,7 +100,7 @@ pub fn grub_cfg(
          insmod {}\n\
          search --no-floppy --fs-uuid --set=root {boot_uuid}\n\
          menuentry 'Linux' {{\n\
-         \tlinux {prefix}/{kernel} root=UUID={root_uuid} ro console=ttyS0,115200 console=tty0\n",
+         \tlinux {prefix}/{kernel} root=UUID={root_uuid} ro {CONSOLE_ARGS}\n",
         grub_module(boot_fs)
     );
     if let Some(i) = initrd {
@@ -76,6 +108,51 @@ pub fn grub_cfg(
     }
     s.push_str("}\n");
     s
+}
+
+/// Where the kernel is and how the installed system finds its root.
+struct BootFiles {
+    root_uuid: String,
+    /// The device and file system holding /boot.
+    boot_dev: String,
+    boot_fs: Fs,
+    /// /boot's path on that file system: "" when /boot is a file system of its own.
+    prefix: &'static str,
+    kernel: String,
+    initrd: Option<String>,
+}
+
+impl BootFiles {
+    fn find(target: &Target) -> Result<BootFiles> {
+        let mounted = |at: &str| target.mounted.iter().find(|m| m.mount == at);
+        let root = mounted("/").context("nothing is mounted at / in the target")?;
+        let (boot_dev, boot_fs, prefix) = match mounted("/boot") {
+            Some(b) => (b.device.clone(), b.fs, ""),
+            None => (root.device.clone(), root.fs, "/boot"),
+        };
+        let root_uuid = target
+            .uuids
+            .get(&root.device)
+            .cloned()
+            .with_context(|| format!("{} has no UUID from this install", root.device))?;
+        let (kernel, initrd) = find_kernel(&target.path("/boot"))?;
+        Ok(BootFiles {
+            root_uuid,
+            boot_dev,
+            boot_fs,
+            prefix,
+            kernel,
+            initrd,
+        })
+    }
+
+    fn boot_uuid(&self, target: &Target) -> Result<String> {
+        target
+            .uuids
+            .get(&self.boot_dev)
+            .cloned()
+            .with_context(|| format!("{} has no UUID from this install", self.boot_dev))
+    }
 }
 
 pub fn install(
@@ -86,32 +163,52 @@ pub fn install(
     disk: &str,
     log: &mut Log,
 ) -> Result<()> {
-    match loader {
-        Loader::None => return Ok(()),
-        Loader::Extlinux => {
-            bail!("boot loader extlinux is not supported by this agent yet; use loader = \"grub\"")
-        }
-        Loader::Grub => {}
+    if loader == Loader::None {
+        return Ok(());
     }
-    let mounted = |at: &str| target.mounted.iter().find(|m| m.mount == at);
-    let root = mounted("/").context("nothing is mounted at / in the target")?;
-    let (boot_dev, boot_fs, prefix) = match mounted("/boot") {
-        Some(b) => (b.device.clone(), b.fs, ""),
-        None => (root.device.clone(), root.fs, "/boot"),
-    };
-    let uuid = |dev: &str| {
-        target
-            .uuids
-            .get(dev)
-            .cloned()
-            .with_context(|| format!("{dev} has no UUID from this install"))
-    };
-    let root_uuid = uuid(&root.device)?;
-    let boot_uuid = uuid(&boot_dev)?;
-    let (kernel, initrd) = find_kernel(&target.path("/boot"))?;
-
+    let files = BootFiles::find(target)?;
     let bios = matches!(firmware, Firmware::Bios | Firmware::Both);
     let uefi = matches!(firmware, Firmware::Uefi | Firmware::Both);
+    match loader {
+        Loader::Grub => grub(target, disk_plan, bios, uefi, disk, &files, log),
+        Loader::Extlinux => {
+            if bios {
+                extlinux_bios(target, disk_plan, disk, &files, log)?;
+            }
+            if uefi {
+                extlinux_uefi(target, disk_plan, &files, log)?;
+            }
+            Ok(())
+        }
+        Loader::None => Ok(()),
+    }
+}
+
+/// The mount point (inside the target) of the plan's EFI system partition.
+fn esp_mount(target: &Target, disk_plan: &DiskPlan, loader: &str) -> Result<(String, String)> {
+    target
+        .mounted
+        .iter()
+        .find(|m| {
+            disk_plan
+                .partitions
+                .iter()
+                .any(|p| p.device == m.device && p.kind == PartKind::Efi)
+        })
+        .map(|m| (m.mount.clone(), m.device.clone()))
+        .with_context(|| format!("{loader} for UEFI needs a mounted EFI system partition; add one (type = \"efi\") to the profile"))
+}
+
+fn grub(
+    target: &mut Target,
+    disk_plan: &DiskPlan,
+    bios: bool,
+    uefi: bool,
+    disk: &str,
+    f: &BootFiles,
+    log: &mut Log,
+) -> Result<()> {
+    let boot_uuid = f.boot_uuid(target)?;
     if bios {
         if !disk_plan
             .partitions
@@ -128,17 +225,7 @@ pub fn install(
         .context("grub-install for BIOS (the image needs grub-pc-bin)")?;
     }
     if uefi {
-        let esp = target
-            .mounted
-            .iter()
-            .find(|m| {
-                disk_plan
-                    .partitions
-                    .iter()
-                    .any(|p| p.device == m.device && p.kind == PartKind::Efi)
-            })
-            .map(|m| m.mount.clone())
-            .context("GRUB for UEFI needs a mounted EFI system partition; add one (type = \"efi\") to the profile")?;
+        let (esp, _) = esp_mount(target, disk_plan, "GRUB")?;
         chroot::run(
             target,
             Command::new("grub-install").args([
@@ -153,16 +240,284 @@ pub fn install(
     }
     let cfg = grub_cfg(
         &boot_uuid,
-        boot_fs,
-        prefix,
-        &root_uuid,
+        f.boot_fs,
+        f.prefix,
+        &f.root_uuid,
+        &f.kernel,
+        f.initrd.as_deref(),
+    );
+    write_config(target, "/boot/grub/grub.cfg", &cfg, log)
+}
+
+fn write_config(target: &Target, inside: &str, text: &str, log: &mut Log) -> Result<()> {
+    let path = target.path(inside);
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
+        .with_context(|| format!("cannot create the directory of {}", path.display()))?;
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    log.line(&format!("{inside}:\n{}", text.trim_end()));
+    Ok(())
+}
+
+/// extlinux.conf (BIOS) or syslinux.cfg (UEFI): no menu and no prompt, so the kernel boots
+/// at once, with root by UUID. `kernel` and `initrd` are paths on the file system Syslinux
+/// reads them from.
+pub fn syslinux_cfg(
+    serial: bool,
+    kernel: &str,
+    initrd: Option<&str>,
+    root_uuid: &str,
+    note: &str,
+) -> String {
+    let mut s = String::new();
+    // SERIAL has to come first so that everything after it reaches the serial port too.
+    // Only the BIOS Syslinux drives a UART itself; syslinux.efi writes to the firmware's
+    // console, which firmware such as OVMF already copies to the serial port.
+    if serial {
+        s.push_str("SERIAL 0 115200\n");
+    }
+    s.push_str("# Written by the Ignite install agent.\n");
+    for l in note.lines() {
+        s.push_str(&format!("# {l}\n"));
+    }
+    s.push_str(&format!(
+        "DEFAULT linux\n\
+         PROMPT 0\n\
+         TIMEOUT 0\n\
+         LABEL linux\n\
+         \tLINUX {kernel}\n"
+    ));
+    if let Some(i) = initrd {
+        s.push_str(&format!("\tINITRD {i}\n"));
+    }
+    s.push_str(&format!(
+        "\tAPPEND root=UUID={root_uuid} ro {CONSOLE_ARGS}\n"
+    ));
+    s
+}
+
+fn extlinux_bios(
+    target: &mut Target,
+    disk_plan: &DiskPlan,
+    disk: &str,
+    f: &BootFiles,
+    log: &mut Log,
+) -> Result<()> {
+    // Syslinux 6.04 reads the ext4 our mke2fs makes with Debian's defaults (64bit with
+    // 64-byte group descriptors, metadata_csum, flex_bg, extents): a Debian kernel whose
+    // inode sits in block group 1 of such a /boot boots under SeaBIOS, so /boot needs no
+    // special mke2fs features. xfs is another matter: see below.
+    match f.boot_fs {
+        Fs::Ext4 | Fs::Vfat => {}
+        Fs::Xfs => bail!(
+            "extlinux on BIOS cannot boot from /boot on xfs: xfs keeps its superblock in the partition's first sector, where Syslinux's boot sector has to go (gptmbr.bin then stops with \"Missing OS\"); put /boot on its own ext4 partition or use loader = \"grub\""
+        ),
+        Fs::Swap => bail!("/boot is on swap space; mount an ext4 file system there"),
+    }
+    let part = disk_plan
+        .boot_partition()
+        .context("no partition of the plan holds /boot")?;
+    if !part.legacy_bios_bootable {
+        bail!(
+            "the plan does not mark partition {} (which holds /boot) legacy BIOS bootable, so gptmbr.bin would not find it; the server that rendered the plan predates extlinux support: update it",
+            part.number
+        );
+    }
+    let mbr = std::fs::read(target.path(GPTMBR))
+        .with_context(|| format!("cannot read {GPTMBR} in the image (it needs the packages extlinux and syslinux-common)"))?;
+    if mbr.len() != MBR_CODE {
+        bail!(
+            "{GPTMBR} in the image is {} bytes, not Syslinux's {MBR_CODE}-byte GPT MBR; reinstall syslinux-common in the image",
+            mbr.len()
+        );
+    }
+    let kernel = format!("{}/{}", f.prefix, f.kernel);
+    let initrd = f.initrd.as_ref().map(|i| format!("{}/{i}", f.prefix));
+    let cfg = syslinux_cfg(
+        true,
         &kernel,
         initrd.as_deref(),
+        &f.root_uuid,
+        "Names the kernel installed with the image: after a kernel update, change it here.",
     );
-    let path = target.path("/boot/grub/grub.cfg");
-    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))?;
-    std::fs::write(&path, &cfg).with_context(|| format!("cannot write {}", path.display()))?;
-    log.line(&format!("/boot/grub/grub.cfg:\n{}", cfg.trim_end()));
+    write_config(target, &format!("{EXTLINUX_DIR}/extlinux.conf"), &cfg, log)?;
+    chroot::run(
+        target,
+        Command::new("extlinux").args(["--install", EXTLINUX_DIR]),
+        log,
+    )
+    .context("extlinux --install (the image needs the package extlinux)")?;
+    let dev = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .with_context(|| format!("disk {disk}: cannot open it to write the MBR boot code"))?;
+    dev.write_all_at(&mbr, 0)
+        .and_then(|()| dev.sync_all())
+        .with_context(|| format!("disk {disk}: cannot write the MBR boot code"))?;
+    log.line(&format!(
+        "disk {disk}: Syslinux gptmbr.bin in the MBR; it boots partition {} ({})",
+        part.number, part.device
+    ));
+    Ok(())
+}
+
+/// What syslinux.efi, ldlinux.e64 and syslinux.cfg take on the ESP (about 310 KiB), with
+/// room for FAT's cluster rounding of every file.
+const ESP_LOADER_ROOM: u64 = 1 << 20;
+
+/// For extlinux on UEFI, judged from the image's /boot listing (file name, size) before
+/// anything is written: why the plan's ESP cannot hold the loader and copies of the kernel
+/// and initrd, or `None` when it can (or when the ESP is /boot itself, or the image has no
+/// kernel: the agent reports that one).
+pub fn esp_too_small(disk: &DiskPlan, boot: &[(String, u64)]) -> Option<String> {
+    let esp = disk.partitions.iter().find(|p| p.kind == PartKind::Efi)?;
+    if disk.boot_partition().map(|p| p.number) == Some(esp.number) {
+        return None;
+    }
+    let (kernel, initrd) = newest_kernel(boot.iter().map(|b| b.0.as_str()))?;
+    let size = |n: &str| boot.iter().find(|b| b.0 == n).map_or(0, |b| b.1);
+    let files = size(&kernel) + initrd.as_deref().map_or(0, size);
+    let need = files + ESP_LOADER_ROOM;
+    // FAT's two tables, reserved sectors and root directory take under 1% of a partition
+    // of any size mkfs.vfat makes; 1/64 and 64 KiB leave a margin.
+    let room = esp
+        .size_bytes
+        .saturating_sub(esp.size_bytes / 64 + (64 << 10));
+    if need <= room {
+        return None;
+    }
+    let want_mib = esp_mib_for(need);
+    Some(format!(
+        "extlinux on UEFI boots copies of the kernel and initrd from the EFI system partition (syslinux.efi reads no other partition), but partition {} ({}) cannot hold {kernel}{} ({} with the loader); make the ESP at least size = \"{want_mib}M\" or use loader = \"grub\"",
+        esp.number,
+        ignite_profiles::human(esp.size_bytes),
+        initrd.map(|i| format!(" and {i}")).unwrap_or_default(),
+        ignite_profiles::human(need),
+    ))
+}
+
+/// An ESP size (MiB) whose free space holds `need` bytes.
+fn esp_mib_for(need: u64) -> u64 {
+    (need + need / 64 + (64 << 10)).div_ceil(1 << 20) + 1
+}
+
+/// Bytes free for a non-root user on the file system of `path`.
+fn free_bytes(path: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs fills the struct it is given; `c` is a valid path string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        bail!(
+            "cannot stat the file system of {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn extlinux_uefi(
+    target: &mut Target,
+    disk_plan: &DiskPlan,
+    f: &BootFiles,
+    log: &mut Log,
+) -> Result<()> {
+    let (esp, esp_dev) = esp_mount(target, disk_plan, "extlinux")?;
+    let dir = target.path(&format!("{esp}/{EFI_BOOT_DIR}"));
+    let efi = target.path(SYSLINUX_EFI);
+    let ldlinux = target.path(LDLINUX_E64);
+    for (p, pkg) in [(&efi, "syslinux-efi"), (&ldlinux, "syslinux-common")] {
+        if !p.is_file() {
+            bail!(
+                "{} is not in the image; extlinux for UEFI needs the package {pkg} in the golden image",
+                p.strip_prefix(target.root()).unwrap_or(p).display()
+            );
+        }
+    }
+    // What to copy: the loader always; the kernel and initrd unless /boot is the ESP itself.
+    let mut copies = vec![
+        (efi, "BOOTX64.EFI".to_string()),
+        (ldlinux, "ldlinux.e64".to_string()),
+    ];
+    let on_esp = f.boot_dev == esp_dev;
+    let (kernel, initrd) = if on_esp {
+        (
+            format!("{}/{}", f.prefix, f.kernel),
+            f.initrd.as_ref().map(|i| format!("{}/{i}", f.prefix)),
+        )
+    } else {
+        let boot = target.path("/boot");
+        copies.push((boot.join(&f.kernel), f.kernel.clone()));
+        if let Some(i) = &f.initrd {
+            copies.push((boot.join(i), i.clone()));
+        }
+        (
+            format!("/{EFI_BOOT_DIR}/{}", f.kernel),
+            f.initrd.as_ref().map(|i| format!("/{EFI_BOOT_DIR}/{i}")),
+        )
+    };
+    let mut need = 0u64;
+    for (src, _) in &copies {
+        need += std::fs::metadata(src)
+            .with_context(|| format!("cannot stat {}", src.display()))?
+            .len();
+    }
+    let free = free_bytes(&target.path(&esp))?;
+    // One cluster per file may be lost to rounding; 64 KiB per file covers FAT's largest.
+    let need = need + 64 * 1024 * (copies.len() as u64 + 1);
+    if need > free {
+        bail!(
+            "the EFI system partition ({esp}) has {} free but extlinux for UEFI needs {} on it (syslinux.efi, ldlinux.e64{}): syslinux.efi reads only the partition it was loaded from; make the ESP at least size = \"{}M\" or use loader = \"grub\"",
+            ignite_profiles::human(free),
+            ignite_profiles::human(need),
+            if on_esp { "" } else { ", the kernel and the initrd" },
+            esp_mib_for(need)
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (src, name) in &copies {
+        std::fs::copy(src, dir.join(name)).with_context(|| {
+            format!(
+                "cannot copy {} to {}",
+                src.display(),
+                dir.join(name).display()
+            )
+        })?;
+    }
+    let note = if on_esp {
+        "Names the kernel installed with the image: after a kernel update, change it here."
+            .to_string()
+    } else {
+        // The known trade-off of syslinux.efi: it cannot read /boot, so it boots copies.
+        format!(
+            "syslinux.efi reads only this partition: {}{} here {} copies made from /boot\n\
+             at install time. A kernel update in the installed system does not refresh\n\
+             them: copy the new kernel and initrd here and change the names below.",
+            f.kernel,
+            f.initrd
+                .as_ref()
+                .map(|i| format!(" and {i}"))
+                .unwrap_or_default(),
+            if f.initrd.is_some() { "are" } else { "is" }
+        )
+    };
+    let cfg = syslinux_cfg(false, &kernel, initrd.as_deref(), &f.root_uuid, &note);
+    write_config(
+        target,
+        &format!("{esp}/{EFI_BOOT_DIR}/syslinux.cfg"),
+        &cfg,
+        log,
+    )?;
+    if on_esp {
+        log.line(&format!(
+            "syslinux.efi in {esp}/{EFI_BOOT_DIR}/BOOTX64.EFI boots /boot on the ESP"
+        ));
+    } else {
+        log.line(&format!(
+            "syslinux.efi in {esp}/{EFI_BOOT_DIR}/BOOTX64.EFI; it reads only the ESP, so {}{} copied there: a kernel update in the installed system will not refresh those copies",
+            f.kernel,
+            f.initrd.as_ref().map(|i| format!(" and {i} were")).unwrap_or(" was".into())
+        ));
+    }
     Ok(())
 }
 
@@ -204,5 +559,119 @@ mod tests {
             c.contains("linux /boot/vmlinuz-6 root=UUID=R ro console=ttyS0,115200 console=tty0\n")
         );
         assert!(c.contains("initrd /boot/initrd.img-6\n"));
+    }
+
+    #[test]
+    fn extlinux_conf_for_bios_boots_at_once_on_the_serial_console() {
+        let c = syslinux_cfg(
+            true,
+            "/boot/vmlinuz-6",
+            Some("/boot/initrd.img-6"),
+            "R",
+            "one\ntwo",
+        );
+        assert!(c.starts_with("SERIAL 0 115200\n"), "{c}");
+        assert!(c.contains("\n# one\n# two\n"), "{c}");
+        assert!(
+            c.contains("\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n"),
+            "{c}"
+        );
+        assert!(
+            c.contains("\n\tLINUX /boot/vmlinuz-6\n\tINITRD /boot/initrd.img-6\n"),
+            "{c}"
+        );
+        assert!(
+            c.ends_with("\tAPPEND root=UUID=R ro console=ttyS0,115200 console=tty0\n"),
+            "{c}"
+        );
+        assert!(!c.contains("MENU") && !c.contains("UI "), "{c}");
+    }
+
+    #[test]
+    fn syslinux_cfg_for_uefi_has_no_serial_directive_and_may_lack_an_initrd() {
+        let c = syslinux_cfg(false, "/EFI/BOOT/vmlinuz-6", None, "R", "");
+        assert!(!c.contains("SERIAL"), "{c}");
+        assert!(!c.contains("INITRD"), "{c}");
+        assert!(c.contains("\tLINUX /EFI/BOOT/vmlinuz-6\n"), "{c}");
+        // GRUB and Syslinux give the kernel the same console arguments.
+        let g = grub_cfg("B", Fs::Ext4, "", "R", "vmlinuz-6", None);
+        let args = |s: &str, key: &str| {
+            s.lines()
+                .find(|l| l.trim_start().starts_with(key))
+                .and_then(|l| l.split_once("root=").map(|x| x.1.to_string()))
+                .unwrap()
+        };
+        assert_eq!(args(&c, "APPEND"), args(&g, "linux"));
+    }
+
+    fn plan(esp: &str, esp_mount: &str) -> DiskPlan {
+        let text = format!(
+            "archive = \"debian-12\"\n\
+             [[disk.partitions]]\ntype = \"efi\"\nsize = \"{esp}\"\nmount = \"{esp_mount}\"\n\
+             [[disk.partitions]]\nsize = \"rest\"\nfs = \"ext4\"\nmount = \"/\"\n\
+             [boot]\nloader = \"extlinux\"\nfirmware = \"uefi\"\n"
+        );
+        ignite_profiles::Profile::from_str_named("t.toml", &text)
+            .unwrap()
+            .render(&ignite_profiles::ClientFacts {
+                mac: "52:54:00:00:00:01".into(),
+                disks: vec![ignite_profiles::DiskFact {
+                    path: "/dev/vda".into(),
+                    size: 4 << 30,
+                    serial: None,
+                }],
+                hostname: None,
+            })
+            .unwrap()
+            .disk
+    }
+
+    #[test]
+    fn esp_too_small_for_the_kernel_copies_says_what_size_would_do() {
+        const M: u64 = 1 << 20;
+        let boot = |initrd: u64| {
+            vec![
+                ("config-6.1.0-9-amd64".to_string(), 200_000),
+                ("vmlinuz-6.1.0-9-amd64".to_string(), 9 * M),
+                ("vmlinuz-6.1.0-10-amd64".to_string(), 8 * M),
+                ("initrd.img-6.1.0-10-amd64".to_string(), initrd),
+            ]
+        };
+        // Debian 12's 8 + 35 MiB fit the test lab's 64 MiB ESP.
+        assert_eq!(
+            esp_too_small(&plan("64M", "/boot/efi"), &boot(35 * M)),
+            None
+        );
+        let e = esp_too_small(&plan("64M", "/boot/efi"), &boot(60 * M)).unwrap();
+        assert!(
+            e.contains("partition 1 (64 MiB) cannot hold vmlinuz-6.1.0-10-amd64 and initrd.img-6.1.0-10-amd64 (69 MiB with the loader)"),
+            "{e}"
+        );
+        let want = e
+            .split("size = \"")
+            .nth(1)
+            .and_then(|x| x.split('"').next())
+            .unwrap();
+        assert_eq!(
+            esp_too_small(&plan(want, "/boot/efi"), &boot(60 * M)),
+            None,
+            "{want}"
+        );
+        // /boot on the ESP: nothing is copied; no kernel: the agent says so later.
+        assert_eq!(esp_too_small(&plan("64M", "/boot"), &boot(60 * M)), None);
+        assert_eq!(esp_too_small(&plan("8M", "/boot/efi"), &[]), None);
+    }
+
+    #[test]
+    fn newest_kernel_by_name() {
+        let (k, i) = newest_kernel([
+            "initrd.img-6.1.0-9-amd64",
+            "vmlinuz-6.1.0-9-amd64",
+            "vmlinuz-6.1.0-10-amd64",
+        ])
+        .unwrap();
+        assert_eq!(k, "vmlinuz-6.1.0-10-amd64");
+        assert_eq!(i, None, "the newest kernel has no initrd");
+        assert_eq!(newest_kernel(["System.map-6"]), None);
     }
 }

@@ -4,6 +4,9 @@
 use anyhow::{bail, Context, Result};
 
 const SECTOR: u64 = 512;
+/// Attribute bit 2, legacy BIOS bootable: Syslinux's gptmbr.bin boots the first partition
+/// that has it.
+pub const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
 const ENTRIES: u64 = 128;
 const ENTRY_SIZE: u64 = 128;
 /// Sectors taken by the entry array (128 entries of 128 bytes).
@@ -243,9 +246,6 @@ mod tests {
     fn run_ok(cmd: &mut std::process::Command) -> String {
         String::from_utf8_lossy(&run(cmd).stdout).into_owned()
     }
-
-    /// Attribute bit 2: legacy BIOS bootable (what syslinux's gptmbr.bin looks for).
-    const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
 
     #[test]
     fn crc32_check_value() {

@@ -30,6 +30,29 @@ pub fn device_size(f: &std::fs::File) -> Result<u64> {
     Ok(size)
 }
 
+/// The plan's partitions as table entries, each with a fresh unique GUID.
+pub fn gpt_partitions(plan_disk: &DiskPlan) -> Result<Vec<GptPartition>> {
+    plan_disk
+        .partitions
+        .iter()
+        .map(|p| {
+            Ok(GptPartition {
+                type_guid: gpt::parse_guid(&p.type_guid)
+                    .with_context(|| format!("partition {}", p.number))?,
+                unique_guid: gpt::random_guid()?,
+                first_lba: p.start_sector,
+                last_lba: p.end_sector,
+                attributes: if p.legacy_bios_bootable {
+                    gpt::LEGACY_BIOS_BOOTABLE
+                } else {
+                    0
+                },
+                name: p.name.clone(),
+            })
+        })
+        .collect()
+}
+
 pub fn partition(plan_disk: &DiskPlan, disk: &str, log: &mut Log) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     // O_EXCL on a block device fails while any of it is mounted or in use: never
@@ -50,21 +73,7 @@ pub fn partition(plan_disk: &DiskPlan, disk: &str, log: &mut Log) -> Result<()> 
             plan_disk.size_bytes
         );
     }
-    let parts = plan_disk
-        .partitions
-        .iter()
-        .map(|p| {
-            Ok(GptPartition {
-                type_guid: gpt::parse_guid(&p.type_guid)
-                    .with_context(|| format!("partition {}", p.number))?,
-                unique_guid: gpt::random_guid()?,
-                first_lba: p.start_sector,
-                last_lba: p.end_sector,
-                attributes: 0,
-                name: p.name.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let parts = gpt_partitions(plan_disk)?;
     // The plan's partitions end where a disk of the planned size ends; a larger disk keeps
     // its extra space unpartitioned, with the backup table at its real end.
     let disk_guid = gpt::random_guid()?;
@@ -101,4 +110,82 @@ pub fn partition(plan_disk: &DiskPlan, disk: &str, log: &mut Log) -> Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ignite_e2e::{have, require, run};
+    use ignite_profiles::{ClientFacts, DiskFact, Profile};
+
+    fn plan(boot: &str) -> DiskPlan {
+        let text = format!(
+            r#"archive = "debian-12"
+[[disk.partitions]]
+type = "efi"
+size = "64M"
+[[disk.partitions]]
+size = "256M"
+fs = "ext4"
+mount = "/boot"
+[[disk.partitions]]
+size = "rest"
+fs = "ext4"
+mount = "/"
+[boot]
+{boot}
+"#
+        );
+        let p = Profile::from_str_named("t.toml", &text).unwrap();
+        p.render(&ClientFacts {
+            mac: "52:54:00:00:00:01".into(),
+            disks: vec![DiskFact {
+                path: "/dev/vda".into(),
+                size: 1 << 30,
+                serial: None,
+            }],
+            hostname: None,
+        })
+        .unwrap()
+        .disk
+    }
+
+    /// extlinux on BIOS: exactly the partition holding /boot carries "legacy BIOS bootable"
+    /// in the table we write, as sfdisk (an independent reader) sees it; GRUB's plans set it
+    /// nowhere.
+    #[test]
+    fn extlinux_bios_marks_the_boot_partition_legacy_bios_bootable() {
+        if !require(have("sfdisk"), "`sfdisk` (apt package fdisk)") {
+            return;
+        }
+        let attrs = |boot: &str| {
+            let disk = plan(boot);
+            let dir = tempfile::tempdir().unwrap();
+            let img = dir.path().join("disk.img");
+            let f = std::fs::File::create(&img).unwrap();
+            f.set_len(disk.size_bytes).unwrap();
+            let parts = gpt_partitions(&disk).unwrap();
+            gpt::write(&f, &gpt::build(disk.size_bytes, [7; 16], &parts).unwrap()).unwrap();
+            let out = run(std::process::Command::new("sfdisk").arg("--json").arg(&img));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["partitiontable"]["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["attrs"].as_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            attrs("loader = \"extlinux\"\nfirmware = \"both\""),
+            ["", "LegacyBIOSBootable", ""]
+        );
+        assert_eq!(
+            attrs("loader = \"extlinux\"\nfirmware = \"uefi\""),
+            ["", "", ""]
+        );
+        assert_eq!(
+            attrs("loader = \"grub\"\nfirmware = \"uefi\""),
+            ["", "", ""]
+        );
+    }
 }

@@ -26,9 +26,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ignite_archive::{chunk_stream, ChunkId, SnapshotKind, Store};
+use ignite_archive::{chunk_stream, ChunkId, EntryKind, SnapshotKind, Store};
 use ignite_netboot::MacAddr;
-use ignite_profiles::{ClientFacts, LoadError, Profile, Step};
+use ignite_profiles::{ClientFacts, Firmware, LoadError, Loader, Profile, Step};
 use serde::de::DeserializeOwned;
 
 use super::chunk_cache::{ChunkCache, StoredChunk};
@@ -219,6 +219,42 @@ impl InstallApi {
                 StatusCode::CONFLICT,
                 format!("profile {name}: archive {spec} is a block image, not a file tree; point the profile at a tree snapshot"),
             ));
+        }
+        let extlinux_uefi = plan.steps.iter().any(|s| {
+            matches!(
+                s,
+                Step::BootLoader {
+                    loader: Loader::Extlinux,
+                    firmware: Firmware::Uefi | Firmware::Both,
+                    ..
+                }
+            )
+        });
+        if extlinux_uefi {
+            // The kernel's size is known only from the archive: refuse a too small ESP
+            // now rather than after the disk is partitioned and the image extracted.
+            let entries = store.load_tree(&m).map_err(|e| {
+                ApiError(
+                    StatusCode::CONFLICT,
+                    format!("profile {name}: archive {spec}: {e}"),
+                )
+            })?;
+            let boot: Vec<(String, u64)> = entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EntryKind::File { size, .. } => e
+                        .path
+                        .strip_prefix(b"boot/".as_slice())
+                        .filter(|n| !n.contains(&b'/'))
+                        .map(|n| (String::from_utf8_lossy(n).into_owned(), *size)),
+                    _ => None,
+                })
+                .collect();
+            if let Some(why) = crate::agent::bootloader::esp_too_small(&plan.disk, &boot) {
+                return Err(unprocessable(format!(
+                    "profile {name} with archive {spec}: {why}"
+                )));
+            }
         }
         plan.archive.id = Some(m.id.clone());
         for s in &mut plan.steps {

@@ -65,6 +65,58 @@ firmware = "both"
     )
 }
 
+/// The lab profile booted by Syslinux instead of GRUB: extlinux on BIOS, syslinux.efi on
+/// UEFI. Its own ext4 /boot (no bios_boot partition: gptmbr.bin boots the partition marked
+/// legacy BIOS bootable) exercises the path where /boot is not inside root.
+pub fn extlinux_profile() -> String {
+    r#"extends = "lab"
+description = "e2e: the lab profile with Syslinux (extlinux on BIOS, syslinux.efi on UEFI)"
+
+[[disk.partitions]]
+type = "efi"
+size = "64M"
+
+[[disk.partitions]]
+size = "256M"
+fs = "ext4"
+mount = "/boot"
+
+[[disk.partitions]]
+size = "2G"
+fs = "ext4"
+mount = "/"
+
+[[disk.partitions]]
+size = "rest"
+fs = "xfs"
+mount = "/var"
+
+[boot]
+loader = "extlinux"
+"#
+    .to_string()
+}
+
+/// `text` without terminal control sequences (OVMF's console positions the cursor before
+/// every character a UEFI program prints).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Output of a fixture script (its printed paths), built once and cached.
 pub fn fixture(name: &str) -> Vec<PathBuf> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
