@@ -1,30 +1,22 @@
-//! The `BootLoader` step: GRUB or Syslinux (extlinux), each installed from the image's own
-//! programs and files, with a configuration we write ourselves (root by UUID, serial
-//! console, no menu) so the result does not depend on grub-mkconfig, os-prober or
-//! extlinux-update.
-//!
-//! - GRUB: the image's grub-install puts the BIOS core image in the bios_boot partition
-//!   and the UEFI loader on the removable-media path of the ESP.
-//! - extlinux on BIOS: the image's `extlinux --install` writes Syslinux's boot sector and
-//!   ldlinux.sys into the file system holding /boot, Syslinux's gptmbr.bin goes into the
-//!   MBR's boot code, and the plan marks that partition legacy BIOS bootable (see
-//!   `agent::partition`), which is how gptmbr.bin finds it.
-//! - extlinux on UEFI: syslinux.efi on the removable-media path of the ESP. It reads only
-//!   the partition it was loaded from, so the kernel and initrd are copied there.
+//! Syslinux. On BIOS the image's `extlinux --install` writes Syslinux's boot sector and
+//! ldlinux.sys into the file system holding /boot, Syslinux's gptmbr.bin goes into the MBR's
+//! boot code, and the plan marks that partition legacy BIOS bootable (see
+//! `agent::partition`), which is how gptmbr.bin finds it. On UEFI syslinux.efi goes on the
+//! removable-media path of the ESP; it reads only the partition it was loaded from, so the
+//! kernel and initrd are copied there.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use ignite_profiles::{DiskPlan, Firmware, Fs, Loader, PartKind};
+use ignite_profiles::{DiskPlan, Fs, PartKind};
 
-use super::chroot;
-use super::log::Log;
-use super::mount::Target;
+use super::{esp_mount, newest_kernel, write_config, BootFiles, CONSOLE_ARGS};
+use crate::agent::chroot;
+use crate::agent::log::Log;
+use crate::agent::mount::Target;
 
-/// What the installed kernel is told about its consoles, whichever loader starts it.
-const CONSOLE_ARGS: &str = "console=ttyS0,115200 console=tty0";
 /// In the image (package syslinux-common).
 const GPTMBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
 /// In the image (packages syslinux-efi and syslinux-common).
@@ -37,226 +29,6 @@ const MBR_CODE: usize = 440;
 const EXTLINUX_DIR: &str = "/boot/extlinux";
 /// The removable-media path of the ESP (firmware boots it with no NVRAM entry).
 const EFI_BOOT_DIR: &str = "EFI/BOOT";
-
-/// The newest `vmlinuz-V` in `boot`, and its `initrd.img-V` if there is one.
-pub fn find_kernel(boot: &Path) -> Result<(String, Option<String>)> {
-    let names: Vec<String> = std::fs::read_dir(boot)
-        .with_context(|| format!("cannot list {}", boot.display()))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(String::from))
-        .collect();
-    newest_kernel(names.iter().map(String::as_str)).with_context(|| {
-        format!(
-            "the image has no kernel ({}/vmlinuz-*); install a kernel package in the golden image",
-            boot.display()
-        )
-    })
-}
-
-/// Among the file names of a /boot, the newest `vmlinuz-V` and its `initrd.img-V` if there
-/// is one.
-pub fn newest_kernel<'a>(
-    names: impl IntoIterator<Item = &'a str> + Clone,
-) -> Option<(String, Option<String>)> {
-    let v = names
-        .clone()
-        .into_iter()
-        .filter_map(|n| n.strip_prefix("vmlinuz-"))
-        .max_by_key(|v| version_key(v))?;
-    let initrd = format!("initrd.img-{v}");
-    let initrd = names.into_iter().any(|n| n == initrd).then_some(initrd);
-    Some((format!("vmlinuz-{v}"), initrd))
-}
-
-/// Compares `6.1.0-10-amd64` after `6.1.0-9-amd64`: numbers as numbers.
-fn version_key(v: &str) -> Vec<(u64, String)> {
-    v.split(|c: char| !c.is_ascii_alphanumeric())
-        .map(|p| (p.parse().unwrap_or(0), p.to_string()))
-        .collect()
-}
-
-fn grub_module(fs: Fs) -> &'static str {
-    match fs {
-        Fs::Xfs => "xfs",
-        Fs::Vfat => "fat",
-        _ => "ext2",
-    }
-}
-
-/// grub.cfg: boots the kernel straight away (no menu timeout) with root by UUID.
-pub fn grub_cfg(
-    boot_uuid: &str,
-    boot_fs: Fs,
-    prefix: &str,
-    root_uuid: &str,
-    kernel: &str,
-    initrd: Option<&str>,
-) -> String {
-    let mut s = format!(
-        "# Written by the Ignite install agent.\n\
-         set timeout=0\n\
-         set default=0\n\
-         insmod part_gpt\n\
-         insmod {}\n\
-         search --no-floppy --fs-uuid --set=root {boot_uuid}\n\
-         menuentry 'Linux' {{\n\
-         \tlinux {prefix}/{kernel} root=UUID={root_uuid} ro {CONSOLE_ARGS}\n",
-        grub_module(boot_fs)
-    );
-    if let Some(i) = initrd {
-        s.push_str(&format!("\tinitrd {prefix}/{i}\n"));
-    }
-    s.push_str("}\n");
-    s
-}
-
-/// Where the kernel is and how the installed system finds its root.
-struct BootFiles {
-    root_uuid: String,
-    /// The device and file system holding /boot.
-    boot_dev: String,
-    boot_fs: Fs,
-    /// /boot's path on that file system: "" when /boot is a file system of its own.
-    prefix: &'static str,
-    kernel: String,
-    initrd: Option<String>,
-}
-
-impl BootFiles {
-    fn find(target: &Target) -> Result<BootFiles> {
-        let mounted = |at: &str| target.mounted.iter().find(|m| m.mount == at);
-        let root = mounted("/").context("nothing is mounted at / in the target")?;
-        let (boot_dev, boot_fs, prefix) = match mounted("/boot") {
-            Some(b) => (b.device.clone(), b.fs, ""),
-            None => (root.device.clone(), root.fs, "/boot"),
-        };
-        let root_uuid = target
-            .uuids
-            .get(&root.device)
-            .cloned()
-            .with_context(|| format!("{} has no UUID from this install", root.device))?;
-        let (kernel, initrd) = find_kernel(&target.path("/boot"))?;
-        Ok(BootFiles {
-            root_uuid,
-            boot_dev,
-            boot_fs,
-            prefix,
-            kernel,
-            initrd,
-        })
-    }
-
-    fn boot_uuid(&self, target: &Target) -> Result<String> {
-        target
-            .uuids
-            .get(&self.boot_dev)
-            .cloned()
-            .with_context(|| format!("{} has no UUID from this install", self.boot_dev))
-    }
-}
-
-pub fn install(
-    target: &mut Target,
-    disk_plan: &DiskPlan,
-    loader: Loader,
-    firmware: Firmware,
-    disk: &str,
-    log: &mut Log,
-) -> Result<()> {
-    if loader == Loader::None {
-        return Ok(());
-    }
-    let files = BootFiles::find(target)?;
-    let bios = matches!(firmware, Firmware::Bios | Firmware::Both);
-    let uefi = matches!(firmware, Firmware::Uefi | Firmware::Both);
-    match loader {
-        Loader::Grub => grub(target, disk_plan, bios, uefi, disk, &files, log),
-        Loader::Extlinux => {
-            if bios {
-                extlinux_bios(target, disk_plan, disk, &files, log)?;
-            }
-            if uefi {
-                extlinux_uefi(target, disk_plan, &files, log)?;
-            }
-            Ok(())
-        }
-        Loader::None => Ok(()),
-    }
-}
-
-/// The mount point (inside the target) of the plan's EFI system partition.
-fn esp_mount(target: &Target, disk_plan: &DiskPlan, loader: &str) -> Result<(String, String)> {
-    target
-        .mounted
-        .iter()
-        .find(|m| {
-            disk_plan
-                .partitions
-                .iter()
-                .any(|p| p.device == m.device && p.kind == PartKind::Efi)
-        })
-        .map(|m| (m.mount.clone(), m.device.clone()))
-        .with_context(|| format!("{loader} for UEFI needs a mounted EFI system partition; add one (type = \"efi\") to the profile"))
-}
-
-fn grub(
-    target: &mut Target,
-    disk_plan: &DiskPlan,
-    bios: bool,
-    uefi: bool,
-    disk: &str,
-    f: &BootFiles,
-    log: &mut Log,
-) -> Result<()> {
-    let boot_uuid = f.boot_uuid(target)?;
-    if bios {
-        if !disk_plan
-            .partitions
-            .iter()
-            .any(|p| p.kind == PartKind::BiosBoot)
-        {
-            bail!("GRUB for BIOS on GPT needs a bios_boot partition; add one (size = \"1M\") to the profile");
-        }
-        chroot::run(
-            target,
-            Command::new("grub-install").args(["--target=i386-pc", disk]),
-            log,
-        )
-        .context("grub-install for BIOS (the image needs grub-pc-bin)")?;
-    }
-    if uefi {
-        let (esp, _) = esp_mount(target, disk_plan, "GRUB")?;
-        chroot::run(
-            target,
-            Command::new("grub-install").args([
-                "--target=x86_64-efi",
-                "--removable",
-                "--no-nvram",
-                &format!("--efi-directory={esp}"),
-            ]),
-            log,
-        )
-        .context("grub-install for UEFI (the image needs grub-efi-amd64-bin)")?;
-    }
-    let cfg = grub_cfg(
-        &boot_uuid,
-        f.boot_fs,
-        f.prefix,
-        &f.root_uuid,
-        &f.kernel,
-        f.initrd.as_deref(),
-    );
-    write_config(target, "/boot/grub/grub.cfg", &cfg, log)
-}
-
-fn write_config(target: &Target, inside: &str, text: &str, log: &mut Log) -> Result<()> {
-    let path = target.path(inside);
-    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
-        .with_context(|| format!("cannot create the directory of {}", path.display()))?;
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    log.line(&format!("{inside}:\n{}", text.trim_end()));
-    Ok(())
-}
 
 /// extlinux.conf (BIOS) or syslinux.cfg (UEFI): no menu and no prompt, so the kernel boots
 /// at once, with root by UUID. `kernel` and `initrd` are paths on the file system Syslinux
@@ -295,7 +67,7 @@ pub fn syslinux_cfg(
     s
 }
 
-fn extlinux_bios(
+pub(super) fn install_bios(
     target: &mut Target,
     disk_plan: &DiskPlan,
     disk: &str,
@@ -415,7 +187,7 @@ fn free_bytes(path: &Path) -> Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-fn extlinux_uefi(
+pub(super) fn install_uefi(
     target: &mut Target,
     disk_plan: &DiskPlan,
     f: &BootFiles,
@@ -524,42 +296,7 @@ fn extlinux_uefi(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn newest_kernel_with_its_initrd() {
-        let d = tempfile::tempdir().unwrap();
-        for f in [
-            "vmlinuz-6.1.0-9-amd64",
-            "vmlinuz-6.1.0-10-amd64",
-            "initrd.img-6.1.0-10-amd64",
-            "config-6.1.0-10-amd64",
-        ] {
-            std::fs::write(d.path().join(f), "").unwrap();
-        }
-        let (k, i) = find_kernel(d.path()).unwrap();
-        assert_eq!(k, "vmlinuz-6.1.0-10-amd64");
-        assert_eq!(i.as_deref(), Some("initrd.img-6.1.0-10-amd64"));
-        let empty = tempfile::tempdir().unwrap();
-        assert!(format!("{:#}", find_kernel(empty.path()).unwrap_err()).contains("no kernel"));
-    }
-
-    #[test]
-    fn grub_cfg_boots_by_uuid_without_timeout() {
-        let c = grub_cfg(
-            "B",
-            Fs::Ext4,
-            "/boot",
-            "R",
-            "vmlinuz-6",
-            Some("initrd.img-6"),
-        );
-        assert!(c.contains("set timeout=0\n"));
-        assert!(c.contains("search --no-floppy --fs-uuid --set=root B\n"));
-        assert!(
-            c.contains("linux /boot/vmlinuz-6 root=UUID=R ro console=ttyS0,115200 console=tty0\n")
-        );
-        assert!(c.contains("initrd /boot/initrd.img-6\n"));
-    }
+    use crate::agent::bootloader::grub::grub_cfg;
 
     #[test]
     fn extlinux_conf_for_bios_boots_at_once_on_the_serial_console() {
@@ -660,18 +397,5 @@ mod tests {
         // /boot on the ESP: nothing is copied; no kernel: the agent says so later.
         assert_eq!(esp_too_small(&plan("64M", "/boot"), &boot(60 * M)), None);
         assert_eq!(esp_too_small(&plan("8M", "/boot/efi"), &[]), None);
-    }
-
-    #[test]
-    fn newest_kernel_by_name() {
-        let (k, i) = newest_kernel([
-            "initrd.img-6.1.0-9-amd64",
-            "vmlinuz-6.1.0-9-amd64",
-            "vmlinuz-6.1.0-10-amd64",
-        ])
-        .unwrap();
-        assert_eq!(k, "vmlinuz-6.1.0-10-amd64");
-        assert_eq!(i, None, "the newest kernel has no initrd");
-        assert_eq!(newest_kernel(["System.map-6"]), None);
     }
 }
