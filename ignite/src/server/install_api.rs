@@ -341,12 +341,13 @@ impl InstallApi {
                 ),
             ));
         }
+        let store = self.store()?;
         let mut out = Vec::new();
         for cid in ids {
             if let Some(d) = self.chunk_delay {
                 tokio::time::sleep(d).await;
             }
-            let store = self.store()?;
+            let store = store.clone();
             let c = self
                 .cache
                 .get(cid, move || {
