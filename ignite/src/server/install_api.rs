@@ -220,42 +220,7 @@ impl InstallApi {
                 format!("profile {name}: archive {spec} is a block image, not a file tree; point the profile at a tree snapshot"),
             ));
         }
-        let extlinux_uefi = plan.steps.iter().any(|s| {
-            matches!(
-                s,
-                Step::BootLoader {
-                    loader: Loader::Extlinux,
-                    firmware: Firmware::Uefi | Firmware::Both,
-                    ..
-                }
-            )
-        });
-        if extlinux_uefi {
-            // The kernel's size is known only from the archive: refuse a too small ESP
-            // now rather than after the disk is partitioned and the image extracted.
-            let entries = store.load_tree(&m).map_err(|e| {
-                ApiError(
-                    StatusCode::CONFLICT,
-                    format!("profile {name}: archive {spec}: {e}"),
-                )
-            })?;
-            let boot: Vec<(String, u64)> = entries
-                .iter()
-                .filter_map(|e| match &e.kind {
-                    EntryKind::File { size, .. } => e
-                        .path
-                        .strip_prefix(b"boot/".as_slice())
-                        .filter(|n| !n.contains(&b'/'))
-                        .map(|n| (String::from_utf8_lossy(n).into_owned(), *size)),
-                    _ => None,
-                })
-                .collect();
-            if let Some(why) = crate::agent::bootloader::esp_too_small(&plan.disk, &boot) {
-                return Err(unprocessable(format!(
-                    "profile {name} with archive {spec}: {why}"
-                )));
-            }
-        }
+        check_esp_room(&store, &m, &plan, name, &spec)?;
         plan.archive.id = Some(m.id.clone());
         for s in &mut plan.steps {
             if let Step::Extract { archive } = s {
@@ -426,6 +391,54 @@ impl InstallApi {
             .route("/api/install/{mac}/chunks", post(chunks_handler))
             .route("/api/stats", get(stats_handler))
             .with_state(self)
+    }
+}
+
+/// For extlinux on UEFI, which boots copies of the kernel and initrd from the ESP: why the
+/// plan's ESP cannot hold them, judged from the archive's /boot before the disk is touched.
+fn check_esp_room(
+    store: &Store,
+    m: &ignite_archive::Manifest,
+    plan: &ignite_profiles::InstallPlan,
+    name: &str,
+    spec: &str,
+) -> ApiResult<()> {
+    let extlinux_uefi = plan.steps.iter().any(|s| {
+        matches!(
+            s,
+            Step::BootLoader {
+                loader: Loader::Extlinux,
+                firmware: Firmware::Uefi | Firmware::Both,
+                ..
+            }
+        )
+    });
+    if !extlinux_uefi {
+        return Ok(());
+    }
+    let entries = store.load_tree(m).map_err(|e| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("profile {name}: archive {spec}: {e}"),
+        )
+    })?;
+    let boot: Vec<(String, u64)> = entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::File { size, .. } => e
+                .path
+                .strip_prefix(b"boot/".as_slice())
+                .filter(|n| !n.contains(&b'/'))
+                .map(|n| (String::from_utf8_lossy(n).into_owned(), *size)),
+            _ => None,
+        })
+        .collect();
+    match crate::agent::bootloader::esp_too_small(&plan.disk, &boot) {
+        Some(why) => Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("profile {name} with archive {spec}: {why}"),
+        )),
+        None => Ok(()),
     }
 }
 
