@@ -83,26 +83,21 @@ pub fn check_tree(entries: &[Entry]) -> Result<()> {
 }
 
 /// Where chunk contents come from: the local store, or a remote server's install API.
-/// Implementations return the chunk's bytes checked against its id.
+/// Implementations return the chunks asked for, in that order, each checked against its
+/// id. Export asks in batches: a root file system is mostly small files, and a remote
+/// request per chunk costs more than the chunk.
 pub trait ChunkSource: Sync {
-    fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>>;
-
-    /// Several chunks, in the order asked. A remote source answers them with one request:
-    /// a root file system is mostly small files, and a request per chunk costs more than the
-    /// chunk.
-    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>> {
-        ids.iter().map(|id| self.chunk(id)).collect()
-    }
+    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>>;
 }
 
 /// File contents are written in batches of consecutive extents, at most this much data...
-pub const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_BYTES: u64 = 4 << 20;
 /// ...and at most this many chunks.
 pub const BATCH_CHUNKS: usize = 256;
 
 impl ChunkSource for Store {
-    fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        self.read_chunk(id)
+    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>> {
+        ids.iter().map(|id| self.read_chunk(id)).collect()
     }
 }
 

@@ -149,10 +149,6 @@ impl HttpInstallServer {
 struct RemoteChunks<'a>(&'a HttpInstallServer);
 
 impl ChunkSource for RemoteChunks<'_> {
-    fn chunk(&self, id: &ChunkId) -> ignite_archive::Result<Vec<u8>> {
-        Ok(self.chunks(std::slice::from_ref(id))?.remove(0))
-    }
-
     fn chunks(&self, ids: &[ChunkId]) -> ignite_archive::Result<Vec<Vec<u8>>> {
         self.0
             .fetch_chunks(ids)

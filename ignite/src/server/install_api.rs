@@ -36,8 +36,10 @@ use crate::install::Phase;
 use crate::installs::{Install, Status};
 use crate::state::{Action, State};
 
-/// Most chunks one request may ask for (the agent asks for at most `BATCH_CHUNKS`).
+/// Most chunks one request may ask for.
 pub const MAX_BATCH: usize = 1024;
+// The agent's export asks for at most this many at once.
+const _: () = assert!(ignite_archive::export_dir::BATCH_CHUNKS <= MAX_BATCH);
 
 /// A refusal: status and a one-line message.
 pub struct ApiError(StatusCode, String);
