@@ -11,8 +11,8 @@ use anyhow::{anyhow, Context, Result};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use crate::install::Phase;
 use crate::state::{Action, State};
+use ignite_recovery::Phase;
 
 pub const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS installs (
@@ -125,9 +125,7 @@ pub fn now_ms() -> i64 {
 
 /// 128 random bits as 32 hex digits.
 fn new_token() -> Result<String> {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| anyhow!("cannot read random bytes for a token: {e}"))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    ignite_recovery::random::hex(16)
 }
 
 /// The phase's name, as the timeline and `client list` show it.

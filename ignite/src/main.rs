@@ -4,7 +4,7 @@ mod agent;
 mod cli;
 mod guests;
 mod initramfs;
-mod install;
+
 mod installs;
 mod server;
 mod state;

@@ -127,7 +127,7 @@ pub fn lease(iface: &str, mac: &[u8; 6], timeout: Duration) -> Result<Lease> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut xid = [0u8; 4];
-        super::random::fill(&mut xid)?;
+        ignite_recovery::random::fill(&mut xid)?;
         let xid = u32::from_ne_bytes(xid);
         let Some(offer) = exchange(
             &sock,

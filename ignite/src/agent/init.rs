@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ignite_profiles::ClientFacts;
 
-use super::mount::mount;
-use super::{dhcp, facts, modules, netif};
-use crate::install::{InstallServer, Phase};
+use ignite_recovery::steps::mount::mount;
+use ignite_recovery::{facts, runner, source, Phase, Source};
+
+use super::{dhcp, modules, netif};
 
 /// Printed on the console when the self-check passes.
 pub const SELFCHECK_OK: &str = "IGNITE-AGENT-SELFCHECK-OK";
@@ -165,13 +166,11 @@ fn selfcheck() -> Result<()> {
 }
 
 /// The network install server for these boot arguments.
-fn connect(args: &BootArgs) -> Result<Box<dyn InstallServer>> {
+fn connect(args: &BootArgs) -> Result<Box<dyn Source>> {
     let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
         bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
     };
-    Ok(Box::new(super::remote::HttpInstallServer::new(
-        server, mac, token,
-    )))
+    Ok(Box::new(source::Http::new(server, mac, token)))
 }
 
 /// Brings `nic` (and lo) up and configures it by DHCP.
@@ -199,7 +198,7 @@ pub fn install(args: &BootArgs) -> Result<()> {
     let lease = bring_up(&nic, Duration::from_secs(60))?;
     let mut server = connect(args)?;
     if let Some(url) = &args.baseline_tar {
-        server = Box::new(super::baseline::CurlTar {
+        server = Box::new(source::CurlTar {
             server,
             url: url.clone(),
         });
@@ -212,7 +211,7 @@ pub fn install(args: &BootArgs) -> Result<()> {
         disks,
         hostname: None,
     };
-    super::install(server.as_ref(), &facts, Path::new("/run/ignite/target"))
+    runner::install(server.as_ref(), &facts, Path::new("/run/ignite/target"))
 }
 
 fn finish(after: After) -> ! {

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::sh;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use ignite_recovery::process::output as sh;
 
 #[derive(Args)]
 pub struct BenchArgs {

@@ -6,9 +6,9 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use ignite_netboot::MacAddr;
 
-use crate::install::Phase;
 use crate::installs::{phase_name, Install, Status};
 use crate::state::{Action, Client, State, StepRecord};
+use ignite_recovery::Phase;
 
 #[derive(Args)]
 pub struct ClientArgs {

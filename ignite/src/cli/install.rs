@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use ignite_profiles::{ClientFacts, DiskFact, Profile};
 
-use crate::agent::{self, facts, local::LocalServer, partition::device_size};
+use ignite_recovery::steps::partition::device_size;
+use ignite_recovery::{facts, runner, source};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -51,6 +52,6 @@ pub fn run(a: Args) -> Result<()> {
         }],
         hostname: a.hostname,
     };
-    let server = LocalServer::new(profile, a.store);
-    agent::install(&server, &facts, &a.root)
+    let source = source::Store::new(profile, a.store);
+    runner::install(&source, &facts, &a.root)
 }

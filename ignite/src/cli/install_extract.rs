@@ -9,8 +9,8 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 use ignite_profiles::{ClientFacts, DiskFact};
 
-use crate::agent::remote::HttpInstallServer;
-use crate::install::{InstallServer, Phase};
+use ignite_recovery::source::Http;
+use ignite_recovery::{Phase, Source};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -39,7 +39,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut server = HttpInstallServer::new(&a.server, &a.mac, &a.token);
+    let mut server = Http::new(&a.server, &a.mac, &a.token);
     server.give_up_after = Duration::from_secs(a.give_up_after);
     server.fetchers = a.fetchers;
     let facts = ClientFacts {

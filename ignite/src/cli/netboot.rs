@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::sh;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ignite_netboot::leases::LeaseStore;
+use ignite_recovery::process::output as sh;
 
 use crate::initramfs::marker_initramfs;
 use crate::state::db_path;

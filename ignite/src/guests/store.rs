@@ -53,11 +53,8 @@ pub fn now() -> i64 {
 
 /// A locally administered MAC in QEMU's customary 52:54:00 range, random in its last three bytes.
 fn random_mac() -> Result<String> {
-    use std::io::Read;
     let mut b = [0u8; 3];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .context("cannot read /dev/urandom to generate a MAC")?;
+    ignite_recovery::random::fill(&mut b).context("cannot generate a MAC")?;
     Ok(format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]))
 }
 

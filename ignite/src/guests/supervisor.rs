@@ -65,7 +65,8 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
     }
     let (engine, kvm, why) = choose_engine(rec.def.engine);
     if engine == Engine::Qemu
-        && crate::cli::sh(Command::new("qemu-system-x86_64").arg("--version")).is_err()
+        && ignite_recovery::process::output(Command::new("qemu-system-x86_64").arg("--version"))
+            .is_err()
     {
         bail!("guest {name}: qemu-system-x86_64 is not installed; apt-get install qemu-system-x86 (or use --engine bundled)");
     }

@@ -32,9 +32,9 @@ use ignite_profiles::{ClientFacts, Firmware, LoadError, Loader, Profile, Step};
 use serde::de::DeserializeOwned;
 
 use super::chunk_cache::{ChunkCache, StoredChunk};
-use crate::install::Phase;
 use crate::installs::{Install, Status};
 use crate::state::{Action, State};
+use ignite_recovery::Phase;
 
 /// Most chunks one request may ask for.
 pub const MAX_BATCH: usize = 1024;
@@ -435,7 +435,7 @@ fn check_esp_room(
             _ => None,
         })
         .collect();
-    match crate::agent::bootloader::esp_too_small(&plan.disk, &boot) {
+    match ignite_recovery::steps::bootloader::esp_too_small(&plan.disk, &boot) {
         Some(why) => Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("profile {name} with archive {spec}: {why}"),

@@ -41,7 +41,7 @@ pub enum Phase {
 
 /// The agent's side of the install API. The network implementation talks HTTP to
 /// `ignite server`; a local one installs from a store on the same machine.
-pub trait InstallServer {
+pub trait Source {
     /// The profile rendered for this client, given what the agent found on it.
     fn plan(&self, facts: &ClientFacts) -> Result<InstallPlan>;
     fn report(&self, phase: &Phase) -> Result<()>;

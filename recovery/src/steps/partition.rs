@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use ignite_profiles::DiskPlan;
 
 use super::gpt::{self, GptPartition};
-use super::log::Log;
+use crate::log::Log;
 
 const BLKRRPART: libc::c_ulong = 0x125f;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ignite_profiles::{Interface, NetFormat};
 
-use super::log::Log;
+use crate::log::Log;
 
 /// The name ifupdown knows the boot NIC by; a systemd .link file gives it that name by MAC.
 const BOOT_NAME: &str = "boot0";

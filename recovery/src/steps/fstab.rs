@@ -4,8 +4,8 @@
 use anyhow::{Context, Result};
 use ignite_profiles::{DiskPlan, Fs};
 
-use super::log::Log;
 use super::mount::{fs_type, Target};
+use crate::log::Log;
 
 fn uuid_of<'t>(target: &'t Target, device: &str) -> Result<&'t str> {
     target

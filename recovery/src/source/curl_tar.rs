@@ -10,14 +10,14 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
 
-use crate::install::{InstallServer, Phase};
+use crate::protocol::{Phase, Source};
 
 pub struct CurlTar {
-    pub server: Box<dyn InstallServer>,
+    pub server: Box<dyn Source>,
     pub url: String,
 }
 
-impl InstallServer for CurlTar {
+impl Source for CurlTar {
     fn plan(&self, facts: &ClientFacts) -> Result<InstallPlan> {
         self.server.plan(facts)
     }

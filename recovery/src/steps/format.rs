@@ -6,8 +6,8 @@ use std::process::Command;
 use anyhow::Result;
 use ignite_profiles::Fs;
 
-use super::log::Log;
-use super::random;
+use crate::log::Log;
+use crate::random;
 
 /// The tool that makes each file system, and the Debian package it comes from.
 pub fn tool(fs: Fs) -> (&'static str, &'static str) {

@@ -8,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use ignite_profiles::User;
 
 use super::chroot;
-use super::log::Log;
 use super::mount::Target;
-use super::random;
+use crate::log::Log;
+use crate::random;
 
 fn write(path: &Path, text: &str) -> Result<()> {
     if let Some(d) = path.parent() {

@@ -7,9 +7,9 @@ use anyhow::{bail, Context, Result};
 use ignite_profiles::{DiskPlan, Fs, PartKind};
 
 use super::{esp_mount, write_config, BootFiles, CONSOLE_ARGS};
-use crate::agent::chroot;
-use crate::agent::log::Log;
-use crate::agent::mount::Target;
+use crate::log::Log;
+use crate::steps::chroot;
+use crate::steps::mount::Target;
 
 fn grub_module(fs: Fs) -> &'static str {
     match fs {

@@ -1,4 +1,4 @@
-//! An [`InstallServer`] on this machine: the profile from a file, the archive from a local
+//! An [`Source`] on this machine: the profile from a file, the archive from a local
 //! store. `ignite install` uses it to install onto a local disk or a guest's disk image
 //! file, running exactly the steps the network agent runs.
 //!
@@ -13,22 +13,22 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ignite_archive::Store;
+
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan, Profile, Step};
 
-use crate::cli::sh;
-use crate::install::{InstallServer, Phase};
+use crate::process::output as sh;
+use crate::protocol::{Phase, Source};
 
-pub struct LocalServer {
+pub struct Store {
     pub profile: Profile,
     pub store: PathBuf,
     /// Loop devices attached for an image file's partitions, detached on drop.
     loops: Mutex<Vec<String>>,
 }
 
-impl LocalServer {
-    pub fn new(profile: Profile, store: PathBuf) -> LocalServer {
-        LocalServer {
+impl Store {
+    pub fn new(profile: Profile, store: PathBuf) -> Store {
+        Store {
             profile,
             store,
             loops: Mutex::new(Vec::new()),
@@ -67,7 +67,7 @@ impl LocalServer {
     }
 }
 
-impl Drop for LocalServer {
+impl Drop for Store {
     fn drop(&mut self) {
         if let Ok(loops) = self.loops.lock() {
             for l in loops.iter() {
@@ -77,7 +77,7 @@ impl Drop for LocalServer {
     }
 }
 
-impl InstallServer for LocalServer {
+impl Source for Store {
     fn plan(&self, facts: &ClientFacts) -> Result<InstallPlan> {
         let mut plan = self.profile.render(facts)?;
         if Path::new(&plan.disk.path).is_file() {
@@ -107,8 +107,8 @@ impl InstallServer for LocalServer {
         root: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64> {
-        let store =
-            Store::open(&self.store).with_context(|| format!("store {}", self.store.display()))?;
+        let store = ignite_archive::Store::open(&self.store)
+            .with_context(|| format!("store {}", self.store.display()))?;
         let m = store
             .resolve(&archive.to_string())
             .with_context(|| format!("archive {archive} in store {}", self.store.display()))?;

@@ -6,20 +6,20 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::install::InstallServer;
+use crate::protocol::Source;
 
 /// Lines kept for the failure report.
 const TAIL_LINES: usize = 40;
 
 pub struct Log<'s> {
-    server: &'s dyn InstallServer,
+    server: &'s dyn Source,
     tail: VecDeque<String>,
     /// Set once sending to the server failed, so a dead server does not flood the console.
     server_failed: bool,
 }
 
 impl<'s> Log<'s> {
-    pub fn new(server: &'s dyn InstallServer) -> Log<'s> {
+    pub fn new(server: &'s dyn Source) -> Log<'s> {
         Log {
             server,
             tail: VecDeque::new(),

@@ -13,9 +13,9 @@ use anyhow::{bail, Context, Result};
 use ignite_profiles::{DiskPlan, Fs, PartKind};
 
 use super::{esp_mount, newest_kernel, write_config, BootFiles, CONSOLE_ARGS};
-use crate::agent::chroot;
-use crate::agent::log::Log;
-use crate::agent::mount::Target;
+use crate::log::Log;
+use crate::steps::chroot;
+use crate::steps::mount::Target;
 
 /// In the image (package syslinux-common).
 const GPTMBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
@@ -296,7 +296,7 @@ pub(super) fn install_uefi(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::bootloader::grub::grub_cfg;
+    use crate::steps::bootloader::grub::grub_cfg;
 
     #[test]
     fn extlinux_conf_for_bios_boots_at_once_on_the_serial_console() {

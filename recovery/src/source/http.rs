@@ -17,14 +17,14 @@ use ignite_archive::snapshot::decode_tree;
 use ignite_archive::ChunkId;
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
 
-use crate::install::{InstallServer, Phase};
+use crate::protocol::{Phase, Source};
 
 /// Largest chunk accepted from a server (the store's chunker stays far below).
 const MAX_CHUNK: u32 = 64 << 20;
 /// Largest tree or plan accepted.
 const MAX_BODY: u64 = 1 << 30;
 
-pub struct HttpInstallServer {
+pub struct Http {
     /// `http://IP:PORT`, from `ignite.server=`.
     server: String,
     mac: String,
@@ -44,8 +44,8 @@ enum Failure {
     Refused(String),
 }
 
-impl HttpInstallServer {
-    pub fn new(server: &str, mac: &str, token: &str) -> HttpInstallServer {
+impl Http {
+    pub fn new(server: &str, mac: &str, token: &str) -> Http {
         let http = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
@@ -55,7 +55,7 @@ impl HttpInstallServer {
             .max_idle_connections_per_host(32)
             .build()
             .into();
-        HttpInstallServer {
+        Http {
             server: server.trim_end_matches('/').to_string(),
             mac: mac.to_string(),
             token: token.to_string(),
@@ -146,7 +146,7 @@ impl HttpInstallServer {
 }
 
 /// Chunks from the server for one extraction, a batch per request.
-struct RemoteChunks<'a>(&'a HttpInstallServer);
+struct RemoteChunks<'a>(&'a Http);
 
 impl ChunkSource for RemoteChunks<'_> {
     fn chunks(&self, ids: &[ChunkId]) -> ignite_archive::Result<Vec<Vec<u8>>> {
@@ -156,7 +156,7 @@ impl ChunkSource for RemoteChunks<'_> {
     }
 }
 
-impl InstallServer for HttpInstallServer {
+impl Source for Http {
     fn plan(&self, facts: &ClientFacts) -> Result<InstallPlan> {
         let body = serde_json::to_vec(facts)?;
         let data = self.request("the install plan request", "plan", Some(&body))?;

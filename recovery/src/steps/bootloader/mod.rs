@@ -14,8 +14,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use ignite_profiles::{DiskPlan, Firmware, Fs, Loader, PartKind};
 
-use super::log::Log;
-use super::mount::Target;
+use crate::log::Log;
+use crate::steps::mount::Target;
 
 pub use syslinux::esp_too_small;
 

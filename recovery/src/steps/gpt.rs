@@ -74,7 +74,7 @@ pub fn format_guid(b: &[u8; 16]) -> String {
 /// A random (version 4) GUID in on-disk order.
 pub fn random_guid() -> Result<[u8; 16]> {
     let mut b = [0u8; 16];
-    super::random::fill(&mut b)?;
+    crate::random::fill(&mut b)?;
     // Version and variant sit in the big-endian view: byte 7 on disk is the high byte of
     // the third field.
     b[7] = (b[7] & 0x0f) | 0x40;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ignite_profiles::Fs;
 
-use super::log::Log;
+use crate::log::Log;
 
 pub struct Mounted {
     pub device: String,

@@ -1,22 +1,9 @@
 //! Random bytes from the kernel (getrandom(2)), for GUIDs, UUIDs and machine ids.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 
 pub fn fill(buf: &mut [u8]) -> Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: writes at most the remaining length into our own buffer.
-        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            bail!("getrandom failed: {e}");
-        }
-        done += n as usize;
-    }
-    Ok(())
+    getrandom::fill(buf).map_err(|e| anyhow!("cannot get random bytes from the kernel: {e}"))
 }
 
 /// `n` random bytes as lower-case hex.
