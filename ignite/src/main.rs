@@ -5,7 +5,6 @@ mod cli;
 mod guests;
 mod initramfs;
 
-mod installs;
 mod server;
 mod state;
 

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use ignite_netboot::MacAddr;
 
-use crate::installs::{phase_name, Install, Status};
+use crate::state::installs::{phase_name, Install, Status};
 use crate::state::{Action, Client, State, StepRecord};
 use ignite_recovery::Phase;
 

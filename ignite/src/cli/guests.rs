@@ -1,11 +1,12 @@
 //! `ignite vm create/start/stop/list/show/console/remove`: defined guests (see `crate::guests`).
 
 use crate::guests::control::{self, Status};
-use crate::guests::store::{Guests, Record};
 use crate::guests::supervisor;
 use crate::guests::{
     check_name, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic, Paths, MAX_VIO_DISKS,
 };
+use crate::state::guests::Record;
+use crate::state::State;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ignite_vmm::config::{parse_mac, parse_size};
@@ -275,10 +276,10 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
 
 fn create(a: CreateArgs) -> Result<()> {
     let (def, sizes) = definition(&a)?;
-    let mut guests = Guests::open(&a.state.state_dir)?;
+    let guests = State::open(&a.state.state_dir)?;
     let dir = crate::guests::guest_dir(&a.state.state_dir, &a.name);
     let mut made = Vec::new();
-    let result = guests.create(def, |def| {
+    let result = guests.define_guest(def, |def| {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("guest directory {}: cannot create it", dir.display()))?;
         for (d, size) in def.disks.iter().zip(&sizes) {
@@ -345,13 +346,13 @@ fn view(state_dir: &Path, record: Record) -> Result<View> {
 }
 
 fn uptime(s: &Status) -> String {
-    let secs = (crate::guests::store::now() - s.started).max(0);
+    let secs = (crate::state::now() - s.started).max(0);
     format!("{}h{:02}m{:02}s", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 fn list(state_dir: &Path, json: bool) -> Result<()> {
-    let views = Guests::open(state_dir)?
-        .list()?
+    let views = State::open(state_dir)?
+        .guests()?
         .into_iter()
         .map(|r| view(state_dir, r))
         .collect::<Result<Vec<_>>>()?;
@@ -377,7 +378,7 @@ fn list(state_dir: &Path, json: bool) -> Result<()> {
 }
 
 fn show(state_dir: &Path, name: &str, json: bool) -> Result<()> {
-    let v = view(state_dir, Guests::open(state_dir)?.get(name)?)?;
+    let v = view(state_dir, State::open(state_dir)?.guest(name)?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -411,8 +412,8 @@ fn show(state_dir: &Path, name: &str, json: bool) -> Result<()> {
 }
 
 fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<()> {
-    let mut guests = Guests::open(state_dir)?;
-    let rec = guests.get(name)?;
+    let guests = State::open(state_dir)?;
+    let rec = guests.guest(name)?;
     let paths = Paths::new(state_dir, name);
     if let Some(s) = control::status(&paths.control())? {
         bail!(
@@ -420,7 +421,7 @@ fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<()> {
             s.pid
         );
     }
-    guests.remove(name)?;
+    guests.remove_guest(name)?;
     let kept: Vec<&Disk> = rec.def.disks.iter().filter(|d| d.owned).collect();
     if keep_disks {
         for p in [paths.console_log(), paths.supervisor_log()] {
@@ -477,7 +478,7 @@ impl Drop for RawMode {
 const DETACH: u8 = 0x1d;
 
 fn console(state_dir: &Path, name: &str) -> Result<()> {
-    Guests::open(state_dir)?.get(name)?;
+    State::open(state_dir)?.guest(name)?;
     let paths = Paths::new(state_dir, name);
     if control::status(&paths.control())?.is_none() {
         bail!(

@@ -7,8 +7,8 @@
 //! database and removes its runtime files.
 
 use super::control::{self, Reply, Request, Status};
-use super::store::{now, Guests};
 use super::{qemu, Boot, Bus, Definition, Engine, EngineChoice, Paths};
+use crate::state::{now, State};
 use anyhow::{bail, Context, Result};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -54,7 +54,7 @@ pub fn choose_engine(choice: EngineChoice) -> (Engine, bool, String) {
 
 /// Starts `name` detached; returns its status once it runs.
 pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
-    let rec = Guests::open(state_dir)?.get(name)?;
+    let rec = State::open(state_dir)?.guest(name)?;
     let paths = Paths::new(state_dir, name);
     if let Some(s) = control::status(&paths.control())? {
         bail!(
@@ -134,7 +134,7 @@ pub fn alive(pid: u32) -> bool {
 /// Asks the running guest to power off (or, with `force`, ends it at once) and waits up to
 /// `limit` for its supervisor to exit.
 pub fn stop(state_dir: &Path, name: &str, force: bool, limit: Duration) -> Result<()> {
-    Guests::open(state_dir)?.get(name)?;
+    State::open(state_dir)?.guest(name)?;
     let paths = Paths::new(state_dir, name);
     let Some(s) = control::status(&paths.control())? else {
         bail!("guest {name} is not running");
@@ -152,7 +152,7 @@ pub fn stop(state_dir: &Path, name: &str, force: bool, limit: Duration) -> Resul
             }
             // The supervisor leads its own session: this also ends QEMU.
             unsafe { libc::kill(-(s.pid as i32), libc::SIGKILL) };
-            Guests::open(state_dir)?.record_stop(
+            State::open(state_dir)?.guest_stopped(
                 name,
                 s.engine,
                 "killed by ignite vm stop --force",
@@ -181,8 +181,8 @@ pub fn supervise(
     kvm: bool,
     why: String,
 ) -> Result<()> {
-    let guests = Guests::open(state_dir)?;
-    let def = guests.get(name)?.def;
+    let guests = State::open(state_dir)?;
+    let def = guests.guest(name)?.def;
     let paths = Paths::new(state_dir, name);
     // Held until this process exits: a second supervisor of the same guest (two racing
     // starts) stops here instead of taking over the first one's sockets.
@@ -205,7 +205,7 @@ pub fn supervise(
         &mut pid_file,
         format!("{}\n", std::process::id()).as_bytes(),
     )?;
-    guests.record_start(name, engine)?;
+    guests.guest_started(name, engine)?;
     let status = Status {
         state: "running".into(),
         pid: std::process::id(),
@@ -227,7 +227,7 @@ pub fn supervise(
         Err(e) => format!("failed: {e:#}"),
     };
     eprintln!("guest {name}: {reason}");
-    guests.record_stop(name, engine, &reason)?;
+    guests.guest_stopped(name, engine, &reason)?;
     result.map(|_| ())
 }
 

@@ -32,7 +32,7 @@ use ignite_profiles::{ClientFacts, Firmware, LoadError, Loader, Profile, Step};
 use serde::de::DeserializeOwned;
 
 use super::chunk_cache::{ChunkCache, StoredChunk};
-use crate::installs::{Install, Status};
+use crate::state::installs::{Install, Status};
 use crate::state::{Action, State};
 use ignite_recovery::Phase;
 
@@ -362,7 +362,10 @@ impl InstallApi {
             }
             Phase::Failed { error, .. } => tracing::warn!("install of {who} failed: {error}"),
             Phase::Extracting { .. } => tracing::debug!("install of {who}: {phase:?}"),
-            p => tracing::info!("install of {who}: {}", crate::installs::phase_name(p)),
+            p => tracing::info!(
+                "install of {who}: {}",
+                crate::state::installs::phase_name(p)
+            ),
         }
         Ok(())
     }

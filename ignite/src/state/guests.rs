@@ -1,30 +1,12 @@
-//! Guest definitions in the server state database (`ignite.db`): table `guests` (the
-//! definition as JSON, the engine it last ran on and how it last stopped) and `guest_macs`, whose primary key
-//! keeps every NIC's MAC unique across all guests.
+//! Guest definitions: table `guests` (the definition as JSON, the engine it last ran on and
+//! how it last stopped) and `guest_macs`, whose primary key keeps every NIC's MAC unique
+//! across all guests.
 
-use super::{Definition, Engine};
+use super::{now, State};
+use crate::guests::definition::{Definition, Engine};
 use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
-use std::path::Path;
-
-/// Creates this module's tables if missing.
-pub fn schema(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS guests (
-            name TEXT PRIMARY KEY,
-            definition TEXT NOT NULL,
-            created INTEGER NOT NULL,
-            last_engine TEXT,
-            last_stop TEXT,
-            last_stop_time INTEGER
-        );
-        CREATE TABLE IF NOT EXISTS guest_macs (
-            mac TEXT PRIMARY KEY,
-            guest TEXT NOT NULL
-        );",
-    )
-}
 
 /// A definition as stored, with what is known of its last run.
 #[derive(Debug, Clone, Serialize)]
@@ -40,17 +22,6 @@ pub struct Record {
 /// A `guests` row as read: definition, created, last_engine, last_stop, last_stop_time.
 type GuestRow = (String, i64, Option<String>, Option<String>, Option<i64>);
 
-pub struct Guests {
-    conn: Connection,
-}
-
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// A locally administered MAC in QEMU's customary 52:54:00 range, random in its last three bytes.
 fn random_mac() -> Result<String> {
     let mut b = [0u8; 3];
@@ -58,31 +29,32 @@ fn random_mac() -> Result<String> {
     Ok(format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]))
 }
 
-impl Guests {
-    pub fn open(state_dir: &Path) -> Result<Guests> {
-        std::fs::create_dir_all(state_dir).with_context(|| {
-            format!("state directory {}: cannot create it", state_dir.display())
-        })?;
-        let path = crate::state::db_path(state_dir);
-        let conn = Connection::open(&path)
-            .with_context(|| format!("state database {}: cannot open it", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        schema(&conn)
-            .with_context(|| format!("state database {}: cannot create tables", path.display()))?;
-        Ok(Guests { conn })
-    }
+const GUEST_COLUMNS: &str = "definition, created, last_engine, last_stop, last_stop_time";
 
+fn read_guest(r: &rusqlite::Row) -> rusqlite::Result<GuestRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn to_record(t: GuestRow) -> Result<Record> {
+    Ok(Record {
+        def: serde_json::from_str(&t.0).context("a stored guest definition is unreadable")?,
+        created: t.1,
+        last_engine: t.2,
+        last_stop: t.3,
+        last_stop_time: t.4,
+    })
+}
+
+impl State {
     /// Stores `def`, filling in MACs left empty with unique generated ones, then runs
     /// `make_files` (disk images); if it fails nothing is stored.
-    pub fn create(
-        &mut self,
+    pub fn define_guest(
+        &self,
         mut def: Definition,
         make_files: impl FnOnce(&Definition) -> Result<()>,
     ) -> Result<Definition> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists: Option<String> = tx
             .query_row(
                 "SELECT name FROM guests WHERE name = ?1",
@@ -134,48 +106,34 @@ impl Guests {
         Ok(def)
     }
 
-    fn record(r: &rusqlite::Row) -> rusqlite::Result<GuestRow> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-    }
-
-    fn to_record(t: GuestRow) -> Result<Record> {
-        Ok(Record {
-            def: serde_json::from_str(&t.0).context("a stored guest definition is unreadable")?,
-            created: t.1,
-            last_engine: t.2,
-            last_stop: t.3,
-            last_stop_time: t.4,
-        })
-    }
-
-    const COLUMNS: &'static str = "definition, created, last_engine, last_stop, last_stop_time";
-
-    pub fn get(&self, name: &str) -> Result<Record> {
+    pub fn guest(&self, name: &str) -> Result<Record> {
         let row = self
-            .conn
+            .conn()
             .query_row(
-                &format!("SELECT {} FROM guests WHERE name = ?1", Self::COLUMNS),
+                &format!("SELECT {} FROM guests WHERE name = ?1", GUEST_COLUMNS),
                 [name],
-                Self::record,
+                read_guest,
             )
             .optional()?;
         match row {
-            Some(t) => Self::to_record(t),
+            Some(t) => to_record(t),
             None => bail!("guest {name} is not defined; `ignite vm list` shows the defined guests"),
         }
     }
 
-    pub fn list(&self) -> Result<Vec<Record>> {
-        let mut st = self.conn.prepare(&format!(
+    pub fn guests(&self) -> Result<Vec<Record>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
             "SELECT {} FROM guests ORDER BY name",
-            Self::COLUMNS
+            GUEST_COLUMNS
         ))?;
-        let rows = st.query_map([], Self::record)?;
-        rows.map(|r| Self::to_record(r?)).collect()
+        let rows = st.query_map([], read_guest)?;
+        rows.map(|r| to_record(r?)).collect()
     }
 
-    pub fn remove(&mut self, name: &str) -> Result<()> {
-        let tx = self.conn.transaction()?;
+    pub fn remove_guest(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         tx.execute("DELETE FROM guest_macs WHERE guest = ?1", [name])?;
         if tx.execute("DELETE FROM guests WHERE name = ?1", [name])? == 0 {
             bail!("guest {name} is not defined; `ignite vm list` shows the defined guests");
@@ -186,16 +144,16 @@ impl Guests {
 
     /// Marks the guest as having run on `engine` (before its supervisor serves it), so a
     /// supervisor killed outright still leaves it "stopped", not "defined".
-    pub fn record_start(&self, name: &str, engine: Engine) -> Result<()> {
-        self.conn.execute(
+    pub fn guest_started(&self, name: &str, engine: Engine) -> Result<()> {
+        self.conn().execute(
             "UPDATE guests SET last_engine = ?2 WHERE name = ?1",
             params![name, engine.to_string()],
         )?;
         Ok(())
     }
 
-    pub fn record_stop(&self, name: &str, engine: Engine, reason: &str) -> Result<()> {
-        self.conn.execute(
+    pub fn guest_stopped(&self, name: &str, engine: Engine, reason: &str) -> Result<()> {
+        self.conn().execute(
             "UPDATE guests SET last_engine = ?2, last_stop = ?3, last_stop_time = ?4 WHERE name = ?1",
             params![name, engine.to_string(), reason, now()],
         )?;

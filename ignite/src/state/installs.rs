@@ -1,4 +1,4 @@
-//! Install records in the state database: one per scheduled install of a client, with the
+//! Install records (tables `installs`, `install_phases`, `install_log`): one per scheduled install of a client, with the
 //! token that authenticates its agent, the snapshot its plan pinned, every phase it reported
 //! (with the time, for the per-phase split) and its log.
 //!
@@ -11,36 +11,8 @@ use anyhow::{anyhow, Context, Result};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use crate::state::{Action, State};
+use super::{now_ms, Action, State};
 use ignite_recovery::Phase;
-
-pub const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS installs (
-        token TEXT PRIMARY KEY,
-        mac TEXT NOT NULL,
-        profile TEXT NOT NULL,
-        created_ms INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        snapshot TEXT,
-        hostname TEXT,
-        phase TEXT,
-        updated_ms INTEGER
-    );
-    CREATE INDEX IF NOT EXISTS installs_mac ON installs(mac, created_ms);
-    CREATE TABLE IF NOT EXISTS install_phases (
-        id INTEGER PRIMARY KEY,
-        token TEXT NOT NULL,
-        time_ms INTEGER NOT NULL,
-        phase TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS install_phases_token ON install_phases(token, id);
-    CREATE TABLE IF NOT EXISTS install_log (
-        id INTEGER PRIMARY KEY,
-        token TEXT NOT NULL,
-        time_ms INTEGER NOT NULL,
-        text TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS install_log_token ON install_log(token, id);";
 
 /// Where an install stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -114,13 +86,6 @@ pub struct LogLine {
     pub id: i64,
     pub time_ms: i64,
     pub text: String,
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// 128 random bits as 32 hex digits.

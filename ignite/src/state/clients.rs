@@ -1,23 +1,15 @@
-//! Server state in SQLite (`ignite.db` in the state directory): the client registry (MAC →
-//! name and boot action), the default action for unknown clients, and each client's boot
-//! step log. DHCP leases live in the same database (table `dhcp_leases`, owned by
-//! ignite-netboot).
+//! The client registry (MAC → name and boot action) and the default action for clients not
+//! in it (tables `clients`, `settings`).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use ignite_netboot::MacAddr;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
+
+use super::State;
 use serde::Serialize;
-
-pub const DB_NAME: &str = "ignite.db";
-
-pub fn db_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(DB_NAME)
-}
 
 /// What a client does when it network-boots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -94,15 +86,6 @@ pub struct Client {
     pub last_step: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct StepRecord {
-    pub time: i64,
-    pub mac: Option<String>,
-    pub ip: Option<String>,
-    pub step: String,
-    pub detail: String,
-}
-
 /// A `clients` row as read: mac, name, action, arg, last_seen, last_step.
 type ClientRow = (
     String,
@@ -113,65 +96,7 @@ type ClientRow = (
     Option<String>,
 );
 
-pub struct State {
-    conn: Mutex<Connection>,
-    path: PathBuf,
-}
-
-fn now() -> i64 {
-    ignite_netboot::dhcp::unix_now() as i64
-}
-
 impl State {
-    /// Opens (creating) the state database in `state_dir`, creating the directory too.
-    pub fn open(state_dir: &Path) -> Result<State> {
-        std::fs::create_dir_all(state_dir).with_context(|| {
-            format!("state directory {}: cannot create it", state_dir.display())
-        })?;
-        let path = db_path(state_dir);
-        let conn = Connection::open(&path)
-            .with_context(|| format!("state database {}: cannot open it", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS clients (
-                mac TEXT PRIMARY KEY,
-                name TEXT NOT NULL UNIQUE,
-                action TEXT NOT NULL,
-                arg TEXT,
-                last_seen INTEGER,
-                last_step TEXT
-            );
-            CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS boot_log (
-                id INTEGER PRIMARY KEY,
-                time INTEGER NOT NULL,
-                mac TEXT,
-                ip TEXT,
-                step TEXT NOT NULL,
-                detail TEXT NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS boot_log_mac ON boot_log(mac, id);",
-        )
-        .and_then(|()| conn.execute_batch(crate::installs::SCHEMA))
-        .with_context(|| format!("state database {}: cannot create tables", path.display()))?;
-        Ok(State {
-            conn: Mutex::new(conn),
-            path,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (each statement
-        // is atomic), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub fn add(&self, mac: MacAddr, name: &str, action: &Action) -> Result<()> {
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/') {
             bail!("client name {name:?} is not usable; use letters, digits, '-' or '.'");
@@ -310,50 +235,6 @@ impl State {
             );
         }
         self.set_action(&c.mac, &Action::Local)
-    }
-
-    pub fn record_step(
-        &self,
-        mac: Option<MacAddr>,
-        ip: Option<std::net::Ipv4Addr>,
-        step: &str,
-        detail: &str,
-    ) -> Result<()> {
-        let conn = self.conn();
-        let t = now();
-        let mac = mac.map(|m| m.to_string());
-        conn.execute(
-            "INSERT INTO boot_log (time, mac, ip, step, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![t, mac, ip.map(|i| i.to_string()), step, detail],
-        )?;
-        if let Some(m) = mac {
-            conn.execute(
-                "UPDATE clients SET last_seen = ?2, last_step = ?3 WHERE mac = ?1",
-                params![m, t, format!("{step} {detail}")],
-            )?;
-        }
-        Ok(())
-    }
-
-    /// The last `limit` boot steps of a MAC, oldest first.
-    pub fn steps(&self, mac: &str, limit: usize) -> Result<Vec<StepRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT time, mac, ip, step, detail FROM boot_log WHERE mac = ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let mut v: Vec<StepRecord> = stmt
-            .query_map(params![mac, limit as i64], |r| {
-                Ok(StepRecord {
-                    time: r.get(0)?,
-                    mac: r.get(1)?,
-                    ip: r.get(2)?,
-                    step: r.get(3)?,
-                    detail: r.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        v.reverse();
-        Ok(v)
     }
 }
 

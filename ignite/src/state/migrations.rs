@@ -1,0 +1,99 @@
+//! The schema, as one ordered list of steps: step `i` takes a database from version `i` to
+//! `i + 1` (`PRAGMA user_version`). Append only: a step that has shipped is never edited or
+//! reordered, since databases in the field have already run it.
+
+use anyhow::{bail, Context, Result};
+use rusqlite::Connection;
+
+/// Version 1 is the schema as it stood before versions were recorded, written with
+/// `IF NOT EXISTS` so that such a database (version 0, tables present) upgrades in place.
+const V1: &str = "
+    CREATE TABLE IF NOT EXISTS clients (
+        mac TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        action TEXT NOT NULL,
+        arg TEXT,
+        last_seen INTEGER,
+        last_step TEXT
+    );
+    CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS boot_log (
+        id INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        mac TEXT,
+        ip TEXT,
+        step TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS boot_log_mac ON boot_log(mac, id);
+    CREATE TABLE IF NOT EXISTS installs (
+        token TEXT PRIMARY KEY,
+        mac TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        snapshot TEXT,
+        hostname TEXT,
+        phase TEXT,
+        updated_ms INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS installs_mac ON installs(mac, created_ms);
+    CREATE TABLE IF NOT EXISTS install_phases (
+        id INTEGER PRIMARY KEY,
+        token TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        phase TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS install_phases_token ON install_phases(token, id);
+    CREATE TABLE IF NOT EXISTS install_log (
+        id INTEGER PRIMARY KEY,
+        token TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS install_log_token ON install_log(token, id);
+    CREATE TABLE IF NOT EXISTS guests (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        last_engine TEXT,
+        last_stop TEXT,
+        last_stop_time INTEGER
+    );
+    CREATE TABLE IF NOT EXISTS guest_macs (
+        mac TEXT PRIMARY KEY,
+        guest TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS dhcp_leases (
+        ip TEXT PRIMARY KEY,
+        mac TEXT,
+        expires INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        hostname TEXT
+    );";
+
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this binary writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Applies every step past the database's version, each in its own transaction with the new
+/// version recorded in it, so a crash leaves the database at the last whole step.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let mut version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > VERSION {
+        bail!(
+            "its schema version is {version}, newer than this ignite knows ({VERSION}); \
+             run the ignite that wrote it (or a newer one) — this one would not keep what it stores"
+        );
+    }
+    while version < VERSION {
+        let tx = conn.transaction()?;
+        tx.execute_batch(MIGRATIONS[version as usize])
+            .with_context(|| format!("cannot upgrade its schema to version {}", version + 1))?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+        version += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Server state: one SQLite database, `ignite.db` in the state directory, and this module tree
+//! owns every table in it — the client registry (`clients`), the boot log (`boot_log`),
+//! installs (`installs`), guest definitions (`guests`) — plus the DHCP leases, whose table
+//! ignite-netboot reads and writes but whose schema is created here with the rest.
+//!
+//! The schema's version is `PRAGMA user_version`: [`migrations`] is one ordered list, and
+//! opening a database applies every step past its version, each in its own transaction. A
+//! database from before versions existed (version 0, today's tables) upgrades in place; a
+//! database newer than this binary is refused, since writing it could lose what it holds.
+
+pub mod boot_log;
+pub mod clients;
+pub mod guests;
+pub mod installs;
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use rusqlite::Connection;
+
+pub use boot_log::StepRecord;
+pub use clients::{Action, Client};
+
+pub const DB_NAME: &str = "ignite.db";
+
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(DB_NAME)
+}
+
+pub struct State {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl State {
+    /// Opens the state database in `state_dir` (creating both), bringing its schema up to
+    /// this binary's version.
+    pub fn open(state_dir: &Path) -> Result<State> {
+        std::fs::create_dir_all(state_dir).with_context(|| {
+            format!("state directory {}: cannot create it", state_dir.display())
+        })?;
+        let path = db_path(state_dir);
+        let mut conn = Connection::open(&path)
+            .with_context(|| format!("state database {}: cannot open it", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        migrations::migrate(&mut conn)
+            .with_context(|| format!("state database {}", path.display()))?;
+        Ok(State {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (each statement
+        // is atomic), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by the ignite before schema versions (session 3's tables, dumped
+    /// with rows from `client add`, `client default`, `vm create` and a booting install).
+    const VERSION_0: &str = include_str!("../../tests/fixtures/state-v0.sql");
+
+    #[test]
+    fn a_database_from_before_versions_upgrades_in_place_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(db_path(dir.path()))
+            .unwrap()
+            .execute_batch(VERSION_0)
+            .unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let version: i64 = s
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, migrations::VERSION);
+        assert_eq!(s.get("web1").unwrap().action, Action::Install("web".into()));
+        assert_eq!(s.default_action().unwrap(), Some(Action::Local));
+        assert_eq!(s.guest("g1").unwrap().def.mem, 256 << 20);
+        assert_eq!(s.steps("52:54:00:aa:00:01", 10).unwrap().len(), 1);
+        let install = s.current_install("52:54:00:aa:00:01").unwrap().unwrap();
+        assert_eq!(install.profile, "web");
+        assert_eq!(s.phases(&install.token).unwrap().len(), 1);
+        assert_eq!(s.log_since(&install.token, 0).unwrap().len(), 1);
+        let leases: i64 = s
+            .conn()
+            .query_row("SELECT count(*) FROM dhcp_leases", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(leases, 1);
+        // Opening again is a no-op.
+        drop(s);
+        State::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_database_newer_than_the_binary_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(db_path(dir.path())).unwrap();
+        conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 999;")
+            .unwrap();
+        drop(conn);
+        let err = format!("{:#}", State::open(dir.path()).err().unwrap());
+        assert!(err.contains("schema version is 999"), "{err}");
+        assert!(err.contains("ignite.db"), "{err}");
+        let conn = Connection::open(db_path(dir.path())).unwrap();
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 1, "nothing was created in a newer database");
+    }
+
+    #[test]
+    fn a_fresh_database_gets_every_table_at_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        for table in ["clients", "boot_log", "installs", "guests", "dhcp_leases"] {
+            let n: i64 = s
+                .conn()
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{table}");
+        }
+    }
+}
