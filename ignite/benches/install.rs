@@ -12,15 +12,12 @@
 //! whatever else the shared host runs: wall times on a busy 2-core machine mean little),
 //! the serving process's CPU time per round, and the ratios.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::install::*;
-use common::*;
+use ignite_e2e::site::*;
+use ignite_e2e::*;
 
 const BASELINE_PORT: u16 = 8000;
 
@@ -230,7 +227,7 @@ fn main() {
         None => vec![1, 4],
     };
     let rounds = arg("--rounds").unwrap_or(3);
-    if !require(&["qemu-system-x86_64", "ip", "python3", "debootstrap"]) {
+    if !require_tools(&["qemu-system-x86_64", "ip", "python3", "debootstrap"]) {
         return;
     }
     let site = Site::new(&[("bench", profile(&[]))]);

@@ -3,7 +3,7 @@
 use super::progress::with_progress;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
-use ignite_archive::config::{parse_size, StoreConfig};
+use ignite_archive::config::StoreConfig;
 use ignite_archive::diff::{Change, DiffReport};
 use ignite_archive::import::{ImportOptions, ParentChoice};
 use ignite_archive::import_image::ImageSource;
@@ -216,9 +216,8 @@ pub fn run(args: Args) -> Result<()> {
             let path = args
                 .store
                 .context("no store given; pass --store DIR or set IGNITE_STORE")?;
-            let bs = parse_size(&block_size).with_context(|| {
-                format!("block size {block_size:?} is not a size; use e.g. 64K")
-            })?;
+            let bs = ignite_profiles::parse_bytes(&block_size)
+                .map_err(|e| anyhow::anyhow!("block size: {e}"))?;
             let mut cfg = StoreConfig {
                 block_size: u32::try_from(bs).context("block size too large")?,
                 ..Default::default()

@@ -3,9 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use ignite_vmm::{
-    config, DiskConfig, KernelImage, NetConfig, SerialTarget, StopReason, Vm, VmConfig,
-};
+use ignite_vmm::{DiskConfig, KernelImage, NetConfig, SerialTarget, StopReason, Vm, VmConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,7 +35,7 @@ enum Cmd {
         initrd: Option<PathBuf>,
         #[arg(long, default_value = "console=ttyS0 reboot=k panic=1 quiet")]
         cmdline: String,
-        #[arg(long, default_value = "512M", value_parser = config::parse_size)]
+        #[arg(long, default_value = "512M", value_parser = ignite_profiles::parse_bytes)]
         mem: u64,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 60)]
@@ -57,17 +55,17 @@ enum BenchWhich {
         dir: Option<PathBuf>,
         /// Bytes moved per 1 MiB-transfer phase (VIO writes cost one exit per 16-bit word:
         /// about 20 s per MiB where an exit costs 44 µs).
-        #[arg(long, default_value = "2M", value_parser = config::parse_size)]
+        #[arg(long, default_value = "2M", value_parser = ignite_profiles::parse_bytes)]
         size_1m: u64,
         /// Bytes moved per 4 KiB-transfer phase.
-        #[arg(long, default_value = "512K", value_parser = config::parse_size)]
+        #[arg(long, default_value = "512K", value_parser = ignite_profiles::parse_bytes)]
         size_4k: u64,
         /// Bytes AVIO sends and receives per network phase, in 1514-byte frames.
-        #[arg(long, default_value = "64M", value_parser = config::parse_size)]
+        #[arg(long, default_value = "64M", value_parser = ignite_profiles::parse_bytes)]
         net_size: u64,
         /// Bytes VIO sends and receives per network phase (its sends cost an exit per 32-bit
         /// word: some 20 s per MiB where an exit costs 44 µs).
-        #[arg(long, default_value = "1M", value_parser = config::parse_size)]
+        #[arg(long, default_value = "1M", value_parser = ignite_profiles::parse_bytes)]
         vio_net_size: u64,
     },
 }
@@ -81,10 +79,10 @@ struct BenchArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Bytes moved per 1 MiB-request phase.
-    #[arg(long, default_value = "512M", value_parser = config::parse_size)]
+    #[arg(long, default_value = "512M", value_parser = ignite_profiles::parse_bytes)]
     size_1m: u64,
     /// Bytes moved per 4 KiB-request phase.
-    #[arg(long, default_value = "64M", value_parser = config::parse_size)]
+    #[arg(long, default_value = "64M", value_parser = ignite_profiles::parse_bytes)]
     size_4k: u64,
     /// Also write the results (with machine and date) to this Markdown file.
     #[arg(long)]
@@ -107,7 +105,7 @@ struct RunArgs {
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
     cmdline: String,
     /// Guest memory, e.g. 512M or 2G.
-    #[arg(long, default_value = "512M", value_parser = config::parse_size)]
+    #[arg(long, default_value = "512M", value_parser = ignite_profiles::parse_bytes)]
     mem: u64,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]

@@ -241,10 +241,10 @@ pub fn write(dev: &std::fs::File, img: &GptImage) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ignite_e2e::{have, require, run};
+    use ignite_e2e::{have, require};
 
     fn run_ok(cmd: &mut std::process::Command) -> String {
-        String::from_utf8_lossy(&run(cmd).stdout).into_owned()
+        ignite_e2e::run(cmd)
     }
 
     #[test]

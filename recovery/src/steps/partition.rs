@@ -115,7 +115,7 @@ pub fn partition(plan_disk: &DiskPlan, disk: &str, log: &mut Log) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ignite_e2e::{have, require, run};
+    use ignite_e2e::{have, require, run_output};
     use ignite_profiles::{ClientFacts, DiskFact, Profile};
 
     fn plan(boot: &str) -> DiskPlan {
@@ -166,7 +166,7 @@ mount = "/"
             f.set_len(disk.size_bytes).unwrap();
             let parts = gpt_partitions(&disk).unwrap();
             gpt::write(&f, &gpt::build(disk.size_bytes, [7; 16], &parts).unwrap()).unwrap();
-            let out = run(std::process::Command::new("sfdisk").arg("--json").arg(&img));
+            let out = run_output(std::process::Command::new("sfdisk").arg("--json").arg(&img));
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             v["partitiontable"]["partitions"]
                 .as_array()

@@ -2,15 +2,13 @@
 //! gets a lease and sets the address and default route by ioctl, as it does in the
 //! initramfs.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use ignite_e2e::*;
 
 #[test]
 fn agent_dhcp_client_configures_its_interface_from_dnsmasq() {
-    if !require(&["dnsmasq", "ip"]) {
+    if !require_tools(&["dnsmasq", "ip"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -39,7 +37,7 @@ fn agent_dhcp_client_configures_its_interface_from_dnsmasq() {
     lab.adopt(child);
     // Clear any address the namespace set-up gave: the agent starts with none.
     run(Command::new("ip").args(["-n", &client, "addr", "flush", "dev", "c0"]));
-    let out = run(Lab::cmd(&client, ignite()).args(["agent", "dhcp", "--iface", "c0"]));
+    let out = run(Lab::cmd(&client, ignite_bin()).args(["agent", "dhcp", "--iface", "c0"]));
     assert!(
         out.starts_with("c0: 10.77.0.5") || out.starts_with("c0: 10.77.0.60"),
         "{out}"

@@ -2,13 +2,11 @@
 //! 100 MB files, with and without TFTP options, byte-identical; HTTP HEAD and Range; the
 //! per-client iPXE script over both; path escapes refused; the boot step log.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::*;
+use ignite_e2e::*;
 
 fn static_ip(ns: &str, ip: &str) {
     run(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "c0"]));
@@ -20,7 +18,7 @@ fn same(a: &Path, b: &[u8]) -> bool {
 
 #[test]
 fn tftp_hpa_and_atftp_small_and_100mb_files() {
-    if !require(&["tftp", "atftp", "ip"]) {
+    if !require_tools(&["tftp", "atftp", "ip"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -112,7 +110,7 @@ fn tftp_hpa_and_atftp_small_and_100mb_files() {
 
 #[test]
 fn http_head_range_scripts_and_client_actions() {
-    if !require(&["curl", "ip"]) {
+    if !require_tools(&["curl", "ip"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -124,7 +122,7 @@ fn http_head_range_scripts_and_client_actions() {
     let mut lab = Lab::new("http");
     let c = lab.add_client(5);
     static_ip(&c, "10.77.0.51");
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args([
             "client",
             "add",
@@ -189,7 +187,7 @@ fn http_head_range_scripts_and_client_actions() {
     ]);
     let s = curl(&[&script_url]);
     assert!(s.contains("exit") && !s.contains("kernel"), "{s}");
-    let show = run(Command::new(ignite())
+    let show = run(Command::new(ignite_bin())
         .args(["client", "show", "web1", "--json", "--state-dir"])
         .arg(&state));
     let v: serde_json::Value = serde_json::from_str(&show).unwrap();
@@ -203,7 +201,7 @@ fn http_head_range_scripts_and_client_actions() {
         "{v}"
     );
     // Unknown clients get the default action.
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args(["client", "default", "capture", "--state-dir"])
         .arg(&state));
     let s = curl(&[&format!("http://{SERVER_IP}:8080/ipxe/52-54-00-77-00-99")]);

@@ -4,13 +4,11 @@
 //! virtio disk with a profile, reports its phases, and the guest reboots from its own disk
 //! into the installed system, which prints its identity on the serial console.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::install::*;
-use common::*;
+use ignite_e2e::site::*;
+use ignite_e2e::*;
 
 /// Installed by a profile hook: on the first boot of the installed system, print the
 /// guest's identity on the serial console, then power off (which ends QEMU).
@@ -37,7 +35,7 @@ systemctl enable ignite-firstboot.service"#;
 static QEMU_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn prerequisites() -> bool {
-    require(&[
+    require_tools(&[
         "qemu-system-x86_64",
         "ip",
         "apt-get",

@@ -7,121 +7,29 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::*;
+use crate::lab::{Lab, Server};
+use crate::{fixture, ignite_bin, run};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// What the installed system prints on its first boot (see `FIRSTBOOT_HOOK` in the tests).
 pub const FIRSTBOOT: &str = "IGNITE-FIRSTBOOT";
 
+/// The lab profile (`profiles/examples/lab.toml`) with `hooks` run at the end of the install.
 pub fn profile(hooks: &[&str]) -> String {
-    let hooks: Vec<String> = hooks
-        .iter()
-        .map(|h| format!("'''\n{h}'''"))
-        .collect::<Vec<_>>();
+    let hooks: Vec<String> = hooks.iter().map(|h| format!("'''\n{h}'''")).collect();
+    // Top-level keys go before the first table.
     format!(
-        r#"description = "e2e: Debian 12 on BIOS and UEFI guests"
-archive = "debian-12"
-hooks = [{}]
-
-[disk]
-table = "gpt"
-
-[[disk.partitions]]
-type = "bios_boot"
-size = "1M"
-
-[[disk.partitions]]
-type = "efi"
-size = "64M"
-
-[[disk.partitions]]
-size = "2G"
-fs = "ext4"
-mount = "/"
-
-[[disk.partitions]]
-size = "rest"
-fs = "xfs"
-mount = "/var"
-
-[identity]
-hostname = "lab-{{mac6}}"
-fresh_machine_id = true
-fresh_ssh_host_keys = true
-root_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl e2e@ignite"]
-
-[network]
-format = "auto"
-
-[network.interfaces.boot]
-dhcp = true
-
-[boot]
-loader = "grub"
-firmware = "both"
-"#,
-        hooks.join(", ")
+        "hooks = [{}]\n{}",
+        hooks.join(", "),
+        include_str!("../../profiles/examples/lab.toml")
     )
 }
 
-/// The lab profile booted by Syslinux instead of GRUB: extlinux on BIOS, syslinux.efi on
-/// UEFI. Its own ext4 /boot (no bios_boot partition: gptmbr.bin boots the partition marked
-/// legacy BIOS bootable) exercises the path where /boot is not inside root.
+/// The lab profile booted by Syslinux (`profiles/examples/lab-extlinux.toml`); it extends
+/// `lab`, whose hooks it keeps.
 pub fn extlinux_profile() -> String {
-    r#"extends = "lab"
-description = "e2e: the lab profile with Syslinux (extlinux on BIOS, syslinux.efi on UEFI)"
-
-[[disk.partitions]]
-type = "efi"
-size = "64M"
-
-[[disk.partitions]]
-size = "256M"
-fs = "ext4"
-mount = "/boot"
-
-[[disk.partitions]]
-size = "2G"
-fs = "ext4"
-mount = "/"
-
-[[disk.partitions]]
-size = "rest"
-fs = "xfs"
-mount = "/var"
-
-[boot]
-loader = "extlinux"
-"#
-    .to_string()
-}
-
-/// `text` without terminal control sequences (OVMF's console positions the cursor before
-/// every character a UEFI program prints).
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        } else if c != '\r' {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Output of a fixture script (its printed paths), built once and cached.
-pub fn fixture(name: &str) -> Vec<PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = run(&mut Command::new(repo.join("scripts/fixtures").join(name)));
-    out.lines().map(PathBuf::from).collect()
+    include_str!("../../profiles/examples/lab-extlinux.toml").to_string()
 }
 
 /// Everything a lab install needs: boot files with the agent initramfs, a store holding the
@@ -138,19 +46,19 @@ impl Site {
         let state = tmp.path().join("state");
         let boot = tmp.path().join("boot");
         eprintln!("site in {}", tmp.path().display());
-        run(Command::new(ignite())
+        run(Command::new(ignite_bin())
             .args(["netboot", "fetch-boot-files", "--kernel", "--boot-dir"])
             .arg(&boot));
-        run(Command::new(ignite())
+        run(Command::new(ignite_bin())
             .args(["netboot", "build-initramfs", "--output"])
             .arg(boot.join("ignite/initrd.img")));
         let golden = fixture("golden");
         let store = state.join("store");
-        run(Command::new(ignite())
+        run(Command::new(ignite_bin())
             .args(["archive", "--store"])
             .arg(&store)
             .arg("init"));
-        run(Command::new(ignite())
+        run(Command::new(ignite_bin())
             .args(["archive", "--store"])
             .arg(&store)
             .args(["import", "--name", "debian-12"])
@@ -181,7 +89,7 @@ impl Site {
     }
 
     pub fn client(&self, mac: &str, name: &str, profile: &str) {
-        run(Command::new(ignite())
+        run(Command::new(ignite_bin())
             .args([
                 "client",
                 "add",
@@ -195,7 +103,7 @@ impl Site {
     }
 
     pub fn ignite(&self, args: &[&str]) -> String {
-        run(Command::new(ignite())
+        run(Command::new(ignite_bin())
             .args(args)
             .arg("--state-dir")
             .arg(&self.state))

@@ -2,9 +2,7 @@
 //! store and profiles, the agent's network side (`ignite install-extract`) in the same
 //! namespace, the token read from the iPXE script the server writes for the client.
 
-mod common;
-
-use common::*;
+use ignite_e2e::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -30,7 +28,7 @@ fn sh(script: &str) -> String {
 }
 
 fn arc(store: &Path, args: &[&str]) -> String {
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .arg("archive")
         .arg("--store")
         .arg(store)
@@ -75,7 +73,7 @@ struct Setup {
 
 impl Setup {
     fn new(tag: &str, env: &[(&'static str, &'static str)]) -> Option<Setup> {
-        if !require(&["ip", "curl", "tar", "setfattr", "mknod"]) {
+        if !require_tools(&["ip", "curl", "tar", "setfattr", "mknod"]) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -124,7 +122,7 @@ impl Setup {
     }
 
     fn client(&self, args: &[&str]) -> String {
-        run(Command::new(ignite())
+        run(Command::new(ignite_bin())
             .arg("client")
             .arg("--state-dir")
             .arg(self.path("state"))
@@ -156,7 +154,7 @@ impl Setup {
     }
 
     fn extract_cmd(&self, mac: &str, token: &str, to: &Path, extra: &[&str]) -> Command {
-        let mut c = Lab::cmd(&self.lab.ns, ignite());
+        let mut c = Lab::cmd(&self.lab.ns, ignite_bin());
         c.args([
             "install-extract",
             "--server",
@@ -346,7 +344,7 @@ fn refusals_say_what_is_wrong() {
     let (mac3, token3) = s.schedule(3, "web");
     assert_ne!(plan_id(&mac3, &token3), pinned);
     // No server: retried, then a clear give-up.
-    let o = Lab::cmd(&s.lab.ns, ignite())
+    let o = Lab::cmd(&s.lab.ns, ignite_bin())
         .args(["install-extract", "--server", "http://10.77.0.1:8081"])
         .args([
             "--mac",

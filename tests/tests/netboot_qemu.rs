@@ -6,13 +6,11 @@
 //! Boot files come from `ignite netboot fetch-boot-files --kernel`, which keeps downloaded
 //! packages in $IGNITE_CACHE_DIR (default /var/cache/ignite) so reruns are quick.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use ignite_e2e::*;
 
 const MARKER: &str = "IGNITE-NETBOOT-MARKER";
 
@@ -77,7 +75,7 @@ fn check_steps(log: &str, mac: &str) {
 
 #[test]
 fn seabios_ipxe_rom_boots_kernel_from_ignite() {
-    if !require(&[
+    if !require_tools(&[
         "qemu-system-x86_64",
         "ip",
         "apt-get",
@@ -89,7 +87,7 @@ fn seabios_ipxe_rom_boots_kernel_from_ignite() {
     let boot = fetch_boot_files(tmp.path(), MARKER);
     let state = tmp.path().join("state");
     let mac = "52:54:00:77:00:10";
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args([
             "client",
             "add",
@@ -136,7 +134,7 @@ fn seabios_ipxe_rom_boots_kernel_from_ignite() {
 fn ovmf_uefi_pxe_chains_ipxe_over_tftp_and_boots_kernel() {
     let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
     let vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-    if !require(&["qemu-system-x86_64", "ip", "apt-get", code, vars]) {
+    if !require_tools(&["qemu-system-x86_64", "ip", "apt-get", code, vars]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -144,7 +142,7 @@ fn ovmf_uefi_pxe_chains_ipxe_over_tftp_and_boots_kernel() {
     let state = tmp.path().join("state");
     let mac = "52:54:00:77:00:11";
     // Unknown client: the registry default decides.
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args(["client", "default", "capture", "--state-dir"])
         .arg(&state));
     let my_vars = tmp.path().join("vars.fd");

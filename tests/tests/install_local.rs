@@ -2,16 +2,10 @@
 //! debootstrap golden archive installed with a two-partition profile, then checked with
 //! independent tools (sgdisk, sfdisk, blkid, e2fsck, GNU tar --compare).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::run;
-
-fn ignite() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ignite"))
-}
+use ignite_e2e::{ignite_bin, run};
 
 /// Loop devices over the image's partitions (and a mount), undone on drop, also when the
 /// test fails.
@@ -45,13 +39,6 @@ impl Drop for Loops {
             let _ = Command::new("losetup").args(["-d", d]).status();
         }
     }
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
 
 const PROFILE: &str = r#"
@@ -95,14 +82,16 @@ loader = "none"
 /// The debootstrap fixture imported as `debian-12` into a new store under `dir`; returns the
 /// fixture tree and the store.
 fn golden_store(dir: &Path) -> (PathBuf, PathBuf) {
-    let fixture = run(&mut Command::new(repo().join("scripts/fixtures/rootfs")));
+    let fixture = run(&mut Command::new(
+        ignite_e2e::repo_root().join("scripts/fixtures/rootfs"),
+    ));
     let base = PathBuf::from(fixture.lines().next().unwrap());
     let tar = PathBuf::from(fixture.lines().nth(1).unwrap());
     let store = dir.join("store");
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args(["archive", "init", "--store"])
         .arg(&store));
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args(["archive", "import", "--name", "debian-12", "--store"])
         .arg(&store)
         .arg(&tar));
@@ -111,7 +100,7 @@ fn golden_store(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn debootstrap_image_installs_onto_a_disk_image() {
-    if !common::require(&[
+    if !ignite_e2e::require_tools(&[
         "losetup",
         "sgdisk",
         "sfdisk",
@@ -132,7 +121,7 @@ fn debootstrap_image_installs_onto_a_disk_image() {
         .unwrap()
         .set_len(2 << 30)
         .unwrap();
-    let out = Command::new(ignite())
+    let out = Command::new(ignite_bin())
         .args(["install", "--profile"])
         .arg(&profile)
         .arg("--disk")
@@ -196,7 +185,7 @@ fn debootstrap_image_installs_onto_a_disk_image() {
     assert_eq!(blkid(&p2, "LABEL"), "root");
     assert_eq!(blkid(&p3, "TYPE"), "xfs");
     run(Command::new("e2fsck").args(["-fn", &p2]));
-    if common::which("xfs_repair").is_some() {
+    if ignite_e2e::which("xfs_repair").is_some() {
         run(Command::new("xfs_repair").args(["-n", &p3]));
     }
 
@@ -274,7 +263,7 @@ fn debootstrap_image_installs_onto_a_disk_image() {
 /// mounted or attached.
 #[test]
 fn failures_are_reported_and_leave_nothing_behind() {
-    if !common::require(&["losetup", "mkfs.xfs", "mkswap"]) {
+    if !ignite_e2e::require_tools(&["losetup", "mkfs.xfs", "mkswap"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -286,7 +275,7 @@ fn failures_are_reported_and_leave_nothing_behind() {
         let _ = std::fs::remove_file(&img);
         std::fs::File::create(&img).unwrap().set_len(size).unwrap();
         let root = dir.path().join("target");
-        let out = Command::new(ignite())
+        let out = Command::new(ignite_bin())
             .args(["install", "--profile"])
             .arg(&p)
             .arg("--disk")

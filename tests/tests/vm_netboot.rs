@@ -3,9 +3,7 @@
 //! over HTTP, and boots the client's planned kernel (a guest test program) and initramfs;
 //! the program reports the command line and initrd it was given over the serial console.
 
-mod common;
-
-use common::*;
+use ignite_e2e::*;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +19,7 @@ fn lab_with_server(tmp: &Path, tag: &str, mac: &str, files: &[(&str, &[u8])]) ->
     }
     std::fs::create_dir_all(&boot).unwrap();
     let state = tmp.join("state");
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args(["client", "add", mac, tag, "install", "web", "--state-dir"])
         .arg(&state));
     let lab = Lab::new(tag);
@@ -31,7 +29,7 @@ fn lab_with_server(tmp: &Path, tag: &str, mac: &str, files: &[(&str, &[u8])]) ->
 
 /// `ignite vm run --boot net` with one NIC on the lab's bridge.
 fn vm_run(lab: &Lab, mac: &str, serial: &str) -> Output {
-    Lab::cmd(&lab.ns, ignite())
+    Lab::cmd(&lab.ns, ignite_bin())
         .args([
             "vm",
             "run",
@@ -55,7 +53,7 @@ fn vm_run(lab: &Lab, mac: &str, serial: &str) -> Output {
 
 #[test]
 fn monitor_netboots_the_planned_kernel_from_ignite_server() {
-    if !require(&["ip", "/dev/kvm"]) {
+    if !require_tools(&["ip", "/dev/kvm"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -110,7 +108,7 @@ fn monitor_netboots_the_planned_kernel_from_ignite_server() {
 
 #[test]
 fn missing_kernel_on_the_server_is_a_clear_error() {
-    if !require(&["ip", "/dev/kvm"]) {
+    if !require_tools(&["ip", "/dev/kvm"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -129,7 +127,7 @@ fn missing_kernel_on_the_server_is_a_clear_error() {
 
 #[test]
 fn defined_guest_with_boot_net_netboots_on_the_bundled_engine() {
-    if !require(&["ip", "/dev/kvm"]) {
+    if !require_tools(&["ip", "/dev/kvm"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -140,7 +138,7 @@ fn defined_guest_with_boot_net_netboots_on_the_bundled_engine() {
     let (lab, server) = lab_with_server(tmp.path(), "vmnbdef", mac, files);
     let guests = tmp.path().join("guests-state");
     let vm = |args: &[&str]| {
-        let o = Lab::cmd(&lab.ns, ignite())
+        let o = Lab::cmd(&lab.ns, ignite_bin())
             .arg("vm")
             .args(args)
             .env("IGNITE_STATE_DIR", &guests)

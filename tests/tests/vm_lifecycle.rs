@@ -4,8 +4,6 @@
 //! kernel with a busybox initramfs, its NIC a tap on a bridge), attached to with
 //! `ignite vm console` and stopped.
 
-mod common;
-
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,10 +11,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ignite, wait_for, which};
+use ignite_e2e::{ignite_bin, wait_for, which};
 
 fn vm(state: &Path, args: &[&str]) -> Output {
-    Command::new(ignite())
+    Command::new(ignite_bin())
         .arg("vm")
         .args(args)
         .env("IGNITE_STATE_DIR", state)
@@ -50,26 +48,8 @@ fn show(state: &Path, name: &str) -> Value {
     serde_json::from_str(&ok(state, &["show", name, "--json"])).unwrap()
 }
 
-/// Skips (or fails under IGNITE_CI=1) unless every check passes.
-fn require(checks: &[(&str, bool)]) -> bool {
-    common::run_or_skip(
-        checks
-            .iter()
-            .filter(|c| !c.1)
-            .map(|c| c.0.to_string())
-            .collect(),
-    )
-}
-
 fn kvm() -> (&'static str, bool) {
-    (
-        "/dev/kvm (read-write)",
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok(),
-    )
+    ("/dev/kvm (read-write)", ignite_e2e::have_kvm())
 }
 
 fn guest_program(dir: &Path, name: &str) -> PathBuf {
@@ -97,7 +77,7 @@ struct Console {
 
 impl Console {
     fn attach(state: &Path, name: &str) -> Console {
-        let mut child = Command::new(ignite())
+        let mut child = Command::new(ignite_bin())
             .args(["vm", "console", name])
             .env("IGNITE_STATE_DIR", state)
             .stdin(Stdio::piped())
@@ -292,7 +272,7 @@ fn definitions_round_trip_with_unique_macs_and_clear_errors() {
 
 #[test]
 fn bundled_guest_starts_takes_console_input_and_stops() {
-    if !require(&[kvm()]) {
+    if !ignite_e2e::require_all(&[kvm()]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -370,7 +350,7 @@ fn ext4(dir: &Path, name: &str, uuid: &str, files: &[(&str, &[u8])], size: &str)
     }
     std::fs::create_dir_all(&root).unwrap();
     let img = dir.join(format!("{name}.ext4"));
-    common::run(
+    ignite_e2e::run(
         Command::new("mke2fs")
             .args(["-q", "-F", "-t", "ext4", "-U", uuid, "-d"])
             .arg(&root)
@@ -436,7 +416,7 @@ fn boot_from_disk(s: &Path, name: &str, disk: &Path, bus: &str) -> String {
 
 #[test]
 fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
-    if !require(&[
+    if !ignite_e2e::require_all(&[
         kvm(),
         ("mke2fs (e2fsprogs)", which("mke2fs").is_some()),
         ("sfdisk (util-linux)", which("sfdisk").is_some()),
@@ -519,7 +499,7 @@ fn bundled_guest_boots_kernel_from_ext4_boot_without_a_boot_loader() {
 
 #[test]
 fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
-    if !require(&[
+    if !ignite_e2e::require_all(&[
         ("qemu-system-x86_64", which("qemu-system-x86_64").is_some()),
         ("apt-get (fetch-boot-files)", which("apt-get").is_some()),
         (
@@ -533,7 +513,7 @@ fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
     const MARKER: &str = "IGNITE-LIFECYCLE-MARKER";
     let tmp = tempfile::tempdir().unwrap();
     let s = &tmp.path().join("state");
-    let boot = common::fetch_boot_files(tmp.path(), MARKER);
+    let boot = ignite_e2e::fetch_boot_files(tmp.path(), MARKER);
     let spec = format!(
         "kernel={},initrd={},cmdline=console=ttyS0 panic=-1",
         boot.join("debian/vmlinuz").display(),
@@ -558,13 +538,15 @@ fn qemu_engine_runs_the_same_definition_with_a_debian_kernel() {
     );
     // Started inside a namespace holding bridge br0 (the supervisor and QEMU stay there; the
     // lab kills whatever is left in it).
-    let lab = common::Lab::new("vmlc");
+    let lab = ignite_e2e::Lab::new("vmlc");
     let taps = || {
-        common::run(Command::new("ip").args(["-n", &lab.ns, "-o", "link", "show", "master", "br0"]))
+        ignite_e2e::run(
+            Command::new("ip").args(["-n", &lab.ns, "-o", "link", "show", "master", "br0"]),
+        )
     };
     let start = || {
-        common::run(
-            common::Lab::cmd(&lab.ns, ignite())
+        ignite_e2e::run(
+            ignite_e2e::Lab::cmd(&lab.ns, ignite_bin())
                 .args(["vm", "start", "q1"])
                 .env("IGNITE_STATE_DIR", s),
         )

@@ -1,51 +1,21 @@
-//! Support for tests that run real network clients against `ignite server` inside network
-//! namespaces. Nothing here touches the host's own network: every address lives on a bridge
-//! inside a namespace named `ign-nb-<pid>-<tag>`, removed on drop even when a test fails.
+//! Network namespaces for tests that run real network clients against `ignite server`.
+//! Nothing here touches the host's own network: every address lives on a bridge inside a
+//! namespace named `ign-nb-<pid>-<tag>`, removed on drop even when a test fails.
 
-#![allow(dead_code)]
-
-pub mod install;
-
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::{ignite_bin, rand_u64, run};
+
 pub const SERVER_IP: &str = "10.77.0.1";
-
-/// Returns `true` if the test may run. Missing prerequisites skip the test with a one-line
-/// reason, or fail it when `IGNITE_CI=1`.
-pub fn require(tools: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root (network namespaces)".to_string());
-    }
-    for t in tools {
-        if which(t).is_none() {
-            missing.push(format!("`{t}` (see scripts/deps/netboot.apt)"));
-        }
-    }
-    run_or_skip(missing)
-}
-
-/// `true` when nothing is missing; otherwise skips with the list, or fails when `IGNITE_CI=1`.
-pub fn run_or_skip(missing: Vec<String>) -> bool {
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("needs {}", missing.join(", "));
-    if std::env::var("IGNITE_CI").as_deref() == Ok("1") {
-        panic!("prerequisite missing with IGNITE_CI=1: {msg}");
-    }
-    eprintln!("skipping: {msg}");
-    false
-}
 
 /// Debian's kernel and a busybox initramfs whose init prints `marker` and powers off
 /// (`ignite netboot fetch-boot-files --kernel`) in `dir/boot/debian/`; returns `dir/boot`.
 pub fn fetch_boot_files(dir: &Path, marker: &str) -> PathBuf {
     let boot = dir.join("boot");
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args([
             "netboot",
             "fetch-boot-files",
@@ -56,39 +26,6 @@ pub fn fetch_boot_files(dir: &Path, marker: &str) -> PathBuf {
         ])
         .arg(&boot));
     boot
-}
-
-pub fn which(tool: &str) -> Option<PathBuf> {
-    if tool.contains('/') {
-        return Path::new(tool).exists().then(|| PathBuf::from(tool));
-    }
-    for dir in [
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-    ] {
-        let p = Path::new(dir).join(tool);
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    None
-}
-
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn ip(args: &[&str]) {
@@ -208,9 +145,9 @@ impl Lab {
     }
 
     /// A command that runs inside namespace `ns`.
-    pub fn cmd(ns: &str, prog: &str) -> Command {
+    pub fn cmd(ns: &str, prog: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, prog]);
+        c.args(["netns", "exec", ns]).arg(prog);
         c
     }
 
@@ -256,10 +193,6 @@ pub struct Server {
     pub log: PathBuf,
 }
 
-pub fn ignite() -> &'static str {
-    env!("CARGO_BIN_EXE_ignite")
-}
-
 impl Server {
     pub fn start(lab: &Lab, state: &Path, boot: &Path, extra: &[&str]) -> Server {
         Server::start_env(lab, state, boot, extra, &[])
@@ -281,7 +214,7 @@ impl Server {
         } else {
             &["--interface", "br0"]
         };
-        let child = Lab::cmd(&lab.ns, ignite())
+        let child = Lab::cmd(&lab.ns, ignite_bin())
             .args(["server", "--http-port", "8080"])
             .args(iface)
             .arg("--state-dir")
@@ -359,48 +292,4 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(1);
-    h.finish()
-}
-
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-/// Parses `KEY=value` lines (as `env` prints them).
-pub fn env_file(p: &Path) -> std::collections::HashMap<String, String> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-        })
-        .collect()
-}
-
-/// Deterministic pseudo-random bytes (xorshift), for files to compare byte by byte.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }

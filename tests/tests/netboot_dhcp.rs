@@ -1,15 +1,13 @@
 //! Real DHCP clients (busybox udhcpc, ISC dhclient) against `ignite server` in a network
 //! namespace: leases with the right options, renew, release, leases across a restart.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use ignite_e2e::*;
 
 fn leases(state: &std::path::Path) -> Vec<serde_json::Value> {
-    let out = run(Command::new(ignite())
+    let out = run(Command::new(ignite_bin())
         .args(["netboot", "leases", "--json", "--state-dir"])
         .arg(state));
     serde_json::from_str(&out).unwrap()
@@ -47,7 +45,7 @@ fn boot_dir(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn udhcpc_lease_pxe_options_renew_release_and_restart() {
-    if !require(&["udhcpc", "ip"]) {
+    if !require_tools(&["udhcpc", "ip"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -158,7 +156,7 @@ fn udhcpc_lease_pxe_options_renew_release_and_restart() {
 
 #[test]
 fn dhclient_lease_and_release() {
-    if !require(&["dhclient", "ip"]) {
+    if !require_tools(&["dhclient", "ip"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -218,7 +216,7 @@ fn dhclient_lease_and_release() {
 
 #[test]
 fn default_lab_bridge_is_created_and_serves() {
-    if !require(&["udhcpc", "ip"]) {
+    if !require_tools(&["udhcpc", "ip"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -226,7 +224,7 @@ fn default_lab_bridge_is_created_and_serves() {
     let mut lab = Lab::new("labbr");
     let log = tmp.path().join("server.log");
     // No --interface: the built-in lab network, created inside our namespace.
-    let child = Lab::cmd(&lab.ns, ignite())
+    let child = Lab::cmd(&lab.ns, ignite_bin())
         .args(["server", "--http-port", "8080", "--state-dir"])
         .arg(tmp.path().join("state"))
         .arg("--boot-dir")
@@ -269,7 +267,7 @@ fn default_lab_bridge_is_created_and_serves() {
 
 #[test]
 fn two_interfaces_each_serve_their_own_subnet() {
-    if !require(&["udhcpc", "curl", "ip"]) {
+    if !require_tools(&["udhcpc", "curl", "ip"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -310,7 +308,7 @@ fn two_interfaces_each_serve_their_own_subnet() {
         "{e2:?}"
     );
     // The script a client fetches names the address it reached the server at.
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args(["client", "default", "capture", "--state-dir"])
         .arg(&state));
     let s = run(Lab::cmd(&c2, "curl").args([
@@ -326,7 +324,7 @@ fn two_interfaces_each_serve_their_own_subnet() {
 
 #[test]
 fn client_behind_dnsmasq_relay_gets_address_from_relay_pool() {
-    if !require(&["udhcpc", "dnsmasq", "ip"]) {
+    if !require_tools(&["udhcpc", "dnsmasq", "ip"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

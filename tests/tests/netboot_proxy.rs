@@ -2,13 +2,11 @@
 //! runs with --proxy-dhcp and only tells PXE clients what to boot. Real firmware in QEMU
 //! must get its address from dnsmasq and its boot file from Ignite, and boot to the marker.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use ignite_e2e::*;
 
 const MARKER: &str = "IGNITE-PROXY-MARKER";
 
@@ -74,12 +72,12 @@ fn run_qemu(lab: &mut Lab, args: &[String], serial: &Path, limit: Duration) -> S
 }
 
 fn prepare(tag: &str) -> Option<(tempfile::TempDir, Lab, std::path::PathBuf)> {
-    if !require(&["qemu-system-x86_64", "dnsmasq", "ip", "apt-get"]) {
+    if !require_tools(&["qemu-system-x86_64", "dnsmasq", "ip", "apt-get"]) {
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
     let boot = fetch_boot_files(tmp.path(), MARKER);
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args(["client", "default", "install", "base", "--state-dir"])
         .arg(tmp.path().join("state")));
     let lab = Lab::new(tag);
@@ -116,7 +114,7 @@ fn check(tmp: &Path, server: &Server, leases: &Path, mac: &str, text: &str) {
         !log.contains("dhcp-ack"),
         "Ignite must not lease addresses in proxy mode:\n{log}"
     );
-    let ours = run(Command::new(ignite())
+    let ours = run(Command::new(ignite_bin())
         .args(["netboot", "leases", "--json", "--state-dir"])
         .arg(tmp.join("state")));
     assert_eq!(ours.trim(), "[]");
@@ -153,7 +151,7 @@ fn proxydhcp_next_to_dnsmasq_bios() {
 fn proxydhcp_next_to_dnsmasq_uefi_port_4011() {
     let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
     let vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-    if !require(&[code, vars]) {
+    if !require_tools(&[code, vars]) {
         return;
     }
     let Some((tmp, mut lab, boot)) = prepare("pxuefi") else {

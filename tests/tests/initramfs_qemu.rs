@@ -3,12 +3,10 @@
 //! runs as /init, loads its modules, sees the virtio disk and the e1000 NIC, runs each mkfs
 //! tool and busybox, prints its marker and powers the machine off.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use ignite_e2e::*;
 
 const SELFCHECK_OK: &str = "IGNITE-AGENT-SELFCHECK-OK";
 
@@ -22,7 +20,7 @@ fn bzimage_version(kernel: &[u8]) -> String {
 
 #[test]
 fn agent_initramfs_boots_debian_kernel_and_passes_its_selfcheck() {
-    if !require(&[
+    if !require_tools(&[
         "qemu-system-x86_64",
         "apt-get",
         "dpkg-deb",
@@ -34,14 +32,14 @@ fn agent_initramfs_boots_debian_kernel_and_passes_its_selfcheck() {
     }
     let dir = tempfile::tempdir().unwrap();
     let boot = dir.path().join("boot");
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args(["netboot", "fetch-boot-files", "--kernel", "--boot-dir"])
         .arg(&boot));
     let kernel = boot.join("debian/vmlinuz");
     let version = bzimage_version(&std::fs::read(&kernel).unwrap());
     let initrd = dir.path().join("agent.img");
     let t = Instant::now();
-    run(Command::new(ignite())
+    run(Command::new(ignite_bin())
         .args([
             "netboot",
             "build-initramfs",
