@@ -151,6 +151,41 @@ impl Lab {
         c
     }
 
+    /// Runs a diskless QEMU (TCG, 512 MiB, no reboot) on `tap0` with `args` (firmware, NIC
+    /// `-device ...,netdev=n0`), its serial console in `serial`, until the console shows
+    /// `marker` followed by a space or `limit` passes; returns the console text.
+    pub fn netboot_qemu(
+        &mut self,
+        args: &[String],
+        serial: &Path,
+        marker: &str,
+        limit: Duration,
+    ) -> String {
+        self.add_tap("tap0");
+        let child = Lab::cmd(&self.ns, "qemu-system-x86_64")
+            .args(["-accel", "tcg", "-m", "512", "-display", "none"])
+            .args(["-monitor", "none", "-no-reboot"])
+            .args(args)
+            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu");
+        self.adopt(child);
+        let t = Instant::now();
+        loop {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).into_owned();
+            if text.contains(&format!("{marker} ")) || t.elapsed() > limit {
+                eprintln!("console after {:?}", t.elapsed());
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Keeps a background process to kill when the lab goes away.
     pub fn adopt(&mut self, c: Child) -> u32 {
         let id = c.id();

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ignite_e2e::*;
 
@@ -35,40 +35,6 @@ fn start_dnsmasq(lab: &mut Lab, dir: &Path) -> std::path::PathBuf {
         .expect("start dnsmasq");
     lab.adopt(child);
     leases
-}
-
-fn run_qemu(lab: &mut Lab, args: &[String], serial: &Path, limit: Duration) -> String {
-    lab.add_tap("tap0");
-    let child = Lab::cmd(&lab.ns, "qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "512",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
-        .args(args)
-        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start qemu");
-    lab.adopt(child);
-    let t = Instant::now();
-    loop {
-        let text = String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).into_owned();
-        if text.contains(&format!("{MARKER} ")) || t.elapsed() > limit {
-            eprintln!("console after {:?}", t.elapsed());
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn prepare(tag: &str) -> Option<(tempfile::TempDir, Lab, std::path::PathBuf)> {
@@ -137,10 +103,10 @@ fn proxydhcp_next_to_dnsmasq_bios() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let text = run_qemu(
-        &mut lab,
+    let text = lab.netboot_qemu(
         &args,
         &tmp.path().join("serial"),
+        MARKER,
         Duration::from_secs(150),
     );
     check(tmp.path(), &server, &leases, mac, &text);
@@ -172,10 +138,10 @@ fn proxydhcp_next_to_dnsmasq_uefi_port_4011() {
         "-device".to_string(),
         format!("virtio-net-pci,romfile=,netdev=n0,mac={mac}"),
     ];
-    let text = run_qemu(
-        &mut lab,
+    let text = lab.netboot_qemu(
         &args,
         &tmp.path().join("serial"),
+        MARKER,
         Duration::from_secs(170),
     );
     check(tmp.path(), &server, &leases, mac, &text);

@@ -6,60 +6,12 @@
 //! Boot files come from `ignite netboot fetch-boot-files --kernel`, which keeps downloaded
 //! packages in $IGNITE_CACHE_DIR (default /var/cache/ignite) so reruns are quick.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use ignite_e2e::*;
 
 const MARKER: &str = "IGNITE-NETBOOT-MARKER";
-
-/// Runs QEMU until the marker shows on the serial console (or `limit` passes); returns the
-/// console text.
-fn boot_qemu(
-    lab: &mut Lab,
-    firmware: &[String],
-    nic: &str,
-    mac: &str,
-    serial: &Path,
-    limit: Duration,
-) -> String {
-    lab.add_tap("tap0");
-    let child = Lab::cmd(&lab.ns, "qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "512",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ])
-        .args(firmware)
-        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
-        .args(["-device", &format!("{nic},netdev=n0,mac={mac}")])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start qemu");
-    lab.adopt(child);
-    let t = Instant::now();
-    loop {
-        let text = String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).into_owned();
-        if text.contains(&format!("{MARKER} ")) {
-            eprintln!("marker after {:?}", t.elapsed());
-            return text;
-        }
-        if t.elapsed() > limit {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 fn check_steps(log: &str, mac: &str) {
     for step in [
@@ -102,14 +54,9 @@ fn seabios_ipxe_rom_boots_kernel_from_ignite() {
     let mut server = Server::start(&lab, &state, &boot, &[]);
     let serial = tmp.path().join("serial.log");
     let fw = vec!["-boot".to_string(), "n".to_string()];
-    let text = boot_qemu(
-        &mut lab,
-        &fw,
-        "e1000",
-        mac,
-        &serial,
-        Duration::from_secs(150),
-    );
+    let mut args = fw.clone();
+    args.extend(["-device".to_string(), format!("e1000,netdev=n0,mac={mac}")]);
+    let text = lab.netboot_qemu(&args, &serial, MARKER, Duration::from_secs(150));
     let log = server.log_text();
     assert!(
         text.contains(&format!("{MARKER} ")),
@@ -160,14 +107,12 @@ fn ovmf_uefi_pxe_chains_ipxe_over_tftp_and_boots_kernel() {
     ];
     // No option ROM: OVMF's own virtio-net driver and PXE client do the first step, so
     // the chain goes through TFTP (with an iPXE ROM, iPXE would take over from the start).
-    let text = boot_qemu(
-        &mut lab,
-        &fw,
-        "virtio-net-pci,romfile=",
-        mac,
-        &serial,
-        Duration::from_secs(170),
-    );
+    let mut args = fw.clone();
+    args.extend([
+        "-device".to_string(),
+        format!("virtio-net-pci,romfile=,netdev=n0,mac={mac}"),
+    ]);
+    let text = lab.netboot_qemu(&args, &serial, MARKER, Duration::from_secs(170));
     let log = server.log_text();
     assert!(
         text.contains(&format!("{MARKER} ")),
