@@ -119,3 +119,4 @@ pub fn build_sample_tree(root: &Path) {
         root.join("etc/abs-link").display()
     ));
 }
+pub mod listing;
