@@ -10,9 +10,9 @@
 #[path = "../tests/common/listing.rs"]
 mod listing;
 
-use ignite_archive::import::{ImportOptions, ParentChoice, Progress};
 use ignite_archive::import_dir::import_dir;
 use ignite_archive::import_image::{import_image, ImageSource};
+use ignite_archive::{ImportOptions, ParentChoice, Progress};
 use ignite_archive::{Store, StoreConfig};
 use std::ffi::CString;
 use std::fs;
