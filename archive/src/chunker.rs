@@ -19,7 +19,7 @@ fn level(n: u8) -> Normalization {
 /// size is one chunk whatever the chunker says, so it is read whole without the chunker's
 /// max-size buffer (most files of a root file system are that small). `what` names the
 /// source in errors.
-pub fn chunk_stream(
+pub fn split(
     mut reader: impl Read,
     size_hint: Option<u64>,
     p: &ChunkerParams,
@@ -78,7 +78,7 @@ mod tests {
         }
         let cut = |d: &[u8]| {
             let mut v = Vec::new();
-            chunk_stream(d, None, &p, "test", |off, c| {
+            split(d, None, &p, "test", |off, c| {
                 v.push((off, c.len() as u64, crate::id::ChunkId::of(&c)));
                 Ok(())
             })

@@ -3,11 +3,12 @@
 //! again (a store may hold snapshots committed by remote clients), nothing is placed beneath a
 //! symlink, and existing symlinks in a non-empty target are never followed.
 
+use crate::chunk_source::{ChunkSource, BATCH_BYTES, BATCH_CHUNKS};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::import::Progress;
-use crate::paths::{ancestors, normalize, SymlinkGuard};
-use crate::snapshot::{Entry, EntryKind, Extent, Manifest};
+use crate::paths::ancestors;
+use crate::snapshot::{check_tree, Entry, EntryKind, Extent, Manifest};
+use crate::stats::Progress;
 use crate::store::Store;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -44,60 +45,6 @@ fn os_err<T>(ret: libc::c_int, path: &Path, ok: T) -> Result<T> {
         Ok(ok)
     } else {
         Err(std::io::Error::last_os_error()).at(path)
-    }
-}
-
-/// Checks the whole tree before anything is written: hostile input changes nothing.
-pub fn check_tree(entries: &[Entry]) -> Result<()> {
-    let mut guard = SymlinkGuard::default();
-    let mut files: HashSet<&[u8]> = HashSet::new();
-    for e in entries {
-        if normalize(&e.path)? != e.path {
-            return Err(Error::UnsafePath {
-                path: e.path_str(),
-                what: "is not in normal form".into(),
-            });
-        }
-        guard.check(&e.path)?;
-        match &e.kind {
-            EntryKind::HardLink { target } if !files.contains(target.as_slice()) => {
-                return Err(Error::UnsafePath {
-                    path: e.path_str(),
-                    what: "hard link to something other than an earlier file of the tree".into(),
-                });
-            }
-            EntryKind::File { .. } => {
-                files.insert(&e.path);
-            }
-            _ => {}
-        }
-        if e.path.is_empty() && e.kind != EntryKind::Dir {
-            return Err(Error::UnsafePath {
-                path: String::new(),
-                what: "the tree root is not a directory".into(),
-            });
-        }
-        guard.record(&e.path, matches!(e.kind, EntryKind::Symlink { .. }));
-    }
-    Ok(())
-}
-
-/// Where chunk contents come from: the local store, or a remote server's install API.
-/// Implementations return the chunks asked for, in that order, each checked against its
-/// id. Export asks in batches: a root file system is mostly small files, and a remote
-/// request per chunk costs more than the chunk.
-pub trait ChunkSource: Sync {
-    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>>;
-}
-
-/// File contents are written in batches of consecutive extents, at most this much data...
-const BATCH_BYTES: u64 = 4 << 20;
-/// ...and at most this many chunks.
-pub const BATCH_CHUNKS: usize = 256;
-
-impl ChunkSource for Store {
-    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>> {
-        ids.iter().map(|id| self.read_chunk(id)).collect()
     }
 }
 

@@ -1,8 +1,8 @@
 //! Block snapshots out to a sparse raw image or a block device.
 
 use crate::error::{IoContext, Result};
-use crate::import::Progress;
 use crate::snapshot::Manifest;
+use crate::stats::Progress;
 use crate::store::Store;
 use rayon::prelude::*;
 use std::fs::{self, OpenOptions};

@@ -2,8 +2,7 @@
 //! mtimes), readable by GNU tar with `--xattrs`.
 
 use crate::error::{Error, Result};
-use crate::export_dir::check_tree;
-use crate::snapshot::{Entry, EntryKind, Extent, Manifest};
+use crate::snapshot::{check_tree, Entry, EntryKind, Extent, Manifest};
 use crate::store::Store;
 use rayon::prelude::*;
 use std::ffi::OsStr;

@@ -1,9 +1,11 @@
-//! Durable file writes: temporary name, fsync, rename, fsync the directory. Readers never see
-//! half a file and a crash leaves either the old state or the new one.
+//! File system helpers. Durable writes: temporary name, fsync, rename, fsync the directory;
+//! readers never see half a file and a crash leaves either the old state or the new one.
+//! Also locks (`flock`), and the data ranges and size of sparse files and block devices.
 
 use crate::error::{IoContext, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
@@ -32,10 +34,24 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
     fsync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
+/// Takes an exclusive `flock` on `file`; with `nonblocking`, false if another holder has it.
+pub fn flock(file: &File, nonblocking: bool) -> std::io::Result<bool> {
+    let op = libc::LOCK_EX | if nonblocking { libc::LOCK_NB } else { 0 };
+    // SAFETY: flock on a valid descriptor owned by `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 /// The data ranges of a (possibly sparse) file, found with SEEK_DATA/SEEK_HOLE, as
 /// `(start, end)` pairs. Where the file system cannot say, the whole file is data.
 pub fn data_ranges(file: &File, size: u64) -> Vec<(u64, u64)> {
-    use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     let mut out = Vec::new();
     let mut pos = 0u64;

@@ -7,11 +7,10 @@
 //! readers still read and the next gc puts back first.
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::fsync_dir;
+use crate::fsutil::{flock, fsync_dir};
 use crate::id::ChunkId;
 use crate::pack::{self, pack_path, PackEntry, PackWriter};
 use crate::store::Store;
-use crate::writer::flock;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::path::Path;

@@ -1,11 +1,10 @@
 //! What every import shares: options, choosing the parent snapshot, building the draft.
 
 use crate::error::Result;
+use crate::snapshot::validate_name;
 use crate::snapshot::{Manifest, SnapshotKind};
 use crate::store::Store;
-use crate::writer::validate_name;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 
 #[derive(Debug, Clone, Default)]
 pub enum ParentChoice {
@@ -24,9 +23,6 @@ pub struct ImportOptions {
     /// Directory imports: stay on the starting file system, as `tar --one-file-system`.
     pub one_file_system: bool,
 }
-
-/// Bytes processed so far, for progress display from another thread.
-pub type Progress = AtomicU64;
 
 impl ImportOptions {
     pub fn new(name: &str) -> Self {

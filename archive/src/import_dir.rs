@@ -1,14 +1,15 @@
 //! Directories into file-tree snapshots. With a parent snapshot of the same directory, files
 //! whose size, mtime, ctime and inode are unchanged are not read again (restic's files cache).
 
-use crate::chunker::chunk_stream;
+use crate::chunker;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::data_ranges;
-use crate::import::{ImportOptions, Progress};
+use crate::import::ImportOptions;
 use crate::pipeline::{self, PendingExtents, Submitter};
 use crate::snapshot::{
     Entry, EntryKind, Extent, Manifest, SnapshotKind, SnapshotStats, SourceStamp, Xattr,
 };
+use crate::stats::Progress;
 use crate::store::Store;
 use crate::writer::{Draft, DraftContent, Writer};
 use std::collections::HashMap;
@@ -136,7 +137,7 @@ pub fn import_dir(
             _ => 0,
         })
         .sum();
-    stats.zero_bytes = stats.logical_bytes - crate::import_tar::stored_extent_bytes(&entries);
+    stats.zero_bytes = stats.logical_bytes - crate::snapshot::extent_bytes(&entries);
     stats.seconds = started.elapsed().as_secs_f64();
     writer.commit(Draft {
         name: opts.name.clone(),
@@ -330,7 +331,7 @@ impl Readers<'_> {
         for (start, end) in ranges {
             file.seek(SeekFrom::Start(start)).at(path)?;
             let (pending, progress) = (&self.pending, self.progress);
-            let read = chunk_stream(
+            let read = chunker::split(
                 (&mut file).take(end - start),
                 Some(end - start),
                 &self.params,

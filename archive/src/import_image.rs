@@ -3,12 +3,13 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{data_ranges, source_size};
-use crate::import::{ImportOptions, Progress};
+use crate::id::ChunkId;
+use crate::import::ImportOptions;
 use crate::pipeline;
 use crate::snapshot::{Manifest, SnapshotKind, SnapshotStats};
+use crate::stats::Progress;
 use crate::store::Store;
 use crate::writer::{Draft, DraftContent, Writer};
-use crate::ChunkId;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;

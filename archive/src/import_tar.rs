@@ -1,11 +1,12 @@
 //! Tar streams (plain, gzip, zstd, xz) into file-tree snapshots.
 
-use crate::chunker::chunk_stream;
+use crate::chunker;
 use crate::error::{Error, Result};
-use crate::import::{ImportOptions, Progress};
+use crate::import::ImportOptions;
 use crate::paths::{normalize, SymlinkGuard};
 use crate::pipeline::{self, PendingExtents};
 use crate::snapshot::{Entry, EntryKind, Manifest, SnapshotStats, Xattr};
+use crate::stats::Progress;
 use crate::store::Store;
 use crate::writer::{Draft, DraftContent, Writer};
 use std::collections::HashSet;
@@ -120,7 +121,7 @@ pub fn import_tar(
                     // A sparse entry's header size is its stored data, not its length.
                     let hint = (ty != tar::EntryType::GNUSparse).then(|| e.size());
                     let size =
-                        chunk_stream(&mut e, hint, &params, &entry.path_str(), |off, data| {
+                        chunker::split(&mut e, hint, &params, &entry.path_str(), |off, data| {
                             let len = data.len() as u32;
                             let seq = sub.submit(data)?;
                             pending.push(idx, off, len, seq);
@@ -185,7 +186,7 @@ pub fn import_tar(
     stats.chunks = ids.iter().flatten().count() as u64;
     stats.read_bytes = stats.logical_bytes;
     pending.resolve(&mut entries, &ids);
-    stats.zero_bytes = stats.logical_bytes - stored_extent_bytes(&entries);
+    stats.zero_bytes = stats.logical_bytes - crate::snapshot::extent_bytes(&entries);
     stats.seconds = started.elapsed().as_secs_f64();
     writer.commit(Draft {
         name: opts.name.clone(),
@@ -194,16 +195,6 @@ pub fn import_tar(
         content: DraftContent::Tree(entries),
         stats,
     })
-}
-
-pub(crate) fn stored_extent_bytes(entries: &[Entry]) -> u64 {
-    entries
-        .iter()
-        .map(|e| match &e.kind {
-            EntryKind::File { extents, .. } => extents.iter().map(|x| x.len as u64).sum(),
-            _ => 0,
-        })
-        .sum()
 }
 
 fn apply_pax(entry: &mut Entry, key: &[u8], value: &[u8], raw_path: &[u8]) -> Result<()> {

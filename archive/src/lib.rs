@@ -1,9 +1,22 @@
 //! Content-addressed chunk store: FastCDC, SHA-256 ids, zstd; file-tree and block snapshots.
+//! The on-disk format is described in `archive/FORMAT.md`.
 //!
-//! `Store` is the directory; `Writer` adds chunks and commits one snapshot; the `import_*` and
-//! `export_*` modules turn tar streams, directories and raw images into snapshots and back;
-//! `verify`, `retention` (prune), `gc`, `diff` and `stats` maintain and inspect a store.
+//! Modules form a one-way stack; each uses only modules of lower layers (checked by
+//! `tests/layers.rs`):
+//!
+//! ```text
+//! 5 diff retention                          comparing snapshots, choosing what to keep
+//! 4 import import_dir import_tar import_image pipeline
+//!   export_dir export_tar export_image      turning trees/images into snapshots and back
+//! 3 writer gc verify stats chunk_source     write sessions, maintenance, reading for export
+//! 2 store                                   the directory: packs, index, snapshots
+//! 1 pack snapshot chunk_stream              file formats: packs, trees/images, chunk batches
+//! 0 error id config fsutil paths chunker    primitives
+//! ```
+//!
+//! What other crates use is re-exported here, so they do not depend on the module layout.
 
+pub mod chunk_source;
 pub mod chunk_stream;
 pub mod chunker;
 pub mod config;
@@ -29,9 +42,22 @@ pub mod store;
 pub mod verify;
 pub mod writer;
 
+pub use chunk_source::{ChunkSource, BATCH_CHUNKS};
 pub use config::StoreConfig;
 pub use error::{Error, Result};
+pub use export_dir::{export_dir, export_tree, ExportStats};
+pub use export_image::export_image;
+pub use export_tar::export_tar;
 pub use id::ChunkId;
-pub use snapshot::{Entry, EntryKind, Manifest, SnapshotKind};
+pub use import::{ImportOptions, ParentChoice};
+pub use import_dir::import_dir;
+pub use import_image::{import_image, ImageSource};
+pub use import_tar::import_tar;
+pub use pack::{Codec, PackEntry};
+pub use snapshot::{
+    check_tree, decode_tree, encode_tree, tree_chunks, Entry, EntryKind, Extent, Manifest,
+    SnapshotKind, Xattr,
+};
+pub use stats::Progress;
 pub use store::Store;
-pub use writer::Writer;
+pub use writer::{Draft, DraftContent, Writer};

@@ -8,7 +8,7 @@
 //!
 //! Layout: `IGNPACK1`, the chunk blobs back to back, then the trailer: one 49-byte record per
 //! chunk (id, offset, stored length, raw length, codec), the record count (u64 LE), SHA-256 of
-//! the records, and `IGNPKEND`.
+//! the records, and `IGNPKEND` (FORMAT.md; pinned by the golden fixture store in tests/golden).
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::fsync_dir;

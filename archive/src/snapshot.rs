@@ -1,10 +1,18 @@
 //! Snapshots: an immutable manifest (`snapshots/<id>.json`) plus its data file
 //! (`snapshots/<id>.data`): the entries of a file tree, or the chunk list of a block image.
+//! Also what makes a tree safe to export (`check_tree`) and a valid series name.
+//!
+//! The types below ARE the on-disk format: a tree is postcard of `Vec<Entry>`, which writes
+//! fields in declaration order and enum variants by index, without names. Reordering,
+//! adding or removing a field or variant silently changes what existing stores decode to.
+//! The golden fixture store (`tests/golden`, checked by `tests/golden.rs`) pins format 1;
+//! see `FORMAT.md` before touching anything here.
 
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
+use crate::paths::{normalize, SymlinkGuard};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,11 +134,63 @@ impl Entry {
     }
 }
 
+/// Snapshot names select series on the command line (`NAME@ID`): keep them printable.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:+".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "snapshot name {name:?}: use 1-128 letters, digits and - _ . : + (no @, which selects an id)"
+        )))
+    }
+}
+
+/// Checks the whole tree before anything is written: hostile input changes nothing.
+pub fn check_tree(entries: &[Entry]) -> Result<()> {
+    let mut guard = SymlinkGuard::default();
+    let mut files: HashSet<&[u8]> = HashSet::new();
+    for e in entries {
+        if normalize(&e.path)? != e.path {
+            return Err(Error::UnsafePath {
+                path: e.path_str(),
+                what: "is not in normal form".into(),
+            });
+        }
+        guard.check(&e.path)?;
+        match &e.kind {
+            EntryKind::HardLink { target } if !files.contains(target.as_slice()) => {
+                return Err(Error::UnsafePath {
+                    path: e.path_str(),
+                    what: "hard link to something other than an earlier file of the tree".into(),
+                });
+            }
+            EntryKind::File { .. } => {
+                files.insert(&e.path);
+            }
+            _ => {}
+        }
+        if e.path.is_empty() && e.kind != EntryKind::Dir {
+            return Err(Error::UnsafePath {
+                path: String::new(),
+                what: "the tree root is not a directory".into(),
+            });
+        }
+        guard.record(&e.path, matches!(e.kind, EntryKind::Symlink { .. }));
+    }
+    Ok(())
+}
+
 /// Snapshot ids: 16 hex digits, random. A unique prefix selects a snapshot, as in restic.
 pub fn new_snapshot_id() -> String {
     hex::encode(rand::random::<[u8; 8]>())
 }
 
+// Format 1 (FORMAT.md), pinned by the golden fixture store in tests/golden.
 const TREE_MAGIC: &[u8; 8] = b"IGNTREE1";
 const IMAGE_MAGIC: &[u8; 8] = b"IGNIMGE1";
 
@@ -195,6 +255,17 @@ pub fn tree_chunks(entries: &[Entry]) -> impl Iterator<Item = ChunkId> + '_ {
             _ => &[],
         })
         .map(|x| x.id)
+}
+
+/// Bytes of file content held in chunks (the rest of the files' sizes are holes and zeros).
+pub(crate) fn extent_bytes(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| match &e.kind {
+            EntryKind::File { extents, .. } => extents.iter().map(|x| x.len as u64).sum(),
+            _ => 0,
+        })
+        .sum()
 }
 
 #[cfg(test)]

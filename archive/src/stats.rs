@@ -3,6 +3,10 @@
 use crate::error::Result;
 use crate::store::Store;
 use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+
+/// Bytes processed so far by an import or export, for progress display from another thread.
+pub type Progress = AtomicU64;
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct StoreStats {

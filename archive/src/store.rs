@@ -1,4 +1,4 @@
-//! The store: a directory that describes itself.
+//! The store: a directory that describes itself (every file is described in `FORMAT.md`).
 //!
 //! ```text
 //! config.json            format, chunker, block size, compression

@@ -12,7 +12,7 @@
 //! Either the writer's check sees the pack gone, or gc's read sees the writer's id.
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{flock, write_atomic};
 use crate::id::ChunkId;
 use crate::pack::{Codec, PackWriter};
 use crate::snapshot::{self, Entry, Manifest, SnapshotKind, SnapshotStats};
@@ -21,7 +21,6 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -70,20 +69,6 @@ pub enum DraftContent {
         block_size: u32,
         blocks: Vec<Option<ChunkId>>,
     },
-}
-
-pub fn flock(file: &File, nonblocking: bool) -> std::io::Result<bool> {
-    let op = libc::LOCK_EX | if nonblocking { libc::LOCK_NB } else { 0 };
-    // SAFETY: flock on a valid descriptor owned by `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
 }
 
 impl<'s> Writer<'s> {
@@ -179,7 +164,7 @@ impl<'s> Writer<'s> {
     pub fn commit_uploaded(self, draft: Draft) -> Result<Manifest> {
         let ids: Vec<ChunkId> = match &draft.content {
             DraftContent::Tree(entries) => {
-                crate::export_dir::check_tree(entries)?;
+                snapshot::check_tree(entries)?;
                 snapshot::tree_chunks(entries).collect()
             }
             DraftContent::Image {
@@ -334,22 +319,6 @@ impl<'s> Writer<'s> {
         write_atomic(&tmp, &self.store.manifest_path(&id), &json)?;
         self.committed = true;
         Ok(manifest)
-    }
-}
-
-/// Snapshot names select series on the command line (`NAME@ID`): keep them printable.
-pub fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:+".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "snapshot name {name:?}: use 1-128 letters, digits and - _ . : + (no @, which selects an id)"
-        )))
     }
 }
 

@@ -2,7 +2,7 @@
 //! whatever it accepts must export again.
 #![no_main]
 
-use ignite_archive::import::{ImportOptions, ParentChoice, Progress};
+use ignite_archive::{ImportOptions, ParentChoice, Progress};
 use ignite_archive::{Store, StoreConfig};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;

@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let framed = [b"IGNTREE1".as_slice(), &zstd::bulk::compress(data, 1).unwrap()].concat();
     for bytes in [data, framed.as_slice()] {
         if let Ok(entries) = ignite_archive::snapshot::decode_tree("fuzz", bytes) {
-            let _ = ignite_archive::export_dir::check_tree(&entries);
+            let _ = ignite_archive::check_tree(&entries);
         }
     }
 });

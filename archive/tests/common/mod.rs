@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use ignite_archive::diff::{diff_trees, file_bytes, Change};
-use ignite_archive::import::{ImportOptions, ParentChoice, Progress};
 use ignite_archive::{Entry, Store, StoreConfig};
+use ignite_archive::{ImportOptions, ParentChoice, Progress};
 use std::path::Path;
 use std::process::Command;
 
@@ -119,3 +119,4 @@ pub fn build_sample_tree(root: &Path) {
         root.join("etc/abs-link").display()
     ));
 }
+pub mod listing;
