@@ -39,7 +39,7 @@ use ignite_recovery::Phase;
 /// Most chunks one request may ask for.
 pub const MAX_BATCH: usize = 1024;
 // The agent's export asks for at most this many at once.
-const _: () = assert!(ignite_archive::export_dir::BATCH_CHUNKS <= MAX_BATCH);
+const _: () = assert!(ignite_archive::BATCH_CHUNKS <= MAX_BATCH);
 
 /// A refusal: status and a one-line message.
 pub struct ApiError(StatusCode, String);

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ignite_archive::chunk_stream;
-use ignite_archive::export_dir::{export_tree, ChunkSource};
 use ignite_archive::snapshot::decode_tree;
 use ignite_archive::ChunkId;
+use ignite_archive::{export_tree, ChunkSource};
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
 
 use crate::protocol::{Phase, Source};
