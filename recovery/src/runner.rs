@@ -139,8 +139,7 @@ fn run_step(
             // On disk before `extracted` is reported, so the phase times say where the time
             // went: write-back would otherwise land in whichever step comes next.
             let written = started.elapsed();
-            // SAFETY: sync has no preconditions.
-            unsafe { libc::sync() };
+            rustix::fs::sync();
             log.line(&format!(
                 "extracted {archive}: {bytes} bytes in {:.1} s, then {:.1} s until on disk",
                 written.as_secs_f64(),

@@ -215,13 +215,16 @@ pub fn install(args: &BootArgs) -> Result<()> {
 }
 
 fn finish(after: After) -> ! {
-    // SAFETY: sync and reboot have no memory-safety preconditions.
-    unsafe { libc::sync() };
-    match after {
+    use rustix::system::{reboot, RebootCommand};
+    rustix::fs::sync();
+    let result = match after {
         After::Shell => shell(),
-        After::Poweroff => unsafe { libc::reboot(libc::RB_POWER_OFF) },
-        After::Reboot => unsafe { libc::reboot(libc::RB_AUTOBOOT) },
+        After::Poweroff => reboot(RebootCommand::PowerOff),
+        After::Reboot => reboot(RebootCommand::Restart),
     };
+    if let Err(e) = result {
+        say(&format!("cannot {after:?}: {e}"));
+    }
     shell()
 }
 

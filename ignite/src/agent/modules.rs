@@ -2,7 +2,6 @@
 //! `modules.dep` (which the initramfs builder wrote for exactly those modules).
 
 use std::collections::HashSet;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -38,15 +37,10 @@ pub fn load_order(deps: &[(String, Vec<String>)]) -> Vec<String> {
 /// finit_module(2); a module already loaded is fine.
 fn load(path: &Path) -> std::io::Result<()> {
     let f = std::fs::File::open(path)?;
-    // SAFETY: a valid fd and an empty NUL-terminated parameter string.
-    let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), c"".as_ptr(), 0) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(e);
-        }
+    match rustix::system::finit_module(&f, c"", 0) {
+        Err(rustix::io::Errno::EXIST) => Ok(()),
+        r => r.map_err(std::io::Error::from),
     }
-    Ok(())
 }
 
 /// Loads every module under `dir` (`/lib/modules/<release>`). Returns how many loaded and

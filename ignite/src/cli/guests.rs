@@ -445,32 +445,33 @@ fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<()> {
 }
 
 /// Restores the terminal settings saved when the console attached.
-struct RawMode(Option<libc::termios>);
+struct RawMode(Option<rustix::termios::Termios>);
 
 impl RawMode {
     fn enter() -> RawMode {
-        // SAFETY: termios calls on stdin with a struct we own.
-        unsafe {
-            if libc::isatty(0) != 1 {
-                return RawMode(None);
-            }
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return RawMode(None);
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-            RawMode(Some(saved))
+        use rustix::termios::{isatty, tcgetattr, tcsetattr, OptionalActions};
+        let stdin = std::io::stdin();
+        if !isatty(&stdin) {
+            return RawMode(None);
         }
+        let Ok(saved) = tcgetattr(&stdin) else {
+            return RawMode(None);
+        };
+        let mut raw = saved.clone();
+        raw.make_raw();
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &raw);
+        RawMode(Some(saved))
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(t) = &self.0 {
-            // SAFETY: restores settings read by tcgetattr.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                t,
+            );
         }
     }
 }

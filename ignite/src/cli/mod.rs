@@ -3,12 +3,12 @@
 
 mod agent;
 mod archive;
-mod bench;
 mod client;
 mod guests;
 mod install;
 mod install_extract;
 mod netboot;
+mod netboot_bench;
 mod profile;
 mod progress;
 mod server;

@@ -53,7 +53,7 @@ enum NetbootCmd {
         cache_dir: PathBuf,
     },
     /// Benchmarks against the usual peers (tftpd-hpa, dnsmasq, perfdhcp), side by side.
-    Bench(crate::cli::bench::BenchArgs),
+    Bench(crate::cli::netboot_bench::BenchArgs),
     /// List DHCP leases.
     Leases {
         #[arg(long, env = "IGNITE_STATE_DIR", default_value = "/var/lib/ignite")]
@@ -72,7 +72,7 @@ pub fn run(a: NetbootArgs) -> Result<()> {
             marker,
         } => fetch_boot_files(&boot_dir, kernel, &cache_dir, &marker),
         NetbootCmd::Leases { state_dir, json } => leases(&state_dir, json),
-        NetbootCmd::Bench(b) => crate::cli::bench::run(b),
+        NetbootCmd::Bench(b) => crate::cli::netboot_bench::run(b),
         NetbootCmd::BuildInitramfs {
             kernel_version,
             modules_from,
@@ -301,7 +301,6 @@ struct CacheLock {
 
 impl CacheLock {
     fn take(cache: &Path) -> Result<CacheLock> {
-        use std::os::fd::AsRawFd;
         std::fs::create_dir_all(cache)
             .with_context(|| format!("cache directory {}", cache.display()))?;
         let f = std::fs::File::create(cache.join(".lock")).with_context(|| {
@@ -310,13 +309,9 @@ impl CacheLock {
                 cache.display()
             )
         })?;
-        // SAFETY: flock on a file descriptor we own; released when the file is closed.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!(
-                "cache directory {}: cannot lock it: {}",
-                cache.display(),
-                std::io::Error::last_os_error()
-            );
+        // Released when the file is closed.
+        if let Err(e) = rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive) {
+            bail!("cache directory {}: cannot lock it: {e}", cache.display());
         }
         Ok(CacheLock { _file: f })
     }

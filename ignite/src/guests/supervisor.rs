@@ -86,9 +86,7 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
     // SAFETY: setsid is async-signal-safe; the child only execs afterwards.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            rustix::process::setsid()?;
             Ok(())
         });
     }
@@ -151,7 +149,9 @@ pub fn stop(state_dir: &Path, name: &str, force: bool, limit: Duration) -> Resul
                 );
             }
             // The supervisor leads its own session: this also ends QEMU.
-            unsafe { libc::kill(-(s.pid as i32), libc::SIGKILL) };
+            if let Some(pid) = rustix::process::Pid::from_raw(s.pid as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
             State::open(state_dir)?.guest_stopped(
                 name,
                 s.engine,
@@ -192,8 +192,12 @@ pub fn supervise(
         .write(true)
         .open(paths.pid())
         .with_context(|| format!("{}: cannot open it", paths.pid().display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(pid_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if rustix::fs::flock(
+        &pid_file,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .is_err()
+    {
         bail!(
             "guest {name} is already running (another supervisor holds {})",
             paths.pid().display()
@@ -362,12 +366,9 @@ fn run_qemu(
     let high: Vec<std::os::fd::OwnedFd> = taps
         .iter()
         .map(|t| {
-            let fd = unsafe { libc::fcntl(t.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: a new descriptor we own.
-            Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+            // SAFETY: the tap stays open for the duration of the call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(t.as_raw_fd()) };
+            rustix::io::fcntl_dupfd_cloexec(fd, 100).map_err(std::io::Error::from)
         })
         .collect::<std::io::Result<_>>()?;
     let fds: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::{cpio, Entry};
+use super::cpio::{cpio, Entry};
 
 /// Modules the agent needs on QEMU/KVM guests and common PCs: disk and NIC drivers, the
 /// file systems it makes, and what those need at run time. They load in this order, after

@@ -13,6 +13,7 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 /// Runs `cmd` (a program of the installed system) chrooted into the target.
 pub fn run(target: &mut Target, cmd: &mut Command, log: &mut Log) -> Result<String> {
+    // A C string made before the fork: the child may not allocate.
     let root = std::ffi::CString::new(target.root().as_os_str().as_encoded_bytes())?;
     cmd.env("PATH", PATH)
         .env("HOME", "/root")
@@ -21,9 +22,8 @@ pub fn run(target: &mut Target, cmd: &mut Command, log: &mut Log) -> Result<Stri
     // SAFETY: chroot and chdir are async-signal-safe; `root` outlives the spawn.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            rustix::process::chroot(root.as_c_str())?;
+            rustix::process::chdir(c"/")?;
             Ok(())
         });
     }

@@ -192,8 +192,7 @@ impl Target {
     }
 
     pub fn unmount_all(&mut self, log: &mut Log) -> Result<()> {
-        // SAFETY: sync has no preconditions.
-        unsafe { libc::sync() };
+        rustix::fs::sync();
         while let Some(dir) = self.stack.pop() {
             umount(&dir, 0).with_context(|| format!("cannot unmount {}", dir.display()))?;
             log.line(&format!("unmounted {}", dir.display()));

@@ -174,17 +174,9 @@ fn esp_mib_for(need: u64) -> u64 {
 
 /// Bytes free for a non-root user on the file system of `path`.
 fn free_bytes(path: &Path) -> Result<u64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: statvfs fills the struct it is given; `c` is a valid path string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        bail!(
-            "cannot stat the file system of {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = rustix::fs::statvfs(path)
+        .with_context(|| format!("cannot stat the file system of {}", path.display()))?;
+    Ok(st.f_bavail * st.f_frsize)
 }
 
 pub(super) fn install_uefi(

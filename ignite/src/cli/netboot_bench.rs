@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ignite_recovery::process::output as sh;
+use rustix::process::Signal;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -48,8 +49,7 @@ enum BenchWhat {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         bail!("benchmarks create network namespaces: run as root");
     }
     match a.what {
@@ -156,8 +156,7 @@ impl Pair {
     /// Stops the servers started so far (SIGTERM, then wait).
     fn stop_servers(&mut self) {
         for mut c in self.children.drain(..) {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = kill(c.id() as i32, Signal::TERM);
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(5) {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -176,8 +175,8 @@ impl Pair {
         {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: a process inside the namespace this benchmark created.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    // A process inside the namespace this benchmark created.
+                    let _ = kill(pid, Signal::KILL);
                 }
             }
         }
@@ -522,4 +521,12 @@ fn dhcp(seconds: u32, rate: u32, macs: u32) -> Result<()> {
         rates[0] / rates[1]
     );
     Ok(())
+}
+
+/// kill(2) on a process id read from a child handle or `ip netns pids`.
+fn kill(pid: i32, sig: Signal) -> rustix::io::Result<()> {
+    match rustix::process::Pid::from_raw(pid) {
+        Some(p) => rustix::process::kill_process(p, sig),
+        None => Ok(()),
+    }
 }

@@ -1,6 +1,5 @@
-//! Writing initramfs images (cpio "newc"; the kernel unpacks it plain or compressed).
-
-pub mod build;
+//! The cpio "newc" archive writer: the format of initramfs images (the kernel unpacks it
+//! plain or compressed).
 
 use std::io::Write;
 
@@ -85,45 +84,6 @@ pub fn cpio(entries: &[Entry]) -> Vec<u8> {
     }
     header(&mut out, 0, 0, 0, (0, 0), "TRAILER!!!");
     out
-}
-
-/// A tiny busybox initramfs whose /init prints `marker` and the kernel command line on the
-/// console, then powers the machine off. Proves a netboot chain end to end.
-pub fn marker_initramfs(busybox: Vec<u8>, marker: &str) -> Vec<u8> {
-    let init = format!(
-        "#!/bin/busybox sh\n\
-         /bin/busybox mkdir -p /proc /sys\n\
-         /bin/busybox mount -t proc proc /proc\n\
-         echo \"{marker} $(/bin/busybox cat /proc/cmdline)\"\n\
-         /bin/busybox sync\n\
-         /bin/busybox poweroff -f\n"
-    );
-    cpio(&[
-        Entry::Dir {
-            path: "bin".into(),
-            mode: 0o755,
-        },
-        Entry::Dir {
-            path: "dev".into(),
-            mode: 0o755,
-        },
-        Entry::CharDev {
-            path: "dev/console".into(),
-            mode: 0o600,
-            major: 5,
-            minor: 1,
-        },
-        Entry::File {
-            path: "bin/busybox".into(),
-            mode: 0o755,
-            data: busybox,
-        },
-        Entry::File {
-            path: "init".into(),
-            mode: 0o755,
-            data: init.into_bytes(),
-        },
-    ])
 }
 
 #[cfg(test)]
