@@ -7,7 +7,7 @@ use crate::guests::{
 };
 use crate::state::guests::Record;
 use crate::state::State;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use ignite_profiles::parse_bytes as parse_size;
 use ignite_vmm::config::parse_mac;
@@ -166,12 +166,14 @@ enum DiskArg {
 }
 
 fn disk_arg(s: &str) -> Result<DiskArg> {
+    let too_small = || anyhow!("disk size {s:?} is too small; give at least 1M (e.g. --disk 10G)");
     if !s.contains('/') {
-        if let Ok(size) = parse_size(s) {
-            if size < 1 << 20 {
-                bail!("disk size {s:?} is too small; give at least 1M (e.g. --disk 10G)");
-            }
-            return Ok(DiskArg::New(size));
+        match parse_size(s) {
+            Ok(size) if size < 1 << 20 => return Err(too_small()),
+            Ok(size) => return Ok(DiskArg::New(size)),
+            // Zero is too small in any unit.
+            Err(_) if s.bytes().all(|b| b == b'0') => return Err(too_small()),
+            Err(_) => {}
         }
     }
     match std::fs::canonicalize(s) {
