@@ -13,6 +13,8 @@ pub mod iface;
 pub mod leases;
 pub mod mac;
 pub mod pxe;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tftp;
 
 pub use error::Error;

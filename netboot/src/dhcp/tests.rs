@@ -1,6 +1,7 @@
 use super::*;
 use crate::boot::{BootPlan, FixedPlan};
-use dhcproto::v4::{relay, Architecture};
+use crate::testing::{pxe_options as pxe_opts, request as req};
+use dhcproto::v4::relay;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 
@@ -54,16 +55,6 @@ fn env(pool: Option<(u8, u8)>) -> Env {
 
 fn mac(n: u8) -> MacAddr {
     MacAddr([2, 0, 0, 0, 0, n])
-}
-
-fn req(kind: MessageType, m: MacAddr, opts: Vec<DhcpOption>) -> Message {
-    let u = Ipv4Addr::UNSPECIFIED;
-    let mut msg = Message::new(u, u, u, u, &m.0);
-    msg.opts_mut().insert(DhcpOption::MessageType(kind));
-    for o in opts {
-        msg.opts_mut().insert(o);
-    }
-    msg
 }
 
 fn send(e: &mut DhcpEngine, msg: &Message, port: Port, now: u64) -> Option<Reply> {
@@ -336,26 +327,6 @@ fn relay_on_another_subnet_gets_its_own_pool() {
     let mut r = req(MessageType::Discover, mac(2), vec![]);
     r.set_giaddr(Ipv4Addr::new(192, 168, 5, 1));
     assert!(send(&mut e.engine, &r, Port::Dhcp, 1000).is_none());
-}
-
-fn pxe_opts(arch: u16, ipxe: bool) -> Vec<DhcpOption> {
-    let mut v = vec![
-        DhcpOption::ClassIdentifier(format!("PXEClient:Arch:{arch:05}:UNDI:002001").into_bytes()),
-        DhcpOption::ClientSystemArchitecture(Architecture::from(arch)),
-        DhcpOption::ClientNetworkInterface(1, 2, 1),
-        DhcpOption::ClientMachineIdentifier(vec![
-            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-        ]),
-        DhcpOption::ParameterRequestList(vec![
-            OptionCode::from(66),
-            OptionCode::from(67),
-            OptionCode::from(43),
-        ]),
-    ];
-    if ipxe {
-        v.push(DhcpOption::UserClass(b"iPXE".to_vec()));
-    }
-    v
 }
 
 #[test]
