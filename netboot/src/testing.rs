@@ -9,7 +9,9 @@ use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::Encodable;
 
 use crate::boot::{BootFiles, BootPlan, ClientMap, FixedPlan};
-use crate::dhcp::{encode_reply, shared, DhcpConfig, DhcpEngine, Port, MIN_REPLY_LEN};
+use crate::dhcp::{
+    encode_reply, shared, DhcpConfig, DhcpEngine, DhcpLimits, Port, RateLimit, MIN_REPLY_LEN,
+};
 use crate::leases::LeaseStore;
 use crate::tftp::{encode_rrq, parse, Packet};
 use crate::MacAddr;
@@ -89,14 +91,27 @@ impl Engines {
     pub fn new() -> Engines {
         let dir = tempfile::tempdir().expect("temporary directory");
         let leases = shared(LeaseStore::open(&dir.path().join("l.db")).expect("lease database"));
+        // Rate limits that never bite, so mutated packets from one MAC still reach the
+        // protocol code while the limiter's own parsing runs on every packet.
+        let unlimited = RateLimit {
+            burst: u32::MAX,
+            per_minute: 60,
+        };
         let make = |pool: bool, leases| {
-            DhcpEngine::new(
+            let mut e = DhcpEngine::new(
                 config(pool),
                 leases,
                 Arc::new(FixedPlan(BootPlan::Local)),
                 Arc::new(ClientMap::default()),
             )
-            .expect("valid test configuration")
+            .expect("valid test configuration");
+            e.set_limits(DhcpLimits {
+                per_mac: Some(unlimited),
+                per_port: Some(unlimited),
+                ..DhcpLimits::default()
+            })
+            .expect("valid limits");
+            e
         };
         Engines {
             full: make(true, Some(leases)),
@@ -147,4 +162,34 @@ pub fn check_tftp_round_trip(data: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The log lines (INFO and up) `f` writes on this thread.
+#[cfg(test)]
+pub(crate) fn log_lines(f: impl FnOnce()) -> Vec<String> {
+    use std::sync::Mutex;
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = sink.0.lock().unwrap().clone();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
