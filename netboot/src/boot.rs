@@ -1,9 +1,10 @@
 //! Which client gets which boot files: the one place both TFTP and HTTP (and DHCP's boot-file
 //! answer) take per-client boot configuration from.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
-use std::sync::RwLock;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::pxe::{Firmware, PxeClient};
 use crate::MacAddr;
@@ -43,11 +44,23 @@ pub trait BootProvider: Send + Sync + 'static {
     }
 }
 
-/// The log line an admin reads to see where a boot stopped.
+/// The log line an admin reads to see where a boot stopped. Rate-limited per step kind
+/// (a flood of forged requests must not flood the log); what is left out is counted.
 pub fn log_step(ev: &BootEvent) {
+    let Some(left_out) = crate::lograte::STEPS.check(ev.step, Instant::now()) else {
+        return;
+    };
     let mac = ev.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
     let ip = ev.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-    tracing::info!(target: "ignite::boot", "boot step {} mac={} ip={} {}", ev.step, mac, ip, ev.detail);
+    let note = match left_out {
+        0 => String::new(),
+        n => format!(
+            " ({n} more {} steps were not logged in the previous {} s)",
+            ev.step,
+            crate::lograte::WINDOW.as_secs()
+        ),
+    };
+    tracing::info!(target: "ignite::boot", "boot step {} mac={} ip={} {}{note}", ev.step, mac, ip, ev.detail);
 }
 
 /// A provider with one plan for everyone; for tests and `ignite netboot` tools.
@@ -201,27 +214,102 @@ pub fn virtual_file(
 }
 
 /// Which MAC holds which address, filled by DHCP so that TFTP and HTTP log lines can name
-/// the client. Addresses handed out by another DHCP server (proxy mode) stay unknown.
-#[derive(Default)]
+/// the client. Addresses handed out by another DHCP server (proxy mode) are learnt from the
+/// clients' own requests, so the map is bounded: at most `cap` entries (the oldest goes
+/// first) and none older than `ttl`.
 pub struct ClientMap {
-    by_ip: RwLock<HashMap<Ipv4Addr, MacAddr>>,
+    inner: Mutex<ClientIndex>,
+    cap: usize,
+    ttl: Duration,
+}
+
+#[derive(Default)]
+struct ClientIndex {
+    /// Address → (MAC, generation of its latest insert, when).
+    by_ip: HashMap<Ipv4Addr, (MacAddr, u64, Instant)>,
+    /// (generation, address) in insertion order; an entry whose generation is not the
+    /// address's latest is stale and skipped.
+    order: VecDeque<(u64, Ipv4Addr)>,
+    generation: u64,
+}
+
+/// Entries a [`ClientMap`] keeps by default: a /16 of clients.
+pub const CLIENT_MAP_CAP: usize = 65536;
+/// How long a [`ClientMap`] entry lives by default without being renewed.
+pub const CLIENT_MAP_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for ClientMap {
+    fn default() -> Self {
+        ClientMap::new(CLIENT_MAP_CAP, CLIENT_MAP_TTL)
+    }
 }
 
 impl ClientMap {
+    pub fn new(cap: usize, ttl: Duration) -> ClientMap {
+        ClientMap {
+            inner: Mutex::new(ClientIndex::default()),
+            cap: cap.max(1),
+            ttl,
+        }
+    }
+
+    fn index(&self) -> MutexGuard<'_, ClientIndex> {
+        // Every change below leaves the index consistent at each step.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn insert(&self, ip: Ipv4Addr, mac: MacAddr) {
-        if let Ok(mut m) = self.by_ip.write() {
-            m.insert(ip, mac);
+        self.insert_at(ip, mac, Instant::now());
+    }
+
+    fn insert_at(&self, ip: Ipv4Addr, mac: MacAddr, now: Instant) {
+        let mut guard = self.index();
+        let x = &mut *guard;
+        x.generation += 1;
+        x.by_ip.insert(ip, (mac, x.generation, now));
+        x.order.push_back((x.generation, ip));
+        // Drop what is stale, too old, or over the cap, oldest first.
+        while let Some(&(g, front)) = x.order.front() {
+            match x.by_ip.get(&front) {
+                Some(&(_, lg, at)) if lg == g => {
+                    let expired = now.saturating_duration_since(at) >= self.ttl;
+                    if !expired && x.by_ip.len() <= self.cap {
+                        break;
+                    }
+                    x.by_ip.remove(&front);
+                }
+                _ => {}
+            }
+            x.order.pop_front();
+        }
+        // Renewals leave stale entries behind the live front; compact when they dominate.
+        if x.order.len() > 2 * self.cap {
+            let by_ip = &x.by_ip;
+            x.order
+                .retain(|(g, ip)| by_ip.get(ip).is_some_and(|(_, lg, _)| lg == g));
         }
     }
 
     pub fn remove(&self, ip: Ipv4Addr) {
-        if let Ok(mut m) = self.by_ip.write() {
-            m.remove(&ip);
-        }
+        self.index().by_ip.remove(&ip);
     }
 
     pub fn mac_of(&self, ip: Ipv4Addr) -> Option<MacAddr> {
-        self.by_ip.read().ok()?.get(&ip).copied()
+        self.mac_of_at(ip, Instant::now())
+    }
+
+    /// Entries are pruned on insert; an expired one must not answer meanwhile.
+    fn mac_of_at(&self, ip: Ipv4Addr, now: Instant) -> Option<MacAddr> {
+        let (mac, _, at) = *self.index().by_ip.get(&ip)?;
+        (now.saturating_duration_since(at) < self.ttl).then_some(mac)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index().by_ip.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -301,5 +389,34 @@ mod tests {
         assert!(s.contains("LOCALBOOT"));
         assert!(virtual_file(&p, "ipxe/nonsense", "http://h").is_none());
         assert!(virtual_file(&p, "undionly.kpxe", "http://h").is_none());
+    }
+
+    #[test]
+    fn client_map_is_capped_and_forgets_old_entries() {
+        let m = ClientMap::new(100, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let ip = |n: u32| Ipv4Addr::from(0x0a00_0000 + n);
+        // Forged addresses by the thousand: the map keeps the newest 100.
+        for n in 0..10_000 {
+            m.insert_at(ip(n), mac(), t0);
+        }
+        assert_eq!(m.len(), 100);
+        assert_eq!(m.mac_of_at(ip(9_999), t0), Some(mac()));
+        assert_eq!(m.mac_of_at(ip(0), t0), None, "the oldest went first");
+        // Renewing one address over and over neither grows the map nor loses others.
+        for _ in 0..1000 {
+            m.insert_at(ip(9_950), mac(), t0);
+        }
+        assert_eq!(m.len(), 100);
+        assert!(
+            m.index().order.len() <= 200,
+            "stale order entries are compacted"
+        );
+        assert_eq!(m.mac_of_at(ip(9_901), t0), Some(mac()));
+        // Entries past their time answer nothing and are pruned by the next insert.
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(m.mac_of_at(ip(9_999), later), None);
+        m.insert_at(ip(1), mac(), later);
+        assert_eq!(m.len(), 1);
     }
 }

@@ -2,10 +2,13 @@
 //! answers of [`crate::boot`].
 //!
 //! [`DhcpEngine::handle`] is the whole protocol as a synchronous function from one request
-//! packet to at most one reply; [`run`] only moves packets between sockets and the engine.
+//! packet to at most one reply; [`serve`] only moves packets between sockets and the engine,
+//! and drops a packet whose handling panics instead of losing the service. What a hostile
+//! client can make the engine hold is bounded by [`DhcpLimits`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,13 +21,20 @@ use crate::boot::{boot_target, BootEvent, BootFiles, BootProvider, BootTarget, C
 use crate::error::{Error, Result};
 use crate::iface::udp_socket;
 use crate::leases::LeaseStore;
+use crate::lograte::{info_limited, warn_limited};
 use crate::pxe::{classify, Firmware, PxeClient};
 use crate::MacAddr;
 
+mod limits;
+pub use limits::{DhcpLimits, RateLimit};
+
 /// BOOTP minimum: the Linux in-kernel DHCP client and some ROMs ignore shorter replies.
 pub const MIN_REPLY_LEN: usize = 300;
-/// How long an offered address is held for the client it was offered to.
-const OFFER_HOLD_SECS: u64 = 30;
+/// The largest message every DHCP client must accept (RFC 2131 section 2); replies are
+/// kept within it whatever the configuration.
+pub const MAX_REPLY_LEN: usize = 576;
+/// The BOOTP `file` field, which holds the boot file name or URL.
+const FILE_FIELD_LEN: usize = 128;
 const MAGIC: [u8; 4] = [99, 130, 83, 99];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +150,113 @@ impl DhcpConfig {
                 self.lease_secs
             )));
         }
+        self.validate_lengths()
+    }
+
+    /// Every boot file name or URL a reply may carry (what, name).
+    fn boot_names(&self) -> Vec<(&'static str, String)> {
+        let f = &self.files;
+        let sample_mac = MacAddr([0; 6]);
+        vec![
+            ("BIOS boot file", f.bios.clone()),
+            ("x64 UEFI boot file", f.efi_x64.clone()),
+            ("arm64 UEFI boot file", f.efi_arm64.clone()),
+            (
+                "iPXE script URL",
+                crate::boot::script_url(&self.http_base, sample_mac),
+            ),
+            (
+                "x64 HTTP boot URL",
+                format!("{}/files/{}", self.http_base, f.efi_x64),
+            ),
+            (
+                "arm64 HTTP boot URL",
+                format!("{}/files/{}", self.http_base, f.efi_arm64),
+            ),
+        ]
+    }
+
+    /// Lengths the wire format limits: boot file names and URLs go into the 128-byte
+    /// `file` field, and a whole reply must fit the 576 bytes every client accepts.
+    fn validate_lengths(&self) -> Result<()> {
+        for (what, name) in self.boot_names() {
+            if name.len() > FILE_FIELD_LEN {
+                return Err(Error::Config(format!(
+                    "{what} {name:?} is {} bytes; DHCP carries at most {FILE_FIELD_LEN} \
+                     (the BOOTP file field); use a shorter file name or HTTP address",
+                    name.len()
+                )));
+            }
+        }
+        if let Some(d) = &self.domain {
+            if d.is_empty() || d.len() > 253 {
+                return Err(Error::Config(format!(
+                    "domain name {d:?} must be 1 to 253 bytes long"
+                )));
+            }
+        }
+        for r in &self.reservations {
+            if let Some(h) = &r.hostname {
+                if h.is_empty() || h.len() > 253 {
+                    return Err(Error::Config(format!(
+                        "reservation for {}: host name {h:?} must be 1 to 253 bytes long",
+                        r.mac
+                    )));
+                }
+            }
+        }
+        let n = self.largest_reply_len();
+        if n > MAX_REPLY_LEN {
+            return Err(Error::Config(format!(
+                "DHCP replies would be up to {n} bytes, more than the {MAX_REPLY_LEN} every \
+                 client accepts; list fewer DNS servers or shorten the domain and host names"
+            )));
+        }
         Ok(())
+    }
+
+    /// The encoded size of the largest reply this configuration can produce (an offer to a
+    /// UEFI HTTP boot client with the longest boot URL and host name), without option 82,
+    /// which a relay adds and strips.
+    fn largest_reply_len(&self) -> usize {
+        let u = Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new(u, u, u, u, &[0; 6]);
+        let o = m.opts_mut();
+        o.insert(DhcpOption::MessageType(MessageType::Offer));
+        o.insert(DhcpOption::ServerIdentifier(self.server_ip));
+        o.insert(DhcpOption::AddressLeaseTime(self.lease_secs));
+        o.insert(DhcpOption::Renewal(self.lease_secs));
+        o.insert(DhcpOption::Rebinding(self.lease_secs));
+        o.insert(DhcpOption::SubnetMask(self.subnet_mask));
+        o.insert(DhcpOption::Router(vec![self.server_ip]));
+        if !self.dns.is_empty() {
+            o.insert(DhcpOption::DomainNameServer(self.dns.clone()));
+        }
+        if let Some(d) = &self.domain {
+            o.insert(DhcpOption::DomainName(d.clone()));
+        }
+        if let Some(h) = self
+            .reservations
+            .iter()
+            .filter_map(|r| r.hostname.clone())
+            .max_by_key(|h| h.len())
+        {
+            o.insert(DhcpOption::Hostname(h));
+        }
+        o.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+        o.insert(DhcpOption::ClientMachineIdentifier(vec![0; 17]));
+        o.insert(DhcpOption::TFTPServerName(
+            self.server_ip.to_string().into_bytes(),
+        ));
+        let longest = self
+            .boot_names()
+            .into_iter()
+            .map(|(_, n)| n)
+            .max_by_key(|n| n.len())
+            .unwrap_or_default();
+        o.insert(DhcpOption::BootfileName(longest.into_bytes()));
+        o.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+        m.to_vec().map(|v| v.len()).unwrap_or(usize::MAX)
     }
 }
 
@@ -273,21 +389,28 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// An address offered to `mac` at `at` and held for it until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Offer {
+    mac: MacAddr,
+    at: u64,
+    until: u64,
+}
+
 /// Addresses offered and not yet requested, held for their client for a short while.
-/// Indexed both ways so each packet costs O(1), even with tens of thousands outstanding.
+/// Indexed by address, by client and by age, so each packet costs O(log n) even with tens
+/// of thousands outstanding. `by_mac[m] == ip` exactly when `by_ip[ip].mac == m`.
 #[derive(Default)]
 struct Offers {
-    by_ip: HashMap<Ipv4Addr, (MacAddr, u64)>,
+    by_ip: HashMap<Ipv4Addr, Offer>,
     by_mac: HashMap<MacAddr, Ipv4Addr>,
-    next_sweep: u64,
+    /// (offered at, address), oldest first.
+    by_age: BTreeSet<(u64, Ipv4Addr)>,
 }
 
 impl Offers {
     fn holder(&self, ip: Ipv4Addr, now: u64) -> Option<MacAddr> {
-        self.by_ip
-            .get(&ip)
-            .filter(|(_, until)| *until > now)
-            .map(|(m, _)| *m)
+        self.by_ip.get(&ip).filter(|o| o.until > now).map(|o| o.mac)
     }
 
     fn of(&self, mac: MacAddr, now: u64) -> Option<Ipv4Addr> {
@@ -295,30 +418,54 @@ impl Offers {
         (self.holder(ip, now) == Some(mac)).then_some(ip)
     }
 
-    fn insert(&mut self, ip: Ipv4Addr, mac: MacAddr, until: u64) {
+    fn insert(&mut self, ip: Ipv4Addr, mac: MacAddr, now: u64, until: u64) {
         self.remove_mac(mac);
-        self.by_ip.insert(ip, (mac, until));
+        self.remove_ip(ip);
+        self.by_ip.insert(
+            ip,
+            Offer {
+                mac,
+                at: now,
+                until,
+            },
+        );
         self.by_mac.insert(mac, ip);
+        self.by_age.insert((now, ip));
+    }
+
+    fn remove_ip(&mut self, ip: Ipv4Addr) {
+        if let Some(o) = self.by_ip.remove(&ip) {
+            self.by_age.remove(&(o.at, ip));
+            self.by_mac.remove(&o.mac);
+        }
     }
 
     fn remove_mac(&mut self, mac: MacAddr) {
-        if let Some(ip) = self.by_mac.remove(&mac) {
-            if self.by_ip.get(&ip).is_some_and(|(m, _)| *m == mac) {
-                self.by_ip.remove(&ip);
-            }
+        if let Some(ip) = self.by_mac.get(&mac).copied() {
+            self.remove_ip(ip);
         }
     }
 
-    /// Drops expired offers, at most once a second.
+    /// Live offers made at or before `before`, oldest first.
+    fn made_before(&self, before: u64, now: u64) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.by_age
+            .range(..=(before, Ipv4Addr::BROADCAST))
+            .map(|(_, ip)| *ip)
+            .filter(move |ip| self.holder(*ip, now).is_some())
+    }
+
+    /// Drops expired offers: the oldest first, stopping at the first live one.
     fn sweep(&mut self, now: u64) {
-        if now < self.next_sweep {
-            return;
+        while let Some(&(at, ip)) = self.by_age.first() {
+            match self.by_ip.get(&ip) {
+                Some(o) if o.at == at && o.until > now => break,
+                Some(o) if o.at == at => self.remove_ip(ip),
+                // Cannot happen while the indexes agree; never loop on it if it does.
+                _ => {
+                    self.by_age.pop_first();
+                }
+            }
         }
-        self.next_sweep = now + 1;
-        self.by_ip.retain(|_, (_, until)| *until > now);
-        let by_ip = &self.by_ip;
-        self.by_mac
-            .retain(|m, ip| by_ip.get(ip).is_some_and(|(h, _)| h == m));
     }
 }
 
@@ -347,6 +494,8 @@ pub struct DhcpEngine {
     scope: Scope,
     provider: Arc<dyn BootProvider>,
     clients: Arc<ClientMap>,
+    limits: DhcpLimits,
+    limiter: limits::Limiter,
 }
 
 impl DhcpEngine {
@@ -392,11 +541,21 @@ impl DhcpEngine {
             },
             provider,
             clients,
+            limiter: limits::Limiter::new(&DhcpLimits::default()),
+            limits: DhcpLimits::default(),
         })
     }
 
     pub fn config(&self) -> &DhcpConfig {
         &self.cfg
+    }
+
+    /// Replaces the default [`DhcpLimits`]; rate-limit state starts afresh.
+    pub fn set_limits(&mut self, limits: DhcpLimits) -> Result<()> {
+        limits.validate()?;
+        self.limiter = limits::Limiter::new(&limits);
+        self.limits = limits;
+        Ok(())
     }
 
     /// The lease store, locked (shared with the engines of other interfaces).
@@ -420,6 +579,13 @@ impl DhcpEngine {
             }
         };
         let mac = MacAddr::from_chaddr(req.chaddr())?;
+        if let Err(which) = self.limiter.admit(&self.limits, &req, mac, now) {
+            warn_limited!(
+                "DHCP request over a rate limit",
+                "DHCP request from {mac} dropped: over the {which} rate limit"
+            );
+            return None;
+        }
         let r = if self.cfg.proxy() || port == Port::Pxe {
             self.handle_proxy(&req, mac, src, port)
         } else {
@@ -428,7 +594,12 @@ impl DhcpEngine {
         match r {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!("DHCP request from {mac}: {e}");
+                crate::lograte::limited!(
+                    crate::lograte::WARNINGS,
+                    tracing::Level::ERROR,
+                    "DHCP request failed",
+                    "DHCP request from {mac}: {e}"
+                );
                 None
             }
         }
@@ -471,24 +642,33 @@ impl DhcpEngine {
         same(gi, self.cfg.server_ip, self.cfg.subnet_mask).then_some(local)
     }
 
-    fn can_have(&self, ip: Ipv4Addr, mac: MacAddr, now: u64, prefer_unused: bool) -> bool {
+    /// Whether `mac` may have `ip` now. An offer to another client stands in the way only
+    /// when `offers` is set: a REQUEST takes an address that was merely offered to someone
+    /// else (who gets a NAK when it asks), since offers bind nobody.
+    fn can_have(
+        &self,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        now: u64,
+        prefer_unused: bool,
+        offers: bool,
+    ) -> bool {
         if let Some(r) = self.reserved_by_mac.get(&mac) {
             return r.ip == ip;
         }
         if !self.in_pool(ip) || self.reserved_ips.contains(&ip) {
             return false;
         }
-        if let Some(m) = self.offers.holder(ip, now) {
-            if m != mac {
-                return false;
-            }
+        if offers && self.offers.holder(ip, now).is_some_and(|m| m != mac) {
+            return false;
         }
         self.leases()
             .is_some_and(|l| l.available(ip, mac, now, prefer_unused))
     }
 
     /// Address to offer: the reservation, the client's previous address, the one it asks
-    /// for, then the next free one (never-used addresses first, then expired ones).
+    /// for, then the next free one (never-used addresses first, then expired ones), and when
+    /// none is free, the oldest offer nobody REQUESTed within the short hold.
     fn choose(&mut self, mac: MacAddr, requested: Option<Ipv4Addr>, now: u64) -> Option<Ipv4Addr> {
         if let Some(r) = self.reserved_by_mac.get(&mac) {
             return Some(r.ip);
@@ -497,7 +677,7 @@ impl DhcpEngine {
         // A client that DISCOVERs again before REQUESTing gets the same offer.
         let offered = self.offers.of(mac, now);
         for ip in offered.into_iter().chain(prev).chain(requested) {
-            if self.can_have(ip, mac, now, false) {
+            if self.can_have(ip, mac, now, false, true) {
                 return Some(ip);
             }
         }
@@ -507,13 +687,23 @@ impl DhcpEngine {
             for i in 0..size {
                 let ip = first + (self.cursor.wrapping_sub(first).wrapping_add(i)) % size;
                 let ip = Ipv4Addr::from(ip);
-                if self.can_have(ip, mac, now, prefer_unused) {
+                if self.can_have(ip, mac, now, prefer_unused, true) {
                     self.cursor = u32::from(ip).wrapping_add(1);
                     return Some(ip);
                 }
             }
         }
-        None
+        let before = now.saturating_sub(self.limits.offer_hold_short_secs);
+        let ip = self
+            .offers
+            .made_before(before, now)
+            .find(|ip| self.can_have(*ip, mac, now, false, false))?;
+        info_limited!(
+            "DHCP pool short: unrequested offer given to another client",
+            "DHCP pool has no free address: {ip}, offered at least {} s ago and not requested, is offered to {mac} instead",
+            self.limits.offer_hold_short_secs
+        );
+        Some(ip)
     }
 
     fn reply(&self, req: &Message, kind: MessageType, yiaddr: Ipv4Addr) -> Message {
@@ -572,7 +762,8 @@ impl DhcpEngine {
     ) -> Option<(PxeClient, BootTarget)> {
         let client = classify(req)?;
         let Some(target) = boot_target(&client, mac, &self.cfg.files, &self.cfg.http_base) else {
-            tracing::info!(
+            info_limited!(
+                "DHCP boot client with unknown firmware",
                 "boot client {mac} has firmware {} we have no boot loader for; answering without boot file",
                 client.firmware.name()
             );
@@ -651,7 +842,8 @@ impl DhcpEngine {
         let kind = opts.msg_type();
         self.offers.sweep(now);
         let Some(scope) = self.scope_for(req) else {
-            tracing::info!(
+            info_limited!(
+                "DHCP relay without a pool",
                 "DHCP request from {mac} via relay {} dropped: no pool for that subnet; add a relay range (FIRST-LAST/PREFIX) to --dhcp-range",
                 req.giaddr()
             );
@@ -661,12 +853,14 @@ impl DhcpEngine {
         match kind {
             Some(MessageType::Discover) => {
                 let Some(ip) = self.choose(mac, requested, now) else {
-                    tracing::warn!(
+                    warn_limited!(
+                        "DHCP pool exhausted",
                         "DHCP pool exhausted: no address for {mac}; enlarge --dhcp-range"
                     );
                     return Ok(None);
                 };
-                self.offers.insert(ip, mac, now + OFFER_HOLD_SECS);
+                let until = now + self.limits.offer_hold_secs;
+                self.offers.insert(ip, mac, now, until);
                 let mut m = self.reply(req, MessageType::Offer, ip);
                 self.network_options(&mut m, mac, true);
                 let boot = self.boot_options(req, &mut m, mac, false);
@@ -702,7 +896,7 @@ impl DhcpEngine {
                         return Ok(None);
                     }
                 }
-                if !self.can_have(ip, mac, now, false) {
+                if !self.can_have(ip, mac, now, false, false) {
                     return Ok(Some(self.nak(
                         req,
                         mac,
@@ -714,6 +908,8 @@ impl DhcpEngine {
                     l.bind(ip, mac, expires, hostname)?;
                 }
                 self.offers.remove_mac(mac);
+                // Offered to someone else: the lease wins; that client's REQUEST gets a NAK.
+                self.offers.remove_ip(ip);
                 self.clients.insert(ip, mac);
                 let mut m = self.reply(req, MessageType::Ack, ip);
                 m.set_ciaddr(req.ciaddr());
@@ -730,7 +926,7 @@ impl DhcpEngine {
                 if let Some(mut l) = self.leases() {
                     if l.release(ip, mac, now)? {
                         self.clients.remove(ip);
-                        tracing::info!("DHCP release of {ip} by {mac}");
+                        info_limited!("DHCP release", "DHCP release of {ip} by {mac}");
                     }
                 }
                 Ok(None)
@@ -739,7 +935,8 @@ impl DhcpEngine {
                 if let (Some(ip), Some(mut l)) = (requested, self.leases()) {
                     if l.decline(ip, mac, now + u64::from(self.cfg.lease_secs))? {
                         self.clients.remove(ip);
-                        tracing::warn!(
+                        warn_limited!(
+                            "DHCP decline",
                             "DHCP decline: {mac} found {ip} already in use; kept out of the pool for {} s",
                             self.cfg.lease_secs
                         );
@@ -785,7 +982,7 @@ impl DhcpEngine {
     }
 
     fn nak(&self, req: &Message, mac: MacAddr, why: &str) -> Reply {
-        tracing::info!("DHCP NAK to {mac}: {why}");
+        info_limited!("DHCP NAK", "DHCP NAK to {mac}: {why}");
         let mut m = self.reply(req, MessageType::Nak, Ipv4Addr::UNSPECIFIED);
         m.set_flags(Flags::default().set_broadcast());
         m.opts_mut().insert(DhcpOption::Message(why.to_string()));
@@ -829,8 +1026,9 @@ impl DhcpEngine {
             ("proxy-offer", Self::destination(req, MessageType::Nak))
         };
         let ip = Some(req.ciaddr()).filter(|c| !c.is_unspecified());
-        if let Some(ip) = ip {
-            // Lets TFTP and HTTP logs name the client even though another server leased it.
+        if let Some(ip) = ip.filter(|ip| ip == src.ip()) {
+            // Lets TFTP and HTTP logs name the client even though another server leased it;
+            // only from a packet that came from that address, and the map is bounded.
             self.clients.insert(ip, mac);
         }
         self.step(
@@ -871,58 +1069,152 @@ pub fn bind(iface: &str, proxy: bool) -> Result<Vec<(UdpSocket, Port)>> {
     Ok(v)
 }
 
-/// Serves until `shutdown` turns true.
+/// How many receive errors in a row end a socket's service (a socket that keeps failing,
+/// e.g. its interface is gone, would otherwise spin).
+const MAX_RECV_FAILURES: u32 = 1000;
+
+/// Serves until `shutdown` turns true, then returns `Ok`.
+///
+/// A packet whose handling panics is dropped (and logged) and the service goes on. If a
+/// socket's task ends anyway (its socket keeps failing, or a bug outside packet handling),
+/// the other sockets are stopped and the error returned: the caller should then take the
+/// server down rather than run half a DHCP service.
+pub async fn serve(
+    engine: DhcpEngine,
+    sockets: Vec<(UdpSocket, Port)>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let engine = Arc::new(Mutex::new(engine));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (sock, port) in sockets {
+        let what = match sock.local_addr() {
+            Ok(a) => format!("DHCP service on {a}"),
+            Err(_) => "DHCP service".to_string(),
+        };
+        let task = socket_loop(engine.clone(), sock, port, shutdown.clone());
+        tasks.spawn(async move { task.await.map_err(|msg| (what, msg)) });
+    }
+    supervise(tasks).await
+}
+
+/// [`serve`], logging the error it may end with.
 pub async fn run(
     engine: DhcpEngine,
     sockets: Vec<(UdpSocket, Port)>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let engine = Arc::new(Mutex::new(engine));
-    let mut tasks = Vec::new();
-    for (sock, port) in sockets {
-        let engine = engine.clone();
-        let mut shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let (n, src) = tokio::select! {
-                    r = sock.recv_from(&mut buf) => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!("DHCP receive: {e}");
-                            continue;
-                        }
-                    },
-                    _ = shutdown.changed() => break,
-                };
-                let std::net::SocketAddr::V4(src) = src else {
-                    continue;
-                };
-                if n == buf.len() {
-                    tracing::debug!(
-                        "DHCP packet from {src} dropped: larger than {} bytes",
-                        buf.len()
-                    );
-                    continue;
-                }
-                let reply = match engine.lock() {
-                    Ok(mut e) => e.handle(&buf[..n], src, port, unix_now()),
-                    Err(_) => break,
-                };
-                if let Some(r) = reply {
-                    let out = encode_reply(&r.msg);
-                    if out.is_empty() {
-                        continue;
-                    }
-                    if let Err(e) = sock.send_to(&out, r.to).await {
-                        tracing::warn!("DHCP reply to {}: {e}", r.to);
-                    }
-                }
-            }
-        }));
+    if let Err(e) = serve(engine, sockets, shutdown).await {
+        tracing::error!("{e}");
     }
-    for t in tasks {
-        let _ = t.await;
+}
+
+type SocketTask = std::result::Result<(), (String, String)>;
+
+/// Waits for every socket task; the first to fail (or panic) stops the rest and is returned.
+/// Flushes the rate-limited log's counts meanwhile.
+async fn supervise(mut tasks: tokio::task::JoinSet<SocketTask>) -> Result<()> {
+    let mut tick = tokio::time::interval(crate::lograte::WINDOW);
+    loop {
+        let done = tokio::select! {
+            d = tasks.join_next() => d,
+            _ = tick.tick() => {
+                crate::lograte::flush();
+                continue;
+            }
+        };
+        let failure = match done {
+            None => return Ok(()),
+            Some(Ok(Ok(()))) => continue,
+            Some(Ok(Err((what, msg)))) => Error::Stopped { what, msg },
+            Some(Err(e)) => Error::Stopped {
+                what: "DHCP service".into(),
+                msg: format!(
+                    "a socket task {}",
+                    if e.is_panic() {
+                        "panicked"
+                    } else {
+                        "was cancelled"
+                    }
+                ),
+            },
+        };
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        return Err(failure);
+    }
+}
+
+async fn socket_loop(
+    engine: Arc<Mutex<DhcpEngine>>,
+    sock: UdpSocket,
+    port: Port,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::result::Result<(), String> {
+    let mut buf = vec![0u8; 4096];
+    let mut failures = 0;
+    loop {
+        let (n, src) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    failures += 1;
+                    if failures >= MAX_RECV_FAILURES {
+                        return Err(format!("receiving failed {failures} times in a row, last: {e}"));
+                    }
+                    warn_limited!("DHCP receive failed", "DHCP receive: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|v| *v) => return Ok(()),
+        };
+        failures = 0;
+        let std::net::SocketAddr::V4(src) = src else {
+            continue;
+        };
+        if n == buf.len() {
+            tracing::debug!(
+                "DHCP packet from {src} dropped: larger than {} bytes",
+                buf.len()
+            );
+            continue;
+        }
+        if let Some((out, to)) = handle_isolated(&engine, &buf[..n], src, port) {
+            if let Err(e) = sock.send_to(&out, to).await {
+                warn_limited!("DHCP reply failed", "DHCP reply to {to}: {e}");
+            }
+        }
+    }
+}
+
+/// One packet through the engine, encoded. A panic is caught here, inside the lock, so it
+/// neither poisons the engine's mutex nor ends the socket's task: the packet is dropped.
+fn handle_isolated(
+    engine: &Mutex<DhcpEngine>,
+    bytes: &[u8],
+    src: SocketAddrV4,
+    port: Port,
+) -> Option<(Vec<u8>, SocketAddrV4)> {
+    let mut e = engine.lock().unwrap_or_else(|p| p.into_inner());
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let r = e.handle(bytes, src, port, unix_now())?;
+        Some((encode_reply(&r.msg), r.to))
+    }));
+    match r {
+        Ok(r) => r.filter(|(out, _)| !out.is_empty()),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            crate::lograte::limited!(
+                crate::lograte::WARNINGS,
+                tracing::Level::ERROR,
+                "DHCP packet panicked",
+                "DHCP packet from {src} dropped: handling it panicked ({why}); this is a bug, please report it"
+            );
+            None
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Config(String),
+    #[error("{what} stopped: {msg}; the server must be restarted")]
+    Stopped { what: String, msg: String },
     #[error("I/O error on {what}: {source}")]
     Io {
         what: String,

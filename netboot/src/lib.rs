@@ -11,8 +11,11 @@ pub mod files;
 pub mod http;
 pub mod iface;
 pub mod leases;
+mod lograte;
 pub mod mac;
 pub mod pxe;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tftp;
 
 pub use error::Error;

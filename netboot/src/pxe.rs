@@ -105,18 +105,16 @@ pub fn classify(msg: &Message) -> Option<PxeClient> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::request;
+    use crate::MacAddr;
     use dhcproto::v4::{Architecture, MessageType, UnknownOption};
-    use std::net::Ipv4Addr;
 
     fn discover(opts: Vec<DhcpOption>) -> Message {
-        let u = Ipv4Addr::UNSPECIFIED;
-        let mut m = Message::new(u, u, u, u, &[0x52, 0x54, 0, 1, 2, 3]);
-        m.opts_mut()
-            .insert(DhcpOption::MessageType(MessageType::Discover));
-        for o in opts {
-            m.opts_mut().insert(o);
-        }
-        m
+        request(
+            MessageType::Discover,
+            MacAddr([0x52, 0x54, 0, 1, 2, 3]),
+            opts,
+        )
     }
 
     #[test]

@@ -1,6 +1,7 @@
 use super::*;
-use crate::boot::{BootPlan, FixedPlan};
-use dhcproto::v4::{relay, Architecture};
+use crate::boot::{BootEvent, BootPlan, FixedPlan};
+use crate::testing::{pxe_options as pxe_opts, request as req};
+use dhcproto::v4::relay;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 
@@ -54,16 +55,6 @@ fn env(pool: Option<(u8, u8)>) -> Env {
 
 fn mac(n: u8) -> MacAddr {
     MacAddr([2, 0, 0, 0, 0, n])
-}
-
-fn req(kind: MessageType, m: MacAddr, opts: Vec<DhcpOption>) -> Message {
-    let u = Ipv4Addr::UNSPECIFIED;
-    let mut msg = Message::new(u, u, u, u, &m.0);
-    msg.opts_mut().insert(DhcpOption::MessageType(kind));
-    for o in opts {
-        msg.opts_mut().insert(o);
-    }
-    msg
 }
 
 fn send(e: &mut DhcpEngine, msg: &Message, port: Port, now: u64) -> Option<Reply> {
@@ -338,26 +329,6 @@ fn relay_on_another_subnet_gets_its_own_pool() {
     assert!(send(&mut e.engine, &r, Port::Dhcp, 1000).is_none());
 }
 
-fn pxe_opts(arch: u16, ipxe: bool) -> Vec<DhcpOption> {
-    let mut v = vec![
-        DhcpOption::ClassIdentifier(format!("PXEClient:Arch:{arch:05}:UNDI:002001").into_bytes()),
-        DhcpOption::ClientSystemArchitecture(Architecture::from(arch)),
-        DhcpOption::ClientNetworkInterface(1, 2, 1),
-        DhcpOption::ClientMachineIdentifier(vec![
-            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-        ]),
-        DhcpOption::ParameterRequestList(vec![
-            OptionCode::from(66),
-            OptionCode::from(67),
-            OptionCode::from(43),
-        ]),
-    ];
-    if ipxe {
-        v.push(DhcpOption::UserClass(b"iPXE".to_vec()));
-    }
-    v
-}
-
 #[test]
 fn pxe_boot_files_per_arch_and_ipxe_gets_script() {
     let mut e = env(Some((100, 110)));
@@ -533,4 +504,319 @@ fn config_validation_names_the_problem() {
         .unwrap_err()
         .to_string()
         .contains("own address"));
+}
+
+#[test]
+fn lengths_the_wire_format_cannot_carry_are_refused() {
+    let mut c = cfg(Some((100, 110)));
+    c.files.bios = format!("{}.kpxe", "b".repeat(130));
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("BIOS boot file") && e.contains("at most 128"),
+        "{e}"
+    );
+    // Without the check, dhcproto asserts when the name goes into the reply.
+    let mut c = cfg(Some((100, 110)));
+    c.http_base = format!("http://{}.example:8080", "h".repeat(90));
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("iPXE script URL"), "{e}");
+    let mut c = cfg(Some((100, 110)));
+    c.dns = (0..80).map(|n| Ipv4Addr::new(10, 9, 1, n)).collect();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("576") && e.contains("DNS"), "{e}");
+    let mut c = cfg(Some((100, 110)));
+    c.reservations[0].hostname = Some(String::new());
+    assert!(c.validate().unwrap_err().to_string().contains("host name"));
+    // The longest names that fit still make replies every client takes.
+    let mut c = cfg(Some((100, 110)));
+    c.files.bios = "b".repeat(128);
+    c.validate().unwrap();
+    let mut e = DhcpEngine::new(
+        c,
+        Some(shared(
+            LeaseStore::open(&tempfile::tempdir().unwrap().path().join("l")).unwrap(),
+        )),
+        Arc::new(FixedPlan(BootPlan::Local)),
+        Arc::new(ClientMap::default()),
+    )
+    .unwrap();
+    let offer = send(
+        &mut e,
+        &req(MessageType::Discover, mac(1), pxe_opts(0, false)),
+        Port::Dhcp,
+        1000,
+    )
+    .unwrap();
+    let n = encode_reply(&offer.msg).len();
+    assert!((MIN_REPLY_LEN..=MAX_REPLY_LEN).contains(&n), "{n}");
+}
+
+fn attacker(n: u16) -> MacAddr {
+    let [a, b] = n.to_be_bytes();
+    MacAddr([6, 6, 6, 0, a, b])
+}
+
+#[test]
+fn forged_discovers_do_not_lock_a_short_pool() {
+    // 51 addresses; 60 forged DISCOVERs (new MAC each, never a REQUEST) take them all as
+    // offers. They used to keep every new client out for the 30 s an offer is held.
+    let mut e = env(Some((100, 150)));
+    for n in 0..60 {
+        send(
+            &mut e.engine,
+            &req(MessageType::Discover, attacker(n), vec![]),
+            Port::Dhcp,
+            1000,
+        );
+    }
+    let ip = dora(&mut e.engine, mac(1), 1003);
+    assert!((100..=150).contains(&ip.octets()[3]));
+    // Resent at 2 packets a second, they still leave room for every new client.
+    let mut n = 60;
+    for t in 1004..1100 {
+        for _ in 0..2 {
+            send(
+                &mut e.engine,
+                &req(MessageType::Discover, attacker(n % 120), vec![]),
+                Port::Dhcp,
+                t,
+            );
+            n += 1;
+        }
+        if t % 10 == 0 {
+            dora(&mut e.engine, mac(t as u8), t);
+        }
+    }
+}
+
+#[test]
+fn a_request_takes_an_address_only_offered_to_another() {
+    let mut e = env(Some((100, 100)));
+    let offer = send(
+        &mut e.engine,
+        &req(MessageType::Discover, mac(1), vec![]),
+        Port::Dhcp,
+        1000,
+    )
+    .unwrap();
+    let ip = offer.msg.yiaddr();
+    // The one address is on offer to mac 1; mac 2, after the short hold, is offered it.
+    let o2 = send(
+        &mut e.engine,
+        &req(MessageType::Discover, mac(2), vec![]),
+        Port::Dhcp,
+        1001,
+    );
+    assert!(o2.is_none(), "an offer younger than the short hold is kept");
+    let o2 = send(
+        &mut e.engine,
+        &req(MessageType::Discover, mac(2), vec![]),
+        Port::Dhcp,
+        1002,
+    )
+    .unwrap();
+    assert_eq!(o2.msg.yiaddr(), ip);
+    // mac 1 asks first and gets the lease; mac 2's request is then refused.
+    let ask = |m| {
+        req(
+            MessageType::Request,
+            m,
+            vec![
+                DhcpOption::RequestedIpAddress(ip),
+                DhcpOption::ServerIdentifier(SERVER),
+            ],
+        )
+    };
+    let ack = send(&mut e.engine, &ask(mac(1)), Port::Dhcp, 1002).unwrap();
+    assert_eq!(kind(&ack), MessageType::Ack);
+    let nak = send(&mut e.engine, &ask(mac(2)), Port::Dhcp, 1002).unwrap();
+    assert_eq!(kind(&nak), MessageType::Nak);
+}
+
+#[test]
+fn one_mac_is_rate_limited_and_others_are_not() {
+    let mut e = env(Some((100, 110)));
+    e.engine
+        .set_limits(DhcpLimits {
+            per_mac: Some(RateLimit {
+                burst: 5,
+                per_minute: 60,
+            }),
+            ..DhcpLimits::default()
+        })
+        .unwrap();
+    let discover = |m| req(MessageType::Discover, m, vec![]);
+    let answered = (0..50)
+        .filter(|_| send(&mut e.engine, &discover(mac(1)), Port::Dhcp, 1000).is_some())
+        .count();
+    assert_eq!(answered, 5);
+    assert!(send(&mut e.engine, &discover(mac(2)), Port::Dhcp, 1000).is_some());
+    assert!(
+        send(&mut e.engine, &discover(mac(1)), Port::Dhcp, 1001).is_some(),
+        "one more a second"
+    );
+    let bad = DhcpLimits {
+        per_mac: Some(RateLimit {
+            burst: 0,
+            per_minute: 60,
+        }),
+        ..DhcpLimits::default()
+    };
+    assert!(e.engine.set_limits(bad).is_err());
+}
+
+#[test]
+fn forged_macs_behind_one_relay_port_share_its_budget() {
+    let mut e = env(Some((100, 110)));
+    e.engine
+        .set_limits(DhcpLimits {
+            per_port: Some(RateLimit {
+                burst: 4,
+                per_minute: 60,
+            }),
+            ..DhcpLimits::default()
+        })
+        .unwrap();
+    let via = |port: &[u8], m| {
+        let mut info = relay::RelayAgentInformation::default();
+        info.insert(relay::RelayInfo::AgentCircuitId(port.to_vec()));
+        let mut r = req(
+            MessageType::Discover,
+            m,
+            vec![DhcpOption::RelayAgentInformation(info)],
+        );
+        r.set_giaddr(Ipv4Addr::new(10, 9, 0, 254));
+        r
+    };
+    let answered = (0..40)
+        .filter(|n| {
+            send(
+                &mut e.engine,
+                &via(b"port7", attacker(*n)),
+                Port::Dhcp,
+                1000,
+            )
+            .is_some()
+        })
+        .count();
+    assert_eq!(answered, 4);
+    assert!(send(&mut e.engine, &via(b"port8", mac(1)), Port::Dhcp, 1000).is_some());
+}
+
+#[test]
+fn proxy_learns_addresses_only_from_their_owners() {
+    let clients = Arc::new(ClientMap::default());
+    let mut e = DhcpEngine::new(
+        cfg(None),
+        None,
+        Arc::new(FixedPlan(BootPlan::Local)),
+        clients.clone(),
+    )
+    .unwrap();
+    let claim = |ip: Ipv4Addr, m| {
+        let mut q = req(MessageType::Request, m, pxe_opts(7, false));
+        q.set_ciaddr(ip);
+        q.to_vec().unwrap()
+    };
+    let real = Ipv4Addr::new(10, 9, 0, 77);
+    let src = SocketAddrV4::new(real, 4011);
+    assert!(e.handle(&claim(real, mac(1)), src, Port::Pxe, 1).is_some());
+    assert_eq!(clients.mac_of(real), Some(mac(1)));
+    // Forged: another address in ciaddr than the packet came from.
+    for n in 0..100u8 {
+        let forged = Ipv4Addr::new(10, 9, 1, n);
+        e.handle(&claim(forged, attacker(n.into())), src, Port::Pxe, 1);
+        assert_eq!(clients.mac_of(forged), None);
+    }
+    assert_eq!(clients.len(), 1);
+}
+
+#[test]
+fn a_flood_writes_a_few_warnings_not_one_per_packet() {
+    let mut e = env(Some((100, 101)));
+    dora(&mut e.engine, mac(1), 1000);
+    dora(&mut e.engine, mac(2), 1000);
+    let lines = crate::testing::log_lines(|| {
+        for n in 0..2000 {
+            let d = req(MessageType::Discover, attacker(n), vec![]);
+            assert!(send(&mut e.engine, &d, Port::Dhcp, 1000).is_none());
+        }
+    });
+    let exhausted = lines
+        .iter()
+        .filter(|l| l.contains("pool exhausted"))
+        .count();
+    assert!(
+        (1..=5).contains(&exhausted),
+        "{exhausted} lines for 2000 packets: {lines:#?}"
+    );
+}
+
+/// A boot provider with a bug: recording a step for one MAC panics.
+struct PanicsFor(MacAddr);
+
+impl BootProvider for PanicsFor {
+    fn plan(&self, _: MacAddr) -> BootPlan {
+        BootPlan::Local
+    }
+    fn step(&self, ev: &BootEvent) {
+        assert_ne!(ev.mac, Some(self.0), "provider bug");
+    }
+}
+
+#[tokio::test]
+async fn a_packet_that_panics_is_dropped_and_the_service_goes_on() {
+    let engine = DhcpEngine::new(
+        cfg(None),
+        None,
+        Arc::new(PanicsFor(mac(1))),
+        Arc::new(ClientMap::default()),
+    )
+    .unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = sock.local_addr().unwrap();
+    let (stop, rx) = watch::channel(false);
+    let service = tokio::spawn(run(engine, vec![(sock, Port::Pxe)], rx));
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ask = |m| {
+        let mut q = req(MessageType::Request, m, pxe_opts(7, false));
+        q.set_ciaddr(Ipv4Addr::LOCALHOST);
+        q.to_vec().unwrap()
+    };
+    client.send_to(&ask(mac(1)), server).await.unwrap();
+    client.send_to(&ask(mac(2)), server).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        client.recv_from(&mut buf),
+    )
+    .await
+    .expect("no reply after a packet that panicked: the DHCP service died with it")
+    .unwrap();
+    let reply = Message::from_bytes(&buf[..n]).unwrap();
+    assert_eq!(MacAddr::from_chaddr(reply.chaddr()), Some(mac(2)));
+    assert_eq!(reply.opts().msg_type(), Some(MessageType::Ack));
+    stop.send(true).unwrap();
+    service.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_socket_task_stops_the_service_with_an_error() {
+    let mut tasks = tokio::task::JoinSet::new();
+    let (_stop, mut rx) = watch::channel(false);
+    tasks.spawn(async move {
+        let _ = rx.wait_for(|v| *v).await;
+        Ok(())
+    });
+    tasks.spawn(async { Err(("DHCP service on 0.0.0.0:67".into(), "socket gone".into())) });
+    let e = tokio::time::timeout(std::time::Duration::from_secs(20), supervise(tasks))
+        .await
+        .expect("supervise waited on the healthy task instead of failing")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0.0.0.0:67") && e.contains("socket gone"), "{e}");
+    let mut tasks: tokio::task::JoinSet<SocketTask> = tokio::task::JoinSet::new();
+    tasks.spawn(async { panic!("bug outside packet handling") });
+    let e = supervise(tasks).await.unwrap_err().to_string();
+    assert!(e.contains("panicked"), "{e}");
 }
