@@ -116,7 +116,12 @@ impl Vm {
                             "no NIC to boot from; add one (--net bridge=BR or tap=NAME)".into(),
                         )
                     })?;
-                Some(crate::netboot::fetch(nic, &config.cmdline, &mut serial)?)
+                Some(crate::netboot::fetch(
+                    nic,
+                    &config.cmdline,
+                    config.mem_bytes,
+                    &mut serial,
+                )?)
             }
             _ => None,
         };
