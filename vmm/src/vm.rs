@@ -53,11 +53,8 @@ pub(crate) fn open_kvm() -> Result<Kvm> {
 
 fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> Result<SerialOut> {
     if let (Some((_, out)), SerialTarget::LoggedUnix { log, .. }) = (socket, t) {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|err| Error::SerialFile {
+        let file =
+            console::RotatingLog::open(log, console::LOG_CAP).map_err(|err| Error::SerialFile {
                 path: log.clone(),
                 err,
             })?;
@@ -188,7 +185,7 @@ impl Vm {
             {
                 trackers.push((d.path.clone(), t));
             }
-            pci.add(Box::new(crate::vio::ide::PiixIde::new()))
+            pci.add(Box::new(crate::vio::ide::piix_function()))
                 .ok_or(Error::TooManyDevices(
                     config.disks.len() + config.nets.len() + 1,
                 ))?;

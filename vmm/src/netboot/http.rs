@@ -539,34 +539,23 @@ mod tests {
     }
 
     #[test]
-    fn responses_split_anywhere_decode_as_when_whole() {
+    fn random_responses_never_panic_and_decode_split_as_whole() {
         let mut rng = crate::netboot::tests::Rng(5);
         let seeds: [&[u8]; 3] = [
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
             b"HTTP/1.0 404 Not Found\r\nServer: x\r\n\r\nnope",
         ];
-        for i in 0..20_000 {
-            let p = rng.mutate(seeds[i % 3], Some(b"0123456789abcdef\r\n;: "));
+        for i in 0..40_000 {
+            // Half the mutations from HTTP's own alphabet, half any byte.
+            let alphabet = (i % 4 < 2).then_some(&b"0123456789abcdef\r\n;: "[..]);
+            let p = rng.mutate(seeds[i % 3], alphabet);
             let eof = i % 2 == 0;
             assert_eq!(
                 crate::fuzzing::http_split_vs_whole(&p, 1 + rng.below(7), eof),
                 Ok(()),
                 "{p:?}"
             );
-        }
-    }
-
-    #[test]
-    fn random_responses_never_panic() {
-        let mut rng = crate::netboot::tests::Rng(99);
-        let seeds: [&[u8]; 2] = [
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nff\r\n0\r\n\r\n",
-        ];
-        for i in 0..30_000 {
-            let p = rng.mutate(seeds[i % 2], None);
-            let _ = body(&p, i % 3 == 0);
         }
     }
 }

@@ -10,7 +10,7 @@
 use crate::config::DiskConfig;
 use crate::error::{Error, Result};
 use crate::pci::config::{Ids, PciConfig};
-use crate::pci::PciDevice;
+use crate::pci::ConfigOnly;
 use crate::virtio::block::TrackedDisk;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -709,44 +709,21 @@ impl Ide {
 /// The PCI function ata_piix binds: 82371SB PIIX3 IDE in compatibility mode (fixed ports,
 /// ISA IRQs), both channels' decode enabled in IDETIM (config 0x41/0x43 bit 7) as firmware
 /// leaves them. No bus-master BAR: the driver uses PIO.
-pub struct PiixIde(PciConfig);
-
-impl PiixIde {
-    pub fn new() -> PiixIde {
-        let mut c = PciConfig::new(Ids {
-            vendor: 0x8086,
-            device: 0x7010,
-            class: 0x01,
-            subclass: 0x01,
-            prog_if: 0x80,
-            revision: 0,
-            subsystem_vendor: 0,
-            subsystem: 0,
-        });
-        c.bytes_mut()[0x41] = 0x80;
-        c.bytes_mut()[0x43] = 0x80;
-        c.set16(0x04, 0x0001); // I/O decode on
-        PiixIde(c)
-    }
-}
-
-impl Default for PiixIde {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PciDevice for PiixIde {
-    fn config(&self) -> &PciConfig {
-        &self.0
-    }
-    fn config_write(&mut self, reg: usize, offset: usize, data: &[u8]) {
-        self.0.write(reg, offset, data)
-    }
-    fn bar_read(&mut self, _: usize, _: u64, data: &mut [u8]) {
-        data.fill(0xff)
-    }
-    fn bar_write(&mut self, _: usize, _: u64, _: &[u8]) {}
+pub fn piix_function() -> ConfigOnly {
+    let mut c = PciConfig::new(Ids {
+        vendor: 0x8086,
+        device: 0x7010,
+        class: 0x01,
+        subclass: 0x01,
+        prog_if: 0x80,
+        revision: 0,
+        subsystem_vendor: 0,
+        subsystem: 0,
+    });
+    c.bytes_mut()[0x41] = 0x80;
+    c.bytes_mut()[0x43] = 0x80;
+    c.set16(0x04, 0x0001); // I/O decode on
+    ConfigOnly(c)
 }
 
 #[cfg(test)]
