@@ -57,7 +57,8 @@ pub enum SerialTarget {
     /// A Unix socket the monitor listens on; one client at a time gets output and sends input.
     Unix(PathBuf),
     /// A Unix socket as above, with all output also appended to a log file (a detached
-    /// guest's console: attach any time, read what was missed in the log).
+    /// guest's console: attach any time, read what was missed in the log), which moves to
+    /// `<log>.1` at `devices::console::LOG_CAP`.
     LoggedUnix {
         socket: PathBuf,
         log: PathBuf,

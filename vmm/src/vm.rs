@@ -53,11 +53,8 @@ pub(crate) fn open_kvm() -> Result<Kvm> {
 
 fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> Result<SerialOut> {
     if let (Some((_, out)), SerialTarget::LoggedUnix { log, .. }) = (socket, t) {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|err| Error::SerialFile {
+        let file =
+            console::RotatingLog::open(log, console::LOG_CAP).map_err(|err| Error::SerialFile {
                 path: log.clone(),
                 err,
             })?;
@@ -116,7 +113,12 @@ impl Vm {
                             "no NIC to boot from; add one (--net bridge=BR or tap=NAME)".into(),
                         )
                     })?;
-                Some(crate::netboot::fetch(nic, &config.cmdline, &mut serial)?)
+                Some(crate::netboot::fetch(
+                    nic,
+                    &config.cmdline,
+                    config.mem_bytes,
+                    &mut serial,
+                )?)
             }
             _ => None,
         };
@@ -183,7 +185,7 @@ impl Vm {
             {
                 trackers.push((d.path.clone(), t));
             }
-            pci.add(Box::new(crate::vio::ide::PiixIde::new()))
+            pci.add(Box::new(crate::vio::ide::piix_function()))
                 .ok_or(Error::TooManyDevices(
                     config.disks.len() + config.nets.len() + 1,
                 ))?;

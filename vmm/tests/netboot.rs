@@ -120,12 +120,16 @@ impl Drop for Daemon {
 
 /// Netboots a VM on the bridge; returns how Vm::new ended (error text) or the console text.
 fn netboot(ns: &Netns, cmdline: &str) -> (Result<String, String>, Duration) {
+    netboot_with_ram(ns, cmdline, 128 << 20)
+}
+
+fn netboot_with_ram(ns: &Netns, cmdline: &str, ram: u64) -> (Result<String, String>, Duration) {
     let cmdline = cmdline.to_owned();
     ns.run(move || {
         let buf = SharedBuffer::default();
         let mut cfg = VmConfig::new(KernelImage::Net);
         cfg.cmdline = cmdline;
-        cfg.mem_bytes = 128 << 20;
+        cfg.mem_bytes = ram;
         cfg.nets = vec![NetConfig {
             backend: NetBackend::Bridge("nbbr0".into()),
             mac: MAC,
@@ -297,4 +301,43 @@ fn dhcp_boot_url_redirect_and_chunked_http() {
         text.contains(&ignite_vmm::guest::netbooted_initrd_line(&initrd)),
         "{text}"
     );
+}
+
+#[test]
+fn initrds_beyond_the_guests_ram_are_refused_while_downloading() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = common::tempdir();
+    let root = dir.as_path();
+    boot_files(root, 16);
+    // Eight initrd lines of 10 MiB for a guest of 32 MiB: the fourth passes the budget (the
+    // firmware used to download every one, whatever their number and size).
+    std::fs::File::create(root.join("b/big.img"))
+        .unwrap()
+        .set_len(10 << 20)
+        .unwrap();
+    let script = format!(
+        "#!ipxe\nkernel k.elf\n{}boot\n",
+        "initrd big.img\n".repeat(8)
+    );
+    std::fs::write(root.join("b/boot.ipxe"), script).unwrap();
+    let ns = lab("nbbig");
+    let _h = Daemon::http(&ns, root);
+    let _d = Daemon::dnsmasq(
+        &ns,
+        root,
+        &["--dhcp-boot=http://10.79.0.1:8000/b/boot.ipxe"],
+    );
+    let (r, t) = netboot_with_ram(&ns, "", 32 << 20);
+    let e = r.unwrap_err();
+    assert!(
+        e.starts_with("network boot: download: HTTP GET http://10.79.0.1:8000/b/big.img: body larger than the"),
+        "{e}"
+    );
+    assert!(
+        e.contains("one network boot loads at most 33554432 bytes in all"),
+        "{e}"
+    );
+    assert!(t < Duration::from_secs(60), "{t:?}");
 }

@@ -23,8 +23,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use url::{Scheme, Url};
 
-/// No boot file is larger than this (a kernel plus initramfs fit in far less).
-pub const MAX_FILE: usize = 1 << 30;
+/// What one network boot may load in all (boot file, scripts, kernel and initrds, each
+/// counted as it arrives), whatever the guest's RAM: the firmware holds it in host memory.
+pub const MAX_TOTAL: usize = 1 << 30;
 /// DISCOVER timeouts: four tries over 15 s (a PXE ROM waits 4+8+16+32 s; we need not).
 const DISCOVER_WAITS: [u64; 4] = [1, 2, 4, 8];
 const REQUEST_WAIT: Duration = Duration::from_secs(4);
@@ -77,9 +78,28 @@ fn fail(step: &str, msg: impl std::fmt::Display) -> Error {
     Error::Netboot(format!("{step}: {msg}"))
 }
 
+/// Bytes this boot may still download: MAX_TOTAL or the guest's RAM, whichever is less (a
+/// kernel and initrds larger than the RAM cannot boot anyway).
+struct Budget {
+    total: usize,
+    used: usize,
+}
+
+impl Budget {
+    fn left(&self) -> usize {
+        self.total - self.used
+    }
+}
+
 /// Runs the boot firmware on `net` and returns what to boot. `cmdline` is used for a boot file
-/// that is a kernel itself (no script to give one).
-pub fn fetch(net: &NetConfig, cmdline: &str, out: &mut dyn Write) -> Result<Loaded> {
+/// that is a kernel itself (no script to give one); `mem_bytes` is the guest's RAM, which
+/// bounds what is downloaded (see MAX_TOTAL).
+pub fn fetch(
+    net: &NetConfig,
+    cmdline: &str,
+    mem_bytes: u64,
+    out: &mut dyn Write,
+) -> Result<Loaded> {
     let mut con = Console(out);
     let tap = Tap::from_backend(&net.backend)?;
     let mut link = Link::new(tap);
@@ -135,7 +155,18 @@ pub fn fetch(net: &NetConfig, cmdline: &str, out: &mut dyn Write) -> Result<Load
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    follow(&mut stack, first, cmdline.to_owned(), &vars, &mut con)
+    let mut budget = Budget {
+        total: usize::try_from(mem_bytes).map_or(MAX_TOTAL, |m| m.min(MAX_TOTAL)),
+        used: 0,
+    };
+    follow(
+        &mut stack,
+        first,
+        cmdline.to_owned(),
+        &vars,
+        &mut budget,
+        &mut con,
+    )
 }
 
 fn netmask(prefix: u8) -> Ipv4Addr {
@@ -246,15 +277,31 @@ fn wait_reply(
     }
 }
 
-/// The file at `url`, and the URL it finally came from (after HTTP redirects).
-fn download(stack: &mut Stack, url: &Url, con: &mut Console) -> Result<(Vec<u8>, Url)> {
+/// The file at `url`, and the URL it finally came from (after HTTP redirects); counted
+/// against the budget.
+fn download(
+    stack: &mut Stack,
+    url: &Url,
+    budget: &mut Budget,
+    con: &mut Console,
+) -> Result<(Vec<u8>, Url)> {
     con.say(&format!("{url} ..."));
     let t = Instant::now();
+    let limit = budget.left();
     let (data, from) = match url.scheme {
-        Scheme::Tftp => tftp::get(stack, url.host, &url.path).map(|d| (d, url.clone())),
-        Scheme::Http => http::get(stack, url),
+        Scheme::Tftp => tftp::get(stack, url.host, &url.path, limit).map(|d| (d, url.clone())),
+        Scheme::Http => http::get(stack, url, limit),
     }
-    .map_err(|e| fail("download", e))?;
+    .map_err(|e| {
+        fail(
+            "download",
+            format!(
+                "{e} (one network boot loads at most {} bytes in all: the guest's RAM, and never more than {MAX_TOTAL})",
+                budget.total
+            ),
+        )
+    })?;
+    budget.used += data.len();
     let via = if from == *url {
         String::new()
     } else {
@@ -278,10 +325,11 @@ fn follow(
     mut url: Url,
     mut cmdline: String,
     vars: &script::Vars,
+    budget: &mut Budget,
     con: &mut Console,
 ) -> Result<Loaded> {
     for _ in 0..MAX_CHAIN {
-        let (data, from) = download(stack, &url, con)?;
+        let (data, from) = download(stack, &url, budget, con)?;
         url = from;
         if is_kernel(&data) {
             con.say(&format!("Booting {url} as the kernel"));
@@ -319,7 +367,7 @@ fn follow(
                 cmdline,
             } => {
                 let kurl = join(&kernel)?;
-                let (kernel, _) = download(stack, &kurl, con)?;
+                let (kernel, _) = download(stack, &kurl, budget, con)?;
                 if !is_kernel(&kernel) {
                     return Err(fail(
                         &format!("kernel {kurl}"),
@@ -328,7 +376,7 @@ fn follow(
                 }
                 let mut initrd = None::<Vec<u8>>;
                 for i in &initrds {
-                    let (d, _) = download(stack, &join(i)?, con)?;
+                    let (d, _) = download(stack, &join(i)?, budget, con)?;
                     let all = initrd.get_or_insert_with(Vec::new);
                     all.resize(all.len().next_multiple_of(4), 0);
                     all.extend_from_slice(&d);

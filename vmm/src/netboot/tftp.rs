@@ -2,7 +2,6 @@
 //! 2349) over a smoltcp UDP socket. Packets from the server are untrusted input.
 
 use super::link::Stack;
-use super::MAX_FILE;
 use smoltcp::socket::udp;
 use smoltcp::wire::IpEndpoint;
 use std::net::Ipv4Addr;
@@ -93,15 +92,21 @@ pub fn parse(p: &[u8]) -> Result<Packet<'_>, String> {
     }
 }
 
-/// Downloads `file` from `server`. Errors name the server and file.
-pub fn get(stack: &mut Stack, server: Ipv4Addr, file: &str) -> Result<Vec<u8>, String> {
+/// Downloads `file` from `server`, refusing more than `limit` bytes. Errors name the server
+/// and file.
+pub fn get(
+    stack: &mut Stack,
+    server: Ipv4Addr,
+    file: &str,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
     let sock = udp::Socket::new(
         udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 64 * 1600]),
         udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8 * 1600]),
     );
     let h = stack.sockets.add(sock);
     let port = 49152 + (super::random_u64() % 16000) as u16;
-    let r = transfer(stack, h, port, server, file);
+    let r = transfer(stack, h, port, server, file, limit);
     stack.remove(h);
     r.map_err(|e| format!("TFTP {server} file {file:?}: {e}"))
 }
@@ -112,6 +117,7 @@ fn transfer(
     port: u16,
     server: Ipv4Addr,
     file: &str,
+    limit: usize,
 ) -> Result<Vec<u8>, String> {
     stack
         .sockets
@@ -165,8 +171,10 @@ fn transfer(
                 ))
             }
             Packet::Oack { blksize: b, tsize } if expect == 1 && data.is_empty() => {
-                if let Some(t) = tsize.filter(|&t| t > MAX_FILE as u64) {
-                    return Err(format!("{t} bytes is more than the {MAX_FILE}-byte limit"));
+                if let Some(t) = tsize.filter(|&t| t > limit as u64) {
+                    return Err(format!(
+                        "{t} bytes (tsize) is more than the {limit} bytes this boot may still load"
+                    ));
                 }
                 blksize = b.unwrap_or(512);
                 last = ack(0).to_vec();
@@ -179,8 +187,10 @@ fn transfer(
                         d.len()
                     ));
                 }
-                if data.len() + d.len() > MAX_FILE {
-                    return Err(format!("more than the {MAX_FILE}-byte limit"));
+                if d.len() > limit - data.len() {
+                    return Err(format!(
+                        "more than the {limit} bytes this boot may still load"
+                    ));
                 }
                 data.extend_from_slice(d);
                 last = ack(block).to_vec();

@@ -14,11 +14,14 @@ pub trait PciDevice: Send {
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
 }
 
-pub struct HostBridge(PciConfig);
+/// A function that is only its configuration space: no BAR decodes to it. The host bridge,
+/// and the PIIX IDE function (its channels sit at the fixed legacy ports).
+pub struct ConfigOnly(pub PciConfig);
 
-impl HostBridge {
-    pub fn new() -> HostBridge {
-        HostBridge(PciConfig::new(Ids {
+impl ConfigOnly {
+    /// The host bridge at 00:00.0.
+    pub fn host_bridge() -> ConfigOnly {
+        ConfigOnly(PciConfig::new(Ids {
             vendor: 0x8086,
             device: 0x0d57,
             class: 0x06,
@@ -31,13 +34,7 @@ impl HostBridge {
     }
 }
 
-impl Default for HostBridge {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PciDevice for HostBridge {
+impl PciDevice for ConfigOnly {
     fn config(&self) -> &PciConfig {
         &self.0
     }
@@ -62,7 +59,7 @@ pub struct PciBus {
 impl PciBus {
     pub fn new() -> PciBus {
         let mut slots: Vec<Option<Box<dyn PciDevice>>> = (0..FUNCTIONS).map(|_| None).collect();
-        slots[0] = Some(Box::new(HostBridge::new()));
+        slots[0] = Some(Box::new(ConfigOnly::host_bridge()));
         PciBus { slots, address: 0 }
     }
 
@@ -250,7 +247,7 @@ mod tests {
     fn functions_beyond_31_devices_make_slots_multifunction() {
         let mut bus = PciBus::new();
         for i in 0..40 {
-            let slot = bus.add(Box::new(HostBridge::new())).unwrap();
+            let slot = bus.add(Box::new(ConfigOnly::host_bridge())).unwrap();
             assert_eq!(slot, if i < 31 { i + 1 } else { 1 + (i - 31) / 7 });
         }
         // Slot 1 now has functions 0..7, slot 2 functions 0..2.
@@ -260,9 +257,12 @@ mod tests {
         assert_eq!(cfg_read(&mut bus, 2, 2 << 8), 0x0d57_8086);
         assert_eq!(cfg_read(&mut bus, 2, 3 << 8), 0xffff_ffff);
         for _ in 40..(31 * 8) {
-            assert!(bus.add(Box::new(HostBridge::new())).is_some());
+            assert!(bus.add(Box::new(ConfigOnly::host_bridge())).is_some());
         }
-        assert!(bus.add(Box::new(HostBridge::new())).is_none(), "bus full");
+        assert!(
+            bus.add(Box::new(ConfigOnly::host_bridge())).is_none(),
+            "bus full"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::config::DiskConfig;
 use crate::error::{Error, Result};
 use crate::pci::config::{Ids, PciConfig};
-use crate::pci::PciDevice;
+use crate::pci::ConfigOnly;
 use crate::virtio::block::TrackedDisk;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -57,6 +57,10 @@ enum Dir {
 #[derive(Debug)]
 struct Transfer {
     dir: Dir,
+    /// The drive the command went to. The guest may write the device register (select the
+    /// other drive) while data moves: the data still belongs to this drive, whose size the
+    /// LBA range was checked against.
+    unit: usize,
     /// Disk LBA of `buf[0]`.
     buf_lba: u64,
     /// Sectors of the command not yet fetched into (In) or stored from (Out) `buf`.
@@ -385,6 +389,7 @@ impl Channel {
         self.end = len;
         self.xfer = Some(Transfer {
             dir: Dir::In,
+            unit: self.unit(),
             buf_lba: 0,
             remaining: 0,
             block: 1,
@@ -398,6 +403,7 @@ impl Channel {
     fn start_read(&mut self, lba: u64, count: u64, block: u64) {
         self.xfer = Some(Transfer {
             dir: Dir::In,
+            unit: self.unit(),
             buf_lba: lba,
             remaining: count,
             block,
@@ -423,8 +429,7 @@ impl Channel {
             x.buf_lba += (self.end / SECTOR) as u64;
             let n = x.remaining.min(CHUNK_SECTORS);
             let lba = x.buf_lba;
-            let unit = self.unit();
-            let r = match self.drives[unit].as_ref() {
+            let r = match self.drives[x.unit].as_ref() {
                 Some(d) => d
                     .disk
                     .read(&mut self.buf[..n as usize * SECTOR], lba * SECTOR as u64),
@@ -450,6 +455,7 @@ impl Channel {
         self.end = count.min(CHUNK_SECTORS) as usize * SECTOR;
         self.xfer = Some(Transfer {
             dir: Dir::Out,
+            unit: self.unit(),
             buf_lba: lba,
             remaining: count,
             block,
@@ -467,8 +473,7 @@ impl Channel {
         if self.pos == self.end {
             let lba = x.buf_lba;
             let n = (self.end / SECTOR) as u64;
-            let unit = self.unit();
-            let r = match self.drives[unit].as_ref() {
+            let r = match self.drives[x.unit].as_ref() {
                 Some(d) => d.disk.write(&self.buf[..self.end], lba * SECTOR as u64),
                 None => Err(std::io::ErrorKind::NotFound.into()),
             };
@@ -647,16 +652,29 @@ impl Ide {
         if disks.len() > MAX_DISKS {
             return Err(Error::TooManyVioDisks(disks.len()));
         }
-        let mut drives: Vec<Option<Drive>> = Vec::new();
-        for cfg in disks {
-            let disk = TrackedDisk::open(cfg)?;
-            let sectors = disk.file.size / SECTOR as u64;
-            drives.push(Some(Drive {
-                disk,
-                sectors,
-                multiple: 0,
-            }));
+        let opened = disks
+            .iter()
+            .map(TrackedDisk::open)
+            .collect::<Result<Vec<_>>>()?;
+        Self::with_disks(opened, irqs)
+    }
+
+    /// As `new`, over disks already open (in-memory disks for fuzzing).
+    pub fn with_disks(disks: Vec<TrackedDisk>, irqs: [Option<EventFd>; 2]) -> Result<Ide> {
+        if disks.len() > MAX_DISKS {
+            return Err(Error::TooManyVioDisks(disks.len()));
         }
+        let mut drives: Vec<Option<Drive>> = disks
+            .into_iter()
+            .map(|disk| {
+                let sectors = disk.file.size / SECTOR as u64;
+                Some(Drive {
+                    disk,
+                    sectors,
+                    multiple: 0,
+                })
+            })
+            .collect();
         drives.resize_with(4, || None);
         let mut it = drives.into_iter();
         let mut next2 = || [it.next().flatten(), it.next().flatten()];
@@ -691,44 +709,21 @@ impl Ide {
 /// The PCI function ata_piix binds: 82371SB PIIX3 IDE in compatibility mode (fixed ports,
 /// ISA IRQs), both channels' decode enabled in IDETIM (config 0x41/0x43 bit 7) as firmware
 /// leaves them. No bus-master BAR: the driver uses PIO.
-pub struct PiixIde(PciConfig);
-
-impl PiixIde {
-    pub fn new() -> PiixIde {
-        let mut c = PciConfig::new(Ids {
-            vendor: 0x8086,
-            device: 0x7010,
-            class: 0x01,
-            subclass: 0x01,
-            prog_if: 0x80,
-            revision: 0,
-            subsystem_vendor: 0,
-            subsystem: 0,
-        });
-        c.bytes_mut()[0x41] = 0x80;
-        c.bytes_mut()[0x43] = 0x80;
-        c.set16(0x04, 0x0001); // I/O decode on
-        PiixIde(c)
-    }
-}
-
-impl Default for PiixIde {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PciDevice for PiixIde {
-    fn config(&self) -> &PciConfig {
-        &self.0
-    }
-    fn config_write(&mut self, reg: usize, offset: usize, data: &[u8]) {
-        self.0.write(reg, offset, data)
-    }
-    fn bar_read(&mut self, _: usize, _: u64, data: &mut [u8]) {
-        data.fill(0xff)
-    }
-    fn bar_write(&mut self, _: usize, _: u64, _: &[u8]) {}
+pub fn piix_function() -> ConfigOnly {
+    let mut c = PciConfig::new(Ids {
+        vendor: 0x8086,
+        device: 0x7010,
+        class: 0x01,
+        subclass: 0x01,
+        prog_if: 0x80,
+        revision: 0,
+        subsystem_vendor: 0,
+        subsystem: 0,
+    });
+    c.bytes_mut()[0x41] = 0x80;
+    c.bytes_mut()[0x43] = 0x80;
+    c.set16(0x04, 0x0001); // I/O decode on
+    ConfigOnly(c)
 }
 
 #[cfg(test)]
@@ -745,10 +740,14 @@ mod tests {
     }
 
     fn rig(n: usize, size: u64) -> Rig {
+        rig_sized(&vec![size; n])
+    }
+
+    fn rig_sized(sizes: &[u64]) -> Rig {
         let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/ign-ide-test").unwrap();
         let mut disks = Vec::new();
         let mut paths = Vec::new();
-        for i in 0..n {
+        for (i, &size) in sizes.iter().enumerate() {
             let p = dir.as_path().join(format!("d{i}.img"));
             let f = std::fs::File::create(&p).unwrap();
             f.set_len(size).unwrap();
@@ -974,6 +973,44 @@ mod tests {
             13,
             "5 SET FEATURES, 5 commands, 2 aborts, READ VERIFY"
         );
+    }
+
+    #[test]
+    fn data_goes_to_the_drive_the_command_went_to() {
+        // Drive 0: 1 MiB; drive 1: 64 KiB (128 sectors). The command goes to drive 0 at an
+        // LBA past drive 1's end, then the guest selects drive 1 while the data moves.
+        let mut r = rig_sized(&[1 << 20, 64 << 10]);
+        let c = &mut r.ide.channels[0];
+        let data: Vec<u8> = (0..1024u32).map(|i| (i * 13) as u8).collect();
+        cmd28(c, 0, 0x30, 1000, 2);
+        wr(c, 6, 0xf0);
+        c.pio_write(0, 2, &data[..512]);
+        wr(c, 6, 0xe0);
+        wr(c, 6, 0xf0);
+        c.pio_write(0, 2, &data[512..]);
+        assert_eq!(rd(c, 7), ST_DRDY | ST_DSC, "the write completed");
+        let len = |i: usize| std::fs::metadata(&r.paths[i]).unwrap().len();
+        assert_eq!(len(1), 64 << 10, "drive 1's image must not grow");
+        let mut back = vec![0u8; 1024];
+        let f = std::fs::File::open(&r.paths[0]).unwrap();
+        f.read_exact_at(&mut back, 1000 * 512).unwrap();
+        assert_eq!(back, data, "the data belongs to drive 0");
+        // A read switched over the same way still returns drive 0's sectors.
+        let c = &mut r.ide.channels[0];
+        cmd28(c, 0, 0x20, 1000, 2);
+        wr(c, 6, 0xf0);
+        let mut got = vec![0u8; 1024];
+        c.pio_read(0, 2, &mut got);
+        assert_eq!(got, data);
+        drop(r.ide);
+        let marked = |i: usize| {
+            let set = ChangeTracker::load(&r.paths[i]).unwrap();
+            (0..set.regions())
+                .filter(|&x| set.is_marked(x))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(marked(0), vec![1000 * 512 / (64 << 10)]);
+        assert_eq!(marked(1), Vec::<u64>::new());
     }
 
     #[test]

@@ -131,13 +131,24 @@ impl Ne2k {
         self.irq_level
     }
 
+    /// `page` as a ring address: pages outside PSTART..PSTOP (the driver may write anything
+    /// to CURR and BNRY) count as PSTART, where `receive` stores the next frame then.
+    fn ring_addr(&self, page: u8) -> usize {
+        let a = (page as usize) << 8;
+        if (self.start..self.stop).contains(&a) {
+            a
+        } else {
+            self.start
+        }
+    }
+
     /// Can a frame of up to MAX_FRAME bytes be stored in the receive ring now?
     pub fn can_receive(&self) -> bool {
         if self.cmd & CR_STOP != 0 || self.stop <= self.start || self.stop > MEM_SIZE {
             return false;
         }
-        let index = (self.curpag as usize) << 8;
-        let boundary = (self.boundary as usize) << 8;
+        let index = self.ring_addr(self.curpag);
+        let boundary = self.ring_addr(self.boundary);
         let avail = if index < boundary {
             boundary - index
         } else {
@@ -172,10 +183,7 @@ impl Ne2k {
         } else {
             frame
         };
-        let mut index = (self.curpag as usize) << 8;
-        if index < self.start || index >= self.stop {
-            index = self.start;
-        }
+        let mut index = self.ring_addr(self.curpag);
         let total = buf.len() + 4;
         let mut next = index + ((total + 4 + 255) & !0xff);
         if next >= self.stop {
@@ -343,12 +351,13 @@ impl Ne2k {
         }
     }
 
-    /// Access to the I/O BAR at `off`.
+    /// Access to the I/O BAR at `off`. A wide access to the registers covers the following
+    /// ones (wrapping within the 16); `data` may be a whole string-I/O exit of any length.
     pub fn io_read(&mut self, off: u64, data: &mut [u8]) {
         match off {
             0x00..=0x0f => {
                 for (i, b) in data.iter_mut().enumerate() {
-                    *b = self.reg_read((off as u8 + i as u8) & 0x0f);
+                    *b = self.reg_read(reg_at(off, i));
                 }
             }
             0x10..=0x17 => self.data_read(data),
@@ -364,13 +373,18 @@ impl Ne2k {
         match off {
             0x00..=0x0f => {
                 for (i, b) in data.iter().enumerate() {
-                    self.reg_write((off as u8 + i as u8) & 0x0f, *b);
+                    self.reg_write(reg_at(off, i), *b);
                 }
             }
             0x10..=0x17 => self.data_write(data),
             _ => {}
         }
     }
+}
+
+/// Register `i` bytes after register `off` (< 16), wrapping within the 16 registers.
+fn reg_at(off: u64, i: usize) -> u8 {
+    ((off as usize).wrapping_add(i) & 0x0f) as u8
 }
 
 /// The tap side: frames out with a zeroed virtio-net header; INTx through a line setter.
@@ -606,6 +620,32 @@ mod tests {
         // Reading the reset port resets.
         r(&mut n, 0x1f);
         assert_eq!(r(&mut n, 0x07) & ISR_RST, ISR_RST);
+    }
+
+    #[test]
+    fn long_string_io_and_pointers_outside_the_ring_do_not_overflow() {
+        let (mut n, _) = nic();
+        // `rep insb` / `rep outsb` of 300 bytes on a register port: one exit, 300 bytes.
+        let mut big = vec![0u8; 300];
+        n.io_read(0x07, &mut big);
+        n.io_write(0x0d, &[0u8; 300]);
+        setup(&mut n);
+        // CURR far past PSTOP, BNRY below PSTART: the ring is PSTART..PSTOP whatever the
+        // driver wrote; the next frame goes to PSTART.
+        w(&mut n, 0, 0x62);
+        w(&mut n, 0x07, 0xff);
+        w(&mut n, 0, 0x22);
+        w(&mut n, 0x03, 0x00);
+        w(&mut n, 0x0c, RCR_AB);
+        assert!(n.can_receive());
+        let mut f = vec![0x11u8; 100];
+        f[..6].copy_from_slice(&[0xff; 6]);
+        assert!(n.receive(&f));
+        assert_eq!(n.mem[0x4604..0x4604 + 100], f[..]);
+        // PSTOP beyond the NIC's memory: nothing is received, nothing overflows.
+        w(&mut n, 0x02, 0xff);
+        assert!(!n.can_receive());
+        assert!(!n.receive(&f));
     }
 
     #[test]

@@ -211,7 +211,23 @@ impl TrackedDisk {
         off.checked_add(len).is_some_and(|e| e <= self.file.size)
     }
 
+    /// Refuses ranges past the end of the disk: a write there would grow the image file
+    /// behind the change map's back (the map covers the disk's size only).
+    fn check(&self, off: u64, len: usize) -> std::io::Result<()> {
+        if self.contains(off, len as u64) {
+            return Ok(());
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{len} bytes at offset {off} reach past the end of the {}-byte disk",
+                self.file.size
+            ),
+        ))
+    }
+
     pub fn read(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.check(off, buf.len())?;
         self.file.read_at(buf, off)
     }
 
@@ -220,6 +236,7 @@ impl TrackedDisk {
         if self.file.read_only {
             return Err(std::io::ErrorKind::PermissionDenied.into());
         }
+        self.check(off, buf.len())?;
         if let Some(t) = &self.tracker {
             t.mark(off, buf.len() as u64)?;
         }
@@ -432,6 +449,10 @@ impl BlockHandler {
     /// Processes the ring, then keeps polling it for `budget` after the last request seen,
     /// with driver notifications suppressed (VRING_USED_F_NO_NOTIFY) meanwhile: a driver
     /// that submits again right after a completion then costs neither an exit nor a wakeup.
+    ///
+    /// A ring whose available index promises requests that cannot be taken (an index more
+    /// than the queue size ahead) ends the polling: spinning on it would hold this thread,
+    /// and with it a device reset or the VM's teardown, forever.
     pub fn process_polling(&mut self, budget: std::time::Duration) -> usize {
         let mut total = 0;
         loop {
@@ -445,15 +466,23 @@ impl BlockHandler {
                     .map(|i| i.0 != self.queue.next_avail())
                     .unwrap_or(false);
                 if pending {
-                    total += self.process();
+                    let n = self.process();
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
                     idle = std::time::Instant::now();
                 } else {
                     std::hint::spin_loop();
                 }
             }
-            // Re-enable notifications; entries that raced in are processed now.
+            // Re-enable notifications; entries that raced in are processed now, and polling
+            // goes on only if they were real.
             match self.queue.enable_notification(&self.mem) {
-                Ok(true) => continue,
+                Ok(true) => match self.process() {
+                    0 => return total,
+                    n => total += n,
+                },
                 _ => return total,
             }
         }
@@ -642,13 +671,17 @@ pub struct Block {
 
 impl Block {
     pub fn new(cfg: &DiskConfig, index: usize) -> Result<Block> {
-        let TrackedDisk { file, tracker } = TrackedDisk::open(cfg)?;
-        Ok(Block {
-            disk: file,
-            tracker,
+        Ok(Self::with_disk(TrackedDisk::open(cfg)?, index))
+    }
+
+    /// As `new`, over a disk already open (in-memory disks for fuzzing).
+    pub fn with_disk(disk: TrackedDisk, index: usize) -> Block {
+        Block {
+            disk: disk.file,
+            tracker: disk.tracker,
             worker: None,
             index,
-        })
+        }
     }
 
     pub fn tracker(&self) -> Option<Arc<ChangeTracker>> {
@@ -812,6 +845,26 @@ mod tests {
         fn status(&self, addr: u64) -> u8 {
             self.mem.read_obj(GuestAddress(addr)).unwrap()
         }
+    }
+
+    #[test]
+    fn tracked_disk_refuses_ranges_past_its_end() {
+        let d = TrackedDisk {
+            file: Arc::new(memfd_disk(false)),
+            tracker: None,
+        };
+        let mut buf = [7u8; 512];
+        assert!(d.write(&buf, DISK_SIZE - 512).is_ok());
+        for off in [DISK_SIZE - 511, DISK_SIZE, u64::MAX - 100] {
+            let e = d.write(&buf, off).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+            assert!(d.read(&mut buf, off).is_err());
+        }
+        assert_eq!(
+            file_size(&d.file.file).unwrap(),
+            DISK_SIZE,
+            "the image did not grow"
+        );
     }
 
     #[test]
@@ -990,6 +1043,28 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![1]
         );
+    }
+
+    #[test]
+    fn polling_ends_on_an_available_index_that_promises_too_much() {
+        // The driver claims 100 new requests on a queue of 16: none can be taken. The I/O
+        // thread used to spin on this forever (and a device reset waiting for it, too).
+        let mem = memory();
+        mem.write_obj(100u16, GuestAddress(0x1000 + 2)).unwrap();
+        let mut h = BlockHandler {
+            mem,
+            queue: crate::fuzzing::queue(),
+            disk: Arc::new(memfd_disk(false)),
+            tracker: None,
+            interrupt: Arc::new(CountingInterrupt::default()),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let n = h.process_polling(std::time::Duration::from_micros(50));
+            let _ = tx.send(n);
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(done, Ok(0), "process_polling did not return within 30 s");
     }
 
     /// Randomized hostile descriptors (the cargo-fuzz target's input space, without nightly).
