@@ -5,11 +5,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use ignite_netboot::leases::LeaseStore;
 use ignite_recovery::process::output as sh;
 
 use crate::initramfs::marker_initramfs;
-use crate::state::db_path;
 
 #[derive(Args)]
 pub struct NetbootArgs {
@@ -151,7 +149,7 @@ fn tempfile_dir(cache: &Path) -> Result<ScratchDir> {
 }
 
 fn leases(state_dir: &Path, json: bool) -> Result<()> {
-    let store = LeaseStore::open(&db_path(state_dir))?;
+    let store = crate::state::State::open(state_dir)?.lease_store()?;
     let now = ignite_netboot::dhcp::unix_now();
     let rows: Vec<serde_json::Value> = store
         .all()

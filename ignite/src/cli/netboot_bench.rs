@@ -500,10 +500,10 @@ fn dhcp(seconds: u32, rate: u32, macs: u32) -> Result<()> {
         pair.stop_servers();
         rates.push(r);
     }
-    let persisted =
-        ignite_netboot::leases::LeaseStore::open(&crate::state::db_path(&work.join("state")))?
-            .all()
-            .len();
+    let persisted = crate::state::State::open(&work.join("state"))?
+        .lease_store()?
+        .all()
+        .len();
     let dnsmasq_leases = std::fs::read_to_string(work.join("dnsmasq.leases"))
         .unwrap_or_default()
         .lines()

@@ -12,7 +12,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ignite_netboot::boot::{BootProvider, ClientMap};
 use ignite_netboot::dhcp::{self, DhcpEngine};
-use ignite_netboot::leases::LeaseStore;
 use ignite_netboot::{http, iface, tftp, MacAddr};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -20,7 +19,7 @@ use tokio::sync::watch;
 use super::config::{resolve, Config, Resolved, LAB_ADDRESS, LAB_INTERFACE};
 use super::install_api::InstallApi;
 use super::provider::RegistryProvider;
-use crate::state::{db_path, State};
+use crate::state::State;
 
 fn interface_address(i: &str) -> Result<(Ipv4Addr, u8)> {
     iface::ipv4_of(i).map_err(|e| {
@@ -215,7 +214,7 @@ pub fn run(cfg: Config) -> Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         let mut services = Vec::new();
         let leases = match cfg.network.dhcp && !cfg.network.proxy_dhcp {
-            true => Some(dhcp::shared(LeaseStore::open(&db_path(&cfg.state_dir))?)),
+            true => Some(dhcp::shared(state.lease_store()?)),
             false => None,
         };
         for n in &nets {

@@ -3,6 +3,7 @@
 //! reordered, since databases in the field have already run it.
 
 use anyhow::{bail, Context, Result};
+use ignite_netboot::leases::LEASE_MIGRATIONS;
 use rusqlite::Connection;
 
 /// Version 1 is the schema as it stood before versions were recorded, written with
@@ -63,16 +64,14 @@ const V1: &str = "
     CREATE TABLE IF NOT EXISTS guest_macs (
         mac TEXT PRIMARY KEY,
         guest TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS dhcp_leases (
-        ip TEXT PRIMARY KEY,
-        mac TEXT,
-        expires INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        hostname TEXT
     );";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// One version step: SQL batches applied in order, in one transaction.
+type Step = &'static [&'static str];
+
+/// ignite-netboot owns the lease table's schema ([`LEASE_MIGRATIONS`]); each of its steps is
+/// applied here, in order, as part of one of ours.
+const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]]];
 
 /// The schema version this binary writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -89,11 +88,31 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     }
     while version < VERSION {
         let tx = conn.transaction()?;
-        tx.execute_batch(MIGRATIONS[version as usize])
-            .with_context(|| format!("cannot upgrade its schema to version {}", version + 1))?;
+        for sql in MIGRATIONS[version as usize] {
+            tx.execute_batch(sql)
+                .with_context(|| format!("cannot upgrade its schema to version {}", version + 1))?;
+        }
         tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
         version += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_lease_migration_is_applied_once_in_order() {
+        let ours: Vec<&str> = MIGRATIONS
+            .iter()
+            .flat_map(|step| step.iter().copied())
+            .filter(|sql| LEASE_MIGRATIONS.contains(sql))
+            .collect();
+        assert_eq!(
+            ours, LEASE_MIGRATIONS,
+            "add netboot's new lease steps to MIGRATIONS"
+        );
+    }
 }

@@ -75,6 +75,13 @@ impl State {
         &self.path
     }
 
+    /// The DHCP lease store on this database (its own connection; the schema is ours).
+    pub fn lease_store(&self) -> Result<ignite_netboot::leases::LeaseStore> {
+        Ok(ignite_netboot::leases::LeaseStore::open_migrated(
+            &self.path,
+        )?)
+    }
+
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (each statement
         // is atomic), so a poisoned lock is still usable.
