@@ -4,12 +4,17 @@
 //! it covers is performed, so no crash can lose a dirty mark. A capture takes the map and
 //! resets it in one step ([`ChangeTracker::take`]); if the capture fails it gives the map
 //! back ([`ChangeTracker::merge`]).
+//!
+//! A capture of a running guest needs one consistent point: every disk model holds
+//! [`ChangeTracker::writing`] from marking a write until the write is done, and a capture
+//! holds [`ChangeTracker::hold`] while it takes the map and reads what it names, so no write
+//! is in flight (marked in the taken map but not yet on the image) and none starts.
 
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const MAGIC: &[u8; 8] = b"IGNCHG01";
 const HEADER: u64 = 32;
@@ -84,6 +89,8 @@ pub struct ChangeTracker {
     path: PathBuf,
     sync: bool,
     inner: Mutex<(File, ChangeSet)>,
+    /// Writers share it; a capture holds it alone (see the module docs).
+    gate: RwLock<()>,
 }
 
 impl ChangeTracker {
@@ -143,6 +150,7 @@ impl ChangeTracker {
             path,
             sync,
             inner: Mutex::new((file, set)),
+            gate: RwLock::new(()),
         })
     }
 
@@ -160,6 +168,17 @@ impl ChangeTracker {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Held by a disk model from marking writes until they are on the image.
+    pub fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Held by a capture: waits for writes in flight, then keeps new ones waiting until the
+    /// guard is dropped.
+    pub fn hold(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks a region about to be written. Returns only once the mark is persisted.
@@ -283,6 +302,44 @@ fn read_set(file: &File, len: u64) -> std::result::Result<ChangeSet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hold waits for a write in flight and keeps the next one waiting until released.
+    #[test]
+    fn a_hold_waits_for_writes_in_flight_and_blocks_new_ones() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use std::time::Duration;
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/ign-ct").unwrap();
+        let t = Arc::new(
+            ChangeTracker::open(&dir.as_path().join("d.img"), 1 << 20, 4096, false).unwrap(),
+        );
+        let writing = t.writing();
+        let held = Arc::new(AtomicBool::new(false));
+        let holder = {
+            let (t, held) = (t.clone(), held.clone());
+            std::thread::spawn(move || {
+                let _g = t.hold();
+                held.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(200));
+                held.store(false, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !held.load(Ordering::SeqCst),
+            "hold taken while a write was in flight"
+        );
+        drop(writing);
+        while !held.load(Ordering::SeqCst) && !holder.is_finished() {
+            std::thread::yield_now();
+        }
+        let _w = t.writing();
+        assert!(
+            !held.load(Ordering::SeqCst),
+            "a write started during the hold"
+        );
+        holder.join().unwrap();
+    }
 
     #[test]
     fn marks_persist_take_resets_merge_restores() {

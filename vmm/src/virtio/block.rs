@@ -237,6 +237,7 @@ impl TrackedDisk {
             return Err(std::io::ErrorKind::PermissionDenied.into());
         }
         self.check(off, buf.len())?;
+        let _writing = self.tracker.as_ref().map(|t| t.writing());
         if let Some(t) = &self.tracker {
             t.mark(off, buf.len() as u64)?;
         }
@@ -413,6 +414,10 @@ impl BlockHandler {
             }
             batch.push((head, req));
         }
+        // Writes of the batch are marked and performed under one `writing` guard: a capture's
+        // hold waits for the batch and keeps the next one waiting.
+        let tracker = self.tracker.clone();
+        let _writing = tracker.as_ref().map(|t| t.writing());
         if let Some(t) = &self.tracker {
             let writes: Vec<(u64, u64)> = batch
                 .iter()
