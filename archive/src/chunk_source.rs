@@ -3,6 +3,7 @@
 //! `BATCH_CHUNKS` chunks or `BATCH_BYTES` bytes of file content at a time: a root file system
 //! is mostly small files, and a remote request per chunk costs more than the chunk.
 
+use crate::chunk_stream::{HEADER_LEN, MAX_CHUNK_BYTES, MAX_REPLY_BYTES};
 use crate::error::Result;
 use crate::id::ChunkId;
 use crate::store::Store;
@@ -16,6 +17,10 @@ pub trait ChunkSource: Sync {
 pub const BATCH_BYTES: u64 = 4 << 20;
 /// ...and most chunks. A server's batch limit must be at least this.
 pub const BATCH_CHUNKS: usize = 256;
+// A batch is one chunk, or up to BATCH_BYTES of them: its reply fits a server's limit.
+const _: () = assert!(
+    BATCH_BYTES + MAX_CHUNK_BYTES as u64 + (BATCH_CHUNKS * HEADER_LEN) as u64 <= MAX_REPLY_BYTES
+);
 
 impl ChunkSource for Store {
     fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>> {

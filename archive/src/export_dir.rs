@@ -1,22 +1,35 @@
 //! File-tree snapshots out to a directory, with owners, modes, xattrs, times, hard links,
-//! device nodes and holes restored. Nothing is written outside the target: paths are checked
-//! again (a store may hold snapshots committed by remote clients), nothing is placed beneath a
-//! symlink, and existing symlinks in a non-empty target are never followed.
+//! device nodes and holes restored.
+//!
+//! Nothing is written outside the target: the tree is checked first (`check_tree`: normal
+//! paths, no duplicates, nothing beneath a symlink of the tree), and every change goes
+//! through `beneath`, which never follows a symlink, whether the archive made it or it was in
+//! the target before.
+//!
+//! Order, so that hard links and directory times come out right:
+//! 1. in tree order: directories (owner-only while being filled), symlinks, fifos and
+//!    device nodes, the last three with their metadata;
+//! 2. in parallel: regular files, each created, filled and given its owner, mode, xattrs and
+//!    times on one descriptor; small files in groups whose chunks are fetched in one batch;
+//! 3. hard links, to the files of step 2;
+//! 4. directories' metadata, deepest first, in parallel within a depth: making their
+//!    contents is what changes directories' times.
 
+use crate::beneath::{self, split_parent, Beneath};
 use crate::chunk_source::{ChunkSource, BATCH_BYTES, BATCH_CHUNKS};
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::paths::ancestors;
 use crate::snapshot::{check_tree, Entry, EntryKind, Extent, Manifest};
 use crate::stats::Progress;
 use crate::store::Store;
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsStr};
-use std::fs::{self, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use rustix::fs::{AtFlags, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -25,27 +38,6 @@ pub struct ExportStats {
     pub bytes: u64,
     /// Device nodes not created because we are not root.
     pub skipped_devices: u64,
-}
-
-fn target_path(root: &Path, rel: &[u8]) -> PathBuf {
-    if rel.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(OsStr::from_bytes(rel))
-    }
-}
-
-fn cstr(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::Invalid(format!("{}: path contains NUL", p.display())))
-}
-
-fn os_err<T>(ret: libc::c_int, path: &Path, ok: T) -> Result<T> {
-    if ret == 0 {
-        Ok(ok)
-    } else {
-        Err(std::io::Error::last_os_error()).at(path)
-    }
 }
 
 pub fn export_dir(
@@ -57,8 +49,8 @@ pub fn export_dir(
     export_tree(store, &store.load_tree(m)?, target, progress)
 }
 
-/// Writes `entries` under `target`, file contents from `source`. File contents are written
-/// on the current rayon pool: run it inside a larger pool for more chunk reads in flight.
+/// Writes `entries` under `target`, file contents from `source`. Files are written on the
+/// current rayon pool: run it inside a larger pool for more chunk fetches in flight.
 pub fn export_tree(
     source: &dyn ChunkSource,
     entries: &[Entry],
@@ -67,235 +59,432 @@ pub fn export_tree(
 ) -> Result<ExportStats> {
     check_tree(entries)?;
     fs::create_dir_all(target).at(target)?;
-    let root = fs::canonicalize(target).at(target)?;
-    let as_root = unsafe { libc::geteuid() } == 0;
-    let mut stats = ExportStats::default();
-    let mut safe_dirs: HashSet<Vec<u8>> = HashSet::new();
-    safe_dirs.insert(Vec::new());
+    let x = Export {
+        source,
+        root: Beneath::open(target)?,
+        progress,
+        // SAFETY: geteuid has no preconditions.
+        as_root: unsafe { libc::geteuid() } == 0,
+    };
+    let mut stats = ExportStats {
+        entries: entries.len() as u64,
+        ..Default::default()
+    };
 
-    // Pass 1, in order: directories, links, special files, empty regular files.
-    for e in entries {
-        if e.path.is_empty() {
-            continue;
-        }
-        for a in ancestors(&e.path) {
-            if safe_dirs.contains(a) {
-                continue;
-            }
-            let p = target_path(&root, a);
-            match fs::symlink_metadata(&p) {
-                Ok(md) if md.file_type().is_dir() => {}
-                Ok(_) => {
-                    return Err(Error::UnsafePath {
-                        path: e.path_str(),
-                        what: format!("{} in the target is not a directory", p.display()),
-                    })
-                }
-                Err(_) => fs::create_dir(&p).at(&p)?,
-            }
-            safe_dirs.insert(a.to_vec());
-        }
-        let p = target_path(&root, &e.path);
-        let existing = fs::symlink_metadata(&p).ok();
-        if let Some(md) = &existing {
-            let keep_dir = md.is_dir() && e.kind == EntryKind::Dir;
-            if md.is_dir() && !keep_dir {
-                return Err(Error::UnsafePath {
-                    path: e.path_str(),
-                    what: format!("{} exists in the target as a directory", p.display()),
-                });
-            }
-            if !keep_dir {
-                fs::remove_file(&p).at(&p)?;
-            }
-        }
-        match &e.kind {
-            EntryKind::Dir => {
-                if existing.is_none() {
-                    fs::create_dir(&p).at(&p)?;
-                }
-                // Owner-writable while we fill it; the real mode is set at the end.
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).at(&p)?;
-                safe_dirs.insert(e.path.clone());
-            }
-            EntryKind::File { size, .. } => {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&p)
-                    .at(&p)?;
-                f.set_len(*size).at(&p)?;
-            }
-            EntryKind::Symlink { target } => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), &p).at(&p)?;
-            }
-            EntryKind::HardLink { target } => {
-                fs::hard_link(target_path(&root, target), &p).at(&p)?;
-            }
-            EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
-                let kind = if matches!(e.kind, EntryKind::CharDevice { .. }) {
-                    libc::S_IFCHR
-                } else {
-                    libc::S_IFBLK
-                };
-                let c = cstr(&p)?;
-                let dev = libc::makedev(*major, *minor);
-                // SAFETY: valid C string; mknod reads no other memory.
-                if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, dev) } != 0 {
-                    let err = std::io::Error::last_os_error();
-                    if !as_root && err.raw_os_error() == Some(libc::EPERM) {
-                        tracing::warn!("{}: device nodes need root; skipped", p.display());
-                        stats.skipped_devices += 1;
-                        continue;
-                    }
-                    return Err(err).at(&p);
-                }
-            }
-            EntryKind::Fifo => {
-                let c = cstr(&p)?;
-                // SAFETY: valid C string.
-                os_err(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, &p, ())?;
-            }
+    // 1. Directories, symlinks and special files, in tree order.
+    let mut parents = Parents::new(&x.root, true);
+    for e in entries.iter().filter(|e| !e.path.is_empty()) {
+        let (parent, name) = split_parent(&e.path);
+        let dir = parents.get(parent)?;
+        if !x.make_node(dir, name, e)? {
+            stats.skipped_devices += 1;
         }
     }
 
-    // Pass 2, in parallel: file contents (holes stay holes), a batch at a time.
-    let bytes = extent_batches(entries)
+    // 2. Regular files, in parallel.
+    stats.bytes = file_units(entries)
         .par_iter()
-        .map(|batch| write_batch(source, &root, batch, progress))
+        .map_init(
+            || Parents::new(&x.root, false),
+            |parents, unit| x.write_unit(parents, unit),
+        )
         .sum::<Result<u64>>()?;
-    stats.bytes = bytes;
 
-    // Pass 3: metadata; directories last and deepest first, so their mtimes stay.
-    entries
-        .par_iter()
-        .filter(|e| e.kind != EntryKind::Dir && !matches!(e.kind, EntryKind::HardLink { .. }))
-        .try_for_each(|e| apply_metadata(&root, e, as_root))?;
-    let mut dirs: Vec<&Entry> = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Dir)
-        .collect();
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.path.len()));
-    for d in dirs {
-        apply_metadata(&root, d, as_root)?;
+    // 3. Hard links.
+    let mut parents = Parents::new(&x.root, false);
+    for e in entries {
+        if let EntryKind::HardLink { target } = &e.kind {
+            let (tp, tn) = split_parent(target);
+            let tdir = parents.get(tp)?.try_clone_to_owned().at(x.root.path(tp))?;
+            let (p, n) = split_parent(&e.path);
+            let dir = parents.get(p)?;
+            beneath::make_link(tdir.as_fd(), tn, dir, n).at(x.root.path(&e.path))?;
+        }
     }
-    stats.entries = entries.len() as u64;
+
+    // 4. Directories' metadata, deepest first.
+    let mut by_depth: BTreeMap<usize, Vec<&Entry>> = BTreeMap::new();
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+        let depth = if e.path.is_empty() {
+            0
+        } else {
+            1 + e.path.iter().filter(|&&b| b == b'/').count()
+        };
+        by_depth.entry(depth).or_default().push(e);
+    }
+    for level in by_depth.values().rev() {
+        level.par_iter().try_for_each(|e| {
+            let dir = x.root.open_dir(&e.path)?;
+            x.set_meta_fd(&dir, e)
+        })?;
+    }
     Ok(stats)
 }
 
-/// One extent of one file.
-type Piece<'a> = (&'a [u8], &'a Extent);
+/// Directory descriptors recently used (entries of one directory come together).
+struct Parents<'a> {
+    root: &'a Beneath,
+    create: bool,
+    recent: Vec<(Vec<u8>, OwnedFd)>,
+}
 
-/// The files' extents in tree order, cut into batches of `BATCH_BYTES` / `BATCH_CHUNKS`.
-fn extent_batches(entries: &[Entry]) -> Vec<Vec<Piece<'_>>> {
-    let mut batches = Vec::new();
-    let (mut batch, mut bytes): (Vec<Piece>, u64) = (Vec::new(), 0);
-    for e in entries {
-        let EntryKind::File { extents, .. } = &e.kind else {
-            continue;
+impl<'a> Parents<'a> {
+    const KEEP: usize = 8;
+
+    fn new(root: &'a Beneath, create: bool) -> Self {
+        Parents {
+            root,
+            create,
+            recent: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, path: &[u8]) -> Result<BorrowedFd<'_>> {
+        let i = match self.recent.iter().position(|(p, _)| p == path) {
+            Some(i) => i,
+            None => {
+                let fd = self.root.dir(path, self.create)?;
+                if self.recent.len() == Self::KEEP {
+                    self.recent.remove(0);
+                }
+                self.recent.push((path.to_vec(), fd));
+                self.recent.len() - 1
+            }
         };
-        for x in extents {
-            if !batch.is_empty()
-                && (bytes + u64::from(x.len) > BATCH_BYTES || batch.len() == BATCH_CHUNKS)
+        Ok(self.recent[i].1.as_fd())
+    }
+}
+
+/// Regular files to write: several small ones whose chunks come in one batch, or one file
+/// of more than a batch, whose batches are fetched in parallel.
+enum Unit<'a> {
+    Small(Vec<&'a Entry>),
+    Big(&'a Entry),
+}
+
+fn extents(e: &Entry) -> &[Extent] {
+    match &e.kind {
+        EntryKind::File { extents, .. } => extents,
+        _ => &[],
+    }
+}
+
+fn file_units(entries: &[Entry]) -> Vec<Unit<'_>> {
+    let mut units = Vec::new();
+    let (mut group, mut bytes, mut chunks) = (Vec::new(), 0u64, 0usize);
+    for e in entries {
+        if !matches!(e.kind, EntryKind::File { .. }) {
+            continue;
+        }
+        let x = extents(e);
+        let size: u64 = x.iter().map(|x| u64::from(x.len)).sum();
+        if size > BATCH_BYTES || x.len() > BATCH_CHUNKS {
+            units.push(Unit::Big(e));
+            continue;
+        }
+        if bytes + size > BATCH_BYTES
+            || chunks + x.len() > BATCH_CHUNKS
+            || group.len() == BATCH_CHUNKS
+        {
+            units.push(Unit::Small(std::mem::take(&mut group)));
+            (bytes, chunks) = (0, 0);
+        }
+        group.push(e);
+        bytes += size;
+        chunks += x.len();
+    }
+    if !group.is_empty() {
+        units.push(Unit::Small(group));
+    }
+    units
+}
+
+/// Extents of at most one batch each, in order.
+fn batches(x: &[Extent]) -> Vec<&[Extent]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, e) in x.iter().enumerate() {
+        if i > start && (bytes + u64::from(e.len) > BATCH_BYTES || i - start == BATCH_CHUNKS) {
+            out.push(&x[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += u64::from(e.len);
+    }
+    if start < x.len() {
+        out.push(&x[start..]);
+    }
+    out
+}
+
+fn timestamps(e: &Entry) -> Timestamps {
+    let t = Timespec {
+        tv_sec: e.mtime,
+        tv_nsec: e.mtime_nsec.into(),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+struct Export<'a> {
+    source: &'a dyn ChunkSource,
+    root: Beneath,
+    progress: &'a Progress,
+    as_root: bool,
+}
+
+impl Export<'_> {
+    /// Makes a directory, symlink, fifo or device node (regular files and hard links come
+    /// later). False for a device node we may not make (not root).
+    fn make_node(&self, dir: BorrowedFd, name: &[u8], e: &Entry) -> Result<bool> {
+        let path = || self.root.path(&e.path);
+        let (kind, dev) = match &e.kind {
+            EntryKind::Dir => {
+                if !beneath::make_dir(dir, name).at(path())? {
+                    // Kept from before: owner-writable while we fill it, as a new one.
+                    let d = self.root.open_dir(&e.path)?;
+                    rustix::fs::fchmod(&d, Mode::from_raw_mode(0o700))
+                        .map_err(io::Error::from)
+                        .at(path())?;
+                }
+                return Ok(true);
+            }
+            EntryKind::File { .. } | EntryKind::HardLink { .. } => return Ok(true),
+            EntryKind::Symlink { target } => {
+                beneath::make_symlink(dir, name, target).at(path())?;
+                self.set_meta_at(dir, name, e, true)?;
+                return Ok(true);
+            }
+            EntryKind::Fifo => (libc::S_IFIFO, 0),
+            EntryKind::CharDevice { major, minor } => {
+                (libc::S_IFCHR, rustix::fs::makedev(*major, *minor))
+            }
+            EntryKind::BlockDevice { major, minor } => {
+                (libc::S_IFBLK, rustix::fs::makedev(*major, *minor))
+            }
+        };
+        match beneath::make_node(dir, name, kind, dev) {
+            Err(err)
+                if !self.as_root
+                    && kind != libc::S_IFIFO
+                    && err.raw_os_error() == Some(libc::EPERM) =>
             {
-                batches.push(std::mem::take(&mut batch));
-                bytes = 0;
+                tracing::warn!("{}: device nodes need root; skipped", path().display());
+                return Ok(false);
             }
-            batch.push((&e.path, x));
-            bytes += u64::from(x.len);
+            r => r.at(path())?,
         }
+        self.set_meta_at(dir, name, e, false)?;
+        Ok(true)
     }
-    if !batch.is_empty() {
-        batches.push(batch);
-    }
-    batches
-}
 
-/// Fetches a batch's chunks (each once) and writes them where they belong.
-fn write_batch(
-    source: &dyn ChunkSource,
-    root: &Path,
-    batch: &[Piece],
-    progress: &Progress,
-) -> Result<u64> {
-    let mut ids: Vec<ChunkId> = Vec::with_capacity(batch.len());
-    let mut index: HashMap<ChunkId, usize> = HashMap::with_capacity(batch.len());
-    for (_, x) in batch {
-        index.entry(x.id).or_insert_with(|| {
-            ids.push(x.id);
-            ids.len() - 1
-        });
-    }
-    let data = source.chunks(&ids)?;
-    if data.len() != ids.len() {
-        return Err(Error::Invalid(format!(
-            "asked for {} chunks, got {}",
-            ids.len(),
-            data.len()
-        )));
-    }
-    let mut open: Option<(&[u8], fs::File)> = None;
-    let mut written = 0;
-    for (path, x) in batch {
-        let p = target_path(root, path);
-        if open.as_ref().is_none_or(|(o, _)| o != path) {
-            open = Some((path, OpenOptions::new().write(true).open(&p).at(&p)?));
-        }
-        let (_, f) = open.as_ref().expect("opened above");
-        let d = &data[index[&x.id]];
-        f.write_all_at(d, x.offset).at(&p)?;
-        progress.fetch_add(d.len() as u64, Ordering::Relaxed);
-        written += d.len() as u64;
-    }
-    Ok(written)
-}
-
-/// Owner, then mode (chown clears setuid bits), then xattrs (chown clears file
-/// capabilities), then times.
-fn apply_metadata(root: &Path, e: &Entry, as_root: bool) -> Result<()> {
-    let p = target_path(root, &e.path);
-    if fs::symlink_metadata(&p).is_err() {
-        return Ok(()); // a device node we could not create
-    }
-    let c = cstr(&p)?;
-    let is_link = matches!(e.kind, EntryKind::Symlink { .. });
-    if as_root {
-        // SAFETY: valid C string.
-        os_err(unsafe { libc::lchown(c.as_ptr(), e.uid, e.gid) }, &p, ())?;
-    }
-    if !is_link {
-        fs::set_permissions(&p, fs::Permissions::from_mode(e.mode)).at(&p)?;
-    }
-    for x in &e.xattrs {
-        let name = OsStr::from_bytes(&x.name);
-        if let Err(err) = xattr::set(&p, name, &x.value) {
-            // Unprivileged users cannot set trusted.* or security.* attributes.
-            if as_root || err.raw_os_error() != Some(libc::EPERM) {
-                return Err(err).at(&p);
+    /// Fetches chunks (each once) for these extents.
+    fn fetch<'x>(
+        &self,
+        extents: impl Iterator<Item = &'x Extent>,
+    ) -> Result<HashMap<ChunkId, Vec<u8>>> {
+        let mut ids: Vec<ChunkId> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for x in extents {
+            if seen.insert(x.id) {
+                ids.push(x.id);
             }
         }
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let data = self.source.chunks(&ids)?;
+        if data.len() != ids.len() {
+            return Err(Error::Invalid(format!(
+                "asked for {} chunks, got {}",
+                ids.len(),
+                data.len()
+            )));
+        }
+        Ok(ids.into_iter().zip(data).collect())
     }
-    let times = [
-        libc::timespec {
-            tv_sec: e.mtime as libc::time_t,
-            tv_nsec: e.mtime_nsec as _,
-        },
-        libc::timespec {
-            tv_sec: e.mtime as libc::time_t,
-            tv_nsec: e.mtime_nsec as _,
-        },
-    ];
-    // SAFETY: valid C string and a two-element timespec array.
-    os_err(
-        unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        },
-        &p,
-        (),
-    )
+
+    /// Writes extents of `e` into `file` from fetched chunks.
+    fn write_extents(
+        &self,
+        file: &File,
+        e: &Entry,
+        extents: &[Extent],
+        chunks: &HashMap<ChunkId, Vec<u8>>,
+    ) -> Result<u64> {
+        let mut written = 0;
+        for x in extents {
+            let d = &chunks[&x.id];
+            if d.len() != x.len as usize {
+                return Err(Error::CorruptChunk {
+                    id: x.id.to_hex(),
+                    what: format!(
+                        "{} bytes, but {} names it for {} bytes",
+                        d.len(),
+                        e.path_str(),
+                        x.len
+                    ),
+                });
+            }
+            file.write_all_at(d, x.offset).at(self.root.path(&e.path))?;
+            self.progress.fetch_add(d.len() as u64, Ordering::Relaxed);
+            written += d.len() as u64;
+        }
+        Ok(written)
+    }
+
+    fn create(&self, parents: &mut Parents, e: &Entry) -> Result<File> {
+        let EntryKind::File { size, .. } = &e.kind else {
+            unreachable!("only files are written");
+        };
+        let (parent, name) = split_parent(&e.path);
+        let file = beneath::create_file(parents.get(parent)?, name).at(self.root.path(&e.path))?;
+        file.set_len(*size).at(self.root.path(&e.path))?;
+        Ok(file)
+    }
+
+    fn write_unit(&self, parents: &mut Parents, unit: &Unit) -> Result<u64> {
+        match unit {
+            Unit::Small(files) => {
+                let chunks = self.fetch(files.iter().flat_map(|e| extents(e)))?;
+                let mut written = 0;
+                for e in files {
+                    let file = self.create(parents, e)?;
+                    written += self.write_extents(&file, e, extents(e), &chunks)?;
+                    self.set_meta_fd(&file, e)?;
+                }
+                Ok(written)
+            }
+            Unit::Big(e) => {
+                let file = self.create(parents, e)?;
+                let written = batches(extents(e))
+                    .par_iter()
+                    .map(|b| {
+                        let chunks = self.fetch(b.iter())?;
+                        self.write_extents(&file, e, b, &chunks)
+                    })
+                    .sum::<Result<u64>>()?;
+                self.set_meta_fd(&file, e)?;
+                Ok(written)
+            }
+        }
+    }
+
+    /// Unprivileged users cannot set trusted.* or security.* attributes: skipped then.
+    fn xattr_result(&self, r: io::Result<()>, e: &Entry) -> Result<()> {
+        match r {
+            Err(err) if !self.as_root && err.raw_os_error() == Some(libc::EPERM) => Ok(()),
+            r => r.at(self.root.path(&e.path)),
+        }
+    }
+
+    /// Owner, then mode (chown clears setuid bits), then xattrs (chown clears file
+    /// capabilities), then times, all on the open file or directory.
+    fn set_meta_fd(&self, f: &File, e: &Entry) -> Result<()> {
+        let path = || self.root.path(&e.path);
+        if self.as_root {
+            let (u, g) = (Uid::from_raw(e.uid), Gid::from_raw(e.gid));
+            rustix::fs::fchown(f, Some(u), Some(g))
+                .map_err(io::Error::from)
+                .at(path())?;
+        }
+        rustix::fs::fchmod(f, Mode::from_raw_mode(e.mode))
+            .map_err(io::Error::from)
+            .at(path())?;
+        for x in &e.xattrs {
+            let r = rustix::fs::fsetxattr(f, x.name.as_slice(), &x.value, XattrFlags::empty());
+            self.xattr_result(r.map_err(Into::into), e)?;
+        }
+        rustix::fs::futimens(f, &timestamps(e))
+            .map_err(io::Error::from)
+            .at(path())
+    }
+
+    /// The same for a symlink or special file, by name in its directory, never following it.
+    fn set_meta_at(&self, dir: BorrowedFd, name: &[u8], e: &Entry, symlink: bool) -> Result<()> {
+        let path = || self.root.path(&e.path);
+        let nofollow = AtFlags::SYMLINK_NOFOLLOW;
+        if self.as_root {
+            let (u, g) = (Uid::from_raw(e.uid), Gid::from_raw(e.gid));
+            rustix::fs::chownat(dir, name, Some(u), Some(g), nofollow)
+                .map_err(io::Error::from)
+                .at(path())?;
+        }
+        if !symlink {
+            beneath::chmod_nofollow(dir, name, e.mode).at(path())?;
+        }
+        for x in &e.xattrs {
+            self.xattr_result(beneath::lsetxattr_at(dir, name, &x.name, &x.value), e)?;
+        }
+        rustix::fs::utimensat(dir, name, &timestamps(e), nofollow)
+            .map_err(io::Error::from)
+            .at(path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, lens: &[u32]) -> Entry {
+        let mut off = 0;
+        let extents = lens
+            .iter()
+            .map(|&len| {
+                let x = Extent {
+                    offset: off,
+                    len,
+                    id: ChunkId::of(&off.to_le_bytes()),
+                };
+                off += u64::from(len);
+                x
+            })
+            .collect();
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind: EntryKind::File { size: off, extents },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: vec![],
+            source: None,
+        }
+    }
+
+    #[test]
+    fn small_files_share_batches_and_big_ones_are_split() {
+        let mb = 1 << 20;
+        let entries = vec![
+            file("a", &[1000]),
+            file("b", &[]),
+            file("c", &[mb, mb, mb]),
+            file("d", &[mb; 9]),
+            file("e", &[2 * mb]),
+        ];
+        let units = file_units(&entries);
+        let shape: Vec<String> = units
+            .iter()
+            .map(|u| match u {
+                Unit::Small(f) => f.iter().map(|e| e.path_str()).collect::<Vec<_>>().join("+"),
+                Unit::Big(e) => format!("big {}", e.path_str()),
+            })
+            .collect();
+        assert_eq!(shape, ["big d", "a+b+c", "e"]);
+        let d = extents(&entries[3]);
+        let b: Vec<usize> = batches(d).iter().map(|b| b.len()).collect();
+        assert_eq!(b, [4, 4, 1]);
+        let many = vec![
+            Extent {
+                offset: 0,
+                len: 1,
+                id: ChunkId::of(b"")
+            };
+            600
+        ];
+        let b: Vec<usize> = batches(&many).iter().map(|b| b.len()).collect();
+        assert_eq!(b, [256, 256, 88]);
+    }
 }

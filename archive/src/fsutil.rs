@@ -9,7 +9,69 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 pub fn fsync_dir(dir: &Path) -> Result<()> {
+    #[cfg(test)]
+    journal::note("fsync", dir);
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Makes `dir` (a fan-out directory) if it is missing, and makes its entry in the parent
+/// durable: a file later renamed into `dir` must not vanish with it after a crash.
+pub fn make_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e).at(dir),
+        _ => {}
+    }
+    #[cfg(test)]
+    journal::note("mkdir", dir);
+    fsync_dir(dir.parent().unwrap_or(Path::new(".")))
+}
+
+/// Removes a file; the caller fsyncs its directory before relying on it being gone.
+pub fn remove_file(path: &Path) -> Result<()> {
+    #[cfg(test)]
+    journal::note("remove", path);
+    fs::remove_file(path).at(path)
+}
+
+/// What this thread did to directories, in order, so that tests can check that every change
+/// a crash must not undo is followed by an fsync of its directory.
+#[cfg(test)]
+pub(crate) mod journal {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        static LOG: RefCell<Vec<(&'static str, PathBuf)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn note(what: &'static str, path: &Path) {
+        LOG.with(|l| l.borrow_mut().push((what, path.to_path_buf())));
+    }
+
+    pub fn take() -> Vec<(&'static str, PathBuf)> {
+        LOG.with(|l| std::mem::take(&mut *l.borrow_mut()))
+    }
+
+    /// Every `mkdir` and `remove` is followed by an fsync of the directory holding it.
+    pub fn assert_durable(log: &[(&'static str, PathBuf)]) {
+        for (i, (what, p)) in log.iter().enumerate() {
+            if *what == "fsync" {
+                continue;
+            }
+            let parent = p.parent().unwrap();
+            assert!(
+                log[i + 1..]
+                    .iter()
+                    .any(|(w, q)| *w == "fsync" && q == parent),
+                "{what} {} is never made durable (no fsync of {} after it): {log:#?}",
+                p.display(),
+                parent.display()
+            );
+        }
+    }
 }
 
 /// Writes `data` to `dest` atomically; `tmp_dir` must be on the same file system.

@@ -7,13 +7,13 @@
 //! readers still read and the next gc puts back first.
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{flock, fsync_dir};
+use crate::fsutil::{self, flock, fsync_dir, make_dir_durable};
 use crate::id::ChunkId;
 use crate::pack::{self, pack_path, PackEntry, PackWriter};
 use crate::store::Store;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -25,6 +25,8 @@ pub struct GcReport {
     pub chunks_removed: usize,
     pub bytes_freed: i64,
     pub stale_writers: usize,
+    /// Packs whose trailer cannot be read: kept as they are.
+    pub packs_damaged: usize,
 }
 
 /// Files this old in tmp/ or snapshots/ without an owner are leftovers of a crash.
@@ -41,7 +43,7 @@ fn move_pack(store: &Store, name: &str, to_trash: bool) -> Result<()> {
     let from = store.pack_file_path(name, !to_trash);
     let to = store.pack_file_path(name, to_trash);
     let dir = to.parent().unwrap();
-    fs::create_dir_all(dir).at(dir)?;
+    make_dir_durable(dir)?;
     fs::rename(&from, &to).at(&to)?;
     fsync_dir(dir)?;
     fsync_dir(from.parent().unwrap())
@@ -168,13 +170,20 @@ pub fn gc(store: &Store) -> Result<GcReport> {
         }
     }
 
-    // Plan: keep one copy of each live chunk; drop or repack packs with dead space.
+    // Plan: keep one copy of each live chunk; drop or repack packs with dead space. A
+    // damaged pack is left alone: what it holds is unknown (verify names it).
     let mut packs: Vec<(String, Vec<PackEntry>, u64)> = Vec::new();
     for (name, _, path) in store.list_packs()? {
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        packs.push((name, pack::read_trailer(&path)?, size));
+        match pack::read_trailer(&path) {
+            Ok(entries) => packs.push((name, entries, size)),
+            Err(e) => {
+                tracing::warn!("gc leaves {e} alone");
+                report.packs_damaged += 1;
+            }
+        }
     }
-    report.packs_before = packs.len();
+    report.packs_before = packs.len() + report.packs_damaged;
     packs.sort_by_key(|p| std::cmp::Reverse(p.2)); // keep copies in the fullest packs
     let mut kept: HashSet<ChunkId> = HashSet::new();
     let mut doomed: Vec<(String, u64)> = Vec::new();
@@ -238,6 +247,7 @@ pub fn gc(store: &Store) -> Result<GcReport> {
     }
     store.rebuild_index()?;
     let available: HashSet<ChunkId> = store.packed_ids().into_keys().collect();
+    let mut removed: Vec<(PathBuf, u64)> = Vec::new();
     for (name, size) in &doomed {
         let path = store.pack_file_path(name, true);
         let entries = pack::read_trailer(&path)?;
@@ -248,12 +258,84 @@ pub fn gc(store: &Store) -> Result<GcReport> {
             move_pack(store, name, false)?;
             report.packs_rescued += 1;
         } else {
-            fs::remove_file(&path).at(&path)?;
-            report.packs_deleted += 1;
-            report.bytes_freed += *size as i64;
+            fsutil::remove_file(&path)?;
+            removed.push((path, *size));
         }
     }
-    report.bytes_freed -= new_bytes as i64;
+    // Report only what is durably gone: after a power cut, an unsynced removal comes back.
+    let dirs: BTreeSet<&Path> = removed.iter().filter_map(|(p, _)| p.parent()).collect();
+    for dir in dirs {
+        fsync_dir(dir)?;
+    }
+    report.packs_deleted = removed.len();
+    report.bytes_freed =
+        removed.iter().map(|(_, size)| *size as i64).sum::<i64>() - new_bytes as i64;
     store.rebuild_index()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::fsutil::journal;
+    use crate::snapshot::{Entry, EntryKind, Extent};
+    use crate::writer::{Draft, DraftContent, Writer};
+
+    /// A snapshot of one file of `data`, in a pack of its own.
+    fn snapshot(store: &Store, data: &[u8]) -> String {
+        let w = Writer::new(store).unwrap();
+        let mut zc = zstd::bulk::Compressor::new(1).unwrap();
+        let id = w.put(data, &mut zc).unwrap();
+        let size = data.len() as u64;
+        let entry = Entry {
+            path: b"f".to_vec(),
+            kind: EntryKind::File {
+                size,
+                extents: vec![Extent {
+                    offset: 0,
+                    len: size as u32,
+                    id,
+                }],
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: vec![],
+            source: None,
+        };
+        let draft = Draft {
+            name: "s".into(),
+            labels: Default::default(),
+            parent: None,
+            content: DraftContent::Tree(vec![entry]),
+            stats: Default::default(),
+        };
+        w.commit(draft).unwrap().id
+    }
+
+    #[test]
+    fn what_gc_reports_freed_is_durably_gone() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::init(&t.path().join("s"), StoreConfig::default()).unwrap();
+        let doomed = snapshot(&store, &[1u8; 5000]);
+        snapshot(&store, &[2u8; 5000]);
+        store.forget(&doomed).unwrap();
+        journal::take();
+        let r = gc(&store).unwrap();
+        assert_eq!(r.packs_deleted, 1);
+        assert!(r.bytes_freed > 0);
+        let log = journal::take();
+        // The doomed pack went to a new trash/ fan-out directory, then was removed.
+        let trash = store.dir("trash");
+        assert!(log
+            .iter()
+            .any(|(w, p)| *w == "mkdir" && p.parent() == Some(&trash)));
+        assert!(log
+            .iter()
+            .any(|(w, p)| *w == "remove" && p.starts_with(&trash)));
+        journal::assert_durable(&log);
+    }
 }

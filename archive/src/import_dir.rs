@@ -27,8 +27,9 @@ use std::time::Instant;
 /// files one after another waits on the disk for each (restic reads two at once).
 const READERS: usize = 4;
 
-/// A regular file to read: its path and its index among the entries.
-type ReadJob = (std::path::PathBuf, u64, usize);
+/// A regular file to read: its path (for messages), the opened file, its size and its index
+/// among the entries.
+type ReadJob = (std::path::PathBuf, File, u64, usize);
 
 struct Walk<'a> {
     writer: &'a Writer<'a>,
@@ -100,8 +101,8 @@ pub fn import_dir(
             for _ in 0..READERS {
                 let (rx, readers) = (rx.clone(), &readers);
                 s.spawn(move || {
-                    for (path, size, idx) in rx.iter() {
-                        if let Err(e) = readers.read_file(&path, size, idx, sub) {
+                    for (path, file, size, idx) in rx.iter() {
+                        if let Err(e) = readers.read_file(&path, file, size, idx, sub) {
                             readers.failure.lock().unwrap().get_or_insert(e);
                             return; // the walk sees the failure and stops
                         }
@@ -156,15 +157,21 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-fn read_xattrs(path: &Path) -> Result<Vec<Xattr>> {
+/// Extended attributes of `path` (not following it), or of the opened `file` at `path`.
+fn read_xattrs(path: &Path, file: Option<&File>) -> Result<Vec<Xattr>> {
+    use xattr::FileExt;
     let mut out = Vec::new();
-    let names = match xattr::list(path) {
+    let names = match file.map_or_else(|| xattr::list(path), |f| f.list_xattr()) {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
         Err(e) => return Err(e).at(path),
     };
     for name in names {
-        if let Some(value) = xattr::get(path, &name).at(path)? {
+        let value = match file {
+            Some(f) => f.get_xattr(&name),
+            None => xattr::get(path, &name),
+        };
+        if let Some(value) = value.at(path)? {
             out.push(Xattr {
                 name: name.as_bytes().to_vec(),
                 value,
@@ -173,6 +180,53 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+fn describe(entry: &mut Entry, meta: &Metadata) {
+    entry.mode = meta.mode() & 0o7777;
+    entry.uid = meta.uid();
+    entry.gid = meta.gid();
+    entry.mtime = meta.mtime();
+    entry.mtime_nsec = meta.mtime_nsec() as u32;
+}
+
+fn stamp(meta: &Metadata) -> SourceStamp {
+    SourceStamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        ctime: meta.ctime(),
+        ctime_nsec: meta.ctime_nsec() as u32,
+    }
+}
+
+/// Opens a file listed as regular, never following a symlink that replaced it since (which
+/// would pull another file, say /etc/shadow, into the snapshot) and never waiting on a fifo;
+/// its metadata comes from the opened handle. None if it is gone.
+fn open_regular(path: &Path) -> Result<Option<(File, Metadata)>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::Invalid(format!(
+                "{}: replaced by a symlink while being imported; import again",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(e).at(path),
+    };
+    let meta = file.metadata().at(path)?;
+    if !meta.is_file() {
+        return Err(Error::Invalid(format!(
+            "{}: replaced by a special file while being imported; import again",
+            path.display()
+        )));
+    }
+    Ok(Some((file, meta)))
 }
 
 impl Walk<'_> {
@@ -187,15 +241,17 @@ impl Walk<'_> {
         let mut entry = Entry {
             path: rel.clone(),
             kind: EntryKind::Dir,
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec() as u32,
-            xattrs: read_xattrs(path)?,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: Vec::new(),
             source: None,
         };
+        describe(&mut entry, meta);
         if ft.is_dir() {
+            entry.xattrs = read_xattrs(path, None)?;
             self.entries.push(entry);
             if self.one_fs && meta.dev() != self.root_dev {
                 return Ok(()); // a mount point: record it, do not descend
@@ -218,6 +274,9 @@ impl Walk<'_> {
             }
             return Ok(());
         }
+        if !ft.is_file() {
+            entry.xattrs = read_xattrs(path, None)?;
+        }
         entry.kind = if ft.is_symlink() {
             EntryKind::Symlink {
                 target: fs::read_link(path)
@@ -230,6 +289,7 @@ impl Walk<'_> {
             let key = (meta.dev(), meta.ino());
             if meta.nlink() > 1 {
                 if let Some(first) = self.hardlinks.get(&key) {
+                    entry.xattrs = read_xattrs(path, None)?;
                     entry.kind = EntryKind::HardLink {
                         target: first.clone(),
                     };
@@ -238,25 +298,31 @@ impl Walk<'_> {
                 }
                 self.hardlinks.insert(key, rel.clone());
             }
-            let stamp = SourceStamp {
-                dev: meta.dev(),
-                ino: meta.ino(),
-                ctime: meta.ctime(),
-                ctime_nsec: meta.ctime_nsec() as u32,
-            };
-            entry.source = Some(stamp);
-            self.stats.logical_bytes += meta.len();
+            entry.source = Some(stamp(meta));
             match self.unchanged_extents(&entry, meta.len())? {
-                Some(extents) => EntryKind::File {
-                    size: meta.len(),
-                    extents,
-                },
+                Some(extents) => {
+                    entry.xattrs = read_xattrs(path, None)?;
+                    self.stats.logical_bytes += meta.len();
+                    EntryKind::File {
+                        size: meta.len(),
+                        extents,
+                    }
+                }
                 None => {
+                    let Some((file, fmeta)) = open_regular(path)? else {
+                        return Ok(()); // deleted since it was listed
+                    };
+                    // Describe what is read: the file opened, which may have replaced the
+                    // one listed (a live system renames new versions into place).
+                    describe(&mut entry, &fmeta);
+                    entry.source = Some(stamp(&fmeta));
+                    entry.xattrs = read_xattrs(path, Some(&file))?;
+                    self.stats.logical_bytes += fmeta.len();
                     let idx = self.entries.len();
                     if readers.failure.lock().unwrap().is_some() {
                         return Ok(()); // a reader failed; the caller reports it
                     }
-                    let job = (path.to_path_buf(), meta.len(), idx);
+                    let job = (path.to_path_buf(), file, fmeta.len(), idx);
                     if self
                         .jobs
                         .as_ref()
@@ -267,7 +333,7 @@ impl Walk<'_> {
                         return Ok(()); // every reader stopped on an error
                     }
                     EntryKind::File {
-                        size: meta.len(),
+                        size: fmeta.len(),
                         extents: Vec::new(),
                     }
                 }
@@ -319,8 +385,14 @@ impl Walk<'_> {
 }
 
 impl Readers<'_> {
-    fn read_file(&self, path: &Path, size: u64, idx: usize, sub: &Submitter) -> Result<()> {
-        let mut file = File::open(path).at(path)?;
+    fn read_file(
+        &self,
+        path: &Path,
+        mut file: File,
+        size: u64,
+        idx: usize,
+        sub: &Submitter,
+    ) -> Result<()> {
         let what = path.display().to_string();
         // Holes matter only in files larger than a chunk; small files skip the lseeks.
         let ranges = if size < self.params.min as u64 {
@@ -347,5 +419,42 @@ impl Readers<'_> {
             self.read_bytes.fetch_add(read, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_swapped_after_listing_is_never_followed_or_waited_on() {
+        let t = tempfile::tempdir().unwrap();
+        let (p, secret) = (t.path().join("f"), t.path().join("secret"));
+        fs::write(&secret, b"root:$6$hash").unwrap();
+        fs::write(&p, b"listed").unwrap();
+        let listed = fs::symlink_metadata(&p).unwrap();
+        assert!(listed.is_file());
+        // Swapped for a symlink between listing and reading: refused, the secret unread.
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&secret, &p).unwrap();
+        let e = open_regular(&p).unwrap_err();
+        assert!(e.to_string().contains("replaced by a symlink"), "{e}");
+        // For a fifo, no open that waits for a writer.
+        fs::remove_file(&p).unwrap();
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = open_regular(&p).unwrap_err();
+        assert!(e.to_string().contains("special file"), "{e}");
+        // Replaced by another regular file (renamed into place): read, and described by
+        // what was opened.
+        fs::remove_file(&p).unwrap();
+        fs::write(&p, b"new version").unwrap();
+        let (mut f, m) = open_regular(&p).unwrap().unwrap();
+        assert_eq!(m.len(), 11);
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "new version");
+        fs::remove_file(&p).unwrap();
+        assert!(open_regular(&p).unwrap().is_none(), "gone");
     }
 }

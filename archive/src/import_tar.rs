@@ -78,6 +78,7 @@ pub fn import_tar(
         let mut pending = PendingExtents::default();
         let mut stats = SnapshotStats::default();
         let mut files: HashSet<Vec<u8>> = HashSet::new();
+        let mut paths: HashSet<Vec<u8>> = HashSet::new();
         let mut guard = SymlinkGuard::default();
         let mut ar = tar::Archive::new(reader);
         let iter = ar.entries().map_err(|e| Error::TarStream(e.to_string()))?;
@@ -85,6 +86,11 @@ pub fn import_tar(
             let mut e = item.map_err(|e| Error::TarStream(e.to_string()))?;
             let raw_path = e.path_bytes().into_owned();
             let path = normalize(&raw_path).map_err(|err| bad(&raw_path, err.to_string()))?;
+            // GNU tar lets a later entry replace an earlier one; a snapshot has one entry per
+            // path (a file then a symlink of the same name would make export write through it).
+            if !paths.insert(path.clone()) {
+                return Err(bad(&raw_path, "appears twice in the archive"));
+            }
             guard.check(&path)?;
             let hdr = e.header().clone();
             let num = |r: std::io::Result<u64>, field: &str| {
@@ -177,7 +183,9 @@ pub fn import_tar(
             if path.is_empty() && entry.kind != EntryKind::Dir {
                 return Err(bad(&raw_path, "the archive root must be a directory"));
             }
-            guard.record(&path, matches!(entry.kind, EntryKind::Symlink { .. }));
+            if matches!(entry.kind, EntryKind::Symlink { .. }) {
+                guard.add(&path);
+            }
             entries.push(entry);
         }
         stats.entries = entries.len() as u64;

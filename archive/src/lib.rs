@@ -12,10 +12,12 @@
 //! 2 store                                   the directory: packs, index, snapshots
 //! 1 pack snapshot chunk_stream              file formats: packs, trees/images, chunk batches
 //! 0 error id config fsutil paths chunker    primitives
+//!   beneath                                 writing into a target without following symlinks
 //! ```
 //!
 //! What other crates use is re-exported here, so they do not depend on the module layout.
 
+pub mod beneath;
 pub mod chunk_source;
 pub mod chunk_stream;
 pub mod chunker;

@@ -11,7 +11,7 @@
 //! the records, and `IGNPKEND` (FORMAT.md; pinned by the golden fixture store in tests/golden).
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::fsync_dir;
+use crate::fsutil::{fsync_dir, make_dir_durable};
 use crate::id::ChunkId;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
@@ -114,10 +114,7 @@ impl PackWriter {
         file.sync_all().at(&self.tmp_path)?;
         let dest = pack_path(packs_dir, &self.name);
         let dir = dest.parent().expect("pack path has a parent");
-        if !dir.exists() {
-            fs::create_dir_all(dir).at(dir)?;
-            fsync_dir(packs_dir)?;
-        }
+        make_dir_durable(dir)?;
         fs::rename(&self.tmp_path, &dest).at(&dest)?;
         fsync_dir(dir)?;
         Ok((self.name, self.entries))

@@ -153,34 +153,59 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// Checks the whole tree before anything is written: hostile input changes nothing.
 pub fn check_tree(entries: &[Entry]) -> Result<()> {
     let mut guard = SymlinkGuard::default();
+    let mut paths: HashSet<&[u8]> = HashSet::with_capacity(entries.len());
     let mut files: HashSet<&[u8]> = HashSet::new();
+    let refuse = |e: &Entry, what: &str| Error::UnsafePath {
+        path: e.path_str(),
+        what: what.into(),
+    };
     for e in entries {
         if normalize(&e.path)? != e.path {
-            return Err(Error::UnsafePath {
-                path: e.path_str(),
-                what: "is not in normal form".into(),
-            });
+            return Err(refuse(e, "is not in normal form"));
+        }
+        // A second entry of the same path would replace the first while exporting, e.g. a
+        // file by a symlink to /etc/shadow that the file's content and mode then go through.
+        if !paths.insert(&e.path) {
+            return Err(refuse(e, "appears twice in the tree"));
         }
         guard.check(&e.path)?;
         match &e.kind {
             EntryKind::HardLink { target } if !files.contains(target.as_slice()) => {
-                return Err(Error::UnsafePath {
-                    path: e.path_str(),
-                    what: "hard link to something other than an earlier file of the tree".into(),
-                });
+                return Err(refuse(
+                    e,
+                    "hard link to something other than an earlier file of the tree",
+                ));
             }
-            EntryKind::File { .. } => {
+            EntryKind::File { size, extents } => {
+                check_extents(e, *size, extents)?;
                 files.insert(&e.path);
             }
+            EntryKind::Symlink { .. } => guard.add(&e.path),
             _ => {}
         }
         if e.path.is_empty() && e.kind != EntryKind::Dir {
-            return Err(Error::UnsafePath {
-                path: String::new(),
-                what: "the tree root is not a directory".into(),
-            });
+            return Err(refuse(e, "the tree root is not a directory"));
         }
-        guard.record(&e.path, matches!(e.kind, EntryKind::Symlink { .. }));
+    }
+    Ok(())
+}
+
+/// Extents lie inside the file, in order, without overlapping: an export never writes
+/// beyond a file's size (a hostile tree could otherwise fill the target's disk).
+fn check_extents(e: &Entry, size: u64, extents: &[Extent]) -> Result<()> {
+    let mut end = 0u64;
+    for x in extents {
+        let x_end = x.offset.checked_add(u64::from(x.len));
+        if x.len == 0 || x.offset < end || x_end.is_none_or(|n| n > size) {
+            return Err(Error::Invalid(format!(
+                "tree entry {:?}: extent of {} bytes at {} lies outside its {size} bytes or \
+                 overlaps the one before",
+                e.path_str(),
+                x.len,
+                x.offset
+            )));
+        }
+        end = x_end.expect("checked");
     }
     Ok(())
 }
@@ -202,7 +227,25 @@ pub fn encode_tree(entries: &[Entry]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Largest tree decoded (about eight million entries): a few bytes of zstd can claim
+/// gigabytes, and a tree may come from a remote server or client.
+pub const MAX_TREE_BYTES: u64 = 1 << 30;
+
+/// Decompresses one zstd stream of at most `max` bytes; None if it holds more.
+fn unzstd(body: &[u8], max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::with_buffer(body)?
+        .take(max + 1)
+        .read_to_end(&mut raw)?;
+    Ok((raw.len() as u64 <= max).then_some(raw))
+}
+
 pub fn decode_tree(id: &str, data: &[u8]) -> Result<Vec<Entry>> {
+    decode_tree_capped(id, data, MAX_TREE_BYTES)
+}
+
+fn decode_tree_capped(id: &str, data: &[u8], max: u64) -> Result<Vec<Entry>> {
     let bad = |what: String| Error::BadSnapshot {
         id: id.to_string(),
         what,
@@ -210,8 +253,19 @@ pub fn decode_tree(id: &str, data: &[u8]) -> Result<Vec<Entry>> {
     let body = data
         .strip_prefix(TREE_MAGIC)
         .ok_or_else(|| bad("data file is not a tree".into()))?;
-    let raw = zstd::stream::decode_all(body).map_err(|e| bad(format!("tree: {e}")))?;
-    postcard::from_bytes(&raw).map_err(|e| bad(format!("tree does not decode: {e}")))
+    let raw = unzstd(body, max)
+        .map_err(|e| bad(format!("tree: {e}")))?
+        .ok_or_else(|| {
+            bad(format!(
+                "tree is larger than {max} bytes decoded; refusing it"
+            ))
+        })?;
+    let (entries, rest) =
+        postcard::take_from_bytes(&raw).map_err(|e| bad(format!("tree does not decode: {e}")))?;
+    if !rest.is_empty() {
+        return Err(bad(format!("{} bytes after the tree", rest.len())));
+    }
+    Ok(entries)
 }
 
 /// A block image's chunk list: one id per block, `None` for an all-zero block.
@@ -225,7 +279,8 @@ pub fn encode_image(blocks: &[Option<ChunkId>]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-pub fn decode_image(id: &str, data: &[u8]) -> Result<Vec<Option<ChunkId>>> {
+/// The chunk list of an image of `blocks` blocks.
+pub fn decode_image(id: &str, data: &[u8], blocks: u64) -> Result<Vec<Option<ChunkId>>> {
     let bad = |what: String| Error::BadSnapshot {
         id: id.to_string(),
         what,
@@ -233,10 +288,14 @@ pub fn decode_image(id: &str, data: &[u8]) -> Result<Vec<Option<ChunkId>>> {
     let body = data
         .strip_prefix(IMAGE_MAGIC)
         .ok_or_else(|| bad("data file is not an image index".into()))?;
-    let raw = zstd::stream::decode_all(body).map_err(|e| bad(format!("image index: {e}")))?;
-    if raw.len() % 32 != 0 {
-        return Err(bad("image index length is not a multiple of 32".into()));
+    let want = blocks
+        .checked_mul(32)
+        .ok_or_else(|| bad("image size is out of range".into()))?;
+    let raw = unzstd(body, want).map_err(|e| bad(format!("image index: {e}")))?;
+    if raw.as_ref().is_none_or(|r| r.len() as u64 != want) {
+        return Err(bad("chunk list length does not match the image size".into()));
     }
+    let raw = raw.expect("checked");
     Ok(raw
         .chunks_exact(32)
         .map(|c| {
@@ -302,9 +361,31 @@ mod tests {
     }
 
     #[test]
+    fn trees_decompressing_past_the_cap_or_with_trailing_bytes_are_refused() {
+        // 2 MiB of zeros in a few hundred bytes: postcard reads an empty tree, then garbage.
+        let bomb = [
+            TREE_MAGIC.as_slice(),
+            &zstd::bulk::compress(&vec![0u8; 2 << 20], 19).unwrap(),
+        ]
+        .concat();
+        assert!(bomb.len() < 1024);
+        let e = decode_tree_capped("t", &bomb, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
+        let e = decode_tree("t", &bomb).unwrap_err();
+        assert!(e.to_string().contains("bytes after the tree"), "{e}");
+        let e = decode_image("i", &[IMAGE_MAGIC.as_slice(), &bomb[8..]].concat(), 2).unwrap_err();
+        assert!(
+            e.to_string().contains("does not match the image size"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn image_round_trip() {
         let blocks = vec![Some(ChunkId::of(b"a")), None, Some(ChunkId::of(b"b"))];
         let enc = encode_image(&blocks).unwrap();
-        assert_eq!(decode_image("i", &enc).unwrap(), blocks);
+        assert_eq!(decode_image("i", &enc, 3).unwrap(), blocks);
+        assert!(decode_image("i", &enc, 2).is_err());
+        assert!(decode_image("i", &enc, 4).is_err());
     }
 }

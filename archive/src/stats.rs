@@ -21,6 +21,8 @@ pub struct StoreStats {
     pub dedup_ratio: f64,
     pub compression_ratio: f64,
     pub total_ratio: f64,
+    /// Packs whose trailer cannot be read (their chunks are not counted).
+    pub damaged_packs: usize,
 }
 
 pub fn stats(store: &Store) -> Result<StoreStats> {
@@ -32,7 +34,11 @@ pub fn stats(store: &Store) -> Result<StoreStats> {
     let mut stored_chunk_bytes = 0u64;
     for (_, _, path) in store.list_packs()? {
         s.stored_bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        for e in crate::pack::read_trailer(&path)? {
+        let Ok(entries) = crate::pack::read_trailer(&path) else {
+            s.damaged_packs += 1; // `verify` says what is wrong with it
+            continue;
+        };
+        for e in entries {
             if seen.insert(e.id) {
                 s.unique_bytes += e.raw_len as u64;
                 stored_chunk_bytes += e.stored_len as u64;

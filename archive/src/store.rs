@@ -13,6 +13,7 @@
 //! Several processes may use one store at once; see writer.rs and gc.rs for how imports and
 //! gc stay out of each other's way without a store-wide lock.
 
+use crate::chunk_stream;
 use crate::config::StoreConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
@@ -36,6 +37,9 @@ pub struct Location {
 struct ChunkIndex {
     map: HashMap<ChunkId, Location>,
     loaded: HashSet<(Arc<str>, bool)>,
+    /// Packs whose trailer cannot be read, and why: left out of the index (their chunks are
+    /// missing) so that the rest of the store stays usable; `verify` names them.
+    damaged: HashMap<(Arc<str>, bool), String>,
 }
 
 pub struct Store {
@@ -138,14 +142,19 @@ impl Store {
             .map(|(n, t, _)| (Arc::from(n.as_str()), *t))
             .collect();
         let mut idx = self.index.write().unwrap();
-        if idx.loaded.iter().any(|p| !present.contains(p)) {
+        if idx
+            .loaded
+            .iter()
+            .chain(idx.damaged.keys())
+            .any(|p| !present.contains(p))
+        {
             *idx = ChunkIndex::default();
             self.open_packs.lock().unwrap().clear();
         }
         let mut fresh = Vec::new();
         for (name, trash, path) in &on_disk {
             let key: PackRef = (Arc::from(name.as_str()), *trash);
-            if idx.loaded.contains(&key) {
+            if idx.loaded.contains(&key) || idx.damaged.contains_key(&key) {
                 continue;
             }
             let entries = match pack::read_trailer(path) {
@@ -154,7 +163,11 @@ impl Store {
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                     continue
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!("{e}; its chunks are missing until it is repaired");
+                    idx.damaged.insert(key, e.to_string());
+                    continue;
+                }
             };
             for e in &entries {
                 // Prefer a copy outside trash: it is the one that stays.
@@ -179,6 +192,19 @@ impl Store {
         *self.index.write().unwrap() = ChunkIndex::default();
         self.open_packs.lock().unwrap().clear();
         self.refresh_index().map(|_| ())
+    }
+
+    /// Packs left out of the index because their trailer cannot be read: (name, in trash,
+    /// what is wrong).
+    pub fn damaged_packs(&self) -> Vec<(String, bool, String)> {
+        let idx = self.index.read().unwrap();
+        let mut out: Vec<_> = idx
+            .damaged
+            .iter()
+            .map(|((name, trash), what)| (name.to_string(), *trash, what.clone()))
+            .collect();
+        out.sort();
+        out
     }
 
     pub fn locate(&self, id: &ChunkId) -> Option<Location> {
@@ -258,6 +284,22 @@ impl Store {
             .filter(|id| !idx.map.contains_key(id))
             .copied()
             .collect())
+    }
+
+    /// How many bytes a `chunk_stream` reply with these chunks holds, headers included: what
+    /// a server checks against its limit before it starts answering.
+    pub fn reply_len(&self, ids: &[ChunkId]) -> Result<u64> {
+        let mut total = 0;
+        for id in ids {
+            if !self.contains(id) {
+                self.refresh_index()?;
+            }
+            let loc = self
+                .locate(id)
+                .ok_or_else(|| Error::MissingChunk { id: id.to_hex() })?;
+            total += (chunk_stream::HEADER_LEN as u64) + u64::from(loc.entry.stored_len);
+        }
+        Ok(total)
     }
 
     pub fn chunk_count(&self) -> usize {
@@ -357,15 +399,14 @@ impl Store {
                 what: "is a file tree, not a block image; export it with --dir or --tar".into(),
             });
         }
-        let blocks = snapshot::decode_image(&m.id, &self.load_data(m)?)?;
-        let (size, bs) = (m.image_size.unwrap_or(0), m.block_size.unwrap_or(1) as u64);
-        if blocks.len() as u64 != size.div_ceil(bs) {
+        let (size, bs) = (m.image_size.unwrap_or(0), m.block_size.unwrap_or(0));
+        if bs == 0 {
             return Err(Error::BadSnapshot {
                 id: m.id.clone(),
-                what: "chunk list length does not match the image size".into(),
+                what: "image without a block size".into(),
             });
         }
-        Ok(blocks)
+        snapshot::decode_image(&m.id, &self.load_data(m)?, size.div_ceil(bs.into()))
     }
 
     /// All chunk ids a snapshot references.

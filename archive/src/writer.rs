@@ -172,6 +172,13 @@ impl<'s> Writer<'s> {
                 block_size,
                 blocks,
             } => {
+                if *block_size != self.store.config().block_size {
+                    return Err(Error::Invalid(format!(
+                        "image block size {block_size} is not the store's ({}); chunk the image \
+                         with the store's block size",
+                        self.store.config().block_size
+                    )));
+                }
                 if blocks.len() as u64 != size.div_ceil(*block_size as u64) {
                     return Err(Error::Invalid(
                         "image chunk list does not match its size".into(),

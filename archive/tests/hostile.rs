@@ -236,3 +236,176 @@ fn mutated_tars_never_panic() {
     let r = ignite_archive::verify::verify(&store, 1.0).unwrap();
     assert!(r.ok(), "{:?}", r.problems);
 }
+
+#[test]
+fn duplicate_path_in_a_tar_is_refused() {
+    // A file `x`, then a symlink `x` -> /etc/shadow: exporting would write x's content and
+    // mode through the symlink.
+    let tar = tar_of(&[
+        raw_entry(b"x", b'0', b"", b"root::0:0::/:/bin/sh\n"),
+        raw_entry(b"x", b'2', b"/etc/shadow", b""),
+    ]);
+    assert_refused(tar, "appears twice");
+    assert_refused(
+        tar_of(&[
+            raw_entry(b"d/", b'5', b"", b""),
+            raw_entry(b"./d", b'5', b"", b""),
+        ]),
+        "appears twice",
+    );
+}
+
+/// A sentinel directory with a victim file beside the export target.
+struct Sentinel {
+    dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn new() -> Sentinel {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("victim"), b"precious\n").unwrap();
+        let p = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(dir.path().join("victim"), p).unwrap();
+        std::fs::create_dir(dir.path().join("outside")).unwrap();
+        Sentinel { dir }
+    }
+
+    fn victim(&self) -> std::path::PathBuf {
+        self.dir.path().join("victim")
+    }
+
+    fn target(&self) -> std::path::PathBuf {
+        self.dir.path().join("target")
+    }
+
+    /// Nothing outside the target changed.
+    fn assert_untouched(&self) {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::read(self.victim()).unwrap(), b"precious\n");
+        let md = std::fs::symlink_metadata(self.victim()).unwrap();
+        assert!(md.file_type().is_file());
+        assert_eq!(md.mode() & 0o7777, 0o644, "victim's mode changed");
+        let mut names: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names.retain(|n| n != "target");
+        assert_eq!(names, ["outside", "victim"]);
+        let outside: Vec<_> = std::fs::read_dir(self.dir.path().join("outside"))
+            .unwrap()
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "written outside the target: {outside:?}"
+        );
+    }
+}
+
+fn entry(path: &[u8], kind: ignite_archive::EntryKind, mode: u32) -> ignite_archive::Entry {
+    ignite_archive::Entry {
+        path: path.to_vec(),
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        xattrs: vec![],
+        source: None,
+    }
+}
+
+/// A file entry whose content is stored by `w`.
+fn stored_file(
+    w: &ignite_archive::Writer,
+    path: &[u8],
+    data: &[u8],
+    mode: u32,
+) -> ignite_archive::Entry {
+    let mut zc = zstd::bulk::Compressor::new(3).unwrap();
+    let id = w.put(data, &mut zc).unwrap();
+    let kind = ignite_archive::EntryKind::File {
+        size: data.len() as u64,
+        extents: vec![ignite_archive::Extent {
+            offset: 0,
+            len: data.len() as u32,
+            id,
+        }],
+    };
+    entry(path, kind, mode)
+}
+
+fn commit_tree(
+    store: &ignite_archive::Store,
+    build: impl FnOnce(&ignite_archive::Writer) -> Vec<ignite_archive::Entry>,
+) -> ignite_archive::Manifest {
+    use ignite_archive::{Draft, DraftContent, Writer};
+    let w = Writer::new(store).unwrap();
+    let entries = build(&w);
+    w.commit(Draft {
+        name: "tree".into(),
+        labels: Default::default(),
+        parent: None,
+        content: DraftContent::Tree(entries),
+        stats: Default::default(),
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_tree_with_a_path_twice_cannot_write_outside_the_target() {
+    // The reported attack, committed directly (as a hostile remote client or an older
+    // importer could): a setuid file `x`, then `x` as a symlink to a host file.
+    use ignite_archive::EntryKind;
+    let t = tempfile::tempdir().unwrap();
+    let store = new_store(t.path());
+    let s = Sentinel::new();
+    let victim = s.victim().as_os_str().as_encoded_bytes().to_vec();
+    let m = commit_tree(&store, |w| {
+        vec![
+            entry(b"", EntryKind::Dir, 0o755),
+            stored_file(w, b"x", b"pwned\n", 0o4777),
+            entry(b"x", EntryKind::Symlink { target: victim }, 0o777),
+        ]
+    });
+    let err = ignite_archive::export_dir(&store, &m, &s.target(), &progress()).unwrap_err();
+    assert!(err.to_string().contains("appears twice"), "{err}");
+    s.assert_untouched();
+    let mut tar = Vec::new();
+    assert!(ignite_archive::export_tar(&store, &m, &mut tar).is_err());
+}
+
+#[test]
+fn symlinks_already_in_the_target_are_replaced_never_followed() {
+    use ignite_archive::EntryKind;
+    let t = tempfile::tempdir().unwrap();
+    let store = new_store(t.path());
+    let s = Sentinel::new();
+    std::fs::create_dir(s.target()).unwrap();
+    std::os::unix::fs::symlink("../victim", s.target().join("x")).unwrap();
+    std::os::unix::fs::symlink("../outside", s.target().join("d")).unwrap();
+    std::os::unix::fs::symlink("../outside", s.target().join("e")).unwrap();
+    let m = commit_tree(&store, |w| {
+        vec![
+            stored_file(w, b"x", b"mine\n", 0o4755),
+            entry(b"d", EntryKind::Dir, 0o755),
+            stored_file(w, b"d/inside", b"in d\n", 0o644),
+            entry(b"fifo", EntryKind::Fifo, 0o600),
+        ]
+    });
+    ignite_archive::export_dir(&store, &m, &s.target(), &progress()).unwrap();
+    s.assert_untouched();
+    assert_eq!(std::fs::read(s.target().join("x")).unwrap(), b"mine\n");
+    assert!(std::fs::symlink_metadata(s.target().join("d"))
+        .unwrap()
+        .is_dir());
+    // A tree entry beneath an existing symlink (here `e`) is refused, not followed.
+    let m = commit_tree(&store, |w| {
+        vec![stored_file(w, b"e/through", b"no\n", 0o644)]
+    });
+    let err = ignite_archive::export_dir(&store, &m, &s.target(), &progress()).unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    s.assert_untouched();
+}

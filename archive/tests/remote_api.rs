@@ -74,3 +74,43 @@ fn missing_upload_commit_and_read_back() {
     assert_eq!(tree.len(), 2);
     assert!(ignite_archive::verify::verify(&store, 1.0).unwrap().ok());
 }
+
+#[test]
+fn a_streamed_reply_is_as_long_as_the_store_says_and_decodes() {
+    use ignite_archive::chunk_stream::{parse_request, Decoder, Encoder, Limits};
+    let t = tempfile::tempdir().unwrap();
+    let store = new_store(t.path());
+    let chunks = [
+        random_bytes(70_000, 1),
+        b"abc".repeat(20_000),
+        vec![5u8; 10],
+    ];
+    let mut zc = zstd::bulk::Compressor::new(3).unwrap();
+    let w = Writer::new(&store).unwrap();
+    let ids: Vec<ChunkId> = chunks.iter().map(|c| w.put(c, &mut zc).unwrap()).collect();
+    drop(w);
+    // The server: parse the request, check the reply's size, stream the chunks as stored.
+    let asked = parse_request(&ignite_archive::chunk_stream::encode_request(&ids), 16).unwrap();
+    let len = store.reply_len(&asked).unwrap();
+    let mut enc = Encoder::new(Vec::new());
+    for id in &asked {
+        let (entry, stored) = store.read_chunk_stored(id).unwrap();
+        enc.push(&entry, &stored).unwrap();
+    }
+    let body = enc.finish().unwrap();
+    assert_eq!(len, body.len() as u64);
+    assert!(
+        len < 90_000,
+        "the compressible chunk went compressed: {len}"
+    );
+    // The client: chunk by chunk, each checked.
+    let got: Vec<Vec<u8>> = Decoder::new(&body[..], &ids, Limits::default())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(got, chunks);
+    let unknown = ChunkId::of(b"never stored");
+    assert!(matches!(
+        store.reply_len(&[ids[0], unknown]),
+        Err(ignite_archive::Error::MissingChunk { .. })
+    ));
+}
