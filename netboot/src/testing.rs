@@ -164,6 +164,19 @@ pub fn check_tftp_round_trip(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Any bytes as a `Range` header value: no panic, and a range that is kept is in the
+/// canonical form, which parses back to itself.
+pub fn check_range_header(data: &[u8]) -> Result<(), String> {
+    let value = String::from_utf8_lossy(data);
+    if let Some(c) = crate::http::single_byte_range(&value) {
+        let again = crate::http::single_byte_range(&c);
+        if again.as_deref() != Some(c.as_str()) {
+            return Err(format!("{value:?} -> {c:?} -> {again:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// The log lines (INFO and up) `f` writes on this thread.
 #[cfg(test)]
 pub(crate) fn log_lines(f: impl FnOnce()) -> Vec<String> {
