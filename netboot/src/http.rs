@@ -238,14 +238,11 @@ pub async fn serve_with(
     let counts = Arc::new(Mutex::new(Counts::default()));
     let (close_tx, close_rx) = watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
-    let mut tick = tokio::time::interval(crate::lograte::WINDOW);
+    let mut flusher = crate::lograte::Flusher::new();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = tick.tick() => {
-                crate::lograte::flush();
-                continue;
-            }
+            _ = flusher.tick() => continue,
             _ = shutdown.wait_for(|v| *v) => break,
         };
         while conns.try_join_next().is_some() {}
@@ -603,16 +600,24 @@ mod tests {
         );
     }
 
+    /// A GET for a sparse file of `len` bytes in `dir`, from a server with 1 s timeouts.
+    async fn ask_for_big_file(dir: &std::path::Path, len: u64) -> (TcpStream, watch::Sender<bool>) {
+        std::fs::File::create(dir.join("big"))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let (addr, stop, _server) = start(dir, quick()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /files/big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        (s, stop)
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_reading_is_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let big = std::fs::File::create(dir.path().join("big")).unwrap();
-        big.set_len(256 << 20).unwrap();
-        let (addr, _stop, _server) = start(dir.path(), quick()).await;
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /files/big HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
+        let (mut s, _stop) = ask_for_big_file(dir.path(), 256 << 20).await;
         // Read nothing for a while: the socket buffers fill and the server's writes stall.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let n = closed_within(&mut s, Duration::from_secs(60))
@@ -624,13 +629,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_reader_that_keeps_reading_gets_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let big = std::fs::File::create(dir.path().join("big")).unwrap();
-        big.set_len(16 << 20).unwrap();
-        let (addr, _stop, _server) = start(dir.path(), quick()).await;
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /files/big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let (mut s, _stop) = ask_for_big_file(dir.path(), 16 << 20).await;
         // Well under the 1 s idle limit between reads, far slower than the link.
         let mut buf = vec![0u8; 1 << 20];
         let mut n = 0;

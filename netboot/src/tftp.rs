@@ -539,7 +539,7 @@ pub async fn run(
     });
     let mut buf = vec![0u8; 1024];
     let mut tasks = tokio::task::JoinSet::new();
-    let mut tick = tokio::time::interval(crate::lograte::WINDOW);
+    let mut flusher = crate::lograte::Flusher::new();
     loop {
         let (n, peer) = tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
@@ -549,10 +549,7 @@ pub async fn run(
                     continue;
                 }
             },
-            _ = tick.tick() => {
-                crate::lograte::flush();
-                continue;
-            }
+            _ = flusher.tick() => continue,
             _ = shutdown.wait_for(|v| *v) => break,
         };
         while tasks.try_join_next().is_some() {}

@@ -18,36 +18,12 @@ use ignite_netboot::boot::{BootPlan, ClientMap, FixedPlan};
 use ignite_netboot::dhcp::{self, DhcpEngine, Port};
 use ignite_netboot::iface::std_udp_socket;
 use ignite_netboot::leases::LeaseStore;
-use ignite_netboot::testing::{config, request};
+use ignite_netboot::testing::{config, request, require};
 use ignite_netboot::MacAddr;
 use tokio::sync::watch;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 123, 0, 1);
 const POOL: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(10, 123, 0, 10), Ipv4Addr::new(10, 123, 0, 19));
-
-fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root (network namespaces)".to_string());
-    }
-    for tool in ["ip", "udhcpc"] {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-        if !found {
-            missing.push(format!("`{tool}` (see scripts/deps/netboot.apt)"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("needs {}", missing.join(", "));
-    if std::env::var("IGNITE_CI").as_deref() == Ok("1") {
-        panic!("prerequisite missing with IGNITE_CI=1: {msg}");
-    }
-    eprintln!("skipping: {msg}");
-    false
-}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -140,7 +116,7 @@ fn forged(n: u32) -> MacAddr {
 
 #[test]
 fn udhcpc_gets_a_lease_while_forged_discovers_hold_the_pool() {
-    if !prerequisites() {
+    if !require(true, &["ip", "udhcpc"]) {
         return;
     }
     let lab = Lab::new();

@@ -10,32 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ignite_netboot::boot::{BootPlan, ClientMap, FixedPlan};
+use ignite_netboot::testing::{require, text_with_line_ends};
 use ignite_netboot::tftp::{self, TftpConfig};
 use tokio::sync::watch;
-
-fn have(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    if !found {
-        let msg = format!("needs `{tool}` (tftp-hpa, see scripts/deps/netboot.apt)");
-        if std::env::var("IGNITE_CI").as_deref() == Ok("1") {
-            panic!("prerequisite missing with IGNITE_CI=1: {msg}");
-        }
-        eprintln!("skipping: {msg}");
-    }
-    found
-}
-
-/// Text with LF and CR line ends, the bytes netascii rewrites.
-fn text(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| match i % 77 {
-            0 => b'\n',
-            40 => b'\r',
-            n => b' ' + (n % 90) as u8,
-        })
-        .collect()
-}
 
 fn tftp_hpa_get(port: u16, mode: &str, remote: &str, local: &Path) {
     let out = Command::new("tftp")
@@ -62,13 +39,13 @@ fn tftp_hpa_get(port: u16, mode: &str, remote: &str, local: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tftp_hpa_reads_a_17_mib_text_file_in_netascii() {
-    if !have("tftp") {
+    if !require(false, &["tftp"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("boot");
     std::fs::create_dir(&root).unwrap();
-    let raw = text(17 << 20);
+    let raw = text_with_line_ends(17 << 20);
     std::fs::write(root.join("big.txt"), &raw).unwrap();
     let mut cfg = TftpConfig::new(root, Ipv4Addr::LOCALHOST, None, "http://127.0.0.1:1".into());
     cfg.port = 0;

@@ -1,5 +1,6 @@
 use super::*;
 use crate::boot::{BootPlan, FixedPlan};
+use crate::testing::text_with_line_ends;
 
 #[test]
 fn parses_requests_with_options() {
@@ -111,17 +112,6 @@ fn netascii_conversion() {
     assert_eq!(out, b"a\r\nb\r\0c");
 }
 
-/// Text with LF and CR, `len` bytes.
-fn text(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| match i % 61 {
-            0 => b'\n',
-            30 => b'\r',
-            n => b'a' + (n % 26) as u8,
-        })
-        .collect()
-}
-
 /// Undoes netascii as a client does: CR LF -> LF, CR NUL -> CR.
 fn from_netascii(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
@@ -147,7 +137,7 @@ fn from_netascii(b: &[u8]) -> Vec<u8> {
 
 #[test]
 fn netascii_streams_in_bounded_memory() {
-    let raw = text(40 << 20);
+    let raw = text_with_line_ends(40 << 20);
     let mut whole = Vec::new();
     to_netascii(&raw, &mut whole);
     assert_eq!(
@@ -352,21 +342,7 @@ async fn tsize_probe_then_real_transfer_and_write_refused() {
 async fn lost_ack_is_retransmitted() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![5u8; 700]).unwrap();
-    let mut c = cfg(dir.path().to_path_buf());
-    c.port = 0;
-    c.timeout = Duration::from_millis(100);
-    let sock = bind(&c).unwrap();
-    let SocketAddr::V4(srv) = sock.local_addr().unwrap() else {
-        panic!()
-    };
-    let (_tx, rx) = watch::channel(false);
-    tokio::spawn(run(
-        c,
-        sock,
-        Arc::new(FixedPlan(BootPlan::Local)),
-        Arc::new(ClientMap::default()),
-        rx,
-    ));
+    let (srv, _stop) = start_with(quick(dir.path().to_path_buf())).await;
     let cl = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     cl.send_to(&encode_rrq("f", "octet", &[]), srv)
         .await
@@ -390,7 +366,7 @@ async fn lost_ack_is_retransmitted() {
 #[tokio::test]
 async fn netascii_above_16_mib_is_streamed() {
     let dir = tempfile::tempdir().unwrap();
-    let raw = text(17 << 20);
+    let raw = text_with_line_ends(17 << 20);
     std::fs::write(dir.path().join("big.txt"), &raw).unwrap();
     let (srv, _stop) = start(dir.path().to_path_buf()).await;
     let got = fetch_mode(
