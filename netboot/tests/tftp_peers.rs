@@ -109,12 +109,16 @@ impl TftpdHpa {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("in.tftpd")
-            .args(["-L", "-u", "root", "-s"])
-            .arg(root)
-            .args(["-a", &format!("127.0.0.1:{port}")])
-            .spawn()
-            .expect("start in.tftpd");
+        // Owned at once, so that it is killed and waited for on every path.
+        let server = TftpdHpa(
+            Command::new("in.tftpd")
+                .args(["-L", "-u", "root", "-s"])
+                .arg(root)
+                .args(["-a", &format!("127.0.0.1:{port}")])
+                .spawn()
+                .expect("start in.tftpd"),
+            port,
+        );
         // Ready once it answers a request for a file that is not there.
         let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         probe
@@ -126,7 +130,7 @@ impl TftpdHpa {
             let rrq = tftp::encode_rrq("no-such-file", "octet", &[]);
             probe.send_to(&rrq, ("127.0.0.1", port)).unwrap();
             if probe.recv_from(&mut buf).is_ok() {
-                return TftpdHpa(child, port);
+                return server;
             }
             assert!(Instant::now() < deadline, "tftpd-hpa did not start");
         }
