@@ -682,8 +682,21 @@ fn a_flood_writes_a_few_warnings_not_one_per_packet() {
         .filter(|l| l.contains("pool exhausted"))
         .count();
     assert!(
-        (1..=5).contains(&exhausted),
+        exhausted <= 5,
         "{exhausted} lines for 2000 packets: {lines:#?}"
+    );
+    // The rest were counted, to be reported once the window ends. (Other tests share the
+    // limiter and may have used this window's lines; they only add to the count.)
+    let later = std::time::Instant::now() + 2 * crate::lograte::WINDOW;
+    let counted: u64 = crate::lograte::WARNINGS
+        .take_ended(later)
+        .iter()
+        .filter(|(k, _)| *k == "DHCP pool exhausted")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        exhausted as u64 + counted >= 2000,
+        "{exhausted} logged + {counted} counted < 2000"
     );
 }
 
