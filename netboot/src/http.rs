@@ -8,7 +8,7 @@
 //!
 //! [`serve`] runs its own accept loop on hyper, because a hostile segment must not be able
 //! to hold connections open for nothing ([`HttpLimits`]): a request head must arrive within
-//! `header_timeout` (also between requests on a kept-alive connection), a connection on
+//! `header_timeout` (20 s, also between requests on a kept-alive connection), a connection on
 //! which no byte moves either way for `idle_timeout` is closed (a client that stops reading
 //! a download, or a slow drip of body bytes), and connections are capped per client
 //! address and in all; connections over a cap are closed at once.
@@ -199,7 +199,10 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Connections open at once from one address (an installing agent uses about ten).
     pub max_per_client: usize,
-    /// Time for a request head to arrive, from the connection (or the previous response).
+    /// Time for a request head to arrive, from the connection (or the previous response, so
+    /// it is also how long a kept-alive connection may wait idle). Longer than the 15 s for
+    /// which HTTP clients such as ureq (the install agent's) reuse an idle connection, so
+    /// they never send on one the server has just closed.
     pub header_timeout: Duration,
     /// A connection on which no byte moves either way for this long is closed.
     pub idle_timeout: Duration,
@@ -210,7 +213,7 @@ impl Default for HttpLimits {
         HttpLimits {
             max_connections: 512,
             max_per_client: 64,
-            header_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
         }
     }
