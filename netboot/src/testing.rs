@@ -175,33 +175,6 @@ pub fn text_with_line_ends(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Whether a test that needs `tools` on PATH (and root, with `root`) may run. Otherwise it
-/// is skipped with a one-line reason, or fails under `IGNITE_CI=1`, where every
-/// prerequisite is installed.
-pub fn require(root: bool, tools: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if root && unsafe { libc::geteuid() } != 0 {
-        missing.push("root (network namespaces)".to_string());
-    }
-    for tool in tools {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-        if !found {
-            missing.push(format!("`{tool}` (see scripts/deps/netboot.apt)"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("needs {}", missing.join(", "));
-    if std::env::var("IGNITE_CI").as_deref() == Ok("1") {
-        panic!("prerequisite missing with IGNITE_CI=1: {msg}");
-    }
-    eprintln!("skipping: {msg}");
-    false
-}
-
 /// Any bytes as a `Range` header value: no panic, and a range that is kept is in the
 /// canonical form, which parses back to itself.
 pub fn check_range_header(data: &[u8]) -> Result<(), String> {

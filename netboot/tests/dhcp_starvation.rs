@@ -18,7 +18,7 @@ use ignite_netboot::boot::{BootPlan, ClientMap, FixedPlan};
 use ignite_netboot::dhcp::{self, DhcpEngine, Port};
 use ignite_netboot::iface::std_udp_socket;
 use ignite_netboot::leases::LeaseStore;
-use ignite_netboot::testing::{config, request, require};
+use ignite_netboot::testing::{config, request};
 use ignite_netboot::MacAddr;
 use tokio::sync::watch;
 
@@ -116,7 +116,7 @@ fn forged(n: u32) -> MacAddr {
 
 #[test]
 fn udhcpc_gets_a_lease_while_forged_discovers_hold_the_pool() {
-    if !require(true, &["ip", "udhcpc"]) {
+    if !ignite_e2e::require_tools(&["ip", "udhcpc"]) {
         return;
     }
     let lab = Lab::new();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ignite_netboot::boot::{BootPlan, ClientMap, FixedPlan};
-use ignite_netboot::testing::{require, text_with_line_ends};
+use ignite_netboot::testing::text_with_line_ends;
 use ignite_netboot::tftp::{self, TftpConfig};
 use tokio::sync::watch;
 
@@ -81,7 +81,7 @@ async fn timed_get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tftp_hpa_reads_a_17_mib_text_file_in_netascii() {
-    if !require(false, &["tftp"]) {
+    if !ignite_e2e::require_all(&[("tftp", ignite_e2e::have("tftp"))]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +152,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 async fn bench_tftp_hpa_client_against_ignite_and_tftpd_hpa() {
-    if !require(false, &["tftp", "in.tftpd"]) {
+    if !ignite_e2e::require_all(&[
+        ("tftp", ignite_e2e::have("tftp")),
+        ("in.tftpd", ignite_e2e::have("in.tftpd")),
+    ]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -204,7 +204,12 @@ mod tests {
         let snap = SnapshotDisk::open(Arc::new(store), &m).unwrap();
         let file = FileDisk::open(&img).unwrap();
         assert_eq!(snap.size(), file.size());
-        for (off, len) in [(0u64, 512usize), (99_000, 70_000), (65_530, 20), (data.len() as u64 - 10, 10)] {
+        for (off, len) in [
+            (0u64, 512usize),
+            (99_000, 70_000),
+            (65_530, 20),
+            (data.len() as u64 - 10, 10),
+        ] {
             let (mut a, mut b) = (vec![0; len], vec![0; len]);
             snap.read_at(&mut a, off).unwrap();
             file.read_at(&mut b, off).unwrap();
