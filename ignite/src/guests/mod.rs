@@ -7,6 +7,7 @@
 //! the console printed). A running guest is one detached supervisor process running one
 //! engine: the bundled monitor or QEMU (`qemu`). Nothing outside this module knows which.
 
+pub mod capture;
 pub mod control;
 pub mod definition;
 pub mod qemu;

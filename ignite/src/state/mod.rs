@@ -9,6 +9,7 @@
 //! database newer than this binary is refused, since writing it could lose what it holds.
 
 pub mod boot_log;
+pub mod captures;
 pub mod clients;
 pub mod guests;
 pub mod installs;
