@@ -417,6 +417,19 @@ impl Store {
         })
     }
 
+    /// Waits until no gc runs (`locks/gc.lock` is free).
+    pub fn wait_for_gc(&self) -> Result<()> {
+        let path = self.dir("locks").join("gc.lock");
+        let lock = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
+        crate::fsutil::flock(&lock, false).at(&path)?;
+        Ok(()) // closing the file releases the lock
+    }
+
     /// Removes a snapshot (its manifest first: from then on it does not exist).
     pub fn forget(&self, id: &str) -> Result<()> {
         let m = self.manifest_path(id);
