@@ -37,24 +37,18 @@ pub fn capture_disk(
 ) -> Result<Manifest> {
     let mut opts = ImportOptions::new(&disk_snapshot_name(name, disk.index));
     opts.labels.insert(LABEL_CAPTURE.into(), "disk".into());
-    let changed;
     let src = match &disk.changes {
         Some(c) => {
             let base = store
                 .resolve(&c.base)
                 .with_context(|| format!("disk {}: its previous capture {}", disk.index, c.base))?;
-            let (Some(size), Some(bs)) = (base.image_size, base.block_size) else {
-                bail!(
-                    "disk {}: previous capture {} is not a disk",
-                    disk.index,
-                    c.base
-                );
-            };
+            if base.image_size.is_none() {
+                bail!("disk {}: previous capture {} is not a disk", disk.index, c.base);
+            }
             opts.parent = ParentChoice::Id(base.id.clone());
-            changed = blocks_touched(&c.ranges, size, bs as u64);
             ImageSource {
                 path: &disk.path,
-                changed: Some(&changed),
+                changed: Some(&c.ranges),
             }
         }
         None => {
@@ -74,47 +68,4 @@ pub fn capture_disk(
             disk.path.display()
         )
     })
-}
-
-/// One flag per block of `block_size` bytes of a `size`-byte disk: true where any range
-/// touches the block.
-pub fn blocks_touched(ranges: &[(u64, u64)], size: u64, block_size: u64) -> Vec<bool> {
-    let n = size.div_ceil(block_size) as usize;
-    let mut out = vec![false; n];
-    for &(off, len) in ranges {
-        if len == 0 || off >= size {
-            continue;
-        }
-        let first = (off / block_size) as usize;
-        let last = ((off.saturating_add(len).min(size) - 1) / block_size) as usize;
-        for b in &mut out[first..=last] {
-            *b = true;
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_map_to_every_block_they_touch() {
-        let bs = 64 << 10;
-        let t = blocks_touched(
-            &[(0, 1), (bs - 1, 2), (5 * bs, bs), (10 * bs - 1, 100)],
-            10 * bs - 10,
-            bs,
-        );
-        let marked: Vec<usize> = t
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b)
-            .map(|(i, _)| i)
-            .collect();
-        assert_eq!(marked, vec![0, 1, 5, 9]);
-        assert!(blocks_touched(&[(100 * bs, 5)], 10 * bs, bs)
-            .iter()
-            .all(|b| !b));
-    }
 }
