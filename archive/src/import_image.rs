@@ -9,24 +9,21 @@
 
 use crate::chunk_sink::{ChunkSink, LocalSink};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{data_ranges, source_size};
 use crate::id::ChunkId;
+use crate::image_reader::ImageReader;
 use crate::import::ImportOptions;
 use crate::pipeline;
 use crate::snapshot::{Draft, DraftContent, Manifest, SnapshotKind, SnapshotStats};
 use crate::stats::Progress;
 use crate::store::Store;
 use crate::writer::Writer;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// What to read. With `changed`, the byte ranges (offset, length) written since the parent
 /// snapshot: blocks that overlap none are taken from the parent without reading.
 pub struct ImageSource<'a> {
-    pub path: &'a Path,
+    pub reader: &'a dyn ImageReader,
     pub changed: Option<&'a [(u64, u64)]>,
 }
 
@@ -43,7 +40,7 @@ pub fn import_image(
         (None, Some(_)) => {
             return Err(Error::Invalid(format!(
                 "{}: a changed-block import needs a parent snapshot",
-                src.path.display()
+                src.reader.name()
             )))
         }
         _ => Vec::new(),
@@ -90,17 +87,21 @@ pub fn import_image_into(
 ) -> Result<Draft> {
     opts.check()?;
     let started = Instant::now();
-    let path = src.path;
-    let file = File::open(path).at(path)?;
-    let size = source_size(&file).at(path)?;
+    let reader = src.reader;
+    let name = reader.name();
+    let size = reader.size();
     let bs = u64::from(sink.config().block_size);
     let nblocks = size.div_ceil(bs) as usize;
     // Blocks taken from the parent: (index, its chunk in the parent).
     let mut from_parent: Vec<(usize, Option<ChunkId>)> = Vec::new();
     let mut read = vec![false; nblocks];
     let mut has_data = vec![false; nblocks];
-    for (a, b) in data_ranges(&file, size) {
-        for flag in &mut has_data[(a / bs) as usize..b.div_ceil(bs) as usize] {
+    for (off, len) in reader.data_ranges().at(&name)? {
+        let end = off.saturating_add(len).min(size);
+        if len == 0 || off >= end {
+            continue;
+        }
+        for flag in &mut has_data[(off / bs) as usize..end.div_ceil(bs) as usize] {
             *flag = true;
         }
     }
@@ -109,7 +110,7 @@ pub fn import_image_into(
             if m.image_size != Some(size) || m.block_size != Some(bs as u32) {
                 return Err(Error::Invalid(format!(
                     "{}: changed-block import needs a parent of the same size and block size",
-                    path.display()
+                    name
                 )));
             }
             if pb.len() != nblocks {
@@ -130,7 +131,7 @@ pub fn import_image_into(
         (None, Some(_)) => {
             return Err(Error::Invalid(format!(
                 "{}: a changed-block import needs a parent snapshot",
-                path.display()
+                name
             )))
         }
         _ => read = has_data.clone(),
@@ -157,7 +158,7 @@ pub fn import_image_into(
         let mut seqs: Vec<(usize, usize)> = Vec::new();
         for i in (0..nblocks).filter(|&i| read[i]) {
             let mut buf = vec![0u8; block_len(i) as usize];
-            file.read_exact_at(&mut buf, i as u64 * bs).at(path)?;
+            reader.read_at(&mut buf, i as u64 * bs).at(&name)?;
             read_bytes += buf.len() as u64;
             progress.fetch_add(buf.len() as u64, Ordering::Relaxed);
             seqs.push((i, sub.submit(buf)?));

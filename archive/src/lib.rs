@@ -13,6 +13,7 @@
 //! 2 store                                   the directory: packs, index, snapshots
 //! 1 pack snapshot chunk_stream              file formats: packs, trees/images, chunk batches
 //! 0 error id config fsutil paths chunker    primitives
+//!   image_reader                            where block imports read disks from
 //!   beneath                                 writing into a target without following symlinks
 //! ```
 //!
@@ -32,6 +33,7 @@ pub mod export_tar;
 pub mod fsutil;
 pub mod gc;
 pub mod id;
+pub mod image_reader;
 pub mod import;
 pub mod import_dir;
 pub mod import_image;
@@ -55,6 +57,7 @@ pub use export_dir::{export_dir, export_tree, ExportStats};
 pub use export_image::export_image;
 pub use export_tar::export_tar;
 pub use id::ChunkId;
+pub use image_reader::{FileImage, ImageReader};
 pub use import::{ImportOptions, ParentChoice};
 pub use import_dir::{import_dir, import_dir_into};
 pub use import_image::{import_image, import_image_into, ImageSource};

@@ -342,7 +342,7 @@ fn a_remote_image_capture_reads_and_sends_only_written_ranges() {
     use std::os::unix::fs::FileExt;
     f.write_all_at(&random_bytes(3 << 20, 1), 0).unwrap();
     let src = ImageSource {
-        path: &img,
+        reader: &ignite_archive::FileImage::open(&img).unwrap(),
         changed: None,
     };
     let sink = Remote::new(&store);
@@ -355,7 +355,7 @@ fn a_remote_image_capture_reads_and_sends_only_written_ranges() {
     let changed = [(0u64, 15u64), (40 << 20, 100_000)];
     let blocks = store.load_image(&m1).unwrap();
     let src = ImageSource {
-        path: &img,
+        reader: &ignite_archive::FileImage::open(&img).unwrap(),
         changed: Some(&changed),
     };
     let sink = Remote::new(&store);

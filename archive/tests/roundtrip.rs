@@ -125,7 +125,7 @@ fn image_round_trip_is_byte_identical_and_sparse() {
     f.write_all_at(b"tail", (256 << 20) - 4).unwrap();
     let store = new_store(t.path());
     let src = ImageSource {
-        path: &img,
+        reader: &ignite_archive::FileImage::open(&img).unwrap(),
         changed: None,
     };
     let m = import_image(&store, src, &opts("disk"), &progress()).unwrap();
@@ -142,7 +142,7 @@ fn image_round_trip_is_byte_identical_and_sparse() {
     let m2 = import_image(
         &store,
         ImageSource {
-            path: &img,
+            reader: &ignite_archive::FileImage::open(&img).unwrap(),
             changed: None,
         },
         &opts("disk"),
@@ -160,7 +160,7 @@ fn image_round_trip_is_byte_identical_and_sparse() {
     let m3 = import_image(
         &store,
         ImageSource {
-            path: &img,
+            reader: &ignite_archive::FileImage::open(&img).unwrap(),
             changed: Some(&changed),
         },
         &o,

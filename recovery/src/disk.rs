@@ -1,61 +1,24 @@
-//! Random-access reading of disks, whatever holds them: an image file or block device, or a
-//! block snapshot in the archive (chunks fetched, checked and decompressed on demand). Layout
-//! probing, captures and restores read through [`ReadAt`], so they work the same on a guest's
-//! image, a point-in-time view of it, and a capture in the store.
+//! Random-access reading of disks, whatever holds them, through the archive's
+//! [`ImageReader`]: an image file or block device ([`ignite_archive::FileImage`]), a block
+//! snapshot read in place ([`SnapshotDisk`]: chunks fetched, checked and decompressed on
+//! demand), a partition of either ([`Slice`]). Layout probing, captures and restores read
+//! through it, so they work the same on a guest's image, a point-in-time view of it, and a
+//! capture in the store.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use ignite_archive::{ChunkId, Manifest, SnapshotKind, Store};
 
-/// A disk that can be read at any offset.
-pub trait ReadAt: Send + Sync {
-    /// Its size in bytes.
-    fn size(&self) -> u64;
-    /// Fills `buf` from `offset`; reading past the end is an error.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
-}
+pub use ignite_archive::ImageReader;
 
-/// An image file or a block device.
-pub struct FileDisk {
-    file: File,
-    size: u64,
-    name: String,
-}
-
-impl FileDisk {
-    pub fn open(path: &Path) -> Result<FileDisk> {
-        let file = File::open(path).with_context(|| format!("disk {}", path.display()))?;
-        let size = crate::steps::partition::device_size(&file)
-            .with_context(|| format!("disk {}", path.display()))?;
-        Ok(FileDisk {
-            file,
-            size,
-            name: path.display().to_string(),
-        })
-    }
-}
-
-impl ReadAt for FileDisk {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(self.size, buf.len(), offset, &self.name)?;
-        self.file
-            .read_exact_at(buf, offset)
-            .with_context(|| format!("disk {}: read at {offset}", self.name))
-    }
-}
-
-fn check_range(size: u64, len: usize, offset: u64, name: &str) -> Result<()> {
+fn check_range(size: u64, len: usize, offset: u64, name: &str) -> std::io::Result<()> {
     if offset.checked_add(len as u64).is_none_or(|end| end > size) {
-        bail!("disk {name}: {len} bytes at {offset} reach past its end ({size} bytes)");
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("disk {name}: {len} bytes at {offset} reach past its end ({size} bytes)"),
+        ));
     }
     Ok(())
 }
@@ -135,17 +98,19 @@ impl SnapshotDisk {
     }
 }
 
-impl ReadAt for SnapshotDisk {
+impl ImageReader for SnapshotDisk {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         check_range(self.size, buf.len(), offset, &self.name)?;
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let block = self.block(pos / self.block_size)?;
+            let block = self
+                .block(pos / self.block_size)
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
             let start = (pos % self.block_size) as usize;
             let n = (block.len() - start).min(buf.len() - done);
             buf[done..done + n].copy_from_slice(&block[start..start + n]);
@@ -153,23 +118,48 @@ impl ReadAt for SnapshotDisk {
         }
         Ok(())
     }
+
+    /// Blocks stored as holes read as zeros without fetching anything.
+    fn data_ranges(&self) -> std::io::Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            if b.is_none() {
+                continue;
+            }
+            let start = i as u64 * self.block_size;
+            let len = self.block_size.min(self.size - start);
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += len,
+                _ => out.push((start, len)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
 }
 
 /// A byte range of another disk (a partition), itself a disk.
 pub struct Slice<'a> {
-    pub disk: &'a dyn ReadAt,
+    pub disk: &'a dyn ImageReader,
     pub start: u64,
     pub len: u64,
 }
 
-impl ReadAt for Slice<'_> {
+impl ImageReader for Slice<'_> {
     fn size(&self) -> u64 {
         self.len
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         check_range(self.len, buf.len(), offset, "partition")?;
         self.disk.read_at(buf, self.start + offset)
+    }
+
+    fn name(&self) -> String {
+        format!("{} at {}", self.disk.name(), self.start)
     }
 }
 
@@ -194,7 +184,7 @@ mod tests {
         let m = ignite_archive::import_image(
             &store,
             ImageSource {
-                path: &img,
+                reader: &ignite_archive::FileImage::open(&img).unwrap(),
                 changed: None,
             },
             &opts,
@@ -202,7 +192,7 @@ mod tests {
         )
         .unwrap();
         let snap = SnapshotDisk::open(Arc::new(store), &m).unwrap();
-        let file = FileDisk::open(&img).unwrap();
+        let file = ignite_archive::FileImage::open(&img).unwrap();
         assert_eq!(snap.size(), file.size());
         for (off, len) in [
             (0u64, 512usize),

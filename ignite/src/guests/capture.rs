@@ -43,10 +43,11 @@ pub struct DiskPlan {
 }
 
 impl DiskPlan {
-    pub fn block_disk(&self) -> BlockDisk {
-        BlockDisk {
+    /// The disk to read, from its image file.
+    pub fn block_disk(&self) -> Result<BlockDisk> {
+        Ok(BlockDisk {
             index: self.index,
-            path: self.path.clone(),
+            reader: Box::new(ignite_archive::FileImage::open(&self.path)?),
             changes: match (&self.base, &self.ranges) {
                 (Some(base), Some(ranges)) => Some(Changes {
                     base: base.clone(),
@@ -54,7 +55,7 @@ impl DiskPlan {
                 }),
                 _ => None,
             },
-        }
+        })
     }
 }
 
@@ -398,7 +399,11 @@ fn capture_disks(
             (plan, "none (stopped)".to_string())
         }
     };
-    let disks: Vec<BlockDisk> = plan.disks.iter().map(DiskPlan::block_disk).collect();
+    let disks: Vec<BlockDisk> = plan
+        .disks
+        .iter()
+        .map(DiskPlan::block_disk)
+        .collect::<Result<_>>()?;
     let full_reads: Vec<String> = plan
         .disks
         .iter()

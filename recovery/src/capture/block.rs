@@ -3,10 +3,10 @@
 //! QEMU dirty bitmap) only those regions are read and the rest comes from that capture;
 //! without one the disk is read in full (holes and zeros are still never stored).
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
-use ignite_archive::{ImageSource, ImportOptions, Manifest, ParentChoice, Progress, Store};
+use ignite_archive::{
+    ImageReader, ImageSource, ImportOptions, Manifest, ParentChoice, Progress, Store,
+};
 
 use super::record::{disk_snapshot_name, LABEL_CAPTURE};
 
@@ -19,11 +19,11 @@ pub struct Changes {
 }
 
 /// One disk to capture.
-#[derive(Debug, Clone)]
 pub struct BlockDisk {
     pub index: usize,
-    /// The image or device to read (for a running guest: while its writes are held).
-    pub path: PathBuf,
+    /// The image or device to read (for a running guest: while its writes are held), or a
+    /// point-in-time view of it.
+    pub reader: Box<dyn ImageReader + Send>,
     /// `None`: read it all (first capture, or the change log cannot be trusted).
     pub changes: Option<Changes>,
 }
@@ -43,11 +43,15 @@ pub fn capture_disk(
                 .resolve(&c.base)
                 .with_context(|| format!("disk {}: its previous capture {}", disk.index, c.base))?;
             if base.image_size.is_none() {
-                bail!("disk {}: previous capture {} is not a disk", disk.index, c.base);
+                bail!(
+                    "disk {}: previous capture {} is not a disk",
+                    disk.index,
+                    c.base
+                );
             }
             opts.parent = ParentChoice::Id(base.id.clone());
             ImageSource {
-                path: &disk.path,
+                reader: disk.reader.as_ref(),
                 changed: Some(&c.ranges),
             }
         }
@@ -56,7 +60,7 @@ pub fn capture_disk(
             // keeps the history a chain.
             opts.parent = ParentChoice::Auto;
             ImageSource {
-                path: &disk.path,
+                reader: disk.reader.as_ref(),
                 changed: None,
             }
         }
@@ -65,7 +69,7 @@ pub fn capture_disk(
         format!(
             "cannot capture disk {} ({})",
             disk.index,
-            disk.path.display()
+            disk.reader.name()
         )
     })
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::disk::{ReadAt, Slice};
+use crate::disk::{ImageReader, Slice};
 use crate::steps::gpt::{crc32, format_guid};
 
 /// At most this many GPT entries are read (128 is the default; 1024 is more than any table).
@@ -92,7 +92,7 @@ pub struct FstabEntry {
 }
 
 /// Reads the partition table and each partition's file system.
-pub fn probe(disk: &dyn ReadAt) -> Result<DiskLayout> {
+pub fn probe(disk: &dyn ImageReader) -> Result<DiskLayout> {
     let size = disk.size();
     let mut mbr = [0u8; 512];
     if size >= 512 {
@@ -143,7 +143,7 @@ pub fn probe(disk: &dyn ReadAt) -> Result<DiskLayout> {
     })
 }
 
-fn fill_filesystems(disk: &dyn ReadAt, parts: &mut [PartitionLayout]) {
+fn fill_filesystems(disk: &dyn ImageReader, parts: &mut [PartitionLayout]) {
     for p in parts {
         let slice = Slice {
             disk,
@@ -197,7 +197,7 @@ fn gpt_kind(type_guid: &str) -> Option<&'static str> {
 }
 
 /// The GPT at LBA 1 in units of `sector` bytes, if its header is valid there.
-fn gpt(disk: &dyn ReadAt, sector: u64) -> Result<Option<DiskLayout>> {
+fn gpt(disk: &dyn ImageReader, sector: u64) -> Result<Option<DiskLayout>> {
     let size = disk.size();
     if size < sector * 3 {
         return Ok(None);
@@ -314,7 +314,7 @@ fn mbr_partitions(mbr: &[u8], size: u64) -> Vec<PartitionLayout> {
 }
 
 /// The file system on `part`, from its superblock, if it is one we know.
-pub fn probe_fs(part: &dyn ReadAt) -> Option<FsInfo> {
+pub fn probe_fs(part: &dyn ImageReader) -> Option<FsInfo> {
     let size = part.size();
     let mut head = vec![0u8; 8192.min(size) as usize];
     part.read_at(&mut head, 0).ok()?;
@@ -395,7 +395,7 @@ pub fn probe_fs(part: &dyn ReadAt) -> Option<FsInfo> {
 }
 
 /// Reads identity, mount table and boot loader from the ext4 file systems of `disk`.
-pub fn system_info(disk: Arc<dyn ReadAt>, layout: &DiskLayout) -> SystemInfo {
+pub fn system_info(disk: Arc<dyn ImageReader + Send>, layout: &DiskLayout) -> SystemInfo {
     let mut info = SystemInfo::default();
     if layout
         .partitions
@@ -489,7 +489,7 @@ pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
 
 /// A partition as ext4-view reads it.
 struct PartReader {
-    disk: Arc<dyn ReadAt>,
+    disk: Arc<dyn ImageReader + Send>,
     start: u64,
     len: u64,
 }
@@ -508,6 +508,6 @@ impl ext4_view::Ext4Read for PartReader {
         }
         self.disk
             .read_at(dst, self.start + start_byte)
-            .map_err(|e| e.to_string().into())
+            .map_err(|e| e.into())
     }
 }

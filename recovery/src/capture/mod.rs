@@ -49,7 +49,8 @@ pub fn finish(
     let mut records = Vec::new();
     let mut system = None;
     for (index, m) in disks {
-        let view: Arc<dyn crate::disk::ReadAt> = Arc::new(SnapshotDisk::open(store.clone(), m)?);
+        let view: Arc<dyn crate::disk::ImageReader + Send> =
+            Arc::new(SnapshotDisk::open(store.clone(), m)?);
         let layout = layout::probe(view.as_ref())?;
         if system.is_none() {
             let info = layout::system_info(view.clone(), &layout);
