@@ -13,6 +13,7 @@ pub mod capture;
 pub mod disk;
 pub mod facts;
 pub mod log;
+pub mod nbd;
 pub mod process;
 pub mod protocol;
 pub mod random;
