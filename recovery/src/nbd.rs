@@ -520,7 +520,7 @@ pub fn place_read_chunk(h: &ChunkHeader, p: &[u8], start: u64, part: &mut [u8]) 
 
 /// A block status chunk: (context id, extents).
 pub fn parse_block_status(p: &[u8]) -> Result<(u32, Vec<Extent>)> {
-    if p.len() < 4 || (p.len() - 4) % 8 != 0 {
+    if p.len() < 4 || !(p.len() - 4).is_multiple_of(8) {
         bail!("block status chunk of {} bytes", p.len());
     }
     let extents = p[4..]
