@@ -36,22 +36,59 @@ pub struct Plan {
 pub struct DiskPlan {
     pub index: usize,
     pub path: PathBuf,
-    /// Regions written since `base`; absent: read the whole disk (`full_reason` says why).
+    /// The capture the change information is relative to; absent: read the whole disk
+    /// (`full_reason` says why).
     pub base: Option<String>,
+    /// Regions written since `base` (bundled monitor: its change log).
     pub ranges: Option<Vec<(u64, u64)>>,
     pub full_reason: Option<String>,
+    /// Read from this point-in-time view instead of the image (QEMU: the written regions are
+    /// the bitmap's).
+    pub nbd: Option<NbdView>,
+}
+
+/// A point-in-time view of a disk exported over NBD, with its dirty bitmap.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NbdView {
+    pub socket: PathBuf,
+    pub export: String,
+    pub bitmap: String,
 }
 
 impl DiskPlan {
-    /// The disk to read, from its image file.
+    /// The disk to read and what changed: from the image and the plan's ranges, or from the
+    /// NBD view and its bitmap.
     pub fn block_disk(&self) -> Result<BlockDisk> {
+        let (reader, ranges): (Box<dyn ignite_archive::ImageReader + Send>, _) = match &self.nbd {
+            None => (
+                Box::new(ignite_archive::FileImage::open(&self.path)?),
+                self.ranges.clone(),
+            ),
+            Some(v) => {
+                let ctx = format!("qemu:dirty-bitmap:{}", v.bitmap);
+                let client = ignite_recovery::nbd::Client::connect(
+                    &v.socket,
+                    &v.export,
+                    &["base:allocation", &ctx],
+                )?;
+                let reader = ignite_recovery::nbd::Reader::new(
+                    client,
+                    &format!("{} (point-in-time view)", self.path.display()),
+                );
+                let ranges = match self.base {
+                    Some(_) => Some(reader.dirty_ranges(&v.bitmap)?),
+                    None => None,
+                };
+                (Box::new(reader), ranges)
+            }
+        };
         Ok(BlockDisk {
             index: self.index,
-            reader: Box::new(ignite_archive::FileImage::open(&self.path)?),
-            changes: match (&self.base, &self.ranges) {
+            reader,
+            changes: match (&self.base, ranges) {
                 (Some(base), Some(ranges)) => Some(Changes {
                     base: base.clone(),
-                    ranges: ranges.clone(),
+                    ranges,
                 }),
                 _ => None,
             },
@@ -198,6 +235,7 @@ impl Session {
                 base,
                 ranges,
                 full_reason,
+                nbd: None,
             });
             session.disks.push(TrackedDisk {
                 path: path.clone(),
@@ -414,6 +452,9 @@ fn capture_disks(
         })
         .collect();
     let manifests = capture::read_disks(&store, name, &disks, &progress)?;
+    let indices: Vec<usize> = disks.iter().map(|d| d.index).collect();
+    // Readers of a point-in-time view must be gone before it is taken down.
+    drop(disks);
     let pause = match (&mut remote, &mut local) {
         (Some(conn), _) => step(conn, &Step::Release, name)?.pause_ms,
         (_, Some((session, _))) => session.release().as_millis() as u64,
@@ -428,11 +469,8 @@ fn capture_disks(
         engine,
         definition: serde_json::to_value(&rec.def)?,
     };
-    let indexed: Vec<(usize, ignite_archive::Manifest)> = disks
-        .iter()
-        .map(|d| d.index)
-        .zip(manifests.iter().cloned())
-        .collect();
+    let indexed: Vec<(usize, ignite_archive::Manifest)> =
+        indices.into_iter().zip(manifests.iter().cloned()).collect();
     let (snapshot, record) = capture::finish(store, name, source, &indexed, stats, started)?;
     let ids: Vec<String> = manifests.iter().map(|m| m.id.clone()).collect();
     match (remote, local) {

@@ -7,7 +7,7 @@
 //! database and removes its runtime files.
 
 use super::control::{self, Reply, Request, Status};
-use super::{capture, qemu, Boot, Bus, Definition, Engine, EngineChoice, Paths};
+use super::{capture, qemu, qemu_capture, Boot, Bus, Definition, Engine, EngineChoice, Paths};
 use crate::state::{now, State};
 use anyhow::{bail, Context, Result};
 use std::os::fd::AsRawFd;
@@ -417,6 +417,19 @@ fn run_qemu(
             return Err(e);
         }
     };
+    let bitmaps = {
+        let mut q = qmp.lock().unwrap_or_else(|e| e.into_inner());
+        match qemu_capture::start(&mut q, def.disks.len()) {
+            Ok(b) => Mutex::new(b),
+            Err(e) => {
+                drop(q);
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.context("cannot start QEMU's dirty bitmaps"));
+            }
+        }
+    };
+    let (def_capture, paths_capture) = (def.clone(), Paths::new_at(&paths.dir));
     let qmp_stop = qmp.clone();
     serve_control(
         paths,
@@ -427,12 +440,14 @@ fn run_qemu(
             q.execute(if force { "quit" } else { "system_powerdown" })
         },
         move |conn| {
-            let _ = conn.send(&capture::StepReply {
-                ok: false,
-                pause_ms: 0,
-                error: Some("TODO qemu capture".into()),
-            });
-            "refused".into()
+            qemu_capture::serve(
+                &qmp,
+                &bitmaps,
+                &def_capture,
+                &paths_capture,
+                conn,
+                MAX_CAPTURE_HOLD,
+            )
         },
     )?;
     let code = child.wait()?;
