@@ -11,7 +11,9 @@ use ignite_profiles::human;
 use ignite_recovery::capture::record::{short, Record};
 
 use crate::guests::capture::capture_guest;
+use crate::state::schedules::{parse_at, Keep};
 use crate::state::State;
+use ignite_recovery::capture::retention;
 
 #[derive(Args)]
 pub struct RecoveryArgs {
@@ -48,6 +50,56 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Capture a guest on a schedule (run by `ignite server`), with retention after each
+    /// successful capture; `schedule list` and `schedule remove NAME` manage them.
+    Schedule(ScheduleArgs),
+    /// Apply a retention policy to a guest's captures now (then `ignite archive gc`).
+    Prune {
+        name: String,
+        #[command(flatten)]
+        keep: KeepArgs,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args)]
+struct ScheduleArgs {
+    /// The guest to capture; or `list`, or `remove NAME`.
+    words: Vec<String>,
+    /// First run of the day, HH:MM UTC.
+    #[arg(long, default_value = "02:00")]
+    at: String,
+    /// Repeat period, e.g. 1d, 12h, 1w.
+    #[arg(long, default_value = "1d")]
+    every: String,
+    #[command(flatten)]
+    keep: KeepArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct KeepArgs {
+    #[arg(long)]
+    keep_last: Option<u32>,
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    #[arg(long)]
+    keep_monthly: Option<u32>,
+}
+
+impl KeepArgs {
+    fn keep(&self) -> Keep {
+        Keep {
+            last: self.keep_last,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+        }
+    }
 }
 
 pub fn run(a: RecoveryArgs) -> Result<()> {
@@ -56,22 +108,132 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
         Cmd::Capture { name } => capture(&a.state_dir, &store_dir, &name),
         Cmd::List { name, json } => list(&a.state_dir, name.as_deref(), json),
         Cmd::Show { capture, json } => show(&store_dir, &capture, json),
+        Cmd::Schedule(s) => schedule(&a.state_dir, s),
+        Cmd::Prune {
+            name,
+            keep,
+            dry_run,
+        } => prune(&store_dir, &name, &keep.keep(), dry_run),
     }
 }
 
-/// The store, created with default settings on first use.
-pub fn open_store(dir: &Path) -> Result<Store> {
-    if dir.join("config.json").is_file() {
-        Ok(Store::open(dir)?)
-    } else {
-        Store::init(dir, Default::default())
-            .with_context(|| format!("cannot create the store {}", dir.display()))
+fn schedule(state_dir: &Path, a: ScheduleArgs) -> Result<()> {
+    let state = State::open(state_dir)?;
+    let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["list"] => {
+            let all = state.schedules()?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:>5} {:>8} {:<20} {:<24} LAST RESULT",
+                "NAME", "AT", "EVERY", "NEXT RUN (UTC)", "KEEP"
+            );
+            for s in all {
+                println!(
+                    "{:<16} {:>5} {:>8} {:<20} {:<24} {}",
+                    crate::cli::escape(&s.name),
+                    s.at(),
+                    period(s.every_secs),
+                    utc(s.next_run),
+                    keep_text(&s.keep),
+                    s.last_result
+                        .as_deref()
+                        .map(crate::cli::escape)
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        ["remove", name] => {
+            state.remove_schedule(name)?;
+            println!("schedule of {name} removed");
+            Ok(())
+        }
+        [name] => {
+            state
+                .guest(name)
+                .with_context(|| format!("schedules capture defined guests; {name} is not one"))?;
+            let every = ignite_archive::retention::parse_duration(&a.every)?;
+            let s = state.set_schedule(
+                name,
+                parse_at(&a.at)?,
+                every as u64,
+                &a.keep.keep(),
+                crate::clock::now(),
+            )?;
+            println!(
+                "{name}: captured at {} UTC every {}, keeping {}; next run {} UTC (by `ignite server`)",
+                s.at(),
+                period(s.every_secs),
+                keep_text(&s.keep),
+                utc(s.next_run)
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "use `ignite recovery schedule NAME --at HH:MM [--every 1d] [--keep-...]`, \
+             `schedule list` or `schedule remove NAME`"
+        ),
     }
+}
+
+fn prune(store_dir: &Path, name: &str, keep: &Keep, dry_run: bool) -> Result<()> {
+    let store = Store::open(store_dir)?;
+    let r = retention::prune(&store, name, &keep.policy(), dry_run)?;
+    for (id, why) in &r.kept {
+        println!("keep   {name}@{} ({})", short(id), why.join(", "));
+    }
+    let verb = if dry_run { "would remove" } else { "remove" };
+    for id in &r.removed {
+        println!("{verb} {name}@{}", short(id));
+    }
+    if !r.removed_data.is_empty() {
+        println!(
+            "{verb} {} disk/file snapshot(s) of those captures; `ignite archive gc` frees their space",
+            r.removed_data.len()
+        );
+    }
+    Ok(())
+}
+
+fn keep_text(k: &Keep) -> String {
+    let parts: Vec<String> = [
+        ("last", k.last),
+        ("daily", k.daily),
+        ("weekly", k.weekly),
+        ("monthly", k.monthly),
+    ]
+    .iter()
+    .filter_map(|(n, v)| v.map(|v| format!("{n} {v}")))
+    .collect();
+    if parts.is_empty() {
+        "everything".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn period(secs: u64) -> String {
+    match secs {
+        s if s % 604800 == 0 => format!("{}w", s / 604800),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s => format!("{}m", s / 60),
+    }
+}
+
+fn utc(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default()
 }
 
 fn capture(state_dir: &Path, store_dir: &Path, name: &str) -> Result<()> {
     let state = State::open(state_dir)?;
-    let store = Arc::new(open_store(store_dir)?);
+    let store = Arc::new(Store::open_or_init(store_dir)?);
     let c = capture_guest(state_dir, &state, store, name)?;
     let s = &c.record.stats;
     for why in &s.full_reads {

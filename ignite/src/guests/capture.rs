@@ -380,6 +380,7 @@ pub fn capture_guest(
     name: &str,
 ) -> Result<Captured> {
     let rec = state.guest(name)?;
+    let _lock = capture_lock(state_dir, name)?;
     let id = state.capture_started(name, "block", "host")?;
     let result = capture_disks(state_dir, &rec, store);
     match &result {
@@ -542,4 +543,22 @@ fn open_tracker(image: &Path) -> Result<ChangeTracker> {
             Ok(ChangeTracker::open(image, size, g, true)?)
         }
     }
+}
+
+/// Captures of one name run one at a time (a scheduled one and one by hand): the change log
+/// and the bitmaps are one chain. Held until dropped.
+pub fn capture_lock(state_dir: &Path, name: &str) -> Result<std::fs::File> {
+    let dir = state_dir.join("locks");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("capture-{name}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open it", path.display()))?;
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        bail!("a capture of {name} is already running; wait for it to end");
+    }
+    Ok(f)
 }

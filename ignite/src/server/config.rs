@@ -27,6 +27,8 @@ pub struct Config {
     pub store: Option<PathBuf>,
     /// Memory for chunks shared by concurrent installs.
     pub chunk_cache_mib: u64,
+    /// Scheduled captures running at once, at most.
+    pub max_captures: usize,
     pub network: Network,
     pub boot: Boot,
     #[serde(rename = "reservation")]
@@ -83,6 +85,7 @@ impl Default for Config {
             profiles_dir: None,
             store: None,
             chunk_cache_mib: 256,
+            max_captures: 2,
             network: Network::default(),
             boot: Boot::default(),
             reservations: Vec::new(),

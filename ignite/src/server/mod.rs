@@ -5,3 +5,4 @@ pub mod config;
 pub mod install_api;
 pub mod provider;
 pub mod run;
+pub mod scheduler;

@@ -195,6 +195,13 @@ pub fn run(cfg: Config) -> Result<()> {
     }
     let state = Arc::new(State::open(&cfg.state_dir)?);
     let fallback = cfg.default_action()?;
+    let stop_scheduler = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scheduler = super::scheduler::Scheduler {
+        state_dir: cfg.state_dir.clone(),
+        store_dir: cfg.store_dir(),
+        max_running: cfg.max_captures.max(1),
+    }
+    .spawn(stop_scheduler.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -319,5 +326,9 @@ pub fn run(cfg: Config) -> Result<()> {
     });
     // A transfer thread still waiting for a vanished client must not hold the exit.
     rt.shutdown_timeout(Duration::from_secs(1));
+    // Captures already running are left to end with the process: each leaves a store that
+    // verifies, and its history row is marked interrupted at the next capture of its name.
+    stop_scheduler.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = scheduler.join();
     result
 }

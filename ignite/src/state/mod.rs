@@ -14,6 +14,7 @@ pub mod clients;
 pub mod guests;
 pub mod installs;
 mod migrations;
+pub mod schedules;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

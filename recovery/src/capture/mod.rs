@@ -12,6 +12,7 @@
 pub mod block;
 pub mod layout;
 pub mod record;
+pub mod retention;
 
 use std::sync::Arc;
 use std::time::Instant;
