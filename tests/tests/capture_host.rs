@@ -109,7 +109,14 @@ fn a_stopped_guest_capture_reads_only_what_the_monitor_wrote() {
     // The guest writes its two ranges and powers off; the next capture reads those blocks.
     ig(s, &["vm", "start", "g1"]);
     wait_stopped(s, "g1");
+    // check_net_recovery: what the next capture will read, without capturing.
+    let pending: Value =
+        serde_json::from_str(&ig(s, &["recovery", "check", "g1", "--json"])).unwrap();
+    assert_eq!(pending[0]["bytes"], 2 * 65536, "{pending}");
+    assert!(pending[0]["base"].is_string(), "{pending}");
     let (out, second) = capture(s, "g1");
+    let d: Value = serde_json::from_str(&ig(s, &["recovery", "diff", "g1", "--json"])).unwrap();
+    assert_eq!(d["regions"][0]["changed_bytes"], 2 * 65536, "{d}");
     assert!(!out.contains("read in full"), "second capture: {out}");
     assert_eq!(second["read_bytes"], 2 * 65536, "{second}");
     assert_eq!(

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use ignite_archive::Store;
 use ignite_profiles::human;
-use ignite_recovery::capture::record::{short, Record};
+use ignite_recovery::capture::diff as capture_diff;
+use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
 
 use crate::guests::capture::capture_guest;
 use crate::state::schedules::{parse_at, Keep};
@@ -47,6 +48,25 @@ enum Cmd {
     Show {
         /// NAME (its latest capture), NAME@latest or NAME@ID.
         capture: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed between two captures of NAME (default: the last two; A and B are capture
+    /// ids or NAME@ID).
+    Diff {
+        name: String,
+        a: Option<String>,
+        b: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Paths listed per file system at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// What changed on guest NAME since its last capture, without capturing
+    /// (`check_net_recovery`): changed bytes per disk and file system.
+    Check {
+        name: String,
         #[arg(long)]
         json: bool,
     },
@@ -109,6 +129,14 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
         Cmd::List { name, json } => list(&a.state_dir, name.as_deref(), json),
         Cmd::Show { capture, json } => show(&store_dir, &capture, json),
         Cmd::Schedule(s) => schedule(&a.state_dir, s),
+        Cmd::Diff {
+            name,
+            a: from,
+            b: to,
+            json,
+            limit,
+        } => diff(&store_dir, &name, from, to, json, limit),
+        Cmd::Check { name, json } => check(&a.state_dir, &store_dir, &name, json),
         Cmd::Prune {
             name,
             keep,
@@ -359,6 +387,133 @@ fn show(store_dir: &Path, spec: &str, json: bool) -> Result<()> {
     );
     for n in s.full_reads.iter().chain(&sys.notes) {
         println!("  note       {n}");
+    }
+    Ok(())
+}
+
+/// The capture records of `name`, oldest first.
+fn captures_of(store: &Store, name: &str) -> Result<Vec<ignite_archive::Manifest>> {
+    Ok(store
+        .list_snapshots()?
+        .into_iter()
+        .filter(|m| m.name == name && m.labels.contains_key(LABEL_CAPTURE))
+        .collect())
+}
+
+fn spec(name: &str, s: &str) -> String {
+    if s.contains('@') {
+        s.to_string()
+    } else {
+        format!("{name}@{s}")
+    }
+}
+
+fn diff(
+    store_dir: &Path,
+    name: &str,
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+    limit: usize,
+) -> Result<()> {
+    let store = Arc::new(Store::open(store_dir)?);
+    let all = captures_of(&store, name)?;
+    let pick = |s: Option<String>, back: usize| -> Result<String> {
+        match s {
+            Some(s) => Ok(spec(name, &s)),
+            None => all
+                .iter()
+                .rev()
+                .nth(back)
+                .map(|m| m.id.clone())
+                .with_context(|| format!("{name} has fewer than {} captures; name them", back + 1)),
+        }
+    };
+    let (sa, sb) = (pick(from, 1)?, pick(to, 0)?);
+    let (ma, ra) = Record::load(&store, &sa)?;
+    let (mb, rb) = Record::load(&store, &sb)?;
+    let d = capture_diff::diff(store, &ra, &rb)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    println!("{name}@{} -> {name}@{}", short(&ma.id), short(&mb.id));
+    for r in &d.regions {
+        println!("disk {}: {} changed", r.disk, human(r.changed_bytes));
+        for (n, mount, bytes) in &r.partitions {
+            println!(
+                "  partition {n:<2} {:>9}  {}",
+                human(*bytes),
+                mount
+                    .as_deref()
+                    .unwrap_or(if *n == 0 { "(outside partitions)" } else { "" })
+            );
+        }
+    }
+    for (disk, part, mount, changes) in &d.files {
+        println!(
+            "files of {} (disk {disk} partition {part}): {} change(s)",
+            mount.as_deref().unwrap_or("?"),
+            changes.len()
+        );
+        for c in changes.iter().take(limit) {
+            println!("  {}", change_line(c));
+        }
+        if changes.len() > limit {
+            println!("  ... {} more (--limit, --json)", changes.len() - limit);
+        }
+    }
+    Ok(())
+}
+
+fn change_line(c: &ignite_archive::diff::Change) -> String {
+    use ignite_archive::diff::Change;
+    match c {
+        Change::Added { path } => format!("+ {}", crate::cli::escape(path)),
+        Change::Removed { path } => format!("- {}", crate::cli::escape(path)),
+        Change::Changed { path, what } => {
+            format!("~ {} ({})", crate::cli::escape(path), what.join(", "))
+        }
+    }
+}
+
+fn check(state_dir: &Path, store_dir: &Path, name: &str, json: bool) -> Result<()> {
+    let state = State::open(state_dir)?;
+    let pending = crate::guests::capture::pending_changes(state_dir, &state, name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pending)?);
+        return Ok(());
+    }
+    let last = Store::open(store_dir)
+        .ok()
+        .and_then(|s| Record::load(&s, name).ok().map(|(_, r)| r));
+    for p in &pending {
+        match (&p.base, &p.why) {
+            (Some(base), _) => println!(
+                "disk {}: {} written since capture {}",
+                p.index,
+                human(p.bytes),
+                short(base)
+            ),
+            (None, Some(why)) => {
+                println!("disk {}: the next capture reads it in full: {why}", p.index)
+            }
+            _ => {}
+        }
+        let (Some(ranges), Some(rec)) = (&p.ranges, &last) else {
+            continue;
+        };
+        let Some(d) = rec.disks.iter().find(|d| d.index == p.index) else {
+            continue;
+        };
+        let r = capture_diff::regions(p.index, ranges, &d.layout, &rec.system);
+        for (n, mount, bytes) in r.partitions {
+            println!(
+                "  partition {n:<2} {:>9}  {}",
+                human(bytes),
+                mount.as_deref().unwrap_or("")
+            );
+        }
     }
     Ok(())
 }

@@ -96,6 +96,66 @@ impl DiskPlan {
     }
 }
 
+/// A disk's changes since its last capture, as its change tracking knows them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    pub index: usize,
+    /// The capture they are relative to; none: the next capture reads in full (`why`).
+    pub base: Option<String>,
+    /// Changed regions, when the tracking gives them (the bundled monitor's change log).
+    pub ranges: Option<Vec<(u64, u64)>>,
+    /// Changed bytes (QEMU's bitmap gives only a count).
+    pub bytes: u64,
+    pub why: Option<String>,
+}
+
+/// The changes of change-tracked images (running: the log saw every write).
+pub fn pending_tracked(trackers: &[(PathBuf, Arc<ChangeTracker>)], running: bool) -> Vec<Pending> {
+    trackers
+        .iter()
+        .enumerate()
+        .map(|(index, (path, t))| {
+            let base = if running {
+                read_base_running(path)
+            } else {
+                read_base_stopped(path)
+            };
+            let ranges = t.peek().ranges();
+            Pending {
+                index,
+                bytes: ranges.iter().map(|r| r.1).sum(),
+                base: base.as_ref().ok().cloned(),
+                why: base.err(),
+                ranges: Some(ranges),
+            }
+        })
+        .collect()
+}
+
+/// What changed on guest `name`'s disks since its last capture (`ignite recovery check`).
+pub fn pending_changes(
+    state_dir: &Path,
+    state: &crate::state::State,
+    name: &str,
+) -> Result<Vec<Pending>> {
+    let rec = state.guest(name)?;
+    let paths = super::Paths::new(state_dir, name);
+    match super::control::ask(&paths.control(), &super::control::Request::Changes)? {
+        Some(super::control::Reply::Changes { changes }) => Ok(changes),
+        Some(other) => bail!("guest {name}: unexpected answer {other:?}"),
+        None => {
+            let _lock = lock_stopped(&paths, name)?;
+            let trackers = rec
+                .def
+                .disks
+                .iter()
+                .map(|d| open_tracker(&d.path).map(|t| (d.path.clone(), Arc::new(t))))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(pending_tracked(&trackers, false))
+        }
+    }
+}
+
 /// Steps of a session after the plan, client → supervisor.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "lowercase")]

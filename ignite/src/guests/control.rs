@@ -23,6 +23,8 @@ pub enum Request {
     },
     /// Starts a capture session on this connection (see `guests::capture`).
     Capture,
+    /// What each disk's change tracking holds since the last capture, without capturing.
+    Changes,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,8 +42,15 @@ pub struct Status {
 #[serde(untagged)]
 pub enum Reply {
     Status(Status),
-    Ok { ok: bool },
-    Error { error: String },
+    Changes {
+        changes: Vec<super::capture::Pending>,
+    },
+    Ok {
+        ok: bool,
+    },
+    Error {
+        error: String,
+    },
 }
 
 /// Sends one request; `None` when nothing answers on `path` (no guest running there).

@@ -245,6 +245,7 @@ fn serve_control(
     requested: Arc<AtomicBool>,
     stop: impl Fn(bool) -> Result<()> + Send + Sync + 'static,
     capture: impl Fn(&mut control::LineConn) -> String + Send + Sync + 'static,
+    changes: impl Fn() -> Result<Vec<capture::Pending>> + Send + Sync + 'static,
 ) -> Result<()> {
     let _ = std::fs::remove_file(paths.control());
     let listener = std::os::unix::net::UnixListener::bind(paths.control())
@@ -264,6 +265,12 @@ fn serve_control(
             eprintln!("capture session: {}", capture(conn));
             None
         }
+        Request::Changes => Some(match changes() {
+            Ok(changes) => Reply::Changes { changes },
+            Err(e) => Reply::Error {
+                error: format!("{e:#}"),
+            },
+        }),
     });
     Ok(())
 }
@@ -357,7 +364,11 @@ fn run_bundled(
             signal.stop(ignite_vmm::StopReason::PowerOff);
             Ok(())
         },
-        move |conn| capture::serve(&trackers, conn, MAX_CAPTURE_HOLD),
+        {
+            let trackers = trackers.clone();
+            move |conn| capture::serve(&trackers, conn, MAX_CAPTURE_HOLD)
+        },
+        move || Ok(capture::pending_tracked(&trackers, true)),
     )?;
     let out = vm.run(None).context("running the guest");
     let images: Vec<_> = def.disks.iter().map(|d| d.path.clone()).collect();
@@ -420,7 +431,7 @@ fn run_qemu(
     let bitmaps = {
         let mut q = qmp.lock().unwrap_or_else(|e| e.into_inner());
         match qemu_capture::start(&mut q, def.disks.len()) {
-            Ok(b) => Mutex::new(b),
+            Ok(b) => Arc::new(Mutex::new(b)),
             Err(e) => {
                 drop(q);
                 let _ = child.kill();
@@ -439,16 +450,20 @@ fn run_qemu(
             let mut q = qmp_stop.lock().unwrap_or_else(|e| e.into_inner());
             q.execute(if force { "quit" } else { "system_powerdown" })
         },
-        move |conn| {
-            qemu_capture::serve(
-                &qmp,
-                &bitmaps,
-                &def_capture,
-                &paths_capture,
-                conn,
-                MAX_CAPTURE_HOLD,
-            )
+        {
+            let (qmp, bitmaps) = (qmp.clone(), bitmaps.clone());
+            move |conn| {
+                qemu_capture::serve(
+                    &qmp,
+                    &bitmaps,
+                    &def_capture,
+                    &paths_capture,
+                    conn,
+                    MAX_CAPTURE_HOLD,
+                )
+            }
         },
+        move || qemu_capture::pending(&qmp, &bitmaps),
     )?;
     let code = child.wait()?;
     drop(taps);

@@ -10,6 +10,7 @@
 //! against and retention forgets.
 
 pub mod block;
+pub mod diff;
 pub mod layout;
 pub mod record;
 pub mod retention;
