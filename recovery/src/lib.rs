@@ -13,6 +13,7 @@ pub mod capture;
 pub mod disk;
 pub mod facts;
 pub mod log;
+pub mod loopdev;
 pub mod nbd;
 pub mod process;
 pub mod protocol;
@@ -20,5 +21,6 @@ pub mod random;
 pub mod runner;
 pub mod source;
 pub mod steps;
+pub mod tree;
 
 pub use protocol::{Phase, Source};
