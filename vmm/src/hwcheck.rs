@@ -2,7 +2,7 @@
 //! throw-away VM and the same loop on the host, and compares. On nested KVM without hardware
 //! assistance CPL0 code is emulated instruction by instruction: thousands of times slower.
 //! The same throw-away VMs answer whether KVM can run XSAVE for guest kernel code and
-//! whether the guest's CPUID is the monitor's to set (`guest_cpu`).
+//! whether the guest's CPUID can be made to hide it (`guest_cpu`).
 
 use crate::error::{Error, Result};
 use kvm_ioctls::VcpuExit;
@@ -158,10 +158,12 @@ pub struct GuestCpu {
     /// emulates CPL0 code and its emulator lacks them (nested KVM without hardware
     /// assistance), a guest that uses XSAVE stops at its first `xrstor`.
     pub xsave_runs: bool,
-    /// The guest's CPUID instruction answers from the table the monitor gives KVM. Where it
-    /// does not (PVM-style nested KVM passes the host's CPUID through), features cannot be
-    /// hidden by CPUID, only by telling the guest (Linux: `noxsave`).
-    pub cpuid_obeyed: bool,
+    /// Taking XSAVE out of the CPUID table the monitor gives KVM takes it out of what the
+    /// guest's CPUID instruction reports. Where it does not (this PVM-style nested KVM
+    /// reports some host features, XSAVE and AES among them, whatever the table says, while
+    /// it takes other bits from the table), XSAVE can only be refused by telling the guest
+    /// (Linux: `noxsave`).
+    pub xsave_hideable: bool,
 }
 
 /// Probes both (two throw-away VMs of 64 KiB, a few milliseconds).
@@ -211,11 +213,11 @@ pub fn guest_cpu() -> Result<GuestCpu> {
         vcpu.set_cpuid2(&table)
             .map_err(Error::kvm("KVM_SET_CPUID2"))
     })?;
-    let cpuid_obeyed =
+    let xsave_hideable =
         matches!(end, ProbeEnd::Done(_)) && seen.get().is_some_and(|ecx| ecx & XSAVE == want);
     Ok(GuestCpu {
         xsave_runs,
-        cpuid_obeyed,
+        xsave_hideable,
     })
 }
 

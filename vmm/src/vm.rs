@@ -94,14 +94,14 @@ fn guest_cpu() -> crate::hwcheck::GuestCpu {
             tracing::warn!(error = %e, "guest CPU probe failed; offering CPUID as KVM reports it");
             crate::hwcheck::GuestCpu {
                 xsave_runs: true,
-                cpuid_obeyed: true,
+                xsave_hideable: true,
             }
         });
         if !cpu.xsave_runs {
             tracing::info!(
-                cpuid_obeyed = cpu.cpuid_obeyed,
+                xsave_hideable = cpu.xsave_hideable,
                 "this KVM cannot run xsave/xrstor for guest kernel code: XSAVE (and AVX) taken out of the guest's CPUID{}",
-                if cpu.cpuid_obeyed { "" } else { ", which the guest does not see here (its CPUID is the host's): Linux guests get `noxsave`" }
+                if cpu.xsave_hideable { "" } else { ", which the guest's CPUID still reports here: Linux guests get `noxsave`" }
             );
         }
         cpu
@@ -112,7 +112,7 @@ fn guest_cpu() -> crate::hwcheck::GuestCpu {
 /// for it and cannot be hidden from its CPUID either.
 fn linux_cmdline(cmdline: &str, is_linux: bool) -> String {
     let cpu = guest_cpu();
-    if is_linux && !cpu.xsave_runs && !cpu.cpuid_obeyed {
+    if is_linux && !cpu.xsave_runs && !cpu.xsave_hideable {
         let sep = if cmdline.is_empty() { "" } else { " " };
         return format!("{cmdline}{sep}noxsave");
     }

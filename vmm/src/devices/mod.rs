@@ -315,7 +315,7 @@ impl Platform {
                     .pci
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .io_bar_read(port, data)
+                    .io_bar_read(port, size, data)
                 {
                     data.fill(0xff)
                 }
@@ -381,7 +381,7 @@ impl Platform {
                     .pci
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .io_bar_write(port, data)
+                    .io_bar_write(port, size, data)
                 {
                     tracing::trace!(port, ?data, "write to unclaimed port")
                 }
