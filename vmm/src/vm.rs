@@ -108,11 +108,11 @@ fn guest_cpu() -> crate::hwcheck::GuestCpu {
     })
 }
 
-/// The command line a Linux kernel gets: `cmdline`, plus `noxsave` where XSAVE cannot run
-/// for it and cannot be hidden from its CPUID either.
-fn linux_cmdline(cmdline: &str, is_linux: bool) -> String {
+/// The command line a kernel gets: `cmdline`, plus `noxsave` for Linux where XSAVE cannot
+/// run for it and cannot be hidden from its CPUID either.
+fn linux_cmdline(cmdline: &str, is_linux: impl FnOnce() -> bool) -> String {
     let cpu = guest_cpu();
-    if is_linux && !cpu.xsave_runs && !cpu.xsave_hideable {
+    if !cpu.xsave_runs && !cpu.xsave_hideable && is_linux() {
         let sep = if cmdline.is_empty() { "" } else { " " };
         return format!("{cmdline}{sep}noxsave");
     }
@@ -270,14 +270,14 @@ impl Vm {
 
         let entry = match fetched {
             Some(mut f) => {
-                f.cmdline = linux_cmdline(&f.cmdline, boot::is_linux(&f.kernel));
+                f.cmdline = linux_cmdline(&f.cmdline, || boot::is_linux(&f.kernel));
                 boot::load_fetched(&mem, &f, config.cpus, &intx)?
             }
             None => boot::load(
                 &mem,
                 &config.kernel,
                 config.initrd.as_deref(),
-                &linux_cmdline(&config.cmdline, boot::image_is_linux(&config.kernel)),
+                &linux_cmdline(&config.cmdline, || boot::image_is_linux(&config.kernel)),
                 config.cpus,
                 &intx,
             )?,
