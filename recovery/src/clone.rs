@@ -42,14 +42,9 @@ pub struct MountedImage {
 
 impl Drop for MountedImage {
     fn drop(&mut self) {
+        rustix::fs::sync();
         for (_, dir, _) in &self.mounts {
-            // SAFETY: sync has no preconditions.
-            rustix::fs::sync();
-            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok();
-            if let Some(c) = c {
-                // SAFETY: a valid path string.
-                unsafe { libc::umount2(c.as_ptr(), 0) };
-            }
+            let _ = crate::steps::mount::umount(dir, 0);
             let _ = std::fs::remove_dir(dir);
         }
     }
@@ -57,7 +52,12 @@ impl Drop for MountedImage {
 
 impl MountedImage {
     /// Mounts every ext4/xfs file system of `image` that the captured system's fstab names.
-    pub fn open(image: &Path, layout: &DiskLayout, sys: &SystemInfo, scratch: &Path) -> Result<MountedImage> {
+    pub fn open(
+        image: &Path,
+        layout: &DiskLayout,
+        sys: &SystemInfo,
+        scratch: &Path,
+    ) -> Result<MountedImage> {
         let mut loops = Loops::default();
         let mut mounts = Vec::new();
         std::fs::create_dir_all(scratch)?;
@@ -80,24 +80,28 @@ impl MountedImage {
             mounts.push((at, dir, tree));
         }
         mounts.sort_by_key(|(at, _, _)| std::cmp::Reverse(at.len()));
-        let image = MountedImage {
+        let mounted = MountedImage {
             _loops: loops,
             mounts,
         };
-        if !image.mounts.iter().any(|(at, _, _)| at == "/") {
+        if !mounted.mounts.iter().any(|(at, _, _)| at == "/") {
             bail!(
                 "{}: no root file system this host can mount (the captured fstab names none of \
                  its ext4/xfs partitions); the clone's identity cannot be changed",
-                image_name(image)
+                image.display()
             );
         }
-        Ok(image)
+        Ok(mounted)
     }
 
     /// The tree holding absolute path `abs`, and the path relative to it.
     fn locate(&self, abs: &str) -> (&Tree, String) {
         for (at, _, tree) in &self.mounts {
-            let prefix = if at == "/" { "/".to_string() } else { format!("{at}/") };
+            let prefix = if at == "/" {
+                "/".to_string()
+            } else {
+                format!("{at}/")
+            };
             if let Some(rel) = abs.strip_prefix(&prefix) {
                 return (tree, rel.to_string());
             }
@@ -134,16 +138,21 @@ impl MountedImage {
     }
 }
 
-fn image_name(_: MountedImage) -> &'static str {
-    "the restored disk"
-}
-
 /// Replaces the identity of the mounted system (see the module docs); returns the paths
 /// changed, for the record of what the clone differs in.
-pub fn reset(sys: &MountedImage, id: &NewIdentity, old: &SystemInfo, log: &mut crate::log::Log) -> Result<Vec<String>> {
+pub fn reset(
+    sys: &MountedImage,
+    id: &NewIdentity,
+    old: &SystemInfo,
+    log: &mut crate::log::Log,
+) -> Result<Vec<String>> {
     let mut changed = Vec::new();
     // Hostname, and its mentions in /etc/hosts (other entries kept).
-    sys.write("/etc/hostname", format!("{}\n", id.hostname).as_bytes(), 0o644)?;
+    sys.write(
+        "/etc/hostname",
+        format!("{}\n", id.hostname).as_bytes(),
+        0o644,
+    )?;
     changed.push("/etc/hostname".to_string());
     if let Some(hosts) = sys.read("/etc/hosts")? {
         let text = String::from_utf8_lossy(&hosts);
@@ -161,8 +170,15 @@ pub fn reset(sys: &MountedImage, id: &NewIdentity, old: &SystemInfo, log: &mut c
     let mid = crate::random::hex(16)?;
     sys.write("/etc/machine-id", format!("{mid}\n").as_bytes(), 0o444)?;
     changed.push("/etc/machine-id".into());
-    if sys.read("/var/lib/dbus/machine-id").is_ok_and(|f| f.is_some()) {
-        sys.write("/var/lib/dbus/machine-id", format!("{mid}\n").as_bytes(), 0o444)?;
+    if sys
+        .read("/var/lib/dbus/machine-id")
+        .is_ok_and(|f| f.is_some())
+    {
+        sys.write(
+            "/var/lib/dbus/machine-id",
+            format!("{mid}\n").as_bytes(),
+            0o444,
+        )?;
         changed.push("/var/lib/dbus/machine-id".into());
     }
     log.line(&format!("machine-id {mid}"));
@@ -179,7 +195,9 @@ pub fn reset(sys: &MountedImage, id: &NewIdentity, old: &SystemInfo, log: &mut c
         config_files.extend(sys.list(dir)?.into_iter().map(|n| format!("{dir}/{n}")));
     }
     for f in config_files {
-        let Ok(Some(data)) = sys.read(&f) else { continue };
+        let Ok(Some(data)) = sys.read(&f) else {
+            continue;
+        };
         let text = String::from_utf8_lossy(&data).into_owned();
         let mut new = text.clone();
         for (old_mac, new_mac) in &id.macs {
@@ -192,14 +210,21 @@ pub fn reset(sys: &MountedImage, id: &NewIdentity, old: &SystemInfo, log: &mut c
         }
     }
     // DHCP leases carry the old client's identity; the random seed must not be shared.
-    for dir in ["/var/lib/dhcp", "/var/lib/dhclient", "/var/lib/NetworkManager"] {
+    for dir in [
+        "/var/lib/dhcp",
+        "/var/lib/dhclient",
+        "/var/lib/NetworkManager",
+    ] {
         for n in sys.list(dir)? {
             if n.contains(".lease") && sys.remove(&format!("{dir}/{n}"))? {
                 changed.push(format!("{dir}/{n}"));
             }
         }
     }
-    for f in ["/var/lib/systemd/random-seed", "/var/lib/urandom/random-seed"] {
+    for f in [
+        "/var/lib/systemd/random-seed",
+        "/var/lib/urandom/random-seed",
+    ] {
         if sys.remove(f)? {
             changed.push(f.to_string());
         }
@@ -225,13 +250,21 @@ fn ssh_host_keys(sys: &MountedImage, hostname: &str) -> Result<Vec<String>> {
         let key = tmp.path().join(format!("ssh_host_{t}_key"));
         output(
             Command::new("ssh-keygen")
-                .args(["-q", "-N", "", "-t", t, "-C", &format!("root@{hostname}"), "-f"])
+                .args([
+                    "-q",
+                    "-N",
+                    "",
+                    "-t",
+                    t,
+                    "-C",
+                    &format!("root@{hostname}"),
+                    "-f",
+                ])
                 .arg(&key),
         )
         .context("cannot make SSH host keys (ssh-keygen, package openssh-client)")?;
         for (file, mode) in [(key.clone(), 0o600), (key.with_extension("pub"), 0o644)] {
             let name = file.file_name().unwrap().to_string_lossy().into_owned();
-            let name = name.replace("_key.pub", "_key.pub");
             let data = std::fs::read(&file)?;
             let dest = format!("/etc/ssh/{name}");
             sys.write(&dest, &data, mode)?;
@@ -279,7 +312,10 @@ fn replace_mac(text: &str, old: &str, new: &str) -> String {
     for sep in [':', '-'] {
         let o = old.replace([':', '-'], &sep.to_string());
         let n = new.replace([':', '-'], &sep.to_string());
-        for (from, to) in [(o.to_lowercase(), n.to_lowercase()), (o.to_uppercase(), n.to_uppercase())] {
+        for (from, to) in [
+            (o.to_lowercase(), n.to_lowercase()),
+            (o.to_uppercase(), n.to_uppercase()),
+        ] {
             out = out.replace(&from, &to);
         }
     }

@@ -10,6 +10,7 @@
 //! console or the server's install log as one line, and nothing matches on them.
 
 pub mod capture;
+pub mod clone;
 pub mod disk;
 pub mod facts;
 pub mod log;

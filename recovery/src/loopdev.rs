@@ -16,7 +16,13 @@ pub struct Loops {
 
 impl Loops {
     /// A loop device over `size` bytes at `start` of `image`; returns its path.
-    pub fn attach(&mut self, image: &Path, start: u64, size: u64, read_only: bool) -> Result<String> {
+    pub fn attach(
+        &mut self,
+        image: &Path,
+        start: u64,
+        size: u64,
+        read_only: bool,
+    ) -> Result<String> {
         let mut cmd = Command::new("losetup");
         cmd.args(["--show", "-f", "--offset"])
             .arg(start.to_string())
@@ -26,7 +32,12 @@ impl Loops {
             cmd.arg("--read-only");
         }
         let dev = output(cmd.arg(image))
-            .with_context(|| format!("image {}: cannot attach {size} bytes at {start}", image.display()))?
+            .with_context(|| {
+                format!(
+                    "image {}: cannot attach {size} bytes at {start}",
+                    image.display()
+                )
+            })?
             .trim()
             .to_string();
         self.devs.push(dev.clone());

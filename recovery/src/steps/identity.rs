@@ -49,8 +49,15 @@ pub fn machine_id(root: &Path, log: &mut Log) -> Result<String> {
     let tree = Tree::open(root)?;
     let id = random::hex(16)?;
     tree.write("etc/machine-id", format!("{id}\n").as_bytes(), 0o444)?;
-    if tree.read("var/lib/dbus/machine-id", 64).is_ok_and(|f| f.is_some()) {
-        tree.write("var/lib/dbus/machine-id", format!("{id}\n").as_bytes(), 0o444)?;
+    if tree
+        .read("var/lib/dbus/machine-id", 64)
+        .is_ok_and(|f| f.is_some())
+    {
+        tree.write(
+            "var/lib/dbus/machine-id",
+            format!("{id}\n").as_bytes(),
+            0o444,
+        )?;
     }
     log.line(&format!("machine-id {id}"));
     Ok(id)
