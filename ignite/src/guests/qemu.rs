@@ -25,6 +25,14 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
     );
     c.args(["-name", &def.name])
         .args(["-machine", "pc", "-accel", if kvm { "kvm" } else { "tcg" }])
+        // Under TCG the default CPU has no RDRAND: a guest kernel then seeds its random pool
+        // from interrupts alone, which took minutes on a busy host, and anything that asks
+        // for random bytes early (a DHCP client's transaction id) waits that long.
+        .args(if kvm {
+            &[][..]
+        } else {
+            &["-cpu", "qemu64,+rdrand"][..]
+        })
         .args(["-m", &format!("{}M", def.mem >> 20)])
         .args(["-smp", &def.cpus.to_string()])
         .args(["-display", "none", "-monitor", "none", "-no-reboot", "-S"])
@@ -56,8 +64,10 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
             .arg(format!("{model},netdev=net{i},mac={}", n.mac));
     }
     match &def.boot {
+        // Network first, then the disk: a server that answers "boot locally" (an installed
+        // client) hands the guest on to its disk, as on a physical machine.
         Boot::Net => {
-            c.args(["-boot", "n"]);
+            c.args(["-boot", "order=nc"]);
         }
         Boot::Disk => {
             c.args(["-boot", "c"]);
