@@ -112,7 +112,7 @@ fn make_disk(root: &Path, img: &Path) {
         .arg(format!("{}k", FS_SIZE / 1024)));
 }
 
-fn capture(store: &Arc<Store>, img: &Path) -> (String, Record) {
+fn capture(store: &Arc<Store>, img: &Path) -> Record {
     let disks = vec![BlockDisk {
         index: 0,
         reader: Box::new(FileImage::open(img).unwrap()),
@@ -123,7 +123,7 @@ fn capture(store: &Arc<Store>, img: &Path) -> (String, Record) {
         mac: None,
         facts: serde_json::json!({}),
     };
-    let (m, r) = finish(
+    let (_, r) = finish(
         store.clone(),
         "src1",
         source,
@@ -132,7 +132,20 @@ fn capture(store: &Arc<Store>, img: &Path) -> (String, Record) {
         Instant::now(),
     )
     .unwrap();
-    (m.id, r)
+    r
+}
+
+/// The source disk (`dir/src.img`) captured into store `dir/store`: the image, the store,
+/// the record and the disk's snapshot.
+fn captured_source(dir: &Path) -> (PathBuf, Arc<Store>, Record, ignite_archive::Manifest) {
+    let root = dir.join("root");
+    make_root(&root);
+    let img = dir.join("src.img");
+    make_disk(&root, &img);
+    let store = Arc::new(Store::init(&dir.join("store"), StoreConfig::default()).unwrap());
+    let rec = capture(&store, &img);
+    let disk = store.resolve(&rec.disks[0].snapshot).unwrap();
+    (img, store, rec, disk)
 }
 
 /// Every file under `dir` with its content (symlinks as their targets), for comparison.
@@ -166,13 +179,7 @@ fn restore_is_exact_and_a_clone_differs_only_in_identity() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    make_root(&root);
-    let img = tmp.path().join("src.img");
-    make_disk(&root, &img);
-    let store = Arc::new(Store::init(&tmp.path().join("store"), StoreConfig::default()).unwrap());
-    let (_, rec) = capture(&store, &img);
-    let disk = store.resolve(&rec.disks[0].snapshot).unwrap();
+    let (img, store, rec, disk) = captured_source(tmp.path());
 
     // A plain restore is the captured disk, byte for byte.
     let plain = tmp.path().join("plain.img");
@@ -269,14 +276,8 @@ fn a_restore_that_cannot_succeed_writes_nothing() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    make_root(&root);
-    let img = tmp.path().join("src.img");
-    make_disk(&root, &img);
+    let (_, store, _, disk) = captured_source(tmp.path());
     let store_dir = tmp.path().join("store");
-    let store = Arc::new(Store::init(&store_dir, StoreConfig::default()).unwrap());
-    let (_, rec) = capture(&store, &img);
-    let disk = store.resolve(&rec.disks[0].snapshot).unwrap();
 
     // A device smaller than the disk: refused, naming the size that works; not one byte written.
     let small = tmp.path().join("small.img");

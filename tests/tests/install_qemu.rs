@@ -239,6 +239,120 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
         );
     }
     capture_change_restore_and_clone(&site, &lab, &server, &guests[0]);
+    clone_uefi_guest(&site, &lab, &server, &guests[1]);
+}
+
+/// `ignite vm ARGS` in the lab's namespace on the site's state; its output.
+fn vm(lab: &Lab, site: &Site, server: &Server, args: &[&str]) -> String {
+    let out = Lab::cmd(&lab.ns, ignite_bin())
+        .arg("vm")
+        .args(args)
+        .env("IGNITE_STATE_DIR", &site.state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ignite vm {args:?}: {}\n--- server log (tail):\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&server.log_text(), 40)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts clone `name` and checks what its first boot reports: its own hostname,
+/// machine-id and SSH host key, its new MAC, and a DHCP lease of its own from the server.
+fn boot_clone(
+    site: &Site,
+    lab: &Lab,
+    server: &Server,
+    name: &str,
+    source: &HashMap<String, String>,
+) {
+    let def: serde_json::Value =
+        serde_json::from_str(&vm(lab, site, server, &["show", name, "--json"])).unwrap();
+    let mac = def["nics"][0]["mac"].as_str().unwrap().to_string();
+    vm(lab, site, server, &["start", name]);
+    let log = site.state.join(format!("guests/{name}/console.log"));
+    let console = || String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+    let marker = format!("{FIRSTBOOT} host={name} ");
+    wait_until(
+        &format!("{name}'s first boot to report its identity"),
+        Duration::from_secs(600),
+        || console().contains(&marker),
+        || {
+            format!(
+                "--- {name} console (tail):\n{}\n--- server log (tail):\n{}",
+                tail(&strip_ansi(&console()), 40),
+                tail(&server.log_text(), 40)
+            )
+        },
+    );
+    let text = console();
+    let line = text
+        .lines()
+        .filter_map(|l| l.find(&marker).map(|i| &l[i..]))
+        .find(|l| l.ends_with(" end"))
+        .unwrap();
+    let twin: HashMap<&str, &str> = line
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    eprintln!("source: {source:?}\nclone:  {twin:?}");
+    assert_ne!(twin["machine-id"], source["machine-id"]);
+    assert_eq!(twin["machine-id"].len(), 32);
+    assert_ne!(twin["sshkey"], source["sshkey"]);
+    assert_eq!(twin["mac"], mac);
+    assert!(
+        twin["addr"].starts_with("10."),
+        "the clone has no DHCP address: {line}"
+    );
+    assert_ne!(twin["addr"], source["addr"], "{line}");
+    let leases = site.ignite(&["netboot", "leases"]);
+    let addr = twin["addr"].split('/').next().unwrap();
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.to_lowercase().contains(&mac) && l.contains(addr)),
+        "the server holds no lease of {addr} for the clone's MAC {mac}:\n{leases}"
+    );
+}
+
+/// The UEFI guest (OVMF, GRUB on the ESP) captured and cloned: the clone boots under OVMF with
+/// its own identity.
+fn clone_uefi_guest(site: &Site, lab: &Lab, server: &Server, g: &Guest) {
+    let t = Instant::now();
+    let disk = site.tmp.path().join(format!("{}.raw", g.name));
+    vm(
+        lab,
+        site,
+        server,
+        &[
+            "create",
+            "src2",
+            "--mem",
+            "1024M",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--boot",
+            "disk",
+            "--engine",
+            "qemu",
+            "--firmware",
+            "uefi",
+            "--net",
+            "bridge=br0",
+            "--mac",
+            &g.mac,
+        ],
+    );
+    capture(site, "src2");
+    site.ignite(&["recovery", "clone", "src2", "--as", "twin2"]);
+    boot_clone(site, lab, server, "twin2", &g.firstboot().unwrap());
+    eprintln!(
+        "UEFI guest captured, cloned and the clone booted in {:?}",
+        t.elapsed()
+    );
 }
 
 /// Mounts the file system at `start`..+`size` of `image` on `dir` (a loop device by offset).
@@ -327,22 +441,7 @@ fn capture_change_restore_and_clone(site: &Site, lab: &Lab, server: &Server, g: 
     let t = Instant::now();
     let dir = site.tmp.path();
     let disk = dir.join(format!("{}.raw", g.name));
-    let vm = |args: &[&str]| -> String {
-        let out = Lab::cmd(&lab.ns, ignite_bin())
-            .arg("vm")
-            .args(args)
-            .env("IGNITE_STATE_DIR", &site.state)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ignite vm {args:?}: {}\n--- server log (tail):\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            tail(&server.log_text(), 40)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let vm = |args: &[&str]| vm(lab, site, server, args);
     let source_id = g.firstboot().unwrap();
     vm(&[
         "create",
@@ -450,52 +549,7 @@ fn capture_change_restore_and_clone(site: &Site, lab: &Lab, server: &Server, g: 
     std::fs::remove_file(&r2).unwrap();
 
     // The clone boots as itself.
-    let twin_mac = vm(&["show", "twin1", "--json"]);
-    let twin_mac: serde_json::Value = serde_json::from_str(&twin_mac).unwrap();
-    let twin_mac = twin_mac["nics"][0]["mac"].as_str().unwrap().to_string();
-    vm(&["start", "twin1"]);
-    let log = site.state.join("guests/twin1/console.log");
-    let console = || String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
-    wait_until(
-        "the clone's first boot to report its identity",
-        Duration::from_secs(600),
-        || console().contains(&format!("{FIRSTBOOT} host=twin1 ")),
-        || {
-            format!(
-                "--- twin1 console (tail):\n{}\n--- server log (tail):\n{}",
-                tail(&strip_ansi(&console()), 40),
-                tail(&server.log_text(), 40)
-            )
-        },
-    );
-    let text = console();
-    let line = text
-        .lines()
-        .filter_map(|l| l.find(FIRSTBOOT).map(|i| &l[i..]))
-        .find(|l| l.contains("host=twin1 ") && l.ends_with(" end"))
-        .unwrap();
-    let twin: HashMap<&str, &str> = line
-        .split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .collect();
-    eprintln!("source: {source_id:?}\nclone:  {twin:?}");
-    assert_ne!(twin["machine-id"], source_id["machine-id"]);
-    assert_eq!(twin["machine-id"].len(), 32);
-    assert_ne!(twin["sshkey"], source_id["sshkey"]);
-    assert_eq!(twin["mac"], twin_mac);
-    assert!(
-        twin["addr"].starts_with("10."),
-        "the clone has no DHCP address: {line}"
-    );
-    assert_ne!(twin["addr"], source_id["addr"], "{line}");
-    let leases = site.ignite(&["netboot", "leases"]);
-    let addr = twin["addr"].split('/').next().unwrap();
-    assert!(
-        leases
-            .lines()
-            .any(|l| l.to_lowercase().contains(&twin_mac) && l.contains(addr)),
-        "the server holds no lease of {addr} for the clone's MAC {twin_mac}:\n{leases}"
-    );
+    boot_clone(site, lab, server, "twin1", &source_id);
     eprintln!("clone booted as itself after {:?}", t.elapsed());
 
     // A restore in place of the source keeps its identity: the MAC included.

@@ -80,7 +80,7 @@ fn selftest_runs_every_guest_program() {
         match &l.verdict {
             ignite_vmm::selftest::Verdict::Fail(m) => panic!("{}: {m}", l.program),
             ignite_vmm::selftest::Verdict::Skip(m) => {
-                assert!(!common::in_ci(), "{} skipped in CI: {m}", l.program);
+                assert!(!ignite_e2e::in_ci(), "{} skipped in CI: {m}", l.program);
                 eprintln!("{} skipped: {m}", l.program)
             }
             ignite_vmm::selftest::Verdict::Pass(_) => {}

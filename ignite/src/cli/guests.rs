@@ -3,8 +3,8 @@
 use crate::guests::control::{self, Status};
 use crate::guests::supervisor;
 use crate::guests::{
-    check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic, Paths,
-    MAX_VIO_DISKS,
+    check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Firmware, Nic,
+    Paths, MAX_VIO_DISKS,
 };
 use crate::state::guests::Record;
 use crate::state::State;
@@ -114,6 +114,9 @@ pub struct CreateArgs {
     boot: String,
     #[arg(long, value_enum, default_value = "auto")]
     engine: EngineChoice,
+    /// bios (SeaBIOS) or uefi (OVMF; QEMU engine only).
+    #[arg(long, value_enum, default_value = "bios")]
+    firmware: Firmware,
     #[command(flatten)]
     state: StateDir,
 }
@@ -254,6 +257,9 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
     if boot == Boot::Net && nics.is_empty() {
         bail!("--boot net needs a NIC; add --net bridge=BR");
     }
+    if a.firmware == Firmware::Uefi && a.engine == EngineChoice::Bundled {
+        bail!("--firmware uefi runs under QEMU (OVMF); the bundled monitor boots like a BIOS: use --engine qemu or auto");
+    }
     Ok((
         Definition {
             name: a.name.clone(),
@@ -265,6 +271,7 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
             net_model: a.net_model,
             boot,
             engine: a.engine,
+            firmware: a.firmware,
         },
         sizes,
     ))

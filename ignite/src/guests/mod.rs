@@ -18,7 +18,7 @@ pub mod supervisor;
 use std::path::{Path, PathBuf};
 
 pub use definition::{
-    check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic,
+    check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Firmware, Nic,
     MAX_VIO_DISKS,
 };
 
@@ -61,6 +61,10 @@ impl Paths {
     }
     pub fn qmp(&self) -> PathBuf {
         self.dir.join("qmp.sock")
+    }
+    /// The UEFI variable store of a `--firmware uefi` guest (a copy of OVMF's template).
+    pub fn uefi_vars(&self) -> PathBuf {
+        self.dir.join("OVMF_VARS.fd")
     }
     /// Kernel and initramfs read from the guest disk's /boot (bundled engine, --boot disk).
     pub fn boot_files(&self) -> PathBuf {

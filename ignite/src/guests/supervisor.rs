@@ -7,7 +7,9 @@
 //! database and removes its runtime files.
 
 use super::control::{self, Reply, Request, Status};
-use super::{capture, qemu, qemu_capture, Boot, Bus, Definition, Engine, EngineChoice, Paths};
+use super::{
+    capture, qemu, qemu_capture, Boot, Bus, Definition, Engine, EngineChoice, Firmware, Paths,
+};
 use crate::state::{now, State};
 use anyhow::{bail, Context, Result};
 use std::os::fd::AsRawFd;
@@ -65,7 +67,12 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
             s.engine
         );
     }
-    let (engine, kvm, why) = choose_engine(rec.def.engine);
+    // OVMF runs under QEMU only.
+    let choice = match (rec.def.engine, rec.def.firmware) {
+        (EngineChoice::Auto, Firmware::Uefi) => EngineChoice::Qemu,
+        (c, _) => c,
+    };
+    let (engine, kvm, why) = choose_engine(choice);
     if engine == Engine::Qemu
         && ignite_recovery::process::output(Command::new("qemu-system-x86_64").arg("--version"))
             .is_err()
@@ -329,8 +336,11 @@ fn bundled_config(def: &Definition, paths: &Paths) -> Result<ignite_vmm::VmConfi
         .map(|n| -> Result<NetConfig> {
             Ok(NetConfig {
                 backend: NetBackend::Bridge(n.bridge.clone()),
-                mac: ignite_vmm::config::parse_mac(&n.mac)
-                    .with_context(|| format!("stored MAC {:?} is not valid", n.mac))?,
+                mac: n
+                    .mac
+                    .parse::<ignite_netboot::MacAddr>()
+                    .with_context(|| format!("stored MAC {:?} is not valid", n.mac))?
+                    .0,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -405,6 +415,14 @@ fn run_qemu(
         })
         .collect::<std::io::Result<_>>()?;
     let fds: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
+    if def.firmware == Firmware::Uefi && !paths.uefi_vars().exists() {
+        std::fs::copy(qemu::OVMF_VARS, paths.uefi_vars()).with_context(|| {
+            format!(
+                "UEFI variables: cannot copy {} (package ovmf)",
+                qemu::OVMF_VARS
+            )
+        })?;
+    }
     let mut cmd = qemu::command(def, paths, kvm);
     cmd.stdin(Stdio::null());
     // SAFETY: dup2 is async-signal-safe; it clears close-on-exec on the copies.
