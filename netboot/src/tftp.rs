@@ -374,7 +374,11 @@ fn transfer_socket(cfg: &TftpConfig, peer: SocketAddrV4) -> std::io::Result<std:
     Ok(s)
 }
 
-fn open(shared: &Shared, req: &Request) -> std::result::Result<(Source, bool), (u16, String)> {
+fn open(
+    shared: &Shared,
+    req: &Request,
+    peer: SocketAddrV4,
+) -> std::result::Result<(Source, bool), (u16, String)> {
     if req.mode != "octet" && req.mode != "netascii" {
         return Err((
             0,
@@ -386,6 +390,7 @@ fn open(shared: &Shared, req: &Request) -> std::result::Result<(Source, bool), (
         shared.provider.as_ref(),
         &req.filename,
         &shared.cfg.http_base,
+        Some(*peer.ip()),
     ) {
         Some((_, text)) => (Source::Memory(text.into_bytes()), true),
         None => {
@@ -487,7 +492,7 @@ fn serve_read_blocking(shared: &Shared, peer: SocketAddrV4, req: Request) {
             return;
         }
     };
-    let (src, is_virtual) = match open(shared, &req) {
+    let (src, is_virtual) = match open(shared, &req, peer) {
         Ok(s) => s,
         Err((code, msg)) => {
             shared.provider.step(&BootEvent {
