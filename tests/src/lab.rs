@@ -222,6 +222,23 @@ impl Lab {
     }
 }
 
+/// Runs `f` on a thread of its own inside network namespace `ns`: the sockets it opens live
+/// there (raw traffic no command-line client makes: floods, half-sent requests).
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns(2) on a namespace file we hold open; it moves this thread only.
+        let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
 fn kill_ns_pids(ns: &str) {
     // Only processes inside our own namespaces: all started by this test.
     if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {

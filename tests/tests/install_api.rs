@@ -171,10 +171,29 @@ impl Setup {
         run(Lab::cmd(&self.lab.ns, "curl").arg("-s").args(args))
     }
 
-    /// curl from the client with `mac`.
+    /// curl from the client with `mac`; a failure shows the server log's tail.
     fn curl_as(&mut self, mac: &str, args: &[&str]) -> String {
         let ns = self.ns(mac);
-        run(Lab::cmd(&ns, "curl").arg("-s").args(args))
+        let o = Lab::cmd(&ns, "curl")
+            .arg("-sS")
+            .args(args)
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            let log = self
+                .server
+                .as_ref()
+                .map(|s| s.log_text())
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "curl {args:?} from {mac} failed ({}): {}\n--- server log tail:\n{}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// The `Authorization` header with the admin token.
@@ -729,4 +748,277 @@ fn extlinux_uefi_plan_is_refused_when_the_esp_cannot_hold_the_kernel() {
         ],
     );
     assert!(body.contains("\"steps\""), "{body}");
+}
+
+/// Issue 18, item 2: a client's token is in its boot script only for the address holding
+/// its DHCP lease; from another address the token is refused; it expires; a default install
+/// action gives unregistered MACs nothing unless the server opted in.
+#[test]
+fn tokens_go_only_to_the_lease_holder_stay_bound_and_expire() {
+    let Some(mut s) = Setup::with_args("ia-tok", &[], &[], "[install]\ntoken_ttl_secs = 8\n")
+    else {
+        return;
+    };
+    let (victim, _) = s.schedule(1, "web");
+    let attacker = "52:54:00:77:02:01";
+    let script_url = format!("{SERVER}/ipxe/{}", victim.replace(':', "-"));
+    // From another leased address, over HTTP and TFTP: the plan, no token.
+    for url in [
+        script_url.clone(),
+        format!("tftp://10.77.0.1/ipxe/{}", victim.replace(':', "-")),
+        format!(
+            "tftp://10.77.0.1/pxelinux.cfg/01-{}",
+            victim.replace(':', "-")
+        ),
+    ] {
+        let got = s.curl_as(attacker, &[&url]);
+        assert!(got.contains("ignite.profile=web"), "{url}: {got}");
+        assert!(
+            !got.contains("ignite.token="),
+            "{url} leaked the token: {got}"
+        );
+    }
+    // From the server's own host (no lease) neither.
+    let got = s.curl(&[&script_url]);
+    assert!(!got.contains("ignite.token="), "{got}");
+    // The victim's own token, used from the attacker's address: refused.
+    let token = s.token(&victim);
+    let code = s.curl_as(
+        attacker,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--data",
+            &facts(&victim),
+            &format!("{SERVER}/api/install/{victim}/plan"),
+        ],
+    );
+    assert_eq!(code, "403");
+    let e = s.curl_as(
+        attacker,
+        &[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("{SERVER}/api/install/{victim}/tree"),
+        ],
+    );
+    assert!(
+        e.contains("bound to 10.77.0.") && e.contains("this request came from"),
+        "{e}"
+    );
+    // The victim itself is served.
+    let token = s.token(&victim);
+    let released = std::time::Instant::now();
+    plan_id(&mut s, &victim, &token);
+    // Made-up MACs under a default install action get a local boot and leave no install.
+    s.client(&["default", "install", "web"]);
+    let stranger = "52:54:00:77:02:02";
+    let got = s.script(stranger);
+    assert!(got.contains("exit") && !got.contains("kernel"), "{got}");
+    let got = s.curl_as(attacker, &[&format!("{SERVER}/ipxe/02-00-00-00-00-01")]);
+    assert!(got.contains("exit") && !got.contains("token"), "{got}");
+    let list = s.client(&["list", "--json"]);
+    assert!(
+        !list.contains(stranger) && !list.contains("02:00:00:00:00:01"),
+        "{list}"
+    );
+    // After its time the token is refused; booting again hands out a fresh one.
+    std::thread::sleep(Duration::from_secs(9).saturating_sub(released.elapsed()));
+    let e = fails(&mut s, &victim, &token, &[]);
+    assert!(e.contains("expired") && e.contains("(403)"), "{e}");
+    let fresh = s.token(&victim);
+    assert_ne!(fresh, token);
+    plan_id(&mut s, &victim, &fresh);
+}
+
+/// Issue 18, items 3 and 11: the admin API needs the admin token, from anywhere; the state
+/// directory, the database, the token and the store are private.
+#[test]
+fn admin_routes_need_the_admin_token_and_state_is_private() {
+    let Some(mut s) = Setup::new("ia-admin", &[]) else {
+        return;
+    };
+    let (mac, _) = s.schedule(1, "web");
+    let code = |s: &mut Setup, from: Option<&str>, args: &[&str]| -> String {
+        let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        a.extend_from_slice(args);
+        match from {
+            Some(m) => s.curl_as(m, &a),
+            None => s.curl(&a),
+        }
+    };
+    let installed = format!("{SERVER}/api/clients/{mac}/installed");
+    let wrong =
+        "Authorization: Bearer 0000000000000000000000000000000000000000000000000000000000000000";
+    for from in [Some(mac.as_str()), None] {
+        for args in [
+            vec![format!("{SERVER}/api/clients")],
+            vec![format!("{SERVER}/api/stats")],
+            vec!["-X".into(), "POST".into(), installed.clone()],
+            vec!["-H".into(), wrong.into(), format!("{SERVER}/api/clients")],
+        ] {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert_eq!(code(&mut s, from, &a), "401", "{from:?} {args:?}");
+        }
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&s.client(&["show", "web1", "--json"])).unwrap();
+    assert_eq!(v["client"]["action"], "install", "nobody flipped it: {v}");
+    let admin = s.admin();
+    let list = s.curl(&["-H", &admin, &format!("{SERVER}/api/clients")]);
+    assert!(list.contains("\"web1\""), "{list}");
+    assert_eq!(
+        code(&mut s, None, &["-H", &admin, "-X", "POST", &installed]),
+        "200"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&s.client(&["show", "web1", "--json"])).unwrap();
+    assert_eq!(v["client"]["action"], "local", "{v}");
+    // Nothing under the state directory (database, tokens, store packs and snapshots,
+    // made by `ignite archive` and `ignite server` under the test's umask 022) is open to
+    // group or others.
+    let state = s.path("state");
+    let mut open = Vec::new();
+    let mut seen = 0;
+    let mut stack = vec![state.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            // The servers' logs are the test's own files.
+            if name.starts_with("server-") && name.ends_with(".log") || name == "profiles" {
+                continue;
+            }
+            seen += 1;
+            if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+                open.push(e.path());
+            }
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(seen > 5, "walked {seen} files");
+    assert!(open.is_empty(), "open to others: {open:#?}");
+}
+
+/// Issue 18, item 4: a chunk request's answer is capped in bytes, and only so many are
+/// produced at once (here one, each chunk taking 300 ms: two requests take twice as long).
+#[test]
+fn chunk_batches_are_bounded_in_bytes_and_at_once() {
+    let Some(mut s) = Setup::with_args(
+        "ia-batch",
+        &[("IGNITE_TEST_CHUNK_DELAY_MS", "300")],
+        &[],
+        "[limits]\nchunk_batches = 1\n",
+    ) else {
+        return;
+    };
+    // A snapshot with more incompressible data than one answer may carry.
+    let big = s.path("big");
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::write(big.join("noise"), pattern(72 << 20, 5)).unwrap();
+    arc(
+        &s.path("state/store"),
+        &["import", "--name", "big", big.to_str().unwrap()],
+    );
+    std::fs::write(
+        s.path("state/profiles/big.toml"),
+        PROFILE.replace("\"golden\"", "\"big\""),
+    )
+    .unwrap();
+    let (mac, token) = s.schedule(1, "big");
+    plan_id(&mut s, &mac, &token);
+    let ids = tree_chunks(&mut s, &mac, &token);
+    let req = s.path("all.bin");
+    std::fs::write(&req, ids.iter().flat_map(|id| id.0).collect::<Vec<u8>>()).unwrap();
+    let (e, code) = chunks(&mut s, &mac, &token, &req);
+    assert_eq!(code, "413", "{e}");
+    assert!(e.contains("ask for fewer at once"), "{e}");
+    // Two requests of 4 chunks at once: served one after the other.
+    let four = s.path("four.bin");
+    std::fs::write(
+        &four,
+        ids[..4].iter().flat_map(|id| id.0).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let ns = s.ns(&mac);
+    let t = std::time::Instant::now();
+    let kids: Vec<_> = (0..2)
+        .map(|_| {
+            Lab::cmd(&ns, "curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg("--data-binary")
+                .arg(format!("@{}", four.display()))
+                .arg(format!("{SERVER}/api/install/{mac}/chunks"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "200");
+    }
+    let took = t.elapsed();
+    // Each request takes 4 x 300 ms: at once, they took as long as one after the other.
+    assert!(
+        took >= Duration::from_millis(2400),
+        "two batches at once took {took:?}"
+    );
+}
+
+/// Issue 18, item 16: what clients send (file names, install logs, failure messages) is
+/// printed by `ignite client` with its control characters escaped.
+#[test]
+fn what_clients_send_reaches_the_terminal_escaped() {
+    let Some(mut s) = Setup::new("ia-esc", &[]) else {
+        return;
+    };
+    let (mac, token) = s.schedule(1, "web");
+    s.curl_as(
+        &mac,
+        &[&format!("{SERVER}/files/%1b%5d0%3bpwned%07%1b%5b2J")],
+    );
+    let post = |s: &mut Setup, what: &str, body: &str| {
+        s.curl_as(
+            &mac,
+            &[
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "--data-binary",
+                body,
+                &format!("{SERVER}/api/install/{mac}/{what}"),
+            ],
+        )
+    };
+    post(&mut s, "log", "mkfs \u{1b}[31mred\u{1b}[0m\r\n");
+    post(
+        &mut s,
+        "phase",
+        r#"{"phase":"failed","error":"disk \u001b[2J gone","log_tail":"x"}"#,
+    );
+    wait_for("the boot step in the log", Duration::from_secs(10), || {
+        s.client(&["show", "web1"]).contains("http-missing")
+    });
+    for out in [
+        s.client(&["show", "web1"]),
+        s.client(&["list"]),
+        s.client(&["log", "web1"]),
+    ] {
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\r'),
+            "{out:?}"
+        );
+        assert!(out.contains("\\u{1b}"), "{out}");
+    }
 }

@@ -146,10 +146,23 @@ impl BootProvider for RegistryProvider {
 
     fn step(&self, ev: &BootEvent) {
         // Install tokens stay out of logs and `ignite client list`.
-        let ev = &BootEvent {
+        let mut ev = BootEvent {
             detail: redact_token(&ev.detail),
             ..ev.clone()
         };
+        // Anyone may fetch any client's script (without its token). Fetched from an address
+        // known to hold another MAC, it is that MAC's step: nobody writes into another
+        // client's boot log or last step.
+        if ev.step == "script" {
+            let asker = ev.ip.and_then(|ip| self.clients.mac_of(ip));
+            if let (Some(named), Some(asker)) = (ev.mac, asker) {
+                if named != asker {
+                    ev.detail = format!("{} (the script of {named})", ev.detail);
+                    ev.mac = Some(asker);
+                }
+            }
+        }
+        let ev = &ev;
         log_step(ev);
         self.steps.send(NewStep {
             mac: ev.mac,
@@ -304,6 +317,40 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((i.token, i.bound_ip.as_deref()), (t, Some("10.0.0.101")));
+    }
+
+    #[test]
+    fn fetching_another_clients_script_is_the_fetchers_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = provider(dir.path(), false);
+        p.state
+            .add(VICTIM, "web1", &"install web".parse().unwrap())
+            .unwrap();
+        let attacker = MacAddr([2, 0, 0, 0, 0, 9]);
+        p.clients.insert(OTHER, attacker);
+        p.clients.insert(LEASED, VICTIM);
+        let script = |ip| BootEvent {
+            mac: Some(VICTIM),
+            ip: Some(ip),
+            step: "script",
+            detail: "iPXE script served".into(),
+        };
+        p.step(&script(OTHER));
+        p.step(&script(LEASED));
+        let t = Instant::now();
+        let steps = |m: MacAddr| p.state.steps(&m.to_string(), 10).unwrap();
+        while steps(VICTIM).is_empty() || steps(attacker).is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(10), "steps not written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let theirs = steps(attacker);
+        assert_eq!(
+            theirs[0].detail,
+            "iPXE script served (the script of 52:54:00:00:00:01)"
+        );
+        let own = steps(VICTIM);
+        assert_eq!(own.len(), 1);
+        assert_eq!(own[0].ip.as_deref(), Some("10.0.0.101"));
     }
 
     #[test]

@@ -361,3 +361,26 @@ pub fn run(cfg: Config) -> Result<()> {
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_service_that_ends_stops_the_server_with_its_reason() {
+        let mut tasks: JoinSet<Service> = JoinSet::new();
+        tasks.spawn(std::future::pending());
+        tasks.spawn(async { ("DHCP on br0".into(), Err("socket task panicked".into())) });
+        let why = until_stopped_or_failed(&mut tasks, std::future::pending()).await;
+        assert_eq!(
+            why.as_deref(),
+            Some("DHCP on br0 failed: socket task panicked")
+        );
+        tasks.spawn(async { ("TFTP on br0".into(), Ok(())) });
+        let why = until_stopped_or_failed(&mut tasks, std::future::pending()).await;
+        assert_eq!(why.as_deref(), Some("TFTP on br0 ended on its own"));
+        // A signal with every service running is a clean stop.
+        let why = until_stopped_or_failed(&mut tasks, async {}).await;
+        assert_eq!(why, None);
+    }
+}
