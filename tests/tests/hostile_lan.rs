@@ -26,10 +26,9 @@ const PER_ADDRESS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// DISCOVERs a second from spoofed MACs while the guest boots: below what the default pool
 /// (100 addresses, unrequested offers reused after 2 s) recycles, 50 a second, so a new
-/// client still gets an address. (Faster floods starve clients without a lease, see README
-/// "Security model"; `a_dhcp_flood_takes_no_address_from_a_leased_client` floods at
-/// `FLOOD_HARD` natively. The emulated guest itself cannot take that many broadcast
-/// replies a second: its agent's DHCP stalls.)
+/// client still gets an address. Faster floods starve clients without a lease (README,
+/// "Security model"); `a_dhcp_flood_takes_no_address_from_a_leased_client` floods at
+/// `FLOOD_HARD`.
 const FLOOD: u32 = 40;
 const FLOOD_HARD: u32 = 300;
 

@@ -104,19 +104,6 @@ fn exchange(
     bail!("no DHCP {want:?} within the time allowed")
 }
 
-/// A transaction id: it only tells replies to us from replies to others (anyone on the
-/// segment sees it in our broadcast anyway), so it comes from the clock and the MAC, not
-/// from getrandom, which blocks until the kernel's entropy pool is ready: under emulation
-/// that took minutes and used up the whole DHCP timeout.
-fn transaction_id(mac: &[u8; 6], attempt: u64) -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let m = mac.iter().fold(0u64, |a, b| a << 8 | u64::from(*b));
-    let x = (t ^ m.rotate_left(23) ^ attempt.rotate_left(47)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (x >> 32) as u32
-}
-
 /// Gets a lease for interface `iface` (already up) within `timeout`.
 pub fn lease(iface: &str, mac: &[u8; 6], timeout: Duration) -> Result<Lease> {
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 68)).context("cannot bind UDP port 68")?;
@@ -138,10 +125,10 @@ pub fn lease(iface: &str, mac: &[u8; 6], timeout: Duration) -> Result<Lease> {
         );
     }
     let deadline = Instant::now() + timeout;
-    let mut attempt = 0;
     loop {
-        attempt += 1;
-        let xid = transaction_id(mac, attempt);
+        let mut xid = [0u8; 4];
+        ignite_recovery::random::fill(&mut xid)?;
+        let xid = u32::from_ne_bytes(xid);
         let Some(offer) = exchange(
             &sock,
             &request_msg(xid, mac, MessageType::Discover, None),
@@ -161,20 +148,6 @@ pub fn lease(iface: &str, mac: &[u8; 6], timeout: Duration) -> Result<Lease> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transaction_ids_differ_between_attempts_and_clients() {
-        let (a, b) = ([0x52, 0x54, 0, 1, 2, 3], [0x52, 0x54, 0, 1, 2, 4]);
-        let ids = [
-            transaction_id(&a, 1),
-            transaction_id(&a, 2),
-            transaction_id(&b, 1),
-        ];
-        assert!(
-            ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2],
-            "{ids:?}"
-        );
-    }
 
     #[test]
     fn ack_is_read_and_others_ignored() {

@@ -142,6 +142,16 @@ fn create_lab_bridge() -> Result<()> {
     Ok(())
 }
 
+/// Why installs cannot get their tokens with this configuration, if they cannot.
+fn token_warning(cfg: &Config) -> Option<String> {
+    (cfg.install.require_lease && !cfg.network.dhcp).then(|| {
+        "DHCP is off, so the server knows no client's address and hands out no install \
+         tokens ([install] require_lease): installs will be refused; turn DHCP or proxyDHCP \
+         on, or set require_lease = false to trust the network"
+            .to_string()
+    })
+}
+
 /// `ignite server --check`: validates everything that can be checked without binding.
 pub fn check(cfg: &Config) -> Result<String> {
     let nets = networks(cfg, true)?;
@@ -163,6 +173,9 @@ pub fn check(cfg: &Config) -> Result<String> {
                 ));
             }
         }
+    }
+    if let Some(w) = token_warning(cfg) {
+        warnings.push(w);
     }
     let mut out = String::new();
     for n in &nets {
@@ -200,6 +213,9 @@ pub fn run(cfg: Config) -> Result<()> {
             boot_dir.display(),
             boot_dir.display()
         );
+    }
+    if let Some(w) = token_warning(&cfg) {
+        tracing::warn!("{w}");
     }
     let state = Arc::new(State::open(&cfg.state_dir)?);
     let admin_token = Arc::new(AdminToken::load_or_create(&cfg.state_dir)?);
@@ -365,6 +381,18 @@ pub fn run(cfg: Config) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_dhcp_and_lease_bound_tokens_is_named() {
+        let mut cfg = Config::default();
+        assert_eq!(token_warning(&cfg), None);
+        cfg.network.dhcp = false;
+        assert!(token_warning(&cfg)
+            .unwrap()
+            .contains("require_lease = false"));
+        cfg.install.require_lease = false;
+        assert_eq!(token_warning(&cfg), None);
+    }
 
     #[tokio::test]
     async fn a_service_that_ends_stops_the_server_with_its_reason() {
