@@ -229,7 +229,7 @@ fn main() {
     let image = import_image(
         &store,
         ImageSource {
-            path: &img,
+            reader: &ignite_archive::FileImage::open(&img).unwrap(),
             changed: None,
         },
         &iopts,

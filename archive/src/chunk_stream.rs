@@ -7,6 +7,9 @@
 //! (u32 LE), stored length (u32 LE), then the stored bytes. Ids are not repeated: the receiver
 //! knows what it asked for, and checks every chunk against its id.
 //!
+//! Upload (a capture sending chunks the server lacks): for each chunk, its id (32 bytes), then
+//! its header and stored bytes as in a reply; no id twice (`encode_upload`, `decode_upload`).
+//!
 //! A server writes the reply with an `Encoder` as it reads the chunks (to any `Write`, e.g. a
 //! streamed HTTP body); a client reads it with a `Decoder` (from any `Read`), chunk by chunk,
 //! which refuses anything beyond its `Limits` before allocating for it.
@@ -27,6 +30,28 @@ pub const MAX_REPLY_BYTES: u64 = 64 << 20;
 
 fn bad(what: String) -> Error {
     Error::Invalid(format!("chunk stream: {what}"))
+}
+
+/// A chunk as stored (compressed or raw), with what is needed to check it: what a reply
+/// carries, and what a client uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub id: ChunkId,
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub data: Vec<u8>,
+}
+
+impl StoredChunk {
+    pub fn entry(&self) -> PackEntry {
+        PackEntry {
+            id: self.id,
+            offset: 0,
+            stored_len: self.data.len() as u32,
+            raw_len: self.raw_len,
+            codec: self.codec,
+        }
+    }
 }
 
 /// The ids of a request body, refusing a malformed one, more than `max_chunks` ids, or an id
@@ -67,6 +92,85 @@ fn header(entry: &PackEntry, stored_len: usize) -> [u8; HEADER_LEN] {
     h[1..5].copy_from_slice(&entry.raw_len.to_le_bytes());
     h[5..9].copy_from_slice(&(stored_len as u32).to_le_bytes());
     h
+}
+
+/// A chunk's header: codec, raw length, stored length, each checked.
+fn parse_header(id: &ChunkId, h: &[u8; HEADER_LEN], max_raw: u32) -> Result<(Codec, u32, u32)> {
+    let codec = match h[0] {
+        0 => Codec::Raw,
+        1 => Codec::Zstd,
+        c => return Err(bad(format!("chunk {}: unknown codec {c}", id.to_hex()))),
+    };
+    let raw_len = u32::from_le_bytes(h[1..5].try_into().expect("4 bytes"));
+    let stored_len = u32::from_le_bytes(h[5..9].try_into().expect("4 bytes"));
+    if raw_len > max_raw || stored_len > max_raw {
+        return Err(bad(format!(
+            "chunk {}: {} bytes is more than any chunk ({max_raw})",
+            id.to_hex(),
+            raw_len.max(stored_len),
+        )));
+    }
+    Ok((codec, raw_len, stored_len))
+}
+
+/// An upload: for each chunk, its id, then its header and stored bytes as in a reply.
+pub fn encode_upload(chunks: &[StoredChunk]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend_from_slice(&c.id.0);
+        encode(&c.entry(), &c.data, &mut out);
+    }
+    out
+}
+
+/// The chunks of an upload, refusing more than `max_chunks`, a chunk or a body beyond
+/// `limits`, an id sent twice, or a truncated body. Whether each chunk is what its id says
+/// is for `Writer::upload` to check.
+pub fn decode_upload(
+    mut body: &[u8],
+    max_chunks: usize,
+    limits: Limits,
+) -> Result<Vec<StoredChunk>> {
+    if body.len() as u64 > limits.max_bytes {
+        return Err(bad(format!(
+            "upload of {} bytes is more than {}",
+            body.len(),
+            limits.max_bytes
+        )));
+    }
+    let mut out: Vec<StoredChunk> = Vec::new();
+    let mut seen = HashSet::new();
+    while !body.is_empty() {
+        if out.len() == max_chunks {
+            return Err(bad(format!("more than {max_chunks} chunks in one upload")));
+        }
+        if body.len() < 32 + HEADER_LEN {
+            return Err(bad(format!("upload ends inside chunk {}", out.len() + 1)));
+        }
+        let id = ChunkId(body[..32].try_into().expect("32 bytes"));
+        if !seen.insert(id) {
+            return Err(bad(format!("chunk {} sent twice", id.to_hex())));
+        }
+        let h: &[u8; HEADER_LEN] = body[32..32 + HEADER_LEN].try_into().expect("9 bytes");
+        let (codec, raw_len, stored_len) = parse_header(&id, h, limits.max_raw)?;
+        let rest = &body[32 + HEADER_LEN..];
+        if rest.len() < stored_len as usize {
+            return Err(bad(format!(
+                "chunk {}: {stored_len} bytes announced, {} left",
+                id.to_hex(),
+                rest.len()
+            )));
+        }
+        let (data, next) = rest.split_at(stored_len as usize);
+        out.push(StoredChunk {
+            id,
+            codec,
+            raw_len,
+            data: data.to_vec(),
+        });
+        body = next;
+    }
+    Ok(out)
 }
 
 /// Appends one stored chunk to a reply held in memory.
@@ -174,21 +278,7 @@ impl<'a, R: Read> Decoder<'a, R> {
                 id.to_hex()
             )));
         }
-        let codec = match h[0] {
-            0 => Codec::Raw,
-            1 => Codec::Zstd,
-            c => return Err(bad(format!("chunk {}: unknown codec {c}", id.to_hex()))),
-        };
-        let raw_len = u32::from_le_bytes(h[1..5].try_into().expect("4 bytes"));
-        let stored_len = u32::from_le_bytes(h[5..9].try_into().expect("4 bytes"));
-        if raw_len > self.limits.max_raw || stored_len > self.limits.max_raw {
-            return Err(bad(format!(
-                "chunk {}: {} bytes is more than any chunk ({})",
-                id.to_hex(),
-                raw_len.max(stored_len),
-                self.limits.max_raw
-            )));
-        }
+        let (codec, raw_len, stored_len) = parse_header(&id, &h, self.limits.max_raw)?;
         self.read += (HEADER_LEN as u64) + u64::from(stored_len);
         if self.read > self.limits.max_bytes {
             return Err(bad(format!(

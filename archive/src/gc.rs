@@ -279,8 +279,8 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
     use crate::fsutil::journal;
-    use crate::snapshot::{Entry, EntryKind, Extent};
-    use crate::writer::{Draft, DraftContent, Writer};
+    use crate::snapshot::{Draft, DraftContent, Entry, EntryKind, Extent};
+    use crate::writer::Writer;
 
     /// A snapshot of one file of `data`, in a pack of its own.
     fn snapshot(store: &Store, data: &[u8]) -> String {

@@ -1,23 +1,26 @@
 //! Directories into file-tree snapshots. With a parent snapshot of the same directory, files
 //! whose size, mtime, ctime and inode are unchanged are not read again (restic's files cache).
 
+use crate::chunk_sink::{ChunkSink, LocalSink};
 use crate::chunker;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::data_ranges;
+use crate::id::ChunkId;
 use crate::import::ImportOptions;
 use crate::pipeline::{self, PendingExtents, Submitter};
 use crate::snapshot::{
-    Entry, EntryKind, Extent, Manifest, SnapshotKind, SnapshotStats, SourceStamp, Xattr,
+    Draft, DraftContent, Entry, EntryKind, Extent, Manifest, SnapshotKind, SnapshotStats,
+    SourceStamp, Xattr,
 };
 use crate::stats::Progress;
 use crate::store::Store;
-use crate::writer::{Draft, DraftContent, Writer};
+use crate::writer::Writer;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -32,10 +35,12 @@ const READERS: usize = 4;
 type ReadJob = (std::path::PathBuf, File, u64, usize);
 
 struct Walk<'a> {
-    writer: &'a Writer<'a>,
     progress: &'a Progress,
     jobs: Option<crossbeam_channel::Sender<ReadJob>>,
-    parent: HashMap<Vec<u8>, Entry>,
+    parent: HashMap<&'a [u8], &'a Entry>,
+    /// Files taken from the parent unread (index among the entries, path): their chunks are
+    /// confirmed with the sink once the walk is done.
+    reused: Vec<(usize, PathBuf)>,
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
     root_dev: u64,
     one_fs: bool,
@@ -59,6 +64,28 @@ pub fn import_dir(
     progress: &Progress,
 ) -> Result<Manifest> {
     opts.check()?;
+    let parent = opts.find_parent(store, SnapshotKind::Tree)?;
+    let parent_entries = match &parent {
+        Some(m) => store.load_tree(m)?,
+        None => Vec::new(),
+    };
+    let writer = Writer::new(store)?;
+    let parent = parent.as_ref().map(|m| (m, parent_entries.as_slice()));
+    let draft = import_dir_into(&LocalSink(&writer), root, opts, parent, progress)?;
+    writer.commit(draft)
+}
+
+/// The same import into any sink (a remote server's, say); commit the draft where the
+/// chunks went. `parent` (its manifest and tree, e.g. fetched from the server) lets files
+/// unchanged since it go unread; `opts.parent` is not consulted.
+pub fn import_dir_into(
+    sink: &dyn ChunkSink,
+    root: &Path,
+    opts: &ImportOptions,
+    parent: Option<(&Manifest, &[Entry])>,
+    progress: &Progress,
+) -> Result<Draft> {
+    opts.check()?;
     let started = Instant::now();
     let meta = fs::metadata(root).at(root)?;
     if !meta.is_dir() {
@@ -67,35 +94,31 @@ pub fn import_dir(
             root.display()
         )));
     }
-    let parent = opts.find_parent(store, SnapshotKind::Tree)?;
-    let parent_entries = match &parent {
-        Some(m) => store.load_tree(m)?,
-        None => Vec::new(),
-    };
-    let writer = Writer::new(store)?;
     let readers = Readers {
-        params: store.config().chunker.clone(),
+        params: sink.config().chunker.clone(),
         progress,
         pending: Mutex::new(PendingExtents::default()),
         read_bytes: AtomicU64::new(0),
         failure: Mutex::new(None),
     };
     let mut walk = Walk {
-        writer: &writer,
         progress,
         jobs: None,
-        parent: parent_entries
-            .into_iter()
+        parent: parent
+            .map(|(_, entries)| entries)
+            .unwrap_or_default()
+            .iter()
             .filter(|e| e.source.is_some())
-            .map(|e| (e.path.clone(), e))
+            .map(|e| (e.path.as_slice(), e))
             .collect(),
+        reused: Vec::new(),
         hardlinks: HashMap::new(),
         root_dev: meta.dev(),
         one_fs: opts.one_file_system,
         entries: Vec::new(),
         stats: SnapshotStats::default(),
     };
-    let ((), ids) = pipeline::run(&writer, |sub| {
+    let ((), ids) = pipeline::run(sink, |sub| {
         std::thread::scope(|s| {
             let (tx, rx) = crossbeam_channel::bounded::<ReadJob>(256);
             for _ in 0..READERS {
@@ -110,7 +133,9 @@ pub fn import_dir(
                 });
             }
             walk.jobs = Some(tx);
-            let r = walk.visit(root, Vec::new(), &meta, &readers);
+            let r = walk
+                .visit(root, Vec::new(), &meta, &readers)
+                .and_then(|()| walk.recheck_reused(sink, &readers));
             walk.jobs = None; // readers finish the queue and exit
             r
         })?;
@@ -131,22 +156,23 @@ pub fn import_dir(
         .unwrap()
         .resolve(&mut entries, &ids);
     stats.entries = entries.len() as u64;
-    stats.chunks = entries
-        .iter()
-        .map(|e| match &e.kind {
-            EntryKind::File { extents, .. } => extents.len() as u64,
-            _ => 0,
-        })
-        .sum();
+    stats.chunks = entries.iter().map(|e| file_extents(e).len() as u64).sum();
     stats.zero_bytes = stats.logical_bytes - crate::snapshot::extent_bytes(&entries);
     stats.seconds = started.elapsed().as_secs_f64();
-    writer.commit(Draft {
+    Ok(Draft {
         name: opts.name.clone(),
         labels: opts.labels.clone(),
-        parent: parent.map(|m| m.id),
+        parent: parent.map(|(m, _)| m.id.clone()),
         content: DraftContent::Tree(entries),
         stats,
     })
+}
+
+fn file_extents(e: &Entry) -> &[Extent] {
+    match &e.kind {
+        EntryKind::File { extents, .. } => extents,
+        _ => &[],
+    }
 }
 
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -299,44 +325,21 @@ impl Walk<'_> {
                 self.hardlinks.insert(key, rel.clone());
             }
             entry.source = Some(stamp(meta));
-            match self.unchanged_extents(&entry, meta.len())? {
+            match self.unchanged_extents(&entry, meta.len()) {
                 Some(extents) => {
                     entry.xattrs = read_xattrs(path, None)?;
                     self.stats.logical_bytes += meta.len();
+                    self.progress.fetch_add(meta.len(), Ordering::Relaxed);
+                    self.reused.push((self.entries.len(), path.to_path_buf()));
                     EntryKind::File {
                         size: meta.len(),
                         extents,
                     }
                 }
-                None => {
-                    let Some((file, fmeta)) = open_regular(path)? else {
-                        return Ok(()); // deleted since it was listed
-                    };
-                    // Describe what is read: the file opened, which may have replaced the
-                    // one listed (a live system renames new versions into place).
-                    describe(&mut entry, &fmeta);
-                    entry.source = Some(stamp(&fmeta));
-                    entry.xattrs = read_xattrs(path, Some(&file))?;
-                    self.stats.logical_bytes += fmeta.len();
-                    let idx = self.entries.len();
-                    if readers.failure.lock().unwrap().is_some() {
-                        return Ok(()); // a reader failed; the caller reports it
-                    }
-                    let job = (path.to_path_buf(), file, fmeta.len(), idx);
-                    if self
-                        .jobs
-                        .as_ref()
-                        .expect("readers running")
-                        .send(job)
-                        .is_err()
-                    {
-                        return Ok(()); // every reader stopped on an error
-                    }
-                    EntryKind::File {
-                        size: fmeta.len(),
-                        extents: Vec::new(),
-                    }
-                }
+                None => match self.read(self.entries.len(), path, &mut entry, readers)? {
+                    Some(kind) => kind,
+                    None => return Ok(()), // deleted since it was listed
+                },
             }
         } else if ft.is_char_device() || ft.is_block_device() {
             let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
@@ -355,32 +358,80 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// The parent's extents if the file is unchanged and the store still has every chunk.
-    fn unchanged_extents(&self, entry: &Entry, size: u64) -> Result<Option<Vec<Extent>>> {
-        let Some(old) = self.parent.get(&entry.path) else {
+    /// Opens a file to read it and queues it for the readers; describes the entry by the
+    /// opened file, which may have replaced the one listed (a live system renames new
+    /// versions into place). None if the file is gone.
+    fn read(
+        &mut self,
+        idx: usize,
+        path: &Path,
+        entry: &mut Entry,
+        readers: &Readers,
+    ) -> Result<Option<EntryKind>> {
+        let Some((file, fmeta)) = open_regular(path)? else {
             return Ok(None);
         };
+        describe(entry, &fmeta);
+        entry.source = Some(stamp(&fmeta));
+        entry.xattrs = read_xattrs(path, Some(&file))?;
+        self.stats.logical_bytes += fmeta.len();
+        let kind = EntryKind::File {
+            size: fmeta.len(),
+            extents: Vec::new(),
+        };
+        if readers.failure.lock().unwrap().is_some() {
+            return Ok(Some(kind)); // a reader failed; the caller reports it
+        }
+        let job = (path.to_path_buf(), file, fmeta.len(), idx);
+        // A failed send means every reader stopped on an error, which the caller reports.
+        let _ = self.jobs.as_ref().expect("readers running").send(job);
+        Ok(Some(kind))
+    }
+
+    /// The parent's extents if the file is unchanged (size, mtime, ctime, inode).
+    fn unchanged_extents(&self, entry: &Entry, size: u64) -> Option<Vec<Extent>> {
+        let old = self.parent.get(entry.path.as_slice())?;
         let EntryKind::File {
             size: old_size,
             extents,
         } = &old.kind
         else {
-            return Ok(None);
+            return None;
         };
-        if *old_size != size
-            || old.mtime != entry.mtime
-            || old.mtime_nsec != entry.mtime_nsec
-            || old.source != entry.source
-        {
-            return Ok(None);
-        }
-        for x in extents {
-            if !self.writer.reference(&x.id)? {
-                return Ok(None);
+        let same = *old_size == size
+            && old.mtime == entry.mtime
+            && old.mtime_nsec == entry.mtime_nsec
+            && old.source == entry.source;
+        same.then(|| extents.clone())
+    }
+
+    /// Confirms with the sink that it still has the chunks of the files taken from the
+    /// parent (and now counts them as referenced); a file with a chunk gone (gc removed it
+    /// since) is read after all.
+    fn recheck_reused(&mut self, sink: &dyn ChunkSink, readers: &Readers) -> Result<()> {
+        let ids: Vec<ChunkId> = self
+            .reused
+            .iter()
+            .flat_map(|(i, _)| file_extents(&self.entries[*i]).iter().map(|x| x.id))
+            .collect();
+        let have = pipeline::still_there(sink, &ids)?;
+        for (idx, path) in std::mem::take(&mut self.reused) {
+            let mut entry = self.entries[idx].clone();
+            if file_extents(&entry).iter().all(|x| have.contains(&x.id)) {
+                continue;
             }
+            if let EntryKind::File { size, .. } = entry.kind {
+                self.stats.logical_bytes -= size;
+            }
+            entry.kind = self.read(idx, &path, &mut entry, readers)?.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: removed while being imported; import again",
+                    path.display()
+                ))
+            })?;
+            self.entries[idx] = entry;
         }
-        self.progress.fetch_add(size, Ordering::Relaxed);
-        Ok(Some(extents.clone()))
+        Ok(())
     }
 }
 

@@ -1,14 +1,15 @@
 //! Tar streams (plain, gzip, zstd, xz) into file-tree snapshots.
 
+use crate::chunk_sink::{ChunkSink, LocalSink};
 use crate::chunker;
 use crate::error::{Error, Result};
 use crate::import::ImportOptions;
 use crate::paths::{normalize, SymlinkGuard};
 use crate::pipeline::{self, PendingExtents};
-use crate::snapshot::{Entry, EntryKind, Manifest, SnapshotStats, Xattr};
+use crate::snapshot::{Draft, DraftContent, Entry, EntryKind, Manifest, SnapshotStats, Xattr};
 use crate::stats::Progress;
 use crate::store::Store;
-use crate::writer::{Draft, DraftContent, Writer};
+use crate::writer::Writer;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::Ordering;
@@ -66,14 +67,27 @@ pub fn import_tar(
     progress: &Progress,
 ) -> Result<Manifest> {
     opts.check()?;
-    let started = Instant::now();
     let writer = Writer::new(store)?;
+    let draft = import_tar_into(&LocalSink(&writer), input, opts, progress)?;
+    writer.commit(draft)
+}
+
+/// The same import into any sink (a remote server's, say); commit the draft where the
+/// chunks went. A tar stream has no parent: nothing in it says what is unchanged.
+pub fn import_tar_into(
+    sink: &dyn ChunkSink,
+    input: impl Read,
+    opts: &ImportOptions,
+    progress: &Progress,
+) -> Result<Draft> {
+    opts.check()?;
+    let started = Instant::now();
     let reader = decompressing(Counting {
         inner: input,
         progress,
     })?;
-    let params = store.config().chunker.clone();
-    let ((mut entries, pending, mut stats), ids) = pipeline::run(&writer, |sub| {
+    let params = sink.config().chunker.clone();
+    let ((mut entries, pending, mut stats), ids) = pipeline::run(sink, |sub| {
         let mut entries: Vec<Entry> = Vec::new();
         let mut pending = PendingExtents::default();
         let mut stats = SnapshotStats::default();
@@ -196,7 +210,7 @@ pub fn import_tar(
     pending.resolve(&mut entries, &ids);
     stats.zero_bytes = stats.logical_bytes - crate::snapshot::extent_bytes(&entries);
     stats.seconds = started.elapsed().as_secs_f64();
-    writer.commit(Draft {
+    Ok(Draft {
         name: opts.name.clone(),
         labels: opts.labels.clone(),
         parent: None,

@@ -210,6 +210,122 @@ fn check_extents(e: &Entry, size: u64, extents: &[Extent]) -> Result<()> {
     Ok(())
 }
 
+/// A snapshot before it is committed: what an import hands to `Writer::commit`, or, encoded
+/// (`encode`), what a remote capture sends to its server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub parent: Option<String>,
+    pub content: DraftContent,
+    pub stats: SnapshotStats,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DraftContent {
+    Tree(Vec<Entry>),
+    Image {
+        size: u64,
+        block_size: u32,
+        blocks: Vec<Option<ChunkId>>,
+    },
+}
+
+/// A draft's fields besides its content, as JSON.
+#[derive(Serialize, Deserialize)]
+struct DraftHeader {
+    name: String,
+    labels: BTreeMap<String, String>,
+    parent: Option<String>,
+    kind: SnapshotKind,
+    image_size: Option<u64>,
+    block_size: Option<u32>,
+    stats: SnapshotStats,
+}
+
+const DRAFT_MAGIC: &[u8; 8] = b"IGNDRFT1";
+const MAX_DRAFT_HEADER: usize = 1 << 20;
+
+impl Draft {
+    /// `IGNDRFT1`, the header's length (u32 LE), the header (JSON: name, labels, parent,
+    /// kind, image size and block size, stats), then the content as a snapshot's data file
+    /// holds it.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let (kind, image_size, block_size, data) = match &self.content {
+            DraftContent::Tree(entries) => (SnapshotKind::Tree, None, None, encode_tree(entries)?),
+            DraftContent::Image {
+                size,
+                block_size,
+                blocks,
+            } => (
+                SnapshotKind::Image,
+                Some(*size),
+                Some(*block_size),
+                encode_image(blocks)?,
+            ),
+        };
+        let header = serde_json::to_vec(&DraftHeader {
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            parent: self.parent.clone(),
+            kind,
+            image_size,
+            block_size,
+            stats: self.stats.clone(),
+        })
+        .expect("draft header serializes");
+        let mut out = DRAFT_MAGIC.to_vec();
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
+    /// A draft sent by a client; its content is decoded with the same limits as a snapshot's.
+    /// (Whether it may be committed is `Writer::commit_uploaded`'s to say.)
+    pub fn decode(bytes: &[u8]) -> Result<Draft> {
+        let bad = |what: String| Error::Invalid(format!("snapshot draft: {what}"));
+        let rest = bytes
+            .strip_prefix(DRAFT_MAGIC)
+            .ok_or_else(|| bad("does not start with IGNDRFT1".into()))?;
+        let len = rest
+            .get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| bad("too short".into()))?;
+        if len > MAX_DRAFT_HEADER || rest.len() < 4 + len {
+            return Err(bad(format!("header of {len} bytes does not fit")));
+        }
+        let h: DraftHeader = serde_json::from_slice(&rest[4..4 + len])
+            .map_err(|e| bad(format!("header does not parse: {e}")))?;
+        let data = &rest[4 + len..];
+        let content = match h.kind {
+            SnapshotKind::Tree => DraftContent::Tree(decode_tree("draft", data)?),
+            SnapshotKind::Image => {
+                let (Some(size), Some(block_size)) = (h.image_size, h.block_size) else {
+                    return Err(bad("an image without its size and block size".into()));
+                };
+                if block_size == 0 {
+                    return Err(bad("block size 0".into()));
+                }
+                let n = size.div_ceil(block_size.into());
+                let blocks = decode_image("draft", data, n)?;
+                DraftContent::Image {
+                    size,
+                    block_size,
+                    blocks,
+                }
+            }
+        };
+        Ok(Draft {
+            name: h.name,
+            labels: h.labels,
+            parent: h.parent,
+            content,
+            stats: h.stats,
+        })
+    }
+}
+
 /// Snapshot ids: 16 hex digits, random. A unique prefix selects a snapshot, as in restic.
 pub fn new_snapshot_id() -> String {
     hex::encode(rand::random::<[u8; 8]>())
@@ -279,18 +395,24 @@ pub fn encode_image(blocks: &[Option<ChunkId>]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Most blocks an image index may list (32 bytes each, 4 GiB): 8 TiB at 64 KiB blocks.
+pub const MAX_IMAGE_BLOCKS: u64 = 1 << 27;
+
 /// The chunk list of an image of `blocks` blocks.
 pub fn decode_image(id: &str, data: &[u8], blocks: u64) -> Result<Vec<Option<ChunkId>>> {
     let bad = |what: String| Error::BadSnapshot {
         id: id.to_string(),
         what,
     };
+    if blocks > MAX_IMAGE_BLOCKS {
+        return Err(bad(format!(
+            "{blocks} blocks is more than an image may have ({MAX_IMAGE_BLOCKS})"
+        )));
+    }
     let body = data
         .strip_prefix(IMAGE_MAGIC)
         .ok_or_else(|| bad("data file is not an image index".into()))?;
-    let want = blocks
-        .checked_mul(32)
-        .ok_or_else(|| bad("image size is out of range".into()))?;
+    let want = blocks * 32;
     let raw = unzstd(body, want).map_err(|e| bad(format!("image index: {e}")))?;
     if raw.as_ref().is_none_or(|r| r.len() as u64 != want) {
         return Err(bad("chunk list length does not match the image size".into()));

@@ -53,6 +53,16 @@ pub struct Store {
 pub type PackRef = (Arc<str>, bool);
 
 impl Store {
+    /// Opens the store at `root`, creating it with the default configuration if `root` holds
+    /// no store yet (a server's own store on first use).
+    pub fn open_or_init(root: &Path) -> Result<Store> {
+        if root.join("config.json").is_file() {
+            Store::open(root)
+        } else {
+            Store::init(root, StoreConfig::default())
+        }
+    }
+
     pub fn init(root: &Path, config: StoreConfig) -> Result<Store> {
         config.validate()?;
         if root.join("config.json").exists() {
@@ -415,6 +425,19 @@ impl Store {
             SnapshotKind::Tree => snapshot::tree_chunks(&self.load_tree(m)?).collect(),
             SnapshotKind::Image => self.load_image(m)?.into_iter().flatten().collect(),
         })
+    }
+
+    /// Waits until no gc runs (`locks/gc.lock` is free).
+    pub fn wait_for_gc(&self) -> Result<()> {
+        let path = self.dir("locks").join("gc.lock");
+        let lock = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
+        crate::fsutil::flock(&lock, false).at(&path)?;
+        Ok(()) // closing the file releases the lock
     }
 
     /// Removes a snapshot (its manifest first: from then on it does not exist).

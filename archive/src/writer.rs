@@ -1,26 +1,37 @@
-//! A write session: adds chunks to the store and commits one snapshot.
+//! A write session: adds chunks to the store and commits one snapshot. A local import uses
+//! one for its whole run; a server uses one per remote capture (`missing`, then `upload` in
+//! batches from several requests at once, then `commit_uploaded`).
 //!
-//! How an import and a concurrent gc stay safe without a store-wide lock (Dekker-style: each
+//! How a session and a concurrent gc stay safe without a store-wide lock (Dekker-style: each
 //! side writes its intent, then reads the other's):
 //! - the writer holds `locks/<w>.lock` (flock) for its life, and appends the id of every
 //!   chunk its snapshot will reference to `locks/<w>.refs` *before* relying on that chunk;
 //!   after appending the id of a chunk that lives in an existing pack, it checks that the pack
-//!   is still in `packs/`; if gc moved it to `trash/`, the writer stores the chunk again;
+//!   is still in `packs/`; if gc moved it to `trash/`, the chunk counts as missing and is
+//!   stored again;
 //! - gc moves doomed packs to `trash/` first, *then* reads every writer's refs file and the
 //!   snapshots committed meanwhile, and rescues any trashed pack still needed.
 //!
 //! Either the writer's check sees the pack gone, or gc's read sees the writer's id.
+//!
+//! A session that ends without a commit (dropped, or its client gone) seals what it wrote:
+//! a capture that starts again finds those chunks in the store and does not send them again,
+//! and gc removes them if no snapshot ever names them. A session killed outright leaves an
+//! unlocked lease and a temporary pack, which gc clears; the store verifies either way.
 
+use crate::chunk_stream::{StoredChunk, MAX_CHUNK_BYTES};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{flock, write_atomic};
 use crate::id::ChunkId;
-use crate::pack::{Codec, PackWriter};
-use crate::snapshot::{self, Entry, Manifest, SnapshotKind, SnapshotStats};
+use crate::pack::{self, Codec, PackWriter};
+use crate::snapshot::SnapshotKind;
+use crate::snapshot::{self, check_tree, validate_name, Draft, DraftContent, Manifest};
 use crate::store::Store;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -28,20 +39,38 @@ use std::sync::{Arc, Mutex};
 enum Known {
     /// In a sealed pack of the store (maybe another writer's).
     Packed(Arc<str>),
-    /// Written (or being written) by this session.
+    /// Stored by this session (in its open pack, or one it sealed).
     Mine,
 }
 
+/// What this session added to the store.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct WriteStats {
     pub new_chunks: u64,
     pub new_stored_bytes: u64,
     pub new_raw_bytes: u64,
-    pub chunks: u64,
+}
+
+/// The store a session writes to: borrowed for a local import, shared for a session a server
+/// keeps across requests.
+enum StoreRef<'s> {
+    Borrowed(&'s Store),
+    Shared(Arc<Store>),
+}
+
+impl Deref for StoreRef<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        match self {
+            StoreRef::Borrowed(s) => s,
+            StoreRef::Shared(s) => s,
+        }
+    }
 }
 
 pub struct Writer<'s> {
-    store: &'s Store,
+    store: StoreRef<'s>,
     id: String,
     lock_path: PathBuf,
     refs_path: PathBuf,
@@ -53,26 +82,18 @@ pub struct Writer<'s> {
     committed: bool,
 }
 
-/// What a finished import hands to `commit`.
-pub struct Draft {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub parent: Option<String>,
-    pub content: DraftContent,
-    pub stats: SnapshotStats,
-}
-
-pub enum DraftContent {
-    Tree(Vec<Entry>),
-    Image {
-        size: u64,
-        block_size: u32,
-        blocks: Vec<Option<ChunkId>>,
-    },
-}
-
 impl<'s> Writer<'s> {
     pub fn new(store: &'s Store) -> Result<Self> {
+        Writer::open(StoreRef::Borrowed(store))
+    }
+
+    /// A session that owns its handle on the store, so that a server can keep it between
+    /// the requests of one remote capture.
+    pub fn shared(store: Arc<Store>) -> Result<Writer<'static>> {
+        Writer::open(StoreRef::Shared(store))
+    }
+
+    fn open(store: StoreRef<'s>) -> Result<Self> {
         let id = format!("w{}", hex::encode(rand::random::<[u8; 8]>()));
         let locks = store.dir("locks");
         let lock_path = locks.join(format!("{id}.lock"));
@@ -113,135 +134,107 @@ impl<'s> Writer<'s> {
     }
 
     pub fn store(&self) -> &Store {
-        self.store
+        &self.store
     }
 
     pub fn stats(&self) -> WriteStats {
         *self.stats.lock().unwrap()
     }
 
-    fn touch(&self, id: &ChunkId) -> Result<()> {
-        (&self.refs).write_all(&id.0).at(&self.refs_path)
+    /// Records that the snapshot will reference these chunks (before relying on them).
+    fn touch(&self, ids: &[ChunkId]) -> Result<()> {
+        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
+        (&self.refs).write_all(&bytes).at(&self.refs_path)
     }
 
-    /// Records that the snapshot will reference `id`, if the store still has it. False means
-    /// the caller must supply the data (`put`).
-    pub fn reference(&self, id: &ChunkId) -> Result<bool> {
-        self.touch(id)?;
-        let known = self.known.lock().unwrap().get(id).cloned();
-        Ok(match known {
-            Some(Known::Mine) => true,
-            Some(Known::Packed(pack)) => self.store.pack_file_path(&pack, false).exists(),
-            None => false,
-        })
+    /// Which of `ids` the store lacks, in the order given: what must be stored (`upload`, or
+    /// a local import's own chunks) before the snapshot is committed. The others count as
+    /// referenced by this session from now on: gc keeps them.
+    pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        self.touch(ids)?;
+        let known: Vec<Option<Known>> = {
+            let map = self.known.lock().unwrap();
+            ids.iter().map(|id| map.get(id).cloned()).collect()
+        };
+        let mut packs: HashMap<Arc<str>, bool> = HashMap::new();
+        let mut out = Vec::new();
+        for (id, k) in ids.iter().zip(known) {
+            let have = match k {
+                Some(Known::Mine) => true,
+                Some(Known::Packed(p)) => *packs
+                    .entry(p.clone())
+                    .or_insert_with(|| self.store.pack_file_path(&p, false).exists()),
+                None => false,
+            };
+            if !have {
+                out.push(*id);
+            }
+        }
+        Ok(out)
     }
 
-    /// Stores a chunk (compressing it with `zc`) unless the store has it; returns its id.
+    /// Stores a chunk, compressed with `zc`, unless the session has it; returns its id.
     pub fn put(&self, data: &[u8], zc: &mut zstd::bulk::Compressor<'static>) -> Result<ChunkId> {
         let id = ChunkId::of(data);
-        self.put_with_id(id, data, zc)?;
+        if self.missing(&[id])?.is_empty() {
+            return Ok(id);
+        }
+        self.store_chunk(&compress(id, data, zc)?)?;
         Ok(id)
     }
 
-    /// A chunk uploaded by a remote client: refused unless it hashes to the id it claims.
-    pub fn upload(
-        &self,
-        id: ChunkId,
-        data: &[u8],
-        zc: &mut zstd::bulk::Compressor<'static>,
-    ) -> Result<()> {
-        if ChunkId::of(data) != id {
-            return Err(Error::CorruptChunk {
-                id: id.to_hex(),
-                what: "uploaded data does not hash to this id".into(),
-            });
+    /// Chunks sent by a remote client, as stored: each must be at most `MAX_CHUNK_BYTES`,
+    /// decompress to its raw length and hash to its id, or nothing of the batch is stored.
+    pub fn upload(&self, chunks: &[StoredChunk]) -> Result<()> {
+        for c in chunks {
+            if c.raw_len > MAX_CHUNK_BYTES {
+                return Err(Error::CorruptChunk {
+                    id: c.id.to_hex(),
+                    what: format!("{} bytes is more than any chunk", c.raw_len),
+                });
+            }
+            pack::decode(&c.entry(), &c.data).map_err(|e| match e {
+                Error::CorruptChunk { id, what } => Error::CorruptChunk {
+                    id,
+                    what: format!("uploaded chunk refused: {what}"),
+                },
+                e => e,
+            })?;
         }
-        self.put_with_id(id, data, zc)
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+        self.touch(&ids)?;
+        chunks.iter().try_for_each(|c| self.store_chunk(c))
     }
 
-    /// Commits a snapshot described by a remote client: its tree must be safe to export and
-    /// every chunk it names must be in the store (uploaded or already there).
-    pub fn commit_uploaded(self, draft: Draft) -> Result<Manifest> {
-        let ids: Vec<ChunkId> = match &draft.content {
-            DraftContent::Tree(entries) => {
-                snapshot::check_tree(entries)?;
-                snapshot::tree_chunks(entries).collect()
-            }
-            DraftContent::Image {
-                size,
-                block_size,
-                blocks,
-            } => {
-                if *block_size != self.store.config().block_size {
-                    return Err(Error::Invalid(format!(
-                        "image block size {block_size} is not the store's ({}); chunk the image \
-                         with the store's block size",
-                        self.store.config().block_size
-                    )));
-                }
-                if blocks.len() as u64 != size.div_ceil(*block_size as u64) {
-                    return Err(Error::Invalid(
-                        "image chunk list does not match its size".into(),
-                    ));
-                }
-                blocks.iter().flatten().copied().collect()
-            }
-        };
-        let mut missing = Vec::new();
-        for id in ids {
-            if !self.reference(&id)? {
-                missing.push(id.to_hex());
-            }
-        }
-        if !missing.is_empty() {
-            return Err(Error::Invalid(format!(
-                "snapshot names {} chunks the store lacks (first {}); upload them first",
-                missing.len(),
-                missing[0]
-            )));
-        }
-        self.commit(draft)
-    }
-
-    fn put_with_id(
-        &self,
-        id: ChunkId,
-        data: &[u8],
-        zc: &mut zstd::bulk::Compressor<'static>,
-    ) -> Result<()> {
-        self.stats.lock().unwrap().chunks += 1;
-        if self.reference(&id)? {
-            return Ok(());
-        }
+    /// Appends a chunk to the session's pack unless the session has it. The caller vouches
+    /// for the id (it hashed the data itself, or `upload` checked it) and touched it.
+    pub(crate) fn store_chunk(&self, c: &StoredChunk) -> Result<()> {
+        let mut guard = self.pack.lock().unwrap();
         {
             let mut known = self.known.lock().unwrap();
-            if matches!(known.get(&id), Some(Known::Mine)) {
-                return Ok(()); // another worker claimed it meanwhile
+            let have = match known.get(&c.id) {
+                Some(Known::Mine) => true,
+                Some(Known::Packed(p)) => self.store.pack_file_path(p, false).exists(),
+                None => false,
+            };
+            if have {
+                return Ok(()); // another worker or request stored it meanwhile
             }
-            known.insert(id, Known::Mine);
+            known.insert(c.id, Known::Mine);
         }
-        let compressed = zc
-            .compress(data)
-            .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
-        let (codec, stored) = if compressed.len() < data.len() {
-            (Codec::Zstd, &compressed[..])
-        } else {
-            (Codec::Raw, data)
-        };
-        let mut guard = self.pack.lock().unwrap();
         if guard.is_none() {
             *guard = Some(PackWriter::create(&self.store.dir("tmp"), &self.id)?);
         }
-        let pw = guard.as_mut().unwrap();
-        pw.add(id, codec, data.len() as u32, stored)?;
+        let pw = guard.as_mut().expect("created above");
+        pw.add(c.id, c.codec, c.raw_len, &c.data)?;
         {
             let mut st = self.stats.lock().unwrap();
             st.new_chunks += 1;
-            st.new_stored_bytes += stored.len() as u64;
-            st.new_raw_bytes += data.len() as u64;
+            st.new_stored_bytes += c.data.len() as u64;
+            st.new_raw_bytes += u64::from(c.raw_len);
         }
         if pw.size() >= self.store.config().pack_size {
-            let pw = guard.take().unwrap();
+            let pw = guard.take().expect("present");
             drop(guard);
             self.seal(pw)?;
         }
@@ -252,6 +245,11 @@ impl<'s> Writer<'s> {
     /// concurrent imports deduplicate against each other.
     fn seal(&self, pw: PackWriter) -> Result<()> {
         pw.seal(&self.store.dir("packs"))?;
+        self.learn()
+    }
+
+    /// Takes in packs sealed by other sessions since this one looked.
+    fn learn(&self) -> Result<()> {
         let fresh = self.store.refresh_index()?;
         let mut known = self.known.lock().unwrap();
         for ((pack, trash), entries) in fresh {
@@ -277,6 +275,61 @@ impl<'s> Writer<'s> {
             }
             None => Ok(()),
         }
+    }
+
+    /// Commits a snapshot described by a remote client: its name must be valid, its parent
+    /// must exist, its tree must be safe to export (or its image must use the store's block
+    /// size), and every chunk it names must be in the store (uploaded or already there).
+    pub fn commit_uploaded(self, draft: Draft) -> Result<Manifest> {
+        validate_name(&draft.name)?;
+        if let Some(p) = &draft.parent {
+            if p.len() != 16 || !self.store.manifest_path(p).exists() {
+                return Err(Error::NoSuchSnapshot(p.clone()));
+            }
+        }
+        let ids: HashSet<ChunkId> = match &draft.content {
+            DraftContent::Tree(entries) => {
+                check_tree(entries)?;
+                snapshot::tree_chunks(entries).collect()
+            }
+            DraftContent::Image {
+                size,
+                block_size,
+                blocks,
+            } => {
+                if *block_size != self.store.config().block_size {
+                    return Err(Error::Invalid(format!(
+                        "image block size {block_size} is not the store's ({}); chunk the image \
+                         with the store's block size",
+                        self.store.config().block_size
+                    )));
+                }
+                if blocks.len() as u64 != size.div_ceil(u64::from(*block_size)) {
+                    return Err(Error::Invalid(
+                        "image chunk list does not match its size".into(),
+                    ));
+                }
+                blocks.iter().flatten().copied().collect()
+            }
+        };
+        self.learn()?;
+        let ids: Vec<ChunkId> = ids.into_iter().collect();
+        let mut missing = self.missing(&ids)?;
+        if !missing.is_empty() {
+            // A gc may have a pack in trash/ right now, which it puts back if it saw our
+            // refs: once it is done, what is missing is missing.
+            self.store.wait_for_gc()?;
+            self.learn()?;
+            missing = self.missing(&missing)?;
+        }
+        if let Some(first) = missing.first() {
+            return Err(Error::Invalid(format!(
+                "snapshot names {} chunks the store lacks (first {}); upload them first",
+                missing.len(),
+                first.to_hex()
+            )));
+        }
+        self.commit(draft)
     }
 
     /// Seals the last pack, writes the snapshot's data file, then its manifest.
@@ -327,6 +380,28 @@ impl<'s> Writer<'s> {
         self.committed = true;
         Ok(manifest)
     }
+}
+
+/// A chunk as a session stores it: zstd-compressed, or raw when that is not smaller.
+pub fn compress(
+    id: ChunkId,
+    data: &[u8],
+    zc: &mut zstd::bulk::Compressor<'static>,
+) -> Result<StoredChunk> {
+    let compressed = zc
+        .compress(data)
+        .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
+    let (codec, stored) = if compressed.len() < data.len() {
+        (Codec::Zstd, compressed)
+    } else {
+        (Codec::Raw, data.to_vec())
+    };
+    Ok(StoredChunk {
+        id,
+        codec,
+        raw_len: data.len() as u32,
+        data: stored,
+    })
 }
 
 impl Drop for Writer<'_> {

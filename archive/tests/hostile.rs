@@ -124,7 +124,7 @@ fn broken_streams_are_refused() {
 fn hostile_store_tree_is_refused_on_export() {
     // A snapshot committed by a (hostile) remote client that bypassed import's checks.
     use ignite_archive::snapshot::{Entry, EntryKind};
-    use ignite_archive::writer::{Draft, DraftContent, Writer};
+    use ignite_archive::{Draft, DraftContent, Writer};
     let t = tempfile::tempdir().unwrap();
     let store = new_store(t.path());
     let entry = |path: &[u8], kind| Entry {

@@ -125,7 +125,7 @@ fn image_round_trip_is_byte_identical_and_sparse() {
     f.write_all_at(b"tail", (256 << 20) - 4).unwrap();
     let store = new_store(t.path());
     let src = ImageSource {
-        path: &img,
+        reader: &ignite_archive::FileImage::open(&img).unwrap(),
         changed: None,
     };
     let m = import_image(&store, src, &opts("disk"), &progress()).unwrap();
@@ -142,7 +142,7 @@ fn image_round_trip_is_byte_identical_and_sparse() {
     let m2 = import_image(
         &store,
         ImageSource {
-            path: &img,
+            reader: &ignite_archive::FileImage::open(&img).unwrap(),
             changed: None,
         },
         &opts("disk"),
@@ -150,17 +150,17 @@ fn image_round_trip_is_byte_identical_and_sparse() {
     )
     .unwrap();
     assert_eq!(m2.stats.new_chunks, 1);
-    // With a change map from the monitor, unchanged blocks are not even read.
+    // With the ranges written since (the monitor's change log), unchanged blocks are not
+    // even read.
     let bs = store.config().block_size as u64;
-    let mut changed = vec![false; ((256u64 << 20) / bs) as usize];
     f.write_all_at(&random_bytes(4096, 10), 60 << 20).unwrap();
-    changed[((60u64 << 20) / bs) as usize] = true;
+    let changed = [(60u64 << 20, 4096u64)];
     let mut o = opts("disk");
     o.parent = ignite_archive::import::ParentChoice::Id(m2.id.clone());
     let m3 = import_image(
         &store,
         ImageSource {
-            path: &img,
+            reader: &ignite_archive::FileImage::open(&img).unwrap(),
             changed: Some(&changed),
         },
         &o,

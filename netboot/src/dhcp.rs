@@ -12,7 +12,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{
+    DhcpOption, DhcpOptions, Flags, HType, Message, MessageType, Opcode, OptionCode,
+};
 use dhcproto::{Decodable, Encodable};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -21,7 +23,7 @@ use crate::boot::{boot_target, BootEvent, BootFiles, BootProvider, BootTarget, C
 use crate::error::{Error, Result};
 use crate::iface::udp_socket;
 use crate::leases::LeaseStore;
-use crate::lograte::{info_limited, warn_limited};
+use crate::lograte::{error_limited, info_limited, warn_limited};
 use crate::pxe::{classify, Firmware, PxeClient};
 use crate::MacAddr;
 
@@ -215,6 +217,35 @@ impl DhcpConfig {
         Ok(())
     }
 
+    /// Lease times, mask, router, DNS, domain and host name, as every reply carries them.
+    fn network_options(
+        &self,
+        o: &mut DhcpOptions,
+        mask: Ipv4Addr,
+        router: Option<Ipv4Addr>,
+        hostname: Option<String>,
+        with_lease: bool,
+    ) {
+        if with_lease {
+            o.insert(DhcpOption::AddressLeaseTime(self.lease_secs));
+            o.insert(DhcpOption::Renewal(self.lease_secs / 2));
+            o.insert(DhcpOption::Rebinding(self.lease_secs / 8 * 7));
+        }
+        o.insert(DhcpOption::SubnetMask(mask));
+        if let Some(r) = router {
+            o.insert(DhcpOption::Router(vec![r]));
+        }
+        if !self.dns.is_empty() {
+            o.insert(DhcpOption::DomainNameServer(self.dns.clone()));
+        }
+        if let Some(d) = &self.domain {
+            o.insert(DhcpOption::DomainName(d.clone()));
+        }
+        if let Some(h) = hostname {
+            o.insert(DhcpOption::Hostname(h));
+        }
+    }
+
     /// The encoded size of the largest reply this configuration can produce (an offer to a
     /// UEFI HTTP boot client with the longest boot URL and host name), without option 82,
     /// which a relay adds and strips.
@@ -224,25 +255,18 @@ impl DhcpConfig {
         let o = m.opts_mut();
         o.insert(DhcpOption::MessageType(MessageType::Offer));
         o.insert(DhcpOption::ServerIdentifier(self.server_ip));
-        o.insert(DhcpOption::AddressLeaseTime(self.lease_secs));
-        o.insert(DhcpOption::Renewal(self.lease_secs));
-        o.insert(DhcpOption::Rebinding(self.lease_secs));
-        o.insert(DhcpOption::SubnetMask(self.subnet_mask));
-        o.insert(DhcpOption::Router(vec![self.server_ip]));
-        if !self.dns.is_empty() {
-            o.insert(DhcpOption::DomainNameServer(self.dns.clone()));
-        }
-        if let Some(d) = &self.domain {
-            o.insert(DhcpOption::DomainName(d.clone()));
-        }
-        if let Some(h) = self
+        let longest_hostname = self
             .reservations
             .iter()
             .filter_map(|r| r.hostname.clone())
-            .max_by_key(|h| h.len())
-        {
-            o.insert(DhcpOption::Hostname(h));
-        }
+            .max_by_key(|h| h.len());
+        self.network_options(
+            o,
+            self.subnet_mask,
+            Some(self.server_ip),
+            longest_hostname,
+            true,
+        );
         o.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
         o.insert(DhcpOption::ClientMachineIdentifier(vec![0; 17]));
         o.insert(DhcpOption::TFTPServerName(
@@ -594,12 +618,7 @@ impl DhcpEngine {
         match r {
             Ok(r) => r,
             Err(e) => {
-                crate::lograte::limited!(
-                    crate::lograte::WARNINGS,
-                    tracing::Level::ERROR,
-                    "DHCP request failed",
-                    "DHCP request from {mac}: {e}"
-                );
+                error_limited!("DHCP request failed", "DHCP request from {mac}: {e}");
                 None
             }
         }
@@ -726,30 +745,17 @@ impl DhcpEngine {
     }
 
     fn network_options(&self, m: &mut Message, mac: MacAddr, with_lease: bool) {
-        let c = &self.cfg;
-        let o = m.opts_mut();
-        if with_lease {
-            o.insert(DhcpOption::AddressLeaseTime(c.lease_secs));
-            o.insert(DhcpOption::Renewal(c.lease_secs / 2));
-            o.insert(DhcpOption::Rebinding(c.lease_secs / 8 * 7));
-        }
-        o.insert(DhcpOption::SubnetMask(self.scope.mask));
-        if let Some(r) = self.scope.router {
-            o.insert(DhcpOption::Router(vec![r]));
-        }
-        if !c.dns.is_empty() {
-            o.insert(DhcpOption::DomainNameServer(c.dns.clone()));
-        }
-        if let Some(d) = &c.domain {
-            o.insert(DhcpOption::DomainName(d.clone()));
-        }
-        if let Some(h) = self
+        let hostname = self
             .reserved_by_mac
             .get(&mac)
-            .and_then(|r| r.hostname.clone())
-        {
-            o.insert(DhcpOption::Hostname(h));
-        }
+            .and_then(|r| r.hostname.clone());
+        self.cfg.network_options(
+            m.opts_mut(),
+            self.scope.mask,
+            self.scope.router,
+            hostname,
+            with_lease,
+        );
     }
 
     /// Adds the PXE answer for boot clients; returns what it told the client.
@@ -1113,14 +1119,11 @@ type SocketTask = std::result::Result<(), (String, String)>;
 /// Waits for every socket task; the first to fail (or panic) stops the rest and is returned.
 /// Flushes the rate-limited log's counts meanwhile.
 async fn supervise(mut tasks: tokio::task::JoinSet<SocketTask>) -> Result<()> {
-    let mut tick = tokio::time::interval(crate::lograte::WINDOW);
+    let mut flusher = crate::lograte::Flusher::new();
     loop {
         let done = tokio::select! {
             d = tasks.join_next() => d,
-            _ = tick.tick() => {
-                crate::lograte::flush();
-                continue;
-            }
+            _ = flusher.tick() => continue,
         };
         let failure = match done {
             None => return Ok(()),
@@ -1207,9 +1210,7 @@ fn handle_isolated(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            crate::lograte::limited!(
-                crate::lograte::WARNINGS,
-                tracing::Level::ERROR,
+            error_limited!(
                 "DHCP packet panicked",
                 "DHCP packet from {src} dropped: handling it panicked ({why}); this is a bug, please report it"
             );

@@ -107,6 +107,21 @@ pub fn flush() {
     }
 }
 
+/// Calls [`flush`] once a window, for a service loop's `select!`:
+/// `_ = flusher.tick() => continue`.
+pub(crate) struct Flusher(tokio::time::Interval);
+
+impl Flusher {
+    pub(crate) fn new() -> Flusher {
+        Flusher(tokio::time::interval(WINDOW))
+    }
+
+    pub(crate) async fn tick(&mut self) {
+        self.0.tick().await;
+        flush();
+    }
+}
+
 /// `limited!(LIMITER, LEVEL, "key", "format", args...)`: logs at `LEVEL` unless `LIMITER`
 /// has had enough lines of kind "key" in this window; mentions how many it left out before.
 macro_rules! limited {
@@ -133,6 +148,13 @@ macro_rules! warn_limited {
     };
 }
 
+/// A rate-limited error: `error_limited!("key", "format", args...)`.
+macro_rules! error_limited {
+    ($key:expr, $($arg:tt)+) => {
+        $crate::lograte::limited!($crate::lograte::WARNINGS, tracing::Level::ERROR, $key, $($arg)+)
+    };
+}
+
 /// A rate-limited info line about a client's packet.
 macro_rules! info_limited {
     ($key:expr, $($arg:tt)+) => {
@@ -140,7 +162,7 @@ macro_rules! info_limited {
     };
 }
 
-pub(crate) use {info_limited, limited, warn_limited};
+pub(crate) use {error_limited, info_limited, limited, warn_limited};
 
 #[cfg(test)]
 mod tests {

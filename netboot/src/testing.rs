@@ -164,6 +164,30 @@ pub fn check_tftp_round_trip(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// `len` bytes of text with LF and lone CR line ends, the bytes netascii rewrites.
+pub fn text_with_line_ends(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| match i % 61 {
+            0 => b'\n',
+            30 => b'\r',
+            n => b'a' + (n % 26) as u8,
+        })
+        .collect()
+}
+
+/// Any bytes as a `Range` header value: no panic, and a range that is kept is in the
+/// canonical form, which parses back to itself.
+pub fn check_range_header(data: &[u8]) -> Result<(), String> {
+    let value = String::from_utf8_lossy(data);
+    if let Some(c) = crate::http::single_byte_range(&value) {
+        let again = crate::http::single_byte_range(&c);
+        if again.as_deref() != Some(c.as_str()) {
+            return Err(format!("{value:?} -> {c:?} -> {again:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// The log lines (INFO and up) `f` writes on this thread.
 #[cfg(test)]
 pub(crate) fn log_lines(f: impl FnOnce()) -> Vec<String> {

@@ -8,23 +8,33 @@
 //! rules as HTTP, boot-step logging) is a small state machine on top of tokio sockets.
 //!
 //! Block numbers roll over from 65535 to 0 (as tftp-hpa and most clients expect), so files
-//! of any size can be sent at any block size.
+//! of any size can be sent at any block size. Netascii is converted while sending, keeping
+//! only the blocks not yet acknowledged, so it works for files of any size too.
+//!
+//! Against a hostile segment: each client address runs at most `max_per_client` transfers;
+//! a client that has not yet acknowledged anything (its source address may be forged) gets
+//! the first packet at most `1 + unverified_retries` times and nothing more until it ACKs, so
+//! a forged read request is not reflected as a stream of DATA; such unproven transfers take
+//! at most half the slots, the rest stay for clients that have ACKed recently. A client's
+//! `timeout` option is accepted up to `max_timeout_option` seconds and ignored above it.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::boot::{virtual_file, BootEvent, BootProvider, ClientMap};
 use crate::error::Result;
 use crate::files::{resolve, BadPath};
 use crate::iface::{std_udp_socket, udp_socket};
+use crate::lograte::{info_limited, warn_limited};
 
 pub const OP_RRQ: u16 = 1;
 pub const OP_WRQ: u16 = 2;
@@ -49,7 +59,15 @@ pub struct TftpConfig {
     /// First retransmission timeout; doubles on each retry.
     pub timeout: Duration,
     pub max_retries: u32,
+    /// Transfers running at once, for everyone.
     pub max_transfers: usize,
+    /// Transfers running at once for one client address (16 by default: `ignite netboot
+    /// bench tftp` runs 10 clients from one address; guests behind NAT share one too).
+    pub max_per_client: usize,
+    /// Retransmissions of the first packet to a client that has not ACKed yet.
+    pub unverified_retries: u32,
+    /// The largest `timeout` option (seconds) accepted from a client.
+    pub max_timeout_option: u64,
     pub http_base: String,
 }
 
@@ -74,6 +92,9 @@ impl TftpConfig {
             timeout: Duration::from_secs(1),
             max_retries: 6,
             max_transfers: 256,
+            max_per_client: 16,
+            unverified_retries: 1,
+            max_timeout_option: 5,
             http_base,
         }
     }
@@ -258,9 +279,8 @@ impl Source {
     }
 }
 
-/// netascii: LF -> CR LF, CR -> CR NUL (RFC 764).
-fn to_netascii(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
+/// netascii: LF -> CR LF, CR -> CR NUL (RFC 764); appends the conversion of `data`.
+fn to_netascii(data: &[u8], out: &mut Vec<u8>) {
     for &c in data {
         match c {
             b'\n' => out.extend_from_slice(b"\r\n"),
@@ -268,17 +288,227 @@ fn to_netascii(data: &[u8]) -> Vec<u8> {
             c => out.push(c),
         }
     }
-    out
 }
 
-/// Files sent in netascii mode are converted in memory; bigger ones must use octet mode.
-const NETASCII_LIMIT: u64 = 16 << 20;
+/// The size of `src` in netascii, counted in one streaming pass (for the `tsize` option).
+fn netascii_len(src: &Source) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; READ_AHEAD];
+    let (mut pos, mut len) = (0u64, 0u64);
+    loop {
+        let n = src.read_at(&mut buf, pos)?;
+        if n == 0 {
+            return Ok(len);
+        }
+        let wide = buf[..n]
+            .iter()
+            .filter(|c| matches!(c, b'\n' | b'\r'))
+            .count();
+        len += (n + wide) as u64;
+        pos += n as u64;
+    }
+}
+
+/// Converts a source to netascii while it is sent, keeping converted bytes only from the
+/// first unacknowledged block on: memory stays within a window plus two read-aheads,
+/// whatever the file size.
+struct NetasciiReader {
+    src: Source,
+    /// Next raw byte to convert.
+    raw_pos: u64,
+    raw: Vec<u8>,
+    /// Converted bytes for netascii offsets `start..start + out.len()`.
+    out: Vec<u8>,
+    start: u64,
+    /// Nothing before this offset will be asked for again.
+    keep_from: u64,
+    eof: bool,
+}
+
+impl NetasciiReader {
+    fn new(src: Source) -> NetasciiReader {
+        NetasciiReader {
+            src,
+            raw_pos: 0,
+            raw: vec![0u8; READ_AHEAD],
+            out: Vec::new(),
+            start: 0,
+            keep_from: 0,
+            eof: false,
+        }
+    }
+
+    fn get(&mut self, offset: u64, n: usize) -> std::io::Result<&[u8]> {
+        if offset < self.start {
+            return Err(std::io::Error::other(
+                "netascii: a block before the unacknowledged window was asked for",
+            ));
+        }
+        while self.start + (self.out.len() as u64) < offset + n as u64 && !self.eof {
+            // Drop what is acknowledged before converting more: one move per read-ahead.
+            let dead = (self.keep_from.min(offset) - self.start) as usize;
+            if dead > 0 {
+                self.out.drain(..dead.min(self.out.len()));
+                self.start += dead as u64;
+            }
+            let got = self.src.read_at(&mut self.raw, self.raw_pos)?;
+            if got == 0 {
+                self.eof = true;
+            }
+            self.raw_pos += got as u64;
+            to_netascii(&self.raw[..got], &mut self.out);
+        }
+        let from = ((offset - self.start) as usize).min(self.out.len());
+        let to = (from + n).min(self.out.len());
+        Ok(&self.out[from..to])
+    }
+
+    /// Bytes before `offset` are acknowledged and will not be asked for again.
+    fn release(&mut self, offset: u64) {
+        self.keep_from = self.keep_from.max(offset);
+    }
+}
+
+/// Blocks of a transfer, by offset in what is sent.
+enum Reader {
+    Octet(BlockReader),
+    Netascii(NetasciiReader),
+}
+
+impl Reader {
+    fn get(&mut self, offset: u64, n: usize) -> std::io::Result<&[u8]> {
+        match self {
+            Reader::Octet(r) => r.get(offset, n),
+            Reader::Netascii(r) => r.get(offset, n),
+        }
+    }
+
+    /// Bytes before `offset` are acknowledged and will not be asked for again.
+    fn release(&mut self, offset: u64) {
+        if let Reader::Netascii(r) = self {
+            r.release(offset);
+        }
+    }
+}
+
+/// How many clients that have ACKed are remembered, and for how long.
+const VERIFIED_CAP: usize = 4096;
+const VERIFIED_TTL: Duration = Duration::from_secs(600);
+
+/// Who may start a transfer: slots for everyone, for unproven clients, and per address.
+struct Admissions {
+    slots: Arc<Semaphore>,
+    unverified: Arc<Semaphore>,
+    per_client: Mutex<HashMap<Ipv4Addr, usize>>,
+    /// Addresses that ACKed a transfer recently, with when.
+    verified: Mutex<HashMap<Ipv4Addr, Instant>>,
+}
+
+/// A running transfer's claims; released when it ends (or, for `unverified`, at its first
+/// ACK).
+struct Admission {
+    _slot: OwnedSemaphorePermit,
+    unverified: Option<OwnedSemaphorePermit>,
+    ip: Ipv4Addr,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut m = lock(&self.shared.admissions.per_client);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The maps are updated in single steps; a panic elsewhere leaves them usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Admissions {
+    fn new(cfg: &TftpConfig) -> Admissions {
+        Admissions {
+            slots: Arc::new(Semaphore::new(cfg.max_transfers)),
+            unverified: Arc::new(Semaphore::new((cfg.max_transfers / 2).max(1))),
+            per_client: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn is_verified(&self, ip: Ipv4Addr, now: Instant) -> bool {
+        lock(&self.verified)
+            .get(&ip)
+            .is_some_and(|at| now.saturating_duration_since(*at) < VERIFIED_TTL)
+    }
+
+    fn verify(&self, ip: Ipv4Addr, now: Instant) {
+        let mut v = lock(&self.verified);
+        if v.len() >= VERIFIED_CAP && !v.contains_key(&ip) {
+            v.retain(|_, at| now.saturating_duration_since(*at) < VERIFIED_TTL);
+            if v.len() >= VERIFIED_CAP {
+                // Still full of recent clients: this one is served as unproven.
+                return;
+            }
+        }
+        v.insert(ip, now);
+    }
+}
+
+/// Admits a read request from `peer`, or says (rate-limited) why not.
+fn admit(shared: &Arc<Shared>, peer: SocketAddrV4) -> Option<Admission> {
+    let a = &shared.admissions;
+    let ip = *peer.ip();
+    let verified = a.is_verified(ip, Instant::now());
+    let mut per_client = lock(&a.per_client);
+    let running = per_client.get(&ip).copied().unwrap_or(0);
+    if running >= shared.cfg.max_per_client {
+        warn_limited!(
+            "TFTP client over its transfer limit",
+            "TFTP: {ip} already runs {running} transfers; request from {peer} dropped"
+        );
+        return None;
+    }
+    let Ok(slot) = a.slots.clone().try_acquire_owned() else {
+        warn_limited!(
+            "TFTP transfer slots full",
+            "TFTP: {} transfers running; request from {peer} dropped",
+            shared.cfg.max_transfers
+        );
+        return None;
+    };
+    let unverified = if verified {
+        None
+    } else {
+        match a.unverified.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                warn_limited!(
+                    "TFTP slots for new clients full",
+                    "TFTP: the slots for clients that have not ACKed yet are taken \
+                     (forged requests?); request from {peer} dropped"
+                );
+                return None;
+            }
+        }
+    };
+    per_client.insert(ip, running + 1);
+    Some(Admission {
+        _slot: slot,
+        unverified,
+        ip,
+        shared: shared.clone(),
+    })
+}
 
 struct Shared {
     cfg: TftpConfig,
     provider: Arc<dyn BootProvider>,
     clients: Arc<ClientMap>,
-    slots: Arc<Semaphore>,
+    admissions: Admissions,
     /// Set at shutdown; running transfers end at their next window.
     stop: Arc<AtomicBool>,
 }
@@ -301,7 +531,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = Arc::new(Shared {
-        slots: Arc::new(Semaphore::new(cfg.max_transfers)),
+        admissions: Admissions::new(&cfg),
         stop: Arc::new(AtomicBool::new(false)),
         cfg,
         provider,
@@ -309,6 +539,7 @@ pub async fn run(
     });
     let mut buf = vec![0u8; 1024];
     let mut tasks = tokio::task::JoinSet::new();
+    let mut flusher = crate::lograte::Flusher::new();
     loop {
         let (n, peer) = tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
@@ -318,6 +549,7 @@ pub async fn run(
                     continue;
                 }
             },
+            _ = flusher.tick() => continue,
             _ = shutdown.wait_for(|v| *v) => break,
         };
         while tasks.try_join_next().is_some() {}
@@ -332,20 +564,14 @@ pub async fn run(
         let shared = shared.clone();
         match pkt {
             Packet::Read(req) => {
-                let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-                    tracing::warn!(
-                        "TFTP: {} transfers running; request from {peer} dropped",
-                        shared.cfg.max_transfers
-                    );
+                let Some(admission) = admit(&shared, peer) else {
                     continue;
                 };
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    serve_read(shared, peer, req).await;
-                });
+                tasks.spawn(serve_read(shared, peer, req, admission));
             }
             Packet::Write(req) => {
-                tracing::info!(
+                info_limited!(
+                    "TFTP write request refused",
                     "TFTP write request for {:?} from {peer} refused",
                     req.filename
                 );
@@ -374,6 +600,8 @@ fn transfer_socket(cfg: &TftpConfig, peer: SocketAddrV4) -> std::io::Result<std:
     Ok(s)
 }
 
+/// The source of a request and whether it is generated (a per-client virtual file), for the
+/// client at `peer`.
 fn open(
     shared: &Shared,
     req: &Request,
@@ -385,43 +613,31 @@ fn open(
             format!("transfer mode {:?} not supported; use octet", req.mode),
         ));
     }
-    let netascii = req.mode == "netascii";
-    let (data, is_virtual) = match virtual_file(
-        shared.provider.as_ref(),
-        &req.filename,
-        &shared.cfg.http_base,
-        Some(*peer.ip()),
-    ) {
-        Some((_, text)) => (Source::Memory(text.into_bytes()), true),
-        None => {
-            let path = resolve(&shared.cfg.root, &req.filename).map_err(|e| {
-                let code = match e {
-                    BadPath::NotFound | BadPath::NotAFile | BadPath::Empty => 1,
-                    _ => 2,
-                };
-                (code, format!("{}: {e}", req.filename))
-            })?;
-            let f = File::open(&path).map_err(|e| (2, format!("{}: {e}", req.filename)))?;
-            let len = f
-                .metadata()
-                .map_err(|e| (2, format!("{}: {e}", req.filename)))?
-                .len();
-            (Source::File(f, len), false)
-        }
-    };
-    if !netascii {
-        return Ok((data, is_virtual));
-    }
-    if data.len() > NETASCII_LIMIT {
-        return Err((
-            0,
-            format!("{}: too large for netascii mode; use octet", req.filename),
-        ));
-    }
-    let mut raw = vec![0u8; data.len() as usize];
-    let n = data.read_at(&mut raw, 0).map_err(|e| (2, e.to_string()))?;
-    raw.truncate(n);
-    Ok((Source::Memory(to_netascii(&raw)), is_virtual))
+    Ok(
+        match virtual_file(
+            shared.provider.as_ref(),
+            &req.filename,
+            &shared.cfg.http_base,
+            Some(*peer.ip()),
+        ) {
+            Some((_, text)) => (Source::Memory(text.into_bytes()), true),
+            None => {
+                let path = resolve(&shared.cfg.root, &req.filename).map_err(|e| {
+                    let code = match e {
+                        BadPath::NotFound | BadPath::NotAFile | BadPath::Empty => 1,
+                        _ => 2,
+                    };
+                    (code, format!("{}: {e}", req.filename))
+                })?;
+                let f = File::open(&path).map_err(|e| (2, format!("{}: {e}", req.filename)))?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| (2, format!("{}: {e}", req.filename)))?
+                    .len();
+                (Source::File(f, len), false)
+            }
+        },
+    )
 }
 
 struct Negotiated {
@@ -451,7 +667,9 @@ fn negotiate(cfg: &TftpConfig, req: &Request, size: u64) -> Negotiated {
                 n.tsize_asked = true;
                 n.oack.push(("tsize", size.to_string()));
             }
-            ("timeout", Some(t)) if (1..=255).contains(&t) => {
+            // RFC 2349: acknowledged as asked, or not at all. A long timeout would let one
+            // request hold a slot for minutes.
+            ("timeout", Some(t)) if (1..=cfg.max_timeout_option.min(255)).contains(&t) => {
                 n.timeout = Duration::from_secs(t);
                 n.oack.push(("timeout", t.to_string()));
             }
@@ -472,42 +690,80 @@ enum Outcome {
     Failed(String),
 }
 
-async fn serve_read(shared: Arc<Shared>, peer: SocketAddrV4, req: Request) {
+async fn serve_read(shared: Arc<Shared>, peer: SocketAddrV4, req: Request, admission: Admission) {
     // Each transfer runs on a blocking thread of its own, as tftpd-hpa runs a process: in
     // lock-step TFTP every block waits for an ACK, and a thread blocked in recv() wakes
     // sooner than a task woken through the reactor (measured: `ignite netboot bench tftp`).
-    let r = tokio::task::spawn_blocking(move || serve_read_blocking(&shared, peer, req)).await;
+    let r = tokio::task::spawn_blocking(move || serve_read_blocking(&shared, peer, req, admission))
+        .await;
     if let Err(e) = r {
         tracing::error!("TFTP transfer for {peer} failed: {e}");
     }
 }
 
-fn serve_read_blocking(shared: &Shared, peer: SocketAddrV4, req: Request) {
+fn serve_read_blocking(
+    shared: &Shared,
+    peer: SocketAddrV4,
+    req: Request,
+    mut admission: Admission,
+) {
     let ip = Some(*peer.ip());
     let mac = shared.clients.mac_of(*peer.ip());
     let sock = match transfer_socket(&shared.cfg, peer) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!("TFTP transfer socket for {peer}: {e}");
+            warn_limited!(
+                "TFTP transfer socket failed",
+                "TFTP transfer socket for {peer}: {e}"
+            );
             return;
         }
+    };
+    let refuse = |code: u16, msg: String| {
+        shared.provider.step(&BootEvent {
+            mac,
+            ip,
+            step: "tftp-missing",
+            detail: msg.clone(),
+        });
+        let _ = sock.send(&encode_error(code, &msg));
     };
     let (src, is_virtual) = match open(shared, &req, peer) {
         Ok(s) => s,
-        Err((code, msg)) => {
-            shared.provider.step(&BootEvent {
-                mac,
-                ip,
-                step: "tftp-missing",
-                detail: msg.clone(),
-            });
-            let _ = sock.send(&encode_error(code, &msg));
-            return;
-        }
+        Err((code, msg)) => return refuse(code, msg),
     };
-    let neg = negotiate(&shared.cfg, &req, src.len());
+    let netascii = req.mode == "netascii";
+    let asks_tsize = req.options.iter().any(|(k, _)| k == "tsize");
+    let size = match (netascii, asks_tsize) {
+        (false, _) => src.len(),
+        (true, true) => match netascii_len(&src) {
+            Ok(n) => n,
+            Err(e) => return refuse(2, format!("{}: {e}", req.filename)),
+        },
+        // Only the tsize option needs the converted size up front.
+        (true, false) => 0,
+    };
+    let neg = negotiate(&shared.cfg, &req, size);
+    let reader = if netascii {
+        Reader::Netascii(NetasciiReader::new(src))
+    } else {
+        Reader::Octet(BlockReader::new(src))
+    };
+    let retries = Retries {
+        max: shared.cfg.max_retries,
+        before_first_ack: if admission.unverified.is_some() {
+            shared.cfg.unverified_retries
+        } else {
+            shared.cfg.max_retries
+        },
+    };
+    let mut first_ack = || {
+        // The client answered from its address: it is real, not a forged source.
+        shared.admissions.verify(*peer.ip(), Instant::now());
+        admission.unverified = None;
+    };
     let start = Instant::now();
-    let outcome = send_file(&shared.cfg, sock, src, &neg, &shared.stop);
+    let outcome = send_file(sock, reader, &neg, retries, &mut first_ack, &shared.stop);
     let what = if is_virtual { "generated" } else { "file" };
     match outcome {
         Outcome::Sent(len) => {
@@ -517,8 +773,9 @@ fn serve_read_blocking(shared: &Shared, peer: SocketAddrV4, req: Request) {
                 ip,
                 step: "tftp",
                 detail: format!(
-                    "sent {what} {} ({len} bytes, blksize {}, window {}, {:.1} MB/s)",
+                    "sent {what} {} ({len} bytes, {}, blksize {}, window {}, {:.1} MB/s)",
                     req.filename,
+                    req.mode,
                     neg.blksize,
                     neg.window,
                     len as f64 / secs.max(1e-6) / 1e6
@@ -632,11 +889,21 @@ impl Conn {
     }
 }
 
+/// How often a packet is sent again when no ACK comes.
+#[derive(Debug, Clone, Copy)]
+struct Retries {
+    max: u32,
+    /// Before the client's first ACK: its address may be forged, and every packet sent
+    /// then may be aimed at someone else.
+    before_first_ack: u32,
+}
+
 fn send_file(
-    cfg: &TftpConfig,
     sock: std::net::UdpSocket,
-    src: Source,
+    mut reader: Reader,
     neg: &Negotiated,
+    retries: Retries,
+    first_ack: &mut dyn FnMut(),
     stop: &AtomicBool,
 ) -> Outcome {
     let mut sock = Conn {
@@ -645,7 +912,21 @@ fn send_file(
     };
     let mut rbuf = [0u8; 512];
     let backoff = |t: Duration| (t * 2).min(Duration::from_secs(10));
-    let size = src.len();
+    let mut acked_once = false;
+    let mut ack_seen = |acked_once: &mut bool| {
+        if !*acked_once {
+            *acked_once = true;
+            first_ack();
+        }
+    };
+    let give_up = |tries: u32, acked_once: bool| {
+        tries
+            > if acked_once {
+                retries.max
+            } else {
+                retries.before_first_ack
+            }
+    };
     if !neg.oack.is_empty() {
         let oack = encode_oack(&neg.oack);
         let mut timeout = neg.timeout;
@@ -655,7 +936,10 @@ fn send_file(
                 return Outcome::Failed(format!("send: {e}"));
             }
             match sock.recv_ack(&mut rbuf, timeout) {
-                Ok(Some(Packet::Ack(0))) => break,
+                Ok(Some(Packet::Ack(0))) => {
+                    ack_seen(&mut acked_once);
+                    break;
+                }
                 Ok(Some(Packet::Error { .. })) if neg.tsize_asked => return Outcome::Probe,
                 Ok(Some(Packet::Error { code, msg })) => {
                     return Outcome::Failed(format!("client refused options: error {code} {msg}"))
@@ -663,7 +947,7 @@ fn send_file(
                 Ok(Some(_)) => continue,
                 Ok(None) => {
                     tries += 1;
-                    if tries > cfg.max_retries || stop.load(Ordering::Relaxed) {
+                    if give_up(tries, acked_once) || stop.load(Ordering::Relaxed) {
                         return Outcome::Failed("no ACK for the option acknowledgement".into());
                     }
                     timeout = backoff(timeout);
@@ -673,10 +957,10 @@ fn send_file(
         }
     }
 
-    let mut reader = BlockReader::new(src);
     let blk = neg.blksize;
-    // Blocks 1..=last; the last one is shorter than blksize (possibly empty).
-    let last = size / blk as u64 + 1;
+    // Blocks 1..=last; the last one is shorter than blksize (possibly empty). Known once
+    // it has been read: a netascii source's size is not known up front.
+    let mut last: Option<(u64, u64)> = None;
     let mut acked: u64 = 0;
     let mut tries = 0;
     let mut timeout = neg.timeout;
@@ -687,8 +971,9 @@ fn send_file(
             let _ = sock.send(&encode_error(0, "server shutting down"));
             return Outcome::Failed("server shutting down".into());
         }
-        let end = (acked + neg.window).min(last);
-        for b in acked + 1..=end {
+        let mut end = acked;
+        while end < acked + neg.window && last.is_none_or(|(l, _)| end < l) {
+            let b = end + 1;
             let data = match reader.get((b - 1) * blk as u64, blk) {
                 Ok(d) => d,
                 Err(e) => return Outcome::Failed(format!("read: {e}")),
@@ -696,9 +981,13 @@ fn send_file(
             let n = data.len();
             pkt[2..4].copy_from_slice(&(b as u16).to_be_bytes());
             pkt[4..4 + n].copy_from_slice(data);
+            if n < blk {
+                last = Some((b, (b - 1) * blk as u64 + n as u64));
+            }
             if let Err(e) = sock.send(&pkt[..4 + n]) {
                 return Outcome::Failed(format!("send: {e}"));
             }
+            end = b;
         }
         loop {
             match sock.recv_ack(&mut rbuf, timeout) {
@@ -717,11 +1006,15 @@ fn send_file(
                     if delta > end - acked {
                         continue;
                     }
+                    ack_seen(&mut acked_once);
                     acked += delta;
+                    reader.release(acked * blk as u64);
                     tries = 0;
                     timeout = neg.timeout;
-                    if acked == last {
-                        return Outcome::Sent(size);
+                    if let Some((l, size)) = last {
+                        if acked == l {
+                            return Outcome::Sent(size);
+                        }
                     }
                     continue 'send;
                 }
@@ -731,7 +1024,7 @@ fn send_file(
                 Ok(Some(_)) => continue,
                 Ok(None) => {
                     tries += 1;
-                    if tries > cfg.max_retries {
+                    if give_up(tries, acked_once) {
                         return Outcome::Failed(format!("timed out at block {}", acked + 1));
                     }
                     timeout = backoff(timeout);

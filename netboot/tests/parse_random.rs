@@ -1,10 +1,11 @@
 //! The fuzz targets' properties (netboot/fuzz/) as randomized tests that run in every
 //! `cargo test`: random and mutated DHCP/TFTP packets never panic the parsers or the DHCP
-//! engine, never produce short replies, and parsed TFTP requests round-trip.
+//! engine, never produce short replies, parsed TFTP requests round-trip, and HTTP Range
+//! headers never panic their parser.
 
 use std::sync::{Mutex, OnceLock};
 
-use ignite_netboot::testing::{check_tftp_round_trip, pxe_seed, Engines};
+use ignite_netboot::testing::{check_range_header, check_tftp_round_trip, pxe_seed, Engines};
 use ignite_netboot::tftp::{encode_rrq, parse, Packet};
 use proptest::prelude::*;
 
@@ -55,5 +56,17 @@ proptest! {
         let Ok(Packet::Read(r)) = parse(&pkt) else { panic!("valid request did not parse") };
         prop_assert_eq!(r.filename, name);
         prop_assert_eq!(r.options, vec![("blksize".to_string(), b), ("windowsize".to_string(), w)]);
+    }
+
+    #[test]
+    fn range_headers_never_panic_and_stay_canonical(
+        random in "(bytes|Bytes|items)? ?=? ?[0-9-, ]{0,20}",
+        raw in prop::collection::vec(any::<u8>(), 0..40),
+    ) {
+        for v in [random.as_bytes(), &raw[..]] {
+            if let Err(why) = check_range_header(v) {
+                prop_assert!(false, "{}", why);
+            }
+        }
     }
 }

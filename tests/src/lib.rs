@@ -174,7 +174,18 @@ pub fn fixture(name: &str) -> Vec<PathBuf> {
 }
 
 /// Polls `f` every 50 ms until it is true; panics naming `what` after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    wait_until(what, timeout, f, String::new)
+}
+
+/// As [`wait_for`], and on timeout the panic also carries `seen()`: what the test saw (a
+/// guest's console tail, the server log), so a failure in CI explains itself.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    seen: impl FnOnce() -> String,
+) {
     let t = Instant::now();
     while t.elapsed() < timeout {
         if f() {
@@ -182,7 +193,13 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
+    panic!("timed out after {timeout:?} waiting for {what}\n{}", seen());
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Parses `KEY=value` lines (as `env` prints them).

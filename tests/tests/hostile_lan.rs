@@ -23,7 +23,7 @@ const ATTACKER_MAC: &str = "52:54:00:66:00:01";
 const SLOW_MAC: &str = "52:54:00:66:00:02";
 /// The server's default `[limits]`.
 const PER_ADDRESS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// DISCOVERs a second from spoofed MACs while the guest boots: below what the default pool
 /// (100 addresses, unrequested offers reused after 2 s) recycles, 50 a second, so a new
 /// client still gets an address. Faster floods starve clients without a lease (README,

@@ -154,10 +154,15 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
     // The server dies (SIGKILL) while guests are extracting and comes back: the agents
     // retry, resume where they were, and finish. (UEFI guests boot later than BIOS ones, so
     // not all four need be extracting at that moment.)
-    wait_for("guests to be extracting", Duration::from_secs(600), || {
-        let list = site.ignite(&["client", "list"]);
-        list.lines().filter(|l| l.contains("extracting")).count() >= 2
-    });
+    wait_until(
+        "guests to be extracting",
+        Duration::from_secs(600),
+        || {
+            let list = site.ignite(&["client", "list"]);
+            list.lines().filter(|l| l.contains("extracting")).count() >= 2
+        },
+        || seen(&site, &server, &guests),
+    );
     server.kill();
     std::thread::sleep(Duration::from_secs(5));
     let server = site.server(&lab, "");
@@ -236,7 +241,7 @@ fn broken_profile_missing_archive_and_small_disk_fail_clearly() {
     let ghost = profile(&[]).replace("archive = \"debian-12\"", "archive = \"no-such-image\"");
     let site = Site::new(&[("lab", profile(&[])), ("broken", broken), ("ghost", ghost)]);
     let lab = Lab::new("instfail");
-    let _server = site.server(&lab, "");
+    let server = site.server(&lab, "");
     let cases = [
         ("broken", 4u64 << 30, "broken.toml"),
         ("ghost", 4 << 30, "no-such-image"),
@@ -261,19 +266,36 @@ fn broken_profile_missing_archive_and_small_disk_fail_clearly() {
     }
     let t = Instant::now();
     for (g, (_, _, why)) in guests.iter().zip(cases.iter()) {
-        wait_for(
+        wait_until(
             &format!("{} to report its failure", g.name),
             Duration::from_secs(600),
             || {
                 let show = site.ignite(&["client", "show", &g.name]);
                 show.contains("failed") && show.contains(why)
             },
+            || seen(&site, &server, &guests),
         );
-        wait_for(
+        wait_until(
             &format!("{}'s console to show the error", g.name),
             Duration::from_secs(60),
             || g.console().contains(why),
+            || seen(&site, &server, &guests),
         );
     }
     eprintln!("three failures reported after {:?}", t.elapsed());
+}
+
+/// What a failing test saw: every guest's console tail, the clients, the server log tail.
+fn seen(site: &Site, server: &Server, guests: &[Guest]) -> String {
+    let mut out = String::new();
+    for g in guests {
+        out += &format!(
+            "--- {} console (tail):\n{}\n",
+            g.name,
+            tail(&strip_ansi(&g.console()), 40)
+        );
+    }
+    out += &format!("--- clients:\n{}\n", site.ignite(&["client", "list"]));
+    out += &format!("--- server log (tail):\n{}", tail(&server.log_text(), 60));
+    out
 }

@@ -254,7 +254,7 @@ pub fn run(args: Args) -> Result<()> {
                     ignite_archive::import_image::import_image(
                         &store,
                         ImageSource {
-                            path: &img,
+                            reader: &ignite_archive::FileImage::open(&img)?,
                             changed: None,
                         },
                         &opts,

@@ -11,6 +11,7 @@ mod netboot;
 mod netboot_bench;
 mod profile;
 mod progress;
+mod recovery;
 mod server;
 mod vm;
 
@@ -44,6 +45,8 @@ pub enum Command {
     Vm(vm::Args),
     /// Install profiles: check them, render a client's install plan.
     Profile(profile::Args),
+    /// Captures of guests and clients (make_net_recovery): capture, history, records.
+    Recovery(recovery::RecoveryArgs),
     /// Install a profile onto a disk of this machine from a local store.
     Install(install::Args),
     /// The install agent's parts by hand (DHCP, a whole network install).
@@ -63,6 +66,11 @@ impl Command {
             Command::Netboot(a) => netboot::run(a),
             Command::Vm(a) => a.run(),
             Command::Profile(a) => profile::run(a),
+            Command::Recovery(a) => {
+                // Captures write store packs and snapshots of whole systems: private.
+                crate::state::private_umask();
+                recovery::run(a)
+            }
             Command::Install(a) => install::run(a),
             Command::Agent(a) => agent::run(a),
             Command::InstallExtract(a) => install_extract::run(a),
@@ -82,4 +90,18 @@ pub fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// `s` with control characters shown as escapes: names and messages that came from the
+/// network or a guest must not drive the admin's terminal.
+pub fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }

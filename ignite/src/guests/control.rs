@@ -1,7 +1,9 @@
 //! A running guest's control socket: one JSON request per line, one JSON reply per line.
 //! `{"cmd":"status"}` → `{"state":"running","pid":..,"engine":"qemu","started":..,"why":..}`;
 //! `{"cmd":"stop","force":false}` → `{"ok":true}` (the guest is then asked to power off, or
-//! with `force` ended at once). Later capture hooks become more commands here.
+//! with `force` ended at once); `{"cmd":"capture"}` turns the connection into a capture
+//! session (`guests::capture`). Each connection is served on its own thread, so a long
+//! capture does not keep `status` or `stop` waiting.
 //!
 //! Only the supervisor's own user (or root) is served: the socket is 0600 in a 0700
 //! directory, and each connection's peer credentials are checked as well.
@@ -22,6 +24,10 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Starts a capture session on this connection (see `guests::capture`).
+    Capture,
+    /// What each disk's change tracking holds since the last capture, without capturing.
+    Changes,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,8 +45,15 @@ pub struct Status {
 #[serde(untagged)]
 pub enum Reply {
     Status(Status),
-    Ok { ok: bool },
-    Error { error: String },
+    Changes {
+        changes: Vec<super::capture::Pending>,
+    },
+    Ok {
+        ok: bool,
+    },
+    Error {
+        error: String,
+    },
 }
 
 /// Sends one request; `None` when nothing answers on `path` (no guest running there).
@@ -54,9 +67,13 @@ pub fn ask(path: &Path, req: &Request) -> Result<Option<Reply>> {
     s.write_all(line.as_bytes())
         .with_context(|| format!("control socket {}", path.display()))?;
     let mut answer = String::new();
-    BufReader::new(s)
-        .read_line(&mut answer)
-        .with_context(|| format!("control socket {}: no answer", path.display()))?;
+    match BufReader::new(s).read_line(&mut answer) {
+        // The supervisor went away between accepting and answering: the guest just stopped.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+        r => {
+            r.with_context(|| format!("control socket {}: no answer", path.display()))?;
+        }
+    }
     if answer.is_empty() {
         return Ok(None);
     }
@@ -87,32 +104,73 @@ fn peer_allowed(conn: &UnixStream) -> bool {
     }
 }
 
-/// Serves requests on `listener` from a thread, answering with `handle`.
-pub fn serve(listener: UnixListener, handle: impl Fn(Request) -> Reply + Send + 'static) {
+/// One JSON value per line each way on a Unix socket.
+pub struct LineConn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl LineConn {
+    pub fn new(stream: UnixStream) -> Result<LineConn> {
+        Ok(LineConn {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    pub fn send<T: Serialize>(&mut self, v: &T) -> Result<()> {
+        let mut text = serde_json::to_string(v)?;
+        text.push('\n');
+        self.writer.write_all(text.as_bytes())?;
+        Ok(())
+    }
+
+    /// The next value, `None` at end of stream; waits at most `limit` (forever: `None`).
+    pub fn recv<T: serde::de::DeserializeOwned>(
+        &mut self,
+        limit: Option<Duration>,
+    ) -> Result<Option<T>> {
+        self.writer.set_read_timeout(limit)?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_str(&line).with_context(|| {
+            format!("{:?} is not a valid message", line.trim())
+        })?))
+    }
+}
+
+/// Serves requests on `listener`, each connection on its own thread; `handle` answers a
+/// request (or, returning `None`, has answered on the connection itself).
+pub fn serve(
+    listener: UnixListener,
+    handle: impl Fn(Request, &mut LineConn) -> Option<Reply> + Send + Sync + 'static,
+) {
+    let handle = std::sync::Arc::new(handle);
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             if !peer_allowed(&conn) {
                 continue;
             }
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-            let mut line = String::new();
-            let Ok(reader) = conn.try_clone() else {
+            let Ok(conn) = LineConn::new(conn) else {
                 continue;
             };
-            if BufReader::new(reader).read_line(&mut line).is_err() {
-                continue;
-            }
-            let reply = match serde_json::from_str::<Request>(&line) {
-                Ok(req) => handle(req),
-                Err(e) => Reply::Error {
-                    error: format!("control request {:?} is not valid: {e}", line.trim()),
-                },
-            };
-            if let Ok(mut text) = serde_json::to_string(&reply) {
-                text.push('\n');
-                let _ = (&conn).write_all(text.as_bytes());
-            }
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let reply = match conn.recv::<Request>(Some(Duration::from_secs(10))) {
+                    Ok(Some(req)) => handle(req, &mut conn),
+                    Ok(None) => None,
+                    Err(e) => Some(Reply::Error {
+                        error: format!("control request: {e:#}"),
+                    }),
+                };
+                if let Some(r) = reply {
+                    let _ = conn.send(&r);
+                }
+            });
         }
     });
 }
@@ -168,7 +226,7 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         // Reachable by anyone as a file: only the credentials check stands in the way.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
-        serve(listener, |_| Reply::Ok { ok: true });
+        serve(listener, |_, _| Some(Reply::Ok { ok: true }));
         assert!(matches!(
             ask(&path, &Request::Status).unwrap(),
             Some(Reply::Ok { ok: true })

@@ -7,9 +7,11 @@
 //! the console printed). A running guest is one detached supervisor process running one
 //! engine: the bundled monitor or QEMU (`qemu`). Nothing outside this module knows which.
 
+pub mod capture;
 pub mod control;
 pub mod definition;
 pub mod qemu;
+pub mod qemu_capture;
 pub mod supervisor;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,12 @@ impl Paths {
     pub fn new(state_dir: &Path, name: &str) -> Paths {
         Paths {
             dir: guest_dir(state_dir, name),
+        }
+    }
+    /// The files of the guest directory `dir`.
+    pub fn new_at(dir: &Path) -> Paths {
+        Paths {
+            dir: dir.to_path_buf(),
         }
     }
     pub fn control(&self) -> PathBuf {

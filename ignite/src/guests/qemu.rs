@@ -1,5 +1,9 @@
 //! The QEMU engine: the same definition under `qemu-system-x86_64` (same disk files, MACs,
 //! taps on the same bridges, console on the same socket and log), stopped through QMP.
+//!
+//! Disks are `-blockdev` nodes named `disk0`, `disk1`, ... on devices `vd0`, `vd1`, ...: the
+//! capture session (`qemu_capture`) adds dirty bitmaps and a copy-before-write filter to
+//! them by name. QEMU starts paused (`-S`) so the first bitmap sees every write.
 
 use super::{Boot, Bus, Definition, Paths};
 use anyhow::{bail, Context, Result};
@@ -23,18 +27,22 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
         .args(["-machine", "pc", "-accel", if kvm { "kvm" } else { "tcg" }])
         .args(["-m", &format!("{}M", def.mem >> 20)])
         .args(["-smp", &def.cpus.to_string()])
-        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot", "-S"])
         .args(["-chardev", &chardev, "-serial", "chardev:con"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", paths.qmp().display()));
     for (i, d) in def.disks.iter().enumerate() {
-        c.arg("-drive").arg(format!(
-            "file={},format=raw,if=none,id=disk{i}",
-            d.path.display()
-        ));
+        let file = serde_json::json!({"driver": "file", "filename": d.path, "node-name": format!("file{i}")});
+        let raw = serde_json::json!({"driver": "raw", "file": format!("file{i}"), "node-name": format!("disk{i}")});
+        c.arg("-blockdev").arg(file.to_string());
+        c.arg("-blockdev").arg(raw.to_string());
         c.arg("-device").arg(match def.disk_bus {
-            Bus::Avio => format!("virtio-blk-pci,drive=disk{i}"),
-            Bus::Vio => format!("ide-hd,drive=disk{i},bus=ide.{},unit={}", i / 2, i % 2),
+            Bus::Avio => format!("virtio-blk-pci,drive=disk{i},id=vd{i}"),
+            Bus::Vio => format!(
+                "ide-hd,drive=disk{i},id=vd{i},bus=ide.{},unit={}",
+                i / 2,
+                i % 2
+            ),
         });
     }
     for (i, n) in def.nics.iter().enumerate() {
@@ -104,20 +112,32 @@ impl Qmp {
 
     /// Runs a command and waits for its return (skipping events).
     pub fn execute(&mut self, cmd: &str) -> Result<()> {
-        writeln!(self.stream, "{{\"execute\":\"{cmd}\"}}")?;
+        self.call(cmd, serde_json::Value::Null).map(|_| ())
+    }
+
+    /// Runs `cmd` with `args` (an object, or null for none); its `return` value.
+    pub fn call(&mut self, cmd: &str, args: serde_json::Value) -> Result<serde_json::Value> {
+        let mut req = serde_json::json!({ "execute": cmd });
+        if !args.is_null() {
+            req["arguments"] = args;
+        }
+        writeln!(self.stream, "{req}")?;
         loop {
             let mut line = String::new();
             if self.reader.read_line(&mut line)? == 0 {
                 // QEMU closes QMP as it quits.
-                return Ok(());
+                return Ok(serde_json::Value::Null);
             }
             let v: serde_json::Value =
                 serde_json::from_str(&line).with_context(|| format!("QMP: bad reply {line:?}"))?;
-            if v.get("return").is_some() {
-                return Ok(());
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
             }
             if let Some(e) = v.get("error") {
-                bail!("QMP {cmd}: {e}");
+                bail!(
+                    "QMP {cmd}: {}",
+                    e["desc"].as_str().unwrap_or(&e.to_string())
+                );
             }
         }
     }

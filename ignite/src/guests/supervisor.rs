@@ -7,7 +7,7 @@
 //! database and removes its runtime files.
 
 use super::control::{self, Reply, Request, Status};
-use super::{qemu, Boot, Bus, Definition, Engine, EngineChoice, Paths};
+use super::{capture, qemu, qemu_capture, Boot, Bus, Definition, Engine, EngineChoice, Paths};
 use crate::state::{now, State};
 use anyhow::{bail, Context, Result};
 use std::os::fd::AsRawFd;
@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 /// How long `start` waits for a supervisor to report its guest running.
 const START_LIMIT: Duration = Duration::from_secs(30);
+/// Longest a capture may hold a running guest's writes before the session is ended.
+const MAX_CAPTURE_HOLD: Duration = Duration::from_secs(1800);
 
 /// The engine for `choice`, whether QEMU may use KVM (only where guest kernel code runs at
 /// hardware speed: nested KVM without it is slower than TCG), and why, in words for the user.
@@ -237,27 +239,40 @@ pub fn supervise(
     result.map(|_| ())
 }
 
-/// Serves the control socket; `stop(force)` ends or powers off the guest.
+/// Serves the control socket; `stop(force)` ends or powers off the guest, `capture` serves a
+/// capture session on the connection and returns how it ended (logged).
 fn serve_control(
     paths: &Paths,
     status: Status,
     requested: Arc<AtomicBool>,
-    stop: impl Fn(bool) -> Result<()> + Send + 'static,
+    stop: impl Fn(bool) -> Result<()> + Send + Sync + 'static,
+    capture: impl Fn(&mut control::LineConn) -> String + Send + Sync + 'static,
+    changes: impl Fn() -> Result<Vec<capture::Pending>> + Send + Sync + 'static,
 ) -> Result<()> {
     let _ = std::fs::remove_file(paths.control());
     let listener = std::os::unix::net::UnixListener::bind(paths.control())
         .with_context(|| format!("control socket {}: cannot bind", paths.control().display()))?;
-    control::serve(listener, move |req| match req {
-        Request::Status => Reply::Status(status.clone()),
+    control::serve(listener, move |req, conn| match req {
+        Request::Status => Some(Reply::Status(status.clone())),
         Request::Stop { force } => {
             requested.store(true, Ordering::SeqCst);
-            match stop(force) {
+            Some(match stop(force) {
                 Ok(()) => Reply::Ok { ok: true },
                 Err(e) => Reply::Error {
                     error: format!("{e:#}"),
                 },
-            }
+            })
         }
+        Request::Capture => {
+            eprintln!("capture session: {}", capture(conn));
+            None
+        }
+        Request::Changes => Some(match changes() {
+            Ok(changes) => Reply::Changes { changes },
+            Err(e) => Reply::Error {
+                error: format!("{e:#}"),
+            },
+        }),
     });
     Ok(())
 }
@@ -340,14 +355,27 @@ fn run_bundled(
 ) -> Result<String> {
     let vm = ignite_vmm::Vm::new(&bundled_config(def, paths)?)?;
     let signal = vm.stop_signal();
+    let trackers = vm.change_trackers();
     // No ACPI on the bundled monitor: a stop ends the run (vCPUs stopped, then the devices
     // and image files closed), forced or not.
-    serve_control(paths, status, requested, move |_force| {
-        signal.stop(ignite_vmm::StopReason::PowerOff);
-        Ok(())
-    })?;
-    let out = vm.run(None).context("running the guest")?;
-    Ok(out.reason.to_string())
+    serve_control(
+        paths,
+        status,
+        requested,
+        move |_force| {
+            signal.stop(ignite_vmm::StopReason::PowerOff);
+            Ok(())
+        },
+        {
+            let trackers = trackers.clone();
+            move |conn| capture::serve(&trackers, conn, MAX_CAPTURE_HOLD)
+        },
+        move || Ok(capture::pending_tracked(&trackers, true)),
+    )?;
+    let out = vm.run(None).context("running the guest");
+    let images: Vec<_> = def.disks.iter().map(|d| d.path.clone()).collect();
+    capture::refresh_base_stamps(&images);
+    Ok(out?.reason.to_string())
 }
 
 fn run_qemu(
@@ -358,6 +386,11 @@ fn run_qemu(
     requested: Arc<AtomicBool>,
 ) -> Result<String> {
     use ignite_vmm::virtio::tap::Tap;
+    // QEMU keeps no change map on the images: what it writes must not look like nothing
+    // changed to the next capture.
+    for d in &def.disks {
+        capture::forget_base(&d.path);
+    }
     let taps = def
         .nics
         .iter()
@@ -397,10 +430,43 @@ fn run_qemu(
             return Err(e);
         }
     };
-    serve_control(paths, status, requested, move |force| {
+    let bitmaps = {
         let mut q = qmp.lock().unwrap_or_else(|e| e.into_inner());
-        q.execute(if force { "quit" } else { "system_powerdown" })
-    })?;
+        match qemu_capture::start(&mut q, def.disks.len()) {
+            Ok(b) => Arc::new(Mutex::new(b)),
+            Err(e) => {
+                drop(q);
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.context("cannot start QEMU's dirty bitmaps"));
+            }
+        }
+    };
+    let (def_capture, paths_capture) = (def.clone(), Paths::new_at(&paths.dir));
+    let qmp_stop = qmp.clone();
+    serve_control(
+        paths,
+        status,
+        requested,
+        move |force| {
+            let mut q = qmp_stop.lock().unwrap_or_else(|e| e.into_inner());
+            q.execute(if force { "quit" } else { "system_powerdown" })
+        },
+        {
+            let (qmp, bitmaps) = (qmp.clone(), bitmaps.clone());
+            move |conn| {
+                qemu_capture::serve(
+                    &qmp,
+                    &bitmaps,
+                    &def_capture,
+                    &paths_capture,
+                    conn,
+                    MAX_CAPTURE_HOLD,
+                )
+            }
+        },
+        move || qemu_capture::pending(&qmp, &bitmaps),
+    )?;
     let code = child.wait()?;
     drop(taps);
     Ok(if code.success() {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ignite_netboot::dhcp::{DhcpConfig, DhcpLimits, RateLimit, RelayPool, Reservation};
+use ignite_netboot::http::HttpLimits;
+use ignite_netboot::tftp::TftpConfig;
 use ignite_netboot::MacAddr;
 use serde::Deserialize;
 
@@ -27,6 +29,8 @@ pub struct Config {
     pub store: Option<PathBuf>,
     /// Memory for chunks shared by concurrent installs.
     pub chunk_cache_mib: u64,
+    /// Scheduled captures running at once, at most.
+    pub max_captures: usize,
     pub network: Network,
     pub boot: Boot,
     pub install: Install,
@@ -104,13 +108,16 @@ pub struct Limits {
     /// Open HTTP connections, in all and from one address.
     pub http_connections: usize,
     pub http_connections_per_address: usize,
-    /// A request's headers must arrive within this (and an idle keep-alive connection is
+    /// A request's head must arrive within this (and an idle keep-alive connection is
     /// closed after it).
     pub http_header_timeout_secs: u64,
     /// A request must be read and answered (up to its body's first byte) within this.
     pub http_request_timeout_secs: u64,
-    /// A connection whose peer takes nothing we send for this long is closed.
-    pub http_send_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this long is closed.
+    pub http_idle_timeout_secs: u64,
+    /// TFTP transfers running at once, in all and for one client address.
+    pub tftp_transfers: usize,
+    pub tftp_transfers_per_client: usize,
     /// Chunk batch requests served at once (the others wait).
     pub chunk_batches: usize,
     /// Boot log rows kept per client MAC and in all.
@@ -130,16 +137,21 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         let dhcp = DhcpLimits::default();
+        let http = HttpLimits::default();
+        // netboot's defaults (the other fields do not matter here).
+        let tftp = TftpConfig::new(PathBuf::new(), Ipv4Addr::UNSPECIFIED, None, String::new());
         let rate = |r: Option<RateLimit>| match r {
             Some(r) => format!("{}/{}", r.burst, r.per_minute),
             None => "off".into(),
         };
         Limits {
-            http_connections: 512,
-            http_connections_per_address: 64,
-            http_header_timeout_secs: 10,
+            http_connections: http.max_connections,
+            http_connections_per_address: http.max_per_client,
+            http_header_timeout_secs: http.header_timeout.as_secs(),
             http_request_timeout_secs: 120,
-            http_send_timeout_secs: 60,
+            http_idle_timeout_secs: http.idle_timeout.as_secs(),
+            tftp_transfers: tftp.max_transfers,
+            tftp_transfers_per_client: tftp.max_per_client,
             chunk_batches: 32,
             boot_log_per_client: 500,
             boot_log_total: 200_000,
@@ -188,6 +200,8 @@ impl Limits {
                 "http_connections_per_address",
                 self.http_connections_per_address,
             ),
+            ("tftp_transfers", self.tftp_transfers),
+            ("tftp_transfers_per_client", self.tftp_transfers_per_client),
             ("chunk_batches", self.chunk_batches),
             ("boot_log_per_client", self.boot_log_per_client),
             ("boot_log_total", self.boot_log_total),
@@ -200,7 +214,7 @@ impl Limits {
         for (name, v) in [
             ("http_header_timeout_secs", self.http_header_timeout_secs),
             ("http_request_timeout_secs", self.http_request_timeout_secs),
-            ("http_send_timeout_secs", self.http_send_timeout_secs),
+            ("http_idle_timeout_secs", self.http_idle_timeout_secs),
         ] {
             if v == 0 {
                 bail!(
@@ -228,6 +242,7 @@ impl Default for Config {
             profiles_dir: None,
             store: None,
             chunk_cache_mib: 256,
+            max_captures: 2,
             network: Network::default(),
             boot: Boot::default(),
             install: Install::default(),
@@ -612,10 +627,16 @@ mod tests {
         // The defaults are netboot's own.
         let d = Config::default().limits.dhcp().unwrap();
         assert_eq!(d, DhcpLimits::default());
+        let h = crate::server::serve::http_limits(&Config::default().limits);
+        assert_eq!(h, HttpLimits::default());
         for (text, want) in [
             ("[limits]\ndhcp_per_mac = \"fast\"\n", "dhcp_per_mac"),
             ("[limits]\ndhcp_per_port = \"0/10\"\n", "per-port"),
             ("[limits]\nhttp_connections = 0\n", "http_connections"),
+            (
+                "[limits]\ntftp_transfers_per_client = 0\n",
+                "tftp_transfers_per_client",
+            ),
             (
                 "[limits]\nhttp_header_timeout_secs = 0\n",
                 "http_header_timeout_secs",

@@ -6,4 +6,5 @@ pub mod config;
 pub mod install_api;
 pub mod provider;
 pub mod run;
+pub mod scheduler;
 pub mod serve;

@@ -17,7 +17,7 @@ use super::admin::{self, AdminToken};
 use super::config::{resolve, Config, Resolved, LAB_ADDRESS, LAB_INTERFACE};
 use super::install_api::InstallApi;
 use super::provider::{RegistryProvider, StepWriter};
-use super::serve::{self, HttpLimits};
+use super::serve;
 use crate::state::boot_log::BootLogCaps;
 use crate::state::State;
 
@@ -221,6 +221,13 @@ pub fn run(cfg: Config) -> Result<()> {
     let admin_token = Arc::new(AdminToken::load_or_create(&cfg.state_dir)?);
     let fallback = cfg.default_action()?;
     let dhcp_limits = cfg.limits.dhcp()?;
+    let stop_scheduler = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scheduler = super::scheduler::Scheduler {
+        state_dir: cfg.state_dir.clone(),
+        store_dir: cfg.store_dir(),
+        max_running: cfg.max_captures.max(1),
+    }
+    .spawn(stop_scheduler.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -280,6 +287,8 @@ pub fn run(cfg: Config) -> Result<()> {
                 if let Some(b) = cfg.network.tftp_max_blksize {
                     tc.max_blksize = b.clamp(512, tftp::MAX_BLKSIZE);
                 }
+                tc.max_transfers = cfg.limits.tftp_transfers;
+                tc.max_per_client = cfg.limits.tftp_transfers_per_client;
                 let sock = tftp::bind(&tc)?;
                 services.push(format!(
                     "{}: TFTP {}:69 (blksize <= {})",
@@ -315,10 +324,10 @@ pub fn run(cfg: Config) -> Result<()> {
             admin::routes(state.clone()).merge(install_api.admin_router()),
             admin_token.clone(),
         ));
-        let (rx, limits) = (stop_rx.clone(), HttpLimits::from_config(&cfg.limits));
+        let (rx, limits) = (stop_rx.clone(), cfg.limits.clone());
         tasks.spawn(async move {
-            serve::serve(listener, app, limits, rx).await;
-            ("HTTP".to_string(), Ok(()))
+            let r = serve::serve(listener, app, &limits, rx).await;
+            ("HTTP".to_string(), r.map_err(|e| e.to_string()))
         });
         let (rx, st, ttl_secs) = (stop_rx.clone(), state.clone(), cfg.install.token_ttl_secs);
         tasks.spawn(async move {
@@ -375,6 +384,10 @@ pub fn run(cfg: Config) -> Result<()> {
     });
     // A transfer thread still waiting for a vanished client must not hold the exit.
     rt.shutdown_timeout(Duration::from_secs(1));
+    // Captures already running are left to end with the process: each leaves a store that
+    // verifies, and its history row is marked interrupted at the next capture of its name.
+    stop_scheduler.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = scheduler.join();
     result
 }
 

@@ -66,9 +66,40 @@ const V1: &str = "
         guest TEXT NOT NULL
     );";
 
-/// Version 2 (issue 18): an install token is bound to the address it was handed to and
-/// expires; the install log's size is kept to cap it.
+/// Version 2: capture history (one row per attempt, failed ones too) and capture schedules.
 const V2: &str = "
+    CREATE TABLE captures (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        how TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER,
+        result TEXT NOT NULL,
+        error TEXT,
+        record TEXT,
+        logical_bytes INTEGER NOT NULL DEFAULT 0,
+        read_bytes INTEGER NOT NULL DEFAULT 0,
+        new_bytes INTEGER NOT NULL DEFAULT 0,
+        pause_ms INTEGER NOT NULL DEFAULT 0,
+        notes TEXT NOT NULL DEFAULT '',
+        boot_check TEXT
+    );
+    CREATE INDEX captures_name ON captures(name, id);
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        at_minute INTEGER NOT NULL,
+        every_secs INTEGER NOT NULL,
+        policy TEXT NOT NULL,
+        options TEXT NOT NULL,
+        next_run INTEGER NOT NULL,
+        last_run INTEGER,
+        last_result TEXT
+    );";
+
+/// Version 3 (issue 18): an install token is bound to the address it was handed to and
+/// expires; the install log's size is kept to cap it.
+const V3: &str = "
     ALTER TABLE installs ADD COLUMN bound_ip TEXT;
     ALTER TABLE installs ADD COLUMN expires_ms INTEGER;
     ALTER TABLE installs ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
@@ -79,7 +110,7 @@ type Step = &'static [&'static str];
 
 /// ignite-netboot owns the lease table's schema ([`LEASE_MIGRATIONS`]); each of its steps is
 /// applied here, in order, as part of one of ours.
-const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2]];
+const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3]];
 
 /// The schema version this binary writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -9,10 +9,12 @@
 //! database newer than this binary is refused, since writing it could lose what it holds.
 
 pub mod boot_log;
+pub mod captures;
 pub mod clients;
 pub mod guests;
 pub mod installs;
 mod migrations;
+pub mod schedules;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -36,7 +38,8 @@ pub struct State {
 }
 
 /// Files created from now on are private to the owner (0600 files, 0700 directories):
-/// for the commands that write state, secrets and images (`server`, `archive`, guests).
+/// for the commands that write state, secrets and images (`server`, `archive`, `recovery`,
+/// guests).
 pub fn private_umask() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
@@ -84,12 +87,22 @@ impl State {
         let path = db_path(state_dir);
         restrict(state_dir, 0o700)?;
         // Created 0600 before SQLite opens it; SQLite gives -wal and -shm the same mode.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
+        // Never opened here when it exists: closing any descriptor of the file drops this
+        // process's POSIX locks on it, those of open connections included.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
             .mode(0o600)
             .open(&path)
-            .with_context(|| format!("state database {}: cannot create it", path.display()))?;
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("state database {}: cannot create it", path.display())
+                })
+            }
+        }
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let p = PathBuf::from(format!("{}{suffix}", path.display()));
             if p.exists() {
@@ -204,6 +217,41 @@ mod tests {
         let wal = PathBuf::from(format!("{}-wal", db_path(&st).display()));
         assert_eq!(mode(&wal), 0o600, "SQLite copies the database's mode");
         drop(s);
+    }
+
+    /// POSIX locks this process holds on `path` (from /proc/locks).
+    fn locks_on(path: &Path) -> usize {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(path).unwrap().ino();
+        let pid = std::process::id().to_string();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // "1: POSIX ADVISORY READ <pid> <maj>:<min>:<inode> <start> <end>"
+                f.get(1) == Some(&"POSIX")
+                    && f.get(4) == Some(&pid.as_str())
+                    && f.get(5).and_then(|d| d.rsplit(':').next()) == Some(&ino.to_string())
+            })
+            .count()
+    }
+
+    #[test]
+    fn opening_again_keeps_the_open_connections_locks() {
+        // POSIX locks belong to the process: closing any descriptor of the database file
+        // drops every connection's locks on it. Another process closing the database then
+        // takes itself for the last user, checkpoints and removes the WAL under this one
+        // (the server saw "disk I/O error" once its capture scheduler opened the state
+        // every second while `ignite recovery list` ran beside it).
+        let dir = tempfile::tempdir().unwrap();
+        let a = State::open(dir.path()).unwrap();
+        a.set_default_action(&Action::Local).unwrap();
+        let held = locks_on(&db_path(dir.path()));
+        assert!(held > 0, "an open WAL connection holds a shared lock");
+        drop(State::open(dir.path()).unwrap());
+        assert_eq!(locks_on(&db_path(dir.path())), held);
+        assert_eq!(a.default_action().unwrap(), Some(Action::Local));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 use super::*;
 use crate::boot::{BootPlan, FixedPlan};
+use crate::testing::text_with_line_ends;
 
 #[test]
 fn parses_requests_with_options() {
@@ -95,11 +96,92 @@ fn negotiation_clamps_and_ignores_bad_values() {
     );
     assert_eq!((n.blksize, n.window), (512, 1));
     assert!(n.oack.is_empty());
+    // A client-chosen timeout longer than ours is not acknowledged (RFC 2349 allows only
+    // the value asked for), so it cannot hold a slot for minutes.
+    let n = negotiate(&c, &req(&[("timeout", "255")]), 1);
+    assert_eq!(n.timeout, c.timeout);
+    assert!(n.oack.is_empty());
+    let n = negotiate(&c, &req(&[("timeout", "5")]), 1);
+    assert_eq!(n.timeout, Duration::from_secs(5));
 }
 
 #[test]
 fn netascii_conversion() {
-    assert_eq!(to_netascii(b"a\nb\rc"), b"a\r\nb\r\0c");
+    let mut out = Vec::new();
+    to_netascii(b"a\nb\rc", &mut out);
+    assert_eq!(out, b"a\r\nb\r\0c");
+}
+
+/// Undoes netascii as a client does: CR LF -> LF, CR NUL -> CR.
+fn from_netascii(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1)) {
+            (b'\r', Some(b'\n')) => {
+                out.push(b'\n');
+                i += 2;
+            }
+            (b'\r', Some(0)) => {
+                out.push(b'\r');
+                i += 2;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn netascii_streams_in_bounded_memory() {
+    let raw = text_with_line_ends(40 << 20);
+    let mut whole = Vec::new();
+    to_netascii(&raw, &mut whole);
+    assert_eq!(
+        netascii_len(&Source::Memory(raw.clone())).unwrap(),
+        whole.len() as u64
+    );
+    // Windows of 16 blocks of 1468, with a resend of the last window now and then.
+    let (blk, window) = (1468u64, 16u64);
+    let mut r = NetasciiReader::new(Source::Memory(raw));
+    let mut got = Vec::new();
+    let mut acked = 0u64;
+    let mut peak = 0;
+    loop {
+        let mut last = false;
+        for b in acked..acked + window {
+            let d = r.get(b * blk, blk as usize).unwrap().to_vec();
+            if b % 1000 == 7 {
+                // Lost: the same block is read again before the window moves.
+                assert_eq!(r.get(b * blk, blk as usize).unwrap(), &d[..]);
+            }
+            got.extend_from_slice(&d);
+            peak = peak.max(r.out.capacity());
+            if (d.len() as u64) < blk {
+                last = true;
+                break;
+            }
+        }
+        acked += window;
+        r.release(acked * blk);
+        if last {
+            break;
+        }
+    }
+    assert!(got == whole, "converted stream differs");
+    let bound = (window * blk) as usize + 2 * READ_AHEAD + READ_AHEAD;
+    assert!(
+        peak <= bound,
+        "kept {peak} bytes for a {} MiB file (bound {bound})",
+        whole.len() >> 20
+    );
+    assert!(
+        r.get(0, 512).is_err(),
+        "acknowledged data is gone and says so"
+    );
 }
 
 /// A minimal in-test client over loopback: checks blocks, rollover, windows and options
@@ -110,8 +192,18 @@ async fn fetch(
     opts: &[(&str, &str)],
     window: u64,
 ) -> std::result::Result<Vec<u8>, String> {
+    fetch_mode(server, name, "octet", opts, window).await
+}
+
+async fn fetch_mode(
+    server: SocketAddrV4,
+    name: &str,
+    mode: &str,
+    opts: &[(&str, &str)],
+    window: u64,
+) -> std::result::Result<Vec<u8>, String> {
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    sock.send_to(&encode_rrq(name, "octet", opts), server)
+    sock.send_to(&encode_rrq(name, mode, opts), server)
         .await
         .unwrap();
     let mut buf = vec![0u8; 70000];
@@ -156,7 +248,10 @@ async fn fetch(
 }
 
 async fn start(root: PathBuf) -> (SocketAddrV4, watch::Sender<bool>) {
-    let mut c = cfg(root);
+    start_with(cfg(root)).await
+}
+
+async fn start_with(mut c: TftpConfig) -> (SocketAddrV4, watch::Sender<bool>) {
     c.port = 0;
     let sock = bind(&c).unwrap();
     let SocketAddr::V4(addr) = sock.local_addr().unwrap() else {
@@ -247,21 +342,7 @@ async fn tsize_probe_then_real_transfer_and_write_refused() {
 async fn lost_ack_is_retransmitted() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![5u8; 700]).unwrap();
-    let mut c = cfg(dir.path().to_path_buf());
-    c.port = 0;
-    c.timeout = Duration::from_millis(100);
-    let sock = bind(&c).unwrap();
-    let SocketAddr::V4(srv) = sock.local_addr().unwrap() else {
-        panic!()
-    };
-    let (_tx, rx) = watch::channel(false);
-    tokio::spawn(run(
-        c,
-        sock,
-        Arc::new(FixedPlan(BootPlan::Local)),
-        Arc::new(ClientMap::default()),
-        rx,
-    ));
+    let (srv, _stop) = start_with(quick(dir.path().to_path_buf())).await;
     let cl = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     cl.send_to(&encode_rrq("f", "octet", &[]), srv)
         .await
@@ -280,4 +361,126 @@ async fn lost_ack_is_retransmitted() {
         parse(&buf[..n]).unwrap(),
         Packet::Data { block: 2, len: 188 }
     );
+}
+
+#[tokio::test]
+async fn netascii_above_16_mib_is_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = text_with_line_ends(17 << 20);
+    std::fs::write(dir.path().join("big.txt"), &raw).unwrap();
+    let (srv, _stop) = start(dir.path().to_path_buf()).await;
+    let got = fetch_mode(
+        srv,
+        "big.txt",
+        "netascii",
+        &[("blksize", "1468"), ("windowsize", "16")],
+        16,
+    )
+    .await
+    .unwrap();
+    assert!(from_netascii(&got) == raw, "netascii round trip differs");
+}
+
+/// Packets that arrive at `sock` until it has been quiet for `quiet`.
+async fn drain(sock: &UdpSocket, quiet: Duration) -> Vec<Packet> {
+    let mut buf = [0u8; 2048];
+    let mut got = Vec::new();
+    while let Ok(r) = tokio::time::timeout(quiet, sock.recv_from(&mut buf)).await {
+        let (n, _) = r.unwrap();
+        got.push(parse(&buf[..n]).unwrap());
+    }
+    got
+}
+
+fn quick(root: PathBuf) -> TftpConfig {
+    let mut c = cfg(root);
+    c.timeout = Duration::from_millis(100);
+    c
+}
+
+#[tokio::test]
+async fn a_forged_request_is_answered_twice_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![7u8; 5000]).unwrap();
+    let (srv, _stop) = start_with(quick(dir.path().to_path_buf())).await;
+    // The "client" never answers, as a victim whose address was forged would not.
+    let victim = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    victim
+        .send_to(&encode_rrq("f", "octet", &[]), srv)
+        .await
+        .unwrap();
+    let got = drain(&victim, Duration::from_secs(3)).await;
+    assert_eq!(
+        got,
+        vec![Packet::Data { block: 1, len: 512 }; 2],
+        "the first block and one resend, nothing more"
+    );
+    // With options, not even one DATA packet before the client ACKs.
+    victim
+        .send_to(
+            &encode_rrq("f", "octet", &[("blksize", "1468"), ("windowsize", "8")]),
+            srv,
+        )
+        .await
+        .unwrap();
+    let got = drain(&victim, Duration::from_secs(3)).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|p| matches!(p, Packet::Oack(_))), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_acked_gets_every_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![7u8; 700]).unwrap();
+    let mut c = quick(dir.path().to_path_buf());
+    c.max_retries = 4;
+    let (srv, _stop) = start_with(c).await;
+    let client = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    client
+        .send_to(&encode_rrq("f", "octet", &[]), srv)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (_, from) = client.recv_from(&mut buf).await.unwrap();
+    client.send_to(&[0, 4, 0, 1], from).await.unwrap();
+    // Block 2 (the last) is never ACKed: a proven client gets the full retries.
+    let got = drain(&client, Duration::from_secs(3)).await;
+    assert_eq!(got, vec![Packet::Data { block: 2, len: 188 }; 5]);
+}
+
+#[tokio::test]
+async fn transfers_are_limited_per_client_and_for_unproven_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![7u8; 5000]).unwrap();
+    let mut c = cfg(dir.path().to_path_buf());
+    // Long enough that unanswered transfers are still running while we look.
+    c.timeout = Duration::from_secs(4);
+    c.max_per_client = 2;
+    c.max_transfers = 6;
+    let (srv, _stop) = start_with(c).await;
+    // 127.0.0.1 completes a transfer: from now on it is a proven client.
+    assert_eq!(fetch(srv, "f", &[], 1).await.unwrap().len(), 5000);
+    let ask = |ip: &'static str| async move {
+        let s = UdpSocket::bind(format!("{ip}:0")).await.unwrap();
+        s.send_to(&encode_rrq("f", "octet", &[]), srv)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let answered = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf))
+            .await
+            .is_ok();
+        (s, answered)
+    };
+    // One address: two transfers, the third is refused.
+    let (_a, ok1) = ask("127.0.0.4").await;
+    let (_b, ok2) = ask("127.0.0.4").await;
+    let (_c, ok3) = ask("127.0.0.4").await;
+    assert_eq!((ok1, ok2, ok3), (true, true, false));
+    // Clients that never ACKed hold at most half the slots (3 of 6): 127.0.0.4 has two,
+    // 127.0.0.5 gets the third, 127.0.0.6 none.
+    let (_d, ok4) = ask("127.0.0.5").await;
+    let (_e, ok5) = ask("127.0.0.6").await;
+    assert_eq!((ok4, ok5), (true, false));
+    // A client that has ACKed before still gets a slot.
+    assert_eq!(fetch(srv, "f", &[], 1).await.unwrap().len(), 5000);
 }

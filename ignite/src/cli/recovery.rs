@@ -1,0 +1,519 @@
+//! `ignite recovery`: captures of guests and clients (`make_net_recovery`), their history and
+//! records.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use ignite_archive::Store;
+use ignite_profiles::human;
+use ignite_recovery::capture::diff as capture_diff;
+use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
+
+use crate::guests::capture::capture_guest;
+use crate::state::schedules::{parse_at, Keep};
+use crate::state::State;
+use ignite_recovery::capture::retention;
+
+#[derive(Args)]
+pub struct RecoveryArgs {
+    /// Directory of the server state (guests, clients, capture history).
+    #[arg(
+        long,
+        env = "IGNITE_STATE_DIR",
+        default_value = "/var/lib/ignite",
+        global = true
+    )]
+    state_dir: PathBuf,
+    /// The archive store captures go to (default: the server's, `<state-dir>/store`).
+    #[arg(long, env = "IGNITE_STORE", global = true)]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Capture a defined guest's disks now (running or stopped), reading only what changed
+    /// since its last capture when the change log allows.
+    Capture { name: String },
+    /// Capture history: every attempt, with what it read and stored.
+    List {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A capture's record: disks, layouts, file systems, identity, source.
+    Show {
+        /// NAME (its latest capture), NAME@latest or NAME@ID.
+        capture: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed between two captures of NAME (default: the last two; A and B are capture
+    /// ids or NAME@ID).
+    Diff {
+        name: String,
+        a: Option<String>,
+        b: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Paths listed per file system at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// What changed on guest NAME since its last capture, without capturing
+    /// (`check_net_recovery`): changed bytes per disk and file system.
+    Check {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Capture a guest on a schedule (run by `ignite server`), with retention after each
+    /// successful capture; `schedule list` and `schedule remove NAME` manage them.
+    Schedule(ScheduleArgs),
+    /// Apply a retention policy to a guest's captures now (then `ignite archive gc`).
+    Prune {
+        name: String,
+        #[command(flatten)]
+        keep: KeepArgs,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args)]
+struct ScheduleArgs {
+    /// The guest to capture; or `list`, or `remove NAME`.
+    words: Vec<String>,
+    /// First run of the day, HH:MM UTC.
+    #[arg(long, default_value = "02:00")]
+    at: String,
+    /// Repeat period, e.g. 1d, 12h, 1w.
+    #[arg(long, default_value = "1d")]
+    every: String,
+    #[command(flatten)]
+    keep: KeepArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct KeepArgs {
+    #[arg(long)]
+    keep_last: Option<u32>,
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    #[arg(long)]
+    keep_monthly: Option<u32>,
+}
+
+impl KeepArgs {
+    fn keep(&self) -> Keep {
+        Keep {
+            last: self.keep_last,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+        }
+    }
+}
+
+pub fn run(a: RecoveryArgs) -> Result<()> {
+    let store_dir = a.store.clone().unwrap_or_else(|| a.state_dir.join("store"));
+    match a.cmd {
+        Cmd::Capture { name } => capture(&a.state_dir, &store_dir, &name),
+        Cmd::List { name, json } => list(&a.state_dir, name.as_deref(), json),
+        Cmd::Show { capture, json } => show(&store_dir, &capture, json),
+        Cmd::Schedule(s) => schedule(&a.state_dir, s),
+        Cmd::Diff {
+            name,
+            a: from,
+            b: to,
+            json,
+            limit,
+        } => diff(&store_dir, &name, from, to, json, limit),
+        Cmd::Check { name, json } => check(&a.state_dir, &store_dir, &name, json),
+        Cmd::Prune {
+            name,
+            keep,
+            dry_run,
+        } => prune(&store_dir, &name, &keep.keep(), dry_run),
+    }
+}
+
+fn schedule(state_dir: &Path, a: ScheduleArgs) -> Result<()> {
+    let state = State::open(state_dir)?;
+    let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["list"] => {
+            let all = state.schedules()?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:>5} {:>8} {:<20} {:<24} LAST RESULT",
+                "NAME", "AT", "EVERY", "NEXT RUN (UTC)", "KEEP"
+            );
+            for s in all {
+                println!(
+                    "{:<16} {:>5} {:>8} {:<20} {:<24} {}",
+                    crate::cli::escape(&s.name),
+                    s.at(),
+                    period(s.every_secs),
+                    utc(s.next_run),
+                    keep_text(&s.keep),
+                    s.last_result
+                        .as_deref()
+                        .map(crate::cli::escape)
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        ["remove", name] => {
+            state.remove_schedule(name)?;
+            println!("schedule of {name} removed");
+            Ok(())
+        }
+        [name] => {
+            state
+                .guest(name)
+                .with_context(|| format!("schedules capture defined guests; {name} is not one"))?;
+            let every = ignite_archive::retention::parse_duration(&a.every)?;
+            let s = state.set_schedule(
+                name,
+                parse_at(&a.at)?,
+                every as u64,
+                &a.keep.keep(),
+                crate::clock::now(),
+            )?;
+            println!(
+                "{name}: captured at {} UTC every {}, keeping {}; next run {} UTC (by `ignite server`)",
+                s.at(),
+                period(s.every_secs),
+                keep_text(&s.keep),
+                utc(s.next_run)
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "use `ignite recovery schedule NAME --at HH:MM [--every 1d] [--keep-...]`, \
+             `schedule list` or `schedule remove NAME`"
+        ),
+    }
+}
+
+fn prune(store_dir: &Path, name: &str, keep: &Keep, dry_run: bool) -> Result<()> {
+    let store = Store::open(store_dir)?;
+    let r = retention::prune(&store, name, &keep.policy(), dry_run)?;
+    for (id, why) in &r.kept {
+        println!("keep   {name}@{} ({})", short(id), why.join(", "));
+    }
+    let verb = if dry_run { "would remove" } else { "remove" };
+    for id in &r.removed {
+        println!("{verb} {name}@{}", short(id));
+    }
+    if !r.removed_data.is_empty() {
+        println!(
+            "{verb} {} disk/file snapshot(s) of those captures; `ignite archive gc` frees their space",
+            r.removed_data.len()
+        );
+    }
+    Ok(())
+}
+
+fn keep_text(k: &Keep) -> String {
+    let parts: Vec<String> = [
+        ("last", k.last),
+        ("daily", k.daily),
+        ("weekly", k.weekly),
+        ("monthly", k.monthly),
+    ]
+    .iter()
+    .filter_map(|(n, v)| v.map(|v| format!("{n} {v}")))
+    .collect();
+    if parts.is_empty() {
+        "everything".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn period(secs: u64) -> String {
+    match secs {
+        s if s % 604800 == 0 => format!("{}w", s / 604800),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s => format!("{}m", s / 60),
+    }
+}
+
+fn utc(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default()
+}
+
+fn capture(state_dir: &Path, store_dir: &Path, name: &str) -> Result<()> {
+    let state = State::open(state_dir)?;
+    let store = Arc::new(Store::open_or_init(store_dir)?);
+    let c = capture_guest(state_dir, &state, store, name)?;
+    let s = &c.record.stats;
+    for why in &s.full_reads {
+        println!("{why}");
+    }
+    println!(
+        "captured {name} as {name}@{}: {} disk(s), {} read of {}, {} new in the store, writes held {} ms, {:.1} s",
+        short(&c.snapshot.id),
+        c.record.disks.len(),
+        human(s.read_bytes),
+        human(s.logical_bytes),
+        human(s.new_stored_bytes),
+        s.pause_ms,
+        s.seconds
+    );
+    Ok(())
+}
+
+fn list(state_dir: &Path, name: Option<&str>, json: bool) -> Result<()> {
+    let rows = State::open(state_dir)?.captures(name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<14} {:<6} {:<5} {:>9} {:>9} {:>9} {:>7}  RESULT",
+        "TIME (UTC)", "NAME", "KIND", "HOW", "SIZE", "READ", "NEW", "SECONDS"
+    );
+    for r in rows {
+        let time = chrono::DateTime::from_timestamp_millis(r.started_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let secs = r
+            .finished_ms
+            .map(|f| format!("{:.1}", (f - r.started_ms) as f64 / 1000.0))
+            .unwrap_or_default();
+        let result = match (&r.result[..], &r.error, &r.record) {
+            ("ok", _, Some(id)) => format!("ok {}@{}", r.name, short(id)),
+            ("failed", Some(e), _) => format!("failed: {}", crate::cli::escape(e)),
+            (other, _, _) => other.to_string(),
+        };
+        println!(
+            "{time:<20} {:<14} {:<6} {:<5} {:>9} {:>9} {:>9} {secs:>7}  {result}",
+            crate::cli::escape(&r.name),
+            r.kind,
+            r.how,
+            human(r.logical_bytes),
+            human(r.read_bytes),
+            human(r.new_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn show(store_dir: &Path, spec: &str, json: bool) -> Result<()> {
+    let store = Store::open(store_dir)?;
+    let (m, r) = Record::load(&store, spec)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("capture {}@{} ({} capture)", r.name, short(&m.id), r.kind);
+    let time = chrono::DateTime::from_timestamp(m.time, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default();
+    println!("  time       {time}");
+    let sys = &r.system;
+    println!(
+        "  hostname   {}",
+        sys.hostname.as_deref().unwrap_or("(unknown)")
+    );
+    println!(
+        "  machine-id {}",
+        sys.machine_id.as_deref().unwrap_or("(unknown)")
+    );
+    println!(
+        "  boot       {} on {}",
+        sys.boot_loader.as_deref().unwrap_or("(no loader found)"),
+        if sys.firmware.is_empty() {
+            "unknown firmware".to_string()
+        } else {
+            sys.firmware.join(" + ")
+        }
+    );
+    for d in &r.disks {
+        println!(
+            "  disk {}     {} {:?}, snapshot {}",
+            d.index,
+            human(d.layout.size),
+            d.layout.table,
+            short(&d.snapshot)
+        );
+        for p in &d.layout.partitions {
+            let fs = p.fs.as_ref();
+            let mount = sys
+                .fstab
+                .iter()
+                .find(|e| {
+                    fs.and_then(|f| f.uuid.as_ref())
+                        .is_some_and(|u| e.what.eq_ignore_ascii_case(&format!("UUID={u}")))
+                })
+                .map(|e| e.mount.clone())
+                .unwrap_or_default();
+            println!(
+                "    {:>2}  {:>9}  {:<9}  {:<6} {:<36} {}",
+                p.number,
+                human(p.size),
+                p.kind.as_deref().unwrap_or("-"),
+                fs.map(|f| f.fs_type.as_str()).unwrap_or("-"),
+                fs.and_then(|f| f.uuid.as_deref()).unwrap_or("-"),
+                mount
+            );
+        }
+    }
+    let s = &r.stats;
+    println!(
+        "  captured   {} read of {}, {} new in the store, writes held {} ms, {:.1} s",
+        human(s.read_bytes),
+        human(s.logical_bytes),
+        human(s.new_stored_bytes),
+        s.pause_ms,
+        s.seconds
+    );
+    for n in s.full_reads.iter().chain(&sys.notes) {
+        println!("  note       {n}");
+    }
+    Ok(())
+}
+
+/// The capture records of `name`, oldest first.
+fn captures_of(store: &Store, name: &str) -> Result<Vec<ignite_archive::Manifest>> {
+    Ok(store
+        .list_snapshots()?
+        .into_iter()
+        .filter(|m| m.name == name && m.labels.contains_key(LABEL_CAPTURE))
+        .collect())
+}
+
+fn spec(name: &str, s: &str) -> String {
+    if s.contains('@') {
+        s.to_string()
+    } else {
+        format!("{name}@{s}")
+    }
+}
+
+fn diff(
+    store_dir: &Path,
+    name: &str,
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+    limit: usize,
+) -> Result<()> {
+    let store = Arc::new(Store::open(store_dir)?);
+    let all = captures_of(&store, name)?;
+    let pick = |s: Option<String>, back: usize| -> Result<String> {
+        match s {
+            Some(s) => Ok(spec(name, &s)),
+            None => all
+                .iter()
+                .rev()
+                .nth(back)
+                .map(|m| m.id.clone())
+                .with_context(|| format!("{name} has fewer than {} captures; name them", back + 1)),
+        }
+    };
+    let (sa, sb) = (pick(from, 1)?, pick(to, 0)?);
+    let (ma, ra) = Record::load(&store, &sa)?;
+    let (mb, rb) = Record::load(&store, &sb)?;
+    let d = capture_diff::diff(store, &ra, &rb)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    println!("{name}@{} -> {name}@{}", short(&ma.id), short(&mb.id));
+    for r in &d.regions {
+        println!("disk {}: {} changed", r.disk, human(r.changed_bytes));
+        for (n, mount, bytes) in &r.partitions {
+            println!(
+                "  partition {n:<2} {:>9}  {}",
+                human(*bytes),
+                mount
+                    .as_deref()
+                    .unwrap_or(if *n == 0 { "(outside partitions)" } else { "" })
+            );
+        }
+    }
+    for (disk, part, mount, changes) in &d.files {
+        println!(
+            "files of {} (disk {disk} partition {part}): {} change(s)",
+            mount.as_deref().unwrap_or("?"),
+            changes.len()
+        );
+        for c in changes.iter().take(limit) {
+            println!("  {}", change_line(c));
+        }
+        if changes.len() > limit {
+            println!("  ... {} more (--limit, --json)", changes.len() - limit);
+        }
+    }
+    Ok(())
+}
+
+fn change_line(c: &ignite_archive::diff::Change) -> String {
+    use ignite_archive::diff::Change;
+    match c {
+        Change::Added { path } => format!("+ {}", crate::cli::escape(path)),
+        Change::Removed { path } => format!("- {}", crate::cli::escape(path)),
+        Change::Changed { path, what } => {
+            format!("~ {} ({})", crate::cli::escape(path), what.join(", "))
+        }
+    }
+}
+
+fn check(state_dir: &Path, store_dir: &Path, name: &str, json: bool) -> Result<()> {
+    let state = State::open(state_dir)?;
+    let pending = crate::guests::capture::pending_changes(state_dir, &state, name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pending)?);
+        return Ok(());
+    }
+    let last = Store::open(store_dir)
+        .ok()
+        .and_then(|s| Record::load(&s, name).ok().map(|(_, r)| r));
+    for p in &pending {
+        match (&p.base, &p.why) {
+            (Some(base), _) => println!(
+                "disk {}: {} written since capture {}",
+                p.index,
+                human(p.bytes),
+                short(base)
+            ),
+            (None, Some(why)) => {
+                println!("disk {}: the next capture reads it in full: {why}", p.index)
+            }
+            _ => {}
+        }
+        let (Some(ranges), Some(rec)) = (&p.ranges, &last) else {
+            continue;
+        };
+        let Some(d) = rec.disks.iter().find(|d| d.index == p.index) else {
+            continue;
+        };
+        let r = capture_diff::regions(p.index, ranges, &d.layout, &rec.system);
+        for (n, mount, bytes) in r.partitions {
+            println!(
+                "  partition {n:<2} {:>9}  {}",
+                human(bytes),
+                mount.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
