@@ -35,7 +35,7 @@ pub struct NewIdentity {
 /// The file systems of a restored image, mounted on directories of their own under a
 /// scratch directory; unmounted (and their loop devices detached) on drop.
 pub struct MountedImage {
-    _loops: Loops,
+    loops: Loops,
     /// (mount point in the system, directory here, tree) — longest mount point first.
     mounts: Vec<(String, PathBuf, Tree)>,
 }
@@ -51,44 +51,47 @@ impl Drop for MountedImage {
 }
 
 impl MountedImage {
-    /// Mounts every ext4/xfs file system of `image` that the captured system's fstab names.
+    /// Mounts every ext4/xfs file system on `disks` (image files with their captured
+    /// layouts) that the captured system's fstab names.
     pub fn open(
-        image: &Path,
-        layout: &DiskLayout,
+        disks: &[(&Path, &DiskLayout)],
         sys: &SystemInfo,
         scratch: &Path,
     ) -> Result<MountedImage> {
-        let mut loops = Loops::default();
-        let mut mounts = Vec::new();
-        std::fs::create_dir_all(scratch)?;
-        for p in &layout.partitions {
-            let (Some(fs), Some(at)) = (&p.fs, mount_of(p, sys)) else {
-                continue;
-            };
-            let (ty, data) = match fs.fs_type.as_str() {
-                "ext4" | "ext3" | "ext2" => (fs.fs_type.as_str(), ""),
-                // Two clones of one capture share the UUID: xfs refuses that without nouuid.
-                "xfs" => ("xfs", "nouuid"),
-                _ => continue,
-            };
-            let dev = loops.attach(image, p.start, p.size, false)?;
-            let dir = scratch.join(format!("p{}", p.number));
-            std::fs::create_dir_all(&dir)?;
-            crate::steps::mount::mount(&dev, &dir, Some(ty), 0, data)
-                .with_context(|| format!("partition {} ({} {at})", p.number, fs.fs_type))?;
-            let tree = Tree::open(&dir)?;
-            mounts.push((at, dir, tree));
-        }
-        mounts.sort_by_key(|(at, _, _)| std::cmp::Reverse(at.len()));
-        let mounted = MountedImage {
-            _loops: loops,
-            mounts,
+        // Built as it goes, so a failure unmounts what was mounted.
+        let mut mounted = MountedImage {
+            loops: Loops::default(),
+            mounts: Vec::new(),
         };
+        std::fs::create_dir_all(scratch)?;
+        for (d, (image, layout)) in disks.iter().enumerate() {
+            for p in &layout.partitions {
+                let (Some(fs), Some(at)) = (&p.fs, mount_of(p, sys)) else {
+                    continue;
+                };
+                let (ty, data) = match fs.fs_type.as_str() {
+                    "ext4" | "ext3" | "ext2" => (fs.fs_type.as_str(), ""),
+                    // Two clones of one capture share the UUID: xfs refuses that without nouuid.
+                    "xfs" => ("xfs", "nouuid"),
+                    _ => continue,
+                };
+                let dev = mounted.loops.attach(image, p.start, p.size, false)?;
+                let dir = scratch.join(format!("d{d}p{}", p.number));
+                std::fs::create_dir_all(&dir)?;
+                crate::steps::mount::mount(&dev, &dir, Some(ty), 0, data)
+                    .with_context(|| format!("partition {} ({} {at})", p.number, fs.fs_type))?;
+                let tree = Tree::open(&dir)?;
+                mounted.mounts.push((at, dir, tree));
+            }
+        }
+        mounted
+            .mounts
+            .sort_by_key(|(at, _, _)| std::cmp::Reverse(at.len()));
         if !mounted.mounts.iter().any(|(at, _, _)| at == "/") {
             bail!(
                 "{}: no root file system this host can mount (the captured fstab names none of \
                  its ext4/xfs partitions); the clone's identity cannot be changed",
-                image.display()
+                disks.first().map_or(Path::new("-"), |d| d.0).display()
             );
         }
         Ok(mounted)
@@ -140,12 +143,7 @@ impl MountedImage {
 
 /// Replaces the identity of the mounted system (see the module docs); returns the paths
 /// changed, for the record of what the clone differs in.
-pub fn reset(
-    sys: &MountedImage,
-    id: &NewIdentity,
-    old: &SystemInfo,
-    log: &mut crate::log::Log,
-) -> Result<Vec<String>> {
+pub fn reset(sys: &MountedImage, id: &NewIdentity, old: &SystemInfo) -> Result<Vec<String>> {
     let mut changed = Vec::new();
     // Hostname, and its mentions in /etc/hosts (other entries kept).
     sys.write(
@@ -165,7 +163,6 @@ pub fn reset(
             changed.push("/etc/hosts".into());
         }
     }
-    log.line(&format!("hostname {}", id.hostname));
     // machine-id (and D-Bus's copy, wherever /var is).
     let mid = crate::random::hex(16)?;
     sys.write("/etc/machine-id", format!("{mid}\n").as_bytes(), 0o444)?;
@@ -181,7 +178,6 @@ pub fn reset(
         )?;
         changed.push("/var/lib/dbus/machine-id".into());
     }
-    log.line(&format!("machine-id {mid}"));
     changed.extend(ssh_host_keys(sys, &id.hostname)?);
     // The NICs' MACs wherever configuration binds to them.
     let mut config_files = vec!["/etc/network/interfaces".to_string()];
@@ -205,7 +201,6 @@ pub fn reset(
         }
         if new != text {
             sys.write(&f, new.as_bytes(), 0o644)?;
-            log.line(&format!("{f}: MAC replaced"));
             changed.push(f);
         }
     }
@@ -274,7 +269,8 @@ fn ssh_host_keys(sys: &MountedImage, hostname: &str) -> Result<Vec<String>> {
     Ok(changed)
 }
 
-/// `text` with whole-word `old` host names (and the short name) replaced by `new`.
+/// `text` with whole-word `old` host names (and the short name, alone or in a domain)
+/// replaced by `new`.
 fn replace_host(text: &str, old: &str, new: &str) -> String {
     let old_short = old.split('.').next().unwrap_or(old);
     let new_short = new.split('.').next().unwrap_or(new);
@@ -289,10 +285,14 @@ fn replace_host(text: &str, old: &str, new: &str) -> String {
                 .map(|w| {
                     let t = w.trim_end();
                     let rest = &w[t.len()..];
+                    let domain = t.strip_prefix(old_short).and_then(|d| d.strip_prefix('.'));
                     if t == old {
                         format!("{new}{rest}")
                     } else if t == old_short {
                         format!("{new_short}{rest}")
+                    } else if let (Some(domain), false) = (domain, new.contains('.')) {
+                        // The old name in its domain: the new short name in the same one.
+                        format!("{new_short}.{domain}{rest}")
                     } else {
                         w.to_string()
                     }

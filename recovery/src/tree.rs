@@ -81,11 +81,14 @@ impl Tree {
         let (parent, name) = split_parent(rel.as_bytes());
         let dir = match self.b.dir(parent, false) {
             Ok(d) => d,
+            // A parent that is not a directory in the tree (a symlink out of it) holds
+            // nothing of the tree's to remove.
             Err(ignite_archive::Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 return Ok(false)
             }
+            Err(ignite_archive::Error::UnsafePath { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),
         };
         match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
@@ -95,15 +98,19 @@ impl Tree {
         }
     }
 
-    /// Names in directory `rel` (empty if it does not exist).
+    /// Names in directory `rel` (empty if it does not exist or is not a directory of the tree).
     pub fn list(&self, rel: &str) -> Result<Vec<String>> {
         let dir = match self.b.open_dir(rel.as_bytes()) {
             Ok(d) => d,
             Err(ignite_archive::Error::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
             {
                 return Ok(Vec::new())
             }
+            Err(ignite_archive::Error::UnsafePath { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
         let mut names = Vec::new();
@@ -141,7 +148,11 @@ mod tests {
         assert_eq!(t.read("etc/hostname", 1024).unwrap().unwrap(), b"web2\n");
         // A directory on the way that is a symlink is not followed either.
         assert!(t.write("var/lib/x", b"x", 0o644).is_err());
-        assert!(t.remove("var/secret").is_err());
+        assert!(
+            !t.remove("var/secret").unwrap(),
+            "nothing of the tree's is there"
+        );
+        assert_eq!(t.list("var").unwrap(), Vec::<String>::new());
         assert!(outside.exists());
         assert_eq!(t.read("etc/none", 10).unwrap(), None);
         assert!(t.remove("etc/hostname").unwrap());

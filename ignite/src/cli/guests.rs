@@ -3,14 +3,14 @@
 use crate::guests::control::{self, Status};
 use crate::guests::supervisor;
 use crate::guests::{
-    check_name, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic, Paths, MAX_VIO_DISKS,
+    check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic, Paths,
+    MAX_VIO_DISKS,
 };
 use crate::state::guests::Record;
 use crate::state::State;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use ignite_profiles::parse_bytes as parse_size;
-use ignite_vmm::config::parse_mac;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -239,14 +239,7 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
             _ => bail!("net {n:?}: use bridge=BR (an existing bridge, up to 15 characters)"),
         };
         let mac = match a.macs.get(i) {
-            Some(m) => {
-                let b = parse_mac(m)
-                    .with_context(|| format!("MAC {m:?} is not like 52:54:00:12:34:56"))?;
-                if b[0] & 1 != 0 {
-                    bail!("MAC {m} is a multicast address; a NIC needs a unicast one (first byte even)");
-                }
-                b.map(|x| format!("{x:02x}")).join(":")
-            }
+            Some(m) => normalize_mac(m)?,
             None => String::new(),
         };
         nics.push(Nic {

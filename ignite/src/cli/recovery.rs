@@ -11,10 +11,13 @@ use ignite_profiles::human;
 use ignite_recovery::capture::diff as capture_diff;
 use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
 
+use crate::cli::progress::with_progress;
 use crate::guests::capture::capture_guest;
+use crate::guests::restore::{restore_guest as restore_guest_from, CloneAs};
 use crate::state::schedules::{parse_at, Keep};
 use crate::state::State;
 use ignite_recovery::capture::retention;
+use ignite_recovery::restore;
 
 #[derive(Args)]
 pub struct RecoveryArgs {
@@ -73,6 +76,34 @@ enum Cmd {
     /// Capture a guest on a schedule (run by `ignite server`), with retention after each
     /// successful capture; `schedule list` and `schedule remove NAME` manage them.
     Schedule(ScheduleArgs),
+    /// Restore a capture: its disks onto image files or block devices (`--to`, one per disk in
+    /// order), or as a replacement guest with the recorded definition, MACs and identity
+    /// (`--as-guest NEW`). Every chunk is verified first; a disk too small is refused before
+    /// anything is written.
+    Restore {
+        /// NAME (its latest capture), NAME@latest or NAME@ID.
+        capture: String,
+        #[arg(long, value_name = "DISK_OR_IMAGE", conflicts_with = "as_guest")]
+        to: Vec<PathBuf>,
+        #[arg(long, value_name = "NEW")]
+        as_guest: Option<String>,
+    },
+    /// A new guest from a capture with a new identity, written into its image before the
+    /// first boot: hostname and /etc/hosts, machine-id, SSH host keys, MACs in network
+    /// configuration and udev rules, DHCP leases, random seed. Nothing else differs.
+    Clone {
+        /// NAME (its latest capture), NAME@latest or NAME@ID.
+        capture: String,
+        /// The new guest's name.
+        #[arg(long = "as", value_name = "NEW")]
+        new: String,
+        /// Its hostname (default: NEW).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// MACs for its NICs in order (default: generated).
+        #[arg(long)]
+        mac: Vec<String>,
+    },
     /// Apply a retention policy to a guest's captures now (then `ignite archive gc`).
     Prune {
         name: String,
@@ -142,6 +173,30 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             keep,
             dry_run,
         } => prune(&store_dir, &name, &keep.keep(), dry_run),
+        Cmd::Restore {
+            capture,
+            to,
+            as_guest,
+        } => match as_guest {
+            Some(new) => restore_guest(&a.state_dir, &store_dir, &capture, &new, None),
+            None => restore_to(&store_dir, &capture, &to),
+        },
+        Cmd::Clone {
+            capture,
+            new,
+            hostname,
+            mac,
+        } => {
+            let hostname = hostname.unwrap_or_else(|| new.clone());
+            if let Some(why) = ignite_profiles::hostname_problem(&hostname) {
+                anyhow::bail!("hostname {hostname:?} {why}; give a valid one with --hostname");
+            }
+            let c = CloneAs {
+                hostname,
+                macs: mac,
+            };
+            restore_guest(&a.state_dir, &store_dir, &capture, &new, Some(&c))
+        }
     }
 }
 
@@ -277,6 +332,77 @@ fn capture(state_dir: &Path, store_dir: &Path, name: &str) -> Result<()> {
         s.pause_ms,
         s.seconds
     );
+    Ok(())
+}
+
+fn restore_to(store_dir: &Path, spec: &str, to: &[PathBuf]) -> Result<()> {
+    let store = Store::open(store_dir)?;
+    let (m, r) = Record::load(&store, spec)?;
+    let from = format!("{}@{}", r.name, short(&m.id));
+    if to.len() != r.disks.len() {
+        anyhow::bail!(
+            "{from} holds {} disk(s); give one --to DISK_OR_IMAGE per disk, in order (or --as-guest NEW)",
+            r.disks.len()
+        );
+    }
+    // Every target is checked before any is written.
+    let mut jobs = Vec::new();
+    for (d, path) in r.disks.iter().zip(to) {
+        let dm = store.resolve(&d.snapshot)?;
+        let target = restore::Target::of(path)?;
+        restore::check_fits(&dm, path, target)?;
+        jobs.push((d.index, dm, path));
+    }
+    let t = std::time::Instant::now();
+    for (index, dm, path) in jobs {
+        let written = with_progress(dm.image_size, &format!("disk {index}"), |p| {
+            restore::restore_disk(&store, &dm, path, p)
+        })?;
+        println!(
+            "restored {from} disk {index} to {}: {} of {} written",
+            path.display(),
+            human(written),
+            human(dm.image_size.unwrap_or(0))
+        );
+    }
+    println!("restore done in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn restore_guest(
+    state_dir: &Path,
+    store_dir: &Path,
+    spec: &str,
+    new: &str,
+    clone: Option<&CloneAs>,
+) -> Result<()> {
+    let state = State::open(state_dir)?;
+    let store = Arc::new(Store::open(store_dir)?);
+    let t = std::time::Instant::now();
+    let r = with_progress(None, "restoring", |p| {
+        restore_guest_from(state_dir, &state, store, spec, new, clone, p)
+    })?;
+    let verb = if clone.is_some() {
+        "cloned"
+    } else {
+        "restored"
+    };
+    println!(
+        "{verb} {} as guest {new} ({} written, {:.1} s)",
+        r.from,
+        human(r.bytes_written),
+        t.elapsed().as_secs_f64()
+    );
+    for n in &r.def.nics {
+        println!("  nic on bridge {}: mac {}", n.bridge, n.mac);
+    }
+    for d in &r.def.disks {
+        println!("  disk {}", d.path.display());
+    }
+    if !r.changed.is_empty() {
+        println!("  identity changed in: {}", r.changed.join(" "));
+    }
+    println!("start it with `ignite vm start {new}`");
     Ok(())
 }
 

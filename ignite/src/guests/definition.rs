@@ -158,6 +158,16 @@ pub struct Definition {
     pub engine: EngineChoice,
 }
 
+/// A unicast MAC given by the user, in the lower-case colon form stored.
+pub fn normalize_mac(m: &str) -> Result<String> {
+    let b = ignite_vmm::config::parse_mac(m)
+        .with_context(|| format!("MAC {m:?} is not like 52:54:00:12:34:56"))?;
+    if b[0] & 1 != 0 {
+        bail!("MAC {m} is a multicast address; a NIC needs a unicast one (first byte even)");
+    }
+    Ok(b.map(|x| format!("{x:02x}")).join(":"))
+}
+
 /// The IDE controller's limit (two channels of two drives).
 pub const MAX_VIO_DISKS: usize = 4;
 

@@ -12,12 +12,14 @@ pub mod control;
 pub mod definition;
 pub mod qemu;
 pub mod qemu_capture;
+pub mod restore;
 pub mod supervisor;
 
 use std::path::{Path, PathBuf};
 
 pub use definition::{
-    check_name, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic, MAX_VIO_DISKS,
+    check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic,
+    MAX_VIO_DISKS,
 };
 
 /// `<state>/guests/NAME`.
