@@ -190,6 +190,8 @@ pub fn supervise(
     kvm: bool,
     why: String,
 ) -> Result<()> {
+    // The console log, sockets and boot files are the guest's: for root's eyes only.
+    crate::state::private_umask();
     let guests = State::open(state_dir)?;
     let def = guests.guest(name)?.def;
     let paths = Paths::new(state_dir, name);
