@@ -214,6 +214,15 @@ fn a_running_guest_is_captured_at_one_consistent_point() {
             "round {round}: step {step}, read {}, writes held {} ms",
             row["read_bytes"], row["pause_ms"]
         );
+        // The next capture must see later writes: wait until the guest has written on (a
+        // starved vCPU may not have, on a loaded host).
+        let next = (step / 10000 + 1) * 10000;
+        wait_until(
+            &format!("the guest to write step {next}"),
+            Duration::from_secs(120),
+            || console().contains(&format!("scribble step {next}\n")),
+            console,
+        );
         if round > 0 {
             // Only the blocks the guest wrote since: at most the scribbled 2 MiB.
             assert!(

@@ -127,16 +127,23 @@ fn schedules_fire_on_time_prune_after_success_and_catch_up_at_start() {
             || seen(&server),
         );
     }
+    // The schedule's result is written once retention and gc are done.
     wait_until(
         "retention after the third capture",
-        Duration::from_secs(30),
-        || records(s, clock) == 2,
-        || seen(&server),
-    );
-    let list = ig(s, clock, &["recovery", "schedule", "list"]);
-    assert!(
-        list.contains("ok: g@") && list.contains("1 capture(s) pruned"),
-        "{list}"
+        Duration::from_secs(60),
+        || {
+            let list = ig(s, clock, &["recovery", "schedule", "list"]);
+            records(s, clock) == 2
+                && list.contains("ok: g@")
+                && list.contains("1 capture(s) pruned")
+        },
+        || {
+            format!(
+                "{}\n{}",
+                ig(s, clock, &["recovery", "schedule", "list"]),
+                seen(&server)
+            )
+        },
     );
 
     // A failing night (the disk is gone): no retention runs.

@@ -102,7 +102,7 @@ fn tftp_hpa_and_atftp_small_and_100mb_files() {
     assert!(s.starts_with("#!ipxe"), "{s}");
 
     let log = server.log_text();
-    assert!(log.contains("boot step tftp mac=- ip=10.77.0.50 sent file big.bin (104857600 bytes, blksize 512, window 1"), "{log}");
+    assert!(log.contains("boot step tftp mac=- ip=10.77.0.50 sent file big.bin (104857600 bytes, octet, blksize 512, window 1"), "{log}");
     assert!(log.contains("blksize 1468, window 16"), "{log}");
     assert!(log.contains("boot step tftp-missing"), "{log}");
     server.stop();

@@ -9,6 +9,11 @@ use kvm_ioctls::VcpuExit;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+/// /dev/kvm, or the error saying why not (the VM and the probes here open it alike).
+pub(crate) fn open_kvm() -> Result<kvm_ioctls::Kvm> {
+    kvm_ioctls::Kvm::new().map_err(|e| Error::NoKvm(std::io::Error::from_raw_os_error(e.errno())))
+}
+
 /// Slowdown above which a general OS guest is considered impractical.
 pub const SLOWDOWN_LIMIT: f64 = 20.0;
 
@@ -78,7 +83,7 @@ fn probe_with_output(
     out: &std::cell::Cell<Option<u32>>,
     setup: impl FnOnce(&kvm_ioctls::VcpuFd) -> Result<()>,
 ) -> Result<ProbeEnd> {
-    let kvm = crate::vm::open_kvm()?;
+    let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
     let mem: GuestMemoryMmap<()> = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)])
         .map_err(|e| Error::Memory(e.to_string()))?;
@@ -168,7 +173,7 @@ pub struct GuestCpu {
 
 /// Probes both (two throw-away VMs of 64 KiB, a few milliseconds).
 pub fn guest_cpu() -> Result<GuestCpu> {
-    let kvm = crate::vm::open_kvm()?;
+    let kvm = open_kvm()?;
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;

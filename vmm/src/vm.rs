@@ -54,10 +54,6 @@ pub struct Vm {
     mem: GuestMemory,
 }
 
-pub(crate) fn open_kvm() -> Result<Kvm> {
-    Kvm::new().map_err(|e| Error::NoKvm(std::io::Error::from_raw_os_error(e.errno())))
-}
-
 fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> Result<SerialOut> {
     if let (Some((_, out)), SerialTarget::LoggedUnix { log, .. }) = (socket, t) {
         let file =
@@ -163,7 +159,7 @@ impl Vm {
             }
             _ => None,
         };
-        let kvm = open_kvm()?;
+        let kvm = crate::hwcheck::open_kvm()?;
         let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
         vm.set_tss_address(KVM_TSS_ADDR)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;

@@ -25,6 +25,8 @@ use ignite_recovery::capture::block::{BlockDisk, Changes};
 use ignite_vmm::change_tracking::{ChangeSet, ChangeTracker};
 use serde::{Deserialize, Serialize};
 
+use super::control::Pending;
+
 /// What the supervisor (or the in-process session) tells the capture.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -94,19 +96,6 @@ impl DiskPlan {
             },
         })
     }
-}
-
-/// A disk's changes since its last capture, as its change tracking knows them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Pending {
-    pub index: usize,
-    /// The capture they are relative to; none: the next capture reads in full (`why`).
-    pub base: Option<String>,
-    /// Changed regions, when the tracking gives them (the bundled monitor's change log).
-    pub ranges: Option<Vec<(u64, u64)>>,
-    /// Changed bytes (QEMU's bitmap gives only a count).
-    pub bytes: u64,
-    pub why: Option<String>,
 }
 
 /// The changes of change-tracked images (running: the log saw every write).

@@ -41,19 +41,26 @@ pub struct Status {
     pub why: String,
 }
 
+/// A disk's changes since its last capture, as its change tracking knows them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    pub index: usize,
+    /// The capture they are relative to; none: the next capture reads in full (`why`).
+    pub base: Option<String>,
+    /// Changed regions, when the tracking gives them (the bundled monitor's change log).
+    pub ranges: Option<Vec<(u64, u64)>>,
+    /// Changed bytes (QEMU's bitmap gives only a count).
+    pub bytes: u64,
+    pub why: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
     Status(Status),
-    Changes {
-        changes: Vec<super::capture::Pending>,
-    },
-    Ok {
-        ok: bool,
-    },
-    Error {
-        error: String,
-    },
+    Changes { changes: Vec<Pending> },
+    Ok { ok: bool },
+    Error { error: String },
 }
 
 /// Sends one request; `None` when nothing answers on `path` (no guest running there).

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::capture::{DiskPlan, NbdView, Pending, Plan, Step, StepReply};
+use super::capture::{DiskPlan, NbdView, Plan, Step, StepReply};
 use super::control::LineConn;
+use super::control::Pending;
 use super::qemu::Qmp;
 use super::{Definition, Paths};
 

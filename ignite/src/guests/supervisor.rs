@@ -106,6 +106,17 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
             return Ok(s);
         }
         if let Some(code) = child.try_wait()? {
+            // A guest may run its course before the first look (a test program that ends in
+            // milliseconds): the supervisor then exits 0 having run it.
+            if code.success() {
+                return Ok(Status {
+                    state: "stopped".into(),
+                    pid: child.id(),
+                    engine,
+                    started: now(),
+                    why,
+                });
+            }
             let log = std::fs::read_to_string(paths.supervisor_log()).unwrap_or_default();
             // Its error (main prints "ignite: ..."), else whatever it said last.
             let lines = || log.lines().rev().filter(|l| !l.trim().is_empty());
@@ -254,7 +265,7 @@ fn serve_control(
     requested: Arc<AtomicBool>,
     stop: impl Fn(bool) -> Result<()> + Send + Sync + 'static,
     capture: impl Fn(&mut control::LineConn) -> String + Send + Sync + 'static,
-    changes: impl Fn() -> Result<Vec<capture::Pending>> + Send + Sync + 'static,
+    changes: impl Fn() -> Result<Vec<control::Pending>> + Send + Sync + 'static,
 ) -> Result<()> {
     let _ = std::fs::remove_file(paths.control());
     let listener = std::os::unix::net::UnixListener::bind(paths.control())
