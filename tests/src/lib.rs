@@ -255,3 +255,28 @@ pub fn rand_u64() -> u64 {
     h.write_u64(1);
     h.finish()
 }
+
+/// Stops defined guest `name` of state dir `state` when dropped (`ignite vm stop --force`),
+/// so a failing test leaves no guest running behind it.
+pub struct GuestGuard {
+    pub state: PathBuf,
+    pub name: String,
+}
+
+impl GuestGuard {
+    pub fn new(state: &Path, name: &str) -> GuestGuard {
+        GuestGuard {
+            state: state.to_path_buf(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for GuestGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(ignite_bin())
+            .args(["vm", "stop", &self.name, "--force"])
+            .env("IGNITE_STATE_DIR", &self.state)
+            .output();
+    }
+}

@@ -108,6 +108,7 @@ fn a_stopped_guest_capture_reads_only_what_the_monitor_wrote() {
 
     // The guest writes its two ranges and powers off; the next capture reads those blocks.
     ig(s, &["vm", "start", "g1"]);
+    let _running = GuestGuard::new(s, "g1");
     wait_stopped(s, "g1");
     // check_net_recovery: what the next capture will read, without capturing.
     let pending: Value =
@@ -187,6 +188,7 @@ fn a_running_guest_is_captured_at_one_consistent_point() {
         ],
     );
     ig(s, &["vm", "start", "w1"]);
+    let _running = GuestGuard::new(s, "w1");
     let console = || std::fs::read_to_string(s.join("guests/w1/console.log")).unwrap_or_default();
     wait_until(
         "the guest to write 20000 steps",
@@ -286,6 +288,7 @@ fn a_running_qemu_guest_is_captured_from_a_point_in_time_view() {
         ],
     );
     ig(s, &["vm", "start", "q1"]);
+    let _running = GuestGuard::new(s, "q1");
     let log = || {
         strip_ansi(&std::fs::read_to_string(s.join("guests/q1/console.log")).unwrap_or_default())
     };

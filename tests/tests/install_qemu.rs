@@ -273,6 +273,7 @@ fn boot_clone(
         serde_json::from_str(&vm(lab, site, server, &["show", name, "--json"])).unwrap();
     let mac = def["nics"][0]["mac"].as_str().unwrap().to_string();
     vm(lab, site, server, &["start", name]);
+    let _running = GuestGuard::new(&site.state, name);
     let log = site.state.join(format!("guests/{name}/console.log"));
     let console = || String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
     let marker = format!("{FIRSTBOOT} host={name} ");
