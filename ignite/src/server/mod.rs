@@ -1,5 +1,6 @@
 //! The `ignite server` daemon: DHCP (or proxyDHCP), TFTP and HTTP in one process.
 
+pub mod capture_api;
 pub mod chunk_cache;
 pub mod config;
 pub mod install_api;

@@ -33,7 +33,14 @@ impl RegistryProvider {
                 }
             }
             Action::Recover(s) => cmdline += &format!(" ignite.action=recover ignite.snapshot={s}"),
-            Action::Capture => cmdline += " ignite.action=capture",
+            Action::Capture => {
+                cmdline += " ignite.action=capture";
+                match self.state.boot_capture_token(&mac.to_string()) {
+                    Ok(t) => cmdline += &format!(" ignite.token={t}"),
+                    // The agent will be refused and say so; the boot itself still works.
+                    Err(e) => tracing::error!("capture token for {mac}: {e:#}"),
+                }
+            }
             Action::Local => {}
         }
         BootPlan::Kernel {
