@@ -226,7 +226,12 @@ fn launch(
     cpus: u8,
 ) -> Child {
     let mut cmd = Lab::cmd(&lab.ns, "qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-m", "1024", "-smp", &cpus.to_string()])
+    // RDRAND seeds the guest kernel's random pool at boot. Without it an emulated guest
+    // has no entropy source but interrupts: its crng took minutes to initialize on a
+    // busy host, and the agent's DHCP client (dhcproto draws a random xid for every
+    // message it builds) waited that long, past its 60 s timeout.
+    cmd.args(["-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "1024"])
+        .args(["-smp", &cpus.to_string()])
         .args(["-display", "none", "-monitor", "none"])
         .args([
             "-netdev",

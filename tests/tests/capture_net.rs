@@ -349,7 +349,9 @@ cat >/etc/systemd/system/ignite-live-capture.service <<'UNIT'
 [Unit]
 Description=Capture this machine to the Ignite server, once (Ignite tests)
 Wants=network-online.target
-After=network-online.target multi-user.target
+After=network-online.target
+# Before the console's getty, which hangs up every other user of ttyS0 when it starts.
+Before=getty.target serial-getty@ttyS0.service
 ConditionPathExists=!/var/lib/ignite-live-done
 [Service]
 Type=oneshot
@@ -492,7 +494,7 @@ fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
     );
     server.kill();
     eprintln!("server killed during the live capture");
-    let mut server = site.server(&lab, "ignite.after=poweroff");
+    let server = site.server(&lab, "ignite.after=poweroff");
     wait_off(&mut guest, &server, "the live capture", Duration::from_secs(1200));
     let console = guest.console();
     assert!(console.contains("IGNITE-LIVE-DONE rc=0"), "{}", seen(&guest, &server));

@@ -196,11 +196,9 @@ impl Rules {
         for t in &self.exclude {
             let Some(p) = t.path() else { continue };
             for (e, why) in ESSENTIALS {
-                let hit = match t {
-                    Target::Path(_) => under(e, p),
-                    _ => *e != p && under(e, p),
-                };
-                if hit {
+                // An essential directory's contents are the essential: `/usr/*` leaves
+                // out as much of /usr as `/usr` does.
+                if under(e, p) {
                     refusals.push(if *e == p {
                         format!("exclude={t} is refused: {e} is essential ({why})")
                     } else {

@@ -182,8 +182,9 @@ impl Client {
         match status.as_u16() {
             200..=299 => Ok(data),
             410 => Err(Failure::Gone(text())),
-            // Too many requests at once, or a store briefly busy: wait and ask again.
-            429 | 500..=599 => Err(Failure::Transient(format!("{status}: {}", text()))),
+            // A request cut off by the server's time limit, too many requests at once, or a
+            // store briefly busy: wait and ask again.
+            408 | 429 | 500..=599 => Err(Failure::Transient(format!("{status}: {}", text()))),
             code => Err(Failure::Refused(format!("{} ({code})", text()))),
         }
     }
@@ -380,10 +381,7 @@ pub struct Job {
 
 impl Job {
     fn describe(&self) -> String {
-        let host = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
+        let host = hostname().unwrap_or_else(|| "?".into());
         match &self.machine {
             Machine::Agent { mac, .. } => format!("agent on {mac}"),
             Machine::Live { .. } => format!("live on {host}, ignite {}", env!("CARGO_PKG_VERSION")),
@@ -411,7 +409,7 @@ pub fn capture(client: &Client, job: &Job, progress: &Progress) -> Result<Finish
             Ok(f) => return Ok(f),
             Err(e) if client.lost.load(Ordering::Relaxed) && restarts < MAX_RESTARTS => {
                 restarts += 1;
-                eprintln!("capture: {e:#}; beginning again ({restarts}/{MAX_RESTARTS}): what the server stored is not sent again");
+                note(&format!("capture: {e:#}; beginning again ({restarts}/{MAX_RESTARTS}): what the server stored is not sent again"));
             }
             Err(e) => {
                 client.fail(&s, &format!("{e:#}"));
@@ -430,7 +428,7 @@ fn run(client: &Client, s: &Session, job: &Job, progress: &Progress) -> Result<F
             }
             let (fss, swaps) = files::live_system(root)?;
             let mut report = Report {
-                hostname: Some(rustix::system::uname().nodename().to_string_lossy().into_owned()),
+                hostname: hostname(),
                 disks: live_disks(),
                 ..Default::default()
             };
@@ -494,6 +492,12 @@ fn run(client: &Client, s: &Session, job: &Job, progress: &Progress) -> Result<F
         }
     };
     client.finish(s, &report)
+}
+
+/// This machine's host name (the kernel's, as `hostname` prints it).
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_string()).filter(|n| !n.is_empty())
 }
 
 /// The disks of the running system, with their layouts (read from the devices).
@@ -606,9 +610,23 @@ fn capture_block(
     Ok(())
 }
 
-/// Runs `f` with a progress counter, printing how far it got every `every` on stderr (the
-/// agent's console, the live capture's terminal).
+/// A line on stderr (the agent's console, the live capture's terminal). A terminal that went
+/// away (a getty hung up the console, a closed ssh session) must not end the capture.
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Runs `f` with a progress counter, printing how far it got every `every` on stderr.
 pub fn with_progress<R>(every: Duration, f: impl FnOnce(&Progress) -> R) -> R {
+    /// Stops the printer however `f` ends: a panic in `f` would otherwise leave the scope
+    /// waiting for the printer forever.
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let progress = Progress::new(0);
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -619,16 +637,33 @@ pub fn with_progress<R>(every: Duration, f: impl FnOnce(&Progress) -> R) -> R {
                 std::thread::sleep(Duration::from_millis(100));
                 if last.elapsed() >= every {
                     last = Instant::now();
-                    eprintln!(
+                    note(&format!(
                         "capture: {} MiB read in {} s",
                         progress.load(Ordering::Relaxed) >> 20,
                         t0.elapsed().as_secs()
-                    );
+                    ));
                 }
             }
         });
-        let r = f(&progress);
-        done.store(true, Ordering::Relaxed);
-        r
+        let _done = Done(&done);
+        f(&progress)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_under_progress_ends_it_instead_of_hanging() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(|| {
+                with_progress(Duration::from_millis(1), |_| -> () { panic!("stderr went away") })
+            });
+            let _ = tx.send(r.is_err());
+        });
+        let panicked = rx.recv_timeout(Duration::from_secs(30));
+        assert_eq!(panicked, Ok(true), "with_progress did not return after a panic");
+    }
 }
