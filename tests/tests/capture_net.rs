@@ -27,15 +27,33 @@ fn sh(script: &str) -> String {
 /// a sparse file, symlinks, devices, a fifo) and what rules and defaults leave out (`srv`,
 /// `var/cache/*`, `tmp/*`, `dev/*`), with enough distinct data that its upload takes many batches.
 fn make_system(root: &Path) {
-    for d in ["etc", "usr/bin", "data", "srv/big", "tmp/junk", "var/cache/apt", "var/lib", "dev", "proc"] {
+    for d in [
+        "etc",
+        "usr/bin",
+        "data",
+        "srv/big",
+        "tmp/junk",
+        "var/cache/apt",
+        "var/lib",
+        "dev",
+        "proc",
+    ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     for i in 0..40u64 {
-        std::fs::write(root.join(format!("data/f{i}")), pattern(1_000_000 + i as usize * 7_919, i + 1)).unwrap();
+        std::fs::write(
+            root.join(format!("data/f{i}")),
+            pattern(1_000_000 + i as usize * 7_919, i + 1),
+        )
+        .unwrap();
     }
     std::fs::write(root.join("srv/big/blob"), pattern(4 << 20, 1000)).unwrap();
     std::fs::write(root.join("tmp/junk/x"), pattern(100_000, 1001)).unwrap();
-    std::fs::write(root.join("var/cache/apt/pkgcache.bin"), pattern(300_000, 1002)).unwrap();
+    std::fs::write(
+        root.join("var/cache/apt/pkgcache.bin"),
+        pattern(300_000, 1002),
+    )
+    .unwrap();
     std::fs::write(root.join("var/lib/state"), "kept\n").unwrap();
     std::fs::write(root.join("etc/hostname"), "netcap-lab\n").unwrap();
     std::fs::write(root.join("etc/fstab"), "UUID=1234 / ext4 defaults 0 1\n").unwrap();
@@ -84,11 +102,20 @@ impl Net {
     }
 
     fn start(&mut self, env: &[(&str, &str)]) {
-        self.server = Some(Server::start_env(&self.lab, &self.path("state"), &self.path("boot"), &[], env));
+        self.server = Some(Server::start_env(
+            &self.lab,
+            &self.path("state"),
+            &self.path("boot"),
+            &[],
+            env,
+        ));
     }
 
     fn server_log(&self) -> String {
-        self.server.as_ref().map(|s| tail(&s.log_text(), 40)).unwrap_or_default()
+        self.server
+            .as_ref()
+            .map(|s| tail(&s.log_text(), 40))
+            .unwrap_or_default()
     }
 
     /// `ignite ARGS --state-dir STATE` on the server's side.
@@ -113,7 +140,11 @@ impl Net {
         let out = self.capture_cmd(token, args).output().unwrap();
         Output2 {
             ok: out.status.success(),
-            text: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            text: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
     }
 
@@ -141,7 +172,10 @@ fn export_tree(net: &Net, spec: &str, dir: &Path) {
 /// leaving out `excludes` (tar patterns relative to the tree); the differences, one a line.
 fn tar_compare(tree: &Path, dir: &Path, excludes: &[&str], scratch: &Path) -> String {
     let tar = scratch.join("compare.tar");
-    let ex: Vec<String> = excludes.iter().map(|e| format!("--exclude='{e}'")).collect();
+    let ex: Vec<String> = excludes
+        .iter()
+        .map(|e| format!("--exclude='{e}'"))
+        .collect();
     sh(&format!(
         "tar --xattrs --xattrs-include='*' --numeric-owner {} -C {} -cf {} .",
         ex.join(" "),
@@ -156,13 +190,20 @@ fn tar_compare(tree: &Path, dir: &Path, excludes: &[&str], scratch: &Path) -> St
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&tar);
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Whether a pack is being written in the store's tmp/ (uploads have reached the server).
 fn upload_arrived(store: &Path) -> bool {
     std::fs::read_dir(store.join("tmp"))
-        .map(|rd| rd.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > (1 << 20))))
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.metadata().is_ok_and(|m| m.len() > (1 << 20)))
+        })
         .unwrap_or(false)
 }
 
@@ -179,15 +220,38 @@ fn a_live_file_capture_over_the_network_survives_a_killed_server_and_keeps_its_r
 
     // An essential cannot be excluded: refused when the token is made, and by the server
     // when the client asks for it, with the reason; the refusal is in the history.
-    let out = ignite_cmd(&["recovery", "token", "lab1", "-x", "exclude=/usr", "--state-dir"]).arg(net.path("state")).output().unwrap();
+    let out = ignite_cmd(&[
+        "recovery",
+        "token",
+        "lab1",
+        "-x",
+        "exclude=/usr",
+        "--state-dir",
+    ])
+    .arg(net.path("state"))
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("exclude=/usr is refused: /usr is essential"), "{err}");
-    let token = net.ignite(&["recovery", "token", "lab1", "-x", "exclude=/srv"]).trim().to_string();
+    assert!(
+        !out.status.success() && err.contains("exclude=/usr is refused: /usr is essential"),
+        "{err}"
+    );
+    let token = net
+        .ignite(&["recovery", "token", "lab1", "-x", "exclude=/srv"])
+        .trim()
+        .to_string();
     let refused = net.capture(&token, &["--root", &root, "-x", "exclude=/etc/*"]);
-    assert!(!refused.ok && refused.text.contains("exclude=/etc/* is refused"), "{}", refused.text);
+    assert!(
+        !refused.ok && refused.text.contains("exclude=/etc/* is refused"),
+        "{}",
+        refused.text
+    );
     let row = net.last_capture("lab1");
     assert_eq!(row["result"], "failed", "{row}");
-    assert!(row["error"].as_str().unwrap().contains("is refused"), "{row}");
+    assert!(
+        row["error"].as_str().unwrap().contains("is refused"),
+        "{row}"
+    );
 
     // The capture; the server is killed once uploads have arrived, and started again.
     let mut client: Child = net
@@ -205,51 +269,111 @@ fn a_live_file_capture_over_the_network_survives_a_killed_server_and_keeps_its_r
     );
     net.server.as_mut().unwrap().kill();
     eprintln!("server killed mid-upload");
-    assert!(client.try_wait().unwrap().is_none(), "the client must wait for the server, not give up");
+    assert!(
+        client.try_wait().unwrap().is_none(),
+        "the client must wait for the server, not give up"
+    );
     net.start(&[]);
     let t = Instant::now();
     let out = loop {
         if let Some(st) = client.try_wait().unwrap() {
             break st;
         }
-        assert!(t.elapsed() < Duration::from_secs(300), "client still running:\n{}", net.server_log());
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "client still running:\n{}",
+            net.server_log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let text = {
         use std::io::Read;
         let mut s = String::new();
-        client.stdout.take().unwrap().read_to_string(&mut s).unwrap();
-        client.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        client
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        client
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         s
     };
-    assert!(out.success(), "capture failed after the restart:\n{text}\nserver:\n{}", net.server_log());
-    assert!(text.contains("beginning again"), "the client did not resume:\n{text}");
+    assert!(
+        out.success(),
+        "capture failed after the restart:\n{text}\nserver:\n{}",
+        net.server_log()
+    );
+    assert!(
+        text.contains("beginning again"),
+        "the client did not resume:\n{text}"
+    );
     let log = net.server.as_ref().unwrap().log_text();
-    assert!(log.contains("capture of lab1 (files, live) resumed"), "{log}");
-    run(ignite_cmd(&["archive", "--store"]).arg(&store).arg("verify"));
+    assert!(
+        log.contains("capture of lab1 (files, live) resumed"),
+        "{log}"
+    );
+    run(ignite_cmd(&["archive", "--store"])
+        .arg(&store)
+        .arg("verify"));
 
     // One history row for the interrupted-and-resumed capture, ok.
     let row = net.last_capture("lab1");
-    assert_eq!((row["result"].as_str(), row["how"].as_str(), row["kind"].as_str()), (Some("ok"), Some("live"), Some("files")), "{row}");
+    assert_eq!(
+        (
+            row["result"].as_str(),
+            row["how"].as_str(),
+            row["kind"].as_str()
+        ),
+        (Some("ok"), Some("live"), Some("files")),
+        "{row}"
+    );
     let rec = net.ignite_json(&["recovery", "show", "lab1", "--json"]);
     assert_eq!(rec["kind"], "files", "{rec}");
     assert_eq!(rec["system"]["hostname"], "netcap-lab", "{rec}");
     assert_eq!(rec["source"]["type"], "client", "{rec}");
-    let excluded: Vec<&str> = rec["files"]["excluded"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    for e in ["/srv (rule exclude=/srv)", "/var/cache/* (rule exclude=/var/cache/*)", "/tmp/* (left out by default)"] {
+    let excluded: Vec<&str> = rec["files"]["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for e in [
+        "/srv (rule exclude=/srv)",
+        "/var/cache/* (rule exclude=/var/cache/*)",
+        "/tmp/* (left out by default)",
+    ] {
         assert!(excluded.contains(&e), "{e} not in {excluded:?}");
     }
 
     // The capture is the tree, less what the rules and defaults left out.
     let out_dir = net.path("export");
     export_tree(&net, "lab1:files", &out_dir);
-    let diffs = tar_compare(&src, &out_dir, &["./srv", "./tmp/*", "./var/cache/*", "./dev/*"], net.dir.path());
-    assert!(diffs.trim().is_empty(), "export differs from the tree:\n{diffs}");
+    let diffs = tar_compare(
+        &src,
+        &out_dir,
+        &["./srv", "./tmp/*", "./var/cache/*", "./dev/*"],
+        net.dir.path(),
+    );
+    assert!(
+        diffs.trim().is_empty(),
+        "export differs from the tree:\n{diffs}"
+    );
     for gone in ["srv", "tmp/junk", "var/cache/apt", "dev/null"] {
-        assert!(!out_dir.join(gone).exists(), "{gone} was left out, yet exported");
+        assert!(
+            !out_dir.join(gone).exists(),
+            "{gone} was left out, yet exported"
+        );
     }
     use std::os::unix::fs::PermissionsExt;
-    let tmp_mode = std::fs::metadata(out_dir.join("tmp")).unwrap().permissions().mode();
+    let tmp_mode = std::fs::metadata(out_dir.join("tmp"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(tmp_mode & 0o7777, 0o1777, "/tmp keeps its own mode");
     assert!(out_dir.join("var/cache").is_dir() && out_dir.join("var/lib/state").is_file());
 
@@ -258,15 +382,35 @@ fn a_live_file_capture_over_the_network_survives_a_killed_server_and_keeps_its_r
     let again = net.capture(&token, &["--root", &root, "-x", "exclude=/var/cache/*"]);
     assert!(again.ok, "{}\n{}", again.text, net.server_log());
     let row = net.last_capture("lab1");
-    let (read, new) = (row["read_bytes"].as_u64().unwrap(), row["new_bytes"].as_u64().unwrap());
-    assert!(read <= (2 << 20) + (1 << 20), "read {read} bytes for a 2 MiB change:\n{row}");
-    assert!(new <= (2 << 20) + (256 << 10), "stored {new} new bytes for a 2 MiB change:\n{row}");
+    let (read, new) = (
+        row["read_bytes"].as_u64().unwrap(),
+        row["new_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        read <= (2 << 20) + (1 << 20),
+        "read {read} bytes for a 2 MiB change:\n{row}"
+    );
+    assert!(
+        new <= (2 << 20) + (256 << 10),
+        "stored {new} new bytes for a 2 MiB change:\n{row}"
+    );
     let notes = row["notes"].as_str().unwrap();
-    let wire: u64 = notes.split(" bytes on the wire").next().unwrap().parse().unwrap();
-    assert!(wire <= new + (1 << 20), "{wire} bytes on the wire for {new} new:\n{row}");
+    let wire: u64 = notes
+        .split(" bytes on the wire")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        wire <= new + (1 << 20),
+        "{wire} bytes on the wire for {new} new:\n{row}"
+    );
     eprintln!("second capture: {read} read, {new} new, {wire} on the wire");
     export_tree(&net, "lab1:files", &out_dir);
-    assert_eq!(std::fs::read(out_dir.join("data/new")).unwrap(), pattern(2 << 20, 2000));
+    assert_eq!(
+        std::fs::read(out_dir.join("data/new")).unwrap(),
+        pattern(2 << 20, 2000)
+    );
 }
 
 #[test]
@@ -285,10 +429,17 @@ fn an_image_captured_at_block_level_over_the_network_keeps_its_layout() {
         content.display(),
         img = img.display()
     ));
-    let token = net.ignite(&["recovery", "token", "img1", "--kind", "block"]).trim().to_string();
+    let token = net
+        .ignite(&["recovery", "token", "img1", "--kind", "block"])
+        .trim()
+        .to_string();
     // A file capture is not what this token is for.
     let wrong = net.capture(&token, &["--root", content.to_str().unwrap()]);
-    assert!(!wrong.ok && wrong.text.contains("is for a block capture"), "{}", wrong.text);
+    assert!(
+        !wrong.ok && wrong.text.contains("is for a block capture"),
+        "{}",
+        wrong.text
+    );
     let out = net.capture(&token, &["--disk", img.to_str().unwrap()]);
     assert!(out.ok, "{}\n{}", out.text, net.server_log());
     let rec = net.ignite_json(&["recovery", "show", "img1", "--json"]);
@@ -301,9 +452,17 @@ fn an_image_captured_at_block_level_over_the_network_keeps_its_layout() {
         .arg(net.path("state/store"))
         .args(["export", "img1:disk0", "--image"])
         .arg(&back));
-    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&img).unwrap(), "exported image differs");
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&img).unwrap(),
+        "exported image differs"
+    );
     let row = net.last_capture("img1");
-    assert_eq!((row["result"].as_str(), row["how"].as_str()), (Some("ok"), Some("live")), "{row}");
+    assert_eq!(
+        (row["result"].as_str(), row["how"].as_str()),
+        (Some("ok"), Some("live")),
+        "{row}"
+    );
 }
 
 /// Installed by a profile hook: on the first boot of the installed system, fetch `ignite`
@@ -372,7 +531,10 @@ struct Mounted {
 }
 
 fn blkid(dev: &str, tag: &str) -> String {
-    let out = Command::new("blkid").args(["-p", "-o", "value", "-s", tag, dev]).output().unwrap();
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", tag, dev])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -383,17 +545,34 @@ impl Mounted {
             mounts: Vec::new(),
             loops: Vec::new(),
         };
-        let table: Value = serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(image))).unwrap();
+        let table: Value =
+            serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(image))).unwrap();
         for p in table["partitiontable"]["partitions"].as_array().unwrap() {
-            let (start, size) = (p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512);
+            let (start, size) = (
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+            );
             let dev = run(Command::new("losetup")
-                .args(["--find", "--show", "--read-only", "--offset", &start.to_string(), "--sizelimit", &size.to_string()])
+                .args([
+                    "--find",
+                    "--show",
+                    "--read-only",
+                    "--offset",
+                    &start.to_string(),
+                    "--sizelimit",
+                    &size.to_string(),
+                ])
                 .arg(image))
             .trim()
             .to_string();
             m.loops.push(dev);
         }
-        let root = m.loops.iter().find(|d| blkid(d, "TYPE") == "ext4").expect("an ext4 root").clone();
+        let root = m
+            .loops
+            .iter()
+            .find(|d| blkid(d, "TYPE") == "ext4")
+            .expect("an ext4 root")
+            .clone();
         m.mount(&root, "/", "ext4", "ro,noload");
         let fstab = std::fs::read_to_string(m.dir.path().join("etc/fstab")).unwrap();
         for line in fstab.lines().filter(|l| !l.trim_start().starts_with('#')) {
@@ -420,7 +599,9 @@ impl Mounted {
 
     fn mount(&mut self, dev: &str, at: &str, ty: &str, opts: &str) {
         let target = self.dir.path().join(at.trim_start_matches('/'));
-        run(Command::new("mount").args(["-t", ty, "-o", opts, dev]).arg(&target));
+        run(Command::new("mount")
+            .args(["-t", ty, "-o", opts, dev])
+            .arg(&target));
         self.mounts.push(target);
     }
 
@@ -442,32 +623,64 @@ impl Drop for Mounted {
 
 /// What every file capture of the guest leaves out (the defaults and the tests' rule), as
 /// tar patterns.
-const LEFT_OUT: &[&str] = &["./proc/*", "./sys/*", "./dev/*", "./run/*", "./tmp/*", "./var/cache/*"];
+const LEFT_OUT: &[&str] = &[
+    "./proc/*",
+    "./sys/*",
+    "./dev/*",
+    "./run/*",
+    "./tmp/*",
+    "./var/cache/*",
+];
 
 fn last_row(site: &Site, name: &str) -> Value {
-    let rows: Value = serde_json::from_str(&site.ignite(&["recovery", "list", name, "--json"])).unwrap();
+    let rows: Value =
+        serde_json::from_str(&site.ignite(&["recovery", "list", name, "--json"])).unwrap();
     rows.as_array().unwrap().last().unwrap().clone()
 }
 
 #[test]
 fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
-    if !require_tools(&["qemu-system-x86_64", "ip", "apt-get", "debootstrap", "sfdisk", "losetup", "blkid", "tar"]) {
+    if !require_tools(&[
+        "qemu-system-x86_64",
+        "ip",
+        "apt-get",
+        "debootstrap",
+        "sfdisk",
+        "losetup",
+        "blkid",
+        "tar",
+    ]) {
         return;
     }
     let site = Site::new(&[]);
     site.ignite(&["client", "add", "52:54:00:78:00:01", "g1", "install", "lab"]);
-    let token = site.ignite(&["recovery", "token", "g1", "--ttl", "2h"]).trim().to_string();
-    std::fs::write(site.state.join("profiles/lab.toml"), profile(&[&live_capture_hook(&token)])).unwrap();
+    let token = site
+        .ignite(&["recovery", "token", "g1", "--ttl", "2h"])
+        .trim()
+        .to_string();
+    std::fs::write(
+        site.state.join("profiles/lab.toml"),
+        profile(&[&live_capture_hook(&token)]),
+    )
+    .unwrap();
     let lab = Lab::new("capq");
     let mut server = site.server(&lab, "ignite.after=poweroff");
     let mut guest = Guest::start(&lab, site.tmp.path(), 1, Firmware::Bios, 3 << 30, 1);
     let seen = |g: &Guest, s: &Server| {
-        format!("console:\n{}\nserver:\n{}", tail(&g.console(), 40), tail(&s.log_text(), 40))
+        format!(
+            "console:\n{}\nserver:\n{}",
+            tail(&g.console(), 40),
+            tail(&s.log_text(), 40)
+        )
     };
     let wait_off = |g: &mut Guest, s: &Server, what: &str, limit: Duration| {
         let t = Instant::now();
         while !g.exited() {
-            assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for {what}\n{}", seen(g, s));
+            assert!(
+                t.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}\n{}",
+                seen(g, s)
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
         eprintln!("{what}: {:?}", t.elapsed());
@@ -475,7 +688,11 @@ fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
 
     // 1. The network install (the agent powers the guest off when done).
     wait_off(&mut guest, &server, "the install", Duration::from_secs(900));
-    assert!(guest.console().contains("install done"), "{}", seen(&guest, &server));
+    assert!(
+        guest.console().contains("install done"),
+        "{}",
+        seen(&guest, &server)
+    );
 
     // 2. The installed system captures itself live; the server is killed while the upload
     //    runs and started again: the client resumes.
@@ -495,15 +712,41 @@ fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
     server.kill();
     eprintln!("server killed during the live capture");
     let server = site.server(&lab, "ignite.after=poweroff");
-    wait_off(&mut guest, &server, "the live capture", Duration::from_secs(1200));
+    wait_off(
+        &mut guest,
+        &server,
+        "the live capture",
+        Duration::from_secs(1200),
+    );
     let console = guest.console();
-    assert!(console.contains("IGNITE-LIVE-DONE rc=0"), "{}", seen(&guest, &server));
-    assert!(console.contains("beginning again"), "the live capture did not resume:\n{}", seen(&guest, &server));
-    assert!(server.log_text().contains("capture of g1 (files, live) resumed"), "{}", seen(&guest, &server));
-    run(ignite_cmd(&["archive", "--store"]).arg(&store).arg("verify"));
+    assert!(
+        console.contains("IGNITE-LIVE-DONE rc=0"),
+        "{}",
+        seen(&guest, &server)
+    );
+    assert!(
+        console.contains("beginning again"),
+        "the live capture did not resume:\n{}",
+        seen(&guest, &server)
+    );
+    assert!(
+        server
+            .log_text()
+            .contains("capture of g1 (files, live) resumed"),
+        "{}",
+        seen(&guest, &server)
+    );
+    run(ignite_cmd(&["archive", "--store"])
+        .arg(&store)
+        .arg("verify"));
     let live = last_row(&site, "g1");
-    assert_eq!((live["result"].as_str(), live["how"].as_str()), (Some("ok"), Some("live")), "{live}");
-    let rec: Value = serde_json::from_str(&site.ignite(&["recovery", "show", "g1", "--json"])).unwrap();
+    assert_eq!(
+        (live["result"].as_str(), live["how"].as_str()),
+        (Some("ok"), Some("live")),
+        "{live}"
+    );
+    let rec: Value =
+        serde_json::from_str(&site.ignite(&["recovery", "show", "g1", "--json"])).unwrap();
     let live_spec = format!("g1:files@{}", rec["files"]["snapshot"].as_str().unwrap());
 
     // The live capture holds the root file system as it is on the disk (the running system
@@ -513,47 +756,107 @@ fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
     let export = site.tmp.path().join("export");
     {
         let disk = Mounted::new(guest.disk());
-        run(ignite_cmd(&["archive", "--store"]).arg(&store).args(["export", &live_spec, "--dir"]).arg(&export));
+        run(ignite_cmd(&["archive", "--store"])
+            .arg(&store)
+            .args(["export", &live_spec, "--dir"])
+            .arg(&export));
         let root_only = tempfile::tempdir().unwrap();
-        run(Command::new("mount").args(["--bind", "-o", "ro"]).arg(disk.root()).arg(root_only.path()));
+        run(Command::new("mount")
+            .args(["--bind", "-o", "ro"])
+            .arg(disk.root())
+            .arg(root_only.path()));
         let mut ex = LEFT_OUT.to_vec();
         ex.extend(["./var", "./boot/efi"]);
         let diffs = tar_compare(root_only.path(), &export, &ex, &scratch);
         let _ = Command::new("umount").arg(root_only.path()).status();
-        assert!(diffs.trim().is_empty(), "live capture differs from the root file system:\n{diffs}");
-        assert!(export.join("usr/local/bin/ignite").is_file(), "the downloaded binary is part of the system");
+        assert!(
+            diffs.trim().is_empty(),
+            "live capture differs from the root file system:\n{diffs}"
+        );
+        assert!(
+            export.join("usr/local/bin/ignite").is_file(),
+            "the downloaded binary is part of the system"
+        );
     }
     std::fs::remove_dir_all(&export).unwrap();
 
     // 3. Booted to `capture`, the agent captures the file systems from the disk, with the
     //    options prepared for it; it dedups against the live capture.
-    site.ignite(&["recovery", "token", "g1", "--agent", "--kind", "files", "-x", "exclude=/var/cache/*"]);
+    site.ignite(&[
+        "recovery",
+        "token",
+        "g1",
+        "--agent",
+        "--kind",
+        "files",
+        "-x",
+        "exclude=/var/cache/*",
+    ]);
     site.ignite(&["client", "set", "g1", "capture"]);
     guest.boot_again(&lab, "agent");
-    wait_off(&mut guest, &server, "the agent's capture", Duration::from_secs(1200));
-    assert!(guest.console().contains("capture done"), "{}", seen(&guest, &server));
+    wait_off(
+        &mut guest,
+        &server,
+        "the agent's capture",
+        Duration::from_secs(1200),
+    );
+    assert!(
+        guest.console().contains("capture done"),
+        "{}",
+        seen(&guest, &server)
+    );
     let agent = last_row(&site, "g1");
     assert_eq!(
-        (agent["result"].as_str(), agent["how"].as_str(), agent["kind"].as_str()),
+        (
+            agent["result"].as_str(),
+            agent["how"].as_str(),
+            agent["kind"].as_str()
+        ),
         (Some("ok"), Some("agent"), Some("files")),
         "{agent}"
     );
-    let (logical, new) = (agent["logical_bytes"].as_u64().unwrap(), agent["new_bytes"].as_u64().unwrap());
-    eprintln!("agent capture: {logical} bytes, {new} new, {}", agent["notes"]);
+    let (logical, new) = (
+        agent["logical_bytes"].as_u64().unwrap(),
+        agent["new_bytes"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "agent capture: {logical} bytes, {new} new, {}",
+        agent["notes"]
+    );
     assert!(new * 10 < logical, "the agent's capture stored {new} new bytes of {logical}: no dedup against the live one\n{agent}");
-    let client: Value = serde_json::from_str(&site.ignite(&["client", "show", "g1", "--json"])).unwrap();
-    assert_eq!(client["action"], "local", "after its capture the client boots its disk: {client}");
-    let rec: Value = serde_json::from_str(&site.ignite(&["recovery", "show", "g1", "--json"])).unwrap();
+    let client: Value =
+        serde_json::from_str(&site.ignite(&["client", "show", "g1", "--json"])).unwrap();
+    assert_eq!(
+        client["action"], "local",
+        "after its capture the client boots its disk: {client}"
+    );
+    let rec: Value =
+        serde_json::from_str(&site.ignite(&["recovery", "show", "g1", "--json"])).unwrap();
     assert_eq!(rec["system"]["boot_loader"], "grub", "{rec}");
-    assert!(rec["system"]["hostname"].as_str().unwrap().starts_with("lab-"), "{rec}");
-    let parts = rec["source"]["facts"]["disks"][0]["layout"]["partitions"].as_array().unwrap().len();
+    assert!(
+        rec["system"]["hostname"]
+            .as_str()
+            .unwrap()
+            .starts_with("lab-"),
+        "{rec}"
+    );
+    let parts = rec["source"]["facts"]["disks"][0]["layout"]["partitions"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(parts, 4, "the disk's layout is recorded: {rec}");
 
     // The agent's capture is the disk's file systems, less what was left out.
     let disk = Mounted::new(guest.disk());
-    run(ignite_cmd(&["archive", "--store"]).arg(&store).args(["export", "g1:files", "--dir"]).arg(&export));
+    run(ignite_cmd(&["archive", "--store"])
+        .arg(&store)
+        .args(["export", "g1:files", "--dir"])
+        .arg(&export));
     let diffs = tar_compare(disk.root(), &export, LEFT_OUT, &scratch);
-    assert!(diffs.trim().is_empty(), "agent capture differs from the disk:\n{diffs}");
+    assert!(
+        diffs.trim().is_empty(),
+        "agent capture differs from the disk:\n{diffs}"
+    );
     for gone in LEFT_OUT {
         let dir = export.join(gone.trim_start_matches("./").trim_end_matches("/*"));
         let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);

@@ -237,7 +237,9 @@ pub fn capture(args: &BootArgs) -> Result<()> {
         kind: None,
         rules: Rules::default(),
     };
-    let f = remote::with_progress(Duration::from_secs(10), |p| remote::capture(&client, &job, p))?;
+    let f = remote::with_progress(Duration::from_secs(10), |p| {
+        remote::capture(&client, &job, p)
+    })?;
     say(&format!(
         "capture done: {}@{} ({}), {} bytes read, {} new, {} on the wire",
         f.name,

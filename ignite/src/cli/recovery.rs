@@ -104,8 +104,12 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
         Cmd::Capture(c) if c.server.is_some() => net_capture(c),
         Cmd::Capture(c) => match (&c.name, c.disks.is_empty() && c.rules.is_empty()) {
             (Some(name), true) => capture(&a.state_dir, &store_dir, name),
-            (Some(_), false) => anyhow::bail!("--disk and -x are for captures over the network (--server URL)"),
-            (None, _) => anyhow::bail!("name the guest to capture, or capture this machine with --server URL"),
+            (Some(_), false) => {
+                anyhow::bail!("--disk and -x are for captures over the network (--server URL)")
+            }
+            (None, _) => anyhow::bail!(
+                "name the guest to capture, or capture this machine with --server URL"
+            ),
         },
         Cmd::Token(t) => token(&a.state_dir, t),
         Cmd::List { name, json } => list(&a.state_dir, name.as_deref(), json),
@@ -199,12 +203,19 @@ fn token(state_dir: &Path, t: TokenArgs) -> Result<()> {
     let state = State::open(state_dir)?;
     let how = if t.agent { "agent" } else { "live" };
     if t.agent && state.find(&t.name)?.is_none() {
-        anyhow::bail!("{} is not a registered client; register it with `ignite client add MAC {}` first", t.name, t.name);
+        anyhow::bail!(
+            "{} is not a registered client; register it with `ignite client add MAC {}` first",
+            t.name,
+            t.name
+        );
     }
     let token = state.create_capture_token(&t.name, how, kind, &rules.to_args().join(","), ttl)?;
     println!("{token}");
     if t.agent {
-        eprintln!("the next netboot capture of {} (ignite client set {} capture) uses these options", t.name, t.name);
+        eprintln!(
+            "the next netboot capture of {} (ignite client set {} capture) uses these options",
+            t.name, t.name
+        );
     } else {
         eprintln!("on {}: curl -o ignite http://SERVER:PORT/ignite && chmod +x ignite && ./ignite recovery capture --server http://SERVER:PORT --token {token}", t.name);
     }
@@ -213,8 +224,13 @@ fn token(state_dir: &Path, t: TokenArgs) -> Result<()> {
 
 /// `30m`, `12h`, `7d`, or seconds → milliseconds.
 fn parse_ttl(text: &str) -> Result<i64> {
-    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: i64 = num.parse().with_context(|| format!("--ttl {text:?}: write e.g. 30m, 12h or 7d"))?;
+    let (num, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("--ttl {text:?}: write e.g. 30m, 12h or 7d"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,

@@ -29,13 +29,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ignite_archive::chunk_stream::{self, Limits};
 use ignite_archive::{
-    chunk_source::BATCH_BYTES, Draft, DraftContent, Manifest, SnapshotKind, Store,
-    Writer,
+    chunk_source::BATCH_BYTES, Draft, DraftContent, Manifest, SnapshotKind, Store, Writer,
 };
 use ignite_recovery::capture::files::{self, Rules};
 use ignite_recovery::capture::record::{
-    disk_snapshot_name, files_snapshot_name, CaptureKind, CaptureStats, SourceInfo,
-    LABEL_CAPTURE,
+    disk_snapshot_name, files_snapshot_name, CaptureKind, CaptureStats, SourceInfo, LABEL_CAPTURE,
 };
 use ignite_recovery::capture::remote::{Begin, Finished, Report, Session as Reply};
 use ignite_recovery::capture::{finish_capture, Content};
@@ -240,15 +238,31 @@ impl CaptureApi {
             let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<String> = map
                 .iter()
-                .filter(|(_, s)| s.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > SESSION_IDLE)
+                .filter(|(_, s)| {
+                    s.last_used
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .elapsed()
+                        > SESSION_IDLE
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             gone.iter().filter_map(|k| map.remove(k)).collect()
         };
         for s in idle {
-            if s.finished.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-                tracing::warn!("capture of {}: the client stopped sending; session ended", s.name);
-                let _ = self.state.capture_failed(s.capture_id, "the client stopped sending (idle session ended)");
+            if s.finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+            {
+                tracing::warn!(
+                    "capture of {}: the client stopped sending; session ended",
+                    s.name
+                );
+                let _ = self.state.capture_failed(
+                    s.capture_id,
+                    "the client stopped sending (idle session ended)",
+                );
             }
         }
     }
@@ -260,7 +274,10 @@ impl CaptureApi {
             (Some(k), Some(asked)) if k != asked.to_string() => {
                 return Err(ApiError(
                     StatusCode::FORBIDDEN,
-                    format!("capture token for {} is for a {k} capture, not {asked}", t.name),
+                    format!(
+                        "capture token for {} is for a {k} capture, not {asked}",
+                        t.name
+                    ),
                 ))
             }
             (Some("files"), _) => CaptureKind::Files,
@@ -327,9 +344,17 @@ impl CaptureApi {
             "capture of {} ({kind}, {}) {}: {:?}; rules {}",
             t.name,
             t.how,
-            if resumed.is_some() { "resumed" } else { "begun" },
+            if resumed.is_some() {
+                "resumed"
+            } else {
+                "begun"
+            },
             req.client,
-            if rules.to_args().is_empty() { "none".to_string() } else { rules.to_args().join(",") }
+            if rules.to_args().is_empty() {
+                "none".to_string()
+            } else {
+                rules.to_args().join(",")
+            }
         );
         Ok(Reply {
             session: id,
@@ -391,12 +416,14 @@ impl CaptureApi {
             (CaptureKind::Files, _) if part == "files" => {
                 (files_snapshot_name(&s.name), "files", SnapshotKind::Tree)
             }
-            (CaptureKind::Block, Some(i)) => (disk_snapshot_name(&s.name, i), "disk", SnapshotKind::Image),
+            (CaptureKind::Block, Some(i)) => {
+                (disk_snapshot_name(&s.name, i), "disk", SnapshotKind::Image)
+            }
             _ => {
                 return Err(bad(format!(
-                    "capture of {} ({}): {part:?} is not one of its parts (files; disk0, disk1, ...)",
-                    s.name, s.kind
-                )))
+                "capture of {} ({}): {part:?} is not one of its parts (files; disk0, disk1, ...)",
+                s.name, s.kind
+            )))
             }
         };
         let mut draft = Draft::decode(body).map_err(|e| bad(e.to_string()))?;
@@ -405,13 +432,18 @@ impl CaptureApi {
             DraftContent::Image { .. } => SnapshotKind::Image,
         };
         if draft_kind != kind {
-            return Err(bad(format!("capture of {}: part {part} must be a {kind:?} snapshot", s.name)));
+            return Err(bad(format!(
+                "capture of {}: part {part} must be a {kind:?} snapshot",
+                s.name
+            )));
         }
         // The server names what it stores, and chains it to the part's latest.
         let store = self.store()?;
         draft.name = name.clone();
         draft.labels = BTreeMap::from([(LABEL_CAPTURE.to_string(), label.to_string())]);
-        draft.parent = latest(&store, &name, label).map_err(internal)?.map(|m| m.id);
+        draft.parent = latest(&store, &name, label)
+            .map_err(internal)?
+            .map(|m| m.id);
         let mut guard = s.writer.write().unwrap_or_else(|p| p.into_inner());
         let writer = guard.take().ok_or_else(|| internal("no write session"))?;
         let result = writer.commit_uploaded(draft);
@@ -452,9 +484,19 @@ impl CaptureApi {
         let result = match s.kind {
             CaptureKind::Files => {
                 let Some(tree) = parts.get("files") else {
-                    return Err(ApiError(StatusCode::CONFLICT, format!("capture of {}: nothing committed yet (commit part files first)", s.name)));
+                    return Err(ApiError(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "capture of {}: nothing committed yet (commit part files first)",
+                            s.name
+                        ),
+                    ));
                 };
-                let layouts: Vec<_> = report.disks.iter().filter_map(|d| d.layout.clone()).collect();
+                let layouts: Vec<_> = report
+                    .disks
+                    .iter()
+                    .filter_map(|d| d.layout.clone())
+                    .collect();
                 let mut system = files::system_info(&store, tree, &layouts);
                 system.notes.extend(report.notes.iter().cloned());
                 let content = Content::Files {
@@ -471,9 +513,19 @@ impl CaptureApi {
                     .collect();
                 disks.sort_by_key(|(i, _)| *i);
                 if disks.is_empty() {
-                    return Err(ApiError(StatusCode::CONFLICT, format!("capture of {}: no disk committed yet", s.name)));
+                    return Err(ApiError(
+                        StatusCode::CONFLICT,
+                        format!("capture of {}: no disk committed yet", s.name),
+                    ));
                 }
-                finish_capture(store2, &s.name, source, Content::Disks(&disks), stats, s.started)
+                finish_capture(
+                    store2,
+                    &s.name,
+                    source,
+                    Content::Disks(&disks),
+                    stats,
+                    s.started,
+                )
             }
         };
         let (m, record) = result.map_err(internal)?;
@@ -539,7 +591,11 @@ impl CaptureApi {
 /// `diskN` → N.
 fn part_disk(part: &str) -> Option<usize> {
     let n = part.strip_prefix("disk")?;
-    if n.is_empty() || n.len() > 3 || !n.bytes().all(|b| b.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0')) {
+    if n.is_empty()
+        || n.len() > 3
+        || !n.bytes().all(|b| b.is_ascii_digit())
+        || (n.len() > 1 && n.starts_with('0'))
+    {
         return None;
     }
     n.parse().ok().filter(|n| *n < MAX_DISKS)
@@ -547,14 +603,20 @@ fn part_disk(part: &str) -> Option<usize> {
 
 /// The latest snapshot named `name` with capture label `label`.
 fn latest(store: &Store, name: &str, label: &str) -> ignite_archive::Result<Option<Manifest>> {
-    Ok(store.list_snapshots()?.into_iter().rev().find(|m| {
-        m.name == name && m.labels.get(LABEL_CAPTURE).map(String::as_str) == Some(label)
-    }))
+    Ok(store
+        .list_snapshots()?
+        .into_iter()
+        .rev()
+        .find(|m| m.name == name && m.labels.get(LABEL_CAPTURE).map(String::as_str) == Some(label)))
 }
 
 /// Each part's latest snapshot (a file capture's tree, or every disk of earlier block
 /// captures).
-fn latest_parts(store: &Store, name: &str, kind: CaptureKind) -> ignite_archive::Result<BTreeMap<String, Manifest>> {
+fn latest_parts(
+    store: &Store,
+    name: &str,
+    kind: CaptureKind,
+) -> ignite_archive::Result<BTreeMap<String, Manifest>> {
     let mut out = BTreeMap::new();
     match kind {
         CaptureKind::Files => {
@@ -564,8 +626,13 @@ fn latest_parts(store: &Store, name: &str, kind: CaptureKind) -> ignite_archive:
         }
         CaptureKind::Block => {
             for m in store.list_snapshots()? {
-                let disk = m.name.strip_prefix(name).and_then(|r| r.strip_prefix(":")).and_then(part_disk);
-                if disk.is_some() && m.labels.get(LABEL_CAPTURE).map(String::as_str) == Some("disk") {
+                let disk = m
+                    .name
+                    .strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(":"))
+                    .and_then(part_disk);
+                if disk.is_some() && m.labels.get(LABEL_CAPTURE).map(String::as_str) == Some("disk")
+                {
                     let part = m.name[name.len() + 1..].to_string();
                     out.insert(part, m); // snapshots are listed oldest first
                 }
@@ -616,7 +683,10 @@ async fn begin_handler(
 ) -> ApiResult<Response> {
     let body = read_body(body, 1 << 20, "capture begin").await?;
     let req: Begin = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(StatusCode::BAD_REQUEST, format!("capture begin: the body is not a Begin (JSON): {e}"))
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("capture begin: the body is not a Begin (JSON): {e}"),
+        )
     })?;
     let reply = blocking(move || {
         let t = api.token(&headers, peer.ip(), true)?;
@@ -627,7 +697,12 @@ async fn begin_handler(
 }
 
 /// The session of a request, checked, with the request's body counted.
-async fn session_of(api: &Arc<CaptureApi>, id: String, peer: SocketAddr, headers: HeaderMap) -> ApiResult<Arc<Session>> {
+async fn session_of(
+    api: &Arc<CaptureApi>,
+    id: String,
+    peer: SocketAddr,
+    headers: HeaderMap,
+) -> ApiResult<Arc<Session>> {
     let api = api.clone();
     blocking(move || api.session(&id, &headers, peer.ip())).await
 }
@@ -705,7 +780,10 @@ async fn finish_handler(
     let body = read_body(body, MAX_REPORT, "capture report").await?;
     s.touch(body.len());
     let report: Report = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(StatusCode::BAD_REQUEST, format!("capture report: the body is not a Report (JSON): {e}"))
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("capture report: the body is not a Report (JSON): {e}"),
+        )
     })?;
     let f = blocking(move || api.finish(&s, report)).await?;
     Ok(Json(f).into_response())
@@ -736,7 +814,10 @@ async fn binary_handler(AxState(api): Api) -> ApiResult<Response> {
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"ignite\""),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"ignite\"",
+            ),
         ],
         bytes,
     )
@@ -751,7 +832,9 @@ mod tests {
     fn part_names() {
         assert_eq!(part_disk("disk0"), Some(0));
         assert_eq!(part_disk("disk12"), Some(12));
-        for bad in ["disk", "disk01", "disk256", "disk-1", "diskx", "files", "disk1000"] {
+        for bad in [
+            "disk", "disk01", "disk256", "disk-1", "diskx", "files", "disk1000",
+        ] {
             assert_eq!(part_disk(bad), None, "{bad}");
         }
     }

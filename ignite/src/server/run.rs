@@ -277,7 +277,13 @@ pub fn run(cfg: Config) -> Result<()> {
             ))
             .router(),
         )
-        .merge(Arc::new(super::capture_api::CaptureApi::new(state.clone(), cfg.store_dir())).router());
+        .merge(
+            Arc::new(super::capture_api::CaptureApi::new(
+                state.clone(),
+                cfg.store_dir(),
+            ))
+            .router(),
+        );
         let rx = stop_rx.clone();
         tasks.spawn(async move {
             if let Err(e) = http::serve(listener, app, rx).await {

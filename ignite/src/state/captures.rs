@@ -178,7 +178,9 @@ impl State {
         // Snapshot names are NAME, NAME:files and NAME:diskN.
         let ok = !name.is_empty()
             && name.len() <= 100
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
         if !ok {
             bail!("capture name {name:?} is not usable; use 1-100 letters, digits and - _ . +");
         }
@@ -187,7 +189,15 @@ impl State {
         self.conn().execute(
             "INSERT INTO capture_tokens (token, name, how, kind, rules, created_ms, expires_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![token, name, how, kind, rules, now, now.saturating_add(ttl_ms)],
+            params![
+                token,
+                name,
+                how,
+                kind,
+                rules,
+                now,
+                now.saturating_add(ttl_ms)
+            ],
         )?;
         Ok(token)
     }
@@ -208,7 +218,9 @@ impl State {
     /// or a fresh one. Only registered clients get one.
     pub fn boot_capture_token(&self, mac: &str) -> Result<String> {
         let Some(c) = self.find(mac)? else {
-            bail!("{mac} is not a registered client; register it (`ignite client add`) to capture it");
+            bail!(
+                "{mac} is not a registered client; register it (`ignite client add`) to capture it"
+            );
         };
         let t: Option<String> = self
             .conn()
@@ -292,7 +304,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::open(dir.path()).unwrap();
         let mac: ignite_netboot::MacAddr = "52:54:00:00:00:09".parse().unwrap();
-        assert!(s.boot_capture_token("52:54:00:00:00:09").is_err(), "unregistered");
+        assert!(
+            s.boot_capture_token("52:54:00:00:00:09").is_err(),
+            "unregistered"
+        );
         s.add(mac, "web1", &Action::Capture).unwrap();
         let t = s.boot_capture_token("52:54:00:00:00:09").unwrap();
         // Booting again before the capture finished gives the same token.
@@ -305,14 +320,24 @@ mod tests {
         assert_eq!(s.get("web1").unwrap().action, Action::Local);
         assert_ne!(s.boot_capture_token("52:54:00:00:00:09").unwrap(), t);
         // Prepared tokens carry their options; expired ones are passed over.
-        let old = s.create_capture_token("web1", "agent", Some("files"), "exclude=/srv", -1).unwrap();
+        let old = s
+            .create_capture_token("web1", "agent", Some("files"), "exclude=/srv", -1)
+            .unwrap();
         let fresh = s.boot_capture_token("52:54:00:00:00:09").unwrap();
         assert_ne!(fresh, old);
-        let live = s.create_capture_token("web1", "live", Some("files"), "", 60_000).unwrap();
+        let live = s
+            .create_capture_token("web1", "live", Some("files"), "", 60_000)
+            .unwrap();
         let row = s.capture_token(&live).unwrap().unwrap();
-        assert_eq!((row.how.as_str(), row.kind.as_deref()), ("live", Some("files")));
+        assert_eq!(
+            (row.how.as_str(), row.kind.as_deref()),
+            ("live", Some("files"))
+        );
         s.capture_token_done(&live).unwrap();
-        assert!(!s.capture_token(&live).unwrap().unwrap().used, "live tokens serve until they expire");
+        assert!(
+            !s.capture_token(&live).unwrap().unwrap().used,
+            "live tokens serve until they expire"
+        );
         assert!(s.create_capture_token("a/b", "live", None, "", 1).is_err());
     }
 

@@ -41,7 +41,10 @@ pub const ESSENTIALS: &[(&str, &str)] = &[
         "/boot",
         "the kernel, its initramfs and the boot loader's files",
     ),
-    ("/etc", "the system's configuration (accounts, mounts, network)"),
+    (
+        "/etc",
+        "the system's configuration (accounts, mounts, network)",
+    ),
     ("/lib", "the system's libraries and kernel modules"),
     ("/lib64", "the system's libraries"),
     ("/sbin", "the system's administration programs"),
@@ -60,8 +63,16 @@ const DISK_FS: &[&str] = &[
 
 /// Mount options that change what a file system shows (kept when the agent mounts it).
 const MOUNT_VIEW_OPTIONS: &[&str] = &[
-    "subvol=", "subvolid=", "uid=", "gid=", "umask=", "fmask=", "dmask=", "codepage=",
-    "iocharset=", "shortname=",
+    "subvol=",
+    "subvolid=",
+    "uid=",
+    "gid=",
+    "umask=",
+    "fmask=",
+    "dmask=",
+    "codepage=",
+    "iocharset=",
+    "shortname=",
 ];
 
 /// Largest /etc/fstab, /proc/self/mountinfo or /proc/swaps read.
@@ -337,10 +348,7 @@ pub fn select(fss: &[FileSystem], rules: &Rules, swap_files: &[String]) -> Resul
         } else if f.on_disk() {
             notes.push(format!(
                 "{} ({} on {}) not captured: not on a disk holding the system; include={} takes it",
-                f.mount,
-                f.fs_type,
-                f.device,
-                f.mount
+                f.mount, f.fs_type, f.device, f.mount
             ));
         }
     }
@@ -383,9 +391,7 @@ pub fn select(fss: &[FileSystem], rules: &Rules, swap_files: &[String]) -> Resul
             .find(|(t, _)| f.mount != "/" && t.covers(&f.mount));
         match (disk_rule, path_rule) {
             (Some(t), _) => notes.push(format!("{} not captured: rule exclude={t}", f.mount)),
-            (None, Some((t, why))) => {
-                notes.push(format!("{} not captured: {why} ({t})", f.mount))
-            }
+            (None, Some((t, why))) => notes.push(format!("{} not captured: {why} ({t})", f.mount)),
             (None, None) => taken.push(f.clone()),
         }
     }
@@ -438,7 +444,10 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -658,14 +667,24 @@ pub fn fstab_file_systems(fstab: &str, vols: &[Volume]) -> (Vec<FileSystem>, Vec
         let Ok(Target::Path(mount)) = Target::parse(&e.mount) else {
             continue;
         };
-        let eq = |a: &Option<String>, b: &str| a.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(b));
+        let eq =
+            |a: &Option<String>, b: &str| a.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(b));
         let what = e.what.as_str();
         let vol = vols.iter().find(|v| {
-            if let Some(u) = what.strip_prefix("UUID=").or_else(|| what.strip_prefix("/dev/disk/by-uuid/")) {
+            if let Some(u) = what
+                .strip_prefix("UUID=")
+                .or_else(|| what.strip_prefix("/dev/disk/by-uuid/"))
+            {
                 eq(&v.uuid, u)
-            } else if let Some(l) = what.strip_prefix("LABEL=").or_else(|| what.strip_prefix("/dev/disk/by-label/")) {
+            } else if let Some(l) = what
+                .strip_prefix("LABEL=")
+                .or_else(|| what.strip_prefix("/dev/disk/by-label/"))
+            {
                 eq(&v.label, l)
-            } else if let Some(p) = what.strip_prefix("PARTUUID=").or_else(|| what.strip_prefix("/dev/disk/by-partuuid/")) {
+            } else if let Some(p) = what
+                .strip_prefix("PARTUUID=")
+                .or_else(|| what.strip_prefix("/dev/disk/by-partuuid/"))
+            {
                 eq(&v.part_uuid, p)
             } else {
                 v.device == what
@@ -726,7 +745,10 @@ pub fn device_system(disks: &[DiskFact]) -> Result<Found> {
         }
     }
     let vols = volumes(&found.layouts);
-    for v in vols.iter().filter(|v| ROOT_FS.contains(&v.fs_type.as_str())) {
+    for v in vols
+        .iter()
+        .filter(|v| ROOT_FS.contains(&v.fs_type.as_str()))
+    {
         let Some((fstab, hostname)) = peek_root(v, &mut found.notes) else {
             continue;
         };
@@ -744,7 +766,9 @@ pub fn device_system(disks: &[DiskFact]) -> Result<Found> {
         }
         found.swap_files = parse_fstab(&fstab)
             .into_iter()
-            .filter(|e| e.fs_type == "swap" && e.what.starts_with('/') && !e.what.starts_with("/dev/"))
+            .filter(|e| {
+                e.fs_type == "swap" && e.what.starts_with('/') && !e.what.starts_with("/dev/")
+            })
             .map(|e| e.what)
             .collect();
         found.file_systems = fss;
@@ -864,7 +888,13 @@ impl View {
             notes: Vec::new(),
         };
         let b = view.base_dir();
-        mount("tmpfs", &b, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, "mode=0700,size=1m")?;
+        mount(
+            "tmpfs",
+            &b,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0700,size=1m",
+        )?;
         view.mounts.push(b.clone());
         std::fs::create_dir(&view.root)?;
         std::fs::create_dir(b.join("empty-dir"))?;
@@ -883,7 +913,11 @@ impl View {
     }
 
     fn base_dir(&self) -> PathBuf {
-        self.base.as_ref().expect("present until drop").path().to_path_buf()
+        self.base
+            .as_ref()
+            .expect("present until drop")
+            .path()
+            .to_path_buf()
     }
 
     /// `path` inside the view, resolved as the system would (symlinks stay inside).
@@ -913,7 +947,14 @@ impl View {
         Ok(rel.as_os_str().as_bytes().to_vec())
     }
 
-    fn mount_on(&mut self, fd: &OwnedFd, source: &str, fstype: Option<&str>, flags: libc::c_ulong, data: &str) -> Result<()> {
+    fn mount_on(
+        &mut self,
+        fd: &OwnedFd,
+        source: &str,
+        fstype: Option<&str>,
+        flags: libc::c_ulong,
+        data: &str,
+    ) -> Result<()> {
         let at = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         let real = std::fs::read_link(&at)?;
         mount(source, &at, fstype, flags, data)?;
@@ -931,13 +972,24 @@ impl View {
         }
         match source {
             Source::Live => {
-                let from = f.reach.as_ref().with_context(|| format!("{}: not reachable", f.mount))?;
-                let from = from.to_str().with_context(|| format!("{}: not UTF-8", from.display()))?;
+                let from = f
+                    .reach
+                    .as_ref()
+                    .with_context(|| format!("{}: not reachable", f.mount))?;
+                let from = from
+                    .to_str()
+                    .with_context(|| format!("{}: not UTF-8", from.display()))?;
                 self.mount_on(&fd, from, None, libc::MS_BIND, "")?;
                 // A bind mount takes the read-only flag only on a remount.
                 let at = self.mounts.last().expect("just mounted").clone();
-                mount("none", &at, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY, "")
-                    .with_context(|| format!("{}: cannot make its view read-only", f.mount))?;
+                mount(
+                    "none",
+                    &at,
+                    None,
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    "",
+                )
+                .with_context(|| format!("{}: cannot make its view read-only", f.mount))?;
             }
             Source::Devices => {
                 // What decides what the system sees: btrfs's subvolume, FAT's owners and
@@ -945,12 +997,16 @@ impl View {
                 let data: Vec<&str> = f
                     .options
                     .split(',')
-                    .filter(|o| {
-                        MOUNT_VIEW_OPTIONS.iter().any(|k| o.starts_with(k)) || *o == "utf8"
-                    })
+                    .filter(|o| MOUNT_VIEW_OPTIONS.iter().any(|k| o.starts_with(k)) || *o == "utf8")
                     .collect();
-                self.mount_on(&fd, &f.device, Some(&f.fs_type), libc::MS_RDONLY, &data.join(","))
-                    .with_context(|| format!("{} ({})", f.mount, f.fs_type))?;
+                self.mount_on(
+                    &fd,
+                    &f.device,
+                    Some(&f.fs_type),
+                    libc::MS_RDONLY,
+                    &data.join(","),
+                )
+                .with_context(|| format!("{} ({})", f.mount, f.fs_type))?;
             }
         }
         Ok(())
@@ -967,7 +1023,9 @@ impl View {
             Ok(fd) => fd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
-                self.notes.push(format!("exclude={t}: cannot look at it ({e}); nothing left out"));
+                self.notes.push(format!(
+                    "exclude={t}: cannot look at it ({e}); nothing left out"
+                ));
                 return Ok(());
             }
         };
@@ -982,7 +1040,9 @@ impl View {
             return Ok(());
         }
         if contents && kind != libc::S_IFDIR {
-            self.notes.push(format!("exclude={t}: {path} is not a directory; nothing left out"));
+            self.notes.push(format!(
+                "exclude={t}: {path} is not a directory; nothing left out"
+            ));
             return Ok(());
         }
         let keep = if contents {
@@ -1000,12 +1060,25 @@ impl View {
         } else {
             None
         };
-        let mask = self.base_dir().join(if kind == libc::S_IFDIR { "empty-dir" } else { "empty-file" });
-        let mask = mask.to_str().context("temporary directory path is not UTF-8")?.to_string();
+        let mask = self.base_dir().join(if kind == libc::S_IFDIR {
+            "empty-dir"
+        } else {
+            "empty-file"
+        });
+        let mask = mask
+            .to_str()
+            .context("temporary directory path is not UTF-8")?
+            .to_string();
         self.mount_on(&fd, &mask, None, libc::MS_BIND, "")
             .with_context(|| format!("exclude={t}: cannot cover it"))?;
         let at = self.mounts.last().expect("just mounted").clone();
-        mount("none", &at, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY, "")?;
+        mount(
+            "none",
+            &at,
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            "",
+        )?;
         self.covers.push(Cover { rel, keep });
         Ok(())
     }
@@ -1017,7 +1090,7 @@ impl View {
             dir.is_empty() || p == dir || (p.starts_with(dir) && p.get(dir.len()) == Some(&b'/'))
         };
         entries.retain_mut(|e| {
-            if self.drops.iter().any(|d| e.path == *d) {
+            if self.drops.contains(&e.path) {
                 return false;
             }
             for c in &self.covers {
@@ -1068,12 +1141,20 @@ fn read_xattrs(fd: &OwnedFd) -> Result<Vec<Xattr>> {
         return Err(e).context("cannot list extended attributes");
     }
     let mut out = Vec::new();
-    for name in names[..n as usize].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
         let cname = CString::new(name)?;
         let mut value = vec![0u8; 64 << 10];
         // SAFETY: valid strings and a buffer of the length given.
         let len = unsafe {
-            libc::getxattr(p.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len())
+            libc::getxattr(
+                p.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
         };
         if len >= 0 {
             value.truncate(len as usize);
@@ -1138,7 +1219,11 @@ mod tests {
             fs_type: ty.into(),
             options: "rw".into(),
             uuid: None,
-            disks: if disk.is_empty() { vec![] } else { vec![disk.into()] },
+            disks: if disk.is_empty() {
+                vec![]
+            } else {
+                vec![disk.into()]
+            },
             reach: None,
         }
     }
@@ -1170,21 +1255,57 @@ mod tests {
             ]
         );
         assert_eq!(Rules::parse(&r.to_args()).unwrap(), r);
-        for bad in ["exclude=srv", "exclude=/a/../etc", "keep=/x", "/x", "include=/x/*", "exclude=/a*b"] {
+        for bad in [
+            "exclude=srv",
+            "exclude=/a/../etc",
+            "keep=/x",
+            "/x",
+            "include=/x/*",
+            "exclude=/a*b",
+        ] {
             assert!(Rules::parse(&[bad]).is_err(), "{bad} should be refused");
         }
     }
 
     #[test]
     fn essentials_are_refused_with_the_reason_and_the_list() {
-        for bad in ["exclude=/usr", "exclude=/", "exclude=/*", "exclude=/usr/*", "exclude=/etc"] {
-            let e = format!("{:#}", Rules::parse(&[bad]).unwrap().check_essentials().unwrap_err());
-            assert!(e.contains("is refused") && e.contains("/boot, /etc"), "{bad}: {e}");
+        for bad in [
+            "exclude=/usr",
+            "exclude=/",
+            "exclude=/*",
+            "exclude=/usr/*",
+            "exclude=/etc",
+        ] {
+            let e = format!(
+                "{:#}",
+                Rules::parse(&[bad])
+                    .unwrap()
+                    .check_essentials()
+                    .unwrap_err()
+            );
+            assert!(
+                e.contains("is refused") && e.contains("/boot, /etc"),
+                "{bad}: {e}"
+            );
         }
-        let e = format!("{:#}", Rules::parse(&["exclude=/usr"]).unwrap().check_essentials().unwrap_err());
-        assert!(e.contains("/usr is essential (the system's programs and libraries)"), "{e}");
+        let e = format!(
+            "{:#}",
+            Rules::parse(&["exclude=/usr"])
+                .unwrap()
+                .check_essentials()
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("/usr is essential (the system's programs and libraries)"),
+            "{e}"
+        );
         // Below an essential is fine, and so is its neighbour with a similar name.
-        for ok in ["exclude=/usr/share/doc", "exclude=/etcetera", "exclude=/boot/old/*", "exclude=/var"] {
+        for ok in [
+            "exclude=/usr/share/doc",
+            "exclude=/etcetera",
+            "exclude=/boot/old/*",
+            "exclude=/var",
+        ] {
             Rules::parse(&[ok]).unwrap().check_essentials().unwrap();
         }
     }
@@ -1193,39 +1314,92 @@ mod tests {
     fn by_default_the_system_disk_and_nothing_else() {
         let s = select(&machine(), &Rules::default(), &[]).unwrap();
         assert_eq!(mounts(&s), ["/", "/var", "/boot/efi"]);
-        assert!(s.notes.iter().any(|n| n.starts_with("/srv (ext4 on /dev/vdb1) not captured")), "{:?}", s.notes);
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.starts_with("/srv (ext4 on /dev/vdb1) not captured")),
+            "{:?}",
+            s.notes
+        );
         let excluded: Vec<String> = s.excluded.iter().map(|(t, _)| t.to_string()).collect();
-        assert_eq!(excluded, ["/proc/*", "/sys/*", "/dev/*", "/run/*", "/tmp/*"]);
+        assert_eq!(
+            excluded,
+            ["/proc/*", "/sys/*", "/dev/*", "/run/*", "/tmp/*"]
+        );
     }
 
     #[test]
     fn includes_add_disks_and_file_systems_with_their_parents() {
-        let s = select(&machine(), &Rules::parse(&["include=/srv/data/x"]).unwrap(), &[]).unwrap();
+        let s = select(
+            &machine(),
+            &Rules::parse(&["include=/srv/data/x"]).unwrap(),
+            &[],
+        )
+        .unwrap();
         assert_eq!(mounts(&s), ["/", "/srv", "/var", "/boot/efi", "/srv/data"]);
-        let s = select(&machine(), &Rules::parse(&["include=/dev/vdb"]).unwrap(), &[]).unwrap();
+        let s = select(
+            &machine(),
+            &Rules::parse(&["include=/dev/vdb"]).unwrap(),
+            &[],
+        )
+        .unwrap();
         assert_eq!(mounts(&s), ["/", "/srv", "/var", "/boot/efi"]);
     }
 
     #[test]
     fn exclusions_win_and_take_what_is_mounted_below() {
-        let r = Rules::parse(&["include=/dev/vdb,include=/dev/vdc,exclude=/srv,exclude=/var/cache/*"]).unwrap();
+        let r =
+            Rules::parse(&["include=/dev/vdb,include=/dev/vdc,exclude=/srv,exclude=/var/cache/*"])
+                .unwrap();
         let s = select(&machine(), &r, &["/swapfile".into()]).unwrap();
         assert_eq!(mounts(&s), ["/", "/var", "/boot/efi"]);
         let excluded: Vec<String> = s.excluded.iter().map(|(t, _)| t.to_string()).collect();
-        assert!(excluded.contains(&"/srv".to_string()) && excluded.contains(&"/var/cache/*".to_string()));
+        assert!(
+            excluded.contains(&"/srv".to_string())
+                && excluded.contains(&"/var/cache/*".to_string())
+        );
         assert!(excluded.contains(&"/swapfile".to_string()));
-        assert!(s.notes.iter().any(|n| n.contains("/srv/data not captured")), "{:?}", s.notes);
+        assert!(
+            s.notes.iter().any(|n| n.contains("/srv/data not captured")),
+            "{:?}",
+            s.notes
+        );
         // A disk exclusion takes its file systems, even an included one.
         let r = Rules::parse(&["include=/srv,exclude=/dev/vdb"]).unwrap();
-        assert_eq!(mounts(&select(&machine(), &r, &[]).unwrap()), ["/", "/var", "/boot/efi"]);
+        assert_eq!(
+            mounts(&select(&machine(), &r, &[]).unwrap()),
+            ["/", "/var", "/boot/efi"]
+        );
     }
 
     #[test]
     fn a_disk_holding_an_essential_cannot_be_excluded_nor_a_missing_one_named() {
-        let e = format!("{:#}", select(&machine(), &Rules::parse(&["exclude=/dev/vda"]).unwrap(), &[]).unwrap_err());
-        assert!(e.contains("exclude=/dev/vda is refused: that disk holds /, /bin"), "{e}");
-        let e = format!("{:#}", select(&machine(), &Rules::parse(&["include=/dev/sdz"]).unwrap(), &[]).unwrap_err());
-        assert!(e.contains("does not have (its disks: /dev/vda, /dev/vdb, /dev/vdc)"), "{e}");
+        let e = format!(
+            "{:#}",
+            select(
+                &machine(),
+                &Rules::parse(&["exclude=/dev/vda"]).unwrap(),
+                &[]
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("exclude=/dev/vda is refused: that disk holds /, /bin"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            select(
+                &machine(),
+                &Rules::parse(&["include=/dev/sdz"]).unwrap(),
+                &[]
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("does not have (its disks: /dev/vda, /dev/vdb, /dev/vdc)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1245,16 +1419,47 @@ mod tests {
     #[test]
     fn fstab_entries_find_their_volumes() {
         let vols = vec![
-            Volume { device: "/dev/vda3".into(), disk: "/dev/vda".into(), fs_type: "ext4".into(), uuid: Some("AAAA-1".into()), label: None, part_uuid: None },
-            Volume { device: "/dev/vda4".into(), disk: "/dev/vda".into(), fs_type: "xfs".into(), uuid: None, label: Some("var".into()), part_uuid: None },
-            Volume { device: "/dev/vda2".into(), disk: "/dev/vda".into(), fs_type: "vfat".into(), uuid: None, label: None, part_uuid: Some("PP".into()) },
+            Volume {
+                device: "/dev/vda3".into(),
+                disk: "/dev/vda".into(),
+                fs_type: "ext4".into(),
+                uuid: Some("AAAA-1".into()),
+                label: None,
+                part_uuid: None,
+            },
+            Volume {
+                device: "/dev/vda4".into(),
+                disk: "/dev/vda".into(),
+                fs_type: "xfs".into(),
+                uuid: None,
+                label: Some("var".into()),
+                part_uuid: None,
+            },
+            Volume {
+                device: "/dev/vda2".into(),
+                disk: "/dev/vda".into(),
+                fs_type: "vfat".into(),
+                uuid: None,
+                label: None,
+                part_uuid: Some("PP".into()),
+            },
         ];
         let fstab = "# comment\nUUID=aaaa-1 / ext4 errors=remount-ro 0 1\nLABEL=var /var auto defaults 0 2\n\
                      PARTUUID=pp /boot/efi vfat umask=077 0 1\nUUID=gone /srv ext4 defaults 0 2\n\
                      /swapfile none swap sw 0 0\nproc /proc proc defaults 0 0\n";
         let (fss, notes) = fstab_file_systems(fstab, &vols);
-        let got: Vec<(&str, &str, &str)> = fss.iter().map(|f| (f.mount.as_str(), f.device.as_str(), f.fs_type.as_str())).collect();
-        assert_eq!(got, [("/", "/dev/vda3", "ext4"), ("/var", "/dev/vda4", "xfs"), ("/boot/efi", "/dev/vda2", "vfat")]);
+        let got: Vec<(&str, &str, &str)> = fss
+            .iter()
+            .map(|f| (f.mount.as_str(), f.device.as_str(), f.fs_type.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/", "/dev/vda3", "ext4"),
+                ("/var", "/dev/vda4", "xfs"),
+                ("/boot/efi", "/dev/vda2", "vfat")
+            ]
+        );
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert_eq!(partition_device("/dev/nvme0n1", 2), "/dev/nvme0n1p2");
         assert_eq!(partition_device("/dev/sda", 2), "/dev/sda2");
@@ -1278,8 +1483,14 @@ mod tests {
             root: PathBuf::new(),
             mounts: vec![],
             covers: vec![
-                Cover { rel: b"srv".to_vec(), keep: None },
-                Cover { rel: b"tmp".to_vec(), keep: Some(entry("tmp", 0o1777)) },
+                Cover {
+                    rel: b"srv".to_vec(),
+                    keep: None,
+                },
+                Cover {
+                    rel: b"tmp".to_vec(),
+                    keep: Some(entry("tmp", 0o1777)),
+                },
             ],
             drops: vec![b"link".to_vec()],
             notes: vec![],
@@ -1289,7 +1500,18 @@ mod tests {
             .map(|p| entry(p, 0o755))
             .collect();
         view.filter(&mut entries);
-        let got: Vec<(String, u32)> = entries.iter().map(|e| (String::from_utf8_lossy(&e.path).into_owned(), e.mode)).collect();
-        assert_eq!(got, [("".into(), 0o755), ("srvx".into(), 0o755), ("tmp".into(), 0o1777), ("etc".into(), 0o755)]);
+        let got: Vec<(String, u32)> = entries
+            .iter()
+            .map(|e| (String::from_utf8_lossy(&e.path).into_owned(), e.mode))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("".into(), 0o755),
+                ("srvx".into(), 0o755),
+                ("tmp".into(), 0o1777),
+                ("etc".into(), 0o755)
+            ]
+        );
     }
 }

@@ -200,7 +200,10 @@ impl Client {
                 Err(Failure::Refused(m)) => bail!("server {} refused {what}: {m}", self.server),
                 Err(Failure::Gone(m)) => {
                     self.lost.store(true, Ordering::Relaxed);
-                    bail!("server {} lost the capture session ({what}): {m}", self.server)
+                    bail!(
+                        "server {} lost the capture session ({what}): {m}",
+                        self.server
+                    )
                 }
                 Err(Failure::Transient(m)) => {
                     let t0 = *since.get_or_insert_with(Instant::now);
@@ -221,14 +224,27 @@ impl Client {
         }
     }
 
-    fn json<T: serde::de::DeserializeOwned>(&self, what: &str, path: &str, body: &[u8]) -> Result<T> {
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<T> {
         let data = self.call(what, path, Some(body))?;
-        serde_json::from_slice(&data)
-            .with_context(|| format!("server {}: its answer to {what} does not parse", self.server))
+        serde_json::from_slice(&data).with_context(|| {
+            format!(
+                "server {}: its answer to {what} does not parse",
+                self.server
+            )
+        })
     }
 
     pub fn begin(&self, b: &Begin) -> Result<Session> {
-        self.json("the capture's begin", "/api/capture/begin", &serde_json::to_vec(b)?)
+        self.json(
+            "the capture's begin",
+            "/api/capture/begin",
+            &serde_json::to_vec(b)?,
+        )
     }
 
     fn missing(&self, s: &Session, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
@@ -236,7 +252,11 @@ impl Client {
         let path = format!("/api/capture/{}/missing", s.session);
         let data = self.call(&what, &path, Some(&chunk_stream::encode_request(ids)))?;
         if !data.len().is_multiple_of(32) || data.len() / 32 > ids.len() {
-            bail!("server {}: {what}: an answer of {} bytes", self.server, data.len());
+            bail!(
+                "server {}: {what}: an answer of {} bytes",
+                self.server,
+                data.len()
+            );
         }
         data.chunks_exact(32)
             .map(|b| {
@@ -244,7 +264,11 @@ impl Client {
                 if ids.contains(&id) {
                     Ok(id)
                 } else {
-                    Err(anyhow!("server {}: {what}: it names chunk {}, which was not asked about", self.server, id.to_hex()))
+                    Err(anyhow!(
+                        "server {}: {what}: it names chunk {}, which was not asked about",
+                        self.server,
+                        id.to_hex()
+                    ))
                 }
             })
             .collect()
@@ -258,13 +282,22 @@ impl Client {
     }
 
     /// The previous tree of part `part`, if the server named one.
-    fn parent_tree(&self, s: &Session, part: &str) -> Result<Option<(Manifest, Vec<ignite_archive::Entry>)>> {
+    fn parent_tree(
+        &self,
+        s: &Session,
+        part: &str,
+    ) -> Result<Option<(Manifest, Vec<ignite_archive::Entry>)>> {
         let Some(m) = s.parents.get(part) else {
             return Ok(None);
         };
         let what = format!("the previous tree of {}", m.name);
-        let data = self.call(&what, &format!("/api/capture/{}/tree/{part}", s.session), None)?;
-        let entries = decode_tree(&m.id, &data).with_context(|| format!("server {}: {what}", self.server))?;
+        let data = self.call(
+            &what,
+            &format!("/api/capture/{}/tree/{part}", s.session),
+            None,
+        )?;
+        let entries =
+            decode_tree(&m.id, &data).with_context(|| format!("server {}: {what}", self.server))?;
         Ok(Some((m.clone(), entries)))
     }
 
@@ -281,7 +314,9 @@ impl Client {
     /// Tells the server why the capture failed (once, no retries: it may be why).
     fn fail(&self, s: &Session, why: &str) {
         let path = format!("/api/capture/{}/fail", s.session);
-        if let Err(Failure::Transient(e) | Failure::Refused(e) | Failure::Gone(e)) = self.once(&path, Some(why.as_bytes())) {
+        if let Err(Failure::Transient(e) | Failure::Refused(e) | Failure::Gone(e)) =
+            self.once(&path, Some(why.as_bytes()))
+        {
             tracing::warn!("could not report the failure to {}: {e}", self.server);
         }
     }
@@ -289,9 +324,15 @@ impl Client {
 
 /// The capture's chunks go to the server: `missing` asks, `put` queues an upload that one of
 /// the uploader threads sends (the import goes on meanwhile).
+///
+/// After a failure a sink that `drains` takes everything without asking the server (nothing
+/// is missing), so that the import runs to its end and the failure is reported then. Directory
+/// imports need this: an error out of the sink can leave `import_dir_into`'s walk waiting
+/// forever on the queue of its file readers, which stopped on that error.
 struct HttpSink<'a> {
     client: &'a Client,
     session: &'a Session,
+    drains: bool,
     queue: Mutex<Option<SyncSender<Vec<StoredChunk>>>>,
     failed: Mutex<Option<anyhow::Error>>,
 }
@@ -300,38 +341,77 @@ fn sink_error(e: &anyhow::Error) -> ignite_archive::Error {
     ignite_archive::Error::Invalid(format!("{e:#}"))
 }
 
+impl HttpSink<'_> {
+    /// Records the capture's first failure.
+    fn failed(&self, e: anyhow::Error) {
+        let mut failed = self.failed.lock().unwrap();
+        if failed.is_none() && self.drains {
+            note(&format!(
+                "capture: {e:#}; reading on to the end of the walk without sending"
+            ));
+        }
+        failed.get_or_insert(e);
+    }
+
+    /// After a failure: what a sink that drains answers, or the failure.
+    fn after_failure<T>(&self, drained: T) -> Option<ignite_archive::Result<T>> {
+        let failed = self.failed.lock().unwrap();
+        let e = failed.as_ref()?;
+        Some(if self.drains {
+            Ok(drained)
+        } else {
+            Err(sink_error(e))
+        })
+    }
+}
+
 impl ChunkSink for HttpSink<'_> {
     fn config(&self) -> &StoreConfig {
         &self.session.config
     }
 
     fn missing(&self, ids: &[ChunkId]) -> ignite_archive::Result<Vec<ChunkId>> {
-        self.client
-            .missing(self.session, ids)
-            .map_err(|e| sink_error(&e))
+        if let Some(r) = self.after_failure(Vec::new()) {
+            return r;
+        }
+        match self.client.missing(self.session, ids) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                self.failed(e);
+                self.after_failure(Vec::new()).expect("failed just now")
+            }
+        }
     }
 
     fn put(&self, chunks: &[StoredChunk]) -> ignite_archive::Result<()> {
-        if let Some(e) = &*self.failed.lock().unwrap() {
-            return Err(sink_error(e));
+        if let Some(r) = self.after_failure(()) {
+            return r;
         }
         let tx = self.queue.lock().unwrap().clone();
         let sent = tx.is_some_and(|tx| tx.send(chunks.to_vec()).is_ok());
         if !sent {
-            return Err(ignite_archive::Error::Invalid("the uploads have stopped".into()));
+            return Err(ignite_archive::Error::Invalid(
+                "the uploads have stopped".into(),
+            ));
         }
         Ok(())
     }
 }
 
 /// Runs `f` with an HTTP sink whose uploads run on [`UPLOADERS`] threads; returns once every
-/// upload is done, with the first error if any.
-fn with_sink<R>(client: &Client, session: &Session, f: impl FnOnce(&HttpSink) -> Result<R>) -> Result<R> {
+/// upload is done, with the first error if any. `drains`: see [`HttpSink`].
+fn with_sink<R>(
+    client: &Client,
+    session: &Session,
+    drains: bool,
+    f: impl FnOnce(&HttpSink) -> Result<R>,
+) -> Result<R> {
     let (tx, rx) = sync_channel::<Vec<StoredChunk>>(UPLOADERS);
     let rx = Mutex::new(rx);
     let sink = HttpSink {
         client,
         session,
+        drains,
         queue: Mutex::new(Some(tx)),
         failed: Mutex::new(None),
     };
@@ -347,7 +427,7 @@ fn with_sink<R>(client: &Client, session: &Session, f: impl FnOnce(&HttpSink) ->
                     continue;
                 }
                 if let Err(e) = sink.client.upload(sink.session, &batch) {
-                    sink.failed.lock().unwrap().get_or_insert(e);
+                    sink.failed(e);
                 }
             });
         }
@@ -432,7 +512,16 @@ fn run(client: &Client, s: &Session, job: &Job, progress: &Progress) -> Result<F
                 disks: live_disks(),
                 ..Default::default()
             };
-            capture_files(client, s, &rules, fss, &swaps, Source::Live, &mut report, progress)?;
+            capture_files(
+                client,
+                s,
+                &rules,
+                fss,
+                &swaps,
+                Source::Live,
+                &mut report,
+                progress,
+            )?;
             report
         }
         (Machine::Live { images, .. }, CaptureKind::Block) => {
@@ -470,7 +559,11 @@ fn run(client: &Client, s: &Session, job: &Job, progress: &Progress) -> Result<F
                         path: d.path.clone(),
                         size: d.size,
                         serial: d.serial.clone(),
-                        layout: found.layouts.iter().find(|(p, _)| *p == d.path).map(|(_, l)| l.clone()),
+                        layout: found
+                            .layouts
+                            .iter()
+                            .find(|(p, _)| *p == d.path)
+                            .map(|(_, l)| l.clone()),
                     })
                     .collect(),
                 notes: found.notes.clone(),
@@ -481,7 +574,16 @@ fn run(client: &Client, s: &Session, job: &Job, progress: &Progress) -> Result<F
                     if found.file_systems.is_empty() {
                         bail!("no file system on the disks holds /etc/fstab, so the system's mount table is unknown; capture the disks at block level instead");
                     }
-                    capture_files(client, s, &rules, found.file_systems, &found.swap_files, Source::Devices, &mut report, progress)?;
+                    capture_files(
+                        client,
+                        s,
+                        &rules,
+                        found.file_systems,
+                        &found.swap_files,
+                        Source::Devices,
+                        &mut report,
+                        progress,
+                    )?;
                 }
                 CaptureKind::Block => {
                     let chosen = choose_disks(disks, &found.file_systems, &rules, &mut report)?;
@@ -526,24 +628,36 @@ fn choose_disks(
     report: &mut Report,
 ) -> Result<Vec<(usize, PathBuf)>> {
     use files::Target;
-    if let Some(t) = rules.include.iter().chain(&rules.exclude).find(|t| !matches!(t, Target::Disk(_))) {
+    if let Some(t) = rules
+        .include
+        .iter()
+        .chain(&rules.exclude)
+        .find(|t| !matches!(t, Target::Disk(_)))
+    {
         bail!("a block capture takes whole disks: rule {t} is not a disk (/dev/NAME); paths are for file captures");
     }
     let names: Vec<String> = disks.iter().map(|d| d.path.clone()).collect();
     files::check_disk_rules(rules, fss, &names)?;
     let system = files::essential_disks(fss);
     if system.is_empty() {
-        report.notes.push("no mount table found: every disk is captured".into());
+        report
+            .notes
+            .push("no mount table found: every disk is captured".into());
     }
     let mut chosen = Vec::new();
     for (i, d) in disks.iter().enumerate() {
         let rule = |list: &[Target]| list.iter().any(|t| *t == Target::Disk(d.path.clone()));
         if rule(&rules.exclude) {
-            report.excluded.push(format!("{} (rule exclude={})", d.path, d.path));
+            report
+                .excluded
+                .push(format!("{} (rule exclude={})", d.path, d.path));
         } else if system.is_empty() || system.contains(&d.path) || rule(&rules.include) {
             chosen.push((i, PathBuf::from(&d.path)));
         } else {
-            report.notes.push(format!("{} not captured: it holds no part of the system; include={} takes it", d.path, d.path));
+            report.notes.push(format!(
+                "{} not captured: it holds no part of the system; include={} takes it",
+                d.path, d.path
+            ));
         }
     }
     Ok(chosen)
@@ -563,7 +677,11 @@ fn capture_files(
     let sel = files::select(&fss, rules, swaps)?;
     report.file_systems = fss;
     report.captured = sel.file_systems.iter().map(|f| f.mount.clone()).collect();
-    report.excluded = sel.excluded.iter().map(|(t, why)| format!("{t} ({why})")).collect();
+    report.excluded = sel
+        .excluded
+        .iter()
+        .map(|(t, why)| format!("{t} ({why})"))
+        .collect();
     report.notes.extend(sel.notes.iter().cloned());
     let view = View::build(&sel, source)?;
     report.notes.extend(view.notes.iter().cloned());
@@ -572,9 +690,15 @@ fn capture_files(
     opts.labels.insert(LABEL_CAPTURE.into(), "files".into());
     // The view's file systems are separate mounts: the walk crosses them.
     opts.one_file_system = false;
-    let mut draft = with_sink(client, s, |sink| {
+    let mut draft = with_sink(client, s, true, |sink| {
         let parent = parent.as_ref().map(|(m, e)| (m, e.as_slice()));
-        Ok(ignite_archive::import_dir_into(sink, view.root(), &opts, parent, progress)?)
+        Ok(ignite_archive::import_dir_into(
+            sink,
+            view.root(),
+            &opts,
+            parent,
+            progress,
+        )?)
     })
     .context("reading the file systems")?;
     if let DraftContent::Tree(entries) = &mut draft.content {
@@ -596,12 +720,14 @@ fn capture_block(
         let img = FileImage::open(path).with_context(|| format!("disk {}", path.display()))?;
         let mut opts = ImportOptions::new(&disk_snapshot_name(&s.name, *index));
         opts.labels.insert(LABEL_CAPTURE.into(), "disk".into());
-        let draft = with_sink(client, s, |sink| {
+        let draft = with_sink(client, s, false, |sink| {
             let src = ImageSource {
                 reader: &img,
                 changed: None,
             };
-            Ok(ignite_archive::import_image_into(sink, src, &opts, None, progress)?)
+            Ok(ignite_archive::import_image_into(
+                sink, src, &opts, None, progress,
+            )?)
         })
         .with_context(|| format!("reading disk {}", path.display()))?;
         client.commit(s, &format!("disk{index}"), &draft)?;
@@ -654,16 +780,67 @@ pub fn with_progress<R>(every: Duration, f: impl FnOnce(&Progress) -> R) -> R {
 mod tests {
     use super::*;
 
+    /// A directory import whose server went away ends with the server's error: it does
+    /// not hang, and it does not claim success.
+    #[test]
+    fn a_file_import_whose_server_is_gone_ends_with_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3000 {
+            std::fs::write(
+                dir.path().join(format!("f{i}")),
+                format!("{i}").repeat(3000),
+            )
+            .unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            // Nothing listens on port 1: every request fails until the client gives up.
+            let mut client = Client::new("http://127.0.0.1:1", "t");
+            client.give_up_after = Duration::from_millis(300);
+            let session = Session {
+                session: "s".into(),
+                name: "n".into(),
+                kind: CaptureKind::Files,
+                rules: Vec::new(),
+                config: StoreConfig::default(),
+                parents: BTreeMap::new(),
+            };
+            let r = with_sink(&client, &session, true, |sink| {
+                let opts = ImportOptions::new("n:files");
+                Ok(ignite_archive::import_dir_into(
+                    sink,
+                    &root,
+                    &opts,
+                    None,
+                    &Progress::new(0),
+                )?)
+            });
+            let _ = tx.send(r.map(|_| ()).map_err(|e| format!("{e:#}")));
+        });
+        let r = rx.recv_timeout(Duration::from_secs(120));
+        match r {
+            Ok(Err(e)) => assert!(e.contains("has not answered"), "{e}"),
+            other => panic!("expected the server's error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_panic_under_progress_ends_it_instead_of_hanging() {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let r = std::panic::catch_unwind(|| {
-                with_progress(Duration::from_millis(1), |_| -> () { panic!("stderr went away") })
+                with_progress(Duration::from_millis(1), |_| -> () {
+                    panic!("stderr went away")
+                })
             });
             let _ = tx.send(r.is_err());
         });
         let panicked = rx.recv_timeout(Duration::from_secs(30));
-        assert_eq!(panicked, Ok(true), "with_progress did not return after a panic");
+        assert_eq!(
+            panicked,
+            Ok(true),
+            "with_progress did not return after a panic"
+        );
     }
 }
