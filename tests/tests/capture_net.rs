@@ -465,6 +465,88 @@ fn an_image_captured_at_block_level_over_the_network_keeps_its_layout() {
     );
 }
 
+/// `curl` in namespace `ns` with `args`; the HTTP status and the body.
+fn curl(ns: &str, args: &[&str]) -> (u16, String) {
+    let out = Lab::cmd(ns, "curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn forged_uploads_and_borrowed_tokens_are_refused_and_the_binary_is_served() {
+    let Some(mut net) = Net::new("capsec") else {
+        return;
+    };
+    if !require_tools(&["curl"]) {
+        return;
+    }
+    net.start(&[]);
+    let token = net
+        .ignite(&["recovery", "token", "forge1"])
+        .trim()
+        .to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let begin = format!("{SERVER}/api/capture/begin");
+    let ns = net.lab.ns.clone();
+    let (code, body) = curl(&ns, &["-X", "POST", &begin]);
+    assert_eq!(code, 401, "no token: {body}");
+    let (code, body) = curl(
+        &ns,
+        &["-H", "Authorization: Bearer 00ff", "--data", "{}", &begin],
+    );
+    assert_eq!(code, 403, "unknown token: {body}");
+    let ask = r#"{"kind":"files","rules":[],"client":"forger"}"#;
+    let (code, body) = curl(&ns, &["-H", &auth, "--data", ask, &begin]);
+    assert_eq!(code, 200, "{body}\n{}", net.server_log());
+    let session: Value = serde_json::from_str(&body).unwrap();
+    let session = session["session"].as_str().unwrap().to_string();
+
+    // A chunk whose data does not hash to its id is refused, and nothing of it is stored.
+    use ignite_archive::chunk_stream::{encode_upload, StoredChunk};
+    let forged = StoredChunk {
+        id: ignite_archive::ChunkId::of(b"what the id claims"),
+        codec: ignite_archive::pack::Codec::Raw,
+        raw_len: 9,
+        data: b"forged!!!".to_vec(),
+    };
+    let upload = net.path("forged.bin");
+    std::fs::write(&upload, encode_upload(&[forged])).unwrap();
+    let chunks = format!("{SERVER}/api/capture/{session}/chunks");
+    let from_file = format!("@{}", upload.display());
+    let (code, body) = curl(&ns, &["-H", &auth, "--data-binary", &from_file, &chunks]);
+    assert_eq!(code, 422, "forged chunk: {body}\n{}", net.server_log());
+    assert!(body.contains("uploaded chunk refused"), "{body}");
+    run(ignite_cmd(&["archive", "--store"])
+        .arg(net.path("state/store"))
+        .arg("verify"));
+
+    // The token is bound to the address that used it first: from another one it opens
+    // nothing, not even the session it began.
+    let other = net.lab.add_client(1);
+    run(Lab::cmd(&other, "ip").args(["addr", "add", "10.77.0.50/24", "dev", "c0"]));
+    let (code, body) = curl(&other, &["-H", &auth, "--data", ask, &begin]);
+    assert_eq!(code, 403, "borrowed token: {body}");
+    assert!(body.contains("bound to another address"), "{body}");
+    let (code, body) = curl(&other, &["-H", &auth, "--data-binary", &from_file, &chunks]);
+    assert_eq!(code, 403, "borrowed session: {body}");
+
+    // The client's binary is this very `ignite`, for anyone on the boot network.
+    let fetched = net.path("fetched-ignite");
+    run(Lab::cmd(&other, "curl")
+        .args(["-sSf", "-o"])
+        .arg(&fetched)
+        .arg(format!("{SERVER}/ignite")));
+    assert!(
+        std::fs::read(&fetched).unwrap() == std::fs::read(ignite_bin()).unwrap(),
+        "GET /ignite did not serve the server's binary"
+    );
+}
+
 /// Installed by a profile hook: on the first boot of the installed system, fetch `ignite`
 /// from the server (the image has neither curl nor wget; its perl does the HTTP GET),
 /// capture the running system with it, say how that went on the console, power off.
@@ -523,11 +605,14 @@ systemctl enable ignite-live-capture.service"#
 }
 
 /// A guest's disk image mounted read-only on the host as the guest mounts it (root, then
-/// /var and /boot/efi from its fstab); unmounted on drop.
+/// /var and /boot/efi from its fstab), but for file systems the host's kernel cannot mount
+/// (this one has no vfat); unmounted on drop.
 struct Mounted {
     dir: tempfile::TempDir,
     mounts: Vec<PathBuf>,
     loops: Vec<String>,
+    /// Mount points left unmounted, as tar patterns (`./boot/efi`).
+    unreadable: Vec<String>,
 }
 
 fn blkid(dev: &str, tag: &str) -> String {
@@ -544,7 +629,9 @@ impl Mounted {
             dir: tempfile::tempdir().unwrap(),
             mounts: Vec::new(),
             loops: Vec::new(),
+            unreadable: Vec::new(),
         };
+        let kernel_has = std::fs::read_to_string("/proc/filesystems").unwrap();
         let table: Value =
             serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(image))).unwrap();
         for p in table["partitiontable"]["partitions"].as_array().unwrap() {
@@ -578,6 +665,13 @@ impl Mounted {
         for line in fstab.lines().filter(|l| !l.trim_start().starts_with('#')) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 4 || f[1] == "/" || !f[1].starts_with('/') || f[2] == "swap" {
+                continue;
+            }
+            if !kernel_has
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some(f[2]))
+            {
+                m.unreadable.push(format!(".{}", f[1]));
                 continue;
             }
             let uuid = f[0].trim_start_matches("UUID=");
@@ -753,13 +847,13 @@ fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
     // wrote only to /var meanwhile).
     let scratch = site.tmp.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
-    let export = site.tmp.path().join("export");
+    let live_export = site.tmp.path().join("export-live");
     {
         let disk = Mounted::new(guest.disk());
         run(ignite_cmd(&["archive", "--store"])
             .arg(&store)
             .args(["export", &live_spec, "--dir"])
-            .arg(&export));
+            .arg(&live_export));
         let root_only = tempfile::tempdir().unwrap();
         run(Command::new("mount")
             .args(["--bind", "-o", "ro"])
@@ -767,18 +861,17 @@ fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
             .arg(root_only.path()));
         let mut ex = LEFT_OUT.to_vec();
         ex.extend(["./var", "./boot/efi"]);
-        let diffs = tar_compare(root_only.path(), &export, &ex, &scratch);
+        let diffs = tar_compare(root_only.path(), &live_export, &ex, &scratch);
         let _ = Command::new("umount").arg(root_only.path()).status();
         assert!(
             diffs.trim().is_empty(),
             "live capture differs from the root file system:\n{diffs}"
         );
         assert!(
-            export.join("usr/local/bin/ignite").is_file(),
+            live_export.join("usr/local/bin/ignite").is_file(),
             "the downloaded binary is part of the system"
         );
     }
-    std::fs::remove_dir_all(&export).unwrap();
 
     // 3. Booted to `capture`, the agent captures the file systems from the disk, with the
     //    options prepared for it; it dedups against the live capture.
@@ -846,17 +939,32 @@ fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
         .len();
     assert_eq!(parts, 4, "the disk's layout is recorded: {rec}");
 
-    // The agent's capture is the disk's file systems, less what was left out.
+    // The agent's capture is the disk's file systems, less what was left out; those the
+    // host cannot mount are as the running system showed them to the live capture.
     let disk = Mounted::new(guest.disk());
+    let export = site.tmp.path().join("export");
     run(ignite_cmd(&["archive", "--store"])
         .arg(&store)
         .args(["export", "g1:files", "--dir"])
         .arg(&export));
-    let diffs = tar_compare(disk.root(), &export, LEFT_OUT, &scratch);
+    let mut ex = LEFT_OUT.to_vec();
+    ex.extend(disk.unreadable.iter().map(String::as_str));
+    let diffs = tar_compare(disk.root(), &export, &ex, &scratch);
     assert!(
         diffs.trim().is_empty(),
         "agent capture differs from the disk:\n{diffs}"
     );
+    for m in &disk.unreadable {
+        let (live, agent) = (live_export.join(m), export.join(m));
+        let files = std::fs::read_dir(&agent).map(|d| d.count()).unwrap_or(0);
+        assert!(files > 0, "{m} is empty in the agent's capture");
+        let diffs = tar_compare(&live, &agent, &[], &scratch);
+        assert!(
+            diffs.trim().is_empty(),
+            "{m} differs between the live and the agent's capture:\n{diffs}"
+        );
+        eprintln!("{m}: not mountable here; the agent's capture equals the live one");
+    }
     for gone in LEFT_OUT {
         let dir = export.join(gone.trim_start_matches("./").trim_end_matches("/*"));
         let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);

@@ -681,6 +681,9 @@ async fn begin_handler(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    // Nothing of the body is read for a request without a valid token.
+    let api2 = api.clone();
+    let t = blocking(move || api2.token(&headers, peer.ip(), true)).await?;
     let body = read_body(body, 1 << 20, "capture begin").await?;
     let req: Begin = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
@@ -688,11 +691,7 @@ async fn begin_handler(
             format!("capture begin: the body is not a Begin (JSON): {e}"),
         )
     })?;
-    let reply = blocking(move || {
-        let t = api.token(&headers, peer.ip(), true)?;
-        api.begin(t, peer.ip(), req)
-    })
-    .await?;
+    let reply = blocking(move || api.begin(t, peer.ip(), req)).await?;
     Ok(Json(reply).into_response())
 }
 
