@@ -920,7 +920,7 @@ fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
     let client: Value =
         serde_json::from_str(&site.ignite(&["client", "show", "g1", "--json"])).unwrap();
     assert_eq!(
-        client["action"], "local",
+        client["client"]["action"], "local",
         "after its capture the client boots its disk: {client}"
     );
     let rec: Value =

@@ -1374,28 +1374,16 @@ mod tests {
 
     #[test]
     fn a_disk_holding_an_essential_cannot_be_excluded_nor_a_missing_one_named() {
-        let e = format!(
-            "{:#}",
-            select(
-                &machine(),
-                &Rules::parse(&["exclude=/dev/vda"]).unwrap(),
-                &[]
-            )
-            .unwrap_err()
-        );
+        let refusal = |rule: &str| {
+            let rules = Rules::parse(&[rule]).unwrap();
+            format!("{:#}", select(&machine(), &rules, &[]).unwrap_err())
+        };
+        let e = refusal("exclude=/dev/vda");
         assert!(
             e.contains("exclude=/dev/vda is refused: that disk holds /, /bin"),
             "{e}"
         );
-        let e = format!(
-            "{:#}",
-            select(
-                &machine(),
-                &Rules::parse(&["include=/dev/sdz"]).unwrap(),
-                &[]
-            )
-            .unwrap_err()
-        );
+        let e = refusal("include=/dev/sdz");
         assert!(
             e.contains("does not have (its disks: /dev/vda, /dev/vdb, /dev/vdc)"),
             "{e}"
