@@ -117,27 +117,6 @@ impl StoreConfig {
     }
 }
 
-/// Parses sizes such as `64K`, `1M`, `4096`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 1u64),
-        Some((i, _)) => {
-            let unit = s[i..].trim_end_matches(['B', 'b', 'i']);
-            let m = match unit.to_ascii_uppercase().as_str() {
-                "" => 1,
-                "K" => 1 << 10,
-                "M" => 1 << 20,
-                "G" => 1 << 30,
-                "T" => 1 << 40,
-                _ => return None,
-            };
-            (&s[..i], m)
-        }
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,16 +124,6 @@ mod tests {
     #[test]
     fn default_is_valid() {
         StoreConfig::default().validate().unwrap();
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64K"), Some(65536));
-        assert_eq!(parse_size("1M"), Some(1 << 20));
-        assert_eq!(parse_size("1MiB"), Some(1 << 20));
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("10X"), None);
-        assert_eq!(parse_size(""), None);
     }
 
     #[test]

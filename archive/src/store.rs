@@ -53,6 +53,16 @@ pub struct Store {
 pub type PackRef = (Arc<str>, bool);
 
 impl Store {
+    /// Opens the store at `root`, creating it with the default configuration if `root` holds
+    /// no store yet (a server's own store on first use).
+    pub fn open_or_init(root: &Path) -> Result<Store> {
+        if root.join("config.json").is_file() {
+            Store::open(root)
+        } else {
+            Store::init(root, StoreConfig::default())
+        }
+    }
+
     pub fn init(root: &Path, config: StoreConfig) -> Result<Store> {
         config.validate()?;
         if root.join("config.json").exists() {

@@ -2,6 +2,7 @@
 
 mod agent;
 mod cli;
+mod clock;
 mod guests;
 mod initramfs;
 

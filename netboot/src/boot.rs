@@ -35,8 +35,10 @@ pub struct BootEvent {
 
 /// Implemented by the server (the `ignite` binary) from its client registry.
 pub trait BootProvider: Send + Sync + 'static {
-    /// The plan for this client; unknown clients get the registry's default.
-    fn plan(&self, mac: MacAddr) -> BootPlan;
+    /// The plan for this client; unknown clients get the registry's default. `requester`
+    /// is the address asking for it: a plan may carry what only the client itself may
+    /// have (an install token), which the provider then gives only to the client's address.
+    fn plan(&self, mac: MacAddr, requester: Option<Ipv4Addr>) -> BootPlan;
 
     /// Record a boot step. The default only logs it.
     fn step(&self, ev: &BootEvent) {
@@ -67,7 +69,7 @@ pub fn log_step(ev: &BootEvent) {
 pub struct FixedPlan(pub BootPlan);
 
 impl BootProvider for FixedPlan {
-    fn plan(&self, _mac: MacAddr) -> BootPlan {
+    fn plan(&self, _mac: MacAddr, _requester: Option<Ipv4Addr>) -> BootPlan {
         self.0.clone()
     }
 }
@@ -195,20 +197,21 @@ pub fn pxelinux_config(plan: &BootPlan) -> String {
 }
 
 /// Per-client virtual files, the same for TFTP and HTTP: `ipxe/<mac>` (and `ipxe/<mac>.ipxe`)
-/// and `pxelinux.cfg/01-<mac>`. `None` if `path` is not one of them.
+/// and `pxelinux.cfg/01-<mac>`, for `requester`. `None` if `path` is not one of them.
 pub fn virtual_file(
     provider: &dyn BootProvider,
     path: &str,
     http_base: &str,
+    requester: Option<Ipv4Addr>,
 ) -> Option<(MacAddr, String)> {
     let path = path.trim_start_matches('/');
     if let Some(rest) = path.strip_prefix("ipxe/") {
         let mac: MacAddr = rest.trim_end_matches(".ipxe").parse().ok()?;
-        return Some((mac, ipxe_script(&provider.plan(mac), http_base)));
+        return Some((mac, ipxe_script(&provider.plan(mac, requester), http_base)));
     }
     if let Some(rest) = path.strip_prefix("pxelinux.cfg/01-") {
         let mac: MacAddr = rest.parse().ok()?;
-        return Some((mac, pxelinux_config(&provider.plan(mac))));
+        return Some((mac, pxelinux_config(&provider.plan(mac, requester))));
     }
     None
 }
@@ -382,13 +385,14 @@ mod tests {
     #[test]
     fn virtual_files_by_mac() {
         let p = FixedPlan(BootPlan::Local);
-        let (m, s) = virtual_file(&p, "/ipxe/52-54-00-00-00-01.ipxe", "http://h").unwrap();
+        let (m, s) = virtual_file(&p, "/ipxe/52-54-00-00-00-01.ipxe", "http://h", None).unwrap();
         assert_eq!(m, mac());
         assert!(s.starts_with("#!ipxe"));
-        let (_, s) = virtual_file(&p, "pxelinux.cfg/01-52-54-00-00-00-01", "http://h").unwrap();
+        let (_, s) =
+            virtual_file(&p, "pxelinux.cfg/01-52-54-00-00-00-01", "http://h", None).unwrap();
         assert!(s.contains("LOCALBOOT"));
-        assert!(virtual_file(&p, "ipxe/nonsense", "http://h").is_none());
-        assert!(virtual_file(&p, "undionly.kpxe", "http://h").is_none());
+        assert!(virtual_file(&p, "ipxe/nonsense", "http://h", None).is_none());
+        assert!(virtual_file(&p, "undionly.kpxe", "http://h", None).is_none());
     }
 
     #[test]

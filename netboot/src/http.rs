@@ -179,10 +179,19 @@ async fn script(
         )
             .into_response();
     };
-    let body = ipxe_script(&s.provider.plan(mac), &base_for(&headers, &s.http_base));
+    // The provider may read a database: not on the async workers.
+    let (provider, ip) = (s.provider.clone(), peer_ip(peer));
+    let plan = match tokio::task::spawn_blocking(move || provider.plan(mac, ip)).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("boot plan for {mac}: {e}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "no boot plan\n").into_response();
+        }
+    };
+    let body = ipxe_script(&plan, &base_for(&headers, &s.http_base));
     s.provider.step(&BootEvent {
         mac: Some(mac),
-        ip: peer_ip(peer),
+        ip,
         step: "script",
         detail: format!(
             "iPXE script served ({})",

@@ -11,7 +11,7 @@ pub mod files;
 pub mod http;
 pub mod iface;
 pub mod leases;
-mod lograte;
+pub mod lograte;
 pub mod mac;
 pub mod pxe;
 #[cfg(any(test, feature = "testing"))]

@@ -600,8 +600,13 @@ fn transfer_socket(cfg: &TftpConfig, peer: SocketAddrV4) -> std::io::Result<std:
     Ok(s)
 }
 
-/// The source of a request and whether it is generated (a per-client virtual file).
-fn open(shared: &Shared, req: &Request) -> std::result::Result<(Source, bool), (u16, String)> {
+/// The source of a request and whether it is generated (a per-client virtual file), for the
+/// client at `peer`.
+fn open(
+    shared: &Shared,
+    req: &Request,
+    peer: SocketAddrV4,
+) -> std::result::Result<(Source, bool), (u16, String)> {
     if req.mode != "octet" && req.mode != "netascii" {
         return Err((
             0,
@@ -613,6 +618,7 @@ fn open(shared: &Shared, req: &Request) -> std::result::Result<(Source, bool), (
             shared.provider.as_ref(),
             &req.filename,
             &shared.cfg.http_base,
+            Some(*peer.ip()),
         ) {
             Some((_, text)) => (Source::Memory(text.into_bytes()), true),
             None => {
@@ -722,7 +728,7 @@ fn serve_read_blocking(
         });
         let _ = sock.send(&encode_error(code, &msg));
     };
-    let (src, is_virtual) = match open(shared, &req) {
+    let (src, is_virtual) = match open(shared, &req, peer) {
         Ok(s) => s,
         Err((code, msg)) => return refuse(code, msg),
     };

@@ -85,7 +85,7 @@ pub use render::{
     partition_device, ClientFacts, DiskFact, DiskPlan, InstallPlan, PartitionPlan, Step, SECTOR,
 };
 pub use size::{human, parse_bytes, parse_range, parse_size, Size, SizeRange, MIB};
-pub use template::normalize_mac;
+pub use template::{hostname_problem, normalize_mac};
 
 use source::{Loc, Sources, Table, Value};
 use std::path::Path;

@@ -10,15 +10,19 @@
 //! console or the server's install log as one line, and nothing matches on them.
 
 pub mod capture;
+pub mod clone;
 pub mod disk;
 pub mod facts;
 pub mod log;
+pub mod loopdev;
 pub mod nbd;
 pub mod process;
 pub mod protocol;
 pub mod random;
+pub mod restore;
 pub mod runner;
 pub mod source;
 pub mod steps;
+pub mod tree;
 
 pub use protocol::{Phase, Source};

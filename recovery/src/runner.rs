@@ -149,7 +149,7 @@ fn run_step(
         }
         Step::Fstab => fstab::write(target, &plan.disk, log),
         Step::Hostname { hostname } => identity::hostname(target.root(), hostname, log),
-        Step::MachineId => identity::machine_id(target.root(), log),
+        Step::MachineId => identity::machine_id(target.root(), log).map(|_| ()),
         Step::SshHostKeys => identity::ssh_host_keys(target, log),
         Step::RootAuthorizedKeys { keys } => identity::root_authorized_keys(target.root(), keys),
         Step::User { user } => identity::user(target, user, log),

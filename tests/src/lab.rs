@@ -81,6 +81,11 @@ impl Lab {
 
     /// Adds a client namespace with interface `c0` (MAC `52:54:00:77:00:<n>`); returns its name.
     pub fn add_client(&mut self, n: u8) -> String {
+        self.add_client_with_mac(n, &format!("52:54:00:77:00:{n:02x}"))
+    }
+
+    /// Adds client namespace `n` whose `c0` has `mac`; returns its name.
+    pub fn add_client_with_mac(&mut self, n: u8, mac: &str) -> String {
         let cns = format!("{}-c{n}", self.ns);
         let _ = Command::new("ip")
             .args(["netns", "del", &cns])
@@ -94,18 +99,41 @@ impl Lab {
             &self.ns,
         ]);
         ip(&["-n", &self.ns, "link", "set", &peer, "master", "br0", "up"]);
-        ip(&[
-            "-n",
-            &cns,
-            "link",
-            "set",
-            "c0",
-            "address",
-            &format!("52:54:00:77:00:{n:02x}"),
-        ]);
+        ip(&["-n", &cns, "link", "set", "c0", "address", mac]);
         ip(&["-n", &cns, "link", "set", "c0", "up"]);
         ip(&["-n", &cns, "link", "set", "lo", "up"]);
         cns
+    }
+
+    /// Leases an address for client namespace `cns` from the DHCP server on the bridge (busybox
+    /// udhcpc, once) and puts it on its `c0`; returns the address.
+    pub fn lease(cns: &str) -> String {
+        let script =
+            std::env::temp_dir().join(format!("ignite-e2e-lease-{}.sh", std::process::id()));
+        if !script.exists() {
+            let tmp = script.with_extension(format!("{:x}", rand_u64()));
+            std::fs::write(
+                &tmp,
+                "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; \
+                 ip addr add \"$ip/$subnet\" dev \"$interface\" ;; esac\nexit 0\n",
+            )
+            .unwrap();
+            run(Command::new("chmod").arg("+x").arg(&tmp));
+            std::fs::rename(&tmp, &script).unwrap();
+        }
+        let out = Lab::cmd(cns, "udhcpc")
+            .args(["-i", "c0", "-n", "-q", "-t", "10", "-T", "1", "-s"])
+            .arg(&script)
+            .output()
+            .expect("run udhcpc");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        // "udhcpc: lease of 10.77.0.100 obtained from 10.77.0.1, lease time 3600"
+        text.split("lease of ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no DHCP lease for {cns}: {text}"))
     }
 
     /// A second bridge `name` with server address `addr` (CIDR) in the lab namespace.
@@ -192,6 +220,23 @@ impl Lab {
         self.children.push(c);
         id
     }
+}
+
+/// Runs `f` on a thread of its own inside network namespace `ns`: the sockets it opens live
+/// there (raw traffic no command-line client makes: floods, half-sent requests).
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns(2) on a namespace file we hold open; it moves this thread only.
+        let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
 }
 
 fn kill_ns_pids(ns: &str) {

@@ -109,7 +109,14 @@ fn a_stopped_guest_capture_reads_only_what_the_monitor_wrote() {
     // The guest writes its two ranges and powers off; the next capture reads those blocks.
     ig(s, &["vm", "start", "g1"]);
     wait_stopped(s, "g1");
+    // check_net_recovery: what the next capture will read, without capturing.
+    let pending: Value =
+        serde_json::from_str(&ig(s, &["recovery", "check", "g1", "--json"])).unwrap();
+    assert_eq!(pending[0]["bytes"], 2 * 65536, "{pending}");
+    assert!(pending[0]["base"].is_string(), "{pending}");
     let (out, second) = capture(s, "g1");
+    let d: Value = serde_json::from_str(&ig(s, &["recovery", "diff", "g1", "--json"])).unwrap();
+    assert_eq!(d["regions"][0]["changed_bytes"], 2 * 65536, "{d}");
     assert!(!out.contains("read in full"), "second capture: {out}");
     assert_eq!(second["read_bytes"], 2 * 65536, "{second}");
     assert_eq!(
@@ -206,6 +213,15 @@ fn a_running_guest_is_captured_at_one_consistent_point() {
         eprintln!(
             "round {round}: step {step}, read {}, writes held {} ms",
             row["read_bytes"], row["pause_ms"]
+        );
+        // The next capture must see later writes: wait until the guest has written on (a
+        // starved vCPU may not have, on a loaded host).
+        let next = (step / 10000 + 1) * 10000;
+        wait_until(
+            &format!("the guest to write step {next}"),
+            Duration::from_secs(120),
+            || console().contains(&format!("scribble step {next}\n")),
+            console,
         );
         if round > 0 {
             // Only the blocks the guest wrote since: at most the scribbled 2 MiB.

@@ -10,7 +10,7 @@
 //!   the agent captures its file systems from its disk; both export equal to its disk.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ignite_e2e::site::*;
@@ -254,12 +254,16 @@ fn a_live_file_capture_over_the_network_survives_a_killed_server_and_keeps_its_r
     );
 
     // The capture; the server is killed once uploads have arrived, and started again.
+    // The client's output goes to a file: a pipe nobody reads would stall it once full.
+    let client_log = net.path("client.log");
+    let log_file = std::fs::File::create(&client_log).unwrap();
     let mut client: Child = net
         .capture_cmd(&token, &["--root", &root, "-x", "exclude=/var/cache/*"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
         .spawn()
         .unwrap();
+    let client_text = || std::fs::read_to_string(&client_log).unwrap_or_default();
     let store = net.path("state/store");
     wait_until(
         "the first uploads to reach the server",
@@ -279,30 +283,18 @@ fn a_live_file_capture_over_the_network_survives_a_killed_server_and_keeps_its_r
         if let Some(st) = client.try_wait().unwrap() {
             break st;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "client still running:\n{}",
-            net.server_log()
-        );
+        if t.elapsed() > Duration::from_secs(300) {
+            let _ = client.kill();
+            let _ = client.wait();
+            panic!(
+                "client still running after 300 s:\n{}\nserver:\n{}",
+                tail(&client_text(), 40),
+                net.server_log()
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let text = {
-        use std::io::Read;
-        let mut s = String::new();
-        client
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        client
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        s
-    };
+    let text = client_text();
     assert!(
         out.success(),
         "capture failed after the restart:\n{text}\nserver:\n{}",

@@ -4,7 +4,9 @@
 //! virtio disk with a profile, reports its phases, and the guest reboots from its own disk
 //! into the installed system, which prints its identity on the serial console.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ignite_e2e::site::*;
@@ -15,7 +17,9 @@ use ignite_e2e::*;
 const FIRSTBOOT_HOOK: &str = r#"cat >/usr/local/sbin/ignite-firstboot <<'EOF'
 #!/bin/sh
 key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
-echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) boot=$(findmnt -no FSTYPE /boot) end" >/dev/ttyS0
+nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+addr=$(ip -4 -o addr show dev "$nic" scope global | awk '{print $4}' | head -1)
+echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key mac=$(cat /sys/class/net/$nic/address) addr=$addr root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) boot=$(findmnt -no FSTYPE /boot) end" >/dev/ttyS0
 EOF
 chmod 755 /usr/local/sbin/ignite-firstboot
 cat >/etc/systemd/system/ignite-firstboot.service <<'EOF'
@@ -225,6 +229,351 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
         eprintln!("{show}");
         assert!(show.contains("done"), "{show}");
     }
+    // The same lab goes on: the first guest (SeaBIOS, GRUB) is captured, changed, captured
+    // again, restored and cloned.
+    for g in &mut guests {
+        wait_for(
+            &format!("{} to power off after its first boot", g.name),
+            Duration::from_secs(300),
+            || g.exited(),
+        );
+    }
+    capture_change_restore_and_clone(&site, &lab, &server, &guests[0]);
+    clone_uefi_guest(&site, &lab, &server, &guests[1]);
+}
+
+/// `ignite vm ARGS` in the lab's namespace on the site's state; its output.
+fn vm(lab: &Lab, site: &Site, server: &Server, args: &[&str]) -> String {
+    let out = Lab::cmd(&lab.ns, ignite_bin())
+        .arg("vm")
+        .args(args)
+        .env("IGNITE_STATE_DIR", &site.state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ignite vm {args:?}: {}\n--- server log (tail):\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&server.log_text(), 40)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts clone `name` and checks what its first boot reports: its own hostname,
+/// machine-id and SSH host key, its new MAC, and a DHCP lease of its own from the server.
+fn boot_clone(
+    site: &Site,
+    lab: &Lab,
+    server: &Server,
+    name: &str,
+    source: &HashMap<String, String>,
+) {
+    let def: serde_json::Value =
+        serde_json::from_str(&vm(lab, site, server, &["show", name, "--json"])).unwrap();
+    let mac = def["nics"][0]["mac"].as_str().unwrap().to_string();
+    vm(lab, site, server, &["start", name]);
+    let log = site.state.join(format!("guests/{name}/console.log"));
+    let console = || String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+    let marker = format!("{FIRSTBOOT} host={name} ");
+    wait_until(
+        &format!("{name}'s first boot to report its identity"),
+        Duration::from_secs(600),
+        || console().contains(&marker),
+        || {
+            format!(
+                "--- {name} console (tail):\n{}\n--- server log (tail):\n{}",
+                tail(&strip_ansi(&console()), 40),
+                tail(&server.log_text(), 40)
+            )
+        },
+    );
+    let text = console();
+    let line = text
+        .lines()
+        .filter_map(|l| l.find(&marker).map(|i| &l[i..]))
+        .find(|l| l.ends_with(" end"))
+        .unwrap();
+    let twin: HashMap<&str, &str> = line
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    eprintln!("source: {source:?}\nclone:  {twin:?}");
+    assert_ne!(twin["machine-id"], source["machine-id"]);
+    assert_eq!(twin["machine-id"].len(), 32);
+    assert_ne!(twin["sshkey"], source["sshkey"]);
+    assert_eq!(twin["mac"], mac);
+    assert!(
+        twin["addr"].starts_with("10."),
+        "the clone has no DHCP address: {line}"
+    );
+    assert_ne!(twin["addr"], source["addr"], "{line}");
+    let leases = site.ignite(&["netboot", "leases"]);
+    let addr = twin["addr"].split('/').next().unwrap();
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.to_lowercase().contains(&mac) && l.contains(addr)),
+        "the server holds no lease of {addr} for the clone's MAC {mac}:\n{leases}"
+    );
+}
+
+/// The UEFI guest (OVMF, GRUB on the ESP) captured and cloned: the clone boots under OVMF with
+/// its own identity.
+fn clone_uefi_guest(site: &Site, lab: &Lab, server: &Server, g: &Guest) {
+    let t = Instant::now();
+    let disk = site.tmp.path().join(format!("{}.raw", g.name));
+    vm(
+        lab,
+        site,
+        server,
+        &[
+            "create",
+            "src2",
+            "--mem",
+            "1024M",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--boot",
+            "disk",
+            "--engine",
+            "qemu",
+            "--firmware",
+            "uefi",
+            "--net",
+            "bridge=br0",
+            "--mac",
+            &g.mac,
+        ],
+    );
+    capture(site, "src2");
+    site.ignite(&["recovery", "clone", "src2", "--as", "twin2"]);
+    boot_clone(site, lab, server, "twin2", &g.firstboot().unwrap());
+    eprintln!(
+        "UEFI guest captured, cloned and the clone booted in {:?}",
+        t.elapsed()
+    );
+}
+
+/// Mounts the file system at `start`..+`size` of `image` on `dir` (a loop device by offset).
+fn mount_part(image: &Path, (start, size): (u64, u64), fs: &str, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let opts = if fs == "xfs" { ",nouuid" } else { "" };
+    run(Command::new("mount")
+        .args(["-t", fs, "-o"])
+        .arg(format!("loop,offset={start},sizelimit={size}{opts}"))
+        .arg(image)
+        .arg(dir));
+}
+
+fn umount(dir: &Path) {
+    run(Command::new("umount").arg(dir));
+}
+
+/// (start, size) of the partitions of the lab layout: 3 = ext4 /, 4 = xfs /var.
+fn partitions(site: &Site, capture: &str) -> HashMap<u64, (u64, u64)> {
+    let rec: serde_json::Value =
+        serde_json::from_str(&site.ignite(&["recovery", "show", capture, "--json"])).unwrap();
+    rec["disks"][0]["layout"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["number"].as_u64().unwrap(),
+                (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// `ignite recovery capture NAME`: the capture's id.
+fn capture(site: &Site, name: &str) -> String {
+    let out = site.ignite(&["recovery", "capture", name]);
+    eprintln!("{out}");
+    let at = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}@")))
+        .unwrap_or_else(|| panic!("no capture id in {out}"));
+    at.trim_end_matches(':').to_string()
+}
+
+/// Paths that differ between two trees (`diff -rq --no-dereference`), relative, sorted.
+fn differing(a: &Path, b: &Path) -> Vec<String> {
+    let out = Command::new("diff")
+        .args(["-rq", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let strip = |p: &str| {
+        p.strip_prefix(a.to_str().unwrap())
+            .or_else(|| p.strip_prefix(b.to_str().unwrap()))
+            .unwrap_or(p)
+            .to_string()
+    };
+    let mut paths: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            if let Some(r) = l.strip_prefix("Files ") {
+                Some(strip(r.split(" and ").next()?))
+            } else if let Some(r) = l.strip_prefix("Only in ") {
+                let (dir, name) = r.split_once(": ")?;
+                Some(format!("{}/{name}", strip(dir)))
+            } else if let Some(r) = l.strip_prefix("Symbolic links ") {
+                Some(strip(r.split(" and ").next()?))
+            } else {
+                Some(format!("?? {l}"))
+            }
+        })
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// install (done by the caller) → write a file → capture → change files → capture → restore
+/// the first capture (its files exactly) and the second (byte for byte the disk) → clone,
+/// whose tree differs from the capture's in the identity files alone, boots with a new
+/// hostname, machine-id, SSH host key, MAC and DHCP lease → the source restored in place of
+/// itself keeps its MAC.
+fn capture_change_restore_and_clone(site: &Site, lab: &Lab, server: &Server, g: &Guest) {
+    let t = Instant::now();
+    let dir = site.tmp.path();
+    let disk = dir.join(format!("{}.raw", g.name));
+    let vm = |args: &[&str]| vm(lab, site, server, args);
+    let source_id = g.firstboot().unwrap();
+    vm(&[
+        "create",
+        "src1",
+        "--mem",
+        "1024M",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--boot",
+        "disk",
+        "--engine",
+        "qemu",
+        "--net",
+        "bridge=br0",
+        "--mac",
+        &g.mac,
+    ]);
+
+    let root = dir.join("mnt-src");
+    let write_notes = |parts: &HashMap<u64, (u64, u64)>, text: &str, extra: bool| {
+        mount_part(&disk, parts[&3], "ext4", &root);
+        std::fs::write(root.join("root/notes.txt"), text).unwrap();
+        if extra {
+            std::fs::write(
+                root.join("root/added.txt"),
+                "added after the first capture\n",
+            )
+            .unwrap();
+            std::fs::remove_file(root.join("etc/motd")).unwrap();
+        }
+        umount(&root);
+    };
+    // The layout comes from a first look at the installed disk (a capture's record).
+    let c0 = capture(site, "src1");
+    let parts = partitions(site, &format!("src1@{c0}"));
+    write_notes(&parts, "first\n", false);
+    let c1 = capture(site, "src1");
+    write_notes(&parts, "second\n", true);
+    let c2 = capture(site, "src1");
+    let diff = site.ignite(&["recovery", "diff", "src1", &c1, &c2]);
+    for want in ["/root/notes.txt", "/root/added.txt", "/etc/motd"] {
+        assert!(diff.contains(want), "recovery diff lacks {want}:\n{diff}");
+    }
+    eprintln!("three captures and a diff after {:?}", t.elapsed());
+
+    // The first capture restored: its files exactly.
+    let r1 = dir.join("r1.img");
+    site.ignite(&[
+        "recovery",
+        "restore",
+        &format!("src1@{c1}"),
+        "--to",
+        r1.to_str().unwrap(),
+    ]);
+    let m = dir.join("mnt-r1");
+    mount_part(&r1, parts[&3], "ext4", &m);
+    let notes = std::fs::read_to_string(m.join("root/notes.txt")).unwrap();
+    let added = m.join("root/added.txt").exists();
+    let motd = m.join("etc/motd").exists();
+    umount(&m);
+    assert_eq!((notes.as_str(), added, motd), ("first\n", false, true));
+    std::fs::remove_file(&r1).unwrap();
+    // The latest capture restored: the disk itself, byte for byte.
+    let r2 = dir.join("r2.img");
+    site.ignite(&["recovery", "restore", "src1", "--to", r2.to_str().unwrap()]);
+    run(Command::new("cmp").arg(&r2).arg(&disk));
+    eprintln!("two restores checked after {:?}", t.elapsed());
+
+    // The clone: its tree differs from the capture's in what its identity reset changed.
+    let out = site.ignite(&["recovery", "clone", "src1", "--as", "twin1"]);
+    eprintln!("{out}");
+    let mut changed: Vec<String> = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("identity changed in: "))
+        .unwrap_or_else(|| panic!("no identity list in {out}"))
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    changed.sort();
+    for want in [
+        "/etc/hostname",
+        "/etc/machine-id",
+        "/etc/ssh/ssh_host_ed25519_key",
+    ] {
+        assert!(
+            changed.iter().any(|c| c == want),
+            "{want} not reset: {changed:?}"
+        );
+    }
+    let twin_disk = site.state.join("guests/twin1/disk0.img");
+    let (a, b) = (dir.join("cmp-src"), dir.join("cmp-twin"));
+    let mut differ = Vec::new();
+    for (n, fs, at) in [(3, "ext4", ""), (4, "xfs", "/var")] {
+        mount_part(&r2, parts[&n], fs, &a);
+        mount_part(&twin_disk, parts[&n], fs, &b);
+        differ.extend(differing(&a, &b).into_iter().map(|p| format!("{at}{p}")));
+        umount(&a);
+        umount(&b);
+    }
+    differ.sort();
+    assert_eq!(
+        differ, changed,
+        "the clone differs from its capture in exactly these files"
+    );
+    std::fs::remove_file(&r2).unwrap();
+
+    // The clone boots as itself.
+    boot_clone(site, lab, server, "twin1", &source_id);
+    eprintln!("clone booted as itself after {:?}", t.elapsed());
+
+    // A restore in place of the source keeps its identity: the MAC included.
+    vm(&["remove", "src1", "--keep-disks"]);
+    let out = site.ignite(&[
+        "recovery",
+        "restore",
+        &format!("src1@{c1}"),
+        "--as-guest",
+        "src1b",
+    ]);
+    assert!(out.contains(&format!("mac {}", g.mac)), "{out}");
+    mount_part(
+        &site.state.join("guests/src1b/disk0.img"),
+        parts[&3],
+        "ext4",
+        &m,
+    );
+    let notes = std::fs::read_to_string(m.join("root/notes.txt")).unwrap();
+    let host = std::fs::read_to_string(m.join("etc/hostname")).unwrap();
+    umount(&m);
+    assert_eq!(notes, "first\n");
+    assert_eq!(host.trim(), source_id["host"]);
+    eprintln!("capture, restore and clone lab done in {:?}", t.elapsed());
 }
 
 /// Everything that can go wrong before the first byte is written ends with a clear error,

@@ -37,6 +37,9 @@ fn start_dnsmasq(lab: &mut Lab, dir: &Path) -> std::path::PathBuf {
     leases
 }
 
+/// proxyDHCP, installing clients that are not in the registry (the default action here).
+const PROXY: &[&str] = &["--proxy-dhcp", "--install-unregistered"];
+
 fn prepare(tag: &str) -> Option<(tempfile::TempDir, Lab, std::path::PathBuf)> {
     if !require_tools(&["qemu-system-x86_64", "dnsmasq", "ip", "apt-get"]) {
         return None;
@@ -92,7 +95,7 @@ fn proxydhcp_next_to_dnsmasq_bios() {
         return;
     };
     let leases = start_dnsmasq(&mut lab, tmp.path());
-    let mut server = Server::start(&lab, &tmp.path().join("state"), &boot, &["--proxy-dhcp"]);
+    let mut server = Server::start(&lab, &tmp.path().join("state"), &boot, PROXY);
     let mac = "52:54:00:77:00:30";
     let args: Vec<String> = [
         "-boot",
@@ -124,7 +127,7 @@ fn proxydhcp_next_to_dnsmasq_uefi_port_4011() {
         return;
     };
     let leases = start_dnsmasq(&mut lab, tmp.path());
-    let mut server = Server::start(&lab, &tmp.path().join("state"), &boot, &["--proxy-dhcp"]);
+    let mut server = Server::start(&lab, &tmp.path().join("state"), &boot, PROXY);
     let mac = "52:54:00:77:00:31";
     let my_vars = tmp.path().join("vars.fd");
     std::fs::copy(vars, &my_vars).unwrap();

@@ -102,7 +102,7 @@ fn tftp_hpa_and_atftp_small_and_100mb_files() {
     assert!(s.starts_with("#!ipxe"), "{s}");
 
     let log = server.log_text();
-    assert!(log.contains("boot step tftp mac=- ip=10.77.0.50 sent file big.bin (104857600 bytes, blksize 512, window 1"), "{log}");
+    assert!(log.contains("boot step tftp mac=- ip=10.77.0.50 sent file big.bin (104857600 bytes, octet, blksize 512, window 1"), "{log}");
     assert!(log.contains("blksize 1468, window 16"), "{log}");
     assert!(log.contains("boot step tftp-missing"), "{log}");
     server.stop();
@@ -179,10 +179,13 @@ fn http_head_range_scripts_and_client_actions() {
         s.contains("ignite.action=install ignite.profile=web"),
         "{s}"
     );
-    // The installer reports success: the action flips to local, the script says exit.
+    // The admin reports the install done: the action flips to local, the script says exit.
+    let admin = std::fs::read_to_string(state.join("admin.token")).unwrap();
     curl(&[
         "-X",
         "POST",
+        "-H",
+        &format!("Authorization: Bearer {}", admin.trim()),
         &format!("http://{SERVER_IP}:8080/api/clients/52:54:00:77:00:05/installed"),
     ]);
     let s = curl(&[&script_url]);

@@ -219,7 +219,7 @@ fn definitions_round_trip_with_unique_macs_and_clear_errors() {
         ("create bad --mem lots --disk 1G", "not a size"),
         ("create bad --mem 1M --disk 1G", "out of range"),
         ("create bad --cpus 0 --disk 1G", "out of range"),
-        ("create bad --mac zz --net bridge=b --boot net", "is not like"),
+        ("create bad --mac zz --net bridge=b --boot net", "is not a MAC address"),
         ("create bad --mac 01:00:00:00:00:01 --net bridge=b --boot net", "multicast"),
         ("create bad --mac 52:54:00:00:00:01 --boot net", "at most one MAC per NIC"),
         (

@@ -177,21 +177,6 @@ pub fn parse_mac(m: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
-/// `512M`, `2G`, `1048576` (bytes), `64K`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mul) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mul))
-        .ok_or_else(|| format!("size {s:?} is not a size; use e.g. 512M or 2G"))
-}
-
 #[derive(Clone)]
 pub struct VmConfig {
     pub kernel: KernelImage,
@@ -231,15 +216,6 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("10X").unwrap_err().contains("not a size"));
-        assert!(parse_size("99999999999999999999G").is_err());
-    }
 
     #[test]
     fn disks() {

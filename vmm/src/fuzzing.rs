@@ -154,8 +154,8 @@ impl crate::vio::ne2k::NicBackend for NicRecorder {
 }
 
 /// The NE2000 core. Step: `[op, offset, count]` + data: op % 3 = 0 read, 1 write (I/O BAR
-/// offset % 32, 1 + 2·count bytes: string I/O of any length), 2 a frame from the network
-/// (count · 8 bytes, up to 2 KiB: longer than Ethernet allows).
+/// offset % 32, width 1/2/4 by op bits 2–3, 1 + 2·count bytes: string I/O of any length),
+/// 2 a frame from the network (count · 8 bytes, up to 2 KiB: longer than Ethernet allows).
 pub fn ne2k_registers(input: &[u8]) {
     use crate::vio::ne2k::{Ne2k, MEM_SIZE};
     let rec = Arc::new(NicRecorder::default());
@@ -164,9 +164,10 @@ pub fn ne2k_registers(input: &[u8]) {
     while let (Some(op), Some(off), Some(count)) = (s.byte(), s.byte(), s.byte()) {
         let off = (off % 32) as u64;
         let len = 1 + 2 * count as usize;
+        let width = WIDTHS[((op >> 2) & 3) as usize].min(4);
         match op % 3 {
-            0 => nic.io_read(off, &mut vec![0; len]),
-            1 => nic.io_write(off, &s.data(len)),
+            0 => nic.io_read(off, width, &mut vec![0; len]),
+            1 => nic.io_write(off, width, &s.data(len)),
             _ => {
                 let _ = nic.can_receive();
                 nic.receive(&s.data(count as usize * 8));

@@ -1,6 +1,8 @@
 //! KVM's binary statistics (KVM_GET_STATS_FD, Linux 5.14+): the per-vCPU `exits` counter,
 //! which also counts exits KVM handles itself (ioeventfd notifications, interrupt windows),
-//! unlike the monitor's own count of exits that reach userspace.
+//! unlike the monitor's own count of exits that reach userspace; and `insn_emulation`, the
+//! instructions KVM's emulator ran (on a host that emulates guest CPL0 code: nearly all of
+//! the guest kernel's).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -47,5 +49,20 @@ impl VcpuCounter {
         let mut b = [0u8; 8];
         self.file.read_exact_at(&mut b, self.offset).ok()?;
         Some(u64::from_le_bytes(b))
+    }
+}
+
+/// The counters the monitor reports for one vCPU.
+pub struct VcpuStats {
+    pub exits: Option<VcpuCounter>,
+    pub emulated: Option<VcpuCounter>,
+}
+
+impl VcpuStats {
+    pub fn open(vcpu: &kvm_ioctls::VcpuFd) -> VcpuStats {
+        VcpuStats {
+            exits: VcpuCounter::open(vcpu, "exits"),
+            emulated: VcpuCounter::open(vcpu, "insn_emulation"),
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod change_tracking;
 pub mod config;
 pub mod devices;
 pub mod diskboot;
+pub mod emulation;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,8 +1,10 @@
-//! vCPU threads: run KVM_RUN, hand port/MMIO exits to the platform, turn fatal exits into
-//! stop reasons. Other threads stop a vCPU by setting the stop signal and kicking it with
-//! SIGRTMIN (KVM_RUN returns EINTR), repeatedly until it has left.
+//! vCPU threads: run KVM_RUN, hand port/MMIO exits to the platform, instructions KVM could
+//! not emulate to `emulation`, turn fatal exits into stop reasons. Other threads stop a vCPU
+//! by setting the stop signal and kicking it with SIGRTMIN (KVM_RUN returns EINTR),
+//! repeatedly until it has left.
 
 use crate::devices::{Platform, StopReason};
+use crate::memory::GuestMemory;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::{Arc, Once};
@@ -28,25 +30,32 @@ pub struct VcpuThread {
     handle: Option<JoinHandle<()>>,
 }
 
-pub fn spawn(id: u8, mut vcpu: VcpuFd, platform: Arc<Platform>) -> std::io::Result<VcpuThread> {
+pub fn spawn(
+    id: u8,
+    mut vcpu: VcpuFd,
+    platform: Arc<Platform>,
+    mem: GuestMemory,
+) -> std::io::Result<VcpuThread> {
     install_kick_handler();
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
-            run_loop(id, &mut vcpu, &platform);
+            run_loop(id, &mut vcpu, &platform, &mem);
         })?;
     Ok(VcpuThread {
         handle: Some(handle),
     })
 }
 
-fn run_loop(id: u8, vcpu: &mut VcpuFd, p: &Platform) {
+fn run_loop(id: u8, vcpu: &mut VcpuFd, p: &Platform, mem: &GuestMemory) {
     // The access width of port I/O exits (kvm_run.io.size) is not part of VcpuExit; read it
     // through the shared kvm_run mapping, which lives as long as the vCPU fd.
     let run = vcpu.get_kvm_run() as *const kvm_bindings::kvm_run;
     // SAFETY: `run` points into the vCPU's kvm_run mapping; after an IO exit the kernel has
     // filled the `io` member of the exit union, and we only read it.
     let io_size = || unsafe { (*run).__bindgen_anon_1.io.size as usize };
+    // SAFETY: as above, after an internal-error exit the `internal` member is filled.
+    let suberror = || unsafe { (*run).__bindgen_anon_1.internal.suberror };
     loop {
         if p.stop.get().is_some() {
             return;
@@ -72,10 +81,19 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, p: &Platform) {
                 VcpuExit::FailEntry(reason, cpu) => p.stop.stop(StopReason::Failed(format!(
                     "VM entry failed on vCPU {id} (hardware reason {reason:#x}, cpu {cpu})"
                 ))),
+                VcpuExit::InternalError
+                    if suberror() == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION =>
+                {
+                    match crate::emulation::handle(vcpu, mem) {
+                        Ok(name) => p.count_monitor_emulated(name),
+                        Err(e) => p.stop.stop(StopReason::Failed(format!("vCPU {id}: {e}"))),
+                    }
+                }
                 VcpuExit::InternalError => {
-                    let regs = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
                     p.stop.stop(StopReason::Failed(format!(
-                        "KVM internal error on vCPU {id} at rip {regs:#x}"
+                        "KVM internal error (suberror {}) on vCPU {id} at rip {rip:#x}",
+                        suberror()
                     )))
                 }
                 VcpuExit::Intr | VcpuExit::IrqWindowOpen => {}

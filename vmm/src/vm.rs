@@ -35,6 +35,12 @@ pub struct RunOutcome {
     pub marks: Vec<Mark>,
     /// What a guest program's exception handler reported (error code / RIP words).
     pub fault_info: Vec<u32>,
+    /// All exits KVM counted, and the instructions its emulator ran (KVM binary stats,
+    /// where available).
+    pub kvm_exits: Option<u64>,
+    pub kvm_emulated: Option<u64>,
+    /// Instructions KVM could not emulate that the monitor handled, by name.
+    pub monitor_emulated: Vec<(&'static str, u64)>,
 }
 
 pub struct Vm {
@@ -44,11 +50,8 @@ pub struct Vm {
     trackers: Vec<(PathBuf, Arc<ChangeTracker>)>,
     _vm: Arc<VmFd>,
     _kvm: Kvm,
-    _mem: GuestMemory,
-}
-
-pub(crate) fn open_kvm() -> Result<Kvm> {
-    Kvm::new().map_err(|e| Error::NoKvm(std::io::Error::from_raw_os_error(e.errno())))
+    /// Also lent to the vCPU threads, to read instructions KVM could not emulate.
+    mem: GuestMemory,
 }
 
 fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> Result<SerialOut> {
@@ -76,6 +79,40 @@ fn serial_out(t: &SerialTarget, socket: &Option<(UnixListener, SocketOut)>) -> R
             Box::new(std::io::sink())
         }
     })
+}
+
+/// What guest kernel code meets on this host's CPU (probed once per process). A failed probe
+/// assumes a host that runs guest code on the hardware: CPUID as KVM reports it, obeyed.
+fn guest_cpu() -> crate::hwcheck::GuestCpu {
+    static CPU: std::sync::OnceLock<crate::hwcheck::GuestCpu> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| {
+        let cpu = crate::hwcheck::guest_cpu().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "guest CPU probe failed; offering CPUID as KVM reports it");
+            crate::hwcheck::GuestCpu {
+                xsave_runs: true,
+                xsave_hideable: true,
+            }
+        });
+        if !cpu.xsave_runs {
+            tracing::info!(
+                xsave_hideable = cpu.xsave_hideable,
+                "this KVM cannot run xsave/xrstor for guest kernel code: XSAVE (and AVX) taken out of the guest's CPUID{}",
+                if cpu.xsave_hideable { "" } else { ", which the guest's CPUID still reports here: Linux guests get `noxsave`" }
+            );
+        }
+        cpu
+    })
+}
+
+/// The command line a kernel gets: `cmdline`, plus `noxsave` for Linux where XSAVE cannot
+/// run for it and cannot be hidden from its CPUID either.
+fn linux_cmdline(cmdline: &str, is_linux: impl FnOnce() -> bool) -> String {
+    let cpu = guest_cpu();
+    if !cpu.xsave_runs && !cpu.xsave_hideable && is_linux() {
+        let sep = if cmdline.is_empty() { "" } else { " " };
+        return format!("{cmdline}{sep}noxsave");
+    }
+    cmdline.to_owned()
 }
 
 impl Vm {
@@ -122,7 +159,7 @@ impl Vm {
             }
             _ => None,
         };
-        let kvm = open_kvm()?;
+        let kvm = crate::hwcheck::open_kvm()?;
         let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
         vm.set_tss_address(KVM_TSS_ADDR)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
@@ -227,29 +264,33 @@ impl Vm {
             _ => {}
         }
 
-        let entry = match &fetched {
-            Some(f) => boot::load_fetched(&mem, f, config.cpus, &intx)?,
+        let entry = match fetched {
+            Some(mut f) => {
+                f.cmdline = linux_cmdline(&f.cmdline, || boot::is_linux(&f.kernel));
+                boot::load_fetched(&mem, &f, config.cpus, &intx)?
+            }
             None => boot::load(
                 &mem,
                 &config.kernel,
                 config.initrd.as_deref(),
-                &config.cmdline,
+                &linux_cmdline(&config.cmdline, || boot::image_is_linux(&config.kernel)),
                 config.cpus,
                 &intx,
             )?,
         };
-        let supported = kvm
+        let mut supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        if !guest_cpu().xsave_runs {
+            boot::cpu_state::hide_xsave(&mut supported);
+        }
         let mut vcpus = Vec::new();
         for id in 0..config.cpus {
             let vcpu = vm
                 .create_vcpu(id as u64)
                 .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
             boot::cpu_state::setup_vcpu(&vcpu, id, config.cpus, entry.rip, &supported)?;
-            if let Some(c) = crate::kvm_stats::VcpuCounter::open(&vcpu, "exits") {
-                platform.add_exit_counter(c);
-            }
+            platform.add_vcpu_stats(crate::kvm_stats::VcpuStats::open(&vcpu));
             vcpus.push(vcpu);
         }
         // Application processors wait for INIT/SIPI like on real hardware.
@@ -266,7 +307,7 @@ impl Vm {
             trackers,
             _vm: vm,
             _kvm: kvm,
-            _mem: mem,
+            mem,
         })
     }
 
@@ -285,7 +326,12 @@ impl Vm {
         let start = Instant::now();
         let mut threads = Vec::new();
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
-            threads.push(vcpu::spawn(id as u8, vcpu, self.platform.clone())?);
+            threads.push(vcpu::spawn(
+                id as u8,
+                vcpu,
+                self.platform.clone(),
+                self.mem.clone(),
+            )?);
         }
         let reason = match self.platform.stop.wait(limit) {
             Some(r) => r,
@@ -303,6 +349,9 @@ impl Vm {
             exits: self.platform.exits(),
             marks: self.platform.marks(),
             fault_info: self.platform.fault_info(),
+            kvm_exits: self.platform.kvm_exits(),
+            kvm_emulated: self.platform.kvm_emulated(),
+            monitor_emulated: self.platform.monitor_emulated(),
         })
     }
 }

@@ -79,7 +79,24 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("start python3");
-        std::thread::sleep(Duration::from_millis(500));
+        // Serving once it accepts a connection (a loaded machine starts python slowly).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = ns
+                .run(|| {
+                    let addr = std::net::SocketAddr::from(([10, 79, 0, 1], 8000));
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                })
+                .unwrap();
+            if up {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the HTTP server did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Daemon(child)
     }
 }

@@ -208,6 +208,8 @@ fn import_summary(m: &Manifest) {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // Packs and snapshots hold whole systems (shadow files, host keys): private (0600/0700).
+    crate::state::private_umask();
     match args.command {
         Cmd::Init {
             block_size,

@@ -1,4 +1,8 @@
 //! `ignite client`: the client registry (MAC → name and boot action).
+//!
+//! Much of what these commands print was sent by clients on the boot network (file names
+//! in boot steps, install logs, failure messages): control characters are printed escaped
+//! (`\u{1b}`), so no client can move the admin's cursor or retitle their terminal.
 
 use std::path::PathBuf;
 
@@ -111,7 +115,7 @@ pub fn run(a: ClientArgs) -> Result<()> {
             let mut after = 0;
             loop {
                 for l in state.log_since(&inst.token, after)? {
-                    println!("{}", l.text.trim_end_matches('\n'));
+                    println!("{}", printable(l.text.trim_end_matches('\n'), true));
                     after = l.id;
                 }
                 let now = state.current_install(&mac)?;
@@ -136,10 +140,12 @@ pub fn run(a: ClientArgs) -> Result<()> {
             } else {
                 println!(
                     "name:   {}\nmac:    {}\naction: {}",
-                    c.name, c.mac, c.action
+                    printable(&c.name, false),
+                    c.mac,
+                    printable(&c.action.to_string(), false)
                 );
                 if let Some(i) = state.current_install(&c.mac)? {
-                    print!("{}", timeline(&state, &i, &steps)?);
+                    print!("{}", printable(&timeline(&state, &i, &steps)?, true));
                 }
                 println!("recent boot steps:");
                 for s in steps {
@@ -148,7 +154,7 @@ pub fn run(a: ClientArgs) -> Result<()> {
                         s.time,
                         s.ip.unwrap_or_else(|| "-".into()),
                         s.step,
-                        s.detail
+                        printable(&s.detail, false)
                     );
                 }
             }
@@ -244,11 +250,33 @@ fn table(rows: &[Row]) -> String {
         out += &format!(
             "{:<18} {:<20} {:<24} {:<28} {}\n",
             c.mac,
-            c.name,
-            c.action.to_string(),
-            r.install.as_ref().map(install_state).unwrap_or_default(),
-            c.last_step.clone().unwrap_or_default()
+            printable(&c.name, false),
+            printable(&c.action.to_string(), false),
+            printable(
+                &r.install.as_ref().map(install_state).unwrap_or_default(),
+                false
+            ),
+            printable(c.last_step.as_deref().unwrap_or_default(), false)
         );
+    }
+    out
+}
+
+/// `s` with control characters escaped (`\u{1b}`, `\r`), keeping line breaks and tabs if
+/// `lines`: what a client sent cannot drive the terminal.
+fn printable(s: &str, lines: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' if lines => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.extend(c.escape_default()),
+            // Bidirectional overrides reorder what the admin reads.
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
     }
     out
 }
@@ -295,4 +323,21 @@ fn timeline(state: &State, i: &Install, steps: &[StepRecord]) -> Result<String> 
         out += &format!("  {:<12} {:>9}\n", "total", secs(prev - start));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            printable("tftp \u{1b}]0;pwned\u{7}\u{1b}[2Jx\r\u{9b}31m", false),
+            "tftp \\u{1b}]0;pwned\\u{7}\\u{1b}[2Jx\\r\\u{9b}31m"
+        );
+        assert_eq!(printable("a\tb\nc", false), "a\\tb\\nc");
+        assert_eq!(printable("a\tb\nc\u{1b}", true), "a\tb\nc\\u{1b}");
+        assert_eq!(printable("\u{202e}gpj.exe", false), "\\u{202e}gpj.exe");
+        assert_eq!(printable("plain é ✓", false), "plain é ✓");
+    }
 }

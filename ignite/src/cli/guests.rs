@@ -3,14 +3,14 @@
 use crate::guests::control::{self, Status};
 use crate::guests::supervisor;
 use crate::guests::{
-    check_name, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic, Paths, MAX_VIO_DISKS,
+    check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Firmware, Nic,
+    Paths, MAX_VIO_DISKS,
 };
 use crate::state::guests::Record;
 use crate::state::State;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use ignite_profiles::parse_bytes as parse_size;
-use ignite_vmm::config::parse_mac;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -114,6 +114,9 @@ pub struct CreateArgs {
     boot: String,
     #[arg(long, value_enum, default_value = "auto")]
     engine: EngineChoice,
+    /// bios (SeaBIOS) or uefi (OVMF; QEMU engine only).
+    #[arg(long, value_enum, default_value = "bios")]
+    firmware: Firmware,
     #[command(flatten)]
     state: StateDir,
 }
@@ -239,14 +242,7 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
             _ => bail!("net {n:?}: use bridge=BR (an existing bridge, up to 15 characters)"),
         };
         let mac = match a.macs.get(i) {
-            Some(m) => {
-                let b = parse_mac(m)
-                    .with_context(|| format!("MAC {m:?} is not like 52:54:00:12:34:56"))?;
-                if b[0] & 1 != 0 {
-                    bail!("MAC {m} is a multicast address; a NIC needs a unicast one (first byte even)");
-                }
-                b.map(|x| format!("{x:02x}")).join(":")
-            }
+            Some(m) => normalize_mac(m)?,
             None => String::new(),
         };
         nics.push(Nic {
@@ -261,6 +257,9 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
     if boot == Boot::Net && nics.is_empty() {
         bail!("--boot net needs a NIC; add --net bridge=BR");
     }
+    if a.firmware == Firmware::Uefi && a.engine == EngineChoice::Bundled {
+        bail!("--firmware uefi runs under QEMU (OVMF); the bundled monitor boots like a BIOS: use --engine qemu or auto");
+    }
     Ok((
         Definition {
             name: a.name.clone(),
@@ -272,6 +271,7 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
             net_model: a.net_model,
             boot,
             engine: a.engine,
+            firmware: a.firmware,
         },
         sizes,
     ))

@@ -66,7 +66,11 @@ impl Command {
             Command::Netboot(a) => netboot::run(a),
             Command::Vm(a) => a.run(),
             Command::Profile(a) => profile::run(a),
-            Command::Recovery(a) => recovery::run(a),
+            Command::Recovery(a) => {
+                // Captures write store packs and snapshots of whole systems: private.
+                crate::state::private_umask();
+                recovery::run(a)
+            }
             Command::Install(a) => install::run(a),
             Command::Agent(a) => agent::run(a),
             Command::InstallExtract(a) => install_extract::run(a),

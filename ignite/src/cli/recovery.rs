@@ -8,10 +8,16 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use ignite_archive::Store;
 use ignite_profiles::human;
-use ignite_recovery::capture::record::{short, Record};
+use ignite_recovery::capture::diff as capture_diff;
+use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
 
+use crate::cli::progress::with_progress;
 use crate::guests::capture::capture_guest;
+use crate::guests::restore::{restore_guest as restore_guest_from, CloneAs};
+use crate::state::schedules::{parse_at, Keep};
 use crate::state::State;
+use ignite_recovery::capture::retention;
+use ignite_recovery::restore;
 
 #[derive(Args)]
 pub struct RecoveryArgs {
@@ -54,6 +60,103 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What changed between two captures of NAME (default: the last two; A and B are capture
+    /// ids or NAME@ID).
+    Diff {
+        name: String,
+        a: Option<String>,
+        b: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Paths listed per file system at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// What changed on guest NAME since its last capture, without capturing
+    /// (`check_net_recovery`): changed bytes per disk and file system.
+    Check {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Capture a guest on a schedule (run by `ignite server`), with retention after each
+    /// successful capture; `schedule list` and `schedule remove NAME` manage them.
+    Schedule(ScheduleArgs),
+    /// Restore a capture: its disks onto image files or block devices (`--to`, one per disk in
+    /// order), or as a replacement guest with the recorded definition, MACs and identity
+    /// (`--as-guest NEW`). Every chunk is verified first; a disk too small is refused before
+    /// anything is written.
+    Restore {
+        /// NAME (its latest capture), NAME@latest or NAME@ID.
+        capture: String,
+        #[arg(long, value_name = "DISK_OR_IMAGE", conflicts_with = "as_guest")]
+        to: Vec<PathBuf>,
+        #[arg(long, value_name = "NEW")]
+        as_guest: Option<String>,
+    },
+    /// A new guest from a capture with a new identity, written into its image before the
+    /// first boot: hostname and /etc/hosts, machine-id, SSH host keys, MACs in network
+    /// configuration and udev rules, DHCP leases, random seed. Nothing else differs.
+    Clone {
+        /// NAME (its latest capture), NAME@latest or NAME@ID.
+        capture: String,
+        /// The new guest's name.
+        #[arg(long = "as", value_name = "NEW")]
+        new: String,
+        /// Its hostname (default: NEW).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// MACs for its NICs in order (default: generated).
+        #[arg(long)]
+        mac: Vec<String>,
+    },
+    /// Apply a retention policy to a guest's captures now (then `ignite archive gc`).
+    Prune {
+        name: String,
+        #[command(flatten)]
+        keep: KeepArgs,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args)]
+struct ScheduleArgs {
+    /// The guest to capture; or `list`, or `remove NAME`.
+    words: Vec<String>,
+    /// First run of the day, HH:MM UTC.
+    #[arg(long, default_value = "02:00")]
+    at: String,
+    /// Repeat period, e.g. 1d, 12h, 1w.
+    #[arg(long, default_value = "1d")]
+    every: String,
+    #[command(flatten)]
+    keep: KeepArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct KeepArgs {
+    #[arg(long)]
+    keep_last: Option<u32>,
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    #[arg(long)]
+    keep_monthly: Option<u32>,
+}
+
+impl KeepArgs {
+    fn keep(&self) -> Keep {
+        Keep {
+            last: self.keep_last,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -93,7 +196,7 @@ struct TokenArgs {
     /// Rules (see `capture -x`), checked now.
     #[arg(short = 'x', value_name = "RULES")]
     rules: Vec<String>,
-    /// How long the token serves: 30m, 12h, 7d (at most 366d).
+    /// How long the token serves: 12h, 7d, 2w (at most 366 days).
     #[arg(long, default_value = "24h")]
     ttl: String,
 }
@@ -114,22 +217,164 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
         Cmd::Token(t) => token(&a.state_dir, t),
         Cmd::List { name, json } => list(&a.state_dir, name.as_deref(), json),
         Cmd::Show { capture, json } => show(&store_dir, &capture, json),
+        Cmd::Schedule(s) => schedule(&a.state_dir, s),
+        Cmd::Diff {
+            name,
+            a: from,
+            b: to,
+            json,
+            limit,
+        } => diff(&store_dir, &name, from, to, json, limit),
+        Cmd::Check { name, json } => check(&a.state_dir, &store_dir, &name, json),
+        Cmd::Prune {
+            name,
+            keep,
+            dry_run,
+        } => prune(&store_dir, &name, &keep.keep(), dry_run),
+        Cmd::Restore {
+            capture,
+            to,
+            as_guest,
+        } => match as_guest {
+            Some(new) => restore_guest(&a.state_dir, &store_dir, &capture, &new, None),
+            None => restore_to(&store_dir, &capture, &to),
+        },
+        Cmd::Clone {
+            capture,
+            new,
+            hostname,
+            mac,
+        } => {
+            let hostname = hostname.unwrap_or_else(|| new.clone());
+            if let Some(why) = ignite_profiles::hostname_problem(&hostname) {
+                anyhow::bail!("hostname {hostname:?} {why}; give a valid one with --hostname");
+            }
+            let c = CloneAs {
+                hostname,
+                macs: mac,
+            };
+            restore_guest(&a.state_dir, &store_dir, &capture, &new, Some(&c))
+        }
     }
 }
 
-/// The store, created with default settings on first use.
-pub fn open_store(dir: &Path) -> Result<Store> {
-    if dir.join("config.json").is_file() {
-        Ok(Store::open(dir)?)
-    } else {
-        Store::init(dir, Default::default())
-            .with_context(|| format!("cannot create the store {}", dir.display()))
+fn schedule(state_dir: &Path, a: ScheduleArgs) -> Result<()> {
+    let state = State::open(state_dir)?;
+    let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["list"] => {
+            let all = state.schedules()?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:>5} {:>8} {:<20} {:<24} LAST RESULT",
+                "NAME", "AT", "EVERY", "NEXT RUN (UTC)", "KEEP"
+            );
+            for s in all {
+                println!(
+                    "{:<16} {:>5} {:>8} {:<20} {:<24} {}",
+                    crate::cli::escape(&s.name),
+                    s.at(),
+                    period(s.every_secs),
+                    utc(s.next_run),
+                    keep_text(&s.keep),
+                    s.last_result
+                        .as_deref()
+                        .map(crate::cli::escape)
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        ["remove", name] => {
+            state.remove_schedule(name)?;
+            println!("schedule of {name} removed");
+            Ok(())
+        }
+        [name] => {
+            state
+                .guest(name)
+                .with_context(|| format!("schedules capture defined guests; {name} is not one"))?;
+            let every = ignite_archive::retention::parse_duration(&a.every)?;
+            let s = state.set_schedule(
+                name,
+                parse_at(&a.at)?,
+                every as u64,
+                &a.keep.keep(),
+                crate::clock::now(),
+            )?;
+            println!(
+                "{name}: captured at {} UTC every {}, keeping {}; next run {} UTC (by `ignite server`)",
+                s.at(),
+                period(s.every_secs),
+                keep_text(&s.keep),
+                utc(s.next_run)
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "use `ignite recovery schedule NAME --at HH:MM [--every 1d] [--keep-...]`, \
+             `schedule list` or `schedule remove NAME`"
+        ),
     }
+}
+
+fn prune(store_dir: &Path, name: &str, keep: &Keep, dry_run: bool) -> Result<()> {
+    let store = Store::open(store_dir)?;
+    let r = retention::prune(&store, name, &keep.policy(), dry_run)?;
+    for (id, why) in &r.kept {
+        println!("keep   {name}@{} ({})", short(id), why.join(", "));
+    }
+    let verb = if dry_run { "would remove" } else { "remove" };
+    for id in &r.removed {
+        println!("{verb} {name}@{}", short(id));
+    }
+    if !r.removed_data.is_empty() {
+        println!(
+            "{verb} {} disk/file snapshot(s) of those captures; `ignite archive gc` frees their space",
+            r.removed_data.len()
+        );
+    }
+    Ok(())
+}
+
+fn keep_text(k: &Keep) -> String {
+    let parts: Vec<String> = [
+        ("last", k.last),
+        ("daily", k.daily),
+        ("weekly", k.weekly),
+        ("monthly", k.monthly),
+    ]
+    .iter()
+    .filter_map(|(n, v)| v.map(|v| format!("{n} {v}")))
+    .collect();
+    if parts.is_empty() {
+        "everything".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn period(secs: u64) -> String {
+    match secs {
+        s if s % 604800 == 0 => format!("{}w", s / 604800),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s => format!("{}m", s / 60),
+    }
+}
+
+fn utc(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default()
 }
 
 fn capture(state_dir: &Path, store_dir: &Path, name: &str) -> Result<()> {
     let state = State::open(state_dir)?;
-    let store = Arc::new(open_store(store_dir)?);
+    let store = Arc::new(Store::open_or_init(store_dir)?);
     let c = capture_guest(state_dir, &state, store, name)?;
     let s = &c.record.stats;
     for why in &s.full_reads {
@@ -222,26 +467,85 @@ fn token(state_dir: &Path, t: TokenArgs) -> Result<()> {
     Ok(())
 }
 
-/// `30m`, `12h`, `7d`, or seconds → milliseconds.
+/// A token's lifetime as `schedule --every` writes durations (12h, 7d, 2w), in ms.
 fn parse_ttl(text: &str) -> Result<i64> {
-    let (num, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("--ttl {text:?}: write e.g. 30m, 12h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => anyhow::bail!("--ttl {text:?}: the unit is s, m, h or d"),
-    };
-    if !(1..=366 * 86400).contains(&secs) {
-        anyhow::bail!("--ttl {text:?}: between 1 s and 366 days");
+    let secs = ignite_archive::retention::parse_duration(text)
+        .with_context(|| format!("--ttl {text:?}"))?;
+    if secs > 366 * 86400 {
+        anyhow::bail!("--ttl {text:?}: a token serves at most 366 days");
     }
     Ok(secs * 1000)
+}
+
+fn restore_to(store_dir: &Path, spec: &str, to: &[PathBuf]) -> Result<()> {
+    let store = Store::open(store_dir)?;
+    let (m, r) = Record::load(&store, spec)?;
+    let from = format!("{}@{}", r.name, short(&m.id));
+    if to.len() != r.disks.len() {
+        anyhow::bail!(
+            "{from} holds {} disk(s); give one --to DISK_OR_IMAGE per disk, in order (or --as-guest NEW)",
+            r.disks.len()
+        );
+    }
+    // Every target is checked before any is written.
+    let mut jobs = Vec::new();
+    for (d, path) in r.disks.iter().zip(to) {
+        let dm = store.resolve(&d.snapshot)?;
+        let target = restore::Target::of(path)?;
+        restore::check_fits(&dm, path, target)?;
+        jobs.push((d.index, dm, path));
+    }
+    let t = std::time::Instant::now();
+    for (index, dm, path) in jobs {
+        let written = with_progress(dm.image_size, &format!("disk {index}"), |p| {
+            restore::restore_disk(&store, &dm, path, p)
+        })?;
+        println!(
+            "restored {from} disk {index} to {}: {} of {} written",
+            path.display(),
+            human(written),
+            human(dm.image_size.unwrap_or(0))
+        );
+    }
+    println!("restore done in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn restore_guest(
+    state_dir: &Path,
+    store_dir: &Path,
+    spec: &str,
+    new: &str,
+    clone: Option<&CloneAs>,
+) -> Result<()> {
+    let state = State::open(state_dir)?;
+    let store = Arc::new(Store::open(store_dir)?);
+    let t = std::time::Instant::now();
+    let r = with_progress(None, "restoring", |p| {
+        restore_guest_from(state_dir, &state, store, spec, new, clone, p)
+    })?;
+    let verb = if clone.is_some() {
+        "cloned"
+    } else {
+        "restored"
+    };
+    println!(
+        "{verb} {} as guest {new} ({} written, {:.1} s)",
+        r.from,
+        human(r.bytes_written),
+        t.elapsed().as_secs_f64()
+    );
+    for n in &r.def.nics {
+        println!("  nic on bridge {}: mac {}", n.bridge, n.mac);
+    }
+    for d in &r.def.disks {
+        println!("  disk {}", d.path.display());
+    }
+    if !r.changed.is_empty() {
+        println!("  identity changed in: {}", r.changed.join(" "));
+    }
+    println!("start it with `ignite vm start {new}`");
+    Ok(())
 }
 
 fn list(state_dir: &Path, name: Option<&str>, json: bool) -> Result<()> {
@@ -351,6 +655,133 @@ fn show(store_dir: &Path, spec: &str, json: bool) -> Result<()> {
     );
     for n in s.full_reads.iter().chain(&sys.notes) {
         println!("  note       {n}");
+    }
+    Ok(())
+}
+
+/// The capture records of `name`, oldest first.
+fn captures_of(store: &Store, name: &str) -> Result<Vec<ignite_archive::Manifest>> {
+    Ok(store
+        .list_snapshots()?
+        .into_iter()
+        .filter(|m| m.name == name && m.labels.contains_key(LABEL_CAPTURE))
+        .collect())
+}
+
+fn spec(name: &str, s: &str) -> String {
+    if s.contains('@') {
+        s.to_string()
+    } else {
+        format!("{name}@{s}")
+    }
+}
+
+fn diff(
+    store_dir: &Path,
+    name: &str,
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+    limit: usize,
+) -> Result<()> {
+    let store = Arc::new(Store::open(store_dir)?);
+    let all = captures_of(&store, name)?;
+    let pick = |s: Option<String>, back: usize| -> Result<String> {
+        match s {
+            Some(s) => Ok(spec(name, &s)),
+            None => all
+                .iter()
+                .rev()
+                .nth(back)
+                .map(|m| m.id.clone())
+                .with_context(|| format!("{name} has fewer than {} captures; name them", back + 1)),
+        }
+    };
+    let (sa, sb) = (pick(from, 1)?, pick(to, 0)?);
+    let (ma, ra) = Record::load(&store, &sa)?;
+    let (mb, rb) = Record::load(&store, &sb)?;
+    let d = capture_diff::diff(store, &ra, &rb)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    println!("{name}@{} -> {name}@{}", short(&ma.id), short(&mb.id));
+    for r in &d.regions {
+        println!("disk {}: {} changed", r.disk, human(r.changed_bytes));
+        for (n, mount, bytes) in &r.partitions {
+            println!(
+                "  partition {n:<2} {:>9}  {}",
+                human(*bytes),
+                mount
+                    .as_deref()
+                    .unwrap_or(if *n == 0 { "(outside partitions)" } else { "" })
+            );
+        }
+    }
+    for (disk, part, mount, changes) in &d.files {
+        println!(
+            "files of {} (disk {disk} partition {part}): {} change(s)",
+            mount.as_deref().unwrap_or("?"),
+            changes.len()
+        );
+        for c in changes.iter().take(limit) {
+            println!("  {}", change_line(c));
+        }
+        if changes.len() > limit {
+            println!("  ... {} more (--limit, --json)", changes.len() - limit);
+        }
+    }
+    Ok(())
+}
+
+fn change_line(c: &ignite_archive::diff::Change) -> String {
+    use ignite_archive::diff::Change;
+    match c {
+        Change::Added { path } => format!("+ {}", crate::cli::escape(path)),
+        Change::Removed { path } => format!("- {}", crate::cli::escape(path)),
+        Change::Changed { path, what } => {
+            format!("~ {} ({})", crate::cli::escape(path), what.join(", "))
+        }
+    }
+}
+
+fn check(state_dir: &Path, store_dir: &Path, name: &str, json: bool) -> Result<()> {
+    let state = State::open(state_dir)?;
+    let pending = crate::guests::capture::pending_changes(state_dir, &state, name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pending)?);
+        return Ok(());
+    }
+    let last = Store::open(store_dir)
+        .ok()
+        .and_then(|s| Record::load(&s, name).ok().map(|(_, r)| r));
+    for p in &pending {
+        match (&p.base, &p.why) {
+            (Some(base), _) => println!(
+                "disk {}: {} written since capture {}",
+                p.index,
+                human(p.bytes),
+                short(base)
+            ),
+            (None, Some(why)) => {
+                println!("disk {}: the next capture reads it in full: {why}", p.index)
+            }
+            _ => {}
+        }
+        let (Some(ranges), Some(rec)) = (&p.ranges, &last) else {
+            continue;
+        };
+        let Some(d) = rec.disks.iter().find(|d| d.index == p.index) else {
+            continue;
+        };
+        let r = capture_diff::regions(p.index, ranges, &d.layout, &rec.system);
+        for (n, mount, bytes) in r.partitions {
+            println!(
+                "  partition {n:<2} {:>9}  {}",
+                human(bytes),
+                mount.as_deref().unwrap_or("")
+            );
+        }
     }
     Ok(())
 }

@@ -35,6 +35,10 @@ pub struct ServerArgs {
     /// Archive store installs stream from (default: <state-dir>/store).
     #[arg(long, env = "IGNITE_STORE")]
     store: Option<PathBuf>,
+    /// Install clients not in the registry when the default action is install (any
+    /// machine on the boot network may then install, and read the golden image).
+    #[arg(long)]
+    install_unregistered: bool,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -50,11 +54,14 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
         http_port: a.http_port,
         profiles_dir: a.profiles_dir,
         store: a.store,
+        install_unregistered: a.install_unregistered,
     };
     let cfg = Config::load(a.config.as_deref(), &o)?;
     if a.check {
         print!("{}", crate::server::run::check(&cfg)?);
         return Ok(());
     }
+    // Everything the server writes (state, tokens, captured images) is for root's eyes.
+    crate::state::private_umask();
     crate::server::run::run(cfg)
 }

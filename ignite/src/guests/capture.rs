@@ -25,6 +25,8 @@ use ignite_recovery::capture::block::{BlockDisk, Changes};
 use ignite_vmm::change_tracking::{ChangeSet, ChangeTracker};
 use serde::{Deserialize, Serialize};
 
+use super::control::Pending;
+
 /// What the supervisor (or the in-process session) tells the capture.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -93,6 +95,53 @@ impl DiskPlan {
                 _ => None,
             },
         })
+    }
+}
+
+/// The changes of change-tracked images (running: the log saw every write).
+pub fn pending_tracked(trackers: &[(PathBuf, Arc<ChangeTracker>)], running: bool) -> Vec<Pending> {
+    trackers
+        .iter()
+        .enumerate()
+        .map(|(index, (path, t))| {
+            let base = if running {
+                read_base_running(path)
+            } else {
+                read_base_stopped(path)
+            };
+            let ranges = t.peek().ranges();
+            Pending {
+                index,
+                bytes: ranges.iter().map(|r| r.1).sum(),
+                base: base.as_ref().ok().cloned(),
+                why: base.err(),
+                ranges: Some(ranges),
+            }
+        })
+        .collect()
+}
+
+/// What changed on guest `name`'s disks since its last capture (`ignite recovery check`).
+pub fn pending_changes(
+    state_dir: &Path,
+    state: &crate::state::State,
+    name: &str,
+) -> Result<Vec<Pending>> {
+    let rec = state.guest(name)?;
+    let paths = super::Paths::new(state_dir, name);
+    match super::control::ask(&paths.control(), &super::control::Request::Changes)? {
+        Some(super::control::Reply::Changes { changes }) => Ok(changes),
+        Some(other) => bail!("guest {name}: unexpected answer {other:?}"),
+        None => {
+            let _lock = lock_stopped(&paths, name)?;
+            let trackers = rec
+                .def
+                .disks
+                .iter()
+                .map(|d| open_tracker(&d.path).map(|t| (d.path.clone(), Arc::new(t))))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(pending_tracked(&trackers, false))
+        }
     }
 }
 
@@ -380,6 +429,7 @@ pub fn capture_guest(
     name: &str,
 ) -> Result<Captured> {
     let rec = state.guest(name)?;
+    let _lock = capture_lock(state_dir, name)?;
     let id = state.capture_started(name, "block", "host")?;
     let result = capture_disks(state_dir, &rec, store);
     match &result {
@@ -542,4 +592,22 @@ fn open_tracker(image: &Path) -> Result<ChangeTracker> {
             Ok(ChangeTracker::open(image, size, g, true)?)
         }
     }
+}
+
+/// Captures of one name run one at a time (a scheduled one and one by hand): the change log
+/// and the bitmaps are one chain. Held until dropped.
+pub fn capture_lock(state_dir: &Path, name: &str) -> Result<std::fs::File> {
+    let dir = state_dir.join("locks");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("capture-{name}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open it", path.display()))?;
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        bail!("a capture of {name} is already running; wait for it to end");
+    }
+    Ok(f)
 }

@@ -4,6 +4,9 @@
 //! with `force` ended at once); `{"cmd":"capture"}` turns the connection into a capture
 //! session (`guests::capture`). Each connection is served on its own thread, so a long
 //! capture does not keep `status` or `stop` waiting.
+//!
+//! Only the supervisor's own user (or root) is served: the socket is 0600 in a 0700
+//! directory, and each connection's peer credentials are checked as well.
 
 use super::Engine;
 use anyhow::{bail, Context, Result};
@@ -23,6 +26,8 @@ pub enum Request {
     },
     /// Starts a capture session on this connection (see `guests::capture`).
     Capture,
+    /// What each disk's change tracking holds since the last capture, without capturing.
+    Changes,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,10 +41,24 @@ pub struct Status {
     pub why: String,
 }
 
+/// A disk's changes since its last capture, as its change tracking knows them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    pub index: usize,
+    /// The capture they are relative to; none: the next capture reads in full (`why`).
+    pub base: Option<String>,
+    /// Changed regions, when the tracking gives them (the bundled monitor's change log).
+    pub ranges: Option<Vec<(u64, u64)>>,
+    /// Changed bytes (QEMU's bitmap gives only a count).
+    pub bytes: u64,
+    pub why: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
     Status(Status),
+    Changes { changes: Vec<Pending> },
     Ok { ok: bool },
     Error { error: String },
 }
@@ -79,6 +98,17 @@ pub fn status(path: &Path) -> Result<Option<Status>> {
         Some(Reply::Status(s)) => Some(s),
         _ => None,
     })
+}
+
+/// Whether the peer runs as our user or as root.
+fn peer_allowed(conn: &UnixStream) -> bool {
+    match rustix::net::sockopt::socket_peercred(conn) {
+        Ok(c) => {
+            let uid = c.uid.as_raw();
+            uid == 0 || uid == rustix::process::geteuid().as_raw()
+        }
+        Err(_) => false,
+    }
 }
 
 /// One JSON value per line each way on a Unix socket.
@@ -127,7 +157,11 @@ pub fn serve(
     let handle = std::sync::Arc::new(handle);
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            let Ok(conn) = conn.map_err(anyhow::Error::from).and_then(LineConn::new) else {
+            let Ok(conn) = conn else { continue };
+            if !peer_allowed(&conn) {
+                continue;
+            }
+            let Ok(conn) = LineConn::new(conn) else {
                 continue;
             };
             let handle = handle.clone();
@@ -146,4 +180,65 @@ pub fn serve(
             });
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Connects to `addr` as uid/gid 65534 in a forked child and sends a status request:
+    /// exit 0 if it got an answer, 1 if the connection was closed unanswered, 2 if it could
+    /// not connect. The child only makes system calls (no allocation after fork).
+    fn ask_as_nobody(addr: &rustix::net::SocketAddrUnix) -> i32 {
+        use rustix::net::{connect, socket, AddressFamily, SocketType};
+        // SAFETY: the child makes only system calls on memory prepared before the fork and
+        // ends with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = unsafe {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    libc::_exit(3);
+                }
+                match socket(AddressFamily::UNIX, SocketType::STREAM, None) {
+                    Ok(fd) if connect(&fd, addr).is_ok() => {
+                        let _ = rustix::io::write(&fd, b"{\"cmd\":\"status\"}\n");
+                        let mut buf = [0u8; 64];
+                        match rustix::io::read(&fd, &mut buf) {
+                            Ok(n) if n > 0 => 0,
+                            _ => 1,
+                        }
+                    }
+                    _ => 2,
+                }
+            };
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child forked above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn only_our_own_user_is_served() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to connect as another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Reachable by anyone as a file: only the credentials check stands in the way.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        serve(listener, |_, _| Some(Reply::Ok { ok: true }));
+        assert!(matches!(
+            ask(&path, &Request::Status).unwrap(),
+            Some(Reply::Ok { ok: true })
+        ));
+        let addr = rustix::net::SocketAddrUnix::new(&path).unwrap();
+        assert_eq!(ask_as_nobody(&addr), 1, "another user was answered");
+    }
 }

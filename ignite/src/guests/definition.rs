@@ -48,6 +48,25 @@ impl std::fmt::Display for Engine {
     }
 }
 
+/// The firmware a guest boots with: SeaBIOS (both engines) or OVMF (UEFI; QEMU only, on a
+/// q35 machine with the guest's own variable store beside its disks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    #[default]
+    Bios,
+    Uefi,
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "from")]
 pub enum Boot {
@@ -156,6 +175,18 @@ pub struct Definition {
     pub net_model: Bus,
     pub boot: Boot,
     pub engine: EngineChoice,
+    /// Absent in definitions stored before UEFI guests: BIOS.
+    #[serde(default)]
+    pub firmware: Firmware,
+}
+
+/// A unicast MAC given by the user, in the lower-case colon form stored.
+pub fn normalize_mac(m: &str) -> Result<String> {
+    let mac: ignite_netboot::MacAddr = m.parse()?;
+    if mac.0[0] & 1 != 0 {
+        bail!("MAC {m} is a multicast address; a NIC needs a unicast one (first byte even)");
+    }
+    Ok(mac.to_string())
 }
 
 /// The IDE controller's limit (two channels of two drives).

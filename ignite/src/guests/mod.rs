@@ -12,12 +12,14 @@ pub mod control;
 pub mod definition;
 pub mod qemu;
 pub mod qemu_capture;
+pub mod restore;
 pub mod supervisor;
 
 use std::path::{Path, PathBuf};
 
 pub use definition::{
-    check_name, Boot, Bus, Definition, Disk, Engine, EngineChoice, Nic, MAX_VIO_DISKS,
+    check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Firmware, Nic,
+    MAX_VIO_DISKS,
 };
 
 /// `<state>/guests/NAME`.
@@ -59,6 +61,10 @@ impl Paths {
     }
     pub fn qmp(&self) -> PathBuf {
         self.dir.join("qmp.sock")
+    }
+    /// The UEFI variable store of a `--firmware uefi` guest (a copy of OVMF's template).
+    pub fn uefi_vars(&self) -> PathBuf {
+        self.dir.join("OVMF_VARS.fd")
     }
     /// Kernel and initramfs read from the guest disk's /boot (bundled engine, --boot disk).
     pub fn boot_files(&self) -> PathBuf {

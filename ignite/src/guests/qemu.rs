@@ -5,12 +5,17 @@
 //! capture session (`qemu_capture`) adds dirty bitmaps and a copy-before-write filter to
 //! them by name. QEMU starts paused (`-S`) so the first bitmap sees every write.
 
-use super::{Boot, Bus, Definition, Paths};
+use super::{Boot, Bus, Definition, Firmware, Paths};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// OVMF from Debian's `ovmf` package: the code (read-only) and the template each UEFI guest's
+/// variable store is copied from.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// First file descriptor number handed to QEMU for taps (`-netdev tap,fd=N`).
 pub const FIRST_TAP_FD: i32 = 3;
@@ -24,13 +29,34 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
         paths.console_log().display()
     );
     c.args(["-name", &def.name])
-        .args(["-machine", "pc", "-accel", if kvm { "kvm" } else { "tcg" }])
+        .args(["-accel", if kvm { "kvm" } else { "tcg" }])
+        // Under TCG the default CPU has no RDRAND: a guest kernel then seeds its random pool
+        // from interrupts alone, which took minutes on a busy host, and anything that asks
+        // for random bytes early (a DHCP client's transaction id) waits that long.
+        .args(if kvm {
+            &[][..]
+        } else {
+            &["-cpu", "qemu64,+rdrand"][..]
+        })
         .args(["-m", &format!("{}M", def.mem >> 20)])
         .args(["-smp", &def.cpus.to_string()])
         .args(["-display", "none", "-monitor", "none", "-no-reboot", "-S"])
         .args(["-chardev", &chardev, "-serial", "chardev:con"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", paths.qmp().display()));
+    let uefi = def.firmware == Firmware::Uefi;
+    if uefi {
+        c.args(["-machine", "q35"])
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,file={}",
+                paths.uefi_vars().display()
+            ));
+    } else {
+        c.args(["-machine", "pc"]);
+    }
     for (i, d) in def.disks.iter().enumerate() {
         let file = serde_json::json!({"driver": "file", "filename": d.path, "node-name": format!("file{i}")});
         let raw = serde_json::json!({"driver": "raw", "file": format!("file{i}"), "node-name": format!("disk{i}")});
@@ -38,6 +64,8 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
         c.arg("-blockdev").arg(raw.to_string());
         c.arg("-device").arg(match def.disk_bus {
             Bus::Avio => format!("virtio-blk-pci,drive=disk{i},id=vd{i}"),
+            // q35's AHCI ports take one drive each; PIIX channels two.
+            Bus::Vio if uefi => format!("ide-hd,drive=disk{i},id=vd{i},bus=ide.{i}"),
             Bus::Vio => format!(
                 "ide-hd,drive=disk{i},id=vd{i},bus=ide.{},unit={}",
                 i / 2,
@@ -56,8 +84,10 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
             .arg(format!("{model},netdev=net{i},mac={}", n.mac));
     }
     match &def.boot {
+        // Network first, then the disk: a server that answers "boot locally" (an installed
+        // client) hands the guest on to its disk, as on a physical machine.
         Boot::Net => {
-            c.args(["-boot", "n"]);
+            c.args(["-boot", "order=nc"]);
         }
         Boot::Disk => {
             c.args(["-boot", "c"]);

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use super::capture::{DiskPlan, NbdView, Plan, Step, StepReply};
 use super::control::LineConn;
+use super::control::Pending;
 use super::qemu::Qmp;
 use super::{Definition, Paths};
 
@@ -49,6 +50,38 @@ pub fn start(qmp: &mut Qmp, disks: usize) -> Result<Bitmaps> {
         gen: 1,
         bases: vec![None; disks],
     })
+}
+
+/// The enabled bitmaps' dirty byte counts (QMP `query-block`) and their bases.
+pub fn pending(qmp: &Mutex<Qmp>, bitmaps: &Mutex<Bitmaps>) -> Result<Vec<Pending>> {
+    let b = bitmaps.lock().unwrap_or_else(|e| e.into_inner());
+    let blocks = qmp
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .call("query-named-block-nodes", json!({"flat": true}))?;
+    let mut out = Vec::new();
+    for (i, base) in b.bases.iter().enumerate() {
+        let node = format!("disk{i}");
+        let count = blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["node-name"] == node.as_str())
+            .flat_map(|n| n["dirty-bitmaps"].as_array().cloned().unwrap_or_default())
+            .find(|bm| bm["name"] == bitmap(b.gen).as_str())
+            .and_then(|bm| bm["count"].as_u64())
+            .unwrap_or(0);
+        out.push(Pending {
+            index: i,
+            base: base.clone(),
+            ranges: None,
+            bytes: count,
+            why: base.is_none().then(|| {
+                "no capture since QEMU started (its dirty bitmaps live in memory)".to_string()
+            }),
+        });
+    }
+    Ok(out)
 }
 
 /// Serves one capture session on `conn` (see the module docs). Returns how it ended.

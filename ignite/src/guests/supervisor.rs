@@ -7,7 +7,9 @@
 //! database and removes its runtime files.
 
 use super::control::{self, Reply, Request, Status};
-use super::{capture, qemu, qemu_capture, Boot, Bus, Definition, Engine, EngineChoice, Paths};
+use super::{
+    capture, qemu, qemu_capture, Boot, Bus, Definition, Engine, EngineChoice, Firmware, Paths,
+};
 use crate::state::{now, State};
 use anyhow::{bail, Context, Result};
 use std::os::fd::AsRawFd;
@@ -65,7 +67,12 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
             s.engine
         );
     }
-    let (engine, kvm, why) = choose_engine(rec.def.engine);
+    // OVMF runs under QEMU only.
+    let choice = match (rec.def.engine, rec.def.firmware) {
+        (EngineChoice::Auto, Firmware::Uefi) => EngineChoice::Qemu,
+        (c, _) => c,
+    };
+    let (engine, kvm, why) = choose_engine(choice);
     if engine == Engine::Qemu
         && ignite_recovery::process::output(Command::new("qemu-system-x86_64").arg("--version"))
             .is_err()
@@ -99,6 +106,17 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
             return Ok(s);
         }
         if let Some(code) = child.try_wait()? {
+            // A guest may run its course before the first look (a test program that ends in
+            // milliseconds): the supervisor then exits 0 having run it.
+            if code.success() {
+                return Ok(Status {
+                    state: "stopped".into(),
+                    pid: child.id(),
+                    engine,
+                    started: now(),
+                    why,
+                });
+            }
             let log = std::fs::read_to_string(paths.supervisor_log()).unwrap_or_default();
             // Its error (main prints "ignite: ..."), else whatever it said last.
             let lines = || log.lines().rev().filter(|l| !l.trim().is_empty());
@@ -183,6 +201,8 @@ pub fn supervise(
     kvm: bool,
     why: String,
 ) -> Result<()> {
+    // The console log, sockets and boot files are the guest's: for root's eyes only.
+    crate::state::private_umask();
     let guests = State::open(state_dir)?;
     let def = guests.guest(name)?.def;
     let paths = Paths::new(state_dir, name);
@@ -245,6 +265,7 @@ fn serve_control(
     requested: Arc<AtomicBool>,
     stop: impl Fn(bool) -> Result<()> + Send + Sync + 'static,
     capture: impl Fn(&mut control::LineConn) -> String + Send + Sync + 'static,
+    changes: impl Fn() -> Result<Vec<control::Pending>> + Send + Sync + 'static,
 ) -> Result<()> {
     let _ = std::fs::remove_file(paths.control());
     let listener = std::os::unix::net::UnixListener::bind(paths.control())
@@ -264,6 +285,12 @@ fn serve_control(
             eprintln!("capture session: {}", capture(conn));
             None
         }
+        Request::Changes => Some(match changes() {
+            Ok(changes) => Reply::Changes { changes },
+            Err(e) => Reply::Error {
+                error: format!("{e:#}"),
+            },
+        }),
     });
     Ok(())
 }
@@ -322,8 +349,11 @@ fn bundled_config(def: &Definition, paths: &Paths) -> Result<ignite_vmm::VmConfi
         .map(|n| -> Result<NetConfig> {
             Ok(NetConfig {
                 backend: NetBackend::Bridge(n.bridge.clone()),
-                mac: ignite_vmm::config::parse_mac(&n.mac)
-                    .with_context(|| format!("stored MAC {:?} is not valid", n.mac))?,
+                mac: n
+                    .mac
+                    .parse::<ignite_netboot::MacAddr>()
+                    .with_context(|| format!("stored MAC {:?} is not valid", n.mac))?
+                    .0,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -357,7 +387,11 @@ fn run_bundled(
             signal.stop(ignite_vmm::StopReason::PowerOff);
             Ok(())
         },
-        move |conn| capture::serve(&trackers, conn, MAX_CAPTURE_HOLD),
+        {
+            let trackers = trackers.clone();
+            move |conn| capture::serve(&trackers, conn, MAX_CAPTURE_HOLD)
+        },
+        move || Ok(capture::pending_tracked(&trackers, true)),
     )?;
     let out = vm.run(None).context("running the guest");
     let images: Vec<_> = def.disks.iter().map(|d| d.path.clone()).collect();
@@ -394,6 +428,14 @@ fn run_qemu(
         })
         .collect::<std::io::Result<_>>()?;
     let fds: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
+    if def.firmware == Firmware::Uefi && !paths.uefi_vars().exists() {
+        std::fs::copy(qemu::OVMF_VARS, paths.uefi_vars()).with_context(|| {
+            format!(
+                "UEFI variables: cannot copy {} (package ovmf)",
+                qemu::OVMF_VARS
+            )
+        })?;
+    }
     let mut cmd = qemu::command(def, paths, kvm);
     cmd.stdin(Stdio::null());
     // SAFETY: dup2 is async-signal-safe; it clears close-on-exec on the copies.
@@ -420,7 +462,7 @@ fn run_qemu(
     let bitmaps = {
         let mut q = qmp.lock().unwrap_or_else(|e| e.into_inner());
         match qemu_capture::start(&mut q, def.disks.len()) {
-            Ok(b) => Mutex::new(b),
+            Ok(b) => Arc::new(Mutex::new(b)),
             Err(e) => {
                 drop(q);
                 let _ = child.kill();
@@ -439,16 +481,20 @@ fn run_qemu(
             let mut q = qmp_stop.lock().unwrap_or_else(|e| e.into_inner());
             q.execute(if force { "quit" } else { "system_powerdown" })
         },
-        move |conn| {
-            qemu_capture::serve(
-                &qmp,
-                &bitmaps,
-                &def_capture,
-                &paths_capture,
-                conn,
-                MAX_CAPTURE_HOLD,
-            )
+        {
+            let (qmp, bitmaps) = (qmp.clone(), bitmaps.clone());
+            move |conn| {
+                qemu_capture::serve(
+                    &qmp,
+                    &bitmaps,
+                    &def_capture,
+                    &paths_capture,
+                    conn,
+                    MAX_CAPTURE_HOLD,
+                )
+            }
         },
+        move || qemu_capture::pending(&qmp, &bitmaps),
     )?;
     let code = child.wait()?;
     drop(taps);

@@ -38,6 +38,7 @@ use ignite_recovery::capture::record::{
 use ignite_recovery::capture::remote::{Begin, Finished, Report, Session as Reply};
 use ignite_recovery::capture::{finish_capture, Content};
 
+use super::admin::{bearer, constant_time_eq};
 use crate::state::captures::{CaptureDone, CaptureToken};
 use crate::state::State;
 
@@ -151,12 +152,7 @@ impl CaptureApi {
         if let Some(st) = &*s {
             return Ok(st.clone());
         }
-        let opened = if self.store_dir.join("config.json").is_file() {
-            Store::open(&self.store_dir)
-        } else {
-            Store::init(&self.store_dir, Default::default())
-        };
-        let st = Arc::new(opened.map_err(|e| {
+        let st = Arc::new(Store::open_or_init(&self.store_dir).map_err(|e| {
             ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("server archive store {}: {e}", self.store_dir.display()),
@@ -188,6 +184,12 @@ impl CaptureApi {
         if new && t.used {
             return Err(refused(format!(
                 "capture token for {} refused: its capture finished; boot the client to `capture` again for a new one",
+                t.name
+            )));
+        }
+        if t.how == "agent" && t.bound_ip.is_none() {
+            return Err(refused(format!(
+                "capture token for {} refused: an agent's token works only once the server handed it to the client booting to `capture`",
                 t.name
             )));
         }
@@ -642,19 +644,6 @@ fn latest_parts(
     Ok(out)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The request body, refused beyond `limit` bytes.
 async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
@@ -695,15 +684,28 @@ async fn begin_handler(
     Ok(Json(reply).into_response())
 }
 
-/// The session of a request, checked, with the request's body counted.
+/// The session a request names, checked; the request's body comes back to be read. When the
+/// session is gone (the client holds a valid token) the body is read and dropped before the
+/// 410: a client still sending it would otherwise see its connection cut, not the answer,
+/// and retry in vain.
 async fn session_of(
     api: &Arc<CaptureApi>,
     id: String,
     peer: SocketAddr,
     headers: HeaderMap,
-) -> ApiResult<Arc<Session>> {
+    body: Body,
+    limit: usize,
+) -> ApiResult<(Arc<Session>, Body)> {
     let api = api.clone();
-    blocking(move || api.session(&id, &headers, peer.ip())).await
+    match blocking(move || api.session(&id, &headers, peer.ip())).await {
+        Ok(s) => Ok((s, body)),
+        Err(e) => {
+            if e.0 == StatusCode::GONE {
+                let _ = axum::body::to_bytes(body, limit).await;
+            }
+            Err(e)
+        }
+    }
 }
 
 async fn missing_handler(
@@ -713,7 +715,7 @@ async fn missing_handler(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let s = session_of(&api, id, peer, headers).await?;
+    let (s, body) = session_of(&api, id, peer, headers, body, MAX_IDS * 32).await?;
     let body = read_body(body, MAX_IDS * 32, "missing chunks request").await?;
     let s2 = s.clone();
     let out = blocking(move || api.missing(&s2, &body).map(|o| (o, body.len()))).await?;
@@ -728,7 +730,7 @@ async fn chunks_handler(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    let s = session_of(&api, id, peer, headers).await?;
+    let (s, body) = session_of(&api, id, peer, headers, body, MAX_UPLOAD).await?;
     let _permit = api.uploads.acquire().await.map_err(internal)?;
     let body = read_body(body, MAX_UPLOAD, "chunk upload").await?;
     if let Some(d) = api.upload_delay {
@@ -746,7 +748,7 @@ async fn tree_handler(
     Path((id, part)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let s = session_of(&api, id, peer, headers).await?;
+    let (s, _) = session_of(&api, id, peer, headers, Body::empty(), 0).await?;
     let s2 = s.clone();
     let data = blocking(move || api.tree(&s2, &part)).await?;
     s.touch(data.len());
@@ -760,7 +762,7 @@ async fn commit_handler(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let s = session_of(&api, id, peer, headers).await?;
+    let (s, body) = session_of(&api, id, peer, headers, body, MAX_DRAFT).await?;
     let body = read_body(body, MAX_DRAFT, "snapshot draft").await?;
     s.touch(body.len());
     let s2 = s.clone();
@@ -775,7 +777,7 @@ async fn finish_handler(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let s = session_of(&api, id, peer, headers).await?;
+    let (s, body) = session_of(&api, id, peer, headers, body, MAX_REPORT).await?;
     let body = read_body(body, MAX_REPORT, "capture report").await?;
     s.touch(body.len());
     let report: Report = serde_json::from_slice(&body).map_err(|e| {
@@ -795,7 +797,7 @@ async fn fail_handler(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    let s = session_of(&api, id, peer, headers).await?;
+    let (s, body) = session_of(&api, id, peer, headers, body, 64 << 10).await?;
     let body = read_body(body, 64 << 10, "capture failure report").await?;
     let why = String::from_utf8_lossy(&body).into_owned();
     blocking(move || api.fail(&s, &why)).await?;

@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ignite_netboot::dhcp::{DhcpConfig, RelayPool, Reservation};
+use ignite_netboot::dhcp::{DhcpConfig, DhcpLimits, RateLimit, RelayPool, Reservation};
+use ignite_netboot::http::HttpLimits;
+use ignite_netboot::tftp::TftpConfig;
 use ignite_netboot::MacAddr;
 use serde::Deserialize;
 
@@ -27,8 +29,12 @@ pub struct Config {
     pub store: Option<PathBuf>,
     /// Memory for chunks shared by concurrent installs.
     pub chunk_cache_mib: u64,
+    /// Scheduled captures running at once, at most.
+    pub max_captures: usize,
     pub network: Network,
     pub boot: Boot,
+    pub install: Install,
+    pub limits: Limits,
     #[serde(rename = "reservation")]
     pub reservations: Vec<ReservationCfg>,
 }
@@ -67,6 +73,159 @@ pub struct Boot {
     pub efi_arm64: String,
 }
 
+/// How install tokens are handed out (see README "Security model").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Install {
+    /// Install clients that are not in the registry when the default action is `install`.
+    /// Any machine on the boot network can then install, and so read the golden image.
+    pub unregistered: bool,
+    /// Hand a client's token only to the address holding its DHCP lease (learnt by our
+    /// DHCP server, or in proxy mode from the client's own requests). Turn off only when
+    /// another DHCP server, without proxyDHCP, gives the addresses.
+    pub require_lease: bool,
+    /// A token stops working this long after it was last handed to its client.
+    pub token_ttl_secs: u64,
+    /// Most installs of unregistered clients scheduled at once.
+    pub max_unregistered: usize,
+}
+
+impl Default for Install {
+    fn default() -> Self {
+        Install {
+            unregistered: false,
+            require_lease: true,
+            token_ttl_secs: 6 * 3600,
+            max_unregistered: 256,
+        }
+    }
+}
+
+/// What clients on the boot network can make the server hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open HTTP connections, in all and from one address.
+    pub http_connections: usize,
+    pub http_connections_per_address: usize,
+    /// A request's head must arrive within this (and an idle keep-alive connection is
+    /// closed after it).
+    pub http_header_timeout_secs: u64,
+    /// A request must be read and answered (up to its body's first byte) within this.
+    pub http_request_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this long is closed.
+    pub http_idle_timeout_secs: u64,
+    /// TFTP transfers running at once, in all and for one client address.
+    pub tftp_transfers: usize,
+    pub tftp_transfers_per_client: usize,
+    /// Chunk batch requests served at once (the others wait).
+    pub chunk_batches: usize,
+    /// Boot log rows kept per client MAC and in all.
+    pub boot_log_per_client: usize,
+    pub boot_log_total: usize,
+    /// Bytes of install log kept per install (the rest is dropped, and the log says so).
+    pub install_log_bytes: usize,
+    /// DHCP requests per client MAC and per relay port (option 82): `BURST/PER_MINUTE`,
+    /// or "off".
+    pub dhcp_per_mac: String,
+    pub dhcp_per_port: String,
+    /// How long an offer holds its address, and how long once the pool is short.
+    pub dhcp_offer_hold_secs: u64,
+    pub dhcp_offer_hold_short_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let dhcp = DhcpLimits::default();
+        let http = HttpLimits::default();
+        // netboot's defaults (the other fields do not matter here).
+        let tftp = TftpConfig::new(PathBuf::new(), Ipv4Addr::UNSPECIFIED, None, String::new());
+        let rate = |r: Option<RateLimit>| match r {
+            Some(r) => format!("{}/{}", r.burst, r.per_minute),
+            None => "off".into(),
+        };
+        Limits {
+            http_connections: http.max_connections,
+            http_connections_per_address: http.max_per_client,
+            http_header_timeout_secs: http.header_timeout.as_secs(),
+            http_request_timeout_secs: 120,
+            http_idle_timeout_secs: http.idle_timeout.as_secs(),
+            tftp_transfers: tftp.max_transfers,
+            tftp_transfers_per_client: tftp.max_per_client,
+            chunk_batches: 32,
+            boot_log_per_client: 500,
+            boot_log_total: 200_000,
+            install_log_bytes: 4 << 20,
+            dhcp_per_mac: rate(dhcp.per_mac),
+            dhcp_per_port: rate(dhcp.per_port),
+            dhcp_offer_hold_secs: dhcp.offer_hold_secs,
+            dhcp_offer_hold_short_secs: dhcp.offer_hold_short_secs,
+        }
+    }
+}
+
+impl Limits {
+    /// The DHCP engine's limits, checked.
+    pub fn dhcp(&self) -> Result<DhcpLimits> {
+        let rate = |name: &str, v: &str| -> Result<Option<RateLimit>> {
+            if v.trim() == "off" {
+                return Ok(None);
+            }
+            let parsed = v.split_once('/').and_then(|(b, m)| {
+                Some(RateLimit {
+                    burst: b.trim().parse().ok()?,
+                    per_minute: m.trim().parse().ok()?,
+                })
+            });
+            parsed.map(Some).with_context(|| {
+                format!("config [limits] {name} = {v:?} is not BURST/PER_MINUTE (e.g. \"20/60\") or \"off\"")
+            })
+        };
+        let l = DhcpLimits {
+            per_mac: rate("dhcp_per_mac", &self.dhcp_per_mac)?,
+            per_port: rate("dhcp_per_port", &self.dhcp_per_port)?,
+            offer_hold_secs: self.dhcp_offer_hold_secs,
+            offer_hold_short_secs: self.dhcp_offer_hold_short_secs,
+            ..DhcpLimits::default()
+        };
+        l.validate().context("config [limits]")?;
+        Ok(l)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.dhcp()?;
+        for (name, v) in [
+            ("http_connections", self.http_connections),
+            (
+                "http_connections_per_address",
+                self.http_connections_per_address,
+            ),
+            ("tftp_transfers", self.tftp_transfers),
+            ("tftp_transfers_per_client", self.tftp_transfers_per_client),
+            ("chunk_batches", self.chunk_batches),
+            ("boot_log_per_client", self.boot_log_per_client),
+            ("boot_log_total", self.boot_log_total),
+            ("install_log_bytes", self.install_log_bytes),
+        ] {
+            if v == 0 {
+                bail!("config [limits] {name} = 0 would refuse everything; give at least 1");
+            }
+        }
+        for (name, v) in [
+            ("http_header_timeout_secs", self.http_header_timeout_secs),
+            ("http_request_timeout_secs", self.http_request_timeout_secs),
+            ("http_idle_timeout_secs", self.http_idle_timeout_secs),
+        ] {
+            if v == 0 {
+                bail!(
+                    "config [limits] {name} = 0 would end every request at once; give at least 1"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReservationCfg {
@@ -83,8 +242,11 @@ impl Default for Config {
             profiles_dir: None,
             store: None,
             chunk_cache_mib: 256,
+            max_captures: 2,
             network: Network::default(),
             boot: Boot::default(),
+            install: Install::default(),
+            limits: Limits::default(),
             reservations: Vec::new(),
         }
     }
@@ -133,6 +295,7 @@ pub struct Overrides {
     pub http_port: Option<u16>,
     pub profiles_dir: Option<PathBuf>,
     pub store: Option<PathBuf>,
+    pub install_unregistered: bool,
 }
 
 impl Config {
@@ -180,6 +343,13 @@ impl Config {
         }
         if let Some(v) = &o.store {
             c.store = Some(v.clone());
+        }
+        if o.install_unregistered {
+            c.install.unregistered = true;
+        }
+        c.limits.validate()?;
+        if c.install.token_ttl_secs == 0 {
+            bail!("config [install] token_ttl_secs = 0 would refuse every install; give e.g. 21600 (6 h)");
         }
         Ok(c)
     }
@@ -428,5 +598,58 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("FIRST-LAST"));
+    }
+
+    #[test]
+    fn limits_and_install_settings_parse_and_nonsense_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, text).unwrap();
+            Config::load(Some(&p), &Overrides::default())
+        };
+        let c = load(
+            "[install]\nunregistered = true\ntoken_ttl_secs = 60\n\
+             [limits]\ndhcp_per_mac = \"5/30\"\ndhcp_per_port = \"off\"\nchunk_batches = 4\n",
+        )
+        .unwrap();
+        assert!(c.install.unregistered && c.install.require_lease);
+        let d = c.limits.dhcp().unwrap();
+        assert_eq!(
+            d.per_mac,
+            Some(RateLimit {
+                burst: 5,
+                per_minute: 30
+            })
+        );
+        assert_eq!(d.per_port, None);
+        assert_eq!(c.limits.chunk_batches, 4);
+        // The defaults are netboot's own.
+        let d = Config::default().limits.dhcp().unwrap();
+        assert_eq!(d, DhcpLimits::default());
+        let h = crate::server::serve::http_limits(&Config::default().limits);
+        assert_eq!(h, HttpLimits::default());
+        for (text, want) in [
+            ("[limits]\ndhcp_per_mac = \"fast\"\n", "dhcp_per_mac"),
+            ("[limits]\ndhcp_per_port = \"0/10\"\n", "per-port"),
+            ("[limits]\nhttp_connections = 0\n", "http_connections"),
+            (
+                "[limits]\ntftp_transfers_per_client = 0\n",
+                "tftp_transfers_per_client",
+            ),
+            (
+                "[limits]\nhttp_header_timeout_secs = 0\n",
+                "http_header_timeout_secs",
+            ),
+            ("[install]\ntoken_ttl_secs = 0\n", "token_ttl_secs"),
+        ] {
+            let e = format!("{:#}", load(text).unwrap_err());
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let o = Overrides {
+            install_unregistered: true,
+            ..Default::default()
+        };
+        assert!(Config::load(None, &o).unwrap().install.unregistered);
     }
 }

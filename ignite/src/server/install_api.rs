@@ -1,26 +1,33 @@
 //! The install API the agent talks to. Every request names the client's MAC in the path and
 //! carries its install's token (`Authorization: Bearer TOKEN`, from `ignite.token=` on the
-//! kernel command line); the source address is not trusted.
+//! kernel command line), and must come from the address the token was handed to (the
+//! client's leased address, see `provider.rs`) before the token expires or the install ends.
 //!
 //! ```text
 //! POST /api/install/{mac}/plan        ClientFacts (JSON) → InstallPlan (JSON)
 //! POST /api/install/{mac}/phase       Phase (JSON)
-//! POST /api/install/{mac}/log         text appended to the install log
+//! POST /api/install/{mac}/log         text appended to the install log (capped)
 //! GET  /api/install/{mac}/tree        the pinned snapshot's entries (archive tree encoding)
-//! POST /api/install/{mac}/chunks      chunk ids (32 bytes each, at most MAX_BATCH) → the
-//!                                     chunks as stored (`ignite_archive::chunk_stream`)
-//! GET  /api/stats                     chunk cache counters
+//! POST /api/install/{mac}/chunks      chunk ids (32 bytes each, at most MAX_BATCH, none
+//!                                     twice, their reply at most MAX_REPLY_BYTES) → the
+//!                                     chunks as stored (`ignite_archive::chunk_stream`),
+//!                                     streamed; at most `chunk_batches` served at once
+//! GET  /api/stats                     chunk cache counters (admin API)
 //! ```
 //!
 //! Errors are one line of text: what is wrong and what to do; the agent shows and reports it.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State as AxState};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State as AxState};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,14 +37,19 @@ use ignite_archive::{chunk_stream, ChunkId, EntryKind, SnapshotKind, Store};
 use ignite_netboot::MacAddr;
 use ignite_profiles::{ClientFacts, Firmware, LoadError, Loader, Profile, Step};
 use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, Semaphore};
 
+use super::admin::{bearer, constant_time_eq};
 use super::chunk_cache::{ChunkCache, StoredChunk};
+use super::config::Limits;
 use crate::state::installs::{Install, Status};
 use crate::state::{Action, State};
 use ignite_recovery::Phase;
 
 /// Most chunks one request may ask for.
 pub const MAX_BATCH: usize = 1024;
+/// Most bytes one chunk request may make the server send.
+pub const MAX_REPLY_BYTES: u64 = chunk_stream::MAX_REPLY_BYTES;
 // The agent's export asks for at most this many at once.
 const _: () = assert!(ignite_archive::BATCH_CHUNKS <= MAX_BATCH);
 
@@ -72,6 +84,10 @@ pub struct InstallApi {
     cache: ChunkCache,
     /// Chunks asked for, over all requests.
     chunk_requests: AtomicU64,
+    /// Chunk batch replies being produced; more requests wait for a permit.
+    batches: Arc<Semaphore>,
+    /// Bytes of install log kept per install.
+    log_cap: usize,
     /// Test hook (`IGNITE_TEST_CHUNK_DELAY_MS`): slows chunk answers so that tests can stop
     /// the server in the middle of an extraction.
     chunk_delay: Option<std::time::Duration>,
@@ -86,6 +102,7 @@ impl InstallApi {
         profiles_dir: PathBuf,
         store_dir: PathBuf,
         cache_bytes: u64,
+        limits: &Limits,
     ) -> InstallApi {
         InstallApi {
             state,
@@ -95,6 +112,8 @@ impl InstallApi {
             trees: Mutex::new(HashMap::new()),
             cache: ChunkCache::new(cache_bytes),
             chunk_requests: AtomicU64::new(0),
+            batches: Arc::new(Semaphore::new(limits.chunk_batches)),
+            log_cap: limits.install_log_bytes,
             chunk_delay: std::env::var("IGNITE_TEST_CHUNK_DELAY_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -117,19 +136,19 @@ impl InstallApi {
         Ok(st)
     }
 
-    /// The install this request belongs to, if its token is the install's.
-    fn authorize(&self, mac: &str, headers: &HeaderMap) -> ApiResult<Install> {
+    /// The install this request belongs to, if its token is the install's, it comes from
+    /// the address the token was handed to, and the token has not expired.
+    fn authorize(
+        &self,
+        mac: &str,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> ApiResult<Install> {
         let mac: MacAddr = mac
             .parse()
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("install API: {e}")))?;
         let mac = mac.to_string();
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        let Some(token) = token else {
+        let Some(token) = bearer(headers) else {
             return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
                 format!("install API request for {mac} without a token; send `Authorization: Bearer TOKEN` with the ignite.token= of the client's kernel command line"),
@@ -155,6 +174,37 @@ impl InstallApi {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
                 format!("token refused for {mac}: its install {why}; schedule a new install with `ignite client set {mac} install PROFILE`"),
+            ));
+        }
+        let refused = |why: String| {
+            Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("token refused for {mac}: {why}"),
+            ))
+        };
+        match inst.expires_ms {
+            None => {
+                return refused("it was never handed to the client; boot the client again".into())
+            }
+            Some(t) if t <= crate::state::now_ms() => return refused(
+                "it has expired ([install] token_ttl_secs); boot the client again for a fresh one"
+                    .into(),
+            ),
+            Some(_) => {}
+        }
+        let from = peer.map(|p| match p {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(p, IpAddr::V4),
+            v4 => v4,
+        });
+        let bound = inst
+            .bound_ip
+            .as_deref()
+            .and_then(|b| b.parse::<IpAddr>().ok());
+        if bound.is_none() || from != bound {
+            return refused(format!(
+                "it is bound to {}, and this request came from {}; a token works only from the address it was handed to",
+                inst.bound_ip.as_deref().unwrap_or("no address"),
+                from.map_or("no address".to_string(), |f| f.to_string())
             ));
         }
         Ok(inst)
@@ -274,21 +324,11 @@ impl InstallApi {
         Ok(tree)
     }
 
-    /// The chunks `body` names (32-byte ids back to back), as a chunk stream.
-    async fn chunks(self: &Arc<Self>, inst: &Install, body: &[u8]) -> ApiResult<Vec<u8>> {
-        if body.is_empty() || !body.len().is_multiple_of(32) || body.len() / 32 > MAX_BATCH {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "a chunk request is 1 to {MAX_BATCH} ids of 32 bytes back to back, not {} bytes",
-                    body.len()
-                ),
-            ));
-        }
-        let ids: Vec<ChunkId> = body
-            .chunks_exact(32)
-            .map(|b| ChunkId(b.try_into().expect("32 bytes")))
-            .collect();
+    /// The chunks `body` names (32-byte ids back to back), as a chunk stream produced on a
+    /// blocking thread while it is sent: memory per request stays a few chunks.
+    async fn chunks(self: &Arc<Self>, inst: &Install, body: &[u8]) -> ApiResult<Response> {
+        let ids = chunk_stream::parse_request(body, MAX_BATCH)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
         self.chunk_requests
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         let cached = inst.snapshot.as_ref().and_then(|id| {
@@ -309,32 +349,60 @@ impl InstallApi {
             ));
         }
         let store = self.store()?;
-        let mut out = Vec::new();
-        for cid in ids {
-            if let Some(d) = self.chunk_delay {
-                tokio::time::sleep(d).await;
-            }
-            let store = store.clone();
-            let c = self
-                .cache
-                .get(cid, move || {
+        let (st, asked) = (store.clone(), ids.clone());
+        let len = tokio::task::spawn_blocking(move || st.reply_len(&asked))
+            .await
+            .map_err(internal)?
+            .map_err(chunk_error)?;
+        if len > MAX_REPLY_BYTES {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "these {} chunks are {len} bytes, more than one request may get ({MAX_REPLY_BYTES}); ask for fewer at once",
+                    ids.len()
+                ),
+            ));
+        }
+        let permit = self
+            .batches
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(internal)?;
+        let (tx, rx) = mpsc::channel(4);
+        let (api, rt) = (self.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut out = chunk_stream::Encoder::new(ChannelWriter(&tx));
+            for cid in ids {
+                if let Some(d) = api.chunk_delay {
+                    std::thread::sleep(d);
+                }
+                let store = store.clone();
+                let read = move || {
                     store
                         .read_chunk_stored(&cid)
                         .map(|(entry, data)| StoredChunk {
                             entry,
                             data: Bytes::from(data),
                         })
-                })
-                .await
-                .map_err(|e| match e {
-                    ignite_archive::Error::MissingChunk { .. } => {
-                        ApiError(StatusCode::NOT_FOUND, e.to_string())
+                };
+                let sent = match rt.block_on(api.cache.get(cid, read)) {
+                    Ok(c) => out.push(&c.entry, &c.data),
+                    Err(e) => {
+                        tracing::error!("chunk {}: {e}", cid.to_hex());
+                        // Cuts the reply short: the agent retries the batch.
+                        Err(io::Error::other(e.to_string()))
                     }
-                    e => internal(e),
-                })?;
-            chunk_stream::encode(&c.entry, &c.data, &mut out);
-        }
-        Ok(out)
+                };
+                if let Err(e) = sent {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        });
+        let body = Body::new(ChannelBody { rx, remaining: len });
+        Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
     }
 
     fn phase(&self, inst: &Install, phase: &Phase) -> ApiResult<()> {
@@ -394,6 +462,12 @@ impl InstallApi {
             .route("/api/install/{mac}/log", post(log_handler))
             .route("/api/install/{mac}/tree", get(tree_handler))
             .route("/api/install/{mac}/chunks", post(chunks_handler))
+            .with_state(self)
+    }
+
+    /// The routes for the admin (behind its token, see `admin.rs`).
+    pub fn admin_router(self: Arc<Self>) -> Router {
+        Router::new()
             .route("/api/stats", get(stats_handler))
             .with_state(self)
     }
@@ -447,8 +521,63 @@ fn check_esp_room(
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn chunk_error(e: ignite_archive::Error) -> ApiError {
+    match e {
+        ignite_archive::Error::MissingChunk { .. } => {
+            ApiError(StatusCode::NOT_FOUND, e.to_string())
+        }
+        e => internal(e),
+    }
+}
+
+/// Writes a reply into the channel its HTTP body reads from.
+struct ChannelWriter<'a>(&'a mpsc::Sender<io::Result<Bytes>>);
+
+impl Write for ChannelWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A reply body of known length fed by a [`ChannelWriter`]; ends in an error if the
+/// writer stops short.
+struct ChannelBody {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                self.remaining = self.remaining.saturating_sub(b.len() as u64);
+                Poll::Ready(Some(Ok(http_body::Frame::data(b))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) if self.remaining > 0 => Poll::Ready(Some(Err(io::Error::other(
+                format!("chunk reply ended {} bytes short", self.remaining),
+            )))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 fn parse_json<T: DeserializeOwned>(what: &str, body: &[u8]) -> ApiResult<T> {
@@ -488,8 +617,12 @@ impl FromRequestParts<Arc<InstallApi>> for Authed {
             .await
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
         let mac = params.get("mac").cloned().unwrap_or_default();
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
         let (a, headers) = (api.clone(), parts.headers.clone());
-        tokio::task::spawn_blocking(move || a.authorize(&mac, &headers))
+        tokio::task::spawn_blocking(move || a.authorize(&mac, &headers, peer))
             .await
             .map_err(internal)?
             .map(Authed)
@@ -519,7 +652,9 @@ async fn log_handler(
 ) -> ApiResult<StatusCode> {
     let text = String::from_utf8_lossy(&body).into_owned();
     blocking(&api, &inst, move |api, inst| {
-        api.state.append_log(&inst.token, &text).map_err(internal)
+        api.state
+            .append_log(&inst.token, &text, api.log_cap)
+            .map_err(internal)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -539,8 +674,7 @@ async fn chunks_handler(
     Authed(inst): Authed,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let data = api.chunks(&inst, &body).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    api.chunks(&inst, &body).await
 }
 
 async fn stats_handler(AxState(api): Api) -> Response {

@@ -1,8 +1,11 @@
 //! The `ignite server` daemon: DHCP (or proxyDHCP), TFTP and HTTP in one process.
 
+pub mod admin;
 pub mod capture_api;
 pub mod chunk_cache;
 pub mod config;
 pub mod install_api;
 pub mod provider;
 pub mod run;
+pub mod scheduler;
+pub mod serve;

@@ -6,20 +6,61 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use axum::extract::{Path, State as AxState};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use ignite_netboot::boot::{BootProvider, ClientMap};
 use ignite_netboot::dhcp::{self, DhcpEngine};
-use ignite_netboot::{http, iface, tftp, MacAddr};
+use ignite_netboot::{http, iface, tftp};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
+use super::admin::{self, AdminToken};
+use super::capture_api::CaptureApi;
 use super::config::{resolve, Config, Resolved, LAB_ADDRESS, LAB_INTERFACE};
 use super::install_api::InstallApi;
-use super::provider::RegistryProvider;
+use super::provider::{RegistryProvider, StepWriter};
+use super::serve;
+use crate::state::boot_log::BootLogCaps;
 use crate::state::State;
+
+/// A service of the server (DHCP, TFTP, HTTP on some interface) as it ended: its name and
+/// why, if it failed.
+type Service = (String, std::result::Result<(), String>);
+
+/// Waits for `stopped` (a signal), or for a service to end first, which is a failure: the
+/// server must not go on with half its services (clients would boot without DHCP, say).
+/// Returns that failure.
+async fn until_stopped_or_failed(
+    tasks: &mut JoinSet<Service>,
+    stopped: impl std::future::Future<Output = ()>,
+) -> Option<String> {
+    tokio::select! {
+        _ = stopped => None,
+        Some(done) = tasks.join_next() => Some(match done {
+            Ok((what, Err(e))) => format!("{what} failed: {e}"),
+            Ok((what, Ok(()))) => format!("{what} ended on its own"),
+            Err(e) if e.is_panic() => "a service panicked".to_string(),
+            Err(_) => "a service was cancelled".to_string(),
+        }),
+    }
+}
+
+/// Forgets unregistered clients' installs whose tokens expired, every minute.
+async fn prune_installs(state: Arc<State>, ttl_secs: u64, mut stop: watch::Receiver<bool>) {
+    let ttl_ms = ttl_secs.saturating_mul(1000).min(i64::MAX as u64) as i64;
+    loop {
+        let st = state.clone();
+        match tokio::task::spawn_blocking(move || st.prune_unregistered_installs(ttl_ms)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("forgot {n} expired installs of unregistered clients"),
+            Ok(Err(e)) => tracing::warn!("pruning installs: {e:#}"),
+            Err(e) => tracing::warn!("pruning installs: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+    }
+}
 
 fn interface_address(i: &str) -> Result<(Ipv4Addr, u8)> {
     iface::ipv4_of(i).map_err(|e| {
@@ -102,6 +143,16 @@ fn create_lab_bridge() -> Result<()> {
     Ok(())
 }
 
+/// Why installs cannot get their tokens with this configuration, if they cannot.
+fn token_warning(cfg: &Config) -> Option<String> {
+    (cfg.install.require_lease && !cfg.network.dhcp).then(|| {
+        "DHCP is off, so the server knows no client's address and hands out no install \
+         tokens ([install] require_lease): installs will be refused; turn DHCP or proxyDHCP \
+         on, or set require_lease = false to trust the network"
+            .to_string()
+    })
+}
+
 /// `ignite server --check`: validates everything that can be checked without binding.
 pub fn check(cfg: &Config) -> Result<String> {
     let nets = networks(cfg, true)?;
@@ -123,6 +174,9 @@ pub fn check(cfg: &Config) -> Result<String> {
                 ));
             }
         }
+    }
+    if let Some(w) = token_warning(cfg) {
+        warnings.push(w);
     }
     let mut out = String::new();
     for n in &nets {
@@ -148,38 +202,6 @@ pub fn check(cfg: &Config) -> Result<String> {
     Ok(out)
 }
 
-fn api(state: Arc<State>) -> Router {
-    Router::new()
-        .route(
-            "/api/clients",
-            get(|AxState(s): AxState<Arc<State>>| async move {
-                s.list()
-                    .map(Json)
-                    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))
-            }),
-        )
-        .route(
-            "/api/clients/{mac}/installed",
-            post(
-                |AxState(s): AxState<Arc<State>>, Path(mac): Path<String>| async move {
-                    let mac: MacAddr = mac
-                        .parse()
-                        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
-                    let c = s
-                        .install_finished(mac)
-                        .map_err(|e| (StatusCode::CONFLICT, format!("{e:#}\n")))?;
-                    tracing::info!(
-                        "client {} ({}) installed; next boot: local disk",
-                        c.name,
-                        c.mac
-                    );
-                    Ok::<_, (StatusCode, String)>(Json(c))
-                },
-            ),
-        )
-        .with_state(state)
-}
-
 pub fn run(cfg: Config) -> Result<()> {
     if lab_bridge_missing(&cfg) {
         create_lab_bridge()?;
@@ -193,8 +215,20 @@ pub fn run(cfg: Config) -> Result<()> {
             boot_dir.display()
         );
     }
+    if let Some(w) = token_warning(&cfg) {
+        tracing::warn!("{w}");
+    }
     let state = Arc::new(State::open(&cfg.state_dir)?);
+    let admin_token = Arc::new(AdminToken::load_or_create(&cfg.state_dir)?);
     let fallback = cfg.default_action()?;
+    let dhcp_limits = cfg.limits.dhcp()?;
+    let stop_scheduler = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scheduler = super::scheduler::Scheduler {
+        state_dir: cfg.state_dir.clone(),
+        store_dir: cfg.store_dir(),
+        max_running: cfg.max_captures.max(1),
+    }
+    .spawn(stop_scheduler.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -205,13 +239,19 @@ pub fn run(cfg: Config) -> Result<()> {
         let clients = Arc::new(ClientMap::default());
         // Kernel command lines name the first network's server address.
         let http_base = nets[0].r.http_base.clone();
+        let caps = BootLogCaps {
+            per_mac: cfg.limits.boot_log_per_client,
+            total: cfg.limits.boot_log_total,
+        };
         let provider: Arc<dyn BootProvider> = Arc::new(RegistryProvider {
             state: state.clone(),
             config: cfg.clone(),
             http_base: http_base.clone(),
             fallback,
+            clients: clients.clone(),
+            steps: StepWriter::start(state.clone(), caps),
         });
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut tasks: JoinSet<Service> = JoinSet::new();
         let mut services = Vec::new();
         let leases = match cfg.network.dhcp && !cfg.network.proxy_dhcp {
             true => Some(dhcp::shared(state.lease_store()?)),
@@ -220,14 +260,19 @@ pub fn run(cfg: Config) -> Result<()> {
         for n in &nets {
             if cfg.network.dhcp {
                 let proxy = n.r.dhcp.proxy();
-                let engine = DhcpEngine::new(
+                let mut engine = DhcpEngine::new(
                     n.r.dhcp.clone(),
                     leases.clone(),
                     provider.clone(),
                     clients.clone(),
                 )?;
+                engine.set_limits(dhcp_limits.clone())?;
                 let socks = dhcp::bind(&n.name, proxy)?;
-                tasks.spawn(dhcp::run(engine, socks, stop_rx.clone()));
+                let (what, rx) = (format!("DHCP on {}", n.name), stop_rx.clone());
+                tasks.spawn(async move {
+                    let r = dhcp::serve(engine, socks, rx).await;
+                    (what, r.map_err(|e| e.to_string()))
+                });
                 services.push(match n.r.dhcp.pool {
                     Some((a, b)) => format!("{}: DHCP {a}-{b}", n.name),
                     None => format!("{}: proxyDHCP on 67+4011", n.name),
@@ -243,52 +288,53 @@ pub fn run(cfg: Config) -> Result<()> {
                 if let Some(b) = cfg.network.tftp_max_blksize {
                     tc.max_blksize = b.clamp(512, tftp::MAX_BLKSIZE);
                 }
+                tc.max_transfers = cfg.limits.tftp_transfers;
+                tc.max_per_client = cfg.limits.tftp_transfers_per_client;
                 let sock = tftp::bind(&tc)?;
                 services.push(format!(
                     "{}: TFTP {}:69 (blksize <= {})",
                     n.name, n.ip, tc.max_blksize
                 ));
-                tasks.spawn(tftp::run(
-                    tc,
-                    sock,
-                    provider.clone(),
-                    clients.clone(),
-                    stop_rx.clone(),
-                ));
+                let what = format!("TFTP on {}", n.name);
+                let run = tftp::run(tc, sock, provider.clone(), clients.clone(), stop_rx.clone());
+                tasks.spawn(async move {
+                    run.await;
+                    (what, Ok(()))
+                });
             }
         }
         let addr = SocketAddr::from(([0, 0, 0, 0], cfg.network.http_port));
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot bind HTTP on {addr}; is the port in use? (--http-port)")
         })?;
+        let install_api = Arc::new(InstallApi::new(
+            state.clone(),
+            cfg.profiles_dir(),
+            cfg.store_dir(),
+            cfg.chunk_cache_mib << 20,
+            &cfg.limits,
+        ));
         let app = http::router(Arc::new(http::HttpState {
             root: boot_dir.clone(),
             provider: provider.clone(),
             clients: clients.clone(),
             http_base: http_base.clone(),
         }))
-        .merge(api(state.clone()))
-        .merge(
-            Arc::new(InstallApi::new(
-                state.clone(),
-                cfg.profiles_dir(),
-                cfg.store_dir(),
-                cfg.chunk_cache_mib << 20,
-            ))
-            .router(),
-        )
-        .merge(
-            Arc::new(super::capture_api::CaptureApi::new(
-                state.clone(),
-                cfg.store_dir(),
-            ))
-            .router(),
-        );
-        let rx = stop_rx.clone();
+        .merge(install_api.clone().router())
+        .merge(Arc::new(CaptureApi::new(state.clone(), cfg.store_dir())).router())
+        .merge(admin::protect(
+            admin::routes(state.clone()).merge(install_api.admin_router()),
+            admin_token.clone(),
+        ));
+        let (rx, limits) = (stop_rx.clone(), cfg.limits.clone());
         tasks.spawn(async move {
-            if let Err(e) = http::serve(listener, app, rx).await {
-                tracing::error!("HTTP server: {e}");
-            }
+            let r = serve::serve(listener, app, &limits, rx).await;
+            ("HTTP".to_string(), r.map_err(|e| e.to_string()))
+        });
+        let (rx, st, ttl_secs) = (stop_rx.clone(), state.clone(), cfg.install.token_ttl_secs);
+        tasks.spawn(async move {
+            prune_installs(st, ttl_secs, rx).await;
+            ("install pruning".to_string(), Ok(()))
         });
         services.push(format!(
             "HTTP on port {} (install API: profiles {}, store {})",
@@ -301,18 +347,22 @@ pub fn run(cfg: Config) -> Result<()> {
             .map(|n| format!("{} ({}/{})", n.name, n.ip, n.prefix))
             .collect();
         tracing::info!(
-            "ignite server ready on {}: {}; boot files in {}",
+            "ignite server ready on {}: {}; boot files in {}; admin API token in {}",
             on.join(", "),
             services.join(", "),
-            boot_dir.display()
+            boot_dir.display(),
+            admin::token_path(&cfg.state_dir).display()
         );
 
         let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
+        let stopped = async {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        };
+        let failure = until_stopped_or_failed(&mut tasks, stopped).await;
         let _ = stop_tx.send(true);
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(5), drain)
@@ -321,10 +371,59 @@ pub fn run(cfg: Config) -> Result<()> {
         {
             tracing::warn!("some transfers did not finish within 5 s; stopping anyway");
         }
-        tracing::info!("ignite server stopped");
-        Ok(())
+        match failure {
+            Some(why) => {
+                tracing::error!("ignite server stopped: {why}");
+                Err(anyhow::anyhow!(
+                    "{why}; the server stopped rather than run without it"
+                ))
+            }
+            None => {
+                tracing::info!("ignite server stopped");
+                Ok(())
+            }
+        }
     });
     // A transfer thread still waiting for a vanished client must not hold the exit.
     rt.shutdown_timeout(Duration::from_secs(1));
+    // Captures already running are left to end with the process: each leaves a store that
+    // verifies, and its history row is marked interrupted at the next capture of its name.
+    stop_scheduler.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = scheduler.join();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_dhcp_and_lease_bound_tokens_is_named() {
+        let mut cfg = Config::default();
+        assert_eq!(token_warning(&cfg), None);
+        cfg.network.dhcp = false;
+        assert!(token_warning(&cfg)
+            .unwrap()
+            .contains("require_lease = false"));
+        cfg.install.require_lease = false;
+        assert_eq!(token_warning(&cfg), None);
+    }
+
+    #[tokio::test]
+    async fn a_service_that_ends_stops_the_server_with_its_reason() {
+        let mut tasks: JoinSet<Service> = JoinSet::new();
+        tasks.spawn(std::future::pending());
+        tasks.spawn(async { ("DHCP on br0".into(), Err("socket task panicked".into())) });
+        let why = until_stopped_or_failed(&mut tasks, std::future::pending()).await;
+        assert_eq!(
+            why.as_deref(),
+            Some("DHCP on br0 failed: socket task panicked")
+        );
+        tasks.spawn(async { ("TFTP on br0".into(), Ok(())) });
+        let why = until_stopped_or_failed(&mut tasks, std::future::pending()).await;
+        assert_eq!(why.as_deref(), Some("TFTP on br0 ended on its own"));
+        // A signal with every service running is a clean stop.
+        let why = until_stopped_or_failed(&mut tasks, async {}).await;
+        assert_eq!(why, None);
+    }
 }

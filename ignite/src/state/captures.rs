@@ -3,19 +3,19 @@
 //! store holds what was captured; this holds what happened, failures included.
 //!
 //! Capture tokens (table `capture_tokens`) authorize captures over the network: each names
-//! a client (its captures' name), how it captures (`agent`: minted when a client boots to
-//! `capture`; `live`: made by the admin for `ignite recovery capture --server`), optionally
-//! the kind and rules, and an expiry. A token is bound to the address that first uses it;
-//! an agent token is spent once its capture finishes.
+//! a client (its captures' name), how it captures (`agent`: handed to a client that boots to
+//! `capture`, like an install token only at its leased address, and bound to it; `live`:
+//! made by the admin for `ignite recovery capture --server`, bound to the address that first
+//! uses it), optionally the kind and rules, and an expiry. An agent token is spent once its
+//! capture finishes.
+
+use std::net::Ipv4Addr;
 
 use anyhow::{bail, Result};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{now_ms, Action, State};
-
-/// How long an agent's token stays usable (a capture of large disks takes hours).
-pub const AGENT_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CaptureToken {
@@ -213,28 +213,36 @@ impl State {
             .optional()?)
     }
 
-    /// The token for a client that boots to `capture`: its newest agent token still usable
-    /// (one the admin prepared with options, or the one of a capture that was interrupted),
-    /// or a fresh one. Only registered clients get one.
-    pub fn boot_capture_token(&self, mac: &str) -> Result<String> {
+    /// Hands out the token of a registered client that boots to `capture`, from address
+    /// `to` (the provider checked that it holds the client's lease): its newest agent token
+    /// still usable (one the admin prepared with options, or that of an interrupted
+    /// capture), or a fresh one. Like an install token it is bound to `to` and works until
+    /// `ttl_ms` from now.
+    pub fn release_capture_token(&self, mac: &str, to: Ipv4Addr, ttl_ms: i64) -> Result<String> {
         let Some(c) = self.find(mac)? else {
             bail!(
                 "{mac} is not a registered client; register it (`ignite client add`) to capture it"
             );
         };
+        let now = now_ms();
         let t: Option<String> = self
             .conn()
             .query_row(
                 "SELECT token FROM capture_tokens WHERE name = ?1 AND how = 'agent' AND used = 0 \
                  AND expires_ms > ?2 ORDER BY created_ms DESC, rowid DESC LIMIT 1",
-                params![c.name, now_ms()],
+                params![c.name, now],
                 |r| r.get(0),
             )
             .optional()?;
-        match t {
-            Some(t) => Ok(t),
-            None => self.create_capture_token(&c.name, "agent", None, "", AGENT_TOKEN_TTL_MS),
-        }
+        let token = match t {
+            Some(t) => t,
+            None => self.create_capture_token(&c.name, "agent", None, "", ttl_ms)?,
+        };
+        self.conn().execute(
+            "UPDATE capture_tokens SET bound_ip = ?2, expires_ms = ?3 WHERE token = ?1",
+            params![token, to.to_string(), now.saturating_add(ttl_ms)],
+        )?;
+        Ok(token)
     }
 
     /// Binds a token to the address that first used it; false if it is bound to another.
@@ -304,34 +312,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::open(dir.path()).unwrap();
         let mac: ignite_netboot::MacAddr = "52:54:00:00:00:09".parse().unwrap();
-        assert!(
-            s.boot_capture_token("52:54:00:00:00:09").is_err(),
-            "unregistered"
-        );
+        let (ip, other): (Ipv4Addr, Ipv4Addr) =
+            ("10.0.0.5".parse().unwrap(), "10.0.0.6".parse().unwrap());
+        let release = |to| s.release_capture_token("52:54:00:00:00:09", to, 60_000);
+        assert!(release(ip).is_err(), "unregistered");
         s.add(mac, "web1", &Action::Capture).unwrap();
-        let t = s.boot_capture_token("52:54:00:00:00:09").unwrap();
-        // Booting again before the capture finished gives the same token.
-        assert_eq!(s.boot_capture_token("52:54:00:00:00:09").unwrap(), t);
-        assert!(s.bind_capture_token(&t, "10.0.0.5").unwrap());
+        let t = release(ip).unwrap();
+        // Handed to the lease holder, bound to it.
         assert!(s.bind_capture_token(&t, "10.0.0.5").unwrap());
         assert!(!s.bind_capture_token(&t, "10.0.0.6").unwrap());
+        // Booting again before the capture finished gives the same token, bound anew.
+        assert_eq!(release(other).unwrap(), t);
+        assert!(s.bind_capture_token(&t, "10.0.0.6").unwrap());
+        assert!(!s.bind_capture_token(&t, "10.0.0.5").unwrap());
         s.capture_token_done(&t).unwrap();
         assert!(s.capture_token(&t).unwrap().unwrap().used);
         assert_eq!(s.get("web1").unwrap().action, Action::Local);
-        assert_ne!(s.boot_capture_token("52:54:00:00:00:09").unwrap(), t);
+        assert_ne!(release(ip).unwrap(), t);
         // Prepared tokens carry their options; expired ones are passed over.
         let old = s
             .create_capture_token("web1", "agent", Some("files"), "exclude=/srv", -1)
             .unwrap();
-        let fresh = s.boot_capture_token("52:54:00:00:00:09").unwrap();
-        assert_ne!(fresh, old);
+        assert_ne!(release(ip).unwrap(), old);
+        let prepared = s
+            .create_capture_token("web1", "agent", Some("files"), "exclude=/srv", 60_000)
+            .unwrap();
+        assert_eq!(release(ip).unwrap(), prepared);
         let live = s
             .create_capture_token("web1", "live", Some("files"), "", 60_000)
             .unwrap();
         let row = s.capture_token(&live).unwrap().unwrap();
         assert_eq!(
-            (row.how.as_str(), row.kind.as_deref()),
-            ("live", Some("files"))
+            (
+                row.how.as_str(),
+                row.kind.as_deref(),
+                row.bound_ip.as_deref()
+            ),
+            ("live", Some("files"), None)
+        );
+        assert!(
+            s.bind_capture_token(&live, "10.0.0.7").unwrap(),
+            "bound on first use"
         );
         s.capture_token_done(&live).unwrap();
         assert!(

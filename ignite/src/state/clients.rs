@@ -216,12 +216,14 @@ impl State {
         Ok(())
     }
 
-    /// The action for `mac`: its own, else the registry default, else `fallback`.
-    pub fn action_for(&self, mac: MacAddr, fallback: &Action) -> Result<Action> {
+    /// The action for `mac`: its own, else the registry default, else `fallback`; and
+    /// whether `mac` is registered.
+    pub fn action_for(&self, mac: MacAddr, fallback: &Action) -> Result<(Action, bool)> {
         if let Some(c) = self.find(&mac.to_string())? {
-            return Ok(c.action);
+            return Ok((c.action, true));
         }
-        Ok(self.default_action()?.unwrap_or_else(|| fallback.clone()))
+        let default = self.default_action()?.unwrap_or_else(|| fallback.clone());
+        Ok((default, false))
     }
 
     /// After a successful install, boot from disk next time instead of reinstalling.
@@ -264,11 +266,18 @@ mod tests {
             .contains("already used"));
         assert_eq!(s.get("web1").unwrap().mac, "52:54:00:00:00:01");
         assert_eq!(s.get("52-54-00-00-00-01").unwrap().name, "web1");
-        assert_eq!(s.action_for(mac(9), &Action::Local).unwrap(), Action::Local);
+        assert_eq!(
+            s.action_for(mac(9), &Action::Local).unwrap(),
+            (Action::Local, false)
+        );
         s.set_default_action(&Action::Capture).unwrap();
         assert_eq!(
             s.action_for(mac(9), &Action::Local).unwrap(),
-            Action::Capture
+            (Action::Capture, false)
+        );
+        assert_eq!(
+            s.action_for(mac(1), &Action::Local).unwrap(),
+            ("install web".parse().unwrap(), true)
         );
         // Install flips to local.
         assert_eq!(s.install_finished(mac(1)).unwrap().action, Action::Local);
@@ -281,7 +290,17 @@ mod tests {
             s.get("web1").unwrap().action,
             Action::Recover("web1@latest".into())
         );
-        s.record_step(Some(mac(1)), None, "dhcp-ack", "x").unwrap();
+        let caps = super::super::boot_log::BootLogCaps {
+            per_mac: 10,
+            total: 10,
+        };
+        let step = super::super::boot_log::NewStep {
+            mac: Some(mac(1)),
+            ip: None,
+            step: "dhcp-ack",
+            detail: "x".into(),
+        };
+        s.record_steps(&[step], caps).unwrap();
         assert_eq!(s.steps("52:54:00:00:00:01", 10).unwrap().len(), 1);
         assert!(s
             .get("web1")

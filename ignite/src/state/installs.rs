@@ -6,9 +6,17 @@
 //! clients not in the registry, when they boot and the default action is install). A client
 //! has at most one `active` install: scheduling again replaces the old one, whose token then
 //! stops working, and so does changing the action away from install.
+//!
+//! A token works only once it has been handed to its client (`release_token`, when the
+//! client fetches its boot script), only from the address it was handed to, until
+//! `expires_ms`, and only while the install is not over. The install log is capped in bytes
+//! and the phase timeline in entries; installs of unregistered clients that never finished
+//! are forgotten once their token expired (`prune_unregistered_installs`).
+
+use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, Context, Result};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{now_ms, Action, State};
@@ -71,7 +79,14 @@ pub struct Install {
     /// The last phase reported.
     pub phase: Option<Phase>,
     pub updated_ms: Option<i64>,
+    /// The address the token was handed to; requests from elsewhere are refused.
+    pub bound_ip: Option<String>,
+    /// When the token stops working (`None`: never handed out yet).
+    pub expires_ms: Option<i64>,
 }
+
+/// Phases kept in one install's timeline; later ones only update its current phase.
+pub const MAX_PHASES: i64 = 256;
 
 /// A phase as recorded: when it was reported.
 #[derive(Debug, Clone, Serialize)]
@@ -108,8 +123,8 @@ pub fn phase_name(p: &Phase) -> &'static str {
     }
 }
 
-const COLUMNS: &str =
-    "token, mac, profile, created_ms, status, snapshot, hostname, phase, updated_ms";
+const COLUMNS: &str = "token, mac, profile, created_ms, status, snapshot, hostname, phase, \
+     updated_ms, bound_ip, expires_ms";
 
 fn read_install(r: &rusqlite::Row) -> rusqlite::Result<(Install, String, Option<String>)> {
     Ok((
@@ -123,6 +138,8 @@ fn read_install(r: &rusqlite::Row) -> rusqlite::Result<(Install, String, Option<
             hostname: r.get(6)?,
             phase: None,
             updated_ms: r.get(8)?,
+            bound_ip: r.get(9)?,
+            expires_ms: r.get(10)?,
         },
         r.get(4)?,
         r.get(7)?,
@@ -138,45 +155,113 @@ fn finish_install((mut i, status, phase): (Install, String, Option<String>)) -> 
     Ok(i)
 }
 
+fn retire_installs(conn: &Connection, mac: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE installs SET status = 'replaced' WHERE mac = ?1 AND status IN ('active', 'failed')",
+        params![mac],
+    )?;
+    Ok(())
+}
+
+fn schedule_install(conn: &Connection, mac: &str, profile: &str) -> Result<String> {
+    let token = new_token()?;
+    conn.execute(
+        "INSERT INTO installs (token, mac, profile, created_ms, status) VALUES (?1, ?2, ?3, ?4, 'active')",
+        params![token, mac, profile, now_ms()],
+    )?;
+    Ok(token)
+}
+
+/// Installs of clients not in the registry that are not over and whose token still works.
+const OPEN_UNREGISTERED: &str = "status IN ('active', 'failed') \
+     AND mac NOT IN (SELECT mac FROM clients) AND (expires_ms IS NULL OR expires_ms > ?1)";
+
 impl State {
     /// Called whenever a client's action is set: install schedules a fresh install (new
     /// token), anything else retires the client's open install.
     pub(crate) fn action_changed(&self, mac: &str, action: &Action) -> Result<()> {
-        self.retire_installs(mac)?;
+        let conn = self.conn();
+        retire_installs(&conn, mac)?;
         if let Action::Install(profile) = action {
-            self.schedule_install(mac, profile)?;
+            schedule_install(&conn, mac, profile)?;
         }
         Ok(())
     }
 
-    fn retire_installs(&self, mac: &str) -> Result<()> {
-        self.conn().execute(
-            "UPDATE installs SET status = 'replaced' WHERE mac = ?1 AND status IN ('active', 'failed')",
-            params![mac],
+    /// Hands out the token of a client that boots to install `profile`, from address `to`:
+    /// its active install's if that is for this profile and has not expired, else a freshly
+    /// scheduled one (unknown clients under a default install action, a client booting
+    /// again after a failed install or after its token expired). The token is bound to `to`
+    /// and works until `ttl_ms` from now.
+    pub fn release_token(
+        &self,
+        mac: &str,
+        profile: &str,
+        to: Ipv4Addr,
+        ttl_ms: i64,
+    ) -> Result<String> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current: Option<(String, String, String, Option<i64>)> = tx
+            .query_row(
+                "SELECT token, profile, status, expires_ms FROM installs WHERE mac = ?1 \
+                 ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+                params![mac],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let token = match current {
+            Some((t, p, st, exp))
+                if st == Status::Active.as_str() && p == profile && exp.is_none_or(|e| e > now) =>
+            {
+                t
+            }
+            _ => {
+                retire_installs(&tx, mac)?;
+                schedule_install(&tx, mac, profile)?
+            }
+        };
+        tx.execute(
+            "UPDATE installs SET bound_ip = ?2, expires_ms = ?3 WHERE token = ?1",
+            params![token, to.to_string(), now + ttl_ms],
         )?;
-        Ok(())
-    }
-
-    fn schedule_install(&self, mac: &str, profile: &str) -> Result<String> {
-        let token = new_token()?;
-        self.conn().execute(
-            "INSERT INTO installs (token, mac, profile, created_ms, status) VALUES (?1, ?2, ?3, ?4, 'active')",
-            params![token, mac, profile, now_ms()],
-        )?;
+        tx.commit()?;
         Ok(token)
     }
 
-    /// The token for a client that boots to install `profile`: its active install's, or a
-    /// freshly scheduled one (unknown clients under a default install action, or a client
-    /// booting again after a failed install).
-    pub fn boot_install_token(&self, mac: &str, profile: &str) -> Result<String> {
-        if let Some(i) = self.current_install(mac)? {
-            if i.status == Status::Active && i.profile == profile {
-                return Ok(i.token);
-            }
+    /// How many installs of unregistered clients are open (see `release_token`).
+    pub fn open_unregistered_installs(&self) -> Result<usize> {
+        let n: i64 = self.conn().query_row(
+            &format!("SELECT count(*) FROM installs WHERE {OPEN_UNREGISTERED}"),
+            params![now_ms()],
+            |r| r.get(0),
+        )?;
+        Ok(n as usize)
+    }
+
+    /// Forgets installs (with their phases and logs) of clients not in the registry that
+    /// did not finish and whose token expired, or was never handed out and is older than
+    /// `ttl_ms`. Returns how many.
+    pub fn prune_unregistered_installs(&self, ttl_ms: i64) -> Result<usize> {
+        let now = now_ms();
+        let stale = "SELECT token FROM installs WHERE status != 'done' \
+             AND mac NOT IN (SELECT mac FROM clients) \
+             AND COALESCE(expires_ms, created_ms + ?2) <= ?1";
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for table in ["install_phases", "install_log"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE token IN ({stale})"),
+                params![now, ttl_ms],
+            )?;
         }
-        self.retire_installs(mac)?;
-        self.schedule_install(mac, profile)
+        let n = tx.execute(
+            &format!("DELETE FROM installs WHERE token IN ({stale})"),
+            params![now, ttl_ms],
+        )?;
+        tx.commit()?;
+        Ok(n)
     }
 
     /// The client's latest install, whatever its status.
@@ -234,7 +319,12 @@ impl State {
             (&last, phase),
             (Some(Phase::Extracting { .. }), Phase::Extracting { .. })
         );
-        if !progress_only {
+        let kept: i64 = tx.query_row(
+            "SELECT count(*) FROM install_phases WHERE token = ?1",
+            params![token],
+            |r| r.get(0),
+        )?;
+        if !progress_only && kept < MAX_PHASES {
             tx.execute(
                 "INSERT INTO install_phases (token, time_ms, phase) VALUES (?1, ?2, ?3)",
                 params![token, t, json],
@@ -271,11 +361,52 @@ impl State {
             .collect()
     }
 
-    pub fn append_log(&self, token: &str, text: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO install_log (token, time_ms, text) VALUES (?1, ?2, ?3)",
-            params![token, now_ms(), text],
+    /// Appends to the install's log, keeping at most `cap` bytes of it: what does not fit
+    /// is dropped, once with a line saying so.
+    pub fn append_log(&self, token: &str, text: &str, cap: usize) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let used: i64 = tx
+            .query_row(
+                "SELECT log_bytes FROM installs WHERE token = ?1",
+                params![token],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| anyhow!("no install has this token"))?;
+        let used = used.max(0) as usize;
+        if used >= cap {
+            return Ok(());
+        }
+        let mut keep = text.len().min(cap - used);
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let t = now_ms();
+        if keep > 0 {
+            tx.execute(
+                "INSERT INTO install_log (token, time_ms, text) VALUES (?1, ?2, ?3)",
+                params![token, t, &text[..keep]],
+            )?;
+        }
+        let used = if keep < text.len() {
+            tx.execute(
+                "INSERT INTO install_log (token, time_ms, text) VALUES (?1, ?2, ?3)",
+                params![
+                    token,
+                    t,
+                    format!("\n[ignite: this install's log reached {cap} bytes; the rest is not kept]\n")
+                ],
+            )?;
+            cap
+        } else {
+            used + keep
+        };
+        tx.execute(
+            "UPDATE installs SET log_bytes = ?2 WHERE token = ?1",
+            params![token, used as i64],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -303,8 +434,11 @@ mod tests {
     use super::*;
     use ignite_netboot::MacAddr;
 
+    const IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+    const HOUR: i64 = 3_600_000;
+
     #[test]
-    fn tokens_follow_the_action() {
+    fn tokens_follow_the_action_and_bind_to_where_they_were_handed() {
         let dir = tempfile::tempdir().unwrap();
         let s = State::open(dir.path()).unwrap();
         let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
@@ -313,28 +447,86 @@ mod tests {
         let first = s.current_install(&m).unwrap().unwrap();
         assert_eq!(first.token.len(), 32);
         assert_eq!(first.status, Status::Active);
-        // Booting reuses the scheduled token; scheduling again replaces it.
-        assert_eq!(s.boot_install_token(&m, "web").unwrap(), first.token);
+        assert_eq!(
+            (first.bound_ip, first.expires_ms),
+            (None, None),
+            "not handed out yet"
+        );
+        // Booting hands out the scheduled token, bound to the address and expiring.
+        assert_eq!(s.release_token(&m, "web", IP, HOUR).unwrap(), first.token);
+        let i = s.current_install(&m).unwrap().unwrap();
+        assert_eq!(i.bound_ip.as_deref(), Some("10.0.0.5"));
+        assert!(i.expires_ms.unwrap() > now_ms() + HOUR - 60_000);
+        // Booting again (another lease address): same token, bound anew.
+        let other = Ipv4Addr::new(10, 0, 0, 6);
+        assert_eq!(
+            s.release_token(&m, "web", other, HOUR).unwrap(),
+            first.token
+        );
+        let i = s.current_install(&m).unwrap().unwrap();
+        assert_eq!(i.bound_ip.as_deref(), Some("10.0.0.6"));
+        // Scheduling again replaces it.
         s.set_action("web1", &"install db".parse().unwrap())
             .unwrap();
         let second = s.current_install(&m).unwrap().unwrap();
         assert_ne!(second.token, first.token);
         assert_eq!(second.profile, "db");
+        // An expired token is not handed out again: the client gets a fresh install.
+        let t = s.release_token(&m, "db", IP, -1).unwrap();
+        assert_eq!(t, second.token);
+        let third = s.release_token(&m, "db", IP, HOUR).unwrap();
+        assert_ne!(third, second.token);
         s.set_action("web1", &Action::Local).unwrap();
         assert_eq!(
             s.current_install(&m).unwrap().unwrap().status,
             Status::Replaced
         );
-        // An unknown client under a default install action gets one on boot.
-        let t = s.boot_install_token("52:54:00:00:00:09", "web").unwrap();
-        assert_eq!(s.boot_install_token("52:54:00:00:00:09", "web").unwrap(), t);
+    }
+
+    #[test]
+    fn unregistered_installs_are_counted_and_forgotten_once_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let t1 = s
+            .release_token("52:54:00:00:00:09", "web", IP, HOUR)
+            .unwrap();
+        assert_eq!(
+            s.release_token("52:54:00:00:00:09", "web", IP, HOUR)
+                .unwrap(),
+            t1
+        );
+        s.append_log(&t1, "hello", 100).unwrap();
+        // Expired at once: no longer open, and pruned.
+        let t2 = s.release_token("52:54:00:00:00:0a", "web", IP, -1).unwrap();
+        s.record_phase(&t2, &Phase::Partitioned).unwrap();
+        // A registered client's install is never pruned, expired or not.
+        s.add(
+            MacAddr([0x52, 0x54, 0, 0, 0, 0x0b]),
+            "reg",
+            &"install web".parse().unwrap(),
+        )
+        .unwrap();
+        s.release_token("52:54:00:00:00:0b", "web", IP, -1).unwrap();
+        assert_eq!(s.open_unregistered_installs().unwrap(), 1);
+        assert_eq!(s.prune_unregistered_installs(HOUR).unwrap(), 1);
+        assert!(s.current_install("52:54:00:00:00:0a").unwrap().is_none());
+        assert!(s.phases(&t2).unwrap().is_empty());
+        assert!(s.current_install("52:54:00:00:00:09").unwrap().is_some());
+        assert!(s.current_install("52:54:00:00:00:0b").unwrap().is_some());
+        assert_eq!(s.log_since(&t1, 0).unwrap().len(), 1);
+        assert_eq!(s.prune_unregistered_installs(HOUR).unwrap(), 0);
+        // A finished one stays (the client was registered when it finished).
+        s.record_phase(&t1, &Phase::Done).unwrap();
+        assert_eq!(s.open_unregistered_installs().unwrap(), 0);
     }
 
     #[test]
     fn phases_keep_times_and_fold_progress() {
         let dir = tempfile::tempdir().unwrap();
         let s = State::open(dir.path()).unwrap();
-        let t = s.boot_install_token("52:54:00:00:00:02", "web").unwrap();
+        let t = s
+            .release_token("52:54:00:00:00:02", "web", IP, HOUR)
+            .unwrap();
         s.record_phase(
             &t,
             &Phase::Booted {
@@ -356,10 +548,47 @@ mod tests {
         assert_eq!(names, ["booted", "extracting", "done"]);
         let i = s.current_install("52:54:00:00:00:02").unwrap().unwrap();
         assert_eq!(i.status, Status::Done);
-        s.append_log(&t, "mkfs.ext4 /dev/vda2").unwrap();
-        s.append_log(&t, "ok").unwrap();
+        s.append_log(&t, "mkfs.ext4 /dev/vda2", 1000).unwrap();
+        s.append_log(&t, "ok", 1000).unwrap();
         let all = s.log_since(&t, 0).unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(s.log_since(&t, all[0].id).unwrap()[0].text, "ok");
+    }
+
+    #[test]
+    fn an_agent_cannot_grow_its_log_or_timeline_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let t = s
+            .release_token("52:54:00:00:00:03", "web", IP, HOUR)
+            .unwrap();
+        for _ in 0..100 {
+            s.append_log(&t, "0123456789", 95).unwrap();
+        }
+        let text: String = s
+            .log_since(&t, 0)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        assert!(text.starts_with("0123456789"));
+        assert_eq!(text.matches("log reached 95 bytes").count(), 1, "{text}");
+        assert_eq!(text.find("\n[ignite"), Some(95), "{text}");
+        // Cut on a character boundary.
+        let t2 = s
+            .release_token("52:54:00:00:00:04", "web", IP, HOUR)
+            .unwrap();
+        s.append_log(&t2, "ééé", 3).unwrap();
+        assert!(s.log_since(&t2, 0).unwrap()[0].text == "é");
+        for _ in 0..(MAX_PHASES + 50) {
+            s.record_phase(&t, &Phase::Partitioned).unwrap();
+        }
+        s.record_phase(&t, &Phase::Formatted).unwrap();
+        assert_eq!(s.phases(&t).unwrap().len() as i64, MAX_PHASES);
+        let i = s.current_install("52:54:00:00:00:03").unwrap().unwrap();
+        assert!(
+            matches!(i.phase, Some(Phase::Formatted)),
+            "the current phase still moves"
+        );
     }
 }

@@ -97,9 +97,17 @@ const V2: &str = "
         last_result TEXT
     );";
 
-/// Version 3: capture tokens, for captures over the network (the agent of a client booted to
-/// `capture`, or `ignite recovery capture --server` on a running one).
+/// Version 3 (issue 18): an install token is bound to the address it was handed to and
+/// expires; the install log's size is kept to cap it.
 const V3: &str = "
+    ALTER TABLE installs ADD COLUMN bound_ip TEXT;
+    ALTER TABLE installs ADD COLUMN expires_ms INTEGER;
+    ALTER TABLE installs ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS installs_status ON installs(status);";
+
+/// Version 4: capture tokens, for captures over the network (the agent of a client booted to
+/// `capture`, or `ignite recovery capture --server` on a running one).
+const V4: &str = "
     CREATE TABLE capture_tokens (
         token TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -119,7 +127,7 @@ type Step = &'static [&'static str];
 
 /// ignite-netboot owns the lease table's schema ([`LEASE_MIGRATIONS`]); each of its steps is
 /// applied here, in order, as part of one of ours.
-const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3]];
+const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3], &[V4]];
 
 /// The schema version this binary writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -704,7 +704,7 @@ fn a_flood_writes_a_few_warnings_not_one_per_packet() {
 struct PanicsFor(MacAddr);
 
 impl BootProvider for PanicsFor {
-    fn plan(&self, _: MacAddr) -> BootPlan {
+    fn plan(&self, _: MacAddr, _: Option<std::net::Ipv4Addr>) -> BootPlan {
         BootPlan::Local
     }
     fn step(&self, ev: &BootEvent) {

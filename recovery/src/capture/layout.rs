@@ -417,12 +417,7 @@ pub fn system_info(disk: Arc<dyn ImageReader + Send>, layout: &DiskLayout) -> Sy
         if !fs.fs_type.starts_with("ext") {
             continue;
         }
-        let reader = PartReader {
-            disk: disk.clone(),
-            start: p.start,
-            len: p.size,
-        };
-        let Ok(ext) = ext4_view::Ext4::load(Box::new(reader)) else {
+        let Some(ext) = open_ext4(disk.clone(), p) else {
             info.notes.push(format!(
                 "partition {}: its {} file system does not load",
                 p.number, fs.fs_type
@@ -465,6 +460,19 @@ pub fn system_info(disk: Arc<dyn ImageReader + Send>, layout: &DiskLayout) -> Sy
         );
     }
     info
+}
+
+/// The ext4 file system on partition `p` of `disk`, if it loads.
+pub fn open_ext4(
+    disk: Arc<dyn ImageReader + Send>,
+    p: &PartitionLayout,
+) -> Option<ext4_view::Ext4> {
+    let reader = PartReader {
+        disk,
+        start: p.start,
+        len: p.size,
+    };
+    ext4_view::Ext4::load(Box::new(reader)).ok()
 }
 
 /// `/etc/fstab` lines that name something to mount (comments and blanks skipped).

@@ -10,10 +10,12 @@
 //! against and retention forgets.
 
 pub mod block;
+pub mod diff;
 pub mod files;
 pub mod layout;
 pub mod record;
 pub mod remote;
+pub mod retention;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -7,7 +7,6 @@
 //! partition support in the kernel (many VM kernels have no GPT support) and no udev.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,14 +15,14 @@ use anyhow::{Context, Result};
 
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan, Profile, Step};
 
-use crate::process::output as sh;
+use crate::loopdev::Loops;
 use crate::protocol::{Phase, Source};
 
 pub struct Store {
     pub profile: Profile,
     pub store: PathBuf,
     /// Loop devices attached for an image file's partitions, detached on drop.
-    loops: Mutex<Vec<String>>,
+    loops: Mutex<Loops>,
 }
 
 impl Store {
@@ -31,7 +30,7 @@ impl Store {
         Store {
             profile,
             store,
-            loops: Mutex::new(Vec::new()),
+            loops: Mutex::new(Loops::default()),
         }
     }
 
@@ -39,18 +38,12 @@ impl Store {
     fn attach_partitions(&self, plan: &mut InstallPlan) -> Result<()> {
         let image = plan.disk.path.clone();
         for p in &mut plan.disk.partitions {
-            let dev = sh(Command::new("losetup")
-                .args(["--show", "-f", "--offset"])
-                .arg(p.start_bytes.to_string())
-                .arg("--sizelimit")
-                .arg(p.size_bytes.to_string())
-                .arg(&image))
-            .with_context(|| format!("image {image}: cannot attach partition {}", p.number))?
-            .trim()
-            .to_string();
-            if let Ok(mut l) = self.loops.lock() {
-                l.push(dev.clone());
-            }
+            let dev = self
+                .loops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .attach(Path::new(&image), p.start_bytes, p.size_bytes, false)
+                .with_context(|| format!("partition {}", p.number))?;
             for step in &mut plan.steps {
                 match step {
                     Step::Format { device, .. } | Step::Mount { device, .. }
@@ -64,16 +57,6 @@ impl Store {
             p.device = dev;
         }
         Ok(())
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        if let Ok(loops) = self.loops.lock() {
-            for l in loops.iter() {
-                let _ = Command::new("losetup").args(["-d", l]).status();
-            }
-        }
     }
 }
 

@@ -11,6 +11,7 @@ use super::chroot;
 use super::mount::Target;
 use crate::log::Log;
 use crate::random;
+use crate::tree::Tree;
 
 fn write(path: &Path, text: &str) -> Result<()> {
     if let Some(d) = path.parent() {
@@ -19,35 +20,47 @@ fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// `/etc/hostname` and `/etc/hosts` for `name` (written without following symlinks).
 pub fn hostname(root: &Path, name: &str, log: &mut Log) -> Result<()> {
-    write(&root.join("etc/hostname"), &format!("{name}\n"))?;
+    let tree = Tree::open(root)?;
+    tree.write("etc/hostname", format!("{name}\n").as_bytes(), 0o644)?;
     let short = name.split('.').next().unwrap_or(name);
     let alias = if short == name {
         name.to_string()
     } else {
         format!("{name} {short}")
     };
-    write(
-        &root.join("etc/hosts"),
-        &format!(
+    tree.write(
+        "etc/hosts",
+        format!(
             "127.0.0.1\tlocalhost\n127.0.1.1\t{alias}\n\n\
              ::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
-        ),
+        )
+        .as_bytes(),
+        0o644,
     )?;
     log.line(&format!("hostname {name}"));
     Ok(())
 }
 
-pub fn machine_id(root: &Path, log: &mut Log) -> Result<()> {
+/// A fresh `/etc/machine-id` (and the D-Bus copy older images keep as a file; a symlink to
+/// /etc/machine-id needs nothing). Returns it.
+pub fn machine_id(root: &Path, log: &mut Log) -> Result<String> {
+    let tree = Tree::open(root)?;
     let id = random::hex(16)?;
-    write(&root.join("etc/machine-id"), &format!("{id}\n"))?;
-    // Older images keep a second copy; a symlink to /etc/machine-id needs nothing.
-    let dbus = root.join("var/lib/dbus/machine-id");
-    if std::fs::symlink_metadata(&dbus).is_ok_and(|m| m.is_file()) {
-        write(&dbus, &format!("{id}\n"))?;
+    tree.write("etc/machine-id", format!("{id}\n").as_bytes(), 0o444)?;
+    if tree
+        .read("var/lib/dbus/machine-id", 64)
+        .is_ok_and(|f| f.is_some())
+    {
+        tree.write(
+            "var/lib/dbus/machine-id",
+            format!("{id}\n").as_bytes(),
+            0o444,
+        )?;
     }
     log.line(&format!("machine-id {id}"));
-    Ok(())
+    Ok(id)
 }
 
 pub fn ssh_host_keys(target: &mut Target, log: &mut Log) -> Result<()> {

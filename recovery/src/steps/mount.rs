@@ -102,7 +102,8 @@ pub fn mount(
     Ok(())
 }
 
-fn umount(p: &Path, flags: libc::c_int) -> std::io::Result<()> {
+/// umount2(2).
+pub fn umount(p: &Path, flags: libc::c_int) -> std::io::Result<()> {
     let c = CString::new(p.as_os_str().as_bytes())?;
     // SAFETY: a valid path string.
     if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {

@@ -160,6 +160,56 @@ pub fn setup_vcpu(vcpu: &VcpuFd, id: u8, cpus: u8, entry: u64, supported: &CpuId
     Ok(())
 }
 
+/// CPUID feature bits that need XSAVE (leaf, subleaf, register index eax..edx, bit):
+/// AVX, FMA, F16C; AVX2 and the AVX-512 family; AVX-VNNI, AVX512_BF16.
+const NEEDS_XSAVE: &[(u32, u32, usize, u32)] = &[
+    (1, 0, 2, 12),
+    (1, 0, 2, 27),
+    (1, 0, 2, 28),
+    (1, 0, 2, 29),
+    (7, 0, 1, 5),
+    (7, 0, 1, 16),
+    (7, 0, 1, 17),
+    (7, 0, 1, 21),
+    (7, 0, 1, 26),
+    (7, 0, 1, 27),
+    (7, 0, 1, 28),
+    (7, 0, 1, 30),
+    (7, 0, 1, 31),
+    (7, 0, 2, 1),
+    (7, 0, 2, 6),
+    (7, 0, 2, 11),
+    (7, 0, 2, 12),
+    (7, 0, 2, 14),
+    (7, 0, 3, 2),
+    (7, 0, 3, 3),
+    (7, 0, 3, 8),
+    (7, 0, 3, 23),
+    (7, 1, 0, 4),
+    (7, 1, 0, 5),
+];
+
+/// Takes XSAVE and everything that depends on it out of `c`, as Firecracker's and Cloud
+/// Hypervisor's CPUID templates do for features a host cannot give the guest: for when KVM
+/// cannot run `xsave`/`xrstor` for guest kernel code (`hwcheck::xsave_runs`).
+pub fn hide_xsave(c: &mut CpuId) {
+    for e in c.as_mut_slice() {
+        if e.function == 0xd {
+            (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+            continue;
+        }
+        if e.function == 1 {
+            e.ecx &= !(1 << 26); // XSAVE
+        }
+        for &(leaf, sub, reg, bit) in NEEDS_XSAVE {
+            if e.function == leaf && e.index == sub {
+                let r = [&mut e.eax, &mut e.ebx, &mut e.ecx, &mut e.edx];
+                *r[reg] &= !(1 << bit);
+            }
+        }
+    }
+}
+
 /// Supported CPUID with this vCPU's APIC id and the vCPU count patched in.
 fn cpuid_for(id: u8, cpus: u8, supported: &CpuId) -> CpuId {
     let mut c = supported.clone();
@@ -177,4 +227,46 @@ fn cpuid_for(id: u8, cpus: u8, supported: &CpuId) -> CpuId {
         }
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn hiding_xsave_takes_its_dependents_and_leaf_d() {
+        let entry = |function, index, v: u32| kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: v,
+            ebx: v,
+            ecx: v,
+            edx: v,
+            ..Default::default()
+        };
+        let mut c = CpuId::from_entries(&[
+            entry(1, 0, !0),
+            entry(7, 0, !0),
+            entry(7, 1, !0),
+            entry(0xd, 0, 0x2e7),
+            entry(0xd, 1, 0xf),
+        ])
+        .unwrap();
+        hide_xsave(&mut c);
+        let e = c.as_slice();
+        assert_eq!(
+            e[0].ecx & (1 << 26 | 1 << 28 | 1 << 12),
+            0,
+            "XSAVE, AVX, FMA"
+        );
+        assert_ne!(e[0].ecx & (1 << 25), 0, "AES stays");
+        assert_eq!(e[0].edx, !0, "leaf 1 edx untouched (FXSR, SSE)");
+        assert_eq!(e[1].ebx & (1 << 5 | 1 << 16), 0, "AVX2, AVX512F");
+        assert_ne!(e[1].ebx & (1 << 3), 0, "BMI1 stays");
+        assert_eq!(e[2].eax & (1 << 4 | 1 << 5), 0, "AVX-VNNI, AVX512_BF16");
+        assert!(e[3..]
+            .iter()
+            .all(|x| (x.eax, x.ebx, x.ecx, x.edx) == (0, 0, 0, 0)));
+    }
 }

@@ -194,6 +194,80 @@ fn load_kernel<F: Read + Seek + vm_memory::ReadVolatile>(
     ))
 }
 
+/// Is this kernel image Linux? A bzImage (setup header "HdrS"), or an ELF image with a
+/// "Linux" note (vmlinux; the guest test programs have none).
+pub fn is_linux(image: &[u8]) -> bool {
+    if image.get(0x202..0x206) == Some(b"HdrS") {
+        return true;
+    }
+    if !image.starts_with(b"\x7fELF") || image.get(4) != Some(&2) {
+        return false;
+    }
+    let u16_at = |o: usize| {
+        image
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        image
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        image
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum as u64).any(|i| {
+        let ph = (phoff + i * phentsize as u64) as usize;
+        if u32_at(ph) != Some(4) {
+            return false; // not PT_NOTE
+        }
+        let (Some(off), Some(size)) = (u64_at(ph + 8), u64_at(ph + 0x20)) else {
+            return false;
+        };
+        let Some(notes) = image.get(off as usize..(off.saturating_add(size)) as usize) else {
+            return false;
+        };
+        let mut at = 0usize;
+        while let (Some(namesz), Some(descsz)) = (
+            notes
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap())),
+            notes
+                .get(at + 4..at + 8)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap())),
+        ) {
+            let name = at + 12;
+            if notes.get(name..name + namesz as usize) == Some(b"Linux\0") {
+                return true;
+            }
+            let next = name
+                .saturating_add((namesz as usize).next_multiple_of(4))
+                .saturating_add((descsz as usize).next_multiple_of(4));
+            if next <= at {
+                return false;
+            }
+            at = next;
+        }
+        false
+    })
+}
+
+/// `is_linux` for a kernel given by path or bytes (an unreadable file is not Linux; loading
+/// it reports why).
+pub fn image_is_linux(kernel: &KernelImage) -> bool {
+    match kernel {
+        KernelImage::Path(p) => std::fs::read(p).is_ok_and(|d| is_linux(&d)),
+        KernelImage::Bytes { data, .. } => is_linux(data),
+        KernelImage::Net => false,
+    }
+}
+
 /// Places the initrd as high as allowed below 4 GiB, page aligned.
 fn load_initrd(mem: &GuestMemory, path: &Path, hdr: &setup_header) -> Result<(u64, u64)> {
     let err = |msg: String| Error::Initrd {
@@ -266,6 +340,40 @@ mod tests {
         for junk in [&b""[..], b"\x7fELF", b"MZ\0\0\0\0", &[0u8; 8192]] {
             let r = load_kernel(&mem, &mut Cursor::new(junk), Path::new("junk"));
             assert!(matches!(r, Err(Error::KernelFormat { .. })), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn linux_is_recognized_by_its_header_or_elf_note() {
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert!(is_linux(&bz));
+        assert!(!is_linux(crate::guest::program("hello").unwrap()));
+        // An ELF with one PT_NOTE holding a GNU note, then a Linux note.
+        let mut e = vec![0u8; 0x100];
+        e[..5].copy_from_slice(b"\x7fELF\x02");
+        e[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        e[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        e[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        e[0x40..0x44].copy_from_slice(&4u32.to_le_bytes());
+        e[0x48..0x50].copy_from_slice(&0x80u64.to_le_bytes());
+        let mut notes = Vec::new();
+        for (name, desc) in [(&b"GNU\0"[..], &[1u8; 20][..]), (b"Linux\0", &[0u8; 4])] {
+            notes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            notes.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+            notes.extend_from_slice(&1u32.to_le_bytes());
+            notes.extend_from_slice(name);
+            notes.resize(notes.len().next_multiple_of(4), 0);
+            notes.extend_from_slice(desc);
+        }
+        e[0x60..0x68].copy_from_slice(&(notes.len() as u64).to_le_bytes());
+        e[0x80..0x80 + notes.len()].copy_from_slice(&notes);
+        assert!(is_linux(&e));
+        e[0x80 + 48] = b'X'; // "Linux" → "Xinux"
+        assert!(!is_linux(&e));
+        // Truncated or hostile headers are simply not Linux.
+        for n in [0, 5, 0x40, 0x60, 0x90] {
+            assert!(!is_linux(&e[..n]));
         }
     }
 

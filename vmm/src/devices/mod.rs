@@ -108,6 +108,8 @@ pub struct Mark {
     /// All VM exits KVM counted so far (including those it handled itself), where KVM
     /// exposes binary statistics.
     pub kvm_exits: Option<u64>,
+    /// Instructions KVM's emulator ran so far (same source).
+    pub kvm_emulated: Option<u64>,
 }
 
 pub fn process_cpu_time() -> Duration {
@@ -148,7 +150,9 @@ pub struct Platform {
     faults: Mutex<Vec<Mark>>,
     exits: AtomicU64,
     start: Instant,
-    exit_counters: Mutex<Vec<crate::kvm_stats::VcpuCounter>>,
+    vcpu_stats: Mutex<Vec<crate::kvm_stats::VcpuStats>>,
+    /// Instructions KVM handed back unemulated that the monitor handled, by name.
+    monitor_emulated: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// The IDE channels behind the legacy ATA ports, when the VM has VIO disks.
     ide: Option<Mutex<crate::vio::ide::Ide>>,
 }
@@ -170,7 +174,8 @@ impl Platform {
             faults: Mutex::new(Vec::new()),
             exits: AtomicU64::new(0),
             start: Instant::now(),
-            exit_counters: Mutex::new(Vec::new()),
+            vcpu_stats: Mutex::new(Vec::new()),
+            monitor_emulated: Mutex::default(),
             ide: None,
         }
     }
@@ -181,20 +186,49 @@ impl Platform {
         self
     }
 
-    pub(crate) fn add_exit_counter(&self, c: crate::kvm_stats::VcpuCounter) {
-        self.exit_counters
+    pub(crate) fn add_vcpu_stats(&self, c: crate::kvm_stats::VcpuStats) {
+        self.vcpu_stats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(c);
     }
 
+    /// A KVM counter summed over vCPUs (None without binary stats).
+    fn kvm_sum(
+        &self,
+        which: impl Fn(&crate::kvm_stats::VcpuStats) -> Option<&crate::kvm_stats::VcpuCounter>,
+    ) -> Option<u64> {
+        let s = self.vcpu_stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.iter().map(|c| which(c).and_then(|c| c.read())).sum()
+    }
+
     /// KVM's count of all exits, summed over vCPUs (None without binary stats).
     pub fn kvm_exits(&self) -> Option<u64> {
-        let c = self.exit_counters.lock().unwrap_or_else(|e| e.into_inner());
-        if c.is_empty() {
-            return None;
-        }
-        c.iter().map(|c| c.read()).sum()
+        self.kvm_sum(|s| s.exits.as_ref())
+    }
+
+    /// Instructions KVM's emulator ran, summed over vCPUs (None without binary stats).
+    pub fn kvm_emulated(&self) -> Option<u64> {
+        self.kvm_sum(|s| s.emulated.as_ref())
+    }
+
+    pub(crate) fn count_monitor_emulated(&self, name: &'static str) {
+        *self
+            .monitor_emulated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name)
+            .or_default() += 1;
+    }
+
+    /// Instructions the monitor handled for KVM (see `emulation`), by name.
+    pub fn monitor_emulated(&self) -> Vec<(&'static str, u64)> {
+        self.monitor_emulated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     fn mark(&self, value: u32) -> Mark {
@@ -204,6 +238,7 @@ impl Platform {
             exits: self.exits(),
             cpu: process_cpu_time(),
             kvm_exits: self.kvm_exits(),
+            kvm_emulated: self.kvm_emulated(),
         }
     }
 
@@ -280,7 +315,7 @@ impl Platform {
                     .pci
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .io_bar_read(port, data)
+                    .io_bar_read(port, size, data)
                 {
                     data.fill(0xff)
                 }
@@ -346,7 +381,7 @@ impl Platform {
                     .pci
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .io_bar_write(port, data)
+                    .io_bar_write(port, size, data)
                 {
                     tracing::trace!(port, ?data, "write to unclaimed port")
                 }

@@ -12,6 +12,14 @@ pub trait PciDevice: Send {
     fn config_write(&mut self, reg: usize, offset: usize, data: &[u8]);
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// Port access through I/O BAR `bar`: `size` is the access width (1, 2, 4) and `data`
+    /// holds `size × count` bytes (string I/O). Devices for which the width matters say so.
+    fn io_read(&mut self, bar: usize, offset: u64, _size: usize, data: &mut [u8]) {
+        self.bar_read(bar, offset, data)
+    }
+    fn io_write(&mut self, bar: usize, offset: u64, _size: usize, data: &[u8]) {
+        self.bar_write(bar, offset, data)
+    }
 }
 
 /// A function that is only its configuration space: no BAR decodes to it. The host bridge,
@@ -183,21 +191,21 @@ impl PciBus {
         None
     }
 
-    /// Port read decoded by an I/O BAR; false when none decodes `port`.
-    pub fn io_bar_read(&mut self, port: u16, data: &mut [u8]) -> bool {
+    /// Port read of width `size` decoded by an I/O BAR; false when none decodes `port`.
+    pub fn io_bar_read(&mut self, port: u16, size: usize, data: &mut [u8]) -> bool {
         match self.find_io_bar(port) {
             Some((dev, bar, off)) => {
-                dev.bar_read(bar, off, data);
+                dev.io_read(bar, off, size, data);
                 true
             }
             None => false,
         }
     }
 
-    pub fn io_bar_write(&mut self, port: u16, data: &[u8]) -> bool {
+    pub fn io_bar_write(&mut self, port: u16, size: usize, data: &[u8]) -> bool {
         match self.find_io_bar(port) {
             Some((dev, bar, off)) => {
-                dev.bar_write(bar, off, data);
+                dev.io_write(bar, off, size, data);
                 true
             }
             None => false,

@@ -323,44 +323,59 @@ impl Ne2k {
         (a < 32 || (PMEM_START..MEM_SIZE).contains(&a)).then_some(a)
     }
 
-    /// Data port read: word or byte elements per DCR.WTS, as many as `data` holds (a whole
+    /// Bytes of NIC memory one data-port access of `len` bytes moves over: in word mode
+    /// (DCR.WTS) at least a word, as on the card, where a byte access to the data port still
+    /// transfers a word (`ne2k-pci` reads the PROM with `inb` in word mode).
+    fn span(&self, len: usize) -> usize {
+        if self.dcr & 1 != 0 {
+            len.max(2)
+        } else {
+            len
+        }
+    }
+
+    /// Data port read: `data` holds `data.len() / size` accesses of `size` bytes (a whole
     /// `rep insw` exit at once).
-    pub fn data_read(&mut self, data: &mut [u8]) {
-        let w = if self.dcr & 1 != 0 { 2 } else { 1 };
-        for elem in data.chunks_mut(w) {
+    pub fn data_read(&mut self, size: usize, data: &mut [u8]) {
+        for elem in data.chunks_mut(size.clamp(1, 4)) {
             for (i, b) in elem.iter_mut().enumerate() {
                 *b = self
                     .mem_index(self.rsar.wrapping_add(i as u16))
                     .map_or(0xff, |a| self.mem[a]);
             }
-            self.dma_advance(elem.len() as u16);
+            let span = self.span(elem.len());
+            self.dma_advance(span as u16);
         }
     }
 
-    pub fn data_write(&mut self, data: &[u8]) {
-        let w = if self.dcr & 1 != 0 { 2 } else { 1 };
-        for elem in data.chunks(w) {
-            for (i, b) in elem.iter().enumerate() {
+    /// Data port write; a byte access in word mode writes a word with a zero high byte.
+    pub fn data_write(&mut self, size: usize, data: &[u8]) {
+        for elem in data.chunks(size.clamp(1, 4)) {
+            let span = self.span(elem.len());
+            for i in 0..span {
                 if let Some(a) = self.mem_index(self.rsar.wrapping_add(i as u16)) {
                     if a >= PMEM_START {
-                        self.mem[a] = *b;
+                        self.mem[a] = elem.get(i).copied().unwrap_or(0);
                     }
                 }
             }
-            self.dma_advance(elem.len() as u16);
+            self.dma_advance(span as u16);
         }
     }
 
-    /// Access to the I/O BAR at `off`. A wide access to the registers covers the following
-    /// ones (wrapping within the 16); `data` may be a whole string-I/O exit of any length.
-    pub fn io_read(&mut self, off: u64, data: &mut [u8]) {
+    /// Access to the I/O BAR at `off` of width `size` (1, 2, 4); `data` holds one access or a
+    /// whole string-I/O exit of any length. A wide access to the registers covers the
+    /// following ones (wrapping within the 16).
+    pub fn io_read(&mut self, off: u64, size: usize, data: &mut [u8]) {
         match off {
             0x00..=0x0f => {
-                for (i, b) in data.iter_mut().enumerate() {
-                    *b = self.reg_read(reg_at(off, i));
+                for elem in data.chunks_mut(size.clamp(1, 4)) {
+                    for (i, b) in elem.iter_mut().enumerate() {
+                        *b = self.reg_read(reg_at(off, i));
+                    }
                 }
             }
-            0x10..=0x17 => self.data_read(data),
+            0x10..=0x17 => self.data_read(size, data),
             0x18..=0x1f => {
                 self.reset();
                 data.fill(0);
@@ -369,14 +384,16 @@ impl Ne2k {
         }
     }
 
-    pub fn io_write(&mut self, off: u64, data: &[u8]) {
+    pub fn io_write(&mut self, off: u64, size: usize, data: &[u8]) {
         match off {
             0x00..=0x0f => {
-                for (i, b) in data.iter().enumerate() {
-                    self.reg_write(reg_at(off, i), *b);
+                for elem in data.chunks(size.clamp(1, 4)) {
+                    for (i, b) in elem.iter().enumerate() {
+                        self.reg_write(reg_at(off, i), *b);
+                    }
                 }
             }
-            0x10..=0x17 => self.data_write(data),
+            0x10..=0x17 => self.data_write(size, data),
             _ => {}
         }
     }
@@ -522,17 +539,23 @@ impl PciDevice for Ne2kPci {
     fn config_write(&mut self, reg: usize, offset: usize, data: &[u8]) {
         self.config.write(reg, offset, data)
     }
-    fn bar_read(&mut self, _: usize, offset: u64, data: &mut [u8]) {
-        self.nic
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .io_read(offset, data)
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        self.io_read(bar, offset, data.len().clamp(1, 4), data)
     }
-    fn bar_write(&mut self, _: usize, offset: u64, data: &[u8]) {
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.io_write(bar, offset, data.len().clamp(1, 4), data)
+    }
+    fn io_read(&mut self, _: usize, offset: u64, size: usize, data: &mut [u8]) {
         self.nic
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .io_write(offset, data)
+            .io_read(offset, size, data)
+    }
+    fn io_write(&mut self, _: usize, offset: u64, size: usize, data: &[u8]) {
+        self.nic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .io_write(offset, size, data)
     }
 }
 
@@ -562,11 +585,11 @@ mod tests {
     }
 
     fn w(n: &mut Ne2k, off: u64, v: u8) {
-        n.io_write(off, &[v]);
+        n.io_write(off, 1, &[v]);
     }
     fn r(n: &mut Ne2k, off: u64) -> u8 {
         let mut b = [0u8];
-        n.io_read(off, &mut b);
+        n.io_read(off, 1, &mut b);
         b[0]
     }
     fn dma_read(n: &mut Ne2k, addr: u16, len: usize) -> Vec<u8> {
@@ -576,7 +599,7 @@ mod tests {
         w(n, 0x09, (addr >> 8) as u8);
         w(n, 0, CR_RREAD | CR_START);
         let mut v = vec![0u8; len];
-        n.io_read(0x10, &mut v); // one `rep insw` exit
+        n.io_read(0x10, 2, &mut v); // one `rep insw` exit
         v
     }
     fn setup(n: &mut Ne2k) {
@@ -615,7 +638,7 @@ mod tests {
         w(&mut n, 0x08, 0);
         w(&mut n, 0x09, 0x40);
         w(&mut n, 0, CR_RWRITE | CR_START);
-        n.io_write(0x10, &[1, 2, 3, 4]);
+        n.io_write(0x10, 2, &[1, 2, 3, 4]);
         assert_eq!(dma_read(&mut n, 0x4000, 4), vec![1, 2, 3, 4]);
         // Reading the reset port resets.
         r(&mut n, 0x1f);
@@ -627,8 +650,8 @@ mod tests {
         let (mut n, _) = nic();
         // `rep insb` / `rep outsb` of 300 bytes on a register port: one exit, 300 bytes.
         let mut big = vec![0u8; 300];
-        n.io_read(0x07, &mut big);
-        n.io_write(0x0d, &[0u8; 300]);
+        n.io_read(0x07, 1, &mut big);
+        n.io_write(0x0d, 1, &[0u8; 300]);
         setup(&mut n);
         // CURR far past PSTOP, BNRY below PSTART: the ring is PSTART..PSTOP whatever the
         // driver wrote; the next frame goes to PSTART.
@@ -649,6 +672,28 @@ mod tests {
     }
 
     #[test]
+    fn byte_reads_in_word_mode_read_the_prom_as_ne2k_pci_does() {
+        // ne2k-pci sets word mode (DCR 0x49), then reads the 32-byte PROM with 32 `inb`s:
+        // each transfers a word, so SA_prom[0..6] is the MAC (it read 52:52:54:54:00:00).
+        let (mut n, _) = nic();
+        w(&mut n, 0, 0x21);
+        w(&mut n, 0x0e, 0x49);
+        w(&mut n, 0x0a, 32);
+        w(&mut n, 0x0b, 0);
+        w(&mut n, 0x08, 0);
+        w(&mut n, 0x09, 0);
+        w(&mut n, 0, CR_RREAD | CR_START);
+        let prom: Vec<u8> = (0..32).map(|_| r(&mut n, 0x10)).collect();
+        assert_eq!(prom[..6], MAC);
+        assert_eq!((prom[14], prom[15]), (0x57, 0x57));
+        assert_eq!(
+            r(&mut n, 0x07) & ISR_RDC,
+            ISR_RDC,
+            "the 32-byte count is done"
+        );
+    }
+
+    #[test]
     fn transmit_receive_ring_wrap_filter_and_level_irq() {
         let (mut n, rec) = nic();
         setup(&mut n);
@@ -660,7 +705,7 @@ mod tests {
         w(&mut n, 0x08, 0);
         w(&mut n, 0x09, 0x40);
         w(&mut n, 0, CR_RWRITE | CR_START);
-        n.io_write(0x10, &frame);
+        n.io_write(0x10, 2, &frame);
         w(&mut n, 0x04, 0x40);
         w(&mut n, 0x05, 60);
         w(&mut n, 0x06, 0);

@@ -1,23 +1,16 @@
-//! Prerequisite checks shared by the integration tests: skip locally with a one-line reason,
-//! fail under IGNITE_CI=1.
+//! What the monitor's integration tests share: prerequisite checks (ignite-e2e's `require`:
+//! skip locally with a one-line reason, fail under IGNITE_CI=1) and guest program runs.
 
 #![allow(dead_code)]
 
 use ignite_vmm::guest::{run_program, ProgramResult, ProgramRun};
 
-pub fn in_ci() -> bool {
-    std::env::var("IGNITE_CI").is_ok_and(|v| v == "1")
-}
-
-/// True when the prerequisite holds; otherwise prints why the test is skipped (or panics in CI).
+/// True when the prerequisite holds; otherwise prints why the test is skipped (or panics in
+/// CI) through the project's one `require`.
 pub fn require(what: &str, ok: Result<(), String>) -> bool {
     match ok {
         Ok(()) => true,
-        Err(why) if in_ci() => panic!("IGNITE_CI=1 and {what} is missing: {why}"),
-        Err(why) => {
-            eprintln!("skipped: needs {what}: {why}");
-            false
-        }
+        Err(why) => ignite_e2e::require(false, &format!("{what} ({why})")),
     }
 }
 
