@@ -831,6 +831,10 @@ fn an_installed_guest_is_captured_live_then_by_the_netbooted_agent() {
         (Some("ok"), Some("live")),
         "{live}"
     );
+    eprintln!(
+        "live capture: {} bytes, {} read, {} new, {}",
+        live["logical_bytes"], live["read_bytes"], live["new_bytes"], live["notes"]
+    );
     let rec: Value =
         serde_json::from_str(&site.ignite(&["recovery", "show", "g1", "--json"])).unwrap();
     let live_spec = format!("g1:files@{}", rec["files"]["snapshot"].as_str().unwrap());

@@ -962,6 +962,20 @@ impl View {
         Ok(())
     }
 
+    /// Binds `source` read-only onto the opened path (a bind mount takes the read-only flag
+    /// only on a remount).
+    fn bind_read_only(&mut self, fd: &OwnedFd, source: &str) -> Result<()> {
+        self.mount_on(fd, source, None, libc::MS_BIND, "")?;
+        let at = self.mounts.last().expect("just mounted").clone();
+        mount(
+            "none",
+            &at,
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            "",
+        )
+    }
+
     /// Mounts file system `f` read-only at its mount point in the view.
     fn place(&mut self, f: &FileSystem, source: &Source) -> Result<()> {
         let fd = self
@@ -979,17 +993,8 @@ impl View {
                 let from = from
                     .to_str()
                     .with_context(|| format!("{}: not UTF-8", from.display()))?;
-                self.mount_on(&fd, from, None, libc::MS_BIND, "")?;
-                // A bind mount takes the read-only flag only on a remount.
-                let at = self.mounts.last().expect("just mounted").clone();
-                mount(
-                    "none",
-                    &at,
-                    None,
-                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-                    "",
-                )
-                .with_context(|| format!("{}: cannot make its view read-only", f.mount))?;
+                self.bind_read_only(&fd, from)
+                    .with_context(|| format!("{}: cannot place its view", f.mount))?;
             }
             Source::Devices => {
                 // What decides what the system sees: btrfs's subvolume, FAT's owners and
@@ -1069,16 +1074,8 @@ impl View {
             .to_str()
             .context("temporary directory path is not UTF-8")?
             .to_string();
-        self.mount_on(&fd, &mask, None, libc::MS_BIND, "")
+        self.bind_read_only(&fd, &mask)
             .with_context(|| format!("exclude={t}: cannot cover it"))?;
-        let at = self.mounts.last().expect("just mounted").clone();
-        mount(
-            "none",
-            &at,
-            None,
-            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-            "",
-        )?;
         self.covers.push(Cover { rel, keep });
         Ok(())
     }
