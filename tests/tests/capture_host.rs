@@ -220,7 +220,7 @@ fn a_running_guest_is_captured_at_one_consistent_point() {
         wait_until(
             &format!("the guest to write step {next}"),
             Duration::from_secs(120),
-            || console().contains(&format!("scribble step {next}\n")),
+            || console().contains(&format!("scribble step {next}")),
             console,
         );
         if round > 0 {

@@ -240,6 +240,23 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
                     .then(|| "input did not arrive over the socket".into())
             })
         }
+        // Bounded here; the capture tests run it without end while they capture.
+        "scribble" => {
+            let a = image(dir, "scribble.img", 1 << 20, 0)?;
+            run.disks = vec![disk(&a, false)];
+            run.args = "sectors=64 steps=3000".into();
+            verdict(run_program(run), |_| {
+                let data = std::fs::read(&a).ok()?;
+                let at =
+                    |s: usize| u64::from_le_bytes(data[s * 512..s * 512 + 8].try_into().unwrap());
+                let (first, middle, last) = (at(0), at(1 + 3000 % 62), at(63));
+                (first != 3000 || middle != 3000 || last != 3000).then(|| {
+                    format!(
+                        "sectors 0, middle, 63 hold steps {first}, {middle}, {last}; expected 3000"
+                    )
+                })
+            })
+        }
         // Booted directly here; the network boot tests serve it over DHCP/TFTP/HTTP.
         "netbooted" => {
             run.args = "from=selftest".into();

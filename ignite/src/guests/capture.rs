@@ -98,6 +98,14 @@ impl DiskPlan {
     }
 }
 
+/// The change trackers of a stopped guest's disks (the caller holds its lock).
+fn open_trackers(def: &super::Definition) -> Result<Vec<(PathBuf, Arc<ChangeTracker>)>> {
+    def.disks
+        .iter()
+        .map(|d| open_tracker(&d.path).map(|t| (d.path.clone(), Arc::new(t))))
+        .collect()
+}
+
 /// The changes of change-tracked images (running: the log saw every write).
 pub fn pending_tracked(trackers: &[(PathBuf, Arc<ChangeTracker>)], running: bool) -> Vec<Pending> {
     trackers
@@ -134,12 +142,7 @@ pub fn pending_changes(
         Some(other) => bail!("guest {name}: unexpected answer {other:?}"),
         None => {
             let _lock = lock_stopped(&paths, name)?;
-            let trackers = rec
-                .def
-                .disks
-                .iter()
-                .map(|d| open_tracker(&d.path).map(|t| (d.path.clone(), Arc::new(t))))
-                .collect::<Result<Vec<_>>>()?;
+            let trackers = open_trackers(&rec.def)?;
             Ok(pending_tracked(&trackers, false))
         }
     }
@@ -476,12 +479,7 @@ fn capture_disks(
         }
         None => {
             let lock = lock_stopped(&paths, name)?;
-            let trackers = rec
-                .def
-                .disks
-                .iter()
-                .map(|d| open_tracker(&d.path).map(|t| (d.path.clone(), Arc::new(t))))
-                .collect::<Result<Vec<_>>>()?;
+            let trackers = open_trackers(&rec.def)?;
             let (session, plan) = Session::begin(&trackers, false)?;
             local = Some((session, lock));
             (plan, "none (stopped)".to_string())

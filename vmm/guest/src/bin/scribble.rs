@@ -3,6 +3,7 @@
 //! `sectors=N`, default 4096), then to sector N-1. At any moment sector 0 holds the same step
 //! as sector N-1 or one more; a capture that read sector 0, let the guest go on, and read
 //! sector N-1 later would show sector N-1 ahead — a point in time that never existed.
+//! `steps=K` ends the program after step K (the selftest); by default it never ends.
 #![no_std]
 #![no_main]
 
@@ -27,8 +28,9 @@ fn main() {
     let sectors = boot::arg_u64("sectors", 4096);
     check!(sectors >= 3, "sectors={} is too few", sectors);
     let buf = unsafe { &mut *core::ptr::addr_of_mut!(BUF) };
+    let last = boot::arg_u64("steps", u64::MAX);
     let mut step: u64 = 1;
-    loop {
+    while step <= last {
         buf.0[..8].copy_from_slice(&step.to_le_bytes());
         let middle = 1 + step % (sectors - 2);
         for sector in [0, middle, sectors - 1] {
@@ -43,4 +45,5 @@ fn main() {
         }
         step += 1;
     }
+    println!("scribble done after {} steps", last);
 }
