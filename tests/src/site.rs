@@ -123,6 +123,10 @@ pub struct Guest {
     pub mac: String,
     pub serial: PathBuf,
     disk: PathBuf,
+    dir: PathBuf,
+    tap: String,
+    fw: Firmware,
+    cpus: u8,
     child: Child,
 }
 
@@ -139,54 +143,45 @@ impl Guest {
             .set_len(disk_size)
             .unwrap();
         let serial = dir.join(format!("{name}.serial"));
-        let mut cmd = Lab::cmd(&lab.ns, "qemu-system-x86_64");
-        // RDRAND seeds the guest kernel's random pool at boot. Without it an emulated guest
-        // has no entropy source but interrupts: its crng took minutes to initialize on a
-        // busy host, and the agent's DHCP client (dhcproto draws a random xid for every
-        // message it builds) waited that long, past its 60 s timeout.
-        cmd.args(["-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "1024"])
-            .args(["-smp", &cpus.to_string()])
-            .args(["-display", "none", "-monitor", "none"])
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ])
-            .args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
-            ])
-            .args([
-                "-drive",
-                &format!("if=none,id=d0,format=raw,file={}", disk.display()),
-            ])
-            .args(["-device", "virtio-blk-pci,drive=d0,bootindex=2"])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()));
         if fw == Firmware::Uefi {
-            let vars = dir.join(format!("{name}-vars.fd"));
-            std::fs::copy(OVMF_VARS, &vars).unwrap();
-            cmd.args(["-machine", "q35"])
-                .args([
-                    "-drive",
-                    &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
-                ])
-                .args([
-                    "-drive",
-                    &format!("if=pflash,format=raw,file={}", vars.display()),
-                ]);
+            // Fresh variables: a guest's first boot knows nothing of earlier ones.
+            std::fs::copy(OVMF_VARS, dir.join(format!("{name}-vars.fd"))).unwrap();
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start qemu");
+        let child = launch(lab, dir, &name, &mac, &tap, &disk, &serial, fw, cpus);
         Guest {
             name,
             mac,
             serial,
             disk,
+            dir: dir.to_path_buf(),
+            tap,
+            fw,
+            cpus,
             child,
         }
+    }
+
+    /// Starts the guest again on the same disk once it has powered off (network boot first,
+    /// as always), its console in a new file named after `boot`.
+    pub fn boot_again(&mut self, lab: &Lab, boot: &str) {
+        assert!(self.exited(), "{} is still running", self.name);
+        self.serial = self.dir.join(format!("{}-{boot}.serial", self.name));
+        self.child = launch(
+            lab,
+            &self.dir,
+            &self.name,
+            &self.mac,
+            &self.tap,
+            &self.disk,
+            &self.serial,
+            self.fw,
+            self.cpus,
+        );
+    }
+
+    /// The disk image (for the host to look at once the guest is off).
+    pub fn disk(&self) -> &Path {
+        &self.disk
     }
 
     pub fn console(&self) -> String {
@@ -216,6 +211,59 @@ impl Guest {
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    lab: &Lab,
+    dir: &Path,
+    name: &str,
+    mac: &str,
+    tap: &str,
+    disk: &Path,
+    serial: &Path,
+    fw: Firmware,
+    cpus: u8,
+) -> Child {
+    let mut cmd = Lab::cmd(&lab.ns, "qemu-system-x86_64");
+    // RDRAND seeds the guest kernel's random pool at boot. Without it an emulated guest
+    // has no entropy source but interrupts: its crng took minutes to initialize on a
+    // busy host, and the agent's DHCP client (dhcproto draws a random xid for every
+    // message it builds) waited that long, past its 60 s timeout.
+    cmd.args(["-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "1024"])
+        .args(["-smp", &cpus.to_string()])
+        .args(["-display", "none", "-monitor", "none"])
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        ])
+        .args([
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
+        ])
+        .args([
+            "-drive",
+            &format!("if=none,id=d0,format=raw,file={}", disk.display()),
+        ])
+        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=2"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()));
+    if fw == Firmware::Uefi {
+        let vars = dir.join(format!("{name}-vars.fd"));
+        cmd.args(["-machine", "q35"])
+            .args([
+                "-drive",
+                &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+            ])
+            .args([
+                "-drive",
+                &format!("if=pflash,format=raw,file={}", vars.display()),
+            ]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu")
 }
 
 impl Drop for Guest {

@@ -1,8 +1,9 @@
 //! The agent as the initramfs `/init` (PID 1): mount the kernel file systems, load the
-//! modules, wait for a disk and the boot NIC, DHCP, then install as the kernel command line
-//! says and reboot — or, on failure, report it and leave a shell on the console.
+//! modules, wait for a disk and the boot NIC, DHCP, then install (or capture) as the kernel
+//! command line says and reboot — or, on failure, report it and leave a shell on the console.
 //!
-//! Kernel command line: `ignite.server=URL ignite.mac=MAC ignite.token=T`, and optionally
+//! Kernel command line: `ignite.server=URL ignite.mac=MAC ignite.token=T`, optionally
+//! `ignite.action=capture` (capture the disks as the token says instead of installing), and
 //! `ignite.after=reboot|poweroff|shell` and `ignite.selfcheck=1` (load modules, look for a
 //! disk, run each tool, print [`SELFCHECK_OK`], no network, no install).
 
@@ -29,6 +30,8 @@ pub struct BootArgs {
     pub server: Option<String>,
     pub mac: Option<String>,
     pub token: Option<String>,
+    /// `install` (the default) or `capture`.
+    pub action: Option<String>,
     pub after: After,
     pub selfcheck: bool,
     /// `ignite.baseline-tar=URL`: extract with `curl | tar` instead (the install benchmark).
@@ -53,6 +56,7 @@ pub fn parse_cmdline(text: &str) -> BootArgs {
         server: kv.get("server").map(|s| s.to_string()),
         mac: kv.get("mac").map(|s| s.to_string()),
         token: kv.get("token").map(|s| s.to_string()),
+        action: kv.get("action").map(|s| s.to_string()),
         after: match kv.get("after").copied() {
             Some("poweroff") => After::Poweroff,
             Some("shell") => After::Shell,
@@ -214,6 +218,40 @@ pub fn install(args: &BootArgs) -> Result<()> {
     runner::install(server.as_ref(), &facts, Path::new("/run/ignite/target"))
 }
 
+/// A capture of this machine (boot action `capture`): disks and NIC, DHCP, then what the
+/// token says to capture, sent to the server.
+pub fn capture(args: &BootArgs) -> Result<()> {
+    use ignite_recovery::capture::{files::Rules, remote};
+    let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
+        bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
+    };
+    let disks = wait_for_disks()?;
+    let nic = wait_for_nic(mac)?;
+    bring_up(&nic, Duration::from_secs(60))?;
+    let client = remote::Client::new(server, token);
+    let job = remote::Job {
+        machine: remote::Machine::Agent {
+            mac: mac.clone(),
+            disks,
+        },
+        kind: None,
+        rules: Rules::default(),
+    };
+    let f = remote::with_progress(Duration::from_secs(10), |p| {
+        remote::capture(&client, &job, p)
+    })?;
+    say(&format!(
+        "capture done: {}@{} ({}), {} bytes read, {} new, {} on the wire",
+        f.name,
+        &f.record[..12.min(f.record.len())],
+        f.kind,
+        f.read_bytes,
+        f.new_bytes,
+        f.wire_bytes
+    ));
+    Ok(())
+}
+
 fn finish(after: After) -> ! {
     use rustix::system::{reboot, RebootCommand};
     rustix::fs::sync();
@@ -260,6 +298,8 @@ pub fn main() -> ! {
             selfcheck()?;
             say(SELFCHECK_OK);
             Ok(())
+        } else if args.action.as_deref() == Some("capture") {
+            capture(&args)
         } else {
             install(&args)
         }
@@ -285,6 +325,11 @@ mod tests {
         assert_eq!(a.mac.as_deref(), Some("52:54:00:00:00:01"));
         assert_eq!(a.token.as_deref(), Some("abc"));
         assert_eq!(a.after, After::Poweroff);
+        assert_eq!(a.action, None);
+        assert_eq!(
+            parse_cmdline("ignite.action=capture").action.as_deref(),
+            Some("capture")
+        );
         assert!(!a.selfcheck);
         assert_eq!(parse_cmdline("ignite.selfcheck=1").after, After::Reboot);
         assert!(parse_cmdline("ignite.selfcheck=1").selfcheck);

@@ -39,8 +39,14 @@ pub struct RecoveryArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Capture a defined guest's disks now (running or stopped), reading only what changed
-    /// since its last capture when the change log allows.
-    Capture { name: String },
+    /// since its last capture when the change log allows; or, with --server, this machine
+    /// over the network (`make_net_recovery`): its running system at file level, or the
+    /// disks or image files given with --disk at block level.
+    Capture(CaptureArgs),
+    /// Make a capture token for client NAME: for `ignite recovery capture --server` on it
+    /// (printed), or with --agent the options of its next netboot capture (boot action
+    /// `capture`).
+    Token(TokenArgs),
     /// Capture history: every attempt, with what it read and stored.
     List {
         name: Option<String>,
@@ -153,10 +159,62 @@ impl KeepArgs {
     }
 }
 
+#[derive(Args)]
+struct CaptureArgs {
+    /// The guest to capture (without --server).
+    name: Option<String>,
+    /// Capture this machine to the Ignite server at URL (`http://10.77.0.1:8080`).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The capture token (`ignite recovery token NAME` on the server).
+    #[arg(long, env = "IGNITE_CAPTURE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Block level: read these disks or image files, which must not be in use (repeat).
+    #[arg(long = "disk", value_name = "PATH")]
+    disks: Vec<PathBuf>,
+    /// File level: capture what is mounted under DIR as if it were / (default /).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// Rules, as Ignite-UX: include=X,exclude=X (X a disk /dev/vdb, a file system or path,
+    /// or DIR/* for a directory's contents); exclusions win; /, /bin, /boot, /etc, /lib,
+    /// /lib64, /sbin, /usr cannot be excluded.
+    #[arg(short = 'x', value_name = "RULES")]
+    rules: Vec<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The client's name: its captures are NAME, NAME:files, NAME:diskN.
+    name: String,
+    /// For the client's next netboot capture (boot action `capture`) instead of a live one.
+    #[arg(long)]
+    agent: bool,
+    /// What to capture: `files` or `block` (default: the client's choice; a netboot
+    /// capture takes block, a live one files).
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
+    /// Rules (see `capture -x`), checked now.
+    #[arg(short = 'x', value_name = "RULES")]
+    rules: Vec<String>,
+    /// How long the token serves: 12h, 7d, 2w (at most 366 days).
+    #[arg(long, default_value = "24h")]
+    ttl: String,
+}
+
 pub fn run(a: RecoveryArgs) -> Result<()> {
     let store_dir = a.store.clone().unwrap_or_else(|| a.state_dir.join("store"));
     match a.cmd {
-        Cmd::Capture { name } => capture(&a.state_dir, &store_dir, &name),
+        Cmd::Capture(c) if c.server.is_some() => net_capture(c),
+        Cmd::Capture(c) => match (&c.name, c.disks.is_empty() && c.rules.is_empty()) {
+            (Some(name), true) => capture(&a.state_dir, &store_dir, name),
+            (Some(_), false) => {
+                anyhow::bail!("--disk and -x are for captures over the network (--server URL)")
+            }
+            (None, _) => anyhow::bail!(
+                "name the guest to capture, or capture this machine with --server URL"
+            ),
+        },
+        Cmd::Token(t) => token(&a.state_dir, t),
         Cmd::List { name, json } => list(&a.state_dir, name.as_deref(), json),
         Cmd::Show { capture, json } => show(&store_dir, &capture, json),
         Cmd::Schedule(s) => schedule(&a.state_dir, s),
@@ -333,6 +391,90 @@ fn capture(state_dir: &Path, store_dir: &Path, name: &str) -> Result<()> {
         s.seconds
     );
     Ok(())
+}
+
+/// `capture --server`: this machine, over the network.
+fn net_capture(c: CaptureArgs) -> Result<()> {
+    use ignite_recovery::capture::{files::Rules, record::CaptureKind, remote};
+    let server = c.server.as_deref().unwrap_or_default();
+    if c.name.is_some() {
+        anyhow::bail!("with --server the token names what is captured; leave the name out");
+    }
+    let token = c.token.as_deref().context(
+        "a capture needs a token: --token TOKEN or IGNITE_CAPTURE_TOKEN (on the server: ignite recovery token NAME)",
+    )?;
+    let job = remote::Job {
+        kind: Some(if c.disks.is_empty() {
+            CaptureKind::Files
+        } else {
+            CaptureKind::Block
+        }),
+        rules: Rules::parse(&c.rules)?,
+        machine: remote::Machine::Live {
+            root: c.root,
+            images: c.disks,
+        },
+    };
+    let client = remote::Client::new(server, token);
+    let f = remote::with_progress(std::time::Duration::from_secs(10), |p| {
+        remote::capture(&client, &job, p)
+    })?;
+    println!(
+        "captured {} as {}@{} ({} capture): {} read of {}, {} new in the store, {} on the wire, {:.1} s",
+        f.name,
+        f.name,
+        short(&f.record),
+        f.kind,
+        human(f.read_bytes),
+        human(f.logical_bytes),
+        human(f.new_bytes),
+        human(f.wire_bytes),
+        f.seconds
+    );
+    Ok(())
+}
+
+/// `token NAME`: a capture token, printed.
+fn token(state_dir: &Path, t: TokenArgs) -> Result<()> {
+    use ignite_recovery::capture::files::Rules;
+    let kind = match t.kind.as_deref() {
+        None => None,
+        Some(k @ ("files" | "block")) => Some(k),
+        Some(other) => anyhow::bail!("--kind {other:?}: use files or block"),
+    };
+    let rules = Rules::parse(&t.rules)?;
+    rules.check_essentials()?;
+    let ttl = parse_ttl(&t.ttl)?;
+    let state = State::open(state_dir)?;
+    let how = if t.agent { "agent" } else { "live" };
+    if t.agent && state.find(&t.name)?.is_none() {
+        anyhow::bail!(
+            "{} is not a registered client; register it with `ignite client add MAC {}` first",
+            t.name,
+            t.name
+        );
+    }
+    let token = state.create_capture_token(&t.name, how, kind, &rules.to_args().join(","), ttl)?;
+    println!("{token}");
+    if t.agent {
+        eprintln!(
+            "the next netboot capture of {} (ignite client set {} capture) uses these options",
+            t.name, t.name
+        );
+    } else {
+        eprintln!("on {}: curl -o ignite http://SERVER:PORT/ignite && chmod +x ignite && ./ignite recovery capture --server http://SERVER:PORT --token {token}", t.name);
+    }
+    Ok(())
+}
+
+/// A token's lifetime as `schedule --every` writes durations (12h, 7d, 2w), in ms.
+fn parse_ttl(text: &str) -> Result<i64> {
+    let secs = ignite_archive::retention::parse_duration(text)
+        .with_context(|| format!("--ttl {text:?}"))?;
+    if secs > 366 * 86400 {
+        anyhow::bail!("--ttl {text:?}: a token serves at most 366 days");
+    }
+    Ok(secs * 1000)
 }
 
 fn restore_to(store_dir: &Path, spec: &str, to: &[PathBuf]) -> Result<()> {

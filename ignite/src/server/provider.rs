@@ -74,7 +74,15 @@ impl RegistryProvider {
                 }
             }
             Action::Recover(s) => cmdline += &format!(" ignite.action=recover ignite.snapshot={s}"),
-            Action::Capture => cmdline += " ignite.action=capture",
+            Action::Capture => {
+                cmdline += " ignite.action=capture";
+                match self.release_capture_token(mac, requester) {
+                    Ok(t) => cmdline += &format!(" ignite.token={t}"),
+                    Err(e) => warn_limited("capture token withheld", || {
+                        format!("capture token for {mac} withheld: {e:#}")
+                    }),
+                }
+            }
             Action::Local => {}
         }
         BootPlan::Kernel {
@@ -92,16 +100,8 @@ impl RegistryProvider {
         registered: bool,
         requester: Option<Ipv4Addr>,
     ) -> Result<String> {
-        let Some(ip) = requester else {
-            bail!("the request came from no IPv4 address");
-        };
+        let ip = self.token_address(mac, requester)?;
         let inst = &self.config.install;
-        if inst.require_lease && self.clients.mac_of(ip) != Some(mac) {
-            bail!(
-                "the request came from {ip}, which does not hold {mac}'s DHCP lease \
-                 (a client gets its token only from its own leased address)"
-            );
-        }
         if !registered {
             let open = self.state.open_unregistered_installs()?;
             if open >= inst.max_unregistered {
@@ -111,9 +111,36 @@ impl RegistryProvider {
                 );
             }
         }
-        let ttl_ms = (inst.token_ttl_secs.saturating_mul(1000)).min(i64::MAX as u64) as i64;
         self.state
-            .release_token(&mac.to_string(), profile, ip, ttl_ms)
+            .release_token(&mac.to_string(), profile, ip, self.token_ttl_ms())
+    }
+
+    /// The capture token of registered client `mac` booting to `capture`, on the terms of
+    /// an install token: only to its lease holder, bound to it, expiring.
+    fn release_capture_token(&self, mac: MacAddr, requester: Option<Ipv4Addr>) -> Result<String> {
+        let ip = self.token_address(mac, requester)?;
+        self.state
+            .release_capture_token(&mac.to_string(), ip, self.token_ttl_ms())
+    }
+
+    /// The address a token for `mac` may go to: the requester's, if it holds `mac`'s lease
+    /// (or leases are not required).
+    fn token_address(&self, mac: MacAddr, requester: Option<Ipv4Addr>) -> Result<Ipv4Addr> {
+        let Some(ip) = requester else {
+            bail!("the request came from no IPv4 address");
+        };
+        if self.config.install.require_lease && self.clients.mac_of(ip) != Some(mac) {
+            bail!(
+                "the request came from {ip}, which does not hold {mac}'s DHCP lease \
+                 (a client gets its token only from its own leased address)"
+            );
+        }
+        Ok(ip)
+    }
+
+    fn token_ttl_ms(&self) -> i64 {
+        let secs = self.config.install.token_ttl_secs;
+        secs.saturating_mul(1000).min(i64::MAX as u64) as i64
     }
 }
 
@@ -317,6 +344,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((i.token, i.bound_ip.as_deref()), (t, Some("10.0.0.101")));
+    }
+
+    #[test]
+    fn a_capture_token_goes_only_to_the_lease_holder_and_is_bound_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = provider(dir.path(), false);
+        p.state.add(VICTIM, "web1", &Action::Capture).unwrap();
+        let capture_plan = |ip| {
+            let plan = p.plan(VICTIM, ip);
+            assert!(
+                matches!(&plan, BootPlan::Kernel { cmdline, .. } if cmdline.contains("ignite.action=capture")),
+                "a client set to capture boots the agent: {plan:?}"
+            );
+            token(&plan)
+        };
+        assert_eq!(capture_plan(Some(LEASED)), None, "nobody holds a lease yet");
+        p.clients.insert(LEASED, VICTIM);
+        assert_eq!(capture_plan(Some(OTHER)), None, "not the lease holder");
+        assert_eq!(capture_plan(None), None);
+        let t = capture_plan(Some(LEASED)).expect("the lease holder gets it");
+        let row = p.state.capture_token(&t).unwrap().unwrap();
+        assert_eq!(
+            (row.how.as_str(), row.bound_ip.as_deref()),
+            ("agent", Some("10.0.0.101"))
+        );
     }
 
     #[test]

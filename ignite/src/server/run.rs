@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::admin::{self, AdminToken};
+use super::capture_api::CaptureApi;
 use super::config::{resolve, Config, Resolved, LAB_ADDRESS, LAB_INTERFACE};
 use super::install_api::InstallApi;
 use super::provider::{RegistryProvider, StepWriter};
@@ -320,6 +321,7 @@ pub fn run(cfg: Config) -> Result<()> {
             http_base: http_base.clone(),
         }))
         .merge(install_api.clone().router())
+        .merge(Arc::new(CaptureApi::new(state.clone(), cfg.store_dir())).router())
         .merge(admin::protect(
             admin::routes(state.clone()).merge(install_api.admin_router()),
             admin_token.clone(),

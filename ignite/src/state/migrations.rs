@@ -105,12 +105,29 @@ const V3: &str = "
     ALTER TABLE installs ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX IF NOT EXISTS installs_status ON installs(status);";
 
+/// Version 4: capture tokens, for captures over the network (the agent of a client booted to
+/// `capture`, or `ignite recovery capture --server` on a running one).
+const V4: &str = "
+    CREATE TABLE capture_tokens (
+        token TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        how TEXT NOT NULL,
+        kind TEXT,
+        rules TEXT NOT NULL DEFAULT '',
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        bound_ip TEXT,
+        capture_id INTEGER,
+        used INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX capture_tokens_name ON capture_tokens(name, created_ms);";
+
 /// One version step: SQL batches applied in order, in one transaction.
 type Step = &'static [&'static str];
 
 /// ignite-netboot owns the lease table's schema ([`LEASE_MIGRATIONS`]); each of its steps is
 /// applied here, in order, as part of one of ours.
-const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3]];
+const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3], &[V4]];
 
 /// The schema version this binary writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -11,8 +11,10 @@
 
 pub mod block;
 pub mod diff;
+pub mod files;
 pub mod layout;
 pub mod record;
+pub mod remote;
 pub mod retention;
 
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use ignite_archive::{Manifest, Progress, Store};
 
 use crate::disk::SnapshotDisk;
 use block::BlockDisk;
-use record::{CaptureKind, CaptureStats, DiskRecord, Record, SourceInfo};
+use record::{CaptureKind, CaptureStats, DiskRecord, FilesRecord, Record, SourceInfo};
 
 /// Reads every disk into its snapshot (see the module docs).
 pub fn read_disks(
@@ -38,6 +40,19 @@ pub fn read_disks(
         .collect()
 }
 
+/// What a capture stored besides its record.
+pub enum Content<'a> {
+    /// A block capture: each disk's index and snapshot.
+    Disks(&'a [(usize, Manifest)]),
+    /// A file capture: its tree, what it left out, and the system as the tree and the
+    /// client's disks describe it.
+    Files {
+        tree: &'a Manifest,
+        excluded: Vec<String>,
+        system: layout::SystemInfo,
+    },
+}
+
 /// Probes the captured disks and saves the record; returns the record's snapshot and the
 /// record. `stats` comes in with what the caller knows (pause, full reads, start time).
 pub fn finish(
@@ -45,42 +60,75 @@ pub fn finish(
     name: &str,
     source: SourceInfo,
     disks: &[(usize, Manifest)],
+    stats: CaptureStats,
+    started: Instant,
+) -> Result<(Manifest, Record)> {
+    finish_capture(store, name, source, Content::Disks(disks), stats, started)
+}
+
+/// [`finish`] for either kind of capture: block captures' disks are probed from the store,
+/// file captures bring their system description.
+pub fn finish_capture(
+    store: Arc<Store>,
+    name: &str,
+    source: SourceInfo,
+    content: Content,
     mut stats: CaptureStats,
     started: Instant,
 ) -> Result<(Manifest, Record)> {
-    let mut records = Vec::new();
-    let mut system = None;
-    for (index, m) in disks {
-        let view: Arc<dyn crate::disk::ImageReader + Send> =
-            Arc::new(SnapshotDisk::open(store.clone(), m)?);
-        let layout = layout::probe(view.as_ref())?;
-        if system.is_none() {
-            let info = layout::system_info(view.clone(), &layout);
-            if info.root_partition.is_some() {
-                system = Some(info);
-            }
-        }
+    let add = |stats: &mut CaptureStats, m: &Manifest| {
         stats.logical_bytes += m.stats.logical_bytes;
         stats.read_bytes += m.stats.read_bytes;
         stats.new_stored_bytes += m.stats.new_stored_bytes;
-        records.push(DiskRecord {
-            index: *index,
-            snapshot: m.id.clone(),
-            layout,
-        });
-    }
-    let system = system.unwrap_or_else(|| layout::SystemInfo {
-        notes: vec!["no disk holds an ext4 root file system with /etc".into()],
-        ..Default::default()
-    });
+    };
+    let (kind, records, files, system) = match content {
+        Content::Disks(disks) => {
+            let mut records = Vec::new();
+            let mut system = None;
+            for (index, m) in disks {
+                let view: Arc<dyn crate::disk::ImageReader + Send> =
+                    Arc::new(SnapshotDisk::open(store.clone(), m)?);
+                let layout = layout::probe(view.as_ref())?;
+                if system.is_none() {
+                    let info = layout::system_info(view.clone(), &layout);
+                    if info.root_partition.is_some() {
+                        system = Some(info);
+                    }
+                }
+                add(&mut stats, m);
+                records.push(DiskRecord {
+                    index: *index,
+                    snapshot: m.id.clone(),
+                    layout,
+                });
+            }
+            let system = system.unwrap_or_else(|| layout::SystemInfo {
+                notes: vec!["no disk holds an ext4 root file system with /etc".into()],
+                ..Default::default()
+            });
+            (CaptureKind::Block, records, None, system)
+        }
+        Content::Files {
+            tree,
+            excluded,
+            system,
+        } => {
+            add(&mut stats, tree);
+            let files = FilesRecord {
+                snapshot: tree.id.clone(),
+                excluded,
+            };
+            (CaptureKind::Files, Vec::new(), Some(files), system)
+        }
+    };
     stats.seconds = started.elapsed().as_secs_f64();
     let record = Record {
         format: record::FORMAT,
         name: name.to_string(),
-        kind: CaptureKind::Block,
+        kind,
         source,
         disks: records,
-        files: None,
+        files,
         system,
         stats,
     };

@@ -1,0 +1,846 @@
+//! Network captures, the client's side: the agent on a netbooted client (boot action
+//! `capture`), or `ignite recovery capture --server URL` on a running one. It talks to the
+//! server's capture API (`ignite/src/server/capture_api.rs`):
+//!
+//! ```text
+//! POST /api/capture/begin                    Begin (JSON) → Session (JSON)
+//! POST /api/capture/{session}/missing        chunk ids (32 bytes each) → those the store lacks
+//! POST /api/capture/{session}/chunks         chunks as stored (chunk_stream::encode_upload)
+//! GET  /api/capture/{session}/tree/{part}    the part's previous tree (archive tree encoding)
+//! POST /api/capture/{session}/commit/{part}  Draft::encode → the part's Manifest (JSON)
+//! POST /api/capture/{session}/finish         Report (JSON) → Finished (JSON)
+//! POST /api/capture/{session}/fail           why the capture failed (text)
+//! GET  /ignite                               the server's own (static) ignite binary
+//! ```
+//!
+//! Every request carries the capture token (`Authorization: Bearer TOKEN`), which names the
+//! client and what to capture. Parts are `files` (file captures) and `disk0`, `disk1`, ...
+//! (block captures; the client's disks in /sys/block order).
+//!
+//! The client reads, chunks, hashes and compresses, as a local import does (the archive's
+//! `import_*_into` against an HTTP [`ChunkSink`]); the server answers which chunks it lacks
+//! and stores only those, each checked against its id. Uploads run on [`UPLOADERS`] threads
+//! while the import goes on. While the server is away every request is retried with backoff;
+//! when it answers again without the session (it was restarted), the capture begins again:
+//! reading is redone, but what the server stored is no longer missing and is not sent again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ignite_archive::chunk_stream::{self, StoredChunk};
+use ignite_archive::snapshot::decode_tree;
+use ignite_archive::{
+    ChunkId, ChunkSink, Draft, DraftContent, FileImage, ImageSource, ImportOptions, Manifest,
+    Progress, StoreConfig,
+};
+use ignite_profiles::DiskFact;
+use serde::{Deserialize, Serialize};
+
+use super::files::{self, FileSystem, Rules, Source, View};
+use super::layout::{self, DiskLayout};
+use super::record::{disk_snapshot_name, files_snapshot_name, CaptureKind, LABEL_CAPTURE};
+
+/// Upload requests in flight while the import goes on.
+pub const UPLOADERS: usize = 4;
+/// Times a capture begins again after the server lost its session.
+const MAX_RESTARTS: usize = 20;
+/// Largest answer accepted (a tree of a large system).
+const MAX_BODY: u64 = 1 << 30;
+
+/// `POST /api/capture/begin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Begin {
+    /// What the client wants; the token's kind when absent.
+    pub kind: Option<CaptureKind>,
+    /// Rules added to the token's (`include=X`, `exclude=X`).
+    pub rules: Vec<String>,
+    /// Who is asking (host name, agent or live), for the server's log.
+    pub client: String,
+}
+
+/// The server's answer to [`Begin`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub session: String,
+    /// The client's name at the server: its captures are `NAME`, `NAME:files`, `NAME:diskN`.
+    pub name: String,
+    pub kind: CaptureKind,
+    /// The rules in force (the token's and the client's).
+    pub rules: Vec<String>,
+    /// The store's chunker, block size and compression: they decide the chunk ids.
+    pub config: StoreConfig,
+    /// Each part's latest snapshot: trees let unchanged files go unread.
+    pub parents: BTreeMap<String, Manifest>,
+}
+
+/// One disk as the client saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskReport {
+    pub index: usize,
+    pub path: String,
+    pub size: u64,
+    pub serial: Option<String>,
+    pub layout: Option<DiskLayout>,
+}
+
+/// `POST .../finish`: what the client found, for the record (its `source.facts`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub hostname: Option<String>,
+    pub mac: Option<String>,
+    pub disks: Vec<DiskReport>,
+    /// The system's file systems as it mounts them.
+    pub file_systems: Vec<FileSystem>,
+    /// Mount points (file captures) or disks (block captures) captured.
+    pub captured: Vec<String>,
+    /// What was left out and why (`/srv (rule exclude=/srv)`).
+    pub excluded: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// The server's answer to a finished capture.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finished {
+    /// The record's snapshot id.
+    pub record: String,
+    pub name: String,
+    pub kind: CaptureKind,
+    pub logical_bytes: u64,
+    pub read_bytes: u64,
+    pub new_bytes: u64,
+    /// Request and answer bodies of this capture, as the server counted them.
+    pub wire_bytes: u64,
+    pub seconds: f64,
+}
+
+/// Why a request did not get an answer worth keeping.
+enum Failure {
+    /// The server is away or overloaded: try again.
+    Transient(String),
+    /// The server does not know the session (restarted, or the session timed out).
+    Gone(String),
+    /// The server refused: its message, to show as is.
+    Refused(String),
+}
+
+/// The capture API client: a server, a token, retries.
+pub struct Client {
+    server: String,
+    token: String,
+    http: ureq::Agent,
+    /// How long to keep retrying while the server cannot be reached.
+    pub give_up_after: Duration,
+    lost: AtomicBool,
+}
+
+impl Client {
+    pub fn new(server: &str, token: &str) -> Client {
+        let http = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            // A stalled connection (server stopped, cable pulled) must not hang forever.
+            .timeout_recv_body(Some(Duration::from_secs(120)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .timeout_send_body(Some(Duration::from_secs(120)))
+            .max_idle_connections_per_host(2 * UPLOADERS + 8)
+            .build()
+            .into();
+        Client {
+            server: server.trim_end_matches('/').to_string(),
+            token: token.trim().to_string(),
+            http,
+            give_up_after: Duration::from_secs(600),
+            lost: AtomicBool::new(false),
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn once(&self, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
+        let auth = format!("Bearer {}", self.token);
+        let url = format!("{}{path}", self.server);
+        let res = match body {
+            Some(b) => self.http.post(&url).header("Authorization", &auth).send(b),
+            None => self.http.get(&url).header("Authorization", &auth).call(),
+        };
+        let mut resp = res.map_err(|e| Failure::Transient(e.to_string()))?;
+        let status = resp.status();
+        let data = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()
+            .map_err(|e| Failure::Transient(format!("reading the answer: {e}")))?;
+        let text = || String::from_utf8_lossy(&data).trim().to_string();
+        match status.as_u16() {
+            200..=299 => Ok(data),
+            410 => Err(Failure::Gone(text())),
+            // A request cut off by the server's time limit, too many requests at once, or a
+            // store briefly busy: wait and ask again.
+            408 | 429 | 500..=599 => Err(Failure::Transient(format!("{status}: {}", text()))),
+            code => Err(Failure::Refused(format!("{} ({code})", text()))),
+        }
+    }
+
+    /// One request, retried with backoff while the server is unreachable or failing; a
+    /// refusal ends it at once with the server's message.
+    fn call(&self, what: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
+        let mut since: Option<Instant> = None;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.once(path, body) {
+                Ok(r) => return Ok(r),
+                Err(Failure::Refused(m)) => bail!("server {} refused {what}: {m}", self.server),
+                Err(Failure::Gone(m)) => {
+                    self.lost.store(true, Ordering::Relaxed);
+                    bail!(
+                        "server {} lost the capture session ({what}): {m}",
+                        self.server
+                    )
+                }
+                Err(Failure::Transient(m)) => {
+                    let t0 = *since.get_or_insert_with(Instant::now);
+                    if t0.elapsed() >= self.give_up_after {
+                        bail!(
+                            "{what}: server {} has not answered for {} s (last error: {m}); check that `ignite server` runs and is reachable",
+                            self.server,
+                            self.give_up_after.as_secs()
+                        );
+                    }
+                    if wait >= Duration::from_secs(1) {
+                        tracing::warn!("{what}: {m}; retrying");
+                    }
+                    std::thread::sleep(wait.min(self.give_up_after.saturating_sub(t0.elapsed())));
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<T> {
+        let data = self.call(what, path, Some(body))?;
+        serde_json::from_slice(&data).with_context(|| {
+            format!(
+                "server {}: its answer to {what} does not parse",
+                self.server
+            )
+        })
+    }
+
+    pub fn begin(&self, b: &Begin) -> Result<Session> {
+        self.json(
+            "the capture's begin",
+            "/api/capture/begin",
+            &serde_json::to_vec(b)?,
+        )
+    }
+
+    fn missing(&self, s: &Session, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        let what = format!("which of {} chunks the store lacks", ids.len());
+        let path = format!("/api/capture/{}/missing", s.session);
+        let data = self.call(&what, &path, Some(&chunk_stream::encode_request(ids)))?;
+        if !data.len().is_multiple_of(32) || data.len() / 32 > ids.len() {
+            bail!(
+                "server {}: {what}: an answer of {} bytes",
+                self.server,
+                data.len()
+            );
+        }
+        data.chunks_exact(32)
+            .map(|b| {
+                let id = ChunkId(b.try_into().expect("32 bytes"));
+                if ids.contains(&id) {
+                    Ok(id)
+                } else {
+                    Err(anyhow!(
+                        "server {}: {what}: it names chunk {}, which was not asked about",
+                        self.server,
+                        id.to_hex()
+                    ))
+                }
+            })
+            .collect()
+    }
+
+    fn upload(&self, s: &Session, chunks: &[StoredChunk]) -> Result<()> {
+        let what = format!("an upload of {} chunks", chunks.len());
+        let path = format!("/api/capture/{}/chunks", s.session);
+        self.call(&what, &path, Some(&chunk_stream::encode_upload(chunks)))
+            .map(|_| ())
+    }
+
+    /// The previous tree of part `part`, if the server named one.
+    fn parent_tree(
+        &self,
+        s: &Session,
+        part: &str,
+    ) -> Result<Option<(Manifest, Vec<ignite_archive::Entry>)>> {
+        let Some(m) = s.parents.get(part) else {
+            return Ok(None);
+        };
+        let what = format!("the previous tree of {}", m.name);
+        let data = self.call(
+            &what,
+            &format!("/api/capture/{}/tree/{part}", s.session),
+            None,
+        )?;
+        let entries =
+            decode_tree(&m.id, &data).with_context(|| format!("server {}: {what}", self.server))?;
+        Ok(Some((m.clone(), entries)))
+    }
+
+    fn commit(&self, s: &Session, part: &str, draft: &Draft) -> Result<Manifest> {
+        let path = format!("/api/capture/{}/commit/{part}", s.session);
+        self.json(&format!("the commit of {part}"), &path, &draft.encode()?)
+    }
+
+    fn finish(&self, s: &Session, report: &Report) -> Result<Finished> {
+        let path = format!("/api/capture/{}/finish", s.session);
+        self.json("the capture's end", &path, &serde_json::to_vec(report)?)
+    }
+
+    /// Tells the server why the capture failed (once, no retries: it may be why).
+    fn fail(&self, s: &Session, why: &str) {
+        let path = format!("/api/capture/{}/fail", s.session);
+        if let Err(Failure::Transient(e) | Failure::Refused(e) | Failure::Gone(e)) =
+            self.once(&path, Some(why.as_bytes()))
+        {
+            tracing::warn!("could not report the failure to {}: {e}", self.server);
+        }
+    }
+}
+
+/// The capture's chunks go to the server: `missing` asks, `put` queues an upload that one of
+/// the uploader threads sends (the import goes on meanwhile).
+///
+/// After a failure a sink that `drains` takes everything without asking the server (nothing
+/// is missing), so that the import runs to its end and the failure is reported then. Directory
+/// imports need this: an error out of the sink can leave `import_dir_into`'s walk waiting
+/// forever on the queue of its file readers, which stopped on that error.
+struct HttpSink<'a> {
+    client: &'a Client,
+    session: &'a Session,
+    drains: bool,
+    queue: Mutex<Option<SyncSender<Vec<StoredChunk>>>>,
+    failed: Mutex<Option<anyhow::Error>>,
+}
+
+fn sink_error(e: &anyhow::Error) -> ignite_archive::Error {
+    ignite_archive::Error::Invalid(format!("{e:#}"))
+}
+
+impl HttpSink<'_> {
+    /// Records the capture's first failure.
+    fn failed(&self, e: anyhow::Error) {
+        let mut failed = self.failed.lock().unwrap();
+        if failed.is_none() && self.drains {
+            note(&format!(
+                "capture: {e:#}; reading on to the end of the walk without sending"
+            ));
+        }
+        failed.get_or_insert(e);
+    }
+
+    /// After a failure: what a sink that drains answers, or the failure.
+    fn after_failure<T>(&self, drained: T) -> Option<ignite_archive::Result<T>> {
+        let failed = self.failed.lock().unwrap();
+        let e = failed.as_ref()?;
+        Some(if self.drains {
+            Ok(drained)
+        } else {
+            Err(sink_error(e))
+        })
+    }
+}
+
+impl ChunkSink for HttpSink<'_> {
+    fn config(&self) -> &StoreConfig {
+        &self.session.config
+    }
+
+    fn missing(&self, ids: &[ChunkId]) -> ignite_archive::Result<Vec<ChunkId>> {
+        if let Some(r) = self.after_failure(Vec::new()) {
+            return r;
+        }
+        match self.client.missing(self.session, ids) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                self.failed(e);
+                self.after_failure(Vec::new()).expect("failed just now")
+            }
+        }
+    }
+
+    fn put(&self, chunks: &[StoredChunk]) -> ignite_archive::Result<()> {
+        if let Some(r) = self.after_failure(()) {
+            return r;
+        }
+        let tx = self.queue.lock().unwrap().clone();
+        let sent = tx.is_some_and(|tx| tx.send(chunks.to_vec()).is_ok());
+        if !sent {
+            return Err(ignite_archive::Error::Invalid(
+                "the uploads have stopped".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` with an HTTP sink whose uploads run on [`UPLOADERS`] threads; returns once every
+/// upload is done, with the first error if any. `drains`: see [`HttpSink`].
+fn with_sink<R>(
+    client: &Client,
+    session: &Session,
+    drains: bool,
+    f: impl FnOnce(&HttpSink) -> Result<R>,
+) -> Result<R> {
+    let (tx, rx) = sync_channel::<Vec<StoredChunk>>(UPLOADERS);
+    let rx = Mutex::new(rx);
+    let sink = HttpSink {
+        client,
+        session,
+        drains,
+        queue: Mutex::new(Some(tx)),
+        failed: Mutex::new(None),
+    };
+    let r = std::thread::scope(|s| {
+        for _ in 0..UPLOADERS {
+            let (sink, rx) = (&sink, &rx);
+            s.spawn(move || loop {
+                let Ok(batch) = rx.lock().unwrap().recv() else {
+                    return;
+                };
+                // After a failure the queue is still drained, so no put blocks forever.
+                if sink.failed.lock().unwrap().is_some() {
+                    continue;
+                }
+                if let Err(e) = sink.client.upload(sink.session, &batch) {
+                    sink.failed(e);
+                }
+            });
+        }
+        let r = f(&sink);
+        sink.queue.lock().unwrap().take(); // uploaders finish the queue and exit
+        r
+    });
+    if let Some(e) = sink.failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    r
+}
+
+/// The machine to capture.
+pub enum Machine {
+    /// The agent on a netbooted client: its disks, nothing mounted.
+    Agent { mac: String, disks: Vec<DiskFact> },
+    /// A running system: at file level, what is mounted under `root` (`/`: all of it); or,
+    /// with `images`, those disks or image files (not in use) at block level.
+    Live { root: PathBuf, images: Vec<PathBuf> },
+}
+
+/// A capture to run.
+pub struct Job {
+    pub machine: Machine,
+    /// What to ask for (the token's kind when `None`).
+    pub kind: Option<CaptureKind>,
+    /// Rules added to the token's.
+    pub rules: Rules,
+}
+
+impl Job {
+    fn describe(&self) -> String {
+        let host = hostname().unwrap_or_else(|| "?".into());
+        match &self.machine {
+            Machine::Agent { mac, .. } => format!("agent on {mac}"),
+            Machine::Live { .. } => format!("live on {host}, ignite {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Runs a capture to its end (see the module docs); begins again when the server lost the
+/// session, up to [`MAX_RESTARTS`] times. A failure is reported to the server.
+pub fn capture(client: &Client, job: &Job, progress: &Progress) -> Result<Finished> {
+    if matches!(job.machine, Machine::Live { .. }) {
+        files::private_mounts()?;
+    }
+    let begin = Begin {
+        kind: job.kind,
+        rules: job.rules.to_args(),
+        client: job.describe(),
+    };
+    let mut restarts = 0;
+    loop {
+        client.lost.store(false, Ordering::Relaxed);
+        let s = client.begin(&begin)?;
+        progress.store(0, Ordering::Relaxed);
+        match run(client, &s, job, progress) {
+            Ok(f) => return Ok(f),
+            Err(e) if client.lost.load(Ordering::Relaxed) && restarts < MAX_RESTARTS => {
+                restarts += 1;
+                note(&format!("capture: {e:#}; beginning again ({restarts}/{MAX_RESTARTS}): what the server stored is not sent again"));
+            }
+            Err(e) => {
+                client.fail(&s, &format!("{e:#}"));
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn run(client: &Client, s: &Session, job: &Job, progress: &Progress) -> Result<Finished> {
+    let rules = Rules::parse(&s.rules).context("the rules the server sent")?;
+    let report = match (&job.machine, s.kind) {
+        (Machine::Live { root, images }, CaptureKind::Files) => {
+            if !images.is_empty() {
+                bail!("disks and image files are captured at block level; leave --disk out for a file capture");
+            }
+            let (fss, swaps) = files::live_system(root)?;
+            let mut report = Report {
+                hostname: hostname(),
+                disks: live_disks(),
+                ..Default::default()
+            };
+            capture_files(
+                client,
+                s,
+                &rules,
+                fss,
+                &swaps,
+                Source::Live,
+                &mut report,
+                progress,
+            )?;
+            report
+        }
+        (Machine::Live { images, .. }, CaptureKind::Block) => {
+            if images.is_empty() {
+                bail!("a live system is captured at file level; for a block capture name the disks or image files to read (--disk), which must not be in use");
+            }
+            if !rules.include.is_empty() || !rules.exclude.is_empty() {
+                bail!("include/exclude rules apply to file captures and netboot block captures; a live block capture reads the disks it is given");
+            }
+            let disks: Vec<(usize, PathBuf)> = images.iter().cloned().enumerate().collect();
+            let mut report = Report::default();
+            for (i, p) in &disks {
+                let img = FileImage::open(p).with_context(|| format!("disk {}", p.display()))?;
+                report.disks.push(DiskReport {
+                    index: *i,
+                    path: p.display().to_string(),
+                    size: ignite_archive::ImageReader::size(&img),
+                    serial: None,
+                    layout: layout::probe(&img).ok(),
+                });
+            }
+            capture_block(client, s, &disks, &mut report, progress)?;
+            report
+        }
+        (Machine::Agent { mac, disks }, kind) => {
+            let found = files::device_system(disks)?;
+            let mut report = Report {
+                hostname: found.hostname.clone(),
+                mac: Some(mac.clone()),
+                disks: disks
+                    .iter()
+                    .enumerate()
+                    .map(|(index, d)| DiskReport {
+                        index,
+                        path: d.path.clone(),
+                        size: d.size,
+                        serial: d.serial.clone(),
+                        layout: found
+                            .layouts
+                            .iter()
+                            .find(|(p, _)| *p == d.path)
+                            .map(|(_, l)| l.clone()),
+                    })
+                    .collect(),
+                notes: found.notes.clone(),
+                ..Default::default()
+            };
+            match kind {
+                CaptureKind::Files => {
+                    if found.file_systems.is_empty() {
+                        bail!("no file system on the disks holds /etc/fstab, so the system's mount table is unknown; capture the disks at block level instead");
+                    }
+                    capture_files(
+                        client,
+                        s,
+                        &rules,
+                        found.file_systems,
+                        &found.swap_files,
+                        Source::Devices,
+                        &mut report,
+                        progress,
+                    )?;
+                }
+                CaptureKind::Block => {
+                    let chosen = choose_disks(disks, &found.file_systems, &rules, &mut report)?;
+                    capture_block(client, s, &chosen, &mut report, progress)?;
+                }
+            }
+            report
+        }
+    };
+    client.finish(s, &report)
+}
+
+/// This machine's host name (the kernel's, as `hostname` prints it).
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_string()).filter(|n| !n.is_empty())
+}
+
+/// The disks of the running system, with their layouts (read from the devices).
+fn live_disks() -> Vec<DiskReport> {
+    crate::facts::disks(Path::new("/sys/block"))
+        .into_iter()
+        .enumerate()
+        .map(|(index, d)| DiskReport {
+            index,
+            layout: FileImage::open(Path::new(&d.path))
+                .ok()
+                .and_then(|img| layout::probe(&img).ok()),
+            path: d.path,
+            size: d.size,
+            serial: d.serial,
+        })
+        .collect()
+}
+
+/// The disks a netboot block capture takes: those holding the system (all of them when no
+/// mount table was found), plus includes, less exclusions; rules name disks only.
+fn choose_disks(
+    disks: &[DiskFact],
+    fss: &[FileSystem],
+    rules: &Rules,
+    report: &mut Report,
+) -> Result<Vec<(usize, PathBuf)>> {
+    use files::Target;
+    if let Some(t) = rules
+        .include
+        .iter()
+        .chain(&rules.exclude)
+        .find(|t| !matches!(t, Target::Disk(_)))
+    {
+        bail!("a block capture takes whole disks: rule {t} is not a disk (/dev/NAME); paths are for file captures");
+    }
+    let names: Vec<String> = disks.iter().map(|d| d.path.clone()).collect();
+    files::check_disk_rules(rules, fss, &names)?;
+    let system = files::essential_disks(fss);
+    if system.is_empty() {
+        report
+            .notes
+            .push("no mount table found: every disk is captured".into());
+    }
+    let mut chosen = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        let rule = |list: &[Target]| list.iter().any(|t| *t == Target::Disk(d.path.clone()));
+        if rule(&rules.exclude) {
+            report
+                .excluded
+                .push(format!("{} (rule exclude={})", d.path, d.path));
+        } else if system.is_empty() || system.contains(&d.path) || rule(&rules.include) {
+            chosen.push((i, PathBuf::from(&d.path)));
+        } else {
+            report.notes.push(format!(
+                "{} not captured: it holds no part of the system; include={} takes it",
+                d.path, d.path
+            ));
+        }
+    }
+    Ok(chosen)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn capture_files(
+    client: &Client,
+    s: &Session,
+    rules: &Rules,
+    fss: Vec<FileSystem>,
+    swaps: &[String],
+    source: Source,
+    report: &mut Report,
+    progress: &Progress,
+) -> Result<()> {
+    let sel = files::select(&fss, rules, swaps)?;
+    report.file_systems = fss;
+    report.captured = sel.file_systems.iter().map(|f| f.mount.clone()).collect();
+    report.excluded = sel
+        .excluded
+        .iter()
+        .map(|(t, why)| format!("{t} ({why})"))
+        .collect();
+    report.notes.extend(sel.notes.iter().cloned());
+    let view = View::build(&sel, source)?;
+    report.notes.extend(view.notes.iter().cloned());
+    let parent = client.parent_tree(s, "files")?;
+    let mut opts = ImportOptions::new(&files_snapshot_name(&s.name));
+    opts.labels.insert(LABEL_CAPTURE.into(), "files".into());
+    // The view's file systems are separate mounts: the walk crosses them.
+    opts.one_file_system = false;
+    let mut draft = with_sink(client, s, true, |sink| {
+        let parent = parent.as_ref().map(|(m, e)| (m, e.as_slice()));
+        Ok(ignite_archive::import_dir_into(
+            sink,
+            view.root(),
+            &opts,
+            parent,
+            progress,
+        )?)
+    })
+    .context("reading the file systems")?;
+    if let DraftContent::Tree(entries) = &mut draft.content {
+        view.filter(entries);
+    }
+    drop(view);
+    client.commit(s, "files", &draft)?;
+    Ok(())
+}
+
+fn capture_block(
+    client: &Client,
+    s: &Session,
+    disks: &[(usize, PathBuf)],
+    report: &mut Report,
+    progress: &Progress,
+) -> Result<()> {
+    for (index, path) in disks {
+        let img = FileImage::open(path).with_context(|| format!("disk {}", path.display()))?;
+        let mut opts = ImportOptions::new(&disk_snapshot_name(&s.name, *index));
+        opts.labels.insert(LABEL_CAPTURE.into(), "disk".into());
+        let draft = with_sink(client, s, false, |sink| {
+            let src = ImageSource {
+                reader: &img,
+                changed: None,
+            };
+            Ok(ignite_archive::import_image_into(
+                sink, src, &opts, None, progress,
+            )?)
+        })
+        .with_context(|| format!("reading disk {}", path.display()))?;
+        client.commit(s, &format!("disk{index}"), &draft)?;
+        report.captured.push(path.display().to_string());
+    }
+    Ok(())
+}
+
+/// A line on stderr (the agent's console, the live capture's terminal). A terminal that went
+/// away (a getty hung up the console, a closed ssh session) must not end the capture.
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Runs `f` with a progress counter, printing how far it got every `every` on stderr.
+pub fn with_progress<R>(every: Duration, f: impl FnOnce(&Progress) -> R) -> R {
+    /// Stops the printer however `f` ends: a panic in `f` would otherwise leave the scope
+    /// waiting for the printer forever.
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let progress = Progress::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let t0 = Instant::now();
+            let mut last = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= every {
+                    last = Instant::now();
+                    note(&format!(
+                        "capture: {} MiB read in {} s",
+                        progress.load(Ordering::Relaxed) >> 20,
+                        t0.elapsed().as_secs()
+                    ));
+                }
+            }
+        });
+        let _done = Done(&done);
+        f(&progress)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory import whose server went away ends with the server's error: it does
+    /// not hang, and it does not claim success.
+    #[test]
+    fn a_file_import_whose_server_is_gone_ends_with_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3000 {
+            std::fs::write(
+                dir.path().join(format!("f{i}")),
+                format!("{i}").repeat(3000),
+            )
+            .unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            // Nothing listens on port 1: every request fails until the client gives up.
+            let mut client = Client::new("http://127.0.0.1:1", "t");
+            client.give_up_after = Duration::from_millis(300);
+            let session = Session {
+                session: "s".into(),
+                name: "n".into(),
+                kind: CaptureKind::Files,
+                rules: Vec::new(),
+                config: StoreConfig::default(),
+                parents: BTreeMap::new(),
+            };
+            let r = with_sink(&client, &session, true, |sink| {
+                let opts = ImportOptions::new("n:files");
+                Ok(ignite_archive::import_dir_into(
+                    sink,
+                    &root,
+                    &opts,
+                    None,
+                    &Progress::new(0),
+                )?)
+            });
+            let _ = tx.send(r.map(|_| ()).map_err(|e| format!("{e:#}")));
+        });
+        let r = rx.recv_timeout(Duration::from_secs(120));
+        match r {
+            Ok(Err(e)) => assert!(e.contains("has not answered"), "{e}"),
+            other => panic!("expected the server's error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_panic_under_progress_ends_it_instead_of_hanging() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(|| {
+                with_progress(Duration::from_millis(1), |_| -> () {
+                    panic!("stderr went away")
+                })
+            });
+            let _ = tx.send(r.is_err());
+        });
+        let panicked = rx.recv_timeout(Duration::from_secs(30));
+        assert_eq!(
+            panicked,
+            Ok(true),
+            "with_progress did not return after a panic"
+        );
+    }
+}
