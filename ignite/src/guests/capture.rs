@@ -167,6 +167,24 @@ pub struct StepReply {
     pub error: Option<String>,
 }
 
+impl StepReply {
+    /// The reply to a commit: its outcome, and the pause it cost when it succeeded.
+    pub fn committed(result: Result<()>, pause_ms: u64) -> StepReply {
+        match result {
+            Ok(()) => StepReply {
+                ok: true,
+                pause_ms,
+                error: None,
+            },
+            Err(e) => StepReply {
+                ok: false,
+                pause_ms: 0,
+                error: Some(format!("{e:#}")),
+            },
+        }
+    }
+}
+
 /// `IMAGE.ignite-base`: the disk snapshot the image's change map is relative to, and the
 /// image's modification time when that was last known to be true.
 pub fn base_path(image: &Path) -> PathBuf {
@@ -398,18 +416,7 @@ pub fn serve(
             Step::Commit { snapshots } => {
                 drop(holds.take());
                 session.release();
-                let reply = match session.commit(&snapshots) {
-                    Ok(()) => StepReply {
-                        ok: true,
-                        pause_ms: 0,
-                        error: None,
-                    },
-                    Err(e) => StepReply {
-                        ok: false,
-                        pause_ms: 0,
-                        error: Some(format!("{e:#}")),
-                    },
-                };
+                let reply = StepReply::committed(session.commit(&snapshots), 0);
                 let _ = conn.send(&reply);
                 return "capture committed".into();
             }

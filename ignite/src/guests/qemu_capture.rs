@@ -141,18 +141,8 @@ pub fn serve(
             }
             Ok(Some(Step::Commit { snapshots })) => {
                 view.close();
-                let reply = match commit(qmp, &mut b, &snapshots) {
-                    Ok(()) => StepReply {
-                        ok: true,
-                        pause_ms: pause.as_millis() as u64,
-                        error: None,
-                    },
-                    Err(e) => StepReply {
-                        ok: false,
-                        pause_ms: 0,
-                        error: Some(format!("{e:#}")),
-                    },
-                };
+                let reply =
+                    StepReply::committed(commit(qmp, &mut b, &snapshots), pause.as_millis() as u64);
                 let _ = conn.send(&reply);
                 return "capture committed".into();
             }

@@ -61,20 +61,7 @@ const MIN_FREE: u64 = 1 << 30;
 /// Parts of a block capture: disk0 .. disk255.
 const MAX_DISKS: usize = 256;
 
-/// A refusal: status and a one-line message.
-pub struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, format!("{}\n", self.1)).into_response()
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("server: {e:#}"))
-}
-
-type ApiResult<T> = Result<T, ApiError>;
+use super::api_error::{internal, ApiError, ApiResult};
 
 /// One capture in progress.
 struct Session {

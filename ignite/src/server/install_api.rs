@@ -53,20 +53,7 @@ pub const MAX_REPLY_BYTES: u64 = chunk_stream::MAX_REPLY_BYTES;
 // The agent's export asks for at most this many at once.
 const _: () = assert!(ignite_archive::BATCH_CHUNKS <= MAX_BATCH);
 
-/// A refusal: status and a one-line message.
-pub struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, format!("{}\n", self.1)).into_response()
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("server: {e:#}"))
-}
-
-type ApiResult<T> = Result<T, ApiError>;
+use super::api_error::{internal, ApiError, ApiResult};
 
 /// A snapshot's tree as served, and the chunks it may ask for.
 struct Tree {

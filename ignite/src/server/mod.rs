@@ -1,6 +1,7 @@
 //! The `ignite server` daemon: DHCP (or proxyDHCP), TFTP and HTTP in one process.
 
 pub mod admin;
+pub mod api_error;
 pub mod capture_api;
 pub mod chunk_cache;
 pub mod config;
