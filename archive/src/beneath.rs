@@ -34,7 +34,7 @@ pub fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-fn open_dir_at(dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
+fn path_dir_at(dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
 }
@@ -51,6 +51,11 @@ impl Beneath {
             root,
             path: target.to_path_buf(),
         })
+    }
+
+    /// The opened target.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
     }
 
     /// Where `rel` is, for messages.
@@ -72,26 +77,45 @@ impl Beneath {
     /// The directory `rel` (normalized, relative; empty is the target) as an `O_PATH`
     /// descriptor, for `*at` calls. With `create`, missing directories are made.
     pub fn dir(&self, rel: &[u8], create: bool) -> Result<OwnedFd> {
-        let mut fd = self.root.try_clone().at(&self.path)?;
         if rel.is_empty() {
-            return Ok(fd);
+            return self.root.try_clone().at(&self.path);
         }
-        let mut at = 0;
-        for comp in rel.split(|&b| b == b'/') {
+        self.dir_below(self.root.as_fd(), b"", rel, create)
+    }
+
+    /// The same, walking from the opened directory `base` at `base_rel`, an ancestor of `rel`
+    /// (or the target, with `base_rel` empty).
+    pub fn dir_below(
+        &self,
+        base: BorrowedFd,
+        base_rel: &[u8],
+        rel: &[u8],
+        create: bool,
+    ) -> Result<OwnedFd> {
+        let rest = if base_rel.is_empty() {
+            rel
+        } else {
+            &rel[base_rel.len() + 1..]
+        };
+        let mut at = rel.len() - rest.len();
+        let mut fd: Option<OwnedFd> = None;
+        for comp in rest.split(|&b| b == b'/') {
             let end = at + comp.len();
             let sofar = &rel[..end];
-            let next = match open_dir_at(fd.as_fd(), comp) {
+            let parent = fd.as_ref().map_or(base, |f| f.as_fd());
+            let next = match path_dir_at(parent, comp) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                    match rustix::fs::mkdirat(&fd, comp, Mode::from_raw_mode(IMPLIED_DIR_MODE)) {
+                    let mode = Mode::from_raw_mode(IMPLIED_DIR_MODE);
+                    match rustix::fs::mkdirat(parent, comp, mode) {
                         Err(e) if e != rustix::io::Errno::EXIST => {
                             return Err(io::Error::from(e)).at(self.path(sofar))
                         }
-                        _ => open_dir_at(fd.as_fd(), comp),
+                        _ => path_dir_at(parent, comp),
                     }
                 }
                 r => r,
             };
-            fd = match next {
+            fd = Some(match next {
                 Ok(fd) => fd,
                 // A symlink (or a file) where a directory must be: never followed.
                 Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
@@ -104,10 +128,10 @@ impl Beneath {
                     ))
                 }
                 Err(e) => return Err(e).at(self.path(sofar)),
-            };
+            });
             at = end + 1;
         }
-        Ok(fd)
+        Ok(fd.expect("rel has at least one component"))
     }
 
     /// Opens the directory `rel` itself for reading, to set its metadata on the descriptor.
@@ -121,12 +145,20 @@ impl Beneath {
         }
         let (parent, name) = split_parent(rel);
         let dir = self.dir(parent, false)?;
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&dir, name, flags, Mode::empty())
-            .map_err(io::Error::from)
-            .at(self.path(rel))?;
-        Ok(File::from(fd))
+        open_dir_at(dir.as_fd(), name).at(self.path(rel))
     }
+}
+
+/// Opens the directory `name` in `dir` for reading (to set its metadata on the descriptor);
+/// a symlink there is an error.
+pub fn open_dir_at(dir: BorrowedFd, name: &[u8]) -> io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(File::from(rustix::fs::openat(
+        dir,
+        name,
+        flags,
+        Mode::empty(),
+    )?))
 }
 
 /// Makes something at `name` in `dir` with `make`. What is already there is replaced,
@@ -155,8 +187,9 @@ fn replacing(
     make().map(|()| true).map_err(Into::into)
 }
 
-/// A new, empty regular file (an existing one, or a symlink, is replaced, never opened).
-pub fn create_file(dir: BorrowedFd, name: &[u8]) -> io::Result<File> {
+/// A new, empty regular file with permission bits `mode` (less the umask); an existing one,
+/// or a symlink, is replaced, never opened.
+pub fn create_file(dir: BorrowedFd, name: &[u8], mode: u32) -> io::Result<File> {
     let mut file = None;
     replacing(dir, name, false, || {
         let flags =
@@ -165,7 +198,7 @@ pub fn create_file(dir: BorrowedFd, name: &[u8]) -> io::Result<File> {
             dir,
             name,
             flags,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(mode & 0o777),
         )?);
         Ok(())
     })?;
@@ -207,6 +240,14 @@ pub fn make_link(
         rustix::fs::linkat(old_dir, old_name, dir, name, AtFlags::empty())
     })
     .map(drop)
+}
+
+/// This process's umask, from /proc (reading it with umask(2) would change it for a moment
+/// under other threads); None if /proc does not say.
+pub fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// Mode of `name` in `dir`, refusing to follow a symlink (the C library resolves it through
@@ -276,7 +317,7 @@ mod tests {
     fn making_over_a_symlink_replaces_it() {
         let (t, target, b) = sentinel();
         let root = b.dir(b"", false).unwrap();
-        let mut f = create_file(root.as_fd(), b"to-victim").unwrap();
+        let mut f = create_file(root.as_fd(), b"to-victim", 0o600).unwrap();
         f.write_all(b"mine").unwrap();
         assert_eq!(fs::read(t.path().join("victim")).unwrap(), b"precious");
         assert_eq!(fs::read(target.join("to-victim")).unwrap(), b"mine");
@@ -289,7 +330,7 @@ mod tests {
         let d = b.dir(b"a/b", true).unwrap();
         assert!(make_dir(d.as_fd(), b"c").unwrap(), "made");
         assert!(!make_dir(d.as_fd(), b"c").unwrap(), "kept");
-        assert!(create_file(d.as_fd(), b"c").is_err());
+        assert!(create_file(d.as_fd(), b"c", 0o600).is_err());
         chmod_nofollow(root.as_fd(), b"to-parent", 0o640).unwrap();
         make_symlink(root.as_fd(), b"link", b"/etc/shadow").unwrap();
         assert!(chmod_nofollow(root.as_fd(), b"link", 0o4777).is_err());

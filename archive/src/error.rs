@@ -40,12 +40,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Attaches a path to an `io::Error`, so messages say which file failed.
 pub trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+    /// The same, the path made only on error (for hot paths).
+    fn at_with(self, path: impl FnOnce() -> PathBuf) -> Result<T>;
 }
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.at_with(|| path.into())
+    }
+
+    fn at_with(self, path: impl FnOnce() -> PathBuf) -> Result<T> {
         self.map_err(|source| Error::Io {
-            path: path.into(),
+            path: path(),
             source,
         })
     }

@@ -7,13 +7,20 @@
 //! the target before.
 //!
 //! Order, so that hard links and directory times come out right:
-//! 1. in tree order: directories (owner-only while being filled), symlinks, fifos and
-//!    device nodes, the last three with their metadata;
-//! 2. in parallel: regular files, each created, filled and given its owner, mode, xattrs and
-//!    times on one descriptor; small files in groups whose chunks are fetched in one batch;
+//! 1. directories (owner-only while being filled), a depth at a time; then symlinks, fifos
+//!    and device nodes with their metadata;
+//! 2. regular files, each created with its permission bits, filled, and given its owner,
+//!    xattrs and times on the one descriptor; small files in groups whose chunks are
+//!    fetched in one batch, big files a batch at a time;
 //! 3. hard links, to the files of step 2;
-//! 4. directories' metadata, deepest first, in parallel within a depth: making their
-//!    contents is what changes directories' times.
+//! 4. directories' metadata, deepest first: making their contents is what changes
+//!    directories' times.
+//!
+//! Every step but 3 runs on all threads of the current rayon pool, each taking the next
+//! item in tree order (pack reads follow the packs) and keeping the directories it used
+//! open (a directory is opened from its nearest open ancestor: one `openat`). Per file that
+//! is `openat`, the writes, `futimens` and `close`; owner, mode and size are set only where
+//! creating the file did not already get them right.
 
 use crate::beneath::{self, split_parent, Beneath};
 use crate::chunk_source::{ChunkSource, BATCH_BYTES, BATCH_CHUNKS};
@@ -30,7 +37,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ExportStats {
@@ -65,30 +73,47 @@ pub fn export_tree(
         progress,
         // SAFETY: geteuid has no preconditions.
         as_root: unsafe { libc::geteuid() } == 0,
+        // SAFETY: no preconditions.
+        ids: unsafe { (libc::geteuid(), libc::getegid()) },
+        umask: beneath::umask(),
     };
     let mut stats = ExportStats {
         entries: entries.len() as u64,
         ..Default::default()
     };
 
-    // 1. Directories, symlinks and special files, in tree order.
-    let mut parents = Parents::new(&x.root, true);
-    for e in entries.iter().filter(|e| !e.path.is_empty()) {
-        let (parent, name) = split_parent(&e.path);
-        let dir = parents.get(parent)?;
-        if !x.make_node(dir, name, e)? {
-            stats.skipped_devices += 1;
-        }
+    // 1. Directories, a depth at a time (each before what is in it), then symlinks, fifos
+    //    and device nodes.
+    let depth = |e: &Entry| match e.path.is_empty() {
+        true => 0,
+        false => 1 + e.path.iter().filter(|&&b| b == b'/').count(),
+    };
+    let mut by_depth: BTreeMap<usize, Vec<&Entry>> = BTreeMap::new();
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+        by_depth.entry(depth(e)).or_default().push(e);
     }
+    let make = |parents: &mut Parents, e: &&Entry| -> Result<u64> {
+        let (parent, name) = split_parent(&e.path);
+        Ok(u64::from(!x.make_node(parents.get(parent)?, name, e)?))
+    };
+    for level in by_depth.range(1..).map(|(_, l)| l) {
+        in_order(&x.root, true, level, make)?;
+    }
+    let special: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| {
+            !matches!(
+                e.kind,
+                EntryKind::Dir | EntryKind::File { .. } | EntryKind::HardLink { .. }
+            )
+        })
+        .collect();
+    stats.skipped_devices = in_order(&x.root, true, &special, make)?;
 
-    // 2. Regular files, in parallel.
-    stats.bytes = file_units(entries)
-        .par_iter()
-        .map_init(
-            || Parents::new(&x.root, false),
-            |parents, unit| x.write_unit(parents, unit),
-        )
-        .sum::<Result<u64>>()?;
+    // 2. Regular files.
+    stats.bytes = in_order(&x.root, true, &file_units(entries), |parents, unit| {
+        x.write_unit(parents, unit)
+    })?;
 
     // 3. Hard links.
     let mut parents = Parents::new(&x.root, false);
@@ -103,25 +128,22 @@ pub fn export_tree(
     }
 
     // 4. Directories' metadata, deepest first.
-    let mut by_depth: BTreeMap<usize, Vec<&Entry>> = BTreeMap::new();
-    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
-        let depth = if e.path.is_empty() {
-            0
-        } else {
-            1 + e.path.iter().filter(|&&b| b == b'/').count()
-        };
-        by_depth.entry(depth).or_default().push(e);
-    }
     for level in by_depth.values().rev() {
-        level.par_iter().try_for_each(|e| {
-            let dir = x.root.open_dir(&e.path)?;
-            x.set_meta_fd(&dir, e)
+        in_order(&x.root, false, level, |parents, e| {
+            let dir = if e.path.is_empty() {
+                x.root.open_dir(b"")?
+            } else {
+                let (p, n) = split_parent(&e.path);
+                beneath::open_dir_at(parents.get(p)?, n).at(x.root.path(&e.path))?
+            };
+            x.set_meta_fd(&dir, e, false).map(|()| 0)
         })?;
     }
     Ok(stats)
 }
 
-/// Directory descriptors recently used (entries of one directory come together).
+/// Directory descriptors recently used: entries of one directory come together, and a
+/// directory is opened from its nearest open ancestor, so most lookups cost one `openat`.
 struct Parents<'a> {
     root: &'a Beneath,
     create: bool,
@@ -129,7 +151,7 @@ struct Parents<'a> {
 }
 
 impl<'a> Parents<'a> {
-    const KEEP: usize = 8;
+    const KEEP: usize = 16;
 
     fn new(root: &'a Beneath, create: bool) -> Self {
         Parents {
@@ -140,18 +162,68 @@ impl<'a> Parents<'a> {
     }
 
     fn get(&mut self, path: &[u8]) -> Result<BorrowedFd<'_>> {
-        let i = match self.recent.iter().position(|(p, _)| p == path) {
-            Some(i) => i,
-            None => {
-                let fd = self.root.dir(path, self.create)?;
-                if self.recent.len() == Self::KEEP {
-                    self.recent.remove(0);
-                }
-                self.recent.push((path.to_vec(), fd));
-                self.recent.len() - 1
-            }
+        if path.is_empty() {
+            return Ok(self.root.root());
+        }
+        if let Some(i) = self.recent.iter().position(|(p, _)| p == path) {
+            return Ok(self.recent[i].1.as_fd());
+        }
+        let below = |p: &[u8]| path.len() > p.len() && path.starts_with(p) && path[p.len()] == b'/';
+        let base = self
+            .recent
+            .iter()
+            .filter(|(p, _)| below(p))
+            .max_by_key(|(p, _)| p.len());
+        let fd = match base {
+            Some((p, fd)) => self.root.dir_below(fd.as_fd(), p, path, self.create)?,
+            None => self
+                .root
+                .dir_below(self.root.root(), b"", path, self.create)?,
         };
-        Ok(self.recent[i].1.as_fd())
+        if self.recent.len() == Self::KEEP {
+            self.recent.remove(0);
+        }
+        self.recent.push((path.to_vec(), fd));
+        Ok(self.recent.last().expect("pushed").1.as_fd())
+    }
+}
+
+/// Runs `f` on every item on the current rayon pool's threads, taking items in order (so
+/// that pack reads follow the packs, and each thread's directory cache stays warm); the sum
+/// of what `f` returns, or the first error.
+fn in_order<T: Sync>(
+    root: &Beneath,
+    create: bool,
+    items: &[T],
+    f: impl Fn(&mut Parents, &T) -> Result<u64> + Sync,
+) -> Result<u64> {
+    let next = AtomicUsize::new(0);
+    let total = AtomicU64::new(0);
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let workers = rayon::current_num_threads().min(items.len());
+    rayon::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|_| {
+                let mut parents = Parents::new(root, create);
+                while failure.lock().unwrap().is_none() {
+                    let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
+                    match f(&mut parents, item) {
+                        Ok(n) => {
+                            total.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failure.lock().unwrap().get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match failure.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(total.into_inner()),
     }
 }
 
@@ -232,6 +304,9 @@ struct Export<'a> {
     root: Beneath,
     progress: &'a Progress,
     as_root: bool,
+    /// Who owns a file we create, and the umask its permission bits go through.
+    ids: (u32, u32),
+    umask: Option<u32>,
 }
 
 impl Export<'_> {
@@ -241,18 +316,18 @@ impl Export<'_> {
         let path = || self.root.path(&e.path);
         let (kind, dev) = match &e.kind {
             EntryKind::Dir => {
-                if !beneath::make_dir(dir, name).at(path())? {
+                if !beneath::make_dir(dir, name).at_with(path)? {
                     // Kept from before: owner-writable while we fill it, as a new one.
                     let d = self.root.open_dir(&e.path)?;
                     rustix::fs::fchmod(&d, Mode::from_raw_mode(0o700))
                         .map_err(io::Error::from)
-                        .at(path())?;
+                        .at_with(path)?;
                 }
                 return Ok(true);
             }
             EntryKind::File { .. } | EntryKind::HardLink { .. } => return Ok(true),
             EntryKind::Symlink { target } => {
-                beneath::make_symlink(dir, name, target).at(path())?;
+                beneath::make_symlink(dir, name, target).at_with(path)?;
                 self.set_meta_at(dir, name, e, true)?;
                 return Ok(true);
             }
@@ -273,7 +348,7 @@ impl Export<'_> {
                 tracing::warn!("{}: device nodes need root; skipped", path().display());
                 return Ok(false);
             }
-            r => r.at(path())?,
+            r => r.at_with(path)?,
         }
         self.set_meta_at(dir, name, e, false)?;
         Ok(true)
@@ -334,13 +409,19 @@ impl Export<'_> {
         Ok(written)
     }
 
+    /// A new file with its final permission bits where the umask allows; holes at its end
+    /// made by setting its size (the writes make the rest).
     fn create(&self, parents: &mut Parents, e: &Entry) -> Result<File> {
-        let EntryKind::File { size, .. } = &e.kind else {
+        let EntryKind::File { size, extents } = &e.kind else {
             unreachable!("only files are written");
         };
         let (parent, name) = split_parent(&e.path);
-        let file = beneath::create_file(parents.get(parent)?, name).at(self.root.path(&e.path))?;
-        file.set_len(*size).at(self.root.path(&e.path))?;
+        let path = || self.root.path(&e.path);
+        let file = beneath::create_file(parents.get(parent)?, name, e.mode).at_with(path)?;
+        let written_to = extents.last().map_or(0, |x| x.offset + u64::from(x.len));
+        if *size > written_to {
+            file.set_len(*size).at_with(path)?;
+        }
         Ok(file)
     }
 
@@ -352,7 +433,7 @@ impl Export<'_> {
                 for e in files {
                     let file = self.create(parents, e)?;
                     written += self.write_extents(&file, e, extents(e), &chunks)?;
-                    self.set_meta_fd(&file, e)?;
+                    self.set_meta_fd(&file, e, true)?;
                 }
                 Ok(written)
             }
@@ -365,7 +446,7 @@ impl Export<'_> {
                         self.write_extents(&file, e, b, &chunks)
                     })
                     .sum::<Result<u64>>()?;
-                self.set_meta_fd(&file, e)?;
+                self.set_meta_fd(&file, e, true)?;
                 Ok(written)
             }
         }
@@ -380,25 +461,31 @@ impl Export<'_> {
     }
 
     /// Owner, then mode (chown clears setuid bits), then xattrs (chown clears file
-    /// capabilities), then times, all on the open file or directory.
-    fn set_meta_fd(&self, f: &File, e: &Entry) -> Result<()> {
+    /// capabilities), then times, all on the open file or directory. `fresh`: a file this
+    /// export just created, so already ours and with the permission bits the umask let
+    /// through: what is already right is not set again.
+    fn set_meta_fd(&self, f: &File, e: &Entry, fresh: bool) -> Result<()> {
         let path = || self.root.path(&e.path);
-        if self.as_root {
+        let chown = self.as_root && (!fresh || (e.uid, e.gid) != self.ids);
+        if chown {
             let (u, g) = (Uid::from_raw(e.uid), Gid::from_raw(e.gid));
             rustix::fs::fchown(f, Some(u), Some(g))
                 .map_err(io::Error::from)
-                .at(path())?;
+                .at_with(path)?;
         }
-        rustix::fs::fchmod(f, Mode::from_raw_mode(e.mode))
-            .map_err(io::Error::from)
-            .at(path())?;
+        let mode_set = fresh && e.mode & 0o7000 == 0 && self.umask.is_some_and(|m| e.mode & m == 0);
+        if !mode_set {
+            rustix::fs::fchmod(f, Mode::from_raw_mode(e.mode))
+                .map_err(io::Error::from)
+                .at_with(path)?;
+        }
         for x in &e.xattrs {
             let r = rustix::fs::fsetxattr(f, x.name.as_slice(), &x.value, XattrFlags::empty());
             self.xattr_result(r.map_err(Into::into), e)?;
         }
         rustix::fs::futimens(f, &timestamps(e))
             .map_err(io::Error::from)
-            .at(path())
+            .at_with(path)
     }
 
     /// The same for a symlink or special file, by name in its directory, never following it.
@@ -409,17 +496,17 @@ impl Export<'_> {
             let (u, g) = (Uid::from_raw(e.uid), Gid::from_raw(e.gid));
             rustix::fs::chownat(dir, name, Some(u), Some(g), nofollow)
                 .map_err(io::Error::from)
-                .at(path())?;
+                .at_with(path)?;
         }
         if !symlink {
-            beneath::chmod_nofollow(dir, name, e.mode).at(path())?;
+            beneath::chmod_nofollow(dir, name, e.mode).at_with(path)?;
         }
         for x in &e.xattrs {
             self.xattr_result(beneath::lsetxattr_at(dir, name, &x.name, &x.value), e)?;
         }
         rustix::fs::utimensat(dir, name, &timestamps(e), nofollow)
             .map_err(io::Error::from)
-            .at(path())
+            .at_with(path)
     }
 }
 

@@ -186,6 +186,12 @@ pub fn read_trailer(path: &Path) -> Result<Vec<PackEntry>> {
     Ok(entries)
 }
 
+thread_local! {
+    /// A decompression context per thread: making one costs more than a small chunk.
+    static DECOMPRESSOR: std::cell::RefCell<std::io::Result<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new());
+}
+
 /// Turns a stored blob back into the chunk's bytes, checking it hashes to its id.
 pub fn decode(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
     let corrupt = |what: String| Error::CorruptChunk {
@@ -194,7 +200,11 @@ pub fn decode(entry: &PackEntry, stored: &[u8]) -> Result<Vec<u8>> {
     };
     let data = match entry.codec {
         Codec::Raw => stored.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(stored, entry.raw_len as usize)
+        Codec::Zstd => DECOMPRESSOR
+            .with(|d| match &mut *d.borrow_mut() {
+                Ok(d) => d.decompress(stored, entry.raw_len as usize),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            })
             .map_err(|e| corrupt(format!("does not decompress: {e}")))?,
     };
     if data.len() != entry.raw_len as usize {

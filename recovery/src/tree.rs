@@ -32,7 +32,7 @@ impl Tree {
     pub fn write(&self, rel: &str, data: &[u8], mode: u32) -> Result<()> {
         let (parent, name) = split_parent(rel.as_bytes());
         let dir = self.b.dir(parent, true)?;
-        let mut f = create_file(dir.as_fd(), name)
+        let mut f = create_file(dir.as_fd(), name, 0o600)
             .with_context(|| format!("cannot write {}", self.show(rel)))?;
         f.write_all(data)
             .and_then(|()| rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(Into::into))

@@ -91,6 +91,16 @@ pub fn build_sample_tree(root: &Path) {
     fs::write(&su, b"#!/bin/sh\n").unwrap();
     fs::set_permissions(&su, fs::Permissions::from_mode(0o4755)).unwrap();
     fs::set_permissions(root.join("etc/deep"), fs::Permissions::from_mode(0o750)).unwrap();
+    // Modes the umask would cut (group/other write) and one that forbids the owner's write:
+    // an export that creates files with their final mode must still get these right.
+    for (name, mode) in [
+        ("etc/shared", 0o666),
+        ("etc/sealed", 0o400),
+        ("etc/tool", 0o775),
+    ] {
+        fs::write(root.join(name), name.as_bytes()).unwrap();
+        fs::set_permissions(root.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
     // A sparse file: 64 MiB with data at 1 MiB and 40 MiB.
     let sp = fs::File::create(root.join("usr/sparse")).unwrap();
     sp.set_len(64 << 20).unwrap();
