@@ -1,6 +1,7 @@
 //! `ignite`: the one binary — CLI, server daemon, HTTP API and the in-guest install agent.
 
 mod agent;
+mod bootfiles;
 mod cli;
 mod clock;
 mod guests;

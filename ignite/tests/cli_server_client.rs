@@ -77,8 +77,47 @@ fn server_check_validates_config() {
         out.contains("config OK: interface lo (127.0.0.1/8), DHCP 127.0.0.100-127.0.0.199"),
         "{out}"
     );
+    // Every default boot file can be made at start: listed, not an error.
+    for (file, role) in [
+        ("undionly.kpxe", "BIOS PXE clients"),
+        ("ipxe.efi", "UEFI x86-64 clients"),
+        ("debian/vmlinuz", "install kernel"),
+        ("ignite/initrd.img", "install initramfs"),
+    ] {
+        let line = out.lines().find(|l| l.contains(file)).unwrap_or("");
+        assert!(
+            line.contains(role) && line.contains("missing: `ignite server` makes it"),
+            "{file}: {out}"
+        );
+    }
+    // A file the configuration names otherwise must be provided: --check fails naming it,
+    // and says so again once it is there.
+    let custom = st.join("custom.toml");
+    std::fs::write(&custom, "[boot]\nkernel = \"site/vmlinuz\"\n").unwrap();
+    let args = [
+        "server",
+        "--check",
+        "--interface",
+        "lo",
+        "--boot-dir",
+        b,
+        "--config",
+        custom.to_str().unwrap(),
+    ];
+    let (ok, out, err) = ignite(&args, st);
+    assert!(!ok && err.contains("cannot make"), "{err}");
     assert!(
-        out.contains("warning: boot file undionly.kpxe is missing"),
+        out.lines()
+            .any(|l| l.contains("site/vmlinuz") && l.contains("MISSING: provide it")),
+        "{out}"
+    );
+    std::fs::create_dir_all(boot.join("site")).unwrap();
+    std::fs::write(boot.join("site/vmlinuz"), b"kernel").unwrap();
+    let (ok, out, err) = ignite(&args, st);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("site/vmlinuz") && l.contains("present")),
         "{out}"
     );
     let (ok, out, _) = ignite(

@@ -294,9 +294,20 @@ impl Server {
         } else {
             &["--interface", "br0"]
         };
+        // Tests bring their own boot files: the server makes none at start. Without a
+        // configuration, the boot directory is fetch_boot_files' (the marker initramfs
+        // stands in for the agent).
+        let marker_cfg = state.join("marker-server.toml");
+        let config: Vec<&str> = if extra.contains(&"--config") {
+            vec![]
+        } else {
+            std::fs::write(&marker_cfg, "[boot]\ninitrd = [\"debian/initrd.img\"]\n").unwrap();
+            vec!["--config", marker_cfg.to_str().unwrap()]
+        };
         let child = Lab::cmd(&lab.ns, ignite_bin())
-            .args(["server", "--http-port", "8080"])
+            .args(["server", "--no-prepare", "--http-port", "8080"])
             .args(iface)
+            .args(config)
             .arg("--state-dir")
             .arg(state)
             .arg("--boot-dir")

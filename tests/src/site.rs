@@ -46,12 +46,35 @@ impl Site {
         let state = tmp.path().join("state");
         let boot = tmp.path().join("boot");
         eprintln!("site in {}", tmp.path().display());
-        run(Command::new(ignite_bin())
-            .args(["netboot", "fetch-boot-files", "--kernel", "--boot-dir"])
-            .arg(&boot));
-        run(Command::new(ignite_bin())
-            .args(["netboot", "build-initramfs", "--output"])
-            .arg(boot.join("ignite/initrd.img")));
+        // What a sysadmin's first `ignite server` does on a fresh state directory: make the
+        // boot files of the defaults (iPXE, Debian's kernel, the agent initramfs for it).
+        let dirs = |c: &mut Command| {
+            c.arg("--state-dir")
+                .arg(&state)
+                .arg("--boot-dir")
+                .arg(&boot);
+        };
+        let mut prepare = Command::new(ignite_bin());
+        prepare.args(["server", "--prepare"]);
+        dirs(&mut prepare);
+        run(&mut prepare);
+        let mut check = Command::new(ignite_bin());
+        check.args(["server", "--check", "--interface", "lo"]);
+        dirs(&mut check);
+        let listing = run(&mut check);
+        for file in [
+            "undionly.kpxe",
+            "ipxe.efi",
+            "debian/vmlinuz",
+            "ignite/initrd.img",
+        ] {
+            assert!(
+                listing
+                    .lines()
+                    .any(|l| l.contains(file) && l.contains("present")),
+                "after --prepare, {file} is not present:\n{listing}"
+            );
+        }
         let golden = fixture("golden");
         let store = state.join("store");
         run(Command::new(ignite_bin())

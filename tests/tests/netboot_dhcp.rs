@@ -225,7 +225,13 @@ fn default_lab_bridge_is_created_and_serves() {
     let log = tmp.path().join("server.log");
     // No --interface: the built-in lab network, created inside our namespace.
     let child = Lab::cmd(&lab.ns, ignite_bin())
-        .args(["server", "--http-port", "8080", "--state-dir"])
+        .args([
+            "server",
+            "--no-prepare",
+            "--http-port",
+            "8080",
+            "--state-dir",
+        ])
         .arg(tmp.path().join("state"))
         .arg("--boot-dir")
         .arg(&boot)

@@ -39,9 +39,20 @@ pub struct ServerArgs {
     /// machine on the boot network may then install, and read the golden image).
     #[arg(long)]
     install_unregistered: bool,
-    /// Validate the configuration and exit.
+    /// Validate the configuration, list the boot files (present, missing, made at start)
+    /// and exit; exit status 1 when a file the server cannot make is missing.
     #[arg(long)]
     check: bool,
+    /// Make the missing boot files of the built-in defaults (iPXE, install kernel, agent
+    /// initramfs) and exit.
+    #[arg(long, conflicts_with = "check")]
+    prepare: bool,
+    /// Serve the boot directory as it is: make no missing boot file at start.
+    #[arg(long, conflicts_with_all = ["check", "prepare"])]
+    no_prepare: bool,
+    /// Where downloaded Debian packages are kept between runs.
+    #[arg(long, env = "IGNITE_CACHE_DIR", default_value = "/var/cache/ignite")]
+    cache_dir: PathBuf,
 }
 
 pub fn run(a: ServerArgs) -> anyhow::Result<()> {
@@ -59,6 +70,18 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
     let cfg = Config::load(a.config.as_deref(), &o)?;
     if a.check {
         print!("{}", crate::server::run::check(&cfg)?);
+        let missing = crate::server::prepare::missing(&cfg);
+        anyhow::ensure!(
+            !missing.iter().any(|f| !f.optional && f.maker.is_none()),
+            "boot files are missing that the server cannot make (listed above)"
+        );
+        return Ok(());
+    }
+    if !a.no_prepare {
+        crate::server::prepare::prepare(&cfg, &a.cache_dir)?;
+    }
+    if a.prepare {
+        print!("{}", crate::server::prepare::listing(&cfg));
         return Ok(());
     }
     // Everything the server writes (state, tokens, captured images) is for root's eyes.

@@ -274,7 +274,7 @@ impl Default for Boot {
     fn default() -> Self {
         Boot {
             kernel: "debian/vmlinuz".into(),
-            initrd: vec!["debian/initrd.img".into()],
+            initrd: vec![super::prepare::AGENT_INITRD.into()],
             cmdline: "console=ttyS0".into(),
             default_action: "local".into(),
             bios: "undionly.kpxe".into(),

@@ -6,6 +6,7 @@ pub mod capture_api;
 pub mod chunk_cache;
 pub mod config;
 pub mod install_api;
+pub mod prepare;
 pub mod provider;
 pub mod run;
 pub mod scheduler;

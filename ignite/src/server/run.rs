@@ -158,23 +158,6 @@ pub fn check(cfg: &Config) -> Result<String> {
     let nets = networks(cfg, true)?;
     let boot_dir = cfg.boot_dir();
     let mut warnings = Vec::new();
-    if !boot_dir.is_dir() {
-        warnings.push(format!(
-            "boot directory {} does not exist; run `ignite netboot fetch-boot-files --boot-dir {}`",
-            boot_dir.display(),
-            boot_dir.display()
-        ));
-    } else {
-        for f in [&cfg.boot.bios, &cfg.boot.efi_x64, &cfg.boot.kernel] {
-            if !boot_dir.join(f).is_file() {
-                warnings.push(format!(
-                    "boot file {} is missing in {}",
-                    f,
-                    boot_dir.display()
-                ));
-            }
-        }
-    }
     if let Some(w) = token_warning(cfg) {
         warnings.push(w);
     }
@@ -196,6 +179,7 @@ pub fn check(cfg: &Config) -> Result<String> {
             boot_dir.display()
         );
     }
+    out += &super::prepare::listing(cfg);
     for w in warnings {
         out += &format!("warning: {w}\n");
     }
@@ -210,8 +194,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let boot_dir = cfg.boot_dir();
     if !boot_dir.is_dir() {
         bail!(
-            "boot directory {} does not exist; run `ignite netboot fetch-boot-files --boot-dir {}` or pass --boot-dir",
-            boot_dir.display(),
+            "boot directory {} does not exist; run `ignite server --prepare` or pass --boot-dir",
             boot_dir.display()
         );
     }
