@@ -49,7 +49,7 @@ pub mod verify;
 pub mod writer;
 
 pub use chunk_sink::ChunkSink;
-pub use chunk_source::{ChunkSource, BATCH_CHUNKS};
+pub use chunk_source::{ChunkSource, BATCH_BYTES, BATCH_CHUNKS};
 pub use chunk_stream::StoredChunk;
 pub use config::StoreConfig;
 pub use error::{Error, Result};

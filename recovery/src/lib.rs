@@ -19,6 +19,7 @@ pub mod nbd;
 pub mod process;
 pub mod protocol;
 pub mod random;
+pub mod recover;
 pub mod restore;
 pub mod runner;
 pub mod source;

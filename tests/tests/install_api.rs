@@ -1022,3 +1022,94 @@ fn what_clients_send_reaches_the_terminal_escaped() {
         assert!(out.contains("\\u{1b}"), "{out}");
     }
 }
+
+/// Boot action `recover`: the client's token serves its capture's plan, block lists and
+/// chunks — nothing of other snapshots, and no install plan — and `done` sets it back to
+/// local. (The agent writing the disk back is in the `install_qemu` lab.)
+#[test]
+fn a_recovery_serves_its_capture_and_nothing_else() {
+    let Some(mut s) = Setup::new("ia-recov", &[]) else {
+        return;
+    };
+    // A stopped guest with a 3 MiB disk of distinct data is captured.
+    let state = s.path("state");
+    let disk = s.path("cap1.img");
+    std::fs::write(&disk, pattern(3 << 20, 5)).unwrap();
+    let ig = |args: &[&str]| {
+        run(Command::new(ignite_bin())
+            .args(args)
+            .env("IGNITE_STATE_DIR", &state))
+    };
+    ig(&["vm", "create", "cap1", "--disk", disk.to_str().unwrap()]);
+    ig(&["recovery", "capture", "cap1"]);
+    let mac = "52:54:00:77:01:21";
+    s.client(&["add", mac, "db1", "recover", "cap1@latest"]);
+    let token = s.token(mac);
+    let auth = format!("Authorization: Bearer {token}");
+    let api = |p: &str| format!("{SERVER}/api/install/{mac}/{p}");
+    // No install plan for a recovery.
+    let out = s.curl_as(mac, &["-H", &auth, "--data", &facts(mac), &api("plan")]);
+    assert!(out.contains("set to recover cap1@latest"), "{out}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&s.curl_as(mac, &["-H", &auth, "-X", "POST", &api("recover")]))
+            .unwrap();
+    assert!(
+        plan["capture"].as_str().unwrap().starts_with("cap1@"),
+        "{plan}"
+    );
+    let d = &plan["disks"][0];
+    assert_eq!(d["size"].as_u64(), Some(3 << 20), "{plan}");
+    let (bs, snapshot) = (
+        d["block_size"].as_u64().unwrap(),
+        d["snapshot"].as_str().unwrap(),
+    );
+    let image = s.path("image.bin");
+    s.curl_as(
+        mac,
+        &["-H", &auth, "-o", image.to_str().unwrap(), &api("image/0")],
+    );
+    let blocks = ignite_archive::snapshot::decode_image(
+        snapshot,
+        &std::fs::read(&image).unwrap(),
+        (3u64 << 20).div_ceil(bs),
+    )
+    .unwrap();
+    // The block list is the disk's: each id the SHA-256 of its block.
+    let data = std::fs::read(&disk).unwrap();
+    for (i, b) in blocks.iter().enumerate() {
+        let at = i * bs as usize;
+        let want = ignite_archive::ChunkId::of(&data[at..(at + bs as usize).min(data.len())]);
+        assert_eq!(*b, Some(want), "block {i}");
+    }
+    let out = s.curl_as(mac, &["-H", &auth, "-w", "%{http_code}", &api("image/1")]);
+    assert!(out.contains("no disk 1") && out.ends_with("404"), "{out}");
+    // Its chunks are served; another snapshot's are not.
+    let ask = s.path("ask.bin");
+    std::fs::write(&ask, blocks[0].unwrap().0).unwrap();
+    let (_, status) = chunks(&mut s, mac, &token, &ask);
+    assert_eq!(status, "200");
+    let other = {
+        let (gmac, gtoken) = s.schedule(22, "web");
+        plan_id(&mut s, &gmac, &gtoken);
+        tree_chunks(&mut s, &gmac, &gtoken)[0]
+    };
+    std::fs::write(&ask, other.0).unwrap();
+    let (body, status) = chunks(&mut s, mac, &token, &ask);
+    assert_eq!(status, "404", "{body}");
+    // Done: the client boots its disk again.
+    let out = s.curl_as(
+        mac,
+        &[
+            "-H",
+            &auth,
+            "-w",
+            "%{http_code}",
+            "--data",
+            r#"{"phase":"done"}"#,
+            &api("phase"),
+        ],
+    );
+    assert_eq!(out, "204");
+    let v: serde_json::Value = serde_json::from_str(&s.client(&["show", "db1", "--json"])).unwrap();
+    assert_eq!(v["client"]["action"], "local", "{v}");
+}

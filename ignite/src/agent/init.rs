@@ -191,6 +191,93 @@ pub fn bring_up(nic: &str, timeout: Duration) -> Result<dhcp::Lease> {
     Ok(lease)
 }
 
+/// A recovery (boot action `recover`): disks and NIC, DHCP, then each disk of the capture
+/// written back over this machine's disks in order, only the blocks that differ; the server
+/// hears every phase, and a failure.
+pub fn recover(args: &BootArgs) -> Result<()> {
+    use ignite_recovery::recover::recover_disk;
+    let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
+        bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
+    };
+    let disks = wait_for_disks()?;
+    let nic = wait_for_nic(mac)?;
+    let lease = bring_up(&nic, Duration::from_secs(60))?;
+    let http = source::Http::new(server, mac, token);
+    http.report(&Phase::Booted {
+        ip: lease.ip.to_string(),
+    })?;
+    let result = (|| -> Result<u64> {
+        let plan = http.recover_plan()?;
+        if plan.disks.len() > disks.len() {
+            bail!(
+                "capture {} has {} disk(s); this machine has {} ({})",
+                plan.capture,
+                plan.disks.len(),
+                disks.len(),
+                disks
+                    .iter()
+                    .map(|d| d.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        // Every disk is checked for size before the first is written.
+        for (d, disk) in plan.disks.iter().zip(&disks) {
+            if disk.size < d.size {
+                bail!(
+                    "{} holds {} bytes; disk {} of capture {} needs {} ({} bytes or more works); nothing was written",
+                    disk.path, disk.size, d.index, plan.capture, d.size, d.size
+                );
+            }
+        }
+        let total: u64 = plan.disks.iter().map(|d| d.size).sum();
+        let mut before = 0;
+        let mut written = 0;
+        for (d, disk) in plan.disks.iter().zip(&disks) {
+            let blocks = http.image(d)?;
+            let mut last = Instant::now();
+            let r = recover_disk(
+                Path::new(&disk.path),
+                d,
+                &blocks,
+                &http.chunk_source(),
+                &mut |done, _| {
+                    if last.elapsed() > Duration::from_secs(5) {
+                        last = Instant::now();
+                        let _ = http.report(&Phase::Extracting {
+                            done: before + done,
+                            total,
+                        });
+                    }
+                },
+            )?;
+            let line = format!(
+                "recovered disk {} of {} onto {}: {} blocks, {} already as captured, {} fetched, {} zeroed, {} bytes written",
+                d.index, plan.capture, disk.path, r.blocks, r.same, r.fetched, r.zeroed, r.bytes_written
+            );
+            say(&line);
+            let _ = http.log(&line);
+            before += d.size;
+            written += r.bytes_written;
+        }
+        Ok(written)
+    })();
+    match result {
+        Ok(bytes) => {
+            http.report(&Phase::Extracted { bytes })?;
+            http.report(&Phase::Done)?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = http.report(&Phase::Failed {
+                error: format!("{e:#}"),
+                log_tail: String::new(),
+            });
+            Err(e)
+        }
+    }
+}
+
 /// The install once the machine is up: disk and NIC, DHCP, then the plan from the server.
 pub fn install(args: &BootArgs) -> Result<()> {
     let mac = args
@@ -300,6 +387,8 @@ pub fn main() -> ! {
             Ok(())
         } else if args.action.as_deref() == Some("capture") {
             capture(&args)
+        } else if args.action.as_deref() == Some("recover") {
+            recover(&args)
         } else {
             install(&args)
         }

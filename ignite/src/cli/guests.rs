@@ -415,32 +415,13 @@ fn show(state_dir: &Path, name: &str, json: bool) -> Result<()> {
 }
 
 fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<()> {
-    let guests = State::open(state_dir)?;
-    let rec = guests.guest(name)?;
-    let paths = Paths::new(state_dir, name);
-    if let Some(s) = control::status(&paths.control())? {
-        bail!(
-            "guest {name} is running (pid {}); stop it first with `ignite vm stop {name}`",
-            s.pid
-        );
-    }
-    guests.remove_guest(name)?;
-    let kept: Vec<&Disk> = rec.def.disks.iter().filter(|d| d.owned).collect();
+    let kept = crate::guests::remove(state_dir, name, keep_disks)?;
     if keep_disks {
-        for p in [paths.console_log(), paths.supervisor_log()] {
-            let _ = std::fs::remove_file(p);
-        }
-        let _ = std::fs::remove_dir_all(paths.boot_files());
         println!("guest {name} removed; kept its disk images:");
         for d in kept {
-            println!("  {}", d.path.display());
+            println!("  {}", d.display());
         }
     } else {
-        if paths.dir.exists() {
-            std::fs::remove_dir_all(&paths.dir).with_context(|| {
-                format!("guest directory {}: cannot remove it", paths.dir.display())
-            })?;
-        }
         println!("guest {name} removed");
     }
     Ok(())

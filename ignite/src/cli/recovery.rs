@@ -14,7 +14,8 @@ use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
 use crate::cli::progress::with_progress;
 use crate::guests::capture::capture_guest;
 use crate::guests::restore::{restore_guest as restore_guest_from, CloneAs};
-use crate::state::schedules::{parse_at, Keep};
+use crate::guests::verify_boot::verify_boot;
+use crate::state::schedules::{parse_at, Keep, Options, VerifyBoot};
 use crate::state::State;
 use ignite_recovery::capture::retention;
 use ignite_recovery::restore;
@@ -132,8 +133,34 @@ struct ScheduleArgs {
     every: String,
     #[command(flatten)]
     keep: KeepArgs,
+    #[command(flatten)]
+    verify: VerifyArgs,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Then prove the capture boots: clone it into a throwaway guest on an isolated bridge,
+    /// boot it, wait for --verify-marker on its serial console, record "boots" or "does not
+    /// boot" (with the console's tail) in the capture history, and remove the guest.
+    #[arg(long)]
+    verify_boot: bool,
+    /// What the console shows once the system is up.
+    #[arg(long, default_value = "login:", requires = "verify_boot")]
+    verify_marker: String,
+    /// Seconds the boot may take.
+    #[arg(long, default_value_t = 600, requires = "verify_boot")]
+    verify_timeout: u64,
+}
+
+impl VerifyArgs {
+    fn options(&self) -> Option<VerifyBoot> {
+        self.verify_boot.then(|| VerifyBoot {
+            marker: self.verify_marker.clone(),
+            timeout_secs: self.verify_timeout,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -180,6 +207,8 @@ struct CaptureArgs {
     /// /lib64, /sbin, /usr cannot be excluded.
     #[arg(short = 'x', value_name = "RULES")]
     rules: Vec<String>,
+    #[command(flatten)]
+    verify: VerifyArgs,
 }
 
 #[derive(Args)]
@@ -204,9 +233,12 @@ struct TokenArgs {
 pub fn run(a: RecoveryArgs) -> Result<()> {
     let store_dir = a.store.clone().unwrap_or_else(|| a.state_dir.join("store"));
     match a.cmd {
+        Cmd::Capture(c) if c.server.is_some() && c.verify.verify_boot => {
+            anyhow::bail!("--verify-boot runs on the server: captures of its guests only")
+        }
         Cmd::Capture(c) if c.server.is_some() => net_capture(c),
         Cmd::Capture(c) => match (&c.name, c.disks.is_empty() && c.rules.is_empty()) {
-            (Some(name), true) => capture(&a.state_dir, &store_dir, name),
+            (Some(name), true) => capture(&a.state_dir, &store_dir, name, c.verify.options()),
             (Some(_), false) => {
                 anyhow::bail!("--disk and -x are for captures over the network (--server URL)")
             }
@@ -252,6 +284,7 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             let c = CloneAs {
                 hostname,
                 macs: mac,
+                bridge: None,
             };
             restore_guest(&a.state_dir, &store_dir, &capture, &new, Some(&c))
         }
@@ -303,13 +336,17 @@ fn schedule(state_dir: &Path, a: ScheduleArgs) -> Result<()> {
                 parse_at(&a.at)?,
                 every as u64,
                 &a.keep.keep(),
+                &Options {
+                    verify_boot: a.verify.options(),
+                },
                 crate::clock::now(),
             )?;
             println!(
-                "{name}: captured at {} UTC every {}, keeping {}; next run {} UTC (by `ignite server`)",
+                "{name}: captured at {} UTC every {}, keeping {}{}; next run {} UTC (by `ignite server`)",
                 s.at(),
                 period(s.every_secs),
                 keep_text(&s.keep),
+                if a.verify.verify_boot { ", each capture test-booted" } else { "" },
                 utc(s.next_run)
             );
             Ok(())
@@ -372,10 +409,15 @@ fn utc(t: i64) -> String {
         .unwrap_or_default()
 }
 
-fn capture(state_dir: &Path, store_dir: &Path, name: &str) -> Result<()> {
+fn capture(
+    state_dir: &Path,
+    store_dir: &Path,
+    name: &str,
+    verify: Option<VerifyBoot>,
+) -> Result<()> {
     let state = State::open(state_dir)?;
     let store = Arc::new(Store::open_or_init(store_dir)?);
-    let c = capture_guest(state_dir, &state, store, name)?;
+    let c = capture_guest(state_dir, &state, store.clone(), name)?;
     let s = &c.record.stats;
     for why in &s.full_reads {
         println!("{why}");
@@ -390,6 +432,26 @@ fn capture(state_dir: &Path, store_dir: &Path, name: &str) -> Result<()> {
         s.pause_ms,
         s.seconds
     );
+    if let Some(v) = verify {
+        println!(
+            "test-booting {name}@{} on the isolated bridge",
+            short(&c.snapshot.id)
+        );
+        let verdict = verify_boot(
+            state_dir,
+            &state,
+            store,
+            c.history,
+            &format!("{name}@{}", c.snapshot.id),
+            &v.check(),
+        )?;
+        println!(
+            "{name}@{}: {}",
+            short(&c.snapshot.id),
+            crate::cli::escape(&verdict)
+        );
+        anyhow::ensure!(verdict.starts_with("boots"), "the capture does not boot");
+    }
     Ok(())
 }
 
@@ -567,7 +629,15 @@ fn list(state_dir: &Path, name: Option<&str>, json: bool) -> Result<()> {
             .map(|f| format!("{:.1}", (f - r.started_ms) as f64 / 1000.0))
             .unwrap_or_default();
         let result = match (&r.result[..], &r.error, &r.record) {
-            ("ok", _, Some(id)) => format!("ok {}@{}", r.name, short(id)),
+            ("ok", _, Some(id)) => match &r.boot_check {
+                Some(v) => format!(
+                    "ok {}@{}, {}",
+                    r.name,
+                    short(id),
+                    crate::cli::escape(v.lines().next().unwrap_or(""))
+                ),
+                None => format!("ok {}@{}", r.name, short(id)),
+            },
             ("failed", Some(e), _) => format!("failed: {}", crate::cli::escape(e)),
             (other, _, _) => other.to_string(),
         };

@@ -426,6 +426,8 @@ pub fn serve(
 
 /// A guest's capture as it went: the record's snapshot and the record.
 pub struct Captured {
+    /// Its row in the capture history.
+    pub history: i64,
     pub snapshot: ignite_archive::Manifest,
     pub record: ignite_recovery::capture::record::Record,
 }
@@ -441,7 +443,7 @@ pub fn capture_guest(
     let rec = state.guest(name)?;
     let _lock = capture_lock(state_dir, name)?;
     let id = state.capture_started(name, "block", "host")?;
-    let result = capture_disks(state_dir, &rec, store);
+    let result = capture_disks(state_dir, &rec, store, id);
     match &result {
         Ok(c) => {
             let s = &c.record.stats;
@@ -466,6 +468,7 @@ fn capture_disks(
     state_dir: &Path,
     rec: &crate::state::guests::Record,
     store: Arc<ignite_archive::Store>,
+    history: i64,
 ) -> Result<Captured> {
     use ignite_recovery::capture::{self, record::CaptureStats, record::SourceInfo};
     let name = &rec.def.name;
@@ -535,7 +538,11 @@ fn capture_disks(
         (_, Some((session, _lock))) => session.commit(&ids)?,
         _ => {}
     }
-    Ok(Captured { snapshot, record })
+    Ok(Captured {
+        history,
+        snapshot,
+        record,
+    })
 }
 
 fn recv_plan(conn: &mut super::control::LineConn, name: &str) -> Result<Plan> {

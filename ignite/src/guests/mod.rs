@@ -14,13 +14,45 @@ pub mod qemu;
 pub mod qemu_capture;
 pub mod restore;
 pub mod supervisor;
+pub mod verify_boot;
 
 use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 
 pub use definition::{
     check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Firmware, Nic,
     MAX_VIO_DISKS,
 };
+
+/// Removes guest `name` (refused while it runs) and its directory; with `keep_disks`, the
+/// disk images it owns stay (returned) and only its runtime files go.
+pub fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<Vec<PathBuf>> {
+    let state = crate::state::State::open(state_dir)?;
+    let rec = state.guest(name)?;
+    let paths = Paths::new(state_dir, name);
+    if let Some(s) = control::status(&paths.control())? {
+        bail!(
+            "guest {name} is running (pid {}); stop it first with `ignite vm stop {name}`",
+            s.pid
+        );
+    }
+    state.remove_guest(name)?;
+    let owned = rec.def.disks.iter().filter(|d| d.owned);
+    if keep_disks {
+        for p in [paths.console_log(), paths.supervisor_log()] {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir_all(paths.boot_files());
+        return Ok(owned.map(|d| d.path.clone()).collect());
+    }
+    if paths.dir.exists() {
+        std::fs::remove_dir_all(&paths.dir).with_context(|| {
+            format!("guest directory {}: cannot remove it", paths.dir.display())
+        })?;
+    }
+    Ok(Vec::new())
+}
 
 /// `<state>/guests/NAME`.
 pub fn guest_dir(state_dir: &Path, name: &str) -> PathBuf {

@@ -21,6 +21,8 @@ pub struct CloneAs {
     pub hostname: String,
     /// MACs for the NICs in order; NICs without one get a generated MAC.
     pub macs: Vec<String>,
+    /// Every NIC on this bridge instead of the recorded ones.
+    pub bridge: Option<String>,
 }
 
 /// What was made.
@@ -91,6 +93,9 @@ pub fn restore_guest(
             );
         }
         for (i, nic) in new_def.nics.iter_mut().enumerate() {
+            if let Some(b) = &c.bridge {
+                nic.bridge = b.clone();
+            }
             nic.mac = match c.macs.get(i) {
                 Some(m) => super::definition::normalize_mac(m)?,
                 None => String::new(),

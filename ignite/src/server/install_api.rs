@@ -12,8 +12,14 @@
 //!                                     twice, their reply at most MAX_REPLY_BYTES) → the
 //!                                     chunks as stored (`ignite_archive::chunk_stream`),
 //!                                     streamed; at most `chunk_batches` served at once
+//! POST /api/install/{mac}/recover     a recovery's plan (boot action `recover`): the capture
+//!                                     pinned, its disks (`ignite_recovery::recover`, JSON)
+//! GET  /api/install/{mac}/image/{i}   disk i's block list (archive image encoding)
 //! GET  /api/stats                     chunk cache counters (admin API)
 //! ```
+//!
+//! A recovery is an install whose job is a capture instead of a profile: the same token
+//! rules, phases and log; its chunks are those of the capture's disks.
 //!
 //! Errors are one line of text: what is wrong and what to do; the agent shows and reports it.
 
@@ -44,6 +50,7 @@ use super::chunk_cache::{ChunkCache, StoredChunk};
 use super::config::Limits;
 use crate::state::installs::{Install, Status};
 use crate::state::{Action, State};
+use ignite_recovery::recover::{RecoverDisk, RecoverPlan};
 use ignite_recovery::Phase;
 
 /// Most chunks one request may ask for.
@@ -203,6 +210,15 @@ impl InstallApi {
         mut facts: ClientFacts,
     ) -> ApiResult<ignite_profiles::InstallPlan> {
         let unprocessable = |m: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, m);
+        if let Some(c) = &inst.recover {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} is set to recover {c}, not to install: its agent asks for .../recover",
+                    inst.mac
+                ),
+            ));
+        }
         // The MAC is the authenticated one; the client's registered name is its {name}.
         facts.mac = inst.mac.clone();
         if facts.hostname.is_none() {
@@ -324,6 +340,12 @@ impl InstallApi {
         });
         let tree = match cached {
             Some(t) => t,
+            None if inst.recover.is_some() => {
+                blocking(self, inst, |api, inst| {
+                    api.recovery(inst).map(|(_, _, t)| t)
+                })
+                .await?
+            }
             None => blocking(self, inst, |api, inst| api.tree(inst)).await?,
         };
         if let Some(id) = ids.iter().find(|id| !tree.chunks.contains(id)) {
@@ -392,6 +414,115 @@ impl InstallApi {
         Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
     }
 
+    /// A recovery's capture (pinned on first use, so that a new capture while the client
+    /// recovers changes nothing), its record, and the chunks its disks may ask for.
+    fn recovery(
+        &self,
+        inst: &Install,
+    ) -> ApiResult<(
+        ignite_archive::Manifest,
+        ignite_recovery::capture::record::Record,
+        Arc<Tree>,
+    )> {
+        use ignite_recovery::capture::record::{CaptureKind, Record};
+        let Some(spec) = &inst.recover else {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("{} is set to install, not to recover", inst.mac),
+            ));
+        };
+        let store = self.store()?;
+        let pinned = match &inst.snapshot {
+            Some(id) => format!("{}@{id}", spec.split('@').next().unwrap_or(spec)),
+            None => spec.clone(),
+        };
+        let (m, rec) = Record::load(&store, &pinned).map_err(|e| {
+            ApiError(
+                StatusCode::CONFLICT,
+                format!("recover {spec}: {e:#}; `ignite recovery list` shows the captures"),
+            )
+        })?;
+        if rec.kind != CaptureKind::Block {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("recover {spec}: a {} capture; the agent writes back block captures (restore file captures with `ignite recovery restore`)", rec.kind),
+            ));
+        }
+        if inst.snapshot.is_none() {
+            self.state
+                .pin_install(
+                    &inst.token,
+                    &m.id,
+                    &rec.system.hostname.clone().unwrap_or_default(),
+                )
+                .map_err(internal)?;
+        }
+        if let Some(t) = self
+            .trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&m.id)
+        {
+            return Ok((m, rec, t.clone()));
+        }
+        let mut chunks = HashSet::new();
+        for d in &rec.disks {
+            let dm = store.resolve(&d.snapshot).map_err(chunk_error)?;
+            chunks.extend(
+                store
+                    .load_image(&dm)
+                    .map_err(chunk_error)?
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        let t = Arc::new(Tree {
+            encoded: Bytes::new(),
+            chunks,
+        });
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        if trees.len() >= MAX_TREES {
+            trees.clear();
+        }
+        trees.insert(m.id.clone(), t.clone());
+        Ok((m, rec, t))
+    }
+
+    fn recover_plan(&self, inst: &Install) -> ApiResult<RecoverPlan> {
+        let (m, rec, _) = self.recovery(inst)?;
+        let store = self.store()?;
+        let mut disks = Vec::new();
+        for d in &rec.disks {
+            let dm = store.resolve(&d.snapshot).map_err(chunk_error)?;
+            disks.push(RecoverDisk {
+                index: d.index,
+                snapshot: dm.id.clone(),
+                size: dm.image_size.unwrap_or(0),
+                block_size: u64::from(dm.block_size.unwrap_or(0)),
+            });
+        }
+        Ok(RecoverPlan {
+            capture: format!("{}@{}", rec.name, m.id),
+            disks,
+        })
+    }
+
+    fn image(&self, inst: &Install, index: usize) -> ApiResult<Bytes> {
+        let (_, rec, _) = self.recovery(inst)?;
+        let Some(d) = rec.disks.iter().find(|d| d.index == index) else {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("the capture has no disk {index}"),
+            ));
+        };
+        let store = self.store()?;
+        let dm = store.resolve(&d.snapshot).map_err(chunk_error)?;
+        let blocks = store.load_image(&dm).map_err(chunk_error)?;
+        Ok(Bytes::from(
+            ignite_archive::snapshot::encode_image(&blocks).map_err(internal)?,
+        ))
+    }
+
     fn phase(&self, inst: &Install, phase: &Phase) -> ApiResult<()> {
         self.state
             .record_phase(&inst.token, phase)
@@ -413,7 +544,12 @@ impl InstallApi {
                             .map_err(internal)?;
                     }
                 }
-                tracing::info!("install of {who} done; next boot: local disk");
+                let job = if inst.recover.is_some() {
+                    "recovery"
+                } else {
+                    "install"
+                };
+                tracing::info!("{job} of {who} done; next boot: local disk");
             }
             Phase::Failed { error, .. } => tracing::warn!("install of {who} failed: {error}"),
             Phase::Extracting { .. } => tracing::debug!("install of {who}: {phase:?}"),
@@ -448,6 +584,8 @@ impl InstallApi {
             .route("/api/install/{mac}/phase", post(phase_handler))
             .route("/api/install/{mac}/log", post(log_handler))
             .route("/api/install/{mac}/tree", get(tree_handler))
+            .route("/api/install/{mac}/recover", post(recover_handler))
+            .route("/api/install/{mac}/image/{index}", get(image_handler))
             .route("/api/install/{mac}/chunks", post(chunks_handler))
             .with_state(self)
     }
@@ -654,6 +792,20 @@ async fn tree_handler(AxState(api): Api, Authed(inst): Authed) -> ApiResult<Resp
         tree.encoded.clone(),
     )
         .into_response())
+}
+
+async fn recover_handler(AxState(api): Api, Authed(inst): Authed) -> ApiResult<Response> {
+    let plan = blocking(&api, &inst, |api, inst| api.recover_plan(inst)).await?;
+    Ok(Json(plan).into_response())
+}
+
+async fn image_handler(
+    AxState(api): Api,
+    Authed(inst): Authed,
+    Path((_, index)): Path<(String, usize)>,
+) -> ApiResult<Response> {
+    let image = blocking(&api, &inst, move |api, inst| api.image(inst, index)).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], image).into_response())
 }
 
 async fn chunks_handler(

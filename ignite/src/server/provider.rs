@@ -22,6 +22,7 @@ use ignite_netboot::{lograte, MacAddr};
 
 use super::config::Config;
 use crate::state::boot_log::{BootLogCaps, NewStep};
+use crate::state::installs::Job;
 use crate::state::{Action, State};
 
 /// A warning about what a client on the boot network did: a few lines per kind and ten
@@ -65,7 +66,7 @@ impl RegistryProvider {
         match action {
             Action::Install(p) => {
                 cmdline += &format!(" ignite.action=install ignite.profile={p}");
-                match self.release_token(mac, p, registered, requester) {
+                match self.release_token(mac, Job::Install(p), registered, requester) {
                     Ok(t) => cmdline += &format!(" ignite.token={t}"),
                     // The agent will be refused and say so; the boot itself still works.
                     Err(e) => warn_limited("install token withheld", || {
@@ -73,7 +74,15 @@ impl RegistryProvider {
                     }),
                 }
             }
-            Action::Recover(s) => cmdline += &format!(" ignite.action=recover ignite.snapshot={s}"),
+            Action::Recover(s) => {
+                cmdline += &format!(" ignite.action=recover ignite.snapshot={s}");
+                match self.release_token(mac, Job::Recover(s), registered, requester) {
+                    Ok(t) => cmdline += &format!(" ignite.token={t}"),
+                    Err(e) => warn_limited("recover token withheld", || {
+                        format!("recover token for {mac} withheld: {e:#}")
+                    }),
+                }
+            }
             Action::Capture => {
                 cmdline += " ignite.action=capture";
                 match self.release_capture_token(mac, requester) {
@@ -96,23 +105,26 @@ impl RegistryProvider {
     fn release_token(
         &self,
         mac: MacAddr,
-        profile: &str,
+        job: Job,
         registered: bool,
         requester: Option<Ipv4Addr>,
     ) -> Result<String> {
         let ip = self.token_address(mac, requester)?;
         let inst = &self.config.install;
+        if let (false, Job::Recover(_)) = (registered, job) {
+            bail!("{mac} is not a registered client: only registered clients recover captures");
+        }
         if !registered {
             let open = self.state.open_unregistered_installs()?;
             if open >= inst.max_unregistered {
                 bail!(
                     "{open} installs of unregistered clients are open ([install] max_unregistered); \
-                     register the client with `ignite client add {mac} NAME install {profile}`"
+                     register the client with `ignite client add {mac} NAME install PROFILE`"
                 );
             }
         }
         self.state
-            .release_token(&mac.to_string(), profile, ip, self.token_ttl_ms())
+            .release_token(&mac.to_string(), job, ip, self.token_ttl_ms())
     }
 
     /// The capture token of registered client `mac` booting to `capture`, on the terms of

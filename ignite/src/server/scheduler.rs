@@ -83,6 +83,21 @@ impl Scheduler {
             ignite_recovery::capture::record::short(&c.snapshot.id),
             ignite_profiles::human(c.record.stats.new_stored_bytes)
         );
+        if let Some(v) = &s.options.verify_boot {
+            let verdict = crate::guests::verify_boot::verify_boot(
+                &self.state_dir,
+                &state,
+                store.clone(),
+                c.history,
+                &format!("{}@{}", s.name, c.snapshot.id),
+                &v.check(),
+            )?;
+            summary += &format!(", {}", verdict.lines().next().unwrap_or(""));
+            if !verdict.starts_with("boots") {
+                // Pruning now could drop the last capture known to boot.
+                return Ok(summary + "; retention skipped");
+            }
+        }
         if !s.keep.is_empty() {
             let pruned = ignite_recovery::capture::retention::prune(
                 &store,

@@ -146,6 +146,15 @@ impl State {
         Ok(())
     }
 
+    /// Records how capture `id`'s test restore went (`ignite recovery capture --verify-boot`).
+    pub fn capture_boot_checked(&self, id: i64, verdict: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE captures SET boot_check = ?2 WHERE id = ?1",
+            params![id, verdict],
+        )?;
+        Ok(())
+    }
+
     pub fn capture_failed(&self, id: i64, error: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE captures SET result = 'failed', finished_ms = ?2, error = ?3 WHERE id = ?1",

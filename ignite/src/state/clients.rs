@@ -226,12 +226,13 @@ impl State {
         Ok((default, false))
     }
 
-    /// After a successful install, boot from disk next time instead of reinstalling.
+    /// After a successful install or recovery, boot from disk next time instead of doing it
+    /// again.
     pub fn install_finished(&self, mac: MacAddr) -> Result<Client> {
         let c = self.get(&mac.to_string())?;
-        if !matches!(c.action, Action::Install(_)) {
+        if !matches!(c.action, Action::Install(_) | Action::Recover(_)) {
             bail!(
-                "client {} is set to {:?}, not to install; nothing to finish",
+                "client {} is set to {:?}, not to install or recover; nothing to finish",
                 c.name,
                 c.action.to_string()
             );

@@ -65,12 +65,24 @@ impl Status {
     }
 }
 
+/// What a client's agent does with its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job<'a> {
+    /// Install this profile.
+    Install(&'a str),
+    /// Write this capture (`NAME@ID`, `NAME@latest`) back over the client's disks.
+    Recover(&'a str),
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Install {
     #[serde(skip)]
     pub token: String,
     pub mac: String,
+    /// The profile installed (empty for a recovery).
     pub profile: String,
+    /// The capture a recovery writes back (boot action `recover`), None for an install.
+    pub recover: Option<String>,
     pub created_ms: i64,
     pub status: Status,
     /// The snapshot id the plan pinned (set when the agent first asked for its plan).
@@ -124,7 +136,7 @@ pub fn phase_name(p: &Phase) -> &'static str {
 }
 
 const COLUMNS: &str = "token, mac, profile, created_ms, status, snapshot, hostname, phase, \
-     updated_ms, bound_ip, expires_ms";
+     updated_ms, bound_ip, expires_ms, recover";
 
 fn read_install(r: &rusqlite::Row) -> rusqlite::Result<(Install, String, Option<String>)> {
     Ok((
@@ -140,6 +152,7 @@ fn read_install(r: &rusqlite::Row) -> rusqlite::Result<(Install, String, Option<
             updated_ms: r.get(8)?,
             bound_ip: r.get(9)?,
             expires_ms: r.get(10)?,
+            recover: r.get(11)?,
         },
         r.get(4)?,
         r.get(7)?,
@@ -163,11 +176,16 @@ fn retire_installs(conn: &Connection, mac: &str) -> Result<()> {
     Ok(())
 }
 
-fn schedule_install(conn: &Connection, mac: &str, profile: &str) -> Result<String> {
+fn schedule_install(conn: &Connection, mac: &str, job: Job) -> Result<String> {
     let token = new_token()?;
+    let (profile, recover) = match job {
+        Job::Install(p) => (p, None),
+        Job::Recover(c) => ("", Some(c)),
+    };
     conn.execute(
-        "INSERT INTO installs (token, mac, profile, created_ms, status) VALUES (?1, ?2, ?3, ?4, 'active')",
-        params![token, mac, profile, now_ms()],
+        "INSERT INTO installs (token, mac, profile, recover, created_ms, status) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active')",
+        params![token, mac, profile, recover, now_ms()],
     )?;
     Ok(token)
 }
@@ -182,8 +200,10 @@ impl State {
     pub(crate) fn action_changed(&self, mac: &str, action: &Action) -> Result<()> {
         let conn = self.conn();
         retire_installs(&conn, mac)?;
-        if let Action::Install(profile) = action {
-            schedule_install(&conn, mac, profile)?;
+        match action {
+            Action::Install(profile) => drop(schedule_install(&conn, mac, Job::Install(profile))?),
+            Action::Recover(capture) => drop(schedule_install(&conn, mac, Job::Recover(capture))?),
+            Action::Local | Action::Capture => {}
         }
         Ok(())
     }
@@ -193,33 +213,34 @@ impl State {
     /// scheduled one (unknown clients under a default install action, a client booting
     /// again after a failed install or after its token expired). The token is bound to `to`
     /// and works until `ttl_ms` from now.
-    pub fn release_token(
-        &self,
-        mac: &str,
-        profile: &str,
-        to: Ipv4Addr,
-        ttl_ms: i64,
-    ) -> Result<String> {
+    pub fn release_token(&self, mac: &str, job: Job, to: Ipv4Addr, ttl_ms: i64) -> Result<String> {
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let current: Option<(String, String, String, Option<i64>)> = tx
+        type Row = (String, String, Option<String>, String, Option<i64>);
+        let current: Option<Row> = tx
             .query_row(
-                "SELECT token, profile, status, expires_ms FROM installs WHERE mac = ?1 \
+                "SELECT token, profile, recover, status, expires_ms FROM installs WHERE mac = ?1 \
                  ORDER BY created_ms DESC, rowid DESC LIMIT 1",
                 params![mac],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
+        let same_job = |p: &str, r: &Option<String>| match job {
+            Job::Install(profile) => r.is_none() && p == profile,
+            Job::Recover(capture) => r.as_deref() == Some(capture),
+        };
         let token = match current {
-            Some((t, p, st, exp))
-                if st == Status::Active.as_str() && p == profile && exp.is_none_or(|e| e > now) =>
+            Some((t, p, r, st, exp))
+                if st == Status::Active.as_str()
+                    && same_job(&p, &r)
+                    && exp.is_none_or(|e| e > now) =>
             {
                 t
             }
             _ => {
                 retire_installs(&tx, mac)?;
-                schedule_install(&tx, mac, profile)?
+                schedule_install(&tx, mac, job)?
             }
         };
         tx.execute(
@@ -453,14 +474,18 @@ mod tests {
             "not handed out yet"
         );
         // Booting hands out the scheduled token, bound to the address and expiring.
-        assert_eq!(s.release_token(&m, "web", IP, HOUR).unwrap(), first.token);
+        assert_eq!(
+            s.release_token(&m, Job::Install("web"), IP, HOUR).unwrap(),
+            first.token
+        );
         let i = s.current_install(&m).unwrap().unwrap();
         assert_eq!(i.bound_ip.as_deref(), Some("10.0.0.5"));
         assert!(i.expires_ms.unwrap() > now_ms() + HOUR - 60_000);
         // Booting again (another lease address): same token, bound anew.
         let other = Ipv4Addr::new(10, 0, 0, 6);
         assert_eq!(
-            s.release_token(&m, "web", other, HOUR).unwrap(),
+            s.release_token(&m, Job::Install("web"), other, HOUR)
+                .unwrap(),
             first.token
         );
         let i = s.current_install(&m).unwrap().unwrap();
@@ -472,9 +497,9 @@ mod tests {
         assert_ne!(second.token, first.token);
         assert_eq!(second.profile, "db");
         // An expired token is not handed out again: the client gets a fresh install.
-        let t = s.release_token(&m, "db", IP, -1).unwrap();
+        let t = s.release_token(&m, Job::Install("db"), IP, -1).unwrap();
         assert_eq!(t, second.token);
-        let third = s.release_token(&m, "db", IP, HOUR).unwrap();
+        let third = s.release_token(&m, Job::Install("db"), IP, HOUR).unwrap();
         assert_ne!(third, second.token);
         s.set_action("web1", &Action::Local).unwrap();
         assert_eq!(
@@ -488,16 +513,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::open(dir.path()).unwrap();
         let t1 = s
-            .release_token("52:54:00:00:00:09", "web", IP, HOUR)
+            .release_token("52:54:00:00:00:09", Job::Install("web"), IP, HOUR)
             .unwrap();
         assert_eq!(
-            s.release_token("52:54:00:00:00:09", "web", IP, HOUR)
+            s.release_token("52:54:00:00:00:09", Job::Install("web"), IP, HOUR)
                 .unwrap(),
             t1
         );
         s.append_log(&t1, "hello", 100).unwrap();
         // Expired at once: no longer open, and pruned.
-        let t2 = s.release_token("52:54:00:00:00:0a", "web", IP, -1).unwrap();
+        let t2 = s
+            .release_token("52:54:00:00:00:0a", Job::Install("web"), IP, -1)
+            .unwrap();
         s.record_phase(&t2, &Phase::Partitioned).unwrap();
         // A registered client's install is never pruned, expired or not.
         s.add(
@@ -506,7 +533,8 @@ mod tests {
             &"install web".parse().unwrap(),
         )
         .unwrap();
-        s.release_token("52:54:00:00:00:0b", "web", IP, -1).unwrap();
+        s.release_token("52:54:00:00:00:0b", Job::Install("web"), IP, -1)
+            .unwrap();
         assert_eq!(s.open_unregistered_installs().unwrap(), 1);
         assert_eq!(s.prune_unregistered_installs(HOUR).unwrap(), 1);
         assert!(s.current_install("52:54:00:00:00:0a").unwrap().is_none());
@@ -525,7 +553,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::open(dir.path()).unwrap();
         let t = s
-            .release_token("52:54:00:00:00:02", "web", IP, HOUR)
+            .release_token("52:54:00:00:00:02", Job::Install("web"), IP, HOUR)
             .unwrap();
         s.record_phase(
             &t,
@@ -560,7 +588,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::open(dir.path()).unwrap();
         let t = s
-            .release_token("52:54:00:00:00:03", "web", IP, HOUR)
+            .release_token("52:54:00:00:00:03", Job::Install("web"), IP, HOUR)
             .unwrap();
         for _ in 0..100 {
             s.append_log(&t, "0123456789", 95).unwrap();
@@ -576,7 +604,7 @@ mod tests {
         assert_eq!(text.find("\n[ignite"), Some(95), "{text}");
         // Cut on a character boundary.
         let t2 = s
-            .release_token("52:54:00:00:00:04", "web", IP, HOUR)
+            .release_token("52:54:00:00:00:04", Job::Install("web"), IP, HOUR)
             .unwrap();
         s.append_log(&t2, "ééé", 3).unwrap();
         assert!(s.log_since(&t2, 0).unwrap()[0].text == "é");
@@ -590,5 +618,45 @@ mod tests {
             matches!(i.phase, Some(Phase::Formatted)),
             "the current phase still moves"
         );
+    }
+
+    #[test]
+    fn a_recover_action_schedules_a_recovery_with_its_own_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let m = "52:54:00:00:00:0c";
+        s.add(
+            m.parse().unwrap(),
+            "db1",
+            &"recover db1@latest".parse().unwrap(),
+        )
+        .unwrap();
+        let t = s
+            .release_token(m, Job::Recover("db1@latest"), IP, HOUR)
+            .unwrap();
+        let inst = s.current_install(m).unwrap().unwrap();
+        assert_eq!(
+            (
+                inst.token.as_str(),
+                inst.recover.as_deref(),
+                inst.profile.as_str()
+            ),
+            (t.as_str(), Some("db1@latest"), "")
+        );
+        // The same job keeps its token; another capture, or an install, gets a new one.
+        assert_eq!(
+            s.release_token(m, Job::Recover("db1@latest"), IP, HOUR)
+                .unwrap(),
+            t
+        );
+        let t2 = s
+            .release_token(m, Job::Recover("db1@abc"), IP, HOUR)
+            .unwrap();
+        assert_ne!(t2, t);
+        let t3 = s
+            .release_token(m, Job::Install("db1@abc"), IP, HOUR)
+            .unwrap();
+        assert_ne!(t3, t2);
+        assert_eq!(s.current_install(m).unwrap().unwrap().recover, None);
     }
 }

@@ -122,12 +122,16 @@ const V4: &str = "
     );
     CREATE INDEX capture_tokens_name ON capture_tokens(name, created_ms);";
 
+/// Version 5: an agent job recovers a capture over the client's disks (boot action
+/// `recover`) instead of installing a profile.
+const V5: &str = "ALTER TABLE installs ADD COLUMN recover TEXT;";
+
 /// One version step: SQL batches applied in order, in one transaction.
 type Step = &'static [&'static str];
 
 /// ignite-netboot owns the lease table's schema ([`LEASE_MIGRATIONS`]); each of its steps is
 /// applied here, in order, as part of one of ours.
-const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3], &[V4]];
+const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3], &[V4], &[V5]];
 
 /// The schema version this binary writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -33,6 +33,29 @@ impl Keep {
     }
 }
 
+/// A schedule's options (column `options`, JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    /// Prove each new capture boots (`--verify-boot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_boot: Option<VerifyBoot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyBoot {
+    pub marker: String,
+    pub timeout_secs: u64,
+}
+
+impl VerifyBoot {
+    pub fn check(&self) -> crate::guests::verify_boot::BootCheck {
+        crate::guests::verify_boot::BootCheck {
+            marker: self.marker.clone(),
+            timeout: std::time::Duration::from_secs(self.timeout_secs),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Schedule {
     pub name: String,
@@ -44,6 +67,7 @@ pub struct Schedule {
     pub next_run: i64,
     pub last_run: Option<i64>,
     pub last_result: Option<String>,
+    pub options: Options,
 }
 
 impl Schedule {
@@ -92,10 +116,12 @@ fn read(r: &rusqlite::Row) -> rusqlite::Result<Schedule> {
         next_run: r.get(4)?,
         last_run: r.get(5)?,
         last_result: r.get(6)?,
+        options: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
     })
 }
 
-const COLUMNS: &str = "name, at_minute, every_secs, policy, next_run, last_run, last_result";
+const COLUMNS: &str =
+    "name, at_minute, every_secs, policy, next_run, last_run, last_result, options";
 
 impl State {
     /// Creates or replaces `name`'s schedule; its next run is computed from `now`.
@@ -105,6 +131,7 @@ impl State {
         at_minute: u32,
         every_secs: u64,
         keep: &Keep,
+        options: &Options,
         now: i64,
     ) -> Result<Schedule> {
         if every_secs < 60 {
@@ -112,14 +139,16 @@ impl State {
         }
         self.conn().execute(
             "INSERT INTO schedules (name, at_minute, every_secs, policy, options, next_run) \
-             VALUES (?1, ?2, ?3, ?4, '{}', ?5) \
-             ON CONFLICT(name) DO UPDATE SET at_minute = ?2, every_secs = ?3, policy = ?4, next_run = ?5",
+             VALUES (?1, ?2, ?3, ?4, ?6, ?5) \
+             ON CONFLICT(name) DO UPDATE SET at_minute = ?2, every_secs = ?3, policy = ?4, \
+             next_run = ?5, options = ?6",
             params![
                 name,
                 at_minute,
                 every_secs as i64,
                 serde_json::to_string(keep)?,
-                next_run(at_minute, every_secs, now)
+                next_run(at_minute, every_secs, now),
+                serde_json::to_string(options)?
             ],
         )?;
         self.schedule(name)?
@@ -221,6 +250,12 @@ mod tests {
                 parse_at("02:00").unwrap(),
                 DAY as u64,
                 &keep,
+                &Options {
+                    verify_boot: Some(VerifyBoot {
+                        marker: "login:".into(),
+                        timeout_secs: 300,
+                    }),
+                },
                 MIDNIGHT,
             )
             .unwrap();
@@ -232,6 +267,7 @@ mod tests {
         assert_eq!(sch.next_run, MIDNIGHT + 4 * DAY + 2 * 3600);
         assert_eq!(sch.last_result.as_deref(), Some("running"));
         assert_eq!(sch.keep, keep);
+        assert_eq!(sch.options.verify_boot.unwrap().timeout_secs, 300);
         s.remove_schedule("web1").unwrap();
         assert!(s.remove_schedule("web1").is_err());
     }

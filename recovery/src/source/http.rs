@@ -145,6 +145,31 @@ impl Http {
     }
 }
 
+impl Http {
+    /// A recovery's plan (boot action `recover`): the capture and its disks.
+    pub fn recover_plan(&self) -> Result<crate::recover::RecoverPlan> {
+        let data = self.request("the recovery plan request", "recover", Some(b""))?;
+        serde_json::from_slice(&data).context("the server's recovery plan does not parse")
+    }
+
+    /// Disk `d`'s block list.
+    pub fn image(&self, d: &crate::recover::RecoverDisk) -> Result<Vec<Option<ChunkId>>> {
+        let data = self.request(
+            &format!("the block list of disk {}", d.index),
+            &format!("image/{}", d.index),
+            None,
+        )?;
+        let blocks = d.size.div_ceil(d.block_size.max(1));
+        ignite_archive::snapshot::decode_image(&d.snapshot, &data, blocks)
+            .with_context(|| format!("disk {} from server {}", d.index, self.server))
+    }
+
+    /// The server's chunks, each checked against its id.
+    pub fn chunk_source(&self) -> impl ChunkSource + '_ {
+        RemoteChunks(self)
+    }
+}
+
 /// Chunks from the server for one extraction, a batch per request.
 struct RemoteChunks<'a>(&'a Http);
 
