@@ -132,6 +132,9 @@ pub fn import_dir_into(
                     }
                 });
             }
+            // Only the readers hold the queue's end: once they all stopped on errors, the
+            // walk's sends fail at once instead of waiting on a full queue.
+            drop(rx);
             walk.jobs = Some(tx);
             let r = walk
                 .visit(root, Vec::new(), &meta, &readers)

@@ -479,3 +479,41 @@ fn a_killed_upload_session_leaves_a_verifiable_store() {
     assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
     assert!(ignite_archive::verify::verify(&store, 1.0).unwrap().ok());
 }
+
+/// A sink whose server stops answering: a directory import of many files ends with that
+/// error instead of waiting forever on the queue of file readers that stopped on it.
+#[test]
+fn a_sink_that_fails_ends_a_directory_import_with_its_error() {
+    struct Gone(StoreConfig);
+    impl ChunkSink for Gone {
+        fn config(&self) -> &StoreConfig {
+            &self.0
+        }
+        fn missing(&self, _: &[ChunkId]) -> ignite_archive::Result<Vec<ChunkId>> {
+            // Long enough for the walk to fill the readers' queue and wait on it.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            Err(Error::Invalid("connection reset by peer".into()))
+        }
+        fn put(&self, _: &[StoredChunk]) -> ignite_archive::Result<()> {
+            Err(Error::Invalid("connection reset by peer".into()))
+        }
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("many");
+    fs::create_dir_all(&src).unwrap();
+    // Far more files than the readers' queue holds, each distinct (one chunk each).
+    for i in 0..3000u64 {
+        fs::write(src.join(format!("f{i}")), random_bytes(2000, i + 1)).unwrap();
+    }
+    let sink = Gone(StoreConfig::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = ignite_archive::import_dir_into(&sink, &src, &opts("many"), None, &progress());
+        let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the import hung after its sink failed");
+    let e = got.expect_err("the sink failed, the import must too");
+    assert!(e.contains("connection reset by peer"), "{e}");
+}

@@ -9,6 +9,7 @@
 //! Errors are `anyhow` chains, unlike the leaf crates: every step ends at an operator's
 //! console or the server's install log as one line, and nothing matches on them.
 
+pub mod api_client;
 pub mod capture;
 pub mod clone;
 pub mod disk;

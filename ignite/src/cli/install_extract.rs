@@ -40,7 +40,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let mut server = Http::new(&a.server, &a.mac, &a.token);
-    server.give_up_after = Duration::from_secs(a.give_up_after);
+    server.give_up_after(Duration::from_secs(a.give_up_after));
     server.fetchers = a.fetchers;
     let facts = ClientFacts {
         mac: a.mac.clone(),

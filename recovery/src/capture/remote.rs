@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use super::files::{self, FileSystem, Rules, Source, View};
 use super::layout::{self, DiskLayout};
 use super::record::{disk_snapshot_name, files_snapshot_name, CaptureKind, LABEL_CAPTURE};
+use crate::api_client::{ApiClient, Gone};
 
 /// Upload requests in flight while the import goes on.
 pub const UPLOADERS: usize = 4;
@@ -118,110 +119,42 @@ pub struct Finished {
     pub seconds: f64,
 }
 
-/// Why a request did not get an answer worth keeping.
-enum Failure {
-    /// The server is away or overloaded: try again.
-    Transient(String),
-    /// The server does not know the session (restarted, or the session timed out).
-    Gone(String),
-    /// The server refused: its message, to show as is.
-    Refused(String),
-}
-
-/// The capture API client: a server, a token, retries.
+/// The capture API client: a server, a token, retries ([`ApiClient`]).
 pub struct Client {
-    server: String,
-    token: String,
-    http: ureq::Agent,
-    /// How long to keep retrying while the server cannot be reached.
-    pub give_up_after: Duration,
+    api: ApiClient,
+    /// The server lost the capture session (a 410 answer): the capture begins again.
     lost: AtomicBool,
 }
 
 impl Client {
     pub fn new(server: &str, token: &str) -> Client {
-        let http = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            // A stalled connection (server stopped, cable pulled) must not hang forever.
-            .timeout_recv_body(Some(Duration::from_secs(120)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .timeout_send_body(Some(Duration::from_secs(120)))
-            .max_idle_connections_per_host(2 * UPLOADERS + 8)
-            .build()
-            .into();
         Client {
-            server: server.trim_end_matches('/').to_string(),
-            token: token.trim().to_string(),
-            http,
-            give_up_after: Duration::from_secs(600),
+            api: ApiClient::new(
+                server,
+                token,
+                Duration::from_secs(120),
+                2 * UPLOADERS + 8,
+                MAX_BODY,
+            ),
             lost: AtomicBool::new(false),
         }
     }
 
     pub fn server(&self) -> &str {
-        &self.server
+        self.api.server()
     }
 
-    fn once(&self, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
-        let auth = format!("Bearer {}", self.token);
-        let url = format!("{}{path}", self.server);
-        let res = match body {
-            Some(b) => self.http.post(&url).header("Authorization", &auth).send(b),
-            None => self.http.get(&url).header("Authorization", &auth).call(),
-        };
-        let mut resp = res.map_err(|e| Failure::Transient(e.to_string()))?;
-        let status = resp.status();
-        let data = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY)
-            .read_to_vec()
-            .map_err(|e| Failure::Transient(format!("reading the answer: {e}")))?;
-        let text = || String::from_utf8_lossy(&data).trim().to_string();
-        match status.as_u16() {
-            200..=299 => Ok(data),
-            410 => Err(Failure::Gone(text())),
-            // A request cut off by the server's time limit, too many requests at once, or a
-            // store briefly busy: wait and ask again.
-            408 | 429 | 500..=599 => Err(Failure::Transient(format!("{status}: {}", text()))),
-            code => Err(Failure::Refused(format!("{} ({code})", text()))),
-        }
+    /// How long requests keep retrying while the server cannot be reached.
+    pub fn give_up_after(&mut self, d: Duration) {
+        self.api.give_up_after = d;
     }
 
-    /// One request, retried with backoff while the server is unreachable or failing; a
-    /// refusal ends it at once with the server's message.
     fn call(&self, what: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
-        let mut since: Option<Instant> = None;
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match self.once(path, body) {
-                Ok(r) => return Ok(r),
-                Err(Failure::Refused(m)) => bail!("server {} refused {what}: {m}", self.server),
-                Err(Failure::Gone(m)) => {
-                    self.lost.store(true, Ordering::Relaxed);
-                    bail!(
-                        "server {} lost the capture session ({what}): {m}",
-                        self.server
-                    )
-                }
-                Err(Failure::Transient(m)) => {
-                    let t0 = *since.get_or_insert_with(Instant::now);
-                    if t0.elapsed() >= self.give_up_after {
-                        bail!(
-                            "{what}: server {} has not answered for {} s (last error: {m}); check that `ignite server` runs and is reachable",
-                            self.server,
-                            self.give_up_after.as_secs()
-                        );
-                    }
-                    if wait >= Duration::from_secs(1) {
-                        tracing::warn!("{what}: {m}; retrying");
-                    }
-                    std::thread::sleep(wait.min(self.give_up_after.saturating_sub(t0.elapsed())));
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
+        self.api.request(what, path, body).inspect_err(|e| {
+            if e.chain().any(|c| c.is::<Gone>()) {
+                self.lost.store(true, Ordering::Relaxed);
             }
-        }
+        })
     }
 
     fn json<T: serde::de::DeserializeOwned>(
@@ -234,7 +167,7 @@ impl Client {
         serde_json::from_slice(&data).with_context(|| {
             format!(
                 "server {}: its answer to {what} does not parse",
-                self.server
+                self.server()
             )
         })
     }
@@ -254,7 +187,7 @@ impl Client {
         if !data.len().is_multiple_of(32) || data.len() / 32 > ids.len() {
             bail!(
                 "server {}: {what}: an answer of {} bytes",
-                self.server,
+                self.server(),
                 data.len()
             );
         }
@@ -266,7 +199,7 @@ impl Client {
                 } else {
                     Err(anyhow!(
                         "server {}: {what}: it names chunk {}, which was not asked about",
-                        self.server,
+                        self.server(),
                         id.to_hex()
                     ))
                 }
@@ -296,8 +229,8 @@ impl Client {
             &format!("/api/capture/{}/tree/{part}", s.session),
             None,
         )?;
-        let entries =
-            decode_tree(&m.id, &data).with_context(|| format!("server {}: {what}", self.server))?;
+        let entries = decode_tree(&m.id, &data)
+            .with_context(|| format!("server {}: {what}", self.server()))?;
         Ok(Some((m.clone(), entries)))
     }
 
@@ -314,25 +247,18 @@ impl Client {
     /// Tells the server why the capture failed (once, no retries: it may be why).
     fn fail(&self, s: &Session, why: &str) {
         let path = format!("/api/capture/{}/fail", s.session);
-        if let Err(Failure::Transient(e) | Failure::Refused(e) | Failure::Gone(e)) =
-            self.once(&path, Some(why.as_bytes()))
-        {
-            tracing::warn!("could not report the failure to {}: {e}", self.server);
+        if let Err(e) = self.api.request_once(&path, Some(why.as_bytes())) {
+            tracing::warn!("could not report the failure: {e:#}");
         }
     }
 }
 
 /// The capture's chunks go to the server: `missing` asks, `put` queues an upload that one of
-/// the uploader threads sends (the import goes on meanwhile).
-///
-/// After a failure a sink that `drains` takes everything without asking the server (nothing
-/// is missing), so that the import runs to its end and the failure is reported then. Directory
-/// imports need this: an error out of the sink can leave `import_dir_into`'s walk waiting
-/// forever on the queue of its file readers, which stopped on that error.
+/// the uploader threads sends (the import goes on meanwhile). The first failure ends the
+/// import with it.
 struct HttpSink<'a> {
     client: &'a Client,
     session: &'a Session,
-    drains: bool,
     queue: Mutex<Option<SyncSender<Vec<StoredChunk>>>>,
     failed: Mutex<Option<anyhow::Error>>,
 }
@@ -344,24 +270,15 @@ fn sink_error(e: &anyhow::Error) -> ignite_archive::Error {
 impl HttpSink<'_> {
     /// Records the capture's first failure.
     fn failed(&self, e: anyhow::Error) {
-        let mut failed = self.failed.lock().unwrap();
-        if failed.is_none() && self.drains {
-            note(&format!(
-                "capture: {e:#}; reading on to the end of the walk without sending"
-            ));
-        }
-        failed.get_or_insert(e);
+        self.failed.lock().unwrap().get_or_insert(e);
     }
 
-    /// After a failure: what a sink that drains answers, or the failure.
-    fn after_failure<T>(&self, drained: T) -> Option<ignite_archive::Result<T>> {
-        let failed = self.failed.lock().unwrap();
-        let e = failed.as_ref()?;
-        Some(if self.drains {
-            Ok(drained)
-        } else {
-            Err(sink_error(e))
-        })
+    /// The capture's failure so far, as the import's error.
+    fn failure(&self) -> ignite_archive::Result<()> {
+        match &*self.failed.lock().unwrap() {
+            Some(e) => Err(sink_error(e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -371,22 +288,16 @@ impl ChunkSink for HttpSink<'_> {
     }
 
     fn missing(&self, ids: &[ChunkId]) -> ignite_archive::Result<Vec<ChunkId>> {
-        if let Some(r) = self.after_failure(Vec::new()) {
-            return r;
-        }
-        match self.client.missing(self.session, ids) {
-            Ok(m) => Ok(m),
-            Err(e) => {
-                self.failed(e);
-                self.after_failure(Vec::new()).expect("failed just now")
-            }
-        }
+        self.failure()?;
+        self.client.missing(self.session, ids).map_err(|e| {
+            let err = sink_error(&e);
+            self.failed(e);
+            err
+        })
     }
 
     fn put(&self, chunks: &[StoredChunk]) -> ignite_archive::Result<()> {
-        if let Some(r) = self.after_failure(()) {
-            return r;
-        }
+        self.failure()?;
         let tx = self.queue.lock().unwrap().clone();
         let sent = tx.is_some_and(|tx| tx.send(chunks.to_vec()).is_ok());
         if !sent {
@@ -399,11 +310,10 @@ impl ChunkSink for HttpSink<'_> {
 }
 
 /// Runs `f` with an HTTP sink whose uploads run on [`UPLOADERS`] threads; returns once every
-/// upload is done, with the first error if any. `drains`: see [`HttpSink`].
+/// upload is done, with the first error if any.
 fn with_sink<R>(
     client: &Client,
     session: &Session,
-    drains: bool,
     f: impl FnOnce(&HttpSink) -> Result<R>,
 ) -> Result<R> {
     let (tx, rx) = sync_channel::<Vec<StoredChunk>>(UPLOADERS);
@@ -411,7 +321,6 @@ fn with_sink<R>(
     let sink = HttpSink {
         client,
         session,
-        drains,
         queue: Mutex::new(Some(tx)),
         failed: Mutex::new(None),
     };
@@ -690,7 +599,7 @@ fn capture_files(
     opts.labels.insert(LABEL_CAPTURE.into(), "files".into());
     // The view's file systems are separate mounts: the walk crosses them.
     opts.one_file_system = false;
-    let mut draft = with_sink(client, s, true, |sink| {
+    let mut draft = with_sink(client, s, |sink| {
         let parent = parent.as_ref().map(|(m, e)| (m, e.as_slice()));
         Ok(ignite_archive::import_dir_into(
             sink,
@@ -720,7 +629,7 @@ fn capture_block(
         let img = FileImage::open(path).with_context(|| format!("disk {}", path.display()))?;
         let mut opts = ImportOptions::new(&disk_snapshot_name(&s.name, *index));
         opts.labels.insert(LABEL_CAPTURE.into(), "disk".into());
-        let draft = with_sink(client, s, false, |sink| {
+        let draft = with_sink(client, s, |sink| {
             let src = ImageSource {
                 reader: &img,
                 changed: None,
@@ -797,7 +706,7 @@ mod tests {
         std::thread::spawn(move || {
             // Nothing listens on port 1: every request fails until the client gives up.
             let mut client = Client::new("http://127.0.0.1:1", "t");
-            client.give_up_after = Duration::from_millis(300);
+            client.give_up_after(Duration::from_millis(300));
             let session = Session {
                 session: "s".into(),
                 name: "n".into(),
@@ -806,7 +715,7 @@ mod tests {
                 config: StoreConfig::default(),
                 parents: BTreeMap::new(),
             };
-            let r = with_sink(&client, &session, true, |sink| {
+            let r = with_sink(&client, &session, |sink| {
                 let opts = ImportOptions::new("n:files");
                 Ok(ignite_archive::import_dir_into(
                     sink,

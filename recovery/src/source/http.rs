@@ -8,15 +8,16 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use ignite_archive::chunk_stream;
 use ignite_archive::snapshot::decode_tree;
 use ignite_archive::ChunkId;
 use ignite_archive::{export_tree, ChunkSource};
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
 
+use crate::api_client::ApiClient;
 use crate::protocol::{Phase, Source};
 
 /// Largest chunk accepted from a server (the store's chunker stays far below).
@@ -25,107 +26,31 @@ const MAX_CHUNK: u32 = 64 << 20;
 const MAX_BODY: u64 = 1 << 30;
 
 pub struct Http {
-    /// `http://IP:PORT`, from `ignite.server=`.
-    server: String,
+    api: ApiClient,
     mac: String,
-    token: String,
-    http: ureq::Agent,
-    /// How long to keep retrying while the server cannot be reached.
-    pub give_up_after: Duration,
     /// Chunk requests in flight during extraction.
     pub fetchers: usize,
 }
 
-/// Why a request did not get an answer worth keeping.
-enum Failure {
-    /// The server is away or overloaded: try again.
-    Transient(String),
-    /// The server answered and refused: its message, to show as is.
-    Refused(String),
-}
-
 impl Http {
     pub fn new(server: &str, mac: &str, token: &str) -> Http {
-        let http = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            // A stalled connection (server stopped, cable pulled) must not hang forever.
-            .timeout_recv_body(Some(Duration::from_secs(60)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .max_idle_connections_per_host(32)
-            .build()
-            .into();
+        let mut api = ApiClient::new(server, token, Duration::from_secs(60), 32, MAX_BODY);
+        api.when_away = "check that `ignite server` runs and is reachable, then reboot the client";
         Http {
-            server: server.trim_end_matches('/').to_string(),
+            api,
             mac: mac.to_string(),
-            token: token.to_string(),
-            http,
-            give_up_after: Duration::from_secs(600),
             fetchers: 8,
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/install/{}/{path}", self.server, self.mac)
+    /// How long requests keep retrying while the server cannot be reached.
+    pub fn give_up_after(&mut self, d: Duration) {
+        self.api.give_up_after = d;
     }
 
-    fn once(&self, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
-        let auth = format!("Bearer {}", self.token);
-        let url = self.url(path);
-        let res = match body {
-            Some(b) => self.http.post(&url).header("Authorization", &auth).send(b),
-            None => self.http.get(&url).header("Authorization", &auth).call(),
-        };
-        let mut resp = res.map_err(|e| Failure::Transient(e.to_string()))?;
-        let status = resp.status();
-        let data = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY)
-            .read_to_vec()
-            .map_err(|e| Failure::Transient(format!("reading the answer: {e}")))?;
-        if status.is_server_error() {
-            return Err(Failure::Transient(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&data).trim()
-            )));
-        }
-        if !status.is_success() {
-            return Err(Failure::Refused(format!(
-                "{} ({})",
-                String::from_utf8_lossy(&data).trim(),
-                status.as_u16()
-            )));
-        }
-        Ok(data)
-    }
-
-    /// One request, retried with backoff while the server is unreachable or failing; a
-    /// refusal (4xx) ends it at once with the server's message.
     fn request(&self, what: &str, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
-        let mut since: Option<Instant> = None;
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match self.once(path, body) {
-                Ok(r) => return Ok(r),
-                Err(Failure::Refused(m)) => bail!("server {} refused {what}: {m}", self.server),
-                Err(Failure::Transient(m)) => {
-                    let t0 = *since.get_or_insert_with(Instant::now);
-                    if t0.elapsed() >= self.give_up_after {
-                        bail!(
-                            "{what}: server {} has not answered for {} s (last error: {m}); check that `ignite server` runs and is reachable, then reboot the client",
-                            self.server,
-                            self.give_up_after.as_secs()
-                        );
-                    }
-                    if wait >= Duration::from_secs(1) {
-                        tracing::warn!("{what}: {m}; retrying");
-                    }
-                    std::thread::sleep(wait.min(self.give_up_after.saturating_sub(t0.elapsed())));
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let path = format!("/api/install/{}/{path}", self.mac);
+        self.api.request(what, &path, body)
     }
 
     /// Chunks in one request, each checked against its id.
@@ -139,7 +64,7 @@ impl Http {
         chunk_stream::decode(ids, &stream, MAX_CHUNK).map_err(|e| {
             anyhow!(
                 "{e} (served by {}); refusing it: run `ignite archive verify` on the server's store",
-                self.server
+                self.api.server()
             )
         })
     }
@@ -161,7 +86,7 @@ impl Http {
         )?;
         let blocks = d.size.div_ceil(d.block_size.max(1));
         ignite_archive::snapshot::decode_image(&d.snapshot, &data, blocks)
-            .with_context(|| format!("disk {} from server {}", d.index, self.server))
+            .with_context(|| format!("disk {} from server {}", d.index, self.api.server()))
     }
 
     /// The server's chunks, each checked against its id.
@@ -208,7 +133,7 @@ impl Source for Http {
         let data = self.request(&format!("the tree of archive {archive}"), "tree", None)?;
         let id = archive.id.clone().unwrap_or_else(|| archive.name.clone());
         let entries = decode_tree(&id, &data)
-            .with_context(|| format!("archive {archive} from server {}", self.server))?;
+            .with_context(|| format!("archive {archive} from server {}", self.api.server()))?;
         let total: u64 = entries
             .iter()
             .map(|e| match &e.kind {
