@@ -250,6 +250,41 @@ fn vm(lab: &Lab, site: &Site, server: &Server, args: &[&str]) -> String {
     in_lab(lab, site, server, &all)
 }
 
+/// `ignite vm create NAME` (QEMU engine, 1 GiB) over an existing disk image, its NIC with
+/// `mac` on the lab bridge; `boot` is `disk` or `net`, `firmware` `bios` or `uefi`.
+fn define(
+    (lab, site, server): (&Lab, &Site, &Server),
+    name: &str,
+    disk: &Path,
+    boot: &str,
+    firmware: &str,
+    mac: &str,
+) {
+    vm(
+        lab,
+        site,
+        server,
+        &[
+            "create",
+            name,
+            "--mem",
+            "1024M",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--boot",
+            boot,
+            "--engine",
+            "qemu",
+            "--firmware",
+            firmware,
+            "--net",
+            "bridge=br0",
+            "--mac",
+            mac,
+        ],
+    );
+}
+
 /// `ignite ARGS` in the lab's namespace on the site's state; its output.
 fn in_lab(lab: &Lab, site: &Site, server: &Server, args: &[&str]) -> String {
     let out = Lab::cmd(&lab.ns, ignite_bin())
@@ -333,29 +368,8 @@ fn boot_clone(
 fn verify_uefi_capture(site: &Site, lab: &Lab, server: &Server, g: &Guest) {
     let t = Instant::now();
     let disk = site.tmp.path().join(format!("{}.raw", g.name));
-    vm(
-        lab,
-        site,
-        server,
-        &[
-            "create",
-            "src2",
-            "--mem",
-            "1024M",
-            "--disk",
-            disk.to_str().unwrap(),
-            "--boot",
-            "disk",
-            "--engine",
-            "qemu",
-            "--firmware",
-            "uefi",
-            "--net",
-            "bridge=br0",
-            "--mac",
-            &g.mac,
-        ],
-    );
+    define((lab, site, server), "src2", &disk, "disk", "uefi", &g.mac);
+
     let marker = format!("{FIRSTBOOT} host=");
     let out = in_lab(
         lab,
@@ -497,22 +511,7 @@ fn capture_change_restore_and_clone(site: &Site, lab: &Lab, server: &Server, g: 
     let disk = dir.join(format!("{}.raw", g.name));
     let vm = |args: &[&str]| vm(lab, site, server, args);
     let source_id = g.firstboot().unwrap();
-    vm(&[
-        "create",
-        "src1",
-        "--mem",
-        "1024M",
-        "--disk",
-        disk.to_str().unwrap(),
-        "--boot",
-        "disk",
-        "--engine",
-        "qemu",
-        "--net",
-        "bridge=br0",
-        "--mac",
-        &g.mac,
-    ]);
+    define((lab, site, server), "src1", &disk, "disk", "bios", &g.mac);
 
     let root = dir.join("mnt-src");
     let write_notes = |parts: &HashMap<u64, (u64, u64)>, text: &str, extra: bool| {
@@ -634,22 +633,7 @@ fn capture_change_restore_and_clone(site: &Site, lab: &Lab, server: &Server, g: 
     // only the blocks that differ, then reboots into the recovered system.
     vm(&["remove", "src1b", "--keep-disks"]);
     let disk_b = site.state.join("guests/src1b/disk0.img");
-    vm(&[
-        "create",
-        "src1n",
-        "--mem",
-        "1024M",
-        "--disk",
-        disk_b.to_str().unwrap(),
-        "--boot",
-        "net",
-        "--engine",
-        "qemu",
-        "--net",
-        "bridge=br0",
-        "--mac",
-        &g.mac,
-    ]);
+    define((lab, site, server), "src1n", &disk_b, "net", "bios", &g.mac);
     site.ignite(&["client", "set", &g.name, "recover", &format!("src1@{c2}")]);
     vm(&["start", "src1n"]);
     let running = GuestGuard::new(&site.state, "src1n");

@@ -40,7 +40,7 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
         })
         .args(["-m", &format!("{}M", def.mem >> 20)])
         .args(["-smp", &def.cpus.to_string()])
-        .args(["-display", "none", "-monitor", "none", "-no-reboot", "-S"])
+        .args(["-display", "none", "-monitor", "none", "-S"])
         .args(["-chardev", &chardev, "-serial", "chardev:con"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", paths.qmp().display()));
@@ -97,6 +97,10 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
             initrd,
             cmdline,
         } => {
+            // A kernel booted directly has nothing to reboot into but itself: a reboot (or
+            // a panic, with panic=N) ends the guest. Firmware-booted guests reboot like a
+            // machine: an install or recovery agent reboots into the installed system.
+            c.arg("-no-reboot");
             c.arg("-kernel").arg(kernel);
             if let Some(i) = initrd {
                 c.arg("-initrd").arg(i);
