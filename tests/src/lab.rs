@@ -297,7 +297,8 @@ impl Server {
         // Tests bring their own boot files: the server makes none at start. Without a
         // configuration, the boot directory is fetch_boot_files' (the marker initramfs
         // stands in for the agent).
-        let marker_cfg = state.join("marker-server.toml");
+        // Beside the state directory, which holds only what the server writes (private).
+        let marker_cfg = state.with_file_name("marker-server.toml");
         let config: Vec<&str> = if extra.contains(&"--config") {
             vec![]
         } else {

@@ -499,7 +499,7 @@ fn run_qemu(
     let code = child.wait()?;
     drop(taps);
     Ok(if code.success() {
-        "guest powered off or reset (qemu exited)".into()
+        "guest powered off (qemu exited)".into()
     } else {
         format!("qemu ended: {code}; see the supervisor log")
     })
