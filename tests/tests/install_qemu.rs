@@ -530,6 +530,47 @@ fn capture_change_restore_and_clone(site: &Site, lab: &Lab, server: &Server, g: 
     // The layout comes from a first look at the installed disk (a capture's record).
     let c0 = capture(site, "src1");
     let parts = partitions(site, &format!("src1@{c0}"));
+    // The record as an install profile: it renders to the captured layout, mounts included.
+    let text = site.ignite(&[
+        "recovery",
+        "show",
+        "src1",
+        "--profile",
+        "--archive",
+        "debian-12",
+    ]);
+    let file = dir.join("as-captured.toml");
+    std::fs::write(&file, &text).unwrap();
+    let plan: serde_json::Value = serde_json::from_str(&run(Command::new(ignite_bin()).args([
+        "profile",
+        "render",
+        file.to_str().unwrap(),
+        "--mac",
+        &g.mac,
+        "--disk",
+        "/dev/vda:4G",
+        "--json",
+    ])))
+    .unwrap();
+    let planned: HashMap<u64, (u64, u64)> = plan["disk"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let n = p["number"].as_u64().unwrap();
+            (
+                n,
+                (
+                    p["start_bytes"].as_u64().unwrap(),
+                    p["size_bytes"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(planned, parts, "{text}");
+    for mount in ["\"/\"", "\"/var\""] {
+        assert!(text.contains(&format!("mount = {mount}")), "{text}");
+    }
     write_notes(&parts, "first\n", false);
     let c1 = capture(site, "src1");
     write_notes(&parts, "second\n", true);

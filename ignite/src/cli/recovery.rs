@@ -60,6 +60,13 @@ enum Cmd {
         capture: String,
         #[arg(long)]
         json: bool,
+        /// Print an install profile with the recorded layout, file systems, boot loader and
+        /// hostname (a files capture installs its own tree; give a block capture --archive).
+        #[arg(long, conflicts_with = "json")]
+        profile: bool,
+        /// The archive such a profile installs (default for a files capture: its tree).
+        #[arg(long, requires = "profile")]
+        archive: Option<String>,
     },
     /// What changed between two captures of NAME (default: the last two; A and B are capture
     /// ids or NAME@ID).
@@ -248,7 +255,13 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
         },
         Cmd::Token(t) => token(&a.state_dir, t),
         Cmd::List { name, json } => list(&a.state_dir, name.as_deref(), json),
-        Cmd::Show { capture, json } => show(&store_dir, &capture, json),
+        Cmd::Show {
+            capture,
+            profile: true,
+            archive,
+            ..
+        } => show_profile(&store_dir, &capture, archive),
+        Cmd::Show { capture, json, .. } => show(&store_dir, &capture, json),
         Cmd::Schedule(s) => schedule(&a.state_dir, s),
         Cmd::Diff {
             name,
@@ -651,6 +664,23 @@ fn list(state_dir: &Path, name: Option<&str>, json: bool) -> Result<()> {
             human(r.new_bytes)
         );
     }
+    Ok(())
+}
+
+fn show_profile(store_dir: &Path, spec: &str, archive: Option<String>) -> Result<()> {
+    use ignite_recovery::capture::{as_profile::profile_toml, record::files_snapshot_name};
+    let store = Store::open(store_dir)?;
+    let (m, r) = Record::load(&store, spec)?;
+    let archive = match (archive, &r.files) {
+        (Some(a), _) => a,
+        (None, Some(f)) => format!("{}@{}", files_snapshot_name(&r.name), f.snapshot),
+        (None, None) => anyhow::bail!(
+            "{}@{} is a block capture: it holds disks, not a file tree to install; name one with --archive NAME",
+            r.name,
+            short(&m.id)
+        ),
+    };
+    print!("{}", profile_toml(&r, &archive)?);
     Ok(())
 }
 

@@ -270,11 +270,15 @@ impl Default for Network {
     }
 }
 
+/// Where the built-in configuration expects the agent initramfs (`ignite server` builds it
+/// there when it is missing).
+pub const AGENT_INITRD: &str = "ignite/initrd.img";
+
 impl Default for Boot {
     fn default() -> Self {
         Boot {
             kernel: "debian/vmlinuz".into(),
-            initrd: vec![super::prepare::AGENT_INITRD.into()],
+            initrd: vec![AGENT_INITRD.into()],
             cmdline: "console=ttyS0".into(),
             default_action: "local".into(),
             bios: "undionly.kpxe".into(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::config::Config;
+use super::config::{Config, AGENT_INITRD};
 use crate::bootfiles::{self, CacheLock};
 
 /// How a boot file comes to be.
@@ -76,9 +76,6 @@ pub fn boot_files(cfg: &Config) -> Vec<BootFile> {
     }
     files
 }
-
-/// Where the built-in configuration expects the agent initramfs.
-pub const AGENT_INITRD: &str = "ignite/initrd.img";
 
 /// `boot_files` that are not in `boot_dir`.
 pub fn missing(cfg: &Config) -> Vec<BootFile> {

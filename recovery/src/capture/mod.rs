@@ -9,6 +9,7 @@
 //! before that leaves disk snapshots that no record names, which the next capture dedups
 //! against and retention forgets.
 
+pub mod as_profile;
 pub mod block;
 pub mod diff;
 pub mod files;
