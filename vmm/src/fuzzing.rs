@@ -51,16 +51,22 @@ pub fn memfd_disk(read_only: bool) -> DiskFile {
 /// An in-memory disk of `size` bytes, and a second handle on the same file to check its
 /// size afterwards.
 pub fn memfd_disk_sized(size: u64, read_only: bool) -> (DiskFile, File) {
-    // SAFETY: memfd_create with a static C string; the fd is owned by the File.
-    let fd = unsafe { libc::memfd_create(c"ignite-fuzz-disk".as_ptr(), 0) };
-    assert!(fd >= 0, "memfd_create");
-    let f = unsafe { File::from_raw_fd(fd) };
+    let f = memfd("disk");
     f.set_len(size).expect("memfd size");
     let check = f.try_clone().expect("memfd dup");
     (
         DiskFile::from_file(f, read_only).expect("memfd disk"),
         check,
     )
+}
+
+/// An empty in-memory file.
+pub fn memfd(what: &str) -> File {
+    let name = std::ffi::CString::new(format!("ignite-fuzz-{what}")).expect("no NUL");
+    // SAFETY: memfd_create with a C string we own; the fd is owned by the File.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create");
+    unsafe { File::from_raw_fd(fd) }
 }
 
 fn assert_size(f: &File, size: u64, what: &str) {
@@ -118,7 +124,7 @@ pub fn ide_registers(input: &[u8]) {
         });
         checks.push(check);
     }
-    let mut ide = Ide::with_disks(disks, [None, None]).expect("three disks");
+    let mut ide = Ide::with_units(disks, Vec::new(), [None, None]).expect("three disks");
     let mut s = Script::new(input);
     while let (Some(op), Some(off), Some(count)) = (s.byte(), s.byte(), s.byte()) {
         let ch = &mut ide.channels[(op & 1) as usize];

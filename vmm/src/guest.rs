@@ -17,7 +17,7 @@ pub fn image(name: &str) -> crate::KernelImage {
     }
 }
 
-use crate::config::{DiskConfig, NetConfig, SerialTarget, SharedBuffer, VmConfig};
+use crate::config::{DiskConfig, DriveConfig, NetConfig, SerialTarget, SharedBuffer, VmConfig};
 use crate::devices::StopReason;
 use crate::vm::{RunOutcome, Vm};
 use std::time::Duration;
@@ -35,6 +35,8 @@ pub struct ProgramRun {
     pub nets: Vec<NetConfig>,
     /// NE2000 NICs (VIO).
     pub vio_nets: Vec<NetConfig>,
+    /// CD-ROM and tape drives.
+    pub drives: Vec<DriveConfig>,
     pub timeout: Duration,
 }
 
@@ -49,6 +51,7 @@ impl ProgramRun {
             vio_disks: Vec::new(),
             nets: Vec::new(),
             vio_nets: Vec::new(),
+            drives: Vec::new(),
             timeout: Duration::from_secs(60),
         }
     }
@@ -85,6 +88,7 @@ pub fn run_program(run: ProgramRun) -> crate::Result<ProgramResult> {
     cfg.vio_disks = run.vio_disks;
     cfg.nets = run.nets;
     cfg.vio_nets = run.vio_nets;
+    cfg.drives = run.drives;
     cfg.serial = SerialTarget::Buffer(buf.clone());
     let vm = Vm::new(&cfg)?;
     let outcome = vm.run(Some(run.timeout))?;

@@ -188,6 +188,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         vio_disks: a.vio_disks,
         vio_nets,
         nets,
+        drives: Vec::new(),
         serial_input: matches!(a.serial, SerialTarget::Stdout),
         serial: a.serial,
     };
