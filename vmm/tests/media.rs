@@ -1,0 +1,101 @@
+//! Removable media under real KVM, driven by guest test programs: the ATAPI CD-ROM on the
+//! IDE channels (VIO) and the CD-ROM and tape LUNs of virtio-scsi (AVIO), with media changed
+//! by the host while the guest runs.
+
+mod common;
+
+use ignite_vmm::guest::ProgramRun;
+use ignite_vmm::scsi::MediumConfig;
+use ignite_vmm::{DiskConfig, DriveConfig, SerialTarget, SharedBuffer, Vm, VmConfig};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A CD image of `blocks` 2048-byte blocks, each different (a seed, its LBA, a pattern).
+fn iso(dir: &Path, name: &str, blocks: u32, seed: u8) -> PathBuf {
+    let mut data = vec![0u8; blocks as usize * 2048];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = ((i / 2048) as u8).wrapping_mul(31) ^ (i as u8) ^ seed;
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, &data).unwrap();
+    p
+}
+
+fn fnv(data: &[u8]) -> String {
+    let h = data
+        .iter()
+        .fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    format!("{h:08x}")
+}
+
+fn drive(spec: &str) -> DriveConfig {
+    DriveConfig::parse(spec).unwrap()
+}
+
+#[test]
+fn atapi_cdrom_on_the_primary_slave_reads_the_whole_iso() {
+    if !common::kvm() {
+        return;
+    }
+    let dir = common::tempdir();
+    let image = iso(dir.as_path(), "a.iso", 301, 7);
+    let disk = common::image(dir.as_path(), "d.img", 1 << 20, 0);
+    let mut run = ProgramRun::new("atapi");
+    // A disk on the primary master: the CD-ROM is the slave, with its own signature.
+    run.vio_disks = vec![DiskConfig::parse(&disk.display().to_string()).unwrap()];
+    run.drives = vec![drive(&format!("cd,medium={}", image.display()))];
+    run.args = "unit=1".into();
+    let r = common::expect_pass(run);
+    let want = format!("atapi: 301 blocks fnv1a {}", fnv(&std::fs::read(&image).unwrap()));
+    assert!(r.serial.contains(&want), "want {want:?}\n{}", r.serial);
+}
+
+/// Waits until the guest printed `line`, showing what it printed otherwise.
+fn wait_for(out: &SharedBuffer, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.contents().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never printed {line:?}:\n{}",
+            out.contents()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn atapi_medium_changed_by_the_host_while_the_guest_runs() {
+    if !common::kvm() {
+        return;
+    }
+    let dir = common::tempdir();
+    let first = iso(dir.as_path(), "first.iso", 40, 1);
+    let second = iso(dir.as_path(), "second.iso", 77, 2);
+    let out = SharedBuffer::default();
+    let mut cfg = VmConfig::new(ignite_vmm::guest::image("atapi"));
+    cfg.cmdline = "unit=0 swap=1".into();
+    cfg.mem_bytes = 64 << 20;
+    cfg.drives = vec![drive(&format!("cd,medium={}", first.display()))];
+    cfg.serial = SerialTarget::Buffer(out.clone());
+    let vm = Vm::new(&cfg).unwrap();
+    let media = vm.media();
+    let running = std::thread::spawn(move || vm.run(Some(Duration::from_secs(120))));
+    wait_for(&out, "swap: eject now");
+    assert_eq!(media.eject("cd0").unwrap(), Some(first));
+    wait_for(&out, "swap: insert now");
+    let m = MediumConfig {
+        path: second.clone(),
+        read_only: true,
+    };
+    media.insert("cd0", &m).unwrap();
+    let outcome = running.join().unwrap().unwrap();
+    assert_eq!(
+        outcome.reason,
+        ignite_vmm::StopReason::TestExit(0),
+        "{}",
+        out.contents()
+    );
+    let block0 = &std::fs::read(&second).unwrap()[..2048];
+    let want = format!("swap: 77 blocks, first block fnv1a {}", fnv(block0));
+    assert!(out.contents().contains(&want), "want {want:?}\n{}", out.contents());
+}
