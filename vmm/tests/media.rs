@@ -99,3 +99,68 @@ fn atapi_medium_changed_by_the_host_while_the_guest_runs() {
     let want = format!("swap: 77 blocks, first block fnv1a {}", fnv(block0));
     assert!(out.contents().contains(&want), "want {want:?}\n{}", out.contents());
 }
+
+/// The objects of a SIMH-format tape file: Some(record) or None (filemark).
+fn tape_objects(data: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let word = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+    let (mut at, mut out) = (0, Vec::new());
+    while at < data.len() {
+        let l = word(at);
+        if l == 0 {
+            out.push(None);
+            at += 4;
+            continue;
+        }
+        let pad = l & 1;
+        assert_eq!(word(at + 4 + l + pad), l, "trailing length at {at}");
+        out.push(Some(data[at + 4..at + 4 + l].to_vec()));
+        at += 8 + l + pad;
+    }
+    out
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(13) ^ seed).collect()
+}
+
+fn vscsi(extra_luns: usize) {
+    let dir = common::tempdir();
+    let image = iso(dir.as_path(), "c.iso", 1000, 3);
+    let tape = dir.as_path().join("t.tap");
+    std::fs::write(&tape, b"").unwrap();
+    let mut run = ProgramRun::new("vscsi");
+    run.drives = vec![
+        drive(&format!("cd,avio,medium={}", image.display())),
+        drive(&format!("tape,medium={}", tape.display())),
+    ];
+    run.drives.extend((0..extra_luns).map(|_| drive("cd,avio")));
+    run.args = format!("luns={}", 2 + extra_luns);
+    run.mem_bytes = 128 << 20;
+    let r = common::expect_pass(run);
+    let want = format!("vscsi: cd 1000 blocks fnv1a {}", fnv(&std::fs::read(&image).unwrap()));
+    assert!(r.serial.contains(&want), "want {want:?}\n{}", r.serial);
+    // The tape as written, read independently of the device model.
+    let mut want: Vec<Option<Vec<u8>>> = [1000, 3001, 65536]
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| Some(pattern(l, i as u8)))
+        .collect();
+    want.push(None);
+    want.extend(pattern(4096, 9).chunks(512).map(|c| Some(c.to_vec())));
+    want.push(None);
+    assert!(tape_objects(&std::fs::read(&tape).unwrap()) == want, "tape contents differ");
+}
+
+#[test]
+fn virtio_scsi_cd_and_tape_as_linux_uses_them() {
+    if common::kvm() {
+        vscsi(0);
+    }
+}
+
+#[test]
+fn virtio_scsi_128_luns_on_one_controller() {
+    if common::kvm() {
+        vscsi(126);
+    }
+}

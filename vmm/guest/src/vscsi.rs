@@ -15,10 +15,13 @@ pub const CHECK_CONDITION: u8 = 2;
 #[derive(Clone, Copy)]
 pub struct Req {
     pub lun: [u8; 8],
-    pub tag: u64,
+    /// Bytes, not a u64: the header is 51 bytes with no padding.
+    pub tag: [u8; 8],
     pub attr: [u8; 3],
     pub cdb: [u8; CDB],
 }
+
+const _: () = assert!(core::mem::size_of::<Req>() == 19 + CDB);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -42,7 +45,7 @@ struct Slot {
 const EMPTY: Slot = Slot {
     req: Req {
         lun: [0; 8],
-        tag: 0,
+        tag: [0; 8],
         attr: [0; 3],
         cdb: [0; CDB],
     },
@@ -159,7 +162,7 @@ impl Scsi {
         slots[i] = EMPTY;
         slots[i].busy = true;
         slots[i].req.lun = lun_bytes(lun);
-        slots[i].req.tag = i as u64;
+        slots[i].req.tag = (i as u64).to_le_bytes();
         slots[i].req.cdb[..cdb.len()].copy_from_slice(cdb);
         let req = &slots[i].req as *const Req as u64;
         let resp = &slots[i].resp as *const Resp as u64;
