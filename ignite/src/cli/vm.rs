@@ -67,6 +67,9 @@ enum BenchWhich {
         /// word: some 20 s per MiB where an exit costs 44 µs).
         #[arg(long, default_value = "1M", value_parser = ignite_profiles::parse_bytes)]
         vio_net_size: u64,
+        /// Bytes read per ISO phase (a CD image of this size, read once through each bus).
+        #[arg(long, default_value = "16M", value_parser = ignite_profiles::parse_bytes)]
+        iso_size: u64,
     },
 }
 
@@ -258,6 +261,7 @@ fn avio_vio(
     size_1m: u64,
     size_4k: u64,
     net_sizes: (u64, u64),
+    iso_size: u64,
 ) -> anyhow::Result<()> {
     use ignite_vmm::bench;
     if size_1m < 1 << 20
@@ -266,6 +270,9 @@ fn avio_vio(
         || !size_4k.is_multiple_of(4096)
     {
         bail!("--size-1m must be a multiple of 1M and --size-4k a multiple of 4K");
+    }
+    if iso_size == 0 || !iso_size.is_multiple_of(1 << 20) || iso_size > 4 << 30 {
+        bail!("--iso-size must be a multiple of 1M up to 4G (e.g. --iso-size 16M)");
     }
     let (net_size, vio_net_size) = net_sizes;
     if ![net_size, vio_net_size]
@@ -278,6 +285,10 @@ fn avio_vio(
     let load_before = bench::load_average();
     let (mut avio, mut vio) =
         bench::avio_vio_disk(&d, size_1m, size_4k).context("AVIO vs VIO disk benchmark")?;
+    let (iso_avio, iso_vio) = bench::avio_vio_iso(&d, iso_size, iso_size)
+        .context("AVIO vs VIO ISO read benchmark")?;
+    avio.push(iso_avio);
+    vio.push(iso_vio);
     let _ = std::fs::remove_dir(&d);
     let (net_avio, net_vio) = ignite_vmm::netbench::avio_vio_net(net_size, vio_net_size)
         .context("AVIO vs VIO network benchmark")?;
@@ -288,6 +299,9 @@ fn avio_vio(
          image: a file in {} ({} KiB per 1 MiB phase, {} KiB per 4 KiB phase), written and synced first; AVIO = virtio-blk (blkbench, \
          8 x 1 MiB / 64 x 4 KiB in flight), VIO = IDE PIO (idebench, one command at a time, \
          READ/WRITE MULTIPLE EXT, 16-sector DRQ blocks); both sleep until their interrupt\n\
+         ISO read: a {} KiB CD image read once whole (cdbench; AVIO = virtio-scsi CD-ROM LUN, READ(10) of 1 MiB, \
+         4 in flight, VIO = ATAPI CD-ROM on IDE, READ(10) of 64 KiB per PACKET in 32 KiB PIO chunks), \
+         every byte checksummed by the guest and checked by the host\n\
          network: {} (AVIO) and {} (VIO) frames of {} bytes each way through one tap to a raw socket on its host side \
          (netbench; AVIO = virtio-net, window {}, VIO = NE2000 remote DMA, window {}); \
          every frame counted and checksummed by its receiver; the peer's CPU time is not counted\n",
@@ -297,6 +311,7 @@ fn avio_vio(
         d.display(),
         size_1m >> 10,
         size_4k >> 10,
+        iso_size >> 10,
         net_size.div_ceil(ignite_vmm::netbench::FRAME as u64),
         vio_net_size.div_ceil(ignite_vmm::netbench::FRAME as u64),
         ignite_vmm::netbench::FRAME,
@@ -315,9 +330,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         size_4k,
         net_size,
         vio_net_size,
+        iso_size,
     }) = a.which
     {
-        return avio_vio(dir, size_1m, size_4k, (net_size, vio_net_size));
+        return avio_vio(dir, size_1m, size_4k, (net_size, vio_net_size), iso_size);
     }
     let d = scratch_dir(a.dir)?;
     let speed = ignite_vmm::hwcheck::measure().context("hardware virtualization check")?;
