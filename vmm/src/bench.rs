@@ -333,7 +333,11 @@ pub fn avio_vio_iso(dir: &Path, image_size: u64, total: u64) -> Result<(Phase, P
                 read_only: true,
             }),
         }];
-        let name = if bus == crate::config::MediaBus::Vio { "vio" } else { "avio" };
+        let name = if bus == crate::config::MediaBus::Vio {
+            "vio"
+        } else {
+            "avio"
+        };
         run.args = format!("bus={name} total={total}");
         run.timeout = Duration::from_secs(1800);
         let r = run_passing(run)?;

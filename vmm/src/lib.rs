@@ -34,8 +34,8 @@ pub mod virtio;
 mod vm;
 
 pub use config::{
-    DiskConfig, DriveConfig, DriveKind, KernelImage, MediaBus, NetBackend, NetConfig,
-    SerialTarget, SharedBuffer, VmConfig,
+    DiskConfig, DriveConfig, DriveKind, KernelImage, MediaBus, NetBackend, NetConfig, SerialTarget,
+    SharedBuffer, VmConfig,
 };
 pub use error::{Error, Result};
 pub use vm::{Mark, RunOutcome, StopReason, StopSignal, Vm};

@@ -134,7 +134,11 @@ fn open_drives(
     for d in drives {
         match (d.kind, d.bus) {
             (DriveKind::Cdrom, bus) => {
-                let medium = d.medium.as_ref().map(|m| cdrom::Medium::open(&m.path)).transpose()?;
+                let medium = d
+                    .medium
+                    .as_ref()
+                    .map(|m| cdrom::Medium::open(&m.path))
+                    .transpose()?;
                 let iface = match bus {
                     MediaBus::Vio => cdrom::Interface::Atapi,
                     MediaBus::Avio => cdrom::Interface::Scsi,
@@ -262,7 +266,10 @@ impl Vm {
         }
         let (media, vio_cds, avio_luns) = open_drives(&config.drives)?;
         if !avio_luns.is_empty() {
-            add(&mut pci, Box::new(crate::virtio::scsi::Scsi::new(avio_luns)?))?;
+            add(
+                &mut pci,
+                Box::new(crate::virtio::scsi::Scsi::new(avio_luns)?),
+            )?;
         }
         let ide = if config.vio_disks.is_empty() && vio_cds.is_empty() {
             None

@@ -22,9 +22,9 @@ fn iso(dir: &Path, name: &str, blocks: u32, seed: u8) -> PathBuf {
 }
 
 fn fnv(data: &[u8]) -> String {
-    let h = data
-        .iter()
-        .fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193));
+    let h = data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
     format!("{h:08x}")
 }
 
@@ -46,7 +46,10 @@ fn atapi_cdrom_on_the_primary_slave_reads_the_whole_iso() {
     run.drives = vec![drive(&format!("cd,medium={}", image.display()))];
     run.args = "unit=1".into();
     let r = common::expect_pass(run);
-    let want = format!("atapi: 301 blocks fnv1a {}", fnv(&std::fs::read(&image).unwrap()));
+    let want = format!(
+        "atapi: 301 blocks fnv1a {}",
+        fnv(&std::fs::read(&image).unwrap())
+    );
     assert!(r.serial.contains(&want), "want {want:?}\n{}", r.serial);
 }
 
@@ -97,7 +100,11 @@ fn atapi_medium_changed_by_the_host_while_the_guest_runs() {
     );
     let block0 = &std::fs::read(&second).unwrap()[..2048];
     let want = format!("swap: 77 blocks, first block fnv1a {}", fnv(block0));
-    assert!(out.contents().contains(&want), "want {want:?}\n{}", out.contents());
+    assert!(
+        out.contents().contains(&want),
+        "want {want:?}\n{}",
+        out.contents()
+    );
 }
 
 /// The objects of a SIMH-format tape file: Some(record) or None (filemark).
@@ -120,7 +127,9 @@ fn tape_objects(data: &[u8]) -> Vec<Option<Vec<u8>>> {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(13) ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13) ^ seed)
+        .collect()
 }
 
 fn vscsi(extra_luns: usize) {
@@ -137,7 +146,10 @@ fn vscsi(extra_luns: usize) {
     run.args = format!("luns={}", 2 + extra_luns);
     run.mem_bytes = 128 << 20;
     let r = common::expect_pass(run);
-    let want = format!("vscsi: cd 1000 blocks fnv1a {}", fnv(&std::fs::read(&image).unwrap()));
+    let want = format!(
+        "vscsi: cd 1000 blocks fnv1a {}",
+        fnv(&std::fs::read(&image).unwrap())
+    );
     assert!(r.serial.contains(&want), "want {want:?}\n{}", r.serial);
     // The tape as written, read independently of the device model.
     let mut want: Vec<Option<Vec<u8>>> = [1000, 3001, 65536]
@@ -148,7 +160,10 @@ fn vscsi(extra_luns: usize) {
     want.push(None);
     want.extend(pattern(4096, 9).chunks(512).map(|c| Some(c.to_vec())));
     want.push(None);
-    assert!(tape_objects(&std::fs::read(&tape).unwrap()) == want, "tape contents differ");
+    assert!(
+        tape_objects(&std::fs::read(&tape).unwrap()) == want,
+        "tape contents differ"
+    );
 }
 
 #[test]
@@ -172,7 +187,10 @@ fn iso_read_rows_of_avio_vio_check_the_data_and_count_exits() {
     }
     let dir = common::tempdir();
     let (avio, vio) = ignite_vmm::bench::avio_vio_iso(dir.as_path(), 4 << 20, 4 << 20).unwrap();
-    println!("{}", ignite_vmm::bench::avio_vio_table(&[avio.clone()], &[vio.clone()]));
+    println!(
+        "{}",
+        ignite_vmm::bench::avio_vio_table(std::slice::from_ref(&avio), std::slice::from_ref(&vio))
+    );
     // Exits per MiB do not depend on the machine's load: VIO pays one per 512-byte `rep
     // insw` and a dozen per command, AVIO a doorbell and an interrupt per MiB.
     assert!(

@@ -117,7 +117,10 @@ impl Channel {
     }
 
     pub fn cmd28(&self, unit: u8, cmd: u8, lba: u64, count: u8, feature: u8) {
-        outb(self.base + 6, 0xe0 | (unit & 1) << 4 | ((lba >> 24) as u8 & 0xf));
+        outb(
+            self.base + 6,
+            0xe0 | (unit & 1) << 4 | ((lba >> 24) as u8 & 0xf),
+        );
         outb(self.base + 1, feature);
         outb(self.base + 2, count);
         outb(self.base + 3, lba as u8);

@@ -56,7 +56,11 @@ impl Channel {
             seen = crate::irq_count(0);
             let reason = inb(self.base + 2) & 3;
             if s & DRQ == 0 {
-                return if reason == 3 { Ok(got) } else { Err(Failed(0xff)) };
+                return if reason == 3 {
+                    Ok(got)
+                } else {
+                    Err(Failed(0xff))
+                };
             }
             if reason != 2 {
                 return Err(Failed(0xff));

@@ -80,10 +80,19 @@ impl Done {
     }
     /// (sense key, ASC, ASCQ) of a CHECK CONDITION.
     pub fn sense(&self) -> (u8, u8, u8) {
-        (self.resp.sense[2] & 0xf, self.resp.sense[12], self.resp.sense[13])
+        (
+            self.resp.sense[2] & 0xf,
+            self.resp.sense[12],
+            self.resp.sense[13],
+        )
     }
     pub fn sense_info(&self) -> i32 {
-        i32::from_be_bytes([self.resp.sense[3], self.resp.sense[4], self.resp.sense[5], self.resp.sense[6]])
+        i32::from_be_bytes([
+            self.resp.sense[3],
+            self.resp.sense[4],
+            self.resp.sense[5],
+            self.resp.sense[6],
+        ])
     }
 }
 
@@ -105,7 +114,11 @@ impl Scsi {
     /// posted as Linux does.
     pub fn open(bdf: Bdf, irq_vector: Option<u8>) -> Scsi {
         let mut dev = Device::probe(bdf).unwrap_or_else(|| {
-            crate::println!("FAIL: virtio-scsi at {}:{} has no virtio capabilities", bdf.dev, bdf.func);
+            crate::println!(
+                "FAIL: virtio-scsi at {}:{} has no virtio capabilities",
+                bdf.dev,
+                bdf.func
+            );
             crate::io::exit(1)
         });
         dev.init(F_VERSION_1).unwrap_or_else(|| {
@@ -135,9 +148,9 @@ impl Scsi {
             req,
             head_slot: [0; crate::virtio::QSIZE],
         };
-        for i in 0..4 {
-            let b = unsafe { core::ptr::addr_of!(EVENTS[i]) } as u64;
-            s.events.push(&[(b, 16, true)]);
+        let events = unsafe { &*core::ptr::addr_of!(EVENTS) };
+        for e in events {
+            s.events.push(&[(e.as_ptr() as u64, 16, true)]);
         }
         s.events.notify();
         s
@@ -153,7 +166,13 @@ impl Scsi {
 
     /// Queues `cdb` for `lun` with data-out `out` and data-in buffers `into`; does not
     /// notify. Returns the slot.
-    pub fn submit(&mut self, lun: u16, cdb: &[u8], out: &[(u64, u32)], into: &[(u64, u32)]) -> usize {
+    pub fn submit(
+        &mut self,
+        lun: u16,
+        cdb: &[u8],
+        out: &[(u64, u32)],
+        into: &[(u64, u32)],
+    ) -> usize {
         let slots = Self::slots();
         let Some(i) = slots.iter().position(|s| !s.busy) else {
             crate::println!("FAIL: more than {} commands in flight", SLOTS);
@@ -191,7 +210,11 @@ impl Scsi {
         let slots = Self::slots();
         let resp = unsafe { core::ptr::read_volatile(&slots[i].resp) };
         slots[i].busy = false;
-        Some(Done { slot: i, used, resp })
+        Some(Done {
+            slot: i,
+            used,
+            resp,
+        })
     }
 
     /// Next completion: spinning, or sleeping until the request queue's interrupt.
@@ -213,7 +236,12 @@ impl Scsi {
     pub fn cmd(&mut self, lun: u16, cdb: &[u8], out: &[u8], buf: &mut [u8]) -> Done {
         let o = [(out.as_ptr() as u64, out.len() as u32)];
         let d = [(buf.as_mut_ptr() as u64, buf.len() as u32)];
-        self.submit(lun, cdb, if out.is_empty() { &[] } else { &o }, if buf.is_empty() { &[] } else { &d });
+        self.submit(
+            lun,
+            cdb,
+            if out.is_empty() { &[] } else { &o },
+            if buf.is_empty() { &[] } else { &d },
+        );
         self.req.notify();
         self.next(false)
     }
@@ -225,7 +253,10 @@ impl Scsi {
         c.0[4] = 5; // VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET
         c.0[8..16].copy_from_slice(&lun_bytes(lun));
         c.1 = [0xff; 8];
-        self.ctrl.push(&[(c.0.as_ptr() as u64, 24, false), (c.1.as_ptr() as u64, 1, true)]);
+        self.ctrl.push(&[
+            (c.0.as_ptr() as u64, 24, false),
+            (c.1.as_ptr() as u64, 1, true),
+        ]);
         self.ctrl.notify();
         loop {
             if self.ctrl.poll().is_some() {

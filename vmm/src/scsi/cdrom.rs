@@ -258,7 +258,12 @@ impl Cdrom {
         let addr = |lba: u64| -> [u8; 4] {
             if msf {
                 let f = lba + 150;
-                [0, (f / 4500).min(255) as u8, (f / 75 % 60) as u8, (f % 75) as u8]
+                [
+                    0,
+                    (f / 4500).min(255) as u8,
+                    (f / 75 % 60) as u8,
+                    (f % 75) as u8,
+                ]
             } else {
                 (lba as u32).to_be_bytes()
             }
@@ -354,7 +359,7 @@ impl Cdrom {
             0x12 => inquiry(cdb, 0x05, self.product),
             0x25 => match self.ready() {
                 Ok(b) => {
-                    let mut d = ((b - 1) as u32).to_be_bytes().to_vec();
+                    let mut d = (b.saturating_sub(1) as u32).to_be_bytes().to_vec();
                     d.extend_from_slice(&(BLOCK as u32).to_be_bytes());
                     Reply::good(d)
                 }
@@ -405,7 +410,8 @@ pub(crate) mod tests {
     pub(crate) fn iso(blocks: u64) -> Medium {
         let f = crate::fuzzing::memfd("iso");
         for b in 0..blocks {
-            f.write_all_at(&(b as u32).to_le_bytes(), b * BLOCK).unwrap();
+            f.write_all_at(&(b as u32).to_le_bytes(), b * BLOCK)
+                .unwrap();
         }
         f.set_len(blocks * BLOCK).unwrap();
         Medium::from_file(f, blocks)
@@ -424,23 +430,44 @@ pub(crate) mod tests {
         assert_eq!(cmd(&mut c, &[0x25]).data, vec![0, 0, 0, 99, 0, 0, 8, 0]);
         let r = cmd(&mut c, &[0x28, 0, 0, 0, 0, 98, 0, 0, 2, 0]);
         assert_eq!(r.data.len(), 4096);
-        assert_eq!((&r.data[..4], &r.data[2048..2052]), (&[98, 0, 0, 0][..], &[99, 0, 0, 0][..]));
+        assert_eq!(
+            (&r.data[..4], &r.data[2048..2052]),
+            (&[98, 0, 0, 0][..], &[99, 0, 0, 0][..])
+        );
         let r = cmd(&mut c, &[0xa8, 0, 0, 0, 0, 7, 0, 0, 0, 1, 0, 0]);
         assert_eq!(&r.data[..4], &[7, 0, 0, 0]);
-        assert_eq!(cmd(&mut c, &[0x28, 0, 0, 0, 0, 99, 0, 0, 2, 0]).sense, Some(LBA_OUT_OF_RANGE));
         assert_eq!(
-            cmd(&mut c, &[0xa8, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]).sense,
+            cmd(&mut c, &[0x28, 0, 0, 0, 0, 99, 0, 0, 2, 0]).sense,
+            Some(LBA_OUT_OF_RANGE)
+        );
+        assert_eq!(
+            cmd(
+                &mut c,
+                &[0xa8, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]
+            )
+            .sense,
             Some(LBA_OUT_OF_RANGE),
             "no overflow"
         );
         let r = cmd(&mut c, &[0x03, 0, 0, 0, 18, 0]);
-        assert_eq!((r.data[2], r.data[12]), (ILLEGAL_REQUEST, 0x21), "sense kept for REQUEST SENSE");
+        assert_eq!(
+            (r.data[2], r.data[12]),
+            (ILLEGAL_REQUEST, 0x21),
+            "sense kept for REQUEST SENSE"
+        );
         assert_eq!(cmd(&mut c, &[0x03, 0, 0, 0, 18, 0]).data[2], NO_SENSE);
         // Longer than MAX_TRANSFER in one command: refused, nothing allocated.
         let mut big = Cdrom::new(Some(iso(5000)), Interface::Scsi);
-        assert_eq!(cmd(&mut big, &[0x28, 0, 0, 0, 0, 0, 0, 0x13, 0x88, 0]).sense, Some(INVALID_FIELD));
+        assert_eq!(
+            cmd(&mut big, &[0x28, 0, 0, 0, 0, 0, 0, 0x13, 0x88, 0]).sense,
+            Some(INVALID_FIELD)
+        );
         assert_eq!(cmd(&mut c, &[0xff]).sense, Some(INVALID_OPCODE));
-        assert_eq!(c.execute(&[0x28, 0], &[]).sense, Some(INVALID_FIELD), "short CDB");
+        assert_eq!(
+            c.execute(&[0x28, 0], &[]).sense,
+            Some(INVALID_FIELD),
+            "short CDB"
+        );
         assert_eq!(c.execute(&[], &[]).sense, Some(INVALID_OPCODE));
     }
 
@@ -452,7 +479,10 @@ pub(crate) mod tests {
         assert_eq!(cmd(&mut c, &gesn).data, vec![0, 6, 4, 0x10, 0, 0, 0, 0]);
         c.insert(iso(10));
         // GESN passes the unit attention and reports new media once.
-        assert_eq!(cmd(&mut c, &gesn).data, vec![0, 6, 4, 0x10, EV_NEW_MEDIA, 2, 0, 0]);
+        assert_eq!(
+            cmd(&mut c, &gesn).data,
+            vec![0, 6, 4, 0x10, EV_NEW_MEDIA, 2, 0, 0]
+        );
         assert_eq!(cmd(&mut c, &gesn).data[4], 0);
         assert_eq!(cmd(&mut c, &[0x00]).sense, Some(MEDIUM_CHANGED));
         assert_eq!(cmd(&mut c, &[0x00]).sense, None);
@@ -460,21 +490,34 @@ pub(crate) mod tests {
         assert_eq!(cmd(&mut c, &gesn).data[4..6], [EV_MEDIA_REMOVAL, 0]);
         assert_eq!(cmd(&mut c, &[0x25]).sense, Some(NO_MEDIUM));
         // Not the media class: "no event available".
-        assert_eq!(cmd(&mut c, &[0x4a, 1, 0, 0, 0x02, 0, 0, 0, 8, 0]).data, vec![0, 2, 0x80, 0x10]);
-        assert_eq!(cmd(&mut c, &[0x4a, 0, 0, 0, 0x10, 0, 0, 0, 8, 0]).sense, Some(INVALID_FIELD));
+        assert_eq!(
+            cmd(&mut c, &[0x4a, 1, 0, 0, 0x02, 0, 0, 0, 8, 0]).data,
+            vec![0, 2, 0x80, 0x10]
+        );
+        assert_eq!(
+            cmd(&mut c, &[0x4a, 0, 0, 0, 0x10, 0, 0, 0, 8, 0]).sense,
+            Some(INVALID_FIELD)
+        );
     }
 
     #[test]
     fn guest_tray_lock_toc_configuration_and_mode_pages() {
         let mut c = Cdrom::new(Some(iso(400_000)), Interface::Scsi);
         cmd(&mut c, &[0x1e, 0, 0, 0, 1]);
-        assert_eq!(cmd(&mut c, &[0x1b, 0, 0, 0, 2]).sense, Some(MEDIUM_REMOVAL_PREVENTED));
+        assert_eq!(
+            cmd(&mut c, &[0x1b, 0, 0, 0, 2]).sense,
+            Some(MEDIUM_REMOVAL_PREVENTED)
+        );
         assert!(c.locked());
         cmd(&mut c, &[0x1e, 0, 0, 0, 0]);
         assert_eq!(cmd(&mut c, &[0x1b, 0, 0, 0, 2]).sense, None, "tray opens");
         assert_eq!(cmd(&mut c, &[0x00]).sense, Some(NO_MEDIUM_TRAY_OPEN));
         cmd(&mut c, &[0x1b, 0, 0, 0, 3]);
-        assert_eq!(cmd(&mut c, &[0x00]).sense, Some(MEDIUM_CHANGED), "closing reloads the medium");
+        assert_eq!(
+            cmd(&mut c, &[0x00]).sense,
+            Some(MEDIUM_CHANGED),
+            "closing reloads the medium"
+        );
         assert_eq!(cmd(&mut c, &[0x00]).sense, None);
         // READ TOC: track 1 at 0 and the lead-out at the capacity, in LBA and MSF form.
         let toc = cmd(&mut c, &[0x43, 0, 0, 0, 0, 0, 0, 0, 100, 0]).data;
@@ -483,12 +526,21 @@ pub(crate) mod tests {
         assert_eq!(&toc[12..20], &[0, 0x16, 0xaa, 0, 0, 0x06, 0x1a, 0x80]);
         let msf = cmd(&mut c, &[0x43, 2, 0, 0, 0, 0, 0, 0, 100, 0]).data;
         assert_eq!(&msf[8..12], &[0, 0, 2, 0], "LBA 0 is 00:02:00");
-        assert_eq!(cmd(&mut c, &[0x43, 0, 1, 0, 0, 0, 0, 0, 100, 0]).data.len(), 12);
-        assert_eq!(cmd(&mut c, &[0x43, 0, 0, 0, 0, 0, 5, 0, 100, 0]).sense, Some(INVALID_FIELD));
+        assert_eq!(
+            cmd(&mut c, &[0x43, 0, 1, 0, 0, 0, 0, 0, 100, 0]).data.len(),
+            12
+        );
+        assert_eq!(
+            cmd(&mut c, &[0x43, 0, 0, 0, 0, 0, 5, 0, 100, 0]).sense,
+            Some(INVALID_FIELD)
+        );
         // GET CONFIGURATION: a DVD-sized image is a DVD-ROM; RT=2 returns one feature.
         let all = cmd(&mut c, &[0x46, 0, 0, 0, 0, 0, 0, 1, 0, 0]).data;
         assert_eq!(&all[6..8], &[0, 0x10]);
-        assert_eq!(u32::from_be_bytes(all[..4].try_into().unwrap()) as usize, all.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes(all[..4].try_into().unwrap()) as usize,
+            all.len() - 4
+        );
         let core = cmd(&mut c, &[0x46, 2, 0, 1, 0, 0, 0, 0, 64, 0]).data;
         assert_eq!(&core[8..16], &[0, 1, 0x0b, 8, 0, 0, 0, 1], "SCSI interface");
         // MODE SENSE(10) capabilities page and (6) all pages.
@@ -496,7 +548,16 @@ pub(crate) mod tests {
         assert_eq!((caps.len(), caps[1], caps[8], caps[9]), (28, 26, 0x2a, 18));
         let six = cmd(&mut c, &[0x1a, 0, 0x3f, 0, 255, 0]).data;
         assert_eq!((six.len(), six[0] as usize), (36, 35));
-        assert_eq!(cmd(&mut c, &[0x5a, 0, 0xc1, 0, 0, 0, 0, 0, 64, 0]).sense.unwrap().asc, 0x39);
-        assert_eq!(cmd(&mut c, &[0x5a, 0, 0x05, 0, 0, 0, 0, 0, 64, 0]).sense, Some(INVALID_FIELD));
+        assert_eq!(
+            cmd(&mut c, &[0x5a, 0, 0xc1, 0, 0, 0, 0, 0, 64, 0])
+                .sense
+                .unwrap()
+                .asc,
+            0x39
+        );
+        assert_eq!(
+            cmd(&mut c, &[0x5a, 0, 0x05, 0, 0, 0, 0, 0, 64, 0]).sense,
+            Some(INVALID_FIELD)
+        );
     }
 }

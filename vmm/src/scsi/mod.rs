@@ -171,7 +171,11 @@ impl MediaControl {
                 let names: Vec<&str> = self.drives.iter().map(|(n, _)| n.as_str()).collect();
                 crate::Error::Media(format!(
                     "no drive {drive:?} in this guest; its drives: {}",
-                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
                 ))
             })
     }
@@ -208,11 +212,19 @@ impl MediaControl {
                 let (kind, medium, locked) = match u {
                     DriveUnit::Cdrom(u) => {
                         let u = lock(u);
-                        (DriveKind::Cdrom, u.medium_path().map(Path::to_owned), u.locked())
+                        (
+                            DriveKind::Cdrom,
+                            u.medium_path().map(Path::to_owned),
+                            u.locked(),
+                        )
                     }
                     DriveUnit::Tape(u) => {
                         let u = lock(u);
-                        (DriveKind::Tape, u.medium_path().map(Path::to_owned), u.locked())
+                        (
+                            DriveKind::Tape,
+                            u.medium_path().map(Path::to_owned),
+                            u.locked(),
+                        )
                     }
                 };
                 DriveStatus {
@@ -266,7 +278,10 @@ impl SenseState {
             .or(self.last.take())
             .unwrap_or_default();
         self.last = None;
-        Reply::good(cut(s.bytes().to_vec(), cdb.get(4).copied().unwrap_or(0) as usize))
+        Reply::good(cut(
+            s.bytes().to_vec(),
+            cdb.get(4).copied().unwrap_or(0) as usize,
+        ))
     }
 }
 
@@ -353,7 +368,11 @@ mod tests {
         assert_eq!(st.gate(0x00), Some(Reply::check(MEDIUM_CHANGED)));
         assert_eq!(st.gate(0x00), None, "reported once");
         let r = st.request_sense(&[3, 0, 0, 0, 252, 0]);
-        assert_eq!((r.data[2], r.data[12]), (UNIT_ATTENTION, 0x28), "then sensed");
+        assert_eq!(
+            (r.data[2], r.data[12]),
+            (UNIT_ATTENTION, 0x28),
+            "then sensed"
+        );
         let r = st.request_sense(&[3, 0, 0, 0, 252, 0]);
         assert_eq!(r.data[2], NO_SENSE, "and cleared");
         st.set_attention(MEDIUM_CHANGED);
@@ -372,7 +391,10 @@ mod tests {
         let mut mc = MediaControl::default();
         let cd = Arc::new(Mutex::new(cdrom::Cdrom::new(None, cdrom::Interface::Atapi)));
         assert_eq!(mc.add(DriveUnit::Cdrom(cd.clone())), "cd0");
-        assert_eq!(mc.add(DriveUnit::Tape(Arc::new(Mutex::new(tape::Tape::new(None))))), "st0");
+        assert_eq!(
+            mc.add(DriveUnit::Tape(Arc::new(Mutex::new(tape::Tape::new(None))))),
+            "st0"
+        );
         assert_eq!(mc.add(DriveUnit::Cdrom(cd.clone())), "cd1");
         let m = |p: &Path| MediumConfig {
             path: p.to_owned(),
@@ -382,7 +404,10 @@ mod tests {
         mc.insert("st0", &m(&tap)).unwrap();
         let st = mc.status();
         assert_eq!(st[0].medium.as_deref(), Some(iso.as_path()));
-        assert_eq!((st[1].kind, st[1].medium.as_deref()), (crate::config::DriveKind::Tape, Some(tap.as_path())));
+        assert_eq!(
+            (st[1].kind, st[1].medium.as_deref()),
+            (crate::config::DriveKind::Tape, Some(tap.as_path()))
+        );
         // A tape is not a CD image; unknown drives are named with the ones there are.
         let e = mc.insert("cd0", &m(&tap)).unwrap_err().to_string();
         assert!(e.contains("not a positive multiple of 2048"), "{e}");
@@ -398,9 +423,18 @@ mod tests {
         let r = inquiry(&[0x12, 0, 0, 0, 36, 0], 5, "VIO CD-ROM");
         assert_eq!(r.data.len(), 36);
         assert_eq!(&r.data[8..32], b"IGNITE  VIO CD-ROM      ");
-        assert_eq!(inquiry(&[0x12, 0, 0, 0, 5, 0], 1, "x").data, vec![1, 0x80, 5, 2, 31]);
-        assert_eq!(inquiry(&[0x12, 1, 0x80, 0, 5, 0], 1, "x").sense, Some(INVALID_FIELD));
-        assert_eq!(inquiry(&[0x12, 1, 0, 0, 64, 0], 1, "x").data, vec![1, 0, 0, 1, 0]);
+        assert_eq!(
+            inquiry(&[0x12, 0, 0, 0, 5, 0], 1, "x").data,
+            vec![1, 0x80, 5, 2, 31]
+        );
+        assert_eq!(
+            inquiry(&[0x12, 1, 0x80, 0, 5, 0], 1, "x").sense,
+            Some(INVALID_FIELD)
+        );
+        assert_eq!(
+            inquiry(&[0x12, 1, 0, 0, 64, 0], 1, "x").data,
+            vec![1, 0, 0, 1, 0]
+        );
         assert_eq!(cdb_len(0x28), Some(10));
         assert_eq!(cdb_len(0xa8), Some(12));
         assert_eq!(cdb_len(0x88), Some(16));

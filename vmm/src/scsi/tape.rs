@@ -120,18 +120,27 @@ fn with_info(s: Sense, info: i64) -> Sense {
 fn filemark_sense(residue: i64) -> Sense {
     Sense {
         filemark: true,
-        ..with_info(Sense::new(NO_SENSE, FILEMARK_DETECTED.0, FILEMARK_DETECTED.1), residue)
+        ..with_info(
+            Sense::new(NO_SENSE, FILEMARK_DETECTED.0, FILEMARK_DETECTED.1),
+            residue,
+        )
     }
 }
 
 fn eod_sense(residue: i64) -> Sense {
-    with_info(Sense::new(BLANK_CHECK, EOD_DETECTED.0, EOD_DETECTED.1), residue)
+    with_info(
+        Sense::new(BLANK_CHECK, EOD_DETECTED.0, EOD_DETECTED.1),
+        residue,
+    )
 }
 
 fn bop_sense(residue: i64) -> Sense {
     Sense {
         eom: true,
-        ..with_info(Sense::new(NO_SENSE, BOP_DETECTED.0, BOP_DETECTED.1), residue)
+        ..with_info(
+            Sense::new(NO_SENSE, BOP_DETECTED.0, BOP_DETECTED.1),
+            residue,
+        )
     }
 }
 
@@ -236,7 +245,7 @@ impl Tape {
     fn read(&mut self, cdb: &[u8]) -> Reply {
         let (fixed, sili) = (cdb[1] & 1 != 0, cdb[1] & 2 != 0);
         let len = be24(cdb, 2) as u64;
-        if fixed && self.block_size == 0 || fixed && sili {
+        if fixed && (self.block_size == 0 || sili) {
             return Reply::check(INVALID_FIELD);
         }
         let (count, want) = if fixed {
@@ -262,10 +271,20 @@ impl Tape {
         for i in 0..count {
             let o = match self.object_at(self.pos) {
                 Ok(o) => o,
-                Err(s) => return Reply { data, sense: Some(s) },
+                Err(s) => {
+                    return Reply {
+                        data,
+                        sense: Some(s),
+                    }
+                }
             };
             match o {
-                Object::EndOfData => return Reply { data, sense: Some(eod_sense(residue(i))) },
+                Object::EndOfData => {
+                    return Reply {
+                        data,
+                        sense: Some(eod_sense(residue(i))),
+                    }
+                }
                 Object::Filemark => {
                     self.step_forward(o);
                     return Reply {
@@ -293,7 +312,10 @@ impl Tape {
                             ili: true,
                             ..with_info(Sense::new(NO_SENSE, 0, 0), info)
                         };
-                        return Reply { data, sense: Some(s) };
+                        return Reply {
+                            data,
+                            sense: Some(s),
+                        };
                     }
                 }
             }
@@ -382,7 +404,10 @@ impl Tape {
                 return Reply::check(s);
             }
             let m = self.medium.as_ref().expect("writable checked the medium");
-            if m.file.write_all_at(&vec![0u8; 4 * n as usize], self.pos).is_err() {
+            if m.file
+                .write_all_at(&vec![0u8; 4 * n as usize], self.pos)
+                .is_err()
+            {
                 return Reply::check(WRITE_ERROR);
             }
             self.pos += 4 * n;
@@ -651,7 +676,10 @@ pub(crate) mod tests {
     pub(crate) fn blank(capacity: u64) -> (Tape, File) {
         let f = crate::fuzzing::memfd("tape");
         let check = f.try_clone().unwrap();
-        (Tape::new(Some(TapeMedium::from_file(f, false, capacity))), check)
+        (
+            Tape::new(Some(TapeMedium::from_file(f, false, capacity))),
+            check,
+        )
     }
 
     fn cmd(t: &mut Tape, cdb: &[u8], out: &[u8]) -> Reply {
@@ -677,7 +705,10 @@ pub(crate) mod tests {
     }
     fn position(t: &mut Tape) -> (u32, bool) {
         let d = cmd(t, &[0x34], &[]).data;
-        (u32::from_be_bytes(d[4..8].try_into().unwrap()), d[0] & 0x80 != 0)
+        (
+            u32::from_be_bytes(d[4..8].try_into().unwrap()),
+            d[0] & 0x80 != 0,
+        )
     }
 
     #[test]
@@ -687,7 +718,16 @@ pub(crate) mod tests {
         assert_eq!(cmd(&mut t, &[0x10, 0, 0, 0, 1], &[]), Reply::good(vec![]));
         let mut file = vec![0u8; f.metadata().unwrap().len() as usize];
         f.read_exact_at(&mut file, 0).unwrap();
-        assert_eq!(file, [&3u32.to_le_bytes()[..], b"abc\0", &3u32.to_le_bytes(), &[0; 4]].concat());
+        assert_eq!(
+            file,
+            [
+                &3u32.to_le_bytes()[..],
+                b"abc\0",
+                &3u32.to_le_bytes(),
+                &[0; 4]
+            ]
+            .concat()
+        );
         write_var(&mut t, &[7u8; 1000]);
         assert_eq!(position(&mut t), (3, false));
         cmd(&mut t, &[0x01], &[]);
@@ -715,7 +755,11 @@ pub(crate) mod tests {
         write_var(&mut t, b"new");
         cmd(&mut t, &[0x11, 3], &[]);
         assert_eq!(position(&mut t).0, 3, "abc, filemark, new");
-        assert_eq!(f.metadata().unwrap().len(), 12 + 4 + 12, "odd records are padded");
+        assert_eq!(
+            f.metadata().unwrap().len(),
+            12 + 4 + 12,
+            "odd records are padded"
+        );
     }
 
     #[test]
@@ -723,7 +767,10 @@ pub(crate) mod tests {
         let (mut t, _f) = blank(1 << 20);
         // MODE SELECT(6): block descriptor with block length 512.
         let mut ms = vec![0, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 2, 0];
-        assert_eq!(cmd(&mut t, &[0x15, 0x10, 0, 0, 12], &ms), Reply::good(vec![]));
+        assert_eq!(
+            cmd(&mut t, &[0x15, 0x10, 0, 0, 12], &ms),
+            Reply::good(vec![])
+        );
         let sense6 = cmd(&mut t, &[0x1a, 0, 0, 0, 12], &[]).data;
         assert_eq!((sense6[3], &sense6[9..12]), (8, &[0, 2, 0][..]));
         let data: Vec<u8> = (0..2048u32).map(|i| i as u8).collect();
@@ -743,26 +790,56 @@ pub(crate) mod tests {
         space(&mut t, 0, -4);
         assert_eq!(position(&mut t), (0, true));
         let s = space(&mut t, 0, -1).sense.unwrap();
-        assert!(s.eom && s.asc == 0 && s.ascq == 4, "beginning of partition: {s:?}");
+        assert!(
+            s.eom && s.asc == 0 && s.ascq == 4,
+            "beginning of partition: {s:?}"
+        );
         assert_eq!(space(&mut t, 1, 2), Reply::good(vec![]));
         assert_eq!(position(&mut t).0, 6);
         assert_eq!(space(&mut t, 1, -1), Reply::good(vec![]));
         assert_eq!(position(&mut t).0, 5, "before the second filemark");
         assert_eq!(space(&mut t, 1, 5).sense.unwrap().key, BLANK_CHECK);
         // LOCATE to object 2 then read one block.
-        assert_eq!(cmd(&mut t, &[0x2b, 0, 0, 0, 0, 0, 2, 0, 0, 0], &[]), Reply::good(vec![]));
-        assert_eq!(cmd(&mut t, &[0x08, 1, 0, 0, 1], &[]).data, &data[1024..1536]);
-        assert_eq!(cmd(&mut t, &[0x2b, 0, 0, 0, 0, 0, 9, 0, 0, 0], &[]).sense.unwrap().key, BLANK_CHECK);
+        assert_eq!(
+            cmd(&mut t, &[0x2b, 0, 0, 0, 0, 0, 2, 0, 0, 0], &[]),
+            Reply::good(vec![])
+        );
+        assert_eq!(
+            cmd(&mut t, &[0x08, 1, 0, 0, 1], &[]).data,
+            &data[1024..1536]
+        );
+        assert_eq!(
+            cmd(&mut t, &[0x2b, 0, 0, 0, 0, 0, 9, 0, 0, 0], &[])
+                .sense
+                .unwrap()
+                .key,
+            BLANK_CHECK
+        );
         // Short data-out, fixed without a block size, too much at once, the medium's end.
-        assert_eq!(cmd(&mut t, &[0x0a, 1, 0, 0, 8], &data).sense, Some(INVALID_FIELD));
+        assert_eq!(
+            cmd(&mut t, &[0x0a, 1, 0, 0, 8], &data).sense,
+            Some(INVALID_FIELD)
+        );
         ms[10] = 0;
         cmd(&mut t, &[0x15, 0x10, 0, 0, 12], &ms);
-        assert_eq!(cmd(&mut t, &[0x08, 1, 0, 0, 1], &[]).sense, Some(INVALID_FIELD));
-        assert_eq!(read_var(&mut t, MAX_RECORD, false).sense, Some(INVALID_FIELD));
+        assert_eq!(
+            cmd(&mut t, &[0x08, 1, 0, 0, 1], &[]).sense,
+            Some(INVALID_FIELD)
+        );
+        assert_eq!(
+            read_var(&mut t, MAX_RECORD, false).sense,
+            Some(INVALID_FIELD)
+        );
         let r = write_var(&mut t, &vec![0u8; 2 << 20]);
         assert_eq!(r.sense.unwrap().key, VOLUME_OVERFLOW);
-        assert_eq!(cmd(&mut t, &[0x15, 0, 0, 0, 12], &ms[..4]).sense, Some(PARAMETER_LIST_LENGTH));
-        assert_eq!(cmd(&mut t, &[0x11, 2, 0, 0, 1], &[]).sense, Some(INVALID_FIELD));
+        assert_eq!(
+            cmd(&mut t, &[0x15, 0, 0, 0, 12], &ms[..4]).sense,
+            Some(PARAMETER_LIST_LENGTH)
+        );
+        assert_eq!(
+            cmd(&mut t, &[0x11, 2, 0, 0, 1], &[]).sense,
+            Some(INVALID_FIELD)
+        );
     }
 
     #[test]
@@ -770,7 +847,10 @@ pub(crate) mod tests {
         let (mut t, f) = blank(1 << 20);
         write_var(&mut t, b"x");
         cmd(&mut t, &[0x1e, 0, 0, 0, 1], &[]);
-        assert_eq!(cmd(&mut t, &[0x1b, 0, 0, 0, 0], &[]).sense, Some(MEDIUM_REMOVAL_PREVENTED));
+        assert_eq!(
+            cmd(&mut t, &[0x1b, 0, 0, 0, 0], &[]).sense,
+            Some(MEDIUM_REMOVAL_PREVENTED)
+        );
         cmd(&mut t, &[0x1e, 0, 0, 0, 0], &[]);
         assert_eq!(cmd(&mut t, &[0x1b, 0, 0, 0, 0], &[]), Reply::good(vec![]));
         assert_eq!(cmd(&mut t, &[0x00], &[]).sense, Some(NO_MEDIUM));
@@ -781,14 +861,29 @@ pub(crate) mod tests {
         assert_eq!(cmd(&mut t, &[0x00], &[]).sense, Some(NO_MEDIUM));
         let mut other = Tape::new(None);
         other.insert(TapeMedium::from_file(m.file, true, 1 << 20));
-        assert_eq!(cmd(&mut other, &[0x08, 0, 0, 0, 1], &[]).sense, Some(MEDIUM_CHANGED));
+        assert_eq!(
+            cmd(&mut other, &[0x08, 0, 0, 0, 1], &[]).sense,
+            Some(MEDIUM_CHANGED)
+        );
         assert_eq!(cmd(&mut other, &[0x08, 0, 0, 0, 1], &[]).data, b"x");
-        assert_eq!(cmd(&mut other, &[0x10, 0, 0, 0, 1], &[]).sense, Some(WRITE_PROTECTED));
-        assert_eq!(cmd(&mut other, &[0x1a, 0, 0, 0, 4], &[]).data[2] & 0x80, 0x80);
+        assert_eq!(
+            cmd(&mut other, &[0x10, 0, 0, 0, 1], &[]).sense,
+            Some(WRITE_PROTECTED)
+        );
+        assert_eq!(
+            cmd(&mut other, &[0x1a, 0, 0, 0, 4], &[]).data[2] & 0x80,
+            0x80
+        );
         // A damaged tape: a length word with no matching trailer is a medium error.
         f.write_all_at(&9u32.to_le_bytes(), 9).unwrap();
         cmd(&mut other, &[0x01], &[]);
-        assert_eq!(cmd(&mut other, &[0x08, 0, 0, 0, 1], &[]).sense, Some(READ_ERROR));
-        assert!(space(&mut other, 0, -1).sense.unwrap().eom, "at the start: BOP, not a read");
+        assert_eq!(
+            cmd(&mut other, &[0x08, 0, 0, 0, 1], &[]).sense,
+            Some(READ_ERROR)
+        );
+        assert!(
+            space(&mut other, 0, -1).sense.unwrap().eom,
+            "at the start: BOP, not a read"
+        );
     }
 }

@@ -1295,12 +1295,19 @@ mod tests {
         let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/ign-atapi").unwrap();
         let p = dir.as_path().join("d.img");
         std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
-        let disk = TrackedDisk::open(&DiskConfig::parse(&p.display().to_string()).unwrap()).unwrap();
-        let cd = std::sync::Arc::new(std::sync::Mutex::new(Cdrom::new(Some(iso(8)), Interface::Atapi)));
+        let disk =
+            TrackedDisk::open(&DiskConfig::parse(&p.display().to_string()).unwrap()).unwrap();
+        let cd = std::sync::Arc::new(std::sync::Mutex::new(Cdrom::new(
+            Some(iso(8)),
+            Interface::Atapi,
+        )));
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut ide =
-            Ide::with_units(vec![disk], vec![cd.clone()], [Some(irq.try_clone().unwrap()), None])
-                .unwrap();
+        let mut ide = Ide::with_units(
+            vec![disk],
+            vec![cd.clone()],
+            [Some(irq.try_clone().unwrap()), None],
+        )
+        .unwrap();
         let c = &mut ide.channels[0];
         wr(c, 8, CTL_SRST);
         wr(c, 8, 0);
@@ -1312,7 +1319,10 @@ mod tests {
         // IDENTIFY DEVICE aborts on the packet device, leaving the signature.
         wr(c, 6, 0xb0);
         wr(c, 7, 0xec);
-        assert_eq!((rd(c, 7), rd(c, 1), rd(c, 4), rd(c, 5)), (ST_DRDY | ST_ERR, ER_ABRT, 0x14, 0xeb));
+        assert_eq!(
+            (rd(c, 7), rd(c, 1), rd(c, 4), rd(c, 5)),
+            (ST_DRDY | ST_ERR, ER_ABRT, 0x14, 0xeb)
+        );
         wr(c, 7, 0xa1);
         let mut id = [0u8; 512];
         c.pio_read(0, 2, &mut id);
@@ -1325,7 +1335,10 @@ mod tests {
         assert_eq!(chunks, vec![2048; 3]);
         assert_eq!(st, ST_DRDY | ST_DSC);
         assert_eq!(irq.read().unwrap(), 4);
-        assert_eq!((&data[..4], &data[4096..4100]), (&[5, 0, 0, 0][..], &[7, 0, 0, 0][..]));
+        assert_eq!(
+            (&data[..4], &data[4096..4100]),
+            (&[5, 0, 0, 0][..], &[7, 0, 0, 0][..])
+        );
         // Byte count 0 means 0xfffe; an odd limit rounds down.
         let (data, chunks, ..) = packet(c, 1, &[0x28, 0, 0, 0, 0, 0, 0, 0, 8], 0);
         assert_eq!((data.len(), chunks), (16384, vec![16384]));
@@ -1357,7 +1370,9 @@ mod tests {
     #[test]
     fn at_most_four_disks() {
         let d = DiskConfig::parse("/nonexistent.img").unwrap();
-        let err = Ide::new(&vec![d; 5], Vec::new(), [None, None]).err().unwrap();
+        let err = Ide::new(&vec![d; 5], Vec::new(), [None, None])
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("at most 4"), "{err}");
         assert_eq!(Ide::decode(0x1f7), Some((0, 7)));
         assert_eq!(Ide::decode(0x376), Some((1, 8)));

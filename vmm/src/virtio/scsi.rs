@@ -379,7 +379,9 @@ impl VirtioDevice for Scsi {
             ..
         } = a;
         if queues.len() != 3 || kicks.len() != 3 {
-            return Err(Error::Memory("virtio-scsi activated without its queues".into()));
+            return Err(Error::Memory(
+                "virtio-scsi activated without its queues".into(),
+            ));
         }
         let h = self.handler(mem);
         let mut queues = queues;
@@ -437,12 +439,19 @@ mod tests {
         fn run(&self, chains: &[Vec<virtio_queue::desc::RawDescriptor>]) -> Vec<u32> {
             let (vq, mut q) = mock_queue(&self.mem, chains);
             let irq = CountingInterrupt::default();
-            let n = self.scsi.handler(self.mem.clone()).process(&mut q, &irq, 2, ScsiHandler::request);
-            (0..n).map(|i| vq.used().ring().ref_at(i).unwrap().load().len()).collect()
+            let n =
+                self.scsi
+                    .handler(self.mem.clone())
+                    .process(&mut q, &irq, 2, ScsiHandler::request);
+            (0..n)
+                .map(|i| vq.used().ring().ref_at(i).unwrap().load().len())
+                .collect()
         }
         /// One command: (response bytes 0..12 + sense, data-in).
         fn cmd(&self, lun: u16, cdb: &[u8], out: &[u8], data_in: u32) -> (Vec<u8>, Vec<u8>) {
-            self.mem.write_slice(&header(lun, cdb), GuestAddress(0x1_0000)).unwrap();
+            self.mem
+                .write_slice(&header(lun, cdb), GuestAddress(0x1_0000))
+                .unwrap();
             self.mem.write_slice(out, GuestAddress(0x2_0000)).unwrap();
             // The header split in two descriptors, data-out, the response, data-in in two.
             let mut c = vec![desc(0x1_0000, 10, 0), desc(0x1_000a, 41, 0)];
@@ -461,7 +470,11 @@ mod tests {
             let mut d = vec![0u8; got];
             let half = (data_in / 2) as usize;
             for (i, b) in d.iter_mut().enumerate() {
-                let a = if i < half { DATA + i as u64 } else { DATA + 0x10_000 + (i - half) as u64 };
+                let a = if i < half {
+                    DATA + i as u64
+                } else {
+                    DATA + 0x10_000 + (i - half) as u64
+                };
                 *b = self.mem.read_obj(GuestAddress(a)).unwrap();
             }
             (resp, d)
@@ -489,7 +502,11 @@ mod tests {
         assert_eq!(&d[..4], &[0, 0, 0, 16]);
         assert_eq!(&d[8..10], &[0, 0]);
         assert_eq!(&d[16..18], &[0, 1]);
-        assert_eq!(u32::from_le_bytes(resp[4..8].try_into().unwrap()), 256 - 24, "residual");
+        assert_eq!(
+            u32::from_le_bytes(resp[4..8].try_into().unwrap()),
+            256 - 24,
+            "residual"
+        );
         let (_, d) = r.cmd(1, &[0x12, 0, 0, 0, 36, 0], &[], 36);
         assert_eq!((d[0], &d[16..25]), (1, &b"AVIO TAPE"[..]));
         let (_, d) = r.cmd(5, &[0x12, 0, 0, 0, 36, 0], &[], 36);
@@ -499,16 +516,25 @@ mod tests {
         // A 16-block read split over two data-in buffers.
         let (resp, d) = r.cmd(0, &[0x28, 0, 0, 0, 0, 0, 0, 0, 16, 0], &[], 32768);
         assert_eq!((resp[10], d.len()), (GOOD, 32768));
-        assert_eq!((&d[2048..2052], &d[30720..30724]), (&[1, 0, 0, 0][..], &[15, 0, 0, 0][..]));
+        assert_eq!(
+            (&d[2048..2052], &d[30720..30724]),
+            (&[1, 0, 0, 0][..], &[15, 0, 0, 0][..])
+        );
         // CHECK CONDITION: autosense in the response.
         let (resp, _) = r.cmd(0, &[0x28, 0, 0, 0, 0, 16, 0, 0, 1, 0], &[], 2048);
         assert_eq!(u32::from_le_bytes(resp[0..4].try_into().unwrap()), 18);
-        assert_eq!((resp[10], resp[12 + 2], resp[12 + 12]), (CHECK_CONDITION, 5, 0x21));
+        assert_eq!(
+            (resp[10], resp[12 + 2], resp[12 + 12]),
+            (CHECK_CONDITION, 5, 0x21)
+        );
         // Another target is refused at the transport level.
         r.mem.write_slice(&[1, 3], GuestAddress(0x1_0000)).unwrap();
         let used = r.run(&[vec![desc(0x1_0000, 51, 0), desc(RESP, 108, W)]]);
         assert_eq!(used, vec![108]);
-        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(RESP + 11)).unwrap(), S_BAD_TARGET);
+        assert_eq!(
+            r.mem.read_obj::<u8>(GuestAddress(RESP + 11)).unwrap(),
+            S_BAD_TARGET
+        );
     }
 
     #[test]
@@ -531,14 +557,22 @@ mod tests {
             vec![desc(0x1_0000, 51, 0), desc(0xff_0000, 4096, W)],
         ]);
         assert_eq!(used, vec![0, 0, 0]);
-        r.mem.write_slice(&header(1, &[0x0a, 0, 0xff, 0xff, 0xff]), GuestAddress(0x1_0000)).unwrap();
+        r.mem
+            .write_slice(
+                &header(1, &[0x0a, 0, 0xff, 0xff, 0xff]),
+                GuestAddress(0x1_0000),
+            )
+            .unwrap();
         // Nine times the same MiB of guest memory: more data-out than one command may carry.
         let mut c = vec![desc(0x1_0000, 51, 0)];
         c.extend((0..9).map(|_| desc(0x20_0000, 1 << 20, 0)));
         c.push(desc(RESP, 108, W));
         let used = r.run(&[c]);
         assert_eq!(used, vec![108]);
-        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(RESP + 11)).unwrap(), S_OVERRUN);
+        assert_eq!(
+            r.mem.read_obj::<u8>(GuestAddress(RESP + 11)).unwrap(),
+            S_OVERRUN
+        );
         assert_eq!(f.metadata().unwrap().len(), 3012, "nothing written");
     }
 
@@ -553,17 +587,32 @@ mod tests {
         r.scsi.write_config(20, &100_000u32.to_le_bytes());
         r.scsi.read_config(0, &mut c);
         assert_eq!(u32::from_le_bytes(c[24..28].try_into().unwrap()), 16);
-        assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 96, "too large: ignored");
+        assert_eq!(
+            u32::from_le_bytes(c[20..24].try_into().unwrap()),
+            96,
+            "too large: ignored"
+        );
         // With a 16-byte CDB the header is 35 bytes.
         let mut h = header(0, &[0x25]);
         h.truncate(35);
         r.mem.write_slice(&h, GuestAddress(0x1_0000)).unwrap();
-        let used = r.run(&[vec![desc(0x1_0000, 35, 0), desc(RESP, 108, W), desc(DATA, 8, W)]]);
+        let used = r.run(&[vec![
+            desc(0x1_0000, 35, 0),
+            desc(RESP, 108, W),
+            desc(DATA, 8, W),
+        ]]);
         assert_eq!(used, vec![116]);
-        assert_eq!(r.mem.read_obj::<u32>(GuestAddress(DATA)).unwrap(), 15u32.to_be());
+        assert_eq!(
+            r.mem.read_obj::<u32>(GuestAddress(DATA)).unwrap(),
+            15u32.to_be()
+        );
         // Control: a TMF and an AN query.
-        r.mem.write_slice(&[0u8; 24], GuestAddress(0x1_0000)).unwrap();
-        r.mem.write_slice(&[1u8, 0, 0, 0], GuestAddress(0x1_1000)).unwrap();
+        r.mem
+            .write_slice(&[0u8; 24], GuestAddress(0x1_0000))
+            .unwrap();
+        r.mem
+            .write_slice(&[1u8, 0, 0, 0], GuestAddress(0x1_1000))
+            .unwrap();
         let (vq, mut q) = mock_queue(
             &r.mem,
             &[
@@ -572,7 +621,10 @@ mod tests {
             ],
         );
         let irq = CountingInterrupt::default();
-        let n = r.scsi.handler(r.mem.clone()).process(&mut q, &irq, 0, ScsiHandler::control);
+        let n = r
+            .scsi
+            .handler(r.mem.clone())
+            .process(&mut q, &irq, 0, ScsiHandler::control);
         assert_eq!(n, 2);
         assert_eq!(vq.used().ring().ref_at(1).unwrap().load().len(), 5);
         assert_eq!(irq.0.load(std::sync::atomic::Ordering::Relaxed), 1);

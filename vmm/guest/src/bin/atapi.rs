@@ -50,9 +50,22 @@ impl Cd {
     /// A command expected to fail with sense key `key` and ASC `asc`.
     fn expect_check(&self, c: &[u8], key: u8, asc: u8, what: &str) {
         let r = self.run(c, &mut [0u8; 64]);
-        check!(r.map_err(|f| f.sense_key()) == Err(key), "{}: {:?}, want sense key {}", what, r, key);
+        check!(
+            r.map_err(|f| f.sense_key()) == Err(key),
+            "{}: {:?}, want sense key {}",
+            what,
+            r,
+            key
+        );
         let s = self.sense();
-        check!(s.0 == key && s.1 == asc, "{}: sense {:?}, want {}/{:#x}", what, s, key, asc);
+        check!(
+            s.0 == key && s.1 == asc,
+            "{}: sense {:?}, want {}/{:#x}",
+            what,
+            s,
+            key,
+            asc
+        );
     }
     /// GESN media class: (event code, media status).
     fn event(&self) -> (u8, u8) {
@@ -64,44 +77,79 @@ impl Cd {
     fn capacity(&self) -> u32 {
         let mut c = [0u8; 8];
         check!(self.run(&[0x25], &mut c) == Ok(8), "READ CAPACITY");
-        check!(u32::from_be_bytes([c[4], c[5], c[6], c[7]]) == 2048, "block size {:?}", c);
+        check!(
+            u32::from_be_bytes([c[4], c[5], c[6], c[7]]) == 2048,
+            "block size {:?}",
+            c
+        );
         u32::from_be_bytes([c[0], c[1], c[2], c[3]]) + 1
     }
 }
 
 fn fnv(h: u32, data: &[u8]) -> u32 {
-    data.iter().fold(h, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    data.iter()
+        .fold(h, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }
 
 fn main() {
     let unit = boot::arg_u64("unit", 0) as usize;
-    let ch = if unit < 2 { ata::PRIMARY } else { ata::SECONDARY };
-    let cd = Cd { ch, unit: (unit % 2) as u8 };
+    let ch = if unit < 2 {
+        ata::PRIMARY
+    } else {
+        ata::SECONDARY
+    };
+    let cd = Cd {
+        ch,
+        unit: (unit % 2) as u8,
+    };
     ch.soft_reset();
     ch.select(cd.unit);
     let sig = [ch.reg(2), ch.reg(3), ch.reg(4), ch.reg(5)];
     check!(sig == [1, 1, 0x14, 0xeb], "ATAPI signature {:?}", sig);
     let mut id = [0u8; 512];
-    check!(ch.identify(cd.unit, &mut id, Wait::Poll) == Err(ata::ABRT), "IDENTIFY must abort");
-    check!(ch.identify_packet(cd.unit, &mut id, Wait::Poll).is_ok(), "IDENTIFY PACKET");
+    check!(
+        ch.identify(cd.unit, &mut id, Wait::Poll) == Err(ata::ABRT),
+        "IDENTIFY must abort"
+    );
+    check!(
+        ch.identify_packet(cd.unit, &mut id, Wait::Poll).is_ok(),
+        "IDENTIFY PACKET"
+    );
     let w0 = u16::from_le_bytes([id[0], id[1]]);
-    check!(w0 >> 14 == 2 && (w0 >> 8) & 0x1f == 5 && w0 & 3 == 0, "word 0 {:#x}: ATAPI CD-ROM, 12-byte packets", w0);
+    check!(
+        w0 >> 14 == 2 && (w0 >> 8) & 0x1f == 5 && w0 & 3 == 0,
+        "word 0 {:#x}: ATAPI CD-ROM, 12-byte packets",
+        w0
+    );
     ata::ioapic_route(ch.irq, rt::start::IRQ_BASE);
     ch.set_irq(true);
 
     check!(cd.run(&[0x00], &mut []) == Ok(0), "TEST UNIT READY");
     let b = buf();
     check!(cd.run(&[0x12, 0, 0, 0, 36], b) == Ok(36), "INQUIRY");
-    check!(b[0] == 5 && b[1] & 0x80 != 0 && &b[8..14] == b"IGNITE", "INQUIRY data");
+    check!(
+        b[0] == 5 && b[1] & 0x80 != 0 && &b[8..14] == b"IGNITE",
+        "INQUIRY data"
+    );
     let blocks = cd.capacity();
     let n = cd.run(&[0x43, 0, 0, 0, 0, 0, 0, 0, 100], b);
     check!(n == Ok(20) && b[14] == 0xaa, "READ TOC {:?}", n);
-    check!(u32::from_be_bytes([b[16], b[17], b[18], b[19]]) == blocks, "lead-out at the capacity");
+    check!(
+        u32::from_be_bytes([b[16], b[17], b[18], b[19]]) == blocks,
+        "lead-out at the capacity"
+    );
     check!(cd.event() == (0, 2), "GESN: no event, medium present");
     let n = cd.run(&[0x5a, 0, 0x2a, 0, 0, 0, 0, 0, 64], b);
-    check!(n == Ok(28) && b[8] == 0x2a, "MODE SENSE(10) capabilities {:?}", n);
+    check!(
+        n == Ok(28) && b[8] == 0x2a,
+        "MODE SENSE(10) capabilities {:?}",
+        n
+    );
     let n = cd.run(&[0x46, 0, 0, 0, 0, 0, 0, 1, 0], b);
-    check!(n.is_ok() && u16::from_be_bytes([b[6], b[7]]) != 0, "GET CONFIGURATION: a current profile");
+    check!(
+        n.is_ok() && u16::from_be_bytes([b[6], b[7]]) != 0,
+        "GET CONFIGURATION: a current profile"
+    );
 
     // The whole medium, 16 blocks per command.
     let mut h = 0x811c_9dc5u32;
@@ -116,18 +164,35 @@ fn main() {
     }
     println!("atapi: {} blocks fnv1a {:08x}", blocks, h);
     let l = (blocks - 1).to_be_bytes();
-    check!(cd.run(&[0xa8, 0, l[0], l[1], l[2], l[3], 0, 0, 0, 1], b) == Ok(2048), "READ(12)");
+    check!(
+        cd.run(&[0xa8, 0, l[0], l[1], l[2], l[3], 0, 0, 0, 1], b) == Ok(2048),
+        "READ(12)"
+    );
     let l = blocks.to_be_bytes();
-    cd.expect_check(&[0x28, 0, l[0], l[1], l[2], l[3], 0, 0, 1], 5, 0x21, "read past the end");
+    cd.expect_check(
+        &[0x28, 0, l[0], l[1], l[2], l[3], 0, 0, 1],
+        5,
+        0x21,
+        "read past the end",
+    );
 
     // Tray: locked, then open (NOT READY, removal event), then closed (UNIT ATTENTION, new media).
     check!(cd.run(&[0x1e, 0, 0, 0, 1], &mut []) == Ok(0), "PREVENT");
     cd.expect_check(&[0x1b, 0, 0, 0, 2], 5, 0x53, "eject while locked");
     check!(cd.run(&[0x1e, 0, 0, 0, 0], &mut []) == Ok(0), "ALLOW");
-    check!(cd.run(&[0x1b, 0, 0, 0, 2], &mut []) == Ok(0), "open the tray");
+    check!(
+        cd.run(&[0x1b, 0, 0, 0, 2], &mut []) == Ok(0),
+        "open the tray"
+    );
     cd.expect_check(&[0x00], 2, 0x3a, "tray open");
-    check!(cd.event() == (3, 3), "GESN: removal, tray open with the medium in it");
-    check!(cd.run(&[0x1b, 0, 0, 0, 3], &mut []) == Ok(0), "close the tray");
+    check!(
+        cd.event() == (3, 3),
+        "GESN: removal, tray open with the medium in it"
+    );
+    check!(
+        cd.run(&[0x1b, 0, 0, 0, 3], &mut []) == Ok(0),
+        "close the tray"
+    );
     check!(cd.event() == (2, 2), "GESN: new media");
     cd.expect_check(&[0x00], 6, 0x28, "medium changed");
     check!(cd.run(&[0x00], &mut []) == Ok(0), "ready again");
@@ -142,8 +207,15 @@ fn main() {
         while cd.event().0 != 2 {}
         cd.expect_check(&[0x00], 6, 0x28, "new medium");
         let blocks = cd.capacity();
-        check!(cd.run(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1], b) == Ok(2048), "read the new medium");
-        println!("swap: {} blocks, first block fnv1a {:08x}", blocks, fnv(0x811c_9dc5, &b[..2048]));
+        check!(
+            cd.run(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1], b) == Ok(2048),
+            "read the new medium"
+        );
+        println!(
+            "swap: {} blocks, first block fnv1a {:08x}",
+            blocks,
+            fnv(0x811c_9dc5, &b[..2048])
+        );
     }
     println!("atapi: {} interrupts", rt::irq_count(0));
 }

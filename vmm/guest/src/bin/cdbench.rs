@@ -24,7 +24,8 @@ struct Buf([u8; AVIO_CMD * DEPTH]);
 static mut BUF: Buf = Buf([0; AVIO_CMD * DEPTH]);
 
 fn fnv(h: u32, data: &[u8]) -> u32 {
-    data.iter().fold(h, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    data.iter()
+        .fold(h, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }
 
 fn read10(lba: u32, blocks: u32) -> [u8; 12] {
@@ -43,10 +44,18 @@ fn vio(total: u64) -> u32 {
     let mut c = [0u8; 8];
     let mut cap = [0u8; 12];
     cap[0] = 0x25;
-    check!(ch.packet(0, &cap, &mut c, 8, Wait::Irq) == Ok(8), "READ CAPACITY");
+    check!(
+        ch.packet(0, &cap, &mut c, 8, Wait::Irq) == Ok(8),
+        "READ CAPACITY"
+    );
     let blocks = u32::from_be_bytes([c[0], c[1], c[2], c[3]]) + 1;
     let per = (VIO_CMD / 2048) as u32;
-    check!(blocks % per == 0, "image of {} blocks: not a multiple of {}", blocks, per);
+    check!(
+        blocks % per == 0,
+        "image of {} blocks: not a multiple of {}",
+        blocks,
+        per
+    );
     let mut h = 0x811c_9dc5u32;
     let (mut done, mut lba) = (0u64, 0u32);
     io::outl(MARK_PORT, 71);
@@ -74,7 +83,12 @@ fn avio(total: u64) -> u32 {
     check!(d.resp.status == GOOD, "READ CAPACITY");
     let blocks = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) + 1;
     let per = (AVIO_CMD / 2048) as u32;
-    check!(blocks % per == 0, "image of {} blocks: not a multiple of {}", blocks, per);
+    check!(
+        blocks % per == 0,
+        "image of {} blocks: not a multiple of {}",
+        blocks,
+        per
+    );
     let count = total / AVIO_CMD as u64;
     let mut h = 0x811c_9dc5u32;
     let (mut submitted, mut completed) = (0u64, 0u64);
@@ -92,7 +106,12 @@ fn avio(total: u64) -> u32 {
             s.req.notify();
         }
         let d = s.next(true);
-        check!(d.resp.status == GOOD && d.data_in() == AVIO_CMD, "READ(10): status {} moved {}", d.resp.status, d.data_in());
+        check!(
+            d.resp.status == GOOD && d.data_in() == AVIO_CMD,
+            "READ(10): status {} moved {}",
+            d.resp.status,
+            d.data_in()
+        );
         // One queue, run to completion: commands complete in submission order.
         let at = (completed % DEPTH as u64) as usize * AVIO_CMD;
         h = fnv(h, &buf[at..at + AVIO_CMD]);
