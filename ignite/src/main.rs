@@ -5,6 +5,7 @@ mod cli;
 mod clock;
 mod guests;
 mod initramfs;
+mod media;
 
 mod server;
 mod state;

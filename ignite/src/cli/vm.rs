@@ -17,6 +17,9 @@ pub struct Args {
 enum Cmd {
     #[command(flatten)]
     Guest(super::guests::Cmd),
+    /// Media in a guest's CD-ROM and tape drives: insert, eject (also while it runs).
+    #[command(subcommand)]
+    Media(super::media::VmCmd),
     /// Run a VM in the foreground until it powers off, resets or fails.
     Run(RunArgs),
     /// Run every guest test program (one VM each) and print one line per program.
@@ -125,6 +128,10 @@ struct RunArgs {
     /// NIC on the emulated NE2000 model (VIO): tap=NAME or bridge=BR, optionally ,mac=M (repeatable, at most 4).
     #[arg(long = "vio-net")]
     vio_nets: Vec<String>,
+    /// A CD-ROM or tape drive: cd|tape[,vio|avio][,medium=PATH][,ro] (repeatable; CD-ROMs
+    /// default to VIO, ATAPI on IDE; tapes are AVIO, virtio-scsi).
+    #[arg(long = "drive", value_parser = ignite_vmm::DriveConfig::parse)]
+    drives: Vec<ignite_vmm::DriveConfig>,
     /// Serial console: stdio (stdin is forwarded), null, file:PATH or unix:PATH (a socket).
     #[arg(long, default_value = "stdio", value_parser = SerialTarget::parse)]
     serial: SerialTarget,
@@ -137,6 +144,7 @@ impl Args {
     pub fn run(self) -> anyhow::Result<()> {
         match self.cmd {
             Cmd::Guest(c) => c.run(),
+            Cmd::Media(c) => c.run(),
             Cmd::Run(a) => run(a),
             Cmd::Selftest { dir } => selftest(dir),
             Cmd::Bench(a) => bench(a),
@@ -191,7 +199,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         vio_disks: a.vio_disks,
         vio_nets,
         nets,
-        drives: Vec::new(),
+        drives: a.drives,
         serial_input: matches!(a.serial, SerialTarget::Stdout),
         serial: a.serial,
     };

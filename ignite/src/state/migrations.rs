@@ -122,12 +122,30 @@ const V4: &str = "
     );
     CREATE INDEX capture_tokens_name ON capture_tokens(name, created_ms);";
 
+/// Version 5 (issue 14): the media library (ISO images and virtual tapes) and what each
+/// guest drive holds.
+const V5: &str = "
+    CREATE TABLE media (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        added INTEGER NOT NULL
+    );
+    CREATE TABLE media_drives (
+        guest TEXT NOT NULL,
+        drive TEXT NOT NULL,
+        media TEXT NOT NULL,
+        PRIMARY KEY (guest, drive)
+    );
+    CREATE INDEX media_drives_media ON media_drives(media);";
+
 /// One version step: SQL batches applied in order, in one transaction.
 type Step = &'static [&'static str];
 
 /// ignite-netboot owns the lease table's schema ([`LEASE_MIGRATIONS`]); each of its steps is
 /// applied here, in order, as part of one of ours.
-const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3], &[V4]];
+const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3], &[V4], &[V5]];
 
 /// The schema version this binary writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
