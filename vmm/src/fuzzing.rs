@@ -132,19 +132,24 @@ pub fn ide_registers(input: &[u8]) {
     let mut ide = Ide::with_units(disks, Vec::new(), [None, None]).expect("three disks");
     let mut s = Script::new(input);
     while let (Some(op), Some(off), Some(count)) = (s.byte(), s.byte(), s.byte()) {
-        let ch = &mut ide.channels[(op & 1) as usize];
-        let width = WIDTHS[((op >> 1) & 3) as usize].min(4);
-        let off = (off % 9) as u16;
-        let len = width * if off == 0 { 1 + 2 * count as usize } else { 1 };
-        if op & 8 != 0 {
-            ch.pio_write(off, width, &s.data(len));
-        } else {
-            ch.pio_read(off, width, &mut vec![0; len]);
-        }
+        ide_step(&mut ide, op, off, count, &mut s);
     }
     drop(ide);
     for (f, size) in checks.iter().zip(SIZES) {
         assert_size(f, size, "IDE disk");
+    }
+}
+
+/// One register access of an `ide_registers` script step.
+fn ide_step(ide: &mut crate::vio::ide::Ide, op: u8, off: u8, count: u8, s: &mut Script) {
+    let ch = &mut ide.channels[(op & 1) as usize];
+    let width = WIDTHS[((op >> 1) & 3) as usize].min(4);
+    let off = (off % 9) as u16;
+    let len = width * if off == 0 { 1 + 2 * count as usize } else { 1 };
+    if op & 8 != 0 {
+        ch.pio_write(off, width, &s.data(len));
+    } else {
+        ch.pio_read(off, width, &mut vec![0; len]);
     }
 }
 
@@ -396,18 +401,7 @@ pub fn atapi_packets(input: &[u8]) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(memfd_iso(a as u64 + 1)),
-            _ => {
-                let raw = op >> 2;
-                let ch = &mut ide.channels[(raw & 1) as usize];
-                let width = WIDTHS[((raw >> 1) & 3) as usize].min(4);
-                let off = (a % 9) as u16;
-                let len = width * if off == 0 { 1 + 2 * b as usize } else { 1 };
-                if raw & 8 != 0 {
-                    ch.pio_write(off, width, &s.data(len));
-                } else {
-                    ch.pio_read(off, width, &mut vec![0; len]);
-                }
-            }
+            _ => ide_step(&mut ide, op >> 2, a, b, &mut s),
         }
     }
     drop(ide);

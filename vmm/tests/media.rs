@@ -10,21 +10,15 @@ use ignite_vmm::{DiskConfig, DriveConfig, SerialTarget, SharedBuffer, Vm, VmConf
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A CD image of `blocks` 2048-byte blocks, each different (a seed, its LBA, a pattern).
+/// A CD image of `blocks` blocks (`guest::write_test_iso`).
 fn iso(dir: &Path, name: &str, blocks: u32, seed: u8) -> PathBuf {
-    let mut data = vec![0u8; blocks as usize * 2048];
-    for (i, b) in data.iter_mut().enumerate() {
-        *b = ((i / 2048) as u8).wrapping_mul(31) ^ (i as u8) ^ seed;
-    }
     let p = dir.join(name);
-    std::fs::write(&p, &data).unwrap();
+    ignite_vmm::guest::write_test_iso(&p, blocks, seed).unwrap();
     p
 }
 
 fn fnv(data: &[u8]) -> String {
-    let h = data.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    });
+    let h = ignite_vmm::guest::fnv1a(ignite_vmm::guest::FNV1A_START, data);
     format!("{h:08x}")
 }
 

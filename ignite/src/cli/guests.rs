@@ -19,7 +19,7 @@ use std::time::Duration;
 pub struct StateDir {
     /// Directory of the state database (guest files go in its guests/ folder).
     #[arg(long, env = "IGNITE_STATE_DIR", default_value = "/var/lib/ignite")]
-    state_dir: PathBuf,
+    pub(super) state_dir: PathBuf,
 }
 
 #[derive(Subcommand)]

@@ -1,19 +1,13 @@
 //! `ignite media add/list/remove` (the media library) and `ignite vm media
 //! insert/eject/list` (what a guest's drives hold, changed while it runs): see `crate::media`.
 
+use super::guests::StateDir;
 use crate::guests::Paths;
 use crate::media::{self, engine, Kind};
 use crate::state::State;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
-
-#[derive(clap::Args)]
-pub struct StateDir {
-    /// Directory of the state database.
-    #[arg(long, env = "IGNITE_STATE_DIR", default_value = "/var/lib/ignite")]
-    state_dir: PathBuf,
-}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -58,7 +52,12 @@ pub fn run(a: Args) -> Result<()> {
             kind,
             state,
         } => {
-            let m = media::add(&State::open(&state.state_dir)?, &file, name.as_deref(), kind)?;
+            let m = media::add(
+                &State::open(&state.state_dir)?,
+                &file,
+                name.as_deref(),
+                kind,
+            )?;
             println!(
                 "medium {} added: {} {} ({} bytes)",
                 m.name,
@@ -78,16 +77,26 @@ pub fn run(a: Args) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            println!("{:<20} {:<5} {:>14}  {:<30} in", "NAME", "KIND", "BYTES", "FILE");
+            println!(
+                "{:<20} {:<5} {:>14}  {:<30} in",
+                "NAME", "KIND", "BYTES", "FILE"
+            );
             for (m, h) in all {
-                let held: Vec<String> = h.iter().map(|h| format!("{}:{}", h.guest, h.drive)).collect();
+                let held: Vec<String> = h
+                    .iter()
+                    .map(|h| format!("{}:{}", h.guest, h.drive))
+                    .collect();
                 println!(
                     "{:<20} {:<5} {:>14}  {:<30} {}",
                     m.name,
                     m.kind_name(),
                     m.size,
                     m.path.display(),
-                    if held.is_empty() { "-".into() } else { held.join(" ") }
+                    if held.is_empty() {
+                        "-".into()
+                    } else {
+                        held.join(" ")
+                    }
                 );
             }
             Ok(())
@@ -166,7 +175,13 @@ impl media::Medium {
 /// `insert`: records the medium in the drive (ownership checked there), takes it out of the
 /// holder's drive if it moved, then puts it into the running guest; a failure there undoes
 /// the move.
-pub fn insert(state_dir: &Path, guest: &str, name: &str, drive: Option<&str>, take: bool) -> Result<()> {
+pub fn insert(
+    state_dir: &Path,
+    guest: &str,
+    name: &str,
+    drive: Option<&str>,
+    take: bool,
+) -> Result<()> {
     let state = State::open(state_dir)?;
     let rec = state.guest(guest)?;
     let m = media::get(&state, name)?;
@@ -184,7 +199,11 @@ pub fn insert(state_dir: &Path, guest: &str, name: &str, drive: Option<&str>, ta
         );
     }
     let read_only = m.kind == Kind::Iso;
-    match engine::change_live(&Paths::new(state_dir, guest), &drive, Some((&m.path, read_only))) {
+    match engine::change_live(
+        &Paths::new(state_dir, guest),
+        &drive,
+        Some((&m.path, read_only)),
+    ) {
         Ok(live) => {
             println!(
                 "{name} is in guest {guest}'s drive {drive}{}",
@@ -220,7 +239,11 @@ pub fn eject(state_dir: &Path, guest: &str, drive: Option<&str>) -> Result<()> {
         Some(d) if names.iter().any(|n| n == d) => d.to_owned(),
         Some(d) => bail!(
             "guest {guest} has no drive {d}; its drives: {}",
-            if names.is_empty() { "none".into() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
         ),
         None => match loaded.first() {
             Some((d, _)) => d.clone(),
@@ -247,7 +270,10 @@ fn drives(state_dir: &Path, guest: &str, json: bool) -> Result<()> {
         .into_iter()
         .zip(&rec.def.drives)
         .map(|(n, d)| {
-            let m = loaded.iter().find(|(x, _)| *x == n).map(|(_, m)| m.name.clone());
+            let m = loaded
+                .iter()
+                .find(|(x, _)| *x == n)
+                .map(|(_, m)| m.name.clone());
             (n, *d, m)
         })
         .collect();

@@ -293,8 +293,8 @@ fn avio_vio(
     let load_before = bench::load_average();
     let (mut avio, mut vio) =
         bench::avio_vio_disk(&d, size_1m, size_4k).context("AVIO vs VIO disk benchmark")?;
-    let (iso_avio, iso_vio) = bench::avio_vio_iso(&d, iso_size, iso_size)
-        .context("AVIO vs VIO ISO read benchmark")?;
+    let (iso_avio, iso_vio) =
+        bench::avio_vio_iso(&d, iso_size, iso_size).context("AVIO vs VIO ISO read benchmark")?;
     avio.push(iso_avio);
     vio.push(iso_vio);
     let _ = std::fs::remove_dir(&d);

@@ -36,7 +36,9 @@ pub enum Request {
         read_only: bool,
     },
     /// Empties a removable-media drive.
-    MediaEject { drive: String },
+    MediaEject {
+        drive: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -27,13 +27,12 @@ pub fn vmm_drives(drives: &[Drive], loaded: &[(String, Medium)]) -> Vec<ignite_v
                 Bus::Vio => ignite_vmm::MediaBus::Vio,
                 Bus::Avio => ignite_vmm::MediaBus::Avio,
             },
-            medium: loaded
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, m)| ignite_vmm::scsi::MediumConfig {
+            medium: loaded.iter().find(|(n, _)| *n == name).map(|(_, m)| {
+                ignite_vmm::scsi::MediumConfig {
                     path: m.path.clone(),
                     read_only: m.kind == super::Kind::Iso,
-                }),
+                }
+            }),
         })
         .collect()
 }
@@ -92,13 +91,20 @@ pub fn qemu_args(
 fn qemu_path(p: &Path) -> Result<String> {
     let s = p.to_string_lossy();
     if s.contains(',') {
-        bail!("{}: a path with a comma cannot be given to QEMU; rename the file", p.display());
+        bail!(
+            "{}: a path with a comma cannot be given to QEMU; rename the file",
+            p.display()
+        );
     }
     Ok(s.into_owned())
 }
 
 /// Changes a QEMU guest's CD-ROM through QMP: `path` in, or out when None.
-pub fn qmp_change(qmp: &mut crate::guests::qemu::Qmp, drive: &str, path: Option<&Path>) -> Result<()> {
+pub fn qmp_change(
+    qmp: &mut crate::guests::qemu::Qmp,
+    drive: &str,
+    path: Option<&Path>,
+) -> Result<()> {
     let id = format!("{drive}dev");
     match path {
         Some(p) => qmp
@@ -162,14 +168,24 @@ mod tests {
     fn qemu_cdroms_after_the_disks_or_on_virtio_scsi() {
         let d = drives_for(Bus::Vio, 3, 1, 0).unwrap();
         let a = qemu_args(&d, &[("cd0".into(), iso("x"))], 3, Bus::Vio, false).unwrap();
-        assert_eq!(a[1], "if=none,id=cd0,media=cdrom,readonly=on,format=raw,file=/m/x.iso");
+        assert_eq!(
+            a[1],
+            "if=none,id=cd0,media=cdrom,readonly=on,format=raw,file=/m/x.iso"
+        );
         assert_eq!(a[3], "ide-cd,drive=cd0,id=cd0dev,bus=ide.1,unit=1");
         let d = drives_for(Bus::Avio, 1, 2, 0).unwrap();
         let a = qemu_args(&d, &[], 1, Bus::Avio, false).unwrap();
-        assert_eq!(a.iter().filter(|x| x.starts_with("virtio-scsi-pci")).count(), 1);
+        assert_eq!(
+            a.iter()
+                .filter(|x| x.starts_with("virtio-scsi-pci"))
+                .count(),
+            1
+        );
         assert!(a.last().unwrap().ends_with("lun=1"));
         let d = drives_for(Bus::Avio, 0, 0, 1).unwrap();
-        let e = qemu_args(&d, &[], 0, Bus::Avio, false).unwrap_err().to_string();
+        let e = qemu_args(&d, &[], 0, Bus::Avio, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--engine bundled"), "{e}");
         let mut comma = iso("y");
         comma.path = "/m/a,b.iso".into();

@@ -126,20 +126,10 @@ pub struct Holder {
     pub drive: String,
 }
 
+/// Media names follow the rules of guest names.
 fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !ok {
-        bail!(
-            "medium name {name:?} is not valid; use 1 to 64 letters, digits, '-', '_' or '.', \
-             not starting with '.' or '-'"
-        );
-    }
-    Ok(())
+    crate::guests::check_name(name)
+        .map_err(|e| anyhow::anyhow!(e.to_string().replacen("guest name", "medium name", 1)))
 }
 
 /// The kind of `file` when not given: by its extension.
@@ -193,8 +183,8 @@ pub fn add(state: &State, file: &Path, name: Option<&str>, kind: Option<Kind>) -
         std::fs::File::create_new(file)
             .with_context(|| format!("tape {}: cannot create it", file.display()))?;
     }
-    let path = std::fs::canonicalize(file)
-        .with_context(|| format!("{}: no such file", file.display()))?;
+    let path =
+        std::fs::canonicalize(file).with_context(|| format!("{}: no such file", file.display()))?;
     let size = match kind {
         Kind::Iso => ignite_vmm::scsi::cdrom::Medium::open(&path)?.blocks * 2048,
         Kind::Tape => {
@@ -223,7 +213,13 @@ pub fn add(state: &State, file: &Path, name: Option<&str>, kind: Option<Kind>) -
     let added = now();
     tx.execute(
         "INSERT INTO media (name, kind, path, size, added) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![name, kind.as_str(), path.to_string_lossy(), size as i64, added],
+        params![
+            name,
+            kind.as_str(),
+            path.to_string_lossy(),
+            size as i64,
+            added
+        ],
     )?;
     tx.commit()?;
     Ok(Medium {
@@ -331,10 +327,7 @@ pub fn attach(
 ) -> Result<Option<Holder>> {
     let mut conn = state.conn();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        &format!("DELETE FROM media_drives WHERE NOT {LIVE}"),
-        [],
-    )?;
+    tx.execute(&format!("DELETE FROM media_drives WHERE NOT {LIVE}"), [])?;
     let others: Vec<Holder> = holders(&tx, &medium.name)?
         .into_iter()
         .filter(|h| !(h.guest == guest && h.drive == drive))
@@ -457,7 +450,11 @@ pub fn for_new_drives(
             continue;
         }
         let m = get(state, medium)?;
-        let kind = if drive.starts_with("cd") { DriveKind::Cd } else { DriveKind::Tape };
+        let kind = if drive.starts_with("cd") {
+            DriveKind::Cd
+        } else {
+            DriveKind::Tape
+        };
         if m.kind.drive() != kind {
             bail!(
                 "medium {medium} is {} {}; give it to --{}",
@@ -516,7 +513,10 @@ mod tests {
         let iso = d.path().join("debian.iso");
         std::fs::write(&iso, vec![0u8; 4096]).unwrap();
         let m = add(&s, &iso, None, None).unwrap();
-        assert_eq!((m.name.as_str(), m.kind, m.size), ("debian", Kind::Iso, 4096));
+        assert_eq!(
+            (m.name.as_str(), m.kind, m.size),
+            ("debian", Kind::Iso, 4096)
+        );
         // A tape that does not exist is created blank.
         let tap = d.path().join("backup.tap");
         let t = add(&s, &tap, Some("nightly"), None).unwrap();
@@ -524,18 +524,28 @@ mod tests {
         assert!(tap.exists());
         let e = add(&s, &iso, Some("again"), None).unwrap_err().to_string();
         assert!(e.contains("already in the library as debian"), "{e}");
-        let e = add(&s, &tap, None, Some(Kind::Tape)).unwrap_err().to_string();
+        let e = add(&s, &tap, None, Some(Kind::Tape))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("already in the library"), "{e}");
         let odd = d.path().join("odd.iso");
         std::fs::write(&odd, vec![0u8; 1000]).unwrap();
-        assert!(add(&s, &odd, None, None).unwrap_err().to_string().contains("2048"));
-        let e = add(&s, &d.path().join("x.img"), None, None).unwrap_err().to_string();
+        assert!(add(&s, &odd, None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("2048"));
+        let e = add(&s, &d.path().join("x.img"), None, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--kind"), "{e}");
         assert!(add(&s, &iso, Some("../x"), None).is_err());
         let names: Vec<String> = list(&s).unwrap().into_iter().map(|(m, _)| m.name).collect();
         assert_eq!(names, ["debian", "nightly"]);
         remove(&s, "debian").unwrap();
-        assert!(remove(&s, "debian").unwrap_err().to_string().contains("not in the library"));
+        assert!(remove(&s, "debian")
+            .unwrap_err()
+            .to_string()
+            .contains("not in the library"));
         assert!(get(&s, "debian").is_err());
     }
 
@@ -550,21 +560,45 @@ mod tests {
         let iso = add(&s, &iso, None, None).unwrap();
         let tape = add(&s, &d.path().join("t.tap"), None, None).unwrap();
         assert_eq!(attach(&s, "a", "cd0", &iso, false).unwrap(), None);
-        assert_eq!(attach(&s, "b", "cd0", &iso, false).unwrap(), None, "an ISO is shared");
+        assert_eq!(
+            attach(&s, "b", "cd0", &iso, false).unwrap(),
+            None,
+            "an ISO is shared"
+        );
         assert_eq!(attach(&s, "a", "st0", &tape, false).unwrap(), None);
-        assert_eq!(attach(&s, "a", "st0", &tape, false).unwrap(), None, "same drive again");
-        let e = attach(&s, "b", "st0", &tape, false).unwrap_err().to_string();
-        assert!(e.contains("guest a's drive st0") && e.contains("--take"), "{e}");
+        assert_eq!(
+            attach(&s, "a", "st0", &tape, false).unwrap(),
+            None,
+            "same drive again"
+        );
+        let e = attach(&s, "b", "st0", &tape, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("guest a's drive st0") && e.contains("--take"),
+            "{e}"
+        );
         let moved = attach(&s, "b", "st0", &tape, true).unwrap();
-        assert_eq!(moved, Some(Holder { guest: "a".into(), drive: "st0".into() }));
+        assert_eq!(
+            moved,
+            Some(Holder {
+                guest: "a".into(),
+                drive: "st0".into()
+            })
+        );
         assert_eq!(loaded(&s, "a").unwrap().len(), 1, "a keeps only its CD");
         assert_eq!(loaded(&s, "b").unwrap()[1].1.name, "t");
         let e = remove(&s, "x").unwrap_err().to_string();
-        assert!(e.contains("guest a's drive cd0, guest b's drive cd0"), "{e}");
+        assert!(
+            e.contains("guest a's drive cd0, guest b's drive cd0"),
+            "{e}"
+        );
         assert_eq!(detach(&s, "a", "cd0").unwrap(), Some("x".into()));
         assert_eq!(detach(&s, "a", "cd0").unwrap(), None);
         // A removed guest holds nothing.
-        s.conn().execute("DELETE FROM guests WHERE name = 'b'", []).unwrap();
+        s.conn()
+            .execute("DELETE FROM guests WHERE name = 'b'", [])
+            .unwrap();
         remove(&s, "x").unwrap();
         assert_eq!(attach(&s, "a", "st0", &tape, false).unwrap(), None);
     }
@@ -574,12 +608,24 @@ mod tests {
         let d = drives_for(Bus::Vio, 2, 2, 1).unwrap();
         assert_eq!(drive_names(&d), ["cd0", "cd1", "st0"]);
         assert_eq!(d[2].bus, Bus::Avio, "tapes are on virtio-scsi");
-        assert!(drives_for(Bus::Vio, 3, 2, 0).unwrap_err().to_string().contains("slots"));
+        assert!(drives_for(Bus::Vio, 3, 2, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("slots"));
         assert!(drives_for(Bus::Avio, 3, 2, 0).is_ok());
         assert_eq!(pick_drive(&d, DriveKind::Tape, None).unwrap(), "st0");
         assert_eq!(pick_drive(&d, DriveKind::Cd, Some("cd1")).unwrap(), "cd1");
-        assert!(pick_drive(&d, DriveKind::Cd, Some("st0")).unwrap_err().to_string().contains("cannot take"));
-        assert!(pick_drive(&d, DriveKind::Cd, Some("cd7")).unwrap_err().to_string().contains("cd0, cd1, st0"));
-        assert!(pick_drive(&[], DriveKind::Cd, None).unwrap_err().to_string().contains("--cdrom"));
+        assert!(pick_drive(&d, DriveKind::Cd, Some("st0"))
+            .unwrap_err()
+            .to_string()
+            .contains("cannot take"));
+        assert!(pick_drive(&d, DriveKind::Cd, Some("cd7"))
+            .unwrap_err()
+            .to_string()
+            .contains("cd0, cd1, st0"));
+        assert!(pick_drive(&[], DriveKind::Cd, None)
+            .unwrap_err()
+            .to_string()
+            .contains("--cdrom"));
     }
 }

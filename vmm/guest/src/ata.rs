@@ -151,9 +151,20 @@ impl Channel {
 
     /// IDENTIFY DEVICE into `buf` (512 bytes).
     pub fn identify(&self, unit: u8, buf: &mut [u8; 512], how: Wait) -> Result<(), u8> {
+        self.identify_with(IDENTIFY, unit, buf, how)
+    }
+
+    /// An IDENTIFY-style command (`cmd`: DEVICE or PACKET DEVICE) reading one block.
+    pub fn identify_with(
+        &self,
+        cmd: u8,
+        unit: u8,
+        buf: &mut [u8; 512],
+        how: Wait,
+    ) -> Result<(), u8> {
         let seen = crate::irq_count(0);
         self.select(unit);
-        outb(self.base + 7, IDENTIFY);
+        outb(self.base + 7, cmd);
         let s = self.wait(how, seen)?;
         if s & DRQ == 0 {
             return Err(0xff);

@@ -80,14 +80,6 @@ impl Channel {
 
     /// IDENTIFY PACKET DEVICE into `buf`.
     pub fn identify_packet(&self, unit: u8, buf: &mut [u8; 512], how: Wait) -> Result<(), u8> {
-        let seen = crate::irq_count(0);
-        self.select(unit);
-        outb(self.base + 7, IDENTIFY_PACKET);
-        let s = self.wait(how, seen)?;
-        if s & DRQ == 0 {
-            return Err(0xff);
-        }
-        insw(self.base, buf);
-        Ok(())
+        self.identify_with(IDENTIFY_PACKET, unit, buf, how)
     }
 }

@@ -348,7 +348,7 @@ impl Cdrom {
         Reply::good(cut(d, alloc))
     }
 
-    fn dispatch(&mut self, cdb: &[u8]) -> Reply {
+    fn run(&mut self, cdb: &[u8]) -> Reply {
         let ok = || Reply::good(Vec::new());
         match cdb[0] {
             0x00 => match self.ready() {
@@ -383,22 +383,12 @@ impl Cdrom {
     }
 }
 
-impl LogicalUnit for Cdrom {
-    fn execute(&mut self, cdb: &[u8], _data_out: &[u8]) -> Reply {
-        let Some(len) = cdb.first().and_then(|&op| cdb_len(op)) else {
-            return self.sense.finish(Reply::check(INVALID_OPCODE));
-        };
-        if cdb.len() < len {
-            return self.sense.finish(Reply::check(INVALID_FIELD));
-        }
-        if let Some(r) = self.sense.gate(cdb[0]) {
-            return r;
-        }
-        let r = self.dispatch(cdb);
-        if cdb[0] == 0x03 {
-            return r;
-        }
-        self.sense.finish(r)
+impl Unit for Cdrom {
+    fn sense_state(&mut self) -> &mut SenseState {
+        &mut self.sense
+    }
+    fn dispatch(&mut self, cdb: &[u8], _data_out: &[u8]) -> Reply {
+        self.run(cdb)
     }
 }
 

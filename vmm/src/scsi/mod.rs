@@ -107,6 +107,34 @@ pub trait LogicalUnit: Send {
     fn execute(&mut self, cdb: &[u8], data_out: &[u8]) -> Reply;
 }
 
+/// What a unit model provides; `execute` around it is the same for all: the CDB's length
+/// checked, a pending UNIT ATTENTION reported first, the sense kept for REQUEST SENSE.
+pub trait Unit: Send {
+    fn sense_state(&mut self) -> &mut SenseState;
+    /// Runs a CDB of at least its group's length.
+    fn dispatch(&mut self, cdb: &[u8], data_out: &[u8]) -> Reply;
+}
+
+impl<T: Unit> LogicalUnit for T {
+    fn execute(&mut self, cdb: &[u8], data_out: &[u8]) -> Reply {
+        let Some(len) = cdb.first().and_then(|&op| cdb_len(op)) else {
+            return self.sense_state().finish(Reply::check(INVALID_OPCODE));
+        };
+        if cdb.len() < len {
+            return self.sense_state().finish(Reply::check(INVALID_FIELD));
+        }
+        if let Some(r) = self.sense_state().gate(cdb[0]) {
+            return r;
+        }
+        let r = self.dispatch(cdb, data_out);
+        if cdb[0] == 0x03 {
+            // REQUEST SENSE consumed the sense; its own outcome is not kept.
+            return r;
+        }
+        self.sense_state().finish(r)
+    }
+}
+
 /// A unit shared between its transport (a vCPU or I/O thread) and whoever changes its
 /// medium at run time.
 pub type SharedUnit<T> = Arc<Mutex<T>>;

@@ -589,7 +589,7 @@ impl Tape {
         Reply::good(Vec::new())
     }
 
-    fn dispatch(&mut self, cdb: &[u8], data_out: &[u8]) -> Reply {
+    fn run(&mut self, cdb: &[u8], data_out: &[u8]) -> Reply {
         let ok = || Reply::good(Vec::new());
         let ready = |t: &Tape| t.ready().map(|_| ()).err().map(Reply::check);
         match cdb[0] {
@@ -650,22 +650,12 @@ impl Tape {
     }
 }
 
-impl LogicalUnit for Tape {
-    fn execute(&mut self, cdb: &[u8], data_out: &[u8]) -> Reply {
-        let Some(len) = cdb.first().and_then(|&op| cdb_len(op)) else {
-            return self.sense.finish(Reply::check(INVALID_OPCODE));
-        };
-        if cdb.len() < len {
-            return self.sense.finish(Reply::check(INVALID_FIELD));
-        }
-        if let Some(r) = self.sense.gate(cdb[0]) {
-            return r;
-        }
-        let r = self.dispatch(cdb, data_out);
-        if cdb[0] == 0x03 {
-            return r;
-        }
-        self.sense.finish(r)
+impl Unit for Tape {
+    fn sense_state(&mut self) -> &mut SenseState {
+        &mut self.sense
+    }
+    fn dispatch(&mut self, cdb: &[u8], data_out: &[u8]) -> Reply {
+        self.run(cdb, data_out)
     }
 }
 

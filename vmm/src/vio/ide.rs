@@ -114,8 +114,8 @@ pub struct Channel {
     drives: [Option<Drive>; 2],
     /// ATAPI CD-ROMs, in the slots no disk holds.
     cds: [Option<SharedUnit<Cdrom>>; 2],
-    /// Drives whose reset signature has not been read since the last reset: the task file
-    /// is shared here, so selecting such a drive loads its signature (ATA or ATAPI).
+    /// Drives that have had no command since the last reset: the task file is shared here,
+    /// so selecting such a drive loads its signature (ATA or ATAPI).
     signature_pending: [bool; 2],
     /// An ATAPI command's data-in and how much of it has been read.
     packet_data: Vec<u8>,
@@ -316,8 +316,9 @@ impl Channel {
             6 => {
                 self.device = v & 0x5f;
                 let u = self.unit();
+                // Until the next command, each selection shows that drive's signature
+                // (libata selects drive 1, then 0, then classifies both).
                 if self.signature_pending[u] && self.xfer.is_none() {
-                    self.signature_pending[u] = false;
                     self.set_signature(u);
                 }
             }
@@ -817,6 +818,11 @@ fn identify_packet() -> [u8; SECTOR] {
     id[71] = 30;
     id[72] = 30;
     id[80] = 0x001e; // ATA/ATAPI-4..7
+    words_le(&id)
+}
+
+/// IDENTIFY words as the bytes the data port returns.
+fn words_le(id: &[u16; 256]) -> [u8; SECTOR] {
     let mut out = [0u8; SECTOR];
     for (i, w) in id.iter().enumerate() {
         out[2 * i..2 * i + 2].copy_from_slice(&w.to_le_bytes());
@@ -868,11 +874,7 @@ fn identify(d: &Drive) -> [u8; SECTOR] {
     for i in 0..4 {
         id[100 + i] = (d.sectors >> (16 * i)) as u16;
     }
-    let mut out = [0u8; SECTOR];
-    for (i, w) in id.iter().enumerate() {
-        out[2 * i..2 * i + 2].copy_from_slice(&w.to_le_bytes());
-    }
-    out
+    words_le(&id)
 }
 
 /// The two channels behind the legacy ports.
@@ -1316,6 +1318,8 @@ mod tests {
         assert_eq!([rd(c, 2), rd(c, 3), rd(c, 4), rd(c, 5)], [1, 1, 0x14, 0xeb]);
         wr(c, 6, 0xa0);
         assert_eq!([rd(c, 4), rd(c, 5)], [0, 0]);
+        wr(c, 6, 0xb0);
+        assert_eq!([rd(c, 4), rd(c, 5)], [0x14, 0xeb], "again, as libata classifies");
         // IDENTIFY DEVICE aborts on the packet device, leaving the signature.
         wr(c, 6, 0xb0);
         wr(c, 7, 0xec);

@@ -91,22 +91,25 @@ fn total(segs: &[(GuestAddress, u32)]) -> usize {
     segs.iter().map(|&(_, l)| l as usize).sum()
 }
 
-/// Reads `out.len()` bytes of the segments' byte stream from `skip` on (short if the
-/// stream ends): how many were read.
-fn gather(mem: &GuestMemory, segs: &[(GuestAddress, u32)], skip: usize, out: &mut [u8]) -> usize {
+/// Walks `total` bytes of the segments' byte stream from `skip` on, calling `f(address,
+/// range of the caller's buffer)` per piece; stops where `f` fails or the stream ends. How
+/// many bytes were walked.
+fn walk(
+    segs: &[(GuestAddress, u32)],
+    skip: usize,
+    total: usize,
+    mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> bool,
+) -> usize {
     let (mut at, mut done) = (0usize, 0usize);
     for &(addr, len) in segs {
         let len = len as usize;
-        if done == out.len() {
+        if done == total {
             break;
         }
         if at + len > skip {
             let from = skip.saturating_sub(at);
-            let n = (len - from).min(out.len() - done);
-            if mem
-                .read_slice(&mut out[done..done + n], GuestAddress(addr.0 + from as u64))
-                .is_err()
-            {
+            let n = (len - from).min(total - done);
+            if !f(GuestAddress(addr.0 + from as u64), done..done + n) {
                 return done;
             }
             done += n;
@@ -116,28 +119,19 @@ fn gather(mem: &GuestMemory, segs: &[(GuestAddress, u32)], skip: usize, out: &mu
     done
 }
 
+/// Reads `out.len()` bytes of the segments' byte stream from `skip` on (short if the
+/// stream ends): how many were read.
+fn gather(mem: &GuestMemory, segs: &[(GuestAddress, u32)], skip: usize, out: &mut [u8]) -> usize {
+    walk(segs, skip, out.len(), |a, r| {
+        mem.read_slice(&mut out[r], a).is_ok()
+    })
+}
+
 /// Writes `data` into the segments' byte stream from `skip` on: how many bytes fit.
 fn scatter(mem: &GuestMemory, segs: &[(GuestAddress, u32)], skip: usize, data: &[u8]) -> usize {
-    let (mut at, mut done) = (0usize, 0usize);
-    for &(addr, len) in segs {
-        let len = len as usize;
-        if done == data.len() {
-            break;
-        }
-        if at + len > skip {
-            let from = skip.saturating_sub(at);
-            let n = (len - from).min(data.len() - done);
-            if mem
-                .write_slice(&data[done..done + n], GuestAddress(addr.0 + from as u64))
-                .is_err()
-            {
-                return done;
-            }
-            done += n;
-        }
-        at += len;
-    }
-    done
+    walk(segs, skip, data.len(), |a, r| {
+        mem.write_slice(&data[r], a).is_ok()
+    })
 }
 
 /// Sizes the driver may change in the config space.
