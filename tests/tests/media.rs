@@ -32,7 +32,10 @@ fn fails(state: &Path, args: &[&str], needle: &str) {
     let o = ignite(state, args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "ignite {args:?}: {err}");
-    assert!(err.contains(needle), "ignite {args:?}: error lacks {needle:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "ignite {args:?}: error lacks {needle:?}: {err}"
+    );
 }
 
 /// A CD image of `blocks` blocks, every byte `seed`.
@@ -47,9 +50,11 @@ fn console_log(state: &Path, name: &str) -> String {
 }
 
 fn wait_console(state: &Path, name: &str, needle: &str) {
-    wait_for(&format!("{needle:?} on {name}'s console"), Duration::from_secs(60), || {
-        console_log(state, name).contains(needle)
-    });
+    wait_for(
+        &format!("{needle:?} on {name}'s console"),
+        Duration::from_secs(60),
+        || console_log(state, name).contains(needle),
+    );
 }
 
 fn drives(state: &Path, guest: &str) -> Value {
@@ -67,21 +72,68 @@ fn library_ownership_and_a_cd_changed_while_the_guest_runs() {
     let tape = tmp.path().join("nightly.tap");
     ok(s, &["media", "add", tape.to_str().unwrap()]);
     assert!(tape.exists(), "a new tape file is created blank");
-    fails(s, &["media", "add", a.to_str().unwrap(), "--name", "again"], "already in the library as first");
+    fails(
+        s,
+        &["media", "add", a.to_str().unwrap(), "--name", "again"],
+        "already in the library as first",
+    );
 
     // Tapes: one holder at a time; --take moves the tape; removal waits for the eject.
     for g in ["t1", "t2"] {
-        ok(s, &["vm", "create", g, "--mem", "64M", "--boot", "net", "--net", "bridge=br-none", "--engine", "bundled", "--tape", "--cdrom"]);
+        ok(
+            s,
+            &[
+                "vm",
+                "create",
+                g,
+                "--mem",
+                "64M",
+                "--boot",
+                "net",
+                "--net",
+                "bridge=br-none",
+                "--engine",
+                "bundled",
+                "--tape",
+                "--cdrom",
+            ],
+        );
     }
     ok(s, &["vm", "media", "insert", "t1", "nightly"]);
-    fails(s, &["vm", "media", "insert", "t2", "nightly"], "tape nightly is in guest t1's drive st0");
+    fails(
+        s,
+        &["vm", "media", "insert", "t2", "nightly"],
+        "tape nightly is in guest t1's drive st0",
+    );
     let out = ok(s, &["vm", "media", "insert", "t2", "nightly", "--take"]);
     assert!(out.contains("taken from guest t1's drive st0"), "{out}");
-    assert_eq!(drives(s, "t1")[0]["medium"], Value::Null);
-    assert_eq!(drives(s, "t2")[0]["medium"], "nightly");
+    // Drives: the CD-ROM first, then the tape.
+    assert_eq!(drives(s, "t1")[1]["drive"], "st0");
+    assert_eq!(drives(s, "t1")[1]["medium"], Value::Null);
+    assert_eq!(drives(s, "t2")[1]["medium"], "nightly");
     fails(s, &["media", "remove", "nightly"], "guest t2's drive st0");
-    fails(s, &["vm", "media", "insert", "t2", "two", "--drive", "st0"], "cannot take this medium");
-    fails(s, &["vm", "create", "t3", "--mem", "64M", "--boot", "net", "--net", "bridge=br-none", "--tape", "nightly"], "tape nightly is in guest t2's drive st0");
+    fails(
+        s,
+        &["vm", "media", "insert", "t2", "two", "--drive", "st0"],
+        "cannot take this medium",
+    );
+    fails(
+        s,
+        &[
+            "vm",
+            "create",
+            "t3",
+            "--mem",
+            "64M",
+            "--boot",
+            "net",
+            "--net",
+            "bridge=br-none",
+            "--tape",
+            "nightly",
+        ],
+        "tape nightly is in guest t2's drive st0",
+    );
     ok(s, &["vm", "media", "eject", "t2"]);
     ok(s, &["media", "remove", "nightly"]);
     let list: Value = serde_json::from_str(&ok(s, &["media", "list", "--json"])).unwrap();
@@ -93,24 +145,51 @@ fn library_ownership_and_a_cd_changed_while_the_guest_runs() {
     let prog = tmp.path().join("atapi.elf");
     std::fs::write(&prog, ignite_vmm::guest::program("atapi").unwrap()).unwrap();
     let boot = format!("kernel={},cmdline=unit=0 swap=1", prog.display());
-    ok(s, &["vm", "create", "cd1", "--mem", "64M", "--boot", &boot, "--engine", "bundled", "--disk-bus", "vio", "--cdrom", "first"]);
+    ok(
+        s,
+        &[
+            "vm",
+            "create",
+            "cd1",
+            "--mem",
+            "64M",
+            "--boot",
+            &boot,
+            "--engine",
+            "bundled",
+            "--disk-bus",
+            "vio",
+            "--cdrom",
+            "first",
+        ],
+    );
     // An ISO is shared: the same one in two guests' drives at once.
     ok(s, &["vm", "media", "insert", "t1", "first"]);
     let _guard = GuestGuard::new(s, "cd1");
     ok(s, &["vm", "start", "cd1"]);
     wait_console(s, "cd1", "swap: eject now");
     let out = ok(s, &["vm", "media", "eject", "cd1"]);
-    assert!(out.contains("first ejected from guest cd1's drive cd0 (the guest sees it go)"), "{out}");
+    assert!(
+        out.contains("first ejected from guest cd1's drive cd0 (the guest sees it go)"),
+        "{out}"
+    );
     wait_console(s, "cd1", "swap: insert now");
     let out = ok(s, &["vm", "media", "insert", "cd1", "two"]);
-    assert!(out.contains("running: the guest sees the medium change"), "{out}");
+    assert!(
+        out.contains("running: the guest sees the medium change"),
+        "{out}"
+    );
     wait_console(s, "cd1", "PASS");
     let log = console_log(s, "cd1");
     // The second image: 77 blocks, its first block all 2s.
     let h = ignite_vmm::guest::fnv1a(ignite_vmm::guest::FNV1A_START, &[2; 2048]);
     let want = format!("swap: 77 blocks, first block fnv1a {h:08x}");
     assert!(log.contains(&want), "want {want:?}:\n{log}");
-    assert_eq!(drives(s, "cd1")[0]["medium"], "two", "the library follows the change");
+    assert_eq!(
+        drives(s, "cd1")[0]["medium"],
+        "two",
+        "the library follows the change"
+    );
 }
 
 #[test]
@@ -127,17 +206,46 @@ fn qemu_engine_cdrom_changes_through_qmp_and_refuses_tapes() {
     // An empty disk: SeaBIOS finds nothing to boot and waits, with QEMU (and QMP) running.
     for bus in ["vio", "avio"] {
         let name = format!("q{bus}");
-        ok(s, &["vm", "create", &name, "--mem", "64M", "--disk", "1M", "--disk-bus", bus, "--engine", "qemu", "--cdrom", "a"]);
+        ok(
+            s,
+            &[
+                "vm",
+                "create",
+                &name,
+                "--mem",
+                "64M",
+                "--disk",
+                "1M",
+                "--disk-bus",
+                bus,
+                "--engine",
+                "qemu",
+                "--cdrom",
+                "a",
+            ],
+        );
         let _guard = GuestGuard::new(s, &name);
         ok(s, &["vm", "start", &name]);
         let out = ok(s, &["vm", "media", "insert", &name, "b"]);
-        assert!(out.contains("running: the guest sees the medium change"), "{out}");
+        assert!(
+            out.contains("running: the guest sees the medium change"),
+            "{out}"
+        );
         let out = ok(s, &["vm", "media", "eject", &name]);
         assert!(out.contains("b ejected"), "{out}");
         ok(s, &["vm", "media", "insert", &name, "a"]);
         assert_eq!(drives(s, &name)[0]["medium"], "a");
         ok(s, &["vm", "stop", &name, "--force"]);
     }
-    ok(s, &["vm", "create", "qtape", "--mem", "64M", "--disk", "1M", "--engine", "qemu", "--tape"]);
-    fails(s, &["vm", "start", "qtape"], "QEMU has no virtual tape device");
+    ok(
+        s,
+        &[
+            "vm", "create", "qtape", "--mem", "64M", "--disk", "1M", "--engine", "qemu", "--tape",
+        ],
+    );
+    fails(
+        s,
+        &["vm", "start", "qtape"],
+        "QEMU has no virtual tape device",
+    );
 }

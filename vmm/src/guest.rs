@@ -122,5 +122,8 @@ pub fn write_test_iso(path: &std::path::Path, blocks: u32, seed: u8) -> std::io:
         *b = ((i / 2048) as u8).wrapping_mul(31) ^ (i as u8) ^ seed;
     }
     std::fs::write(path, &data)?;
-    Ok(format!("{blocks} blocks fnv1a {:08x}", fnv1a(FNV1A_START, &data)))
+    Ok(format!(
+        "{blocks} blocks fnv1a {:08x}",
+        fnv1a(FNV1A_START, &data)
+    ))
 }

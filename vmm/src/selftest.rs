@@ -261,9 +261,7 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
             let iso = dir.join(format!("{program}.iso"));
             let read = crate::guest::write_test_iso(&iso, 64, 9)
                 .map_err(|e| format!("{}: {e}", iso.display()))?;
-            let medium = |path, read_only| {
-                Some(crate::scsi::MediumConfig { path, read_only })
-            };
+            let medium = |path, read_only| Some(crate::scsi::MediumConfig { path, read_only });
             let drive = |kind, bus, medium| crate::config::DriveConfig { kind, bus, medium };
             use crate::config::{DriveKind, MediaBus};
             let want = if program == "atapi" {

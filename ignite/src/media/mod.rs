@@ -378,10 +378,10 @@ pub fn detach(state: &State, guest: &str, drive: &str) -> Result<Option<String>>
 /// What `guest`'s drives hold: (drive, medium).
 pub fn loaded(state: &State, guest: &str) -> Result<Vec<(String, Medium)>> {
     let conn = state.conn();
-    let mut stmt = conn.prepare(&format!(
+    let mut stmt = conn.prepare(
         "SELECT d.drive, m.name, m.kind, m.path, m.size, m.added FROM media_drives d \
-         JOIN media m ON m.name = d.media WHERE d.guest = ?1 ORDER BY d.drive"
-    ))?;
+         JOIN media m ON m.name = d.media WHERE d.guest = ?1 ORDER BY d.drive",
+    )?;
     let rows = stmt
         .query_map([guest], |r| {
             Ok((

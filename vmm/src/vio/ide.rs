@@ -1319,7 +1319,11 @@ mod tests {
         wr(c, 6, 0xa0);
         assert_eq!([rd(c, 4), rd(c, 5)], [0, 0]);
         wr(c, 6, 0xb0);
-        assert_eq!([rd(c, 4), rd(c, 5)], [0x14, 0xeb], "again, as libata classifies");
+        assert_eq!(
+            [rd(c, 4), rd(c, 5)],
+            [0x14, 0xeb],
+            "again, as libata classifies"
+        );
         // IDENTIFY DEVICE aborts on the packet device, leaving the signature.
         wr(c, 6, 0xb0);
         wr(c, 7, 0xec);
