@@ -237,14 +237,7 @@ pub fn eject(state_dir: &Path, guest: &str, drive: Option<&str>) -> Result<()> {
     let loaded = media::loaded(&state, guest)?;
     let drive = match drive {
         Some(d) if names.iter().any(|n| n == d) => d.to_owned(),
-        Some(d) => bail!(
-            "guest {guest} has no drive {d}; its drives: {}",
-            if names.is_empty() {
-                "none".into()
-            } else {
-                names.join(", ")
-            }
-        ),
+        Some(d) => return Err(media::no_such_drive(&format!("guest {guest}"), d, &names)),
         None => match loaded.first() {
             Some((d, _)) => d.clone(),
             None => bail!("guest {guest}'s drives are empty"),

@@ -395,6 +395,16 @@ pub fn loaded(state: &State, guest: &str) -> Result<Vec<(String, Medium)>> {
         .collect()
 }
 
+/// "`who` has no drive `drive`; its drives: ...".
+pub fn no_such_drive(who: &str, drive: &str, names: &[String]) -> anyhow::Error {
+    let have = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    };
+    anyhow::anyhow!("{who} has no drive {drive}; its drives: {have}")
+}
+
 /// The drive of `drives` a medium of `kind` goes into: `drive` if given (checked), else the
 /// first drive of the right kind.
 pub fn pick_drive(drives: &[Drive], kind: DriveKind, drive: Option<&str>) -> Result<String> {
@@ -414,14 +424,7 @@ pub fn pick_drive(drives: &[Drive], kind: DriveKind, drive: Option<&str>) -> Res
         Some(d) if names.iter().any(|n| n == d) => {
             bail!("drive {d} cannot take this medium; it needs {what}")
         }
-        Some(d) => bail!(
-            "the guest has no drive {d}; its drives: {}",
-            if names.is_empty() {
-                "none".into()
-            } else {
-                names.join(", ")
-            }
-        ),
+        Some(d) => Err(no_such_drive("the guest", d, &names)),
         None => fits
             .first()
             .map(|n| (*n).clone())

@@ -417,16 +417,7 @@ impl Channel {
                     _ => self.abort(ER_ABRT),
                 }
             }
-            0xef => match self.feature.cur {
-                // Set transfer mode: PIO default / PIO modes 0-4 only (no DMA advertised).
-                0x03 => match self.nsect.cur {
-                    0x00 | 0x01 | 0x08..=0x0c => self.done(),
-                    _ => self.abort(ER_ABRT),
-                },
-                // Write cache, read look-ahead, reverting to defaults: accepted.
-                0x02 | 0x82 | 0xaa | 0x55 | 0xcc | 0x66 => self.done(),
-                _ => self.abort(ER_ABRT),
-            },
+            0xef => self.set_features(),
             0xf8 | 0x27 => {
                 let ext = cmd == 0x27;
                 let max = if ext {
@@ -447,6 +438,20 @@ impl Channel {
                 self.reset();
                 self.raise_irq();
             }
+            _ => self.abort(ER_ABRT),
+        }
+    }
+
+    /// SET FEATURES, for disks and packet devices alike.
+    fn set_features(&mut self) {
+        match self.feature.cur {
+            // Set transfer mode: PIO default / PIO modes 0-4 only (no DMA advertised).
+            0x03 => match self.nsect.cur {
+                0x00 | 0x01 | 0x08..=0x0c => self.done(),
+                _ => self.abort(ER_ABRT),
+            },
+            // Write cache, read look-ahead, reverting to defaults: accepted.
+            0x02 | 0x82 | 0xaa | 0x55 | 0xcc | 0x66 => self.done(),
             _ => self.abort(ER_ABRT),
         }
     }
@@ -673,14 +678,7 @@ impl Channel {
                 self.set_signature(self.unit());
                 self.abort(ER_ABRT)
             }
-            0xef => match self.feature.cur {
-                0x03 => match self.nsect.cur {
-                    0x00 | 0x01 | 0x08..=0x0c => self.done(),
-                    _ => self.abort(ER_ABRT),
-                },
-                0x02 | 0x82 | 0xaa | 0x55 | 0xcc | 0x66 => self.done(),
-                _ => self.abort(ER_ABRT),
-            },
+            0xef => self.set_features(),
             0xe5 => {
                 self.nsect.cur = 0xff;
                 self.done()
