@@ -249,3 +249,61 @@ fn qemu_engine_cdrom_changes_through_qmp_and_refuses_tapes() {
         "QEMU has no virtual tape device",
     );
 }
+
+/// The tape backup, on the bundled monitor with guest programs: guest `a` writes
+/// records and filemarks on its tape and keeps it; guest `b` waits with an empty drive;
+/// `vm media insert b nightly --take` takes the tape from the running `a` (whose program sees
+/// it go) and puts it into the running `b`, which reads back what `a` wrote.
+#[test]
+fn a_tape_moves_between_running_guests_with_take() {
+    if !ignite_e2e::require_all(&[("/dev/kvm (read-write)", ignite_e2e::have_kvm())]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = &tmp.path().join("state");
+    let cd = iso(tmp.path(), "cd.iso", 64, 3);
+    ok(s, &["media", "add", cd.to_str().unwrap()]);
+    let tape = tmp.path().join("nightly.tap");
+    ok(s, &["media", "add", tape.to_str().unwrap()]);
+    let prog = tmp.path().join("vscsi.elf");
+    std::fs::write(&prog, ignite_vmm::guest::program("vscsi").unwrap()).unwrap();
+    for (g, mode, medium) in [("a", "hold", "nightly"), ("b", "read", "")] {
+        let boot = format!("kernel={},cmdline=luns=2 tape={mode}", prog.display());
+        let tape_arg = format!("--tape={medium}");
+        let mut args = vec![
+            "vm", "create", g, "--mem", "128M", "--boot", &boot, "--engine", "bundled",
+        ];
+        args.extend(["--disk-bus", "avio", "--cdrom", "cd"]);
+        if medium.is_empty() {
+            args.push("--tape");
+        } else {
+            args.push(&tape_arg);
+        }
+        ok(s, &args);
+    }
+    let (_ga, _gb) = (GuestGuard::new(s, "a"), GuestGuard::new(s, "b"));
+    ok(s, &["vm", "start", "a"]);
+    wait_console(s, "a", "vscsi: holding the tape");
+    ok(s, &["vm", "start", "b"]);
+    wait_console(s, "b", "vscsi: waiting for a tape");
+    fails(
+        s,
+        &["vm", "media", "insert", "b", "nightly"],
+        "tape nightly is in guest a's drive st0",
+    );
+    let out = ok(s, &["vm", "media", "insert", "b", "nightly", "--take"]);
+    assert!(
+        out.contains("taken from guest a's drive st0 (ejected while it runs)"),
+        "{out}"
+    );
+    wait_console(s, "a", "vscsi: the tape was taken");
+    wait_console(s, "b", "vscsi: read the tape back");
+    wait_console(s, "b", "PASS");
+    assert!(
+        !console_log(s, "b").contains("FAIL"),
+        "{}",
+        console_log(s, "b")
+    );
+    assert_eq!(drives(s, "b")[1]["medium"], "nightly");
+    assert_eq!(drives(s, "a")[1]["medium"], Value::Null);
+}

@@ -6,7 +6,9 @@
 //! as Linux's st and mt use it: READ BLOCK LIMITS, MODE SENSE/SELECT, variable records
 //! (printed `vscsi: wrote ...`), WRITE FILEMARKS, fixed 512-byte blocks, READ POSITION,
 //! REWIND, reads with ILI, filemark and end-of-data sense, SPACE over records and filemarks
-//! both ways. The host checks the tape file.
+//! both ways. The host checks the tape file. `tape=hold`: then keeps the tape until the
+//! host takes it away; `tape=read`: waits for a tape (taken from another guest) and only
+//! reads it.
 #![no_std]
 #![no_main]
 
@@ -167,7 +169,29 @@ fn main() {
     sense(&d, 5, "read past the end");
     check!(d.sense().1 == 0x21, "LBA out of range");
 
-    // The tape (LUN 1): blank, variable blocks.
+    // The tape (LUN 1). `tape=read`: wait until the host puts one in (UNIT ATTENTION), and
+    // only read it; otherwise it is blank and written first. `tape=hold`: afterwards, keep
+    // it until the host takes it away (NOT READY).
+    const T: u16 = 1;
+    let mode = boot::arg("tape").unwrap_or("write");
+    let ms = [0u8, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 2, 0];
+    if mode == "read" {
+        println!("vscsi: waiting for a tape");
+        while s.cmd(T, &[0x00, 0, 0, 0, 0, 0], &[], &mut []).sense().0 != 6 {}
+    } else {
+        write_tape(&mut s, a, &ms);
+    }
+    read_tape(&mut s, a, b, &ms);
+    if mode == "hold" {
+        println!("vscsi: holding the tape");
+        while s.cmd(T, &[0x00, 0, 0, 0, 0, 0], &[], &mut []).sense() != (2, 0x3a, 0) {}
+        println!("vscsi: the tape was taken");
+    }
+}
+
+/// Writes 3 variable records, a filemark, 8 fixed 512-byte blocks and a filemark on a blank
+/// tape.
+fn write_tape(s: &mut Scsi, a: &mut [u8], ms: &[u8; 12]) {
     const T: u16 = 1;
     good(
         &s.cmd(T, &[0x00, 0, 0, 0, 0, 0], &[], &mut []),
@@ -204,9 +228,8 @@ fn main() {
         "WRITE FILEMARKS",
     );
     // Fixed 512-byte blocks: 8 at once.
-    let ms = [0u8, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 2, 0];
     good(
-        &s.cmd(T, &[0x15, 0x10, 0, 0, 12, 0], &ms, &mut []),
+        &s.cmd(T, &[0x15, 0x10, 0, 0, 12, 0], ms, &mut []),
         "MODE SELECT(6) 512",
     );
     record(4096, 9, a);
@@ -229,8 +252,12 @@ fn main() {
         pos
     );
     println!("vscsi: wrote 3 records, a filemark, 8 blocks of 512, a filemark");
+}
 
-    // Read it back, variable mode.
+/// Reads back what `write_tape` wrote, from the start, and spaces around in it.
+fn read_tape(s: &mut Scsi, a: &mut [u8], b: &mut [u8], ms: &[u8; 12]) {
+    const T: u16 = 1;
+    // Variable mode.
     let ms0 = [0u8, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 0, 0];
     good(
         &s.cmd(T, &[0x15, 0x10, 0, 0, 12, 0], &ms0, &mut []),
@@ -263,7 +290,7 @@ fn main() {
     );
     // Fixed mode: ask for 10 blocks, get 8 and the filemark.
     good(
-        &s.cmd(T, &[0x15, 0x10, 0, 0, 12, 0], &ms, &mut []),
+        &s.cmd(T, &[0x15, 0x10, 0, 0, 12, 0], ms, &mut []),
         "MODE SELECT(6) 512",
     );
     let d = s.cmd(T, &[0x08, 1, 0, 0, 10, 0], &[], &mut b[..5120]);
@@ -318,4 +345,5 @@ fn main() {
         "at the end of data"
     );
     good(&s.cmd(T, &[0x01, 0, 0, 0, 0, 0], &[], &mut []), "REWIND");
+    println!("vscsi: read the tape back");
 }
