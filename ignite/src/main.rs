@@ -6,6 +6,7 @@ mod cli;
 mod clock;
 mod guests;
 mod initramfs;
+mod media;
 
 mod server;
 mod state;

@@ -305,6 +305,59 @@ pub fn avio_vio_disk(dir: &Path, total_1m: u64, total_4k: u64) -> Result<(Vec<Ph
     Ok((avio, vio))
 }
 
+/// The ISO row of `avio-vio`: `cdbench` reads `total` bytes of a CD image sequentially,
+/// once through the ATAPI drive on IDE (VIO) and once through a virtio-scsi CD-ROM LUN
+/// (AVIO), same image file, each guest sleeping until its interrupt; each run's checksum of
+/// what it read is checked against the image's. (avio, vio) phases.
+pub fn avio_vio_iso(dir: &Path, image_size: u64, total: u64) -> Result<(Phase, Phase)> {
+    const CMD: u64 = 1 << 20;
+    if image_size == 0 || !image_size.is_multiple_of(CMD) || !total.is_multiple_of(CMD) {
+        return Err(crate::Error::Bench(format!(
+            "ISO read: image size {image_size} and total {total} must be multiples of 1 MiB"
+        )));
+    }
+    let image = dir.join(format!("ignite-vm-avio-vio-{}.iso", std::process::id()));
+    write_image(&image, image_size)?;
+    let _cleanup = scopeguard(&image);
+    // The image is 0x5a throughout (write_image): what every byte read must fold into.
+    let mib = vec![0x5au8; 1 << 20];
+    let want = (0..total >> 20).fold(crate::guest::FNV1A_START, |h, _| {
+        crate::guest::fnv1a(h, &mib)
+    });
+    let mut out = Vec::new();
+    for bus in [crate::config::MediaBus::Avio, crate::config::MediaBus::Vio] {
+        let mut run = ProgramRun::new("cdbench");
+        run.mem_bytes = 128 << 20;
+        run.drives = vec![crate::config::DriveConfig {
+            kind: crate::config::DriveKind::Cdrom,
+            bus,
+            medium: Some(crate::scsi::MediumConfig {
+                path: image.clone(),
+                read_only: true,
+            }),
+        }];
+        let name = if bus == crate::config::MediaBus::Vio {
+            "vio"
+        } else {
+            "avio"
+        };
+        run.args = format!("bus={name} total={total}");
+        run.timeout = Duration::from_secs(1800);
+        let r = run_passing(run)?;
+        let line = format!("cdbench: {total} bytes fnv1a {want:08x}");
+        if !r.serial.contains(&line) {
+            return Err(crate::Error::Bench(format!(
+                "cdbench {name}: the data read is not the image's (want {line:?}, got {:?})",
+                r.last_line()
+            )));
+        }
+        out.push(phase(&r.outcome.marks, "ISO read (CD-ROM)", 71, total)?);
+    }
+    let vio = out.pop().expect("two runs");
+    let avio = out.pop().expect("two runs");
+    Ok((avio, vio))
+}
+
 /// Markdown table of AVIO vs VIO rows and the summary line
 /// `AVIO/VIO: bandwidth xMIN, cpu per byte xMAX` (least favourable row of each).
 pub fn avio_vio_table(avio: &[Phase], vio: &[Phase]) -> String {

@@ -177,6 +177,73 @@ pub fn parse_mac(m: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
+/// Which bus a removable-media drive sits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaBus {
+    /// ATAPI on the PIIX IDE channels (CD-ROMs only).
+    Vio,
+    /// A LUN of the virtio-scsi controller.
+    Avio,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriveKind {
+    Cdrom,
+    Tape,
+}
+
+/// A CD-ROM or tape drive, empty or with a medium in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveConfig {
+    pub kind: DriveKind,
+    pub bus: MediaBus,
+    pub medium: Option<crate::scsi::MediumConfig>,
+}
+
+impl DriveConfig {
+    /// `cd|tape[,vio|avio][,medium=PATH][,ro]`: CD-ROMs default to VIO (ATAPI), tapes are
+    /// AVIO (virtio-scsi) only; an ISO is always read-only.
+    pub fn parse(s: &str) -> Result<DriveConfig, String> {
+        let usage = "use cd|tape[,vio|avio][,medium=PATH][,ro]";
+        let mut parts = s.split(',');
+        let kind = match parts.next() {
+            Some("cd") => DriveKind::Cdrom,
+            Some("tape") => DriveKind::Tape,
+            _ => return Err(format!("drive {s:?}: say cd or tape first; {usage}")),
+        };
+        let mut bus = match kind {
+            DriveKind::Cdrom => MediaBus::Vio,
+            DriveKind::Tape => MediaBus::Avio,
+        };
+        let (mut path, mut ro) = (None, kind == DriveKind::Cdrom);
+        for opt in parts {
+            match opt.split_once('=') {
+                None if opt == "vio" => bus = MediaBus::Vio,
+                None if opt == "avio" => bus = MediaBus::Avio,
+                None if opt == "ro" => ro = true,
+                Some(("medium", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+                _ => return Err(format!("drive {s:?}: unknown option {opt:?}; {usage}")),
+            }
+        }
+        if kind == DriveKind::Tape && bus == MediaBus::Vio {
+            return Err(format!(
+                "drive {s:?}: tape drives are on AVIO (virtio-scsi) only; drop ,vio"
+            ));
+        }
+        if path.is_none() && ro && kind == DriveKind::Tape {
+            return Err(format!("drive {s:?}: ,ro needs a medium=PATH"));
+        }
+        Ok(DriveConfig {
+            kind,
+            bus,
+            medium: path.map(|path| crate::scsi::MediumConfig {
+                path,
+                read_only: ro,
+            }),
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct VmConfig {
     pub kernel: KernelImage,
@@ -190,6 +257,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// NICs of the emulated NE2000 model (VIO), at most 4.
     pub vio_nets: Vec<NetConfig>,
+    /// Removable-media drives: CD-ROMs named cd0, cd1... and tapes st0, st1... in order.
+    pub drives: Vec<DriveConfig>,
     pub serial: SerialTarget,
     /// With `SerialTarget::Stdout`: forward the monitor's stdin to the guest console.
     pub serial_input: bool,
@@ -207,6 +276,7 @@ impl VmConfig {
             vio_disks: Vec::new(),
             nets: Vec::new(),
             vio_nets: Vec::new(),
+            drives: Vec::new(),
             serial: SerialTarget::Stdout,
             serial_input: false,
         }
@@ -227,6 +297,20 @@ mod tests {
         assert!(DiskConfig::parse(",ro").is_err());
         let d = DiskConfig::parse("x.img,ro,direct").unwrap();
         assert!(d.read_only && d.direct);
+    }
+
+    #[test]
+    fn drives() {
+        let d = DriveConfig::parse("cd,medium=/x.iso").unwrap();
+        assert_eq!((d.kind, d.bus), (DriveKind::Cdrom, MediaBus::Vio));
+        assert!(d.medium.unwrap().read_only, "an ISO is read-only");
+        let d = DriveConfig::parse("tape,medium=/t.tap").unwrap();
+        assert_eq!(d.bus, MediaBus::Avio);
+        assert!(!d.medium.unwrap().read_only);
+        assert_eq!(DriveConfig::parse("cd,avio").unwrap().medium, None);
+        for bad in ["dvd", "tape,vio", "cd,medium=", "tape,ro", "cd,fast"] {
+            assert!(DriveConfig::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -49,10 +49,14 @@ pub enum Error {
         "too many PCI devices ({0}); at most 248 disks and NICs together (31 slots of 8 functions)"
     )]
     TooManyDevices(usize),
-    #[error("{0} VIO (IDE) disks requested; the PIIX IDE controller takes at most 4 (two channels of two drives): put the others on AVIO (virtio-blk)")]
+    #[error("{0} VIO (IDE) drives (disks and CD-ROMs) requested; the PIIX IDE controller takes at most 4 (two channels of two drives): put the other disks on AVIO (virtio-blk), CD-ROMs on AVIO (virtio-scsi)")]
     TooManyVioDisks(usize),
     #[error("{0} VIO (NE2000) NICs requested; at most 4 are supported: put the others on AVIO (virtio-net)")]
     TooManyVioNics(usize),
+    #[error("medium {path}: {msg}")]
+    Medium { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Media(String),
     #[error("network boot: {0}")]
     Netboot(String),
     #[error("benchmark: {0}")]

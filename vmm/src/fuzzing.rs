@@ -6,7 +6,12 @@
 //!   register accesses (`Script`) a guest makes to the IDE channels, the NE2000, or PCI
 //!   configuration space (conf1) plus the BAR of a virtio-blk function (common config,
 //!   notify, device config, MSI-X table and PBA);
-//! - `netboot_parsers`: what servers send to the network boot firmware.
+//! - `netboot_parsers`: what servers send to the network boot firmware;
+//! - `atapi_packets`: PACKET commands with arbitrary CDBs and byte counts to ATAPI CD-ROMs
+//!   on the IDE channels (read back in odd pieces), media inserted and ejected in between,
+//!   and raw register accesses;
+//! - `scsi_requests`: a hostile virtqueue to the virtio-scsi device (CD-ROM and tape LUNs),
+//!   or arbitrary CDBs with data-out straight to the CD-ROM and tape units.
 //!
 //! None may panic or touch memory outside the guest or the disk: vm-memory bounds every
 //! guest access, and the harnesses check that no disk image grew.
@@ -51,16 +56,22 @@ pub fn memfd_disk(read_only: bool) -> DiskFile {
 /// An in-memory disk of `size` bytes, and a second handle on the same file to check its
 /// size afterwards.
 pub fn memfd_disk_sized(size: u64, read_only: bool) -> (DiskFile, File) {
-    // SAFETY: memfd_create with a static C string; the fd is owned by the File.
-    let fd = unsafe { libc::memfd_create(c"ignite-fuzz-disk".as_ptr(), 0) };
-    assert!(fd >= 0, "memfd_create");
-    let f = unsafe { File::from_raw_fd(fd) };
+    let f = memfd("disk");
     f.set_len(size).expect("memfd size");
     let check = f.try_clone().expect("memfd dup");
     (
         DiskFile::from_file(f, read_only).expect("memfd disk"),
         check,
     )
+}
+
+/// An empty in-memory file.
+pub fn memfd(what: &str) -> File {
+    let name = std::ffi::CString::new(format!("ignite-fuzz-{what}")).expect("no NUL");
+    // SAFETY: memfd_create with a C string we own; the fd is owned by the File.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create");
+    unsafe { File::from_raw_fd(fd) }
 }
 
 fn assert_size(f: &File, size: u64, what: &str) {
@@ -118,22 +129,27 @@ pub fn ide_registers(input: &[u8]) {
         });
         checks.push(check);
     }
-    let mut ide = Ide::with_disks(disks, [None, None]).expect("three disks");
+    let mut ide = Ide::with_units(disks, Vec::new(), [None, None]).expect("three disks");
     let mut s = Script::new(input);
     while let (Some(op), Some(off), Some(count)) = (s.byte(), s.byte(), s.byte()) {
-        let ch = &mut ide.channels[(op & 1) as usize];
-        let width = WIDTHS[((op >> 1) & 3) as usize].min(4);
-        let off = (off % 9) as u16;
-        let len = width * if off == 0 { 1 + 2 * count as usize } else { 1 };
-        if op & 8 != 0 {
-            ch.pio_write(off, width, &s.data(len));
-        } else {
-            ch.pio_read(off, width, &mut vec![0; len]);
-        }
+        ide_step(&mut ide, op, off, count, &mut s);
     }
     drop(ide);
     for (f, size) in checks.iter().zip(SIZES) {
         assert_size(f, size, "IDE disk");
+    }
+}
+
+/// One register access of an `ide_registers` script step.
+fn ide_step(ide: &mut crate::vio::ide::Ide, op: u8, off: u8, count: u8, s: &mut Script) {
+    let ch = &mut ide.channels[(op & 1) as usize];
+    let width = WIDTHS[((op >> 1) & 3) as usize].min(4);
+    let off = (off % 9) as u16;
+    let len = width * if off == 0 { 1 + 2 * count as usize } else { 1 };
+    if op & 8 != 0 {
+        ch.pio_write(off, width, &s.data(len));
+    } else {
+        ch.pio_read(off, width, &mut vec![0; len]);
     }
 }
 
@@ -276,10 +292,10 @@ pub fn queue() -> Queue {
     q
 }
 
-/// Input layout: [0..256) descriptor table (16 x 16 bytes), [256..258) avail idx,
-/// [258..290) avail ring, [290] read-only flag, then bytes copied to 0x10_0000 - n and
-/// 0x20_0000 (request headers and payloads near the hole).
-pub fn run_block_queue(input: &[u8]) {
+/// Guest memory holding a hostile queue. Input layout: [0..256) descriptor table (16 x 16
+/// bytes), [256..258) avail idx, [258..290) avail ring, [290] a flag for the caller, then
+/// bytes copied to 0x10_0000 - n and 0x20_0000 (request headers and payloads near the hole).
+fn hostile_queue_memory(input: &[u8]) -> GuestMemory {
     let mem = memory();
     let get = |r: std::ops::Range<usize>| {
         input
@@ -290,12 +306,18 @@ pub fn run_block_queue(input: &[u8]) {
     let _ = mem.write_slice(&get(0..256), GuestAddress(DESC));
     let _ = mem.write_slice(&get(256..258), GuestAddress(AVAIL + 2));
     let _ = mem.write_slice(&get(258..290), GuestAddress(AVAIL + 4));
-    let ro = input.get(290).is_some_and(|b| b & 1 == 1);
     if let Some(rest) = input.get(291..) {
         let n = rest.len().min(0x1000);
         let _ = mem.write_slice(&rest[..n], GuestAddress(0x10_0000 - n as u64));
         let _ = mem.write_slice(&rest[..n], GuestAddress(0x20_0000));
     }
+    mem
+}
+
+/// virtio-blk over a hostile queue (`hostile_queue_memory`; the flag: a read-only disk).
+pub fn run_block_queue(input: &[u8]) {
+    let mem = hostile_queue_memory(input);
+    let ro = input.get(290).is_some_and(|b| b & 1 == 1);
     let interrupt = Arc::new(CountingInterrupt::default());
     let mut h = BlockHandler {
         mem,
@@ -307,6 +329,144 @@ pub fn run_block_queue(input: &[u8]) {
     // Twice: the second pass sees whatever state the first left.
     h.process();
     h.process();
+}
+
+/// An ISO of `blocks` blocks in memory.
+fn memfd_iso(blocks: u64) -> crate::scsi::cdrom::Medium {
+    let f = memfd("iso");
+    f.set_len(blocks * crate::scsi::cdrom::BLOCK)
+        .expect("memfd size");
+    crate::scsi::cdrom::Medium::from_file(f, blocks)
+}
+
+const TAPE_CAPACITY: u64 = 256 << 10;
+
+/// A blank in-memory tape of TAPE_CAPACITY, and a handle to check its size afterwards.
+fn memfd_tape() -> (crate::scsi::tape::TapeMedium, File) {
+    let f = memfd("tape");
+    let check = f.try_clone().expect("memfd dup");
+    (
+        crate::scsi::tape::TapeMedium::from_file(f, false, TAPE_CAPACITY),
+        check,
+    )
+}
+
+/// ATAPI CD-ROMs on the IDE channels: a disk on the primary master, a CD-ROM with a medium
+/// on the primary slave, an empty one on the secondary master. Step `[op, a, b]` + data:
+/// op % 4 = 0: PACKET to drive op>>2 & 1 of channel op>>3 & 1 with byte count a | b << 8,
+/// the next 12 input bytes as the packet, then whatever data-in is offered read in pieces of
+/// 1 + (op >> 4) words (at most 64 pieces); 1: the host ejects CD op>>2 & 1; 2: the host
+/// inserts a medium of a + 1 blocks; 3: a raw register access as in `ide_registers` (op >> 2
+/// as its op, a as offset, b as count).
+pub fn atapi_packets(input: &[u8]) {
+    use crate::scsi::cdrom::{Cdrom, Interface};
+    use crate::vio::ide::Ide;
+    use crate::virtio::block::TrackedDisk;
+    use std::sync::Mutex;
+    let (disk, check) = memfd_disk_sized(64 << 10, false);
+    let cds =
+        [Some(memfd_iso(40)), None].map(|m| Arc::new(Mutex::new(Cdrom::new(m, Interface::Atapi))));
+    let disk = TrackedDisk {
+        file: Arc::new(disk),
+        tracker: None,
+    };
+    let mut ide = Ide::with_units(vec![disk], cds.to_vec(), [None, None]).expect("three drives");
+    let mut s = Script::new(input);
+    while let (Some(op), Some(a), Some(b)) = (s.byte(), s.byte(), s.byte()) {
+        match op % 4 {
+            0 => {
+                let ch = &mut ide.channels[((op >> 3) & 1) as usize];
+                ch.pio_write(6, 1, &[0xa0 | ((op >> 2) & 1) << 4]);
+                ch.pio_write(4, 1, &[a]);
+                ch.pio_write(5, 1, &[b]);
+                ch.pio_write(7, 1, &[0xa0]);
+                ch.pio_write(0, 2, &s.data(12));
+                let piece = 2 * (1 + (op >> 4) as usize);
+                for _ in 0..64 {
+                    let mut st = [0u8];
+                    ch.pio_read(8, 1, &mut st);
+                    if st[0] & crate::vio::ide::ST_DRQ == 0 {
+                        break;
+                    }
+                    ch.pio_read(0, 2, &mut vec![0; piece]);
+                }
+            }
+            1 => {
+                cds[((op >> 2) & 1) as usize]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .eject();
+            }
+            2 => cds[((op >> 2) & 1) as usize]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(memfd_iso(a as u64 + 1)),
+            _ => ide_step(&mut ide, op >> 2, a, b, &mut s),
+        }
+    }
+    drop(ide);
+    assert_size(&check, 64 << 10, "IDE disk beside the CD-ROMs");
+}
+
+/// The virtio-scsi device with a CD-ROM (LUN 0) and a tape (LUN 1). Input byte 0 even: a
+/// hostile request queue (`hostile_queue_memory` of the rest). Odd: a script of commands
+/// straight to the units, each `[unit, cdb length, data-out length / 64]` + CDB + data-out,
+/// unit bit 1 asking the host to swap the medium first. Either way the tape never grows
+/// past its capacity.
+pub fn scsi_requests(input: &[u8]) {
+    use crate::scsi::cdrom::{Cdrom, Interface};
+    use crate::scsi::tape::Tape;
+    use crate::scsi::LogicalUnit;
+    use std::sync::Mutex;
+    let (tape_medium, check) = memfd_tape();
+    let cd = Arc::new(Mutex::new(Cdrom::new(Some(memfd_iso(64)), Interface::Scsi)));
+    let tape = Arc::new(Mutex::new(Tape::new(Some(tape_medium))));
+    let Some((&mode, rest)) = input.split_first() else {
+        return;
+    };
+    if mode & 1 == 0 {
+        let luns: Vec<crate::virtio::scsi::Lun> = vec![cd, tape];
+        let dev = crate::virtio::scsi::Scsi::new(luns).expect("two LUNs");
+        let h = dev.handler(hostile_queue_memory(rest));
+        let mut q = queue();
+        let irq = CountingInterrupt::default();
+        for _ in 0..2 {
+            h.process(&mut q, &irq, 2, crate::virtio::scsi::ScsiHandler::request);
+        }
+    } else {
+        let mut s = Script::new(rest);
+        while let (Some(unit), Some(len), Some(out)) = (s.byte(), s.byte(), s.byte()) {
+            let cdb = s.data(len as usize % 20);
+            let data = s.data(out as usize * 64);
+            let lu: &Mutex<dyn LogicalUnit> = if unit & 1 == 0 { &*cd } else { &*tape };
+            if unit & 2 != 0 {
+                if unit & 1 == 0 {
+                    let mut c = cd.lock().unwrap_or_else(|e| e.into_inner());
+                    c.eject();
+                    c.insert(memfd_iso((unit as u64 >> 2) + 1));
+                } else {
+                    let mut t = tape.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(m) = t.eject() {
+                        t.insert(m);
+                    }
+                }
+            }
+            let r = lu
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .execute(&cdb, &data);
+            assert!(
+                r.data.len() <= crate::scsi::MAX_TRANSFER,
+                "reply of {} bytes",
+                r.data.len()
+            );
+        }
+    }
+    let len = check.metadata().expect("memfd metadata").len();
+    assert!(
+        len <= TAPE_CAPACITY,
+        "the tape grew to {len} bytes, past its capacity"
+    );
 }
 
 /// Reads an HTTP response from `p` in pieces of `step` bytes, as segments arrive, and
@@ -492,6 +652,103 @@ mod tests {
             }
         }
         out
+    }
+
+    /// PACKET steps with CDBs of the commands sr sends (and some of anything), media
+    /// changes, resets.
+    fn atapi_script(rng: &mut Rng) -> Vec<u8> {
+        const OPS: [u8; 14] = [
+            0x00, 0x03, 0x12, 0x25, 0x28, 0xa8, 0x43, 0x46, 0x4a, 0x5a, 0x1b, 0x1e, 0xbb, 0xff,
+        ];
+        let mut out = Vec::new();
+        for _ in 0..rng.below(40) {
+            match rng.below(8) {
+                0..=4 => {
+                    let drive = rng.below(2) as u8;
+                    out.extend_from_slice(&[
+                        (rng.below(16) as u8) << 4 | drive << 2,
+                        rng.next() as u8,
+                        rng.below(3) as u8,
+                    ]);
+                    let mut cdb = [0u8; 12];
+                    cdb[0] = OPS[rng.below(OPS.len())];
+                    for b in &mut cdb[1..] {
+                        *b = if rng.below(3) == 0 {
+                            rng.next() as u8
+                        } else {
+                            rng.below(4) as u8
+                        };
+                    }
+                    out.extend_from_slice(&cdb);
+                }
+                5 => out.extend_from_slice(&[1 | (rng.below(2) as u8) << 2, 0, 0]),
+                6 => {
+                    out.extend_from_slice(&[2 | (rng.below(2) as u8) << 2, rng.below(50) as u8, 0])
+                }
+                _ => {
+                    // SRST on a channel.
+                    let ch = rng.below(2) as u8;
+                    out.extend_from_slice(&[
+                        3 | (8 | ch) << 2,
+                        8,
+                        0,
+                        4,
+                        3 | (8 | ch) << 2,
+                        8,
+                        0,
+                        0,
+                    ]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Commands to the CD-ROM and the tape with plausible CDBs and data-out.
+    fn scsi_script(rng: &mut Rng) -> Vec<u8> {
+        const OPS: [u8; 20] = [
+            0x00, 0x03, 0x12, 0x05, 0x1a, 0x5a, 0x15, 0x55, 0x08, 0x0a, 0x10, 0x11, 0x01, 0x1b,
+            0x34, 0x2b, 0x19, 0x28, 0x25, 0x4a,
+        ];
+        let mut out = vec![1];
+        for _ in 0..rng.below(60) {
+            let unit = if rng.below(10) == 0 {
+                2 | (rng.below(8) as u8) << 2
+            } else {
+                0
+            } | rng.below(2) as u8;
+            let op = OPS[rng.below(OPS.len())];
+            let len = crate::scsi::cdb_len(op).unwrap_or(6);
+            let outlen = rng.below(40) as u8;
+            out.extend_from_slice(&[unit, len as u8, outlen]);
+            out.push(op);
+            for _ in 1..len {
+                out.push(if rng.below(3) == 0 {
+                    rng.next() as u8
+                } else {
+                    rng.below(8) as u8
+                });
+            }
+            out.extend((0..outlen as usize * 64).map(|_| rng.next() as u8));
+        }
+        out
+    }
+
+    #[test]
+    fn random_packets_and_scsi_commands_never_panic() {
+        let mut rng = Rng(0x5eed_f0a7_a911);
+        for _ in 0..1500 {
+            atapi_packets(&atapi_script(&mut rng));
+            scsi_requests(&scsi_script(&mut rng));
+        }
+        for _ in 0..300 {
+            let junk: Vec<u8> = (0..rng.below(2000)).map(|_| rng.next() as u8).collect();
+            atapi_packets(&junk);
+            scsi_requests(&junk);
+            let mut odd = junk.clone();
+            odd.insert(0, 1);
+            scsi_requests(&odd);
+        }
     }
 
     #[test]

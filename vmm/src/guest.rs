@@ -17,7 +17,7 @@ pub fn image(name: &str) -> crate::KernelImage {
     }
 }
 
-use crate::config::{DiskConfig, NetConfig, SerialTarget, SharedBuffer, VmConfig};
+use crate::config::{DiskConfig, DriveConfig, NetConfig, SerialTarget, SharedBuffer, VmConfig};
 use crate::devices::StopReason;
 use crate::vm::{RunOutcome, Vm};
 use std::time::Duration;
@@ -35,6 +35,8 @@ pub struct ProgramRun {
     pub nets: Vec<NetConfig>,
     /// NE2000 NICs (VIO).
     pub vio_nets: Vec<NetConfig>,
+    /// CD-ROM and tape drives.
+    pub drives: Vec<DriveConfig>,
     pub timeout: Duration,
 }
 
@@ -49,6 +51,7 @@ impl ProgramRun {
             vio_disks: Vec::new(),
             nets: Vec::new(),
             vio_nets: Vec::new(),
+            drives: Vec::new(),
             timeout: Duration::from_secs(60),
         }
     }
@@ -85,6 +88,7 @@ pub fn run_program(run: ProgramRun) -> crate::Result<ProgramResult> {
     cfg.vio_disks = run.vio_disks;
     cfg.nets = run.nets;
     cfg.vio_nets = run.vio_nets;
+    cfg.drives = run.drives;
     cfg.serial = SerialTarget::Buffer(buf.clone());
     let vm = Vm::new(&cfg)?;
     let outcome = vm.run(Some(run.timeout))?;
@@ -94,10 +98,32 @@ pub fn run_program(run: ProgramRun) -> crate::Result<ProgramResult> {
     })
 }
 
-/// The line the `netbooted` program prints for an initrd of these bytes (FNV-1a, 32-bit).
+/// FNV-1a (32-bit) offset basis: the hash of nothing.
+pub const FNV1A_START: u32 = 0x811c_9dc5;
+
+/// FNV-1a (32-bit) of `data` continuing from `h`: what the guest programs print over the data
+/// they read, for the host to compare.
+pub fn fnv1a(h: u32, data: &[u8]) -> u32 {
+    data.iter()
+        .fold(h, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+}
+
+/// The line the `netbooted` program prints for an initrd of these bytes.
 pub fn netbooted_initrd_line(data: &[u8]) -> String {
-    let h = data.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    });
+    let h = fnv1a(FNV1A_START, data);
     format!("initrd: {} bytes fnv1a {h:08x}", data.len())
+}
+
+/// Writes a CD image of `blocks` 2048-byte blocks, each different (its LBA and `seed` mixed
+/// in), for the CD-ROM programs; returns the line `atapi` prints after reading it whole.
+pub fn write_test_iso(path: &std::path::Path, blocks: u32, seed: u8) -> std::io::Result<String> {
+    let mut data = vec![0u8; blocks as usize * 2048];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = ((i / 2048) as u8).wrapping_mul(31) ^ (i as u8) ^ seed;
+    }
+    std::fs::write(path, &data)?;
+    Ok(format!(
+        "{blocks} blocks fnv1a {:08x}",
+        fnv1a(FNV1A_START, &data)
+    ))
 }

@@ -25,6 +25,7 @@ pub mod netbench;
 pub mod netboot;
 pub mod netns;
 pub mod pci;
+pub mod scsi;
 pub mod selftest;
 mod vcpu;
 pub mod vio;
@@ -33,7 +34,8 @@ pub mod virtio;
 mod vm;
 
 pub use config::{
-    DiskConfig, KernelImage, NetBackend, NetConfig, SerialTarget, SharedBuffer, VmConfig,
+    DiskConfig, DriveConfig, DriveKind, KernelImage, MediaBus, NetBackend, NetConfig, SerialTarget,
+    SharedBuffer, VmConfig,
 };
 pub use error::{Error, Result};
 pub use vm::{Mark, RunOutcome, StopReason, StopSignal, Vm};

@@ -257,6 +257,45 @@ fn one(dir: &Path, program: &'static str) -> std::result::Result<(Verdict, Durat
                 })
             })
         }
+        "atapi" | "vscsi" => {
+            let iso = dir.join(format!("{program}.iso"));
+            let read = crate::guest::write_test_iso(&iso, 64, 9)
+                .map_err(|e| format!("{}: {e}", iso.display()))?;
+            let medium = |path, read_only| Some(crate::scsi::MediumConfig { path, read_only });
+            let drive = |kind, bus, medium| crate::config::DriveConfig { kind, bus, medium };
+            use crate::config::{DriveKind, MediaBus};
+            let want = if program == "atapi" {
+                run.drives = vec![drive(DriveKind::Cdrom, MediaBus::Vio, medium(iso, true))];
+                format!("atapi: {read}")
+            } else {
+                let tape = image(dir, "vscsi.tap", 0, 0)?;
+                run.drives = vec![
+                    drive(DriveKind::Cdrom, MediaBus::Avio, medium(iso, true)),
+                    drive(DriveKind::Tape, MediaBus::Avio, medium(tape, false)),
+                ];
+                run.mem_bytes = 128 << 20;
+                format!("vscsi: cd {read}")
+            };
+            verdict(run_program(run), |r| {
+                (!r.serial.contains(&want)).then(|| format!("no {want:?}: the data read differs"))
+            })
+        }
+        "cdbench" => {
+            // Both buses, 2 MiB each, every byte checksummed.
+            let started = std::time::Instant::now();
+            match crate::bench::avio_vio_iso(dir, 2 << 20, 2 << 20) {
+                Ok((avio, vio)) => (
+                    Verdict::Pass(format!(
+                        "virtio-scsi and ATAPI: {} bytes each, verified ({:.1} and {:.0} exits per MiB)",
+                        avio.bytes,
+                        avio.exits_per_mib(),
+                        vio.exits_per_mib()
+                    )),
+                    started.elapsed(),
+                ),
+                Err(e) => (Verdict::Fail(e.to_string()), started.elapsed()),
+            }
+        }
         // Booted directly here; the network boot tests serve it over DHCP/TFTP/HTTP.
         "netbooted" => {
             run.args = "from=selftest".into();

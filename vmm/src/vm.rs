@@ -13,6 +13,7 @@ use crate::irq::KvmRouter;
 use crate::layout::*;
 use crate::memory::{self, GuestMemory};
 use crate::pci::PciBus;
+use crate::scsi::{DriveUnit, MediaControl};
 use crate::vcpu;
 use crate::virtio::block::Block;
 use crate::virtio::net::Net;
@@ -48,6 +49,7 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     platform: Arc<Platform>,
     trackers: Vec<(PathBuf, Arc<ChangeTracker>)>,
+    media: MediaControl,
     _vm: Arc<VmFd>,
     _kvm: Kvm,
     /// Also lent to the vCPU threads, to read instructions KVM could not emulate.
@@ -115,13 +117,72 @@ fn linux_cmdline(cmdline: &str, is_linux: impl FnOnce() -> bool) -> String {
     cmdline.to_owned()
 }
 
+/// Opens the drives and their media: the control handle, the VIO (ATAPI) CD-ROMs and the
+/// AVIO (virtio-scsi) LUNs in configuration order.
+#[allow(clippy::type_complexity)]
+fn open_drives(
+    drives: &[crate::config::DriveConfig],
+) -> Result<(
+    MediaControl,
+    Vec<crate::scsi::SharedUnit<crate::scsi::cdrom::Cdrom>>,
+    Vec<crate::virtio::scsi::Lun>,
+)> {
+    use crate::config::{DriveKind, MediaBus};
+    use crate::scsi::{cdrom, tape};
+    use std::sync::Mutex;
+    let (mut control, mut vio, mut avio) = (MediaControl::default(), Vec::new(), Vec::new());
+    for d in drives {
+        match (d.kind, d.bus) {
+            (DriveKind::Cdrom, bus) => {
+                let medium = d
+                    .medium
+                    .as_ref()
+                    .map(|m| cdrom::Medium::open(&m.path))
+                    .transpose()?;
+                let iface = match bus {
+                    MediaBus::Vio => cdrom::Interface::Atapi,
+                    MediaBus::Avio => cdrom::Interface::Scsi,
+                };
+                let unit = Arc::new(Mutex::new(cdrom::Cdrom::new(medium, iface)));
+                control.add(DriveUnit::Cdrom(unit.clone()));
+                match bus {
+                    MediaBus::Vio => vio.push(unit),
+                    MediaBus::Avio => avio.push(unit as crate::virtio::scsi::Lun),
+                }
+            }
+            (DriveKind::Tape, MediaBus::Avio) => {
+                let medium = d
+                    .medium
+                    .as_ref()
+                    .map(|m| tape::TapeMedium::open(&m.path, m.read_only))
+                    .transpose()?;
+                let unit = Arc::new(Mutex::new(tape::Tape::new(medium)));
+                control.add(DriveUnit::Tape(unit.clone()));
+                avio.push(unit as crate::virtio::scsi::Lun);
+            }
+            (DriveKind::Tape, MediaBus::Vio) => {
+                return Err(Error::Media(
+                    "tape drives are on AVIO (virtio-scsi) only".into(),
+                ))
+            }
+        }
+    }
+    Ok((control, vio, avio))
+}
+
 impl Vm {
     pub fn new(config: &VmConfig) -> Result<Vm> {
         if config.cpus == 0 || config.cpus > MAX_CPUS {
             return Err(Error::CpuCount(config.cpus));
         }
-        if config.vio_disks.len() > crate::vio::ide::MAX_DISKS {
-            return Err(Error::TooManyVioDisks(config.vio_disks.len()));
+        let vio_units = config.vio_disks.len()
+            + config
+                .drives
+                .iter()
+                .filter(|d| d.bus == crate::config::MediaBus::Vio)
+                .count();
+        if vio_units > crate::vio::ide::MAX_DISKS {
+            return Err(Error::TooManyVioDisks(vio_units));
         }
         if config.vio_nets.len() > 4 {
             return Err(Error::TooManyVioNics(config.vio_nets.len()));
@@ -203,7 +264,14 @@ impl Vm {
         for (i, n) in config.nets.iter().enumerate() {
             add(&mut pci, Box::new(Net::new(n, i)?))?;
         }
-        let ide = if config.vio_disks.is_empty() {
+        let (media, vio_cds, avio_luns) = open_drives(&config.drives)?;
+        if !avio_luns.is_empty() {
+            add(
+                &mut pci,
+                Box::new(crate::virtio::scsi::Scsi::new(avio_luns)?),
+            )?;
+        }
+        let ide = if config.vio_disks.is_empty() && vio_cds.is_empty() {
             None
         } else {
             let mut irqs = [None, None];
@@ -213,7 +281,7 @@ impl Vm {
                     .map_err(Error::kvm("KVM_IRQFD"))?;
                 *slot = Some(e);
             }
-            let ide = crate::vio::ide::Ide::new(&config.vio_disks, irqs)?;
+            let ide = crate::vio::ide::Ide::new(&config.vio_disks, vio_cds, irqs)?;
             for (d, t) in config
                 .vio_disks
                 .iter()
@@ -305,6 +373,7 @@ impl Vm {
             vcpus,
             platform,
             trackers,
+            media,
             _vm: vm,
             _kvm: kvm,
             mem,
@@ -314,6 +383,11 @@ impl Vm {
     /// Change trackers of the writable disks, by image path (valid while and after running).
     pub fn change_trackers(&self) -> Vec<(PathBuf, Arc<ChangeTracker>)> {
         self.trackers.clone()
+    }
+
+    /// The removable-media drives, to change media while the VM runs.
+    pub fn media(&self) -> MediaControl {
+        self.media.clone()
     }
 
     /// Stops a running VM from another thread: `stop(StopReason::PowerOff)` ends `run`.

@@ -4,7 +4,10 @@
 //! file's SHA-256, writes a file, brings up the NIC, pings a peer on a tap in a network
 //! namespace and resets through the i8042. Twice: on the AVIO devices (virtio-blk and
 //! virtio-net over virtio-pci with MSI-X) and on the VIO devices only (PIIX IDE and NE2000,
-//! Linux's own ata_piix and ne2k-pci).
+//! Linux's own ata_piix and ne2k-pci). Removable media too (issue 14): an ISO 9660 image
+//! (xorriso) holding the same payload, mounted by Linux's sr from an ATAPI CD-ROM (VIO) or a
+//! virtio-scsi CD-ROM (AVIO), and on AVIO a virtio-scsi tape that st, mt and tar write and
+//! read back, whose file the host then reads as a tape independently.
 //!
 //! Runs where guest kernel code runs at hardware speed (building the kernel first if it is
 //! not cached), or where `IGNITE_LINUX_GUEST` names the guest's files (scripts/linux-guest
@@ -15,8 +18,8 @@ mod common;
 
 use ignite_vmm::netns::Netns;
 use ignite_vmm::{
-    DiskConfig, KernelImage, NetBackend, NetConfig, RunOutcome, SerialTarget, SharedBuffer,
-    StopReason, Vm, VmConfig,
+    DiskConfig, DriveConfig, KernelImage, NetBackend, NetConfig, RunOutcome, SerialTarget,
+    SharedBuffer, StopReason, Vm, VmConfig,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -81,7 +84,57 @@ struct Boot {
     out: RunOutcome,
     console: String,
     disk: PathBuf,
+    tape: PathBuf,
     _dir: vmm_sys_util::tempdir::TempDir,
+}
+
+/// An ISO 9660 image in `dir` holding /payload as scripts/linux-guest makes it (`seq 1
+/// 150000`), checked against the assets' payload.sha256.
+fn payload_iso(dir: &Path, sha: &str) -> PathBuf {
+    let content = dir.join("iso-content");
+    std::fs::create_dir_all(&content).unwrap();
+    let payload: String = (1..=150000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(content.join("payload"), payload).unwrap();
+    let sum = Command::new("sha256sum")
+        .arg(content.join("payload"))
+        .output()
+        .expect("sha256sum");
+    assert!(
+        String::from_utf8_lossy(&sum.stdout).starts_with(sha),
+        "the payload recipe changed: update payload_iso to scripts/linux-guest's"
+    );
+    let iso = dir.join("payload.iso");
+    let out = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-V", "IGNITE", "-o"])
+        .arg(&iso)
+        .arg(&content)
+        .output()
+        .expect("xorriso (scripts/deps/vmm.apt)");
+    assert!(
+        out.status.success(),
+        "xorriso: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iso
+}
+
+/// The records of a SIMH-format tape up to its first filemark, joined.
+fn first_tape_file(tape: &[u8]) -> (Vec<u8>, usize) {
+    let word = |at: usize| u32::from_le_bytes(tape[at..at + 4].try_into().unwrap()) as usize;
+    let (mut at, mut data, mut records) = (0, Vec::new(), 0);
+    while at < tape.len() && word(at) != 0 {
+        let l = word(at);
+        assert_eq!(
+            word(at + 4 + l + (l & 1)),
+            l,
+            "record at {at}: lengths differ"
+        );
+        data.extend_from_slice(&tape[at + 4..at + 4 + l]);
+        at += 8 + l + (l & 1);
+        records += 1;
+    }
+    assert!(at < tape.len(), "no filemark after the first file");
+    (data, records)
 }
 
 /// Boots the guest on `bus` in a namespace whose bridge holds the peer 10.79.0.1.
@@ -90,6 +143,9 @@ fn boot(files: &Path, bus: Bus, tag: &str) -> Boot {
     let disk = dir.as_path().join("disk.ext4");
     std::fs::copy(files.join("disk.ext4"), &disk).expect("copy the guest disk");
     let sha = std::fs::read_to_string(files.join("payload.sha256")).expect("payload.sha256");
+    let iso = payload_iso(dir.as_path(), sha.trim());
+    let tape = dir.as_path().join("tape.tap");
+    std::fs::write(&tape, b"").unwrap();
     let ns = Netns::new(tag).unwrap();
     ns.ip(&[
         "link",
@@ -115,13 +171,28 @@ fn boot(files: &Path, bus: Bus, tag: &str) -> Boot {
             Bus::Vio => ("/dev/sda", vec![], d, vec![], n),
         }
     };
+    // VIO: the ATAPI CD-ROM on the primary slave; AVIO: virtio-scsi LUN 0 (CD) and 1 (tape).
+    let (drives, media) = match bus {
+        Bus::Vio => (
+            vec![DriveConfig::parse(&format!("cd,vio,medium={}", iso.display())).unwrap()],
+            "ignite.cd=/dev/sr0".to_string(),
+        ),
+        Bus::Avio => (
+            vec![
+                DriveConfig::parse(&format!("cd,avio,medium={}", iso.display())).unwrap(),
+                DriveConfig::parse(&format!("tape,medium={}", tape.display())).unwrap(),
+            ],
+            "ignite.cd=/dev/sr0 ignite.tape=/dev/nst0".to_string(),
+        ),
+    };
     let serial = SharedBuffer::default();
     let mut cfg = VmConfig::new(KernelImage::Path(files.join("vmlinux")));
     cfg.initrd = Some(files.join("initrd.cpio"));
     cfg.cmdline = format!(
-        "console=ttyS0 reboot=k panic=1 rdinit=/init ignite.disk={dev} ignite.sha256={} ignite.ip=10.79.0.2 ignite.peer=10.79.0.1",
+        "console=ttyS0 reboot=k panic=1 rdinit=/init ignite.disk={dev} ignite.sha256={} ignite.ip=10.79.0.2 ignite.peer=10.79.0.1 {media}",
         sha.trim()
     );
+    cfg.drives = drives;
     cfg.mem_bytes = 128 << 20;
     cfg.disks = disks;
     cfg.vio_disks = vio_disks;
@@ -140,6 +211,7 @@ fn boot(files: &Path, bus: Bus, tag: &str) -> Boot {
         out,
         console: serial.contents().replace('\r', ""),
         disk,
+        tape,
         _dir: dir,
     }
 }
@@ -162,6 +234,7 @@ fn check(b: &Boot, bus: Bus, files: &Path) {
         // The NIC has the MAC the VM was given (the NE2000's PROM once read back wrong).
         "IGNITE-MAC 52:54:00:79:00:02",
         "IGNITE-NET-OK",
+        "IGNITE-CD-OK /dev/sr0",
         "IGNITE-LINUX-DONE",
     ] {
         assert!(
@@ -184,6 +257,23 @@ fn check(b: &Boot, bus: Bus, files: &Path) {
         String::from_utf8_lossy(&result.stdout).contains("written-by-guest"),
         "{bus:?}: the guest's file is not on its disk"
     );
+    if let Bus::Avio = bus {
+        assert!(
+            log.contains("IGNITE-TAPE-OK /dev/nst0"),
+            "no IGNITE-TAPE-OK on the console:\n{log}"
+        );
+        // The tape file read independently: the first file is tar's archive in 10 KiB records.
+        let (archive, records) = first_tape_file(&std::fs::read(&b.tape).unwrap());
+        assert!(
+            records > 0 && archive.len() == records * 10240,
+            "{records} records"
+        );
+        assert_eq!(
+            &archive[..8],
+            b"tapedata",
+            "a tar header for tapedata first"
+        );
+    }
     let phases: Vec<String> = b
         .out
         .marks

@@ -19,7 +19,7 @@ use std::time::Duration;
 pub struct StateDir {
     /// Directory of the state database (guest files go in its guests/ folder).
     #[arg(long, env = "IGNITE_STATE_DIR", default_value = "/var/lib/ignite")]
-    state_dir: PathBuf,
+    pub(super) state_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +117,14 @@ pub struct CreateArgs {
     /// bios (SeaBIOS) or uefi (OVMF; QEMU engine only).
     #[arg(long, value_enum, default_value = "bios")]
     firmware: Firmware,
+    /// A CD-ROM drive on the disk bus, with the media library's ISO NAME in it if given
+    /// (repeatable).
+    #[arg(long = "cdrom", num_args = 0..=1, default_missing_value = "")]
+    cdroms: Vec<String>,
+    /// A tape drive (virtio-scsi, bundled engine), with the library's tape NAME in it if
+    /// given (repeatable).
+    #[arg(long = "tape", num_args = 0..=1, default_missing_value = "")]
+    tapes: Vec<String>,
     #[command(flatten)]
     state: StateDir,
 }
@@ -272,6 +280,12 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
             boot,
             engine: a.engine,
             firmware: a.firmware,
+            drives: crate::media::drives_for(
+                a.disk_bus,
+                a.disks.len(),
+                a.cdroms.len(),
+                a.tapes.len(),
+            )?,
         },
         sizes,
     ))
@@ -280,6 +294,7 @@ fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
 fn create(a: CreateArgs) -> Result<()> {
     let (def, sizes) = definition(&a)?;
     let guests = State::open(&a.state.state_dir)?;
+    let media = crate::media::for_new_drives(&guests, &def.drives, &a.cdroms, &a.tapes)?;
     let dir = crate::guests::guest_dir(&a.state.state_dir, &a.name);
     let mut made = Vec::new();
     let result = guests.define_guest(def, |def| {
@@ -302,6 +317,7 @@ fn create(a: CreateArgs) -> Result<()> {
     });
     match result {
         Ok(def) => {
+            crate::media::load_new_drives(&guests, &def.name, &media)?;
             println!("guest {} defined", def.name);
             for n in &def.nics {
                 println!("  nic on bridge {}: mac {}", n.bridge, n.mac);

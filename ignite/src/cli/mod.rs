@@ -7,6 +7,7 @@ mod client;
 mod guests;
 mod install;
 mod install_extract;
+mod media;
 mod netboot;
 mod netboot_bench;
 mod profile;
@@ -51,6 +52,8 @@ pub enum Command {
     Install(install::Args),
     /// The install agent's parts by hand (DHCP, a whole network install).
     Agent(agent::Args),
+    /// The media library: ISO images and virtual tapes for guests' drives.
+    Media(media::Args),
     /// The agent's network side by hand: fetch a plan and extract its archive into a
     /// directory, as an install would (for tests and debugging).
     #[command(hide = true)]
@@ -73,6 +76,7 @@ impl Command {
             }
             Command::Install(a) => install::run(a),
             Command::Agent(a) => agent::run(a),
+            Command::Media(a) => media::run(a),
             Command::InstallExtract(a) => install_extract::run(a),
         }
     }

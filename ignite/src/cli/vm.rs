@@ -17,6 +17,9 @@ pub struct Args {
 enum Cmd {
     #[command(flatten)]
     Guest(super::guests::Cmd),
+    /// Media in a guest's CD-ROM and tape drives: insert, eject (also while it runs).
+    #[command(subcommand)]
+    Media(super::media::VmCmd),
     /// Run a VM in the foreground until it powers off, resets or fails.
     Run(RunArgs),
     /// Run every guest test program (one VM each) and print one line per program.
@@ -67,6 +70,9 @@ enum BenchWhich {
         /// word: some 20 s per MiB where an exit costs 44 µs).
         #[arg(long, default_value = "1M", value_parser = ignite_profiles::parse_bytes)]
         vio_net_size: u64,
+        /// Bytes read per ISO phase (a CD image of this size, read once through each bus).
+        #[arg(long, default_value = "16M", value_parser = ignite_profiles::parse_bytes)]
+        iso_size: u64,
     },
 }
 
@@ -122,6 +128,10 @@ struct RunArgs {
     /// NIC on the emulated NE2000 model (VIO): tap=NAME or bridge=BR, optionally ,mac=M (repeatable, at most 4).
     #[arg(long = "vio-net")]
     vio_nets: Vec<String>,
+    /// A CD-ROM or tape drive: cd|tape[,vio|avio][,medium=PATH][,ro] (repeatable; CD-ROMs
+    /// default to VIO, ATAPI on IDE; tapes are AVIO, virtio-scsi).
+    #[arg(long = "drive", value_parser = ignite_vmm::DriveConfig::parse)]
+    drives: Vec<ignite_vmm::DriveConfig>,
     /// Serial console: stdio (stdin is forwarded), null, file:PATH or unix:PATH (a socket).
     #[arg(long, default_value = "stdio", value_parser = SerialTarget::parse)]
     serial: SerialTarget,
@@ -134,6 +144,7 @@ impl Args {
     pub fn run(self) -> anyhow::Result<()> {
         match self.cmd {
             Cmd::Guest(c) => c.run(),
+            Cmd::Media(c) => c.run(),
             Cmd::Run(a) => run(a),
             Cmd::Selftest { dir } => selftest(dir),
             Cmd::Bench(a) => bench(a),
@@ -188,6 +199,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         vio_disks: a.vio_disks,
         vio_nets,
         nets,
+        drives: a.drives,
         serial_input: matches!(a.serial, SerialTarget::Stdout),
         serial: a.serial,
     };
@@ -257,6 +269,7 @@ fn avio_vio(
     size_1m: u64,
     size_4k: u64,
     net_sizes: (u64, u64),
+    iso_size: u64,
 ) -> anyhow::Result<()> {
     use ignite_vmm::bench;
     if size_1m < 1 << 20
@@ -265,6 +278,9 @@ fn avio_vio(
         || !size_4k.is_multiple_of(4096)
     {
         bail!("--size-1m must be a multiple of 1M and --size-4k a multiple of 4K");
+    }
+    if iso_size == 0 || !iso_size.is_multiple_of(1 << 20) || iso_size > 4 << 30 {
+        bail!("--iso-size must be a multiple of 1M up to 4G (e.g. --iso-size 16M)");
     }
     let (net_size, vio_net_size) = net_sizes;
     if ![net_size, vio_net_size]
@@ -277,6 +293,10 @@ fn avio_vio(
     let load_before = bench::load_average();
     let (mut avio, mut vio) =
         bench::avio_vio_disk(&d, size_1m, size_4k).context("AVIO vs VIO disk benchmark")?;
+    let (iso_avio, iso_vio) =
+        bench::avio_vio_iso(&d, iso_size, iso_size).context("AVIO vs VIO ISO read benchmark")?;
+    avio.push(iso_avio);
+    vio.push(iso_vio);
     let _ = std::fs::remove_dir(&d);
     let (net_avio, net_vio) = ignite_vmm::netbench::avio_vio_net(net_size, vio_net_size)
         .context("AVIO vs VIO network benchmark")?;
@@ -287,6 +307,9 @@ fn avio_vio(
          image: a file in {} ({} KiB per 1 MiB phase, {} KiB per 4 KiB phase), written and synced first; AVIO = virtio-blk (blkbench, \
          8 x 1 MiB / 64 x 4 KiB in flight), VIO = IDE PIO (idebench, one command at a time, \
          READ/WRITE MULTIPLE EXT, 16-sector DRQ blocks); both sleep until their interrupt\n\
+         ISO read: a {} KiB CD image read once whole (cdbench; AVIO = virtio-scsi CD-ROM LUN, READ(10) of 1 MiB, \
+         4 in flight, VIO = ATAPI CD-ROM on IDE, READ(10) of 64 KiB per PACKET in 32 KiB PIO chunks), \
+         every byte checksummed by the guest and checked by the host\n\
          network: {} (AVIO) and {} (VIO) frames of {} bytes each way through one tap to a raw socket on its host side \
          (netbench; AVIO = virtio-net, window {}, VIO = NE2000 remote DMA, window {}); \
          every frame counted and checksummed by its receiver; the peer's CPU time is not counted\n",
@@ -296,6 +319,7 @@ fn avio_vio(
         d.display(),
         size_1m >> 10,
         size_4k >> 10,
+        iso_size >> 10,
         net_size.div_ceil(ignite_vmm::netbench::FRAME as u64),
         vio_net_size.div_ceil(ignite_vmm::netbench::FRAME as u64),
         ignite_vmm::netbench::FRAME,
@@ -314,9 +338,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         size_4k,
         net_size,
         vio_net_size,
+        iso_size,
     }) = a.which
     {
-        return avio_vio(dir, size_1m, size_4k, (net_size, vio_net_size));
+        return avio_vio(dir, size_1m, size_4k, (net_size, vio_net_size), iso_size);
     }
     let d = scratch_dir(a.dir)?;
     let speed = ignite_vmm::hwcheck::measure().context("hardware virtualization check")?;

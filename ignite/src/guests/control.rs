@@ -2,7 +2,8 @@
 //! `{"cmd":"status"}` → `{"state":"running","pid":..,"engine":"qemu","started":..,"why":..}`;
 //! `{"cmd":"stop","force":false}` → `{"ok":true}` (the guest is then asked to power off, or
 //! with `force` ended at once); `{"cmd":"capture"}` turns the connection into a capture
-//! session (`guests::capture`). Each connection is served on its own thread, so a long
+//! session (`guests::capture`); `{"cmd":"mediainsert","drive":"cd0","path":..,"read_only":true}`
+//! and `{"cmd":"mediaeject","drive":"cd0"}` change a drive's medium. Each connection is served on its own thread, so a long
 //! capture does not keep `status` or `stop` waiting.
 //!
 //! Only the supervisor's own user (or root) is served: the socket is 0600 in a 0700
@@ -28,6 +29,16 @@ pub enum Request {
     Capture,
     /// What each disk's change tracking holds since the last capture, without capturing.
     Changes,
+    /// Puts a medium into a removable-media drive (`crate::media`), replacing what is there.
+    MediaInsert {
+        drive: String,
+        path: std::path::PathBuf,
+        read_only: bool,
+    },
+    /// Empties a removable-media drive.
+    MediaEject {
+        drive: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -178,6 +178,9 @@ pub struct Definition {
     /// Absent in definitions stored before UEFI guests: BIOS.
     #[serde(default)]
     pub firmware: Firmware,
+    /// CD-ROM and tape drives (`crate::media`); absent in older definitions: none.
+    #[serde(default)]
+    pub drives: Vec<crate::media::Drive>,
 }
 
 /// A unicast MAC given by the user, in the lower-case colon form stored.

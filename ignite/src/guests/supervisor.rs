@@ -241,9 +241,10 @@ pub fn supervise(
     };
     eprintln!("guest {name}: engine {engine} ({})", status.why);
     let requested = Arc::new(AtomicBool::new(false));
+    let loaded = crate::media::loaded(&guests, name)?;
     let result = match engine {
-        Engine::Bundled => run_bundled(&def, &paths, status, requested.clone()),
-        Engine::Qemu => run_qemu(&def, &paths, kvm, status, requested.clone()),
+        Engine::Bundled => run_bundled(&def, &paths, &loaded, status, requested.clone()),
+        Engine::Qemu => run_qemu(&def, &paths, &loaded, kvm, status, requested.clone()),
     };
     remove_runtime_files(&paths);
     let _ = std::fs::remove_file(paths.pid());
@@ -258,7 +259,8 @@ pub fn supervise(
 }
 
 /// Serves the control socket; `stop(force)` ends or powers off the guest, `capture` serves a
-/// capture session on the connection and returns how it ended (logged).
+/// capture session on the connection and returns how it ended (logged), `media(drive,
+/// Some((path, read_only)))` changes a drive's medium (None: ejects it).
 fn serve_control(
     paths: &Paths,
     status: Status,
@@ -266,6 +268,7 @@ fn serve_control(
     stop: impl Fn(bool) -> Result<()> + Send + Sync + 'static,
     capture: impl Fn(&mut control::LineConn) -> String + Send + Sync + 'static,
     changes: impl Fn() -> Result<Vec<control::Pending>> + Send + Sync + 'static,
+    media: impl Fn(&str, Option<(&Path, bool)>) -> Result<()> + Send + Sync + 'static,
 ) -> Result<()> {
     let _ = std::fs::remove_file(paths.control());
     let listener = std::os::unix::net::UnixListener::bind(paths.control())
@@ -291,12 +294,31 @@ fn serve_control(
                 error: format!("{e:#}"),
             },
         }),
+        Request::MediaInsert {
+            drive,
+            path,
+            read_only,
+        } => Some(ok_or_error(media(&drive, Some((&path, read_only))))),
+        Request::MediaEject { drive } => Some(ok_or_error(media(&drive, None))),
     });
     Ok(())
 }
 
-/// The bundled monitor's configuration for `def`.
-fn bundled_config(def: &Definition, paths: &Paths) -> Result<ignite_vmm::VmConfig> {
+fn ok_or_error(r: Result<()>) -> Reply {
+    match r {
+        Ok(()) => Reply::Ok { ok: true },
+        Err(e) => Reply::Error {
+            error: format!("{e:#}"),
+        },
+    }
+}
+
+/// The bundled monitor's configuration for `def`, its drives holding `loaded`.
+fn bundled_config(
+    def: &Definition,
+    paths: &Paths,
+    loaded: &[(String, crate::media::Medium)],
+) -> Result<ignite_vmm::VmConfig> {
     use ignite_vmm::{
         config::DEFAULT_TRACK_GRANULARITY, DiskConfig, KernelImage, NetBackend, NetConfig,
     };
@@ -361,6 +383,7 @@ fn bundled_config(def: &Definition, paths: &Paths) -> Result<ignite_vmm::VmConfi
         Bus::Avio => cfg.nets = nics,
         Bus::Vio => cfg.vio_nets = nics,
     }
+    cfg.drives = crate::media::engine::vmm_drives(&def.drives, loaded);
     cfg.serial = ignite_vmm::SerialTarget::LoggedUnix {
         socket: paths.console(),
         log: paths.console_log(),
@@ -371,11 +394,13 @@ fn bundled_config(def: &Definition, paths: &Paths) -> Result<ignite_vmm::VmConfi
 fn run_bundled(
     def: &Definition,
     paths: &Paths,
+    loaded: &[(String, crate::media::Medium)],
     status: Status,
     requested: Arc<AtomicBool>,
 ) -> Result<String> {
-    let vm = ignite_vmm::Vm::new(&bundled_config(def, paths)?)?;
+    let vm = ignite_vmm::Vm::new(&bundled_config(def, paths, loaded)?)?;
     let signal = vm.stop_signal();
+    let media = vm.media();
     let trackers = vm.change_trackers();
     // No ACPI on the bundled monitor: a stop ends the run (vCPUs stopped, then the devices
     // and image files closed), forced or not.
@@ -392,6 +417,21 @@ fn run_bundled(
             move |conn| capture::serve(&trackers, conn, MAX_CAPTURE_HOLD)
         },
         move || Ok(capture::pending_tracked(&trackers, true)),
+        move |drive, path| {
+            match path {
+                Some((path, read_only)) => media.insert(
+                    drive,
+                    &ignite_vmm::scsi::MediumConfig {
+                        path: path.to_owned(),
+                        read_only,
+                    },
+                )?,
+                None => {
+                    media.eject(drive)?;
+                }
+            }
+            Ok(())
+        },
     )?;
     let out = vm.run(None).context("running the guest");
     let images: Vec<_> = def.disks.iter().map(|d| d.path.clone()).collect();
@@ -402,6 +442,7 @@ fn run_bundled(
 fn run_qemu(
     def: &Definition,
     paths: &Paths,
+    loaded: &[(String, crate::media::Medium)],
     kvm: bool,
     status: Status,
     requested: Arc<AtomicBool>,
@@ -437,6 +478,13 @@ fn run_qemu(
         })?;
     }
     let mut cmd = qemu::command(def, paths, kvm);
+    cmd.args(crate::media::engine::qemu_args(
+        &def.drives,
+        loaded,
+        def.disks.len(),
+        def.disk_bus,
+        def.firmware == Firmware::Uefi,
+    )?);
     cmd.stdin(Stdio::null());
     // SAFETY: dup2 is async-signal-safe; it clears close-on-exec on the copies.
     unsafe {
@@ -472,7 +520,7 @@ fn run_qemu(
         }
     };
     let (def_capture, paths_capture) = (def.clone(), Paths::new_at(&paths.dir));
-    let qmp_stop = qmp.clone();
+    let (qmp_stop, qmp_media) = (qmp.clone(), qmp.clone());
     serve_control(
         paths,
         status,
@@ -495,11 +543,15 @@ fn run_qemu(
             }
         },
         move || qemu_capture::pending(&qmp, &bitmaps),
+        move |drive, path| {
+            let mut q = qmp_media.lock().unwrap_or_else(|e| e.into_inner());
+            crate::media::engine::qmp_change(&mut q, drive, path.map(|(p, _)| p))
+        },
     )?;
     let code = child.wait()?;
     drop(taps);
     Ok(if code.success() {
-        "guest powered off (qemu exited)".into()
+        "guest powered off or reset (qemu exited)".into()
     } else {
         format!("qemu ended: {code}; see the supervisor log")
     })

@@ -126,12 +126,37 @@ const V4: &str = "
 /// `recover`) instead of installing a profile.
 const V5: &str = "ALTER TABLE installs ADD COLUMN recover TEXT;";
 
+/// Version 6 (issue 14): the media library (ISO images and virtual tapes) and what each
+/// guest drive holds.
+const V6: &str = "
+    CREATE TABLE media (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        added INTEGER NOT NULL
+    );
+    CREATE TABLE media_drives (
+        guest TEXT NOT NULL,
+        drive TEXT NOT NULL,
+        media TEXT NOT NULL,
+        PRIMARY KEY (guest, drive)
+    );
+    CREATE INDEX media_drives_media ON media_drives(media);";
+
 /// One version step: SQL batches applied in order, in one transaction.
 type Step = &'static [&'static str];
 
 /// ignite-netboot owns the lease table's schema ([`LEASE_MIGRATIONS`]); each of its steps is
 /// applied here, in order, as part of one of ours.
-const MIGRATIONS: &[Step] = &[&[V1, LEASE_MIGRATIONS[0]], &[V2], &[V3], &[V4], &[V5]];
+const MIGRATIONS: &[Step] = &[
+    &[V1, LEASE_MIGRATIONS[0]],
+    &[V2],
+    &[V3],
+    &[V4],
+    &[V5],
+    &[V6],
+];
 
 /// The schema version this binary writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -117,7 +117,10 @@ impl Channel {
     }
 
     pub fn cmd28(&self, unit: u8, cmd: u8, lba: u64, count: u8, feature: u8) {
-        outb(self.base + 6, 0xe0 | (unit & 1) << 4 | ((lba >> 24) as u8 & 0xf));
+        outb(
+            self.base + 6,
+            0xe0 | (unit & 1) << 4 | ((lba >> 24) as u8 & 0xf),
+        );
         outb(self.base + 1, feature);
         outb(self.base + 2, count);
         outb(self.base + 3, lba as u8);
@@ -148,9 +151,20 @@ impl Channel {
 
     /// IDENTIFY DEVICE into `buf` (512 bytes).
     pub fn identify(&self, unit: u8, buf: &mut [u8; 512], how: Wait) -> Result<(), u8> {
+        self.identify_with(IDENTIFY, unit, buf, how)
+    }
+
+    /// An IDENTIFY-style command (`cmd`: DEVICE or PACKET DEVICE) reading one block.
+    pub fn identify_with(
+        &self,
+        cmd: u8,
+        unit: u8,
+        buf: &mut [u8; 512],
+        how: Wait,
+    ) -> Result<(), u8> {
         let seen = crate::irq_count(0);
         self.select(unit);
-        outb(self.base + 7, IDENTIFY);
+        outb(self.base + 7, cmd);
         let s = self.wait(how, seen)?;
         if s & DRQ == 0 {
             return Err(0xff);

@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod ata;
+pub mod atapi;
 pub mod blk;
 pub mod boot;
 pub mod bulk;
@@ -14,6 +15,7 @@ pub mod pci;
 pub mod start;
 pub mod virtio;
 pub mod vnet;
+pub mod vscsi;
 
 /// Port the monitor timestamps (with its exit counters and CPU time) on each write; used by
 /// benchmark programs to bracket a measured phase without trusting guest clocks.

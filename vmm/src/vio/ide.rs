@@ -6,11 +6,21 @@
 //! DIAGNOSTIC and the power-management no-ops; anything else is aborted (ERR, ABRT) as a
 //! real drive does. Reads, writes and flushes go through `TrackedDisk`, shared with
 //! virtio-blk, so change tracking is the same on both buses.
+//!
+//! A drive slot may instead hold an ATAPI CD-ROM (`scsi::cdrom`): its signature after reset
+//! is 0x14/0xEB in LBA mid/high, IDENTIFY aborts, IDENTIFY PACKET DEVICE describes it, and
+//! PACKET (PIO only) takes a 12-byte CDB through the data port (interrupt reason CoD, no
+//! interrupt: "accelerated DRQ"), then moves data-in in chunks of at most the byte count the
+//! host put in LBA mid/high (interrupt reason IO, one interrupt per chunk) and completes with
+//! IO|CoD and an interrupt; a CHECK CONDITION sets ERR with the sense key in the error
+//! register's high nibble, and the host fetches the sense with REQUEST SENSE.
 
 use crate::config::DiskConfig;
 use crate::error::{Error, Result};
 use crate::pci::config::{Ids, PciConfig};
 use crate::pci::ConfigOnly;
+use crate::scsi::cdrom::Cdrom;
+use crate::scsi::{LogicalUnit, SharedUnit};
 use crate::virtio::block::TrackedDisk;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -53,6 +63,19 @@ enum Dir {
     Out,
 }
 
+/// Where a PIO transfer's bytes come from or go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Disk sectors through `buf`.
+    Disk,
+    /// A device-generated block in `buf` (IDENTIFY).
+    Block,
+    /// An ATAPI command packet into `buf`.
+    Packet,
+    /// ATAPI data-in from `packet_data`.
+    PacketData,
+}
+
 /// A PIO data transfer in progress.
 #[derive(Debug)]
 struct Transfer {
@@ -69,8 +92,7 @@ struct Transfer {
     block: u64,
     /// Bytes left in the current DRQ block.
     block_left: usize,
-    /// Disk data (false: IDENTIFY and other device-generated blocks).
-    disk: bool,
+    kind: Kind,
 }
 
 /// A register with its "high order byte" (the previous value, for LBA48).
@@ -90,6 +112,16 @@ impl Reg {
 /// One channel: a task file shared by its two drives.
 pub struct Channel {
     drives: [Option<Drive>; 2],
+    /// ATAPI CD-ROMs, in the slots no disk holds.
+    cds: [Option<SharedUnit<Cdrom>>; 2],
+    /// Drives that have had no command since the last reset: the task file is shared here,
+    /// so selecting such a drive loads its signature (ATA or ATAPI).
+    signature_pending: [bool; 2],
+    /// An ATAPI command's data-in and how much of it has been read.
+    packet_data: Vec<u8>,
+    packet_pos: usize,
+    /// Byte count limit of the current PACKET command.
+    packet_limit: usize,
     feature: Reg,
     nsect: Reg,
     lbal: Reg,
@@ -111,9 +143,18 @@ pub struct Channel {
 }
 
 impl Channel {
-    fn new(drives: [Option<Drive>; 2], irq: Option<EventFd>) -> Channel {
+    fn new(
+        drives: [Option<Drive>; 2],
+        cds: [Option<SharedUnit<Cdrom>>; 2],
+        irq: Option<EventFd>,
+    ) -> Channel {
         let mut c = Channel {
             drives,
+            cds,
+            signature_pending: [false; 2],
+            packet_data: Vec::new(),
+            packet_pos: 0,
+            packet_limit: 0,
             feature: Reg::default(),
             nsect: Reg::default(),
             lbal: Reg::default(),
@@ -136,15 +177,26 @@ impl Channel {
     }
 
     fn present(&self) -> bool {
-        self.drives.iter().any(Option::is_some)
+        (0..2).any(|u| self.unit_present(u))
+    }
+
+    fn unit_present(&self, u: usize) -> bool {
+        self.drives[u].is_some() || self.cds[u].is_some()
+    }
+
+    /// Loads drive `u`'s reset signature into the task file: ATAPI 0x14/0xEB, ATA 0/0.
+    fn set_signature(&mut self, u: usize) {
+        self.nsect.cur = 1;
+        self.lbal.cur = 1;
+        (self.lbam.cur, self.lbah.cur) = if self.cds[u].is_some() {
+            (0x14, 0xeb)
+        } else {
+            (0, 0)
+        };
     }
 
     fn unit(&self) -> usize {
         ((self.device >> 4) & 1) as usize
-    }
-
-    fn drive(&self) -> Option<&Drive> {
-        self.drives[self.unit()].as_ref()
     }
 
     /// Software / power-on reset: the ATA signature in the task file, drive 0 selected.
@@ -160,9 +212,10 @@ impl Channel {
         ] {
             *r = Reg::default();
         }
-        self.nsect.cur = 1;
-        self.lbal.cur = 1;
         self.device = 0;
+        self.set_signature(0);
+        self.signature_pending = [self.unit_present(0), self.unit_present(1)];
+        self.packet_data = Vec::new();
         self.error = 1; // diagnostics passed
         self.status = ST_DRDY | ST_DSC;
         self.irq_pending = false;
@@ -238,7 +291,7 @@ impl Channel {
             5 => pick(self.lbah),
             6 => self.device | 0xa0,
             7 | 8 => {
-                if self.drive().is_none() {
+                if !self.unit_present(self.unit()) {
                     return 0;
                 }
                 if off == 7 {
@@ -260,8 +313,23 @@ impl Channel {
             3 => self.lbal.write(v),
             4 => self.lbam.write(v),
             5 => self.lbah.write(v),
-            6 => self.device = v & 0x5f,
-            7 => self.command(v),
+            6 => {
+                self.device = v & 0x5f;
+                let u = self.unit();
+                // Until the next command, each selection shows that drive's signature
+                // (libata selects drive 1, then 0, then classifies both).
+                if self.signature_pending[u] && self.xfer.is_none() {
+                    self.set_signature(u);
+                }
+            }
+            7 => {
+                self.signature_pending = [false; 2];
+                if self.cds[self.unit()].is_some() {
+                    self.atapi_command(v)
+                } else {
+                    self.command(v)
+                }
+            }
             8 => {
                 let was_reset = self.control & CTL_SRST != 0;
                 self.control = v;
@@ -349,16 +417,7 @@ impl Channel {
                     _ => self.abort(ER_ABRT),
                 }
             }
-            0xef => match self.feature.cur {
-                // Set transfer mode: PIO default / PIO modes 0-4 only (no DMA advertised).
-                0x03 => match self.nsect.cur {
-                    0x00 | 0x01 | 0x08..=0x0c => self.done(),
-                    _ => self.abort(ER_ABRT),
-                },
-                // Write cache, read look-ahead, reverting to defaults: accepted.
-                0x02 | 0x82 | 0xaa | 0x55 | 0xcc | 0x66 => self.done(),
-                _ => self.abort(ER_ABRT),
-            },
+            0xef => self.set_features(),
             0xf8 | 0x27 => {
                 let ext = cmd == 0x27;
                 let max = if ext {
@@ -383,6 +442,20 @@ impl Channel {
         }
     }
 
+    /// SET FEATURES, for disks and packet devices alike.
+    fn set_features(&mut self) {
+        match self.feature.cur {
+            // Set transfer mode: PIO default / PIO modes 0-4 only (no DMA advertised).
+            0x03 => match self.nsect.cur {
+                0x00 | 0x01 | 0x08..=0x0c => self.done(),
+                _ => self.abort(ER_ABRT),
+            },
+            // Write cache, read look-ahead, reverting to defaults: accepted.
+            0x02 | 0x82 | 0xaa | 0x55 | 0xcc | 0x66 => self.done(),
+            _ => self.abort(ER_ABRT),
+        }
+    }
+
     /// A device-generated block (IDENTIFY) of `len` bytes in `buf` for the host to read.
     fn start_in_block(&mut self, len: usize) {
         self.pos = 0;
@@ -394,7 +467,7 @@ impl Channel {
             remaining: 0,
             block: 1,
             block_left: len,
-            disk: false,
+            kind: Kind::Block,
         });
         self.status = ST_DRDY | ST_DSC | ST_DRQ;
         self.raise_irq();
@@ -408,7 +481,7 @@ impl Channel {
             remaining: count,
             block,
             block_left: 0,
-            disk: true,
+            kind: Kind::Disk,
         });
         self.pos = 0;
         self.end = 0;
@@ -460,7 +533,7 @@ impl Channel {
             remaining: count,
             block,
             block_left: (block.min(count) as usize) * SECTOR,
-            disk: true,
+            kind: Kind::Disk,
         });
         // PIO out: the first block is requested without an interrupt.
         self.status = ST_DRDY | ST_DSC | ST_DRQ;
@@ -506,16 +579,27 @@ impl Channel {
                 break;
             }
             let n = (data.len() - done).min(x.block_left);
-            data[done..done + n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-            self.pos += n;
+            let src = match x.kind {
+                Kind::PacketData => {
+                    self.packet_pos += n;
+                    &self.packet_data[self.packet_pos - n..self.packet_pos]
+                }
+                _ => {
+                    self.pos += n;
+                    &self.buf[self.pos - n..self.pos]
+                }
+            };
+            data[done..done + n].copy_from_slice(src);
             x.block_left -= n;
             done += n;
             if x.block_left == 0 {
-                if x.disk {
-                    self.next_in_block();
-                } else {
-                    self.xfer = None;
-                    self.status = ST_DRDY | ST_DSC;
+                match x.kind {
+                    Kind::Disk => self.next_in_block(),
+                    Kind::PacketData => self.next_packet_chunk(),
+                    Kind::Block | Kind::Packet => {
+                        self.xfer = None;
+                        self.status = ST_DRDY | ST_DSC;
+                    }
                 }
             }
         }
@@ -536,9 +620,130 @@ impl Channel {
             x.block_left -= n;
             done += n;
             if x.block_left == 0 {
-                self.out_block_done();
+                if x.kind == Kind::Packet {
+                    self.packet_received();
+                } else {
+                    self.out_block_done();
+                }
             }
         }
+    }
+
+    /// A command to an ATAPI drive: the packet interface and the few ATA commands a
+    /// packet device takes; anything else aborts (IDENTIFY DEVICE with the signature in the
+    /// task file, so the host learns it is talking to a packet device).
+    fn atapi_command(&mut self, cmd: u8) {
+        if self.status & ST_BSY != 0 {
+            return;
+        }
+        self.error = 0;
+        match cmd {
+            0xa0 => {
+                if self.feature.cur & 1 != 0 {
+                    // DMA was asked for; this controller has no bus master.
+                    return self.abort(ER_ABRT);
+                }
+                let limit = (self.lbah.cur as usize) << 8 | self.lbam.cur as usize;
+                // 0 means the largest even count; an odd limit is rounded down to even.
+                self.packet_limit = match limit & !1 {
+                    0 => 0xfffe,
+                    l => l,
+                };
+                self.pos = 0;
+                self.end = 12;
+                self.xfer = Some(Transfer {
+                    dir: Dir::Out,
+                    unit: self.unit(),
+                    buf_lba: 0,
+                    remaining: 0,
+                    block: 1,
+                    block_left: 12,
+                    kind: Kind::Packet,
+                });
+                self.nsect.cur = INT_REASON_COD;
+                self.status = ST_DRDY | ST_DSC | ST_DRQ;
+            }
+            0xa1 => {
+                self.buf[..SECTOR].copy_from_slice(&identify_packet());
+                self.start_in_block(SECTOR);
+            }
+            0x08 => {
+                // DEVICE RESET: the signature, not ready, no interrupt.
+                self.xfer = None;
+                self.set_signature(self.unit());
+                self.error = 1;
+                self.status = 0;
+            }
+            0xec => {
+                self.set_signature(self.unit());
+                self.abort(ER_ABRT)
+            }
+            0xef => self.set_features(),
+            0xe5 => {
+                self.nsect.cur = 0xff;
+                self.done()
+            }
+            0x90 => {
+                self.reset();
+                self.raise_irq();
+            }
+            _ => self.abort(ER_ABRT),
+        }
+    }
+
+    /// The 12-byte packet is in: execute it on the drive the command went to.
+    fn packet_received(&mut self) {
+        let Some(unit) = self.xfer.as_ref().map(|x| x.unit) else {
+            return;
+        };
+        let Some(cd) = self.cds[unit].clone() else {
+            return self.abort(ER_ABRT);
+        };
+        let reply = cd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .execute(&self.buf[..12], &[]);
+        self.xfer = None;
+        if let Some(sense) = reply.sense {
+            self.error = sense.key << 4;
+            self.nsect.cur = INT_REASON_IO | INT_REASON_COD;
+            self.status = ST_DRDY | ST_ERR;
+            return self.raise_irq();
+        }
+        self.packet_data = reply.data;
+        self.packet_pos = 0;
+        self.xfer = Some(Transfer {
+            dir: Dir::In,
+            unit,
+            buf_lba: 0,
+            remaining: 0,
+            block: 1,
+            block_left: 0,
+            kind: Kind::PacketData,
+        });
+        self.next_packet_chunk();
+    }
+
+    /// Offers the next chunk of ATAPI data-in (byte count in LBA mid/high), or completes
+    /// the command when all of it has been read.
+    fn next_packet_chunk(&mut self) {
+        let left = self.packet_data.len() - self.packet_pos;
+        if left == 0 {
+            self.xfer = None;
+            self.packet_data = Vec::new();
+            self.nsect.cur = INT_REASON_IO | INT_REASON_COD;
+            self.status = ST_DRDY | ST_DSC;
+            return self.raise_irq();
+        }
+        let n = left.min(self.packet_limit);
+        if let Some(x) = self.xfer.as_mut() {
+            x.block_left = n;
+        }
+        self.lbam.cur = n as u8;
+        self.lbah.cur = (n >> 8) as u8;
+        self.nsect.cur = INT_REASON_IO;
+        self.status = ST_DRDY | ST_DSC | ST_DRQ;
+        self.raise_irq();
     }
 
     /// Port access at command-block offset `off` (0..8) or 8 for the control port, with
@@ -589,6 +794,40 @@ fn put_string(id: &mut [u16; 256], word: usize, words: usize, s: &[u8]) {
     }
 }
 
+/// Interrupt reason (sector count register) bits of a packet device.
+pub const INT_REASON_COD: u8 = 0x01;
+pub const INT_REASON_IO: u8 = 0x02;
+
+/// IDENTIFY PACKET DEVICE data: ATAPI CD-ROM, removable, 12-byte packets, DRQ within 50 µs
+/// of PACKET (no interrupt for the packet), LBA, PIO 3–4 and no DMA.
+fn identify_packet() -> [u8; SECTOR] {
+    let mut id = [0u16; 256];
+    id[0] = 0x85c0;
+    put_string(&mut id, 10, 10, b"IGNITE-CD0");
+    put_string(&mut id, 23, 4, b"0.1");
+    put_string(&mut id, 27, 20, b"IGNITE VIO CD-ROM");
+    id[49] = 0x0200;
+    id[53] = 0x0003;
+    id[64] = 0x0003;
+    id[65] = 120;
+    id[66] = 120;
+    id[67] = 120;
+    id[68] = 120;
+    id[71] = 30;
+    id[72] = 30;
+    id[80] = 0x001e; // ATA/ATAPI-4..7
+    words_le(&id)
+}
+
+/// IDENTIFY words as the bytes the data port returns.
+fn words_le(id: &[u16; 256]) -> [u8; SECTOR] {
+    let mut out = [0u8; SECTOR];
+    for (i, w) in id.iter().enumerate() {
+        out[2 * i..2 * i + 2].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
 /// IDENTIFY DEVICE data: LBA28 + LBA48, PIO modes 3–4, no DMA, multiple up to 16, flush.
 fn identify(d: &Drive) -> [u8; SECTOR] {
     let mut id = [0u16; 256];
@@ -633,11 +872,7 @@ fn identify(d: &Drive) -> [u8; SECTOR] {
     for i in 0..4 {
         id[100 + i] = (d.sectors >> (16 * i)) as u16;
     }
-    let mut out = [0u8; SECTOR];
-    for (i, w) in id.iter().enumerate() {
-        out[2 * i..2 * i + 2].copy_from_slice(&w.to_le_bytes());
-    }
-    out
+    words_le(&id)
 }
 
 /// The two channels behind the legacy ports.
@@ -646,24 +881,38 @@ pub struct Ide {
 }
 
 impl Ide {
-    /// Disk i goes to channel i / 2, drive i % 2. `irqs` are eventfds registered as irqfds on
-    /// GSI 14 and 15 (None in unit tests).
-    pub fn new(disks: &[DiskConfig], irqs: [Option<EventFd>; 2]) -> Result<Ide> {
-        if disks.len() > MAX_DISKS {
-            return Err(Error::TooManyVioDisks(disks.len()));
+    /// Disk i goes to channel i / 2, drive i % 2; the CD-ROMs take the slots after the
+    /// disks. `irqs` are eventfds registered as irqfds on GSI 14 and 15 (None in unit tests).
+    pub fn new(
+        disks: &[DiskConfig],
+        cds: Vec<SharedUnit<Cdrom>>,
+        irqs: [Option<EventFd>; 2],
+    ) -> Result<Ide> {
+        if disks.len() + cds.len() > MAX_DISKS {
+            return Err(Error::TooManyVioDisks(disks.len() + cds.len()));
         }
         let opened = disks
             .iter()
             .map(TrackedDisk::open)
             .collect::<Result<Vec<_>>>()?;
-        Self::with_disks(opened, irqs)
+        Self::with_units(opened, cds, irqs)
     }
 
     /// As `new`, over disks already open (in-memory disks for fuzzing).
-    pub fn with_disks(disks: Vec<TrackedDisk>, irqs: [Option<EventFd>; 2]) -> Result<Ide> {
-        if disks.len() > MAX_DISKS {
-            return Err(Error::TooManyVioDisks(disks.len()));
+    pub fn with_units(
+        disks: Vec<TrackedDisk>,
+        cds: Vec<SharedUnit<Cdrom>>,
+        irqs: [Option<EventFd>; 2],
+    ) -> Result<Ide> {
+        if disks.len() + cds.len() > MAX_DISKS {
+            return Err(Error::TooManyVioDisks(disks.len() + cds.len()));
         }
+        let mut slots: Vec<Option<SharedUnit<Cdrom>>> = vec![None; disks.len()];
+        slots.extend(cds.into_iter().map(Some));
+        slots.resize_with(4, || None);
+        let mut cd_it = slots.into_iter();
+        let mut cds2 = || [cd_it.next().flatten(), cd_it.next().flatten()];
+        let (ca, cb) = (cds2(), cds2());
         let mut drives: Vec<Option<Drive>> = disks
             .into_iter()
             .map(|disk| {
@@ -681,7 +930,7 @@ impl Ide {
         let [irq0, irq1] = irqs;
         let (a, b) = (next2(), next2());
         Ok(Ide {
-            channels: [Channel::new(a, irq0), Channel::new(b, irq1)],
+            channels: [Channel::new(a, ca, irq0), Channel::new(b, cb, irq1)],
         })
     }
 
@@ -756,7 +1005,7 @@ mod tests {
             paths.push(p);
         }
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let ide = Ide::new(&disks, [Some(irq.try_clone().unwrap()), None]).unwrap();
+        let ide = Ide::new(&disks, Vec::new(), [Some(irq.try_clone().unwrap()), None]).unwrap();
         Rig {
             _dir: dir,
             paths,
@@ -1013,10 +1262,123 @@ mod tests {
         assert_eq!(marked(1), Vec::<u64>::new());
     }
 
+    /// Sends `cdb` to the CD on `unit` as a PACKET command with byte count limit `limit`,
+    /// reading whatever data-in is offered chunk by chunk: (data, chunk sizes, final status,
+    /// error register).
+    fn packet(c: &mut Channel, unit: u8, cdb: &[u8], limit: u16) -> (Vec<u8>, Vec<usize>, u8, u8) {
+        wr(c, 6, 0xa0 | unit << 4);
+        wr(c, 1, 0);
+        wr(c, 4, limit as u8);
+        wr(c, 5, (limit >> 8) as u8);
+        wr(c, 7, 0xa0);
+        assert_eq!(rd(c, 8), ST_DRDY | ST_DSC | ST_DRQ, "DRQ for the packet");
+        assert_eq!(rd(c, 2), INT_REASON_COD);
+        let mut p = cdb.to_vec();
+        p.resize(12, 0);
+        c.pio_write(0, 2, &p);
+        let (mut data, mut chunks) = (Vec::new(), Vec::new());
+        while rd(c, 8) & ST_DRQ != 0 {
+            assert_eq!(rd(c, 2), INT_REASON_IO, "data-in phase");
+            let n = rd(c, 4) as usize | (rd(c, 5) as usize) << 8;
+            let mut chunk = vec![0u8; n];
+            c.pio_read(0, 2, &mut chunk);
+            data.extend(chunk);
+            chunks.push(n);
+        }
+        assert_eq!(rd(c, 2), INT_REASON_IO | INT_REASON_COD, "completion");
+        (data, chunks, rd(c, 7), rd(c, 1))
+    }
+
+    #[test]
+    fn atapi_signature_identify_packet_reads_and_media_change() {
+        use crate::scsi::cdrom::{tests::iso, Interface};
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/ign-atapi").unwrap();
+        let p = dir.as_path().join("d.img");
+        std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        let disk =
+            TrackedDisk::open(&DiskConfig::parse(&p.display().to_string()).unwrap()).unwrap();
+        let cd = std::sync::Arc::new(std::sync::Mutex::new(Cdrom::new(
+            Some(iso(8)),
+            Interface::Atapi,
+        )));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut ide = Ide::with_units(
+            vec![disk],
+            vec![cd.clone()],
+            [Some(irq.try_clone().unwrap()), None],
+        )
+        .unwrap();
+        let c = &mut ide.channels[0];
+        wr(c, 8, CTL_SRST);
+        wr(c, 8, 0);
+        // Each drive shows its own signature when selected after the reset.
+        wr(c, 6, 0xb0);
+        assert_eq!([rd(c, 2), rd(c, 3), rd(c, 4), rd(c, 5)], [1, 1, 0x14, 0xeb]);
+        wr(c, 6, 0xa0);
+        assert_eq!([rd(c, 4), rd(c, 5)], [0, 0]);
+        wr(c, 6, 0xb0);
+        assert_eq!(
+            [rd(c, 4), rd(c, 5)],
+            [0x14, 0xeb],
+            "again, as libata classifies"
+        );
+        // IDENTIFY DEVICE aborts on the packet device, leaving the signature.
+        wr(c, 6, 0xb0);
+        wr(c, 7, 0xec);
+        assert_eq!(
+            (rd(c, 7), rd(c, 1), rd(c, 4), rd(c, 5)),
+            (ST_DRDY | ST_ERR, ER_ABRT, 0x14, 0xeb)
+        );
+        wr(c, 7, 0xa1);
+        let mut id = [0u8; 512];
+        c.pio_read(0, 2, &mut id);
+        assert_eq!(u16::from_le_bytes([id[0], id[1]]), 0x85c0);
+        assert_eq!(&id[54..60], b"GIINET");
+        let _ = irq.read();
+        // READ(10) of 3 blocks with a 2 KiB byte count: three chunks, one interrupt each,
+        // and one at completion; the data is the image's.
+        let (data, chunks, st, _) = packet(c, 1, &[0x28, 0, 0, 0, 0, 5, 0, 0, 3], 2048);
+        assert_eq!(chunks, vec![2048; 3]);
+        assert_eq!(st, ST_DRDY | ST_DSC);
+        assert_eq!(irq.read().unwrap(), 4);
+        assert_eq!(
+            (&data[..4], &data[4096..4100]),
+            (&[5, 0, 0, 0][..], &[7, 0, 0, 0][..])
+        );
+        // Byte count 0 means 0xfffe; an odd limit rounds down.
+        let (data, chunks, ..) = packet(c, 1, &[0x28, 0, 0, 0, 0, 0, 0, 0, 8], 0);
+        assert_eq!((data.len(), chunks), (16384, vec![16384]));
+        let (_, chunks, ..) = packet(c, 1, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1], 1001);
+        assert_eq!(chunks, vec![1000, 1000, 48]);
+        // The host ejects: NOT READY in the error register, the sense by REQUEST SENSE.
+        cd.lock().unwrap().eject();
+        let c = &mut ide.channels[0];
+        let (data, _, st, err) = packet(c, 1, &[0x00], 0);
+        assert_eq!((data.len(), st, err), (0, ST_DRDY | ST_ERR, 0x20));
+        let (sense, ..) = packet(c, 1, &[0x03, 0, 0, 0, 18], 0);
+        assert_eq!((sense[2], sense[12]), (2, 0x3a));
+        // The host inserts: UNIT ATTENTION, then ready.
+        cd.lock().unwrap().insert(iso(2));
+        let c = &mut ide.channels[0];
+        assert_eq!(packet(c, 1, &[0x00], 0).3, 0x60);
+        assert_eq!(packet(c, 1, &[0x00], 0).2, ST_DRDY | ST_DSC);
+        assert_eq!(packet(c, 1, &[0x25], 0).0, vec![0, 0, 0, 1, 0, 0, 8, 0]);
+        // PACKET asking for DMA aborts; the disk on drive 0 still answers as a disk.
+        wr(c, 1, 1);
+        wr(c, 7, 0xa0);
+        assert_eq!((rd(c, 7), rd(c, 1)), (ST_DRDY | ST_ERR, ER_ABRT));
+        cmd28(c, 0, 0xa0, 0, 0);
+        assert_eq!(rd(c, 1), ER_ABRT, "an ATA disk takes no packets");
+        cmd28(c, 0, 0xec, 0, 0);
+        assert_eq!(rd(c, 7), ST_DRDY | ST_DSC | ST_DRQ);
+    }
+
     #[test]
     fn at_most_four_disks() {
         let d = DiskConfig::parse("/nonexistent.img").unwrap();
-        let err = Ide::new(&vec![d; 5], [None, None]).err().unwrap();
+        let err = Ide::new(&vec![d; 5], Vec::new(), [None, None])
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("at most 4"), "{err}");
         assert_eq!(Ide::decode(0x1f7), Some((0, 7)));
         assert_eq!(Ide::decode(0x376), Some((1, 8)));

@@ -774,15 +774,12 @@ mod tests {
     use super::*;
     use crate::fuzzing::{memfd_disk, memory, CountingInterrupt, DISK_SIZE};
     use std::sync::atomic::Ordering;
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::RawDescriptor;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
 
-    fn d(addr: u64, len: u32, flags: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
-    }
+    use crate::virtio::tests::desc as d;
 
     struct Rig {
         mem: GuestMemory,
@@ -808,29 +805,7 @@ mod tests {
             disk: Arc<DiskFile>,
             tracker: Option<Arc<ChangeTracker>>,
         ) -> Vec<(u32, u32)> {
-            let vq = MockSplitQueue::create(&self.mem, GuestAddress(0x4000), 32);
-            let mut offset = 0;
-            for c in chains {
-                // Link the chain: NEXT on all but the last, `next` = absolute table index.
-                let linked: Vec<RawDescriptor> = c
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        let s = SplitDescriptor::from(*r);
-                        let last = i + 1 == c.len();
-                        let flags = if last {
-                            s.flags()
-                        } else {
-                            s.flags() | VRING_DESC_F_NEXT as u16
-                        };
-                        let next = if last { 0 } else { offset + i as u16 + 1 };
-                        RawDescriptor::from(SplitDescriptor::new(s.addr().0, s.len(), flags, next))
-                    })
-                    .collect();
-                vq.add_desc_chains(&linked, offset).unwrap();
-                offset += c.len() as u16;
-            }
-            let queue: Queue = vq.create_queue().unwrap();
+            let (vq, queue) = super::super::tests::mock_queue(&self.mem, chains);
             let mut h = BlockHandler {
                 mem: self.mem.clone(),
                 queue,

@@ -6,6 +6,7 @@ pub mod block;
 pub mod net;
 
 pub mod pci;
+pub mod scsi;
 pub mod tap;
 
 mod worker;
@@ -82,5 +83,50 @@ pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
             .and_then(|o| cfg.get(o))
             .copied()
             .unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    /// A descriptor (not yet linked) for `mock_queue`.
+    pub(crate) fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    /// A queue at 0x4000 holding `chains`, each linked (NEXT on all but the last, `next` =
+    /// absolute table index) and made available in order.
+    pub(crate) fn mock_queue<'a>(
+        mem: &'a GuestMemory,
+        chains: &[Vec<RawDescriptor>],
+    ) -> (MockSplitQueue<'a, GuestMemory>, Queue) {
+        let vq = MockSplitQueue::create(mem, GuestAddress(0x4000), 32);
+        let mut offset = 0;
+        for c in chains {
+            let linked: Vec<RawDescriptor> = c
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let s = SplitDescriptor::from(*r);
+                    let last = i + 1 == c.len();
+                    let flags = if last {
+                        s.flags()
+                    } else {
+                        s.flags() | VRING_DESC_F_NEXT as u16
+                    };
+                    let next = if last { 0 } else { offset + i as u16 + 1 };
+                    RawDescriptor::from(SplitDescriptor::new(s.addr().0, s.len(), flags, next))
+                })
+                .collect();
+            vq.add_desc_chains(&linked, offset).unwrap();
+            offset += c.len() as u16;
+        }
+        let queue: Queue = vq.create_queue().unwrap();
+        (vq, queue)
     }
 }

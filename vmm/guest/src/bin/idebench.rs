@@ -44,7 +44,11 @@ fn main() {
     };
     let ch = ata::PRIMARY;
     let sig = ch.soft_reset();
-    check!(sig == [1, 1, 0, 0], "no ATA disk on the primary channel ({:?})", sig);
+    check!(
+        sig == [1, 1, 0, 0],
+        "no ATA disk on the primary channel ({:?})",
+        sig
+    );
     let mut id = [0u8; 512];
     check!(ch.identify(0, &mut id, Wait::Poll).is_ok(), "IDENTIFY");
     let sectors = (0..4).fold(0u64, |a, i| {
@@ -52,8 +56,14 @@ fn main() {
     });
     let total1m = boot::arg_u64("total1m", 64 << 20);
     let total4k = boot::arg_u64("total4k", 16 << 20);
-    check!(sectors * 512 >= total1m.max(total4k), "disk smaller than the transfer");
-    check!(ch.simple(0, ata::SET_MULTIPLE, 16, 0, Wait::Poll).is_ok(), "SET MULTIPLE 16");
+    check!(
+        sectors * 512 >= total1m.max(total4k),
+        "disk smaller than the transfer"
+    );
+    check!(
+        ch.simple(0, ata::SET_MULTIPLE, 16, 0, Wait::Poll).is_ok(),
+        "SET MULTIPLE 16"
+    );
     if how == Wait::Irq {
         ata::ioapic_route(ch.irq, rt::start::IRQ_BASE);
         ch.set_irq(true);
@@ -66,6 +76,9 @@ fn main() {
     phase(how, true, 4096, total4k, 21);
     phase(how, false, BIG, total1m, 31);
     phase(how, false, 4096, total4k, 41);
-    check!(ch.simple(0, ata::FLUSH_EXT, 0, 0, Wait::Poll).is_ok(), "flush");
+    check!(
+        ch.simple(0, ata::FLUSH_EXT, 0, 0, Wait::Poll).is_ok(),
+        "flush"
+    );
     println!("bench done ({} interrupts)", rt::irq_count(0));
 }

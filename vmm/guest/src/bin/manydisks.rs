@@ -32,15 +32,38 @@ fn main() {
         let buf = unsafe { &mut *core::ptr::addr_of_mut!(BUF) };
         buf.0.fill(0);
         let st = blk.run(T_IN, 0, &[(buf.0.as_ptr() as u64, 512)], true);
-        check!(st == S_OK, "disk at {}.{}: read status {}", bdf.dev, bdf.func, st);
-        check!(&buf.0[..4] == b"MANY", "disk at {}.{}: no tag", bdf.dev, bdf.func);
-        let idx = (buf.0[4] - b'0') as usize * 100 + (buf.0[5] - b'0') as usize * 10
+        check!(
+            st == S_OK,
+            "disk at {}.{}: read status {}",
+            bdf.dev,
+            bdf.func,
+            st
+        );
+        check!(
+            &buf.0[..4] == b"MANY",
+            "disk at {}.{}: no tag",
+            bdf.dev,
+            bdf.func
+        );
+        let idx = (buf.0[4] - b'0') as usize * 100
+            + (buf.0[5] - b'0') as usize * 10
             + (buf.0[6] - b'0') as usize;
-        check!(idx < want && !seen[idx], "disk at {}.{}: tag {} twice or out of range", bdf.dev, bdf.func, idx);
+        check!(
+            idx < want && !seen[idx],
+            "disk at {}.{}: tag {} twice or out of range",
+            bdf.dev,
+            bdf.func,
+            idx
+        );
         seen[idx] = true;
         blk.dev.reset();
         disks += 1;
     }
-    check!(disks == want, "{} virtio-blk functions, want {}", disks, want);
+    check!(
+        disks == want,
+        "{} virtio-blk functions, want {}",
+        disks,
+        want
+    );
     println!("read {} disks ({} on functions other than 0)", disks, multi);
 }
