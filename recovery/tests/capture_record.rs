@@ -112,3 +112,38 @@ fn records_the_system_on_an_ext4_disk_and_diffs_two_captures() {
         .iter()
         .any(|c| matches!(c, Change::Changed { path, .. } if path == "/etc/hostname")));
 }
+
+/// A GPT made by sgdisk (the peer) reads back with each partition's kind, and the firmware
+/// its layout boots with: what restore, clone and `show --profile` rely on.
+#[test]
+fn gpt_partition_kinds_and_firmware_are_recorded() {
+    if !require_all(&[("sgdisk", have("sgdisk"))]) {
+        return;
+    }
+    use ignite_recovery::capture::layout;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("gpt.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    run(Command::new("sgdisk")
+        .arg("-n1:2048:+1M")
+        .arg("-t1:ef02")
+        .arg("-n2:0:+8M")
+        .arg("-t2:ef00")
+        .arg("-n3:0:+8M")
+        .arg("-t3:8200")
+        .arg("-n4:0:0")
+        .arg("-t4:8300")
+        .arg(&img));
+    let reader = Arc::new(FileImage::open(&img).unwrap());
+    let l = layout::probe(reader.as_ref()).unwrap();
+    let kinds: Vec<Option<&str>> = l.partitions.iter().map(|p| p.kind.as_deref()).collect();
+    assert_eq!(
+        kinds,
+        [Some("bios_boot"), Some("efi"), Some("swap"), Some("linux")]
+    );
+    let sys = layout::system_info(reader, &l);
+    assert_eq!(sys.firmware, ["uefi", "bios"]);
+}

@@ -148,6 +148,17 @@ fn a_stopped_guest_capture_reads_only_what_the_monitor_wrote() {
     assert_eq!(rec["disks"][0]["layout"]["size"], 64 << 20);
     let list: Value = serde_json::from_str(&ig(s, &["recovery", "list", "--json"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 3);
+
+    // The store is replaced (the old one lost): the change log's base is gone, and the next
+    // capture reads the disk in full instead of failing.
+    std::fs::remove_dir_all(s.join("store")).unwrap();
+    let (out, fourth) = capture(s, "g1");
+    assert!(out.contains("is not in the store"), "fourth capture: {out}");
+    assert!(fourth["read_bytes"].as_u64().unwrap() > 8 << 20, "{fourth}");
+    assert_eq!(
+        exported(s, "g1:disk0", tmp.path()),
+        std::fs::read(&image).unwrap()
+    );
 }
 
 /// The step in sector `i` of `disk` (see the `scribble` guest program).

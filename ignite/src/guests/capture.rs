@@ -477,7 +477,7 @@ fn capture_disks(
     let progress = ignite_archive::Progress::default();
     let mut remote = None;
     let mut local = None;
-    let (plan, engine) = match super::control::status(&paths.control())? {
+    let (mut plan, engine) = match super::control::status(&paths.control())? {
         Some(status) => {
             let stream = std::os::unix::net::UnixStream::connect(paths.control())
                 .with_context(|| format!("guest {name}: its control socket"))?;
@@ -495,6 +495,17 @@ fn capture_disks(
             (plan, "none (stopped)".to_string())
         }
     };
+    // A base pruned from the store (or a store replaced) leaves the change log nothing to be
+    // relative to: read those disks in full.
+    for d in &mut plan.disks {
+        if let Some(base) = d.base.as_ref().filter(|b| store.resolve(b).is_err()) {
+            d.full_reason = Some(format!(
+                "its previous capture {base} is not in the store (pruned, or another store)"
+            ));
+            d.base = None;
+            d.ranges = None;
+        }
+    }
     let disks: Vec<BlockDisk> = plan
         .disks
         .iter()

@@ -259,7 +259,7 @@ fn gpt(disk: &dyn ImageReader, sector: u64) -> Result<Option<DiskLayout>> {
             number: i as u32 + 1,
             start,
             size: end - start,
-            kind: gpt_kind(&type_id).map(str::to_string),
+            kind: gpt_kind(&type_id.to_ascii_lowercase()).map(str::to_string),
             type_id,
             part_uuid: Some(guid_text(&e[16..32])),
             name: Some(String::from_utf16_lossy(&name)).filter(|n| !n.is_empty()),
