@@ -49,6 +49,7 @@ fn facts(size: u64) -> ClientFacts {
             path: "/dev/vda".into(),
             size,
             serial: None,
+            sector_size: 512,
         }],
         hostname: None,
     }
@@ -562,6 +563,41 @@ fn render_layout_is_exact_and_aligned() {
 }
 
 #[test]
+fn render_counts_in_the_disks_sector_size_and_says_what_it_rounded() {
+    let t = GOOD.replace("size = \"1M\"", "size = \"1000K\"");
+    let p = load(&t).unwrap();
+    // A 4K-native disk whose size is not a whole number of MiB.
+    let disk = (3u64 << 30) + 4096 * 7;
+    let mut f = facts(disk);
+    f.disks[0].sector_size = 4096;
+    let plan = p.render(&f).unwrap();
+    assert_eq!(plan.disk.sector_size, 4096);
+    let parts = &plan.disk.partitions;
+    assert_eq!((parts[0].start_sector, parts[0].end_sector), (256, 511));
+    assert_eq!(parts[1].start_sector, 512);
+    assert_eq!(
+        (parts[1].end_sector + 1) * 4096,
+        parts[1].start_bytes + parts[1].size_bytes
+    );
+    // The backup GPT (16 KiB of entries and a 4 KiB header) fits behind the last one.
+    assert!((parts[1].end_sector + 1) * 4096 + 16384 + 4096 <= disk);
+    assert_eq!(
+        parts[0].note.as_deref(),
+        Some("size 1000 KiB rounded up to 1 MiB: partitions start and end on 1 MiB boundaries")
+    );
+    assert_eq!(parts[1].note, None);
+    // The same profile on a 512-byte disk: the same bytes, eight times the sectors.
+    let plan512 = p.render(&facts(disk)).unwrap();
+    for (a, b) in plan512.disk.partitions.iter().zip(parts) {
+        assert_eq!((a.start_bytes, a.size_bytes), (b.start_bytes, b.size_bytes));
+        assert_eq!(a.start_sector, b.start_sector * 8);
+    }
+    f.disks[0].sector_size = 520;
+    let e = p.render(&f).unwrap_err().to_string();
+    assert_eq!(e, "profile t: disk /dev/vda reports 520-byte logical sectors; only 512 to 4096 (a power of two) are supported");
+}
+
+#[test]
 fn render_disk_too_small_says_how_much() {
     let t = GOOD.replace("\"1M\"", "\"8G\"");
     let p = load(&t).unwrap();
@@ -599,11 +635,13 @@ fn render_picks_disks() {
                 path: "/dev/sda".into(),
                 size: 8 << 30,
                 serial: Some("SMALL".into()),
+                sector_size: 512,
             },
             DiskFact {
                 path: "/dev/nvme0n1".into(),
                 size: 100 << 30,
                 serial: Some("BIG".into()),
+                sector_size: 512,
             },
         ],
         hostname: Some("db1".into()),

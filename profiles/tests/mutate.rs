@@ -183,6 +183,7 @@ fn mutated_profiles_never_panic_and_errors_have_positions() {
                             path: "/dev/vda".into(),
                             size,
                             serial: None,
+                            sector_size: 512,
                         }],
                         hostname: Some("h".into()),
                     };

@@ -1,4 +1,5 @@
-//! What the agent tells the server about this machine: its disks, from /sys/block.
+//! What the agent tells the server about this machine: its disks, from /sys/block
+//! (`size` in 512-byte units, `queue/logical_block_size`, `serial` or `device/serial`).
 
 use std::path::Path;
 
@@ -28,6 +29,9 @@ pub fn disk(sys_block: &Path, name: &str) -> Option<DiskFact> {
         // /sys/block sizes are in 512-byte units whatever the logical sector size.
         size: sectors * 512,
         serial,
+        sector_size: read_trim(&dir.join("queue/logical_block_size"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(ignite_profiles::SECTOR),
     })
 }
 
@@ -65,6 +69,8 @@ mod tests {
             }
         };
         mk("vdb", "2048\n", None);
+        std::fs::create_dir_all(d.path().join("vdb/queue")).unwrap();
+        std::fs::write(d.path().join("vdb/queue/logical_block_size"), "4096\n").unwrap();
         mk("vda", "4194304\n", Some("ign-1\n"));
         mk("loop0", "100\n", None);
         mk("sr0", "0\n", None);
@@ -74,5 +80,6 @@ mod tests {
         assert_eq!(got[0].size, 2 << 30);
         assert_eq!(got[0].serial.as_deref(), Some("ign-1"));
         assert_eq!(got[1].serial, None);
+        assert_eq!((got[0].sector_size, got[1].sector_size), (512, 4096));
     }
 }

@@ -348,6 +348,7 @@ mod tests {
                     path: "/dev/vda".into(),
                     size: 4 << 30,
                     serial: None,
+                    sector_size: 512,
                 }],
                 hostname: None,
             })
