@@ -20,6 +20,20 @@ fn default_sector() -> u64 {
     SECTOR
 }
 
+impl Default for DiskFact {
+    fn default() -> DiskFact {
+        DiskFact {
+            path: String::new(),
+            size: 0,
+            serial: None,
+            sector_size: SECTOR,
+            ids: Vec::new(),
+            rotational: None,
+            transport: None,
+        }
+    }
+}
+
 /// What the server knows about a client when it renders its plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientFacts {
@@ -41,6 +55,14 @@ pub struct DiskFact {
     /// partition table.
     #[serde(default = "default_sector")]
     pub sector_size: u64,
+    /// Its `/dev/disk/by-id/` names (without the directory).
+    #[serde(default)]
+    pub ids: Vec<String>,
+    /// Spinning (true) or solid-state, if the kernel says.
+    #[serde(default)]
+    pub rotational: Option<bool>,
+    #[serde(default)]
+    pub transport: Option<Transport>,
 }
 
 /// Everything the install agent needs, in order. Serialized as JSON for the agent.
@@ -296,18 +318,40 @@ impl Profile {
 
     fn pick_disk<'f>(&self, facts: &'f ClientFacts) -> Result<&'f DiskFact, RenderError> {
         let sel = &self.disk.select;
-        let found = facts.disks.iter().find(|d| {
-            sel.path.as_ref().is_none_or(|p| p == &d.path)
-                && sel
-                    .serial
-                    .as_ref()
-                    .is_none_or(|s| d.serial.as_deref() == Some(s.as_str()))
-                && sel.size.is_none_or(|r| r.contains(d.size))
-        });
+        let matching: Vec<&DiskFact> = facts
+            .disks
+            .iter()
+            .filter(|d| {
+                sel.path.as_ref().is_none_or(|p| p == &d.path)
+                    && sel.by_id.as_ref().is_none_or(|i| d.ids.contains(i))
+                    && sel
+                        .serial
+                        .as_ref()
+                        .is_none_or(|s| d.serial.as_deref() == Some(s.as_str()))
+                    && sel.size.is_none_or(|r| r.contains(d.size))
+                    && sel.transport.is_none_or(|t| d.transport == Some(t))
+                    && sel
+                        .media
+                        .is_none_or(|m| d.rotational == Some(m == Media::Hdd))
+            })
+            .collect();
+        let found = match sel.pick {
+            Pick::First => matching.first().copied(),
+            // The smallest the layout fits on; if none fits, the largest says by how much.
+            Pick::Smallest => matching
+                .iter()
+                .filter(|d| self.layout(d).is_ok())
+                .min_by_key(|d| d.size)
+                .or_else(|| matching.iter().max_by_key(|d| d.size))
+                .copied(),
+        };
         found.ok_or_else(|| {
             let mut wanted = Vec::new();
             if let Some(p) = &sel.path {
                 wanted.push(format!("path {p}"));
+            }
+            if let Some(i) = &sel.by_id {
+                wanted.push(format!("by-id {i}"));
             }
             if let Some(s) = &sel.serial {
                 wanted.push(format!("serial {s}"));
@@ -315,21 +359,19 @@ impl Profile {
             if let Some(r) = &sel.size {
                 wanted.push(format!("size {r}"));
             }
+            if let Some(t) = sel.transport {
+                wanted.push(format!("transport {}", t.name()));
+            }
+            if let Some(m) = sel.media {
+                wanted.push(format!(
+                    "media {}",
+                    if m == Media::Ssd { "ssd" } else { "hdd" }
+                ));
+            }
             if wanted.is_empty() {
                 wanted.push("any disk".into());
             }
-            let have: Vec<String> = facts
-                .disks
-                .iter()
-                .map(|d| {
-                    let serial = d
-                        .serial
-                        .as_ref()
-                        .map(|s| format!(" serial {s}"))
-                        .unwrap_or_default();
-                    format!("{} {}{serial}", d.path, human(d.size))
-                })
-                .collect();
+            let have: Vec<String> = facts.disks.iter().map(describe_disk).collect();
             RenderError::NoMatchingDisk {
                 profile: self.name.clone(),
                 wanted: wanted.join(", "),
@@ -433,6 +475,23 @@ impl Profile {
         }
         Ok(out)
     }
+}
+
+/// `/dev/sda 8 GiB sata ssd serial X`: what a disk is, for errors.
+fn describe_disk(d: &DiskFact) -> String {
+    let mut out = format!("{} {}", d.path, human(d.size));
+    if let Some(t) = d.transport {
+        out += &format!(" {}", t.name());
+    }
+    match d.rotational {
+        Some(true) => out += " hdd",
+        Some(false) => out += " ssd",
+        None => {}
+    }
+    if let Some(s) = &d.serial {
+        out += &format!(" serial {s}");
+    }
+    out
 }
 
 /// The device node of partition `n` of `disk`.

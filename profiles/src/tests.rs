@@ -50,6 +50,7 @@ fn facts(size: u64) -> ClientFacts {
             size,
             serial: None,
             sector_size: 512,
+            ..Default::default()
         }],
         hostname: None,
     }
@@ -636,12 +637,14 @@ fn render_picks_disks() {
                 size: 8 << 30,
                 serial: Some("SMALL".into()),
                 sector_size: 512,
+                ..Default::default()
             },
             DiskFact {
                 path: "/dev/nvme0n1".into(),
                 size: 100 << 30,
                 serial: Some("BIG".into()),
                 sector_size: 512,
+                ..Default::default()
             },
         ],
         hostname: Some("db1".into()),
@@ -667,6 +670,95 @@ fn render_picks_disks() {
         load(GOOD).unwrap().render(&none),
         Err(RenderError::NoMatchingDisk { .. })
     ));
+}
+
+/// A server's disks: a small SATA SSD, two SAS disks (one spinning), an NVMe SSD.
+fn server_disks() -> ClientFacts {
+    let d = |path: &str, gib: u64, t: Transport, rot: bool, ids: &[&str]| DiskFact {
+        path: path.into(),
+        size: gib << 30,
+        serial: Some(format!("S-{gib}")),
+        ids: ids.iter().map(|s| s.to_string()).collect(),
+        rotational: Some(rot),
+        transport: Some(t),
+        ..Default::default()
+    };
+    ClientFacts {
+        mac: "52:54:00:aa:bb:cc".into(),
+        disks: vec![
+            d("/dev/sda", 2, Transport::Sata, false, &[]),
+            d(
+                "/dev/sdb",
+                4000,
+                Transport::Sas,
+                true,
+                &["wwn-0x5000c500a1b2c3d4"],
+            ),
+            d("/dev/sdc", 900, Transport::Sas, false, &[]),
+            d(
+                "/dev/nvme0n1",
+                480,
+                Transport::Nvme,
+                false,
+                &["nvme-Samsung_SSD_980_S64"],
+            ),
+        ],
+        hostname: None,
+    }
+}
+
+#[test]
+fn render_picks_disks_by_transport_media_id_and_smallest_that_fits() {
+    let client = server_disks();
+    // A layout needing a bit over 3 GiB: the 2 GiB SATA disk is too small.
+    let big = GOOD.replace("size = \"1M\"", "size = \"3G\"");
+    let pick = |select: &str| {
+        load(&big.replace("[disk]", &format!("[disk]\n{select}")))
+            .unwrap()
+            .render(&client)
+            .map(|p| p.disk.path)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(pick("transport = \"nvme\"").unwrap(), "/dev/nvme0n1");
+    assert_eq!(pick("transport = \"sas\"").unwrap(), "/dev/sdb");
+    assert_eq!(
+        pick("transport = \"sas\"\nmedia = \"ssd\"").unwrap(),
+        "/dev/sdc"
+    );
+    assert_eq!(pick("media = \"hdd\"").unwrap(), "/dev/sdb");
+    assert_eq!(
+        pick("by_id = \"nvme-Samsung_SSD_980_S64\"").unwrap(),
+        "/dev/nvme0n1"
+    );
+    assert_eq!(
+        pick("by_id = \"/dev/disk/by-id/wwn-0x5000c500a1b2c3d4\"").unwrap(),
+        "/dev/sdb"
+    );
+    // The smallest that fits skips the 2 GiB disk; among SSDs it is the NVMe one.
+    assert_eq!(pick("pick = \"smallest\"").unwrap(), "/dev/nvme0n1");
+    assert_eq!(
+        pick("pick = \"smallest\"\nmedia = \"hdd\"").unwrap(),
+        "/dev/sdb"
+    );
+    // Without `pick = "smallest"` the first disk is taken, fit or not.
+    assert!(pick("").unwrap_err().contains("disk /dev/sda has 2 GiB"));
+    // When nothing that matches fits, the largest match says by how much.
+    let e = pick("pick = \"smallest\"\ntransport = \"sata\"").unwrap_err();
+    assert!(
+        e.contains("disk /dev/sda has 2 GiB but the layout needs at least"),
+        "{e}"
+    );
+    let e = pick("transport = \"usb\"\nmedia = \"ssd\"").unwrap_err();
+    assert!(
+        e.contains("no disk of the client matches transport usb, media ssd (the client has: /dev/sda 2 GiB sata ssd serial S-2; /dev/sdb 3.9 TiB (4294967296000 bytes) sas hdd serial S-4000;"),
+        "{e}"
+    );
+    assert_eq!(
+        one_err(&GOOD.replace("[disk]", "[disk]\ntransport = \"scsci\"")),
+        "4:13 disk.transport \"scsci\" is not known; did you mean \"scsi\"? use one of \"nvme\", \"sata\", \"sas\", \"scsi\", \"virtio\", \"usb\""
+    );
+    assert!(one_err(&GOOD.replace("[disk]", "[disk]\nby_id = \"a/b\""))
+        .contains("is not a /dev/disk/by-id/ name"));
 }
 
 #[test]

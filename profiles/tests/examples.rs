@@ -16,6 +16,7 @@ fn client(size: u64) -> ClientFacts {
             size,
             serial: Some("QM00001".into()),
             sector_size: 512,
+            ..Default::default()
         }],
         hostname: Some("db1".into()),
     }

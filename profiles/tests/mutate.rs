@@ -184,6 +184,7 @@ fn mutated_profiles_never_panic_and_errors_have_positions() {
                             size,
                             serial: None,
                             sector_size: 512,
+                            ..Default::default()
                         }],
                         hostname: Some("h".into()),
                     };

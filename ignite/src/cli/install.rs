@@ -54,6 +54,7 @@ pub fn run(a: Args) -> Result<()> {
             size,
             serial,
             sector_size,
+            ..Default::default()
         }],
         hostname: a.hostname,
     };

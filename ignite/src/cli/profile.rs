@@ -52,6 +52,7 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskFact, String> {
         size,
         serial: it.next().map(str::to_string),
         sector_size: ignite_profiles::SECTOR,
+        ..Default::default()
     })
 }
 

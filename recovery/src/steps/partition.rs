@@ -171,6 +171,7 @@ mount = "/"
                 size: 1 << 30,
                 serial: None,
                 sector_size: 512,
+                ..Default::default()
             }],
             hostname: None,
         })

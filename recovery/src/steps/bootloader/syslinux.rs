@@ -349,6 +349,7 @@ mod tests {
                     size: 4 << 30,
                     serial: None,
                     sector_size: 512,
+                    ..Default::default()
                 }],
                 hostname: None,
             })
