@@ -415,6 +415,7 @@ pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
         .collect();
     let modules = module_closure(mod_dir, version, &wanted)?;
     let count = modules.len();
+    let names: BTreeSet<String> = modules.iter().map(Module::name).collect();
     // modules.dep lines, each listing its direct dependencies; modules.alias as depmod
     // writes it, for exactly these modules (see agent::modules).
     let (mut dep, mut alias) = (String::new(), String::new());
@@ -425,7 +426,12 @@ pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
         }
         img.file(&format!("lib/modules/{version}/{}", m.path), 0o644, m.data);
     }
-    let always: String = ALWAYS.iter().map(|m| format!("{m}\n")).collect();
+    // Built-in ones (af_packet in Debian's kernels) are there already.
+    let always: String = ALWAYS
+        .iter()
+        .filter(|m| names.contains(**m))
+        .map(|m| format!("{m}\n"))
+        .collect();
     for (name, text) in [
         ("modules.dep", dep),
         ("modules.alias", alias),
