@@ -11,7 +11,9 @@
 //! client fetches its boot script), only from the address it was handed to, until
 //! `expires_ms`, and only while the install is not over. The install log is capped in bytes
 //! and the phase timeline in entries; installs of unregistered clients that never finished
-//! are forgotten once their token expired (`prune_unregistered_installs`).
+//! are forgotten once their token expired (`prune_unregistered_installs`). An install whose
+//! client fetched the agent but whose agent never reported is marked failed (`agent
+//! silent`) from the boot log (`mark_silent_agents`); a later report takes it back.
 
 use std::net::Ipv4Addr;
 
