@@ -25,7 +25,17 @@ const ROOT_KEYS: &[&str] = &[
     "boot",
     "hooks",
 ];
-const DISK_KEYS: &[&str] = &["path", "serial", "size", "table", "partitions"];
+const DISK_KEYS: &[&str] = &[
+    "path",
+    "by_id",
+    "serial",
+    "size",
+    "transport",
+    "media",
+    "pick",
+    "table",
+    "partitions",
+];
 const PART_KEYS: &[&str] = &["name", "type", "size", "fs", "mount", "options"];
 const IDENTITY_KEYS: &[&str] = &[
     "hostname",
@@ -366,6 +376,38 @@ impl<'a> Decoder<'a> {
                     ok = false;
                 }
             }
+        }
+        if let Some((s, loc)) = self.str(
+            t,
+            "disk.",
+            "by_id",
+            "by_id = \"nvme-Samsung_SSD_980_S64ANS0T1234\"",
+        ) {
+            let name = s.trim_start_matches("/dev/disk/by-id/").to_string();
+            if name.is_empty() || name.contains('/') {
+                self.err(loc, format!("disk.by_id {s:?} is not a /dev/disk/by-id/ name; write e.g. by_id = \"nvme-Samsung_SSD_980_S64ANS0T1234\""));
+                ok = false;
+            }
+            select.by_id = Some(name);
+        }
+        select.transport = self
+            .choice(t, "disk.", "transport", &Transport::ALL)
+            .map(|c| c.0);
+        select.media = self
+            .choice(
+                t,
+                "disk.",
+                "media",
+                &[("ssd", Media::Ssd), ("hdd", Media::Hdd)],
+            )
+            .map(|c| c.0);
+        if let Some((p, _)) = self.choice(
+            t,
+            "disk.",
+            "pick",
+            &[("first", Pick::First), ("smallest", Pick::Smallest)],
+        ) {
+            select.pick = p;
         }
         self.choice(t, "disk.", "table", &[("gpt", PartitionTable::Gpt)]);
         let Some((parts, ploc)) = self.tables(t, "disk.", "partitions") else {

@@ -59,6 +59,12 @@ pub enum RenderError {
         need: String,
         need_bytes: u64,
     },
+    #[error("profile {profile}: disk {disk} reports {sector}-byte logical sectors; only 512 to 4096 (a power of two) are supported")]
+    BadSectorSize {
+        profile: String,
+        disk: String,
+        sector: u64,
+    },
     #[error("profile {profile}: MAC address {mac:?} is not a MAC; use e.g. \"52:54:00:12:34:56\"")]
     BadMac { profile: String, mac: String },
     #[error("profile {profile}: hostname template {template:?} uses {{name}} but the client has no hostname; give the client a hostname or use {{mac6}}")]

@@ -7,7 +7,11 @@
 //! archive = "debian-12"       # or "debian-12@3fa9c2" (a snapshot id prefix) or "debian-12@latest"
 //!
 //! [disk]                      # which client disk: every criterion given must match; none = first disk
-//! path = "/dev/vda"           # and/or serial = "QM00001", size = "10G..100G" ("10G..", "..2T")
+//! path = "/dev/vda"           # and/or serial = "QM00001", size = "10G..100G" ("10G..", "..2T"),
+//!                             # by_id = "nvme-Samsung_SSD_980_S64" (a /dev/disk/by-id/ name),
+//!                             # transport = "nvme" (sata | sas | scsi | virtio | usb),
+//!                             # media = "ssd" (hdd)
+//! pick = "first"              # of the matching disks: first (default) | smallest (that the layout fits)
 //! table = "gpt"               # the only table written
 //!
 //! [[disk.partitions]]         # in disk order
@@ -53,6 +57,9 @@
 //! - `extends`: the base is merged first, then the profile over it; tables merge key by key,
 //!   arrays (partitions, users, hooks, keys) are replaced whole. Chains may be any depth (16
 //!   at most); a cycle is an error naming the chain.
+//! - Partitions are laid out in the disk's logical sectors (512, or 4096 on 4K-native disks,
+//!   as the agent reports them); a size that is not whole MiB is rounded up and the plan's
+//!   partition `note` says so.
 //! - Sizes use binary units (`M` = MiB). Fixed sizes round up to whole MiB, percentages are of
 //!   the usable space (disk minus the 1 MiB head and the GPT tail) rounded down to whole MiB.
 //!   At most one partition may be `"rest"`, anywhere in the list: partitions after it are laid

@@ -38,13 +38,73 @@ impl std::fmt::Display for ArchiveRef {
     }
 }
 
-/// Which client disk to install on: every given criterion must match; the first matching disk
-/// (in the client's order) wins; no criterion means the client's first disk.
+/// Which client disk to install on: every given criterion must match; of the matching disks
+/// the first (in the client's order) wins, or with `pick = "smallest"` the smallest the
+/// layout fits on; no criterion means the client's first disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSelect {
     pub path: Option<String>,
+    /// A `/dev/disk/by-id/` name (`nvme-Samsung_SSD_980_S64ANS0T1234`), as udev makes it.
+    #[serde(default)]
+    pub by_id: Option<String>,
     pub serial: Option<String>,
     pub size: Option<SizeRange>,
+    #[serde(default)]
+    pub transport: Option<Transport>,
+    #[serde(default)]
+    pub media: Option<Media>,
+    #[serde(default)]
+    pub pick: Pick,
+}
+
+/// How a disk is attached, as the agent tells it from where the kernel found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Nvme,
+    Sata,
+    Sas,
+    /// Any other SCSI host (parallel SCSI, RAID HBAs that hide the disks' transport).
+    Scsi,
+    Virtio,
+    Usb,
+}
+
+impl Transport {
+    pub const ALL: [(&'static str, Transport); 6] = [
+        ("nvme", Transport::Nvme),
+        ("sata", Transport::Sata),
+        ("sas", Transport::Sas),
+        ("scsi", Transport::Scsi),
+        ("virtio", Transport::Virtio),
+        ("usb", Transport::Usb),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Transport::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// Spinning or solid-state (the kernel's `queue/rotational`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Media {
+    Ssd,
+    Hdd,
+}
+
+/// Which of several matching disks to take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pick {
+    /// The first in the client's order.
+    #[default]
+    First,
+    /// The smallest the layout fits on (keeps the big disks for data).
+    Smallest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

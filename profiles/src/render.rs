@@ -7,10 +7,32 @@ use crate::size::{human, Size, MIB};
 use crate::template::{expand, hostname_problem, normalize_mac};
 use serde::{Deserialize, Serialize};
 
-/// Bytes per logical sector assumed for the partition table.
+/// Bytes per logical sector of a disk that does not say (and of disk images).
 pub const SECTOR: u64 = 512;
-/// Space GPT keeps at the end of the disk: 32 sectors of entries and the backup header.
-const GPT_TAIL: u64 = 33 * SECTOR;
+
+/// Space GPT keeps at the end of a disk with `sector`-byte sectors: the 16 KiB entry array
+/// and the backup header's sector.
+fn gpt_tail(sector: u64) -> u64 {
+    16384 + sector
+}
+
+fn default_sector() -> u64 {
+    SECTOR
+}
+
+impl Default for DiskFact {
+    fn default() -> DiskFact {
+        DiskFact {
+            path: String::new(),
+            size: 0,
+            serial: None,
+            sector_size: SECTOR,
+            ids: Vec::new(),
+            rotational: None,
+            transport: None,
+        }
+    }
+}
 
 /// What the server knows about a client when it renders its plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +51,18 @@ pub struct DiskFact {
     /// Size in bytes.
     pub size: u64,
     pub serial: Option<String>,
+    /// Logical sector size in bytes (512, or 4096 on 4K-native disks): the unit of the
+    /// partition table.
+    #[serde(default = "default_sector")]
+    pub sector_size: u64,
+    /// Its `/dev/disk/by-id/` names (without the directory).
+    #[serde(default)]
+    pub ids: Vec<String>,
+    /// Spinning (true) or solid-state, if the kernel says.
+    #[serde(default)]
+    pub rotational: Option<bool>,
+    #[serde(default)]
+    pub transport: Option<Transport>,
 }
 
 /// Everything the install agent needs, in order. Serialized as JSON for the agent.
@@ -74,6 +108,11 @@ pub struct PartitionPlan {
     /// (set on the partition holding /boot for extlinux on BIOS).
     #[serde(default)]
     pub legacy_bios_bootable: bool,
+    /// Said when the profile's size was not what the partition got: every partition starts
+    /// and ends on a 1 MiB boundary (a multiple of any sector size), so a size is rounded
+    /// up to whole MiB, as parted does with `unit MiB` and optimal alignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl DiskPlan {
@@ -170,6 +209,14 @@ impl Profile {
             });
         }
         let disk = self.pick_disk(facts)?;
+        let sector = disk.sector_size;
+        if !(512..=4096).contains(&sector) || !sector.is_power_of_two() {
+            return Err(RenderError::BadSectorSize {
+                profile,
+                disk: disk.path.clone(),
+                sector,
+            });
+        }
         let mut parts = self.layout(disk)?;
         if self.boot.loader == Loader::Extlinux
             && matches!(self.boot.firmware, Firmware::Bios | Firmware::Both)
@@ -182,7 +229,7 @@ impl Profile {
         let disk_plan = DiskPlan {
             path: disk.path.clone(),
             size_bytes: disk.size,
-            sector_size: SECTOR,
+            sector_size: sector,
             table: self.disk.table,
             partitions: parts,
         };
@@ -271,18 +318,40 @@ impl Profile {
 
     fn pick_disk<'f>(&self, facts: &'f ClientFacts) -> Result<&'f DiskFact, RenderError> {
         let sel = &self.disk.select;
-        let found = facts.disks.iter().find(|d| {
-            sel.path.as_ref().is_none_or(|p| p == &d.path)
-                && sel
-                    .serial
-                    .as_ref()
-                    .is_none_or(|s| d.serial.as_deref() == Some(s.as_str()))
-                && sel.size.is_none_or(|r| r.contains(d.size))
-        });
+        let matching: Vec<&DiskFact> = facts
+            .disks
+            .iter()
+            .filter(|d| {
+                sel.path.as_ref().is_none_or(|p| p == &d.path)
+                    && sel.by_id.as_ref().is_none_or(|i| d.ids.contains(i))
+                    && sel
+                        .serial
+                        .as_ref()
+                        .is_none_or(|s| d.serial.as_deref() == Some(s.as_str()))
+                    && sel.size.is_none_or(|r| r.contains(d.size))
+                    && sel.transport.is_none_or(|t| d.transport == Some(t))
+                    && sel
+                        .media
+                        .is_none_or(|m| d.rotational == Some(m == Media::Hdd))
+            })
+            .collect();
+        let found = match sel.pick {
+            Pick::First => matching.first().copied(),
+            // The smallest the layout fits on; if none fits, the largest says by how much.
+            Pick::Smallest => matching
+                .iter()
+                .filter(|d| self.layout(d).is_ok())
+                .min_by_key(|d| d.size)
+                .or_else(|| matching.iter().max_by_key(|d| d.size))
+                .copied(),
+        };
         found.ok_or_else(|| {
             let mut wanted = Vec::new();
             if let Some(p) = &sel.path {
                 wanted.push(format!("path {p}"));
+            }
+            if let Some(i) = &sel.by_id {
+                wanted.push(format!("by-id {i}"));
             }
             if let Some(s) = &sel.serial {
                 wanted.push(format!("serial {s}"));
@@ -290,21 +359,19 @@ impl Profile {
             if let Some(r) = &sel.size {
                 wanted.push(format!("size {r}"));
             }
+            if let Some(t) = sel.transport {
+                wanted.push(format!("transport {}", t.name()));
+            }
+            if let Some(m) = sel.media {
+                wanted.push(format!(
+                    "media {}",
+                    if m == Media::Ssd { "ssd" } else { "hdd" }
+                ));
+            }
             if wanted.is_empty() {
                 wanted.push("any disk".into());
             }
-            let have: Vec<String> = facts
-                .disks
-                .iter()
-                .map(|d| {
-                    let serial = d
-                        .serial
-                        .as_ref()
-                        .map(|s| format!(" serial {s}"))
-                        .unwrap_or_default();
-                    format!("{} {}{serial}", d.path, human(d.size))
-                })
-                .collect();
+            let have: Vec<String> = facts.disks.iter().map(describe_disk).collect();
             RenderError::NoMatchingDisk {
                 profile: self.name.clone(),
                 wanted: wanted.join(", "),
@@ -321,7 +388,8 @@ impl Profile {
     fn layout(&self, disk: &DiskFact) -> Result<Vec<PartitionPlan>, RenderError> {
         let parts = &self.disk.partitions;
         let first = MIB;
-        let end = disk.size.saturating_sub(GPT_TAIL) / MIB * MIB;
+        let sector = disk.sector_size;
+        let end = disk.size.saturating_sub(gpt_tail(sector)) / MIB * MIB;
         let usable = end.saturating_sub(first);
         let fixed: u64 = parts
             .iter()
@@ -379,25 +447,51 @@ impl Profile {
         let mut out = Vec::new();
         for (i, (p, size)) in parts.iter().zip(sizes).enumerate() {
             let number = i as u32 + 1;
+            let note = match p.size {
+                Size::Bytes(b) if b != size => Some(format!(
+                    "size {} rounded up to {}: partitions start and end on 1 MiB boundaries",
+                    human(b),
+                    human(size)
+                )),
+                _ => None,
+            };
             out.push(PartitionPlan {
                 number,
                 name: p.name.clone(),
                 kind: p.kind,
                 type_guid: p.kind.type_guid().to_string(),
                 device: partition_device(&disk.path, number),
-                start_sector: at / SECTOR,
-                end_sector: (at + size) / SECTOR - 1,
+                start_sector: at / sector,
+                end_sector: (at + size) / sector - 1,
                 start_bytes: at,
                 size_bytes: size,
                 fs: p.fs,
                 mount: p.mount.clone(),
                 options: p.options.clone(),
                 legacy_bios_bootable: false,
+                note,
             });
             at += size;
         }
         Ok(out)
     }
+}
+
+/// `/dev/sda 8 GiB sata ssd serial X`: what a disk is, for errors.
+fn describe_disk(d: &DiskFact) -> String {
+    let mut out = format!("{} {}", d.path, human(d.size));
+    if let Some(t) = d.transport {
+        out += &format!(" {}", t.name());
+    }
+    match d.rotational {
+        Some(true) => out += " hdd",
+        Some(false) => out += " ssd",
+        None => {}
+    }
+    if let Some(s) = &d.serial {
+        out += &format!(" serial {s}");
+    }
+    out
 }
 
 /// The device node of partition `n` of `disk`.

@@ -49,6 +49,8 @@ fn facts(size: u64) -> ClientFacts {
             path: "/dev/vda".into(),
             size,
             serial: None,
+            sector_size: 512,
+            ..Default::default()
         }],
         hostname: None,
     }
@@ -562,6 +564,41 @@ fn render_layout_is_exact_and_aligned() {
 }
 
 #[test]
+fn render_counts_in_the_disks_sector_size_and_says_what_it_rounded() {
+    let t = GOOD.replace("size = \"1M\"", "size = \"1000K\"");
+    let p = load(&t).unwrap();
+    // A 4K-native disk whose size is not a whole number of MiB.
+    let disk = (3u64 << 30) + 4096 * 7;
+    let mut f = facts(disk);
+    f.disks[0].sector_size = 4096;
+    let plan = p.render(&f).unwrap();
+    assert_eq!(plan.disk.sector_size, 4096);
+    let parts = &plan.disk.partitions;
+    assert_eq!((parts[0].start_sector, parts[0].end_sector), (256, 511));
+    assert_eq!(parts[1].start_sector, 512);
+    assert_eq!(
+        (parts[1].end_sector + 1) * 4096,
+        parts[1].start_bytes + parts[1].size_bytes
+    );
+    // The backup GPT (16 KiB of entries and a 4 KiB header) fits behind the last one.
+    assert!((parts[1].end_sector + 1) * 4096 + 16384 + 4096 <= disk);
+    assert_eq!(
+        parts[0].note.as_deref(),
+        Some("size 1000 KiB rounded up to 1 MiB: partitions start and end on 1 MiB boundaries")
+    );
+    assert_eq!(parts[1].note, None);
+    // The same profile on a 512-byte disk: the same bytes, eight times the sectors.
+    let plan512 = p.render(&facts(disk)).unwrap();
+    for (a, b) in plan512.disk.partitions.iter().zip(parts) {
+        assert_eq!((a.start_bytes, a.size_bytes), (b.start_bytes, b.size_bytes));
+        assert_eq!(a.start_sector, b.start_sector * 8);
+    }
+    f.disks[0].sector_size = 520;
+    let e = p.render(&f).unwrap_err().to_string();
+    assert_eq!(e, "profile t: disk /dev/vda reports 520-byte logical sectors; only 512 to 4096 (a power of two) are supported");
+}
+
+#[test]
 fn render_disk_too_small_says_how_much() {
     let t = GOOD.replace("\"1M\"", "\"8G\"");
     let p = load(&t).unwrap();
@@ -599,11 +636,15 @@ fn render_picks_disks() {
                 path: "/dev/sda".into(),
                 size: 8 << 30,
                 serial: Some("SMALL".into()),
+                sector_size: 512,
+                ..Default::default()
             },
             DiskFact {
                 path: "/dev/nvme0n1".into(),
                 size: 100 << 30,
                 serial: Some("BIG".into()),
+                sector_size: 512,
+                ..Default::default()
             },
         ],
         hostname: Some("db1".into()),
@@ -629,6 +670,95 @@ fn render_picks_disks() {
         load(GOOD).unwrap().render(&none),
         Err(RenderError::NoMatchingDisk { .. })
     ));
+}
+
+/// A server's disks: a small SATA SSD, two SAS disks (one spinning), an NVMe SSD.
+fn server_disks() -> ClientFacts {
+    let d = |path: &str, gib: u64, t: Transport, rot: bool, ids: &[&str]| DiskFact {
+        path: path.into(),
+        size: gib << 30,
+        serial: Some(format!("S-{gib}")),
+        ids: ids.iter().map(|s| s.to_string()).collect(),
+        rotational: Some(rot),
+        transport: Some(t),
+        ..Default::default()
+    };
+    ClientFacts {
+        mac: "52:54:00:aa:bb:cc".into(),
+        disks: vec![
+            d("/dev/sda", 2, Transport::Sata, false, &[]),
+            d(
+                "/dev/sdb",
+                4000,
+                Transport::Sas,
+                true,
+                &["wwn-0x5000c500a1b2c3d4"],
+            ),
+            d("/dev/sdc", 900, Transport::Sas, false, &[]),
+            d(
+                "/dev/nvme0n1",
+                480,
+                Transport::Nvme,
+                false,
+                &["nvme-Samsung_SSD_980_S64"],
+            ),
+        ],
+        hostname: None,
+    }
+}
+
+#[test]
+fn render_picks_disks_by_transport_media_id_and_smallest_that_fits() {
+    let client = server_disks();
+    // A layout needing a bit over 3 GiB: the 2 GiB SATA disk is too small.
+    let big = GOOD.replace("size = \"1M\"", "size = \"3G\"");
+    let pick = |select: &str| {
+        load(&big.replace("[disk]", &format!("[disk]\n{select}")))
+            .unwrap()
+            .render(&client)
+            .map(|p| p.disk.path)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(pick("transport = \"nvme\"").unwrap(), "/dev/nvme0n1");
+    assert_eq!(pick("transport = \"sas\"").unwrap(), "/dev/sdb");
+    assert_eq!(
+        pick("transport = \"sas\"\nmedia = \"ssd\"").unwrap(),
+        "/dev/sdc"
+    );
+    assert_eq!(pick("media = \"hdd\"").unwrap(), "/dev/sdb");
+    assert_eq!(
+        pick("by_id = \"nvme-Samsung_SSD_980_S64\"").unwrap(),
+        "/dev/nvme0n1"
+    );
+    assert_eq!(
+        pick("by_id = \"/dev/disk/by-id/wwn-0x5000c500a1b2c3d4\"").unwrap(),
+        "/dev/sdb"
+    );
+    // The smallest that fits skips the 2 GiB disk; among SSDs it is the NVMe one.
+    assert_eq!(pick("pick = \"smallest\"").unwrap(), "/dev/nvme0n1");
+    assert_eq!(
+        pick("pick = \"smallest\"\nmedia = \"hdd\"").unwrap(),
+        "/dev/sdb"
+    );
+    // Without `pick = "smallest"` the first disk is taken, fit or not.
+    assert!(pick("").unwrap_err().contains("disk /dev/sda has 2 GiB"));
+    // When nothing that matches fits, the largest match says by how much.
+    let e = pick("pick = \"smallest\"\ntransport = \"sata\"").unwrap_err();
+    assert!(
+        e.contains("disk /dev/sda has 2 GiB but the layout needs at least"),
+        "{e}"
+    );
+    let e = pick("transport = \"usb\"\nmedia = \"ssd\"").unwrap_err();
+    assert!(
+        e.contains("no disk of the client matches transport usb, media ssd (the client has: /dev/sda 2 GiB sata ssd serial S-2; /dev/sdb 3.9 TiB (4294967296000 bytes) sas hdd serial S-4000;"),
+        "{e}"
+    );
+    assert_eq!(
+        one_err(&GOOD.replace("[disk]", "[disk]\ntransport = \"scsci\"")),
+        "4:13 disk.transport \"scsci\" is not known; did you mean \"scsi\"? use one of \"nvme\", \"sata\", \"sas\", \"scsi\", \"virtio\", \"usb\""
+    );
+    assert!(one_err(&GOOD.replace("[disk]", "[disk]\nby_id = \"a/b\""))
+        .contains("is not a /dev/disk/by-id/ name"));
 }
 
 #[test]

@@ -15,6 +15,8 @@ fn client(size: u64) -> ClientFacts {
             path: "/dev/vda".into(),
             size,
             serial: Some("QM00001".into()),
+            sector_size: 512,
+            ..Default::default()
         }],
         hostname: Some("db1".into()),
     }

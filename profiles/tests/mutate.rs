@@ -183,6 +183,8 @@ fn mutated_profiles_never_panic_and_errors_have_positions() {
                             path: "/dev/vda".into(),
                             size,
                             serial: None,
+                            sector_size: 512,
+                            ..Default::default()
                         }],
                         hostname: Some("h".into()),
                     };

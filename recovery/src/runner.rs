@@ -111,7 +111,7 @@ fn run_step(
     match step {
         Step::Partition { disk } => partition::partition(&plan.disk, disk, log),
         Step::Format { device, fs, label } => {
-            let uuid = format::format(device, *fs, label, log)?;
+            let uuid = format::format(device, *fs, label, plan.disk.sector_size, log)?;
             target.uuids.insert(device.clone(), uuid);
             Ok(())
         }

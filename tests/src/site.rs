@@ -26,6 +26,48 @@ pub fn profile(hooks: &[&str]) -> String {
     )
 }
 
+/// Whether an install lab can run here (QEMU, namespaces, debootstrap for the golden image,
+/// OVMF, the virtio iPXE ROM) and the `extra` tools and files a test needs beside them;
+/// see [`crate::require_tools`].
+pub fn lab_prerequisites(extra: &[&str]) -> bool {
+    let mut need = vec![
+        "qemu-system-x86_64",
+        "ip",
+        "apt-get",
+        "debootstrap",
+        OVMF_CODE,
+        OVMF_VARS,
+        "/usr/lib/ipxe/qemu/efi-virtio.rom",
+    ];
+    need.extend_from_slice(extra);
+    crate::require_tools(&need)
+}
+
+/// A profile hook that installs `script` (a shell script that prints to /dev/ttyS0) as a
+/// oneshot service run once the installed system is up, which then powers off (ending
+/// QEMU). The install tests print what they check about the installed system this way.
+pub fn firstboot_hook(script: &str) -> String {
+    format!(
+        r#"cat >/usr/local/sbin/ignite-firstboot <<'EOF'
+#!/bin/sh
+{script}
+EOF
+chmod 755 /usr/local/sbin/ignite-firstboot
+cat >/etc/systemd/system/ignite-firstboot.service <<'EOF'
+[Unit]
+Description=Print this machine's facts on the serial console (Ignite tests)
+After=multi-user.target
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/ignite-firstboot
+ExecStartPost=/bin/systemctl poweroff
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl enable ignite-firstboot.service"#
+    )
+}
+
 /// The lab profile booted by Syslinux (`profiles/examples/lab-extlinux.toml`); it extends
 /// `lab`, whose hooks it keeps.
 pub fn extlinux_profile() -> String {
@@ -95,11 +137,16 @@ impl Site {
 
     /// `ignite server` booting the agent with `args` added to its kernel command line.
     pub fn server(&self, lab: &Lab, args: &str) -> Server {
+        self.server_with(lab, args, "")
+    }
+
+    /// `ignite server` as [`Site::server`], with `config` (TOML tables) added to its config.
+    pub fn server_with(&self, lab: &Lab, args: &str, config: &str) -> Server {
         let cfg = self.tmp.path().join("server.toml");
         std::fs::write(
             &cfg,
             format!(
-                "[boot]\nkernel = \"debian/vmlinuz\"\ninitrd = [\"ignite/initrd.img\"]\ncmdline = \"console=ttyS0,115200 {args}\"\n"
+                "[boot]\nkernel = \"debian/vmlinuz\"\ninitrd = [\"ignite/initrd.img\"]\ncmdline = \"console=ttyS0,115200 {args}\"\n{config}"
             ),
         )
         .unwrap();
@@ -139,13 +186,69 @@ pub enum Firmware {
     Uefi,
 }
 
-/// One QEMU guest: an empty sparse virtio disk, a virtio NIC on the lab bridge that boots
-/// first, the disk second.
+/// The controller a guest disk hangs off, as QEMU emulates it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DiskBus {
+    /// virtio-blk (512-byte sectors).
+    Virtio,
+    /// virtio-blk with 4096-byte logical and physical sectors (a 4K-native disk).
+    Virtio4k,
+    /// An NVMe controller with one namespace.
+    Nvme,
+    /// A SATA disk on an AHCI controller.
+    Ahci,
+    /// A SCSI disk behind an LSI MegaRAID SAS 1078 HBA (QEMU `megasas`).
+    Megasas,
+}
+
+impl DiskBus {
+    /// QEMU `-device` arguments for disk `i` (drive `d{i}`) of guest `name`.
+    fn devices(self, name: &str, i: usize) -> Vec<String> {
+        let boot = format!("bootindex={}", i + 2);
+        match self {
+            DiskBus::Virtio => vec![format!("virtio-blk-pci,drive=d{i},{boot}")],
+            DiskBus::Virtio4k => vec![format!(
+                "virtio-blk-pci,drive=d{i},logical_block_size=4096,physical_block_size=4096,{boot}"
+            )],
+            DiskBus::Nvme => vec![format!("nvme,drive=d{i},serial=ign-{name}-{i},{boot}")],
+            DiskBus::Ahci => vec![
+                format!("ahci,id=ahci{i}"),
+                format!("ide-hd,drive=d{i},bus=ahci{i}.0,{boot}"),
+            ],
+            DiskBus::Megasas => vec![
+                format!("megasas,id=sas{i}"),
+                format!("scsi-hd,drive=d{i},bus=sas{i}.0,{boot}"),
+            ],
+        }
+    }
+}
+
+/// A guest's NIC model and disks.
+#[derive(Clone, Debug)]
+pub struct Hardware {
+    /// QEMU NIC device: `virtio-net-pci`, `e1000e`, `rtl8139`, ...
+    pub nic: &'static str,
+    /// One empty sparse disk on each (none: a machine without a disk).
+    pub disks: Vec<DiskBus>,
+}
+
+impl Default for Hardware {
+    fn default() -> Hardware {
+        Hardware {
+            nic: "virtio-net-pci",
+            disks: vec![DiskBus::Virtio],
+        }
+    }
+}
+
+/// One QEMU guest: empty sparse disks (by default one on virtio), a NIC (by default virtio)
+/// on the lab bridge that boots first, the disks after it.
 pub struct Guest {
     pub name: String,
     pub mac: String,
     pub serial: PathBuf,
     disk: PathBuf,
+    hw: Hardware,
     dir: PathBuf,
     tap: String,
     fw: Firmware,
@@ -156,26 +259,42 @@ pub struct Guest {
 impl Guest {
     /// `cpus` vCPUs (TCG runs each on a host thread of its own).
     pub fn start(lab: &Lab, dir: &Path, n: u8, fw: Firmware, disk_size: u64, cpus: u8) -> Guest {
+        Guest::start_on(lab, dir, n, fw, Hardware::default(), disk_size, cpus)
+    }
+
+    /// A guest with `hw`'s NIC and disks (each `disk_size` bytes).
+    pub fn start_on(
+        lab: &Lab,
+        dir: &Path,
+        n: u8,
+        fw: Firmware,
+        hw: Hardware,
+        disk_size: u64,
+        cpus: u8,
+    ) -> Guest {
         let name = format!("g{n}");
         let mac = format!("52:54:00:78:00:{n:02x}");
         let tap = format!("tap{n}");
         lab.add_tap(&tap);
         let disk = dir.join(format!("{name}.raw"));
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(disk_size)
-            .unwrap();
+        for i in 0..hw.disks.len() {
+            std::fs::File::create(disk_path(&disk, i))
+                .unwrap()
+                .set_len(disk_size)
+                .unwrap();
+        }
         let serial = dir.join(format!("{name}.serial"));
         if fw == Firmware::Uefi {
             // Fresh variables: a guest's first boot knows nothing of earlier ones.
             std::fs::copy(OVMF_VARS, dir.join(format!("{name}-vars.fd"))).unwrap();
         }
-        let child = launch(lab, dir, &name, &mac, &tap, &disk, &serial, fw, cpus);
+        let child = launch(lab, dir, &name, &mac, &tap, &disk, &hw, &serial, fw, cpus);
         Guest {
             name,
             mac,
             serial,
             disk,
+            hw,
             dir: dir.to_path_buf(),
             tap,
             fw,
@@ -196,6 +315,7 @@ impl Guest {
             &self.mac,
             &self.tap,
             &self.disk,
+            &self.hw,
             &self.serial,
             self.fw,
             self.cpus,
@@ -205,6 +325,11 @@ impl Guest {
     /// The disk image (for the host to look at once the guest is off).
     pub fn disk(&self) -> &Path {
         &self.disk
+    }
+
+    /// Disk image `i` (0 is [`Guest::disk`]).
+    pub fn disk_at(&self, i: usize) -> PathBuf {
+        disk_path(&self.disk, i)
     }
 
     pub fn console(&self) -> String {
@@ -236,6 +361,17 @@ impl Guest {
     }
 }
 
+/// Disk `i` of a guest whose first disk is `first` (`g1.raw`, `g1-1.raw`, ...).
+fn disk_path(first: &Path, i: usize) -> PathBuf {
+    match i {
+        0 => first.to_path_buf(),
+        _ => first.with_file_name(format!(
+            "{}-{i}.raw",
+            first.file_stem().unwrap().to_string_lossy()
+        )),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch(
     lab: &Lab,
@@ -244,6 +380,7 @@ fn launch(
     mac: &str,
     tap: &str,
     disk: &Path,
+    hw: &Hardware,
     serial: &Path,
     fw: Firmware,
     cpus: u8,
@@ -262,15 +399,19 @@ fn launch(
         ])
         .args([
             "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
-        ])
-        .args([
+            &format!("{},netdev=n0,mac={mac},bootindex=1", hw.nic),
+        ]);
+    for (i, bus) in hw.disks.iter().enumerate() {
+        let file = disk_path(disk, i);
+        cmd.args([
             "-drive",
-            &format!("if=none,id=d0,format=raw,file={}", disk.display()),
-        ])
-        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=2"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()));
+            &format!("if=none,id=d{i},format=raw,file={}", file.display()),
+        ]);
+        for d in bus.devices(name, i) {
+            cmd.args(["-device", &d]);
+        }
+    }
+    cmd.arg("-serial").arg(format!("file:{}", serial.display()));
     if fw == Firmware::Uefi {
         let vars = dir.join(format!("{name}-vars.fd"));
         cmd.args(["-machine", "q35"])
@@ -294,6 +435,8 @@ impl Drop for Guest {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Installed disks are large: benchmarks run many rounds in one directory.
-        let _ = std::fs::remove_file(&self.disk);
+        for i in 0..self.hw.disks.len() {
+            let _ = std::fs::remove_file(disk_path(&self.disk, i));
+        }
     }
 }

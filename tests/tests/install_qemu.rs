@@ -14,40 +14,16 @@ use ignite_e2e::*;
 
 /// Installed by a profile hook: on the first boot of the installed system, print the
 /// guest's identity on the serial console, then power off (which ends QEMU).
-const FIRSTBOOT_HOOK: &str = r#"cat >/usr/local/sbin/ignite-firstboot <<'EOF'
-#!/bin/sh
-key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
+const FIRSTBOOT_SCRIPT: &str = r#"key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
 nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
 addr=$(ip -4 -o addr show dev "$nic" scope global | awk '{print $4}' | head -1)
-echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key mac=$(cat /sys/class/net/$nic/address) addr=$addr root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) boot=$(findmnt -no FSTYPE /boot) end" >/dev/ttyS0
-EOF
-chmod 755 /usr/local/sbin/ignite-firstboot
-cat >/etc/systemd/system/ignite-firstboot.service <<'EOF'
-[Unit]
-Description=Print this machine's identity on the serial console (Ignite tests)
-After=multi-user.target
-[Service]
-Type=oneshot
-ExecStart=/usr/local/sbin/ignite-firstboot
-ExecStartPost=/bin/systemctl poweroff
-[Install]
-WantedBy=multi-user.target
-EOF
-systemctl enable ignite-firstboot.service"#;
+echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key mac=$(cat /sys/class/net/$nic/address) addr=$addr root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) boot=$(findmnt -no FSTYPE /boot) end" >/dev/ttyS0"#;
 
 /// The tests here each run four software-emulated guests; on two cores they take turns.
 static QEMU_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn prerequisites() -> bool {
-    require_tools(&[
-        "qemu-system-x86_64",
-        "ip",
-        "apt-get",
-        "debootstrap",
-        OVMF_CODE,
-        OVMF_VARS,
-        "/usr/lib/ipxe/qemu/efi-virtio.rom",
-    ])
+    lab_prerequisites(&[])
 }
 
 /// How a guest boots its installed system: which firmware, which loader, and what the
@@ -121,7 +97,7 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
     }
     let _turn = QEMU_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let site = Site::new(&[
-        ("lab", profile(&[FIRSTBOOT_HOOK])),
+        ("lab", profile(&[&firstboot_hook(FIRSTBOOT_SCRIPT)])),
         ("lab-extlinux", extlinux_profile()),
     ]);
     let lab = Lab::new("inst4");

@@ -1,6 +1,9 @@
 //! The agent as the initramfs `/init` (PID 1): mount the kernel file systems, load the
-//! modules, wait for a disk and the boot NIC, DHCP, then install (or capture) as the kernel
-//! command line says and reboot — or, on failure, report it and leave a shell on the console.
+//! modules the devices ask for, wait for the boot NIC, DHCP, report `booted`, wait for a
+//! disk, then install (or capture) as the kernel command line says and reboot — or, on
+//! failure, report it and leave a shell on the console. Every failure after DHCP is reported
+//! to the server with the console's tail; before it the agent has no way to the server, and
+//! the server marks the install `agent silent` (see `server::install_api`).
 //!
 //! Kernel command line: `ignite.server=URL ignite.mac=MAC ignite.token=T`, optionally
 //! `ignite.action=capture` (capture the disks as the token says instead of installing), and
@@ -18,7 +21,8 @@ use ignite_profiles::ClientFacts;
 use ignite_recovery::steps::mount::mount;
 use ignite_recovery::{facts, runner, source, Phase, Source};
 
-use super::{dhcp, modules, netif};
+use super::modules::Modules;
+use super::{dhcp, hw, netif};
 
 /// Printed on the console when the self-check passes.
 pub const SELFCHECK_OK: &str = "IGNITE-AGENT-SELFCHECK-OK";
@@ -67,8 +71,22 @@ pub fn parse_cmdline(text: &str) -> BootArgs {
     }
 }
 
+/// What the agent said on the console, newest last: sent with a failure report.
+static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Console lines kept for the failure report.
+const SAID_KEPT: usize = 40;
+
 fn say(text: &str) {
     eprintln!("ignite-agent: {text}");
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if said.len() >= SAID_KEPT {
+        said.remove(0);
+    }
+    said.push(text.to_string());
+}
+
+fn said() -> String {
+    SAID.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
 }
 
 /// /proc, /sys, /dev (devtmpfs), /dev/pts and /run, as the kernel leaves none of them.
@@ -101,39 +119,54 @@ fn kernel_release() -> Result<String> {
         .to_string())
 }
 
-fn wait_for_disks() -> Result<Vec<ignite_profiles::DiskFact>> {
+/// Polls `found` for up to [`DEVICE_WAIT`], loading the drivers new devices ask for
+/// between polls.
+fn wait_for<T>(mods: &mut Modules, mut found: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
-        let disks = facts::disks(Path::new("/sys/block"));
-        if !disks.is_empty() {
-            return Ok(disks);
+        for m in mods.poll(Path::new("/sys/bus")) {
+            say(&format!("loaded {m}"));
+        }
+        if let Some(x) = found() {
+            return Some(x);
         }
         if start.elapsed() > DEVICE_WAIT {
-            bail!("no disk appeared within {} s; does the machine have a disk the initramfs has a driver for?", DEVICE_WAIT.as_secs());
+            for f in std::mem::take(&mut mods.failed) {
+                say(&format!("module not loaded: {f}"));
+            }
+            return None;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn wait_for_nic(mac: &str) -> Result<String> {
-    let start = Instant::now();
-    loop {
-        if let Some(n) = netif::by_mac(mac) {
-            return Ok(n);
-        }
-        if start.elapsed() > DEVICE_WAIT {
-            bail!(
-                "no network interface with MAC {mac} appeared within {} s",
-                DEVICE_WAIT.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+fn wait_for_disks(mods: &mut Modules) -> Result<Vec<ignite_profiles::DiskFact>> {
+    match wait_for(mods, || {
+        Some(facts::disks(Path::new("/sys/block"))).filter(|d| !d.is_empty())
+    }) {
+        Some(d) => Ok(d),
+        None => bail!(
+            "no disk appeared within {} s; {}",
+            DEVICE_WAIT.as_secs(),
+            hw::diagnose(&hw::pci_devices(Path::new("/sys/bus/pci/devices")), 0x01)
+        ),
+    }
+}
+
+fn wait_for_nic(mods: &mut Modules, mac: &str) -> Result<String> {
+    match wait_for(mods, || netif::by_mac(mac)) {
+        Some(n) => Ok(n),
+        None => bail!(
+            "no network interface with MAC {mac} appeared within {} s; {}",
+            DEVICE_WAIT.as_secs(),
+            hw::diagnose(&hw::pci_devices(Path::new("/sys/bus/pci/devices")), 0x02)
+        ),
     }
 }
 
 /// Modules loaded, disks seen, tools run: proves an initramfs fits its kernel.
-fn selfcheck() -> Result<()> {
-    let disks = wait_for_disks()?;
+fn selfcheck(mods: &mut Modules) -> Result<()> {
+    let disks = wait_for_disks(mods)?;
     for d in &disks {
         say(&format!(
             "disk {} {} bytes serial {:?}",
@@ -191,22 +224,22 @@ pub fn bring_up(nic: &str, timeout: Duration) -> Result<dhcp::Lease> {
     Ok(lease)
 }
 
-/// A recovery (boot action `recover`): disks and NIC, DHCP, then each disk of the capture
-/// written back over this machine's disks in order, only the blocks that differ; the server
-/// hears every phase, and a failure.
-pub fn recover(args: &BootArgs) -> Result<()> {
+/// A recovery (boot action `recover`): the NIC, DHCP, then (reported from here on) the disks
+/// and each disk of the capture written back over this machine's disks in order, only the
+/// blocks that differ.
+pub fn recover(args: &BootArgs, mods: &mut Modules) -> Result<()> {
     use ignite_recovery::recover::recover_disk;
     let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
         bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
     };
-    let disks = wait_for_disks()?;
-    let nic = wait_for_nic(mac)?;
+    let nic = wait_for_nic(mods, mac)?;
     let lease = bring_up(&nic, Duration::from_secs(60))?;
     let http = source::Http::new(server, mac, token);
     http.report(&Phase::Booted {
         ip: lease.ip.to_string(),
     })?;
     let result = (|| -> Result<u64> {
+        let disks = wait_for_disks(mods)?;
         let plan = http.recover_plan()?;
         if plan.disks.len() > disks.len() {
             bail!(
@@ -269,23 +302,25 @@ pub fn recover(args: &BootArgs) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            let _ = http.report(&Phase::Failed {
+            if let Err(r) = http.report(&Phase::Failed {
                 error: format!("{e:#}"),
-                log_tail: String::new(),
-            });
-            Err(e)
+                log_tail: said(),
+            }) {
+                say(&format!("cannot report the failure: {r:#}"));
+            }
+            Err(e.context("reported to the server"))
         }
     }
 }
 
-/// The install once the machine is up: disk and NIC, DHCP, then the plan from the server.
-pub fn install(args: &BootArgs) -> Result<()> {
+/// The install once the machine is up: the NIC, DHCP, then (reported from here on) a disk
+/// and the plan from the server.
+pub fn install(args: &BootArgs, mods: &mut Modules) -> Result<()> {
     let mac = args
         .mac
         .clone()
         .context("the kernel command line has no ignite.mac=")?;
-    let disks = wait_for_disks()?;
-    let nic = wait_for_nic(&mac)?;
+    let nic = wait_for_nic(mods, &mac)?;
     let lease = bring_up(&nic, Duration::from_secs(60))?;
     let mut server = connect(args)?;
     if let Some(url) = &args.baseline_tar {
@@ -297,6 +332,22 @@ pub fn install(args: &BootArgs) -> Result<()> {
     server.report(&Phase::Booted {
         ip: lease.ip.to_string(),
     })?;
+    let disks = match wait_for_disks(mods) {
+        Ok(d) => d,
+        Err(e) => {
+            let error = format!("{e:#}");
+            if let Err(r) = server.report(&Phase::Failed {
+                error,
+                log_tail: said(),
+            }) {
+                say(&format!("cannot report the failure: {r:#}"));
+            }
+            return Err(e.context("reported to the server"));
+        }
+    };
+    for d in &disks {
+        say(&format!("disk {} {} bytes", d.path, d.size));
+    }
     let facts = ClientFacts {
         mac,
         disks,
@@ -307,14 +358,14 @@ pub fn install(args: &BootArgs) -> Result<()> {
 
 /// A capture of this machine (boot action `capture`): disks and NIC, DHCP, then what the
 /// token says to capture, sent to the server.
-pub fn capture(args: &BootArgs) -> Result<()> {
+pub fn capture(args: &BootArgs, mods: &mut Modules) -> Result<()> {
     use ignite_recovery::capture::{files::Rules, remote};
     let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
         bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
     };
-    let disks = wait_for_disks()?;
-    let nic = wait_for_nic(mac)?;
+    let nic = wait_for_nic(mods, mac)?;
     bring_up(&nic, Duration::from_secs(60))?;
+    let disks = wait_for_disks(mods)?;
     let client = remote::Client::new(server, token);
     let job = remote::Job {
         machine: remote::Machine::Agent {
@@ -376,21 +427,24 @@ pub fn main() -> ! {
     }
     let args = parse_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let result = kernel_release().and_then(|r| {
-        let (n, failed) = modules::load_all(&Path::new("/lib/modules").join(&r))?;
-        say(&format!("kernel {r}: {n} modules loaded"));
-        for f in failed {
-            say(&format!("module not loaded: {f}"));
-        }
+        let mut mods = Modules::open(&Path::new("/lib/modules").join(&r))?;
+        mods.load_always();
+        mods.poll(Path::new("/sys/bus"));
+        say(&format!(
+            "kernel {r}: {} modules loaded: {}",
+            mods.loaded.len(),
+            mods.loaded.join(" ")
+        ));
         if args.selfcheck {
-            selfcheck()?;
+            selfcheck(&mut mods)?;
             say(SELFCHECK_OK);
             Ok(())
         } else if args.action.as_deref() == Some("capture") {
-            capture(&args)
+            capture(&args, &mut mods)
         } else if args.action.as_deref() == Some("recover") {
-            recover(&args)
+            recover(&args, &mut mods)
         } else {
-            install(&args)
+            install(&args, &mut mods)
         }
     });
     match result {

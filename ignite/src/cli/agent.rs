@@ -38,7 +38,10 @@ pub fn run(a: Args) -> Result<()> {
                 Some(t) => t,
                 None => std::fs::read_to_string("/proc/cmdline")?,
             };
-            init::install(&init::parse_cmdline(&text))
+            init::install(
+                &init::parse_cmdline(&text),
+                &mut crate::agent::modules::Modules::none(),
+            )
         }
         Cmd::Dhcp {
             iface,

@@ -322,12 +322,57 @@ fn timeline(state: &State, i: &Install, steps: &[StepRecord]) -> Result<String> 
     if prev > start {
         out += &format!("  {:<12} {:>9}\n", "total", secs(prev - start));
     }
+    if let (Status::Failed, Some(Phase::Failed { error, log_tail })) = (i.status, &i.phase) {
+        out += &format!("cause: {error}\n");
+        if !log_tail.trim().is_empty() {
+            out += "last lines the agent (or the boot log) reported:\n";
+            for l in log_tail.lines() {
+                out += &format!("  | {l}\n");
+            }
+        }
+    }
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::*;
+
+    #[test]
+    fn a_failed_install_shows_its_cause_and_the_agents_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let mac: MacAddr = "52:54:00:00:02:01".parse().unwrap();
+        s.add(mac, "nodisk", &"install web".parse().unwrap())
+            .unwrap();
+        let i = s.current_install(&mac.to_string()).unwrap().unwrap();
+        s.record_phase(
+            &i.token,
+            &Phase::Booted {
+                ip: "10.0.0.9".into(),
+            },
+        )
+        .unwrap();
+        s.record_phase(
+            &i.token,
+            &Phase::Failed {
+                error: "no disk appeared within 20 s; storage controllers seen: none".into(),
+                log_tail: "loaded virtio_net\nloaded \u{1b}[2J".into(),
+            },
+        )
+        .unwrap();
+        let i = s.current_install(&mac.to_string()).unwrap().unwrap();
+        let text = printable(&timeline(&s, &i, &[]).unwrap(), true);
+        assert!(text.contains("install: profile web, failed\n"), "{text}");
+        assert!(
+            text.contains("cause: no disk appeared within 20 s; storage controllers seen: none\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  | loaded virtio_net\n  | loaded \\u{1b}[2J\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped() {

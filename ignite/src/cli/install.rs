@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use ignite_profiles::{ClientFacts, DiskFact, Profile};
 
-use ignite_recovery::steps::partition::device_size;
+use ignite_recovery::steps::partition::{device_sector_size, device_size};
 use ignite_recovery::{facts, runner, source};
 
 #[derive(ClapArgs)]
@@ -37,6 +37,10 @@ pub fn run(a: Args) -> Result<()> {
     let f =
         std::fs::File::open(&a.disk).with_context(|| format!("disk {}: cannot open it", a.disk))?;
     let size = device_size(&f).with_context(|| format!("disk {}", a.disk))?;
+    // An image has 512-byte sectors; a block device says.
+    let sector_size = device_sector_size(&f)
+        .with_context(|| format!("disk {}", a.disk))?
+        .unwrap_or(ignite_profiles::SECTOR);
     let name = std::fs::canonicalize(&a.disk)
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
@@ -49,6 +53,8 @@ pub fn run(a: Args) -> Result<()> {
             path: a.disk.clone(),
             size,
             serial,
+            sector_size,
+            ..Default::default()
         }],
         hostname: a.hostname,
     };

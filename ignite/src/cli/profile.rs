@@ -51,6 +51,8 @@ pub(crate) fn parse_disk(s: &str) -> Result<DiskFact, String> {
         path: path.to_string(),
         size,
         serial: it.next().map(str::to_string),
+        sector_size: ignite_profiles::SECTOR,
+        ..Default::default()
     })
 }
 

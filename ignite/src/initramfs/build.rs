@@ -9,26 +9,64 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use super::cpio::{cpio, Entry};
+use crate::agent::modules::module_name;
 
-/// Modules the agent needs on QEMU/KVM guests and common PCs: disk and NIC drivers, the
-/// file systems it makes, and what those need at run time. They load in this order, after
-/// their dependencies: the crc32c implementations come first because libcrc32c (for xfs)
-/// looks the algorithm up when it loads (a softdep, which modinfo `depends=` does not list).
-pub const MODULES: &[&str] = &[
-    "crc32c_generic",
-    "crc32c_intel",
+/// Storage drivers, by class rather than by test machine: NVMe, AHCI and legacy ATA, the
+/// SAS/RAID HBAs of x86-64 servers (Broadcom/LSI mpt3sas and megaraid_sas, Microchip
+/// smartpqi and aacraid, HPE hpsa, QEMU's lsi53c895a as sym53c8xx), virtio, USB storage
+/// behind the USB host controllers, and SCSI disks and CD-ROMs. The agent loads those the
+/// machine's devices ask for (by modalias).
+pub const STORAGE: &[&str] = &[
+    "nvme",
+    "ahci",
+    "ata_piix",
+    "ata_generic",
+    "mpt3sas",
+    "megaraid_sas",
+    "smartpqi",
+    "aacraid",
+    "hpsa",
+    "sym53c8xx",
     "virtio_pci",
     "virtio_blk",
     "virtio_scsi",
-    "virtio_net",
-    "ata_piix",
-    "ahci",
+    "xhci_pci",
+    "ehci_pci",
+    "uhci_hcd",
+    "ohci_pci",
+    "usb_storage",
+    "uas",
     "sd_mod",
     "sr_mod",
-    "ne2k_pci",
-    "8390",
+];
+
+/// NIC drivers: Intel (e1000, e1000e, igb, ixgbe, i40e, ice), Broadcom (bnxt_en, tg3),
+/// NVIDIA/Mellanox mlx5, Realtek r8169, virtio, and the NE2000 the bundled monitor emulates.
+/// None needs firmware that Debian ships as free software: ice without its DDP package
+/// runs in safe mode, r8169 and tg3 use their optional firmware patches only on some chips
+/// (firmware-realtek, firmware-misc-nonfree are non-free and left out).
+pub const NETWORK: &[&str] = &[
     "e1000",
     "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "ice",
+    "bnxt_en",
+    "mlx5_core",
+    "r8169",
+    "tg3",
+    "virtio_net",
+    "ne2k_pci",
+];
+
+/// Modules every machine gets whatever its devices (`modules.always`), in this order: the
+/// file systems the agent makes and what they need at run time. The crc32c implementations
+/// come first because libcrc32c (for xfs) looks the algorithm up when it loads (a softdep,
+/// which modinfo `depends=` does not list).
+pub const ALWAYS: &[&str] = &[
+    "crc32c_generic",
+    "crc32c_intel",
     "af_packet",
     "ext4",
     "xfs",
@@ -89,33 +127,34 @@ fn index_modules(dir: &Path) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// The modules a module needs directly: its modinfo `depends=` (what depmod reads too; a
-/// kernel package ships no modules.dep, depmod makes it when the package is installed).
+/// Every value of `key` in a module's modinfo (`\0key=value\0` strings; what depmod reads
+/// too: a kernel package ships no modules.dep nor modules.alias, depmod makes them when the
+/// package is installed).
+fn modinfo(ko: &[u8], key: &str) -> Vec<String> {
+    let tag = format!("\0{key}=");
+    let tag = tag.as_bytes();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = ko[at..].windows(tag.len()).position(|w| w == tag) {
+        let rest = &ko[at + i + tag.len()..];
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        out.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+        at += i + tag.len() + end;
+    }
+    out
+}
+
+/// The modules a module needs directly: its modinfo `depends=`.
 fn modinfo_depends(ko: &[u8]) -> Vec<String> {
-    ko.windows(9)
-        .position(|w| w == b"\0depends=")
-        .map(|i| {
-            let rest = &ko[i + 9..];
-            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-            String::from_utf8_lossy(&rest[..end])
-                .split(',')
+    modinfo(ko, "depends")
+        .first()
+        .map(|d| {
+            d.split(',')
                 .filter(|d| !d.is_empty())
                 .map(|d| d.replace('-', "_"))
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The name a module is asked for by: file stem, with `-` and `_` alike.
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file
-        .strip_suffix(".ko")
-        .or_else(|| file.strip_suffix(".ko.xz"))
-        .or_else(|| file.strip_suffix(".ko.zst"))
-        .or_else(|| file.strip_suffix(".ko.gz"))
-        .unwrap_or(file);
-    stem.replace('-', "_")
 }
 
 /// The module file as the kernel loads it (compressed modules are unpacked here, so the
@@ -149,6 +188,12 @@ struct Module {
     path: String,
     data: Vec<u8>,
     deps: Vec<String>,
+}
+
+impl Module {
+    fn name(&self) -> String {
+        module_name(&self.path)
+    }
 }
 
 /// The modules wanted and everything they depend on, each after its dependencies.
@@ -362,19 +407,42 @@ pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
     });
     img.file("init", 0o755, agent);
 
-    let modules = module_closure(mod_dir, version, MODULES)?;
+    let wanted: Vec<&str> = ALWAYS
+        .iter()
+        .chain(STORAGE)
+        .chain(NETWORK)
+        .copied()
+        .collect();
+    let modules = module_closure(mod_dir, version, &wanted)?;
     let count = modules.len();
-    // modules.dep lines in load order, each listing its direct dependencies.
-    let mut dep = String::new();
+    let names: BTreeSet<String> = modules.iter().map(Module::name).collect();
+    // modules.dep lines, each listing its direct dependencies; modules.alias as depmod
+    // writes it, for exactly these modules (see agent::modules).
+    let (mut dep, mut alias) = (String::new(), String::new());
     for m in modules {
         dep.push_str(&format!("{}: {}\n", m.path, m.deps.join(" ")));
+        for a in modinfo(&m.data, "alias") {
+            alias.push_str(&format!("alias {a} {}\n", m.name()));
+        }
         img.file(&format!("lib/modules/{version}/{}", m.path), 0o644, m.data);
     }
-    img.file(
-        &format!("lib/modules/{version}/modules.dep"),
-        0o644,
-        dep.into_bytes(),
-    );
+    // Built-in ones (af_packet in Debian's kernels) are there already.
+    let always: String = ALWAYS
+        .iter()
+        .filter(|m| names.contains(**m))
+        .map(|m| format!("{m}\n"))
+        .collect();
+    for (name, text) in [
+        ("modules.dep", dep),
+        ("modules.alias", alias),
+        ("modules.always", always),
+    ] {
+        img.file(
+            &format!("lib/modules/{version}/{name}"),
+            0o644,
+            text.into_bytes(),
+        );
+    }
 
     let mut tools = Vec::new();
     for (tool, package) in TOOLS {
@@ -423,6 +491,19 @@ pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modinfo_aliases_are_all_read() {
+        let ko = b"\x7fELF\0alias=pci:v*d*sv*sd*bc01sc08i02*\0depends=nvme-core\0alias=pci:v0000106Bd00002005sv*sd*bc*sc*i*\0";
+        assert_eq!(
+            modinfo(ko, "alias"),
+            [
+                "pci:v*d*sv*sd*bc01sc08i02*",
+                "pci:v0000106Bd00002005sv*sd*bc*sc*i*"
+            ]
+        );
+        assert!(modinfo(b"\0depends=\0", "alias").is_empty());
+    }
 
     #[test]
     fn modinfo_depends_are_read() {

@@ -88,6 +88,9 @@ pub struct Install {
     pub token_ttl_secs: u64,
     /// Most installs of unregistered clients scheduled at once.
     pub max_unregistered: usize,
+    /// An install whose client fetched the agent and whose agent has not reported this
+    /// long after the client's last boot step is marked `failed: agent silent`; 0: never.
+    pub agent_silent_secs: u64,
 }
 
 impl Default for Install {
@@ -97,6 +100,7 @@ impl Default for Install {
             require_lease: true,
             token_ttl_secs: 6 * 3600,
             max_unregistered: 256,
+            agent_silent_secs: 300,
         }
     }
 }

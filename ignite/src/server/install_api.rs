@@ -22,6 +22,8 @@
 //! rules, phases and log; its chunks are those of the capture's disks.
 //!
 //! Errors are one line of text: what is wrong and what to do; the agent shows and reports it.
+//! An agent that dies before it has an address cannot report: [`watch_silent_agents`] marks
+//! its install `failed: agent silent` from the boot log ([install] agent_silent_secs).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
@@ -52,6 +54,46 @@ use crate::state::installs::{Install, Status};
 use crate::state::{Action, State};
 use ignite_recovery::recover::{RecoverDisk, RecoverPlan};
 use ignite_recovery::Phase;
+
+/// Marks installs whose agent was fetched and never reported (see
+/// `State::mark_silent_agents`), checking every few seconds until `stop`. `agent_files`
+/// are the boot files that make up the agent (`[boot] initrd`); `silent_secs` 0 turns the
+/// watch off.
+pub async fn watch_silent_agents(
+    state: Arc<State>,
+    silent_secs: u64,
+    agent_files: Vec<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if silent_secs == 0 {
+        return;
+    }
+    let silent = silent_secs.min(i64::MAX as u64) as i64;
+    // A tenth of the quiet time, so the mark comes at most ~10% late, and not more often
+    // than every 2 s.
+    let every = std::time::Duration::from_secs((silent_secs / 10).clamp(2, 60));
+    let files = Arc::new(agent_files);
+    loop {
+        let (st, f) = (state.clone(), files.clone());
+        let marked = tokio::task::spawn_blocking(move || {
+            st.mark_silent_agents(crate::state::now(), silent, &f)
+        })
+        .await;
+        match marked {
+            Ok(Ok(macs)) => {
+                for m in macs {
+                    tracing::warn!("install of {m} failed: its agent was fetched and has been silent for {silent_secs} s (see `ignite client show {m}`)");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("watching for silent agents: {e:#}"),
+            Err(e) => tracing::warn!("watching for silent agents: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+    }
+}
 
 /// Most chunks one request may ask for.
 pub const MAX_BATCH: usize = 1024;

@@ -319,6 +319,12 @@ pub fn run(cfg: Config) -> Result<()> {
             prune_installs(st, ttl_secs, rx).await;
             ("install pruning".to_string(), Ok(()))
         });
+        let (rx, st) = (stop_rx.clone(), state.clone());
+        let (silent, agent) = (cfg.install.agent_silent_secs, cfg.boot.initrd.clone());
+        tasks.spawn(async move {
+            super::install_api::watch_silent_agents(st, silent, agent, rx).await;
+            ("silent agent watch".to_string(), Ok(()))
+        });
         services.push(format!(
             "HTTP on port {} (install API: profiles {}, store {})",
             cfg.network.http_port,

@@ -11,7 +11,9 @@
 //! client fetches its boot script), only from the address it was handed to, until
 //! `expires_ms`, and only while the install is not over. The install log is capped in bytes
 //! and the phase timeline in entries; installs of unregistered clients that never finished
-//! are forgotten once their token expired (`prune_unregistered_installs`).
+//! are forgotten once their token expired (`prune_unregistered_installs`). An install whose
+//! client fetched the agent but whose agent never reported is marked failed (`agent
+//! silent`) from the boot log (`mark_silent_agents`); a later report takes it back.
 
 use std::net::Ipv4Addr;
 
@@ -431,6 +433,87 @@ impl State {
         Ok(())
     }
 
+    /// Marks `failed: agent silent` every install whose client fetched the agent (a boot
+    /// step serving one of `agent_files` since the install was scheduled, its token handed
+    /// out) but whose agent never reported a phase, and whose last boot step is more than
+    /// `silent_secs` before `now` (seconds). Such an agent died before it had an address:
+    /// no driver for its NIC, no DHCP answer, a kernel that did not boot. Returns the
+    /// MACs marked.
+    pub fn mark_silent_agents(
+        &self,
+        now: i64,
+        silent_secs: i64,
+        agent_files: &[String],
+    ) -> Result<Vec<String>> {
+        let waiting: Vec<(String, String, i64)> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare(
+                "SELECT token, mac, created_ms FROM installs \
+                 WHERE status = 'active' AND phase IS NULL AND expires_ms IS NOT NULL",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows
+        };
+        let mut marked = Vec::new();
+        for (token, mac, created_ms) in waiting {
+            let steps = self.steps(&mac, 500)?;
+            let since = created_ms / 1000;
+            let fetched = steps.iter().rev().find(|s| {
+                s.time >= since
+                    && matches!(s.step.as_str(), "http" | "tftp")
+                    && agent_files.iter().any(|f| s.detail.contains(f.as_str()))
+            });
+            let (Some(fetched), Some(last)) = (fetched, steps.last()) else {
+                continue;
+            };
+            if now - last.time <= silent_secs {
+                continue;
+            }
+            let error = format!(
+                "agent silent: the client fetched the agent ({}) {} s ago and it never \
+                 reported; last boot step seen {} s ago: {} {}. The agent fails this way \
+                 before it has an address (no driver for the boot NIC, no DHCP answer, a \
+                 kernel that does not start): look at the machine's console",
+                fetched.detail,
+                now - fetched.time,
+                now - last.time,
+                last.step,
+                last.detail
+            );
+            let tail: Vec<String> = steps
+                .iter()
+                .rev()
+                .take(10)
+                .rev()
+                .map(|s| format!("{} {} {}", s.time, s.step, s.detail))
+                .collect();
+            let phase = serde_json::to_string(&Phase::Failed {
+                error,
+                log_tail: tail.join("\n"),
+            })?;
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            // Only if the agent has still not reported (it may have, since the query).
+            let t = now_ms();
+            let n = tx.execute(
+                "UPDATE installs SET phase = ?2, updated_ms = ?3, status = 'failed' \
+                 WHERE token = ?1 AND status = 'active' AND phase IS NULL",
+                params![token, phase, t],
+            )?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO install_phases (token, time_ms, phase) VALUES (?1, ?2, ?3)",
+                    params![token, t, phase],
+                )?;
+                marked.push(mac);
+            }
+            tx.commit()?;
+        }
+        Ok(marked)
+    }
+
     /// Log appends after `after_id` (0: all), oldest first.
     pub fn log_since(&self, token: &str, after_id: i64) -> Result<Vec<LogLine>> {
         let conn = self.conn();
@@ -546,6 +629,94 @@ mod tests {
         // A finished one stays (the client was registered when it finished).
         s.record_phase(&t1, &Phase::Done).unwrap();
         assert_eq!(s.open_unregistered_installs().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_agent_fetched_but_never_heard_from_is_marked_silent() {
+        use crate::state::boot_log::{BootLogCaps, NewStep};
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let caps = BootLogCaps {
+            per_mac: 100,
+            total: 1000,
+        };
+        let files = vec!["ignite/initrd.img".to_string()];
+        let step = |mac: &str, step: &'static str, detail: &str| NewStep {
+            mac: Some(mac.parse().unwrap()),
+            ip: Some(IP),
+            step,
+            detail: detail.into(),
+        };
+        let (silent, quiet, talked, script_only) = (
+            "52:54:00:00:01:01",
+            "52:54:00:00:01:02",
+            "52:54:00:00:01:03",
+            "52:54:00:00:01:04",
+        );
+        for m in [silent, quiet, talked, script_only] {
+            s.release_token(m, Job::Install("web"), IP, HOUR).unwrap();
+            s.record_steps(&[step(m, "script", "iPXE script served")], caps)
+                .unwrap();
+        }
+        for m in [silent, quiet, talked] {
+            s.record_steps(&[step(m, "http", "GET /files/debian/vmlinuz -> 200")], caps)
+                .unwrap();
+        }
+        // `quiet` fetched the kernel and not the agent: it never ran the agent.
+        for m in [silent, talked] {
+            s.record_steps(
+                &[step(m, "http", "GET /files/ignite/initrd.img -> 200")],
+                caps,
+            )
+            .unwrap();
+        }
+        let talked_token = s.current_install(talked).unwrap().unwrap().token;
+        s.record_phase(
+            &talked_token,
+            &Phase::Booted {
+                ip: "10.0.0.5".into(),
+            },
+        )
+        .unwrap();
+        let now = crate::state::now();
+        // Within the quiet time nothing is marked.
+        assert!(s.mark_silent_agents(now, 60, &files).unwrap().is_empty());
+        // Later: the one that fetched the agent and never reported, only it, only once.
+        let later = now + 61;
+        let marked = s.mark_silent_agents(later, 60, &files).unwrap();
+        assert_eq!(marked, [silent]);
+        assert!(s.mark_silent_agents(later, 60, &files).unwrap().is_empty());
+        let i = s.current_install(silent).unwrap().unwrap();
+        assert_eq!(i.status, Status::Failed);
+        let Some(Phase::Failed { error, log_tail }) = i.phase else {
+            panic!("not failed: {:?}", i.phase);
+        };
+        assert!(error.starts_with("agent silent: the client fetched the agent (GET /files/ignite/initrd.img -> 200) 61 s ago"), "{error}");
+        assert!(
+            error.contains("last boot step seen 61 s ago: http GET /files/ignite/initrd.img"),
+            "{error}"
+        );
+        assert!(log_tail.contains("iPXE script served"), "{log_tail}");
+        assert_eq!(s.phases(&i.token).unwrap().len(), 1);
+        for m in [quiet, talked, script_only] {
+            assert_eq!(
+                s.current_install(m).unwrap().unwrap().status,
+                Status::Active,
+                "{m}"
+            );
+        }
+        // An agent that reports after all takes its install back.
+        s.record_phase(
+            &i.token,
+            &Phase::Booted {
+                ip: "10.0.0.5".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.current_install(silent).unwrap().unwrap().status,
+            Status::Active
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::log::Log;
 
 const BLKRRPART: libc::c_ulong = 0x125f;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKSSZGET: libc::c_ulong = 0x1268;
 /// How long the partition device nodes may take to appear after the re-read.
 const DEVICE_WAIT: Duration = Duration::from_secs(15);
 
@@ -28,6 +29,23 @@ pub fn device_size(f: &std::fs::File) -> Result<u64> {
         bail!("cannot read its size: {}", std::io::Error::last_os_error());
     }
     Ok(size)
+}
+
+/// The logical sector size of a block device (BLKSSZGET), or None for a file: an image
+/// has the sector size the plan gives it.
+pub fn device_sector_size(f: &std::fs::File) -> Result<Option<u64>> {
+    if f.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int into `size`.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BLKSSZGET, &mut size) } != 0 {
+        bail!(
+            "cannot read its sector size: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(Some(size as u64))
 }
 
 /// The plan's partitions as table entries, each with a fresh unique GUID.
@@ -73,17 +91,26 @@ pub fn partition(plan_disk: &DiskPlan, disk: &str, log: &mut Log) -> Result<()> 
             plan_disk.size_bytes
         );
     }
+    if let Some(sector) = device_sector_size(&f).with_context(|| format!("disk {disk}"))? {
+        if sector != plan_disk.sector_size {
+            bail!(
+                "disk {disk} has {sector}-byte logical sectors but the plan was made for {}-byte ones; re-run the install so the plan is rendered for this disk",
+                plan_disk.sector_size
+            );
+        }
+    }
     let parts = gpt_partitions(plan_disk)?;
     // The plan's partitions end where a disk of the planned size ends; a larger disk keeps
     // its extra space unpartitioned, with the backup table at its real end.
     let disk_guid = gpt::random_guid()?;
-    let img = gpt::build(size, disk_guid, &parts)
+    let img = gpt::build(size, plan_disk.sector_size, disk_guid, &parts)
         .with_context(|| format!("disk {disk}: the plan does not fit"))?;
     gpt::write(&f, &img).with_context(|| format!("disk {disk}"))?;
     log.line(&format!(
-        "disk {disk}: wrote GPT {} with {} partitions",
+        "disk {disk}: wrote GPT {} with {} partitions in {}-byte sectors",
         gpt::format_guid(&disk_guid),
-        parts.len()
+        parts.len(),
+        plan_disk.sector_size
     ));
     if f.metadata()?.is_file() {
         return Ok(());
@@ -143,6 +170,8 @@ mount = "/"
                 path: "/dev/vda".into(),
                 size: 1 << 30,
                 serial: None,
+                sector_size: 512,
+                ..Default::default()
             }],
             hostname: None,
         })
@@ -165,7 +194,11 @@ mount = "/"
             let f = std::fs::File::create(&img).unwrap();
             f.set_len(disk.size_bytes).unwrap();
             let parts = gpt_partitions(&disk).unwrap();
-            gpt::write(&f, &gpt::build(disk.size_bytes, [7; 16], &parts).unwrap()).unwrap();
+            gpt::write(
+                &f,
+                &gpt::build(disk.size_bytes, 512, [7; 16], &parts).unwrap(),
+            )
+            .unwrap();
             let out = run_output(std::process::Command::new("sfdisk").arg("--json").arg(&img));
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             v["partitiontable"]["partitions"]

@@ -348,6 +348,8 @@ mod tests {
                     path: "/dev/vda".into(),
                     size: 4 << 30,
                     serial: None,
+                    sector_size: 512,
+                    ..Default::default()
                 }],
                 hostname: None,
             })
