@@ -1,7 +1,9 @@
 //! What runs as PID 1 of the install initramfs, around [`ignite_recovery`]'s plan runner:
-//! kernel file systems, module loading, the boot NIC and its DHCP client.
+//! kernel file systems, module loading, the boot NIC and its DHCP client; restores from
+//! recovery media (`media`).
 
 pub mod dhcp;
 pub mod init;
+pub mod media;
 pub mod modules;
 pub mod netif;

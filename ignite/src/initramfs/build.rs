@@ -25,6 +25,8 @@ pub const MODULES: &[&str] = &[
     "ahci",
     "sd_mod",
     "sr_mod",
+    // Recovery media: the CD's file system (sr_mod brings cdrom).
+    "isofs",
     "ne2k_pci",
     "8390",
     "e1000",
