@@ -1,8 +1,8 @@
 //! Recovery media end to end: a guest's disk (a GPT with an ext4 file system holding a
 //! hostname, and a patterned region outside any partition) is captured, `ignite recovery
 //! media --yes` writes a bootable ISO with Debian's kernel and the agent initramfs, and a
-//! QEMU machine (SeaBIOS, software emulation) with an empty disk and no network boots the
-//! ISO from its CD drive; the agent restores the capture and reboots (QEMU's -no-reboot
+//! QEMU machine (software emulation) with an empty disk and no network boots the ISO from its
+//! CD drive, once with SeaBIOS and once with OVMF (UEFI); the agent restores the capture and reboots (QEMU's -no-reboot
 //! ends it there). The disk must then equal, byte for byte, `ignite recovery restore --to`
 //! of the same capture.
 
@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ignite_e2e::site::{Firmware, OVMF_CODE, OVMF_VARS};
 use ignite_e2e::*;
 
 const DISK: u64 = 64 << 20;
@@ -49,6 +50,85 @@ fn fill_disk(image: &Path, scratch: &Path) {
         .unwrap()
         .write_all_at(&pattern(1 << 20, 7), 48 << 20)
         .unwrap();
+}
+
+/// Boots `iso` on a machine with an empty disk and no network under `firmware` (`fw` in messages); returns the
+/// disk once the agent has restored and rebooted, and checks its console said so.
+fn boot_and_restore(dir: &Path, iso: &Path, (firmware, fw): (Firmware, &str)) -> Vec<u8> {
+    let target = dir.join(format!("{fw}-disk.img"));
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(DISK)
+        .unwrap();
+    let serial = dir.join(format!("{fw}-serial.log"));
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-accel", "tcg", "-m", "1024", "-display", "none", "-monitor", "none",
+    ])
+    // The agent reboots when done: QEMU exits instead.
+    .args(["-no-reboot", "-nic", "none", "-boot", "d", "-cdrom"])
+    .arg(iso)
+    .arg("-drive")
+    .arg(format!("file={},if=virtio,format=raw", target.display()))
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()));
+    if firmware == Firmware::Uefi {
+        let vars = dir.join("ovmf-vars.fd");
+        std::fs::copy(OVMF_VARS, &vars).unwrap();
+        qemu.arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    let qemu_log = dir.join(format!("{fw}-qemu.log"));
+    let mut child = qemu
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&qemu_log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let limit = Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let console = format!(
+        "{}\n--- QEMU: {}",
+        // OVMF's output is not all UTF-8.
+        strip_ansi(&String::from_utf8_lossy(
+            &std::fs::read(&serial).unwrap_or_default()
+        )),
+        std::fs::read_to_string(&qemu_log).unwrap_or_default()
+    );
+    assert!(
+        status.is_some(),
+        "{fw}: the machine did not finish within {} s:\n{}",
+        limit.as_secs(),
+        tail(&console, 60)
+    );
+    assert!(
+        console.contains(DONE),
+        "{fw}: no {DONE} on the console (QEMU {status:?} after {:.1} s):\n{}",
+        t.elapsed().as_secs_f64(),
+        tail(&console, 60)
+    );
+    eprintln!(
+        "{fw}: booted from the ISO, restored and rebooted in {:.1} s; {}",
+        t.elapsed().as_secs_f64(),
+        console
+            .lines()
+            .find(|l| l.contains(DONE))
+            .unwrap_or_default()
+    );
+    std::fs::read(&target).unwrap()
 }
 
 #[test]
@@ -131,71 +211,17 @@ fn recovery_iso_restores_a_capture_onto_an_empty_disk_without_network() {
         ],
     );
 
-    let target = tmp.path().join("empty.img");
-    std::fs::File::create(&target)
-        .unwrap()
-        .set_len(DISK)
-        .unwrap();
-    let serial = tmp.path().join("serial.log");
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel", "tcg", "-m", "1024", "-display", "none", "-monitor", "none",
-        ])
-        // The agent reboots when done: QEMU exits instead.
-        .args(["-no-reboot", "-nic", "none", "-boot", "d", "-cdrom"])
-        .arg(&iso)
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", target.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    let limit = Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let console = strip_ansi(&std::fs::read_to_string(&serial).unwrap_or_default());
-    assert!(
-        status.is_some(),
-        "the machine did not finish within {} s:\n{}",
-        limit.as_secs(),
-        tail(&console, 60)
-    );
-    assert!(
-        console.contains(DONE),
-        "no {DONE} on the console:\n{}",
-        tail(&console, 60)
-    );
-    eprintln!(
-        "booted from the ISO, restored and rebooted in {:.1} s; {}",
-        t.elapsed().as_secs_f64(),
-        console
-            .lines()
-            .find(|l| l.contains(DONE))
-            .unwrap_or_default()
-    );
-    let got = std::fs::read(&target).unwrap();
     let want = std::fs::read(&reference).unwrap();
-    assert_eq!(got.len(), want.len());
-    if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
-        panic!("the restored disk differs from `recovery restore --to` at byte {at}");
-    }
-    // The restored file system's block holding /etc/hostname came back too.
     let name = format!("{HOSTNAME}\n");
     assert!(
-        got.windows(name.len()).any(|w| w == name.as_bytes()),
-        "the restored disk does not hold the captured hostname"
+        want.windows(name.len()).any(|w| w == name.as_bytes()),
+        "the capture does not hold the hostname written into it"
     );
+    for (firmware, fw) in [(Firmware::Bios, "BIOS"), (Firmware::Uefi, "UEFI")] {
+        let got = boot_and_restore(tmp.path(), &iso, (firmware, fw));
+        assert_eq!(got.len(), want.len());
+        if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            panic!("{fw}: the restored disk differs from `recovery restore --to` at byte {at}");
+        }
+    }
 }
