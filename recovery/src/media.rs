@@ -226,3 +226,127 @@ pub fn write_iso(from: &Store, spec: &str, files: &MediaFiles, out: &Path) -> Re
         iso_bytes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::block::BlockDisk;
+    use crate::capture::record::{CaptureStats, SourceInfo};
+    use crate::capture::{finish, read_disks};
+    use ignite_archive::{FileImage, Progress, StoreConfig};
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    /// Captures `img` as `name` into `store`.
+    fn capture(store: &Arc<Store>, name: &str, img: &Path) {
+        let disks = vec![BlockDisk {
+            index: 0,
+            reader: Box::new(FileImage::open(img).unwrap()),
+            changes: None,
+        }];
+        let ms = read_disks(store, name, &disks, &Progress::default()).unwrap();
+        let source = SourceInfo::Client {
+            mac: None,
+            facts: serde_json::json!({}),
+        };
+        finish(
+            store.clone(),
+            name,
+            source,
+            &[(0, ms[0].clone())],
+            CaptureStats::default(),
+            Instant::now(),
+        )
+        .unwrap();
+    }
+
+    fn image(path: &Path, seed: u8) {
+        let f = std::fs::File::create(path).unwrap();
+        f.set_len(8 << 20).unwrap();
+        // Two different blocks, one repeated, the rest a gap of zeros.
+        let block = |v: u8| vec![v; 64 << 10];
+        f.write_all_at(&block(seed), 0).unwrap();
+        f.write_all_at(&block(seed.wrapping_add(1)), 1 << 20)
+            .unwrap();
+        f.write_all_at(&block(seed), 4 << 20).unwrap();
+    }
+
+    #[test]
+    fn the_medium_store_holds_the_capture_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            block_size: 64 << 10,
+            ..StoreConfig::default()
+        };
+        let src = Arc::new(Store::init(&tmp.path().join("src"), cfg).unwrap());
+        image(&tmp.path().join("a.img"), 1);
+        image(&tmp.path().join("b.img"), 9);
+        capture(&src, "a", &tmp.path().join("a.img"));
+        capture(&src, "b", &tmp.path().join("b.img"));
+
+        let to = tmp.path().join("medium");
+        let (spec, chunks, bytes) = copy_capture(&src, "a", &to).unwrap();
+        assert!(spec.starts_with("a@"), "{spec}");
+        let dst = Store::open(&to).unwrap();
+        let (want, want_blocks) = plan(&src, "a").unwrap();
+        let (got, got_blocks) = plan(&dst, &spec).unwrap();
+        assert_eq!(got_blocks, want_blocks);
+        assert_eq!(got.disks.len(), 1);
+        assert_eq!(
+            (got.disks[0].size, got.disks[0].block_size),
+            (want.disks[0].size, want.disks[0].block_size)
+        );
+        // The disk's two distinct blocks (its gap is no chunk), and none of b's.
+        let disk_chunks = 2;
+        assert_eq!(chunks, disk_chunks);
+        assert!(bytes > 0);
+        let names: Vec<String> = dst
+            .list_snapshots()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert!(names.iter().all(|n| n.starts_with('a')), "{names:?}");
+        assert_eq!(names.len(), 2, "{names:?}");
+        // A store already there is never written over.
+        let again = copy_capture(&src, "a", &to).unwrap_err();
+        assert!(format!("{again:#}").contains("medium's store"), "{again:#}");
+    }
+
+    #[test]
+    fn yes_is_on_the_command_line_only_when_asked_for() {
+        let mut f = MediaFiles {
+            kernel: "k".into(),
+            initrd: "i".into(),
+            cmdline: "console=ttyS0".into(),
+            yes: false,
+        };
+        assert_eq!(
+            cmdline(&f, "web1@00ff"),
+            "console=ttyS0 ignite.action=recover-media ignite.snapshot=web1@00ff"
+        );
+        f.yes = true;
+        assert!(cmdline(&f, "web1@00ff").ends_with(" ignite.yes"));
+    }
+
+    #[test]
+    fn missing_boot_files_are_named_before_anything_is_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Store::init(&tmp.path().join("src"), StoreConfig::default()).unwrap();
+        let f = MediaFiles {
+            kernel: tmp.path().join("vmlinuz"),
+            initrd: tmp.path().join("initrd.img"),
+            cmdline: String::new(),
+            yes: false,
+        };
+        let out = tmp.path().join("out.iso");
+        let e = format!("{:#}", write_iso(&src, "a", &f, &out).unwrap_err());
+        assert!(
+            e.contains("vmlinuz is missing") || e.contains("is not installed"),
+            "{e}"
+        );
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+}
