@@ -16,6 +16,7 @@ pub mod disk;
 pub mod facts;
 pub mod log;
 pub mod loopdev;
+pub mod media;
 pub mod nbd;
 pub mod process;
 pub mod protocol;

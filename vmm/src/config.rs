@@ -186,11 +186,7 @@ pub enum MediaBus {
     Avio,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DriveKind {
-    Cdrom,
-    Tape,
-}
+pub use crate::scsi::DriveKind;
 
 /// A CD-ROM or tape drive, empty or with a medium in it.
 #[derive(Clone, Debug, PartialEq, Eq)]

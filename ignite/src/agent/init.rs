@@ -6,7 +6,9 @@
 //! the server marks the install `agent silent` (see `server::install_api`).
 //!
 //! Kernel command line: `ignite.server=URL ignite.mac=MAC ignite.token=T`, optionally
-//! `ignite.action=capture` (capture the disks as the token says instead of installing), and
+//! `ignite.action=capture` (capture the disks as the token says instead of installing) or
+//! `ignite.action=recover-media ignite.snapshot=NAME@ID [ignite.yes]` (no network: see
+//! [`super::media`]), and
 //! `ignite.after=reboot|poweroff|shell` and `ignite.selfcheck=1` (load modules, look for a
 //! disk, run each tool, print [`SELFCHECK_OK`], no network, no install).
 
@@ -40,6 +42,10 @@ pub struct BootArgs {
     pub selfcheck: bool,
     /// `ignite.baseline-tar=URL`: extract with `curl | tar` instead (the install benchmark).
     pub baseline_tar: Option<String>,
+    /// `ignite.snapshot=NAME@ID`: the capture recovery media restore.
+    pub snapshot: Option<String>,
+    /// `ignite.yes`: restore from recovery media without asking on the console.
+    pub yes: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +74,8 @@ pub fn parse_cmdline(text: &str) -> BootArgs {
         },
         selfcheck: kv.get("selfcheck").is_some_and(|v| *v == "1"),
         baseline_tar: kv.get("baseline-tar").map(|s| s.to_string()),
+        snapshot: kv.get("snapshot").map(|s| s.to_string()),
+        yes: text.split_whitespace().any(|w| w == "ignite.yes"),
     }
 }
 
@@ -443,6 +451,11 @@ pub fn main() -> ! {
             capture(&args, &mut mods)
         } else if args.action.as_deref() == Some("recover") {
             recover(&args, &mut mods)
+        } else if args.action.as_deref() == Some(ignite_recovery::media::ACTION) {
+            let mods = std::cell::RefCell::new(&mut mods);
+            super::media::recover_media(args.snapshot.as_deref(), args.yes, &|| {
+                wait_for_disks(&mut mods.borrow_mut())
+            })
         } else {
             install(&args, &mut mods)
         }
@@ -476,5 +489,9 @@ mod tests {
         assert!(!a.selfcheck);
         assert_eq!(parse_cmdline("ignite.selfcheck=1").after, After::Reboot);
         assert!(parse_cmdline("ignite.selfcheck=1").selfcheck);
+        let m = parse_cmdline("ignite.action=recover-media ignite.snapshot=web1@0a1b ignite.yes");
+        assert_eq!(m.snapshot.as_deref(), Some("web1@0a1b"));
+        assert!(m.yes);
+        assert!(!a.yes);
     }
 }

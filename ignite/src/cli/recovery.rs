@@ -102,6 +102,24 @@ enum Cmd {
         #[arg(long, value_name = "NEW")]
         as_guest: Option<String>,
     },
+    /// Recovery media (`make_tape_recovery`): a bootable ISO (BIOS and UEFI) holding the
+    /// install kernel, the agent initramfs and the capture; booted with no network, it
+    /// restores the capture onto the machine's disks (asking on the console unless --yes),
+    /// then reboots.
+    Media {
+        /// NAME (its latest capture), NAME@latest or NAME@ID.
+        capture: String,
+        #[arg(long, value_name = "OUT.iso")]
+        iso: PathBuf,
+        /// Where the install kernel (debian/vmlinuz) and the agent initramfs
+        /// (ignite/initrd.img) are, as `ignite server --prepare` makes them
+        /// (default: <state-dir>/boot).
+        #[arg(long)]
+        boot_dir: Option<PathBuf>,
+        /// Restore without asking on the booted machine's console (`ignite.yes`).
+        #[arg(long)]
+        yes: bool,
+    },
     /// A new guest from a capture with a new identity, written into its image before the
     /// first boot: hostname and /etc/hosts, machine-id, SSH host keys, MACs in network
     /// configuration and udev rules, DHCP leases, random seed. Nothing else differs.
@@ -284,6 +302,15 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             Some(new) => restore_guest(&a.state_dir, &store_dir, &capture, &new, None),
             None => restore_to(&store_dir, &capture, &to),
         },
+        Cmd::Media {
+            capture,
+            iso,
+            boot_dir,
+            yes,
+        } => {
+            let boot = boot_dir.unwrap_or_else(|| a.state_dir.join("boot"));
+            media(&store_dir, &boot, &capture, &iso, yes)
+        }
         Cmd::Clone {
             capture,
             new,
@@ -583,6 +610,29 @@ fn restore_to(store_dir: &Path, spec: &str, to: &[PathBuf]) -> Result<()> {
         );
     }
     println!("restore done in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn media(store_dir: &Path, boot: &Path, spec: &str, iso: &Path, yes: bool) -> Result<()> {
+    use ignite_recovery::media::{write_iso, MediaFiles};
+    let store = Store::open(store_dir)?;
+    let files = MediaFiles {
+        kernel: boot.join("debian/vmlinuz"),
+        initrd: boot.join(crate::server::config::AGENT_INITRD),
+        cmdline: "console=tty0 console=ttyS0,115200".into(),
+        yes,
+    };
+    let t = std::time::Instant::now();
+    let w = write_iso(&store, spec, &files, iso)?;
+    println!(
+        "recovery media for {} written to {}: {} ({} chunks, {} of them), {:.1} s",
+        w.capture,
+        iso.display(),
+        human(w.iso_bytes),
+        w.chunks,
+        human(w.stored_bytes),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

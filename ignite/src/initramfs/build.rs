@@ -75,6 +75,8 @@ pub const ALWAYS: &[&str] = &[
     "nls_iso8859_1",
     "nls_ascii",
     "efivarfs",
+    // Recovery media: the CD's file system (no device asks for it; sr_mod brings cdrom).
+    "isofs",
 ];
 
 /// Tools the agent runs, and the Debian package of each.

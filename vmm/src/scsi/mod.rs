@@ -139,6 +139,13 @@ impl<T: Unit> LogicalUnit for T {
 /// medium at run time.
 pub type SharedUnit<T> = Arc<Mutex<T>>;
 
+/// What a removable-media drive is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriveKind {
+    Cdrom,
+    Tape,
+}
+
 /// A medium a removable drive can take: an ISO image (read-only) or a virtual tape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MediumConfig {
@@ -157,7 +164,7 @@ pub enum DriveUnit {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriveStatus {
     pub name: String,
-    pub kind: crate::config::DriveKind,
+    pub kind: DriveKind,
     pub medium: Option<std::path::PathBuf>,
     /// The guest locked the medium in (PREVENT MEDIUM REMOVAL); the host may still eject.
     pub locked: bool,
@@ -233,7 +240,6 @@ impl MediaControl {
     }
 
     pub fn status(&self) -> Vec<DriveStatus> {
-        use crate::config::DriveKind;
         self.drives
             .iter()
             .map(|(name, u)| {
@@ -434,7 +440,7 @@ mod tests {
         assert_eq!(st[0].medium.as_deref(), Some(iso.as_path()));
         assert_eq!(
             (st[1].kind, st[1].medium.as_deref()),
-            (crate::config::DriveKind::Tape, Some(tap.as_path()))
+            (DriveKind::Tape, Some(tap.as_path()))
         );
         // A tape is not a CD image; unknown drives are named with the ones there are.
         let e = mc.insert("cd0", &m(&tap)).unwrap_err().to_string();
