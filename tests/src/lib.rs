@@ -280,3 +280,12 @@ impl Drop for GuestGuard {
             .output();
     }
 }
+
+/// The release (`uname -r`) a Debian bzImage names in its setup header: the version string
+/// the header points to, up to its first space.
+pub fn bzimage_version(kernel: &[u8]) -> String {
+    let off = u16::from_le_bytes([kernel[0x20e], kernel[0x20f]]) as usize + 0x200;
+    let text = &kernel[off..off + 64];
+    let end = text.iter().position(|&b| b == 0 || b == b' ').unwrap();
+    String::from_utf8_lossy(&text[..end]).into_owned()
+}

@@ -126,10 +126,13 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
 /// The file's code up to its inline `#[cfg(test)]` module (always last in this code base).
 fn code_without_tests(file: &Path) -> String {
     let text = std::fs::read_to_string(file).unwrap();
-    let start = ["#[cfg(test)]\nmod tests", "#[cfg(test)]\npub(crate) mod tests"]
-        .iter()
-        .filter_map(|m| text.find(m))
-        .min();
+    let start = [
+        "#[cfg(test)]\nmod tests",
+        "#[cfg(test)]\npub(crate) mod tests",
+    ]
+    .iter()
+    .filter_map(|m| text.find(m))
+    .min();
     match start {
         Some(i) => text[..i].to_string(),
         None => text,

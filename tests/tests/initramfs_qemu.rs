@@ -10,14 +10,6 @@ use ignite_e2e::*;
 
 const SELFCHECK_OK: &str = "IGNITE-AGENT-SELFCHECK-OK";
 
-/// The kernel version a bzImage announces (boot protocol: `kernel_version` at 0x20e).
-fn bzimage_version(kernel: &[u8]) -> String {
-    let off = u16::from_le_bytes([kernel[0x20e], kernel[0x20f]]) as usize + 0x200;
-    let text = &kernel[off..off + 64];
-    let end = text.iter().position(|&b| b == 0 || b == b' ').unwrap();
-    String::from_utf8_lossy(&text[..end]).into_owned()
-}
-
 #[test]
 fn agent_initramfs_boots_debian_kernel_and_passes_its_selfcheck() {
     if !require_tools(&[

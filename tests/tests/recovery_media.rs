@@ -22,14 +22,6 @@ fn ig(state: &Path, args: &[&str]) -> String {
     run(ignite_cmd(args).env("IGNITE_STATE_DIR", state))
 }
 
-/// The bzImage's version string (boot protocol: `kernel_version` at 0x20e).
-fn bzimage_version(kernel: &[u8]) -> String {
-    let off = u16::from_le_bytes([kernel[0x20e], kernel[0x20f]]) as usize + 0x200;
-    let text = &kernel[off..off + 64];
-    let end = text.iter().position(|&b| b == 0 || b == b' ').unwrap();
-    String::from_utf8_lossy(&text[..end]).into_owned()
-}
-
 /// A GPT with one ext4 partition (1 MiB..41 MiB) holding /etc/hostname, and 1 MiB of
 /// pattern at 48 MiB that no file system owns.
 fn fill_disk(image: &Path, scratch: &Path) {
