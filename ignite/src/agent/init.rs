@@ -453,9 +453,16 @@ pub fn main() -> ! {
             recover(&args, &mut mods)
         } else if args.action.as_deref() == Some(ignite_recovery::media::ACTION) {
             let mods = std::cell::RefCell::new(&mut mods);
-            super::media::recover_media(args.snapshot.as_deref(), args.yes, &|| {
-                wait_for_disks(&mut mods.borrow_mut())
-            })
+            super::media::recover_media(
+                args.snapshot.as_deref(),
+                args.yes,
+                &|| wait_for_disks(&mut mods.borrow_mut()),
+                &|| {
+                    for m in mods.borrow_mut().poll(Path::new("/sys/bus")) {
+                        say(&format!("loaded {m}"));
+                    }
+                },
+            )
         } else {
             install(&args, &mut mods)
         }

@@ -42,11 +42,12 @@ fn candidates(sys_block: &Path) -> Vec<String> {
 }
 
 /// Mounts the first device holding a medium's store read-only; returns the device.
-fn find_medium() -> Result<String> {
+fn find_medium(settle: &dyn Fn()) -> Result<String> {
     let at = Path::new(MOUNT_POINT);
     std::fs::create_dir_all(at)?;
     let start = Instant::now();
     loop {
+        settle();
         let mut tried = Vec::new();
         for name in candidates(Path::new("/sys/block")) {
             let dev = format!("/dev/{name}");
@@ -86,16 +87,18 @@ fn confirm(question: &str) -> Result<()> {
 }
 
 /// The restore: `snapshot` is `NAME@ID` in the medium's store, `disks` waits for this
-/// machine's disks.
+/// machine's disks, `settle` loads the drivers the devices seen so far ask for (a CD drive
+/// appears behind its controller's driver, and needs sr_mod in turn).
 pub fn recover_media(
     snapshot: Option<&str>,
     yes: bool,
     disks: &dyn Fn() -> Result<Vec<DiskFact>>,
+    settle: &dyn Fn(),
 ) -> Result<()> {
     let spec = snapshot.context(
         "the kernel command line lacks ignite.snapshot=NAME@ID; boot from media `ignite recovery media` made",
     )?;
-    let medium = find_medium()?;
+    let medium = find_medium(settle)?;
     say(&format!("recovery medium on {medium}"));
     let store_dir = PathBuf::from(MOUNT_POINT).join(STORE_DIR);
     let store = Store::open(&store_dir)
