@@ -43,9 +43,14 @@ pub struct MountedImage {
 impl Drop for MountedImage {
     fn drop(&mut self) {
         rustix::fs::sync();
-        for (_, dir, _) in &self.mounts {
-            let _ = crate::steps::mount::umount(dir, 0);
-            let _ = std::fs::remove_dir(dir);
+        for (_, dir, tree) in std::mem::take(&mut self.mounts) {
+            // The tree holds the mounted directory open: closed first, or the file system
+            // is busy and stays mounted under the guest that boots from the image.
+            drop(tree);
+            if let Err(e) = crate::steps::mount::umount(&dir, 0) {
+                tracing::error!("{}: cannot unmount: {e:#}", dir.display());
+            }
+            let _ = std::fs::remove_dir(&dir);
         }
     }
 }

@@ -199,6 +199,13 @@ fn restore_is_exact_and_a_clone_differs_only_in_identity() {
             MountedImage::open(&[(&twin, layout)], &rec.system, &tmp.path().join("m1")).unwrap();
         reset(&m, &id, &rec.system).unwrap()
     };
+    // Dropped: nothing of the image stays mounted (a guest is about to boot from it).
+    let scratch = tmp.path().join("m1").display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&scratch)),
+        "still mounted under {scratch}:\n{mounts}"
+    );
     let passwd = std::fs::read("/etc/passwd").unwrap();
 
     // Compare the two images' trees.
