@@ -48,6 +48,33 @@ pub struct Recovered {
     pub bytes_written: u64,
 }
 
+/// Checks, before anything is written, that `disks` (this machine's, in order) can take
+/// every disk of `plan`, one for one.
+pub fn check_fits(plan: &RecoverPlan, disks: &[ignite_profiles::DiskFact]) -> Result<()> {
+    if plan.disks.len() > disks.len() {
+        bail!(
+            "capture {} has {} disk(s); this machine has {} ({})",
+            plan.capture,
+            plan.disks.len(),
+            disks.len(),
+            disks
+                .iter()
+                .map(|d| d.path.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    for (d, disk) in plan.disks.iter().zip(disks) {
+        if disk.size < d.size {
+            bail!(
+                "{} holds {} bytes; disk {} of capture {} needs {} ({} bytes or more works); nothing was written",
+                disk.path, disk.size, d.index, plan.capture, d.size, d.size
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The size of a disk or image file (a block device's end is its size).
 pub fn disk_size(f: &mut File) -> std::io::Result<u64> {
     f.seek(SeekFrom::End(0))
@@ -290,5 +317,43 @@ mod tests {
         std::fs::write(&path, vec![0u8; 4 * BS as usize]).unwrap();
         let e = recover_disk(&path, &d, &blocks, &Broken, &mut |_, _| {}).unwrap_err();
         assert!(format!("{e:#}").contains("chunk 1234 is damaged"), "{e:#}");
+    }
+
+    #[test]
+    fn every_disk_is_checked_before_any_is_written() {
+        let disk = |path: &str, size: u64| -> ignite_profiles::DiskFact {
+            serde_json::from_value(serde_json::json!({"path": path, "size": size, "serial": null}))
+                .unwrap()
+        };
+        let d = |index, size| RecoverDisk {
+            index,
+            snapshot: "s".into(),
+            size,
+            block_size: BS,
+        };
+        let plan = RecoverPlan {
+            capture: "web1@abc".into(),
+            disks: vec![d(0, 100 * BS), d(1, 50 * BS)],
+        };
+        check_fits(
+            &plan,
+            &[disk("/dev/vda", 100 * BS), disk("/dev/vdb", 50 * BS)],
+        )
+        .unwrap();
+        let e = check_fits(&plan, &[disk("/dev/vda", 200 * BS)]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("has 2 disk(s); this machine has 1 (/dev/vda)"),
+            "{e}"
+        );
+        let e = check_fits(
+            &plan,
+            &[disk("/dev/vda", 100 * BS), disk("/dev/vdb", 49 * BS)],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("/dev/vdb holds") && e.to_string().contains("disk 1"),
+            "{e}"
+        );
     }
 }

@@ -249,28 +249,7 @@ pub fn recover(args: &BootArgs, mods: &mut Modules) -> Result<()> {
     let result = (|| -> Result<u64> {
         let disks = wait_for_disks(mods)?;
         let plan = http.recover_plan()?;
-        if plan.disks.len() > disks.len() {
-            bail!(
-                "capture {} has {} disk(s); this machine has {} ({})",
-                plan.capture,
-                plan.disks.len(),
-                disks.len(),
-                disks
-                    .iter()
-                    .map(|d| d.path.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-        }
-        // Every disk is checked for size before the first is written.
-        for (d, disk) in plan.disks.iter().zip(&disks) {
-            if disk.size < d.size {
-                bail!(
-                    "{} holds {} bytes; disk {} of capture {} needs {} ({} bytes or more works); nothing was written",
-                    disk.path, disk.size, d.index, plan.capture, d.size, d.size
-                );
-            }
-        }
+        ignite_recovery::recover::check_fits(&plan, &disks)?;
         let total: u64 = plan.disks.iter().map(|d| d.size).sum();
         let mut before = 0;
         let mut written = 0;

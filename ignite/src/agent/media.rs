@@ -106,27 +106,14 @@ pub fn recover_media(
     let (plan, blocks) = plan(&store, spec)?;
     // An ISO written to a USB stick is itself a disk: never a target.
     let targets: Vec<DiskFact> = disks()?.into_iter().filter(|d| d.path != medium).collect();
-    if plan.disks.len() > targets.len() {
-        bail!(
-            "capture {} has {} disk(s); this machine has {} besides the medium",
-            plan.capture,
-            plan.disks.len(),
-            targets.len()
-        );
-    }
-    let mut what = Vec::new();
-    for (d, disk) in plan.disks.iter().zip(&targets) {
-        if disk.size < d.size {
-            bail!(
-                "{} holds {} bytes; disk {} of capture {} needs {} ({} bytes or more works); nothing was written",
-                disk.path, disk.size, d.index, plan.capture, d.size, d.size
-            );
-        }
-        what.push(format!(
-            "disk {} ({} bytes) onto {}",
-            d.index, d.size, disk.path
-        ));
-    }
+    ignite_recovery::recover::check_fits(&plan, &targets)
+        .context("the disks besides the medium")?;
+    let what: Vec<String> = plan
+        .disks
+        .iter()
+        .zip(&targets)
+        .map(|(d, disk)| format!("disk {} ({} bytes) onto {}", d.index, d.size, disk.path))
+        .collect();
     let question = format!(
         "restore {} from the medium: {}; everything on those disks is overwritten",
         plan.capture,

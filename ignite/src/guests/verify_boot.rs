@@ -128,6 +128,13 @@ fn watch(
     started: Instant,
     poll: Duration,
 ) -> String {
+    let booted = |line: &str| {
+        format!(
+            "boots in {} s: {}",
+            started.elapsed().as_secs(),
+            printable(line).trim()
+        )
+    };
     let mut before = Vec::new();
     loop {
         let seen = console();
@@ -137,11 +144,7 @@ fn watch(
             .split_inclusive('\n')
             .find(|l| l.contains(&check.marker) && (l.ends_with('\n') || settled));
         if let Some(line) = found {
-            return format!(
-                "boots in {} s: {}",
-                started.elapsed().as_secs(),
-                printable(line).trim()
-            );
+            return booted(line);
         }
         let why = if !running() {
             format!(
@@ -163,11 +166,7 @@ fn watch(
         // What the guest printed before it stopped counts.
         let text = String::from_utf8_lossy(&console()).into_owned();
         if let Some(line) = text.lines().find(|l| l.contains(&check.marker)) {
-            return format!(
-                "boots in {} s: {}",
-                started.elapsed().as_secs(),
-                printable(line).trim()
-            );
+            return booted(line);
         }
         return format!(
             "does not boot: {why}; console tail:\n{}",
