@@ -11,7 +11,8 @@
 //! `header_timeout` (20 s, also between requests on a kept-alive connection), a connection on
 //! which no byte moves either way for `idle_timeout` is closed (a client that stops reading
 //! a download, or a slow drip of body bytes), and connections are capped per client
-//! address and in all; connections over a cap are closed at once.
+//! address and in all; connections over a cap are closed at once. [`serve_tls`] is the same
+//! over TLS (the install API's HTTPS port), the handshake bounded by `header_timeout`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +33,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
@@ -243,8 +245,30 @@ pub async fn serve(
 pub async fn serve_with(
     listener: TcpListener,
     app: Router,
+    shutdown: watch::Receiver<bool>,
+    limits: HttpLimits,
+) -> std::io::Result<()> {
+    serve_on(listener, app, shutdown, limits, None).await
+}
+
+/// [`serve_with`] over TLS: each connection's handshake must end within `header_timeout`,
+/// and the limits hold as for plain HTTP.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    shutdown: watch::Receiver<bool>,
+    limits: HttpLimits,
+    tls: TlsAcceptor,
+) -> std::io::Result<()> {
+    serve_on(listener, app, shutdown, limits, Some(tls)).await
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    app: Router,
     mut shutdown: watch::Receiver<bool>,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     let limits = Arc::new(limits);
     let counts = Arc::new(Mutex::new(Counts::default()));
@@ -278,6 +302,7 @@ pub async fn serve_with(
             limits.clone(),
             close_rx.clone(),
             slot,
+            tls.clone(),
         ));
     }
     let _ = close_tx.send(true);
@@ -409,23 +434,52 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Serves one connection until it closes, idles out, or the server shuts down.
+/// Serves one connection (after its TLS handshake, if any) until it closes, idles out, or
+/// the server shuts down.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     limits: Arc<HttpLimits>,
-    mut close: watch::Receiver<bool>,
+    close: watch::Receiver<bool>,
     _slot: ConnSlot,
+    tls: Option<TlsAcceptor>,
 ) {
     let progress = Arc::new(Progress {
         base: Instant::now(),
         at_ms: AtomicU64::new(0),
     });
-    let io = TokioIo::new(Watched {
+    let watched = Watched {
         stream,
         progress: progress.clone(),
-    });
+    };
+    let Some(tls) = tls else {
+        let io = TokioIo::new(watched);
+        return serve_connection(io, peer, app, &limits, close, &progress).await;
+    };
+    match tokio::time::timeout(limits.header_timeout, tls.accept(watched)).await {
+        Ok(Ok(stream)) => {
+            let io = TokioIo::new(stream);
+            serve_connection(io, peer, app, &limits, close, &progress).await
+        }
+        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+        Err(_) => tracing::debug!(
+            "TLS handshake with {peer} not done within {} s",
+            limits.header_timeout.as_secs()
+        ),
+    }
+}
+
+async fn serve_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    app: Router,
+    limits: &HttpLimits,
+    mut close: watch::Receiver<bool>,
+    progress: &Progress,
+) where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(ConnectInfo(peer));

@@ -26,6 +26,7 @@ pub mod restore;
 pub mod runner;
 pub mod source;
 pub mod steps;
+pub mod tls;
 pub mod tree;
 
 pub use protocol::{Phase, Source};

@@ -89,7 +89,9 @@ impl Setup {
         args: &[&str],
         config: &str,
     ) -> Option<Setup> {
-        if !require_tools(&["ip", "curl", "tar", "setfattr", "mknod", "udhcpc"]) {
+        if !require_tools(&[
+            "ip", "curl", "tar", "setfattr", "mknod", "udhcpc", "openssl",
+        ]) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -228,11 +230,23 @@ impl Setup {
     }
 
     fn extract_cmd(&mut self, mac: &str, token: &str, to: &Path, extra: &[&str]) -> Command {
+        self.extract_from(SERVER, mac, token, to, extra)
+    }
+
+    /// `install-extract` from the client with `mac`, asking `server`.
+    fn extract_from(
+        &mut self,
+        server: &str,
+        mac: &str,
+        token: &str,
+        to: &Path,
+        extra: &[&str],
+    ) -> Command {
         let mut c = Lab::cmd(&self.ns(mac), ignite_bin());
         c.args([
             "install-extract",
             "--server",
-            SERVER,
+            server,
             "--mac",
             mac,
             "--token",
@@ -864,6 +878,9 @@ fn admin_routes_need_the_admin_token_and_state_is_private() {
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             assert_eq!(code(&mut s, from, &a), "401", "{from:?} {args:?}");
         }
+        // A path no route has is a 404, not an admin 401.
+        let none = format!("{SERVER}/api/no-such-thing");
+        assert_eq!(code(&mut s, from, &[&none]), "404", "{from:?}");
     }
     let v: serde_json::Value =
         serde_json::from_str(&s.client(&["show", "web1", "--json"])).unwrap();
@@ -1112,4 +1129,96 @@ fn a_recovery_serves_its_capture_and_nothing_else() {
     assert_eq!(out, "204");
     let v: serde_json::Value = serde_json::from_str(&s.client(&["show", "db1", "--json"])).unwrap();
     assert_eq!(v["client"]["action"], "local", "{v}");
+}
+
+/// `[install] tls`: the boot script sends the agent to the HTTPS port and pins the server's
+/// authority; the agent installs over HTTPS, refuses a server whose authority differs from
+/// the pin, and the plain port serves no install API. curl (OpenSSL) verifies the server's
+/// certificate against the authority too, by the server's IP address.
+#[test]
+fn with_tls_the_agent_pins_the_servers_authority() {
+    let Some(mut s) = Setup::with_args("ia-tls", &[], &[], "[install]\ntls = true\n") else {
+        return;
+    };
+    let (mac, token) = s.schedule(1, "web");
+    let script = s.script(&mac);
+    let arg = |k: &str| {
+        script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in the boot script:\n{script}"))
+            .to_string()
+    };
+    let (api, pin) = (arg("ignite.server="), arg("ignite.tls="));
+    assert_eq!(api, "https://10.77.0.1:8443", "{script}");
+    let ca = s.path("state/tls-ca.der");
+    let digest = sh(&format!("sha256sum {}", ca.display()));
+    assert_eq!(digest.split_whitespace().next(), Some(pin.as_str()));
+    // Another pin: the agent stops before it asks for anything, and writes nothing.
+    let wrong = format!("{:064x}", 7);
+    let out = s.path("out-wrong");
+    let o = s
+        .extract_from(&api, &mac, &token, &out, &["--tls-pin", &wrong])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains(&format!("not the pinned {wrong}")),
+        "{e}"
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+    // No pin for an https:// server is refused as such.
+    let o = s
+        .extract_from(&api, &mac, &token, &out, &[])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("pin the server's certificate authority"),
+        "{}",
+        stderr(&o)
+    );
+    // The plain port serves boot files only.
+    let plain = s.curl_as(
+        &mac,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--data",
+            &facts(&mac),
+            &format!("{SERVER}/api/install/{mac}/plan"),
+        ],
+    );
+    assert_eq!(plain, "404");
+    // OpenSSL agrees: the certificate chains to the authority and names the address.
+    let pem = s.path("ca.pem");
+    sh(&format!(
+        "openssl x509 -inform der -in {} -out {}",
+        ca.display(),
+        pem.display()
+    ));
+    let got = s.curl_as(
+        &mac,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            pem.to_str().unwrap(),
+            &format!("{api}/tls/ca.der"),
+        ],
+    );
+    assert_eq!(got, "200");
+    // The install itself, over HTTPS.
+    let out = s.path("out1");
+    let o = s
+        .extract_from(&api, &mac, &token, &out, &["--tls-pin", &pin, "--done"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    s.assert_same_tree(&out);
 }

@@ -2,7 +2,8 @@
 //! emulation PXE-boots the Ignite agent from `ignite server` in a network namespace, the
 //! agent installs the golden Debian image (scripts/fixtures/golden) onto the guest's empty
 //! virtio disk with a profile, reports its phases, and the guest reboots from its own disk
-//! into the installed system, which prints its identity on the serial console.
+//! into the installed system, which prints its identity on the serial console. The four
+//! guests of the first test install over HTTPS (`[install] tls`), across a server restart.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -18,6 +19,9 @@ const FIRSTBOOT_SCRIPT: &str = r#"key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519
 nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
 addr=$(ip -4 -o addr show dev "$nic" scope global | awk '{print $4}' | head -1)
 echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key mac=$(cat /sys/class/net/$nic/address) addr=$addr root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) boot=$(findmnt -no FSTYPE /boot) end" >/dev/ttyS0"#;
+
+/// The first lab's server: the install API over HTTPS only.
+const TLS: &str = "[install]\ntls = true\n";
 
 /// The tests here each run four software-emulated guests; on two cores they take turns.
 static QEMU_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -101,7 +105,9 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
         ("lab-extlinux", extlinux_profile()),
     ]);
     let lab = Lab::new("inst4");
-    let mut server = site.server(&lab, "");
+    // The agents talk to the install API over HTTPS, pinning the server's authority; the
+    // restart below keeps the authority and signs a new server certificate.
+    let mut server = site.server_with(&lab, "", TLS);
     let boots = [
         Boot {
             fw: Firmware::Bios,
@@ -145,7 +151,7 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
     );
     server.kill();
     std::thread::sleep(Duration::from_secs(5));
-    let server = site.server(&lab, "");
+    let server = site.server_with(&lab, "", TLS);
     eprintln!(
         "server killed and restarted mid-extract after {:?}",
         t.elapsed()

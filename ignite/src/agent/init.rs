@@ -5,7 +5,8 @@
 //! to the server with the console's tail; before it the agent has no way to the server, and
 //! the server marks the install `agent silent` (see `server::install_api`).
 //!
-//! Kernel command line: `ignite.server=URL ignite.mac=MAC ignite.token=T`, optionally
+//! Kernel command line: `ignite.server=URL ignite.mac=MAC ignite.token=T` (with
+//! `ignite.tls=PIN` when URL is `https://`: see `ignite_recovery::tls`), optionally
 //! `ignite.action=capture` (capture the disks as the token says instead of installing) or
 //! `ignite.action=recover-media ignite.snapshot=NAME@ID [ignite.yes]` (no network: see
 //! [`super::media`]), and
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ignite_profiles::ClientFacts;
 
+use ignite_recovery::api_client::Endpoint;
 use ignite_recovery::steps::mount::mount;
 use ignite_recovery::{facts, runner, source, Phase, Source};
 
@@ -46,6 +48,18 @@ pub struct BootArgs {
     pub snapshot: Option<String>,
     /// `ignite.yes`: restore from recovery media without asking on the console.
     pub yes: bool,
+    /// `ignite.tls=SHA256`: the pin of an HTTPS server's authority.
+    pub tls: Option<String>,
+}
+
+impl BootArgs {
+    /// The server, this machine's MAC and its token, which every networked job needs.
+    fn job(&self) -> Result<(Endpoint, &str, &str)> {
+        let (Some(server), Some(mac), Some(token)) = (&self.server, &self.mac, &self.token) else {
+            bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
+        };
+        Ok((Endpoint::new(server, self.tls.as_deref())?, mac, token))
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +90,7 @@ pub fn parse_cmdline(text: &str) -> BootArgs {
         baseline_tar: kv.get("baseline-tar").map(|s| s.to_string()),
         snapshot: kv.get("snapshot").map(|s| s.to_string()),
         yes: text.split_whitespace().any(|w| w == "ignite.yes"),
+        tls: kv.get("tls").map(|s| s.to_string()),
     }
 }
 
@@ -212,10 +227,8 @@ fn selfcheck(mods: &mut Modules) -> Result<()> {
 
 /// The network install server for these boot arguments.
 fn connect(args: &BootArgs) -> Result<Box<dyn Source>> {
-    let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
-        bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
-    };
-    Ok(Box::new(source::Http::new(server, mac, token)))
+    let (server, mac, token) = args.job()?;
+    Ok(Box::new(source::Http::new(&server, mac, token)))
 }
 
 /// Brings `nic` (and lo) up and configures it by DHCP.
@@ -237,12 +250,10 @@ pub fn bring_up(nic: &str, timeout: Duration) -> Result<dhcp::Lease> {
 /// blocks that differ.
 pub fn recover(args: &BootArgs, mods: &mut Modules) -> Result<()> {
     use ignite_recovery::recover::recover_disk;
-    let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
-        bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
-    };
+    let (server, mac, token) = args.job()?;
     let nic = wait_for_nic(mods, mac)?;
     let lease = bring_up(&nic, Duration::from_secs(60))?;
-    let http = source::Http::new(server, mac, token);
+    let http = source::Http::new(&server, mac, token);
     http.report(&Phase::Booted {
         ip: lease.ip.to_string(),
     })?;
@@ -347,16 +358,14 @@ pub fn install(args: &BootArgs, mods: &mut Modules) -> Result<()> {
 /// token says to capture, sent to the server.
 pub fn capture(args: &BootArgs, mods: &mut Modules) -> Result<()> {
     use ignite_recovery::capture::{files::Rules, remote};
-    let (Some(server), Some(mac), Some(token)) = (&args.server, &args.mac, &args.token) else {
-        bail!("the kernel command line lacks ignite.server=, ignite.mac= or ignite.token=; boot the agent from `ignite server`");
-    };
+    let (server, mac, token) = args.job()?;
     let nic = wait_for_nic(mods, mac)?;
     bring_up(&nic, Duration::from_secs(60))?;
     let disks = wait_for_disks(mods)?;
-    let client = remote::Client::new(server, token);
+    let client = remote::Client::new(&server, token);
     let job = remote::Job {
         machine: remote::Machine::Agent {
-            mac: mac.clone(),
+            mac: mac.to_string(),
             disks,
         },
         kind: None,

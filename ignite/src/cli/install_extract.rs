@@ -9,14 +9,18 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 use ignite_profiles::{ClientFacts, DiskFact};
 
+use ignite_recovery::api_client::Endpoint;
 use ignite_recovery::source::Http;
 use ignite_recovery::{Phase, Source};
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// The server, as ignite.server= gives it: http://IP:PORT.
+    /// The server, as ignite.server= gives it: http://IP:PORT or https://IP:PORT.
     #[arg(long)]
     server: String,
+    /// For an https:// server, the pin of its authority (ignite.tls=).
+    #[arg(long, value_name = "SHA256")]
+    tls_pin: Option<String>,
     #[arg(long)]
     mac: String,
     #[arg(long)]
@@ -39,7 +43,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut server = Http::new(&a.server, &a.mac, &a.token);
+    let endpoint = Endpoint::new(&a.server, a.tls_pin.as_deref())?;
+    let mut server = Http::new(&endpoint, &a.mac, &a.token);
     server.give_up_after(Duration::from_secs(a.give_up_after));
     server.fetchers = a.fetchers;
     let facts = ClientFacts {

@@ -215,9 +215,13 @@ impl KeepArgs {
 struct CaptureArgs {
     /// The guest to capture (without --server).
     name: Option<String>,
-    /// Capture this machine to the Ignite server at URL (`http://10.77.0.1:8080`).
+    /// Capture this machine to the Ignite server at URL (`http://10.77.0.1:8080`, or
+    /// `https://10.77.0.1:8443` with --tls-pin).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// The pin of an https:// server's authority (`ignite server` logs it at start).
+    #[arg(long, value_name = "SHA256", requires = "server")]
+    tls_pin: Option<String>,
     /// The capture token (`ignite recovery token NAME` on the server).
     #[arg(long, env = "IGNITE_CAPTURE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -517,7 +521,8 @@ fn net_capture(c: CaptureArgs) -> Result<()> {
             images: c.disks,
         },
     };
-    let client = remote::Client::new(server, token);
+    let endpoint = ignite_recovery::api_client::Endpoint::new(server, c.tls_pin.as_deref())?;
+    let client = remote::Client::new(&endpoint, token);
     let f = remote::with_progress(std::time::Duration::from_secs(10), |p| {
         remote::capture(&client, &job, p)
     })?;

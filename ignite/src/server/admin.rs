@@ -134,9 +134,10 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// `routes`, refusing every request without the admin token.
+/// `routes`, refusing every request without the admin token. On the routes only
+/// (`route_layer`): a path no route has stays a 404 for everyone, not an admin 401.
 pub fn protect(routes: Router, token: Arc<AdminToken>) -> Router {
-    routes.layer(axum::middleware::from_fn_with_state(token, check))
+    routes.route_layer(axum::middleware::from_fn_with_state(token, check))
 }
 
 async fn check(State(t): State<Arc<AdminToken>>, req: Request, next: Next) -> Response {

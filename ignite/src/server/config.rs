@@ -91,6 +91,10 @@ pub struct Install {
     /// An install whose client fetched the agent and whose agent has not reported this
     /// long after the client's last boot step is marked `failed: agent silent`; 0: never.
     pub agent_silent_secs: u64,
+    /// Serve the install and capture API over HTTPS only, on `tls_port`, with a certificate
+    /// authority made at first start that agents pin (see `server::tls`).
+    pub tls: bool,
+    pub tls_port: u16,
 }
 
 impl Default for Install {
@@ -101,6 +105,8 @@ impl Default for Install {
             token_ttl_secs: 6 * 3600,
             max_unregistered: 256,
             agent_silent_secs: 300,
+            tls: false,
+            tls_port: 8443,
         }
     }
 }

@@ -11,3 +11,4 @@ pub mod provider;
 pub mod run;
 pub mod scheduler;
 pub mod serve;
+pub mod tls;

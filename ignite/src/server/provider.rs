@@ -43,7 +43,10 @@ pub fn warn_limited(key: &'static str, msg: impl FnOnce() -> String) {
 pub struct RegistryProvider {
     pub state: Arc<State>,
     pub config: Config,
-    pub http_base: String,
+    /// The install and capture API agents are told of (`ignite.server=`), and with HTTPS
+    /// the pin of the server's authority (`ignite.tls=`).
+    pub api_base: String,
+    pub tls_pin: Option<String>,
     pub fallback: Action,
     /// Who holds which address (see the module doc).
     pub clients: Arc<ClientMap>,
@@ -61,8 +64,11 @@ impl RegistryProvider {
         let b = &self.config.boot;
         let mut cmdline = format!(
             "{} ignite.server={} ignite.mac={mac}",
-            b.cmdline, self.http_base
+            b.cmdline, self.api_base
         );
+        if let Some(pin) = &self.tls_pin {
+            cmdline += &format!(" ignite.tls={pin}");
+        }
         match action {
             Action::Install(p) => {
                 cmdline += &format!(" ignite.action=install ignite.profile={p}");
@@ -309,7 +315,8 @@ mod tests {
             steps: StepWriter::start(state.clone(), caps),
             state,
             config,
-            http_base: "http://10.0.0.1:8080".into(),
+            api_base: "http://10.0.0.1:8080".into(),
+            tls_pin: None,
             fallback: Action::Local,
             clients: Arc::new(ClientMap::default()),
         }

@@ -203,6 +203,13 @@ pub fn run(cfg: Config) -> Result<()> {
     }
     let state = Arc::new(State::open(&cfg.state_dir)?);
     let admin_token = Arc::new(AdminToken::load_or_create(&cfg.state_dir)?);
+    let tls = match cfg.install.tls {
+        true => {
+            let ips: Vec<_> = nets.iter().map(|n| n.ip).collect();
+            Some(super::tls::load_or_create(&cfg.state_dir, &ips)?)
+        }
+        false => None,
+    };
     let fallback = cfg.default_action()?;
     let dhcp_limits = cfg.limits.dhcp()?;
     let stop_scheduler = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -222,6 +229,10 @@ pub fn run(cfg: Config) -> Result<()> {
         let clients = Arc::new(ClientMap::default());
         // Kernel command lines name the first network's server address.
         let http_base = nets[0].r.http_base.clone();
+        let api_base = match &tls {
+            Some(_) => format!("https://{}:{}", nets[0].ip, cfg.install.tls_port),
+            None => http_base.clone(),
+        };
         let caps = BootLogCaps {
             per_mac: cfg.limits.boot_log_per_client,
             total: cfg.limits.boot_log_total,
@@ -229,7 +240,8 @@ pub fn run(cfg: Config) -> Result<()> {
         let provider: Arc<dyn BootProvider> = Arc::new(RegistryProvider {
             state: state.clone(),
             config: cfg.clone(),
-            http_base: http_base.clone(),
+            api_base,
+            tls_pin: tls.as_ref().map(|t| t.pin.clone()),
             fallback,
             clients: clients.clone(),
             steps: StepWriter::start(state.clone(), caps),
@@ -297,21 +309,51 @@ pub fn run(cfg: Config) -> Result<()> {
             cfg.chunk_cache_mib << 20,
             &cfg.limits,
         ));
-        let app = http::router(Arc::new(http::HttpState {
+        let boot = http::router(Arc::new(http::HttpState {
             root: boot_dir.clone(),
             provider: provider.clone(),
             clients: clients.clone(),
             http_base: http_base.clone(),
         }))
-        .merge(install_api.clone().router())
-        .merge(Arc::new(CaptureApi::new(state.clone(), cfg.store_dir())).router())
         .merge(admin::protect(
-            admin::routes(state.clone()).merge(install_api.admin_router()),
+            admin::routes(state.clone()).merge(install_api.clone().admin_router()),
             admin_token.clone(),
         ));
+        // What agents talk to: beside the boot files, or alone on the HTTPS port.
+        let agents = install_api
+            .clone()
+            .router()
+            .merge(Arc::new(CaptureApi::new(state.clone(), cfg.store_dir())).router());
+        let app = match &tls {
+            Some(t) => {
+                let ca = t.ca_der.clone();
+                let agents = agents.route(
+                    ignite_recovery::tls::CA_PATH,
+                    axum::routing::get(move || async move { ca }),
+                );
+                let addr = SocketAddr::from(([0, 0, 0, 0], cfg.install.tls_port));
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot bind HTTPS on {addr}; is the port in use? ([install] tls_port)")
+                })?;
+                let (rx, limits, acceptor) =
+                    (stop_rx.clone(), cfg.limits.clone(), t.acceptor.clone());
+                tasks.spawn(async move {
+                    let r = serve::serve(listener, agents, &limits, rx, Some(acceptor)).await;
+                    ("HTTPS".to_string(), r.map_err(|e| e.to_string()))
+                });
+                services.push(format!(
+                    "HTTPS on port {} (install and capture API; agents pin the authority {}, SHA-256 {})",
+                    cfg.install.tls_port,
+                    t.ca_path.display(),
+                    t.pin
+                ));
+                boot
+            }
+            None => boot.merge(agents),
+        };
         let (rx, limits) = (stop_rx.clone(), cfg.limits.clone());
         tasks.spawn(async move {
-            let r = serve::serve(listener, app, &limits, rx).await;
+            let r = serve::serve(listener, app, &limits, rx, None).await;
             ("HTTP".to_string(), r.map_err(|e| e.to_string()))
         });
         let (rx, st, ttl_secs) = (stop_rx.clone(), state.clone(), cfg.install.token_ttl_secs);
@@ -326,8 +368,9 @@ pub fn run(cfg: Config) -> Result<()> {
             ("silent agent watch".to_string(), Ok(()))
         });
         services.push(format!(
-            "HTTP on port {} (install API: profiles {}, store {})",
+            "HTTP on port {} ({}install API: profiles {}, store {})",
             cfg.network.http_port,
+            if cfg.install.tls { "boot files; HTTPS " } else { "" },
             cfg.profiles_dir().display(),
             cfg.store_dir().display()
         ));

@@ -18,22 +18,28 @@ use axum::Router;
 use ignite_netboot::http::{self, HttpLimits};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use super::config::Limits;
 
 /// Serves `app` on `listener` with `limits` until `shutdown` turns true; then accepts
 /// nothing more and lets open connections finish the request they are in.
+/// With `tls`, over HTTPS.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &Limits,
     shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     let limit = Duration::from_secs(limits.http_request_timeout_secs);
     let app = app.layer(axum::middleware::from_fn(
         move |req: Request, next: Next| answered_within(limit, req, next),
     ));
-    http::serve_with(listener, app, shutdown, http_limits(limits)).await
+    match tls {
+        None => http::serve_with(listener, app, shutdown, http_limits(limits)).await,
+        Some(tls) => http::serve_tls(listener, app, shutdown, http_limits(limits), tls).await,
+    }
 }
 
 /// netboot's HTTP limits as `[limits]` sets them.
@@ -91,7 +97,7 @@ mod tests {
             rt.block_on(async move {
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 atx.send(l.local_addr().unwrap()).unwrap();
-                serve(l, app(), &limits, rx).await.unwrap();
+                serve(l, app(), &limits, rx, None).await.unwrap();
             });
         });
         (arx.recv().unwrap(), tx)

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use super::files::{self, FileSystem, Rules, Source, View};
 use super::layout::{self, DiskLayout};
 use super::record::{disk_snapshot_name, files_snapshot_name, CaptureKind, LABEL_CAPTURE};
-use crate::api_client::{ApiClient, Gone};
+use crate::api_client::{ApiClient, Endpoint, Gone};
 
 /// Upload requests in flight while the import goes on.
 pub const UPLOADERS: usize = 4;
@@ -127,7 +127,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(server: &str, token: &str) -> Client {
+    pub fn new(server: &Endpoint, token: &str) -> Client {
         Client {
             api: ApiClient::new(
                 server,
@@ -705,7 +705,7 @@ mod tests {
         let root = dir.path().to_path_buf();
         std::thread::spawn(move || {
             // Nothing listens on port 1: every request fails until the client gives up.
-            let mut client = Client::new("http://127.0.0.1:1", "t");
+            let mut client = Client::new(&Endpoint::new("http://127.0.0.1:1", None).unwrap(), "t");
             client.give_up_after(Duration::from_millis(300));
             let session = Session {
                 session: "s".into(),

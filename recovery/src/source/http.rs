@@ -17,7 +17,7 @@ use ignite_archive::ChunkId;
 use ignite_archive::{export_tree, ChunkSource};
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
 
-use crate::api_client::ApiClient;
+use crate::api_client::{ApiClient, Endpoint};
 use crate::protocol::{Phase, Source};
 
 /// Largest chunk accepted from a server (the store's chunker stays far below).
@@ -33,7 +33,7 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(server: &str, mac: &str, token: &str) -> Http {
+    pub fn new(server: &Endpoint, mac: &str, token: &str) -> Http {
         let mut api = ApiClient::new(server, token, Duration::from_secs(60), 32, MAX_BODY);
         api.when_away = "check that `ignite server` runs and is reachable, then reboot the client";
         Http {
