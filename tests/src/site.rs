@@ -414,7 +414,11 @@ fn launch(
     cmd.arg("-serial").arg(format!("file:{}", serial.display()));
     if fw == Firmware::Uefi {
         let vars = dir.join(format!("{name}-vars.fd"));
+        // A boot network without IPv6, as the sysadmin's firmware setup says (see
+        // ignite's OVMF_IPV4_ONLY: otherwise each boot after an install waits out
+        // DHCPv6 before the disk).
         cmd.args(["-machine", "q35"])
+            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"])
             .args([
                 "-drive",
                 &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),

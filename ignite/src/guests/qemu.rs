@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 /// variable store is copied from.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF without IPv6 networking (Ignite's boot network is DHCPv4/PXE): otherwise, after iPXE
+/// hands a booting guest back to the firmware (action `local`), OVMF tries PXE and HTTP boot
+/// over IPv6 before the disk, and each waits out its DHCPv6 timeouts: about 80 s a boot,
+/// measured with Debian 12's OVMF.
+pub const OVMF_IPV4_ONLY: [&str; 2] = ["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"];
 
 /// First file descriptor number handed to QEMU for taps (`-netdev tap,fd=N`).
 pub const FIRST_TAP_FD: i32 = 3;
@@ -47,6 +52,7 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
     let uefi = def.firmware == Firmware::Uefi;
     if uefi {
         c.args(["-machine", "q35"])
+            .args(OVMF_IPV4_ONLY)
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
             .arg("-drive")
