@@ -243,7 +243,10 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
         .arg(man1.join("ignite-server.1.gz"))
         .env("LANG", "C")
         .env("MANWIDTH", "100"));
-    assert!(page.contains("ignite server") && page.contains("--check"), "{page}");
+    assert!(
+        page.starts_with("ignite-server(1)") && page.contains("--check"),
+        "{page}"
+    );
     assert!(man1.join("ignite.1.gz").is_file());
     let bash = root.merged.join("usr/share/bash-completion/completions/ignite");
     let complete = run(Command::new("bash").arg("-c").arg(format!(

@@ -46,12 +46,34 @@ pub fn generate(root: &Path) -> Result<Vec<PathBuf>> {
     for (name, page) in man_pages(&cmd, None)? {
         written.push(write(&man_dir.join(format!("{name}.1")), &page)?);
     }
+    // The shells' generators offer hidden commands too: they get a CLI without them.
+    let mut visible = without_hidden(&super::Cli::command());
     for (shell, rel) in COMPLETIONS {
         let mut out = Vec::new();
-        clap_complete::generate(*shell, &mut cmd, "ignite", &mut out);
+        clap_complete::generate(*shell, &mut visible, "ignite", &mut out);
         written.push(write(&root.join(rel), &out)?);
     }
     Ok(written)
+}
+
+/// `cmd` (as defined, before clap adds its help flags and subcommand) with only its visible
+/// arguments and subcommands: what completions should offer.
+fn without_hidden(cmd: &clap::Command) -> clap::Command {
+    let mut c = clap::Command::new(cmd.get_name().to_string())
+        .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(
+            cmd.get_subcommands()
+                .filter(|s| !s.is_hide_set())
+                .map(without_hidden),
+        );
+    if let Some(about) = cmd.get_about() {
+        c = c.about(about.clone());
+    }
+    // Only the top command has a version (`ignite -V`).
+    if cmd.get_version().is_some() {
+        c = c.version(env!("CARGO_PKG_VERSION"));
+    }
+    c
 }
 
 /// One page per visible command, named as man(1) users expect: `ignite-archive-import`.

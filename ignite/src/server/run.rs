@@ -247,9 +247,14 @@ fn send_notify(socket: &std::ffi::OsStr, msg: &str) -> std::io::Result<()> {
 }
 
 /// `CLOCK_MONOTONIC` in µs, which `RELOADING=1` carries (systemd matches it to the reload).
-fn monotonic_usec() -> u128 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u128 * 1_000_000 + t.tv_nsec as u128 / 1000
+fn monotonic_usec() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000
 }
 
 /// `ignite server --check`: validates everything that can be checked without binding.
@@ -577,12 +582,12 @@ mod tests {
     fn the_packaged_configuration_documents_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/server.toml");
         let text = std::fs::read_to_string(&path).unwrap();
-        let setting = |l: &str| {
+        fn setting(l: &str) -> Option<&str> {
             l.strip_prefix("# ").filter(|rest| {
                 rest.split_once(" = ")
                     .is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
             })
-        };
+        }
         let uncommented: String = text
             .lines()
             .map(|l| setting(l).unwrap_or(l))
