@@ -99,7 +99,10 @@ impl Container {
         wait_until(
             "systemd in the container to answer",
             Duration::from_secs(60),
-            || c.try_exec(&["systemctl", "--no-pager", "show", "-p", "Version"]).is_ok(),
+            || {
+                c.try_exec(&["systemctl", "--no-pager", "show", "-p", "Version"])
+                    .is_ok()
+            },
             || c.console_text(),
         );
         c
@@ -209,7 +212,11 @@ fn ns_pids(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("NSpid:"))
-        .map(|l| l.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -53,14 +53,21 @@ fn wait_journal(c: &Container, what: &str, line: &str) {
 
 /// The iPXE script the server gives MAC now.
 fn script(c: &Container) -> String {
-    c.in_netns(&["curl", "-sS", &format!("{API}/ipxe/{}", MAC.replace(':', "-"))])
+    c.in_netns(&[
+        "curl",
+        "-sS",
+        &format!("{API}/ipxe/{}", MAC.replace(':', "-")),
+    ])
 }
 
 /// Replaces `from` by `to` in the installed configuration.
 fn edit_config(root: &Path, from: &str, to: &str) {
     let path = root.join("etc/ignite/server.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{from:?} is not in the shipped server.toml");
+    assert!(
+        text.contains(from),
+        "{from:?} is not in the shipped server.toml"
+    );
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
 }
 
@@ -69,7 +76,11 @@ fn reload(c: &Container, line: &str) {
     let pid = unit_prop(c, "MainPID");
     c.exec(&["systemctl", "reload", "ignite"]);
     wait_journal(c, &format!("the reload to log {line:?}"), line);
-    assert_eq!(unit_prop(c, "MainPID"), pid, "a reload restarted the server");
+    assert_eq!(
+        unit_prop(c, "MainPID"),
+        pid,
+        "a reload restarted the server"
+    );
     assert_eq!(unit_prop(c, "ActiveState"), "active");
 }
 
@@ -155,7 +166,10 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
     );
     eprintln!("container booted, service active in {}", secs(t));
     let status = unit_prop(&c, "StatusText");
-    assert!(status.starts_with("serving ignite0 (10.77.0.1/24)"), "{status}");
+    assert!(
+        status.starts_with("serving ignite0 (10.77.0.1/24)"),
+        "{status}"
+    );
 
     // journald: the level became the line's priority and no timestamp is repeated.
     let infos = c.exec(&["journalctl", "-u", "ignite", "-p", "info", "-o", "cat"]);
@@ -189,17 +203,24 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
     );
     reload(&c, "SIGHUP: configuration reloaded");
     let s = script(&c);
-    assert!(s.contains("console=ttyS0 ignite.reloaded=1 ignite.server="), "{s}");
+    assert!(
+        s.contains("console=ttyS0 ignite.reloaded=1 ignite.server="),
+        "{s}"
+    );
     // A socket setting waits for a restart, and says so.
     edit_config(&root.merged, "# http_port = 8080", "http_port = 8081");
-    reload(
-        &c,
-        "changes to [network] take effect at the next restart",
-    );
+    reload(&c, "changes to [network] take effect at the next restart");
     assert!(unit_prop(&c, "StatusText").contains("[network] wait for a restart"));
     // A broken file changes nothing.
-    edit_config(&root.merged, "state_dir = \"/var/lib/ignite\"", "state_dir = 5");
-    reload(&c, "SIGHUP: configuration not reloaded, the running one stays");
+    edit_config(
+        &root.merged,
+        "state_dir = \"/var/lib/ignite\"",
+        "state_dir = 5",
+    );
+    reload(
+        &c,
+        "SIGHUP: configuration not reloaded, the running one stays",
+    );
     assert!(script(&c).contains("ignite.reloaded=1"));
 
     // The sandbox, seen from the server's own process.
@@ -215,7 +236,10 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
             .to_string()
     };
     // CAP_NET_BIND_SERVICE (10) and CAP_NET_ADMIN (12), nothing else.
-    assert_eq!(field("CapBnd:"), format!("{:016x}", (1u64 << 10) | (1 << 12)));
+    assert_eq!(
+        field("CapBnd:"),
+        format!("{:016x}", (1u64 << 10) | (1 << 12))
+    );
     assert_eq!(field("CapEff:"), field("CapBnd:"));
     assert_eq!(field("NoNewPrivs:"), "1");
     let touch = |path: &str| c.in_mounts_of(pid, &["touch", path]);
@@ -233,7 +257,8 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
         !root.merged.join("tmp/written").exists(),
         "the service's /tmp is the system's"
     );
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o700, "state directory mode {mode:o}");
 
     // Man pages and completions where man and the shells look.
@@ -248,11 +273,12 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
         "{page}"
     );
     assert!(man1.join("ignite.1.gz").is_file());
-    let bash = root.merged.join("usr/share/bash-completion/completions/ignite");
-    let complete = run(Command::new("bash").arg("-c").arg(format!(
-        "source {} && complete -p ignite",
-        bash.display()
-    )));
+    let bash = root
+        .merged
+        .join("usr/share/bash-completion/completions/ignite");
+    let complete = run(Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p ignite", bash.display())));
     assert!(complete.contains("ignite"), "{complete}");
 
     // A clean stop: SIGTERM, the server's own goodbye, exit status 0.

@@ -26,7 +26,10 @@ pub struct Args {
 const COMPLETIONS: &[(Shell, &str)] = &[
     (Shell::Bash, "usr/share/bash-completion/completions/ignite"),
     (Shell::Zsh, "usr/share/zsh/vendor-completions/_ignite"),
-    (Shell::Fish, "usr/share/fish/vendor_completions.d/ignite.fish"),
+    (
+        Shell::Fish,
+        "usr/share/fish/vendor_completions.d/ignite.fish",
+    ),
 ];
 
 pub fn run(a: Args) -> Result<()> {
@@ -127,7 +130,10 @@ mod tests {
         assert!(want.len() > 20, "{want:?}");
         let man = dir.path().join("usr/share/man/man1");
         for name in &want {
-            assert!(man.join(format!("{name}.1")).is_file(), "no page for {name}");
+            assert!(
+                man.join(format!("{name}.1")).is_file(),
+                "no page for {name}"
+            );
         }
         let pages = std::fs::read_dir(&man).unwrap().count();
         assert_eq!(pages, want.len(), "pages for hidden commands were written");

@@ -101,7 +101,9 @@ pub fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr);
     if stderr_is_journal() {
         // journald stamps each line itself; the `<N>` prefix files it under its level.
-        let format = tracing_subscriber::fmt::format().without_time().with_ansi(false);
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_ansi(false);
         fmt.event_format(journal::Priority(format)).init();
     } else {
         fmt.init();
@@ -186,7 +188,9 @@ mod journal {
         fn each_line_carries_its_priority_and_no_timestamp() {
             let buf = Buf::default();
             let out = buf.clone();
-            let format = tracing_subscriber::fmt::format().without_time().with_ansi(false);
+            let format = tracing_subscriber::fmt::format()
+                .without_time()
+                .with_ansi(false);
             let sub = tracing_subscriber::fmt()
                 .with_writer(move || out.clone())
                 .event_format(super::Priority(format))

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ignite_netboot::boot::{BootEvent, BootPlan, BootProvider, ClientMap};
-use ignite_netboot::MacAddr;
 use ignite_netboot::dhcp::{self, DhcpEngine};
+use ignite_netboot::MacAddr;
 use ignite_netboot::{http, iface, tftp};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -56,7 +56,11 @@ async fn until_stopped_or_failed(
 }
 
 /// Forgets unregistered clients' installs whose tokens expired, every minute.
-async fn prune_installs(state: Arc<State>, live: Arc<LiveProvider>, mut stop: watch::Receiver<bool>) {
+async fn prune_installs(
+    state: Arc<State>,
+    live: Arc<LiveProvider>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let ttl_secs = live.current().config.install.token_ttl_secs;
         let ttl_ms = ttl_secs.saturating_mul(1000).min(i64::MAX as u64) as i64;
@@ -203,14 +207,18 @@ fn merge_reload(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
     next.install.token_ttl_secs = i.token_ttl_secs;
     next.install.max_unregistered = i.max_unregistered;
     // The config types compare by their Debug form: they are plain data.
-    let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let (o, n) = (&next, &new);
     let waiting = [
         ("state_dir", differs(&o.state_dir, &n.state_dir)),
         ("boot_dir", differs(&o.boot_dir, &n.boot_dir)),
         ("profiles_dir", differs(&o.profiles_dir, &n.profiles_dir)),
         ("store", differs(&o.store, &n.store)),
-        ("chunk_cache_mib", differs(&o.chunk_cache_mib, &n.chunk_cache_mib)),
+        (
+            "chunk_cache_mib",
+            differs(&o.chunk_cache_mib, &n.chunk_cache_mib),
+        ),
         ("max_captures", differs(&o.max_captures, &n.max_captures)),
         ("[network]", differs(&o.network, &n.network)),
         ("[boot]", differs(&o.boot, &n.boot)),
@@ -560,7 +568,10 @@ mod tests {
         new.install.token_ttl_secs = 60;
         let (next, waiting) = merge_reload(&running, new.clone());
         assert_eq!(
-            (next.boot.cmdline.as_str(), next.boot.default_action.as_str()),
+            (
+                next.boot.cmdline.as_str(),
+                next.boot.default_action.as_str()
+            ),
             ("console=ttyS0 quiet", "install web")
         );
         assert_eq!(next.install.token_ttl_secs, 60);
