@@ -1,8 +1,8 @@
 //! A throwaway Debian system booted with its own systemd: an overlay over a root tree (the
 //! golden fixture, which stays untouched), `chroot` into it before boot, then
 //! `systemd-nspawn -b` with a private network. Commands run inside through `nsenter` into the
-//! container's init, since this host has no systemd-machined to ask (hence `--register=no
-//! --keep-unit`). Dropping it powers the container off and removes the overlay; a panicking
+//! container's init, which needs no systemd-machined on the host (a host without systemd
+//! has none: there nspawn runs with `--register=no --keep-unit`). Dropping it powers the container off and removes the overlay; a panicking
 //! test gets the container's journal printed first.
 
 use std::fs::File;
@@ -70,9 +70,15 @@ impl Container {
     /// to `console`.
     pub fn boot(root: &Path, name: &str, console: &Path) -> Container {
         let out = File::create(console).unwrap();
-        let nspawn = Command::new("systemd-nspawn")
-            .args(["--quiet", "--boot", "--register=no", "--keep-unit"])
-            .args(["--private-network", "--machine", name, "--directory"])
+        let mut nspawn = Command::new("systemd-nspawn");
+        // On a host run by systemd, nspawn asks it for a scope of its own (and registers
+        // the machine); without one there is no bus to ask, and it stays in our cgroup.
+        if !Path::new("/run/systemd/system").is_dir() {
+            nspawn.args(["--register=no", "--keep-unit"]);
+        }
+        let nspawn = nspawn
+            .args(["--quiet", "--boot", "--private-network", "--machine", name])
+            .arg("--directory")
             .arg(root)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

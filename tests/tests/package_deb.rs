@@ -171,6 +171,16 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
         "{status}"
     );
 
+    // DHCP and TFTP listen on their privileged ports: CAP_NET_BIND_SERVICE is enough.
+    let udp = c.in_netns(&["ss", "-Hulnp"]);
+    for port in [":67 ", ":69 "] {
+        assert!(
+            udp.lines()
+                .any(|l| l.contains(port) && l.contains("\"ignite\"")),
+            "nothing of ignite listens on {port}:\n{udp}"
+        );
+    }
+
     // journald: the level became the line's priority and no timestamp is repeated.
     let infos = c.exec(&["journalctl", "-u", "ignite", "-p", "info", "-o", "cat"]);
     let ready = infos
@@ -292,5 +302,17 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
         journal.contains("SIGTERM: shutting down") && journal.contains("ignite server stopped"),
         "{journal}"
     );
-    eprintln!("stopped in {}; whole test {}", secs(t), secs(t0));
+    eprintln!("stopped in {}", secs(t));
+
+    // A configuration that does not load keeps the service from starting, and says why.
+    let refused = c.try_exec(&["systemctl", "start", "ignite"]);
+    assert!(refused.is_err(), "started with a broken configuration");
+    assert_eq!(unit_prop(&c, "Result"), "exit-code");
+    let journal = c.journal("ignite");
+    let after_stop = &journal[journal.rfind("ignite server stopped").unwrap()..];
+    assert!(
+        after_stop.contains("expected path string"),
+        "the check's error is not in the journal:\n{after_stop}"
+    );
+    eprintln!("whole test {}", secs(t0));
 }

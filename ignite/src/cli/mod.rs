@@ -171,35 +171,25 @@ mod journal {
             assert!(!super::names_stream("x:y", 0, 0));
         }
 
-        #[derive(Clone, Default)]
-        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-
         #[test]
         fn each_line_carries_its_priority_and_no_timestamp() {
-            let buf = Buf::default();
-            let out = buf.clone();
+            use std::io::{Read, Seek};
+            let file = tempfile::tempfile().unwrap();
+            let mut written = file.try_clone().unwrap();
             let format = tracing_subscriber::fmt::format()
                 .without_time()
                 .with_ansi(false);
             let sub = tracing_subscriber::fmt()
-                .with_writer(move || out.clone())
+                .with_writer(std::sync::Mutex::new(file))
                 .event_format(super::Priority(format))
                 .finish();
             tracing::subscriber::with_default(sub, || {
                 tracing::warn!("disk low");
                 tracing::info!("ready");
             });
-            let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            let mut text = String::new();
+            written.rewind().unwrap();
+            written.read_to_string(&mut text).unwrap();
             let lines: Vec<&str> = text.lines().collect();
             assert_eq!(lines.len(), 2, "{text}");
             // The priority, then the level and message with nothing before them (no time).

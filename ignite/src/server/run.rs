@@ -230,6 +230,49 @@ fn merge_reload(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
     (next, waiting)
 }
 
+/// SIGHUP: loads the configuration again and puts a provider made from it in place (see
+/// the module doc); returns what the service status says about it.
+fn reload_config(
+    live: &LiveProvider,
+    load: &dyn Fn() -> Result<Config>,
+    make: &dyn Fn(Config) -> Result<RegistryProvider>,
+) -> String {
+    let apply = || -> Result<Vec<&'static str>> {
+        let (next, waiting) = merge_reload(&live.current().config, load()?);
+        let missing: Vec<String> = super::prepare::missing(&next)
+            .into_iter()
+            .filter(|f| !f.optional)
+            .map(|f| format!("{} ({})", f.rel, f.role))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "boot files missing in {}: {}",
+                next.boot_dir().display(),
+                missing.join(", ")
+            );
+        }
+        live.replace(make(next)?);
+        Ok(waiting)
+    };
+    match apply() {
+        Ok(waiting) if waiting.is_empty() => {
+            tracing::info!("SIGHUP: configuration reloaded");
+            "configuration reloaded".to_string()
+        }
+        Ok(waiting) => {
+            let waiting = waiting.join(", ");
+            tracing::warn!(
+                "SIGHUP: configuration reloaded; changes to {waiting} take effect at the next restart"
+            );
+            format!("configuration reloaded ({waiting} wait for a restart)")
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {e:#}");
+            "reload refused (see the log)".to_string()
+        }
+    }
+}
+
 /// sd_notify(3) by hand: one datagram of `KEY=VALUE` lines to `$NOTIFY_SOCKET` (a path, or
 /// `@name` in the abstract namespace). Twenty lines of std beat a crate for this. Without
 /// systemd (no variable) it does nothing; a failure is logged and never stops the server.
@@ -474,36 +517,7 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
                     _ = int.recv() => break tracing::info!("SIGINT: shutting down"),
                     _ = hup.recv() => {
                         notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-                        let outcome = tokio::task::block_in_place(|| {
-                            let (next, waiting) = merge_reload(&live.current().config, reload()?);
-                            let missing: Vec<String> = super::prepare::missing(&next)
-                                .into_iter()
-                                .filter(|f| !f.optional)
-                                .map(|f| format!("{} ({})", f.rel, f.role))
-                                .collect();
-                            if !missing.is_empty() {
-                                bail!("boot files missing in {}: {}", boot_dir.display(), missing.join(", "));
-                            }
-                            live.replace(make_provider(next)?);
-                            Ok(waiting)
-                        });
-                        let reloaded = match outcome {
-                            Ok(waiting) if waiting.is_empty() => {
-                                tracing::info!("SIGHUP: configuration reloaded");
-                                "configuration reloaded".to_string()
-                            }
-                            Ok(waiting) => {
-                                tracing::warn!(
-                                    "SIGHUP: configuration reloaded; changes to {} take effect at the next restart",
-                                    waiting.join(", ")
-                                );
-                                format!("configuration reloaded ({} wait for a restart)", waiting.join(", "))
-                            }
-                            Err(e) => {
-                                tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {e:#}");
-                                "reload refused (see the log)".to_string()
-                            }
-                        };
+                        let reloaded = reload_config(&live, &reload, &make_provider);
                         notify(&format!("READY=1\nSTATUS={status}; {reloaded}"));
                     }
                 }
@@ -621,6 +635,61 @@ mod tests {
         // As shipped (everything but state_dir commented) it is the defaults too.
         let shipped = Config::load(Some(&path), &Default::default()).unwrap();
         assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn a_reload_that_names_a_missing_kernel_or_does_not_load_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            state_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let boot = cfg.boot_dir();
+        for f in [
+            "undionly.kpxe",
+            "ipxe.efi",
+            "debian/vmlinuz",
+            "ignite/initrd.img",
+        ] {
+            std::fs::create_dir_all(boot.join(f).parent().unwrap()).unwrap();
+            std::fs::write(boot.join(f), f).unwrap();
+        }
+        let state = Arc::new(State::open(dir.path()).unwrap());
+        let caps = BootLogCaps {
+            per_mac: 10,
+            total: 100,
+        };
+        let make = |config: Config| -> Result<RegistryProvider> {
+            Ok(RegistryProvider {
+                state: state.clone(),
+                fallback: config.default_action()?,
+                config,
+                http_base: "http://10.77.0.1:8080".into(),
+                clients: Arc::default(),
+                steps: StepWriter::start(state.clone(), caps),
+            })
+        };
+        let live = LiveProvider(RwLock::new(Arc::new(make(cfg.clone()).unwrap())));
+        let mut next = cfg.clone();
+        next.boot.kernel = "debian/vmlinuz-6.12".into();
+        let refused = "reload refused (see the log)";
+        assert_eq!(reload_config(&live, &|| Ok(next.clone()), &make), refused);
+        assert_eq!(
+            reload_config(&live, &|| bail!("line 3: nonsense"), &make),
+            refused
+        );
+        let mut bad_action = cfg.clone();
+        bad_action.boot.default_action = "reboot twice".into();
+        assert_eq!(
+            reload_config(&live, &|| Ok(bad_action.clone()), &make),
+            refused
+        );
+        assert_eq!(live.current().config.boot.kernel, "debian/vmlinuz");
+        // Once the kernel is there, the same file is taken.
+        std::fs::write(boot.join("debian/vmlinuz-6.12"), "new").unwrap();
+        let status = reload_config(&live, &|| Ok(next.clone()), &make);
+        assert_eq!(status, "configuration reloaded");
+        assert_eq!(live.current().config.boot.kernel, "debian/vmlinuz-6.12");
     }
 
     #[test]
