@@ -94,6 +94,7 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
         "nsenter",
         "chroot",
         "curl",
+        "ss",
         "man",
     ]) {
         return;
@@ -232,6 +233,24 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
         "SIGHUP: configuration not reloaded, the running one stays",
     );
     assert!(script(&c).contains("ignite.reloaded=1"));
+
+    // The sandbox as systemd rates it (0 best, 10 worst; 2.7 with this unit and systemd 252).
+    let rating = c.exec(&[
+        "systemd-analyze",
+        "security",
+        "--no-pager",
+        "ignite.service",
+    ]);
+    let exposure: f64 = rating
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for ignite.service: ")
+                .nth(1)
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure level:\n{rating}"));
+    assert!(exposure <= 3.0, "the sandbox loosened:\n{rating}");
+    eprintln!("systemd-analyze security: exposure {exposure}");
 
     // The sandbox, seen from the server's own process.
     let pid: u32 = unit_prop(&c, "MainPID").parse().unwrap();
