@@ -38,6 +38,14 @@ pub enum Command {
     /// The archive store: import, export, verify, prune, gc.
     Archive(archive::Args),
     /// Run the boot server: DHCP (or proxyDHCP), TFTP and HTTP.
+    ///
+    /// The HTTP side also serves the install, capture and admin APIs. SIGTERM or SIGINT
+    /// stop it. SIGHUP re-reads --config: [boot] kernel,
+    /// cmdline and default_action and [install] unregistered, require_lease, token_ttl_secs
+    /// and max_unregistered apply to the next boot; other changes wait for a restart, and
+    /// the log names them. Under systemd (ignite.service, which reads
+    /// /etc/ignite/server.toml) it reports readiness and status with sd_notify and logs to
+    /// the journal.
     Server(server::ServerArgs),
     /// Manage the client registry (MAC → boot action).
     Client(client::ClientArgs),
