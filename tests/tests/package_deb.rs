@@ -143,7 +143,8 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
     eprintln!("installed with dpkg -i in {}", secs(t));
 
     // This root has no network for the first start to fetch iPXE and the kernel with apt:
-    // the boot files are made here and copied in, as the README says for offline hosts.
+    // the boot files are made here and put in place, as `ignite server` tells an offline
+    // host to do.
     let t = Instant::now();
     let state = root.merged.join("var/lib/ignite");
     run(Command::new(ignite_bin())
