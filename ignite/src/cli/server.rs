@@ -86,5 +86,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
     }
     // Everything the server writes (state, tokens, captured images) is for root's eyes.
     crate::state::private_umask();
-    crate::server::run::run(cfg)
+    // SIGHUP reads the same file with the same flags on top.
+    let reload = move || Config::load(a.config.as_deref(), &o);
+    crate::server::run::run(cfg, reload)
 }

@@ -1,13 +1,24 @@
 //! Starting, running and stopping the daemon.
+//!
+//! Under systemd (`Type=notify`, packaging/ignite.service) the server tells the service
+//! manager where it is through `$NOTIFY_SOCKET` (sd_notify(3)): `READY=1` once every socket
+//! listens, `RELOADING=1` … `READY=1` around a SIGHUP reload, `STOPPING=1` on the way out,
+//! with a `STATUS=` line each time. SIGHUP re-reads the configuration file: what the boot
+//! plans are made from (`[boot]` kernel, cmdline, default_action; `[install]` unregistered,
+//! require_lease, token_ttl_secs, max_unregistered) takes effect for the next boot; any
+//! other change is logged as waiting for a restart, and a file that does not load or names
+//! a missing kernel leaves the running configuration as it was. The registry, profiles,
+//! boot files and the store are read on each use already and need no reload.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ignite_netboot::boot::{BootProvider, ClientMap};
+use ignite_netboot::boot::{BootEvent, BootPlan, BootProvider, ClientMap};
 use ignite_netboot::dhcp::{self, DhcpEngine};
+use ignite_netboot::MacAddr;
 use ignite_netboot::{http, iface, tftp};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -45,9 +56,14 @@ async fn until_stopped_or_failed(
 }
 
 /// Forgets unregistered clients' installs whose tokens expired, every minute.
-async fn prune_installs(state: Arc<State>, ttl_secs: u64, mut stop: watch::Receiver<bool>) {
-    let ttl_ms = ttl_secs.saturating_mul(1000).min(i64::MAX as u64) as i64;
+async fn prune_installs(
+    state: Arc<State>,
+    live: Arc<LiveProvider>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
+        let ttl_secs = live.current().config.install.token_ttl_secs;
+        let ttl_ms = ttl_secs.saturating_mul(1000).min(i64::MAX as u64) as i64;
         let st = state.clone();
         match tokio::task::spawn_blocking(move || st.prune_unregistered_installs(ttl_ms)).await {
             Ok(Ok(0)) => {}
@@ -153,6 +169,145 @@ fn token_warning(cfg: &Config) -> Option<String> {
     })
 }
 
+/// The boot provider every service asks, replaced whole by a reload: a plan is made from
+/// one configuration, never from half of the old and half of the new.
+struct LiveProvider(RwLock<Arc<RegistryProvider>>);
+
+impl LiveProvider {
+    fn current(&self) -> Arc<RegistryProvider> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, p: RegistryProvider) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+    }
+}
+
+impl BootProvider for LiveProvider {
+    fn plan(&self, mac: MacAddr, requester: Option<Ipv4Addr>) -> BootPlan {
+        self.current().plan(mac, requester)
+    }
+
+    fn step(&self, ev: &BootEvent) {
+        self.current().step(ev)
+    }
+}
+
+/// What a reload makes of the configuration `new` while `running` serves: the running one
+/// with the settings boot plans are made from taken from `new` (see the module doc), and
+/// the names of the other settings that differ, which wait for a restart.
+fn merge_reload(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
+    let mut next = running.clone();
+    next.boot.kernel = new.boot.kernel.clone();
+    next.boot.cmdline = new.boot.cmdline.clone();
+    next.boot.default_action = new.boot.default_action.clone();
+    let i = &new.install;
+    next.install.unregistered = i.unregistered;
+    next.install.require_lease = i.require_lease;
+    next.install.token_ttl_secs = i.token_ttl_secs;
+    next.install.max_unregistered = i.max_unregistered;
+    // The config types compare by their Debug form: they are plain data.
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let (o, n) = (&next, &new);
+    let waiting = [
+        ("state_dir", differs(&o.state_dir, &n.state_dir)),
+        ("boot_dir", differs(&o.boot_dir, &n.boot_dir)),
+        ("profiles_dir", differs(&o.profiles_dir, &n.profiles_dir)),
+        ("store", differs(&o.store, &n.store)),
+        (
+            "chunk_cache_mib",
+            differs(&o.chunk_cache_mib, &n.chunk_cache_mib),
+        ),
+        ("max_captures", differs(&o.max_captures, &n.max_captures)),
+        ("[network]", differs(&o.network, &n.network)),
+        ("[boot]", differs(&o.boot, &n.boot)),
+        ("[install]", differs(&o.install, &n.install)),
+        ("[limits]", differs(&o.limits, &n.limits)),
+        ("[[reservation]]", differs(&o.reservations, &n.reservations)),
+    ];
+    let waiting = waiting.iter().filter(|w| w.1).map(|w| w.0).collect();
+    (next, waiting)
+}
+
+/// SIGHUP: loads the configuration again and puts a provider made from it in place (see
+/// the module doc); returns what the service status says about it.
+fn reload_config(
+    live: &LiveProvider,
+    load: &dyn Fn() -> Result<Config>,
+    make: &dyn Fn(Config) -> Result<RegistryProvider>,
+) -> String {
+    let apply = || -> Result<Vec<&'static str>> {
+        let (next, waiting) = merge_reload(&live.current().config, load()?);
+        let missing: Vec<String> = super::prepare::missing(&next)
+            .into_iter()
+            .filter(|f| !f.optional)
+            .map(|f| format!("{} ({})", f.rel, f.role))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "boot files missing in {}: {}",
+                next.boot_dir().display(),
+                missing.join(", ")
+            );
+        }
+        live.replace(make(next)?);
+        Ok(waiting)
+    };
+    match apply() {
+        Ok(waiting) if waiting.is_empty() => {
+            tracing::info!("SIGHUP: configuration reloaded");
+            "configuration reloaded".to_string()
+        }
+        Ok(waiting) => {
+            let waiting = waiting.join(", ");
+            tracing::warn!(
+                "SIGHUP: configuration reloaded; changes to {waiting} take effect at the next restart"
+            );
+            format!("configuration reloaded ({waiting} wait for a restart)")
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {e:#}");
+            "reload refused (see the log)".to_string()
+        }
+    }
+}
+
+/// sd_notify(3) by hand: one datagram of `KEY=VALUE` lines to `$NOTIFY_SOCKET` (a path, or
+/// `@name` in the abstract namespace). Twenty lines of std beat a crate for this. Without
+/// systemd (no variable) it does nothing; a failure is logged and never stops the server.
+fn notify(msg: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send_notify(&socket, msg) {
+        tracing::warn!("cannot tell systemd {msg:?} through {socket:?}: {e}");
+    }
+}
+
+fn send_notify(socket: &std::ffi::OsStr, msg: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let addr = match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => UnixAddr::from_abstract_name(name)?,
+        None => UnixAddr::from_pathname(socket)?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(msg.as_bytes(), &addr)?;
+    Ok(())
+}
+
+/// `CLOCK_MONOTONIC` in µs, which `RELOADING=1` carries (systemd matches it to the reload).
+fn monotonic_usec() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000
+}
+
 /// `ignite server --check`: validates everything that can be checked without binding.
 pub fn check(cfg: &Config) -> Result<String> {
     let nets = networks(cfg, true)?;
@@ -186,7 +341,8 @@ pub fn check(cfg: &Config) -> Result<String> {
     Ok(out)
 }
 
-pub fn run(cfg: Config) -> Result<()> {
+/// Serves until SIGTERM/SIGINT; `reload` loads the configuration again (on SIGHUP).
+pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
     if lab_bridge_missing(&cfg) {
         create_lab_bridge()?;
     }
@@ -210,7 +366,6 @@ pub fn run(cfg: Config) -> Result<()> {
         }
         false => None,
     };
-    let fallback = cfg.default_action()?;
     let dhcp_limits = cfg.limits.dhcp()?;
     let stop_scheduler = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scheduler = super::scheduler::Scheduler {
@@ -237,15 +392,22 @@ pub fn run(cfg: Config) -> Result<()> {
             per_mac: cfg.limits.boot_log_per_client,
             total: cfg.limits.boot_log_total,
         };
-        let provider: Arc<dyn BootProvider> = Arc::new(RegistryProvider {
-            state: state.clone(),
-            config: cfg.clone(),
-            api_base,
-            tls_pin: tls.as_ref().map(|t| t.pin.clone()),
-            fallback,
-            clients: clients.clone(),
-            steps: StepWriter::start(state.clone(), caps),
-        });
+        let tls_pin = tls.as_ref().map(|t| t.pin.clone());
+        let make_provider = |config: Config| -> Result<RegistryProvider> {
+            Ok(RegistryProvider {
+                state: state.clone(),
+                fallback: config.default_action()?,
+                config,
+                api_base: api_base.clone(),
+                tls_pin: tls_pin.clone(),
+                clients: clients.clone(),
+                steps: StepWriter::start(state.clone(), caps),
+            })
+        };
+        let live = Arc::new(LiveProvider(RwLock::new(Arc::new(make_provider(
+            cfg.clone(),
+        )?))));
+        let provider: Arc<dyn BootProvider> = live.clone();
         let mut tasks: JoinSet<Service> = JoinSet::new();
         let mut services = Vec::new();
         let leases = match cfg.network.dhcp && !cfg.network.proxy_dhcp {
@@ -356,9 +518,9 @@ pub fn run(cfg: Config) -> Result<()> {
             let r = serve::serve(listener, app, &limits, rx, None).await;
             ("HTTP".to_string(), r.map_err(|e| e.to_string()))
         });
-        let (rx, st, ttl_secs) = (stop_rx.clone(), state.clone(), cfg.install.token_ttl_secs);
+        let (rx, st, lv) = (stop_rx.clone(), state.clone(), live.clone());
         tasks.spawn(async move {
-            prune_installs(st, ttl_secs, rx).await;
+            prune_installs(st, lv, rx).await;
             ("install pruning".to_string(), Ok(()))
         });
         let (rx, st) = (stop_rx.clone(), state.clone());
@@ -386,15 +548,28 @@ pub fn run(cfg: Config) -> Result<()> {
             admin::token_path(&cfg.state_dir).display()
         );
 
+        let status = format!("serving {}", on.join(", "));
+        notify(&format!("READY=1\nSTATUS={status}"));
+
         let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+        let mut hup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
         let stopped = async {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break tracing::info!("SIGTERM: shutting down"),
+                    _ = int.recv() => break tracing::info!("SIGINT: shutting down"),
+                    _ = hup.recv() => {
+                        notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+                        let reloaded = reload_config(&live, &reload, &make_provider);
+                        notify(&format!("READY=1\nSTATUS={status}; {reloaded}"));
+                    }
+                }
             }
         };
         let failure = until_stopped_or_failed(&mut tasks, stopped).await;
+        let why = failure.as_deref().unwrap_or("stopping");
+        notify(&format!("STOPPING=1\nSTATUS={why}"));
         let _ = stop_tx.send(true);
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(5), drain)
@@ -428,6 +603,7 @@ pub fn run(cfg: Config) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn no_dhcp_and_lease_bound_tokens_is_named() {
@@ -439,6 +615,147 @@ mod tests {
             .contains("require_lease = false"));
         cfg.install.require_lease = false;
         assert_eq!(token_warning(&cfg), None);
+    }
+
+    #[test]
+    fn reload_takes_what_plans_are_made_from_and_names_what_waits() {
+        let running = Config::default();
+        let mut new = Config::default();
+        new.boot.cmdline = "console=ttyS0 quiet".into();
+        new.boot.default_action = "install web".into();
+        new.install.token_ttl_secs = 60;
+        let (next, waiting) = merge_reload(&running, new.clone());
+        assert_eq!(
+            (
+                next.boot.cmdline.as_str(),
+                next.boot.default_action.as_str()
+            ),
+            ("console=ttyS0 quiet", "install web")
+        );
+        assert_eq!(next.install.token_ttl_secs, 60);
+        assert!(waiting.is_empty(), "{waiting:?}");
+        new.network.http_port = 81;
+        new.boot.bios = "other.kpxe".into();
+        new.limits.chunk_batches = 3;
+        let (next, waiting) = merge_reload(&running, new);
+        // Sockets, the DHCP engine and the API keep what they started with.
+        assert_eq!(next.network.http_port, 8080);
+        assert_eq!(next.boot.bios, "undionly.kpxe");
+        assert_eq!(next.boot.cmdline, "console=ttyS0 quiet");
+        assert_eq!(waiting, ["[network]", "[boot]", "[limits]"]);
+    }
+
+    /// packaging/server.toml shows each default as a commented `key = value` line: with
+    /// every such line uncommented it must load, and be the built-in defaults exactly.
+    #[test]
+    fn the_packaged_configuration_documents_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/server.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        fn setting(l: &str) -> Option<&str> {
+            l.strip_prefix("# ").filter(|rest| {
+                rest.split_once(" = ")
+                    .is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            })
+        }
+        let uncommented: String = text
+            .lines()
+            .map(|l| setting(l).unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let shown = text.lines().filter(|l| setting(l).is_some()).count();
+        assert!(shown > 30, "only {shown} settings shown:\n{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let all = dir.path().join("all.toml");
+        std::fs::write(&all, &uncommented).unwrap();
+        let mut loaded = Config::load(Some(&all), &Default::default()).unwrap();
+        let d = Config::default();
+        // The directories below the state directory are shown as the paths they default to.
+        assert_eq!(
+            (loaded.boot_dir(), loaded.profiles_dir(), loaded.store_dir()),
+            (d.boot_dir(), d.profiles_dir(), d.store_dir())
+        );
+        (loaded.boot_dir, loaded.profiles_dir, loaded.store) = (None, None, None);
+        assert_eq!(format!("{loaded:?}"), format!("{d:?}"));
+        // As shipped (everything but state_dir commented) it is the defaults too.
+        let shipped = Config::load(Some(&path), &Default::default()).unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn a_reload_that_names_a_missing_kernel_or_does_not_load_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            state_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let boot = cfg.boot_dir();
+        for f in [
+            "undionly.kpxe",
+            "ipxe.efi",
+            "debian/vmlinuz",
+            "ignite/initrd.img",
+        ] {
+            std::fs::create_dir_all(boot.join(f).parent().unwrap()).unwrap();
+            std::fs::write(boot.join(f), f).unwrap();
+        }
+        let state = Arc::new(State::open(dir.path()).unwrap());
+        let caps = BootLogCaps {
+            per_mac: 10,
+            total: 100,
+        };
+        let make = |config: Config| -> Result<RegistryProvider> {
+            Ok(RegistryProvider {
+                state: state.clone(),
+                fallback: config.default_action()?,
+                config,
+                api_base: "http://10.77.0.1:8080".into(),
+                tls_pin: None,
+                clients: Arc::default(),
+                steps: StepWriter::start(state.clone(), caps),
+            })
+        };
+        let live = LiveProvider(RwLock::new(Arc::new(make(cfg.clone()).unwrap())));
+        let mut next = cfg.clone();
+        next.boot.kernel = "debian/vmlinuz-6.12".into();
+        let refused = "reload refused (see the log)";
+        assert_eq!(reload_config(&live, &|| Ok(next.clone()), &make), refused);
+        assert_eq!(
+            reload_config(&live, &|| bail!("line 3: nonsense"), &make),
+            refused
+        );
+        let mut bad_action = cfg.clone();
+        bad_action.boot.default_action = "reboot twice".into();
+        assert_eq!(
+            reload_config(&live, &|| Ok(bad_action.clone()), &make),
+            refused
+        );
+        assert_eq!(live.current().config.boot.kernel, "debian/vmlinuz");
+        // Once the kernel is there, the same file is taken.
+        std::fs::write(boot.join("debian/vmlinuz-6.12"), "new").unwrap();
+        let status = reload_config(&live, &|| Ok(next.clone()), &make);
+        assert_eq!(status, "configuration reloaded");
+        assert_eq!(live.current().config.boot.kernel, "debian/vmlinuz-6.12");
+    }
+
+    #[test]
+    fn notifications_reach_path_and_abstract_sockets() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let by_path = UnixDatagram::bind(&path).unwrap();
+        let name = format!("ignite-test-notify-{}", std::process::id());
+        let by_name =
+            UnixDatagram::bind_addr(&UnixAddr::from_abstract_name(&name).unwrap()).unwrap();
+        send_notify(path.as_os_str(), "READY=1\nSTATUS=up").unwrap();
+        send_notify(format!("@{name}").as_ref(), "STOPPING=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = by_path.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\nSTATUS=up");
+        let n = by_name.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
+        // Nobody listening is an error the caller logs, not a panic.
+        assert!(send_notify(dir.path().join("gone").as_os_str(), "READY=1").is_err());
     }
 
     #[tokio::test]
