@@ -101,6 +101,12 @@ impl Default for BootFiles {
     }
 }
 
+/// The signed first stage for Secure Boot clients (Debian's shim-signed), in the boot
+/// directory's top level.
+pub const SHIM_X64: &str = "shimx64.efi";
+/// What shim loads from beside itself: Debian's signed network GRUB (grubnetx64.efi).
+pub const GRUB_X64: &str = "grubx64.efi";
+
 /// What DHCP tells a boot client to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootTarget {

@@ -77,54 +77,63 @@ pub fn file_signature(path: &std::path::Path) -> PeSignature {
     }
 }
 
-/// The headers of a PE32+ image, signed or not, for tests of what is done with one.
-#[cfg(test)]
-pub(crate) fn test_image(signed: bool) -> Vec<u8> {
-    tests::pe(0x20b, 16, if signed { 0x5c8 } else { 0 })
+/// The headers of a PE image (`magic` 0x10b PE32 or 0x20b PE32+) with `dirs` data
+/// directories and a certificate table of `cert` bytes: for tests of code that handles boot
+/// files (this crate's and the server's), which need no real image.
+pub fn test_headers(magic: u16, dirs: u32, cert: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 512];
+    b[..2].copy_from_slice(b"MZ");
+    b[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    b[0x80..0x84].copy_from_slice(b"PE\0\0");
+    let opt = 0x80 + 24;
+    b[opt..opt + 2].copy_from_slice(&magic.to_le_bytes());
+    let (count_at, dirs_at) = if magic == 0x20b {
+        (opt + 108, opt + 112)
+    } else {
+        (opt + 92, opt + 96)
+    };
+    b[count_at..count_at + 4].copy_from_slice(&dirs.to_le_bytes());
+    let cert_size = dirs_at + 4 * 8 + 4;
+    b[cert_size..cert_size + 4].copy_from_slice(&cert.to_le_bytes());
+    b
+}
+
+/// [`test_headers`] of a PE32+ image, signed or not.
+pub fn test_image(signed: bool) -> Vec<u8> {
+    test_headers(0x20b, 16, if signed { 0x5c8 } else { 0 })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A PE header (`magic` 0x10b PE32 or 0x20b PE32+) with `dirs` data directories, the
-    /// certificate table's size `cert`.
-    pub(super) fn pe(magic: u16, dirs: u32, cert: u32) -> Vec<u8> {
-        let mut b = vec![0u8; 512];
-        b[..2].copy_from_slice(b"MZ");
-        b[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
-        b[0x80..0x84].copy_from_slice(b"PE\0\0");
-        let opt = 0x80 + 24;
-        b[opt..opt + 2].copy_from_slice(&magic.to_le_bytes());
-        let (count_at, dirs_at) = if magic == 0x20b {
-            (opt + 108, opt + 112)
-        } else {
-            (opt + 92, opt + 96)
-        };
-        b[count_at..count_at + 4].copy_from_slice(&dirs.to_le_bytes());
-        let cert_size = dirs_at + 4 * 8 + 4;
-        b[cert_size..cert_size + 4].copy_from_slice(&cert.to_le_bytes());
-        b
-    }
-
     #[test]
     fn reads_the_certificate_table() {
-        assert_eq!(signature(&pe(0x20b, 16, 0x5c8)), PeSignature::Signed);
-        assert_eq!(signature(&pe(0x10b, 16, 0x5c8)), PeSignature::Signed);
-        assert_eq!(signature(&pe(0x20b, 16, 0)), PeSignature::Unsigned);
         assert_eq!(
-            signature(&pe(0x20b, 4, 0x5c8)),
+            signature(&test_headers(0x20b, 16, 0x5c8)),
+            PeSignature::Signed
+        );
+        assert_eq!(
+            signature(&test_headers(0x10b, 16, 0x5c8)),
+            PeSignature::Signed
+        );
+        assert_eq!(
+            signature(&test_headers(0x20b, 16, 0)),
+            PeSignature::Unsigned
+        );
+        assert_eq!(
+            signature(&test_headers(0x20b, 4, 0x5c8)),
             PeSignature::Unsigned,
             "no directory 4"
         );
-        assert_eq!(signature(&pe(0x107, 16, 1)), PeSignature::NotPe);
+        assert_eq!(signature(&test_headers(0x107, 16, 1)), PeSignature::NotPe);
         assert_eq!(signature(b"\x7fELF"), PeSignature::NotPe);
         assert_eq!(signature(b""), PeSignature::NotPe);
     }
 
     #[test]
     fn truncated_and_hostile_headers_never_panic() {
-        let full = pe(0x20b, 16, 8);
+        let full = test_headers(0x20b, 16, 8);
         // The certificate table's size field ends here.
         let needed = 0x80 + 24 + 112 + 4 * 8 + 8;
         for n in 0..full.len() {
