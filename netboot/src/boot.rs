@@ -237,19 +237,22 @@ fn grub_word(w: &str) -> String {
 /// kernel itself. Files come over TFTP from the server GRUB was loaded from (`$root`):
 /// Debian's GRUB 2.06 speaks HTTP only to port 80.
 ///
-/// `Local` chain-loads the disk's removable-media loader (`/EFI/BOOT/BOOTX64.EFI`, which
-/// Ignite's installs make shim on a Secure Boot image): leaving GRUB instead would return
-/// success to the firmware, which then opens its boot menu rather than trying the disk.
+/// `Local` chain-loads the removable-media loader (`/EFI/BOOT/BOOTX64.EFI`) of the first
+/// disk that has one, which Ignite's installs make shim on a Secure Boot image: leaving GRUB
+/// instead would return success to the firmware, which then opens its boot menu rather
+/// than trying the disk.
 pub fn grub_config(plan: &BootPlan) -> String {
     let mut s = String::from("# Ignite: this client's plan.\nset timeout=0\n");
     match plan {
         BootPlan::Local => {
+            // GRUB's chainloader gives the image the device path of `$root`, not of the
+            // file: shim then looks for grubx64.efi there.
             s += "echo 'Ignite: booting from local disk'\n\
-                  if search --no-floppy --file --set=esp /EFI/BOOT/BOOTX64.EFI; then\n\
-                  \tchainloader ($esp)/EFI/BOOT/BOOTX64.EFI\n\
+                  if search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI; then\n\
+                  \tchainloader /EFI/BOOT/BOOTX64.EFI\n\
                   \tboot\n\
                   fi\n\
-                  echo 'Ignite: no disk holds /EFI/BOOT/BOOTX64.EFI'\n\
+                  echo 'Ignite: no local disk boots (/EFI/BOOT/BOOTX64.EFI)'\n\
                   exit\n";
         }
         BootPlan::Kernel {
@@ -574,7 +577,10 @@ mod tests {
         assert!(!text.contains("initrd"), "{text}");
         let local = grub_config(&BootPlan::Local);
         assert!(
-            local.contains("chainloader ($esp)/EFI/BOOT/BOOTX64.EFI\n\tboot\n"),
+            local.contains(
+                "--file --set=root /EFI/BOOT/BOOTX64.EFI; then\n\
+                 \tchainloader /EFI/BOOT/BOOTX64.EFI\n\tboot\n"
+            ),
             "{local}"
         );
         assert!(local.ends_with("exit\n"), "{local}");

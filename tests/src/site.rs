@@ -399,6 +399,16 @@ fn disk_path(first: &Path, i: usize) -> PathBuf {
     }
 }
 
+/// The NIC's option ROM: QEMU's default (iPXE, whose UEFI driver offers a boot option of
+/// its own), except under Secure Boot, where OVMF's own driver and PXE stand in for a
+/// machine's signed NIC firmware.
+fn nic_rom(fw: Firmware) -> &'static str {
+    match fw {
+        Firmware::UefiSecureBoot => ",romfile=",
+        Firmware::Bios | Firmware::Uefi => "",
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch(
     lab: &Lab,
@@ -426,7 +436,7 @@ fn launch(
         ])
         .args([
             "-device",
-            &format!("{},netdev=n0,mac={mac},bootindex=1", hw.nic),
+            &format!("{},netdev=n0,mac={mac},bootindex=1{}", hw.nic, nic_rom(fw)),
         ]);
     for (i, bus) in hw.disks.iter().enumerate() {
         let file = disk_path(disk, i);
