@@ -117,10 +117,7 @@ fn secure_boot_client_is_told_off_for_ipxe_then_installs_through_shim_and_boots_
 
     let console = strip_ansi(&guest.console());
     // The network GRUB got this client's plan: the agent's command line, token included.
-    let agent = console
-        .lines()
-        .find_map(|l| l.split_once("Command line: ").map(|x| x.1))
-        .unwrap_or_else(|| panic!("no kernel command line:\n{console}"));
+    let agent = first_command_line(&console);
     assert!(
         agent.contains("ignite.action=install ignite.profile=lab ignite.token="),
         "{agent}"
@@ -141,15 +138,20 @@ fn secure_boot_client_is_told_off_for_ipxe_then_installs_through_shim_and_boots_
     // installed kernel (GRUB names the path it loaded) with Secure Boot still on.
     let after = &console[console.rfind("install done").expect("install done")..];
     assert!(after.contains("Ignite: booting from local disk"), "{after}");
-    let installed = after
-        .lines()
-        .find_map(|l| l.split_once("Command line: ").map(|x| x.1))
-        .unwrap_or_else(|| panic!("no kernel after the install:\n{after}"));
+    let installed = first_command_line(after);
     assert!(
         installed.starts_with("BOOT_IMAGE=/boot/vmlinuz-"),
         "{installed}"
     );
     eprintln!("test took {:?} in all", t0.elapsed());
+}
+
+/// The command line of the first kernel that printed one on `console`.
+fn first_command_line(console: &str) -> &str {
+    console
+        .lines()
+        .find_map(|l| l.split_once("Command line: ").map(|x| x.1))
+        .unwrap_or_else(|| panic!("no kernel command line:\n{console}"))
 }
 
 /// What a failure shows: the console's tail and the server's log.

@@ -239,8 +239,10 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, pe::test_image(*signed)).unwrap();
         }
-        let mut cfg = Config::default();
-        cfg.boot_dir = Some(dir.to_path_buf());
+        let mut cfg = Config {
+            boot_dir: Some(dir.to_path_buf()),
+            ..Config::default()
+        };
         cfg.boot.uefi_secure_boot = true;
         cfg
     }
