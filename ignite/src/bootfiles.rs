@@ -1,11 +1,14 @@
 //! The files `ignite server` serves to boot clients, fetched from Debian's packages with the
 //! ordinary apt client and kept in a cache directory: iPXE (package ipxe), the install kernel
-//! (the package linux-image-amd64 depends on) and the agent initramfs built for that kernel.
+//! (the package linux-image-amd64 depends on; Debian signs it for Secure Boot) and the agent
+//! initramfs built for that kernel; for Secure Boot clients, shim (shim-signed) and the
+//! network GRUB (grub-efi-amd64-signed), both signed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use ignite_netboot::boot::{GRUB_X64, SHIM_X64};
 use ignite_recovery::process::output as sh;
 
 use crate::initramfs::marker_initramfs;
@@ -262,6 +265,34 @@ pub fn fetch_ipxe(boot_dir: &Path, cache: &Path) -> Result<Vec<PathBuf>> {
             }
         }
         written.push(boot_dir.join("qemu"));
+    }
+    Ok(written)
+}
+
+/// Debian's signed shim and network GRUB into `boot_dir` under the names shim and netboot
+/// serve them by (`shimx64.efi`, and `grubx64.efi`, which shim loads from beside itself);
+/// the files written. The host's copies are used when its packages are installed.
+pub fn fetch_secure_boot(boot_dir: &Path, cache: &Path) -> Result<Vec<PathBuf>> {
+    let from_package = |pkg: &str, inside: &str| -> Result<PathBuf> {
+        let host = Path::new("/").join(inside);
+        if host.is_file() {
+            return Ok(host);
+        }
+        Ok(unpack_deb(pkg, cache)?.join(inside))
+    };
+    let mut written = Vec::new();
+    for (pkg, inside, name) in [
+        ("shim-signed", "usr/lib/shim/shimx64.efi.signed", SHIM_X64),
+        (
+            "grub-efi-amd64-signed",
+            "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+            GRUB_X64,
+        ),
+    ] {
+        let src = from_package(pkg, inside)?;
+        let dst = boot_dir.join(name);
+        install(&src, &dst).with_context(|| format!("package {pkg}: /{inside}"))?;
+        written.push(dst);
     }
     Ok(written)
 }

@@ -1,11 +1,20 @@
 //! Which client gets which boot files: the one place both TFTP and HTTP (and DHCP's boot-file
 //! answer) take per-client boot configuration from.
+//!
+//! A plan is rendered for the loader that asks: an iPXE script (`ipxe/<mac>`), a pxelinux
+//! configuration (`pxelinux.cfg/01-<mac>`), or a GRUB configuration for Secure Boot
+//! clients, which boot shim → GRUB (both signed) instead of iPXE (unsigned). Debian's
+//! network GRUB (grubnetx64.efi, served as `grubx64.efi` beside `shimx64.efi`, which loads
+//! it from there) has the prefix `/grub` and reads `grub/x86_64-efi/grub.cfg` or
+//! `grub/grub.cfg` from the TFTP server it came from; both are [`GRUB_NET_CFG`], the same
+//! for everyone, which reads the client's own `grub/ignite/<mac>.cfg`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::pe::PeSignature;
 use crate::pxe::{Firmware, PxeClient};
 use crate::MacAddr;
 
@@ -91,6 +100,12 @@ impl Default for BootFiles {
         }
     }
 }
+
+/// The signed first stage for Secure Boot clients (Debian's shim-signed), in the boot
+/// directory's top level.
+pub const SHIM_X64: &str = "shimx64.efi";
+/// What shim loads from beside itself: Debian's signed network GRUB (grubnetx64.efi).
+pub const GRUB_X64: &str = "grubx64.efi";
 
 /// What DHCP tells a boot client to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,22 +211,101 @@ pub fn pxelinux_config(plan: &BootPlan) -> String {
     }
 }
 
-/// Per-client virtual files, the same for TFTP and HTTP: `ipxe/<mac>` (and `ipxe/<mac>.ipxe`)
-/// and `pxelinux.cfg/01-<mac>`, for `requester`. `None` if `path` is not one of them.
+/// What network GRUB reads first (as `grub/grub.cfg` and `grub/x86_64-efi/grub.cfg`): the
+/// client's own configuration, by the MAC address GRUB booted from.
+pub const GRUB_NET_CFG: &str = "\
+# Ignite: the same for every client; the server writes each client's own under its MAC.
+set timeout=0
+source $prefix/ignite/${net_default_mac}.cfg
+";
+
+/// A word of a GRUB command line: quoted unless plainly safe, since GRUB's script parser
+/// gives `$`, quotes, `;`, `{` and the like meanings of their own.
+fn grub_word(w: &str) -> String {
+    let plain = !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._,:/=+@%-".contains(c));
+    if plain {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+/// The GRUB configuration for a plan (`grub/ignite/<mac>.cfg`). The kernel gets the plan's
+/// command line, as from iPXE, less iPXE's `initrd=` names: GRUB hands the initrds to the
+/// kernel itself. Files come over TFTP from the server GRUB was loaded from (`$root`):
+/// Debian's GRUB 2.06 speaks HTTP only to port 80.
+///
+/// `Local` chain-loads the removable-media loader (`/EFI/BOOT/BOOTX64.EFI`) of the first
+/// disk that has one, which Ignite's installs make shim on a Secure Boot image: leaving GRUB
+/// instead would return success to the firmware, which then opens its boot menu rather
+/// than trying the disk.
+pub fn grub_config(plan: &BootPlan) -> String {
+    let mut s = String::from("# Ignite: this client's plan.\nset timeout=0\n");
+    match plan {
+        BootPlan::Local => {
+            // GRUB's chainloader gives the image the device path of `$root`, not of the
+            // file: shim then looks for grubx64.efi there.
+            s += "echo 'Ignite: booting from local disk'\n\
+                  if search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI; then\n\
+                  \tchainloader /EFI/BOOT/BOOTX64.EFI\n\
+                  \tboot\n\
+                  fi\n\
+                  echo 'Ignite: no local disk boots (/EFI/BOOT/BOOTX64.EFI)'\n\
+                  exit\n";
+        }
+        BootPlan::Kernel {
+            kernel,
+            initrds,
+            cmdline,
+        } => {
+            let abs = |p: &str| grub_word(&format!("/{}", p.trim_start_matches('/')));
+            s += "echo 'Ignite: loading kernel'\n";
+            s += &format!("linux {}", abs(kernel));
+            for w in cmdline.split_whitespace() {
+                s += &format!(" {}", grub_word(w));
+            }
+            s += "\n";
+            if !initrds.is_empty() {
+                let names: Vec<String> = initrds.iter().map(|i| abs(i)).collect();
+                s += &format!(
+                    "echo 'Ignite: loading initrd'\ninitrd {}\n",
+                    names.join(" ")
+                );
+            }
+            s += "boot\n";
+        }
+    }
+    s
+}
+
+/// Per-client virtual files, the same for TFTP and HTTP: `ipxe/<mac>` (and `ipxe/<mac>.ipxe`),
+/// `pxelinux.cfg/01-<mac>` and `grub/ignite/<mac>.cfg` for `requester`, with the MAC they
+/// belong to; GRUB's first configuration ([`GRUB_NET_CFG`]) belongs to nobody. `None` if
+/// `path` is not one of them.
 pub fn virtual_file(
     provider: &dyn BootProvider,
     path: &str,
     http_base: &str,
     requester: Option<Ipv4Addr>,
-) -> Option<(MacAddr, String)> {
+) -> Option<(Option<MacAddr>, String)> {
     let path = path.trim_start_matches('/');
     if let Some(rest) = path.strip_prefix("ipxe/") {
         let mac: MacAddr = rest.trim_end_matches(".ipxe").parse().ok()?;
-        return Some((mac, ipxe_script(&provider.plan(mac, requester), http_base)));
+        let script = ipxe_script(&provider.plan(mac, requester), http_base);
+        return Some((Some(mac), script));
     }
     if let Some(rest) = path.strip_prefix("pxelinux.cfg/01-") {
         let mac: MacAddr = rest.parse().ok()?;
-        return Some((mac, pxelinux_config(&provider.plan(mac, requester))));
+        return Some((Some(mac), pxelinux_config(&provider.plan(mac, requester))));
+    }
+    if let Some(rest) = path.strip_prefix("grub/ignite/") {
+        let mac: MacAddr = rest.strip_suffix(".cfg")?.parse().ok()?;
+        return Some((Some(mac), grub_config(&provider.plan(mac, requester))));
+    }
+    if path == "grub/grub.cfg" || path == "grub/x86_64-efi/grub.cfg" {
+        return Some((None, GRUB_NET_CFG.to_string()));
     }
     None
 }
@@ -224,6 +318,25 @@ pub struct ClientMap {
     inner: Mutex<ClientIndex>,
     cap: usize,
     ttl: Duration,
+    /// Per MAC: the unsigned UEFI loader last sent to it whole, and when, until the client
+    /// is seen to run it (see [`ClientMap::asked_again`]). At most `cap` entries.
+    unsigned: Mutex<HashMap<MacAddr, (String, Instant)>>,
+}
+
+/// How long after an unsigned UEFI loader was sent its client's firmware asking DHCP again
+/// counts as a refusal: OVMF moves on to its next boot option within seconds.
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(300);
+
+/// The boot log's note for a client whose firmware would not run `file` (see
+/// [`ClientMap::asked_again`]): what happened, the likely cause, and the fix.
+pub fn refusal_note(mac: MacAddr, file: &str) -> String {
+    format!(
+        "client {mac} fetched {file}, which carries no Secure Boot signature, then its UEFI \
+         firmware asked for a boot file again without running it: Secure Boot most likely \
+         refused {file}. Fix: set uefi_secure_boot = true in [boot] of the server's \
+         configuration (UEFI clients then boot the signed shim -> GRUB -> kernel), or turn \
+         Secure Boot off in the client's firmware"
+    )
 }
 
 #[derive(Default)]
@@ -253,7 +366,60 @@ impl ClientMap {
             inner: Mutex::new(ClientIndex::default()),
             cap: cap.max(1),
             ttl,
+            unsigned: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn unsigned(&self) -> MutexGuard<'_, HashMap<MacAddr, (String, Instant)>> {
+        // Each change is one map operation: a panic elsewhere leaves it usable.
+        self.unsigned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Boot file `file` (`sig`: what kind of PE image it is) was sent whole to `ip`.
+    pub fn fetched(&self, ip: Ipv4Addr, file: &str, sig: PeSignature) {
+        self.fetched_at(ip, file, sig, Instant::now());
+    }
+
+    fn fetched_at(&self, ip: Ipv4Addr, file: &str, sig: PeSignature, now: Instant) {
+        let Some(mac) = self.mac_of_at(ip, now) else {
+            return;
+        };
+        let mut u = self.unsigned();
+        if sig != PeSignature::Unsigned {
+            // Whatever ran before fetched what it needed next: it was not refused.
+            u.remove(&mac);
+            return;
+        }
+        if u.len() >= self.cap && !u.contains_key(&mac) {
+            u.retain(|_, (_, at)| now.saturating_duration_since(*at) < REFUSAL_WINDOW);
+            if u.len() >= self.cap {
+                return;
+            }
+        }
+        u.insert(mac, (file.to_string(), now));
+    }
+
+    /// The unsigned loader `mac` was sent last, not yet seen to run (for tests elsewhere in
+    /// the crate, which see transfers end on another thread).
+    #[cfg(test)]
+    pub(crate) fn pending_unsigned(&self, mac: MacAddr) -> Option<String> {
+        self.unsigned().get(&mac).map(|(f, _)| f.clone())
+    }
+
+    /// `mac`'s boot firmware or loader (`client`) asked DHCP for a boot file. A loader that
+    /// runs asks as itself (iPXE with its user class); UEFI firmware asking again soon
+    /// after it was sent an unsigned loader did not run it, which under Secure Boot it
+    /// does silently: then the loader's name, for [`refusal_note`].
+    pub fn asked_again(&self, mac: MacAddr, client: &PxeClient) -> Option<String> {
+        self.asked_again_at(mac, client, Instant::now())
+    }
+
+    fn asked_again_at(&self, mac: MacAddr, client: &PxeClient, now: Instant) -> Option<String> {
+        let (file, at) = self.unsigned().remove(&mac)?;
+        let refused = !client.is_ipxe
+            && client.firmware.is_uefi()
+            && now.saturating_duration_since(at) < REFUSAL_WINDOW;
+        refused.then_some(file)
     }
 
     fn index(&self) -> MutexGuard<'_, ClientIndex> {
@@ -383,10 +549,149 @@ mod tests {
     }
 
     #[test]
+    fn grub_gets_the_plan_with_the_same_command_line() {
+        let plan = BootPlan::Kernel {
+            kernel: "debian/vmlinuz".into(),
+            initrds: vec!["ignite/initrd.img".into(), "/extra.img".into()],
+            cmdline: "console=ttyS0,115200  ignite.mac=52:54:00:00:00:01 ignite.token=ab12".into(),
+        };
+        assert_eq!(
+            grub_config(&plan),
+            "# Ignite: this client's plan.\nset timeout=0\n\
+             echo 'Ignite: loading kernel'\n\
+             linux /debian/vmlinuz console=ttyS0,115200 ignite.mac=52:54:00:00:00:01 ignite.token=ab12\n\
+             echo 'Ignite: loading initrd'\n\
+             initrd /ignite/initrd.img /extra.img\nboot\n"
+        );
+        // Words GRUB's parser would read otherwise are quoted, quotes included.
+        let odd = BootPlan::Kernel {
+            kernel: "k".into(),
+            initrds: vec![],
+            cmdline: "a=$x b;c it's {y}".into(),
+        };
+        let text = grub_config(&odd);
+        assert!(
+            text.contains("linux /k 'a=$x' 'b;c' 'it'\\''s' '{y}'\nboot\n"),
+            "{text}"
+        );
+        assert!(!text.contains("initrd"), "{text}");
+        let local = grub_config(&BootPlan::Local);
+        assert!(
+            local.contains(
+                "--file --set=root /EFI/BOOT/BOOTX64.EFI; then\n\
+                 \tchainloader /EFI/BOOT/BOOTX64.EFI\n\tboot\n"
+            ),
+            "{local}"
+        );
+        assert!(local.ends_with("exit\n"), "{local}");
+    }
+
+    #[test]
+    fn grub_reads_its_first_config_then_the_clients() {
+        let plan = BootPlan::Kernel {
+            kernel: "debian/vmlinuz".into(),
+            initrds: vec![],
+            cmdline: "ignite.action=install".into(),
+        };
+        let p = FixedPlan(plan.clone());
+        for first in ["/grub/grub.cfg", "grub/x86_64-efi/grub.cfg"] {
+            let (m, s) = virtual_file(&p, first, "http://h", None).unwrap();
+            assert_eq!((m, s.as_str()), (None, GRUB_NET_CFG));
+        }
+        assert!(GRUB_NET_CFG.contains("source $prefix/ignite/${net_default_mac}.cfg\n"));
+        // GRUB's ${net_default_mac} has colons; dashes work too.
+        for name in [
+            "/grub/ignite/52:54:00:00:00:01.cfg",
+            "grub/ignite/52-54-00-00-00-01.cfg",
+        ] {
+            let (m, s) = virtual_file(&p, name, "http://h", None).unwrap();
+            assert_eq!((m, s), (Some(mac()), grub_config(&plan)));
+        }
+        assert!(virtual_file(&p, "grub/ignite/52:54:00:00:00:01", "http://h", None).is_none());
+        assert!(virtual_file(&p, "grub/ignite/.cfg", "http://h", None).is_none());
+        assert!(virtual_file(&p, "grub/unicode.pf2", "http://h", None).is_none());
+    }
+
+    fn uefi(is_ipxe: bool) -> PxeClient {
+        client(Firmware::EfiX64, is_ipxe)
+    }
+
+    #[test]
+    fn firmware_asking_again_after_an_unsigned_loader_was_refused() {
+        let m = ClientMap::default();
+        let t0 = Instant::now();
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        m.insert_at(ip, mac(), t0);
+        // Refused: the firmware asks again, as firmware.
+        m.fetched_at(ip, "ipxe.efi", PeSignature::Unsigned, t0);
+        assert_eq!(
+            m.asked_again_at(mac(), &uefi(false), t0 + Duration::from_secs(20)),
+            Some("ipxe.efi".to_string())
+        );
+        assert_eq!(m.asked_again_at(mac(), &uefi(false), t0), None, "said once");
+        // Ran: iPXE asks as itself, then the firmware may ask again (a local boot).
+        m.fetched_at(ip, "ipxe.efi", PeSignature::Unsigned, t0);
+        assert_eq!(m.asked_again_at(mac(), &uefi(true), t0), None);
+        assert_eq!(m.asked_again_at(mac(), &uefi(false), t0), None);
+        // Signed loaders, and anything fetched after the loader, clear it.
+        m.fetched_at(ip, "ipxe.efi", PeSignature::Unsigned, t0);
+        m.fetched_at(ip, "debian/vmlinuz", PeSignature::Signed, t0);
+        assert_eq!(m.asked_again_at(mac(), &uefi(false), t0), None);
+        m.fetched_at(ip, "shimx64.efi", PeSignature::Signed, t0);
+        assert_eq!(m.asked_again_at(mac(), &uefi(false), t0), None);
+        // BIOS firmware has no Secure Boot; too late is another boot.
+        m.fetched_at(ip, "ipxe.efi", PeSignature::Unsigned, t0);
+        assert_eq!(
+            m.asked_again_at(mac(), &client(Firmware::Bios, false), t0),
+            None
+        );
+        m.fetched_at(ip, "ipxe.efi", PeSignature::Unsigned, t0);
+        assert_eq!(
+            m.asked_again_at(mac(), &uefi(false), t0 + REFUSAL_WINDOW),
+            None
+        );
+        // Fetches from an address nobody is known to hold are not counted.
+        m.fetched_at(
+            Ipv4Addr::new(10, 0, 0, 6),
+            "x.efi",
+            PeSignature::Unsigned,
+            t0,
+        );
+        assert_eq!(m.unsigned().len(), 0);
+        let note = refusal_note(mac(), "ipxe.efi");
+        assert!(
+            note.contains("52:54:00:00:00:01")
+                && note.contains("ipxe.efi")
+                && note.contains("uefi_secure_boot = true"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn unsigned_fetches_are_capped() {
+        let m = ClientMap::new(10, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        for n in 0..100u8 {
+            let ip = Ipv4Addr::new(10, 0, 1, n);
+            m.insert_at(ip, MacAddr([2, 0, 0, 0, 1, n]), t0);
+            m.fetched_at(ip, "ipxe.efi", PeSignature::Unsigned, t0);
+        }
+        assert_eq!(m.unsigned().len(), 10);
+        // Once the old ones are past the window, new ones take their places.
+        let later = t0 + REFUSAL_WINDOW;
+        let ip = Ipv4Addr::new(10, 0, 2, 1);
+        let newer = MacAddr([2, 0, 0, 0, 2, 1]);
+        m.insert_at(ip, newer, later);
+        m.fetched_at(ip, "ipxe.efi", PeSignature::Unsigned, later);
+        assert_eq!(m.unsigned().len(), 1);
+        assert!(m.asked_again_at(newer, &uefi(false), later).is_some());
+    }
+
+    #[test]
     fn virtual_files_by_mac() {
         let p = FixedPlan(BootPlan::Local);
         let (m, s) = virtual_file(&p, "/ipxe/52-54-00-00-00-01.ipxe", "http://h", None).unwrap();
-        assert_eq!(m, mac());
+        assert_eq!(m, Some(mac()));
         assert!(s.starts_with("#!ipxe"));
         let (_, s) =
             virtual_file(&p, "pxelinux.cfg/01-52-54-00-00-00-01", "http://h", None).unwrap();

@@ -19,7 +19,9 @@ use dhcproto::{Decodable, Encodable};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use crate::boot::{boot_target, BootEvent, BootFiles, BootProvider, BootTarget, ClientMap};
+use crate::boot::{
+    boot_target, refusal_note, BootEvent, BootFiles, BootProvider, BootTarget, ClientMap,
+};
 use crate::error::{Error, Result};
 use crate::iface::udp_socket;
 use crate::leases::LeaseStore;
@@ -767,6 +769,9 @@ impl DhcpEngine {
         proxy: bool,
     ) -> Option<(PxeClient, BootTarget)> {
         let client = classify(req)?;
+        if let Some(file) = self.clients.asked_again(mac, &client) {
+            self.step(mac, None, "secure-boot", refusal_note(mac, &file));
+        }
         let Some(target) = boot_target(&client, mac, &self.cfg.files, &self.cfg.http_base) else {
             info_limited!(
                 "DHCP boot client with unknown firmware",

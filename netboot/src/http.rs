@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -40,6 +40,7 @@ use tower_http::services::ServeFile;
 use crate::boot::{ipxe_script, BootEvent, BootProvider, ClientMap};
 use crate::files::resolve;
 use crate::lograte::warn_limited;
+use crate::pe;
 use crate::MacAddr;
 
 pub struct HttpState {
@@ -140,6 +141,16 @@ async fn file(
             return (StatusCode::INTERNAL_SERVER_ERROR, format!("{path}: {e}\n")).into_response();
         }
     };
+    if method == Method::GET && resp.status().is_success() {
+        if let Some(ip) = ip {
+            // Four KiB of the file, off the async workers.
+            let (clients, file) = (s.clients.clone(), path.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                clients.fetched(ip, &file, pe::file_signature(&full));
+            })
+            .await;
+        }
+    }
     s.provider.step(&BootEvent {
         mac,
         ip,

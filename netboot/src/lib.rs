@@ -13,6 +13,7 @@ pub mod iface;
 pub mod leases;
 pub mod lograte;
 pub mod mac;
+pub mod pe;
 pub mod pxe;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -35,6 +35,7 @@ use crate::error::Result;
 use crate::files::{resolve, BadPath};
 use crate::iface::{std_udp_socket, udp_socket};
 use crate::lograte::{info_limited, warn_limited};
+use crate::pe::{self, PeSignature, HEADER_BYTES};
 
 pub const OP_RRQ: u16 = 1;
 pub const OP_WRQ: u16 = 2;
@@ -602,11 +603,13 @@ fn transfer_socket(cfg: &TftpConfig, peer: SocketAddrV4) -> std::io::Result<std:
 
 /// The source of a request and whether it is generated (a per-client virtual file), for the
 /// client at `peer`.
+/// The file a request names: its source, whether it is generated, and (for a file of the
+/// boot directory) what kind of PE image it is.
 fn open(
     shared: &Shared,
     req: &Request,
     peer: SocketAddrV4,
-) -> std::result::Result<(Source, bool), (u16, String)> {
+) -> std::result::Result<(Source, bool, PeSignature), (u16, String)> {
     if req.mode != "octet" && req.mode != "netascii" {
         return Err((
             0,
@@ -620,7 +623,7 @@ fn open(
             &shared.cfg.http_base,
             Some(*peer.ip()),
         ) {
-            Some((_, text)) => (Source::Memory(text.into_bytes()), true),
+            Some((_, text)) => (Source::Memory(text.into_bytes()), true, PeSignature::NotPe),
             None => {
                 let path = resolve(&shared.cfg.root, &req.filename).map_err(|e| {
                     let code = match e {
@@ -634,10 +637,25 @@ fn open(
                     .metadata()
                     .map_err(|e| (2, format!("{}: {e}", req.filename)))?
                     .len();
-                (Source::File(f, len), false)
+                let mut head = vec![0; HEADER_BYTES];
+                let n = read_head(&f, &mut head);
+                (Source::File(f, len), false, pe::signature(&head[..n]))
             }
         },
     )
+}
+
+/// Reads the start of `f` into `buf` (without moving its offset); the bytes read.
+fn read_head(f: &File, buf: &mut [u8]) -> usize {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n
 }
 
 struct Negotiated {
@@ -728,7 +746,7 @@ fn serve_read_blocking(
         });
         let _ = sock.send(&encode_error(code, &msg));
     };
-    let (src, is_virtual) = match open(shared, &req, peer) {
+    let (src, is_virtual, sig) = match open(shared, &req, peer) {
         Ok(s) => s,
         Err((code, msg)) => return refuse(code, msg),
     };
@@ -767,6 +785,9 @@ fn serve_read_blocking(
     let what = if is_virtual { "generated" } else { "file" };
     match outcome {
         Outcome::Sent(len) => {
+            if !is_virtual {
+                shared.clients.fetched(*peer.ip(), &req.filename, sig);
+            }
             let secs = start.elapsed().as_secs_f64();
             shared.provider.step(&BootEvent {
                 mac,

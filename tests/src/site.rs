@@ -12,6 +12,10 @@ use crate::{fixture, ignite_bin, run};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF built for Secure Boot (SMM-protected variables), and variables with Microsoft's
+/// keys enrolled (its UEFI CA, which signs shim, is in db): Secure Boot on from the start.
+pub const OVMF_SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_MS_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 /// What the installed system prints on its first boot (see `FIRSTBOOT_HOOK` in the tests).
 pub const FIRSTBOOT: &str = "IGNITE-FIRSTBOOT";
 
@@ -158,6 +162,24 @@ impl Site {
         )
     }
 
+    /// `ignite server --prepare` with `boot` (settings of its [boot] table) added to the
+    /// defaults, as a sysadmin turning them on runs it; then `--check`'s listing.
+    pub fn prepare_with(&self, boot: &str) -> String {
+        let cfg = self.tmp.path().join("prepare.toml");
+        std::fs::write(&cfg, format!("[boot]\n{boot}")).unwrap();
+        let mut listing = String::new();
+        for what in ["--prepare", "--check"] {
+            listing = run(Command::new(ignite_bin())
+                .args(["server", what, "--interface", "lo", "--config"])
+                .arg(&cfg)
+                .arg("--state-dir")
+                .arg(&self.state)
+                .arg("--boot-dir")
+                .arg(&self.boot));
+        }
+        listing
+    }
+
     pub fn client(&self, mac: &str, name: &str, profile: &str) {
         run(Command::new(ignite_bin())
             .args([
@@ -184,6 +206,8 @@ impl Site {
 pub enum Firmware {
     Bios,
     Uefi,
+    /// OVMF with Secure Boot on ([`OVMF_SECBOOT_CODE`], [`OVMF_MS_VARS`]).
+    UefiSecureBoot,
 }
 
 /// The controller a guest disk hangs off, as QEMU emulates it.
@@ -288,6 +312,9 @@ impl Guest {
             // Fresh variables: a guest's first boot knows nothing of earlier ones.
             std::fs::copy(OVMF_VARS, dir.join(format!("{name}-vars.fd"))).unwrap();
         }
+        if fw == Firmware::UefiSecureBoot {
+            std::fs::copy(OVMF_MS_VARS, dir.join(format!("{name}-vars.fd"))).unwrap();
+        }
         let child = launch(lab, dir, &name, &mac, &tap, &disk, &hw, &serial, fw, cpus);
         Guest {
             name,
@@ -372,6 +399,16 @@ fn disk_path(first: &Path, i: usize) -> PathBuf {
     }
 }
 
+/// The NIC's option ROM: QEMU's default (iPXE, whose UEFI driver offers a boot option of
+/// its own), except under Secure Boot, where OVMF's own driver and PXE stand in for a
+/// machine's signed NIC firmware.
+fn nic_rom(fw: Firmware) -> &'static str {
+    match fw {
+        Firmware::UefiSecureBoot => ",romfile=",
+        Firmware::Bios | Firmware::Uefi => "",
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch(
     lab: &Lab,
@@ -399,7 +436,7 @@ fn launch(
         ])
         .args([
             "-device",
-            &format!("{},netdev=n0,mac={mac},bootindex=1", hw.nic),
+            &format!("{},netdev=n0,mac={mac},bootindex=1{}", hw.nic, nic_rom(fw)),
         ]);
     for (i, bus) in hw.disks.iter().enumerate() {
         let file = disk_path(disk, i);
@@ -427,6 +464,23 @@ fn launch(
                 "-drive",
                 &format!("if=pflash,format=raw,file={}", vars.display()),
             ]);
+    }
+    if fw == Firmware::UefiSecureBoot {
+        // As Debian's ovmf README says: SMM keeps the variables (and so Secure Boot's keys)
+        // out of the guest's reach. PXE over IPv6 is left out: after a refused boot file
+        // the firmware would wait two minutes for a DHCPv6 answer before its next option.
+        let vars = dir.join(format!("{name}-vars.fd"));
+        cmd.args(["-machine", "q35,smm=on"])
+            .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+            .args([
+                "-drive",
+                &format!("if=pflash,format=raw,readonly=on,file={OVMF_SECBOOT_CODE}"),
+            ])
+            .args([
+                "-drive",
+                &format!("if=pflash,format=raw,file={}", vars.display()),
+            ])
+            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]);
     }
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use ignite_netboot::boot::SHIM_X64;
 use ignite_netboot::dhcp::{DhcpConfig, DhcpLimits, RateLimit, RelayPool, Reservation};
 use ignite_netboot::http::HttpLimits;
 use ignite_netboot::tftp::TftpConfig;
@@ -71,6 +72,22 @@ pub struct Boot {
     pub bios: String,
     pub efi_x64: String,
     pub efi_arm64: String,
+    /// x64 UEFI PXE clients get the signed chain (Debian's shim, then its signed network
+    /// GRUB, then the kernel with the same command line) instead of `efi_x64` (iPXE, which
+    /// nobody signs): what clients with Secure Boot on need. Shim boots with Secure Boot
+    /// off too.
+    pub uefi_secure_boot: bool,
+}
+
+impl Boot {
+    /// The file x64 UEFI clients are told to load.
+    pub fn efi_x64_served(&self) -> &str {
+        if self.uefi_secure_boot {
+            SHIM_X64
+        } else {
+            &self.efi_x64
+        }
+    }
 }
 
 /// How install tokens are handed out (see README "Security model").
@@ -294,6 +311,7 @@ impl Default for Boot {
             bios: "undionly.kpxe".into(),
             efi_x64: "ipxe.efi".into(),
             efi_arm64: "ipxe-arm64.efi".into(),
+            uefi_secure_boot: false,
         }
     }
 }
@@ -511,7 +529,7 @@ pub fn resolve(c: &Config, iface: &str, server_ip: Ipv4Addr, prefix: u8) -> Resu
         relay_pools,
         files: ignite_netboot::boot::BootFiles {
             bios: c.boot.bios.clone(),
-            efi_x64: c.boot.efi_x64.clone(),
+            efi_x64: c.boot.efi_x64_served().to_string(),
             efi_arm64: c.boot.efi_arm64.clone(),
         },
         http_base: http_base.clone(),
@@ -612,6 +630,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("FIRST-LAST"));
+    }
+
+    #[test]
+    fn secure_boot_serves_shim_to_uefi_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let ip = Ipv4Addr::new(10, 77, 0, 1);
+        std::fs::write(&p, "[boot]\nuefi_secure_boot = true\n").unwrap();
+        let c = Config::load(Some(&p), &Overrides::default()).unwrap();
+        let files = resolve(&c, "br0", ip, 24).unwrap().dhcp.files;
+        assert_eq!(
+            (files.efi_x64.as_str(), files.bios.as_str()),
+            ("shimx64.efi", "undionly.kpxe")
+        );
+        let plain = resolve(&Config::default(), "br0", ip, 24).unwrap();
+        assert_eq!(plain.dhcp.files.efi_x64, "ipxe.efi");
     }
 
     #[test]

@@ -768,3 +768,78 @@ async fn a_dead_socket_task_stops_the_service_with_an_error() {
     let e = supervise(tasks).await.unwrap_err().to_string();
     assert!(e.contains("panicked"), "{e}");
 }
+
+/// A boot provider that keeps every step.
+#[derive(Default)]
+struct Steps(std::sync::Mutex<Vec<BootEvent>>);
+
+impl BootProvider for Steps {
+    fn plan(&self, _: MacAddr, _: Option<std::net::Ipv4Addr>) -> BootPlan {
+        BootPlan::Local
+    }
+    fn step(&self, ev: &BootEvent) {
+        self.0.lock().unwrap().push(ev.clone());
+    }
+}
+
+/// The firmware of `m` (x64 UEFI, or iPXE) takes an address: DISCOVER, REQUEST.
+fn pxe_dora(e: &mut DhcpEngine, m: MacAddr, ipxe: bool) -> Ipv4Addr {
+    let offer = send(
+        e,
+        &req(MessageType::Discover, m, pxe_opts(7, ipxe)),
+        Port::Dhcp,
+        1000,
+    )
+    .unwrap();
+    let ip = offer.msg.yiaddr();
+    let mut opts = pxe_opts(7, ipxe);
+    opts.push(DhcpOption::RequestedIpAddress(ip));
+    opts.push(DhcpOption::ServerIdentifier(SERVER));
+    let ack = send(e, &req(MessageType::Request, m, opts), Port::Dhcp, 1000).unwrap();
+    assert_eq!(kind(&ack), MessageType::Ack);
+    ip
+}
+
+#[test]
+fn uefi_firmware_asking_again_after_an_unsigned_loader_is_logged_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = Arc::new(Steps::default());
+    let clients = Arc::new(ClientMap::default());
+    let mut e = DhcpEngine::new(
+        cfg(Some((100, 110))),
+        Some(shared(LeaseStore::open(&dir.path().join("l.db")).unwrap())),
+        steps.clone(),
+        clients.clone(),
+    )
+    .unwrap();
+    let notes = |m: MacAddr| -> Vec<String> {
+        let s = steps.0.lock().unwrap();
+        s.iter()
+            .filter(|ev| ev.step == "secure-boot" && ev.mac == Some(m))
+            .map(|ev| ev.detail.clone())
+            .collect()
+    };
+    // Refused: iPXE sent whole over TFTP, then the firmware is back (its next boot option).
+    let ip = pxe_dora(&mut e, mac(1), false);
+    clients.fetched(ip, "ipxe.efi", crate::pe::PeSignature::Unsigned);
+    pxe_dora(&mut e, mac(1), false);
+    let n = notes(mac(1));
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert!(
+        n[0].contains("client 02:00:00:00:00:01 fetched ipxe.efi")
+            && n[0].contains("uefi_secure_boot = true"),
+        "{}",
+        n[0]
+    );
+    // Ran: iPXE asks for its script as itself; a later firmware boot is not a refusal.
+    let ip = pxe_dora(&mut e, mac(2), false);
+    clients.fetched(ip, "ipxe.efi", crate::pe::PeSignature::Unsigned);
+    pxe_dora(&mut e, mac(2), true);
+    pxe_dora(&mut e, mac(2), false);
+    assert_eq!(notes(mac(2)), Vec::<String>::new());
+    // Signed: shim was fetched; whatever the firmware does next is not this.
+    let ip = pxe_dora(&mut e, mac(3), false);
+    clients.fetched(ip, "shimx64.efi", crate::pe::PeSignature::Signed);
+    pxe_dora(&mut e, mac(3), false);
+    assert_eq!(notes(mac(3)), Vec::<String>::new());
+}

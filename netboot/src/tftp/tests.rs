@@ -251,7 +251,15 @@ async fn start(root: PathBuf) -> (SocketAddrV4, watch::Sender<bool>) {
     start_with(cfg(root)).await
 }
 
-async fn start_with(mut c: TftpConfig) -> (SocketAddrV4, watch::Sender<bool>) {
+async fn start_with(c: TftpConfig) -> (SocketAddrV4, watch::Sender<bool>) {
+    start_sharing(c, Arc::new(ClientMap::default())).await
+}
+
+/// A server that fills `clients` (as the DHCP service shares it).
+async fn start_sharing(
+    mut c: TftpConfig,
+    clients: Arc<ClientMap>,
+) -> (SocketAddrV4, watch::Sender<bool>) {
     c.port = 0;
     let sock = bind(&c).unwrap();
     let SocketAddr::V4(addr) = sock.local_addr().unwrap() else {
@@ -263,8 +271,63 @@ async fn start_with(mut c: TftpConfig) -> (SocketAddrV4, watch::Sender<bool>) {
         initrds: vec!["initrd.img".into()],
         cmdline: "console=ttyS0".into(),
     }));
-    tokio::spawn(run(c, sock, provider, Arc::new(ClientMap::default()), rx));
+    tokio::spawn(run(c, sock, provider, clients, rx));
     (addr, tx)
+}
+
+#[tokio::test]
+async fn grub_configs_are_served_and_unsigned_loaders_remembered() {
+    use crate::boot::{grub_config, GRUB_NET_CFG};
+    use crate::pxe::{Firmware, PxeClient};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ipxe.efi"), crate::pe::test_image(false)).unwrap();
+    std::fs::write(dir.path().join("shimx64.efi"), crate::pe::test_image(true)).unwrap();
+    let clients = Arc::new(ClientMap::default());
+    let mac: crate::MacAddr = "52:54:00:00:00:01".parse().unwrap();
+    clients.insert(Ipv4Addr::LOCALHOST, mac);
+    let (srv, _stop) = start_sharing(cfg(dir.path().to_path_buf()), clients.clone()).await;
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    let first = fetch(srv, "/grub/x86_64-efi/grub.cfg", &[], 1)
+        .await
+        .unwrap();
+    assert_eq!(text(first), GRUB_NET_CFG);
+    let own = fetch(srv, "/grub/ignite/52:54:00:00:00:01.cfg", &[], 1)
+        .await
+        .unwrap();
+    let plan = BootPlan::Kernel {
+        kernel: "vmlinuz".into(),
+        initrds: vec!["initrd.img".into()],
+        cmdline: "console=ttyS0".into(),
+    };
+    assert_eq!(text(own), grub_config(&plan));
+    let firmware = PxeClient {
+        firmware: Firmware::EfiX64,
+        http_client: false,
+        is_ipxe: false,
+        uuid: None,
+    };
+    // The server notes a transfer once the last ACK is in, after the client has the file.
+    let settles = |want: Option<&str>| {
+        let t = std::time::Instant::now();
+        while clients.pending_unsigned(mac).as_deref() != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "pending {:?}, want {want:?}",
+                clients.pending_unsigned(mac)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    fetch(srv, "ipxe.efi", &[], 1).await.unwrap();
+    settles(Some("ipxe.efi"));
+    fetch(srv, "shimx64.efi", &[], 1).await.unwrap();
+    settles(None);
+    fetch(srv, "ipxe.efi", &[], 1).await.unwrap();
+    settles(Some("ipxe.efi"));
+    assert_eq!(
+        clients.asked_again(mac, &firmware).as_deref(),
+        Some("ipxe.efi")
+    );
 }
 
 #[tokio::test]
