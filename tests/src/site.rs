@@ -12,6 +12,10 @@ use crate::{fixture, ignite_bin, run};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// A boot network without IPv6, as the sysadmin's firmware setup says (ignite's QEMU engine
+/// does the same): otherwise each boot after an install, or after a refused boot file,
+/// waits out DHCPv6 (about 80 s, up to two minutes) before the firmware's next option.
+const OVMF_IPV4_ONLY: [&str; 2] = ["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"];
 /// OVMF built for Secure Boot (SMM-protected variables), and variables with Microsoft's
 /// keys enrolled (its UEFI CA, which signs shim, is in db): Secure Boot on from the start.
 pub const OVMF_SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
@@ -451,11 +455,8 @@ fn launch(
     cmd.arg("-serial").arg(format!("file:{}", serial.display()));
     if fw == Firmware::Uefi {
         let vars = dir.join(format!("{name}-vars.fd"));
-        // A boot network without IPv6, as the sysadmin's firmware setup says (see
-        // ignite's OVMF_IPV4_ONLY: otherwise each boot after an install waits out
-        // DHCPv6 before the disk).
         cmd.args(["-machine", "q35"])
-            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"])
+            .args(OVMF_IPV4_ONLY)
             .args([
                 "-drive",
                 &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
@@ -467,8 +468,7 @@ fn launch(
     }
     if fw == Firmware::UefiSecureBoot {
         // As Debian's ovmf README says: SMM keeps the variables (and so Secure Boot's keys)
-        // out of the guest's reach. PXE over IPv6 is left out: after a refused boot file
-        // the firmware would wait two minutes for a DHCPv6 answer before its next option.
+        // out of the guest's reach.
         let vars = dir.join(format!("{name}-vars.fd"));
         cmd.args(["-machine", "q35,smm=on"])
             .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
@@ -480,7 +480,7 @@ fn launch(
                 "-drive",
                 &format!("if=pflash,format=raw,file={}", vars.display()),
             ])
-            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]);
+            .args(OVMF_IPV4_ONLY);
     }
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
