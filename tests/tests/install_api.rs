@@ -229,6 +229,26 @@ impl Setup {
         token
     }
 
+    /// The HTTP status of a plan request for `mac` with `token`, sent from the client
+    /// `from` to the plain port.
+    fn plan_status(&mut self, from: &str, mac: &str, token: &str) -> String {
+        let url = format!("{SERVER}/api/install/{mac}/plan");
+        let auth = format!("Authorization: Bearer {token}");
+        let body = facts(mac);
+        let args = [
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &auth,
+            "--data",
+            &body,
+            &url,
+        ];
+        self.curl_as(from, &args)
+    }
+
     fn extract_cmd(&mut self, mac: &str, token: &str, to: &Path, extra: &[&str]) -> Command {
         self.extract_from(SERVER, mac, token, to, extra)
     }
@@ -797,20 +817,7 @@ fn tokens_go_only_to_the_lease_holder_stay_bound_and_expire() {
     assert!(!got.contains("ignite.token="), "{got}");
     // The victim's own token, used from the attacker's address: refused.
     let token = s.token(&victim);
-    let code = s.curl_as(
-        attacker,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "--data",
-            &facts(&victim),
-            &format!("{SERVER}/api/install/{victim}/plan"),
-        ],
-    );
+    let code = s.plan_status(attacker, &victim, &token);
     assert_eq!(code, "403");
     let e = s.curl_as(
         attacker,
@@ -1178,20 +1185,7 @@ fn with_tls_the_agent_pins_the_servers_authority() {
         stderr(&o)
     );
     // The plain port serves boot files only.
-    let plain = s.curl_as(
-        &mac,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "--data",
-            &facts(&mac),
-            &format!("{SERVER}/api/install/{mac}/plan"),
-        ],
-    );
+    let plain = s.plan_status(&mac, &mac, &token);
     assert_eq!(plain, "404");
     // OpenSSL agrees: the certificate chains to the authority and names the address.
     let pem = s.path("ca.pem");
