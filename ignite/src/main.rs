@@ -32,6 +32,14 @@ fn main() -> ExitCode {
         }
     };
     cli::init_logging(cli.verbose);
+    if cli.command.only_prints() {
+        // Such a command ends quietly when its reader goes away (`ignite client show | grep
+        // -q done`), as Unix tools do, instead of panicking on the failed print. Commands
+        // that talk over sockets keep Rust's ignored SIGPIPE: a peer that hangs up is an
+        // error they handle, not a reason to die.
+        // SAFETY: no other thread runs yet; SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

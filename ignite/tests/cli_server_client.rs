@@ -168,3 +168,27 @@ fn server_check_validates_config() {
         "{err}"
     );
 }
+
+/// A reader that goes away (`ignite client list | grep -q x`) ends a printing command the
+/// Unix way, by SIGPIPE, not with a panic about a failed print.
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_ignite"))
+        .args(["client", "list"])
+        .env("IGNITE_STATE_DIR", tmp.path())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -74,6 +74,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command only reads local state and prints: no socket of its own.
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Archive(_) | Command::Client(_) | Command::Profile(_)
+        )
+    }
+
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Archive(a) => archive::run(a),
