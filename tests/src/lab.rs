@@ -108,8 +108,9 @@ impl Lab {
     /// Leases an address for client namespace `cns` from the DHCP server on the bridge (busybox
     /// udhcpc, once) and puts it on its `c0`; returns the address.
     pub fn lease(cns: &str) -> String {
-        let script =
-            std::env::temp_dir().join(format!("ignite-e2e-lease-{}.sh", std::process::id()));
+        // One script for every test process (the same text, put in place by rename), not one
+        // per process left behind in /tmp.
+        let script = std::env::temp_dir().join("ignite-e2e-lease.sh");
         if !script.exists() {
             let tmp = script.with_extension(format!("{:x}", rand_u64()));
             std::fs::write(
