@@ -224,13 +224,15 @@ const STEP_QUEUE: usize = 4096;
 const STEP_BATCH: usize = 256;
 
 /// The sending side of the boot log writer (see the module doc).
+/// Cheap to clone: every clone feeds the one writer thread.
+#[derive(Clone)]
 pub struct StepWriter {
     tx: SyncSender<NewStep>,
     dropped: Arc<AtomicU64>,
 }
 
 impl StepWriter {
-    /// Starts the writer thread; it ends when the writer is dropped.
+    /// Starts the writer thread; it ends when the last clone of the writer is dropped.
     pub fn start(state: Arc<State>, caps: BootLogCaps) -> StepWriter {
         let (tx, rx) = sync_channel(STEP_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));

@@ -393,6 +393,8 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
             total: cfg.limits.boot_log_total,
         };
         let tls_pin = tls.as_ref().map(|t| t.pin.clone());
+        // One boot-log writer for the server's life: a reloaded provider shares it.
+        let steps = StepWriter::start(state.clone(), caps);
         let make_provider = |config: Config| -> Result<RegistryProvider> {
             Ok(RegistryProvider {
                 state: state.clone(),
@@ -401,7 +403,7 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
                 api_base: api_base.clone(),
                 tls_pin: tls_pin.clone(),
                 clients: clients.clone(),
-                steps: StepWriter::start(state.clone(), caps),
+                steps: steps.clone(),
             })
         };
         let live = Arc::new(LiveProvider(RwLock::new(Arc::new(make_provider(
@@ -703,6 +705,7 @@ mod tests {
             per_mac: 10,
             total: 100,
         };
+        let steps = StepWriter::start(state.clone(), caps);
         let make = |config: Config| -> Result<RegistryProvider> {
             Ok(RegistryProvider {
                 state: state.clone(),
@@ -711,7 +714,7 @@ mod tests {
                 api_base: "http://10.77.0.1:8080".into(),
                 tls_pin: None,
                 clients: Arc::default(),
-                steps: StepWriter::start(state.clone(), caps),
+                steps: steps.clone(),
             })
         };
         let live = LiveProvider(RwLock::new(Arc::new(make(cfg.clone()).unwrap())));
