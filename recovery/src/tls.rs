@@ -12,17 +12,15 @@
 
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use ignite_archive::ChunkId;
 
 /// Where the server serves its authority's certificate (DER), on its HTTPS port.
 pub const CA_PATH: &str = "/tls/ca.der";
 
-/// The pin of a certificate: lowercase hex SHA-256 of its DER bytes.
+/// The pin of a certificate: lowercase hex SHA-256 of its DER bytes (the digest the store
+/// names chunks by).
 pub fn pin(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ChunkId::of(der).to_hex()
 }
 
 /// Whether `text` has the form of a pin (64 hex digits).
