@@ -4,7 +4,7 @@
 //! once with the server's one-line message. The install and capture clients share this.
 //! An `https://` server is trusted only through its pinned authority ([`crate::tls`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -76,7 +76,7 @@ pub struct ApiClient {
     server: Endpoint,
     token: String,
     /// Plain HTTP: made at once. HTTPS: made once the server's authority matched the pin.
-    http: Mutex<Option<ureq::Agent>>,
+    http: OnceLock<ureq::Agent>,
     stall: Duration,
     connections: usize,
     /// Largest answer accepted.
@@ -97,10 +97,10 @@ impl ApiClient {
         connections: usize,
         max_body: u64,
     ) -> ApiClient {
-        let mut c = ApiClient {
+        let c = ApiClient {
             server: server.clone(),
             token: token.trim().to_string(),
-            http: Mutex::new(None),
+            http: OnceLock::new(),
             stall,
             connections,
             max_body,
@@ -108,7 +108,7 @@ impl ApiClient {
             when_away: "check that `ignite server` runs and is reachable",
         };
         if server.pin.is_none() {
-            c.http = Mutex::new(Some(c.agent(TlsConfig::default())));
+            let _ = c.http.set(c.agent(TlsConfig::default()));
         }
         c
     }
@@ -133,10 +133,9 @@ impl ApiClient {
 
     /// The agent requests go through; for HTTPS, the first call fetches the server's
     /// authority and checks it against the pin (see [`crate::tls`]).
-    fn http(&self) -> Result<ureq::Agent, Failure> {
-        let mut held = self.http.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = &*held {
-            return Ok(a.clone());
+    fn http(&self) -> Result<&ureq::Agent, Failure> {
+        if let Some(a) = self.http.get() {
+            return Ok(a);
         }
         let pin = self.server.pin.as_deref().unwrap_or_default();
         let tls = || {
@@ -170,13 +169,13 @@ impl ApiClient {
             )));
         }
         let ca = Certificate::from_der(&der).to_owned();
+        // Requests racing here each check the pin; the first agent made is kept.
         let a = self.agent(
             tls()
                 .root_certs(RootCerts::Specific(Arc::new(vec![ca])))
                 .build(),
         );
-        *held = Some(a.clone());
-        Ok(a)
+        Ok(self.http.get_or_init(|| a))
     }
 
     fn once(&self, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
