@@ -82,12 +82,21 @@ pub fn ask(path: &Path, req: &Request) -> Result<Option<Reply>> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    s.write_all(line.as_bytes())
-        .with_context(|| format!("control socket {}", path.display()))?;
+    // The supervisor can go away between accepting and answering (the guest just stopped):
+    // our write then meets a closed socket, or our read a reset one.
+    let gone = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )
+    };
+    match s.write_all(line.as_bytes()) {
+        Err(e) if gone(&e) => return Ok(None),
+        r => r.with_context(|| format!("control socket {}", path.display()))?,
+    }
     let mut answer = String::new();
     match BufReader::new(s).read_line(&mut answer) {
-        // The supervisor went away between accepting and answering: the guest just stopped.
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+        Err(e) if gone(&e) => return Ok(None),
         r => {
             r.with_context(|| format!("control socket {}: no answer", path.display()))?;
         }
@@ -230,6 +239,29 @@ mod tests {
         // SAFETY: waiting for the child forked above.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         libc::WEXITSTATUS(status)
+    }
+
+    /// A guest that stops while we ask closes its end after accepting: whichever of our
+    /// write or read meets the closed socket, the answer is "not running", never an error
+    /// (`vm show` failed with "Broken pipe" when a guest stopped under it).
+    #[test]
+    fn a_supervisor_closing_under_a_request_means_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let closer = std::thread::spawn(move || {
+            for conn in listener.incoming().take(100) {
+                drop(conn.unwrap());
+            }
+        });
+        for i in 0..100 {
+            let answer = ask(&path, &Request::Status);
+            assert!(
+                matches!(answer, Ok(None)),
+                "request {i}: {answer:?} instead of Ok(None)"
+            );
+        }
+        closer.join().unwrap();
     }
 
     #[test]
