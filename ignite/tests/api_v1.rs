@@ -232,6 +232,23 @@ fn wait_event(
     );
 }
 
+/// Job `id` once it ended, polled; panics with what it showed after 60 s.
+fn follow(s: &Server, id: u64) -> Value {
+    let t = Instant::now();
+    loop {
+        let (code, j) = s.get(&format!("/api/v1/jobs/{id}"));
+        assert_eq!(code, 200, "{j}");
+        if j["state"] != "running" {
+            return j;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "job still running: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A store with two snapshots of `golden` (one file changed, one added between them).
 fn make_store(s: &Server) {
     let src = s.dir.path().join("src");
@@ -520,19 +537,7 @@ fn the_management_api_end_to_end() {
     let (code, started) = s.call("POST", "/api/v1/archives/verify", None);
     assert_eq!(code, 202, "{started}");
     let id = started["job"].as_u64().unwrap();
-    let t = Instant::now();
-    let job = loop {
-        let (code, j) = s.get(&format!("/api/v1/jobs/{id}"));
-        assert_eq!(code, 200, "{j}");
-        if j["state"] != "running" {
-            break j;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "job still running: {j}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let job = follow(&s, id);
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(
         (job["done"].as_u64(), job["total"].as_u64()),
@@ -556,6 +561,48 @@ fn the_management_api_end_to_end() {
         .unwrap()
         .iter()
         .any(|j| j["id"] == id));
+    // An uploaded tar imported as a job: its bytes read are its progress.
+    let tar = s.dir.path().join("up.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(s.dir.path().join("src"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bytes = std::fs::read(&tar).unwrap();
+    let upload = |name: &str, bytes: &[u8]| {
+        let mut r = Server::agent()
+            .post(format!("{}/api/v1/archives/import?name={name}", s.url))
+            .header("Authorization", &format!("Bearer {}", s.token))
+            .send(bytes)
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        (status, v)
+    };
+    error(
+        "a bad snapshot name",
+        upload("bad@name", b""),
+        422,
+        "invalid",
+    );
+    let (code, started) = upload("uploaded", &bytes);
+    assert_eq!(code, 202, "{started}");
+    let job = follow(&s, started["job"].as_u64().unwrap());
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["done"], job["total"], "{job}");
+    assert!(job["total"].as_u64().unwrap() >= 300_000, "{job}");
+    assert_eq!(job["result"]["name"], "uploaded");
+    let (_, snaps) = s.get("/api/v1/archives?name=uploaded");
+    assert_eq!(snaps[0]["id"], job["result"]["id"], "{snaps}");
+    let left = std::fs::read_dir(s.state().join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the upload was not removed");
+
     error(
         "an unknown job",
         s.get("/api/v1/jobs/999"),

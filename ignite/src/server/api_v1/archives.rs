@@ -1,18 +1,21 @@
 //! The archive store the server installs from (`store` in its configuration): snapshots,
 //! one snapshot, a diff of two, the store's statistics, and verification as a job.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use ignite_archive::diff::DiffReport;
 use ignite_archive::stats::StoreStats;
-use ignite_archive::{Entry, Manifest, SnapshotKind, Store};
+use ignite_archive::{Entry, ImportOptions, Manifest, SnapshotKind, Store};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
-use super::jobs::JobRef;
+use super::jobs::{Handle, JobRef};
 use super::{blocking, Ctx};
 use crate::server::api_error::{ErrorBody, V1Error, V1Result};
 
@@ -48,17 +51,25 @@ pub struct DiffQuery {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// The snapshot's name (its parent: the latest of that name).
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VerifyQuery {
     /// Read only this fraction of the chunks: 0.1 or 10% (default: all).
     pub sample: Option<String>,
 }
 
-/// An archive error as its status: what names nothing is 404, what names too much 422.
+/// An archive error as its status: what names nothing is 404, what names too much or is
+/// not valid input 422.
 fn archive_error(e: ignite_archive::Error) -> V1Error {
     use ignite_archive::Error as E;
     match e {
         E::NoSuchSnapshot(_) | E::NotAStore(_) => V1Error::not_found(e.to_string()),
-        E::AmbiguousSnapshot(_) => V1Error::invalid(e.to_string()),
+        E::AmbiguousSnapshot(_) | E::Invalid(_) => V1Error::invalid(e.to_string()),
         e => anyhow::Error::new(e).into(),
     }
 }
@@ -204,4 +215,98 @@ pub async fn verify(
         Ok(serde_json::to_value(&r)?)
     });
     Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
+}
+
+/// Import an uploaded tar (a job)
+///
+/// The body is a tar stream (plain, gz, zst or xz). It is kept in `<state>/uploads` until
+/// the job has imported it; the job's progress is the bytes of it read, its result the new
+/// snapshot's manifest.
+#[utoipa::path(operation_id = "archive_import", post, path = "/api/v1/archives/import", tag = "archives", params(ImportQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "the tar stream"),
+    responses((status = 202, description = "started; follow GET /api/v1/jobs/{job}", body = JobRef),
+        (status = 404, body = ErrorBody), (status = 422, description = "a bad snapshot name", body = ErrorBody)))]
+pub async fn import(
+    State(api): Ctx,
+    Query(q): Query<ImportQuery>,
+    body: Body,
+) -> V1Result<(StatusCode, Json<JobRef>)> {
+    ignite_archive::snapshot::validate_name(&q.name).map_err(archive_error)?;
+    let dir = api.store_dir.clone();
+    let store = blocking(move || open(&dir)).await?;
+    let upload = receive(&api.state_dir.join("uploads"), body).await?;
+    let (name, path) = (q.name, upload.clone());
+    let job = api.jobs.spawn("archive import", move |h| {
+        let r = import_file(h, &store, &path, &name);
+        let _ = std::fs::remove_file(&path);
+        r
+    });
+    Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
+}
+
+/// The request body in a new private file under `dir`; its path.
+async fn receive(dir: &Path, body: Body) -> V1Result<PathBuf> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        V1Error::from(anyhow::anyhow!("upload {}: {what}: {e}", dir.display()))
+    };
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| fail("cannot create it", &e))?;
+    let name = format!("import-{}.tar", ignite_recovery::random::hex(8)?);
+    let path = dir.join(name);
+    let mut f = tokio::fs::File::create_new(&path)
+        .await
+        .map_err(|e| fail("cannot create a file in it", &e))?;
+    let mut data = body.into_data_stream();
+    let written: V1Result<()> = async {
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk.map_err(|e| {
+                V1Error::new(StatusCode::BAD_REQUEST, format!("reading the upload: {e}"))
+            })?;
+            f.write_all(&chunk)
+                .await
+                .map_err(|e| fail("cannot write it", &e))?;
+        }
+        f.flush().await.map_err(|e| fail("cannot write it", &e))
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Imports the tar at `path` as snapshot `name`, its progress the job's.
+fn import_file(
+    h: &Handle,
+    store: &Store,
+    path: &Path,
+    name: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let f = std::fs::File::open(path)?;
+    let total = f.metadata()?.len();
+    h.log(format!("importing {total} bytes of tar as {name}"));
+    let read = AtomicU64::new(0);
+    let finished = AtomicBool::new(false);
+    let m = std::thread::scope(|s| {
+        // Samples the importer's counter for the job until it ends.
+        s.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                h.progress(read.load(Ordering::Relaxed), Some(total));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let r = ignite_archive::import_tar::import_tar(store, f, &ImportOptions::new(name), &read);
+        finished.store(true, Ordering::Relaxed);
+        r
+    })?;
+    h.progress(total, Some(total));
+    h.log(format!(
+        "snapshot {} {}: {} entries, {} new chunks of {}",
+        m.id, m.name, m.stats.entries, m.stats.new_chunks, m.stats.chunks
+    ));
+    Ok(serde_json::to_value(&m)?)
 }

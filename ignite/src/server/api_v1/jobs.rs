@@ -1,6 +1,6 @@
 //! Long work as jobs: `POST` answers 202 with `{"job": ID}` at once, the work runs on a
 //! thread of its own, and `GET /api/v1/jobs/{id}` shows its state, progress and log; each
-//! change is also an [`Event::Job`] on `/api/v1/events`.
+//! change is also handed to the table's observer (an event on `/api/v1/events`).
 //!
 //! The table is in memory (a restart forgets it) and bounded: the newest [`KEEP`] jobs, each
 //! with at most [`MAX_LOG`] log lines (the newest kept).
@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::events::{Event, Events};
 use crate::state::now_ms;
 
 /// Jobs kept; the oldest finished one goes when a new one starts.
@@ -55,9 +54,12 @@ pub struct JobRef {
     pub job: u64,
 }
 
+/// Told of each change of a job, as it is after the change.
+pub type Observer = Box<dyn Fn(&Job) + Send + Sync>;
+
 pub struct Jobs {
     table: Mutex<Table>,
-    events: Events,
+    observer: Observer,
 }
 
 #[derive(Default)]
@@ -73,10 +75,10 @@ pub struct Handle {
 }
 
 impl Jobs {
-    pub fn new(events: Events) -> Arc<Jobs> {
+    pub fn new(observer: Observer) -> Arc<Jobs> {
         Arc::new(Jobs {
             table: Mutex::new(Table::default()),
-            events,
+            observer,
         })
     }
 
@@ -133,9 +135,9 @@ impl Jobs {
             };
             t.jobs.remove(&old);
         }
-        let ev = Event::of_job(&t.jobs[&id]);
+        let j = t.jobs[&id].clone();
         drop(t);
-        self.events.publish(ev);
+        (self.observer)(&j);
         id
     }
 
@@ -145,9 +147,9 @@ impl Jobs {
             return;
         };
         f(j);
-        let ev = Event::of_job(j);
+        let j = j.clone();
         drop(t);
-        self.events.publish(ev);
+        (self.observer)(&j);
     }
 
     fn finish(&self, id: u64, r: anyhow::Result<serde_json::Value>) {
@@ -218,9 +220,11 @@ mod tests {
 
     #[test]
     fn a_job_reports_progress_log_and_result_or_its_failure() {
-        let events = Events::new();
-        let mut rx = events.subscribe();
-        let jobs = Jobs::new(events);
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let seen_tx = std::sync::Mutex::new(seen_tx);
+        let jobs = Jobs::new(Box::new(move |j: &Job| {
+            let _ = seen_tx.lock().unwrap().send((j.id, j.state));
+        }));
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let id = jobs.spawn("count", move |h| {
             h.progress(1, Some(2));
@@ -243,17 +247,14 @@ mod tests {
         assert_eq!(j.result.unwrap()["counted"], 2);
         assert_eq!(j.log, ["half way"]);
         assert!(j.finished_ms.is_some());
-        // Every change was an event, the last one the job done.
-        let mut last = None;
-        while let Ok(e) = rx.try_recv() {
-            last = Some(e);
-        }
-        match last {
-            Some(Event::Job { id: i, state, .. }) => {
-                assert_eq!((i, state), (id, JobState::Done))
-            }
-            other => panic!("{other:?}"),
-        }
+        // The observer saw every change: start, progress, log, progress, end.
+        // (It is told after the table changed: the last may come a moment after.)
+        let changes: Vec<_> = (0..5)
+            .map(|_| seen.recv_timeout(Duration::from_secs(20)).unwrap())
+            .collect();
+        assert!(seen.try_recv().is_err(), "more than 5 changes");
+        assert_eq!(changes[0], (id, JobState::Running));
+        assert_eq!(changes[4], (id, JobState::Done));
         let bad = jobs.spawn("fail", |_| anyhow::bail!("store gone"));
         let j = finished(&jobs, bad);
         assert_eq!(j.state, JobState::Failed);
@@ -263,7 +264,7 @@ mod tests {
 
     #[test]
     fn the_table_and_each_log_stay_bounded() {
-        let jobs = Jobs::new(Events::new());
+        let jobs = Jobs::new(Box::new(|_: &Job| {}));
         let first = jobs.spawn("chatty", |h| {
             for n in 0..MAX_LOG + 5 {
                 h.log(format!("line {n}"));

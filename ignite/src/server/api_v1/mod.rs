@@ -16,6 +16,7 @@
 //! GET    /api/v1/archives/stats             sizes, dedup, compression
 //! GET    /api/v1/archives/diff?from=&to=    what changed between two snapshots
 //! POST   /api/v1/archives/verify            a job (?sample=0.1)
+//! POST   /api/v1/archives/import?name=      a job importing the tar sent as the body
 //! GET    /api/v1/archives/{snapshot}        one snapshot's manifest
 //! GET    /api/v1/bootlog                    boot steps (?mac=, ?limit=)          netboot.rs
 //! GET    /api/v1/leases                     DHCP leases
@@ -48,7 +49,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::api_error::{ErrorBody, V1Error, V1Result};
-use events::Events;
+use events::{Event, Events};
 use jobs::{Job, Jobs};
 
 /// What the handlers share.
@@ -71,12 +72,13 @@ impl Api {
         stop: watch::Receiver<bool>,
     ) -> Arc<Api> {
         let events = Events::new();
+        let publish = events.clone();
         Arc::new(Api {
             state,
             state_dir,
             store_dir,
             started: Instant::now(),
-            jobs: Jobs::new(events.clone()),
+            jobs: Jobs::new(Box::new(move |j: &Job| publish.publish(Event::of_job(j)))),
             events,
             stop,
         })
@@ -100,6 +102,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/archives/stats", get(archives::stats))
         .route("/api/v1/archives/diff", get(archives::diff))
         .route("/api/v1/archives/verify", post(archives::verify))
+        .route("/api/v1/archives/import", post(archives::import))
         .route("/api/v1/archives/{snapshot}", get(archives::show))
         .route("/api/v1/bootlog", get(netboot::boot_log))
         .route("/api/v1/leases", get(netboot::leases))
@@ -205,7 +208,7 @@ impl Modify for BearerToken {
     paths(
         health, list_jobs, job, events::stream,
         clients::list, clients::add, clients::show, clients::set_action, clients::remove, clients::log,
-        archives::list, archives::stats, archives::diff, archives::verify, archives::show,
+        archives::list, archives::stats, archives::diff, archives::verify, archives::import, archives::show,
         netboot::boot_log, netboot::leases, netboot::schedules,
         guests::list, guests::show, guests::start, guests::stop,
     ),
