@@ -148,6 +148,12 @@ impl Server {
         )
     }
 
+    /// A guest `name` (never started here: its kernel is no kernel).
+    fn define_guest(&self, name: &str) {
+        let args = ["create", name, "--mem", "64M", "--boot", "kernel=/bin/true"];
+        self.ok(&[&["vm"], &args[..], &["--engine", "bundled"]].concat());
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.ignite(args, &[]);
         assert!(ok, "ignite {args:?}: {err}");
@@ -407,7 +413,17 @@ fn the_management_api_end_to_end() {
         "not_found",
     );
     let (code, log) = s.get("/api/v1/clients/web1/log?after=0");
-    assert_eq!((code, log), (200, json!([])));
+    assert_eq!(code, 200, "{log}");
+    assert_eq!(log["lines"], json!([]));
+    assert_eq!(
+        (
+            log["install"]["profile"].as_str(),
+            log["install"]["status"].as_str()
+        ),
+        (Some("web"), Some("active"))
+    );
+    let (code, _) = s.get(&format!("/api/v1/clients/{}/log", "52:54:00:aa:00:77"));
+    assert_eq!(code, 404, "an unregistered MAC without an install");
     error(
         "a client never installed",
         s.get("/api/v1/clients/db1/log"),
@@ -617,17 +633,7 @@ fn the_management_api_end_to_end() {
     );
 
     // Guests: defined, not running.
-    s.ok(&[
-        "vm",
-        "create",
-        "g1",
-        "--mem",
-        "64M",
-        "--boot",
-        "kernel=/bin/true",
-        "--engine",
-        "bundled",
-    ]);
+    s.define_guest("g1");
     let (code, g) = s.get("/api/v1/guests");
     assert_eq!(
         (code, g[0]["name"].as_str(), g[0]["state"].as_str()),
@@ -687,17 +693,7 @@ fn the_cli_prints_the_same_through_the_server_as_locally() {
         "web",
     ]);
     s.ok(&["client", "add", "52:54:00:bb:00:02", "db1"]);
-    s.ok(&[
-        "vm",
-        "create",
-        "g1",
-        "--mem",
-        "64M",
-        "--boot",
-        "kernel=/bin/true",
-        "--engine",
-        "bundled",
-    ]);
+    s.define_guest("g1");
     let url = s.url.clone();
     let remote = [("IGNITE_SERVER", url.as_str())];
     for args in [
@@ -727,6 +723,17 @@ fn the_cli_prints_the_same_through_the_server_as_locally() {
         assert_eq!(via.2, "", "{args:?}");
         assert!(!local.1.is_empty(), "{args:?}");
     }
+    // An install's log (none written yet), and a client that never installed.
+    for args in [["client", "log", "web1"], ["client", "log", "db1"]] {
+        let local = s.ignite(&args, &[]);
+        let via = s.ignite(&args, &remote);
+        assert_eq!((via.0, &via.1), (local.0, &local.1), "{args:?}: {}", via.2);
+    }
+    let (ok, _, err) = s.ignite(&["client", "log", "db1"], &remote);
+    assert!(
+        !ok && err.contains("no install was ever scheduled"),
+        "{err}"
+    );
     // `--server` on the command line, changes through the API, errors from it.
     let out = s.ok(&["--server", &url, "client", "set", "db1", "capture"]);
     assert_eq!(out, "client db1 (52:54:00:bb:00:02): capture\n");

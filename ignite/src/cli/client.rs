@@ -11,8 +11,9 @@ use clap::{Args, Subcommand};
 use ignite_netboot::MacAddr;
 
 use super::remote::{segment, Remote, ServerOpts};
+use crate::state::clients::not_registered;
 use crate::state::installs::{phase_name, Install, PhaseRecord, Status};
-use crate::state::views::{ClientDetail, ClientView};
+use crate::state::views::{ClientDetail, ClientView, InstallLog, LogOf};
 use crate::state::{Action, Client, State, StepRecord};
 use ignite_recovery::Phase;
 
@@ -145,6 +146,22 @@ impl Registry {
         }
     }
 
+    fn install_log(&self, key: &str, after: i64) -> Result<InstallLog> {
+        match self {
+            Registry::Local(s) => match s.install_log(key, after)? {
+                LogOf::Log(l) => Ok(l),
+                LogOf::NoClient => Err(not_registered(key)),
+                LogOf::NoInstall => anyhow::bail!(
+                    "client {key}: no install was ever scheduled; `ignite client set {key} install PROFILE`"
+                ),
+            },
+            Registry::Api(r) => r.get(&format!(
+                "/api/v1/clients/{}/log?after={after}",
+                segment(key)
+            )),
+        }
+    }
+
     fn remove(&self, key: &str) -> Result<Client> {
         match self {
             Registry::Local(s) => s.remove(key),
@@ -195,37 +212,26 @@ pub fn run(a: ClientArgs, server: &ServerOpts) -> Result<()> {
             let c = reg.remove(client)?;
             println!("removed client {} ({})", c.name, c.mac);
         }
-        ClientCmd::Log { client, follow } => log(&reg.local(&a)?, client, *follow)?,
+        ClientCmd::Log { client, follow } => log(&reg, client, *follow)?,
         ClientCmd::Default { action } => default(&reg.local(&a)?, action)?,
     }
     Ok(())
 }
 
-fn log(state: &State, client: &str, follow: bool) -> Result<()> {
-    let mac = state
-        .find(client)?
-        .map(|c| c.mac)
-        .or_else(|| client.parse::<MacAddr>().ok().map(|m| m.to_string()))
-        .ok_or_else(|| {
-            anyhow::anyhow!("client {client:?} is not registered; see `ignite client list`")
-        })?;
-    let Some(inst) = state.current_install(&mac)? else {
-        anyhow::bail!("client {client}: no install was ever scheduled; `ignite client set {client} install PROFILE`");
-    };
+/// Prints client `key`'s install log; with `follow`, until the install is no longer active.
+fn log(reg: &Registry, key: &str, follow: bool) -> Result<()> {
     let mut after = 0;
     loop {
-        for l in state.log_since(&inst.token, after)? {
-            println!("{}", printable(l.text.trim_end_matches('\n'), true));
-            after = l.id;
+        let l = reg.install_log(key, after)?;
+        for line in &l.lines {
+            println!("{}", printable(line.text.trim_end_matches('\n'), true));
+            after = line.id;
         }
-        let now = state.current_install(&mac)?;
-        let still = now.is_some_and(|i| i.token == inst.token && running(&Some(i)));
-        if !follow || !still {
-            break;
+        if !follow || !running(&Some(l.install)) {
+            return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    Ok(())
 }
 
 fn default(state: &State, action: &[String]) -> Result<()> {

@@ -86,6 +86,11 @@ pub struct Client {
     pub last_step: Option<String>,
 }
 
+/// The error for a key that names no registered client.
+pub fn not_registered(key: &str) -> anyhow::Error {
+    anyhow!("client {key:?} is not registered; see `ignite client list`")
+}
+
 /// Whether `name` can name a client.
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/') {
@@ -168,8 +173,7 @@ impl State {
     }
 
     pub fn get(&self, key: &str) -> Result<Client> {
-        self.find(key)?
-            .ok_or_else(|| anyhow!("client {key:?} is not registered; see `ignite client list`"))
+        self.find(key)?.ok_or_else(|| not_registered(key))
     }
 
     pub fn list(&self) -> Result<Vec<Client>> {

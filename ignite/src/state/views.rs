@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::installs::{Install, PhaseRecord};
+use super::installs::{Install, LogLine, PhaseRecord};
 use super::{Action, Client, State, StepRecord};
 
 /// Boot steps `client show` lists.
@@ -27,6 +27,22 @@ pub struct ClientDetail {
     pub steps: Vec<StepRecord>,
     pub install: Option<Install>,
     pub phases: Vec<PhaseRecord>,
+}
+
+/// A client's latest install with its log lines after some line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallLog {
+    pub install: Install,
+    pub lines: Vec<LogLine>,
+}
+
+/// What [`State::install_log`] found.
+pub enum LogOf {
+    /// The key is neither a registered client nor a MAC.
+    NoClient,
+    /// The client never had an install.
+    NoInstall,
+    Log(InstallLog),
 }
 
 /// A DHCP lease as listed.
@@ -83,6 +99,23 @@ impl State {
             install,
             phases,
         }))
+    }
+
+    /// The latest install of client `key` (MAC or name; any MAC, registered or not) and
+    /// its log lines after line id `after`.
+    pub fn install_log(&self, key: &str, after: i64) -> Result<LogOf> {
+        let mac = match self.find(key)? {
+            Some(c) => c.mac,
+            None => match key.parse::<ignite_netboot::MacAddr>() {
+                Ok(m) => m.to_string(),
+                Err(_) => return Ok(LogOf::NoClient),
+            },
+        };
+        let Some(install) = self.current_install(&mac)? else {
+            return Ok(LogOf::NoInstall);
+        };
+        let lines = self.log_since(&install.token, after)?;
+        Ok(LogOf::Log(InstallLog { install, lines }))
     }
 
     /// Every DHCP lease, as of now.

@@ -9,8 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{blocking, Ctx};
 use crate::server::api_error::{ErrorBody, V1Error, V1Result};
-use crate::state::installs::LogLine;
-use crate::state::views::{ClientDetail, ClientView};
+use crate::state::views::{ClientDetail, ClientView, InstallLog, LogOf};
 use crate::state::{Action, Client};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -142,30 +141,24 @@ pub async fn remove(State(api): Ctx, Path(key): Path<String>) -> V1Result<Json<C
     .await
 }
 
-/// A client's latest install log
+/// A client's latest install and its log
 #[utoipa::path(operation_id = "client_install_log", get, path = "/api/v1/clients/{client}/log", tag = "installs",
     params(("client" = String, Path, description = "MAC or name (a MAC also for a client not in the registry)"), LogQuery),
-    responses((status = 200, description = "`[{id, time_ms, text}]`, oldest first", body = Vec<Object>),
+    responses((status = 200, description = "`{install, lines: [{id, time_ms, text}]}`, lines oldest first", body = Object),
         (status = 404, description = "no such client, or it never had an install", body = ErrorBody)))]
 pub async fn log(
     State(api): Ctx,
     Path(key): Path<String>,
     Query(q): Query<LogQuery>,
-) -> V1Result<Json<Vec<LogLine>>> {
-    blocking(move || {
-        let mac = match api.state.find(&key)? {
-            Some(c) => c.mac,
-            None => key
-                .parse::<MacAddr>()
-                .map(|m| m.to_string())
-                .map_err(|_| unknown(&key))?,
-        };
-        let Some(i) = api.state.current_install(&mac)? else {
-            return Err(V1Error::not_found(format!(
+) -> V1Result<Json<InstallLog>> {
+    blocking(
+        move || match api.state.install_log(&key, q.after.unwrap_or(0))? {
+            LogOf::Log(l) => Ok(Json(l)),
+            LogOf::NoClient => Err(unknown(&key)),
+            LogOf::NoInstall => Err(V1Error::not_found(format!(
                 "client {key}: no install was ever scheduled"
-            )));
-        };
-        Ok(Json(api.state.log_since(&i.token, q.after.unwrap_or(0))?))
-    })
+            ))),
+        },
+    )
     .await
 }
