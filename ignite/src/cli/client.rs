@@ -149,7 +149,7 @@ impl Registry {
     fn install_log(&self, key: &str, after: i64) -> Result<InstallLog> {
         match self {
             Registry::Local(s) => match s.install_log(key, after)? {
-                LogOf::Log(l) => Ok(l),
+                LogOf::Log(l) => Ok(*l),
                 LogOf::NoClient => Err(not_registered(key)),
                 LogOf::NoInstall => anyhow::bail!(
                     "client {key}: no install was ever scheduled; `ignite client set {key} install PROFILE`"

@@ -42,7 +42,7 @@ pub enum LogOf {
     NoClient,
     /// The client never had an install.
     NoInstall,
-    Log(InstallLog),
+    Log(Box<InstallLog>),
 }
 
 /// A DHCP lease as listed.
@@ -115,7 +115,7 @@ impl State {
             return Ok(LogOf::NoInstall);
         };
         let lines = self.log_since(&install.token, after)?;
-        Ok(LogOf::Log(InstallLog { install, lines }))
+        Ok(LogOf::Log(Box::new(InstallLog { install, lines })))
     }
 
     /// Every DHCP lease, as of now.

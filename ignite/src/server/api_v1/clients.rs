@@ -153,7 +153,7 @@ pub async fn log(
 ) -> V1Result<Json<InstallLog>> {
     blocking(
         move || match api.state.install_log(&key, q.after.unwrap_or(0))? {
-            LogOf::Log(l) => Ok(Json(l)),
+            LogOf::Log(l) => Ok(Json(*l)),
             LogOf::NoClient => Err(unknown(&key)),
             LogOf::NoInstall => Err(V1Error::not_found(format!(
                 "client {key}: no install was ever scheduled"
