@@ -791,10 +791,21 @@ fn guests_start_and_stop_through_the_api() {
         "conflict",
     );
     assert!(m.contains("already running"), "{m}");
+    let pid = st["pid"].as_u64().unwrap();
     let (code, v) = s.call(
         "POST",
         "/api/v1/guests/con1/stop?force=true&timeout=20",
         None,
     );
     assert_eq!((code, v["state"].as_str()), (200, Some("stopped")), "{v}");
+    // The supervisor, the server's child, was waited for: no zombie stays behind.
+    let stat = format!("/proc/{pid}/stat");
+    let t = Instant::now();
+    while let Ok(st) = std::fs::read_to_string(&stat) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the supervisor {pid} was not reaped: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
