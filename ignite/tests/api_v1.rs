@@ -735,7 +735,7 @@ fn the_cli_prints_the_same_through_the_server_as_locally() {
         "{err}"
     );
     // `--server` on the command line, changes through the API, errors from it.
-    let out = s.ok(&["--server", &url, "client", "set", "db1", "capture"]);
+    let out = s.ok(&["client", "--server", &url, "set", "db1", "capture"]);
     assert_eq!(out, "client db1 (52:54:00:bb:00:02): capture\n");
     assert_eq!(
         s.get("/api/v1/clients/db1").1["client"]["action"],
@@ -754,6 +754,10 @@ fn the_cli_prints_the_same_through_the_server_as_locally() {
     let (ok, _, err) = s.ignite(&["client", "list", "--token", &"0".repeat(64)], &remote);
     assert!(!ok && err.contains("wrong token"), "{err}");
 
+    // Only the commands that go through the API read IGNITE_SERVER: a local capture with
+    // it set stays a capture of a local guest, not one over the network.
+    let (ok, _, err) = s.ignite(&["recovery", "capture", "nosuchguest"], &remote);
+    assert!(!ok && err.contains("guest nosuchguest is not defined"), "{err}");
     // A server that does not answer: the local state, said on stderr.
     let gone = [("IGNITE_SERVER", "http://127.0.0.1:9")];
     let local = s.ignite(&["client", "list"], &[]);

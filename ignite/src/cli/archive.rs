@@ -70,6 +70,8 @@ enum Cmd {
     },
     /// List snapshots.
     List {
+        #[command(flatten)]
+        api: ServerOpts,
         #[arg(long)]
         json: bool,
         /// Only snapshots of this name.
@@ -78,6 +80,8 @@ enum Cmd {
     },
     /// Show one snapshot.
     Show {
+        #[command(flatten)]
+        api: ServerOpts,
         snapshot: String,
         #[arg(long)]
         json: bool,
@@ -261,7 +265,7 @@ fn import_summary(m: &Manifest) {
     );
 }
 
-pub fn run(args: Args, server: &ServerOpts) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     // Packs and snapshots hold whole systems (shadow files, host keys): private (0600/0700).
     crate::state::private_umask();
     match args.command {
@@ -390,8 +394,8 @@ pub fn run(args: Args, server: &ServerOpts) -> Result<()> {
                 bail!("say where to: --dir DIR, --tar FILE|- or --image FILE");
             }
         }
-        Cmd::List { json, name } => {
-            let snaps: Vec<Manifest> = match server.remote(&remote::default_state_dir())? {
+        Cmd::List { api, json, name } => {
+            let snaps: Vec<Manifest> = match api.remote(&remote::default_state_dir())? {
                 Some(r) => {
                     let query = name
                         .as_deref()
@@ -411,11 +415,12 @@ pub fn run(args: Args, server: &ServerOpts) -> Result<()> {
             print!("{}", list_table(&snaps));
         }
         Cmd::Show {
+            api,
             snapshot,
             json,
             entries,
         } => {
-            let d: ArchiveDetail = match server.remote(&remote::default_state_dir())? {
+            let d: ArchiveDetail = match api.remote(&remote::default_state_dir())? {
                 Some(r) => r.get(&format!(
                     "/api/v1/archives/{}?entries={entries}",
                     remote::segment(&snapshot)

@@ -27,6 +27,8 @@ pub struct ClientArgs {
         global = true
     )]
     state_dir: PathBuf,
+    #[command(flatten)]
+    api: ServerOpts,
     #[command(subcommand)]
     cmd: ClientCmd,
 }
@@ -81,8 +83,8 @@ enum Registry {
 }
 
 impl Registry {
-    fn open(a: &ClientArgs, server: &ServerOpts) -> Result<Registry> {
-        Ok(match server.remote(&a.state_dir)? {
+    fn open(a: &ClientArgs) -> Result<Registry> {
+        Ok(match a.api.remote(&a.state_dir)? {
             Some(r) => Registry::Api(r),
             None => Registry::Local(State::open(&a.state_dir)?),
         })
@@ -172,8 +174,8 @@ impl Registry {
     }
 }
 
-pub fn run(a: ClientArgs, server: &ServerOpts) -> Result<()> {
-    let reg = Registry::open(&a, server)?;
+pub fn run(a: ClientArgs) -> Result<()> {
+    let reg = Registry::open(&a)?;
     match &a.cmd {
         ClientCmd::Add { mac, name, action } => {
             let c = reg.add(mac, name, action)?;

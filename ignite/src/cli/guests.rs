@@ -32,6 +32,8 @@ pub enum Cmd {
         name: String,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Ask a running guest to power off and wait; --force ends it at once.
     Stop {
@@ -43,6 +45,8 @@ pub enum Cmd {
         timeout: u64,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// List defined guests with their state.
     List {
@@ -50,6 +54,8 @@ pub enum Cmd {
         json: bool,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Show one guest's definition and state.
     Show {
@@ -58,6 +64,8 @@ pub enum Cmd {
         json: bool,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Attach to a running guest's serial console (Ctrl-] detaches).
     Console {
@@ -131,11 +139,11 @@ pub struct CreateArgs {
 }
 
 impl Cmd {
-    pub fn run(self, server: &ServerOpts) -> Result<()> {
+    pub fn run(self) -> Result<()> {
         match self {
             Cmd::Create(a) => create(a),
-            Cmd::Start { name, state } => {
-                let s: Status = match server.remote(&state.state_dir)? {
+            Cmd::Start { name, state, api } => {
+                let s: Status = match api.remote(&state.state_dir)? {
                     Some(r) => r.call(
                         "POST",
                         &format!("/api/v1/guests/{}/start", segment(&name)),
@@ -154,8 +162,9 @@ impl Cmd {
                 force,
                 timeout,
                 state,
+                api,
             } => {
-                match server.remote(&state.state_dir)? {
+                match api.remote(&state.state_dir)? {
                     Some(r) => {
                         let path = format!(
                             "/api/v1/guests/{}/stop?force={force}&timeout={timeout}",
@@ -173,8 +182,8 @@ impl Cmd {
                 println!("guest {name} stopped");
                 Ok(())
             }
-            Cmd::List { json, state } => {
-                let views: Vec<View> = match server.remote(&state.state_dir)? {
+            Cmd::List { json, state, api } => {
+                let views: Vec<View> = match api.remote(&state.state_dir)? {
                     Some(r) => r.get("/api/v1/guests")?,
                     None => views(&state.state_dir, &State::open(&state.state_dir)?)?,
                 };
@@ -184,8 +193,13 @@ impl Cmd {
                 }
                 Ok(())
             }
-            Cmd::Show { name, json, state } => {
-                let v: View = match server.remote(&state.state_dir)? {
+            Cmd::Show {
+                name,
+                json,
+                state,
+                api,
+            } => {
+                let v: View = match api.remote(&state.state_dir)? {
                     Some(r) => r.get(&format!("/api/v1/guests/{}", segment(&name)))?,
                     None => view(
                         &state.state_dir,

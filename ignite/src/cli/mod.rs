@@ -30,28 +30,8 @@ pub struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    #[command(flatten)]
-    pub command: Invocation,
-}
-
-/// The command with the options every management command shares (`--server`, `--token`):
-/// together, so that `run` hands them to the command that uses them.
-#[derive(clap::Args)]
-pub struct Invocation {
-    #[command(flatten)]
-    server: remote::ServerOpts,
     #[command(subcommand)]
-    command: Command,
-}
-
-impl Invocation {
-    pub fn only_prints(&self) -> bool {
-        self.command.only_prints()
-    }
-
-    pub fn run(self) -> anyhow::Result<()> {
-        self.command.run(&self.server)
-    }
+    pub command: Command,
 }
 
 #[derive(Subcommand)]
@@ -103,13 +83,13 @@ impl Command {
         )
     }
 
-    pub fn run(self, server: &remote::ServerOpts) -> anyhow::Result<()> {
+    pub fn run(self) -> anyhow::Result<()> {
         match self {
-            Command::Archive(a) => archive::run(a, server),
+            Command::Archive(a) => archive::run(a),
             Command::Server(a) => server::run(a),
-            Command::Client(a) => client::run(a, server),
+            Command::Client(a) => client::run(a),
             Command::Netboot(a) => netboot::run(a),
-            Command::Vm(a) => a.run(server),
+            Command::Vm(a) => a.run(),
             Command::Profile(a) => profile::run(a),
             Command::Recovery(a) => {
                 // Captures write store packs and snapshots of whole systems: private.

@@ -16,15 +16,18 @@ use serde::de::DeserializeOwned;
 use crate::server::admin::AdminToken;
 use crate::server::api_error::ErrorBody;
 
-/// Where management commands send their work.
+/// Where a management command sends its work; flattened into exactly the commands that
+/// go through the API (global below them, so `ignite client list --server URL` works), so
+/// no other command (one with a `--server` of its own, as `recovery capture`) sees
+/// `IGNITE_SERVER`.
 #[derive(clap::Args, Clone, Default)]
 pub struct ServerOpts {
-    /// Send management commands to this server's API (http://HOST:PORT) instead of
-    /// working on the local state directory.
-    #[arg(long, env = "IGNITE_SERVER", global = true, value_name = "URL")]
+    /// Do this through the management API of the server at URL (http://HOST:PORT)
+    /// instead of on the local state directory.
+    #[arg(long, env = "IGNITE_SERVER", value_name = "URL", global = true)]
     pub server: Option<String>,
     /// The server's admin token (default: <state-dir>/admin.token, on the server host).
-    #[arg(long, env = "IGNITE_TOKEN", global = true, hide_env_values = true)]
+    #[arg(long, env = "IGNITE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 }
 

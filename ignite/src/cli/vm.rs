@@ -141,9 +141,9 @@ struct RunArgs {
 }
 
 impl Args {
-    pub fn run(self, server: &super::remote::ServerOpts) -> anyhow::Result<()> {
+    pub fn run(self) -> anyhow::Result<()> {
         match self.cmd {
-            Cmd::Guest(c) => c.run(server),
+            Cmd::Guest(c) => c.run(),
             Cmd::Media(c) => c.run(),
             Cmd::Run(a) => run(a),
             Cmd::Selftest { dir } => selftest(dir),
