@@ -1,6 +1,8 @@
 //! `ignite archive`: the chunk store on the command line.
 
 use super::progress::with_progress;
+use super::remote::{self, ServerOpts};
+use crate::server::api_v1::archives::{parse_sample, ArchiveDetail};
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use ignite_archive::config::StoreConfig;
@@ -68,6 +70,8 @@ enum Cmd {
     },
     /// List snapshots.
     List {
+        #[command(flatten)]
+        api: ServerOpts,
         #[arg(long)]
         json: bool,
         /// Only snapshots of this name.
@@ -76,6 +80,8 @@ enum Cmd {
     },
     /// Show one snapshot.
     Show {
+        #[command(flatten)]
+        api: ServerOpts,
         snapshot: String,
         #[arg(long)]
         json: bool,
@@ -184,6 +190,58 @@ fn open(store: &Option<PathBuf>) -> Result<Store> {
         .as_ref()
         .context("no store given; pass --store DIR or set IGNITE_STORE")?;
     Ok(Store::open(path)?)
+}
+
+/// `archive list`'s table.
+fn list_table(snaps: &[Manifest]) -> String {
+    let mut out = format!(
+        "{:<16}  {:<19}  {:<5}  {:>10}  {:>10}  {:<20} labels\n",
+        "id", "time (UTC)", "kind", "size", "added", "name"
+    );
+    for m in snaps {
+        out += &format!(
+            "{:<16}  {:<19}  {:<5}  {:>10}  {:>10}  {:<20} {}\n",
+            m.id,
+            time_str(m.time),
+            if m.kind == SnapshotKind::Tree {
+                "tree"
+            } else {
+                "image"
+            },
+            human(m.stats.logical_bytes),
+            human(m.stats.new_stored_bytes),
+            m.name,
+            labels_str(m)
+        );
+    }
+    out
+}
+
+/// `archive show`'s text.
+fn show_text(d: &ArchiveDetail) -> String {
+    let m = &d.manifest;
+    let mut out = format!("id:        {}\n", m.id);
+    out += &format!("name:      {}\n", m.name);
+    out += &format!("kind:      {:?}\n", m.kind);
+    out += &format!("time:      {} UTC\n", time_str(m.time));
+    out += &format!("labels:    {}\n", labels_str(m));
+    out += &format!("parent:    {}\n", m.parent.as_deref().unwrap_or("-"));
+    out += &format!(
+        "size:      {} ({} zero)\n",
+        human(m.stats.logical_bytes),
+        human(m.stats.zero_bytes)
+    );
+    out += &format!("entries:   {}\n", m.stats.entries);
+    out += &format!(
+        "chunks:    {} ({} new, {} added)\n",
+        m.stats.chunks,
+        m.stats.new_chunks,
+        human(m.stats.new_stored_bytes)
+    );
+    for e in d.entries.iter().flatten() {
+        out += &format!("{:o} {}:{} {}\n", e.mode, e.uid, e.gid, e.path_str());
+    }
+    out
 }
 
 fn import_summary(m: &Manifest) {
@@ -336,75 +394,54 @@ pub fn run(args: Args) -> Result<()> {
                 bail!("say where to: --dir DIR, --tar FILE|- or --image FILE");
             }
         }
-        Cmd::List { json, name } => {
-            let store = open(&args.store)?;
-            let snaps: Vec<Manifest> = store
-                .list_snapshots()?
-                .into_iter()
-                .filter(|m| name.as_ref().is_none_or(|n| &m.name == n))
-                .collect();
+        Cmd::List { api, json, name } => {
+            let snaps: Vec<Manifest> = match api.remote(&remote::default_state_dir())? {
+                Some(r) => {
+                    let query = name
+                        .as_deref()
+                        .map(|n| format!("?name={}", remote::segment(n)))
+                        .unwrap_or_default();
+                    r.get(&format!("/api/v1/archives{query}"))?
+                }
+                None => open(&args.store)?
+                    .list_snapshots()?
+                    .into_iter()
+                    .filter(|m| name.as_ref().is_none_or(|n| &m.name == n))
+                    .collect(),
+            };
             if json {
                 return print_json(&snaps);
             }
-            println!(
-                "{:<16}  {:<19}  {:<5}  {:>10}  {:>10}  {:<20} labels",
-                "id", "time (UTC)", "kind", "size", "added", "name"
-            );
-            for m in &snaps {
-                println!(
-                    "{:<16}  {:<19}  {:<5}  {:>10}  {:>10}  {:<20} {}",
-                    m.id,
-                    time_str(m.time),
-                    if m.kind == SnapshotKind::Tree {
-                        "tree"
-                    } else {
-                        "image"
-                    },
-                    human(m.stats.logical_bytes),
-                    human(m.stats.new_stored_bytes),
-                    m.name,
-                    labels_str(m)
-                );
-            }
+            print!("{}", list_table(&snaps));
         }
         Cmd::Show {
+            api,
             snapshot,
             json,
             entries,
         } => {
-            let store = open(&args.store)?;
-            let m = store.resolve(&snapshot)?;
-            let tree = if entries && m.kind == SnapshotKind::Tree {
-                Some(store.load_tree(&m)?)
-            } else {
-                None
+            let d: ArchiveDetail = match api.remote(&remote::default_state_dir())? {
+                Some(r) => r.get(&format!(
+                    "/api/v1/archives/{}?entries={entries}",
+                    remote::segment(&snapshot)
+                ))?,
+                None => {
+                    let store = open(&args.store)?;
+                    let m = store.resolve(&snapshot)?;
+                    let entries = match entries && m.kind == SnapshotKind::Tree {
+                        true => Some(store.load_tree(&m)?),
+                        false => None,
+                    };
+                    ArchiveDetail {
+                        manifest: m,
+                        entries,
+                    }
+                }
             };
             if json {
-                return print_json(&serde_json::json!({ "manifest": m, "entries": tree }));
+                return print_json(&d);
             }
-            println!("id:        {}", m.id);
-            println!("name:      {}", m.name);
-            println!("kind:      {:?}", m.kind);
-            println!("time:      {} UTC", time_str(m.time));
-            println!("labels:    {}", labels_str(&m));
-            println!("parent:    {}", m.parent.as_deref().unwrap_or("-"));
-            println!(
-                "size:      {} ({} zero)",
-                human(m.stats.logical_bytes),
-                human(m.stats.zero_bytes)
-            );
-            println!("entries:   {}", m.stats.entries);
-            println!(
-                "chunks:    {} ({} new, {} added)",
-                m.stats.chunks,
-                m.stats.new_chunks,
-                human(m.stats.new_stored_bytes)
-            );
-            if let Some(tree) = tree {
-                for e in tree {
-                    println!("{:o} {}:{} {}", e.mode, e.uid, e.gid, e.path_str());
-                }
-            }
+            print!("{}", show_text(&d));
         }
         Cmd::Diff { from, to, json } => {
             let store = open(&args.store)?;
@@ -440,16 +477,7 @@ pub fn run(args: Args) -> Result<()> {
             let store = open(&args.store)?;
             let fraction = match sample {
                 None => 1.0,
-                Some(s) => {
-                    let v: f64 = s.trim_end_matches('%').parse().with_context(|| {
-                        format!("sample {s:?}: use a fraction (0.1) or a percentage (10%)")
-                    })?;
-                    let v = if s.ends_with('%') { v / 100.0 } else { v };
-                    if !(0.0..=1.0).contains(&v) {
-                        bail!("sample {s:?} must be between 0 and 1 (or 0% and 100%)");
-                    }
-                    v
-                }
+                Some(s) => parse_sample(&s)?,
             };
             let r = ignite_archive::verify::verify(&store, fraction)?;
             if json {

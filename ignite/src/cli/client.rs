@@ -10,7 +10,10 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use ignite_netboot::MacAddr;
 
-use crate::state::installs::{phase_name, Install, Status};
+use super::remote::{segment, Remote, ServerOpts};
+use crate::state::clients::not_registered;
+use crate::state::installs::{phase_name, Install, PhaseRecord, Status};
+use crate::state::views::{ClientDetail, ClientView, InstallLog, LogOf};
 use crate::state::{Action, Client, State, StepRecord};
 use ignite_recovery::Phase;
 
@@ -24,6 +27,8 @@ pub struct ClientArgs {
         global = true
     )]
     state_dir: PathBuf,
+    #[command(flatten)]
+    api: ServerOpts,
     #[command(subcommand)]
     cmd: ClientCmd,
 }
@@ -71,25 +76,117 @@ enum ClientCmd {
     Default { action: Vec<String> },
 }
 
+/// Where the registry is read and changed: the local state database, or a server's API.
+enum Registry {
+    Local(State),
+    Api(Remote),
+}
+
+impl Registry {
+    fn open(a: &ClientArgs) -> Result<Registry> {
+        Ok(match a.api.remote(&a.state_dir)? {
+            Some(r) => Registry::Api(r),
+            None => Registry::Local(State::open(&a.state_dir)?),
+        })
+    }
+
+    /// The local database, for the commands the API does not offer.
+    fn local(self, a: &ClientArgs) -> Result<State> {
+        match self {
+            Registry::Local(s) => Ok(s),
+            Registry::Api(_) => State::open(&a.state_dir),
+        }
+    }
+
+    fn rows(&self) -> Result<Vec<ClientView>> {
+        match self {
+            Registry::Local(s) => s.client_views(),
+            Registry::Api(r) => r.get("/api/v1/clients"),
+        }
+    }
+
+    fn detail(&self, key: &str) -> Result<ClientDetail> {
+        match self {
+            Registry::Local(s) => match s.client_detail(key)? {
+                Some(d) => Ok(d),
+                None => Err(s
+                    .get(key)
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("client {key:?} is not registered"))),
+            },
+            Registry::Api(r) => r.get(&format!("/api/v1/clients/{}", segment(key))),
+        }
+    }
+
+    fn add(&self, mac: &str, name: &str, action: &[String]) -> Result<Client> {
+        match self {
+            Registry::Local(s) => {
+                let mac: MacAddr = mac.parse()?;
+                let action = match action.is_empty() {
+                    true => Action::Local,
+                    false => Action::from_words(action)?,
+                };
+                s.add(mac, name, &action)?;
+                s.get(&mac.to_string())
+            }
+            Registry::Api(r) => {
+                let action = (!action.is_empty()).then(|| action.join(" "));
+                let body = serde_json::json!({ "mac": mac, "name": name, "action": action });
+                r.call("POST", "/api/v1/clients", Some(body))
+            }
+        }
+    }
+
+    fn set(&self, key: &str, action: &[String]) -> Result<Client> {
+        match self {
+            Registry::Local(s) => s.set_action(key, &Action::from_words(action)?),
+            Registry::Api(r) => {
+                let body = serde_json::json!({ "action": action.join(" ") });
+                let path = format!("/api/v1/clients/{}/action", segment(key));
+                r.call("PUT", &path, Some(body))
+            }
+        }
+    }
+
+    fn install_log(&self, key: &str, after: i64) -> Result<InstallLog> {
+        match self {
+            Registry::Local(s) => match s.install_log(key, after)? {
+                LogOf::Log(l) => Ok(*l),
+                LogOf::NoClient => Err(not_registered(key)),
+                LogOf::NoInstall => anyhow::bail!(
+                    "client {key}: no install was ever scheduled; `ignite client set {key} install PROFILE`"
+                ),
+            },
+            Registry::Api(r) => r.get(&format!(
+                "/api/v1/clients/{}/log?after={after}",
+                segment(key)
+            )),
+        }
+    }
+
+    fn remove(&self, key: &str) -> Result<Client> {
+        match self {
+            Registry::Local(s) => s.remove(key),
+            Registry::Api(r) => {
+                r.call("DELETE", &format!("/api/v1/clients/{}", segment(key)), None)
+            }
+        }
+    }
+}
+
 pub fn run(a: ClientArgs) -> Result<()> {
-    let state = State::open(&a.state_dir)?;
-    match a.cmd {
+    let reg = Registry::open(&a)?;
+    match &a.cmd {
         ClientCmd::Add { mac, name, action } => {
-            let mac: MacAddr = mac.parse()?;
-            let action = if action.is_empty() {
-                Action::Local
-            } else {
-                Action::from_words(&action)?
-            };
-            state.add(mac, &name, &action)?;
-            println!("added client {name} ({mac}): {action}");
+            let c = reg.add(mac, name, action)?;
+            println!("added client {} ({}): {}", c.name, c.mac, c.action);
         }
         ClientCmd::List { json, watch } => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows(&state)?)?);
-            } else if watch {
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&reg.rows()?)?);
+            } else if *watch {
                 loop {
-                    let r = rows(&state)?;
+                    let r = reg.rows()?;
                     // Clear the screen and home the cursor between refreshes.
                     print!("\x1b[2J\x1b[H{}", table(&r));
                     if !r.iter().any(|r| running(&r.install)) {
@@ -98,122 +195,84 @@ pub fn run(a: ClientArgs) -> Result<()> {
                     std::thread::sleep(std::time::Duration::from_secs(1));
                 }
             } else {
-                print!("{}", table(&rows(&state)?));
-            }
-        }
-        ClientCmd::Log { client, follow } => {
-            let mac = state
-                .find(&client)?
-                .map(|c| c.mac)
-                .or_else(|| client.parse::<MacAddr>().ok().map(|m| m.to_string()))
-                .ok_or_else(|| {
-                    anyhow::anyhow!("client {client:?} is not registered; see `ignite client list`")
-                })?;
-            let Some(inst) = state.current_install(&mac)? else {
-                anyhow::bail!("client {client}: no install was ever scheduled; `ignite client set {client} install PROFILE`");
-            };
-            let mut after = 0;
-            loop {
-                for l in state.log_since(&inst.token, after)? {
-                    println!("{}", printable(l.text.trim_end_matches('\n'), true));
-                    after = l.id;
-                }
-                let now = state.current_install(&mac)?;
-                let still = now.is_some_and(|i| i.token == inst.token && running(&Some(i)));
-                if !follow || !still {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(500));
+                print!("{}", table(&reg.rows()?));
             }
         }
         ClientCmd::Show { client, json } => {
-            let c = state.get(&client)?;
-            let steps = state.steps(&c.mac, 20)?;
-            if json {
-                let install = state.current_install(&c.mac)?;
-                let phases = match &install {
-                    Some(i) => state.phases(&i.token)?,
-                    None => Vec::new(),
-                };
-                let v = serde_json::json!({ "client": c, "steps": steps, "install": install, "phases": phases });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+            let d = reg.detail(client)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
-                println!(
-                    "name:   {}\nmac:    {}\naction: {}",
-                    printable(&c.name, false),
-                    c.mac,
-                    printable(&c.action.to_string(), false)
-                );
-                if let Some(i) = state.current_install(&c.mac)? {
-                    print!("{}", printable(&timeline(&state, &i, &steps)?, true));
-                }
-                println!("recent boot steps:");
-                for s in steps {
-                    println!(
-                        "  {} {} {} {}",
-                        s.time,
-                        s.ip.unwrap_or_else(|| "-".into()),
-                        s.step,
-                        printable(&s.detail, false)
-                    );
-                }
+                print!("{}", show(&d));
             }
         }
         ClientCmd::Set { client, action } => {
-            let c = state.set_action(&client, &Action::from_words(&action)?)?;
+            let c = reg.set(client, action)?;
             println!("client {} ({}): {}", c.name, c.mac, c.action);
         }
         ClientCmd::Remove { client } => {
-            let c = state.remove(&client)?;
+            let c = reg.remove(client)?;
             println!("removed client {} ({})", c.name, c.mac);
         }
-        ClientCmd::Default { action } => {
-            if action.is_empty() {
-                match state.default_action()? {
-                    Some(a) => println!("{a}"),
-                    None => {
-                        println!("(not set; the server config's [boot] default_action applies)")
-                    }
-                }
-            } else {
-                let a = Action::from_words(&action)?;
-                state.set_default_action(&a)?;
-                println!("unknown clients: {a}");
-            }
-        }
+        ClientCmd::Log { client, follow } => log(&reg, client, *follow)?,
+        ClientCmd::Default { action } => default(&reg.local(&a)?, action)?,
     }
     Ok(())
 }
 
-/// A client with its latest install (clients not in the registry appear while installing).
-#[derive(serde::Serialize)]
-struct Row {
-    #[serde(flatten)]
-    client: Client,
-    install: Option<Install>,
+/// Prints client `key`'s install log; with `follow`, until the install is no longer active.
+fn log(reg: &Registry, key: &str, follow: bool) -> Result<()> {
+    let mut after = 0;
+    loop {
+        let l = reg.install_log(key, after)?;
+        for line in &l.lines {
+            println!("{}", printable(line.text.trim_end_matches('\n'), true));
+            after = line.id;
+        }
+        if !follow || !running(&Some(l.install)) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
-fn rows(state: &State) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for c in state.list()? {
-        let install = state.current_install(&c.mac)?;
-        rows.push(Row { client: c, install });
-    }
-    for i in state.active_installs()? {
-        if !rows.iter().any(|r| r.client.mac == i.mac) {
-            rows.push(Row {
-                client: Client {
-                    mac: i.mac.clone(),
-                    name: "-".into(),
-                    action: Action::Install(i.profile.clone()),
-                    last_seen: None,
-                    last_step: None,
-                },
-                install: Some(i),
-            });
+fn default(state: &State, action: &[String]) -> Result<()> {
+    if action.is_empty() {
+        match state.default_action()? {
+            Some(a) => println!("{a}"),
+            None => println!("(not set; the server config's [boot] default_action applies)"),
         }
+    } else {
+        let a = Action::from_words(action)?;
+        state.set_default_action(&a)?;
+        println!("unknown clients: {a}");
     }
-    Ok(rows)
+    Ok(())
+}
+
+/// `client show`'s text: the client, its latest install's timeline, its recent boot steps.
+fn show(d: &ClientDetail) -> String {
+    let c = &d.client;
+    let mut out = format!(
+        "name:   {}\nmac:    {}\naction: {}\n",
+        printable(&c.name, false),
+        c.mac,
+        printable(&c.action.to_string(), false)
+    );
+    if let Some(i) = &d.install {
+        out += &printable(&timeline(i, &d.phases, &d.steps), true);
+    }
+    out += "recent boot steps:\n";
+    for s in &d.steps {
+        out += &format!(
+            "  {} {} {} {}\n",
+            s.time,
+            s.ip.as_deref().unwrap_or("-"),
+            s.step,
+            printable(&s.detail, false)
+        );
+    }
+    out
 }
 
 fn running(i: &Option<Install>) -> bool {
@@ -240,7 +299,7 @@ fn install_state(i: &Install) -> String {
     }
 }
 
-fn table(rows: &[Row]) -> String {
+fn table(rows: &[ClientView]) -> String {
     let mut out = format!(
         "{:<18} {:<20} {:<24} {:<28} LAST STEP\n",
         "MAC", "NAME", "ACTION", "INSTALL"
@@ -287,11 +346,11 @@ fn secs(ms: i64) -> String {
 
 /// The install's phases with how long each took (from the previous one; the first from the
 /// client's first network-boot step after scheduling, which makes it the boot time).
-fn timeline(state: &State, i: &Install, steps: &[StepRecord]) -> Result<String> {
+fn timeline(i: &Install, phases: &[PhaseRecord], steps: &[StepRecord]) -> String {
     let mut out = format!(
         "install: profile {}, {}{}\n",
         i.profile,
-        serde_json::to_value(i.status)?.as_str().unwrap_or("?"),
+        i.status.as_str(),
         i.snapshot
             .as_ref()
             .map(|s| format!(", snapshot {s}"))
@@ -304,9 +363,8 @@ fn timeline(state: &State, i: &Install, steps: &[StepRecord]) -> Result<String> 
     let start = boot_start.unwrap_or(i.created_ms);
     let mut prev = start;
     // Extraction progress is folded into `extracted`, which ends the extract phase.
-    for p in state
-        .phases(&i.token)?
-        .into_iter()
+    for p in phases
+        .iter()
         .filter(|p| !matches!(p.phase, Phase::Extracting { .. }))
     {
         let name = phase_name(&p.phase);
@@ -331,7 +389,7 @@ fn timeline(state: &State, i: &Install, steps: &[StepRecord]) -> Result<String> 
             }
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -362,7 +420,7 @@ mod tests {
         )
         .unwrap();
         let i = s.current_install(&mac.to_string()).unwrap().unwrap();
-        let text = printable(&timeline(&s, &i, &[]).unwrap(), true);
+        let text = printable(&timeline(&i, &s.phases(&i.token).unwrap(), &[]), true);
         assert!(text.contains("install: profile web, failed\n"), "{text}");
         assert!(
             text.contains("cause: no disk appeared within 20 s; storage controllers seen: none\n"),

@@ -8,6 +8,9 @@
 //! usr/share/zsh/vendor-completions/_ignite
 //! usr/share/fish/vendor_completions.d/ignite.fish
 //! ```
+//!
+//! `--openapi FILE` writes the management API's OpenAPI document (checked in as
+//! docs/openapi.json; a test fails when it differs from what the code serves).
 
 use std::path::{Path, PathBuf};
 
@@ -18,8 +21,11 @@ use clap_complete::Shell;
 #[derive(clap::Args)]
 pub struct Args {
     /// Root of the tree to write into (e.g. a package's staging directory).
-    #[arg(long)]
-    root: PathBuf,
+    #[arg(long, required_unless_present = "openapi")]
+    root: Option<PathBuf>,
+    /// Write the /api/v1 OpenAPI document to this file (docs/openapi.json in the repository).
+    #[arg(long, value_name = "FILE")]
+    openapi: Option<PathBuf>,
 }
 
 /// Where each shell looks for completions on Debian, and the file name it expects.
@@ -33,8 +39,14 @@ const COMPLETIONS: &[(Shell, &str)] = &[
 ];
 
 pub fn run(a: Args) -> Result<()> {
-    for path in generate(&a.root)? {
-        println!("{}", path.display());
+    if let Some(root) = &a.root {
+        for path in generate(root)? {
+            println!("{}", path.display());
+        }
+    }
+    if let Some(file) = &a.openapi {
+        let doc = crate::server::api_v1::openapi_json();
+        println!("{}", write(file, doc.as_bytes())?.display());
     }
     Ok(())
 }

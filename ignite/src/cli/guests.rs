@@ -1,12 +1,13 @@
 //! `ignite vm create/start/stop/list/show/console/remove`: defined guests (see `crate::guests`).
 
+use super::remote::{segment, ServerOpts};
 use crate::guests::control::{self, Status};
 use crate::guests::supervisor;
 use crate::guests::{
     check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Firmware, Nic,
     Paths, MAX_VIO_DISKS,
 };
-use crate::state::guests::Record;
+use crate::server::api_v1::guests::{view, views, View};
 use crate::state::State;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -31,6 +32,8 @@ pub enum Cmd {
         name: String,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Ask a running guest to power off and wait; --force ends it at once.
     Stop {
@@ -42,6 +45,8 @@ pub enum Cmd {
         timeout: u64,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// List defined guests with their state.
     List {
@@ -49,6 +54,8 @@ pub enum Cmd {
         json: bool,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Show one guest's definition and state.
     Show {
@@ -57,6 +64,8 @@ pub enum Cmd {
         json: bool,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Attach to a running guest's serial console (Ctrl-] detaches).
     Console {
@@ -133,8 +142,15 @@ impl Cmd {
     pub fn run(self) -> Result<()> {
         match self {
             Cmd::Create(a) => create(a),
-            Cmd::Start { name, state } => {
-                let s = supervisor::start(&state.state_dir, &name)?;
+            Cmd::Start { name, state, api } => {
+                let s: Status = match api.remote(&state.state_dir)? {
+                    Some(r) => r.call(
+                        "POST",
+                        &format!("/api/v1/guests/{}/start", segment(&name)),
+                        None,
+                    )?,
+                    None => supervisor::start(&state.state_dir, &name)?,
+                };
                 println!(
                     "guest {name} started: engine {} ({}), pid {}; console: ignite vm console {name}",
                     s.engine, s.why, s.pid
@@ -146,13 +162,56 @@ impl Cmd {
                 force,
                 timeout,
                 state,
+                api,
             } => {
-                supervisor::stop(&state.state_dir, &name, force, Duration::from_secs(timeout))?;
+                match api.remote(&state.state_dir)? {
+                    Some(r) => {
+                        let path = format!(
+                            "/api/v1/guests/{}/stop?force={force}&timeout={timeout}",
+                            segment(&name)
+                        );
+                        r.call::<serde_json::Value>("POST", &path, None)?;
+                    }
+                    None => supervisor::stop(
+                        &state.state_dir,
+                        &name,
+                        force,
+                        Duration::from_secs(timeout),
+                    )?,
+                }
                 println!("guest {name} stopped");
                 Ok(())
             }
-            Cmd::List { json, state } => list(&state.state_dir, json),
-            Cmd::Show { name, json, state } => show(&state.state_dir, &name, json),
+            Cmd::List { json, state, api } => {
+                let views: Vec<View> = match api.remote(&state.state_dir)? {
+                    Some(r) => r.get("/api/v1/guests")?,
+                    None => views(&state.state_dir, &State::open(&state.state_dir)?)?,
+                };
+                match json {
+                    true => println!("{}", serde_json::to_string_pretty(&views)?),
+                    false => print!("{}", list_text(&views)),
+                }
+                Ok(())
+            }
+            Cmd::Show {
+                name,
+                json,
+                state,
+                api,
+            } => {
+                let v: View = match api.remote(&state.state_dir)? {
+                    Some(r) => r.get(&format!("/api/v1/guests/{}", segment(&name)))?,
+                    None => view(
+                        &state.state_dir,
+                        State::open(&state.state_dir)?.guest(&name)?,
+                    )?,
+                };
+                match json {
+                    true => println!("{}", serde_json::to_string_pretty(&v)?),
+                    false => print!("{}", show_text(&v)),
+                }
+                Ok(())
+            }
             Cmd::Console { name, state } => console(&state.state_dir, &name),
             Cmd::Remove {
                 name,
@@ -337,97 +396,58 @@ fn create(a: CreateArgs) -> Result<()> {
     }
 }
 
-/// A guest as `list` and `show` report it.
-#[derive(serde::Serialize)]
-struct View {
-    #[serde(flatten)]
-    record: Record,
-    state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    running: Option<Status>,
-    console_log: PathBuf,
-}
-
-fn view(state_dir: &Path, record: Record) -> Result<View> {
-    let paths = Paths::new(state_dir, &record.def.name);
-    let running = control::status(&paths.control())?;
-    let state = match (&running, &record.last_engine) {
-        (Some(_), _) => "running",
-        (None, Some(_)) => "stopped",
-        (None, None) => "defined",
-    };
-    Ok(View {
-        record,
-        state,
-        running,
-        console_log: paths.console_log(),
-    })
-}
-
 fn uptime(s: &Status) -> String {
     let secs = (crate::state::now() - s.started).max(0);
     format!("{}h{:02}m{:02}s", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
-fn list(state_dir: &Path, json: bool) -> Result<()> {
-    let views = State::open(state_dir)?
-        .guests()?
-        .into_iter()
-        .map(|r| view(state_dir, r))
-        .collect::<Result<Vec<_>>>()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
-        return Ok(());
-    }
-    println!(
-        "{:<20} {:<8} {:<8} {:>8} {:>5} {:>10}",
+/// `vm list`'s table.
+fn list_text(views: &[View]) -> String {
+    let mut out = format!(
+        "{:<20} {:<8} {:<8} {:>8} {:>5} {:>10}\n",
         "NAME", "STATE", "ENGINE", "PID", "CPUS", "UPTIME"
     );
-    for v in &views {
+    for v in views {
         let (engine, pid, up) = match &v.running {
             Some(s) => (s.engine.to_string(), s.pid.to_string(), uptime(s)),
             None => (v.record.def.engine.to_string(), "-".into(), "-".into()),
         };
-        println!(
-            "{:<20} {:<8} {:<8} {:>8} {:>5} {:>10}",
+        out += &format!(
+            "{:<20} {:<8} {:<8} {:>8} {:>5} {:>10}\n",
             v.record.def.name, v.state, engine, pid, v.record.def.cpus, up
         );
     }
-    Ok(())
+    out
 }
 
-fn show(state_dir: &Path, name: &str, json: bool) -> Result<()> {
-    let v = view(state_dir, State::open(state_dir)?.guest(name)?)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
+/// `vm show`'s text.
+fn show_text(v: &View) -> String {
     let d = &v.record.def;
-    println!("name:      {}", d.name);
-    println!("state:     {}", v.state);
+    let mut out = format!("name:      {}\n", d.name);
+    out += &format!("state:     {}\n", v.state);
     if let Some(s) = &v.running {
-        println!("engine:    {} ({})", s.engine, s.why);
-        println!("pid:       {}", s.pid);
-        println!("uptime:    {}", uptime(s));
+        out += &format!("engine:    {} ({})\n", s.engine, s.why);
+        out += &format!("pid:       {}\n", s.pid);
+        out += &format!("uptime:    {}\n", uptime(s));
     } else {
-        println!("engine:    {}", d.engine);
+        out += &format!("engine:    {}\n", d.engine);
     }
     if let Some(r) = &v.record.last_stop {
-        println!("last stop: {r}");
+        out += &format!("last stop: {r}\n");
     }
-    println!("memory:    {} MiB, {} vCPU(s)", d.mem >> 20, d.cpus);
-    println!("boot:      {}", d.boot);
+    out += &format!("memory:    {} MiB, {} vCPU(s)\n", d.mem >> 20, d.cpus);
+    out += &format!("boot:      {}\n", d.boot);
     for x in &d.disks {
-        println!("disk:      {} ({:?})", x.path.display(), d.disk_bus);
+        out += &format!("disk:      {} ({:?})\n", x.path.display(), d.disk_bus);
     }
     for n in &d.nics {
-        println!(
-            "nic:       {} on bridge {} ({:?})",
+        out += &format!(
+            "nic:       {} on bridge {} ({:?})\n",
             n.mac, n.bridge, d.net_model
         );
     }
-    println!("console:   {}", v.console_log.display());
-    Ok(())
+    out += &format!("console:   {}\n", v.console_log.display());
+    out
 }
 
 fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<()> {

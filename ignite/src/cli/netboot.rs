@@ -88,22 +88,7 @@ pub fn run(a: NetbootArgs) -> Result<()> {
 }
 
 fn leases(state_dir: &Path, json: bool) -> Result<()> {
-    let store = crate::state::State::open(state_dir)?.lease_store()?;
-    let now = ignite_netboot::dhcp::unix_now();
-    let rows: Vec<serde_json::Value> = store
-        .all()
-        .into_iter()
-        .map(|l| {
-            serde_json::json!({
-                "ip": l.ip.to_string(),
-                "mac": l.mac.map(|m| m.to_string()),
-                "expires": l.expires,
-                "state": format!("{:?}", l.state).to_lowercase(),
-                "active": l.active(now),
-                "hostname": l.hostname,
-            })
-        })
-        .collect();
+    let rows = crate::state::State::open(state_dir)?.lease_views()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -114,11 +99,11 @@ fn leases(state_dir: &Path, json: bool) -> Result<()> {
         for r in rows {
             println!(
                 "{:<16} {:<18} {:<9} {:<6} {}",
-                r["ip"].as_str().unwrap_or(""),
-                r["mac"].as_str().unwrap_or("-"),
-                r["state"].as_str().unwrap_or(""),
-                r["active"],
-                r["expires"]
+                r.ip,
+                r.mac.as_deref().unwrap_or("-"),
+                r.state,
+                r.active,
+                r.expires
             );
         }
     }

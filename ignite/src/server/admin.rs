@@ -6,7 +6,10 @@
 //! GET  /api/clients                  the registry (JSON)
 //! POST /api/clients/{mac}/installed  the client's install is over: boot its disk next
 //! GET  /api/stats                    chunk cache counters (install_api.rs)
+//! /api/v1/...                        the management API (api_v1)
 //! ```
+//!
+//! A refusal is 401 with the JSON error shape of `/api/v1` (api_error.rs).
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -21,6 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ignite_netboot::MacAddr;
+
+use super::api_error::V1Error;
 
 pub const TOKEN_FILE: &str = "admin.token";
 
@@ -143,15 +148,15 @@ pub fn protect(routes: Router, token: Arc<AdminToken>) -> Router {
 async fn check(State(t): State<Arc<AdminToken>>, req: Request, next: Next) -> Response {
     match bearer(req.headers()) {
         Some(b) if constant_time_eq(b.as_bytes(), t.token.as_bytes()) => next.run(req).await,
-        given => (
+        given => V1Error::new(
             StatusCode::UNAUTHORIZED,
             format!(
-                "admin API: {}; send `Authorization: Bearer TOKEN` with the token in {} on the server\n",
+                "admin API: {}; send `Authorization: Bearer TOKEN` with the token in {} on the server",
                 if given.is_some() { "wrong token" } else { "no token" },
                 t.path.display()
             ),
         )
-            .into_response(),
+        .into_response(),
     }
 }
 

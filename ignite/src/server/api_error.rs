@@ -1,7 +1,14 @@
-//! The one error shape of the install and capture APIs: a status and a one-line message.
+//! Errors of the server's HTTP APIs.
+//!
+//! The install and capture APIs (spoken by the agent) answer a status and a one-line text
+//! message, which the agent shows as it is. The management API `/api/v1` answers every error
+//! as one JSON shape, `{"error": {"code": "not_found", "message": "client web9 is not
+//! registered; ..."}}`, the code following the status: 400 `bad_request`, 401
+//! `unauthorized`, 404 `not_found`, 409 `conflict`, 422 `invalid`, 500 `internal`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 
 /// A refusal: status and a one-line message.
 pub struct ApiError(pub StatusCode, pub String);
@@ -18,3 +25,106 @@ pub fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// An error of `/api/v1`: answered as [`ErrorBody`].
+#[derive(Debug)]
+pub struct V1Error {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+/// The body of every `/api/v1` error.
+#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// `bad_request`, `unauthorized`, `not_found`, `conflict`, `invalid` or `internal`.
+    pub code: String,
+    /// What is wrong and what to do, in words for the admin.
+    pub message: String,
+}
+
+/// The code `/api/v1` errors with `status` carry.
+pub fn code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        _ if status.is_server_error() => "internal",
+        _ => "error",
+    }
+}
+
+impl V1Error {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> V1Error {
+        V1Error {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> V1Error {
+        V1Error::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> V1Error {
+        V1Error::new(StatusCode::CONFLICT, message)
+    }
+
+    /// 422: the request is well formed but what it asks for is not valid (a bad MAC, an
+    /// unknown boot action).
+    pub fn invalid(message: impl Into<String>) -> V1Error {
+        V1Error::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code(self.status).to_string(),
+                message: self.message.clone(),
+            },
+        }
+    }
+}
+
+/// Anything not classified otherwise is the server's failure (500), with its cause.
+impl From<anyhow::Error> for V1Error {
+    fn from(e: anyhow::Error) -> V1Error {
+        V1Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("server: {e:#}"))
+    }
+}
+
+impl IntoResponse for V1Error {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+pub type V1Result<T> = Result<T, V1Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_maps_to_its_code() {
+        let body = |e: V1Error| serde_json::to_value(e.body()).unwrap();
+        assert_eq!(
+            body(V1Error::invalid("MAC \"x\" is bad")),
+            serde_json::json!({"error": {"code": "invalid", "message": "MAC \"x\" is bad"}})
+        );
+        assert_eq!(body(V1Error::conflict("c"))["error"]["code"], "conflict");
+        assert_eq!(body(V1Error::not_found("n"))["error"]["code"], "not_found");
+        let e: V1Error = anyhow::anyhow!("disk full").into();
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body(e)["error"]["message"], "server: disk full");
+        assert_eq!(code(StatusCode::UNAUTHORIZED), "unauthorized");
+    }
+}

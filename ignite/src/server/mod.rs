@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api_error;
+pub mod api_v1;
 pub mod capture_api;
 pub mod chunk_cache;
 pub mod config;

@@ -473,6 +473,17 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
             cfg.chunk_cache_mib << 20,
             &cfg.limits,
         ));
+        let api = super::api_v1::Api::new(
+            state.clone(),
+            cfg.state_dir.clone(),
+            cfg.store_dir(),
+            stop_rx.clone(),
+        );
+        let (rx, a) = (stop_rx.clone(), api.clone());
+        tasks.spawn(async move {
+            super::api_v1::events::watch_registry(a, rx).await;
+            ("management API events".to_string(), Ok(()))
+        });
         let boot = http::router(Arc::new(http::HttpState {
             root: boot_dir.clone(),
             provider: provider.clone(),
@@ -480,9 +491,12 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
             http_base: http_base.clone(),
         }))
         .merge(admin::protect(
-            admin::routes(state.clone()).merge(install_api.clone().admin_router()),
+            admin::routes(state.clone())
+                .merge(install_api.clone().admin_router())
+                .merge(super::api_v1::routes(api.clone())),
             admin_token.clone(),
-        ));
+        ))
+        .merge(super::api_v1::public_routes());
         // What agents talk to: beside the boot files, or alone on the HTTPS port.
         let agents = install_api
             .clone()

@@ -18,7 +18,7 @@ use super::{now, State};
 /// Longest detail kept: a TFTP file name or an HTTP path is the client's choice.
 pub const MAX_DETAIL: usize = 300;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StepRecord {
     pub time: i64,
     pub mac: Option<String>,
@@ -95,12 +95,18 @@ impl State {
 
     /// The last `limit` boot steps of a MAC, oldest first.
     pub fn steps(&self, mac: &str, limit: usize) -> Result<Vec<StepRecord>> {
+        self.recent_steps(Some(mac), limit)
+    }
+
+    /// The last `limit` boot steps, of one MAC or of every client, oldest first.
+    pub fn recent_steps(&self, mac: Option<&str>, limit: usize) -> Result<Vec<StepRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT time, mac, ip, step, detail FROM boot_log WHERE mac = ?1 ORDER BY id DESC LIMIT ?2",
+            "SELECT time, mac, ip, step, detail FROM boot_log WHERE ?1 IS NULL OR mac = ?1 \
+             ORDER BY id DESC LIMIT ?2",
         )?;
         let mut v: Vec<StepRecord> = stmt
-            .query_map(params![mac, limit as i64], |r| {
+            .query_map(params![mac, limit.min(i64::MAX as usize) as i64], |r| {
                 Ok(StepRecord {
                     time: r.get(0)?,
                     mac: r.get(1)?,

@@ -9,10 +9,10 @@ use ignite_netboot::MacAddr;
 use rusqlite::{params, OptionalExtension};
 
 use super::State;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a client does when it network-boots.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", content = "arg", rename_all = "lowercase")]
 pub enum Action {
     /// Install the named profile, then flip to `local`.
@@ -76,7 +76,7 @@ impl FromStr for Action {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Client {
     pub mac: String,
     pub name: String,
@@ -84,6 +84,19 @@ pub struct Client {
     pub action: Action,
     pub last_seen: Option<i64>,
     pub last_step: Option<String>,
+}
+
+/// The error for a key that names no registered client.
+pub fn not_registered(key: &str) -> anyhow::Error {
+    anyhow!("client {key:?} is not registered; see `ignite client list`")
+}
+
+/// Whether `name` can name a client.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/') {
+        bail!("client name {name:?} is not usable; use letters, digits, '-' or '.'");
+    }
+    Ok(())
 }
 
 /// A `clients` row as read: mac, name, action, arg, last_seen, last_step.
@@ -98,9 +111,7 @@ type ClientRow = (
 
 impl State {
     pub fn add(&self, mac: MacAddr, name: &str, action: &Action) -> Result<()> {
-        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/') {
-            bail!("client name {name:?} is not usable; use letters, digits, '-' or '.'");
-        }
+        check_name(name)?;
         if let Some(c) = self.find(&mac.to_string())? {
             bail!(
                 "client {mac} already exists as {:?}; use `ignite client set` to change it",
@@ -162,8 +173,7 @@ impl State {
     }
 
     pub fn get(&self, key: &str) -> Result<Client> {
-        self.find(key)?
-            .ok_or_else(|| anyhow!("client {key:?} is not registered; see `ignite client list`"))
+        self.find(key)?.ok_or_else(|| not_registered(key))
     }
 
     pub fn list(&self) -> Result<Vec<Client>> {

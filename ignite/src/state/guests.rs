@@ -6,10 +6,10 @@ use super::{now, State};
 use crate::guests::definition::{Definition, Engine};
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A definition as stored, with what is known of its last run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     #[serde(flatten)]
     pub def: Definition,
@@ -107,6 +107,14 @@ impl State {
     }
 
     pub fn guest(&self, name: &str) -> Result<Record> {
+        match self.find_guest(name)? {
+            Some(r) => Ok(r),
+            None => bail!("guest {name} is not defined; `ignite vm list` shows the defined guests"),
+        }
+    }
+
+    /// Guest `name`, None when it is not defined.
+    pub fn find_guest(&self, name: &str) -> Result<Option<Record>> {
         let row = self
             .conn()
             .query_row(
@@ -115,10 +123,7 @@ impl State {
                 read_guest,
             )
             .optional()?;
-        match row {
-            Some(t) => to_record(t),
-            None => bail!("guest {name} is not defined; `ignite vm list` shows the defined guests"),
-        }
+        row.map(to_record).transpose()
     }
 
     pub fn guests(&self) -> Result<Vec<Record>> {

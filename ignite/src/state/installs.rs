@@ -19,13 +19,13 @@ use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{now_ms, Action, State};
 use ignite_recovery::Phase;
 
 /// Where an install stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Scheduled or running; its token is accepted.
@@ -38,7 +38,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::Active => "active",
             Status::Failed => "failed",
@@ -76,7 +76,7 @@ pub enum Job<'a> {
     Recover(&'a str),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Install {
     #[serde(skip)]
     pub token: String,
@@ -103,14 +103,14 @@ pub struct Install {
 pub const MAX_PHASES: i64 = 256;
 
 /// A phase as recorded: when it was reported.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseRecord {
     pub time_ms: i64,
     #[serde(flatten)]
     pub phase: Phase,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogLine {
     pub id: i64,
     pub time_ms: i64,

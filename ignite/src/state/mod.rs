@@ -15,6 +15,7 @@ pub mod guests;
 pub mod installs;
 mod migrations;
 pub mod schedules;
+pub mod views;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,272 @@
+//! `/api/v1`: the management API, on the server's HTTP listener beside the boot files and
+//! the agents' APIs. Every route but the OpenAPI document needs the admin token (`Authorization:
+//! Bearer TOKEN`, admin.rs); every error is `{"error": {"code", "message"}}` (api_error.rs).
+//! Handlers are thin: each calls the state or library function the local CLI calls too.
+//!
+//! ```text
+//! GET    /api/v1/health                     version, uptime, state directory
+//! GET    /api/v1/openapi.json               this API's OpenAPI 3 document (no token needed)
+//! GET    /api/v1/clients                    clients with their latest install    clients.rs
+//! POST   /api/v1/clients                    register one {mac, name, action}
+//! GET    /api/v1/clients/{client}           one (MAC or name): steps, install, phases
+//! PUT    /api/v1/clients/{client}/action    {action: "install web"}
+//! DELETE /api/v1/clients/{client}
+//! GET    /api/v1/clients/{client}/log       its latest install's log (?after=LINE_ID)
+//! GET    /api/v1/archives                   snapshots (?name=)                    archives.rs
+//! GET    /api/v1/archives/stats             sizes, dedup, compression
+//! GET    /api/v1/archives/diff?from=&to=    what changed between two snapshots
+//! POST   /api/v1/archives/verify            a job (?sample=0.1)
+//! POST   /api/v1/archives/import?name=      a job importing the tar sent as the body
+//! GET    /api/v1/archives/{snapshot}        one snapshot's manifest
+//! GET    /api/v1/bootlog                    boot steps (?mac=, ?limit=)          netboot.rs
+//! GET    /api/v1/leases                     DHCP leases
+//! GET    /api/v1/schedules                  capture schedules
+//! GET    /api/v1/guests                     guests with their state               guests.rs
+//! GET    /api/v1/guests/{name}
+//! POST   /api/v1/guests/{name}/start
+//! POST   /api/v1/guests/{name}/stop         ?force=true, ?timeout=SECS
+//! GET    /api/v1/jobs, /api/v1/jobs/{id}    long work: state, progress, log       jobs.rs
+//! GET    /api/v1/events                     changes as Server-Sent Events         events.rs
+//! ```
+
+pub mod archives;
+pub mod clients;
+pub mod events;
+pub mod guests;
+pub mod jobs;
+pub mod netboot;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::api_error::{ErrorBody, V1Error, V1Result};
+use events::{Event, Events};
+use jobs::{Job, Jobs};
+
+/// What the handlers share.
+pub struct Api {
+    pub state: Arc<crate::state::State>,
+    pub state_dir: PathBuf,
+    pub store_dir: PathBuf,
+    pub started: Instant,
+    pub jobs: Arc<Jobs>,
+    pub events: Events,
+    /// Turns true when the server stops (ends event streams).
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Api {
+    pub fn new(
+        state: Arc<crate::state::State>,
+        state_dir: PathBuf,
+        store_dir: PathBuf,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<Api> {
+        let events = Events::new();
+        let publish = events.clone();
+        Arc::new(Api {
+            state,
+            state_dir,
+            store_dir,
+            started: Instant::now(),
+            jobs: Jobs::new(Box::new(move |j: &Job| publish.publish(Event::of_job(j)))),
+            events,
+            stop,
+        })
+    }
+}
+
+type Ctx = State<Arc<Api>>;
+
+/// The routes that need the admin token (wrap them in `admin::protect`).
+pub fn routes(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/clients", get(clients::list).post(clients::add))
+        .route(
+            "/api/v1/clients/{client}",
+            get(clients::show).delete(clients::remove),
+        )
+        .route("/api/v1/clients/{client}/action", put(clients::set_action))
+        .route("/api/v1/clients/{client}/log", get(clients::log))
+        .route("/api/v1/archives", get(archives::list))
+        .route("/api/v1/archives/stats", get(archives::stats))
+        .route("/api/v1/archives/diff", get(archives::diff))
+        .route("/api/v1/archives/verify", post(archives::verify))
+        .route("/api/v1/archives/import", post(archives::import))
+        .route("/api/v1/archives/{snapshot}", get(archives::show))
+        .route("/api/v1/bootlog", get(netboot::boot_log))
+        .route("/api/v1/leases", get(netboot::leases))
+        .route("/api/v1/schedules", get(netboot::schedules))
+        .route("/api/v1/guests", get(guests::list))
+        .route("/api/v1/guests/{name}", get(guests::show))
+        .route("/api/v1/guests/{name}/start", post(guests::start))
+        .route("/api/v1/guests/{name}/stop", post(guests::stop))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/events", get(events::stream))
+        .with_state(api)
+}
+
+/// The routes anyone may read: the API's description.
+pub fn public_routes() -> Router {
+    Router::new().route(
+        "/api/v1/openapi.json",
+        get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                openapi_json(),
+            )
+        }),
+    )
+}
+
+/// `f` on a blocking thread (SQLite, the store, guest control sockets).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> V1Result<T> + Send + 'static,
+) -> V1Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| V1Error::from(anyhow::anyhow!("{e}")))?
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// The server's version.
+    pub version: String,
+    pub uptime_secs: u64,
+    pub state_dir: String,
+}
+
+/// Server health
+#[utoipa::path(operation_id = "health", get, path = "/api/v1/health", tag = "server",
+    responses((status = 200, body = Health), (status = 401, body = ErrorBody)))]
+async fn health(State(api): Ctx) -> Json<Health> {
+    Json(Health {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: api.started.elapsed().as_secs(),
+        state_dir: api.state_dir.display().to_string(),
+    })
+}
+
+/// Jobs kept (the newest 100)
+#[utoipa::path(operation_id = "list_jobs", get, path = "/api/v1/jobs", tag = "jobs",
+    responses((status = 200, body = Vec<Job>)))]
+async fn list_jobs(State(api): Ctx) -> Json<Vec<Job>> {
+    Json(api.jobs.list())
+}
+
+/// One job: state, progress, log and result
+#[utoipa::path(operation_id = "job", get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = u64, Path, description = "the id a POST that started it answered")),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+async fn job(State(api): Ctx, Path(id): Path<String>) -> V1Result<Json<Job>> {
+    id.parse::<u64>()
+        .ok()
+        .and_then(|id| api.jobs.get(id))
+        .map(Json)
+        .ok_or_else(|| {
+            V1Error::not_found(format!(
+                "no job {id:?}: jobs are kept in memory, the newest 100, until the server restarts"
+            ))
+        })
+}
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "the token in <state-dir>/admin.token on the server (made at its first start)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Ignite management API", description = "Clients, installs, archives, guests, the boot log and long-running jobs of an `ignite server`. Every error is `{\"error\": {\"code\", \"message\"}}`."),
+    modifiers(&BearerToken),
+    security(("admin_token" = [])),
+    paths(
+        health, list_jobs, job, events::stream,
+        clients::list, clients::add, clients::show, clients::set_action, clients::remove, clients::log,
+        archives::list, archives::stats, archives::diff, archives::verify, archives::import, archives::show,
+        netboot::boot_log, netboot::leases, netboot::schedules,
+        guests::list, guests::show, guests::start, guests::stop,
+    ),
+    components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event))
+)]
+struct Doc;
+
+/// The OpenAPI document, as served and as checked in at docs/openapi.json.
+pub fn openapi_json() -> String {
+    let mut doc = Doc::openapi();
+    // The version is the crate's, not utoipa's default (also the crate's): keep it stable.
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let mut s = doc
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    /// Clients generated from the document need one name per operation.
+    #[test]
+    fn every_operation_has_its_own_id() {
+        let doc: serde_json::Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        let mut ids: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|p| p.as_object().unwrap().values())
+            .map(|op| op["operationId"].as_str().unwrap())
+            .collect();
+        let n = ids.len();
+        assert!(n >= 22, "{n} operations");
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "repeated operation ids among {ids:?}");
+    }
+
+    #[test]
+    fn the_checked_in_document_is_the_generated_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+        let generated = super::openapi_json();
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        if checked_in != generated {
+            let first = checked_in
+                .lines()
+                .zip(generated.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(checked_in.lines().count().min(generated.lines().count()));
+            panic!(
+                "{} differs from the API the code serves (first at line {}: checked in {:?}, generated {:?}); \
+                 regenerate it with `cargo run -p ignite -- generate-docs --openapi docs/openapi.json` and commit it",
+                path.display(),
+                first + 1,
+                checked_in.lines().nth(first).unwrap_or("<end>"),
+                generated.lines().nth(first).unwrap_or("<end>")
+            );
+        }
+    }
+}

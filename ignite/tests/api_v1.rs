@@ -1,0 +1,815 @@
+//! The management API `/api/v1` end to end: a real `ignite server` on loopback (DHCP and
+//! TFTP off, so no root is needed) with a temporary state directory and store; every route
+//! through a real HTTP client, each error code, a verify job followed to done, the event
+//! stream read until the expected events arrive, and the CLI with `--server` printing what
+//! it prints on the local state.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// `ignite server` on 127.0.0.1 with its own state directory; killed on drop.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    url: String,
+    token: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(state.join("boot")).unwrap();
+        let config = dir.path().join("server.toml");
+        std::fs::write(&config, "[network]\ndhcp = false\ntftp = false\n").unwrap();
+        // A port free a moment ago; the server binds it on all addresses.
+        let port = std::net::TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.path().join("server.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ignite"))
+            .args(["server", "--interface", "lo", "--no-prepare", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--http-port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut s = Server {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+            token: String::new(),
+            log,
+        };
+        let t = Instant::now();
+        loop {
+            if let Ok(t) = std::fs::read_to_string(state.join("admin.token")) {
+                s.token = t.trim().to_string();
+                if s.get("/api/v1/health").0 == 200 {
+                    break;
+                }
+            }
+            if let Ok(Some(code)) = s.child.try_wait() {
+                panic!("ignite server exited ({code}):\n{}", s.log_text());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the server did not answer within 60 s:\n{}",
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into()
+    }
+
+    /// `method path` with `auth` as the bearer token (None: no header) and a JSON body;
+    /// the status and the answer as JSON (Null when it is not JSON).
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let a = Self::agent();
+        let url = format!("{}{path}", self.url);
+        let h = auth.map(|t| format!("Bearer {t}")).unwrap_or_default();
+        let r = match (method, body) {
+            ("GET", _) => {
+                let mut r = a.get(&url);
+                if auth.is_some() {
+                    r = r.header("Authorization", &h);
+                }
+                r.call()
+            }
+            ("DELETE", _) => a.delete(&url).header("Authorization", &h).call(),
+            ("POST", None) => a.post(&url).header("Authorization", &h).send_empty(),
+            ("POST", Some(b)) => a.post(&url).header("Authorization", &h).send_json(b),
+            ("PUT", Some(b)) => a.put(&url).header("Authorization", &h).send_json(b),
+            (m, _) => panic!("{m}"),
+        };
+        let mut r = r.unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_text()));
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        self.request("GET", path, Some(&self.token.clone()), None)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.request(method, path, Some(&self.token.clone()), body)
+    }
+
+    /// `ignite ARGS` with this server's state directory and store; (ok, stdout, stderr).
+    fn ignite(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_ignite"))
+            .args(args)
+            .env("IGNITE_STATE_DIR", self.state())
+            .env("IGNITE_STORE", self.state().join("store"))
+            .env_remove("IGNITE_SERVER")
+            .env_remove("IGNITE_TOKEN")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A guest `name` (never started here: its kernel is no kernel).
+    fn define_guest(&self, name: &str) {
+        let args = ["create", name, "--mem", "64M", "--boot", "kernel=/bin/true"];
+        self.ok(&[&["vm"], &args[..], &["--engine", "bundled"]].concat());
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.ignite(args, &[]);
+        assert!(ok, "ignite {args:?}: {err}");
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts the `/api/v1` error shape with `code`; returns the message.
+fn error(what: &str, got: (u16, Value), status: u16, code: &str) -> String {
+    assert_eq!(got.0, status, "{what}: {}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "{what}: {}", got.1);
+    let m = got.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(!m.is_empty(), "{what}: {}", got.1);
+    m.to_string()
+}
+
+/// The lines of `GET /api/v1/events`, as they arrive.
+fn events(s: &Server) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let url = format!("{}/api/v1/events", s.url);
+    let auth = format!("Bearer {}", s.token);
+    let resp = ureq::Agent::config_builder()
+        .build()
+        .new_agent()
+        .get(&url)
+        .header("Authorization", &auth)
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    std::thread::spawn(move || {
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads `rx` until an event's data satisfies `want`; panics with what came after 30 s.
+fn wait_event(
+    s: &Server,
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let t = Instant::now();
+    let mut seen = Vec::new();
+    while t.elapsed() < Duration::from_secs(30) {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        seen.push(line.clone());
+        if let Some(data) = line.strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data).unwrap();
+            if want(&v) {
+                return v;
+            }
+        }
+    }
+    panic!(
+        "no {what} event within 30 s; the stream said:\n{}\nthe server's log:\n{}",
+        seen.join("\n"),
+        s.log_text()
+    );
+}
+
+/// Job `id` once it ended, polled; panics with what it showed after 60 s.
+fn follow(s: &Server, id: u64) -> Value {
+    let t = Instant::now();
+    loop {
+        let (code, j) = s.get(&format!("/api/v1/jobs/{id}"));
+        assert_eq!(code, 200, "{j}");
+        if j["state"] != "running" {
+            return j;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "job still running: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A store with two snapshots of `golden` (one file changed, one added between them).
+fn make_store(s: &Server) {
+    let src = s.dir.path().join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), "golden\n").unwrap();
+    std::fs::write(src.join("data"), vec![7u8; 300_000]).unwrap();
+    s.ok(&["archive", "init"]);
+    s.ok(&[
+        "archive",
+        "import",
+        "--name",
+        "golden",
+        src.to_str().unwrap(),
+    ]);
+    std::fs::write(src.join("etc/hostname"), "golden2\n").unwrap();
+    std::fs::write(src.join("new"), "new\n").unwrap();
+    s.ok(&[
+        "archive",
+        "import",
+        "--name",
+        "golden",
+        src.to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn the_management_api_end_to_end() {
+    let s = Server::start();
+
+    // Health, and the token it needs.
+    let (code, h) = s.get("/api/v1/health");
+    assert_eq!(code, 200, "{h}");
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(h["state_dir"], s.state().display().to_string());
+    assert!(h["uptime_secs"].as_u64().is_some(), "{h}");
+    let m = error(
+        "no token",
+        s.request("GET", "/api/v1/health", None, None),
+        401,
+        "unauthorized",
+    );
+    assert!(m.contains("no token") && m.contains("admin.token"), "{m}");
+    let wrong = "0".repeat(64);
+    let m = error(
+        "wrong token",
+        s.request("GET", "/api/v1/clients", Some(&wrong), None),
+        401,
+        "unauthorized",
+    );
+    assert!(m.contains("wrong token"), "{m}");
+    // A path no route has is 404 for anyone, not 401.
+    assert_eq!(s.request("GET", "/api/v1/nothing-here", None, None).0, 404);
+
+    // The document is served to anyone, and is the checked-in one.
+    let (code, doc) = s.request("GET", "/api/v1/openapi.json", None, None);
+    assert_eq!(code, 200);
+    let checked_in: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        doc, checked_in,
+        "the served OpenAPI document differs from docs/openapi.json; regenerate it with \
+         `cargo run -p ignite -- generate-docs --openapi docs/openapi.json`"
+    );
+    assert!(doc["paths"]["/api/v1/clients/{client}/action"]["put"].is_object());
+
+    let ev = events(&s);
+
+    // Clients.
+    let web1 = "52:54:00:aa:00:01";
+    let (code, c) = s.call(
+        "POST",
+        "/api/v1/clients",
+        Some(json!({"mac": "52-54-00-AA-00-01", "name": "web1", "action": "install web"})),
+    );
+    assert_eq!(code, 201, "{c}");
+    assert_eq!(
+        (c["mac"].as_str(), c["action"].as_str(), c["arg"].as_str()),
+        (Some(web1), Some("install"), Some("web"))
+    );
+    assert_eq!(
+        s.call(
+            "POST",
+            "/api/v1/clients",
+            Some(json!({"mac": "52:54:00:aa:00:02", "name": "db1"}))
+        )
+        .0,
+        201
+    );
+    error(
+        "a bad MAC",
+        s.call(
+            "POST",
+            "/api/v1/clients",
+            Some(json!({"mac": "nonsense", "name": "x"})),
+        ),
+        422,
+        "invalid",
+    );
+    let m = error(
+        "an unknown action",
+        s.call(
+            "POST",
+            "/api/v1/clients",
+            Some(json!({"mac": "52:54:00:aa:00:03", "name": "x", "action": "reboot"})),
+        ),
+        422,
+        "invalid",
+    );
+    assert!(m.contains("not a boot action"), "{m}");
+    error(
+        "a taken MAC",
+        s.call(
+            "POST",
+            "/api/v1/clients",
+            Some(json!({"mac": web1, "name": "other"})),
+        ),
+        409,
+        "conflict",
+    );
+    error(
+        "a taken name",
+        s.call(
+            "POST",
+            "/api/v1/clients",
+            Some(json!({"mac": "52:54:00:aa:00:09", "name": "web1"})),
+        ),
+        409,
+        "conflict",
+    );
+    let (code, list) = s.get("/api/v1/clients");
+    assert_eq!(code, 200);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db1", "web1"]);
+    assert_eq!(list[1]["install"]["status"], "active", "{list}");
+    let (code, d) = s.get("/api/v1/clients/web1");
+    assert_eq!(code, 200);
+    assert_eq!(d["client"]["mac"], web1);
+    assert_eq!(d["install"]["profile"], "web");
+    assert!(d["phases"].as_array().unwrap().is_empty());
+    let (code, d) = s.get(&format!("/api/v1/clients/{web1}"));
+    assert_eq!((code, d["client"]["name"].as_str()), (200, Some("web1")));
+    error(
+        "an unknown client",
+        s.get("/api/v1/clients/nobody"),
+        404,
+        "not_found",
+    );
+    let (code, log) = s.get("/api/v1/clients/web1/log?after=0");
+    assert_eq!(code, 200, "{log}");
+    assert_eq!(log["lines"], json!([]));
+    assert_eq!(
+        (
+            log["install"]["profile"].as_str(),
+            log["install"]["status"].as_str()
+        ),
+        (Some("web"), Some("active"))
+    );
+    let (code, _) = s.get(&format!("/api/v1/clients/{}/log", "52:54:00:aa:00:77"));
+    assert_eq!(code, 404, "an unregistered MAC without an install");
+    error(
+        "a client never installed",
+        s.get("/api/v1/clients/db1/log"),
+        404,
+        "not_found",
+    );
+
+    // A boot action set through the API is an event on the stream.
+    let (code, c) = s.call(
+        "PUT",
+        "/api/v1/clients/db1/action",
+        Some(json!({"action": "recover db1@latest"})),
+    );
+    assert_eq!(
+        (code, c["action"].as_str(), c["arg"].as_str()),
+        (200, Some("recover"), Some("db1@latest")),
+        "{c}"
+    );
+    wait_event(&s, &ev, "client db1 set to recover", |v| {
+        v["type"] == "client" && v["name"] == "db1" && v["action"] == "recover db1@latest"
+    });
+    error(
+        "an unknown action",
+        s.call(
+            "PUT",
+            "/api/v1/clients/db1/action",
+            Some(json!({"action": "reboot twice"})),
+        ),
+        422,
+        "invalid",
+    );
+    error(
+        "setting an unknown client",
+        s.call(
+            "PUT",
+            "/api/v1/clients/nobody/action",
+            Some(json!({"action": "local"})),
+        ),
+        404,
+        "not_found",
+    );
+    assert_eq!(
+        s.get("/api/v1/clients/db1").1["client"]["action"],
+        "recover"
+    );
+    // A change from the local CLI is seen too.
+    s.ok(&["client", "set", "web1", "local"]);
+    wait_event(&s, &ev, "web1's change made by the local CLI", |v| {
+        v["type"] == "client" && v["name"] == "web1" && v["action"] == "local"
+    });
+
+    // The boot log, leases and schedules (empty on a server no client booted from).
+    assert_eq!(s.get("/api/v1/bootlog").0, 200);
+    assert_eq!(
+        s.get(&format!("/api/v1/bootlog?mac={web1}&limit=5")),
+        (200, json!([]))
+    );
+    error(
+        "a bad MAC filter",
+        s.get("/api/v1/bootlog?mac=zz"),
+        422,
+        "invalid",
+    );
+    error(
+        "a zero limit",
+        s.get("/api/v1/bootlog?limit=0"),
+        422,
+        "invalid",
+    );
+    assert_eq!(s.get("/api/v1/leases"), (200, json!([])));
+    assert_eq!(s.get("/api/v1/schedules"), (200, json!([])));
+
+    // Archives: none yet, then a store with two snapshots.
+    error("no store", s.get("/api/v1/archives"), 404, "not_found");
+    make_store(&s);
+    let (code, snaps) = s.get("/api/v1/archives?name=golden");
+    assert_eq!(code, 200);
+    let snaps = snaps.as_array().unwrap().clone();
+    assert_eq!(snaps.len(), 2);
+    let (first, second) = (
+        snaps[0]["id"].as_str().unwrap(),
+        snaps[1]["id"].as_str().unwrap(),
+    );
+    assert_eq!(s.get("/api/v1/archives?name=other"), (200, json!([])));
+    let (code, one) = s.get("/api/v1/archives/golden");
+    assert_eq!(
+        (code, one["manifest"]["id"].as_str()),
+        (200, Some(second)),
+        "the latest: {one}"
+    );
+    assert!(one["entries"].is_null());
+    let (_, one) = s.get(&format!("/api/v1/archives/{first}?entries=true"));
+    assert!(
+        one["entries"].as_array().is_some_and(|e| e.len() >= 3),
+        "{one}"
+    );
+    error(
+        "an unknown snapshot",
+        s.get("/api/v1/archives/nothing"),
+        404,
+        "not_found",
+    );
+    let (code, diff) = s.get(&format!("/api/v1/archives/diff?from={first}&to={second}"));
+    assert_eq!(code, 200, "{diff}");
+    assert_eq!(diff["kind"], "tree");
+    let changes = diff["changes"].to_string();
+    assert!(
+        changes.contains("etc/hostname") && changes.contains("\"new\""),
+        "{diff}"
+    );
+    error(
+        "a diff from nothing",
+        s.get(&format!("/api/v1/archives/diff?from=nothing&to={second}")),
+        404,
+        "not_found",
+    );
+    let (code, st) = s.get("/api/v1/archives/stats");
+    assert_eq!((code, st["snapshots"].as_u64()), (200, Some(2)), "{st}");
+
+    // Verify as a job, followed to done, its progress on the event stream too.
+    error(
+        "a bad sample",
+        s.call("POST", "/api/v1/archives/verify?sample=3", None),
+        422,
+        "invalid",
+    );
+    let (code, started) = s.call("POST", "/api/v1/archives/verify", None);
+    assert_eq!(code, 202, "{started}");
+    let id = started["job"].as_u64().unwrap();
+    let job = follow(&s, id);
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(
+        (job["done"].as_u64(), job["total"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(job["result"]["problems"], json!([]), "{job}");
+    assert!(
+        job["log"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("verifying store"),
+        "{job}"
+    );
+    wait_event(&s, &ev, "the verify job done", |v| {
+        v["type"] == "job" && v["id"] == id && v["state"] == "done"
+    });
+    assert!(s
+        .get("/api/v1/jobs")
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["id"] == id));
+    // An uploaded tar imported as a job: its bytes read are its progress.
+    let tar = s.dir.path().join("up.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(s.dir.path().join("src"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bytes = std::fs::read(&tar).unwrap();
+    let upload = |name: &str, bytes: &[u8]| {
+        let mut r = Server::agent()
+            .post(format!("{}/api/v1/archives/import?name={name}", s.url))
+            .header("Authorization", &format!("Bearer {}", s.token))
+            .send(bytes)
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        (status, v)
+    };
+    error(
+        "a bad snapshot name",
+        upload("bad@name", b""),
+        422,
+        "invalid",
+    );
+    let (code, started) = upload("uploaded", &bytes);
+    assert_eq!(code, 202, "{started}");
+    let job = follow(&s, started["job"].as_u64().unwrap());
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["done"], job["total"], "{job}");
+    assert!(job["total"].as_u64().unwrap() >= 300_000, "{job}");
+    assert_eq!(job["result"]["name"], "uploaded");
+    let (_, snaps) = s.get("/api/v1/archives?name=uploaded");
+    assert_eq!(snaps[0]["id"], job["result"]["id"], "{snaps}");
+    let left = std::fs::read_dir(s.state().join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the upload was not removed");
+
+    error(
+        "an unknown job",
+        s.get("/api/v1/jobs/999"),
+        404,
+        "not_found",
+    );
+    error(
+        "a job id that is no number",
+        s.get("/api/v1/jobs/x"),
+        404,
+        "not_found",
+    );
+
+    // Guests: defined, not running.
+    s.define_guest("g1");
+    let (code, g) = s.get("/api/v1/guests");
+    assert_eq!(
+        (code, g[0]["name"].as_str(), g[0]["state"].as_str()),
+        (200, Some("g1"), Some("defined")),
+        "{g}"
+    );
+    assert_eq!(s.get("/api/v1/guests/g1").1["mem"], 64 << 20);
+    error(
+        "an unknown guest",
+        s.get("/api/v1/guests/nope"),
+        404,
+        "not_found",
+    );
+    error(
+        "starting an unknown guest",
+        s.call("POST", "/api/v1/guests/nope/start", None),
+        404,
+        "not_found",
+    );
+    error(
+        "stopping a guest not running",
+        s.call("POST", "/api/v1/guests/g1/stop", None),
+        409,
+        "conflict",
+    );
+    error(
+        "a stop waiting too long",
+        s.call("POST", "/api/v1/guests/g1/stop?timeout=1000", None),
+        422,
+        "invalid",
+    );
+
+    // Removal last: the client goes, and says so on the stream.
+    let (code, c) = s.call("DELETE", "/api/v1/clients/web1", None);
+    assert_eq!((code, c["name"].as_str()), (200, Some("web1")));
+    error(
+        "removing it again",
+        s.call("DELETE", "/api/v1/clients/web1", None),
+        404,
+        "not_found",
+    );
+    wait_event(&s, &ev, "web1 gone", |v| {
+        v["type"] == "client" && v["name"] == "web1" && v["action"].is_null()
+    });
+}
+
+#[test]
+fn the_cli_prints_the_same_through_the_server_as_locally() {
+    let s = Server::start();
+    make_store(&s);
+    s.ok(&[
+        "client",
+        "add",
+        "52:54:00:bb:00:01",
+        "web1",
+        "install",
+        "web",
+    ]);
+    s.ok(&["client", "add", "52:54:00:bb:00:02", "db1"]);
+    s.define_guest("g1");
+    let url = s.url.clone();
+    let remote = [("IGNITE_SERVER", url.as_str())];
+    for args in [
+        vec!["client", "list"],
+        vec!["client", "list", "--json"],
+        vec!["client", "show", "web1"],
+        vec!["client", "show", "52:54:00:bb:00:02", "--json"],
+        vec!["archive", "list"],
+        vec!["archive", "list", "--json", "--name", "golden"],
+        vec!["archive", "show", "golden", "--entries"],
+        vec!["vm", "list"],
+        vec!["vm", "show", "g1"],
+    ] {
+        let local = s.ignite(&args, &[]);
+        let via = s.ignite(&args, &remote);
+        assert!(
+            local.0 && via.0,
+            "{args:?}: local {} / server {}",
+            local.2,
+            via.2
+        );
+        assert_eq!(
+            via.1, local.1,
+            "{args:?} through the server differs from local"
+        );
+        // Quiet on stderr when the server answered.
+        assert_eq!(via.2, "", "{args:?}");
+        assert!(!local.1.is_empty(), "{args:?}");
+    }
+    // An install's log (none written yet), and a client that never installed.
+    for args in [["client", "log", "web1"], ["client", "log", "db1"]] {
+        let local = s.ignite(&args, &[]);
+        let via = s.ignite(&args, &remote);
+        assert_eq!((via.0, &via.1), (local.0, &local.1), "{args:?}: {}", via.2);
+    }
+    let (ok, _, err) = s.ignite(&["client", "log", "db1"], &remote);
+    assert!(
+        !ok && err.contains("no install was ever scheduled"),
+        "{err}"
+    );
+    // `--server` on the command line, changes through the API, errors from it.
+    let out = s.ok(&["client", "--server", &url, "set", "db1", "capture"]);
+    assert_eq!(out, "client db1 (52:54:00:bb:00:02): capture\n");
+    assert_eq!(
+        s.get("/api/v1/clients/db1").1["client"]["action"],
+        "capture"
+    );
+    let (ok, _, err) = s.ignite(&["client", "set", "db1", "reboot"], &remote);
+    assert!(!ok && err.contains("not a boot action"), "{err}");
+    let (ok, _, err) = s.ignite(&["client", "show", "nobody"], &remote);
+    assert!(!ok && err.contains("not registered"), "{err}");
+    let out = s.ok(&["client", "remove", "db1", "--server", &url]);
+    assert_eq!(out, "removed client db1 (52:54:00:bb:00:02)\n");
+    assert_eq!(s.get("/api/v1/clients/db1").0, 404);
+    let (ok, _, err) = s.ignite(&["vm", "stop", "g1"], &remote);
+    assert!(!ok && err.contains("guest g1 is not running"), "{err}");
+    // A wrong token is refused, and said so.
+    let (ok, _, err) = s.ignite(&["client", "list", "--token", &"0".repeat(64)], &remote);
+    assert!(!ok && err.contains("wrong token"), "{err}");
+
+    // Only the commands that go through the API read IGNITE_SERVER: a local capture with
+    // it set stays a capture of a local guest, not one over the network.
+    let (ok, _, err) = s.ignite(&["recovery", "capture", "nosuchguest"], &remote);
+    assert!(!ok && err.contains("guest nosuchguest is not defined"), "{err}");
+    // A server that does not answer: the local state, said on stderr.
+    let gone = [("IGNITE_SERVER", "http://127.0.0.1:9")];
+    let local = s.ignite(&["client", "list"], &[]);
+    let (ok, out, err) = s.ignite(&["client", "list"], &gone);
+    assert!(ok, "{err}");
+    assert_eq!(out, local.1);
+    assert!(
+        err.contains("http://127.0.0.1:9 is unreachable") && err.contains("using the local state"),
+        "{err}"
+    );
+}
+
+/// Starting a running guest is a conflict; a bundled guest program started and stopped
+/// through the API. Needs /dev/kvm.
+#[test]
+fn guests_start_and_stop_through_the_api() {
+    if !ignite_e2e::require_all(&[("/dev/kvm (read-write)", ignite_e2e::have_kvm())]) {
+        return;
+    }
+    let s = Server::start();
+    let prog = s.dir.path().join("console.elf");
+    std::fs::write(&prog, ignite_vmm::guest::program("console").unwrap()).unwrap();
+    let boot = format!("kernel={},cmdline=expect=never", prog.display());
+    s.ok(&[
+        "vm", "create", "con1", "--mem", "64M", "--boot", &boot, "--engine", "bundled",
+    ]);
+    let (code, st) = s.call("POST", "/api/v1/guests/con1/start", None);
+    assert_eq!(code, 200, "{st}\n{}", s.log_text());
+    assert_eq!(st["engine"], "bundled");
+    assert_eq!(s.get("/api/v1/guests/con1").1["state"], "running");
+    let m = error(
+        "starting it again",
+        s.call("POST", "/api/v1/guests/con1/start", None),
+        409,
+        "conflict",
+    );
+    assert!(m.contains("already running"), "{m}");
+    let pid = st["pid"].as_u64().unwrap();
+    let (code, v) = s.call(
+        "POST",
+        "/api/v1/guests/con1/stop?force=true&timeout=20",
+        None,
+    );
+    assert_eq!((code, v["state"].as_str()), (200, Some("stopped")), "{v}");
+    // The supervisor, the server's child, was waited for: no zombie stays behind.
+    let stat = format!("/proc/{pid}/stat");
+    let t = Instant::now();
+    while let Ok(st) = std::fs::read_to_string(&stat) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the supervisor {pid} was not reaped: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
