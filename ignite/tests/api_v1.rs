@@ -757,7 +757,10 @@ fn the_cli_prints_the_same_through_the_server_as_locally() {
     // Only the commands that go through the API read IGNITE_SERVER: a local capture with
     // it set stays a capture of a local guest, not one over the network.
     let (ok, _, err) = s.ignite(&["recovery", "capture", "nosuchguest"], &remote);
-    assert!(!ok && err.contains("guest nosuchguest is not defined"), "{err}");
+    assert!(
+        !ok && err.contains("guest nosuchguest is not defined"),
+        "{err}"
+    );
     // A server that does not answer: the local state, said on stderr.
     let gone = [("IGNITE_SERVER", "http://127.0.0.1:9")];
     let local = s.ignite(&["client", "list"], &[]);

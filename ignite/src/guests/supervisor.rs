@@ -103,6 +103,8 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
     let t = Instant::now();
     loop {
         if let Some(s) = control::status(&paths.control())? {
+            // A long-lived caller (the server) must not keep one zombie per guest run.
+            std::thread::spawn(move || child.wait());
             return Ok(s);
         }
         if let Some(code) = child.try_wait()? {

@@ -104,25 +104,9 @@ pub async fn start(State(api): Ctx, UrlPath(name): UrlPath<String>) -> V1Result<
         }
         let s = supervisor::start(&api.state_dir, &name)?;
         tracing::info!("API: started guest {name} (pid {})", s.pid);
-        reap(s.pid);
         Ok(Json(s))
     })
     .await
-}
-
-/// Waits for the supervisor `pid` (the server's child) on a thread of its own: the server
-/// lives on after the guest stops, and must not keep one zombie per guest run.
-fn reap(pid: u32) {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    std::thread::spawn(move || {
-        // Not our child (it ended before `start` saw it run, and was waited for): ECHILD.
-        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-    });
 }
 
 /// Stop a guest
