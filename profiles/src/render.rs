@@ -155,6 +155,9 @@ pub struct VolumePlan {
     /// `/dev/mapper/<vg>-<name>`.
     pub device: String,
     pub size_bytes: u64,
+    /// Takes the extents the others leave (`size = "rest"`): made last, with all of them.
+    #[serde(default)]
+    pub rest: bool,
     pub fs: Option<Fs>,
     pub mount: Option<String>,
     pub options: Vec<String>,
@@ -379,6 +382,7 @@ impl Profile {
                     name: v.name.clone(),
                     device: volume_device(&l.vg, &v.name),
                     size_bytes: size,
+                    rest: v.size == Size::Rest,
                     fs: v.fs,
                     mount: v.mount.clone(),
                     options: v.options.clone(),

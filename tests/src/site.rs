@@ -353,6 +353,31 @@ impl Guest {
         );
     }
 
+    /// Starts the guest again once it has powered off with only its disk `keep`, the others
+    /// taken out (as a failed disk is): that disk is the machine's only one, on its own
+    /// controller, with the same firmware variables; the console goes to a new file named
+    /// after `boot`.
+    pub fn boot_with_only_disk(&mut self, lab: &Lab, boot: &str, keep: usize) {
+        assert!(self.exited(), "{} is still running", self.name);
+        self.serial = self.dir.join(format!("{}-{boot}.serial", self.name));
+        let hw = Hardware {
+            nic: self.hw.nic,
+            disks: vec![self.hw.disks[keep]],
+        };
+        self.child = launch(
+            lab,
+            &self.dir,
+            &self.name,
+            &self.mac,
+            &self.tap,
+            &self.disk_at(keep),
+            &hw,
+            &self.serial,
+            self.fw,
+            self.cpus,
+        );
+    }
+
     /// The disk image (for the host to look at once the guest is off).
     pub fn disk(&self) -> &Path {
         &self.disk
