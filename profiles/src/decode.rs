@@ -452,16 +452,8 @@ impl<'a> Decoder<'a> {
             self.err(ploc, "disk.partitions is empty; add [[disk.partitions]] entries (e.g. size = \"rest\", fs = \"ext4\", mount = \"/\")");
             return None;
         }
-        let mut out = Vec::new();
-        for (i, (pt, loc)) in parts.iter().enumerate() {
-            match self.partition(Holder::Disk, i + 1, pt, *loc) {
-                Some(p) => {
-                    ok &= p.ok;
-                    out.push(p);
-                }
-                None => ok = false,
-            }
-        }
+        let (out, parts_ok) = self.partitions(Holder::Disk, &parts);
+        ok &= parts_ok;
         // The cross-partition rules run on whatever decoded, so their errors come out with
         // the others; "/ is missing" only when every partition decoded (no false alarm).
         self.layout_rules(&out);
@@ -474,6 +466,22 @@ impl<'a> Decoder<'a> {
             loc: ploc,
             complete: ok && complete,
         })
+    }
+
+    /// Each of `tables` as a partition (or volume) of `on`; false when any had an error.
+    fn partitions(&mut self, on: Holder, tables: &[At<&Table>]) -> (Vec<PartDecoded>, bool) {
+        let mut ok = true;
+        let mut out = Vec::new();
+        for (i, (t, loc)) in tables.iter().enumerate() {
+            match self.partition(on, i + 1, t, *loc) {
+                Some(p) => {
+                    ok &= p.ok;
+                    out.push(p);
+                }
+                None => ok = false,
+            }
+        }
+        (out, ok)
     }
 
     /// A partition, or a logical volume (written the same way, without `type`).
@@ -951,20 +959,12 @@ impl<'a> Decoder<'a> {
             }
             return None;
         };
-        let mut volumes = Vec::new();
-        for (i, (vt, loc)) in vols.iter().enumerate() {
-            match self.partition(Holder::Lvm, i + 1, vt, *loc) {
-                Some(v) => {
-                    ok &= v.ok;
-                    volumes.push(v);
-                }
-                None => ok = false,
-            }
-        }
-        if volumes.is_empty() && vols.is_empty() {
+        if vols.is_empty() {
             self.err(vloc, "lvm.volumes is empty; add [[lvm.volumes]] entries (e.g. name = \"root\", size = \"rest\", fs = \"ext4\", mount = \"/\")");
             return None;
         }
+        let (volumes, vols_ok) = self.partitions(Holder::Lvm, &vols);
+        ok &= vols_ok;
         self.layout_rules(&volumes);
         let mut names: Vec<&str> = Vec::new();
         for v in &volumes {

@@ -358,24 +358,19 @@ impl Guest {
     /// controller, with the same firmware variables; the console goes to a new file named
     /// after `boot`.
     pub fn boot_with_only_disk(&mut self, lab: &Lab, boot: &str, keep: usize) {
-        assert!(self.exited(), "{} is still running", self.name);
-        self.serial = self.dir.join(format!("{}-{boot}.serial", self.name));
-        let hw = Hardware {
+        let only = Hardware {
             nic: self.hw.nic,
             disks: vec![self.hw.disks[keep]],
         };
-        self.child = launch(
-            lab,
-            &self.dir,
-            &self.name,
-            &self.mac,
-            &self.tap,
-            &self.disk_at(keep),
-            &hw,
-            &self.serial,
-            self.fw,
-            self.cpus,
+        let first = self.disk_at(keep);
+        // Started as a machine with that one disk; then the guest is again the one that owns
+        // all its disks (for `disk_at` and for removing them when dropped).
+        let all = (
+            std::mem::replace(&mut self.disk, first),
+            std::mem::replace(&mut self.hw, only),
         );
+        self.boot_again(lab, boot);
+        (self.disk, self.hw) = all;
     }
 
     /// The disk image (for the host to look at once the guest is off).
