@@ -976,3 +976,39 @@ fn lvm_on_plain_partitions_spans_every_disk() {
     assert_eq!(lvm.volumes[1].size_bytes, extents / 2 * EXTENT);
     assert_eq!(lvm.volumes[0].size_bytes, (extents - extents / 2) * EXTENT);
 }
+
+#[test]
+fn pick_smallest_takes_the_smallest_disks_that_fit_in_the_clients_order() {
+    let text = mirror(
+        "count = 2\npick = \"smallest\"",
+        ESP_AND_MEMBER,
+        "[raid]\nlevel = 1",
+        VG,
+    );
+    let p = load(&text).unwrap();
+    let disk = |path: &str, size: u64| DiskFact {
+        path: path.into(),
+        size,
+        ..Default::default()
+    };
+    let mut f = facts(0);
+    f.disks = vec![
+        disk("/dev/sda", 8 << 30),
+        disk("/dev/sdb", 200 << 20),
+        disk("/dev/sdc", 6 << 30),
+        disk("/dev/sdd", 4 << 30),
+    ];
+    let plan = p.render(&f).unwrap();
+    let paths: Vec<&str> = plan.disks().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/dev/sdc", "/dev/sdd"],
+        "sdb is too small for the layout"
+    );
+    // Laid out for the smaller of the two.
+    assert_eq!(
+        plan.raid.unwrap().size_bytes + RAID_DATA_OFFSET,
+        plan.disk.partitions[1].size_bytes
+    );
+    assert!(plan.disk.partitions[1].end_sector < (4u64 << 30) / 512);
+}
