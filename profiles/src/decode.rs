@@ -23,6 +23,8 @@ const ROOT_KEYS: &[&str] = &[
     "identity",
     "network",
     "boot",
+    "raid",
+    "lvm",
     "hooks",
 ];
 const DISK_KEYS: &[&str] = &[
@@ -34,9 +36,15 @@ const DISK_KEYS: &[&str] = &[
     "media",
     "pick",
     "table",
+    "count",
     "partitions",
 ];
 const PART_KEYS: &[&str] = &["name", "type", "size", "fs", "mount", "options"];
+const RAID_KEYS: &[&str] = &["level"];
+const LVM_KEYS: &[&str] = &["vg", "volumes"];
+const VOLUME_KEYS: &[&str] = &["name", "size", "fs", "mount", "options"];
+/// The most disks one layout goes on.
+const MAX_DISKS: i64 = 16;
 const IDENTITY_KEYS: &[&str] = &[
     "hostname",
     "fresh_machine_id",
@@ -257,9 +265,16 @@ impl<'a> Decoder<'a> {
         let identity = self.identity(root);
         let network = self.network(root);
         let boot = self.boot(root);
+        let raid = self.raid(root);
+        let lvm = self.lvm(root);
         let hooks = self.hooks(root);
-        if let (Some(disk), Some(boot)) = (&disk, &boot) {
-            self.boot_vs_disk(disk, boot);
+        if let (Some(disk), Some(raid), Some(lvm)) = (&disk, &raid, &lvm) {
+            self.volume_rules(disk, *raid, lvm.as_ref());
+        }
+        if let (Some(disk), Some(boot), Some(lvm)) = (&disk, &boot, &lvm) {
+            if disk.complete {
+                self.boot_vs_disk(disk, lvm.as_ref(), boot);
+            }
         }
         let (
             Some(archive),
@@ -267,12 +282,14 @@ impl<'a> Decoder<'a> {
             Some((identity, template)),
             Some(network),
             Some(boot),
+            Some(raid),
+            Some(lvm),
             Some(hooks),
-        ) = (archive, disk, identity, network, boot, hooks)
+        ) = (archive, disk, identity, network, boot, raid, lvm, hooks)
         else {
             return None;
         };
-        if !self.errs.is_empty() {
+        if !self.errs.is_empty() || !disk.complete || lvm.as_ref().is_some_and(|l| !l.complete) {
             return None;
         }
         Some(Profile {
@@ -282,8 +299,14 @@ impl<'a> Decoder<'a> {
             disk: DiskSpec {
                 select: disk.select,
                 table: PartitionTable::Gpt,
+                count: disk.count.0,
                 partitions: disk.parts.into_iter().map(|p| p.spec).collect(),
             },
+            raid: raid.map(|r| r.0),
+            lvm: lvm.map(|l| LvmSpec {
+                vg: l.vg,
+                volumes: l.volumes.into_iter().map(|v| v.spec).collect(),
+            }),
             identity,
             network,
             boot: Boot {
@@ -410,6 +433,15 @@ impl<'a> Decoder<'a> {
             select.pick = p;
         }
         self.choice(t, "disk.", "table", &[("gpt", PartitionTable::Gpt)]);
+        let mut count = (1, None);
+        if let Some((n, loc)) = self.int(t, "disk.", "count", "count = 2") {
+            if (1..=MAX_DISKS).contains(&n) {
+                count = (n as usize, Some(loc));
+            } else {
+                self.err(loc, format!("disk.count {n} is not a number of disks; write 1 to {MAX_DISKS}, e.g. count = 2 for a mirror"));
+                ok = false;
+            }
+        }
         let Some((parts, ploc)) = self.tables(t, "disk.", "partitions") else {
             if t.get("partitions").is_none() {
                 self.err(tloc, "[disk] has no partitions; add [[disk.partitions]] entries (e.g. size = \"rest\", fs = \"ext4\", mount = \"/\")");
@@ -420,9 +452,28 @@ impl<'a> Decoder<'a> {
             self.err(ploc, "disk.partitions is empty; add [[disk.partitions]] entries (e.g. size = \"rest\", fs = \"ext4\", mount = \"/\")");
             return None;
         }
+        let (out, parts_ok) = self.partitions(Holder::Disk, &parts);
+        ok &= parts_ok;
+        // The cross-partition rules run on whatever decoded, so their errors come out with
+        // the others; "/ is missing" only when every partition decoded (no false alarm).
+        self.layout_rules(&out);
+        // Returned with its errors too: the rules across tables still run on what decoded.
+        let complete = out.len() == parts.len();
+        Some(DiskDecoded {
+            select,
+            count,
+            parts: out,
+            loc: ploc,
+            complete: ok && complete,
+        })
+    }
+
+    /// Each of `tables` as a partition (or volume) of `on`; false when any had an error.
+    fn partitions(&mut self, on: Holder, tables: &[At<&Table>]) -> (Vec<PartDecoded>, bool) {
+        let mut ok = true;
         let mut out = Vec::new();
-        for (i, (pt, loc)) in parts.iter().enumerate() {
-            match self.partition(i + 1, pt, *loc) {
+        for (i, (t, loc)) in tables.iter().enumerate() {
+            match self.partition(on, i + 1, t, *loc) {
                 Some(p) => {
                     ok &= p.ok;
                     out.push(p);
@@ -430,35 +481,46 @@ impl<'a> Decoder<'a> {
                 None => ok = false,
             }
         }
-        // The cross-partition rules run on whatever decoded, so their errors come out with
-        // the others; "/ is missing" only when every partition decoded (no false alarm).
-        self.layout_rules(&out, ploc, ok && out.len() == parts.len());
-        if !ok {
-            return None;
-        }
-        Some(DiskDecoded {
-            select,
-            parts: out,
-            loc: ploc,
-        })
+        (out, ok)
     }
 
-    fn partition(&mut self, n: usize, t: &Table, loc: Loc) -> Option<PartDecoded> {
-        let what = format!("[[disk.partitions]] #{n}");
-        let path = format!("disk.partitions[{n}].");
-        self.keys(t, &what, PART_KEYS);
-        let mut ok = true;
-        let kind = self.choice(
+    /// A partition, or a logical volume (written the same way, without `type`).
+    fn partition(&mut self, on: Holder, n: usize, t: &Table, loc: Loc) -> Option<PartDecoded> {
+        let (what, path) = match on {
+            Holder::Disk => (
+                format!("[[disk.partitions]] #{n}"),
+                format!("disk.partitions[{n}]."),
+            ),
+            Holder::Lvm => (
+                format!("[[lvm.volumes]] #{n}"),
+                format!("lvm.volumes[{n}]."),
+            ),
+        };
+        self.keys(
             t,
-            &path,
-            "type",
-            &[
-                ("linux", PartKind::Linux),
-                ("efi", PartKind::Efi),
-                ("bios_boot", PartKind::BiosBoot),
-                ("swap", PartKind::Swap),
-            ],
+            &what,
+            match on {
+                Holder::Disk => PART_KEYS,
+                Holder::Lvm => VOLUME_KEYS,
+            },
         );
+        let mut ok = true;
+        let kind = match on {
+            Holder::Disk => self.choice(
+                t,
+                &path,
+                "type",
+                &[
+                    ("linux", PartKind::Linux),
+                    ("efi", PartKind::Efi),
+                    ("bios_boot", PartKind::BiosBoot),
+                    ("swap", PartKind::Swap),
+                    ("raid", PartKind::Raid),
+                    ("lvm", PartKind::Lvm),
+                ],
+            ),
+            Holder::Lvm => None,
+        };
         if kind.is_none() && t.get("type").is_some() {
             ok = false;
         }
@@ -569,6 +631,16 @@ impl<'a> Decoder<'a> {
                 self.err(l, "a bios_boot partition holds GRUB's core image, not a file system; remove fs (and mount)");
                 ok = false;
             }
+            (PartKind::Raid | PartKind::Lvm, Some(_)) => {
+                let l = fs.map(|x| x.1).unwrap_or(loc);
+                let (k, on) = if kind_v == PartKind::Raid {
+                    ("raid", "the RAID array, through [lvm] volumes")
+                } else {
+                    ("lvm", "[lvm] volumes")
+                };
+                self.err(l, format!("a {k} partition holds no file system of its own; remove fs (and mount) and put file systems on {on}"));
+                ok = false;
+            }
             (PartKind::Swap, Some(f)) if f != Fs::Swap => {
                 let l = fs.map(|x| x.1).unwrap_or(loc);
                 self.err(
@@ -618,11 +690,21 @@ impl<'a> Decoder<'a> {
             (PartKind::Efi, _) => "efi".to_string(),
             (PartKind::BiosBoot, _) => "bios_boot".to_string(),
             (PartKind::Swap, _) => "swap".to_string(),
+            (PartKind::Raid, _) => "raid".to_string(),
+            (PartKind::Lvm, _) => "lvm".to_string(),
             (_, Some("/")) => "root".to_string(),
             (_, Some(m)) => m.trim_start_matches('/').replace('/', "-"),
+            (_, None) if on == Holder::Lvm => format!("lv{n}"),
             (_, None) => format!("part{n}"),
         };
+        if let (Holder::Lvm, Some((nm, nloc))) = (on, &name) {
+            if let Some(why) = lvm_name_problem(nm) {
+                self.err(*nloc, format!("volume name {nm:?} {why}"));
+                ok = false;
+            }
+        }
         Some(PartDecoded {
+            on,
             spec: PartitionSpec {
                 name: name.map(|n| n.0).unwrap_or(default_name),
                 kind: kind_v,
@@ -641,10 +723,11 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    fn layout_rules(&mut self, parts: &[PartDecoded], ploc: Loc, complete: bool) {
-        let mut rest_seen: Option<usize> = None; // partition number
+    /// Sizes within one container (a disk's partitions, or a volume group's volumes): one
+    /// "rest" at most, percentages within 100.
+    fn layout_rules(&mut self, parts: &[PartDecoded]) {
+        let mut rest_seen: Option<usize> = None;
         let mut pct = 0u32;
-        let mut mounts: Vec<(String, usize, Loc)> = Vec::new();
         for p in parts {
             match if p.size_ok {
                 p.spec.size
@@ -653,7 +736,8 @@ impl<'a> Decoder<'a> {
             } {
                 Size::Rest => {
                     if let Some(first) = rest_seen {
-                        self.err(p.size_loc, format!("partition {} also has size \"rest\" (partition {first} already takes the rest); give it a size such as \"10G\" or \"20%\"", p.n));
+                        let noun = p.on.noun();
+                        self.err(p.size_loc, format!("{noun} {} also has size \"rest\" ({noun} {first} already takes the rest); give it a size such as \"10G\" or \"20%\"", p.n));
                     } else {
                         rest_seen = Some(p.n);
                     }
@@ -662,34 +746,124 @@ impl<'a> Decoder<'a> {
                     let before = pct;
                     pct += n;
                     if pct > 100 && before <= 100 {
-                        self.err(p.size_loc, format!("percentages add up to {pct}% with this partition (over 100%); lower \"{n}%\" to at most \"{}%\" or use \"rest\"", 100 - before));
+                        self.err(p.size_loc, format!("percentages add up to {pct}% with this {} (over 100%); lower \"{n}%\" to at most \"{}%\" or use \"rest\"", p.on.noun(), 100 - before));
                     }
                 }
                 Size::Bytes(_) => {}
             }
-            if let (Some(m), Some(mloc)) = (&p.spec.mount, p.mount_loc) {
-                if let Some((_, j, _)) = mounts.iter().find(|x| &x.0 == m) {
-                    self.err(mloc, format!("mount point {m:?} is already used by partition {j}; use each mount point once"));
-                } else {
-                    mounts.push((m.clone(), p.n, mloc));
-                }
-            } else if let Some(m) = &p.spec.mount {
-                mounts.push((m.clone(), p.n, p.loc));
-            }
-        }
-        let has_fs = parts
-            .iter()
-            .any(|p| matches!(p.spec.fs, Some(Fs::Ext4 | Fs::Xfs | Fs::Vfat)));
-        if complete && has_fs && !mounts.iter().any(|m| m.0 == "/") {
-            self.err(ploc, "no partition is mounted at \"/\"; add mount = \"/\" to the root partition (e.g. size = \"rest\", fs = \"ext4\", mount = \"/\")");
         }
     }
 
-    fn boot_vs_disk(&mut self, disk: &DiskDecoded, boot: &BootDecoded) {
+    /// Mount points across the partitions and the volumes: each used once, and "/" among
+    /// them (said only when everything decoded, so there is no false alarm).
+    fn mount_rules(&mut self, disk: &DiskDecoded, lvm: Option<&LvmDecoded>) {
+        let all: Vec<&PartDecoded> = disk
+            .parts
+            .iter()
+            .chain(lvm.iter().flat_map(|l| &l.volumes))
+            .collect();
+        let mut mounts: Vec<(&str, &PartDecoded)> = Vec::new();
+        for p in &all {
+            let Some(m) = &p.spec.mount else { continue };
+            if let Some((_, q)) = mounts.iter().find(|x| x.0 == m) {
+                let l = p.mount_loc.unwrap_or(p.loc);
+                self.err(
+                    l,
+                    format!(
+                        "mount point {m:?} is already used by {} {}; use each mount point once",
+                        q.on.noun(),
+                        q.n
+                    ),
+                );
+            } else {
+                mounts.push((m, p));
+            }
+        }
+        let complete = disk.complete && lvm.is_none_or(|l| l.complete);
+        let has_fs = all
+            .iter()
+            .any(|p| matches!(p.spec.fs, Some(Fs::Ext4 | Fs::Xfs | Fs::Vfat)));
+        if complete && has_fs && !mounts.iter().any(|m| m.0 == "/") {
+            let (l, what) = match lvm {
+                Some(l) => (l.loc, "volume"),
+                None => (disk.loc, "partition"),
+            };
+            self.err(l, format!("no {what} is mounted at \"/\"; add mount = \"/\" to the root {what} (e.g. size = \"rest\", fs = \"ext4\", mount = \"/\")"));
+        }
+    }
+
+    /// `[raid]` and `[lvm]` against the partitions: what holds each, on how many disks.
+    fn volume_rules(
+        &mut self,
+        disk: &DiskDecoded,
+        raid: Option<At<RaidSpec>>,
+        lvm: Option<&LvmDecoded>,
+    ) {
+        self.mount_rules(disk, lvm);
+        let of = |k: PartKind| -> Vec<&PartDecoded> {
+            disk.parts.iter().filter(|p| p.spec.kind == k).collect()
+        };
+        let (raids, lvms) = (of(PartKind::Raid), of(PartKind::Lvm));
+        let (count, count_loc) = disk.count;
+        match (raid, raids.as_slice()) {
+            (Some((_, rloc)), []) => self.err(rloc, "[raid] has no members; add a partition of type = \"raid\" (e.g. size = \"rest\") to [[disk.partitions]]: each disk's one is a member"),
+            (None, [p, ..]) => self.err(p.loc, format!("partition {} is of type \"raid\" but the profile has no [raid]; add [raid] level = 1 (and disk.count = 2)", p.n)),
+            (Some(_), [_, p, ..]) => self.err(p.loc, format!("partition {} is a second raid partition; one array is made, from one raid partition on each disk", p.n)),
+            (Some((_, rloc)), [_]) if count < 2 => self.err(count_loc.unwrap_or(rloc), format!("[raid] level 1 mirrors disks, but disk.count is {count}; set disk.count = 2 in [disk]")),
+            _ => {}
+        }
+        if let Some(l) = lvm {
+            if raid.is_some() && !lvms.is_empty() {
+                self.err(lvms[0].loc, format!("partition {} is of type \"lvm\" but with [raid] the volume group is on the array; remove it or change it to type = \"raid\"", lvms[0].n));
+            }
+            if raid.is_none() && lvms.is_empty() {
+                self.err(l.loc, "[lvm] has no physical volume: add [raid] (the array becomes its physical volume) or a partition of type = \"lvm\"");
+            }
+        } else if let Some(p) = lvms.first() {
+            self.err(p.loc, format!("partition {} is of type \"lvm\" but the profile has no [lvm]; add [lvm] vg = \"vg0\" with [[lvm.volumes]]", p.n));
+        } else if let (Some((_, rloc)), false) = (raid, raids.is_empty()) {
+            self.err(rloc, "[raid] makes an array but nothing goes on it; add [lvm] with [[lvm.volumes]] (the array becomes its physical volume)");
+        }
+        // Several disks each get the layout: their own file systems would share mount
+        // points, so only the ESP (one per disk, each bootable) may have one.
+        if count > 1 {
+            for p in &disk.parts {
+                if p.spec.fs.is_some() && p.spec.kind != PartKind::Efi {
+                    let l = p.fs_loc.unwrap_or(p.loc);
+                    self.err(l, format!("partition {} has a file system, but disk.count = {count} puts this layout on every disk; on several disks only the EFI partition has one of its own: put file systems on [lvm] volumes", p.n));
+                }
+            }
+        }
+    }
+
+    fn boot_vs_disk(&mut self, disk: &DiskDecoded, lvm: Option<&LvmDecoded>, boot: &BootDecoded) {
         let (loader, lloc) = boot.loader;
         let (fw, floc) = boot.firmware;
         if loader == Loader::None {
             return;
+        }
+        if loader == Loader::Extlinux {
+            let on_lvm = lvm.and_then(|l| {
+                ["/boot", "/"].iter().find_map(|m| {
+                    let in_volume = l
+                        .volumes
+                        .iter()
+                        .find(|v| v.spec.mount.as_deref() == Some(*m));
+                    let in_partition = disk
+                        .parts
+                        .iter()
+                        .any(|p| p.spec.mount.as_deref() == Some(*m));
+                    if in_partition {
+                        None
+                    } else {
+                        in_volume
+                    }
+                })
+            });
+            if let Some(v) = on_lvm {
+                let l = v.mount_loc.unwrap_or(v.loc);
+                self.err(l, format!("extlinux cannot read LVM, but {} is on volume {}; use loader = \"grub\" (it reads LVM and RAID) or put /boot on its own partition", v.spec.mount.as_deref().unwrap_or("/"), v.n));
+            }
         }
         let has = |k: PartKind| disk.parts.iter().any(|p| p.spec.kind == k);
         if matches!(fw, Firmware::Uefi | Firmware::Both) && !has(PartKind::Efi) {
@@ -735,6 +909,84 @@ impl<'a> Decoder<'a> {
             ),
             Some(Fs::Swap) => {}
         }
+    }
+
+    /// `[raid]`: Some(None) when the profile has none.
+    fn raid(&mut self, root: &Table) -> Option<Option<At<RaidSpec>>> {
+        let Some((t, tloc)) = self.table(root, "", "raid") else {
+            return root.get("raid").is_none().then_some(None);
+        };
+        self.keys(t, "[raid]", RAID_KEYS);
+        let Some((level, lloc)) = self.int(t, "raid.", "level", "level = 1") else {
+            if t.get("level").is_none() {
+                self.err(
+                    tloc,
+                    "[raid] has no level; add level = 1 (a mirror across the disks)",
+                );
+            }
+            return None;
+        };
+        if level != 1 {
+            self.err(lloc, format!("raid.level {level} is not supported; use level = 1 (a mirror: either disk alone holds everything and boots)"));
+            return None;
+        }
+        Some(Some((RaidSpec { level: 1 }, tloc)))
+    }
+
+    /// `[lvm]`: Some(None) when the profile has none.
+    fn lvm(&mut self, root: &Table) -> Option<Option<LvmDecoded>> {
+        let Some((t, tloc)) = self.table(root, "", "lvm") else {
+            return root.get("lvm").is_none().then_some(None);
+        };
+        self.keys(t, "[lvm]", LVM_KEYS);
+        let mut ok = true;
+        let vg = match self.str(t, "lvm.", "vg", "vg = \"vg0\"") {
+            Some((vg, loc)) => {
+                if let Some(why) = lvm_name_problem(&vg) {
+                    self.err(loc, format!("volume group name {vg:?} {why}"));
+                    ok = false;
+                }
+                vg
+            }
+            None => {
+                ok &= t.get("vg").is_none();
+                "vg0".to_string()
+            }
+        };
+        let Some((vols, vloc)) = self.tables(t, "lvm.", "volumes") else {
+            if t.get("volumes").is_none() {
+                self.err(tloc, "[lvm] has no volumes; add [[lvm.volumes]] entries (e.g. name = \"root\", size = \"rest\", fs = \"ext4\", mount = \"/\")");
+            }
+            return None;
+        };
+        if vols.is_empty() {
+            self.err(vloc, "lvm.volumes is empty; add [[lvm.volumes]] entries (e.g. name = \"root\", size = \"rest\", fs = \"ext4\", mount = \"/\")");
+            return None;
+        }
+        let (volumes, vols_ok) = self.partitions(Holder::Lvm, &vols);
+        ok &= vols_ok;
+        self.layout_rules(&volumes);
+        let mut names: Vec<&str> = Vec::new();
+        for v in &volumes {
+            if names.contains(&v.spec.name.as_str()) {
+                self.err(
+                    v.loc,
+                    format!(
+                        "volume name {:?} is used twice; give each volume its own name",
+                        v.spec.name
+                    ),
+                );
+                ok = false;
+            }
+            names.push(&v.spec.name);
+        }
+        let complete = ok && volumes.len() == vols.len();
+        Some(Some(LvmDecoded {
+            vg,
+            complete,
+            volumes,
+            loc: tloc,
+        }))
     }
 
     fn identity(&mut self, root: &Table) -> Option<(Identity, Vec<crate::template::Piece>)> {
@@ -1214,7 +1466,50 @@ fn same_net(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
     }
 }
 
+/// What a decoded partition-like entry belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Disk,
+    Lvm,
+}
+
+impl Holder {
+    fn noun(self) -> &'static str {
+        match self {
+            Holder::Disk => "partition",
+            Holder::Lvm => "volume",
+        }
+    }
+}
+
+/// Why a name cannot be an LVM volume group or logical volume name, if it cannot (the
+/// characters LVM takes, without '-', which device-mapper names double).
+fn lvm_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 64 {
+        return Some("must be 1 to 64 characters".into());
+    }
+    if name.starts_with('.') || name.starts_with("snapshot") || name.starts_with("pvmove") {
+        return Some("is reserved by LVM; choose e.g. \"vg0\" or \"root\"".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.+".contains(c))
+    {
+        return Some("may only hold letters, digits and _ . +".into());
+    }
+    None
+}
+
+struct LvmDecoded {
+    vg: String,
+    volumes: Vec<PartDecoded>,
+    loc: Loc,
+    /// Every volume decoded without error.
+    complete: bool,
+}
+
 struct PartDecoded {
+    on: Holder,
     spec: PartitionSpec,
     loc: Loc,
     size_loc: Loc,
@@ -1229,8 +1524,12 @@ struct PartDecoded {
 
 struct DiskDecoded {
     select: DiskSelect,
+    /// How many disks get the layout, and where that was said.
+    count: (usize, Option<Loc>),
     parts: Vec<PartDecoded>,
     loc: Loc,
+    /// Every partition decoded without error.
+    complete: bool,
 }
 
 struct BootDecoded {

@@ -59,6 +59,16 @@ pub enum RenderError {
         need: String,
         need_bytes: u64,
     },
+    #[error("profile {profile}: the layout goes on {count} disks (disk.count) but {found} of the client's disks match {wanted} (the client has: {have}); give the client {count} such disks or lower disk.count")]
+    TooFewDisks {
+        profile: String,
+        count: usize,
+        found: usize,
+        wanted: String,
+        have: String,
+    },
+    #[error("profile {profile}: the disks of one layout must have the same logical sector size, but they have {disks}; choose disks alike (e.g. by transport or size)")]
+    MixedSectorSizes { profile: String, disks: String },
     #[error("profile {profile}: disk {disk} reports {sector}-byte logical sectors; only 512 to 4096 (a power of two) are supported")]
     BadSectorSize {
         profile: String,

@@ -13,9 +13,10 @@
 //!                             # media = "ssd" (hdd)
 //! pick = "first"              # of the matching disks: first (default) | smallest (that the layout fits)
 //! table = "gpt"               # the only table written
+//! count = 1                   # disks that get this layout (2 for a mirror), sized for the smallest
 //!
 //! [[disk.partitions]]         # in disk order
-//! type = "bios_boot"          # linux (default) | efi | bios_boot | swap
+//! type = "bios_boot"          # linux (default) | efi | bios_boot | swap | raid | lvm
 //! size = "1M"
 //!
 //! [[disk.partitions]]
@@ -23,6 +24,17 @@
 //! fs = "ext4"                 # ext4 | xfs | vfat | swap
 //! mount = "/"
 //! options = ["noatime"]
+//!
+//! [raid]                      # one md array of the raid partition of every disk
+//! level = 1                   # a mirror (the only level)
+//!
+//! [lvm]                       # a volume group on the array (or on the lvm partitions)
+//! vg = "vg0"
+//! [[lvm.volumes]]             # written like partitions: name, size, fs, mount, options
+//! name = "root"
+//! size = "rest"               # "8G" (whole 4 MiB extents), "20%" of the group, or "rest"
+//! fs = "ext4"
+//! mount = "/"
 //!
 //! [identity]
 //! hostname = "web-{mac6}"     # {mac} {mac6} {name} (the client's registered hostname)
@@ -75,6 +87,12 @@
 //!   (about 45 MiB for Debian 12; the agent checks and says how much it needs), and a
 //!   kernel update in the installed system does not refresh those copies. Either way the
 //!   config names the kernel installed with the image.
+//! - Several disks (`disk.count`): each gets the same partitions at the same places; only
+//!   the EFI partition may have a file system of its own (disk k's is mounted at its mount
+//!   point with k appended, `/boot/efi2`, and every ESP is `nofail`, so a lost disk does
+//!   not stop the boot). File systems go on `[lvm]` volumes, on the `[raid]` array (whose
+//!   members start 4 MiB in) or spanning the `lvm` partitions. A layout that does not fit
+//!   names the smallest disk and the size that would.
 //! - A profile with syntax errors reports only its syntax errors (all of them, in every file
 //!   of the chain); otherwise every type, key and rule error is reported at once.
 
@@ -89,7 +107,9 @@ mod template;
 pub use error::{Diagnostic, Errors, RenderError};
 pub use model::*;
 pub use render::{
-    partition_device, ClientFacts, DiskFact, DiskPlan, InstallPlan, PartitionPlan, Step, SECTOR,
+    partition_device, volume_device, ClientFacts, DiskFact, DiskPlan, InstallPlan, LvmPlan,
+    PartitionPlan, RaidPlan, Step, VolumePlan, EXTENT, PV_DATA_START, RAID_DATA_OFFSET,
+    RAID_DEVICE, SECTOR,
 };
 pub use size::{human, parse_bytes, parse_range, parse_size, Size, SizeRange, MIB};
 pub use template::{hostname_problem, normalize_mac};

@@ -15,6 +15,10 @@ pub struct Profile {
     pub identity: Identity,
     pub network: Network,
     pub boot: Boot,
+    /// A software RAID across the disks (`[raid]`), made of the `raid` partition of each.
+    pub raid: Option<RaidSpec>,
+    /// An LVM volume group (`[lvm]`) on the RAID array, or on the `lvm` partitions.
+    pub lvm: Option<LvmSpec>,
     /// Shell commands run in the installed system (chroot) before first boot, in order.
     pub hooks: Vec<String>,
     /// The profiles this one was built from, deepest base first, this one last.
@@ -117,7 +121,26 @@ pub enum PartitionTable {
 pub struct DiskSpec {
     pub select: DiskSelect,
     pub table: PartitionTable,
+    /// How many disks get this layout (`count`, default 1): the first that match, or the
+    /// smallest with `pick = "smallest"`. Each gets the same partitions, sized for the
+    /// smallest of them, as a RAID1 mirror needs.
+    pub count: usize,
     pub partitions: Vec<PartitionSpec>,
+}
+
+/// `[raid]`: one md array over the `raid` partition of every disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaidSpec {
+    /// The RAID level; 1 (a mirror: any one disk holds everything) is the one supported.
+    pub level: u32,
+}
+
+/// `[lvm]`: a volume group and its logical volumes.
+#[derive(Debug, Clone)]
+pub struct LvmSpec {
+    pub vg: String,
+    /// Logical volumes, as partitions are written (name, size, fs, mount, options).
+    pub volumes: Vec<PartitionSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +153,10 @@ pub enum PartKind {
     /// BIOS boot partition, for GRUB's core image on BIOS + GPT.
     BiosBoot,
     Swap,
+    /// A member of the `[raid]` array (mdadm superblock, no file system of its own).
+    Raid,
+    /// An LVM physical volume of the `[lvm]` volume group (without `[raid]`).
+    Lvm,
 }
 
 impl PartKind {
@@ -140,6 +167,8 @@ impl PartKind {
             PartKind::Efi => "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
             PartKind::BiosBoot => "21686148-6449-6E6F-744E-656564454649",
             PartKind::Swap => "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
+            PartKind::Raid => "A19D880F-05FC-4D3B-A006-743F0F84911E",
+            PartKind::Lvm => "E6D6D379-F507-44C2-A23C-238F2A3DF928",
         }
     }
 }

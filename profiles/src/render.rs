@@ -16,6 +16,19 @@ fn gpt_tail(sector: u64) -> u64 {
     16384 + sector
 }
 
+/// Where md puts a RAID member's data (`mdadm --data-offset`): after the 1.2 superblock
+/// (4 KiB in) and its write-intent bitmap. Said explicitly so the array's size is known
+/// when the plan is made (mdadm's own default depends on the member's size and version).
+pub const RAID_DATA_OFFSET: u64 = 4 * MIB;
+/// The array device the agent makes (the installed system assembles it under its own
+/// number: nothing names it, LVM finds its physical volume by content).
+pub const RAID_DEVICE: &str = "/dev/md0";
+/// Where LVM puts a physical volume's first extent (`pvcreate --dataalignment 1m`): after
+/// its label and metadata area.
+pub const PV_DATA_START: u64 = MIB;
+/// LVM extent size (`vgcreate -s 4m`, LVM's default): volumes are whole extents.
+pub const EXTENT: u64 = 4 * MIB;
+
 fn default_sector() -> u64 {
     SECTOR
 }
@@ -73,8 +86,84 @@ pub struct InstallPlan {
     pub mac: String,
     pub hostname: String,
     pub archive: ArchiveRef,
+    /// The disk (the first of several): its partitions, and where the boot loader goes.
     pub disk: DiskPlan,
+    /// The other disks of a layout on several disks (`disk.count`): the same partitions,
+    /// at the same places, on each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_disks: Vec<DiskPlan>,
+    /// The md array, made by the agent once every disk is partitioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid: Option<RaidPlan>,
+    /// The LVM volume group and its volumes, made right after the array (or the partitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<LvmPlan>,
     pub steps: Vec<Step>,
+}
+
+impl InstallPlan {
+    /// Every disk of the plan, the first first.
+    pub fn disks(&self) -> impl Iterator<Item = &DiskPlan> {
+        std::iter::once(&self.disk).chain(&self.more_disks)
+    }
+
+    /// The devices that hold swap space: partitions and volumes.
+    pub fn swap_devices(&self) -> Vec<&str> {
+        let parts = self
+            .disks()
+            .flat_map(|d| &d.partitions)
+            .filter_map(|p| (p.fs == Some(Fs::Swap)).then_some(p.device.as_str()));
+        let vols = self
+            .lvm
+            .iter()
+            .flat_map(|l| &l.volumes)
+            .filter_map(|v| (v.fs == Some(Fs::Swap)).then_some(v.device.as_str()));
+        parts.chain(vols).collect()
+    }
+}
+
+/// A software RAID array (`mdadm --create`, metadata 1.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaidPlan {
+    pub device: String,
+    /// The array's name in its superblock (`<hostname>:<name>`).
+    pub name: String,
+    pub level: u32,
+    /// The member partitions, one per disk.
+    pub members: Vec<String>,
+    /// Where each member's data starts ([`RAID_DATA_OFFSET`]).
+    pub data_offset_bytes: u64,
+    /// The array's size: a member's size less the data offset.
+    pub size_bytes: u64,
+}
+
+/// An LVM volume group on the array or on the `lvm` partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LvmPlan {
+    pub vg: String,
+    /// Its physical volumes.
+    pub pvs: Vec<String>,
+    pub extent_bytes: u64,
+    /// Whole extents of all physical volumes together.
+    pub size_bytes: u64,
+    pub volumes: Vec<VolumePlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumePlan {
+    pub name: String,
+    /// `/dev/mapper/<vg>-<name>`.
+    pub device: String,
+    pub size_bytes: u64,
+    /// Takes the extents the others leave (`size = "rest"`): made last, with all of them.
+    #[serde(default)]
+    pub rest: bool,
+    pub fs: Option<Fs>,
+    pub mount: Option<String>,
+    pub options: Vec<String>,
+    /// Said when the profile's size was not what the volume got (whole extents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,16 +297,35 @@ impl Profile {
                 why,
             });
         }
-        let disk = self.pick_disk(facts)?;
-        let sector = disk.sector_size;
-        if !(512..=4096).contains(&sector) || !sector.is_power_of_two() {
-            return Err(RenderError::BadSectorSize {
-                profile,
-                disk: disk.path.clone(),
-                sector,
-            });
+        let disks = self.pick_disks(facts)?;
+        let sector = disks[0].sector_size;
+        for d in &disks {
+            if !(512..=4096).contains(&d.sector_size) || !d.sector_size.is_power_of_two() {
+                return Err(RenderError::BadSectorSize {
+                    profile,
+                    disk: d.path.clone(),
+                    sector: d.sector_size,
+                });
+            }
+            if d.sector_size != sector {
+                return Err(RenderError::MixedSectorSizes {
+                    profile,
+                    disks: disks
+                        .iter()
+                        .map(|d| describe_sector(d))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
         }
-        let mut parts = self.layout(disk)?;
+        // Every disk gets the layout made for the smallest, so RAID members are equal.
+        let smallest = disks
+            .iter()
+            .copied()
+            .min_by_key(|d| d.size)
+            .unwrap_or(disks[0]);
+        let sized = self.sized(smallest, disks.len())?;
+        let mut parts = sized.parts;
         if self.boot.loader == Loader::Extlinux
             && matches!(self.boot.firmware, Firmware::Bios | Firmware::Both)
         {
@@ -226,41 +334,137 @@ impl Profile {
                 p.legacy_bios_bootable = true;
             }
         }
-        let disk_plan = DiskPlan {
-            path: disk.path.clone(),
-            size_bytes: disk.size,
-            sector_size: sector,
-            table: self.disk.table,
-            partitions: parts,
+        let mut disk_plans: Vec<DiskPlan> = disks
+            .iter()
+            .map(|d| DiskPlan {
+                path: d.path.clone(),
+                size_bytes: d.size,
+                sector_size: sector,
+                table: self.disk.table,
+                partitions: parts
+                    .iter()
+                    .map(|p| PartitionPlan {
+                        device: partition_device(&d.path, p.number),
+                        ..p.clone()
+                    })
+                    .collect(),
+            })
+            .collect();
+        let members = |kind: PartKind| -> Vec<String> {
+            disk_plans
+                .iter()
+                .flat_map(|d| &d.partitions)
+                .filter(|p| p.kind == kind)
+                .map(|p| p.device.clone())
+                .collect()
         };
+        let raid = self.raid.map(|r| RaidPlan {
+            device: RAID_DEVICE.into(),
+            name: "root".into(),
+            level: r.level,
+            members: members(PartKind::Raid),
+            data_offset_bytes: RAID_DATA_OFFSET,
+            size_bytes: sized.raid_size,
+        });
+        let lvm = self.lvm.as_ref().map(|l| LvmPlan {
+            vg: l.vg.clone(),
+            pvs: match &raid {
+                Some(r) => vec![r.device.clone()],
+                None => members(PartKind::Lvm),
+            },
+            extent_bytes: EXTENT,
+            size_bytes: sized.vg_size,
+            volumes: l
+                .volumes
+                .iter()
+                .zip(&sized.volumes)
+                .map(|(v, &size)| VolumePlan {
+                    name: v.name.clone(),
+                    device: volume_device(&l.vg, &v.name),
+                    size_bytes: size,
+                    rest: v.size == Size::Rest,
+                    fs: v.fs,
+                    mount: v.mount.clone(),
+                    options: v.options.clone(),
+                    note: match v.size {
+                        Size::Bytes(b) if b != size => Some(format!(
+                            "size {} rounded up to {}: volumes are whole {} extents",
+                            human(b),
+                            human(size),
+                            human(EXTENT)
+                        )),
+                        _ => None,
+                    },
+                })
+                .collect(),
+        });
+        let several = disk_plans.len() > 1;
 
-        let mut steps = vec![Step::Partition {
-            disk: disk.path.clone(),
-        }];
-        for p in &disk_plan.partitions {
-            if let Some(fs) = p.fs {
-                steps.push(Step::Format {
+        let mut steps: Vec<Step> = disk_plans
+            .iter()
+            .map(|d| Step::Partition {
+                disk: d.path.clone(),
+            })
+            .collect();
+        // What gets a file system, and where it is mounted. On several disks, the ESP of
+        // disk k (k > 1) is mounted at its mount point with k appended (/boot/efi2), and
+        // every ESP is `nofail`: with one disk gone the system still boots from the other.
+        struct Fsys {
+            device: String,
+            fs: Fs,
+            label: String,
+            mount: Option<String>,
+            options: Vec<String>,
+        }
+        let mut fsys = Vec::new();
+        for (k, d) in disk_plans.iter().enumerate() {
+            for p in &d.partitions {
+                let Some(fs) = p.fs else { continue };
+                let mut options = p.options.clone();
+                if several && p.kind == PartKind::Efi && !options.iter().any(|o| o == "nofail") {
+                    options.push("nofail".into());
+                }
+                fsys.push(Fsys {
                     device: p.device.clone(),
                     fs,
                     label: p.name.clone(),
+                    mount: p.mount.as_ref().map(|m| match k {
+                        0 => m.clone(),
+                        _ => format!("{m}{}", k + 1),
+                    }),
+                    options,
                 });
             }
         }
-        let mut mounts: Vec<&PartitionPlan> = disk_plan
-            .partitions
-            .iter()
-            .filter(|p| p.mount.is_some())
-            .collect();
-        mounts.sort_by_key(|p| {
-            let m = p.mount.as_deref().unwrap_or("/");
+        for v in lvm.iter().flat_map(|l| &l.volumes) {
+            if let Some(fs) = v.fs {
+                fsys.push(Fsys {
+                    device: v.device.clone(),
+                    fs,
+                    label: v.name.clone(),
+                    mount: v.mount.clone(),
+                    options: v.options.clone(),
+                });
+            }
+        }
+        for f in &fsys {
+            steps.push(Step::Format {
+                device: f.device.clone(),
+                fs: f.fs,
+                label: f.label.clone(),
+            });
+        }
+        let mut mounts: Vec<&Fsys> = fsys.iter().filter(|f| f.mount.is_some()).collect();
+        mounts.sort_by_key(|f| {
+            let m = f.mount.as_deref().unwrap_or("/");
             (m.trim_end_matches('/').matches('/').count(), m.to_string())
         });
-        for p in &mounts {
+        for f in &mounts {
             steps.push(Step::Mount {
-                device: p.device.clone(),
-                mount: p.mount.clone().unwrap_or_default(),
-                fs: p.fs.unwrap_or(Fs::Ext4),
-                options: p.options.clone(),
+                device: f.device.clone(),
+                mount: f.mount.clone().unwrap_or_default(),
+                fs: f.fs,
+                options: f.options.clone(),
             });
         }
         let has_root = !mounts.is_empty();
@@ -295,7 +499,7 @@ impl Profile {
                 steps.push(Step::BootLoader {
                     loader: self.boot.loader,
                     firmware: self.boot.firmware,
-                    disk: disk.path.clone(),
+                    disk: disk_plans[0].path.clone(),
                 });
             }
             for (i, h) in self.hooks.iter().enumerate() {
@@ -311,12 +515,17 @@ impl Profile {
             mac,
             hostname,
             archive: self.archive.clone(),
-            disk: disk_plan,
+            disk: disk_plans.remove(0),
+            more_disks: disk_plans,
+            raid,
+            lvm,
             steps,
         })
     }
 
-    fn pick_disk<'f>(&self, facts: &'f ClientFacts) -> Result<&'f DiskFact, RenderError> {
+    /// The `disk.count` disks the layout goes on, in the client's order.
+    fn pick_disks<'f>(&self, facts: &'f ClientFacts) -> Result<Vec<&'f DiskFact>, RenderError> {
+        let count = self.disk.count.max(1);
         let sel = &self.disk.select;
         let matching: Vec<&DiskFact> = facts
             .disks
@@ -335,17 +544,34 @@ impl Profile {
                         .is_none_or(|m| d.rotational == Some(m == Media::Hdd))
             })
             .collect();
-        let found = match sel.pick {
-            Pick::First => matching.first().copied(),
-            // The smallest the layout fits on; if none fits, the largest says by how much.
-            Pick::Smallest => matching
-                .iter()
-                .filter(|d| self.layout(d).is_ok())
-                .min_by_key(|d| d.size)
-                .or_else(|| matching.iter().max_by_key(|d| d.size))
-                .copied(),
+        let found: Vec<&DiskFact> = match sel.pick {
+            Pick::First => matching.iter().take(count).copied().collect(),
+            // The smallest the layout fits on; if too few fit, the largest say by how much.
+            Pick::Smallest => {
+                let mut fit: Vec<&DiskFact> = matching
+                    .iter()
+                    .filter(|d| self.sized(d, count).is_ok())
+                    .copied()
+                    .collect();
+                if fit.len() < count {
+                    fit = matching.clone();
+                    fit.sort_by_key(|d| std::cmp::Reverse(d.size));
+                } else {
+                    fit.sort_by_key(|d| d.size);
+                }
+                fit.truncate(count);
+                // Back in the client's order: the first disk gets the boot loader first.
+                facts
+                    .disks
+                    .iter()
+                    .filter(|d| fit.iter().any(|f| std::ptr::eq(*f, *d)))
+                    .collect()
+            }
         };
-        found.ok_or_else(|| {
+        if found.len() == count {
+            return Ok(found);
+        }
+        Err({
             let mut wanted = Vec::new();
             if let Some(p) = &sel.path {
                 wanted.push(format!("path {p}"));
@@ -372,15 +598,122 @@ impl Profile {
                 wanted.push("any disk".into());
             }
             let have: Vec<String> = facts.disks.iter().map(describe_disk).collect();
-            RenderError::NoMatchingDisk {
-                profile: self.name.clone(),
-                wanted: wanted.join(", "),
-                have: if have.is_empty() {
-                    "no disks".into()
-                } else {
-                    have.join("; ")
-                },
+            let have = if have.is_empty() {
+                "no disks".into()
+            } else {
+                have.join("; ")
+            };
+            if count > 1 {
+                RenderError::TooFewDisks {
+                    profile: self.name.clone(),
+                    count,
+                    found: found.len(),
+                    wanted: wanted.join(", "),
+                    have,
+                }
+            } else {
+                RenderError::NoMatchingDisk {
+                    profile: self.name.clone(),
+                    wanted: wanted.join(", "),
+                    have,
+                }
             }
+        })
+    }
+
+    /// The layout sized on `disk` (the smallest of `count`): its partitions, and the RAID,
+    /// volume group and volume sizes. Too small: the error names the size that works.
+    fn sized(&self, disk: &DiskFact, count: usize) -> Result<Sized, RenderError> {
+        let parts = self.layout(disk)?;
+        if let Some(s) = self.volumes(parts.clone(), count) {
+            return Ok(s);
+        }
+        // The partitions fit but the volumes do not: the smallest disk (in whole MiB) they
+        // fit on, found by bisection (the layout only grows with the disk).
+        let fits = |size: u64| {
+            let d = DiskFact {
+                size,
+                ..disk.clone()
+            };
+            self.layout(&d)
+                .ok()
+                .and_then(|p| self.volumes(p, count))
+                .is_some()
+        };
+        let (mut lo, mut hi) = (disk.size / MIB, disk.size / MIB * 2 + 1);
+        while !fits(hi * MIB) {
+            lo = hi;
+            hi = hi.saturating_mul(2);
+            if hi >= u64::MAX / MIB / 2 {
+                break;
+            }
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid * MIB) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Err(RenderError::DiskTooSmall {
+            profile: self.name.clone(),
+            disk: disk.path.clone(),
+            have: human(disk.size),
+            need: human(hi * MIB),
+            need_bytes: hi * MIB,
+        })
+    }
+
+    /// The array and volume sizes on top of `parts` (one disk's partitions; `count` disks),
+    /// or None when the volumes do not fit in the volume group.
+    fn volumes(&self, parts: Vec<PartitionPlan>, count: usize) -> Option<Sized> {
+        let of = |k: PartKind| parts.iter().filter(move |p| p.kind == k);
+        let raid_size = of(PartKind::Raid)
+            .map(|p| p.size_bytes.saturating_sub(RAID_DATA_OFFSET))
+            .next()
+            .unwrap_or(0);
+        let Some(lvm) = &self.lvm else {
+            return Some(Sized {
+                parts,
+                raid_size,
+                vg_size: 0,
+                volumes: Vec::new(),
+            });
+        };
+        let pvs: Vec<u64> = match self.raid {
+            Some(_) => vec![raid_size],
+            None => of(PartKind::Lvm)
+                .flat_map(|p| std::iter::repeat_n(p.size_bytes, count))
+                .collect(),
+        };
+        let extents: u64 = pvs
+            .iter()
+            .map(|pv| pv.saturating_sub(PV_DATA_START) / EXTENT)
+            .sum();
+        let mut sizes: Vec<u64> = lvm
+            .volumes
+            .iter()
+            .map(|v| match v.size {
+                Size::Bytes(b) => b.div_ceil(EXTENT),
+                Size::Percent(n) => (extents * n as u64 / 100).max(1),
+                Size::Rest => 0,
+            })
+            .collect();
+        let taken: u64 = sizes.iter().sum();
+        let rest = lvm.volumes.iter().position(|v| v.size == Size::Rest);
+        let need = taken + u64::from(rest.is_some());
+        if need > extents || extents == 0 {
+            return None;
+        }
+        if let Some(i) = rest {
+            sizes[i] = extents - taken;
+        }
+        Some(Sized {
+            parts,
+            raid_size,
+            vg_size: extents * EXTENT,
+            volumes: sizes.into_iter().map(|e| e * EXTENT).collect(),
         })
     }
 
@@ -475,6 +808,24 @@ impl Profile {
         }
         Ok(out)
     }
+}
+
+/// A layout sized for a disk: see [`Profile::sized`].
+struct Sized {
+    parts: Vec<PartitionPlan>,
+    raid_size: u64,
+    vg_size: u64,
+    volumes: Vec<u64>,
+}
+
+/// A logical volume's device-mapper node (names hold no '-', which it would double).
+pub fn volume_device(vg: &str, lv: &str) -> String {
+    format!("/dev/mapper/{vg}-{lv}")
+}
+
+/// `/dev/sdb 4096-byte sectors`, for errors.
+fn describe_sector(d: &DiskFact) -> String {
+    format!("{} {}-byte sectors", d.path, d.sector_size)
 }
 
 /// `/dev/sda 8 GiB sata ssd serial X`: what a disk is, for errors.

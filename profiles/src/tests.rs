@@ -852,3 +852,163 @@ fn extends_must_be_a_string() {
         ("base.toml", 1, 11)
     );
 }
+
+/// A mirrored layout with `disk`, `raid` and `lvm` tables replaced as given.
+fn mirror(count: &str, parts: &str, raid: &str, lvm: &str) -> String {
+    format!(
+        "archive = \"debian-12\"\n[disk]\n{count}\n{parts}\n{raid}\n{lvm}\n[boot]\nfirmware = \"uefi\"\n"
+    )
+}
+
+const ESP_AND_MEMBER: &str = "[[disk.partitions]]\ntype = \"efi\"\nsize = \"256M\"\n[[disk.partitions]]\ntype = \"raid\"\nsize = \"rest\"";
+const VG: &str = "[lvm]\nvg = \"vg0\"\n[[lvm.volumes]]\nname = \"root\"\nsize = \"rest\"\nfs = \"ext4\"\nmount = \"/\"";
+
+#[test]
+fn raid_and_lvm_rules_name_the_fix() {
+    let ok = mirror("count = 2", ESP_AND_MEMBER, "[raid]\nlevel = 1", VG);
+    assert_eq!(errs(&ok), Vec::<String>::new());
+    let cases = [
+        (
+            mirror("", ESP_AND_MEMBER, "[raid]\nlevel = 1", VG),
+            "[raid] level 1 mirrors disks, but disk.count is 1; set disk.count = 2",
+        ),
+        (
+            mirror("count = 2", ESP_AND_MEMBER, "[raid]\nlevel = 5", VG),
+            "raid.level 5 is not supported; use level = 1",
+        ),
+        (
+            mirror("count = 2", ESP_AND_MEMBER, "", VG),
+            "partition 2 is of type \"raid\" but the profile has no [raid]",
+        ),
+        (
+            mirror("count = 2", ESP_AND_MEMBER, "[raid]\nlevel = 1", ""),
+            "[raid] makes an array but nothing goes on it; add [lvm]",
+        ),
+        (
+            mirror("count = 0", ESP_AND_MEMBER, "[raid]\nlevel = 1", VG),
+            "disk.count 0 is not a number of disks; write 1 to 16",
+        ),
+        (
+            mirror(
+                "count = 2",
+                "[[disk.partitions]]\ntype = \"efi\"\nsize = \"256M\"\n[[disk.partitions]]\nsize = \"rest\"\nfs = \"ext4\"\nmount = \"/data\"",
+                "",
+                VG,
+            ),
+            "partition 2 has a file system, but disk.count = 2 puts this layout on every disk",
+        ),
+        (
+            mirror(
+                "count = 2",
+                "[[disk.partitions]]\ntype = \"raid\"\nsize = \"rest\"\nfs = \"ext4\"",
+                "[raid]\nlevel = 1",
+                VG,
+            ),
+            "a raid partition holds no file system of its own",
+        ),
+        (
+            mirror("", "[[disk.partitions]]\ntype = \"efi\"\nsize = \"256M\"", "", VG),
+            "[lvm] has no physical volume",
+        ),
+        (
+            mirror(
+                "count = 2",
+                ESP_AND_MEMBER,
+                "[raid]\nlevel = 1",
+                "[lvm]\nvg = \"vg-0\"\n[[lvm.volumes]]\nname = \"root\"\nsize = \"rest\"\nfs = \"ext4\"\nmount = \"/\"",
+            ),
+            "volume group name \"vg-0\" may only hold letters, digits and _ . +",
+        ),
+        (
+            mirror(
+                "count = 2",
+                ESP_AND_MEMBER,
+                "[raid]\nlevel = 1",
+                &format!("{VG}\n[[lvm.volumes]]\nname = \"boot\"\nsize = \"1G\"\nfs = \"ext4\"\nmount = \"/boot/efi\""),
+            ),
+            "mount point \"/boot/efi\" is already used by partition 1",
+        ),
+        (
+            mirror(
+                "count = 2",
+                ESP_AND_MEMBER,
+                "[raid]\nlevel = 1",
+                "[lvm]\n[[lvm.volumes]]\nname = \"var\"\nsize = \"rest\"\nfs = \"ext4\"\nmount = \"/var\"",
+            ),
+            "no volume is mounted at \"/\"",
+        ),
+        (
+            mirror("count = 2", ESP_AND_MEMBER, "[raid]\nlevel = 1", VG)
+                .replace("[boot]\n", "[boot]\nloader = \"extlinux\"\n"),
+            "extlinux cannot read LVM, but / is on volume 1",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = errs(&text);
+        assert!(
+            e.iter().any(|m| m.contains(want)),
+            "want {want:?} in {e:#?}\n{text}"
+        );
+    }
+}
+
+#[test]
+fn lvm_on_plain_partitions_spans_every_disk() {
+    let text = mirror(
+        "count = 2",
+        "[[disk.partitions]]\ntype = \"efi\"\nsize = \"256M\"\n[[disk.partitions]]\ntype = \"lvm\"\nsize = \"rest\"",
+        "",
+        &format!("{VG}\n[[lvm.volumes]]\nname = \"home\"\nsize = \"50%\"\nfs = \"xfs\"\nmount = \"/home\""),
+    );
+    let p = load(&text).unwrap();
+    let mut f = facts(2 << 30);
+    f.disks.push(DiskFact {
+        path: "/dev/vdb".into(),
+        ..f.disks[0].clone()
+    });
+    let plan = p.render(&f).unwrap();
+    let lvm = plan.lvm.unwrap();
+    assert_eq!(lvm.pvs, ["/dev/vda2", "/dev/vdb2"]);
+    assert!(plan.raid.is_none());
+    let pv = plan.disk.partitions[1].size_bytes;
+    let extents = 2 * ((pv - PV_DATA_START) / EXTENT);
+    assert_eq!(lvm.size_bytes, extents * EXTENT);
+    assert_eq!(lvm.volumes[1].size_bytes, extents / 2 * EXTENT);
+    assert_eq!(lvm.volumes[0].size_bytes, (extents - extents / 2) * EXTENT);
+}
+
+#[test]
+fn pick_smallest_takes_the_smallest_disks_that_fit_in_the_clients_order() {
+    let text = mirror(
+        "count = 2\npick = \"smallest\"",
+        ESP_AND_MEMBER,
+        "[raid]\nlevel = 1",
+        VG,
+    );
+    let p = load(&text).unwrap();
+    let disk = |path: &str, size: u64| DiskFact {
+        path: path.into(),
+        size,
+        ..Default::default()
+    };
+    let mut f = facts(0);
+    f.disks = vec![
+        disk("/dev/sda", 8 << 30),
+        disk("/dev/sdb", 200 << 20),
+        disk("/dev/sdc", 6 << 30),
+        disk("/dev/sdd", 4 << 30),
+    ];
+    let plan = p.render(&f).unwrap();
+    let paths: Vec<&str> = plan.disks().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/dev/sdc", "/dev/sdd"],
+        "sdb is too small for the layout"
+    );
+    // Laid out for the smaller of the two.
+    assert_eq!(
+        plan.raid.unwrap().size_bytes + RAID_DATA_OFFSET,
+        plan.disk.partitions[1].size_bytes
+    );
+    assert!(plan.disk.partitions[1].end_sector < (4u64 << 30) / 512);
+}

@@ -113,6 +113,155 @@ fn uefi_example_renders() {
     );
 }
 
+fn disks(sizes: &[(&str, u64, u64)]) -> ClientFacts {
+    ClientFacts {
+        mac: "52:54:00:12:34:56".into(),
+        disks: sizes
+            .iter()
+            .map(|&(path, size, sector_size)| DiskFact {
+                path: path.into(),
+                size,
+                sector_size,
+                ..Default::default()
+            })
+            .collect(),
+        hostname: Some("db1".into()),
+    }
+}
+
+#[test]
+fn raid1_lvm_example_renders_a_mirror_of_two_disks() {
+    let p = Profile::load(&dir("examples/raid1-lvm.toml")).unwrap();
+    let (a, b) = (8u64 << 30, 6u64 << 30);
+    let plan = p
+        .render(&disks(&[("/dev/vda", a, 512), ("/dev/vdb", b, 512)]))
+        .unwrap();
+    assert_eq!(plan.disk.path, "/dev/vda");
+    assert_eq!(plan.more_disks.len(), 1);
+    let second = &plan.more_disks[0];
+    assert_eq!(second.path, "/dev/vdb");
+    assert_eq!(plan.disk.size_bytes, a, "each disk keeps its own size");
+    // Both laid out for the smaller disk, partition for partition.
+    for (x, y) in plan.disk.partitions.iter().zip(&second.partitions) {
+        assert_eq!(
+            (x.start_sector, x.end_sector),
+            (y.start_sector, y.end_sector)
+        );
+    }
+    assert_eq!(second.partitions[1].device, "/dev/vdb2");
+    let member = &plan.disk.partitions[1];
+    assert_eq!(member.kind, PartKind::Raid);
+    assert_eq!(member.type_guid, "A19D880F-05FC-4D3B-A006-743F0F84911E");
+    assert_eq!(
+        member.start_bytes + member.size_bytes,
+        (b - (1 << 20)) / MIB * MIB
+    );
+    let raid = plan.raid.as_ref().unwrap();
+    assert_eq!(raid.members, ["/dev/vda2", "/dev/vdb2"]);
+    assert_eq!(raid.size_bytes, member.size_bytes - RAID_DATA_OFFSET);
+    let lvm = plan.lvm.as_ref().unwrap();
+    assert_eq!(lvm.pvs, [RAID_DEVICE]);
+    assert_eq!(
+        lvm.size_bytes,
+        (raid.size_bytes - PV_DATA_START) / EXTENT * EXTENT
+    );
+    let sizes: Vec<(&str, &str, u64)> = lvm
+        .volumes
+        .iter()
+        .map(|v| (v.name.as_str(), v.device.as_str(), v.size_bytes))
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            ("root", "/dev/mapper/vg0-root", lvm.size_bytes - (768 << 20)),
+            ("var", "/dev/mapper/vg0-var", 512 << 20),
+            ("swap", "/dev/mapper/vg0-swap", 256 << 20)
+        ]
+    );
+    let partitioned: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Partition { disk } => Some(disk.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(partitioned, ["/dev/vda", "/dev/vdb"]);
+    let mounts: Vec<(&str, &str, Vec<String>)> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Mount {
+                device,
+                mount,
+                options,
+                ..
+            } => Some((device.as_str(), mount.as_str(), options.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("/dev/mapper/vg0-root", "/", vec![]),
+            ("/dev/mapper/vg0-var", "/var", vec![]),
+            ("/dev/vda1", "/boot/efi", vec!["nofail".to_string()]),
+            ("/dev/vdb1", "/boot/efi2", vec!["nofail".to_string()]),
+        ]
+    );
+    assert_eq!(
+        plan.swap_devices(),
+        ["/dev/mapper/vg0-swap"],
+        "swap is the volume"
+    );
+    let json = serde_json::to_string(&plan).unwrap();
+    assert_eq!(serde_json::from_str::<InstallPlan>(&json).unwrap(), plan);
+}
+
+#[test]
+fn raid1_lvm_refuses_what_cannot_work_before_anything_is_written() {
+    let p = Profile::load(&dir("examples/raid1-lvm.toml")).unwrap();
+    let e = p.render(&disks(&[("/dev/vda", 8 << 30, 512)])).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RenderError::TooFewDisks {
+                count: 2,
+                found: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("give the client 2 such disks"),
+        "{e}"
+    );
+    let e = p
+        .render(&disks(&[
+            ("/dev/vda", 8 << 30, 512),
+            ("/dev/vdb", 8 << 30, 4096),
+        ]))
+        .unwrap_err();
+    assert!(matches!(e, RenderError::MixedSectorSizes { .. }), "{e}");
+    assert!(e.to_string().contains("/dev/vdb 4096-byte sectors"), "{e}");
+    // 256M ESP + 4M RAID offset + 1M PV start + 512M + 256M + a rest extent do not fit in
+    // 1 GiB; the error names the smaller disk and the exact size that works.
+    let small = disks(&[("/dev/vda", 2 << 30, 512), ("/dev/vdb", 1 << 30, 512)]);
+    let e = p.render(&small).unwrap_err();
+    let RenderError::DiskTooSmall {
+        disk, need_bytes, ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(disk, "/dev/vdb");
+    assert!(e.to_string().contains("needs at least"), "{e}");
+    let at = |size: u64| disks(&[("/dev/vda", 2 << 30, 512), ("/dev/vdb", size, 512)]);
+    assert!(p.render(&at(*need_bytes)).is_ok());
+    assert!(p.render(&at(*need_bytes - MIB)).is_err());
+}
+
 #[test]
 fn extlinux_example_renders_for_bios_and_uefi() {
     let p = Profile::load(&dir("examples/extlinux.toml")).unwrap();

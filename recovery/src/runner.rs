@@ -2,6 +2,10 @@
 //! phase to its [`Source`]. The agent (`/init` of the install initramfs) runs it against the
 //! server ([`crate::source::Http`]); `ignite install` runs the same steps from a local store
 //! ([`crate::source::Store`]). An install is a restore of a golden archive onto a fresh layout.
+//!
+//! A plan's RAID array and LVM volume group are not steps of their own: they are made right
+//! after the last `Partition` step (within the `partitioned` phase), and stopped after the
+//! last unmount; see [`crate::steps::volumes`].
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +15,7 @@ use ignite_profiles::{ClientFacts, InstallPlan, Step};
 use crate::log::Log;
 use crate::protocol::{Phase, Source};
 use crate::steps::mount::Target;
-use crate::steps::{bootloader, chroot, format, fstab, identity, network, partition};
+use crate::steps::{bootloader, chroot, format, fstab, identity, network, partition, volumes};
 
 /// The whole install: asks `server` for the plan for `facts`, runs it under `root`, and
 /// reports `Done`, or `Failed` with the error and the log's tail.
@@ -25,7 +29,10 @@ pub fn install(server: &dyn Source, facts: &ClientFacts, root: &std::path::Path)
                 "plan: profile {}, hostname {}, disk {}, {} steps",
                 plan.profile,
                 plan.hostname,
-                plan.disk.path,
+                plan.disks()
+                    .map(|d| d.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
                 plan.steps.len()
             ));
             run_plan(server, &plan, root, &mut log)
@@ -68,9 +75,13 @@ pub fn run_plan(
         ));
         run_step(server, plan, step, &mut target, log)
             .with_context(|| format!("step {} ({})", i + 1, describe(step)))?;
-        // Phases are reported when the last step of their kind is done.
         let next = steps.get(i + 1);
+        if matches!(step, Step::Partition { .. }) && !matches!(next, Some(Step::Partition { .. })) {
+            volumes::make(plan, log).context("after partitioning")?;
+        }
+        // Phases are reported when the last step of their kind is done.
         let phase = match (step, next) {
+            (Step::Partition { .. }, Some(Step::Partition { .. })) => None,
             (Step::Partition { .. }, _) => Some(Phase::Partitioned),
             (Step::Format { .. }, Some(Step::Format { .. })) => None,
             (Step::Format { .. }, _) => Some(Phase::Formatted),
@@ -86,7 +97,7 @@ pub fn run_plan(
         }
     }
     target.unmount_all(log)?;
-    Ok(())
+    volumes::stop(plan, log)
 }
 
 /// True for the identity/network/hook steps that make up the `Configured` phase.
@@ -109,7 +120,13 @@ fn run_step(
     log: &mut Log,
 ) -> Result<()> {
     match step {
-        Step::Partition { disk } => partition::partition(&plan.disk, disk, log),
+        Step::Partition { disk } => {
+            let d = plan
+                .disks()
+                .find(|d| &d.path == disk)
+                .with_context(|| format!("the plan has no layout for disk {disk}"))?;
+            partition::partition(d, disk, log)
+        }
         Step::Format { device, fs, label } => {
             let uuid = format::format(device, *fs, label, plan.disk.sector_size, log)?;
             target.uuids.insert(device.clone(), uuid);
@@ -147,7 +164,13 @@ fn run_step(
             ));
             server.report(&Phase::Extracted { bytes })
         }
-        Step::Fstab => fstab::write(target, &plan.disk, log),
+        Step::Fstab => {
+            fstab::write(target, plan, log)?;
+            match &plan.raid {
+                Some(raid) => volumes::write_mdadm_conf(target.root(), raid, log),
+                None => Ok(()),
+            }
+        }
         Step::Hostname { hostname } => identity::hostname(target.root(), hostname, log),
         Step::MachineId => identity::machine_id(target.root(), log).map(|_| ()),
         Step::SshHostKeys => identity::ssh_host_keys(target, log),
@@ -162,7 +185,7 @@ fn run_step(
             loader,
             firmware,
             disk,
-        } => bootloader::install(target, &plan.disk, *loader, *firmware, disk, log),
+        } => bootloader::install(target, plan, *loader, *firmware, disk, log),
         Step::Hook { index, command } => chroot::hook(target, *index, command, log),
         Step::Unmount => target.unmount_all(log),
     }

@@ -353,6 +353,26 @@ impl Guest {
         );
     }
 
+    /// Starts the guest again once it has powered off with only its disk `keep`, the others
+    /// taken out (as a failed disk is): that disk is the machine's only one, on its own
+    /// controller, with the same firmware variables; the console goes to a new file named
+    /// after `boot`.
+    pub fn boot_with_only_disk(&mut self, lab: &Lab, boot: &str, keep: usize) {
+        let only = Hardware {
+            nic: self.hw.nic,
+            disks: vec![self.hw.disks[keep]],
+        };
+        let first = self.disk_at(keep);
+        // Started as a machine with that one disk; then the guest is again the one that owns
+        // all its disks (for `disk_at` and for removing them when dropped).
+        let all = (
+            std::mem::replace(&mut self.disk, first),
+            std::mem::replace(&mut self.hw, only),
+        );
+        self.boot_again(lab, boot);
+        (self.disk, self.hw) = all;
+    }
+
     /// The disk image (for the host to look at once the guest is off).
     pub fn disk(&self) -> &Path {
         &self.disk

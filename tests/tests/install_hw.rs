@@ -2,9 +2,11 @@
 //! one `ignite server`, a matrix of guests at once, each installing the golden image onto its
 //! own disk and booting from it — NVMe under SeaBIOS (on an e1000e NIC instead of
 //! virtio-net) and under OVMF, a 4K-native virtio disk under OVMF, a SATA disk on AHCI, a
-//! SCSI disk behind an LSI MegaRAID SAS HBA — and two that cannot install, whose failure the
-//! server shows: a machine with no disk (the agent reports it, naming the controllers it
-//! saw) and one whose NIC the agent has no driver for (the server marks it `agent silent`).
+//! SCSI disk behind an LSI MegaRAID SAS HBA, and a UEFI machine with two disks that gets
+//! them mirrored (md RAID1, LVM on it, an ESP on each) and still boots with its first disk
+//! taken out — and two that cannot install, whose failure the server shows: a machine with
+//! no disk (the agent reports it, naming the controllers it saw) and one whose NIC the
+//! agent has no driver for (the server marks it `agent silent`).
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,111 @@ drv=$(basename "$(readlink -f $dev/driver)")
 hba=$(cat "$(readlink -f /sys/block/$disk/device)"/../../scsi_host/*/proc_name 2>/dev/null || echo -)
 nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
 echo "IGNITE-FIRSTBOOT host=$(hostname) disk=$disk lbs=$(cat /sys/block/$disk/queue/logical_block_size) drv=$drv hba=$hba nicdrv=$(basename "$(readlink -f /sys/class/net/$nic/device/driver)") root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) efi=$(test -d /sys/firmware/efi && echo yes || echo no) end" >/dev/ttyS0"#;
+
+/// The RAID machine's first-boot report (profile `raid`: profiles/examples/raid1-lvm.toml):
+/// what `/`, `/var` and swap are on, the array's state and members as /proc/mdstat has them
+/// (`[UU]`: both in sync, `[_U]`: one missing), the ESPs mounted, and whether a change to the
+/// first ESP's loader reaches the second (`espsync`: the path unit at work; `none` when only
+/// one ESP is there).
+const RAID_SCRIPT: &str = r##"root=$(findmnt -no SOURCE /)
+swap=$(swapon --noheadings --show=NAME | head -1)
+md=$(awk '/^md/ {s=$3"-"$4; getline; print s"-"$NF; exit}' /proc/mdstat)
+members=$(awk '/^md/ {for (i = 5; i <= NF; i++) printf "%s,", $i; exit}' /proc/mdstat)
+esps=$(findmnt -rno TARGET | grep '^/boot/efi' | sort | tr '\n' ,)
+sync=none
+if mountpoint -q /boot/efi && mountpoint -q /boot/efi2; then
+  want="# ignite sync check $(cat /proc/sys/kernel/random/uuid)"
+  echo "$want" >>/boot/efi/EFI/BOOT/grub.cfg
+  sync=no
+  for i in $(seq 120); do
+    if [ "$(tail -1 /boot/efi2/EFI/BOOT/grub.cfg)" = "$want" ]; then sync=yes; break; fi
+    sleep 1
+  done
+fi
+echo "IGNITE-FIRSTBOOT host=$(hostname) root=$(lsblk -no TYPE $root) rootfs=$(findmnt -no FSTYPE /) var=$(lsblk -no TYPE $(findmnt -no SOURCE /var)) swap=$(lsblk -no TYPE $swap) md=$md members=$members esps=$esps espsync=$sync efi=$(test -d /sys/firmware/efi && echo yes || echo no) end" >/dev/ttyS0"##;
+
+/// Where the RAID machine is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RaidStep {
+    /// Installing, then booting on both disks.
+    FirstBoot,
+    /// Reported; powering off.
+    PoweringOff,
+    /// Started again with only its second disk.
+    Degraded,
+    Done,
+}
+
+/// What both of the RAID machine's boots report: `/`, `/var` and swap on LVM, under UEFI.
+fn assert_on_lvm(id: &std::collections::HashMap<String, String>) {
+    for (k, v) in [
+        ("root", "lvm"),
+        ("rootfs", "ext4"),
+        ("var", "lvm"),
+        ("swap", "lvm"),
+        ("efi", "yes"),
+        ("host", "raid"),
+    ] {
+        assert_eq!(id[k], v, "{k}: {id:?}");
+    }
+}
+
+/// One look at the RAID machine: checks a report as it comes and moves it on. Its first
+/// boot: installed on both disks, both members in sync, an ESP on each, a change to the
+/// first copied onto the second. Then its first disk is taken out: the second alone boots
+/// (its own ESP, the array degraded).
+fn raid_progress(
+    at: RaidStep,
+    raid: &mut Guest,
+    lab: &Lab,
+    site: &Site,
+    context: &dyn Fn() -> String,
+) -> RaidStep {
+    let stopped = |raid: &Guest, what: &str| -> ! {
+        panic!(
+            "the RAID machine stopped before its {what} boot reported:\n{}\n{}",
+            tail(&strip_ansi(&raid.console()), 80),
+            context()
+        )
+    };
+    match at {
+        RaidStep::FirstBoot => match raid.firstboot() {
+            Some(id) => {
+                eprintln!("raid (both disks): {id:?}");
+                assert_on_lvm(&id);
+                assert!(id["md"].starts_with("active-raid1-[UU]"), "{id:?}");
+                assert!(
+                    id["members"].contains("vda2[") && id["members"].contains("vdb2["),
+                    "{id:?}"
+                );
+                assert_eq!(id["esps"], "/boot/efi,/boot/efi2,", "{id:?}");
+                assert_eq!(id["espsync"], "yes", "{id:?}");
+                let text = site.ignite(&["client", "show", "raid"]);
+                assert!(text.contains("install: profile raid, done"), "{text}");
+                RaidStep::PoweringOff
+            }
+            None if raid.exited() => stopped(raid, "first"),
+            None => at,
+        },
+        RaidStep::PoweringOff if raid.exited() => {
+            raid.boot_with_only_disk(lab, "degraded", 1);
+            RaidStep::Degraded
+        }
+        RaidStep::Degraded => match raid.firstboot() {
+            Some(id) => {
+                eprintln!("raid (second disk alone): {id:?}");
+                assert_on_lvm(&id);
+                assert!(id["md"].starts_with("active-raid1-[_U]"), "{id:?}");
+                assert_eq!(id["members"], "vda2[1],", "the second disk, alone: {id:?}");
+                assert_eq!(id["esps"], "/boot/efi2,", "{id:?}");
+                RaidStep::Done
+            }
+            None if raid.exited() => stopped(raid, "degraded"),
+            None => at,
+        },
+        RaidStep::PoweringOff | RaidStep::Done => at,
+    }
+}
 
 /// The server's quiet time before an agent it handed out is called silent: longer than a
 /// kernel takes from the agent's download to its first report with seven emulated guests
@@ -115,7 +222,16 @@ fn a_matrix_of_machines_installs_at_once_and_failures_show_in_client_show() {
         return;
     }
     let t = Instant::now();
-    let site = Site::new(&[("lab", profile(&[&firstboot_hook(HW_SCRIPT)]))]);
+    // Top-level keys go before the first table.
+    let raid_profile = format!(
+        "hooks = ['''\n{}''']\n{}",
+        firstboot_hook(RAID_SCRIPT),
+        include_str!("../../profiles/examples/raid1-lvm.toml")
+    );
+    let site = Site::new(&[
+        ("lab", profile(&[&firstboot_hook(HW_SCRIPT)])),
+        ("raid", raid_profile),
+    ]);
     let lab = Lab::new("hw");
     let server = site.server_with(
         &lab,
@@ -138,6 +254,21 @@ fn a_matrix_of_machines_installs_at_once_and_failures_show_in_client_show() {
         ));
     }
     let (nodisk_n, silent_n) = (cases.len() as u8 + 1, cases.len() as u8 + 2);
+    // Two virtio disks under OVMF, mirrored: an ESP on each is what makes either bootable.
+    let raid_n = cases.len() as u8 + 3;
+    site.client(&format!("52:54:00:78:00:{raid_n:02x}"), "raid", "raid");
+    let mut raid = Guest::start_on(
+        &lab,
+        site.tmp.path(),
+        raid_n,
+        Firmware::Uefi,
+        Hardware {
+            nic: "virtio-net-pci",
+            disks: vec![DiskBus::Virtio, DiskBus::Virtio],
+        },
+        3 << 30,
+        1,
+    );
     site.client(&format!("52:54:00:78:00:{nodisk_n:02x}"), "nodisk", "lab");
     site.client(&format!("52:54:00:78:00:{silent_n:02x}"), "nonic", "lab");
     let mut nodisk = Some(Guest::start_on(
@@ -259,7 +390,10 @@ fn a_matrix_of_machines_installs_at_once_and_failures_show_in_client_show() {
     nonic.take();
 
     let limit = Duration::from_secs(2400);
-    while guests.iter().any(|g| g.firstboot().is_none()) {
+    // The RAID machine goes through its two boots while the others install and boot.
+    let mut raid_at = RaidStep::FirstBoot;
+    while guests.iter().any(|g| g.firstboot().is_none()) || raid_at != RaidStep::Done {
+        raid_at = raid_progress(raid_at, &mut raid, &lab, &site, &context);
         for (g, c) in guests.iter_mut().zip(&cases) {
             if g.exited() && g.firstboot().is_none() {
                 panic!(
@@ -273,7 +407,7 @@ fn a_matrix_of_machines_installs_at_once_and_failures_show_in_client_show() {
         }
         assert!(
             t.elapsed() < limit,
-            "not every guest came up within {limit:?}:\n{}",
+            "not every guest came up within {limit:?} (the RAID machine: {raid_at:?}):\n{}",
             context()
         );
         std::thread::sleep(Duration::from_secs(2));
@@ -294,8 +428,12 @@ fn a_matrix_of_machines_installs_at_once_and_failures_show_in_client_show() {
         assert!(text.contains("install: profile lab, done"), "{text}");
     }
     eprintln!(
-        "matrix: {} installs on different hardware booted their own disks; whole test {:?}",
+        "matrix: {} installs on different hardware booted their own disks, {:?} after the start",
         cases.len(),
+        t.elapsed()
+    );
+    eprintln!(
+        "matrix: the RAID1 machine booted on both disks, then degraded from its second disk; whole test {:?}",
         t.elapsed()
     );
 }

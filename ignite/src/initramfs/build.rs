@@ -75,6 +75,10 @@ pub const ALWAYS: &[&str] = &[
     "nls_iso8859_1",
     "nls_ascii",
     "efivarfs",
+    // Software RAID1 and LVM (device-mapper) under the file systems: loaded up front, as
+    // the agent has no modprobe for the kernel to ask when mdadm or lvm opens them.
+    "raid1",
+    "dm_mod",
     // Recovery media: the CD's file system (no device asks for it; sr_mod brings cdrom).
     "isofs",
 ];
@@ -85,6 +89,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("mkfs.xfs", "xfsprogs"),
     ("mkfs.vfat", "dosfstools"),
     ("mkswap", "util-linux"),
+    // Software RAID and LVM (pvcreate, vgcreate, lvcreate are `lvm` subcommands).
+    ("mdadm", "mdadm"),
+    ("lvm", "lvm2"),
     // The rescue shell's and the install benchmark's baseline (`curl | tar`).
     ("curl", "curl"),
     ("tar", "tar"),

@@ -108,10 +108,10 @@ pub fn probe(disk: &dyn ImageReader) -> Result<DiskLayout> {
             }
         }
     }
-    let mut partitions = if mbr_ok && !protective {
-        mbr_partitions(&mbr, size)
+    let (sector, mut partitions) = if mbr_ok && !protective {
+        mbr_layout(disk, &mbr, size)
     } else {
-        Vec::new()
+        (512, Vec::new())
     };
     let table = if partitions.is_empty() {
         // A whole-disk file system, or nothing we know.
@@ -130,13 +130,15 @@ pub fn probe(disk: &dyn ImageReader) -> Result<DiskLayout> {
     } else {
         Table::Mbr
     };
-    fill_filesystems(disk, &mut partitions);
-    if table == Table::None && partitions[0].fs.is_none() {
-        partitions.clear();
+    if table == Table::None {
+        fill_filesystems(disk, &mut partitions);
+        if partitions[0].fs.is_none() {
+            partitions.clear();
+        }
     }
     Ok(DiskLayout {
         size,
-        sector_size: 512,
+        sector_size: sector,
         disk_id: (table == Table::Mbr).then(|| format!("{:08x}", u32_le(&mbr, 440))),
         table,
         partitions,
@@ -276,7 +278,24 @@ fn gpt(disk: &dyn ImageReader, sector: u64) -> Result<Option<DiskLayout>> {
     }))
 }
 
-fn mbr_partitions(mbr: &[u8], size: u64) -> Vec<PartitionLayout> {
+/// An MBR's sector size and partitions (with their file systems). The table counts in the
+/// disk's logical sectors but does not say their size: as for GPT, each size a disk may have
+/// is tried, and the one under which more partitions hold a file system we know wins (512,
+/// the common case, on a tie: a table of unformatted partitions says nothing either way).
+fn mbr_layout(disk: &dyn ImageReader, mbr: &[u8], size: u64) -> (u64, Vec<PartitionLayout>) {
+    let mut best: Option<(usize, u64, Vec<PartitionLayout>)> = None;
+    for sector in [512u64, 4096] {
+        let mut parts = mbr_partitions(mbr, size, sector);
+        fill_filesystems(disk, &mut parts);
+        let known = parts.iter().filter(|p| p.fs.is_some()).count();
+        if best.as_ref().is_none_or(|b| known > b.0) {
+            best = Some((known, sector, parts));
+        }
+    }
+    best.map(|(_, s, p)| (s, p)).unwrap_or((512, Vec::new()))
+}
+
+fn mbr_partitions(mbr: &[u8], size: u64, sector: u64) -> Vec<PartitionLayout> {
     let mut out = Vec::new();
     for i in 0..4 {
         let e = &mbr[446 + i * 16..446 + (i + 1) * 16];
@@ -286,7 +305,7 @@ fn mbr_partitions(mbr: &[u8], size: u64) -> Vec<PartitionLayout> {
         if ty == 0 || count == 0 || [0x05, 0x0f, 0x85].contains(&ty) {
             continue;
         }
-        let (start, len) = (first * 512, count * 512);
+        let (start, len) = (first * sector, count * sector);
         if start + len > size {
             continue;
         }
@@ -517,5 +536,62 @@ impl ext4_view::Ext4Read for PartReader {
         self.disk
             .read_at(dst, self.start + start_byte)
             .map_err(|e| e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk image in memory.
+    struct Mem(Vec<u8>);
+
+    impl ImageReader for Mem {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let o = offset as usize;
+            let src = self.0.get(o..o + buf.len()).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "past the end")
+            })?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+        fn name(&self) -> String {
+            "mem".into()
+        }
+    }
+
+    /// An MBR disk whose one partition (type 0x83) starts at LBA 256 and is 512 sectors
+    /// long, with an ext4 superblock where that partition starts in `sector`-byte units.
+    fn mbr_disk(sector: u64) -> Mem {
+        let mut d = vec![0u8; 4 << 20];
+        d[510] = 0x55;
+        d[511] = 0xaa;
+        let e = 446;
+        d[e + 4] = 0x83;
+        d[e + 8..e + 12].copy_from_slice(&256u32.to_le_bytes());
+        d[e + 12..e + 16].copy_from_slice(&512u32.to_le_bytes());
+        let sb = (256 * sector) as usize + 1024;
+        d[sb + 56..sb + 58].copy_from_slice(&0xef53u16.to_le_bytes());
+        d[sb + 96..sb + 100].copy_from_slice(&0x40u32.to_le_bytes());
+        Mem(d)
+    }
+
+    #[test]
+    fn an_mbr_disk_records_the_sector_size_its_table_counts_in() {
+        for sector in [512u64, 4096] {
+            let l = probe(&mbr_disk(sector)).unwrap();
+            assert_eq!(l.table, Table::Mbr);
+            assert_eq!(l.sector_size, sector);
+            let p = &l.partitions[0];
+            assert_eq!((p.start, p.size), (256 * sector, 512 * sector));
+            assert_eq!(p.fs.as_ref().map(|f| f.fs_type.as_str()), Some("ext4"));
+        }
+        // Nothing formatted: the table alone cannot tell, and 512 is assumed.
+        let mut blank = mbr_disk(4096);
+        blank.0[256 * 4096 + 1024 + 56] = 0;
+        assert_eq!(probe(&blank).unwrap().sector_size, 512);
     }
 }

@@ -1,8 +1,9 @@
-//! The `Fstab` step: /etc/fstab naming every mounted partition and swap space by the UUID
-//! the agent gave it.
+//! The `Fstab` step: /etc/fstab naming every mounted file system and swap space (partitions
+//! and logical volumes) by the UUID the agent gave it. (The runner also writes the array's
+//! line into /etc/mdadm/mdadm.conf in this step: see `volumes`.)
 
 use anyhow::{Context, Result};
-use ignite_profiles::{DiskPlan, Fs};
+use ignite_profiles::{Fs, InstallPlan};
 
 use super::mount::{fs_type, Target};
 use crate::log::Log;
@@ -17,7 +18,7 @@ fn uuid_of<'t>(target: &'t Target, device: &str) -> Result<&'t str> {
         })
 }
 
-pub fn render(target: &Target, disk: &DiskPlan) -> Result<String> {
+pub fn render(target: &Target, plan: &InstallPlan) -> Result<String> {
     let mut out = String::from("# Written by the Ignite install agent.\n# <file system> <mount point> <type> <options> <dump> <pass>\n");
     for m in &target.mounted {
         let opts = if m.options.is_empty() {
@@ -36,19 +37,17 @@ pub fn render(target: &Target, disk: &DiskPlan) -> Result<String> {
             fs_type(m.fs)
         ));
     }
-    for p in &disk.partitions {
-        if p.fs == Some(Fs::Swap) {
-            out.push_str(&format!(
-                "UUID={} none swap sw 0 0\n",
-                uuid_of(target, &p.device)?
-            ));
-        }
+    for device in plan.swap_devices() {
+        out.push_str(&format!(
+            "UUID={} none swap sw 0 0\n",
+            uuid_of(target, device)?
+        ));
     }
     Ok(out)
 }
 
-pub fn write(target: &Target, disk: &DiskPlan, log: &mut Log) -> Result<()> {
-    let text = render(target, disk)?;
+pub fn write(target: &Target, plan: &InstallPlan, log: &mut Log) -> Result<()> {
+    let text = render(target, plan)?;
     let path = target.path("/etc/fstab");
     std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
     log.line(text.trim_end());

@@ -9,3 +9,4 @@ pub mod identity;
 pub mod mount;
 pub mod network;
 pub mod partition;
+pub mod volumes;

@@ -26,7 +26,13 @@ fn grub_module(fs: Fs) -> &'static str {
     }
 }
 
-/// grub.cfg: boots the kernel straight away (no menu timeout) with root by UUID.
+/// `insmod` lines for GRUB's modules that read the RAID array and LVM under /boot.
+fn insmods(storage: &[&str]) -> String {
+    storage.iter().map(|m| format!("insmod {m}\n")).collect()
+}
+
+/// grub.cfg: boots the kernel straight away (no menu timeout) with root by UUID; `storage`
+/// names the modules that read what /boot is on (`mdraid1x`, `lvm`), if any.
 pub fn grub_cfg(
     boot_uuid: &str,
     boot_fs: Fs,
@@ -34,16 +40,18 @@ pub fn grub_cfg(
     root_uuid: &str,
     kernel: &str,
     initrd: Option<&str>,
+    storage: &[&str],
 ) -> String {
     let mut s = format!(
         "# Written by the Ignite install agent.\n\
          set timeout=0\n\
          set default=0\n\
          insmod part_gpt\n\
-         insmod {}\n\
+         {}insmod {}\n\
          search --no-floppy --fs-uuid --set=root {boot_uuid}\n\
          menuentry 'Linux' {{\n\
          \tlinux {prefix}/{kernel} root=UUID={root_uuid} ro {CONSOLE_ARGS}\n",
+        insmods(storage),
         grub_module(boot_fs)
     );
     if let Some(i) = initrd {
@@ -65,13 +73,14 @@ const SIGNED_CHAIN: [(&str, &str); 3] = [
 ];
 
 /// `EFI/BOOT/grub.cfg`: what the signed GRUB reads on the ESP, pointing it at /boot.
-pub fn esp_grub_cfg(boot_uuid: &str, prefix: &str) -> String {
+pub fn esp_grub_cfg(boot_uuid: &str, prefix: &str, storage: &[&str]) -> String {
     format!(
         "# Written by the Ignite install agent: the signed GRUB (loaded by shim) reads this\n\
          # first and goes on to /boot/grub/grub.cfg.\n\
-         search --no-floppy --fs-uuid --set=root {boot_uuid}\n\
+         {}search --no-floppy --fs-uuid --set=root {boot_uuid}\n\
          set prefix=($root){prefix}/grub\n\
-         configfile $prefix/grub.cfg\n"
+         configfile $prefix/grub.cfg\n",
+        insmods(storage)
     )
 }
 
@@ -82,6 +91,7 @@ fn install_signed(
     esp: &str,
     boot_uuid: &str,
     prefix: &str,
+    storage: &[&str],
     log: &mut Log,
 ) -> Result<bool> {
     let missing: Vec<&str> = SIGNED_CHAIN
@@ -114,18 +124,22 @@ fn install_signed(
     write_config(
         target,
         &format!("{esp}/EFI/BOOT/grub.cfg"),
-        &esp_grub_cfg(boot_uuid, prefix),
+        &esp_grub_cfg(boot_uuid, prefix, storage),
         log,
     )?;
     Ok(true)
 }
 
+/// GRUB for BIOS onto each of `disks` (the same layout on each), for UEFI onto the first
+/// disk's ESP.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn install(
     target: &mut Target,
     disk_plan: &DiskPlan,
     bios: bool,
     uefi: bool,
-    disk: &str,
+    disks: &[&str],
+    storage: &[&str],
     f: &BootFiles,
     log: &mut Log,
 ) -> Result<()> {
@@ -138,16 +152,20 @@ pub(super) fn install(
         {
             bail!("GRUB for BIOS on GPT needs a bios_boot partition; add one (size = \"1M\") to the profile");
         }
-        chroot::run(
-            target,
-            Command::new("grub-install").args(["--target=i386-pc", disk]),
-            log,
-        )
-        .context("grub-install for BIOS (the image needs grub-pc-bin)")?;
+        for disk in disks {
+            chroot::run(
+                target,
+                Command::new("grub-install").args(["--target=i386-pc", disk]),
+                log,
+            )
+            .with_context(|| {
+                format!("grub-install for BIOS on {disk} (the image needs grub-pc-bin)")
+            })?;
+        }
     }
     if uefi {
         let (esp, _) = esp_mount(target, disk_plan, "GRUB")?;
-        if !install_signed(target, &esp, &boot_uuid, f.prefix, log)? {
+        if !install_signed(target, &esp, &boot_uuid, f.prefix, storage, log)? {
             chroot::run(
                 target,
                 Command::new("grub-install").args([
@@ -164,19 +182,16 @@ pub(super) fn install(
     write_config(
         target,
         "/boot/grub/grub.cfg",
-        &grub_cfg_for(f, &boot_uuid),
+        &grub_cfg(
+            &boot_uuid,
+            f.boot_fs,
+            f.prefix,
+            &f.root_uuid,
+            &f.kernel,
+            f.initrd.as_deref(),
+            storage,
+        ),
         log,
-    )
-}
-
-fn grub_cfg_for(f: &BootFiles, boot_uuid: &str) -> String {
-    grub_cfg(
-        boot_uuid,
-        f.boot_fs,
-        f.prefix,
-        &f.root_uuid,
-        &f.kernel,
-        f.initrd.as_deref(),
     )
 }
 
@@ -221,13 +236,13 @@ mod tests {
             std::fs::write(p, inside).unwrap();
         };
         put(SIGNED_CHAIN[0].0);
-        assert!(!install_signed(&target, "/boot/efi", "B", "/boot", &mut log).unwrap());
+        assert!(!install_signed(&target, "/boot/efi", "B", "/boot", &[], &mut log).unwrap());
         assert!(log.tail().contains("mmx64.efi.signed"), "{}", log.tail());
         assert!(!target.path("/boot/efi/EFI").exists());
         for (inside, _) in SIGNED_CHAIN {
             put(inside);
         }
-        assert!(install_signed(&target, "/boot/efi", "B", "/boot", &mut log).unwrap());
+        assert!(install_signed(&target, "/boot/efi", "B", "/boot", &[], &mut log).unwrap());
         let esp = target.path("/boot/efi/EFI/BOOT");
         for (inside, name) in SIGNED_CHAIN {
             assert_eq!(
@@ -238,17 +253,20 @@ mod tests {
         }
         assert_eq!(
             std::fs::read_to_string(esp.join("grub.cfg")).unwrap(),
-            esp_grub_cfg("B", "/boot")
+            esp_grub_cfg("B", "/boot", &[])
         );
     }
 
     #[test]
     fn esp_grub_cfg_finds_boot_by_uuid() {
-        let c = esp_grub_cfg("1234-AB", "/boot");
+        let c = esp_grub_cfg("1234-AB", "/boot", &[]);
         assert!(c.contains("search --no-floppy --fs-uuid --set=root 1234-AB\n"));
         assert!(c.contains("set prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n"));
         // /boot on its own file system: GRUB's files are at its top.
-        assert!(esp_grub_cfg("U", "").contains("set prefix=($root)/grub\n"));
+        assert!(esp_grub_cfg("U", "", &[]).contains("set prefix=($root)/grub\n"));
+        // On RAID and LVM: the modules that read them, before the search.
+        assert!(esp_grub_cfg("U", "/boot", &["mdraid1x", "lvm"])
+            .contains("insmod mdraid1x\ninsmod lvm\nsearch --no-floppy --fs-uuid --set=root U\n"));
     }
 
     #[test]
@@ -260,6 +278,7 @@ mod tests {
             "R",
             "vmlinuz-6",
             Some("initrd.img-6"),
+            &[],
         );
         assert!(c.contains("set timeout=0\n"));
         assert!(c.contains("search --no-floppy --fs-uuid --set=root B\n"));

@@ -5,14 +5,19 @@
 //!
 //! `grub` and `syslinux` hold each loader; this module finds the kernel and the file systems
 //! they boot from.
+//!
+//! On several disks, each disk is made bootable on its own: on BIOS GRUB goes onto every
+//! disk; on UEFI the loader is installed on the first disk's ESP and that ESP is copied onto
+//! the others (`esp_sync`), and the installed system keeps them copies of it after a change.
 
+mod esp_sync;
 mod grub;
 mod syslinux;
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use ignite_profiles::{DiskPlan, Firmware, Fs, Loader, PartKind};
+use ignite_profiles::{DiskPlan, Firmware, Fs, InstallPlan, Loader, PartKind};
 
 use crate::log::Log;
 use crate::steps::mount::Target;
@@ -106,7 +111,7 @@ impl BootFiles {
 
 pub fn install(
     target: &mut Target,
-    disk_plan: &DiskPlan,
+    plan: &InstallPlan,
     loader: Loader,
     firmware: Firmware,
     disk: &str,
@@ -118,8 +123,20 @@ pub fn install(
     let files = BootFiles::find(target)?;
     let bios = matches!(firmware, Firmware::Bios | Firmware::Both);
     let uefi = matches!(firmware, Firmware::Uefi | Firmware::Both);
+    let disk_plan = &plan.disk;
     match loader {
-        Loader::Grub => grub::install(target, disk_plan, bios, uefi, disk, &files, log),
+        Loader::Grub => {
+            // GRUB reads /boot through the array and the volume group (a degraded array
+            // too): the modules are named, as the ESP's signed GRUB has them built in.
+            let storage: &[&str] = match (&plan.raid, &plan.lvm) {
+                (None, None) => &[],
+                _ => &["mdraid1x", "lvm"],
+            };
+            let disks: Vec<&str> = std::iter::once(disk)
+                .chain(plan.more_disks.iter().map(|d| d.path.as_str()))
+                .collect();
+            grub::install(target, disk_plan, bios, uefi, &disks, storage, &files, log)?;
+        }
         Loader::Extlinux => {
             if bios {
                 syslinux::install_bios(target, disk_plan, disk, &files, log)?;
@@ -127,10 +144,13 @@ pub fn install(
             if uefi {
                 syslinux::install_uefi(target, disk_plan, &files, log)?;
             }
-            Ok(())
         }
-        Loader::None => Ok(()),
+        Loader::None => {}
     }
+    if uefi {
+        esp_sync::mirror(target, plan, log)?;
+    }
+    Ok(())
 }
 
 /// The mount point (inside the target) of the plan's EFI system partition.

@@ -323,7 +323,7 @@ mod tests {
         assert!(!c.contains("INITRD"), "{c}");
         assert!(c.contains("\tLINUX /EFI/BOOT/vmlinuz-6\n"), "{c}");
         // GRUB and Syslinux give the kernel the same console arguments.
-        let g = grub_cfg("B", Fs::Ext4, "", "R", "vmlinuz-6", None);
+        let g = grub_cfg("B", Fs::Ext4, "", "R", "vmlinuz-6", None, &[]);
         let args = |s: &str, key: &str| {
             s.lines()
                 .find(|l| l.trim_start().starts_with(key))
