@@ -192,3 +192,41 @@ fn a_closed_stdout_ends_a_listing_quietly() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `profile render` of a two-disk RAID1 + LVM profile shows both disks, the array over their
+/// members and the volume group's volumes (it printed only the first disk before).
+#[test]
+fn profile_render_shows_every_disk_the_array_and_the_volumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../profiles/examples/raid1-lvm.toml"
+    );
+    let (ok, out, err) = ignite(
+        &[
+            "profile",
+            "render",
+            example,
+            "--mac",
+            "52:54:00:00:00:01",
+            "--hostname",
+            "web1",
+            "--disk",
+            "/dev/vda:8G",
+            "--disk",
+            "/dev/vdb:8G",
+        ],
+        tmp.path(),
+    );
+    assert!(ok, "{err}");
+    for line in [
+        "disk /dev/vda (8 GiB)",
+        "disk /dev/vdb (8 GiB)",
+        "raid: RAID1 /dev/md0 over /dev/vda2, /dev/vdb2",
+        "lvm: vg0 on /dev/md0",
+        "/dev/mapper/vg0-root",
+        "/dev/mapper/vg0-swap",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+}

@@ -163,10 +163,26 @@ fn wait_for<T>(mods: &mut Modules, mut found: impl FnMut() -> Option<T>) -> Opti
     }
 }
 
+/// Disks count once the list has held still this long: disks behind several controllers (or
+/// a driver loaded for a second one) appear one after another, and a plan for several disks
+/// must see them all.
+const DISKS_SETTLE: Duration = Duration::from_secs(1);
+
 fn wait_for_disks(mods: &mut Modules) -> Result<Vec<ignite_profiles::DiskFact>> {
-    match wait_for(mods, || {
-        Some(facts::disks(Path::new("/sys/block"))).filter(|d| !d.is_empty())
-    }) {
+    let read = || facts::disks(Path::new("/sys/block"));
+    let mut seen: Vec<String> = Vec::new();
+    let mut still_since = Instant::now();
+    let settled = wait_for(mods, || {
+        let disks = read();
+        let paths: Vec<String> = disks.iter().map(|d| d.path.clone()).collect();
+        if paths != seen {
+            seen = paths;
+            still_since = Instant::now();
+        }
+        (!disks.is_empty() && still_since.elapsed() >= DISKS_SETTLE).then_some(disks)
+    });
+    // A list still changing at the limit is still a list of disks.
+    match settled.or_else(|| Some(read()).filter(|d| !d.is_empty())) {
         Some(d) => Ok(d),
         None => bail!(
             "no disk appeared within {} s; {}",

@@ -122,26 +122,56 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "profile {} → {} (archive {}, MAC {})",
                 plan.profile, plan.hostname, plan.archive, plan.mac
             );
-            println!(
-                "disk {} ({}), {:?}",
-                plan.disk.path,
-                ignite_profiles::human(plan.disk.size_bytes),
-                plan.disk.table
-            );
-            for p in &plan.disk.partitions {
-                let fs =
-                    p.fs.map(|f| format!("{f:?}").to_lowercase())
-                        .unwrap_or_default();
+            let fs_name = |fs: Option<ignite_profiles::Fs>| {
+                fs.map(|f| format!("{f:?}").to_lowercase())
+                    .unwrap_or_default()
+            };
+            for disk in plan.disks() {
                 println!(
-                    "  {:<14} {:<10} sectors {:>10}-{:<10} {:>12}  {:<5} {}",
-                    p.device,
-                    p.name,
-                    p.start_sector,
-                    p.end_sector,
-                    ignite_profiles::human(p.size_bytes),
-                    fs,
-                    p.mount.as_deref().unwrap_or("")
+                    "disk {} ({}), {:?}",
+                    disk.path,
+                    ignite_profiles::human(disk.size_bytes),
+                    disk.table
                 );
+                for p in &disk.partitions {
+                    println!(
+                        "  {:<14} {:<10} sectors {:>10}-{:<10} {:>12}  {:<5} {}",
+                        p.device,
+                        p.name,
+                        p.start_sector,
+                        p.end_sector,
+                        ignite_profiles::human(p.size_bytes),
+                        fs_name(p.fs),
+                        p.mount.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            if let Some(r) = &plan.raid {
+                println!(
+                    "raid: RAID{} {} over {} ({})",
+                    r.level,
+                    r.device,
+                    r.members.join(", "),
+                    ignite_profiles::human(r.size_bytes)
+                );
+            }
+            if let Some(l) = &plan.lvm {
+                println!(
+                    "lvm: {} on {} ({})",
+                    l.vg,
+                    l.pvs.join(", "),
+                    ignite_profiles::human(l.size_bytes)
+                );
+                for v in &l.volumes {
+                    println!(
+                        "  {:<24} {:>12}  {:<5} {} {}",
+                        v.device,
+                        ignite_profiles::human(v.size_bytes),
+                        fs_name(v.fs),
+                        v.mount.as_deref().unwrap_or(""),
+                        v.note.as_deref().unwrap_or("")
+                    );
+                }
             }
             println!("steps:");
             for (i, s) in plan.steps.iter().enumerate() {
