@@ -23,6 +23,58 @@ pub const OVMF_MS_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 /// What the installed system prints on its first boot (see `FIRSTBOOT_HOOK` in the tests).
 pub const FIRSTBOOT: &str = "IGNITE-FIRSTBOOT";
 
+/// Shell lines for a first-boot script: they set `disk` (the disk holding `/`), `lbs` (its
+/// logical sector size), `drv` (its driver), `hba` (the driver of the SCSI host it hangs off,
+/// or `-`) and `nicdrv` (the first NIC's driver), for the line [`HW_FIELDS`] prints.
+pub const HW_FACTS: &str = r#"src=$(findmnt -no SOURCE /)
+disk=$(lsblk -no PKNAME "$src" | head -1)
+lbs=$(cat /sys/block/$disk/queue/logical_block_size)
+dev=/sys/block/$disk/device
+[ -e $dev/driver ] || dev=$dev/device
+drv=$(basename "$(readlink -f $dev/driver)")
+hba=$(cat "$(readlink -f /sys/block/$disk/device)"/../../scsi_host/*/proc_name 2>/dev/null || echo -)
+nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+nicdrv=$(basename "$(readlink -f /sys/class/net/$nic/device/driver)")"#;
+
+/// The fields [`HW_FACTS`] sets, as a first-boot line prints them.
+pub const HW_FIELDS: &str = "disk=$disk lbs=$lbs drv=$drv hba=$hba nicdrv=$nicdrv";
+
+/// What an installed machine's first-boot line ([`HW_FIELDS`]) says of its hardware.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen {
+    pub disk: &'static str,
+    pub driver: &'static str,
+    pub hba: &'static str,
+    pub lbs: &'static str,
+    pub nic_driver: &'static str,
+}
+
+impl Seen {
+    /// A virtio disk and NIC, 512-byte sectors.
+    pub const VIRTIO: Seen = Seen {
+        disk: "vda",
+        driver: "virtio_blk",
+        hba: "-",
+        lbs: "512",
+        nic_driver: "virtio_net",
+    };
+
+    /// Asserts that the first-boot line `id` of machine `name` shows this hardware.
+    pub fn check(&self, name: &str, id: &HashMap<String, String>) {
+        let got = |k: &str| id.get(k).map(String::as_str).unwrap_or("(none)");
+        let want = [
+            ("disk", self.disk),
+            ("drv", self.driver),
+            ("hba", self.hba),
+            ("lbs", self.lbs),
+            ("nicdrv", self.nic_driver),
+        ];
+        for (k, v) in want {
+            assert_eq!(got(k), v, "{name}: {k} in {id:?}");
+        }
+    }
+}
+
 /// The lab profile (`profiles/examples/lab.toml`) with `hooks` run at the end of the install.
 pub fn profile(hooks: &[&str]) -> String {
     let hooks: Vec<String> = hooks.iter().map(|h| format!("'''\n{h}'''")).collect();

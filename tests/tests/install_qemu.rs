@@ -14,11 +14,15 @@ use ignite_e2e::site::*;
 use ignite_e2e::*;
 
 /// Installed by a profile hook: on the first boot of the installed system, print the
-/// guest's identity on the serial console, then power off (which ends QEMU).
-const FIRSTBOOT_SCRIPT: &str = r#"key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
-nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
-addr=$(ip -4 -o addr show dev "$nic" scope global | awk '{print $4}' | head -1)
-echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key mac=$(cat /sys/class/net/$nic/address) addr=$addr root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) boot=$(findmnt -no FSTYPE /boot) end" >/dev/ttyS0"#;
+/// guest's identity and hardware on the serial console, then power off (which ends QEMU).
+fn firstboot_script() -> String {
+    format!(
+        r#"{HW_FACTS}
+key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
+addr=$(ip -4 -o addr show dev "$nic" scope global | awk '{{print $4}}' | head -1)
+echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key mac=$(cat /sys/class/net/$nic/address) addr=$addr root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) boot=$(findmnt -no FSTYPE /boot) {HW_FIELDS} end" >/dev/ttyS0"#
+    )
+}
 
 /// The first lab's server: the install API over HTTPS only.
 const TLS: &str = "[install]\ntls = true\n";
@@ -31,10 +35,12 @@ fn prerequisites() -> bool {
 }
 
 /// How a guest boots its installed system: which firmware, which loader, and what the
-/// loader leaves on the serial console.
+/// loader leaves on the serial console; on which hardware, and what the system sees of it.
 struct Boot {
     fw: Firmware,
     profile: &'static str,
+    hw: Hardware,
+    seen: Seen,
 }
 
 impl Boot {
@@ -101,29 +107,53 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
     }
     let _turn = QEMU_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let site = Site::new(&[
-        ("lab", profile(&[&firstboot_hook(FIRSTBOOT_SCRIPT)])),
+        ("lab", profile(&[&firstboot_hook(&firstboot_script())])),
         ("lab-extlinux", extlinux_profile()),
     ]);
     let lab = Lab::new("inst4");
     // The agents talk to the install API over HTTPS, pinning the server's authority; the
     // restart below keeps the authority and signs a new server certificate.
     let mut server = site.server_with(&lab, "", TLS);
+    // Two of the machines are also install_hw's matrix cases (an NVMe disk under OVMF, a
+    // SATA disk on AHCI under SeaBIOS): every emulated guest costs a minute or two of CPU,
+    // so this lab carries them rather than that one.
+    let on = |bus| Hardware {
+        nic: "virtio-net-pci",
+        disks: vec![bus],
+    };
     let boots = [
         Boot {
             fw: Firmware::Bios,
             profile: "lab",
+            hw: Hardware::default(),
+            seen: Seen::VIRTIO,
         },
         Boot {
             fw: Firmware::Uefi,
             profile: "lab",
+            hw: on(DiskBus::Nvme),
+            seen: Seen {
+                disk: "nvme0n1",
+                driver: "nvme",
+                ..Seen::VIRTIO
+            },
         },
         Boot {
             fw: Firmware::Bios,
             profile: "lab-extlinux",
+            hw: on(DiskBus::Ahci),
+            seen: Seen {
+                disk: "sda",
+                driver: "sd",
+                hba: "ahci",
+                ..Seen::VIRTIO
+            },
         },
         Boot {
             fw: Firmware::Uefi,
             profile: "lab-extlinux",
+            hw: Hardware::default(),
+            seen: Seen::VIRTIO,
         },
     ];
     let mut guests = Vec::new();
@@ -134,7 +164,16 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
             &format!("g{n}"),
             b.profile,
         );
-        guests.push(Guest::start(&lab, site.tmp.path(), n, b.fw, 4 << 30, 1));
+        let hw = b.hw.clone();
+        guests.push(Guest::start_on(
+            &lab,
+            site.tmp.path(),
+            n,
+            b.fw,
+            hw,
+            4 << 30,
+            1,
+        ));
     }
     let t = Instant::now();
     // The server dies (SIGKILL) while guests are extracting and comes back: the agents
@@ -186,6 +225,7 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
         assert_eq!(id["host"], want, "{}", g.console());
         assert_eq!(id["root"], "ext4");
         assert_eq!(id["var"], "xfs");
+        b.seen.check(&g.name, &id);
         let boot_fs = if b.profile == "lab-extlinux" {
             "ext4"
         } else {
