@@ -161,9 +161,20 @@ impl Browser {
         }
     }
 
+    /// Clicks the element `css` selects. A page that redraws a table (the console does
+    /// every few seconds) can replace the element between finding and clicking it: then
+    /// it is found again.
     pub fn click(&self, css: &str) {
-        let e = self.element(css);
-        self.session_call("POST", &format!("/element/{e}/click"), Some(json!({})));
+        for _ in 0..5 {
+            let e = self.element(css);
+            let p = format!("/session/{}/element/{e}/click", self.session);
+            match self.call("POST", &p, Some(json!({}))) {
+                Err(err) if err.contains("stale element reference") => continue,
+                Err(err) => panic!("click {css}: {err}\n{}", self.driver_log_tail()),
+                Ok(_) => return,
+            }
+        }
+        panic!("click {css}: the element was replaced five times in a row");
     }
 
     /// Types `text` into the field `css` selects (after what it holds).

@@ -171,6 +171,17 @@ fn the_console_shows_the_server_and_acts_through_the_api() {
         .collect();
     assert_eq!(names, ["db1", "g1", "web1"]);
     b.screenshot("clients");
+    // Progress read by a list fetched before the latest event never moves the bar back.
+    let bar = b.script(
+        "const tr = clientRow(arguments[0]); \
+         showInstall(tr, {status: 'active', phase: 'extracting', done: 50, total: 100}); \
+         showInstall(tr, {status: 'active', phase: 'extracting', done: 40, total: 100}); \
+         const v = tr.querySelector('progress').value; \
+         showInstall(tr, null); \
+         return v;",
+        json!([DB1]),
+    );
+    assert_eq!(bar.as_f64(), Some(0.15 + 0.75 * 0.5), "{bar}");
 
     // A boot action set in the page is the server's; a bad one shows the API's reason.
     set_action(&b, DB1, "capture", "");

@@ -172,6 +172,13 @@ function newClientRow(c) {
 }
 
 function showInstall(tr, i) {
+  // A list read just before an event can answer after it: keep the newer progress.
+  const was = tr.install;
+  const older =
+    i && was && i.phase === 'extracting' && was.phase === 'extracting' &&
+    i.status === was.status && i.total === was.total && i.done < was.done;
+  if (older) return;
+  tr.install = i;
   const cell = tr.querySelector('.install');
   cell.textContent = installText(i);
   cell.className = 'install' + (i ? ' st-' + i.status : '');
