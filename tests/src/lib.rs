@@ -1,9 +1,11 @@
 //! Support code for the workspace's end-to-end tests (and the install benchmark): finding the
 //! `ignite` binary, prerequisites that skip locally and fail under CI, running programs, the
 //! cached real-data fixtures; [`lab`] (network namespaces and `ignite server`), [`site`]
-//! (a network-install site and QEMU guests with real firmware) and [`container`] (a
-//! throwaway Debian booted with systemd-nspawn).
+//! (a network-install site and QEMU guests with real firmware), [`container`] (a
+//! throwaway Debian booted with systemd-nspawn) and [`browser`] (headless Chromium over
+//! WebDriver, for the web console).
 
+pub mod browser;
 pub mod container;
 pub mod lab;
 pub mod site;

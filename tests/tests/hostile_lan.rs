@@ -4,6 +4,9 @@
 //! HTTP, its TFTP files), boots made-up MACs under a default install action, calls the admin
 //! API, sends a huge chunk batch, holds slow (slowloris) connections, and floods DHCP with
 //! DISCOVERs from spoofed MACs. The install must finish and the attacker hold nothing.
+//! Meanwhile the sysadmin follows it in the web console (headless Chromium on the server
+//! host): the client's progress bar advances to done, and a boot action set in the page is
+//! what the server then serves that MAC's next PXE boot.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -12,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ignite_e2e::browser::{self, Browser};
 use ignite_e2e::lab::in_netns;
 use ignite_e2e::site::*;
 use ignite_e2e::*;
@@ -242,14 +246,16 @@ fn tail(text: &str, n: usize) -> String {
 
 #[test]
 fn a_hostile_client_steals_nothing_while_a_guest_installs() {
-    if !require_tools(&[
+    let mut need = vec![
         "qemu-system-x86_64",
         "ip",
         "apt-get",
         "debootstrap",
         "curl",
         "udhcpc",
-    ]) {
+    ];
+    need.extend(browser::prerequisites());
+    if !require_tools(&need) {
         return;
     }
     let site = Site::new(&[("lab", profile(&[]))]);
@@ -278,6 +284,26 @@ fn a_hostile_client_steals_nothing_while_a_guest_installs() {
     std::thread::sleep(Duration::from_secs(3));
     let mut guest = Guest::start(&lab, site.tmp.path(), 1, Firmware::Bios, 4 << 30, 1);
     let t = Instant::now();
+    // The sysadmin's browser on the server host follows the install in the web console.
+    let console = {
+        let token = std::fs::read_to_string(site.state.join("admin.token")).unwrap();
+        let (ns, stop) = (lab.ns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let b = Browser::start(&ns);
+            browser::log_in(&b, SERVER, token.trim());
+            // Given up 30 s after the test stopped without the page showing done.
+            let mut stopped: Option<Instant> = None;
+            let seen = browser::watch_install(&b, victim, Duration::from_secs(1300), || {
+                if stop.load(Ordering::Relaxed) {
+                    let since = *stopped.get_or_insert_with(Instant::now);
+                    return (since.elapsed() > Duration::from_secs(30))
+                        .then(|| "the test stopped".to_string());
+                }
+                None
+            });
+            (b, seen)
+        })
+    };
     let slow = {
         let (s, seen) = (stop.clone(), seen.clone());
         in_netns(&slow_ns, move || slowloris(s, seen))
@@ -326,6 +352,7 @@ fn a_hostile_client_steals_nothing_while_a_guest_installs() {
     stop.store(true, Ordering::Relaxed);
     stop_flood.store(true, Ordering::Relaxed);
     let discovers = flood.join().unwrap();
+    let (b, shown) = console.join().unwrap();
     let (longest, most) = slow.join().unwrap();
     thief.join().unwrap();
     let seen_text = seen.text();
@@ -401,6 +428,39 @@ fn a_hostile_client_steals_nothing_while_a_guest_installs() {
     if code != "200" {
         fail(format!("the server answers {code} after the attack"));
     }
+
+    // The console showed the install's phases and its progress bar advancing to done.
+    eprintln!("the console showed: {shown:?}");
+    let extracting: Vec<f64> = shown
+        .iter()
+        .filter(|(text, _)| text.starts_with("extracting"))
+        .map(|s| s.1)
+        .collect();
+    if !extracting.windows(2).any(|w| w[1] > w[0]) {
+        fail(format!(
+            "the progress bar never advanced while extracting: {shown:?}"
+        ));
+    }
+    if shown.windows(2).any(|w| w[1].1 < w[0].1) {
+        fail(format!("the progress bar went back: {shown:?}"));
+    }
+    if shown.last() != Some(&("done".to_string(), 1.0)) {
+        fail(format!("the console did not end at done: {shown:?}"));
+    }
+    // A boot action set in the page is what that MAC's next PXE boot is served.
+    let script = || {
+        run(Lab::cmd(&lab.ns, "curl")
+            .args(["-s", &format!("{SERVER}/ipxe/{}", victim.replace(':', "-"))]))
+    };
+    let before = script();
+    browser::set_action(&b, victim, "install", "lab");
+    let after = script();
+    if before.contains("ignite.action=install") || !after.contains("ignite.action=install") {
+        fail(format!(
+            "the action set in the console is not served: before {before:?}, after {after:?}"
+        ));
+    }
+    b.screenshot("clients-reinstall");
 }
 
 /// A flood of DISCOVERs from spoofed MACs at `FLOOD_HARD` a second, faster than the pool

@@ -1,4 +1,5 @@
-//! The `ignite server` daemon: DHCP (or proxyDHCP), TFTP and HTTP in one process.
+//! The `ignite server` daemon: DHCP (or proxyDHCP), TFTP and HTTP in one process; its
+//! management API and web console.
 
 pub mod admin;
 pub mod api_error;
@@ -13,3 +14,4 @@ pub mod run;
 pub mod scheduler;
 pub mod serve;
 pub mod tls;
+pub mod web;

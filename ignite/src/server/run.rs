@@ -496,7 +496,8 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
                 .merge(super::api_v1::routes(api.clone())),
             admin_token.clone(),
         ))
-        .merge(super::api_v1::public_routes());
+        .merge(super::api_v1::public_routes())
+        .merge(super::web::routes());
         // What agents talk to: beside the boot files, or alone on the HTTPS port.
         let agents = install_api
             .clone()

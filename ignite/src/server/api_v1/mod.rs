@@ -25,6 +25,7 @@
 //! GET    /api/v1/guests/{name}
 //! POST   /api/v1/guests/{name}/start
 //! POST   /api/v1/guests/{name}/stop         ?force=true, ?timeout=SECS
+//! GET    /api/v1/guests/{name}/console      the end of its console log (?bytes=)
 //! GET    /api/v1/jobs, /api/v1/jobs/{id}    long work: state, progress, log       jobs.rs
 //! GET    /api/v1/events                     changes as Server-Sent Events         events.rs
 //! ```
@@ -111,6 +112,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/guests/{name}", get(guests::show))
         .route("/api/v1/guests/{name}/start", post(guests::start))
         .route("/api/v1/guests/{name}/stop", post(guests::stop))
+        .route("/api/v1/guests/{name}/console", get(guests::console))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/events", get(events::stream))
@@ -210,9 +212,9 @@ impl Modify for BearerToken {
         clients::list, clients::add, clients::show, clients::set_action, clients::remove, clients::log,
         archives::list, archives::stats, archives::diff, archives::verify, archives::import, archives::show,
         netboot::boot_log, netboot::leases, netboot::schedules,
-        guests::list, guests::show, guests::start, guests::stop,
+        guests::list, guests::show, guests::start, guests::stop, guests::console,
     ),
-    components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event))
+    components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event, guests::ConsoleTail))
 )]
 struct Doc;
 
