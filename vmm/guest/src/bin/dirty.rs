@@ -1,5 +1,9 @@
 //! Change tracking: writes exactly the sector ranges in `writes=SECTOR+COUNT,...` (plus a
 //! `zero=SECTOR+COUNT` write-zeroes) and flushes; the host then checks the change map.
+//! `spread=N+COUNT+SEED` also writes N runs of COUNT sectors at pseudo-random COUNT-aligned
+//! places over the whole disk, each with its own pseudo-random bytes: a night's scattered,
+//! incompressible, never-seen-before changes for the capture benchmark (scripts/bench-capture).
+//! SEED 0 seeds from the time-stamp counter, so each run changes other places.
 #![no_std]
 #![no_main]
 
@@ -42,6 +46,48 @@ fn main() {
             w
         );
         println!("wrote sectors {}", w);
+    }
+    if let Some(sp) = boot::arg("spread") {
+        let mut it = sp.split('+').map(boot::parse_u64);
+        let (n, count, seed) = (
+            it.next().unwrap_or(0),
+            it.next().unwrap_or(0),
+            it.next().unwrap_or(1),
+        );
+        let len = (count * 512) as usize;
+        check!(
+            count > 0 && len <= buf.0.len(),
+            "spread: run of {} sectors",
+            count
+        );
+        let slots = d.capacity() / count;
+        let data = unsafe { &mut *core::ptr::addr_of_mut!(BUF) };
+        let seed = if seed == 0 {
+            // SAFETY: RDTSC has no preconditions.
+            unsafe { core::arch::x86_64::_rdtsc() }
+        } else {
+            seed
+        };
+        let mut x = seed | 1;
+        let mut next = move || {
+            // xorshift64: deterministic for a seed, so a benchmark run can be repeated.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..n {
+            let sector = next() % slots * count;
+            for word in data.0[..len].chunks_exact_mut(8) {
+                word.copy_from_slice(&next().to_le_bytes());
+            }
+            check!(
+                d.run(T_OUT, sector, &[(data.0.as_ptr() as u64, len as u32)], false) == S_OK,
+                "spread write at sector {}",
+                sector
+            );
+        }
+        println!("spread {} runs of {} sectors", n, count);
     }
     if let Some(z) = boot::arg("zero") {
         let (sector, count) = range(z);
