@@ -279,6 +279,8 @@ pub enum DiskBus {
     Ahci,
     /// A SCSI disk behind an LSI MegaRAID SAS 1078 HBA (QEMU `megasas`).
     Megasas,
+    /// A SCSI disk on a virtio-scsi controller.
+    VirtioScsi,
 }
 
 impl DiskBus {
@@ -298,6 +300,10 @@ impl DiskBus {
             DiskBus::Megasas => vec![
                 format!("megasas,id=sas{i}"),
                 format!("scsi-hd,drive=d{i},bus=sas{i}.0,{boot}"),
+            ],
+            DiskBus::VirtioScsi => vec![
+                format!("virtio-scsi-pci,id=vscsi{i}"),
+                format!("scsi-hd,drive=d{i},bus=vscsi{i}.0,{boot}"),
             ],
         }
     }
