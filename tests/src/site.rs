@@ -23,16 +23,25 @@ pub const OVMF_MS_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 /// What the installed system prints on its first boot (see `FIRSTBOOT_HOOK` in the tests).
 pub const FIRSTBOOT: &str = "IGNITE-FIRSTBOOT";
 
-/// Shell lines for a first-boot script: they set `disk` (the disk holding `/`), `lbs` (its
-/// logical sector size), `drv` (its driver), `hba` (the driver of the SCSI host it hangs off,
-/// or `-`) and `nicdrv` (the first NIC's driver), for the line [`HW_FIELDS`] prints.
+/// A shell function for first-boot scripts: `drivers DISK` (`sda`, `nvme0n1`) prints the
+/// disk's driver and the SCSI host's driver behind it (`-`: none) as `DRIVER:HOST`.
+pub const DRIVERS_FN: &str = r#"drivers() {
+  dev=/sys/block/$1/device
+  [ -e $dev/driver ] || dev=$dev/device
+  hba=$(cat "$(readlink -f /sys/block/$1/device)"/../../scsi_host/*/proc_name 2>/dev/null || echo -)
+  echo "$(basename "$(readlink -f $dev/driver)"):$hba"
+}"#;
+
+/// Shell lines for a first-boot script, after [`DRIVERS_FN`]: they set `disk` (the disk
+/// holding `/`), `lbs` (its logical sector size), `drv` (its driver), `hba` (the driver of
+/// the SCSI host it hangs off, or `-`) and `nicdrv` (the first NIC's driver), for the line
+/// [`HW_FIELDS`] prints.
 pub const HW_FACTS: &str = r#"src=$(findmnt -no SOURCE /)
 disk=$(lsblk -no PKNAME "$src" | head -1)
 lbs=$(cat /sys/block/$disk/queue/logical_block_size)
-dev=/sys/block/$disk/device
-[ -e $dev/driver ] || dev=$dev/device
-drv=$(basename "$(readlink -f $dev/driver)")
-hba=$(cat "$(readlink -f /sys/block/$disk/device)"/../../scsi_host/*/proc_name 2>/dev/null || echo -)
+d=$(drivers $disk)
+drv=${d%%:*}
+hba=${d#*:}
 nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
 nicdrv=$(basename "$(readlink -f /sys/class/net/$nic/device/driver)")"#;
 
