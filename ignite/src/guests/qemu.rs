@@ -161,13 +161,25 @@ impl Qmp {
         if !args.is_null() {
             req["arguments"] = args;
         }
-        writeln!(self.stream, "{req}")?;
+        // QEMU closes QMP as it quits, also on its own while a command is on its way (the
+        // guest powered off as `vm stop --force` sent `quit`): a closed QMP is its answer.
+        let gone = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        };
+        match writeln!(self.stream, "{req}") {
+            Err(e) if gone(&e) => return Ok(serde_json::Value::Null),
+            r => r?,
+        }
         loop {
             let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                // QEMU closes QMP as it quits.
-                return Ok(serde_json::Value::Null);
-            }
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return Ok(serde_json::Value::Null),
+                Err(e) if gone(&e) => return Ok(serde_json::Value::Null),
+                r => r?,
+            };
             let v: serde_json::Value =
                 serde_json::from_str(&line).with_context(|| format!("QMP: bad reply {line:?}"))?;
             if let Some(r) = v.get("return") {
@@ -180,5 +192,59 @@ impl Qmp {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> (Qmp, UnixStream) {
+        let (ours, qemu) = UnixStream::pair().unwrap();
+        let q = Qmp {
+            reader: BufReader::new(ours.try_clone().unwrap()),
+            stream: ours,
+        };
+        (q, qemu)
+    }
+
+    #[test]
+    fn a_qemu_that_quit_before_the_command_answers_with_its_closed_socket() {
+        let (mut q, qemu) = session();
+        drop(qemu);
+        // The write meets a closed socket (before: "Broken pipe (os error 32)").
+        assert!(q.execute("quit").is_ok());
+        let (mut q, qemu) = session();
+        let reader = std::thread::spawn(move || {
+            let mut line = String::new();
+            BufReader::new(&qemu).read_line(&mut line).unwrap();
+            line
+        });
+        assert!(q.execute("quit").is_ok(), "EOF after the command");
+        assert!(reader.join().unwrap().contains("\"quit\""));
+    }
+
+    #[test]
+    fn errors_and_returns_of_a_live_qemu_are_passed_on() {
+        let (mut q, mut qemu) = session();
+        let peer = std::thread::spawn(move || {
+            let mut r = BufReader::new(qemu.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            writeln!(qemu, r#"{{"event": "STOP"}}"#).unwrap();
+            writeln!(qemu, r#"{{"return": {{"running": false}}}}"#).unwrap();
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            writeln!(
+                qemu,
+                r#"{{"error": {{"class": "GenericError", "desc": "no such bitmap"}}}}"#
+            )
+            .unwrap();
+        });
+        let v = q.call("query-status", serde_json::Value::Null).unwrap();
+        assert_eq!(v["running"], false);
+        let e = q.execute("block-dirty-bitmap-remove").unwrap_err();
+        assert!(format!("{e}").contains("no such bitmap"), "{e}");
+        peer.join().unwrap();
     }
 }
