@@ -84,19 +84,13 @@ pub fn ask(path: &Path, req: &Request) -> Result<Option<Reply>> {
     line.push('\n');
     // The supervisor can go away between accepting and answering (the guest just stopped):
     // our write then meets a closed socket, or our read a reset one.
-    let gone = |e: &std::io::Error| {
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-        )
-    };
     match s.write_all(line.as_bytes()) {
-        Err(e) if gone(&e) => return Ok(None),
+        Err(e) if super::peer_gone(&e) => return Ok(None),
         r => r.with_context(|| format!("control socket {}", path.display()))?,
     }
     let mut answer = String::new();
     match BufReader::new(s).read_line(&mut answer) {
-        Err(e) if gone(&e) => return Ok(None),
+        Err(e) if super::peer_gone(&e) => return Ok(None),
         r => {
             r.with_context(|| format!("control socket {}: no answer", path.display()))?;
         }

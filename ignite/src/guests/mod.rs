@@ -20,6 +20,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+/// Whether an error on a socket means its other end closed it: the supervisor or QEMU on it
+/// ended meanwhile (a guest stopping under a status query or a `quit`).
+pub fn peer_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+    )
+}
+
 pub use definition::{
     check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Firmware, Nic,
     MAX_VIO_DISKS,

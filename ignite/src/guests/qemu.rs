@@ -163,21 +163,15 @@ impl Qmp {
         }
         // QEMU closes QMP as it quits, also on its own while a command is on its way (the
         // guest powered off as `vm stop --force` sent `quit`): a closed QMP is its answer.
-        let gone = |e: &std::io::Error| {
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            )
-        };
         match writeln!(self.stream, "{req}") {
-            Err(e) if gone(&e) => return Ok(serde_json::Value::Null),
+            Err(e) if super::peer_gone(&e) => return Ok(serde_json::Value::Null),
             r => r?,
         }
         loop {
             let mut line = String::new();
             match self.reader.read_line(&mut line) {
                 Ok(0) => return Ok(serde_json::Value::Null),
-                Err(e) if gone(&e) => return Ok(serde_json::Value::Null),
+                Err(e) if super::peer_gone(&e) => return Ok(serde_json::Value::Null),
                 r => r?,
             };
             let v: serde_json::Value =
