@@ -25,17 +25,17 @@ pub const FIRSTBOOT: &str = "IGNITE-FIRSTBOOT";
 
 /// A shell function for first-boot scripts: `drivers DISK` (`sda`, `nvme0n1`) prints the
 /// disk's driver and the SCSI host's driver behind it (`-`: none) as `DRIVER:HOST`.
-pub const DRIVERS_FN: &str = r#"drivers() {
+const DRIVERS_FN: &str = r#"drivers() {
   dev=/sys/block/$1/device
   [ -e $dev/driver ] || dev=$dev/device
   hba=$(cat "$(readlink -f /sys/block/$1/device)"/../../scsi_host/*/proc_name 2>/dev/null || echo -)
   echo "$(basename "$(readlink -f $dev/driver)"):$hba"
 }"#;
 
-/// Shell lines for a first-boot script, after [`DRIVERS_FN`]: they set `disk` (the disk
-/// holding `/`), `lbs` (its logical sector size), `drv` (its driver), `hba` (the driver of
-/// the SCSI host it hangs off, or `-`) and `nicdrv` (the first NIC's driver), for the line
-/// [`HW_FIELDS`] prints.
+/// Shell lines for a first-boot script ([`firstboot_hook`] defines `drivers`): they set
+/// `disk` (the disk holding `/`), `lbs` (its logical sector size), `drv` (its driver), `hba`
+/// (the driver of the SCSI host it hangs off, or `-`) and `nicdrv` (the first NIC's driver),
+/// for the line [`HW_FIELDS`] prints.
 pub const HW_FACTS: &str = r#"src=$(findmnt -no SOURCE /)
 disk=$(lsblk -no PKNAME "$src" | head -1)
 lbs=$(cat /sys/block/$disk/queue/logical_block_size)
@@ -114,11 +114,13 @@ pub fn lab_prerequisites(extra: &[&str]) -> bool {
 
 /// A profile hook that installs `script` (a shell script that prints to /dev/ttyS0) as a
 /// oneshot service run once the installed system is up, which then powers off (ending
-/// QEMU). The install tests print what they check about the installed system this way.
+/// QEMU). The install tests print what they check about the installed system this way;
+/// [`DRIVERS_FN`] is defined for them.
 pub fn firstboot_hook(script: &str) -> String {
     format!(
         r#"cat >/usr/local/sbin/ignite-firstboot <<'EOF'
 #!/bin/sh
+{DRIVERS_FN}
 {script}
 EOF
 chmod 755 /usr/local/sbin/ignite-firstboot

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ignite_e2e::site::*;
 use ignite_e2e::*;
 
-/// Run on the installed system's first boot (see [`firstboot`]): what it booted from, as
+/// Run on the installed system's first boot (see [`firstboot_hook`]): what it booted from, as
 /// the kernel sees it ([`HW_FACTS`]), and its file systems and firmware.
 fn hw_script() -> String {
     format!(
@@ -55,11 +55,6 @@ if mountpoint -q /boot/efi && mountpoint -q /boot/efi2; then
   done
 fi
 echo "IGNITE-FIRSTBOOT host=$(hostname) root=$(lsblk -no TYPE $root) rootfs=$(findmnt -no FSTYPE /) var=$(lsblk -no TYPE $(findmnt -no SOURCE /var)) swap=$(lsblk -no TYPE $swap) md=$md members=$members disks=$disks esps=$esps espsync=$sync efi=$(test -d /sys/firmware/efi && echo yes || echo no) end" >/dev/ttyS0"##;
-
-/// `script` (one of the above) as a profile hook that runs it on the first boot.
-fn firstboot(script: &str) -> String {
-    firstboot_hook(&format!("{DRIVERS_FN}\n{script}"))
-}
 
 /// A machine with two disks on `bus` that a RAID1+LVM profile mirrors, and what it must
 /// report.
@@ -363,12 +358,12 @@ fn a_matrix_of_machines_installs_at_once_and_failures_show_in_client_show() {
     }
     let t = Instant::now();
     let raids = raids();
-    let mut profiles = vec![("lab", profile(&[&firstboot(&hw_script())]))];
+    let mut profiles = vec![("lab", profile(&[&firstboot_hook(&hw_script())]))];
     for r in &raids {
         // Top-level keys go before the first table.
         let text = format!(
             "hooks = ['''\n{}''']\n{}",
-            firstboot(RAID_SCRIPT),
+            firstboot_hook(RAID_SCRIPT),
             r.profile
         );
         profiles.push((r.name, text));

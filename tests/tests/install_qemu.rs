@@ -17,8 +17,7 @@ use ignite_e2e::*;
 /// guest's identity and hardware on the serial console, then power off (which ends QEMU).
 fn firstboot_script() -> String {
     format!(
-        r#"{DRIVERS_FN}
-{HW_FACTS}
+        r#"{HW_FACTS}
 key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
 addr=$(ip -4 -o addr show dev "$nic" scope global | awk '{{print $4}}' | head -1)
 echo "IGNITE-FIRSTBOOT host=$(hostname) machine-id=$(cat /etc/machine-id) sshkey=$key mac=$(cat /sys/class/net/$nic/address) addr=$addr root=$(findmnt -no FSTYPE /) var=$(findmnt -no FSTYPE /var) boot=$(findmnt -no FSTYPE /boot) {HW_FIELDS} end" >/dev/ttyS0"#
