@@ -55,27 +55,7 @@ impl Lab {
             children: Vec::new(),
         };
         ip(&["-n", &lab.ns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &lab.ns,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "forward_delay",
-            "0",
-        ]);
-        ip(&[
-            "-n",
-            &lab.ns,
-            "addr",
-            "add",
-            &format!("{SERVER_IP}/24"),
-            "dev",
-            "br0",
-        ]);
-        ip(&["-n", &lab.ns, "link", "set", "br0", "up"]);
+        lab.add_bridge("br0", &format!("{SERVER_IP}/24"));
         lab
     }
 
@@ -137,14 +117,21 @@ impl Lab {
             .unwrap_or_else(|| panic!("no DHCP lease for {cns}: {text}"))
     }
 
-    /// A second bridge `name` with server address `addr` (CIDR) in the lab namespace.
+    /// A bridge `name` with server address `addr` (CIDR) in the lab namespace. Its MAC is
+    /// fixed (02:00 and the IPv4 address): a bridge left to choose takes its lowest port's MAC
+    /// and changes it as ports join, and a client that resolved the server's address before
+    /// then sends to a MAC the bridge no longer answers to — its connections hang until its
+    /// ARP entry expires (install_api saw a 134 s connect timeout in CI).
     pub fn add_bridge(&self, name: &str, addr: &str) {
+        let mac = bridge_mac(addr);
         ip(&[
             "-n",
             &self.ns,
             "link",
             "add",
             name,
+            "address",
+            &mac,
             "type",
             "bridge",
             "forward_delay",
@@ -385,4 +372,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// 02:00 (locally administered) followed by the four bytes of `cidr`'s IPv4 address.
+fn bridge_mac(cidr: &str) -> String {
+    let ip: std::net::Ipv4Addr = cidr
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bridge address {cidr:?} is not IPv4/len"));
+    let [a, b, c, d] = ip.octets();
+    format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }

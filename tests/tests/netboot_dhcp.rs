@@ -262,6 +262,33 @@ fn default_lab_bridge_is_created_and_serves() {
         ip.starts_with("10.77.0.1") && ip.len() == "10.77.0.100".len(),
         "{ip}"
     );
+    // The bridge keeps its MAC as more ports join (left to itself it would take its lowest
+    // port's, and clients that resolved the server before would lose it).
+    let ns = lab.ns.clone();
+    let mac_of = |dev: &str| {
+        let out = run(Command::new("ip").args(["-n", &ns, "-br", "link", "show", dev]));
+        out.split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let before = mac_of("ignite0");
+    for n in 10..14 {
+        lab.add_client(n);
+        run(Command::new("ip").args([
+            "-n",
+            &lab.ns,
+            "link",
+            "set",
+            &format!("vc{n}"),
+            "master",
+            "ignite0",
+        ]));
+    }
+    assert_eq!(mac_of("ignite0"), before);
+    assert_eq!(before, "02:00:0a:4d:00:01");
+    // So does the test lab's own bridge (every e2e test's clients hang off it).
+    assert_eq!(mac_of("br0"), "02:00:0a:4d:00:01");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     wait_for("server stopped", Duration::from_secs(10), || {

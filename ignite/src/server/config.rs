@@ -17,6 +17,11 @@ use crate::state::Action;
 /// The built-in lab network: a bridge named `ignite0` with 10.77.0.1/24.
 pub const LAB_INTERFACE: &str = "ignite0";
 pub const LAB_ADDRESS: &str = "10.77.0.1/24";
+/// The lab bridge's MAC, fixed: a bridge left to choose takes its lowest port's MAC and
+/// changes it as guests' taps join, and a guest that resolved the server before then sends
+/// to a MAC the bridge no longer answers to (its connections hang until its ARP entry
+/// expires). Locally administered: 02:00 and the four bytes of 10.77.0.1.
+pub const LAB_MAC: &str = "02:00:0a:4d:00:01";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

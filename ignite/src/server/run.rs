@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 
 use super::admin::{self, AdminToken};
 use super::capture_api::CaptureApi;
-use super::config::{resolve, Config, Resolved, LAB_ADDRESS, LAB_INTERFACE};
+use super::config::{resolve, Config, Resolved, LAB_ADDRESS, LAB_INTERFACE, LAB_MAC};
 use super::install_api::InstallApi;
 use super::provider::{RegistryProvider, StepWriter};
 use super::serve;
@@ -82,7 +82,7 @@ fn interface_address(i: &str) -> Result<(Ipv4Addr, u8)> {
     iface::ipv4_of(i).map_err(|e| {
         let hint = if i == LAB_INTERFACE {
             format!(
-                "; for the built-in lab network create it: ip link add {i} type bridge && \
+                "; for the built-in lab network create it: ip link add {i} address {LAB_MAC} type bridge && \
                  ip addr add {LAB_ADDRESS} dev {i} && ip link set {i} up (or pass --interface)"
             )
         } else {
@@ -150,7 +150,15 @@ fn create_lab_bridge() -> Result<()> {
         }
         Ok(())
     };
-    ip(&["link", "add", LAB_INTERFACE, "type", "bridge"])?;
+    ip(&[
+        "link",
+        "add",
+        LAB_INTERFACE,
+        "address",
+        LAB_MAC,
+        "type",
+        "bridge",
+    ])?;
     ip(&["addr", "add", LAB_ADDRESS, "dev", LAB_INTERFACE])?;
     ip(&["link", "set", LAB_INTERFACE, "up"])?;
     tracing::info!(
