@@ -321,7 +321,14 @@ pub struct ClientMap {
     /// Per MAC: the unsigned UEFI loader last sent to it whole, and when, until the client
     /// is seen to run it (see [`ClientMap::asked_again`]). At most `cap` entries.
     unsigned: Mutex<HashMap<MacAddr, (String, Instant)>>,
+    /// Per MAC: when its boot firmware or loader last asked DHCP for a boot file (see
+    /// [`ClientMap::netbooting`]). At most `cap` entries.
+    netboots: Mutex<HashMap<MacAddr, Instant>>,
 }
+
+/// How long after its firmware or loader asked DHCP for a boot file a client counts as
+/// netbooting (for the IPv6 router solicitations it sends meanwhile: [`crate::ra`]).
+pub const NETBOOT_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long after an unsigned UEFI loader was sent its client's firmware asking DHCP again
 /// counts as a refusal: OVMF moves on to its next boot option within seconds.
@@ -367,7 +374,36 @@ impl ClientMap {
             cap: cap.max(1),
             ttl,
             unsigned: Mutex::new(HashMap::new()),
+            netboots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `mac`'s boot firmware or loader asked DHCP for a boot file just now.
+    pub fn firmware_asked(&self, mac: MacAddr) {
+        self.firmware_asked_at(mac, Instant::now());
+    }
+
+    fn firmware_asked_at(&self, mac: MacAddr, now: Instant) {
+        // Each change is one map operation: a panic elsewhere leaves it usable.
+        let mut n = self.netboots.lock().unwrap_or_else(|p| p.into_inner());
+        if n.len() >= self.cap && !n.contains_key(&mac) {
+            n.retain(|_, at| now.saturating_duration_since(*at) < NETBOOT_WINDOW);
+            if n.len() >= self.cap {
+                return;
+            }
+        }
+        n.insert(mac, now);
+    }
+
+    /// Whether `mac`'s firmware or loader asked for a boot file within [`NETBOOT_WINDOW`].
+    pub fn netbooting(&self, mac: MacAddr) -> bool {
+        self.netbooting_at(mac, Instant::now())
+    }
+
+    fn netbooting_at(&self, mac: MacAddr, now: Instant) -> bool {
+        let n = self.netboots.lock().unwrap_or_else(|p| p.into_inner());
+        n.get(&mac)
+            .is_some_and(|at| now.saturating_duration_since(*at) < NETBOOT_WINDOW)
     }
 
     fn unsigned(&self) -> MutexGuard<'_, HashMap<MacAddr, (String, Instant)>> {
@@ -685,6 +721,25 @@ mod tests {
         m.fetched_at(ip, "ipxe.efi", PeSignature::Unsigned, later);
         assert_eq!(m.unsigned().len(), 1);
         assert!(m.asked_again_at(newer, &uefi(false), later).is_some());
+    }
+
+    #[test]
+    fn netbooting_lasts_a_window_and_is_capped() {
+        let m = ClientMap::new(10, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        assert!(!m.netbooting_at(mac(), t0));
+        m.firmware_asked_at(mac(), t0);
+        assert!(m.netbooting_at(mac(), t0 + NETBOOT_WINDOW / 2));
+        assert!(!m.netbooting_at(mac(), t0 + NETBOOT_WINDOW));
+        for n in 0..100u8 {
+            m.firmware_asked_at(MacAddr([2, 0, 0, 0, 1, n]), t0);
+        }
+        assert_eq!(m.netboots.lock().unwrap().len(), 10);
+        // Once the old ones are past the window, new ones take their places.
+        let newer = MacAddr([2, 0, 0, 0, 2, 1]);
+        m.firmware_asked_at(newer, t0 + NETBOOT_WINDOW);
+        assert!(m.netbooting_at(newer, t0 + NETBOOT_WINDOW));
+        assert_eq!(m.netboots.lock().unwrap().len(), 1);
     }
 
     #[test]

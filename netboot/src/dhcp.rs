@@ -769,6 +769,7 @@ impl DhcpEngine {
         proxy: bool,
     ) -> Option<(PxeClient, BootTarget)> {
         let client = classify(req)?;
+        self.clients.firmware_asked(mac);
         if let Some(file) = self.clients.asked_again(mac, &client) {
             self.step(mac, None, "secure-boot", refusal_note(mac, &file));
         }

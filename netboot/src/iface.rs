@@ -68,6 +68,23 @@ pub fn mtu_of(iface: &str) -> Option<u32> {
         .ok()
 }
 
+/// The interface's index, from sysfs.
+pub fn index_of(iface: &str) -> std::io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("{iface}: ifindex {text:?}")))
+}
+
+/// The interface's hardware address, from sysfs.
+pub fn mac_of(iface: &str) -> Option<crate::MacAddr> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A blocking UDP socket on `addr`, restricted to `iface` when given (SO_BINDTODEVICE),
 /// allowed to broadcast, with large buffers.
 pub fn std_udp_socket(
@@ -122,6 +139,8 @@ mod tests {
         assert_eq!(ip, Ipv4Addr::LOCALHOST);
         assert_eq!(prefix, 8);
         assert!(mtu_of("lo").unwrap() >= 1500);
+        assert_eq!(mac_of("lo"), Some(crate::MacAddr([0; 6])));
+        assert_eq!(index_of("lo").unwrap(), 1);
     }
 
     #[test]

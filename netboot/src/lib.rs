@@ -15,6 +15,7 @@ pub mod lograte;
 pub mod mac;
 pub mod pe;
 pub mod pxe;
+pub mod ra;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tftp;

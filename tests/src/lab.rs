@@ -95,7 +95,7 @@ impl Lab {
             let tmp = script.with_extension(format!("{:x}", rand_u64()));
             std::fs::write(
                 &tmp,
-                "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; \
+                "#!/bin/sh\ncase \"$1\" in bound|renew) ip -4 addr flush dev \"$interface\"; \
                  ip addr add \"$ip/$subnet\" dev \"$interface\" ;; esac\nexit 0\n",
             )
             .unwrap();

@@ -27,8 +27,8 @@ fn hook(dir: &std::path::Path) -> std::path::PathBuf {
         format!(
             "#!/bin/sh\nev=\"${{1:-$reason}}\"\nenv > {d}/ev.$ev.tmp && mv {d}/ev.$ev.tmp {d}/ev.$ev\n\
              case \"$ev\" in\n\
-               bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$subnet\" dev \"$interface\" ;;\n\
-               BOUND|RENEW|REBOOT) ip addr flush dev \"$interface\"; ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\" ;;\n\
+               bound|renew) ip -4 addr flush dev \"$interface\"; ip addr add \"$ip/$subnet\" dev \"$interface\" ;;\n\
+               BOUND|RENEW|REBOOT) ip -4 addr flush dev \"$interface\"; ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\" ;;\n\
              esac\nexit 0\n"
         ),
     )
@@ -444,5 +444,73 @@ fn client_behind_dnsmasq_relay_gets_address_from_relay_pool() {
     );
     assert_eq!(env["router"], "10.90.0.1", "{env:?}");
     assert_eq!(env["serverid"], SERVER_IP);
+    server.stop();
+}
+
+/// iPXE waits ~16 s for an IPv6 router before it reports its network configured: the server
+/// tells a netbooting client (one whose firmware just asked DHCP for a boot file) that there
+/// is none, unicast, and tells an operating system's DHCP client nothing. rdisc6 (ndisc6) is
+/// the real router solicitation peer.
+#[test]
+fn netbooting_clients_are_told_there_is_no_ipv6_router() {
+    if !require_tools(&["udhcpc", "ip", "rdisc6"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let boot = boot_dir(tmp.path());
+    let mut lab = Lab::new("ra");
+    let pxe = lab.add_client(21);
+    let os = lab.add_client(22);
+    // Debug: the failure message then shows each advertisement the server sent.
+    let env = [("RUST_LOG", "info,ignite_netboot::ra=debug")];
+    let mut server = Server::start_env(&lab, &state, &boot, &[], &env);
+    for (ns, class) in [
+        (&pxe, Some("PXEClient:Arch:00000:UNDI:002001")),
+        (&os, None),
+    ] {
+        let d = tmp.path().join(ns);
+        std::fs::create_dir_all(&d).unwrap();
+        let script = hook(&d);
+        let mut c = Lab::cmd(ns, "udhcpc");
+        c.args(["-i", "c0", "-f", "-q", "-n", "-t", "5", "-T", "1"]);
+        if let Some(class) = class {
+            c.args(["-V", class, "-x", "0x5d:0000"]);
+        }
+        run(c.arg("-s").arg(&script));
+    }
+    // A solicitation from a tentative address goes out from :: and is not answered; an
+    // advertisement cannot leave from one.
+    for (ns, dev) in [(&pxe, "c0"), (&os, "c0"), (&lab.ns, "br0")] {
+        wait_for("link-local addresses", Duration::from_secs(20), || {
+            let a =
+                run(Lab::cmd(ns, "ip")
+                    .args(["-6", "-o", "addr", "show", "dev", dev, "scope", "link"]));
+            a.contains("fe80::") && !a.contains("tentative")
+        });
+    }
+    let solicit = |ns: &str| {
+        Lab::cmd(ns, "rdisc6")
+            .args(["-1", "-r", "3", "-w", "1000", "c0"])
+            .output()
+            .unwrap()
+    };
+    let got = solicit(&pxe);
+    let text = String::from_utf8_lossy(&got.stdout);
+    let log = server.log_text();
+    assert!(
+        got.status.success(),
+        "no advertisement for the netbooting client: {got:?}\n--- server log:\n{log}"
+    );
+    assert!(
+        text.contains("Router lifetime") && text.contains(" 0 (0x00000000) seconds"),
+        "{text}"
+    );
+    assert!(!text.contains("Prefix"), "{text}");
+    let got = solicit(&os);
+    assert!(
+        !got.status.success(),
+        "an OS's solicitation was answered: {got:?}"
+    );
     server.stop();
 }

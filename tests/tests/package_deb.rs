@@ -265,10 +265,10 @@ fn the_package_installs_and_runs_as_a_hardened_service() {
             .unwrap_or_default()
             .to_string()
     };
-    // CAP_NET_BIND_SERVICE (10) and CAP_NET_ADMIN (12), nothing else.
+    // CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12) and CAP_NET_RAW (13), nothing else.
     assert_eq!(
         field("CapBnd:"),
-        format!("{:016x}", (1u64 << 10) | (1 << 12))
+        format!("{:016x}", (1u64 << 10) | (1 << 12) | (1 << 13))
     );
     assert_eq!(field("CapEff:"), field("CapBnd:"));
     assert_eq!(field("NoNewPrivs:"), "1");

@@ -63,6 +63,10 @@ pub struct Network {
     pub lease_time: u32,
     /// Largest TFTP block size; default: interface MTU - 32.
     pub tftp_max_blksize: Option<u16>,
+    /// Answer netbooting clients' IPv6 router solicitations with "no router here", so
+    /// iPXE does not wait ~16 s for one (netboot/src/ra.rs). Off where iPXE must learn
+    /// IPv6 from a real router.
+    pub answer_router_solicitations: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +302,7 @@ impl Default for Network {
             domain: None,
             lease_time: 3600,
             tftp_max_blksize: None,
+            answer_router_solicitations: true,
         }
     }
 }

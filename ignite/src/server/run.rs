@@ -444,6 +444,29 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
                     Some((a, b)) => format!("{}: DHCP {a}-{b}", n.name),
                     None => format!("{}: proxyDHCP on 67+4011", n.name),
                 });
+                if cfg.network.answer_router_solicitations {
+                    // Only saves netbooting clients time: without it they still boot.
+                    match ignite_netboot::ra::bind(&n.name) {
+                        Ok(sock) => {
+                            let own_mac = iface::mac_of(&n.name);
+                            let run = ignite_netboot::ra::serve(
+                                sock,
+                                own_mac,
+                                clients.clone(),
+                                stop_rx.clone(),
+                            );
+                            let what = format!("router solicitations on {}", n.name);
+                            tasks.spawn(async move {
+                                run.await;
+                                (what, Ok(()))
+                            });
+                        }
+                        Err(e) => tracing::warn!(
+                            "{e}: iPXE on {} will wait ~16 s for an IPv6 router each start",
+                            n.name
+                        ),
+                    }
+                }
             }
             if cfg.network.tftp {
                 let mut tc = tftp::TftpConfig::new(
