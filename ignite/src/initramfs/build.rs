@@ -395,6 +395,37 @@ pub struct Built {
     pub tools: Vec<String>,
 }
 
+/// The agent without its DWARF sections (`objcopy --strip-debug`, from binutils): in a debug
+/// build they are most of the binary (74 MB, 31 MB without), and every install would
+/// download and unpack them for nothing; the symbols stay, so backtraces still name
+/// functions. Without objcopy, or if it fails, the binary as it is.
+fn without_debug_info(agent: Vec<u8>) -> Vec<u8> {
+    // From a copy: the agent is often read from /proc/self/exe, which objcopy would see as
+    // its own executable.
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(_) => return agent,
+    };
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    let stripped = std::fs::write(&input, &agent)
+        .ok()
+        .and_then(|_| {
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(&input)
+                .arg(&output)
+                .output()
+                .ok()
+        })
+        .filter(|o| o.status.success())
+        .and_then(|_| std::fs::read(&output).ok())
+        .filter(|b| is_static_elf(b));
+    match stripped {
+        Some(b) if b.len() < agent.len() => b,
+        _ => agent,
+    }
+}
+
 /// Builds the compressed (zstd) initramfs for kernel `version`, modules from `mod_dir`.
 pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
     let agent = std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
@@ -404,6 +435,7 @@ pub fn build(version: &str, mod_dir: &Path, init: &Path) -> Result<Built> {
             init.display()
         );
     }
+    let agent = without_debug_info(agent);
     let mut img = Image::new();
     for d in ["dev", "proc", "sys", "run", "tmp", "root", "etc"] {
         img.dir(d);
@@ -566,5 +598,22 @@ mod tests {
         let ls = std::fs::read("/bin/ls").unwrap();
         assert!(!is_static_elf(&ls));
         assert!(!is_static_elf(b"#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn the_agent_goes_in_without_its_debug_info() {
+        // This test binary is built like the agent: static, with line tables.
+        let me = std::fs::read("/proc/self/exe").unwrap();
+        let small = without_debug_info(me.clone());
+        assert!(is_static_elf(&small));
+        assert!(
+            small.len() < me.len() * 3 / 4,
+            "{} of {}",
+            small.len(),
+            me.len()
+        );
+        // What objcopy cannot read goes in as it is.
+        let text = b"#!/bin/sh\n".to_vec();
+        assert_eq!(without_debug_info(text.clone()), text);
     }
 }
