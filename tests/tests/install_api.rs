@@ -641,6 +641,38 @@ fn server_killed_mid_extract_and_restarted_resumes() {
     );
 }
 
+/// `install-extract --discard` (scripts/bench-fleet's simulated agent) asks for every chunk
+/// of the archive exactly once, checks them, and writes nothing.
+#[test]
+fn a_simulated_agent_fetches_every_chunk_once_and_writes_nothing() {
+    let Some(mut s) = Setup::new("ia-disc", &[]) else {
+        return;
+    };
+    let (mac, token) = s.schedule(1, "web");
+    let ns = s.ns(&mac);
+    let o = Lab::cmd(&ns, ignite_bin())
+        .args([
+            "install-extract",
+            "--server",
+            SERVER,
+            "--mac",
+            &mac,
+            "--token",
+            &token,
+        ])
+        .arg("--discard")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let unique = s.unique_chunks();
+    assert!(
+        text.contains(&format!(" in {unique} chunks of archive ")) && text.contains("p99"),
+        "{text}"
+    );
+    assert_eq!(s.stats()["chunk_requests"].as_u64().unwrap(), unique);
+}
+
 #[test]
 fn four_concurrent_extracts_read_each_chunk_once() {
     let Some(mut s) = Setup::new("ia-four", &[("IGNITE_TEST_CHUNK_DELAY_MS", "5")]) else {

@@ -26,8 +26,12 @@ pub struct Args {
     #[arg(long)]
     token: String,
     /// Directory to extract into.
-    #[arg(long)]
-    to: PathBuf,
+    #[arg(long, required_unless_present = "discard")]
+    to: Option<PathBuf>,
+    /// Fetch and check every chunk as an extraction would, write nothing, and print the
+    /// batch latencies: a simulated agent, for measuring the server (scripts/bench-fleet)
+    #[arg(long, conflicts_with_all = ["to", "done"])]
+    discard: bool,
     /// A disk the client reports, PATH:SIZE[:SERIAL]; repeat for more.
     #[arg(long = "disk", value_parser = super::profile::parse_disk, default_value = "/dev/vda:20G")]
     disks: Vec<DiskFact>,
@@ -58,6 +62,21 @@ pub fn run(a: Args) -> Result<()> {
         plan.profile, plan.hostname, plan.archive
     );
     let t0 = Instant::now();
+    let Some(to) = a.to else {
+        let f = server.fetch_all(&plan.archive)?;
+        let ms = |q| f.latency(q).as_secs_f64() * 1000.0;
+        println!(
+            "fetched {} bytes in {} chunks of archive {} in {:.2} s; batches {}, latency p50 {:.1} ms, p99 {:.1} ms",
+            f.bytes,
+            f.chunks,
+            plan.archive,
+            t0.elapsed().as_secs_f64(),
+            f.latencies.len(),
+            ms(0.5),
+            ms(0.99)
+        );
+        return Ok(());
+    };
     let mut last = Instant::now();
     let mut report = |done: u64, total: u64| {
         if last.elapsed() >= Duration::from_secs(1) {
@@ -67,12 +86,12 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     };
-    let bytes = server.extract(&plan.archive, &a.to, &mut report)?;
+    let bytes = server.extract(&plan.archive, &to, &mut report)?;
     server.report(&Phase::Extracted { bytes })?;
     server.log(&format!(
         "extracted {bytes} bytes of {} into {}",
         plan.archive,
-        a.to.display()
+        to.display()
     ))?;
     if a.done {
         server.report(&Phase::Done)?;
@@ -80,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "extracted {bytes} bytes of archive {} into {} in {:.1} s",
         plan.archive,
-        a.to.display(),
+        to.display(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())

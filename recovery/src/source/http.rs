@@ -7,14 +7,14 @@
 //! not fetched again.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use ignite_archive::chunk_stream;
 use ignite_archive::snapshot::decode_tree;
 use ignite_archive::ChunkId;
-use ignite_archive::{export_tree, ChunkSource};
+use ignite_archive::{export_tree, ChunkSource, BATCH_BYTES, BATCH_CHUNKS};
 use ignite_profiles::{ArchiveRef, ClientFacts, InstallPlan};
 
 use crate::api_client::{ApiClient, Endpoint};
@@ -92,6 +92,89 @@ impl Http {
     /// The server's chunks, each checked against its id.
     pub fn chunk_source(&self) -> impl ChunkSource + '_ {
         RemoteChunks(self)
+    }
+
+    /// Everything an extraction of `archive` fetches (the tree, then every chunk once, in
+    /// the export's batches with `fetchers` in flight, each checked and decompressed), with
+    /// nothing written: the server's side of an install, for measuring many at once.
+    pub fn fetch_all(&self, archive: &ArchiveRef) -> Result<FetchStats> {
+        let data = self.request(&format!("the tree of archive {archive}"), "tree", None)?;
+        let id = archive.id.clone().unwrap_or_else(|| archive.name.clone());
+        let entries = decode_tree(&id, &data)
+            .with_context(|| format!("archive {archive} from server {}", self.api.server()))?;
+        let mut seen = std::collections::HashSet::new();
+        let mut batches: Vec<Vec<ChunkId>> = vec![Vec::new()];
+        let mut batch_bytes = 0;
+        for e in &entries {
+            let ignite_archive::EntryKind::File { extents, .. } = &e.kind else {
+                continue;
+            };
+            for x in extents.iter().filter(|x| seen.insert(x.id)) {
+                let full = batches.last().is_some_and(|b| {
+                    b.len() >= BATCH_CHUNKS || batch_bytes + u64::from(x.len) > BATCH_BYTES
+                });
+                if full {
+                    batches.push(Vec::new());
+                    batch_bytes = 0;
+                }
+                batches
+                    .last_mut()
+                    .unwrap_or_else(|| unreachable!())
+                    .push(x.id);
+                batch_bytes += u64::from(x.len);
+            }
+        }
+        batches.retain(|b| !b.is_empty());
+        let next = AtomicUsize::new(0);
+        let bytes = AtomicU64::new(0);
+        let latencies = std::sync::Mutex::new(Vec::with_capacity(batches.len()));
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..self.fetchers.max(1))
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        while let Some(b) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            let t = Instant::now();
+                            let chunks = self.fetch_chunks(b)?;
+                            let took = t.elapsed();
+                            let n: usize = chunks.iter().map(Vec::len).sum();
+                            bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            latencies
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(took);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })?;
+        let mut latencies = latencies.into_inner().unwrap_or_else(|p| p.into_inner());
+        latencies.sort();
+        Ok(FetchStats {
+            bytes: bytes.into_inner(),
+            chunks: seen.len(),
+            latencies,
+        })
+    }
+}
+
+/// What [`Http::fetch_all`] fetched.
+pub struct FetchStats {
+    /// Chunk content, decompressed.
+    pub bytes: u64,
+    pub chunks: usize,
+    /// Each batch request's time, shortest first.
+    pub latencies: Vec<Duration>,
+}
+
+impl FetchStats {
+    /// The batch latency that `q` (0..=1) of the batches stayed within.
+    pub fn latency(&self, q: f64) -> Duration {
+        let i = ((self.latencies.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        self.latencies.get(i).copied().unwrap_or_default()
     }
 }
 
