@@ -2,14 +2,13 @@
 
 use super::progress::with_progress;
 use super::remote::{self, ServerOpts};
-use crate::server::api_v1::archives::{parse_sample, ArchiveDetail};
+use crate::server::api_v1::archives::{parse_sample, prune, ArchiveDetail, PrunePolicy};
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use ignite_archive::config::StoreConfig;
 use ignite_archive::diff::{Change, DiffReport};
 use ignite_archive::import::{ImportOptions, ParentChoice};
 use ignite_archive::import_image::ImageSource;
-use ignite_archive::retention::{self, Policy};
 use ignite_archive::{Manifest, SnapshotKind, Store};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -106,24 +105,8 @@ enum Cmd {
     },
     /// Forget snapshots by retention policy (restic semantics, grouped by name and labels).
     Prune {
-        #[arg(long)]
-        keep_last: Option<u32>,
-        #[arg(long)]
-        keep_hourly: Option<u32>,
-        #[arg(long)]
-        keep_daily: Option<u32>,
-        #[arg(long)]
-        keep_weekly: Option<u32>,
-        #[arg(long)]
-        keep_monthly: Option<u32>,
-        #[arg(long)]
-        keep_yearly: Option<u32>,
-        /// Keep everything within this long of the newest snapshot (7d, 2w, 1y6m, 12h).
-        #[arg(long)]
-        keep_within: Option<String>,
-        /// Say what would go and why the rest stays; change nothing.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        policy: PrunePolicy,
         #[arg(long)]
         json: bool,
     },
@@ -504,36 +487,10 @@ pub fn run(args: Args) -> Result<()> {
                 );
             }
         }
-        Cmd::Prune {
-            keep_last,
-            keep_hourly,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
-            keep_yearly,
-            keep_within,
-            dry_run,
-            json,
-        } => {
+        Cmd::Prune { policy, json } => {
             let store = open(&args.store)?;
-            let policy = Policy {
-                last: keep_last,
-                hourly: keep_hourly,
-                daily: keep_daily,
-                weekly: keep_weekly,
-                monthly: keep_monthly,
-                yearly: keep_yearly,
-                within: keep_within
-                    .as_deref()
-                    .map(retention::parse_duration)
-                    .transpose()?,
-            };
-            let decisions = retention::apply(&policy, &store.list_snapshots()?)?;
-            if !dry_run {
-                for d in decisions.iter().filter(|d| !d.keep) {
-                    store.forget(&d.id)?;
-                }
-            }
+            let dry_run = policy.dry_run;
+            let decisions = prune(&store, &policy.policy()?, dry_run)?;
             if json {
                 return print_json(&decisions);
             }

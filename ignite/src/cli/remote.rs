@@ -113,6 +113,33 @@ impl Remote {
                 .send_empty(),
             (m, _) => bail!("internal: no {m} requests with this body"),
         };
+        self.answer(method, &url, sent)
+    }
+
+    /// `POST path` with `body` (of `content_type`) streamed as the request body.
+    pub fn post_body<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl ureq::AsSendBody,
+    ) -> Result<T> {
+        let url = self.url(path);
+        let sent = self
+            .http
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Content-Type", content_type)
+            .send(body);
+        self.answer("POST", &url, sent)
+    }
+
+    /// The answer's JSON as `T`, or the error it carries as its message.
+    fn answer<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        url: &str,
+        sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T> {
         let mut resp = sent.with_context(|| format!("{method} {url}"))?;
         let status = resp.status();
         let data = resp

@@ -94,10 +94,23 @@ impl V1Error {
     }
 }
 
-/// Anything not classified otherwise is the server's failure (500), with its cause.
+/// Its message: what the CLI shows when it called the same function locally.
+impl std::fmt::Display for V1Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for V1Error {}
+
+/// A V1Error carried through `anyhow` keeps its status; anything not classified otherwise
+/// is the server's failure (500), with its cause.
 impl From<anyhow::Error> for V1Error {
     fn from(e: anyhow::Error) -> V1Error {
-        V1Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("server: {e:#}"))
+        match e.downcast::<V1Error>() {
+            Ok(v) => v,
+            Err(e) => V1Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("server: {e:#}")),
+        }
     }
 }
 
@@ -126,5 +139,10 @@ mod tests {
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(body(e)["error"]["message"], "server: disk full");
         assert_eq!(code(StatusCode::UNAUTHORIZED), "unauthorized");
+        // Through anyhow and back (a library function both the CLI and the API call):
+        // the status stays, and the CLI shows the message alone.
+        let through: anyhow::Error = V1Error::conflict("tape t1 is in g2").into();
+        assert_eq!(through.to_string(), "tape t1 is in g2");
+        assert_eq!(V1Error::from(through).status, StatusCode::CONFLICT);
     }
 }

@@ -477,6 +477,7 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
             state.clone(),
             cfg.state_dir.clone(),
             cfg.store_dir(),
+            cfg.profiles_dir(),
             stop_rx.clone(),
         );
         let (rx, a) = (stop_rx.clone(), api.clone());
