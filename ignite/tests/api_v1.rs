@@ -23,11 +23,26 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(|_| {})
+    }
+
+    /// A server whose state directory `prepare` saw first.
+    fn start_with(prepare: impl FnOnce(&Path)) -> Server {
+        Server::start_configured("", prepare)
+    }
+
+    /// A server with `config` added to its configuration.
+    fn start_configured(config_more: &str, prepare: impl FnOnce(&Path)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         std::fs::create_dir_all(state.join("boot")).unwrap();
+        prepare(&state);
         let config = dir.path().join("server.toml");
-        std::fs::write(&config, "[network]\ndhcp = false\ntftp = false\n").unwrap();
+        std::fs::write(
+            &config,
+            format!("[network]\ndhcp = false\ntftp = false\n{config_more}"),
+        )
+        .unwrap();
         // A port free a moment ago; the server binds it on all addresses.
         let port = std::net::TcpListener::bind("0.0.0.0:0")
             .unwrap()
@@ -1484,4 +1499,188 @@ fn recovery_and_prune_as_jobs() {
         (Some("done"), 1, 1),
         "{job}"
     );
+}
+
+/// The local socket: 0660 in the state directory's group; the CLI uses it without
+/// `--server` and without a token; root passes, another uid that may connect gets 403 in
+/// the JSON error shape; a server stopped by SIGTERM removes it.
+#[test]
+fn the_local_socket_admits_root_and_the_owner_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !ignite_e2e::require_all(&[("root (to run the CLI as uid 65534)", ignite_e2e::is_root())])
+        || !ignite_e2e::require_tools(&["setpriv"])
+    {
+        return;
+    }
+    let mut s = Server::start_with(|state| {
+        std::os::unix::fs::chown(state, None, Some(65534)).unwrap();
+    });
+    // uid 65534 may reach the socket: through the directories (the server keeps its state
+    // directory 0700; an admin opened it to the group), and by its group.
+    let state = s.state();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let sock = state.join("api.sock");
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        (meta.permissions().mode() & 0o777, meta.gid()),
+        (0o660, 65534),
+        "the socket's mode and group"
+    );
+
+    // No --server, no token: the CLI's work is done by the server (its log says so).
+    let out = s.ok(&["client", "add", "52:54:00:cc:00:01", "sock1"]);
+    assert_eq!(out, "added client sock1 (52:54:00:cc:00:01): local\n");
+    let t = Instant::now();
+    while !s.log_text().contains("API: added client sock1") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the add did not go through the server:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.get("/api/v1/clients/sock1").0, 200);
+
+    // Another uid: refused by the server, in words.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_ignite"))
+        .args(["client", "list"])
+        .env("IGNITE_STATE_DIR", s.state())
+        .env_remove("IGNITE_SERVER")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "uid 65534 listed the clients: {err}");
+    // The message alone: the CLI read it from the JSON error shape.
+    assert!(
+        err.contains("ignite: local API: uid 65534 is neither root nor the owner"),
+        "{err}"
+    );
+
+    // A graceful stop takes the socket away; the CLI then works on the local state.
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sock.exists(), "the socket outlived the server");
+    let (ok, out, err) = s.ignite(&["client", "list"], &[]);
+    assert!(ok && out.contains("sock1") && err.is_empty(), "{out}{err}");
+}
+
+/// An upload over `[limits] api_upload_bytes` is refused with 413 (whether it says its size
+/// or not) and leaves nothing behind; `ignite archive import --server` uploads a tar, follows
+/// the job and prints the snapshot as a local import does.
+#[test]
+fn uploads_are_capped_and_the_cli_imports_through_the_server() {
+    let s = Server::start_configured("[limits]\napi_upload_bytes = 100000\n", |_| {});
+    make_store(&s);
+    let tar = |name: &str, files: &[(&str, usize)]| {
+        let src = s.dir.path().join(format!("{name}-src"));
+        std::fs::create_dir_all(&src).unwrap();
+        for (f, size) in files {
+            std::fs::write(src.join(f), vec![b'x'; *size]).unwrap();
+        }
+        let out = s.dir.path().join(format!("{name}.tar"));
+        let st = Command::new("tar")
+            .arg("-cf")
+            .arg(&out)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        out
+    };
+    let big = tar("big", &[("a", 150_000)]);
+    let small = tar("small", &[("b", 1000)]);
+    let url = format!("{}/api/v1/archives/import?name=big", s.url);
+    let auth = format!("Bearer {}", s.token);
+    let bytes = std::fs::read(&big).unwrap();
+    let answer = |mut r: ureq::http::Response<ureq::Body>| {
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+        )
+    };
+    let sized = Server::agent()
+        .post(&url)
+        .header("Authorization", &auth)
+        .send(&bytes[..]);
+    let m = error(
+        "a sized upload too large",
+        answer(sized.unwrap()),
+        413,
+        "too_large",
+    );
+    assert!(m.contains("at most 100000"), "{m}");
+    let mut reader = std::io::Cursor::new(bytes.clone());
+    let chunked = Server::agent()
+        .post(&url)
+        .header("Authorization", &auth)
+        .send(ureq::SendBody::from_reader(&mut reader));
+    error(
+        "a streamed upload too large",
+        answer(chunked.unwrap()),
+        413,
+        "too_large",
+    );
+    let left = std::fs::read_dir(s.state().join("uploads")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "a refused upload was kept");
+
+    let remote = [("IGNITE_SERVER", s.url.as_str())];
+    let (ok, out, err) = s.ignite(
+        &[
+            "archive",
+            "import",
+            "--name",
+            "small",
+            small.to_str().unwrap(),
+        ],
+        &remote,
+    );
+    assert!(ok, "{err}");
+    let (_, snaps) = s.get("/api/v1/archives?name=small");
+    let id = snaps[0]["id"].as_str().unwrap();
+    assert!(
+        out.starts_with(&format!("snapshot {id} small (tree): ")) && out.contains(" in 2 entries;"),
+        "{out}"
+    );
+    // Locally the same line, but for the id and what it measured.
+    let local = s.ok(&[
+        "archive",
+        "import",
+        "--name",
+        "small2",
+        small.to_str().unwrap(),
+    ]);
+    assert!(
+        local.contains(" small2 (tree): ") && local.contains(" in 2 entries;"),
+        "{local}"
+    );
+    let (ok, _, err) = s.ignite(
+        &["archive", "import", "--name", "big", big.to_str().unwrap()],
+        &remote,
+    );
+    assert!(!ok && err.contains("at most 100000"), "{err}");
+    let dir = s.dir.path().join("small-src");
+    let (ok, _, err) = s.ignite(
+        &["archive", "import", "--name", "d", dir.to_str().unwrap()],
+        &remote,
+    );
+    assert!(!ok && err.contains("import a tar file"), "{err}");
 }

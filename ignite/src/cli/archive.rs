@@ -1,8 +1,9 @@
 //! `ignite archive`: the chunk store on the command line.
 
 use super::progress::with_progress;
-use super::remote::{self, ServerOpts};
+use super::remote::{self, ServerOpts, Upload};
 use crate::server::api_v1::archives::{parse_sample, prune, ArchiveDetail, PrunePolicy};
+use crate::server::api_v1::jobs::JobRef;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use ignite_archive::config::StoreConfig;
@@ -35,7 +36,12 @@ enum Cmd {
         zstd_level: i32,
     },
     /// Import a tar stream (plain, gz, zst, xz; `-` for stdin), a directory, or a raw image.
+    ///
+    /// With --server, a tar file uploaded to the server's store (as a job, followed to its
+    /// end).
     Import {
+        #[command(flatten)]
+        api: ServerOpts,
         #[arg(long)]
         name: String,
         /// Free-form labels, e.g. --label guest=web1.
@@ -270,6 +276,7 @@ pub fn run(args: Args) -> Result<()> {
             println!("initialized store {}", path.display());
         }
         Cmd::Import {
+            api,
             name,
             labels,
             parent,
@@ -278,6 +285,21 @@ pub fn run(args: Args) -> Result<()> {
             image,
             source,
         } => {
+            if let Some(r) = api.remote_if_asked(&remote::default_state_dir())? {
+                if !labels.is_empty() || parent.is_some() || no_parent || cross_file_systems {
+                    bail!("--label, --parent, --no-parent and --cross-file-systems are for local imports; the server's import takes a tar and a name");
+                }
+                let source = match (&image, source.as_deref()) {
+                    (None, Some(s)) if s != "-" && !Path::new(s).is_dir() => s,
+                    _ => bail!("with --server, import a tar file (FILE.tar[.gz|.zst|.xz]): the server's import takes a tar"),
+                };
+                let f = std::fs::File::open(source)
+                    .with_context(|| format!("{source}: cannot open it"))?;
+                let path = format!("/api/v1/archives/import?name={}", remote::segment(&name));
+                let job: JobRef = r.post_body(&path, "application/x-tar", Upload::File(f))?;
+                import_summary(&serde_json::from_value(r.wait_job(job.job)?)?);
+                return Ok(());
+            }
             let store = open(&args.store)?;
             let mut opts = ImportOptions::new(&name);
             opts.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
@@ -378,7 +400,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::List { api, json, name } => {
-            let snaps: Vec<Manifest> = match api.remote(&remote::default_state_dir())? {
+            let snaps: Vec<Manifest> = match api.remote_if_asked(&remote::default_state_dir())? {
                 Some(r) => {
                     let query = name
                         .as_deref()
@@ -403,7 +425,7 @@ pub fn run(args: Args) -> Result<()> {
             json,
             entries,
         } => {
-            let d: ArchiveDetail = match api.remote(&remote::default_state_dir())? {
+            let d: ArchiveDetail = match api.remote_if_asked(&remote::default_state_dir())? {
                 Some(r) => r.get(&format!(
                     "/api/v1/archives/{}?entries={entries}",
                     remote::segment(&snapshot)

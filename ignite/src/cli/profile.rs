@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ignite_profiles::{ClientFacts, DiskFact, InstallPlan, LoadError, Profile, Step};
 
-use super::remote::{default_state_dir, segment, Remote, ServerOpts};
+use super::remote::{default_state_dir, segment, Remote, ServerOpts, Upload};
 pub(crate) use crate::server::api_v1::profiles::parse_disk;
 use crate::server::api_v1::profiles::{check, facts, Checked};
 
@@ -82,7 +82,7 @@ fn checked(remote: Option<&Remote>, file: &Path, client: Option<&ClientFacts>) -
             path += &format!("&hostname={}", segment(h));
         }
     }
-    r.post_body(&path, "application/toml", text)
+    r.post_body(&path, "application/toml", Upload::Text(text))
 }
 
 /// A failed check's problems, one per line (exit status 1 follows).
@@ -93,7 +93,7 @@ fn report(c: &Checked) {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let remote = args.api.remote(&default_state_dir())?;
+    let remote = args.api.remote_if_asked(&default_state_dir())?;
     match args.cmd {
         Cmd::Check { files } => {
             let mut bad = false;

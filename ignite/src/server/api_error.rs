@@ -4,7 +4,8 @@
 //! message, which the agent shows as it is. The management API `/api/v1` answers every error
 //! as one JSON shape, `{"error": {"code": "not_found", "message": "client web9 is not
 //! registered; ..."}}`, the code following the status: 400 `bad_request`, 401
-//! `unauthorized`, 404 `not_found`, 409 `conflict`, 422 `invalid`, 500 `internal`.
+//! `unauthorized`, 403 `forbidden`, 404 `not_found`, 409 `conflict`, 413 `too_large`, 422
+//! `invalid`, 500 `internal`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -41,7 +42,8 @@ pub struct ErrorBody {
 
 #[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// `bad_request`, `unauthorized`, `not_found`, `conflict`, `invalid` or `internal`.
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `too_large`,
+    /// `invalid` or `internal`.
     pub code: String,
     /// What is wrong and what to do, in words for the admin.
     pub message: String,
@@ -55,6 +57,7 @@ pub fn code(status: StatusCode) -> &'static str {
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::UNPROCESSABLE_ENTITY => "invalid",
         StatusCode::REQUEST_TIMEOUT => "timeout",
         _ if status.is_server_error() => "internal",

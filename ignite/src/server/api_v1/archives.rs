@@ -219,22 +219,32 @@ pub async fn verify(
 
 /// Import an uploaded tar (a job)
 ///
-/// The body is a tar stream (plain, gz, zst or xz). It is kept in `<state>/uploads` until
-/// the job has imported it; the job's progress is the bytes of it read, its result the new
-/// snapshot's manifest.
+/// The body is a tar stream (plain, gz, zst or xz), at most `[limits] api_upload_bytes`.
+/// It is kept in `<state>/uploads` until the job has imported it; the job's progress is
+/// the bytes of it read, its result the new snapshot's manifest.
 #[utoipa::path(operation_id = "archive_import", post, path = "/api/v1/archives/import", tag = "archives", params(ImportQuery),
     request_body(content = Vec<u8>, content_type = "application/x-tar", description = "the tar stream"),
     responses((status = 202, description = "started; follow GET /api/v1/jobs/{job}", body = JobRef),
-        (status = 404, body = ErrorBody), (status = 422, description = "a bad snapshot name", body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 413, description = "larger than the server takes", body = ErrorBody),
+        (status = 422, description = "a bad snapshot name", body = ErrorBody)))]
 pub async fn import(
     State(api): Ctx,
     Query(q): Query<ImportQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> V1Result<(StatusCode, Json<JobRef>)> {
     ignite_archive::snapshot::validate_name(&q.name).map_err(archive_error)?;
     let dir = api.store_dir.clone();
     let store = blocking(move || open(&dir)).await?;
-    let upload = receive(&api.state_dir.join("uploads"), body).await?;
+    let max = api.upload_max;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|&n| n > max) {
+        return Err(too_large(n, max));
+    }
+    let upload = receive(&api.state_dir.join("uploads"), body, max).await?;
     let (name, path) = (q.name, upload.clone());
     let job = api.jobs.spawn("archive import", move |h| {
         let r = import_file(h, &store, &path, &name);
@@ -244,8 +254,17 @@ pub async fn import(
     Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
 }
 
-/// The request body in a new private file under `dir`; its path.
-async fn receive(dir: &Path, body: Body) -> V1Result<PathBuf> {
+fn too_large(n: u64, max: u64) -> V1Error {
+    V1Error::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the upload has {n} bytes or more; this server takes at most {max} ([limits] api_upload_bytes in its configuration)"
+        ),
+    )
+}
+
+/// The request body (at most `max` bytes) in a new private file under `dir`; its path.
+async fn receive(dir: &Path, body: Body, max: u64) -> V1Result<PathBuf> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -260,11 +279,16 @@ async fn receive(dir: &Path, body: Body) -> V1Result<PathBuf> {
         .await
         .map_err(|e| fail("cannot create a file in it", &e))?;
     let mut data = body.into_data_stream();
+    let mut n = 0u64;
     let written: V1Result<()> = async {
         while let Some(chunk) = data.next().await {
             let chunk = chunk.map_err(|e| {
                 V1Error::new(StatusCode::BAD_REQUEST, format!("reading the upload: {e}"))
             })?;
+            n += chunk.len() as u64;
+            if n > max {
+                return Err(too_large(n, max));
+            }
             f.write_all(&chunk)
                 .await
                 .map_err(|e| fail("cannot write it", &e))?;

@@ -1,47 +1,48 @@
 //! `/api/v1`: the management API, on the server's HTTP listener beside the boot files and
 //! the agents' APIs. Every route but the OpenAPI document needs the admin token (`Authorization:
-//! Bearer TOKEN`, admin.rs); every error is `{"error": {"code", "message"}}` (api_error.rs).
+//! Bearer TOKEN`, admin.rs; or the local socket, which needs none); every error is
+//! `{"error": {"code", "message"}}` (api_error.rs).
 //! Handlers are thin: each calls the state or library function the local CLI calls too.
 //!
 //! ```text
-//! GET    /api/v1/health                     version, uptime, state directory
-//! GET    /api/v1/openapi.json               this API's OpenAPI 3 document (no token needed)
-//! GET    /api/v1/clients                    clients with their latest install    clients.rs
-//! POST   /api/v1/clients                    register one {mac, name, action}
-//! GET    /api/v1/clients/{client}           one (MAC or name): steps, install, phases
-//! PUT    /api/v1/clients/{client}/action    {action: "install web"}
+//! GET    /api/v1/health                       version, uptime, state directory
+//! GET    /api/v1/openapi.json                 this API's OpenAPI 3 document (no token needed)
+//! GET    /api/v1/clients                      clients with their latest install     clients.rs
+//! POST   /api/v1/clients                      register one {mac, name, action}
+//! GET    /api/v1/clients/{client}             one (MAC or name): steps, install, phases
+//! PUT    /api/v1/clients/{client}/action      {action: "install web"}
 //! DELETE /api/v1/clients/{client}
-//! GET    /api/v1/clients/default            the action for unregistered clients
-//! PUT    /api/v1/clients/default            {action}
-//! GET    /api/v1/clients/{client}/log       its latest install's log (?after=LINE_ID)
-//! GET    /api/v1/archives                   snapshots (?name=)                    archives.rs
-//! GET    /api/v1/archives/stats             sizes, dedup, compression
-//! GET    /api/v1/archives/diff?from=&to=    what changed between two snapshots
-//! POST   /api/v1/archives/verify            a job (?sample=0.1)
-//! POST   /api/v1/archives/import?name=      a job importing the tar sent as the body
-//! POST   /api/v1/archives/prune         a job forgetting by retention policy {keep_*, dry_run}
-//! GET    /api/v1/archives/{snapshot}        one snapshot's manifest
-//! GET    /api/v1/profiles                   profiles, each checked                profiles.rs
-//! GET    /api/v1/profiles/{name}            its text and check
-//! POST   /api/v1/profiles/check             check the TOML sent (?file=, ?mac=&disk= render)
-//! GET    /api/v1/profiles/{name}/render     its plan for ?mac=&disk=[&hostname=]
-//! GET    /api/v1/bootlog                    boot steps (?mac=, ?limit=)          netboot.rs
-//! GET    /api/v1/leases                     DHCP leases
-//! GET    /api/v1/schedules                  capture schedules
-//! GET    /api/v1/guests                     guests with their state               guests.rs
-//! POST   /api/v1/guests                     define one (`ignite vm create`'s options as JSON)
+//! GET    /api/v1/clients/default              the action for unregistered clients
+//! PUT    /api/v1/clients/default              {action}
+//! GET    /api/v1/clients/{client}/log         its latest install's log (?after=LINE_ID)
+//! GET    /api/v1/archives                     snapshots (?name=)                    archives.rs
+//! GET    /api/v1/archives/stats               sizes, dedup, compression
+//! GET    /api/v1/archives/diff?from=&to=      what changed between two snapshots
+//! POST   /api/v1/archives/verify              a job (?sample=0.1)
+//! POST   /api/v1/archives/import?name=        a job importing the tar sent as the body
+//! POST   /api/v1/archives/prune               a job: retention {keep_*, dry_run}
+//! GET    /api/v1/archives/{snapshot}          one snapshot's manifest
+//! GET    /api/v1/profiles                     profiles, each checked                profiles.rs
+//! GET    /api/v1/profiles/{name}              its text and check
+//! POST   /api/v1/profiles/check               check the TOML sent (?file=; ?mac=&disk=: plan)
+//! GET    /api/v1/profiles/{name}/render       its plan for ?mac=&disk=[&hostname=]
+//! GET    /api/v1/bootlog                      boot steps (?mac=, ?limit=)           netboot.rs
+//! GET    /api/v1/leases                       DHCP leases
+//! GET    /api/v1/schedules                    capture schedules
+//! GET    /api/v1/guests                       guests with their state               guests.rs
+//! POST   /api/v1/guests                       define one (`vm create`'s options as JSON)
 //! GET    /api/v1/guests/{name}
-//! DELETE /api/v1/guests/{name}              a stopped one (?keep_disks=true)
-//! POST   /api/v1/guests/{name}/media        {media, drive, take}                  media.rs
-//! DELETE /api/v1/guests/{name}/media/{drive}
+//! DELETE /api/v1/guests/{name}                a stopped one (?keep_disks=true)
 //! POST   /api/v1/guests/{name}/start
-//! POST   /api/v1/guests/{name}/stop         ?force=true, ?timeout=SECS
-//! GET    /api/v1/guests/{name}/console      the end of its console log (?bytes=)
-//! POST   /api/v1/recovery/{name}/capture  a job capturing guest NAME's disks       recovery.rs
-//! POST   /api/v1/recovery/{name}/restore  a job: {snapshot, as_guest | to}
-//! POST   /api/v1/recovery/{name}/clone    a job: {snapshot, as, hostname, mac}
-//! GET    /api/v1/jobs, /api/v1/jobs/{id}    long work: state, progress, log       jobs.rs
-//! GET    /api/v1/events                     changes as Server-Sent Events         events.rs
+//! POST   /api/v1/guests/{name}/stop           ?force=true, ?timeout=SECS
+//! GET    /api/v1/guests/{name}/console        the end of its console log (?bytes=)
+//! POST   /api/v1/guests/{name}/media          {media, drive, take}                  media.rs
+//! DELETE /api/v1/guests/{name}/media/{drive}
+//! POST   /api/v1/recovery/{name}/capture      a job capturing guest NAME's disks    recovery.rs
+//! POST   /api/v1/recovery/{name}/restore      a job: {snapshot, as_guest | to}
+//! POST   /api/v1/recovery/{name}/clone        a job: {snapshot, as, hostname, mac}
+//! GET    /api/v1/jobs, /api/v1/jobs/{id}      long work: state, progress, log       jobs.rs
+//! GET    /api/v1/events                       changes as Server-Sent Events         events.rs
 //! ```
 
 pub mod archives;
@@ -76,6 +77,8 @@ pub struct Api {
     pub state_dir: PathBuf,
     pub store_dir: PathBuf,
     pub profiles_dir: PathBuf,
+    /// The most bytes an upload may have.
+    pub upload_max: u64,
     pub started: Instant,
     pub jobs: Arc<Jobs>,
     pub events: Events,
@@ -89,6 +92,7 @@ impl Api {
         state_dir: PathBuf,
         store_dir: PathBuf,
         profiles_dir: PathBuf,
+        upload_max: u64,
         stop: watch::Receiver<bool>,
     ) -> Arc<Api> {
         let events = Events::new();
@@ -98,6 +102,7 @@ impl Api {
             state_dir,
             store_dir,
             profiles_dir,
+            upload_max,
             started: Instant::now(),
             jobs: Jobs::new(Box::new(move |j: &Job| publish.publish(Event::of_job(j)))),
             events,
