@@ -137,6 +137,18 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// `POST path` with `body` sent as it is (not JSON); the status and the JSON answer.
+    fn post_raw(&self, path: &str, body: impl ureq::AsSendBody) -> (u16, Value) {
+        let r = Self::agent()
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .send(body);
+        let mut r = r.unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log_text()));
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     fn get(&self, path: &str) -> (u16, Value) {
         self.request("GET", path, Some(&self.token.clone()), None)
     }
@@ -267,6 +279,20 @@ fn follow(s: &Server, id: u64) -> Value {
             "job still running: {j}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `POST path` with `body`, answered 202 with a job; the job once it ended.
+fn run_job(s: &Server, path: &str, body: Option<Value>) -> Value {
+    let (code, started) = s.call("POST", path, body);
+    assert_eq!(code, 202, "POST {path}: {started}");
+    follow(s, started["job"].as_u64().unwrap())
+}
+
+/// `POST path` with each case's body, refused with its status and code.
+fn refusals(s: &Server, path: &str, cases: Vec<(&str, Value, u16, &str)>) {
+    for (what, body, status, code) in cases {
+        error(what, s.call("POST", path, Some(body)), status, code);
     }
 }
 
@@ -607,14 +633,7 @@ fn the_management_api_end_to_end() {
     assert!(st.success());
     let bytes = std::fs::read(&tar).unwrap();
     let upload = |name: &str, bytes: &[u8]| {
-        let mut r = Server::agent()
-            .post(format!("{}/api/v1/archives/import?name={name}", s.url))
-            .header("Authorization", &format!("Bearer {}", s.token))
-            .send(bytes)
-            .unwrap();
-        let status = r.status().as_u16();
-        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        (status, v)
+        s.post_raw(&format!("/api/v1/archives/import?name={name}"), bytes)
     };
     error(
         "a bad snapshot name",
@@ -950,16 +969,8 @@ fn profiles_through_the_api() {
     );
 
     // A posted check: the problems with their lines, or ok and the plan for a client.
-    let post = |query: &str, text: &str| {
-        let mut r = Server::agent()
-            .post(format!("{}/api/v1/profiles/check{query}", s.url))
-            .header("Authorization", &format!("Bearer {}", s.token))
-            .send(text)
-            .unwrap();
-        let status = r.status().as_u16();
-        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        (status, v)
-    };
+    let post =
+        |query: &str, text: &str| s.post_raw(&format!("/api/v1/profiles/check{query}"), text);
     let (code, c) = post("?file=mine.toml", &broken);
     assert_eq!(code, 200, "{c}");
     assert_eq!(c["ok"], false);
@@ -1120,28 +1131,32 @@ fn guests_and_media_through_the_api() {
         "conflict",
     );
     assert!(m.contains("already defined"), "{m}");
-    for (what, body) in [
-        (
-            "a bad name",
-            json!({"name": "bad name", "boot": "kernel=/bin/true"}),
-        ),
-        (
-            "too little memory",
-            json!({"name": "g9", "mem": "1K", "boot": "kernel=/bin/true"}),
-        ),
-        ("boot from no disk", json!({"name": "g9"})),
-        (
-            "an unknown ISO",
-            json!({"name": "g9", "boot": "kernel=/bin/true", "cdroms": ["nosuch"]}),
-        ),
-    ] {
-        error(
-            what,
-            s.call("POST", "/api/v1/guests", Some(body)),
-            422,
-            "invalid",
-        );
-    }
+    let boot = "kernel=/bin/true";
+    refusals(
+        &s,
+        "/api/v1/guests",
+        vec![
+            (
+                "a bad name",
+                json!({"name": "bad name", "boot": boot}),
+                422,
+                "invalid",
+            ),
+            (
+                "too little memory",
+                json!({"name": "g9", "mem": "1K", "boot": boot}),
+                422,
+                "invalid",
+            ),
+            ("boot from no disk", json!({"name": "g9"}), 422, "invalid"),
+            (
+                "an unknown ISO",
+                json!({"name": "g9", "boot": boot, "cdroms": ["nosuch"]}),
+                422,
+                "invalid",
+            ),
+        ],
+    );
     // A body that is not the definition: refused in the same error shape.
     let m = error(
         "an unknown field",
@@ -1326,9 +1341,7 @@ fn recovery_and_prune_as_jobs() {
         404,
         "not_found",
     );
-    let (code, started) = s.call("POST", "/api/v1/recovery/gr/capture", None);
-    assert_eq!(code, 202, "{started}");
-    let job = follow(&s, started["job"].as_u64().unwrap());
+    let job = run_job(&s, "/api/v1/recovery/gr/capture", None);
     assert_eq!(
         (job["state"].as_str(), job["kind"].as_str()),
         (Some("done"), Some("recovery capture")),
@@ -1339,13 +1352,12 @@ fn recovery_and_prune_as_jobs() {
 
     // Onto an image file: the same bytes.
     let out = s.dir.path().join("restored.img");
-    let (code, started) = s.call(
-        "POST",
-        "/api/v1/recovery/gr/restore",
+    let restore = "/api/v1/recovery/gr/restore";
+    let job = run_job(
+        &s,
+        restore,
         Some(json!({"snapshot": &snapshot[..12], "to": [out]})),
     );
-    assert_eq!(code, 202, "{started}");
-    let job = follow(&s, started["job"].as_u64().unwrap());
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(
         std::fs::read(&out).unwrap(),
@@ -1353,91 +1365,75 @@ fn recovery_and_prune_as_jobs() {
         "the restored image differs"
     );
     assert_eq!(job["done"], job["total"], "{job}");
-    for (what, body, status, code) in [
-        ("no target", json!({}), 422, "invalid"),
-        (
-            "two targets for one disk",
-            json!({"to": ["/tmp/a.img", "/tmp/b.img"]}),
-            422,
-            "invalid",
-        ),
-        (
-            "both targets",
-            json!({"to": [out], "as_guest": "x"}),
-            422,
-            "invalid",
-        ),
-        ("a taken name", json!({"as_guest": "gr"}), 409, "conflict"),
-        ("a bad name", json!({"as_guest": "-x"}), 422, "invalid"),
-        (
-            "an unknown capture",
-            json!({"snapshot": "ffffffff", "as_guest": "x"}),
+    refusals(
+        &s,
+        restore,
+        vec![
+            ("no target", json!({}), 422, "invalid"),
+            (
+                "two targets for one disk",
+                json!({"to": ["/tmp/a.img", "/tmp/b.img"]}),
+                422,
+                "invalid",
+            ),
+            (
+                "both targets",
+                json!({"to": [out], "as_guest": "x"}),
+                422,
+                "invalid",
+            ),
+            ("a taken name", json!({"as_guest": "gr"}), 409, "conflict"),
+            ("a bad name", json!({"as_guest": "-x"}), 422, "invalid"),
+            (
+                "an unknown capture",
+                json!({"snapshot": "ffffffff", "as_guest": "x"}),
+                404,
+                "not_found",
+            ),
+            ("an unknown field", json!({"as": "x"}), 422, "invalid"),
+        ],
+    );
+    refusals(
+        &s,
+        "/api/v1/recovery/nope/restore",
+        vec![(
+            "restoring what was never captured",
+            json!({"as_guest": "x"}),
             404,
             "not_found",
-        ),
-        ("an unknown field", json!({"as": "x"}), 422, "invalid"),
-    ] {
-        error(
-            what,
-            s.call("POST", "/api/v1/recovery/gr/restore", Some(body)),
-            status,
-            code,
-        );
-    }
-    error(
-        "restoring what was never captured",
-        s.call(
-            "POST",
-            "/api/v1/recovery/nope/restore",
-            Some(json!({"as_guest": "x"})),
-        ),
-        404,
-        "not_found",
+        )],
     );
 
     // As a new guest: defined with the recorded definition.
-    let (code, started) = s.call(
-        "POST",
-        "/api/v1/recovery/gr/restore",
-        Some(json!({"as_guest": "gr2"})),
-    );
-    assert_eq!(code, 202, "{started}");
-    let job = follow(&s, started["job"].as_u64().unwrap());
+    let job = run_job(&s, restore, Some(json!({"as_guest": "gr2"})));
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["result"]["definition"]["name"], "gr2", "{job}");
     assert_eq!(s.get("/api/v1/guests/gr2").1["mem"], 64 << 20);
 
     // A clone: refused names first, then the job (an empty disk has no system whose
-    // identity it could change: the job fails and says why, and leaves no guest).
-    for (what, body, status, code) in [
-        (
-            "a bad hostname",
-            json!({"as": "gr3", "hostname": "bad host"}),
-            422,
-            "invalid",
-        ),
-        (
-            "a bad MAC",
-            json!({"as": "gr3", "mac": ["zz"]}),
-            422,
-            "invalid",
-        ),
-        ("a taken name", json!({"as": "gr2"}), 409, "conflict"),
-    ] {
-        error(
-            what,
-            s.call("POST", "/api/v1/recovery/gr/clone", Some(body)),
-            status,
-            code,
-        );
-    }
-    let (code, started) = s.call(
-        "POST",
-        "/api/v1/recovery/gr/clone",
-        Some(json!({"as": "gr3"})),
+    // identity it could change: the job fails and says why, as the CLI does, and leaves no
+    // guest).
+    let clone = "/api/v1/recovery/gr/clone";
+    refusals(
+        &s,
+        clone,
+        vec![
+            (
+                "a bad hostname",
+                json!({"as": "gr3", "hostname": "bad host"}),
+                422,
+                "invalid",
+            ),
+            (
+                "a bad MAC",
+                json!({"as": "gr3", "mac": ["zz"]}),
+                422,
+                "invalid",
+            ),
+            ("a taken name", json!({"as": "gr2"}), 409, "conflict"),
+        ],
     );
-    assert_eq!(code, 202, "{started}");
-    let job = follow(&s, started["job"].as_u64().unwrap());
+    let job = run_job(&s, clone, Some(json!({"as": "gr3"})));
     let local = s.ignite(&["recovery", "clone", "gr", "--as", "gr4"], &[]);
     match job["state"].as_str() {
         Some("done") => {
@@ -1458,13 +1454,19 @@ fn recovery_and_prune_as_jobs() {
 
     // Prune: refused without a rule, a dry run changes nothing, then it forgets.
     make_store(&s);
-    let prune = |body: Value| s.call("POST", "/api/v1/archives/prune", Some(body));
-    error("no rule", prune(json!({"dry_run": true})), 422, "invalid");
-    error(
-        "a bad duration",
-        prune(json!({"keep_within": "soon"})),
-        422,
-        "invalid",
+    let prune = "/api/v1/archives/prune";
+    refusals(
+        &s,
+        prune,
+        vec![
+            ("no rule", json!({"dry_run": true}), 422, "invalid"),
+            (
+                "a bad duration",
+                json!({"keep_within": "soon"}),
+                422,
+                "invalid",
+            ),
+        ],
     );
     let count = || {
         s.get("/api/v1/archives?name=golden")
@@ -1473,10 +1475,6 @@ fn recovery_and_prune_as_jobs() {
             .unwrap()
             .len()
     };
-    let (code, started) = prune(json!({"keep_last": 1, "dry_run": true}));
-    assert_eq!(code, 202, "{started}");
-    let job = follow(&s, started["job"].as_u64().unwrap());
-    assert_eq!(job["state"], "done", "{job}");
     let gone = |j: &Value| {
         j["result"]
             .as_array()
@@ -1485,15 +1483,17 @@ fn recovery_and_prune_as_jobs() {
             .filter(|d| d["keep"] == false && d["name"].as_str().unwrap().starts_with("golden "))
             .count()
     };
-    assert_eq!((gone(&job), count()), (1, 2), "{job}");
+    let job = run_job(&s, prune, Some(json!({"keep_last": 1, "dry_run": true})));
+    assert_eq!(
+        (job["state"].as_str(), gone(&job), count()),
+        (Some("done"), 1, 2),
+        "{job}"
+    );
     assert!(
         job["log"].to_string().contains("would remove golden"),
         "{job}"
     );
-    let job = follow(
-        &s,
-        prune(json!({"keep_last": 1})).1["job"].as_u64().unwrap(),
-    );
+    let job = run_job(&s, prune, Some(json!({"keep_last": 1})));
     assert_eq!(
         (job["state"].as_str(), gone(&job), count()),
         (Some("done"), 1, 1),
@@ -1606,39 +1606,18 @@ fn uploads_are_capped_and_the_cli_imports_through_the_server() {
     };
     let big = tar("big", &[("a", 150_000)]);
     let small = tar("small", &[("b", 1000)]);
-    let url = format!("{}/api/v1/archives/import?name=big", s.url);
-    let auth = format!("Bearer {}", s.token);
+    let path = "/api/v1/archives/import?name=big";
     let bytes = std::fs::read(&big).unwrap();
-    let answer = |mut r: ureq::http::Response<ureq::Body>| {
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
-        )
-    };
-    let sized = Server::agent()
-        .post(&url)
-        .header("Authorization", &auth)
-        .send(&bytes[..]);
     let m = error(
         "a sized upload too large",
-        answer(sized.unwrap()),
+        s.post_raw(path, &bytes[..]),
         413,
         "too_large",
     );
     assert!(m.contains("at most 100000"), "{m}");
     let mut reader = std::io::Cursor::new(bytes.clone());
-    let chunked = Server::agent()
-        .post(&url)
-        .header("Authorization", &auth)
-        .send(ureq::SendBody::from_reader(&mut reader));
-    error(
-        "a streamed upload too large",
-        answer(chunked.unwrap()),
-        413,
-        "too_large",
-    );
+    let streamed = s.post_raw(path, ureq::SendBody::from_reader(&mut reader));
+    error("a streamed upload too large", streamed, 413, "too_large");
     let left = std::fs::read_dir(s.state().join("uploads")).map_or(0, |d| d.count());
     assert_eq!(left, 0, "a refused upload was kept");
 
