@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -233,18 +233,26 @@ pub async fn import(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> V1Result<(StatusCode, Json<JobRef>)> {
-    ignite_archive::snapshot::validate_name(&q.name).map_err(archive_error)?;
-    let dir = api.store_dir.clone();
-    let store = blocking(move || open(&dir)).await?;
     let max = api.upload_max;
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared.filter(|&n| n > max) {
-        return Err(too_large(n, max));
-    }
-    let upload = receive(&api.state_dir.join("uploads"), body, max).await?;
+    let dir = api.store_dir.clone();
+    let checked = async {
+        ignite_archive::snapshot::validate_name(&q.name).map_err(archive_error)?;
+        let store = blocking(move || open(&dir)).await?;
+        let declared = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared.filter(|&n| n > max) {
+            Some(n) => Err(too_large(n, max)),
+            None => Ok(store),
+        }
+    };
+    let mut data = body.into_data_stream();
+    let store = match checked.await {
+        Ok(s) => s,
+        Err(e) => return Err(drain(&mut data, e).await),
+    };
+    let upload = receive(&api.state_dir.join("uploads"), data, max).await?;
     let (name, path) = (q.name, upload.clone());
     let job = api.jobs.spawn("archive import", move |h| {
         let r = import_file(h, &store, &path, &name);
@@ -263,8 +271,17 @@ fn too_large(n: u64, max: u64) -> V1Error {
     )
 }
 
+/// The rest of a refused upload read and dropped, then `e`: a client still sending when
+/// the answer came would see its connection closed, not why (the request timeout bounds
+/// the reading).
+async fn drain(data: &mut BodyDataStream, e: V1Error) -> V1Error {
+    use futures_util::StreamExt;
+    while let Some(Ok(_)) = data.next().await {}
+    e
+}
+
 /// The request body (at most `max` bytes) in a new private file under `dir`; its path.
-async fn receive(dir: &Path, body: Body, max: u64) -> V1Result<PathBuf> {
+async fn receive(dir: &Path, mut data: BodyDataStream, max: u64) -> V1Result<PathBuf> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -278,7 +295,6 @@ async fn receive(dir: &Path, body: Body, max: u64) -> V1Result<PathBuf> {
     let mut f = tokio::fs::File::create_new(&path)
         .await
         .map_err(|e| fail("cannot create a file in it", &e))?;
-    let mut data = body.into_data_stream();
     let mut n = 0u64;
     let written: V1Result<()> = async {
         while let Some(chunk) = data.next().await {
@@ -287,7 +303,7 @@ async fn receive(dir: &Path, body: Body, max: u64) -> V1Result<PathBuf> {
             })?;
             n += chunk.len() as u64;
             if n > max {
-                return Err(too_large(n, max));
+                return Err(drain(&mut data, too_large(n, max)).await);
             }
             f.write_all(&chunk)
                 .await
@@ -313,7 +329,7 @@ fn import_file(
     let f = std::fs::File::open(path)?;
     let total = f.metadata()?.len();
     h.log(format!("importing {total} bytes of tar as {name}"));
-    let m = super::recovery::with_job_progress(h, Some(total), |read| {
+    let m = h.with_progress(Some(total), |read| {
         ignite_archive::import_tar::import_tar(store, f, &ImportOptions::new(name), read)
     })?;
     h.progress(total, Some(total));

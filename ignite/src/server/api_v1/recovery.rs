@@ -7,9 +7,7 @@
 //! prefix; default: the latest).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Result};
 use axum::extract::{Path as UrlPath, State};
@@ -60,29 +58,6 @@ pub fn plan_disk_restore(
         });
     }
     Ok((from, disks))
-}
-
-/// Runs `work` with a byte counter the job shows as its progress (of `total`, when known)
-/// while it runs.
-pub fn with_job_progress<T>(
-    h: &Handle,
-    total: Option<u64>,
-    work: impl FnOnce(&AtomicU64) -> T,
-) -> T {
-    let counter = AtomicU64::new(0);
-    let finished = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            while !finished.load(Ordering::Relaxed) {
-                h.progress(counter.load(Ordering::Relaxed), total);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        let r = work(&counter);
-        finished.store(true, Ordering::Relaxed);
-        h.progress(counter.load(Ordering::Relaxed), total);
-        r
-    })
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -195,7 +170,7 @@ fn guest_job(
     let (state_dir, db) = (api.state_dir.clone(), api.state.clone());
     api.jobs.spawn(kind, move |h| {
         h.log(format!("{spec} as guest {new}"));
-        let r = with_job_progress(h, None, |p| {
+        let r = h.with_progress(None, |p| {
             restore_guest(
                 &state_dir,
                 &db,
@@ -278,7 +253,7 @@ fn restore_disks(
             disks.len(),
             d.path.display()
         ));
-        let n = with_job_progress(h, d.manifest.image_size, |p| {
+        let n = h.with_progress(d.manifest.image_size, |p| {
             ignite_recovery::restore::restore_disk(store, &d.manifest, &d.path, p)
         })?;
         h.log(format!(
