@@ -1203,6 +1203,45 @@ fn guests_and_media_through_the_api() {
     assert!(!local.0 && !via.0);
     assert_eq!(via.2, local.2, "the refusal through the server differs");
 
+    // Relative paths are the caller's, not the server's (here through the local socket).
+    std::fs::write(s.dir.path().join("img.raw"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(s.dir.path().join("k.elf"), b"kernel").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ignite"))
+        .args(["vm", "create", "g4", "--mem", "64M", "--engine", "bundled"])
+        .args([
+            "--disk",
+            "img.raw",
+            "--boot",
+            "kernel=k.elf,initrd=img.raw,cmdline=a=b,c",
+        ])
+        .env("IGNITE_STATE_DIR", s.state())
+        .env_remove("IGNITE_SERVER")
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g4 = s.get("/api/v1/guests/g4").1;
+    let here = std::fs::canonicalize(s.dir.path()).unwrap();
+    assert_eq!(
+        g4["disks"][0]["path"].as_str(),
+        here.join("img.raw").to_str(),
+        "{g4}"
+    );
+    assert!(
+        s.log_text().contains("API: defined guest g4"),
+        "not through the server"
+    );
+    let boot = g4["boot"].to_string();
+    assert!(
+        boot.contains(here.join("k.elf").to_str().unwrap()) && boot.contains("a=b,c"),
+        "{g4}"
+    );
+    assert_eq!(s.call("DELETE", "/api/v1/guests/g4", None).0, 200);
+
     // Media: an ISO shared, a tape owned by one guest at a time.
     let iso = s.dir.path().join("tools.iso");
     std::fs::write(&iso, vec![0u8; 4096]).unwrap();

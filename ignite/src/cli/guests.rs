@@ -212,7 +212,9 @@ fn create(a: CreateArgs) -> Result<()> {
         Some(r) => r.call(
             "POST",
             "/api/v1/guests",
-            Some(serde_json::to_value(&a.guest)?),
+            Some(serde_json::to_value(
+                a.guest.clone().with_absolute_paths()?,
+            )?),
         )?,
         None => crate::server::api_v1::guests::create(&a.state.state_dir, &a.guest)?,
     };

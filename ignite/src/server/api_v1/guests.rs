@@ -288,6 +288,44 @@ pub struct NewGuest {
     pub tapes: Vec<String>,
 }
 
+impl NewGuest {
+    /// Self with the relative paths of existing files (disk images, the kernel and initrd
+    /// of `boot`) made absolute here: the server resolves a path in its own directory.
+    pub fn with_absolute_paths(mut self) -> Result<NewGuest> {
+        let abs = |p: &str| -> Result<String> {
+            Ok(match Path::new(p).exists() {
+                true => std::path::absolute(p)?.display().to_string(),
+                false => p.to_string(),
+            })
+        };
+        for d in &mut self.disks {
+            // A size is a size even where a file of that name exists (as in disk_arg).
+            if d.contains('/') || parse_size(d).is_err() {
+                *d = abs(d)?;
+            }
+        }
+        if let Some(rest) = self.boot.strip_prefix("kernel=") {
+            let (files, cmdline) = match rest.split_once(",cmdline=") {
+                Some((f, c)) => (f, Some(c)),
+                None => (rest, None),
+            };
+            let files = files
+                .split(',')
+                .map(|f| match f.strip_prefix("initrd=") {
+                    Some(i) => Ok(format!("initrd={}", abs(i)?)),
+                    None => abs(f),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut boot = format!("kernel={}", files.join(","));
+            if let Some(c) = cmdline {
+                boot += &format!(",cmdline={c}");
+            }
+            self.boot = boot;
+        }
+        Ok(self)
+    }
+}
+
 fn default_mem() -> String {
     "1G".into()
 }
