@@ -1410,6 +1410,12 @@ fn recovery_and_prune_as_jobs() {
         vec![
             ("no target", json!({}), 422, "invalid"),
             (
+                "a relative path",
+                json!({"to": ["restored.img"]}),
+                422,
+                "invalid",
+            ),
+            (
                 "two targets for one disk",
                 json!({"to": ["/tmp/a.img", "/tmp/b.img"]}),
                 422,

@@ -67,7 +67,8 @@ pub struct RestoreRequest {
     pub snapshot: Option<String>,
     /// Restore as a new guest of this name, with the recorded definition and identity.
     pub as_guest: Option<String>,
-    /// Or onto these image files or block devices of the server, one per disk in order.
+    /// Or onto these image files or block devices of the server (absolute paths), one per
+    /// disk in order.
     pub to: Option<Vec<String>>,
 }
 
@@ -221,6 +222,12 @@ pub async fn restore(
             }
             (None, Some(to)) => {
                 let to: Vec<PathBuf> = to.into_iter().map(PathBuf::from).collect();
+                if let Some(p) = to.iter().find(|p| p.is_relative()) {
+                    return Err(V1Error::invalid(format!(
+                        "to {}: give absolute paths (the server's directory is no one's to guess)",
+                        p.display()
+                    )));
+                }
                 let (from, disks) = plan_disk_restore(&store, &spec, &to)
                     .map_err(|e| V1Error::invalid(format!("{e:#}")))?;
                 Ok(a.jobs.spawn("recovery restore", move |h| {
