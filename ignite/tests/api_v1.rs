@@ -23,11 +23,26 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(|_| {})
+    }
+
+    /// A server whose state directory `prepare` saw first.
+    fn start_with(prepare: impl FnOnce(&Path)) -> Server {
+        Server::start_configured("", prepare)
+    }
+
+    /// A server with `config` added to its configuration.
+    fn start_configured(config_more: &str, prepare: impl FnOnce(&Path)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         std::fs::create_dir_all(state.join("boot")).unwrap();
+        prepare(&state);
         let config = dir.path().join("server.toml");
-        std::fs::write(&config, "[network]\ndhcp = false\ntftp = false\n").unwrap();
+        std::fs::write(
+            &config,
+            format!("[network]\ndhcp = false\ntftp = false\n{config_more}"),
+        )
+        .unwrap();
         // A port free a moment ago; the server binds it on all addresses.
         let port = std::net::TcpListener::bind("0.0.0.0:0")
             .unwrap()
@@ -117,6 +132,18 @@ impl Server {
             (m, _) => panic!("{m}"),
         };
         let mut r = r.unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_text()));
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `POST path` with `body` sent as it is (not JSON); the status and the JSON answer.
+    fn post_raw(&self, path: &str, body: impl ureq::AsSendBody) -> (u16, Value) {
+        let r = Self::agent()
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .send(body);
+        let mut r = r.unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log_text()));
         let status = r.status().as_u16();
         let text = r.body_mut().read_to_string().unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -255,13 +282,29 @@ fn follow(s: &Server, id: u64) -> Value {
     }
 }
 
+/// `POST path` with `body`, answered 202 with a job; the job once it ended.
+fn run_job(s: &Server, path: &str, body: Option<Value>) -> Value {
+    let (code, started) = s.call("POST", path, body);
+    assert_eq!(code, 202, "POST {path}: {started}");
+    follow(s, started["job"].as_u64().unwrap())
+}
+
+/// `POST path` with each case's body, refused with its status and code.
+fn refusals(s: &Server, path: &str, cases: Vec<(&str, Value, u16, &str)>) {
+    for (what, body, status, code) in cases {
+        error(what, s.call("POST", path, Some(body)), status, code);
+    }
+}
+
 /// A store with two snapshots of `golden` (one file changed, one added between them).
 fn make_store(s: &Server) {
     let src = s.dir.path().join("src");
     std::fs::create_dir_all(src.join("etc")).unwrap();
     std::fs::write(src.join("etc/hostname"), "golden\n").unwrap();
     std::fs::write(src.join("data"), vec![7u8; 300_000]).unwrap();
-    s.ok(&["archive", "init"]);
+    if !s.state().join("store").exists() {
+        s.ok(&["archive", "init"]);
+    }
     s.ok(&[
         "archive",
         "import",
@@ -590,14 +633,7 @@ fn the_management_api_end_to_end() {
     assert!(st.success());
     let bytes = std::fs::read(&tar).unwrap();
     let upload = |name: &str, bytes: &[u8]| {
-        let mut r = Server::agent()
-            .post(format!("{}/api/v1/archives/import?name={name}", s.url))
-            .header("Authorization", &format!("Bearer {}", s.token))
-            .send(bytes)
-            .unwrap();
-        let status = r.status().as_u16();
-        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        (status, v)
+        s.post_raw(&format!("/api/v1/archives/import?name={name}"), bytes)
     };
     error(
         "a bad snapshot name",
@@ -678,6 +714,41 @@ fn the_management_api_end_to_end() {
     wait_event(&s, &ev, "web1 gone", |v| {
         v["type"] == "client" && v["name"] == "web1" && v["action"].is_null()
     });
+
+    // The action for clients not in the registry: unset, set, refused when not an action.
+    assert_eq!(
+        s.get("/api/v1/clients/default"),
+        (200, json!({"action": null}))
+    );
+    let (code, d) = s.call(
+        "PUT",
+        "/api/v1/clients/default",
+        Some(json!({"action": "install web"})),
+    );
+    assert_eq!((code, d), (200, json!({"action": "install web"})));
+    assert_eq!(s.ok(&["client", "default"]), "install web\n");
+    error(
+        "a default that is no action",
+        s.call(
+            "PUT",
+            "/api/v1/clients/default",
+            Some(json!({"action": "reboot"})),
+        ),
+        422,
+        "invalid",
+    );
+    error(
+        "no token",
+        s.request(
+            "PUT",
+            "/api/v1/clients/default",
+            None,
+            Some(json!({"action": "local"})),
+        ),
+        401,
+        "unauthorized",
+    );
+    assert_eq!(s.get("/api/v1/clients/default").1["action"], "install web");
 }
 
 #[test]
@@ -748,6 +819,18 @@ fn the_cli_prints_the_same_through_the_server_as_locally() {
     let out = s.ok(&["client", "remove", "db1", "--server", &url]);
     assert_eq!(out, "removed client db1 (52:54:00:bb:00:02)\n");
     assert_eq!(s.get("/api/v1/clients/db1").0, 404);
+    // The default action: set and shown through the server, as locally.
+    let (ok, out, err) = s.ignite(&["client", "default"], &remote);
+    assert!(ok, "{err}");
+    assert_eq!(out, s.ok(&["client", "default"]));
+    assert_eq!(
+        s.ignite(&["client", "default", "install", "web"], &remote)
+            .1,
+        "unknown clients: install web\n"
+    );
+    assert_eq!(s.ok(&["client", "default"]), "install web\n");
+    let (ok, _, err) = s.ignite(&["client", "default", "reboot"], &remote);
+    assert!(!ok && err.contains("not a boot action"), "{err}");
     let (ok, _, err) = s.ignite(&["vm", "stop", "g1"], &remote);
     assert!(!ok && err.contains("guest g1 is not running"), "{err}");
     // A wrong token is refused, and said so.
@@ -798,6 +881,13 @@ fn guests_start_and_stop_through_the_api() {
         "conflict",
     );
     assert!(m.contains("already running"), "{m}");
+    let m = error(
+        "removing it while it runs",
+        s.call("DELETE", "/api/v1/guests/con1", None),
+        409,
+        "conflict",
+    );
+    assert!(m.contains("is running"), "{m}");
     let pid = st["pid"].as_u64().unwrap();
     let (code, v) = s.call(
         "POST",
@@ -815,4 +905,807 @@ fn guests_start_and_stop_through_the_api() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Profiles of the server's profiles directory: listed, shown, checked when posted, rendered
+/// for a client as `ignite profile render --json` renders them; the CLI's `profile check`
+/// and `render` print the same through the server.
+#[test]
+fn profiles_through_the_api() {
+    let s = Server::start();
+    let dir = s.state().join("profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/examples");
+    for p in ["base.toml", "web.toml"] {
+        std::fs::copy(examples.join(p), dir.join(p)).unwrap();
+    }
+    let base = std::fs::read_to_string(dir.join("base.toml")).unwrap();
+    let bad_line = base.lines().position(|l| l == "size = \"1G\"").unwrap() + 1;
+    let broken = base.replace("size = \"1G\"", "size = \"1X\"");
+    std::fs::write(dir.join("broken.toml"), &broken).unwrap();
+
+    let (code, list) = s.get("/api/v1/profiles");
+    assert_eq!(code, 200, "{list}");
+    let seen: Vec<(&str, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(seen, [("base", true), ("broken", false), ("web", true)]);
+    assert_eq!(list[1]["errors"][0]["line"], bad_line, "{list}");
+    let (code, web) = s.get("/api/v1/profiles/web");
+    assert_eq!(code, 200, "{web}");
+    assert_eq!(
+        web["text"].as_str(),
+        Some(
+            std::fs::read_to_string(dir.join("web.toml"))
+                .unwrap()
+                .as_str()
+        )
+    );
+    assert_eq!(
+        (web["archive"].as_str(), web["partitions"].as_u64()),
+        (Some("debian-12"), Some(5)),
+        "{web}"
+    );
+    error(
+        "an unknown profile",
+        s.get("/api/v1/profiles/nope"),
+        404,
+        "not_found",
+    );
+    error(
+        "a hidden file",
+        s.get("/api/v1/profiles/.web"),
+        422,
+        "invalid",
+    );
+    error(
+        "no token",
+        s.request("GET", "/api/v1/profiles", None, None),
+        401,
+        "unauthorized",
+    );
+
+    // A posted check: the problems with their lines, or ok and the plan for a client.
+    let post =
+        |query: &str, text: &str| s.post_raw(&format!("/api/v1/profiles/check{query}"), text);
+    let (code, c) = post("?file=mine.toml", &broken);
+    assert_eq!(code, 200, "{c}");
+    assert_eq!(c["ok"], false);
+    let e = &c["errors"][0];
+    assert_eq!(
+        (e["file"].as_str(), e["line"].as_u64()),
+        (Some("mine.toml"), Some(bad_line as u64)),
+        "{c}"
+    );
+    assert!(e["text"].as_str().unwrap().contains("\"1X\""), "{c}");
+    let mac = "52:54:00:12:34:56";
+    let (code, c) = post(
+        &format!("?mac={mac}&disk=/dev/vda:20G&hostname=w9"),
+        "extends = \"web\"\n",
+    );
+    assert_eq!((code, c["ok"].as_bool()), (200, Some(true)), "{c}");
+    assert_eq!(c["plan"]["hostname"], "web-123456", "{c}");
+    let (code, c) = post("", "extends = \"web\"\n");
+    assert_eq!((code, c["plan"].is_null()), (200, true), "{c}");
+    error(
+        "a mac without disks",
+        post(&format!("?mac={mac}"), &base),
+        422,
+        "invalid",
+    );
+    error(
+        "a bad disk",
+        post(&format!("?mac={mac}&disk=vda"), &base),
+        422,
+        "invalid",
+    );
+    let m = error(
+        "a disk too small",
+        post(
+            &format!("?mac={mac}&disk=/dev/vda:4G"),
+            "extends = \"web\"\n",
+        ),
+        422,
+        "invalid",
+    );
+    assert!(m.contains("no disk of the client matches"), "{m}");
+
+    // Rendered by name: the plan the local CLI renders from the same file.
+    let (code, plan) = s.get(&format!(
+        "/api/v1/profiles/web/render?mac={mac}&disk=/dev/vda:20G"
+    ));
+    assert_eq!(code, 200, "{plan}");
+    let web_file = dir.join("web.toml");
+    let args = [
+        "profile",
+        "render",
+        web_file.to_str().unwrap(),
+        "--mac",
+        mac,
+        "--disk",
+        "/dev/vda:20G",
+        "--json",
+    ];
+    let local: Value = serde_json::from_str(&s.ok(&args)).unwrap();
+    assert_eq!(plan, local);
+    error(
+        "rendering without a client",
+        s.get("/api/v1/profiles/web/render"),
+        422,
+        "invalid",
+    );
+    let m = error(
+        "rendering a broken profile",
+        s.get(&format!(
+            "/api/v1/profiles/broken/render?mac={mac}&disk=/dev/vda:20G"
+        )),
+        422,
+        "invalid",
+    );
+    assert!(m.contains("\"1X\""), "{m}");
+    error(
+        "rendering an unknown profile",
+        s.get(&format!(
+            "/api/v1/profiles/nope/render?mac={mac}&disk=/dev/vda:20G"
+        )),
+        404,
+        "not_found",
+    );
+
+    // The CLI prints the same through the server (web extends base: both are the server's).
+    let remote = [("IGNITE_SERVER", s.url.as_str())];
+    let broken_file = dir.join("broken.toml");
+    for args in [
+        vec!["profile", "check", web_file.to_str().unwrap()],
+        vec![
+            "profile",
+            "check",
+            broken_file.to_str().unwrap(),
+            web_file.to_str().unwrap(),
+        ],
+        vec!["profile", "check", "/nonexistent/x.toml"],
+        vec![
+            "profile",
+            "render",
+            web_file.to_str().unwrap(),
+            "--mac",
+            mac,
+            "--disk",
+            "/dev/vda:20G",
+            "--disk",
+            "/dev/vdb:30G:SER1",
+        ],
+        vec![
+            "profile",
+            "render",
+            web_file.to_str().unwrap(),
+            "--mac",
+            mac,
+            "--disk",
+            "/dev/vda:4G",
+        ],
+    ] {
+        let local = s.ignite(&args, &[]);
+        let via = s.ignite(&args, &remote);
+        assert_eq!(
+            via.0, local.0,
+            "{args:?}: local {} / server {}",
+            local.2, via.2
+        );
+        assert_eq!(
+            via.1, local.1,
+            "{args:?} through the server differs from local"
+        );
+        assert_eq!(
+            via.2.replace(&s.url, ""),
+            local.2,
+            "{args:?}: stderr through the server differs"
+        );
+        assert!(!(local.1.is_empty() && local.2.is_empty()), "{args:?}");
+    }
+}
+
+/// Guests defined and removed through the API with `ignite vm create`'s checks; media of
+/// the library put into and taken out of their drives; the CLI the same through the server.
+#[test]
+fn guests_and_media_through_the_api() {
+    let s = Server::start();
+    let guest = |name: &str| {
+        json!({"name": name, "mem": "64M", "boot": "kernel=/bin/true", "engine": "bundled",
+               "cdroms": [""], "tapes": [""]})
+    };
+    let (code, d) = s.call("POST", "/api/v1/guests", Some(guest("g2")));
+    assert_eq!(code, 201, "{d}");
+    assert_eq!(
+        (d["name"].as_str(), d["mem"].as_u64()),
+        (Some("g2"), Some(64 << 20))
+    );
+    assert_eq!(s.get("/api/v1/guests/g2").1["state"], "defined");
+    let m = error(
+        "the same name again",
+        s.call("POST", "/api/v1/guests", Some(guest("g2"))),
+        409,
+        "conflict",
+    );
+    assert!(m.contains("already defined"), "{m}");
+    let boot = "kernel=/bin/true";
+    refusals(
+        &s,
+        "/api/v1/guests",
+        vec![
+            (
+                "a bad name",
+                json!({"name": "bad name", "boot": boot}),
+                422,
+                "invalid",
+            ),
+            (
+                "too little memory",
+                json!({"name": "g9", "mem": "1K", "boot": boot}),
+                422,
+                "invalid",
+            ),
+            ("boot from no disk", json!({"name": "g9"}), 422, "invalid"),
+            (
+                "an unknown ISO",
+                json!({"name": "g9", "boot": boot, "cdroms": ["nosuch"]}),
+                422,
+                "invalid",
+            ),
+        ],
+    );
+    // A body that is not the definition: refused in the same error shape.
+    let m = error(
+        "an unknown field",
+        s.call(
+            "POST",
+            "/api/v1/guests",
+            Some(json!({"name": "g9", "bogus": 1})),
+        ),
+        422,
+        "invalid",
+    );
+    assert!(m.contains("bogus"), "{m}");
+    assert!(
+        !s.state().join("guests/g9").exists(),
+        "a refused guest left files"
+    );
+    error(
+        "no token",
+        s.request("POST", "/api/v1/guests", None, Some(guest("g8"))),
+        401,
+        "unauthorized",
+    );
+
+    // The CLI defines through the server, and is refused as locally.
+    let remote = [("IGNITE_SERVER", s.url.as_str())];
+    let args = [
+        "vm",
+        "create",
+        "g3",
+        "--mem",
+        "64M",
+        "--boot",
+        "kernel=/bin/true",
+        "--engine",
+        "bundled",
+        "--tape",
+    ];
+    let (ok, out, err) = s.ignite(&args, &remote);
+    assert!(ok, "{err}");
+    assert_eq!(out, "guest g3 defined\n");
+    assert_eq!(s.get("/api/v1/guests/g3").1["name"], "g3");
+    let local = s.ignite(&args, &[]);
+    let via = s.ignite(&args, &remote);
+    assert!(!local.0 && !via.0);
+    assert_eq!(via.2, local.2, "the refusal through the server differs");
+
+    // Relative paths are the caller's, not the server's (here through the local socket).
+    std::fs::write(s.dir.path().join("img.raw"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(s.dir.path().join("k.elf"), b"kernel").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ignite"))
+        .args(["vm", "create", "g4", "--mem", "64M", "--engine", "bundled"])
+        .args([
+            "--disk",
+            "img.raw",
+            "--boot",
+            "kernel=k.elf,initrd=img.raw,cmdline=a=b,c",
+        ])
+        .env("IGNITE_STATE_DIR", s.state())
+        .env_remove("IGNITE_SERVER")
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g4 = s.get("/api/v1/guests/g4").1;
+    let here = std::fs::canonicalize(s.dir.path()).unwrap();
+    assert_eq!(
+        g4["disks"][0]["path"].as_str(),
+        here.join("img.raw").to_str(),
+        "{g4}"
+    );
+    assert!(
+        s.log_text().contains("API: defined guest g4"),
+        "not through the server"
+    );
+    let boot = g4["boot"].to_string();
+    assert!(
+        boot.contains(here.join("k.elf").to_str().unwrap()) && boot.contains("a=b,c"),
+        "{g4}"
+    );
+    assert_eq!(s.call("DELETE", "/api/v1/guests/g4", None).0, 200);
+
+    // Media: an ISO shared, a tape owned by one guest at a time.
+    let iso = s.dir.path().join("tools.iso");
+    std::fs::write(&iso, vec![0u8; 4096]).unwrap();
+    s.ok(&["media", "add", iso.to_str().unwrap()]);
+    let tape = s.dir.path().join("t1.tap");
+    s.ok(&["media", "add", tape.to_str().unwrap()]);
+    let (code, r) = s.call(
+        "POST",
+        "/api/v1/guests/g2/media",
+        Some(json!({"media": "tools"})),
+    );
+    assert_eq!(code, 200, "{r}");
+    let cd = r["drive"].as_str().unwrap().to_string();
+    assert_eq!(
+        (r["guest"].as_str(), r["live"].as_bool()),
+        (Some("g2"), Some(false)),
+        "{r}"
+    );
+    assert!(r["taken_from"].is_null(), "{r}");
+    error(
+        "an unknown medium",
+        s.call(
+            "POST",
+            "/api/v1/guests/g2/media",
+            Some(json!({"media": "nosuch"})),
+        ),
+        404,
+        "not_found",
+    );
+    error(
+        "an unknown guest",
+        s.call(
+            "POST",
+            "/api/v1/guests/nope/media",
+            Some(json!({"media": "tools"})),
+        ),
+        404,
+        "not_found",
+    );
+    error(
+        "an unknown drive",
+        s.call(
+            "POST",
+            "/api/v1/guests/g2/media",
+            Some(json!({"media": "tools", "drive": "zz"})),
+        ),
+        422,
+        "invalid",
+    );
+    let (code, r) = s.call(
+        "POST",
+        "/api/v1/guests/g2/media",
+        Some(json!({"media": "t1"})),
+    );
+    assert_eq!(code, 200, "{r}");
+    let m = error(
+        "a tape another guest holds",
+        s.call(
+            "POST",
+            "/api/v1/guests/g3/media",
+            Some(json!({"media": "t1"})),
+        ),
+        409,
+        "conflict",
+    );
+    assert!(m.contains("guest g2"), "{m}");
+    let (code, r) = s.call(
+        "POST",
+        "/api/v1/guests/g3/media",
+        Some(json!({"media": "t1", "take": true})),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["taken_from"]["guest"], "g2", "{r}");
+    let (code, r) = s.call("DELETE", &format!("/api/v1/guests/g2/media/{cd}"), None);
+    assert_eq!((code, r["media"].as_str()), (200, Some("tools")), "{r}");
+    let (code, r) = s.call("DELETE", &format!("/api/v1/guests/g2/media/{cd}"), None);
+    assert_eq!((code, r["media"].is_null()), (200, true), "{r}");
+    error(
+        "ejecting a drive it lacks",
+        s.call("DELETE", "/api/v1/guests/g2/media/zz", None),
+        422,
+        "invalid",
+    );
+
+    // The CLI inserts and ejects through the server, printing what it prints locally (each
+    // change made twice, once each way, from the same starting point).
+    let insert = ["vm", "media", "insert", "g2", "tools"];
+    let eject = ["vm", "media", "eject", "g2", "--drive", &cd];
+    for (args, undo) in [(&insert[..], &eject[..]), (&eject[..], &insert[..])] {
+        let via = s.ignite(args, &remote);
+        s.ok(undo);
+        let local = s.ignite(args, &[]);
+        assert!(via.0, "{args:?}: {}", via.2);
+        assert_eq!(
+            (via.0, &via.1, &via.2),
+            (local.0, &local.1, &local.2),
+            "{args:?}"
+        );
+    }
+    let (ok, _, err) = s.ignite(&["vm", "media", "insert", "g2", "nosuch"], &remote);
+    assert!(!ok && err.contains("not in the library"), "{err}");
+
+    // Removal: the guest and its directory go.
+    let (code, r) = s.call("DELETE", "/api/v1/guests/g2", None);
+    assert_eq!((code, r["name"].as_str()), (200, Some("g2")), "{r}");
+    assert!(!s.state().join("guests/g2").exists());
+    error(
+        "removing it again",
+        s.call("DELETE", "/api/v1/guests/g2", None),
+        404,
+        "not_found",
+    );
+    let (ok, out, err) = s.ignite(&["vm", "remove", "g3"], &remote);
+    assert!(ok, "{err}");
+    assert_eq!(out, "guest g3 removed\n");
+    assert_eq!(s.get("/api/v1/guests"), (200, json!([])));
+}
+
+/// Captures, restores and clones of a (stopped) guest and a prune of the store, each a job
+/// followed to its end; every refusal before a job starts.
+#[test]
+fn recovery_and_prune_as_jobs() {
+    let s = Server::start();
+    s.ok(&[
+        "vm", "create", "gr", "--mem", "64M", "--disk", "8M", "--engine", "bundled",
+    ]);
+    // Something on the disk to find again after the restore.
+    let disk = s.state().join("guests/gr/disk0.img");
+    let mut content = std::fs::read(&disk).unwrap();
+    content[1 << 20..(1 << 20) + 11].copy_from_slice(b"hello world");
+    std::fs::write(&disk, &content).unwrap();
+
+    error(
+        "capturing an unknown guest",
+        s.call("POST", "/api/v1/recovery/nope/capture", None),
+        404,
+        "not_found",
+    );
+    let job = run_job(&s, "/api/v1/recovery/gr/capture", None);
+    assert_eq!(
+        (job["state"].as_str(), job["kind"].as_str()),
+        (Some("done"), Some("recovery capture")),
+        "{job}"
+    );
+    let snapshot = job["result"]["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(job["result"]["record"]["name"], "gr", "{job}");
+
+    // Onto an image file: the same bytes.
+    let out = s.dir.path().join("restored.img");
+    let restore = "/api/v1/recovery/gr/restore";
+    let job = run_job(
+        &s,
+        restore,
+        Some(json!({"snapshot": &snapshot[..12], "to": [out]})),
+    );
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        content,
+        "the restored image differs"
+    );
+    assert_eq!(job["done"], job["total"], "{job}");
+    refusals(
+        &s,
+        restore,
+        vec![
+            ("no target", json!({}), 422, "invalid"),
+            (
+                "a relative path",
+                json!({"to": ["restored.img"]}),
+                422,
+                "invalid",
+            ),
+            (
+                "two targets for one disk",
+                json!({"to": ["/tmp/a.img", "/tmp/b.img"]}),
+                422,
+                "invalid",
+            ),
+            (
+                "both targets",
+                json!({"to": [out], "as_guest": "x"}),
+                422,
+                "invalid",
+            ),
+            ("a taken name", json!({"as_guest": "gr"}), 409, "conflict"),
+            ("a bad name", json!({"as_guest": "-x"}), 422, "invalid"),
+            (
+                "an unknown capture",
+                json!({"snapshot": "ffffffff", "as_guest": "x"}),
+                404,
+                "not_found",
+            ),
+            ("an unknown field", json!({"as": "x"}), 422, "invalid"),
+        ],
+    );
+    refusals(
+        &s,
+        "/api/v1/recovery/nope/restore",
+        vec![(
+            "restoring what was never captured",
+            json!({"as_guest": "x"}),
+            404,
+            "not_found",
+        )],
+    );
+
+    // As a new guest: defined with the recorded definition.
+    let job = run_job(&s, restore, Some(json!({"as_guest": "gr2"})));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["result"]["definition"]["name"], "gr2", "{job}");
+    assert_eq!(s.get("/api/v1/guests/gr2").1["mem"], 64 << 20);
+
+    // A clone: refused names first, then the job (an empty disk has no system whose
+    // identity it could change: the job fails and says why, as the CLI does, and leaves no
+    // guest).
+    let clone = "/api/v1/recovery/gr/clone";
+    refusals(
+        &s,
+        clone,
+        vec![
+            (
+                "a bad hostname",
+                json!({"as": "gr3", "hostname": "bad host"}),
+                422,
+                "invalid",
+            ),
+            (
+                "a bad MAC",
+                json!({"as": "gr3", "mac": ["zz"]}),
+                422,
+                "invalid",
+            ),
+            ("a taken name", json!({"as": "gr2"}), 409, "conflict"),
+        ],
+    );
+    let job = run_job(&s, clone, Some(json!({"as": "gr3"})));
+    let local = s.ignite(&["recovery", "clone", "gr", "--as", "gr4"], &[]);
+    match job["state"].as_str() {
+        Some("done") => {
+            assert!(
+                local.0,
+                "the job cloned where the CLI could not: {}",
+                local.2
+            );
+            assert_eq!(s.get("/api/v1/guests/gr3").0, 200);
+        }
+        _ => {
+            assert!(!local.0, "the CLI cloned where the job failed: {job}");
+            let why = job["error"].as_str().unwrap().replace("gr3", "gr4");
+            assert!(local.2.contains(&why), "job: {why}\nCLI: {}", local.2);
+            assert_eq!(s.get("/api/v1/guests/gr3").0, 404);
+        }
+    }
+
+    // Prune: refused without a rule, a dry run changes nothing, then it forgets.
+    make_store(&s);
+    let prune = "/api/v1/archives/prune";
+    refusals(
+        &s,
+        prune,
+        vec![
+            ("no rule", json!({"dry_run": true}), 422, "invalid"),
+            (
+                "a bad duration",
+                json!({"keep_within": "soon"}),
+                422,
+                "invalid",
+            ),
+        ],
+    );
+    let count = || {
+        s.get("/api/v1/archives?name=golden")
+            .1
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let gone = |j: &Value| {
+        j["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["keep"] == false && d["name"].as_str().unwrap().starts_with("golden "))
+            .count()
+    };
+    let job = run_job(&s, prune, Some(json!({"keep_last": 1, "dry_run": true})));
+    assert_eq!(
+        (job["state"].as_str(), gone(&job), count()),
+        (Some("done"), 1, 2),
+        "{job}"
+    );
+    assert!(
+        job["log"].to_string().contains("would remove golden"),
+        "{job}"
+    );
+    let job = run_job(&s, prune, Some(json!({"keep_last": 1})));
+    assert_eq!(
+        (job["state"].as_str(), gone(&job), count()),
+        (Some("done"), 1, 1),
+        "{job}"
+    );
+}
+
+/// The local socket: 0660 in the state directory's group; the CLI uses it without
+/// `--server` and without a token; root passes, another uid that may connect gets 403 in
+/// the JSON error shape; a server stopped by SIGTERM removes it.
+#[test]
+fn the_local_socket_admits_root_and_the_owner_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !ignite_e2e::require_all(&[("root (to run the CLI as uid 65534)", ignite_e2e::is_root())])
+        || !ignite_e2e::require_tools(&["setpriv"])
+    {
+        return;
+    }
+    let mut s = Server::start_with(|state| {
+        std::os::unix::fs::chown(state, None, Some(65534)).unwrap();
+    });
+    // uid 65534 may reach the socket: through the directories (the server keeps its state
+    // directory 0700; an admin opened it to the group), and by its group.
+    let state = s.state();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let sock = state.join("api.sock");
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        (meta.permissions().mode() & 0o777, meta.gid()),
+        (0o660, 65534),
+        "the socket's mode and group"
+    );
+
+    // No --server, no token: the CLI's work is done by the server (its log says so).
+    let out = s.ok(&["client", "add", "52:54:00:cc:00:01", "sock1"]);
+    assert_eq!(out, "added client sock1 (52:54:00:cc:00:01): local\n");
+    let t = Instant::now();
+    while !s.log_text().contains("API: added client sock1") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the add did not go through the server:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.get("/api/v1/clients/sock1").0, 200);
+
+    // Another uid: refused by the server, in words.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_ignite"))
+        .args(["client", "list"])
+        .env("IGNITE_STATE_DIR", s.state())
+        .env_remove("IGNITE_SERVER")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "uid 65534 listed the clients: {err}");
+    // The message alone: the CLI read it from the JSON error shape.
+    assert!(
+        err.contains("ignite: local API: uid 65534 is neither root nor the owner"),
+        "{err}"
+    );
+
+    // A graceful stop takes the socket away; the CLI then works on the local state.
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sock.exists(), "the socket outlived the server");
+    let (ok, out, err) = s.ignite(&["client", "list"], &[]);
+    assert!(ok && out.contains("sock1") && err.is_empty(), "{out}{err}");
+}
+
+/// An upload over `[limits] api_upload_bytes` is refused with 413 (whether it says its size
+/// or not) and leaves nothing behind; `ignite archive import --server` uploads a tar, follows
+/// the job and prints the snapshot as a local import does.
+#[test]
+fn uploads_are_capped_and_the_cli_imports_through_the_server() {
+    let s = Server::start_configured("[limits]\napi_upload_bytes = 100000\n", |_| {});
+    make_store(&s);
+    let tar = |name: &str, files: &[(&str, usize)]| {
+        let src = s.dir.path().join(format!("{name}-src"));
+        std::fs::create_dir_all(&src).unwrap();
+        for (f, size) in files {
+            std::fs::write(src.join(f), vec![b'x'; *size]).unwrap();
+        }
+        let out = s.dir.path().join(format!("{name}.tar"));
+        let st = Command::new("tar")
+            .arg("-cf")
+            .arg(&out)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        out
+    };
+    // Far over the cap: a server that stops reading it closes the connection under the sender.
+    let big = tar("big", &[("a", 4_000_000)]);
+    let small = tar("small", &[("b", 1000)]);
+    let path = "/api/v1/archives/import?name=big";
+    let bytes = std::fs::read(&big).unwrap();
+    let m = error(
+        "a sized upload too large",
+        s.post_raw(path, &bytes[..]),
+        413,
+        "too_large",
+    );
+    assert!(m.contains("at most 100000"), "{m}");
+    let mut reader = std::io::Cursor::new(bytes.clone());
+    let streamed = s.post_raw(path, ureq::SendBody::from_reader(&mut reader));
+    error("a streamed upload too large", streamed, 413, "too_large");
+    let left = std::fs::read_dir(s.state().join("uploads")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "a refused upload was kept");
+
+    let remote = [("IGNITE_SERVER", s.url.as_str())];
+    let (ok, out, err) = s.ignite(
+        &[
+            "archive",
+            "import",
+            "--name",
+            "small",
+            small.to_str().unwrap(),
+        ],
+        &remote,
+    );
+    assert!(ok, "{err}");
+    let (_, snaps) = s.get("/api/v1/archives?name=small");
+    let id = snaps[0]["id"].as_str().unwrap();
+    assert!(
+        out.starts_with(&format!("snapshot {id} small (tree): ")) && out.contains(" in 2 entries;"),
+        "{out}"
+    );
+    // Locally the same line, but for the id and what it measured.
+    let local = s.ok(&[
+        "archive",
+        "import",
+        "--name",
+        "small2",
+        small.to_str().unwrap(),
+    ]);
+    assert!(
+        local.contains(" small2 (tree): ") && local.contains(" in 2 entries;"),
+        "{local}"
+    );
+    let (ok, _, err) = s.ignite(
+        &["archive", "import", "--name", "big", big.to_str().unwrap()],
+        &remote,
+    );
+    assert!(!ok && err.contains("at most 100000"), "{err}");
+    let dir = s.dir.path().join("small-src");
+    let (ok, _, err) = s.ignite(
+        &["archive", "import", "--name", "d", dir.to_str().unwrap()],
+        &remote,
+    );
+    assert!(!ok && err.contains("import a tar file"), "{err}");
 }

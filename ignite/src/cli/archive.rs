@@ -1,15 +1,15 @@
 //! `ignite archive`: the chunk store on the command line.
 
 use super::progress::with_progress;
-use super::remote::{self, ServerOpts};
-use crate::server::api_v1::archives::{parse_sample, ArchiveDetail};
+use super::remote::{self, ServerOpts, Upload};
+use crate::server::api_v1::archives::{parse_sample, prune, ArchiveDetail, PrunePolicy};
+use crate::server::api_v1::jobs::JobRef;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use ignite_archive::config::StoreConfig;
 use ignite_archive::diff::{Change, DiffReport};
 use ignite_archive::import::{ImportOptions, ParentChoice};
 use ignite_archive::import_image::ImageSource;
-use ignite_archive::retention::{self, Policy};
 use ignite_archive::{Manifest, SnapshotKind, Store};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -36,7 +36,12 @@ enum Cmd {
         zstd_level: i32,
     },
     /// Import a tar stream (plain, gz, zst, xz; `-` for stdin), a directory, or a raw image.
+    ///
+    /// With --server, a tar file uploaded to the server's store (as a job, followed to its
+    /// end).
     Import {
+        #[command(flatten)]
+        api: ServerOpts,
         #[arg(long)]
         name: String,
         /// Free-form labels, e.g. --label guest=web1.
@@ -106,24 +111,8 @@ enum Cmd {
     },
     /// Forget snapshots by retention policy (restic semantics, grouped by name and labels).
     Prune {
-        #[arg(long)]
-        keep_last: Option<u32>,
-        #[arg(long)]
-        keep_hourly: Option<u32>,
-        #[arg(long)]
-        keep_daily: Option<u32>,
-        #[arg(long)]
-        keep_weekly: Option<u32>,
-        #[arg(long)]
-        keep_monthly: Option<u32>,
-        #[arg(long)]
-        keep_yearly: Option<u32>,
-        /// Keep everything within this long of the newest snapshot (7d, 2w, 1y6m, 12h).
-        #[arg(long)]
-        keep_within: Option<String>,
-        /// Say what would go and why the rest stays; change nothing.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        policy: PrunePolicy,
         #[arg(long)]
         json: bool,
     },
@@ -287,6 +276,7 @@ pub fn run(args: Args) -> Result<()> {
             println!("initialized store {}", path.display());
         }
         Cmd::Import {
+            api,
             name,
             labels,
             parent,
@@ -295,6 +285,21 @@ pub fn run(args: Args) -> Result<()> {
             image,
             source,
         } => {
+            if let Some(r) = api.remote_if_asked(&remote::default_state_dir())? {
+                if !labels.is_empty() || parent.is_some() || no_parent || cross_file_systems {
+                    bail!("--label, --parent, --no-parent and --cross-file-systems are for local imports; the server's import takes a tar and a name");
+                }
+                let source = match (&image, source.as_deref()) {
+                    (None, Some(s)) if s != "-" && !Path::new(s).is_dir() => s,
+                    _ => bail!("with --server, import a tar file (FILE.tar[.gz|.zst|.xz]): the server's import takes a tar"),
+                };
+                let f = std::fs::File::open(source)
+                    .with_context(|| format!("{source}: cannot open it"))?;
+                let path = format!("/api/v1/archives/import?name={}", remote::segment(&name));
+                let job: JobRef = r.post_body(&path, "application/x-tar", Upload::File(f))?;
+                import_summary(&serde_json::from_value(r.wait_job(job.job)?)?);
+                return Ok(());
+            }
             let store = open(&args.store)?;
             let mut opts = ImportOptions::new(&name);
             opts.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
@@ -395,7 +400,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::List { api, json, name } => {
-            let snaps: Vec<Manifest> = match api.remote(&remote::default_state_dir())? {
+            let snaps: Vec<Manifest> = match api.remote_if_asked(&remote::default_state_dir())? {
                 Some(r) => {
                     let query = name
                         .as_deref()
@@ -420,7 +425,7 @@ pub fn run(args: Args) -> Result<()> {
             json,
             entries,
         } => {
-            let d: ArchiveDetail = match api.remote(&remote::default_state_dir())? {
+            let d: ArchiveDetail = match api.remote_if_asked(&remote::default_state_dir())? {
                 Some(r) => r.get(&format!(
                     "/api/v1/archives/{}?entries={entries}",
                     remote::segment(&snapshot)
@@ -504,36 +509,10 @@ pub fn run(args: Args) -> Result<()> {
                 );
             }
         }
-        Cmd::Prune {
-            keep_last,
-            keep_hourly,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
-            keep_yearly,
-            keep_within,
-            dry_run,
-            json,
-        } => {
+        Cmd::Prune { policy, json } => {
             let store = open(&args.store)?;
-            let policy = Policy {
-                last: keep_last,
-                hourly: keep_hourly,
-                daily: keep_daily,
-                weekly: keep_weekly,
-                monthly: keep_monthly,
-                yearly: keep_yearly,
-                within: keep_within
-                    .as_deref()
-                    .map(retention::parse_duration)
-                    .transpose()?,
-            };
-            let decisions = retention::apply(&policy, &store.list_snapshots()?)?;
-            if !dry_run {
-                for d in decisions.iter().filter(|d| !d.keep) {
-                    store.forget(&d.id)?;
-                }
-            }
+            let dry_run = policy.dry_run;
+            let decisions = prune(&store, &policy.policy()?, dry_run)?;
             if json {
                 return print_json(&decisions);
             }

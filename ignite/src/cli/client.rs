@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use ignite_netboot::MacAddr;
 
 use super::remote::{segment, Remote, ServerOpts};
+use crate::server::api_v1::clients::DefaultAction;
 use crate::state::clients::not_registered;
 use crate::state::installs::{phase_name, Install, PhaseRecord, Status};
 use crate::state::views::{ClientDetail, ClientView, InstallLog, LogOf};
@@ -90,14 +91,6 @@ impl Registry {
         })
     }
 
-    /// The local database, for the commands the API does not offer.
-    fn local(self, a: &ClientArgs) -> Result<State> {
-        match self {
-            Registry::Local(s) => Ok(s),
-            Registry::Api(_) => State::open(&a.state_dir),
-        }
-    }
-
     fn rows(&self) -> Result<Vec<ClientView>> {
         match self {
             Registry::Local(s) => s.client_views(),
@@ -164,6 +157,29 @@ impl Registry {
         }
     }
 
+    fn default_action(&self) -> Result<Option<String>> {
+        match self {
+            Registry::Local(s) => Ok(s.default_action()?.map(|a| a.to_string())),
+            Registry::Api(r) => Ok(r.get::<DefaultAction>("/api/v1/clients/default")?.action),
+        }
+    }
+
+    /// Sets the action for unregistered clients; the action as set.
+    fn set_default(&self, action: &[String]) -> Result<String> {
+        match self {
+            Registry::Local(s) => {
+                let a = Action::from_words(action)?;
+                s.set_default_action(&a)?;
+                Ok(a.to_string())
+            }
+            Registry::Api(r) => {
+                let body = serde_json::json!({ "action": action.join(" ") });
+                let set: DefaultAction = r.call("PUT", "/api/v1/clients/default", Some(body))?;
+                Ok(set.action.unwrap_or_default())
+            }
+        }
+    }
+
     fn remove(&self, key: &str) -> Result<Client> {
         match self {
             Registry::Local(s) => s.remove(key),
@@ -215,7 +231,7 @@ pub fn run(a: ClientArgs) -> Result<()> {
             println!("removed client {} ({})", c.name, c.mac);
         }
         ClientCmd::Log { client, follow } => log(&reg, client, *follow)?,
-        ClientCmd::Default { action } => default(&reg.local(&a)?, action)?,
+        ClientCmd::Default { action } => default(&reg, action)?,
     }
     Ok(())
 }
@@ -236,16 +252,14 @@ fn log(reg: &Registry, key: &str, follow: bool) -> Result<()> {
     }
 }
 
-fn default(state: &State, action: &[String]) -> Result<()> {
+fn default(reg: &Registry, action: &[String]) -> Result<()> {
     if action.is_empty() {
-        match state.default_action()? {
+        match reg.default_action()? {
             Some(a) => println!("{a}"),
             None => println!("(not set; the server config's [boot] default_action applies)"),
         }
     } else {
-        let a = Action::from_words(action)?;
-        state.set_default_action(&a)?;
-        println!("unknown clients: {a}");
+        println!("unknown clients: {}", reg.set_default(action)?);
     }
     Ok(())
 }

@@ -3,15 +3,11 @@
 use super::remote::{segment, ServerOpts};
 use crate::guests::control::{self, Status};
 use crate::guests::supervisor;
-use crate::guests::{
-    check_name, normalize_mac, Boot, Bus, Definition, Disk, Engine, EngineChoice, Firmware, Nic,
-    Paths, MAX_VIO_DISKS,
-};
-use crate::server::api_v1::guests::{view, views, View};
+use crate::guests::{Definition, Engine, Paths};
+use crate::server::api_v1::guests::{view, views, NewGuest, Removed, View};
 use crate::state::State;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use ignite_profiles::parse_bytes as parse_size;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,6 +77,8 @@ pub enum Cmd {
         keep_disks: bool,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     #[command(name = "_supervise", hide = true)]
     Supervise {
@@ -98,44 +96,12 @@ pub enum Cmd {
 
 #[derive(Args)]
 pub struct CreateArgs {
-    name: String,
-    #[arg(long, default_value = "1G")]
-    mem: String,
-    #[arg(long, default_value_t = 1)]
-    cpus: u8,
-    /// A size (e.g. 10G: a new sparse image in the guest's directory) or an existing image (repeatable).
-    #[arg(long = "disk")]
-    disks: Vec<String>,
-    /// avio (virtio-blk) or vio (IDE, at most 4 disks).
-    #[arg(long, value_enum, default_value = "avio")]
-    disk_bus: Bus,
-    /// NIC on a bridge: bridge=BR (repeatable).
-    #[arg(long = "net")]
-    nets: Vec<String>,
-    /// avio (virtio-net) or vio (NE2000).
-    #[arg(long, value_enum, default_value = "avio")]
-    net_model: Bus,
-    /// MAC of the NIC of the same position (repeatable); generated when left out.
-    #[arg(long = "mac")]
-    macs: Vec<String>,
-    /// net, disk, or kernel=PATH[,initrd=PATH][,cmdline=...].
-    #[arg(long, default_value = "disk")]
-    boot: String,
-    #[arg(long, value_enum, default_value = "auto")]
-    engine: EngineChoice,
-    /// bios (SeaBIOS) or uefi (OVMF; QEMU engine only).
-    #[arg(long, value_enum, default_value = "bios")]
-    firmware: Firmware,
-    /// A CD-ROM drive on the disk bus, with the media library's ISO NAME in it if given
-    /// (repeatable).
-    #[arg(long = "cdrom", num_args = 0..=1, default_missing_value = "")]
-    cdroms: Vec<String>,
-    /// A tape drive (virtio-scsi, bundled engine), with the library's tape NAME in it if
-    /// given (repeatable).
-    #[arg(long = "tape", num_args = 0..=1, default_missing_value = "")]
-    tapes: Vec<String>,
+    #[command(flatten)]
+    guest: NewGuest,
     #[command(flatten)]
     state: StateDir,
+    #[command(flatten)]
+    api: ServerOpts,
 }
 
 impl Cmd {
@@ -217,7 +183,19 @@ impl Cmd {
                 name,
                 keep_disks,
                 state,
-            } => remove(&state.state_dir, &name, keep_disks),
+                api,
+            } => {
+                let kept = match api.remote(&state.state_dir)? {
+                    Some(r) => {
+                        let path =
+                            format!("/api/v1/guests/{}?keep_disks={keep_disks}", segment(&name));
+                        r.call::<Removed>("DELETE", &path, None)?.kept
+                    }
+                    None => crate::guests::remove(&state.state_dir, &name, keep_disks)?,
+                };
+                removed(&name, keep_disks, &kept);
+                Ok(())
+            }
             Cmd::Supervise {
                 name,
                 engine,
@@ -229,171 +207,25 @@ impl Cmd {
     }
 }
 
-/// A new image of `size` bytes, or an existing image.
-enum DiskArg {
-    New(u64),
-    Existing(PathBuf),
-}
-
-fn disk_arg(s: &str) -> Result<DiskArg> {
-    let too_small = || anyhow!("disk size {s:?} is too small; give at least 1M (e.g. --disk 10G)");
-    if !s.contains('/') {
-        match parse_size(s) {
-            Ok(size) if size < 1 << 20 => return Err(too_small()),
-            Ok(size) => return Ok(DiskArg::New(size)),
-            // Zero is too small in any unit.
-            Err(_) if s.bytes().all(|b| b == b'0') => return Err(too_small()),
-            Err(_) => {}
-        }
-    }
-    match std::fs::canonicalize(s) {
-        Ok(p) if p.is_file() => Ok(DiskArg::Existing(p)),
-        _ => bail!(
-            "disk {s:?} is neither a size (e.g. 10G, for a new sparse image) nor an existing image file"
-        ),
-    }
-}
-
-fn definition(a: &CreateArgs) -> Result<(Definition, Vec<Option<u64>>)> {
-    check_name(&a.name)?;
-    let mem = parse_size(&a.mem).map_err(anyhow::Error::msg)?;
-    if !(16 << 20..=64 << 30).contains(&mem) {
-        bail!(
-            "memory size {} is out of range; use between 16M and 64G",
-            a.mem
-        );
-    }
-    if a.cpus == 0 || a.cpus > ignite_vmm::layout::MAX_CPUS {
-        bail!(
-            "{} vCPUs is out of range; use between 1 and {}",
-            a.cpus,
-            ignite_vmm::layout::MAX_CPUS
-        );
-    }
-    if a.disk_bus == Bus::Vio && a.disks.len() > MAX_VIO_DISKS {
-        bail!(
-            "{} disks on --disk-bus vio; the emulated IDE controller takes at most {MAX_VIO_DISKS}: \
-             use --disk-bus avio or fewer disks",
-            a.disks.len()
-        );
-    }
-    let dir = crate::guests::guest_dir(&a.state.state_dir, &a.name);
-    let mut disks = Vec::new();
-    let mut sizes = Vec::new();
-    for (i, s) in a.disks.iter().enumerate() {
-        match disk_arg(s)? {
-            DiskArg::New(size) => {
-                disks.push(Disk {
-                    path: dir.join(format!("disk{i}.img")),
-                    owned: true,
-                });
-                sizes.push(Some(size));
-            }
-            DiskArg::Existing(path) => {
-                disks.push(Disk { path, owned: false });
-                sizes.push(None);
-            }
-        }
-    }
-    if a.macs.len() > a.nets.len() {
-        bail!(
-            "{} --mac for {} --net; give at most one MAC per NIC",
-            a.macs.len(),
-            a.nets.len()
-        );
-    }
-    let mut nics = Vec::new();
-    for (i, n) in a.nets.iter().enumerate() {
-        let bridge = match n.strip_prefix("bridge=") {
-            Some(b) if !b.is_empty() && b.len() < 16 && !b.contains(['/', ' ', ',']) => b,
-            _ => bail!("net {n:?}: use bridge=BR (an existing bridge, up to 15 characters)"),
-        };
-        let mac = match a.macs.get(i) {
-            Some(m) => normalize_mac(m)?,
-            None => String::new(),
-        };
-        nics.push(Nic {
-            bridge: bridge.to_owned(),
-            mac,
-        });
-    }
-    let boot = Boot::parse(&a.boot)?;
-    if boot == Boot::Disk && disks.is_empty() {
-        bail!("--boot disk needs a disk; add --disk SIZE|PATH or boot with --boot net|kernel=PATH");
-    }
-    if boot == Boot::Net && nics.is_empty() {
-        bail!("--boot net needs a NIC; add --net bridge=BR");
-    }
-    if a.firmware == Firmware::Uefi && a.engine == EngineChoice::Bundled {
-        bail!("--firmware uefi runs under QEMU (OVMF); the bundled monitor boots like a BIOS: use --engine qemu or auto");
-    }
-    Ok((
-        Definition {
-            name: a.name.clone(),
-            mem,
-            cpus: a.cpus,
-            disks,
-            disk_bus: a.disk_bus,
-            nics,
-            net_model: a.net_model,
-            boot,
-            engine: a.engine,
-            firmware: a.firmware,
-            drives: crate::media::drives_for(
-                a.disk_bus,
-                a.disks.len(),
-                a.cdroms.len(),
-                a.tapes.len(),
-            )?,
-        },
-        sizes,
-    ))
-}
-
 fn create(a: CreateArgs) -> Result<()> {
-    let (def, sizes) = definition(&a)?;
-    let guests = State::open(&a.state.state_dir)?;
-    let media = crate::media::for_new_drives(&guests, &def.drives, &a.cdroms, &a.tapes)?;
-    let dir = crate::guests::guest_dir(&a.state.state_dir, &a.name);
-    let mut made = Vec::new();
-    let result = guests.define_guest(def, |def| {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("guest directory {}: cannot create it", dir.display()))?;
-        for (d, size) in def.disks.iter().zip(&sizes) {
-            let Some(size) = size else { continue };
-            let f = std::fs::File::create_new(&d.path).with_context(|| {
-                format!(
-                    "disk image {}: cannot create it (an image kept from an earlier guest? \
-                     move it away or pass it as --disk PATH)",
-                    d.path.display()
-                )
-            })?;
-            made.push(d.path.clone());
-            f.set_len(*size)
-                .with_context(|| format!("disk image {}: cannot size it", d.path.display()))?;
-        }
-        Ok(())
-    });
-    match result {
-        Ok(def) => {
-            crate::media::load_new_drives(&guests, &def.name, &media)?;
-            println!("guest {} defined", def.name);
-            for n in &def.nics {
-                println!("  nic on bridge {}: mac {}", n.bridge, n.mac);
-            }
-            for d in &def.disks {
-                println!("  disk {}", d.path.display());
-            }
-            Ok(())
-        }
-        Err(e) => {
-            for p in &made {
-                let _ = std::fs::remove_file(p);
-            }
-            let _ = std::fs::remove_dir(&dir);
-            Err(e)
-        }
+    let def: Definition = match a.api.remote(&a.state.state_dir)? {
+        Some(r) => r.call(
+            "POST",
+            "/api/v1/guests",
+            Some(serde_json::to_value(
+                a.guest.clone().with_absolute_paths()?,
+            )?),
+        )?,
+        None => crate::server::api_v1::guests::create(&a.state.state_dir, &a.guest)?,
+    };
+    println!("guest {} defined", def.name);
+    for n in &def.nics {
+        println!("  nic on bridge {}: mac {}", n.bridge, n.mac);
     }
+    for d in &def.disks {
+        println!("  disk {}", d.path.display());
+    }
+    Ok(())
 }
 
 fn uptime(s: &Status) -> String {
@@ -450,8 +282,7 @@ fn show_text(v: &View) -> String {
     out
 }
 
-fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<()> {
-    let kept = crate::guests::remove(state_dir, name, keep_disks)?;
+fn removed(name: &str, keep_disks: bool, kept: &[PathBuf]) {
     if keep_disks {
         println!("guest {name} removed; kept its disk images:");
         for d in kept {
@@ -460,7 +291,6 @@ fn remove(state_dir: &Path, name: &str, keep_disks: bool) -> Result<()> {
     } else {
         println!("guest {name} removed");
     }
-    Ok(())
 }
 
 /// Restores the terminal settings saved when the console attached.

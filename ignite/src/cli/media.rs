@@ -2,10 +2,11 @@
 //! insert/eject/list` (what a guest's drives hold, changed while it runs): see `crate::media`.
 
 use super::guests::StateDir;
-use crate::guests::Paths;
-use crate::media::{self, engine, Kind};
+use super::remote::{segment, Remote, ServerOpts};
+use crate::media::{self, Kind};
+use crate::server::api_v1::media::{self as api_media, Ejected, Inserted};
 use crate::state::State;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 
@@ -124,6 +125,8 @@ pub enum VmCmd {
         take: bool,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Empty a guest's drive (default: the first one holding something).
     Eject {
@@ -132,6 +135,8 @@ pub enum VmCmd {
         drive: Option<String>,
         #[command(flatten)]
         state: StateDir,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// A guest's drives and what they hold.
     Drives {
@@ -152,12 +157,26 @@ impl VmCmd {
                 drive,
                 take,
                 state,
-            } => insert(&state.state_dir, &guest, &name, drive.as_deref(), take),
+                api,
+            } => insert(
+                api.remote(&state.state_dir)?,
+                &state.state_dir,
+                &guest,
+                &name,
+                drive.as_deref(),
+                take,
+            ),
             VmCmd::Eject {
                 guest,
                 drive,
                 state,
-            } => eject(&state.state_dir, &guest, drive.as_deref()),
+                api,
+            } => eject(
+                api.remote(&state.state_dir)?,
+                &state.state_dir,
+                &guest,
+                drive.as_deref(),
+            ),
             VmCmd::Drives { guest, json, state } => drives(&state.state_dir, &guest, json),
         }
     }
@@ -172,85 +191,72 @@ impl media::Medium {
     }
 }
 
-/// `insert`: records the medium in the drive (ownership checked there), takes it out of the
-/// holder's drive if it moved, then puts it into the running guest; a failure there undoes
-/// the move.
-pub fn insert(
+fn insert(
+    api: Option<Remote>,
     state_dir: &Path,
     guest: &str,
     name: &str,
     drive: Option<&str>,
     take: bool,
 ) -> Result<()> {
-    let state = State::open(state_dir)?;
-    let rec = state.guest(guest)?;
-    let m = media::get(&state, name)?;
-    let drive = media::pick_drive(&rec.def.drives, m.kind.drive(), drive)
-        .with_context(|| format!("guest {guest}"))?;
-    let moved = media::attach(&state, guest, &drive, &m, take)?;
-    if let Some(h) = &moved {
-        let live = engine::change_live(&Paths::new(state_dir, &h.guest), &h.drive, None)
-            .with_context(|| format!("ejecting tape {name} from guest {}", h.guest))?;
+    let r: Inserted = match api {
+        Some(r) => {
+            let body = serde_json::json!({"media": name, "drive": drive, "take": take});
+            r.call(
+                "POST",
+                &format!("/api/v1/guests/{}/media", segment(guest)),
+                Some(body),
+            )?
+        }
+        None => api_media::insert(state_dir, guest, name, drive, take)?,
+    };
+    if let Some(h) = &r.taken_from {
         println!(
             "tape {name} taken from guest {}'s drive {}{}",
             h.guest,
             h.drive,
-            if live { " (ejected while it runs)" } else { "" }
+            if h.live {
+                " (ejected while it runs)"
+            } else {
+                ""
+            }
         );
     }
-    let read_only = m.kind == Kind::Iso;
-    match engine::change_live(
-        &Paths::new(state_dir, guest),
-        &drive,
-        Some((&m.path, read_only)),
-    ) {
-        Ok(live) => {
-            println!(
-                "{name} is in guest {guest}'s drive {drive}{}",
-                if live {
-                    " (running: the guest sees the medium change)"
-                } else {
-                    " (the guest gets it when it starts)"
-                }
-            );
-            Ok(())
+    println!(
+        "{name} is in guest {guest}'s drive {}{}",
+        r.into.drive,
+        if r.into.live {
+            " (running: the guest sees the medium change)"
+        } else {
+            " (the guest gets it when it starts)"
         }
-        Err(e) => {
-            media::detach(&state, guest, &drive)?;
-            if let Some(h) = moved {
-                media::attach(&state, &h.guest, &h.drive, &m, true)?;
-                let _ = engine::change_live(
-                    &Paths::new(state_dir, &h.guest),
-                    &h.drive,
-                    Some((&m.path, read_only)),
-                );
-            }
-            Err(e.context(format!("guest {guest}: cannot insert {name} into {drive}")))
-        }
-    }
+    );
+    Ok(())
 }
 
-pub fn eject(state_dir: &Path, guest: &str, drive: Option<&str>) -> Result<()> {
-    let state = State::open(state_dir)?;
-    let rec = state.guest(guest)?;
-    let names = media::drive_names(&rec.def.drives);
-    let loaded = media::loaded(&state, guest)?;
-    let drive = match drive {
-        Some(d) if names.iter().any(|n| n == d) => d.to_owned(),
-        Some(d) => return Err(media::no_such_drive(&format!("guest {guest}"), d, &names)),
-        None => match loaded.first() {
-            Some((d, _)) => d.clone(),
-            None => bail!("guest {guest}'s drives are empty"),
-        },
+fn eject(api: Option<Remote>, state_dir: &Path, guest: &str, drive: Option<&str>) -> Result<()> {
+    let r: Ejected = match (api, drive) {
+        (Some(r), Some(d)) => r.call(
+            "DELETE",
+            &format!("/api/v1/guests/{}/media/{}", segment(guest), segment(d)),
+            None,
+        )?,
+        (Some(_), None) => {
+            bail!("with --server, name the drive to empty: --drive DRIVE (`ignite vm media drives {guest}` on the server lists them)")
+        }
+        (None, _) => api_media::eject(state_dir, guest, drive)?,
     };
-    let live = engine::change_live(&Paths::new(state_dir, guest), &drive, None)
-        .with_context(|| format!("guest {guest}: cannot eject {drive}"))?;
-    match media::detach(&state, guest, &drive)? {
+    let d = &r.from.drive;
+    match &r.media {
         Some(m) => println!(
-            "{m} ejected from guest {guest}'s drive {drive}{}",
-            if live { " (the guest sees it go)" } else { "" }
+            "{m} ejected from guest {guest}'s drive {d}{}",
+            if r.from.live {
+                " (the guest sees it go)"
+            } else {
+                ""
+            }
         ),
-        None => println!("guest {guest}'s drive {drive} was empty"),
+        None => println!("guest {guest}'s drive {d} was empty"),
     }
     Ok(())
 }

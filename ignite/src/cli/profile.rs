@@ -1,12 +1,19 @@
 //! `ignite profile`: check install profiles and show the plan one renders for a client.
 
-use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use ignite_profiles::{parse_bytes, ClientFacts, DiskFact, LoadError, Profile, Step};
-use std::path::PathBuf;
+use ignite_profiles::{ClientFacts, DiskFact, InstallPlan, LoadError, Profile, Step};
+
+use super::remote::{default_state_dir, segment, Remote, ServerOpts, Upload};
+pub(crate) use crate::server::api_v1::profiles::parse_disk;
+use crate::server::api_v1::profiles::{check, facts, Checked};
 
 #[derive(Parser)]
 pub struct Args {
+    #[command(flatten)]
+    api: ServerOpts,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -14,6 +21,8 @@ pub struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Check profiles: every error, one per line, with file, line and column. Exit 1 if any.
+    ///
+    /// With --server the server checks them: `extends` then names a profile of the server.
     Check {
         /// Profile files (TOML).
         #[arg(required = true)]
@@ -38,52 +47,68 @@ enum Cmd {
     },
 }
 
-pub(crate) fn parse_disk(s: &str) -> Result<DiskFact, String> {
-    let mut it = s.splitn(3, ':');
-    let path = it.next().unwrap_or_default();
-    let (Some(size), true) = (it.next(), path.starts_with('/')) else {
-        return Err(format!(
-            "{s:?}: write PATH:SIZE[:SERIAL], e.g. /dev/vda:20G"
-        ));
+/// Profile `file` checked (and rendered for `client`) here, or by the server.
+fn checked(remote: Option<&Remote>, file: &Path, client: Option<&ClientFacts>) -> Result<Checked> {
+    let name = file.display().to_string();
+    let Some(r) = remote else {
+        return check(&name, Profile::load(file), client);
     };
-    let size = parse_bytes(size)?;
-    Ok(DiskFact {
-        path: path.to_string(),
-        size,
-        serial: it.next().map(str::to_string),
-        sector_size: ignite_profiles::SECTOR,
-        ..Default::default()
-    })
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            let unread = LoadError::Read {
+                file: name.clone(),
+                error: e.to_string(),
+            };
+            return check(&name, Err(unread), None);
+        }
+    };
+    let mut path = format!("/api/v1/profiles/check?file={}", segment(&name));
+    if let Some(c) = client {
+        let disks: Vec<String> = c
+            .disks
+            .iter()
+            .map(|d| match &d.serial {
+                Some(s) => format!("{}:{}B:{s}", d.path, d.size),
+                None => format!("{}:{}B", d.path, d.size),
+            })
+            .collect();
+        path += &format!(
+            "&mac={}&disk={}",
+            segment(&c.mac),
+            segment(&disks.join(","))
+        );
+        if let Some(h) = &c.hostname {
+            path += &format!("&hostname={}", segment(h));
+        }
+    }
+    r.post_body(&path, "application/toml", Upload::Text(text))
 }
 
-/// Print load errors one per line; exit status 1 follows.
-fn report(e: &LoadError) {
-    match e {
-        LoadError::Invalid(errs) => {
-            for d in &errs.0 {
-                println!("{d}");
-            }
-        }
-        other => println!("{other}"),
+/// A failed check's problems, one per line (exit status 1 follows).
+fn report(c: &Checked) {
+    for e in &c.errors {
+        println!("{}", e.text);
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args) -> Result<()> {
+    let remote = args.api.remote_if_asked(&default_state_dir())?;
     match args.cmd {
         Cmd::Check { files } => {
             let mut bad = false;
             for f in &files {
-                match Profile::load(f) {
-                    Ok(p) => eprintln!(
+                let c = checked(remote.as_ref(), f, None)?;
+                if c.ok {
+                    eprintln!(
                         "profile {}: ok ({} partitions, archive {})",
                         f.display(),
-                        p.disk.partitions.len(),
-                        p.archive
-                    ),
-                    Err(e) => {
-                        report(&e);
-                        bad = true;
-                    }
+                        c.partitions.unwrap_or_default(),
+                        c.archive.as_deref().unwrap_or_default()
+                    );
+                } else {
+                    report(&c);
+                    bad = true;
                 }
             }
             if bad {
@@ -98,19 +123,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             hostname,
             json,
         } => {
-            let profile = match Profile::load(&file) {
-                Ok(p) => p,
-                Err(e) => {
-                    report(&e);
-                    std::process::exit(1);
-                }
-            };
-            let facts = ClientFacts {
-                mac,
-                disks,
-                hostname,
-            };
-            let plan = profile.render(&facts)?;
+            let client = facts(&mac, disks, hostname);
+            let c = checked(remote.as_ref(), &file, Some(&client))?;
+            if !c.ok {
+                report(&c);
+                std::process::exit(1);
+            }
+            let plan = c.plan.context("the check rendered no plan")?;
             if json {
                 println!(
                     "{}",
@@ -118,71 +137,75 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            println!(
-                "profile {} → {} (archive {}, MAC {})",
-                plan.profile, plan.hostname, plan.archive, plan.mac
-            );
-            let fs_name = |fs: Option<ignite_profiles::Fs>| {
-                fs.map(|f| format!("{f:?}").to_lowercase())
-                    .unwrap_or_default()
-            };
-            for disk in plan.disks() {
-                println!(
-                    "disk {} ({}), {:?}",
-                    disk.path,
-                    ignite_profiles::human(disk.size_bytes),
-                    disk.table
-                );
-                for p in &disk.partitions {
-                    println!(
-                        "  {:<14} {:<10} sectors {:>10}-{:<10} {:>12}  {:<5} {}",
-                        p.device,
-                        p.name,
-                        p.start_sector,
-                        p.end_sector,
-                        ignite_profiles::human(p.size_bytes),
-                        fs_name(p.fs),
-                        p.mount.as_deref().unwrap_or("")
-                    );
-                }
-            }
-            if let Some(r) = &plan.raid {
-                println!(
-                    "raid: RAID{} {} over {} ({})",
-                    r.level,
-                    r.device,
-                    r.members.join(", "),
-                    ignite_profiles::human(r.size_bytes)
-                );
-            }
-            if let Some(l) = &plan.lvm {
-                println!(
-                    "lvm: {} on {} ({})",
-                    l.vg,
-                    l.pvs.join(", "),
-                    ignite_profiles::human(l.size_bytes)
-                );
-                for v in &l.volumes {
-                    println!(
-                        "  {:<24} {:>12}  {:<5} {} {}",
-                        v.device,
-                        ignite_profiles::human(v.size_bytes),
-                        fs_name(v.fs),
-                        v.mount.as_deref().unwrap_or(""),
-                        v.note.as_deref().unwrap_or("")
-                    );
-                }
-            }
-            println!("steps:");
-            for (i, s) in plan.steps.iter().enumerate() {
-                println!("  {:>2}. {}", i + 1, describe(s));
-            }
-            if plan.steps.is_empty() {
-                bail!("the plan has no steps");
-            }
-            Ok(())
+            print_plan(&plan)
         }
     }
+}
+
+fn print_plan(plan: &InstallPlan) -> Result<()> {
+    println!(
+        "profile {} → {} (archive {}, MAC {})",
+        plan.profile, plan.hostname, plan.archive, plan.mac
+    );
+    let fs_name = |fs: Option<ignite_profiles::Fs>| {
+        fs.map(|f| format!("{f:?}").to_lowercase())
+            .unwrap_or_default()
+    };
+    for disk in plan.disks() {
+        println!(
+            "disk {} ({}), {:?}",
+            disk.path,
+            ignite_profiles::human(disk.size_bytes),
+            disk.table
+        );
+        for p in &disk.partitions {
+            println!(
+                "  {:<14} {:<10} sectors {:>10}-{:<10} {:>12}  {:<5} {}",
+                p.device,
+                p.name,
+                p.start_sector,
+                p.end_sector,
+                ignite_profiles::human(p.size_bytes),
+                fs_name(p.fs),
+                p.mount.as_deref().unwrap_or("")
+            );
+        }
+    }
+    if let Some(r) = &plan.raid {
+        println!(
+            "raid: RAID{} {} over {} ({})",
+            r.level,
+            r.device,
+            r.members.join(", "),
+            ignite_profiles::human(r.size_bytes)
+        );
+    }
+    if let Some(l) = &plan.lvm {
+        println!(
+            "lvm: {} on {} ({})",
+            l.vg,
+            l.pvs.join(", "),
+            ignite_profiles::human(l.size_bytes)
+        );
+        for v in &l.volumes {
+            println!(
+                "  {:<24} {:>12}  {:<5} {} {}",
+                v.device,
+                ignite_profiles::human(v.size_bytes),
+                fs_name(v.fs),
+                v.mount.as_deref().unwrap_or(""),
+                v.note.as_deref().unwrap_or("")
+            );
+        }
+    }
+    println!("steps:");
+    for (i, s) in plan.steps.iter().enumerate() {
+        println!("  {:>2}. {}", i + 1, describe(s));
+    }
+    if plan.steps.is_empty() {
+        bail!("the plan has no steps");
+    }
+    Ok(())
 }
 
 fn describe(s: &Step) -> String {
@@ -217,24 +240,5 @@ fn describe(s: &Step) -> String {
         } => format!("boot loader {loader:?} for {firmware:?} on {disk}"),
         Step::Hook { index, command } => format!("hook {index}: {command}"),
         Step::Unmount => "unmount".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disk_arguments() {
-        let d = parse_disk("/dev/vda:20G").unwrap();
-        assert_eq!(
-            (d.path.as_str(), d.size, d.serial),
-            ("/dev/vda", 20 << 30, None)
-        );
-        let d = parse_disk("/dev/sdb:1T:WD-123").unwrap();
-        assert_eq!(d.serial.as_deref(), Some("WD-123"));
-        assert!(parse_disk("/dev/vda").is_err());
-        assert!(parse_disk("vda:20G").is_err());
-        assert!(parse_disk("/dev/vda:20X").is_err());
     }
 }

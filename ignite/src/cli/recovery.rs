@@ -586,24 +586,10 @@ fn parse_ttl(text: &str) -> Result<i64> {
 
 fn restore_to(store_dir: &Path, spec: &str, to: &[PathBuf]) -> Result<()> {
     let store = Store::open(store_dir)?;
-    let (m, r) = Record::load(&store, spec)?;
-    let from = format!("{}@{}", r.name, short(&m.id));
-    if to.len() != r.disks.len() {
-        anyhow::bail!(
-            "{from} holds {} disk(s); give one --to DISK_OR_IMAGE per disk, in order (or --as-guest NEW)",
-            r.disks.len()
-        );
-    }
-    // Every target is checked before any is written.
-    let mut jobs = Vec::new();
-    for (d, path) in r.disks.iter().zip(to) {
-        let dm = store.resolve(&d.snapshot)?;
-        let target = restore::Target::of(path)?;
-        restore::check_fits(&dm, path, target)?;
-        jobs.push((d.index, dm, path));
-    }
+    let (from, disks) = crate::server::api_v1::recovery::plan_disk_restore(&store, spec, to)?;
     let t = std::time::Instant::now();
-    for (index, dm, path) in jobs {
+    for d in disks {
+        let (index, dm, path) = (d.index, d.manifest, &d.path);
         let written = with_progress(dm.image_size, &format!("disk {index}"), |p| {
             restore::restore_disk(&store, &dm, path, p)
         })?;

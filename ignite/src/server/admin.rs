@@ -10,9 +10,14 @@
 //! ```
 //!
 //! A refusal is 401 with the JSON error shape of `/api/v1` (api_error.rs).
+//!
+//! The management API is also served on the local socket `<state>/api.sock` (mode 0660,
+//! group: the state directory's), without a token: the kernel names the caller
+//! (SO_PEERCRED), and root and the state directory's owner are the admin; anyone else who
+//! may connect gets 403.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,10 +29,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ignite_netboot::MacAddr;
+use tokio::net::UnixListener;
 
 use super::api_error::V1Error;
 
 pub const TOKEN_FILE: &str = "admin.token";
+pub const SOCKET_FILE: &str = "api.sock";
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_FILE)
+}
 
 pub fn token_path(state_dir: &Path) -> PathBuf {
     state_dir.join(TOKEN_FILE)
@@ -175,6 +186,102 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The uid of a caller on the local socket, as the kernel gave it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub uid: Option<u32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
+    for Peer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, UnixListener>) -> Peer {
+        Peer {
+            uid: s.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+/// Listens on `<state_dir>/api.sock`: mode 0660, its group the state directory's. A
+/// socket file left by a server that is gone is replaced; one a running server answers on
+/// is an error.
+pub fn bind_socket(state_dir: &Path) -> Result<UnixListener> {
+    let path = socket_path(state_dir);
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        bail!(
+            "{} answers: another `ignite server` uses this state directory; stop it first",
+            path.display()
+        );
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot replace it", path.display())),
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("{}: cannot make it 0660", path.display()))?;
+    let gid = std::fs::metadata(state_dir)?.gid();
+    if let Err(e) = std::os::unix::fs::chown(&path, None, Some(gid)) {
+        tracing::warn!(
+            "{}: cannot give it the state directory's group {gid} ({e}); only this user and root can use it",
+            path.display()
+        );
+    }
+    Ok(listener)
+}
+
+/// Serves `app` on the local socket until `shutdown` turns true, each request checked
+/// against `owner` (the state directory's); then removes the socket file.
+pub async fn serve_socket(
+    listener: UnixListener,
+    path: PathBuf,
+    app: Router,
+    owner: u32,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = app.layer(axum::middleware::from_fn_with_state(owner, local_peer));
+    let r = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+/// Whether `uid` may use the local socket: root, or the state directory's owner.
+pub fn local_admin(uid: Option<u32>, owner: u32) -> bool {
+    uid.is_some_and(|u| u == 0 || u == owner)
+}
+
+async fn local_peer(
+    State(owner): State<u32>,
+    extract::ConnectInfo(peer): extract::ConnectInfo<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if local_admin(peer.uid, owner) {
+        return next.run(req).await;
+    }
+    let who = peer
+        .uid
+        .map_or("an unknown user".to_string(), |u| format!("uid {u}"));
+    V1Error::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "local API: {who} is neither root nor the owner of the server's state directory (uid {owner}); \
+             run the command as one of them, or use --server URL with the admin token"
+        ),
+    )
+    .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +313,31 @@ mod tests {
         std::fs::write(token_path(dir.path()), "short\n").unwrap();
         let e = AdminToken::read(dir.path()).unwrap_err().to_string();
         assert!(e.contains("not 32 or more hex digits"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_private_and_replaces_only_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = bind_socket(dir.path()).unwrap();
+        let mode = std::fs::metadata(socket_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o660);
+        let e = bind_socket(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("another `ignite server`"), "{e}");
+        // Its server gone, the file left behind is replaced.
+        drop(first);
+        assert!(socket_path(dir.path()).exists());
+        bind_socket(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn only_root_and_the_owner_use_the_socket() {
+        assert!(local_admin(Some(0), 1000));
+        assert!(local_admin(Some(1000), 1000));
+        assert!(!local_admin(Some(65534), 1000));
+        assert!(!local_admin(None, 0));
     }
 
     #[test]

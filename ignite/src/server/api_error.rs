@@ -4,7 +4,8 @@
 //! message, which the agent shows as it is. The management API `/api/v1` answers every error
 //! as one JSON shape, `{"error": {"code": "not_found", "message": "client web9 is not
 //! registered; ..."}}`, the code following the status: 400 `bad_request`, 401
-//! `unauthorized`, 404 `not_found`, 409 `conflict`, 422 `invalid`, 500 `internal`.
+//! `unauthorized`, 403 `forbidden`, 404 `not_found`, 409 `conflict`, 413 `too_large`, 422
+//! `invalid`, 500 `internal`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -41,7 +42,8 @@ pub struct ErrorBody {
 
 #[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// `bad_request`, `unauthorized`, `not_found`, `conflict`, `invalid` or `internal`.
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `too_large`,
+    /// `invalid` or `internal`.
     pub code: String,
     /// What is wrong and what to do, in words for the admin.
     pub message: String,
@@ -55,6 +57,7 @@ pub fn code(status: StatusCode) -> &'static str {
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::UNPROCESSABLE_ENTITY => "invalid",
         StatusCode::REQUEST_TIMEOUT => "timeout",
         _ if status.is_server_error() => "internal",
@@ -94,10 +97,23 @@ impl V1Error {
     }
 }
 
-/// Anything not classified otherwise is the server's failure (500), with its cause.
+/// Its message: what the CLI shows when it called the same function locally.
+impl std::fmt::Display for V1Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for V1Error {}
+
+/// A V1Error carried through `anyhow` keeps its status; anything not classified otherwise
+/// is the server's failure (500), with its cause.
 impl From<anyhow::Error> for V1Error {
     fn from(e: anyhow::Error) -> V1Error {
-        V1Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("server: {e:#}"))
+        match e.downcast::<V1Error>() {
+            Ok(v) => v,
+            Err(e) => V1Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("server: {e:#}")),
+        }
     }
 }
 
@@ -126,5 +142,10 @@ mod tests {
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(body(e)["error"]["message"], "server: disk full");
         assert_eq!(code(StatusCode::UNAUTHORIZED), "unauthorized");
+        // Through anyhow and back (a library function both the CLI and the API call):
+        // the status stays, and the CLI shows the message alone.
+        let through: anyhow::Error = V1Error::conflict("tape t1 is in g2").into();
+        assert_eq!(through.to_string(), "tape t1 is in g2");
+        assert_eq!(V1Error::from(through).status, StatusCode::CONFLICT);
     }
 }

@@ -168,6 +168,9 @@ pub struct Limits {
     /// How long an offer holds its address, and how long once the pool is short.
     pub dhcp_offer_hold_secs: u64,
     pub dhcp_offer_hold_short_secs: u64,
+    /// Bytes of one upload to the management API (a tar for `POST /api/v1/archives/import`);
+    /// a larger one is refused (413).
+    pub api_upload_bytes: u64,
 }
 
 impl Default for Limits {
@@ -196,6 +199,8 @@ impl Default for Limits {
             dhcp_per_port: rate(dhcp.per_port),
             dhcp_offer_hold_secs: dhcp.offer_hold_secs,
             dhcp_offer_hold_short_secs: dhcp.offer_hold_short_secs,
+            // A golden image's tar: generous; the upload is kept on disk until imported.
+            api_upload_bytes: 64 << 30,
         }
     }
 }
@@ -242,6 +247,7 @@ impl Limits {
             ("boot_log_per_client", self.boot_log_per_client),
             ("boot_log_total", self.boot_log_total),
             ("install_log_bytes", self.install_log_bytes),
+            ("api_upload_bytes", self.api_upload_bytes as usize),
         ] {
             if v == 0 {
                 bail!("config [limits] {name} = 0 would refuse everything; give at least 1");

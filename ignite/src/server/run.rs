@@ -11,6 +11,7 @@
 //! boot files and the store are read on each use already and need no reload.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -508,8 +509,27 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config>) -> Result<()> {
             state.clone(),
             cfg.state_dir.clone(),
             cfg.store_dir(),
+            cfg.profiles_dir(),
+            cfg.limits.api_upload_bytes,
             stop_rx.clone(),
         );
+        let sock = admin::socket_path(&cfg.state_dir);
+        let owner = std::fs::metadata(&cfg.state_dir)
+            .with_context(|| format!("state directory {}", cfg.state_dir.display()))?
+            .uid();
+        let local = admin::bind_socket(&cfg.state_dir)?;
+        let (rx, routes) = (
+            stop_rx.clone(),
+            super::api_v1::routes(api.clone()).merge(super::api_v1::public_routes()),
+        );
+        tasks.spawn(async move {
+            let r = admin::serve_socket(local, sock, routes, owner, rx).await;
+            ("local API socket".to_string(), r.map_err(|e| e.to_string()))
+        });
+        services.push(format!(
+            "management API on {} (root and uid {owner}, no token)",
+            admin::socket_path(&cfg.state_dir).display()
+        ));
         let (rx, a) = (stop_rx.clone(), api.clone());
         tasks.spawn(async move {
             super::api_v1::events::watch_registry(a, rx).await;

@@ -1,22 +1,22 @@
 //! The archive store the server installs from (`store` in its configuration): snapshots,
-//! one snapshot, a diff of two, the store's statistics, and verification as a job.
+//! one snapshot, a diff of two, the store's statistics; verification, import and prune
+//! (retention) as jobs.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use ignite_archive::diff::DiffReport;
+use ignite_archive::retention::{self, Decision, Policy};
 use ignite_archive::stats::StoreStats;
 use ignite_archive::{Entry, ImportOptions, Manifest, SnapshotKind, Store};
 use serde::{Deserialize, Serialize};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use super::jobs::{Handle, JobRef};
-use super::{blocking, Ctx};
+use super::{blocking, Ctx, JsonBody};
 use crate::server::api_error::{ErrorBody, V1Error, V1Result};
 
 /// A snapshot as `ignite archive show --json` prints it.
@@ -65,7 +65,7 @@ pub struct VerifyQuery {
 
 /// An archive error as its status: what names nothing is 404, what names too much or is
 /// not valid input 422.
-fn archive_error(e: ignite_archive::Error) -> V1Error {
+pub fn archive_error(e: ignite_archive::Error) -> V1Error {
     use ignite_archive::Error as E;
     match e {
         E::NoSuchSnapshot(_) | E::NotAStore(_) => V1Error::not_found(e.to_string()),
@@ -74,7 +74,7 @@ fn archive_error(e: ignite_archive::Error) -> V1Error {
     }
 }
 
-fn open(dir: &Path) -> V1Result<Store> {
+pub fn open(dir: &Path) -> V1Result<Store> {
     if !dir.exists() {
         return Err(V1Error::not_found(format!(
             "the server has no archive store yet ({} does not exist); create it with \
@@ -219,22 +219,40 @@ pub async fn verify(
 
 /// Import an uploaded tar (a job)
 ///
-/// The body is a tar stream (plain, gz, zst or xz). It is kept in `<state>/uploads` until
-/// the job has imported it; the job's progress is the bytes of it read, its result the new
-/// snapshot's manifest.
+/// The body is a tar stream (plain, gz, zst or xz), at most `[limits] api_upload_bytes`.
+/// It is kept in `<state>/uploads` until the job has imported it; the job's progress is
+/// the bytes of it read, its result the new snapshot's manifest.
 #[utoipa::path(operation_id = "archive_import", post, path = "/api/v1/archives/import", tag = "archives", params(ImportQuery),
     request_body(content = Vec<u8>, content_type = "application/x-tar", description = "the tar stream"),
     responses((status = 202, description = "started; follow GET /api/v1/jobs/{job}", body = JobRef),
-        (status = 404, body = ErrorBody), (status = 422, description = "a bad snapshot name", body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 413, description = "larger than the server takes", body = ErrorBody),
+        (status = 422, description = "a bad snapshot name", body = ErrorBody)))]
 pub async fn import(
     State(api): Ctx,
     Query(q): Query<ImportQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> V1Result<(StatusCode, Json<JobRef>)> {
-    ignite_archive::snapshot::validate_name(&q.name).map_err(archive_error)?;
+    let max = api.upload_max;
     let dir = api.store_dir.clone();
-    let store = blocking(move || open(&dir)).await?;
-    let upload = receive(&api.state_dir.join("uploads"), body).await?;
+    let checked = async {
+        ignite_archive::snapshot::validate_name(&q.name).map_err(archive_error)?;
+        let store = blocking(move || open(&dir)).await?;
+        let declared = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared.filter(|&n| n > max) {
+            Some(n) => Err(too_large(n, max)),
+            None => Ok(store),
+        }
+    };
+    let mut data = body.into_data_stream();
+    let store = match checked.await {
+        Ok(s) => s,
+        Err(e) => return Err(drain(&mut data, e).await),
+    };
+    let upload = receive(&api.state_dir.join("uploads"), data, max).await?;
     let (name, path) = (q.name, upload.clone());
     let job = api.jobs.spawn("archive import", move |h| {
         let r = import_file(h, &store, &path, &name);
@@ -244,8 +262,26 @@ pub async fn import(
     Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
 }
 
-/// The request body in a new private file under `dir`; its path.
-async fn receive(dir: &Path, body: Body) -> V1Result<PathBuf> {
+fn too_large(n: u64, max: u64) -> V1Error {
+    V1Error::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the upload has {n} bytes or more; this server takes at most {max} ([limits] api_upload_bytes in its configuration)"
+        ),
+    )
+}
+
+/// The rest of a refused upload read and dropped, then `e`: a client still sending when
+/// the answer came would see its connection closed, not why (the request timeout bounds
+/// the reading).
+async fn drain(data: &mut BodyDataStream, e: V1Error) -> V1Error {
+    use futures_util::StreamExt;
+    while let Some(Ok(_)) = data.next().await {}
+    e
+}
+
+/// The request body (at most `max` bytes) in a new private file under `dir`; its path.
+async fn receive(dir: &Path, mut data: BodyDataStream, max: u64) -> V1Result<PathBuf> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -259,12 +295,16 @@ async fn receive(dir: &Path, body: Body) -> V1Result<PathBuf> {
     let mut f = tokio::fs::File::create_new(&path)
         .await
         .map_err(|e| fail("cannot create a file in it", &e))?;
-    let mut data = body.into_data_stream();
+    let mut n = 0u64;
     let written: V1Result<()> = async {
         while let Some(chunk) = data.next().await {
             let chunk = chunk.map_err(|e| {
                 V1Error::new(StatusCode::BAD_REQUEST, format!("reading the upload: {e}"))
             })?;
+            n += chunk.len() as u64;
+            if n > max {
+                return Err(drain(&mut data, too_large(n, max)).await);
+            }
             f.write_all(&chunk)
                 .await
                 .map_err(|e| fail("cannot write it", &e))?;
@@ -289,19 +329,8 @@ fn import_file(
     let f = std::fs::File::open(path)?;
     let total = f.metadata()?.len();
     h.log(format!("importing {total} bytes of tar as {name}"));
-    let read = AtomicU64::new(0);
-    let finished = AtomicBool::new(false);
-    let m = std::thread::scope(|s| {
-        // Samples the importer's counter for the job until it ends.
-        s.spawn(|| {
-            while !finished.load(Ordering::Relaxed) {
-                h.progress(read.load(Ordering::Relaxed), Some(total));
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        let r = ignite_archive::import_tar::import_tar(store, f, &ImportOptions::new(name), &read);
-        finished.store(true, Ordering::Relaxed);
-        r
+    let m = h.with_progress(Some(total), |read| {
+        ignite_archive::import_tar::import_tar(store, f, &ImportOptions::new(name), read)
     })?;
     h.progress(total, Some(total));
     h.log(format!(
@@ -309,4 +338,104 @@ fn import_file(
         m.id, m.name, m.stats.entries, m.stats.new_chunks, m.stats.chunks
     ));
     Ok(serde_json::to_value(&m)?)
+}
+
+/// A retention policy (restic semantics: snapshots grouped by name and labels), as
+/// `ignite archive prune`'s flags or the JSON body of `POST /api/v1/archives/prune`.
+#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrunePolicy {
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    #[arg(long)]
+    pub keep_hourly: Option<u32>,
+    #[arg(long)]
+    pub keep_daily: Option<u32>,
+    #[arg(long)]
+    pub keep_weekly: Option<u32>,
+    #[arg(long)]
+    pub keep_monthly: Option<u32>,
+    #[arg(long)]
+    pub keep_yearly: Option<u32>,
+    /// Keep everything within this long of the newest snapshot (7d, 2w, 1y6m, 12h).
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Say what would go and why the rest stays; change nothing.
+    #[arg(long)]
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl PrunePolicy {
+    /// The policy, checked: a bad duration, or no rule at all (which would remove
+    /// everything), is refused.
+    pub fn policy(&self) -> ignite_archive::Result<Policy> {
+        let policy = Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self
+                .keep_within
+                .as_deref()
+                .map(retention::parse_duration)
+                .transpose()?,
+        };
+        if policy.is_empty() {
+            return Err(ignite_archive::Error::Invalid(
+                "no --keep-* option given; refusing to remove every snapshot".into(),
+            ));
+        }
+        Ok(policy)
+    }
+}
+
+/// Applies `policy` to every snapshot of `store`: forgets those it does not keep (unless
+/// `dry_run`); the decision on each.
+pub fn prune(
+    store: &Store,
+    policy: &Policy,
+    dry_run: bool,
+) -> ignite_archive::Result<Vec<Decision>> {
+    let decisions = retention::apply(policy, &store.list_snapshots()?)?;
+    if !dry_run {
+        for d in decisions.iter().filter(|d| !d.keep) {
+            store.forget(&d.id)?;
+        }
+    }
+    Ok(decisions)
+}
+
+/// Forget snapshots by retention policy (a job)
+///
+/// As `ignite archive prune`: the job's result is the decision on every snapshot
+/// (`[{id, name, time, keep, reasons}]`); `ignite archive gc` then frees their space.
+#[utoipa::path(operation_id = "archive_prune", post, path = "/api/v1/archives/prune", tag = "archives",
+    request_body = PrunePolicy,
+    responses((status = 202, description = "started; follow GET /api/v1/jobs/{job}", body = JobRef),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "no keep rule, or a bad duration", body = ErrorBody)))]
+pub async fn prune_route(
+    State(api): Ctx,
+    JsonBody(p): JsonBody<PrunePolicy>,
+) -> V1Result<(StatusCode, Json<JobRef>)> {
+    let policy = p.policy().map_err(archive_error)?;
+    let dir = api.store_dir.clone();
+    let store = blocking(move || open(&dir)).await?;
+    let job = api.jobs.spawn("archive prune", move |h| {
+        h.progress(0, Some(1));
+        let decisions = prune(&store, &policy, p.dry_run)?;
+        let verb = if p.dry_run { "would remove" } else { "removed" };
+        for d in &decisions {
+            h.log(match d.keep {
+                true => format!("keep {} {} ({})", d.name, d.id, d.reasons.join(", ")),
+                false => format!("{verb} {} {}", d.name, d.id),
+            });
+        }
+        h.progress(1, Some(1));
+        Ok(serde_json::to_value(&decisions)?)
+    });
+    Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
 }

@@ -7,7 +7,7 @@ use ignite_netboot::MacAddr;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{blocking, Ctx};
+use super::{blocking, Ctx, JsonBody};
 use crate::server::api_error::{ErrorBody, V1Error, V1Result};
 use crate::state::views::{ClientDetail, ClientView, InstallLog, LogOf};
 use crate::state::{Action, Client};
@@ -65,7 +65,7 @@ pub async fn list(State(api): Ctx) -> V1Result<Json<Vec<ClientView>>> {
         (status = 422, description = "a bad MAC, name or action", body = ErrorBody)))]
 pub async fn add(
     State(api): Ctx,
-    Json(n): Json<NewClient>,
+    JsonBody(n): JsonBody<NewClient>,
 ) -> V1Result<(StatusCode, Json<Client>)> {
     let mac: MacAddr = n
         .mac
@@ -111,7 +111,7 @@ pub async fn show(State(api): Ctx, Path(key): Path<String>) -> V1Result<Json<Cli
 pub async fn set_action(
     State(api): Ctx,
     Path(key): Path<String>,
-    Json(b): Json<SetAction>,
+    JsonBody(b): JsonBody<SetAction>,
 ) -> V1Result<Json<Client>> {
     let act = action(&b.action)?;
     blocking(move || {
@@ -160,5 +160,48 @@ pub async fn log(
             ))),
         },
     )
+    .await
+}
+
+/// The boot action of clients not in the registry.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DefaultAction {
+    /// `install <profile>`, `local`, `recover <snapshot>` or `capture`; null when never set
+    /// (the server configuration's `[boot] default_action` applies).
+    pub action: Option<String>,
+}
+
+/// The action for unregistered clients
+///
+/// (A client named `default` is reached by its MAC.)
+#[utoipa::path(operation_id = "client_default", get, path = "/api/v1/clients/default", tag = "clients",
+    responses((status = 200, body = DefaultAction)))]
+pub async fn default_action(State(api): Ctx) -> V1Result<Json<DefaultAction>> {
+    blocking(move || {
+        let action = api.state.default_action()?.map(|a| a.to_string());
+        Ok(Json(DefaultAction { action }))
+    })
+    .await
+}
+
+/// Set the action for unregistered clients
+///
+/// As `ignite client default ACTION`: applies at their next boot.
+#[utoipa::path(operation_id = "client_set_default", put, path = "/api/v1/clients/default", tag = "clients",
+    request_body = SetAction,
+    responses((status = 200, body = DefaultAction),
+        (status = 422, description = "not a boot action", body = ErrorBody)))]
+pub async fn set_default_action(
+    State(api): Ctx,
+    JsonBody(b): JsonBody<SetAction>,
+) -> V1Result<Json<DefaultAction>> {
+    let act = action(&b.action)?;
+    blocking(move || {
+        api.state.set_default_action(&act)?;
+        tracing::info!("API: unregistered clients: {act}");
+        Ok(Json(DefaultAction {
+            action: Some(act.to_string()),
+        }))
+    })
     .await
 }

@@ -6,7 +6,9 @@
 //! with at most [`MAX_LOG`] log lines (the newest kept).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -186,6 +188,25 @@ impl Handle {
         })
     }
 
+    /// Runs `work` with a counter (bytes, as a rule) shown as the job's progress of `total`
+    /// while it runs, sampled every 200 ms.
+    pub fn with_progress<T>(&self, total: Option<u64>, work: impl FnOnce(&AtomicU64) -> T) -> T {
+        let counter = AtomicU64::new(0);
+        let finished = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !finished.load(Ordering::Relaxed) {
+                    self.progress(counter.load(Ordering::Relaxed), total);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+            let r = work(&counter);
+            finished.store(true, Ordering::Relaxed);
+            self.progress(counter.load(Ordering::Relaxed), total);
+            r
+        })
+    }
+
     pub fn log(&self, line: impl Into<String>) {
         let line = line.into();
         self.jobs.update(self.id, |j| {
@@ -200,7 +221,7 @@ impl Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     /// Job `id` once it is no longer running; panics after 20 s.
     fn finished(jobs: &Jobs, id: u64) -> Job {
@@ -260,6 +281,29 @@ mod tests {
         assert_eq!(j.state, JobState::Failed);
         assert_eq!(j.error.as_deref(), Some("store gone"));
         assert!(jobs.get(999).is_none());
+    }
+
+    #[test]
+    fn a_counter_is_the_jobs_progress_while_it_runs_and_after() {
+        let jobs = Jobs::new(Box::new(|_: &Job| {}));
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let id = jobs.spawn("count", move |h| {
+            h.with_progress(Some(10), |c| {
+                c.store(5, Ordering::Relaxed);
+                go_rx.recv()?;
+                c.store(10, Ordering::Relaxed);
+                Ok(serde_json::Value::Null)
+            })
+        });
+        let t = Instant::now();
+        while jobs.get(id).unwrap().done != 5 {
+            assert!(t.elapsed() < Duration::from_secs(20), "{:?}", jobs.get(id));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(jobs.get(id).unwrap().total, Some(10));
+        go_tx.send(()).unwrap();
+        let j = finished(&jobs, id);
+        assert_eq!((j.state, j.done), (JobState::Done, 10));
     }
 
     #[test]

@@ -1,33 +1,48 @@
 //! `/api/v1`: the management API, on the server's HTTP listener beside the boot files and
 //! the agents' APIs. Every route but the OpenAPI document needs the admin token (`Authorization:
-//! Bearer TOKEN`, admin.rs); every error is `{"error": {"code", "message"}}` (api_error.rs).
+//! Bearer TOKEN`, admin.rs; or the local socket, which needs none); every error is
+//! `{"error": {"code", "message"}}` (api_error.rs).
 //! Handlers are thin: each calls the state or library function the local CLI calls too.
 //!
 //! ```text
-//! GET    /api/v1/health                     version, uptime, state directory
-//! GET    /api/v1/openapi.json               this API's OpenAPI 3 document (no token needed)
-//! GET    /api/v1/clients                    clients with their latest install    clients.rs
-//! POST   /api/v1/clients                    register one {mac, name, action}
-//! GET    /api/v1/clients/{client}           one (MAC or name): steps, install, phases
-//! PUT    /api/v1/clients/{client}/action    {action: "install web"}
+//! GET    /api/v1/health                       version, uptime, state directory
+//! GET    /api/v1/openapi.json                 this API's OpenAPI 3 document (no token needed)
+//! GET    /api/v1/clients                      clients with their latest install     clients.rs
+//! POST   /api/v1/clients                      register one {mac, name, action}
+//! GET    /api/v1/clients/{client}             one (MAC or name): steps, install, phases
+//! PUT    /api/v1/clients/{client}/action      {action: "install web"}
 //! DELETE /api/v1/clients/{client}
-//! GET    /api/v1/clients/{client}/log       its latest install's log (?after=LINE_ID)
-//! GET    /api/v1/archives                   snapshots (?name=)                    archives.rs
-//! GET    /api/v1/archives/stats             sizes, dedup, compression
-//! GET    /api/v1/archives/diff?from=&to=    what changed between two snapshots
-//! POST   /api/v1/archives/verify            a job (?sample=0.1)
-//! POST   /api/v1/archives/import?name=      a job importing the tar sent as the body
-//! GET    /api/v1/archives/{snapshot}        one snapshot's manifest
-//! GET    /api/v1/bootlog                    boot steps (?mac=, ?limit=)          netboot.rs
-//! GET    /api/v1/leases                     DHCP leases
-//! GET    /api/v1/schedules                  capture schedules
-//! GET    /api/v1/guests                     guests with their state               guests.rs
+//! GET    /api/v1/clients/default              the action for unregistered clients
+//! PUT    /api/v1/clients/default              {action}
+//! GET    /api/v1/clients/{client}/log         its latest install's log (?after=LINE_ID)
+//! GET    /api/v1/archives                     snapshots (?name=)                    archives.rs
+//! GET    /api/v1/archives/stats               sizes, dedup, compression
+//! GET    /api/v1/archives/diff?from=&to=      what changed between two snapshots
+//! POST   /api/v1/archives/verify              a job (?sample=0.1)
+//! POST   /api/v1/archives/import?name=        a job importing the tar sent as the body
+//! POST   /api/v1/archives/prune               a job: retention {keep_*, dry_run}
+//! GET    /api/v1/archives/{snapshot}          one snapshot's manifest
+//! GET    /api/v1/profiles                     profiles, each checked                profiles.rs
+//! GET    /api/v1/profiles/{name}              its text and check
+//! POST   /api/v1/profiles/check               check the TOML sent (?file=; ?mac=&disk=: plan)
+//! GET    /api/v1/profiles/{name}/render       its plan for ?mac=&disk=[&hostname=]
+//! GET    /api/v1/bootlog                      boot steps (?mac=, ?limit=)           netboot.rs
+//! GET    /api/v1/leases                       DHCP leases
+//! GET    /api/v1/schedules                    capture schedules
+//! GET    /api/v1/guests                       guests with their state               guests.rs
+//! POST   /api/v1/guests                       define one (`vm create`'s options as JSON)
 //! GET    /api/v1/guests/{name}
+//! DELETE /api/v1/guests/{name}                a stopped one (?keep_disks=true)
 //! POST   /api/v1/guests/{name}/start
-//! POST   /api/v1/guests/{name}/stop         ?force=true, ?timeout=SECS
-//! GET    /api/v1/guests/{name}/console      the end of its console log (?bytes=)
-//! GET    /api/v1/jobs, /api/v1/jobs/{id}    long work: state, progress, log       jobs.rs
-//! GET    /api/v1/events                     changes as Server-Sent Events         events.rs
+//! POST   /api/v1/guests/{name}/stop           ?force=true, ?timeout=SECS
+//! GET    /api/v1/guests/{name}/console        the end of its console log (?bytes=)
+//! POST   /api/v1/guests/{name}/media          {media, drive, take}                  media.rs
+//! DELETE /api/v1/guests/{name}/media/{drive}
+//! POST   /api/v1/recovery/{name}/capture      a job capturing guest NAME's disks    recovery.rs
+//! POST   /api/v1/recovery/{name}/restore      a job: {snapshot, as_guest | to}
+//! POST   /api/v1/recovery/{name}/clone        a job: {snapshot, as, hostname, mac}
+//! GET    /api/v1/jobs, /api/v1/jobs/{id}      long work: state, progress, log       jobs.rs
+//! GET    /api/v1/events                       changes as Server-Sent Events         events.rs
 //! ```
 
 pub mod archives;
@@ -35,14 +50,17 @@ pub mod clients;
 pub mod events;
 pub mod guests;
 pub mod jobs;
+pub mod media;
 pub mod netboot;
+pub mod profiles;
+pub mod recovery;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, State};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -58,6 +76,9 @@ pub struct Api {
     pub state: Arc<crate::state::State>,
     pub state_dir: PathBuf,
     pub store_dir: PathBuf,
+    pub profiles_dir: PathBuf,
+    /// The most bytes an upload may have.
+    pub upload_max: u64,
     pub started: Instant,
     pub jobs: Arc<Jobs>,
     pub events: Events,
@@ -70,6 +91,8 @@ impl Api {
         state: Arc<crate::state::State>,
         state_dir: PathBuf,
         store_dir: PathBuf,
+        profiles_dir: PathBuf,
+        upload_max: u64,
         stop: watch::Receiver<bool>,
     ) -> Arc<Api> {
         let events = Events::new();
@@ -78,6 +101,8 @@ impl Api {
             state,
             state_dir,
             store_dir,
+            profiles_dir,
+            upload_max,
             started: Instant::now(),
             jobs: Jobs::new(Box::new(move |j: &Job| publish.publish(Event::of_job(j)))),
             events,
@@ -94,6 +119,10 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/health", get(health))
         .route("/api/v1/clients", get(clients::list).post(clients::add))
         .route(
+            "/api/v1/clients/default",
+            get(clients::default_action).put(clients::set_default_action),
+        )
+        .route(
             "/api/v1/clients/{client}",
             get(clients::show).delete(clients::remove),
         )
@@ -104,15 +133,34 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/archives/diff", get(archives::diff))
         .route("/api/v1/archives/verify", post(archives::verify))
         .route("/api/v1/archives/import", post(archives::import))
+        .route("/api/v1/archives/prune", post(archives::prune_route))
         .route("/api/v1/archives/{snapshot}", get(archives::show))
+        .route("/api/v1/profiles", get(profiles::list))
+        .route("/api/v1/profiles/check", post(profiles::check_posted))
+        .route("/api/v1/profiles/{name}", get(profiles::show))
+        .route("/api/v1/profiles/{name}/render", get(profiles::render))
         .route("/api/v1/bootlog", get(netboot::boot_log))
         .route("/api/v1/leases", get(netboot::leases))
         .route("/api/v1/schedules", get(netboot::schedules))
-        .route("/api/v1/guests", get(guests::list))
-        .route("/api/v1/guests/{name}", get(guests::show))
+        .route(
+            "/api/v1/guests",
+            get(guests::list).post(guests::create_route),
+        )
+        .route(
+            "/api/v1/guests/{name}",
+            get(guests::show).delete(guests::remove),
+        )
+        .route("/api/v1/guests/{name}/media", post(media::insert_route))
+        .route(
+            "/api/v1/guests/{name}/media/{drive}",
+            delete(media::eject_route),
+        )
         .route("/api/v1/guests/{name}/start", post(guests::start))
         .route("/api/v1/guests/{name}/stop", post(guests::stop))
         .route("/api/v1/guests/{name}/console", get(guests::console))
+        .route("/api/v1/recovery/{name}/capture", post(recovery::capture))
+        .route("/api/v1/recovery/{name}/restore", post(recovery::restore))
+        .route("/api/v1/recovery/{name}/clone", post(recovery::clone))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/events", get(events::stream))
@@ -139,6 +187,21 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| V1Error::from(anyhow::anyhow!("{e}")))?
+}
+
+/// A JSON request body; a body that is not the JSON expected is refused in the API's error
+/// shape (422 for fields missing, unknown or of the wrong type, 400 for bad syntax).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = V1Error;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> V1Result<Self> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(r) => Err(V1Error::new(r.status(), r.body_text())),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -210,11 +273,17 @@ impl Modify for BearerToken {
     paths(
         health, list_jobs, job, events::stream,
         clients::list, clients::add, clients::show, clients::set_action, clients::remove, clients::log,
-        archives::list, archives::stats, archives::diff, archives::verify, archives::import, archives::show,
+        clients::default_action, clients::set_default_action,
+        archives::list, archives::stats, archives::diff, archives::verify, archives::import, archives::show, archives::prune_route,
+        profiles::list, profiles::show, profiles::check_posted, profiles::render,
         netboot::boot_log, netboot::leases, netboot::schedules,
         guests::list, guests::show, guests::start, guests::stop, guests::console,
+        recovery::capture, recovery::restore, recovery::clone,
+        guests::create_route, guests::remove, media::insert_route, media::eject_route,
     ),
-    components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event, guests::ConsoleTail))
+    components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event, guests::ConsoleTail, clients::DefaultAction,
+        archives::PrunePolicy, recovery::RestoreRequest, recovery::CloneRequest, guests::NewGuest, guests::Removed, media::Insert, media::Inserted, media::Ejected, media::DriveChange,
+        profiles::Problem, profiles::Checked, profiles::ProfileFile))
 )]
 struct Doc;
 

@@ -1,0 +1,313 @@
+//! Captures of guests (`make_net_recovery`), restores and clones, each a job (jobs.rs): the
+//! request is checked at once (404 no such guest or capture, 409 a guest name taken, 422 a
+//! bad request), the work runs as a job calling what `ignite recovery capture/restore/clone`
+//! call, its progress the bytes written.
+//!
+//! `{name}` is the captured guest's name; `snapshot` picks one of its captures (an id or id
+//! prefix; default: the latest).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::Json;
+use ignite_archive::{Manifest, Store};
+use ignite_recovery::capture::record::{short, Record};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::jobs::{Handle, JobRef};
+use super::{blocking, Api, Ctx, JsonBody};
+use crate::guests::restore::{restore_guest, CloneAs};
+use crate::server::api_error::{ErrorBody, V1Error, V1Result};
+
+/// One disk of a capture and where it is restored.
+pub struct DiskRestore {
+    pub index: u32,
+    pub manifest: Manifest,
+    pub path: PathBuf,
+}
+
+/// The disks of capture `spec` paired with `to` (one target per disk, in order), every
+/// target checked to fit before any is written; and the capture as `NAME@ID`.
+pub fn plan_disk_restore(
+    store: &Store,
+    spec: &str,
+    to: &[PathBuf],
+) -> Result<(String, Vec<DiskRestore>)> {
+    use ignite_recovery::restore;
+    let (m, r) = Record::load(store, spec)?;
+    let from = format!("{}@{}", r.name, short(&m.id));
+    if to.len() != r.disks.len() {
+        bail!(
+            "{from} holds {} disk(s); give one --to DISK_OR_IMAGE per disk, in order (or --as-guest NEW)",
+            r.disks.len()
+        );
+    }
+    let mut disks = Vec::new();
+    for (d, path) in r.disks.iter().zip(to) {
+        let dm = store.resolve(&d.snapshot)?;
+        let target = restore::Target::of(path)?;
+        restore::check_fits(&dm, path, target)?;
+        disks.push(DiskRestore {
+            index: d.index as u32,
+            manifest: dm,
+            path: path.clone(),
+        });
+    }
+    Ok((from, disks))
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The capture: an id (prefix) of the guest's captures (default: the latest).
+    pub snapshot: Option<String>,
+    /// Restore as a new guest of this name, with the recorded definition and identity.
+    pub as_guest: Option<String>,
+    /// Or onto these image files or block devices of the server (absolute paths), one per
+    /// disk in order.
+    pub to: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    /// The capture: an id (prefix) of the guest's captures (default: the latest).
+    pub snapshot: Option<String>,
+    /// The new guest's name.
+    #[serde(rename = "as")]
+    pub new: String,
+    /// Its hostname (default: its name).
+    pub hostname: Option<String>,
+    /// MACs for its NICs in order (default: generated).
+    #[serde(default)]
+    pub mac: Vec<String>,
+}
+
+/// The capture `snapshot` of `name` names, checked to exist.
+fn capture_spec(api: &Api, name: &str, snapshot: Option<&str>) -> V1Result<(String, Store)> {
+    let spec = match snapshot {
+        Some(id) => format!("{name}@{id}"),
+        None => name.to_string(),
+    };
+    let store = super::archives::open(&api.store_dir)?;
+    store
+        .resolve(&spec)
+        .map_err(super::archives::archive_error)?;
+    Ok((spec, store))
+}
+
+/// A new guest's name: valid, and not taken.
+fn new_guest(api: &Api, new: &str) -> V1Result<()> {
+    crate::guests::check_name(new).map_err(|e| V1Error::invalid(format!("{e:#}")))?;
+    if api.state.find_guest(new)?.is_some() {
+        return Err(V1Error::conflict(format!(
+            "guest {new} is already defined; choose another name or remove it first"
+        )));
+    }
+    Ok(())
+}
+
+/// Capture a guest's disks now (a job)
+///
+/// Running or stopped, reading only what changed since its last capture when the change
+/// log allows; as `ignite recovery capture NAME`. The job's result is the capture record.
+#[utoipa::path(operation_id = "recovery_capture", post, path = "/api/v1/recovery/{name}/capture", tag = "recovery",
+    params(("name" = String, Path, description = "the guest")),
+    responses((status = 202, description = "started; follow GET /api/v1/jobs/{job}", body = JobRef),
+        (status = 404, description = "no such guest", body = ErrorBody)))]
+pub async fn capture(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+) -> V1Result<(StatusCode, Json<JobRef>)> {
+    let a = api.clone();
+    let n = name.clone();
+    let store = blocking(move || {
+        if a.state.find_guest(&n)?.is_none() {
+            return Err(V1Error::not_found(format!(
+                "guest {n} is not defined; GET /api/v1/guests lists them"
+            )));
+        }
+        Ok(Arc::new(Store::open_or_init(&a.store_dir).map_err(
+            |e| anyhow::anyhow!("store {}: {e}", a.store_dir.display()),
+        )?))
+    })
+    .await?;
+    let (state_dir, db) = (api.state_dir.clone(), api.state.clone());
+    let job = api.jobs.spawn("recovery capture", move |h| {
+        h.progress(0, Some(1));
+        h.log(format!("capturing guest {name}"));
+        let c = crate::guests::capture::capture_guest(&state_dir, &db, store, &name)?;
+        let s = &c.record.stats;
+        for why in &s.full_reads {
+            h.log(why.clone());
+        }
+        h.log(format!(
+            "captured {name} as {name}@{}: {} disk(s), {} bytes read of {}, {} new in the store",
+            short(&c.snapshot.id),
+            c.record.disks.len(),
+            s.read_bytes,
+            s.logical_bytes,
+            s.new_stored_bytes
+        ));
+        h.progress(1, Some(1));
+        Ok(serde_json::json!({"snapshot": c.snapshot.id, "record": c.record}))
+    });
+    Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
+}
+
+/// A guest from a capture, as `ignite recovery restore --as-guest` or `clone` make it.
+fn guest_job(
+    api: &Arc<Api>,
+    kind: &str,
+    spec: String,
+    new: String,
+    clone: Option<CloneAs>,
+    store: Store,
+) -> u64 {
+    let (state_dir, db) = (api.state_dir.clone(), api.state.clone());
+    api.jobs.spawn(kind, move |h| {
+        h.log(format!("{spec} as guest {new}"));
+        let r = h.with_progress(None, |p| {
+            restore_guest(
+                &state_dir,
+                &db,
+                Arc::new(store),
+                &spec,
+                &new,
+                clone.as_ref(),
+                p,
+            )
+        })?;
+        h.log(format!(
+            "guest {new} from {}: {} bytes written",
+            r.from, r.bytes_written
+        ));
+        if !r.changed.is_empty() {
+            h.log(format!("identity changed in: {}", r.changed.join(" ")));
+        }
+        Ok(serde_json::json!({
+            "from": r.from, "definition": r.def, "bytes_written": r.bytes_written,
+            "changed": r.changed,
+        }))
+    })
+}
+
+/// Restore a capture (a job)
+///
+/// As a new guest with the recorded definition, MACs and identity (`as_guest`), or onto
+/// image files or block devices of the server (`to`, one per disk; each checked to fit
+/// before any is written). As `ignite recovery restore`.
+#[utoipa::path(operation_id = "recovery_restore", post, path = "/api/v1/recovery/{name}/restore", tag = "recovery",
+    params(("name" = String, Path, description = "the captured guest")), request_body = RestoreRequest,
+    responses((status = 202, description = "started; follow GET /api/v1/jobs/{job}", body = JobRef),
+        (status = 404, description = "no such capture", body = ErrorBody),
+        (status = 409, description = "the new guest's name is taken", body = ErrorBody),
+        (status = 422, description = "neither or both of as_guest and to, a bad name, targets that do not fit", body = ErrorBody)))]
+pub async fn restore(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+    JsonBody(b): JsonBody<RestoreRequest>,
+) -> V1Result<(StatusCode, Json<JobRef>)> {
+    let a = api.clone();
+    let job = blocking(move || {
+        let (spec, store) = capture_spec(&a, &name, b.snapshot.as_deref())?;
+        match (b.as_guest, b.to) {
+            (Some(new), None) => {
+                new_guest(&a, &new)?;
+                Ok(guest_job(&a, "recovery restore", spec, new, None, store))
+            }
+            (None, Some(to)) => {
+                let to: Vec<PathBuf> = to.into_iter().map(PathBuf::from).collect();
+                if let Some(p) = to.iter().find(|p| p.is_relative()) {
+                    return Err(V1Error::invalid(format!(
+                        "to {}: give absolute paths (the server's directory is no one's to guess)",
+                        p.display()
+                    )));
+                }
+                let (from, disks) = plan_disk_restore(&store, &spec, &to)
+                    .map_err(|e| V1Error::invalid(format!("{e:#}")))?;
+                Ok(a.jobs.spawn("recovery restore", move |h| {
+                    restore_disks(h, &store, &from, &disks)
+                }))
+            }
+            _ => Err(V1Error::invalid(
+                "give either as_guest (a new guest) or to (image files or disks, one per disk)",
+            )),
+        }
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
+}
+
+/// The job restoring `disks` of capture `from`, one after the other; its progress is the
+/// current disk's bytes.
+fn restore_disks(
+    h: &Handle,
+    store: &Store,
+    from: &str,
+    disks: &[DiskRestore],
+) -> Result<serde_json::Value> {
+    let mut written = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        h.log(format!(
+            "disk {} ({} of {}) to {}",
+            d.index,
+            i + 1,
+            disks.len(),
+            d.path.display()
+        ));
+        let n = h.with_progress(d.manifest.image_size, |p| {
+            ignite_recovery::restore::restore_disk(store, &d.manifest, &d.path, p)
+        })?;
+        h.log(format!(
+            "restored {from} disk {} to {}: {n} bytes written",
+            d.index,
+            d.path.display()
+        ));
+        written.push(serde_json::json!({"disk": d.index, "to": d.path, "bytes_written": n}));
+    }
+    Ok(serde_json::json!({"from": from, "disks": written}))
+}
+
+/// A new guest from a capture, with a new identity (a job)
+///
+/// Hostname, machine-id, SSH host keys, MACs written into its image before the first boot;
+/// as `ignite recovery clone`.
+#[utoipa::path(operation_id = "recovery_clone", post, path = "/api/v1/recovery/{name}/clone", tag = "recovery",
+    params(("name" = String, Path, description = "the captured guest")), request_body = CloneRequest,
+    responses((status = 202, description = "started; follow GET /api/v1/jobs/{job}", body = JobRef),
+        (status = 404, description = "no such capture", body = ErrorBody),
+        (status = 409, description = "the new guest's name is taken", body = ErrorBody),
+        (status = 422, description = "a bad name, hostname or MAC", body = ErrorBody)))]
+pub async fn clone(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+    JsonBody(b): JsonBody<CloneRequest>,
+) -> V1Result<(StatusCode, Json<JobRef>)> {
+    let hostname = b.hostname.clone().unwrap_or_else(|| b.new.clone());
+    if let Some(why) = ignite_profiles::hostname_problem(&hostname) {
+        return Err(V1Error::invalid(format!(
+            "hostname {hostname:?} {why}; give a valid one"
+        )));
+    }
+    for m in &b.mac {
+        crate::guests::normalize_mac(m).map_err(|e| V1Error::invalid(format!("{e:#}")))?;
+    }
+    let a = api.clone();
+    let job = blocking(move || {
+        let (spec, store) = capture_spec(&a, &name, b.snapshot.as_deref())?;
+        new_guest(&a, &b.new)?;
+        let c = CloneAs {
+            hostname,
+            macs: b.mac,
+            bridge: None,
+        };
+        Ok(guest_job(&a, "recovery clone", spec, b.new, Some(c), store))
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
+}
