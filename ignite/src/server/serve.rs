@@ -52,7 +52,14 @@ pub fn http_limits(l: &Limits) -> HttpLimits {
     }
 }
 
+/// An archive upload may take longer than any request should: it is held to the idle
+/// timeout (bytes must keep moving) and the upload size cap instead.
+const UNTIMED_UPLOAD: &str = "/api/v1/archives/import";
+
 async fn answered_within(limit: Duration, req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::POST && req.uri().path() == UNTIMED_UPLOAD {
+        return next.run(req).await;
+    }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => (
@@ -82,6 +89,10 @@ mod tests {
                 get(|ConnectInfo(p): ConnectInfo<SocketAddr>| async move { p.ip().to_string() }),
             )
             .route("/echo", post(|b: axum::body::Bytes| async move { b }))
+            .route(
+                UNTIMED_UPLOAD,
+                post(|b: axum::body::Bytes| async move { b }),
+            )
     }
 
     /// A server on 127.0.0.1 with `limits`, on its own runtime thread; its address.
@@ -211,6 +222,23 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
         let _ = s.shutdown(std::net::Shutdown::Both);
         dripping.join().unwrap();
+    }
+
+    #[test]
+    fn an_upload_that_keeps_moving_outlasts_the_request_timeout() {
+        let (a, _stop) = start(limits());
+        let mut s = connect(a);
+        let head =
+            format!("POST {UNTIMED_UPLOAD} HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let t = Instant::now();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(200));
+            s.write_all(b"x").unwrap();
+        }
+        let r = read_head(&mut s);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(t.elapsed() > Duration::from_secs(limits().http_request_timeout_secs));
     }
 
     /// Polls `f` until true; panics after 20 s.

@@ -96,6 +96,10 @@ pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/') {
         bail!("client name {name:?} is not usable; use letters, digits, '-' or '.'");
     }
+    if name == "default" {
+        // /api/v1/clients/default is the default boot action.
+        bail!("client name \"default\" is reserved (the default boot action); choose another");
+    }
     Ok(())
 }
 
@@ -275,6 +279,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("already used"));
+        assert!(s
+            .add(mac(3), "default", &Action::Local)
+            .unwrap_err()
+            .to_string()
+            .contains("reserved"));
         assert_eq!(s.get("web1").unwrap().mac, "52:54:00:00:00:01");
         assert_eq!(s.get("52-54-00-00-00-01").unwrap().name, "web1");
         assert_eq!(
