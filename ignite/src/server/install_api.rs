@@ -424,7 +424,7 @@ impl InstallApi {
         let (api, rt) = (self.clone(), tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let mut out = chunk_stream::Encoder::new(ChannelWriter(&tx));
+            let mut out = chunk_stream::Encoder::new(PieceWriter::new(&tx));
             for cid in ids {
                 if let Some(d) = api.chunk_delay {
                     std::thread::sleep(d);
@@ -450,6 +450,9 @@ impl InstallApi {
                     let _ = tx.blocking_send(Err(e));
                     return;
                 }
+            }
+            if let Err(e) = out.finish() {
+                let _ = tx.blocking_send(Err(e));
             }
         });
         let body = Body::new(ChannelBody { rx, remaining: len });
@@ -698,22 +701,51 @@ fn chunk_error(e: ignite_archive::Error) -> ApiError {
 }
 
 /// Writes a reply into the channel its HTTP body reads from.
-struct ChannelWriter<'a>(&'a mpsc::Sender<io::Result<Bytes>>);
+/// How much of a chunk batch's reply is handed to the connection at a time.
+const REPLY_PIECE: usize = 256 << 10;
 
-impl Write for ChannelWriter<'_> {
+/// Hands a reply to its connection a piece at a time, each piece moved, not copied. A send
+/// per chunk (two, with its header) woke the connection's task each time, and with many
+/// agents at once those wakeups were most of the server's CPU (scripts/bench-fleet).
+struct PieceWriter<'a> {
+    tx: &'a mpsc::Sender<io::Result<Bytes>>,
+    piece: Vec<u8>,
+}
+
+impl<'a> PieceWriter<'a> {
+    fn new(tx: &'a mpsc::Sender<io::Result<Bytes>>) -> Self {
+        PieceWriter {
+            tx,
+            piece: Vec::with_capacity(REPLY_PIECE),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let piece = std::mem::replace(&mut self.piece, Vec::with_capacity(REPLY_PIECE));
+        self.tx
+            .blocking_send(Ok(Bytes::from(piece)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for PieceWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        self.piece.extend_from_slice(buf);
+        if self.piece.len() >= REPLY_PIECE {
+            self.send()?;
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        if self.piece.is_empty() {
+            return Ok(());
+        }
+        self.send()
     }
 }
 
-/// A reply body of known length fed by a [`ChannelWriter`]; ends in an error if the
+/// A reply body of known length fed by a [`PieceWriter`]; ends in an error if the
 /// writer stops short.
 struct ChannelBody {
     rx: mpsc::Receiver<io::Result<Bytes>>,
