@@ -3,12 +3,15 @@
 //!
 //! Disks are `-blockdev` nodes named `disk0`, `disk1`, ... on devices `vd0`, `vd1`, ...: the
 //! capture session (`qemu_capture`) adds dirty bitmaps and a copy-before-write filter to
-//! them by name. QEMU starts paused (`-S`) so the first bitmap sees every write.
+//! them by name. QEMU starts paused (`-S`) so the first bitmap sees every write. A disk of an
+//! instant restore still copying is its qcow2 overlay instead (node `diskN` all the same),
+//! and QEMU gets a second QMP monitor for the copy (`instant`).
 
 use super::{Boot, Bus, Definition, Firmware, Paths};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -63,11 +66,21 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
     } else {
         c.args(["-machine", "pc"]);
     }
+    let mut instant = false;
     for (i, d) in def.disks.iter().enumerate() {
-        let file = serde_json::json!({"driver": "file", "filename": d.path, "node-name": format!("file{i}")});
-        let raw = serde_json::json!({"driver": "raw", "file": format!("file{i}"), "node-name": format!("disk{i}")});
+        // An instant restore still copying runs on its overlay (the backing, the snapshot's
+        // NBD export, is opened as the overlay's header names it).
+        let (path, format) = match super::instant::overlay_in_use(&d.path) {
+            Some(o) => {
+                instant = true;
+                (o, "qcow2")
+            }
+            None => (d.path.clone(), "raw"),
+        };
+        let file = serde_json::json!({"driver": "file", "filename": path, "node-name": format!("file{i}")});
+        let top = serde_json::json!({"driver": format, "file": format!("file{i}"), "node-name": format!("disk{i}")});
         c.arg("-blockdev").arg(file.to_string());
-        c.arg("-blockdev").arg(raw.to_string());
+        c.arg("-blockdev").arg(top.to_string());
         c.arg("-device").arg(match def.disk_bus {
             Bus::Avio => format!("virtio-blk-pci,drive=disk{i},id=vd{i}"),
             // q35's AHCI ports take one drive each; PIIX channels two.
@@ -78,6 +91,12 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
                 i % 2
             ),
         });
+    }
+    if instant {
+        c.arg("-qmp").arg(format!(
+            "unix:{},server=on,wait=off",
+            super::instant::qmp_socket(&paths.dir).display()
+        ));
     }
     for (i, n) in def.nics.iter().enumerate() {
         c.arg("-netdev")
@@ -127,13 +146,18 @@ pub struct Qmp {
 impl Qmp {
     /// Connects to QEMU's QMP socket, waiting up to `limit` for QEMU to create it.
     pub fn connect(paths: &Paths, limit: Duration) -> Result<Qmp> {
+        Qmp::connect_at(&paths.qmp(), limit)
+    }
+
+    /// Connects to the QMP socket at `socket` (see [`Qmp::connect`]).
+    pub fn connect_at(socket: &Path, limit: Duration) -> Result<Qmp> {
         let t = Instant::now();
         let stream = loop {
-            match UnixStream::connect(paths.qmp()) {
+            match UnixStream::connect(socket) {
                 Ok(s) => break s,
-                Err(e) if t.elapsed() > limit => {
+                Err(e) if t.elapsed() >= limit => {
                     return Err(e).with_context(|| {
-                        format!("QMP socket {}: QEMU did not open it", paths.qmp().display())
+                        format!("QMP socket {}: QEMU did not open it", socket.display())
                     })
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
