@@ -593,3 +593,40 @@ impl Reporter {
         self.put("done", t, t, self.disks);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overlay_is_used_only_until_the_disk_is_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk0.img");
+        assert_eq!(overlay_in_use(&disk), None, "a plain guest");
+        std::fs::write(overlay_of(&disk), b"qcow2").unwrap();
+        assert_eq!(
+            overlay_in_use(&disk),
+            Some(overlay_of(&disk)),
+            "still copying"
+        );
+        // Renamed into place, the copy holds the guest's writes since the switch: an overlay
+        // left behind (a crash before its removal) must never be opened again.
+        std::fs::write(&disk, b"raw").unwrap();
+        assert_eq!(overlay_in_use(&disk), None);
+    }
+
+    #[test]
+    fn a_server_is_running_only_while_it_holds_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(server_pid(dir.path()), None);
+        std::fs::write(pid_path(dir.path()), "4242\n").unwrap();
+        assert_eq!(
+            server_pid(dir.path()),
+            None,
+            "a pid file without its lock is stale"
+        );
+        let held = std::fs::File::open(pid_path(dir.path())).unwrap();
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        assert_eq!(server_pid(dir.path()), Some(4242));
+    }
+}

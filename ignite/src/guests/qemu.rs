@@ -146,7 +146,10 @@ pub struct Qmp {
 impl Qmp {
     /// Connects to QEMU's QMP socket, waiting up to `limit` for QEMU to create it.
     pub fn connect(paths: &Paths, limit: Duration) -> Result<Qmp> {
-        Qmp::connect_at(&paths.qmp(), limit)
+        Qmp::connect_at(&paths.qmp(), limit).map_err(|e| match qemu_said(paths) {
+            Some(said) => e.context(said),
+            None => e,
+        })
     }
 
     /// Connects to the QMP socket at `socket` (see [`Qmp::connect`]).
@@ -213,6 +216,25 @@ impl Qmp {
     }
 }
 
+/// Why QEMU ended before opening its monitor: its last error in the supervisor's log (its
+/// stderr), and what to do when it is an instant restore's missing server.
+fn qemu_said(paths: &Paths) -> Option<String> {
+    let log = std::fs::read_to_string(paths.supervisor_log()).ok()?;
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("qemu-system-x86_64: "))?;
+    let mut said = format!("QEMU: {line}");
+    if line.contains(".nbd.sock") {
+        let name = paths.dir.file_name().unwrap_or_default().to_string_lossy();
+        said.push_str(&format!(
+            "; the server of its instant restore is not running: start it again with \
+             `ignite recovery instant {name} --resume`"
+        ));
+    }
+    Some(said)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +262,29 @@ mod tests {
         });
         assert!(q.execute("quit").is_ok(), "EOF after the command");
         assert!(reader.join().unwrap().contains("\"quit\""));
+    }
+
+    #[test]
+    fn a_qemu_that_ended_early_is_explained_by_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new_at(&dir.path().join("web2"));
+        std::fs::create_dir(&paths.dir).unwrap();
+        assert!(qemu_said(&paths).is_none(), "no log, nothing said");
+        std::fs::write(
+            paths.supervisor_log(),
+            "guest web2: engine qemu\nqemu-system-x86_64: -blockdev {}: Could not open backing \
+             file: Failed to connect to '/x/web2/disk0.nbd.sock': No such file or directory\n",
+        )
+        .unwrap();
+        let Err(e) = Qmp::connect(&paths, Duration::ZERO) else {
+            panic!("connected to a QMP socket that does not exist");
+        };
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("QEMU: -blockdev {}: Could not open backing file"),
+            "{e}"
+        );
+        assert!(e.contains("`ignite recovery instant web2 --resume`"), "{e}");
     }
 
     #[test]
