@@ -908,6 +908,91 @@ fn capture_change_restore_and_clone(site: &Site, lab: &Lab, server: &Server, g: 
     );
 }
 
+/// The clone benchmark (`scripts/bench-clone`; not a test): one guest installed, then in one
+/// run the time to its first-boot report (multi-user, login up) booting from its own disk,
+/// after a full clone (the `recovery clone` command and the boot), and after an instant clone
+/// (the command and the boot, the copy going on meanwhile at full speed); the ratios.
+#[test]
+#[ignore]
+fn bench_clone_to_login() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = QEMU_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let site = Site::new(&[("lab", profile(&[&firstboot_hook(&firstboot_script())]))]);
+    let lab = Lab::new("bclone");
+    let server = site.server(&lab, "");
+    site.client("52:54:00:78:00:01", "g1", "lab");
+    let mut g = Guest::start(&lab, site.tmp.path(), 1, Firmware::Bios, 4 << 30, 1);
+    let t = Instant::now();
+    while !g.exited() {
+        assert!(
+            t.elapsed() < Duration::from_secs(1500),
+            "the guest did not install, boot and power off:\n{}",
+            seen(&site, &server, std::slice::from_ref(&g))
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let source = g
+        .firstboot()
+        .expect("the installed guest reported its first boot");
+    let disk = site.tmp.path().join("g1.raw");
+    define((&lab, &site, &server), "src", &disk, "disk", "bios", &g.mac);
+    let report = |name: &str| {
+        let log = site.state.join(format!("guests/{name}/console.log"));
+        let marker = format!("{FIRSTBOOT} host=");
+        wait_until(
+            &format!("{name} to report its boot"),
+            Duration::from_secs(900),
+            || String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).contains(&marker),
+            || tail(&server.log_text(), 20),
+        );
+    };
+    let t = Instant::now();
+    vm(&lab, &site, &server, &["start", "src"]);
+    let guard = GuestGuard::new(&site.state, "src");
+    report("src");
+    let own = t.elapsed();
+    drop(guard);
+    capture(&site, "src");
+    vm(&lab, &site, &server, &["remove", "src", "--keep-disks"]);
+
+    let t = Instant::now();
+    site.ignite(&["recovery", "clone", "src", "--as", "full1"]);
+    let restored = t.elapsed();
+    boot_clone(&site, &lab, &server, "full1", &source);
+    let full = t.elapsed();
+
+    let t = Instant::now();
+    site.ignite(&["recovery", "clone", "src", "--as", "fast1", "--instant"]);
+    let made = t.elapsed();
+    boot_clone(&site, &lab, &server, "fast1", &source);
+    let instant = t.elapsed();
+    let s = |d: Duration| d.as_secs_f64();
+    println!(
+        "BENCH clone to login (4 GiB disk, QEMU TCG, first-boot report on the serial console)"
+    );
+    println!(
+        "BENCH source boot from its own disk:        {:7.1} s",
+        s(own)
+    );
+    println!(
+        "BENCH full clone + boot:                    {:7.1} s (clone {:.1} s)",
+        s(full),
+        s(restored)
+    );
+    println!(
+        "BENCH instant clone + boot:                 {:7.1} s (clone {:.1} s)",
+        s(instant),
+        s(made)
+    );
+    println!(
+        "BENCH instant / own boot = {:.2} (goal <= 1.5); full / instant = {:.2}",
+        s(instant) / s(own),
+        s(full) / s(instant)
+    );
+}
+
 /// Everything that can go wrong before the first byte is written ends with a clear error,
 /// reported to the server and shown on the guest's console (which keeps a shell): a broken
 /// profile, a profile naming an archive the store lacks, a disk too small for the layout.
