@@ -49,12 +49,12 @@ impl SnapshotImage {
         let Some(id) = self.blocks[i] else {
             return Ok(None);
         };
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = cache.blocks.get(&i) {
+        if let Some(b) = self.cache().blocks.get(&i) {
             return Ok(Some(b.clone()));
         }
-        // Read under the lock: one reader at a time per export is what NBD sessions give,
-        // and it keeps two readers of one block from fetching it twice.
+        // Fetched without the lock, so that requests answered at once (a guest's read beside
+        // the background copy's) do not wait for each other; two readers of one block may
+        // both fetch it, which costs time, not correctness.
         let data = self
             .store
             .read_chunk(&id)
@@ -68,6 +68,10 @@ impl SnapshotImage {
             )));
         }
         let data = Arc::new(data);
+        let mut cache = self.cache();
+        if cache.blocks.contains_key(&i) {
+            return Ok(Some(data));
+        }
         if cache.order.len() >= CACHED_BLOCKS {
             if let Some(old) = cache.order.pop_front() {
                 cache.blocks.remove(&old);
@@ -76,6 +80,10 @@ impl SnapshotImage {
         cache.order.push_back(i);
         cache.blocks.insert(i, data.clone());
         Ok(Some(data))
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn block_len(&self, i: usize) -> u64 {

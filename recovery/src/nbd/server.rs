@@ -7,7 +7,8 @@
 //! with `ERR_UNSUP`. Transmission: `READ` (structured replies send holes as `OFFSET_HOLE`
 //! without reading them), `FLUSH` and `CACHE` succeed, `WRITE`/`TRIM`/`WRITE_ZEROES` get
 //! `EPERM` (the export is read-only and says so), `DISC` ends the session. A connection gets
-//! a thread; requests on it are answered in order.
+//! a thread reading its requests and a few answering them, so replies may come out of order
+//! (each is written whole; the cookie says which request it answers).
 //!
 //! Everything a client sends is parsed by the pure functions at the bottom (fuzzed by
 //! `recovery/fuzz nbd_request`): option payloads and requests are bounded before anything
@@ -33,6 +34,9 @@ const MAX_OPTION: u32 = 16 << 10;
 const MAX_OPTIONS: usize = 64;
 /// The preferred request size stated to clients (the store's block size).
 const PREFERRED_BLOCK: u32 = 64 << 10;
+/// Requests of one session answered at once: a guest's read need not wait behind the
+/// background copy's.
+const WORKERS: usize = 4;
 
 /// What a client asks in transmission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,112 +253,128 @@ fn option_reply(s: &mut UnixStream, opt: u32, kind: u32, data: &[u8]) -> Result<
     Ok(())
 }
 
+/// Answers requests until the client disconnects: this thread reads them (and skips a
+/// refused write's payload), [`WORKERS`] threads answer them, each reply written whole.
 fn transmission(mut s: UnixStream, shared: &Shared, structured: bool) -> Result<()> {
     let size = shared.image.size();
-    let mut buf = Vec::new();
-    loop {
-        let mut h = [0u8; 28];
-        match s.read_exact(&mut h) {
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            r => r?,
-        }
-        let req = parse_request(&h)?;
-        match action(&req, size) {
-            Action::Disconnect => return Ok(()),
-            Action::Ok => simple_reply(&mut s, req.cookie, 0, &[])?,
-            Action::Refuse { errno, discard } => {
-                if discard > MAX_REQUEST {
-                    bail!("a write of {discard} bytes (the session cannot skip it)");
+    let out = Mutex::new(s.try_clone()?);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(WORKERS);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        // Owned here: returning drops it, the workers then drain the queue and end, and the
+        // scope joins them.
+        let tx = tx;
+        for _ in 0..WORKERS {
+            scope.spawn(|| loop {
+                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok(req) = next else { return };
+                let reply = answer(&req, size, shared, structured);
+                let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                if o.write_all(&reply).is_err() {
+                    return;
                 }
-                std::io::copy(&mut (&s).take(u64::from(discard)), &mut std::io::sink())?;
-                if structured && req.kind == CMD_READ {
-                    error_chunk(&mut s, req.cookie, errno, "read outside the export")?;
-                } else {
-                    simple_reply(&mut s, req.cookie, errno, &[])?;
+            });
+        }
+        loop {
+            let mut h = [0u8; 28];
+            match s.read_exact(&mut h) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                r => r?,
+            }
+            let req = parse_request(&h)?;
+            match action(&req, size) {
+                Action::Disconnect => return Ok(()),
+                Action::Refuse { discard, .. } if discard > MAX_REQUEST => {
+                    bail!("a write of {discard} bytes (the session cannot skip it)")
+                }
+                Action::Refuse { discard, .. } => {
+                    std::io::copy(&mut (&s).take(u64::from(discard)), &mut std::io::sink())?;
+                }
+                Action::Ok | Action::Read => {}
+            }
+            if tx.send(req).is_err() {
+                bail!("the session's workers ended");
+            }
+        }
+    })
+}
+
+/// The whole reply to `req` (an error reply when the read fails).
+fn answer(req: &Request, size: u64, shared: &Shared, structured: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    match action(req, size) {
+        Action::Disconnect => {}
+        Action::Ok => simple_reply(&mut out, req.cookie, 0, &[]),
+        Action::Refuse { errno, .. } if structured && req.kind == CMD_READ => {
+            error_chunk(&mut out, req.cookie, errno, "read outside the export")
+        }
+        Action::Refuse { errno, .. } => simple_reply(&mut out, req.cookie, errno, &[]),
+        Action::Read => {
+            let mut buf = vec![0u8; req.length as usize];
+            let pieces = if structured {
+                pieces(&shared.data, req.offset, req.length)
+            } else {
+                vec![(req.offset, req.length, true)]
+            };
+            for &(off, len, data) in &pieces {
+                let at = (off - req.offset) as usize;
+                if data {
+                    if let Err(e) = shared.image.read_at(&mut buf[at..at + len as usize], off) {
+                        tracing::error!("NBD read at {off}: {e}");
+                        out.clear();
+                        if structured {
+                            error_chunk(&mut out, req.cookie, EIO, &e.to_string());
+                        } else {
+                            simple_reply(&mut out, req.cookie, EIO, &[]);
+                        }
+                        return out;
+                    }
+                }
+                if structured {
+                    let done = off + u64::from(len) == req.offset + u64::from(req.length);
+                    let flags = if done { REPLY_FLAG_DONE } else { 0 };
+                    let mut p = off.to_be_bytes().to_vec();
+                    if data {
+                        p.extend(&buf[at..at + len as usize]);
+                        chunk(&mut out, flags, REPLY_TYPE_OFFSET_DATA, req.cookie, &p);
+                    } else {
+                        p.extend(len.to_be_bytes());
+                        chunk(&mut out, flags, REPLY_TYPE_OFFSET_HOLE, req.cookie, &p);
+                    }
                 }
             }
-            Action::Read => {
-                buf.resize(req.length as usize, 0);
-                let pieces = if structured {
-                    pieces(&shared.data, req.offset, req.length)
-                } else {
-                    vec![(req.offset, req.length, true)]
-                };
-                let mut failed = None;
-                for &(off, len, data) in &pieces {
-                    if data {
-                        let at = (off - req.offset) as usize;
-                        if let Err(e) = shared.image.read_at(&mut buf[at..at + len as usize], off) {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                match (failed, structured) {
-                    (Some(e), true) => {
-                        tracing::error!("NBD read at {}: {e}", req.offset);
-                        error_chunk(&mut s, req.cookie, EIO, &e.to_string())?
-                    }
-                    (Some(e), false) => {
-                        tracing::error!("NBD read at {}: {e}", req.offset);
-                        simple_reply(&mut s, req.cookie, EIO, &[])?
-                    }
-                    (None, false) => simple_reply(&mut s, req.cookie, 0, &buf)?,
-                    (None, true) => {
-                        for (i, &(off, len, data)) in pieces.iter().enumerate() {
-                            let flags = if i + 1 == pieces.len() {
-                                REPLY_FLAG_DONE
-                            } else {
-                                0
-                            };
-                            let mut p = off.to_be_bytes().to_vec();
-                            if data {
-                                let at = (off - req.offset) as usize;
-                                p.extend(&buf[at..at + len as usize]);
-                                chunk(&mut s, flags, REPLY_TYPE_OFFSET_DATA, req.cookie, &p)?;
-                            } else {
-                                p.extend(len.to_be_bytes());
-                                chunk(&mut s, flags, REPLY_TYPE_OFFSET_HOLE, req.cookie, &p)?;
-                            }
-                        }
-                        if pieces.is_empty() {
-                            chunk(&mut s, REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, &[])?;
-                        }
-                    }
-                }
+            if !structured {
+                simple_reply(&mut out, req.cookie, 0, &buf);
+            } else if pieces.is_empty() {
+                chunk(&mut out, REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, &[]);
             }
         }
     }
+    out
 }
 
-fn simple_reply(s: &mut UnixStream, cookie: u64, errno: u32, data: &[u8]) -> Result<()> {
-    let mut b = Vec::with_capacity(16 + data.len());
-    b.extend(SIMPLE_REPLY_MAGIC.to_be_bytes());
-    b.extend(errno.to_be_bytes());
-    b.extend(cookie.to_be_bytes());
-    b.extend(data);
-    s.write_all(&b)?;
-    Ok(())
+fn simple_reply(out: &mut Vec<u8>, cookie: u64, errno: u32, data: &[u8]) {
+    out.extend(SIMPLE_REPLY_MAGIC.to_be_bytes());
+    out.extend(errno.to_be_bytes());
+    out.extend(cookie.to_be_bytes());
+    out.extend(data);
 }
 
-fn chunk(s: &mut UnixStream, flags: u16, kind: u16, cookie: u64, payload: &[u8]) -> Result<()> {
-    let mut b = Vec::with_capacity(20 + payload.len());
-    b.extend(STRUCTURED_REPLY_MAGIC.to_be_bytes());
-    b.extend(flags.to_be_bytes());
-    b.extend(kind.to_be_bytes());
-    b.extend(cookie.to_be_bytes());
-    b.extend((payload.len() as u32).to_be_bytes());
-    b.extend(payload);
-    s.write_all(&b)?;
-    Ok(())
+fn chunk(out: &mut Vec<u8>, flags: u16, kind: u16, cookie: u64, payload: &[u8]) {
+    out.extend(STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    out.extend(flags.to_be_bytes());
+    out.extend(kind.to_be_bytes());
+    out.extend(cookie.to_be_bytes());
+    out.extend((payload.len() as u32).to_be_bytes());
+    out.extend(payload);
 }
 
-fn error_chunk(s: &mut UnixStream, cookie: u64, errno: u32, msg: &str) -> Result<()> {
+fn error_chunk(out: &mut Vec<u8>, cookie: u64, errno: u32, msg: &str) {
     let msg = &msg.as_bytes()[..msg.len().min(1024)];
     let mut p = errno.to_be_bytes().to_vec();
     p.extend((msg.len() as u16).to_be_bytes());
     p.extend(msg);
-    chunk(s, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie, &p)
+    chunk(out, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie, &p)
 }
 
 // ---- parsing what the client sends (pure; fuzzed) ----
@@ -514,6 +534,78 @@ mod tests {
         );
         assert_eq!(action(&r(99, 0, 0), 100), einval);
         assert_eq!(action(&r(CMD_DISC, 0, 0), 100), Action::Disconnect);
+    }
+
+    /// Reads at 0 wait until a read elsewhere has been answered.
+    struct Gate(Mutex<bool>, std::sync::Condvar);
+
+    impl ImageReader for Gate {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let mut open = self.0.lock().unwrap();
+            if offset == 0 {
+                let limit = std::time::Duration::from_secs(20);
+                open = self.1.wait_timeout_while(open, limit, |o| !*o).unwrap().0;
+                if !*open {
+                    return Err(std::io::Error::other("the other read never came"));
+                }
+            } else {
+                *open = true;
+                self.1.notify_all();
+            }
+            buf.fill(offset as u8 + 1);
+            Ok(())
+        }
+        fn name(&self) -> String {
+            "gate".into()
+        }
+    }
+
+    #[test]
+    fn a_slow_read_does_not_hold_up_the_next_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate(Mutex::new(false), std::sync::Condvar::new()));
+        let server = Server::start(&dir.path().join("s"), "x", gate).unwrap();
+        let mut c = UnixStream::connect(server.socket()).unwrap();
+        let mut greeting = [0u8; 18];
+        c.read_exact(&mut greeting).unwrap();
+        c.write_all(&u32::from(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())
+            .unwrap();
+        let mut go = IHAVEOPT.to_be_bytes().to_vec();
+        go.extend(OPT_GO.to_be_bytes());
+        go.extend(7u32.to_be_bytes());
+        go.extend(name_field("x"));
+        go.extend(0u16.to_be_bytes());
+        c.write_all(&go).unwrap();
+        loop {
+            let mut h = [0u8; 20];
+            c.read_exact(&mut h).unwrap();
+            let mut p = vec![0u8; be32(&h, 16) as usize];
+            c.read_exact(&mut p).unwrap();
+            if be32(&h, 12) == REP_ACK {
+                break;
+            }
+        }
+        // Without structured replies: 16-byte simple replies, then the data.
+        for (cookie, offset) in [(1u64, 0u64), (2, 4096)] {
+            let mut r = REQUEST_MAGIC.to_be_bytes().to_vec();
+            r.extend([0, 0]);
+            r.extend(CMD_READ.to_be_bytes());
+            r.extend(cookie.to_be_bytes());
+            r.extend(offset.to_be_bytes());
+            r.extend(16u32.to_be_bytes());
+            c.write_all(&r).unwrap();
+        }
+        let mut order = Vec::new();
+        for _ in 0..2 {
+            let mut h = [0u8; 32];
+            c.read_exact(&mut h).unwrap();
+            assert_eq!(be32(&h, 4), 0, "error reply");
+            order.push((be64(&h, 8), h[16]));
+        }
+        assert_eq!(order, vec![(2, 1), (1, 1)]);
     }
 
     #[test]
