@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ignite_archive::Store;
-use ignite_recovery::nbd::export::SnapshotImage;
+use ignite_recovery::disk::SnapshotDisk;
 use ignite_recovery::nbd::server::Server;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -379,7 +379,7 @@ pub fn serve(state_dir: &Path, name: &str) -> Result<()> {
         let m = store
             .resolve(&d.snapshot)
             .with_context(|| format!("disk {i}: snapshot {} is gone from the store", d.snapshot))?;
-        let image = Arc::new(SnapshotImage::open(store.clone(), &m)?);
+        let image = Arc::new(SnapshotDisk::open(store.clone(), &m)?);
         servers.push(Server::start(
             &nbd_socket(&dir, i),
             &format!("disk{i}"),

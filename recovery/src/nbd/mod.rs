@@ -1,13 +1,13 @@
 //! The NBD protocol (NetworkBlockDevice, `doc/proto.md` of the nbd project), both ends:
-//! [`client`] reads a running QEMU guest's disk for a capture, [`server`] serves a block
-//! snapshot of the store read-only for an instant restore ([`export`]). This module holds
+//! [`client`] reads a running QEMU guest's disk for a capture, [`server`] serves a disk
+//! read-only (for an instant restore, a block snapshot of the store read in place:
+//! [`crate::disk::SnapshotDisk`]). This module holds
 //! what both ends share: the magic numbers, option, command and reply codes, and the
 //! big-endian field helpers. Every message is big-endian; a session is the fixed newstyle
 //! handshake (greeting, options) followed by transmission (28-byte requests, simple or
 //! structured replies).
 
 pub mod client;
-pub mod export;
 pub mod server;
 
 pub use client::*;
