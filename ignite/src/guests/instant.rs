@@ -238,8 +238,8 @@ pub fn spawn_server(state_dir: &Path, name: &str) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Reaped by nobody else: a waiting thread would die with this process anyway.
-    std::mem::forget(child);
+    // A long-lived caller must not keep a zombie when the server ends.
+    std::thread::spawn(move || child.wait());
     Ok(())
 }
 
@@ -499,18 +499,21 @@ fn copy(mut q: Qmp, dir: &Path, plan: &Plan, report: &mut Reporter) -> Result<()
                 "ready" => {
                     q.call("job-complete", json!({"id": id}))?;
                 }
-                "concluded" => {
+                "concluded" if j["error"].is_string() => {
                     q.call("job-dismiss", json!({"id": id}))?;
-                    if let Some(e) = j["error"].as_str() {
-                        let _ = q.call("blockdev-del", json!({"node-name": format!("own{i}")}));
-                        bail!("disk {i}: the copy failed: {e}");
-                    }
-                    // The device runs on own{i} now: its image becomes the disk's own.
+                    let _ = q.call("blockdev-del", json!({"node-name": format!("own{i}")}));
+                    bail!("disk {i}: the copy failed: {}", j["error"]);
+                }
+                "concluded" => {
+                    // The device runs on own{i} now: its image becomes the disk's own, before
+                    // the job is dismissed, so that a server restarted in between finds the
+                    // job and not a device on a node it does not know.
                     std::fs::rename(partial_of(&d.path), &d.path).with_context(|| {
                         format!("disk {i}: cannot rename the copy to {}", d.path.display())
                     })?;
                     sync_dir(dir);
                     let _ = std::fs::remove_file(overlay_of(&d.path));
+                    q.call("job-dismiss", json!({"id": id}))?;
                     eprintln!("disk {i}: copied; the guest runs on {}", d.path.display());
                 }
                 _ => {}
