@@ -909,7 +909,8 @@ fn capture_change_restore_and_clone(site: &Site, lab: &Lab, server: &Server, g: 
 }
 
 /// The clone benchmark (`scripts/bench-clone`; not a test): one guest installed, then in one
-/// run the time to its first-boot report (multi-user, login up) booting from its own disk,
+/// run the time to its first-boot report (multi-user, login up) booting from its own disk
+/// (the better of two boots),
 /// after a full clone (the `recovery clone` command and the boot), and after an instant clone
 /// (the command and the boot, the copy going on meanwhile at full speed); the ratios.
 #[test]
@@ -948,12 +949,18 @@ fn bench_clone_to_login() {
             || tail(&server.log_text(), 20),
         );
     };
-    let t = Instant::now();
-    vm(&lab, &site, &server, &["start", "src"]);
-    let guard = GuestGuard::new(&site.state, "src");
-    report("src");
-    let own = t.elapsed();
-    drop(guard);
+    // Booted twice, the faster counting: the first boot after the install ran slower here
+    // than either clone (111 s against 61 s in one run), which would flatter the ratio.
+    let mut own = Duration::MAX;
+    for _ in 0..2 {
+        let _ = std::fs::remove_file(site.state.join("guests/src/console.log"));
+        let t = Instant::now();
+        vm(&lab, &site, &server, &["start", "src"]);
+        let guard = GuestGuard::new(&site.state, "src");
+        report("src");
+        own = own.min(t.elapsed());
+        drop(guard);
+    }
     capture(&site, "src");
     vm(&lab, &site, &server, &["remove", "src", "--keep-disks"]);
 
