@@ -980,7 +980,7 @@ fn bench_clone_to_login() {
         "BENCH clone to login (4 GiB disk, QEMU TCG, first-boot report on the serial console)"
     );
     println!(
-        "BENCH source boot from its own disk:        {:7.1} s",
+        "BENCH source boot from its own disk (best of 2): {:7.1} s",
         s(own)
     );
     println!(
