@@ -13,7 +13,8 @@ use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
 
 use crate::cli::progress::with_progress;
 use crate::guests::capture::capture_guest;
-use crate::guests::restore::{restore_guest as restore_guest_from, CloneAs};
+use crate::guests::instant;
+use crate::guests::restore::{restore_guest_with, CloneAs, InstantOptions};
 use crate::guests::verify_boot::verify_boot;
 use crate::state::schedules::{parse_at, Keep, Options, VerifyBoot};
 use crate::state::State;
@@ -101,6 +102,8 @@ enum Cmd {
         to: Vec<PathBuf>,
         #[arg(long, value_name = "NEW")]
         as_guest: Option<String>,
+        #[command(flatten)]
+        instant: InstantArgs,
     },
     /// Recovery media (`make_tape_recovery`): a bootable ISO (BIOS and UEFI) holding the
     /// install kernel, the agent initramfs and the capture; booted with no network, it
@@ -135,7 +138,26 @@ enum Cmd {
         /// MACs for its NICs in order (default: generated).
         #[arg(long)]
         mac: Vec<String>,
+        #[command(flatten)]
+        instant: InstantArgs,
     },
+    /// An instant restore or clone still copying its disks: where the copy is, whether its
+    /// server runs; `--rate` changes the copy's speed limit, `--resume` starts the server
+    /// again (after a reboot of this host, or if it was killed).
+    Instant {
+        /// The guest made with --instant.
+        name: String,
+        /// Speed limit of the background copy, per second (e.g. 20M; 0: none).
+        #[arg(long, value_name = "SIZE")]
+        rate: Option<String>,
+        #[arg(long)]
+        resume: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The server of an instant restore (started by --instant; see `recovery instant`).
+    #[command(name = "_instant-serve", hide = true)]
+    InstantServe { name: String },
     /// Apply a retention policy to a guest's captures now (then `ignite archive gc`).
     Prune {
         name: String,
@@ -144,6 +166,41 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Args)]
+struct InstantArgs {
+    /// Instant restore (QEMU engine): the guest can start at once, its disks served from the
+    /// store on demand (reads of blocks not yet restored fetch them first; writes go to the
+    /// guest's own disk) while they are copied in the background as it runs; then it runs
+    /// from its own disks alone. `ignite recovery instant NEW` shows the copy.
+    #[arg(long)]
+    instant: bool,
+    /// Speed limit of the background copy, per second (e.g. 20M; default: none).
+    #[arg(long, value_name = "SIZE", requires = "instant")]
+    rate: Option<String>,
+}
+
+impl InstantArgs {
+    fn options(&self) -> Result<Option<InstantOptions>> {
+        if !self.instant {
+            return Ok(None);
+        }
+        Ok(Some(InstantOptions {
+            rate: self
+                .rate
+                .as_deref()
+                .map(parse_rate)
+                .transpose()?
+                .unwrap_or(0),
+        }))
+    }
+}
+
+fn parse_rate(s: &str) -> Result<u64> {
+    ignite_profiles::parse_bytes(s)
+        .or_else(|_| s.trim().parse::<u64>().map_err(|e| e.to_string()))
+        .map_err(|e| anyhow::anyhow!("--rate {s:?}: {e}; give bytes per second, e.g. 20M"))
 }
 
 #[derive(Args)]
@@ -302,10 +359,28 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             capture,
             to,
             as_guest,
+            instant,
         } => match as_guest {
-            Some(new) => restore_guest(&a.state_dir, &store_dir, &capture, &new, None),
+            Some(new) => restore_guest(
+                &a.state_dir,
+                &store_dir,
+                &capture,
+                &new,
+                None,
+                instant.options()?,
+            ),
+            None if instant.instant => {
+                anyhow::bail!("--instant restores as a guest: add --as-guest NEW")
+            }
             None => restore_to(&store_dir, &capture, &to),
         },
+        Cmd::Instant {
+            name,
+            rate,
+            resume,
+            json,
+        } => instant_status(&a.state_dir, &name, rate.as_deref(), resume, json),
+        Cmd::InstantServe { name } => instant::serve(&a.state_dir, &name),
         Cmd::Media {
             capture,
             iso,
@@ -320,6 +395,7 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             new,
             hostname,
             mac,
+            instant,
         } => {
             let hostname = hostname.unwrap_or_else(|| new.clone());
             if let Some(why) = ignite_profiles::hostname_problem(&hostname) {
@@ -330,7 +406,14 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
                 macs: mac,
                 bridge: None,
             };
-            restore_guest(&a.state_dir, &store_dir, &capture, &new, Some(&c))
+            restore_guest(
+                &a.state_dir,
+                &store_dir,
+                &capture,
+                &new,
+                Some(&c),
+                instant.options()?,
+            )
         }
     }
 }
@@ -633,12 +716,22 @@ fn restore_guest(
     spec: &str,
     new: &str,
     clone: Option<&CloneAs>,
+    instant: Option<InstantOptions>,
 ) -> Result<()> {
     let state = State::open(state_dir)?;
     let store = Arc::new(Store::open(store_dir)?);
     let t = std::time::Instant::now();
     let r = with_progress(None, "restoring", |p| {
-        restore_guest_from(state_dir, &state, store, spec, new, clone, p)
+        restore_guest_with(
+            state_dir,
+            &state,
+            store,
+            spec,
+            new,
+            clone,
+            instant.as_ref(),
+            p,
+        )
     })?;
     let verb = if clone.is_some() {
         "cloned"
@@ -660,7 +753,70 @@ fn restore_guest(
     if !r.changed.is_empty() {
         println!("  identity changed in: {}", r.changed.join(" "));
     }
+    if instant.is_some() {
+        println!(
+            "  its disks are copied from the store in the background while it runs; \
+             `ignite recovery instant {new}` shows the copy"
+        );
+    }
     println!("start it with `ignite vm start {new}`");
+    Ok(())
+}
+
+/// `ignite recovery instant NAME`.
+fn instant_status(
+    state_dir: &Path,
+    name: &str,
+    rate: Option<&str>,
+    resume: bool,
+    json: bool,
+) -> Result<()> {
+    State::open(state_dir)?.guest(name)?;
+    let dir = crate::guests::guest_dir(state_dir, name);
+    let pending = instant::pending(&dir);
+    if let Some(r) = rate {
+        if !pending {
+            anyhow::bail!("guest {name} has no instant restore in progress");
+        }
+        instant::set_rate(&dir, parse_rate(r)?)?;
+    }
+    let mut pid = instant::server_pid(&dir);
+    if resume && pending && pid.is_none() {
+        instant::spawn_server(state_dir, name)?;
+        pid = instant::server_pid(&dir);
+    }
+    let progress = instant::progress(&dir);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"guest": name, "pending": pending, "server_pid": pid,
+                               "progress": progress})
+        );
+        return Ok(());
+    }
+    let Some(p) = progress.filter(|_| pending || pid.is_some()) else {
+        println!("{name}: no instant restore in progress (its disks are its own)");
+        return Ok(());
+    };
+    println!(
+        "{name}: {} ({} of {} copied, {} of {} disk(s) done)",
+        p.state,
+        human(p.copied),
+        human(p.total),
+        p.done_disks,
+        p.disks
+    );
+    match pid {
+        Some(pid) => println!(
+            "  server: pid {pid}, log {}",
+            instant::log_path(&dir).display()
+        ),
+        None if pending => println!(
+            "  its server is not running: the guest cannot start (or stalls on blocks not yet \
+             copied); start it again with `ignite recovery instant {name} --resume`"
+        ),
+        None => {}
+    }
     Ok(())
 }
 

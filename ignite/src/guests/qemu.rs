@@ -3,12 +3,15 @@
 //!
 //! Disks are `-blockdev` nodes named `disk0`, `disk1`, ... on devices `vd0`, `vd1`, ...: the
 //! capture session (`qemu_capture`) adds dirty bitmaps and a copy-before-write filter to
-//! them by name. QEMU starts paused (`-S`) so the first bitmap sees every write.
+//! them by name. QEMU starts paused (`-S`) so the first bitmap sees every write. A disk of an
+//! instant restore still copying is its qcow2 overlay instead (node `diskN` all the same),
+//! and QEMU gets a second QMP monitor for the copy (`instant`).
 
 use super::{Boot, Bus, Definition, Firmware, Paths};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -63,11 +66,21 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
     } else {
         c.args(["-machine", "pc"]);
     }
+    let mut instant = false;
     for (i, d) in def.disks.iter().enumerate() {
-        let file = serde_json::json!({"driver": "file", "filename": d.path, "node-name": format!("file{i}")});
-        let raw = serde_json::json!({"driver": "raw", "file": format!("file{i}"), "node-name": format!("disk{i}")});
+        // An instant restore still copying runs on its overlay (the backing, the snapshot's
+        // NBD export, is opened as the overlay's header names it).
+        let (path, format) = match super::instant::overlay_in_use(&d.path) {
+            Some(o) => {
+                instant = true;
+                (o, "qcow2")
+            }
+            None => (d.path.clone(), "raw"),
+        };
+        let file = serde_json::json!({"driver": "file", "filename": path, "node-name": format!("file{i}")});
+        let top = serde_json::json!({"driver": format, "file": format!("file{i}"), "node-name": format!("disk{i}")});
         c.arg("-blockdev").arg(file.to_string());
-        c.arg("-blockdev").arg(raw.to_string());
+        c.arg("-blockdev").arg(top.to_string());
         c.arg("-device").arg(match def.disk_bus {
             Bus::Avio => format!("virtio-blk-pci,drive=disk{i},id=vd{i}"),
             // q35's AHCI ports take one drive each; PIIX channels two.
@@ -78,6 +91,12 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
                 i % 2
             ),
         });
+    }
+    if instant {
+        c.arg("-qmp").arg(format!(
+            "unix:{},server=on,wait=off",
+            super::instant::qmp_socket(&paths.dir).display()
+        ));
     }
     for (i, n) in def.nics.iter().enumerate() {
         c.arg("-netdev")
@@ -127,13 +146,21 @@ pub struct Qmp {
 impl Qmp {
     /// Connects to QEMU's QMP socket, waiting up to `limit` for QEMU to create it.
     pub fn connect(paths: &Paths, limit: Duration) -> Result<Qmp> {
+        Qmp::connect_at(&paths.qmp(), limit).map_err(|e| match qemu_said(paths) {
+            Some(said) => e.context(said),
+            None => e,
+        })
+    }
+
+    /// Connects to the QMP socket at `socket` (see [`Qmp::connect`]).
+    pub fn connect_at(socket: &Path, limit: Duration) -> Result<Qmp> {
         let t = Instant::now();
         let stream = loop {
-            match UnixStream::connect(paths.qmp()) {
+            match UnixStream::connect(socket) {
                 Ok(s) => break s,
-                Err(e) if t.elapsed() > limit => {
+                Err(e) if t.elapsed() >= limit => {
                     return Err(e).with_context(|| {
-                        format!("QMP socket {}: QEMU did not open it", paths.qmp().display())
+                        format!("QMP socket {}: QEMU did not open it", socket.display())
                     })
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -189,6 +216,25 @@ impl Qmp {
     }
 }
 
+/// Why QEMU ended before opening its monitor: its last error in the supervisor's log (its
+/// stderr), and what to do when it is an instant restore's missing server.
+fn qemu_said(paths: &Paths) -> Option<String> {
+    let log = std::fs::read_to_string(paths.supervisor_log()).ok()?;
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("qemu-system-x86_64: "))?;
+    let mut said = format!("QEMU: {line}");
+    if line.contains(".nbd.sock") {
+        let name = paths.dir.file_name().unwrap_or_default().to_string_lossy();
+        said.push_str(&format!(
+            "; the server of its instant restore is not running: start it again with \
+             `ignite recovery instant {name} --resume`"
+        ));
+    }
+    Some(said)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +262,29 @@ mod tests {
         });
         assert!(q.execute("quit").is_ok(), "EOF after the command");
         assert!(reader.join().unwrap().contains("\"quit\""));
+    }
+
+    #[test]
+    fn a_qemu_that_ended_early_is_explained_by_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new_at(&dir.path().join("web2"));
+        std::fs::create_dir(&paths.dir).unwrap();
+        assert!(qemu_said(&paths).is_none(), "no log, nothing said");
+        std::fs::write(
+            paths.supervisor_log(),
+            "guest web2: engine qemu\nqemu-system-x86_64: -blockdev {}: Could not open backing \
+             file: Failed to connect to '/x/web2/disk0.nbd.sock': No such file or directory\n",
+        )
+        .unwrap();
+        let Err(e) = Qmp::connect(&paths, Duration::ZERO) else {
+            panic!("connected to a QMP socket that does not exist");
+        };
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("QEMU: -blockdev {}: Could not open backing file"),
+            "{e}"
+        );
+        assert!(e.contains("`ignite recovery instant web2 --resume`"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ignite_archive::{Progress, Store};
 use ignite_recovery::capture::record::{short, CaptureKind, Record, SourceInfo};
 use ignite_recovery::clone::{MountedImage, NewIdentity};
 
-use super::definition::{check_name, Definition, Disk};
+use super::definition::{check_name, Definition, Disk, EngineChoice};
 use crate::state::State;
 
 /// What makes a clone a new machine.
@@ -46,6 +46,28 @@ pub fn restore_guest(
     clone: Option<&CloneAs>,
     progress: &Progress,
 ) -> Result<Restored> {
+    restore_guest_with(state_dir, state, store, spec, new, clone, None, progress)
+}
+
+/// An instant restore (`super::instant`): the guest's disks are copied in the background
+/// while it runs, at most `rate` bytes/s (0: no limit).
+pub struct InstantOptions {
+    pub rate: u64,
+}
+
+/// [`restore_guest`], or with `instant` an instant restore: no disk is written here; the
+/// guest (QEMU engine) starts at once on overlays of the snapshots.
+#[allow(clippy::too_many_arguments)]
+pub fn restore_guest_with(
+    state_dir: &Path,
+    state: &State,
+    store: Arc<Store>,
+    spec: &str,
+    new: &str,
+    clone: Option<&CloneAs>,
+    instant: Option<&InstantOptions>,
+    progress: &Progress,
+) -> Result<Restored> {
     check_name(new)?;
     if state.guest(new).is_ok() {
         bail!(
@@ -54,7 +76,11 @@ pub fn restore_guest(
     }
     let (m, rec) = Record::load(&store, spec)?;
     let from = format!("{}@{}", rec.name, short(&m.id));
-    let def = recorded_definition(&rec, &from)?;
+    let mut def = recorded_definition(&rec, &from)?;
+    if instant.is_some() {
+        // The overlay, its NBD backing and the copy are QEMU's.
+        def.engine = EngineChoice::Qemu;
+    }
     let dir = super::guest_dir(state_dir, new);
     std::fs::create_dir_all(dir.parent().unwrap_or(state_dir))?;
     std::fs::create_dir(&dir).with_context(|| {
@@ -66,12 +92,27 @@ pub fn restore_guest(
     let made = Made { dir: dir.clone() };
     let mut disks = Vec::new();
     let mut bytes_written = 0;
-    for d in &rec.disks {
-        let path = dir.join(format!("disk{}.img", d.index));
-        let dm = store.resolve(&d.snapshot)?;
-        bytes_written += ignite_recovery::restore::restore_disk(&store, &dm, &path, progress)
-            .with_context(|| format!("{from}: disk {}", d.index))?;
-        disks.push((path, d.layout.clone()));
+    let mut plan = None;
+    if let Some(o) = instant {
+        let mut snaps = Vec::new();
+        for d in &rec.disks {
+            let dm = store.resolve(&d.snapshot)?;
+            let size = ignite_recovery::restore::disk_size(&dm)?;
+            snaps.push((d.index, dm.id.clone(), size));
+            disks.push((dir.join(format!("disk{}.img", d.index)), d.layout.clone()));
+        }
+        plan = Some(super::instant::prepare(&dir, &store, &snaps)?);
+        super::instant::set_rate(&dir, o.rate)?;
+        super::instant::spawn_server(state_dir, new)
+            .with_context(|| format!("{from}: instant restore as {new}"))?;
+    } else {
+        for d in &rec.disks {
+            let path = dir.join(format!("disk{}.img", d.index));
+            let dm = store.resolve(&d.snapshot)?;
+            bytes_written += ignite_recovery::restore::restore_disk(&store, &dm, &path, progress)
+                .with_context(|| format!("{from}: disk {}", d.index))?;
+            disks.push((path, d.layout.clone()));
+        }
     }
     let mut new_def = Definition {
         name: new.to_string(),
@@ -126,11 +167,25 @@ pub fn restore_guest(
         };
         let reset = (|| -> Result<Vec<String>> {
             let scratch = dir.join("identity-reset");
-            let views: Vec<(&Path, _)> = disks.iter().map(|(p, l)| (p.as_path(), l)).collect();
+            // An instant clone's identity goes into its overlays, seen as files through FUSE.
+            let fuse = match &plan {
+                Some(p) => Some(super::instant::FuseExports::open(p, &dir.join("fuse"))?),
+                None => None,
+            };
+            let images: Vec<&Path> = match &fuse {
+                Some(f) => f.files.iter().map(PathBuf::as_path).collect(),
+                None => disks.iter().map(|(p, _)| p.as_path()).collect(),
+            };
+            let views: Vec<(&Path, _)> = images
+                .into_iter()
+                .zip(disks.iter().map(|(_, l)| l))
+                .collect();
             let image = MountedImage::open(&views, &rec.system, &scratch)?;
             let changed = ignite_recovery::clone::reset(&image, &id, &rec.system);
             drop(image);
+            drop(fuse);
             let _ = std::fs::remove_dir(&scratch);
+            let _ = std::fs::remove_dir(dir.join("fuse"));
             changed
         })();
         match reset {
@@ -168,13 +223,15 @@ fn recorded_definition(rec: &Record, from: &str) -> Result<Definition> {
     }
 }
 
-/// The new guest's directory until the restore is complete: removed on failure.
+/// The new guest's directory until the restore is complete: removed on failure (after an
+/// instant restore's server is stopped).
 struct Made {
     dir: PathBuf,
 }
 
 impl Drop for Made {
     fn drop(&mut self) {
+        super::instant::stop_server(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,4 +1,4 @@
-//! An NBD client (the NetworkBlockDevice protocol, `doc/proto.md` of the nbd project), just
+//! The NBD client: just
 //! what a capture of a running QEMU guest needs: fixed newstyle negotiation over a Unix
 //! socket, structured replies, `NBD_OPT_SET_META_CONTEXT` for `base:allocation` and
 //! `qemu:dirty-bitmap:NAME`, `NBD_CMD_READ` and `NBD_CMD_BLOCK_STATUS`.
@@ -15,44 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-
-const OPT_GO: u32 = 7;
-const OPT_STRUCTURED_REPLY: u32 = 8;
-const OPT_SET_META_CONTEXT: u32 = 10;
-
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_META_CONTEXT: u32 = 4;
-const REP_ERROR_BIT: u32 = 1 << 31;
-
-const INFO_EXPORT: u16 = 0;
-
-const CMD_READ: u16 = 0;
-const CMD_DISC: u16 = 2;
-const CMD_BLOCK_STATUS: u16 = 7;
-
-const REPLY_FLAG_DONE: u16 = 1;
-const REPLY_TYPE_NONE: u16 = 0;
-const REPLY_TYPE_OFFSET_DATA: u16 = 1;
-const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
-const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
-const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
-
-/// `base:allocation`: the extent is a hole (reads as zeros without being stored).
-pub const STATE_HOLE: u32 = 1;
-/// `base:allocation`: the extent reads as zeros.
-pub const STATE_ZERO: u32 = 2;
-/// `qemu:dirty-bitmap:NAME`: the extent was written while the bitmap was enabled.
-pub const STATE_DIRTY: u32 = 1;
+use super::*;
 
 /// Largest read sent in one request (QEMU's server accepts up to 32 MiB).
 pub const MAX_READ: u32 = 4 << 20;
@@ -398,22 +361,6 @@ impl ignite_archive::ImageReader for Reader {
 }
 
 // ---- parsing what the server sends (pure; fuzzed) ----
-
-fn be16(b: &[u8], o: usize) -> u16 {
-    u16::from_be_bytes([b[o], b[o + 1]])
-}
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    u64::from_be_bytes(b[o..o + 8].try_into().unwrap())
-}
-
-fn name_field(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u32).to_be_bytes().to_vec();
-    v.extend(s.as_bytes());
-    v
-}
 
 /// The 18-byte greeting: magic, IHAVEOPT, handshake flags.
 pub fn parse_greeting(b: &[u8; 18]) -> Result<u16> {
