@@ -64,10 +64,12 @@ impl SnapshotDisk {
 
     /// Block `i`'s bytes (zeros for a hole), verified against its id.
     fn block(&self, i: u64) -> Result<Arc<Vec<u8>>> {
-        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = c.map.get(&i) {
+        let lock = || self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = lock().map.get(&i) {
             return Ok(b.clone());
         }
+        // Read and decompressed without the lock: the NBD server's threads (a guest's reads
+        // beside an instant restore's background copy) fetch blocks in parallel.
         let len = self.block_size.min(self.size - i * self.block_size) as usize;
         let data = match &self.blocks[i as usize] {
             None => vec![0; len],
@@ -87,6 +89,11 @@ impl SnapshotDisk {
             }
         };
         let data = Arc::new(data);
+        let mut c = lock();
+        if let Some(b) = c.map.get(&i) {
+            // Another thread read it meanwhile.
+            return Ok(b.clone());
+        }
         if c.order.len() == CACHED_CHUNKS {
             if let Some(old) = c.order.pop_front() {
                 c.map.remove(&old);

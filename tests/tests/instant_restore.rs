@@ -144,8 +144,16 @@ fn instant_restore_copies_in_the_background_survives_restarts_and_equals_a_full_
         .unwrap();
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        !refused.status.success() && said.contains("disk0.nbd.sock"),
+        !refused.status.success()
+            && said.contains("its server does not run")
+            && said.contains("ignite recovery instant inst --resume"),
         "{said}"
+    );
+    // `vm show` says so too.
+    let shown = ignite(state, &["vm", "show", "inst"]);
+    assert!(
+        shown.contains("instant:") && shown.contains("--resume"),
+        "{shown}"
     );
 
     ignite(

@@ -279,6 +279,27 @@ fn show_text(v: &View) -> String {
         );
     }
     out += &format!("console:   {}\n", v.console_log.display());
+    if let Some(i) = &v.instant {
+        let copied = match &i.progress {
+            Some(p) => format!(
+                "{}: {} of {} MiB, {} of {} disks done",
+                p.state,
+                p.copied >> 20,
+                p.total >> 20,
+                p.done_disks,
+                p.disks
+            ),
+            None => "not started".to_string(),
+        };
+        let server = match i.server_pid {
+            Some(pid) => format!("server pid {pid}"),
+            None => format!(
+                "its server does not run: `ignite recovery instant {} --resume`",
+                d.name
+            ),
+        };
+        out += &format!("instant:   {copied}; {server}\n");
+    }
     out
 }
 

@@ -29,7 +29,6 @@
 //! missing socket, and `ignite recovery instant NAME` says what to do. `instant.rate` holds
 //! the copy's speed limit (bytes/s, 0 = none), `instant.progress` where the copy is.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -207,16 +206,8 @@ pub fn spawn_server(state_dir: &Path, name: &str) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe; the child only execs afterwards.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .context("cannot start the instant restore's server")?;
+    let mut child =
+        super::spawn_detached(&mut cmd).context("cannot start the instant restore's server")?;
     let t = Instant::now();
     let ready = || {
         (0..plan.disks.len())

@@ -113,3 +113,17 @@ impl Paths {
         self.dir.join("boot")
     }
 }
+
+/// Starts `cmd` in a session of its own, so that it outlives the command that started it
+/// (a guest's supervisor, an instant restore's server) and no terminal signal reaches it.
+pub fn spawn_detached(cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe; the child only execs afterwards.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}

@@ -79,6 +79,16 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
     {
         bail!("guest {name}: qemu-system-x86_64 is not installed; apt-get install qemu-system-x86 (or use --engine bundled)");
     }
+    if engine == Engine::Qemu
+        && super::instant::pending(&paths.dir)
+        && super::instant::server_pid(&paths.dir).is_none()
+    {
+        // QEMU would wait for the missing export until its monitor timed out.
+        bail!(
+            "guest {name} is an instant restore still copying, and its server does not run: \
+             start it again with `ignite recovery instant {name} --resume`"
+        );
+    }
     std::fs::create_dir_all(&paths.dir)
         .with_context(|| format!("guest directory {}: cannot create it", paths.dir.display()))?;
     let log = std::fs::File::create(paths.supervisor_log())
@@ -92,14 +102,7 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe; the child only execs afterwards.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("cannot start the guest supervisor")?;
+    let mut child = super::spawn_detached(&mut cmd).context("cannot start the guest supervisor")?;
     let t = Instant::now();
     loop {
         if let Some(s) = control::status(&paths.control())? {

@@ -40,11 +40,28 @@ pub struct View {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running: Option<Status>,
     pub console_log: PathBuf,
+    /// An instant restore still copying the guest's disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instant: Option<InstantCopy>,
+}
+
+/// Where an instant restore's background copy is (`ignite recovery instant NAME`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InstantCopy {
+    /// None before the copy's first report.
+    pub progress: Option<crate::guests::instant::Progress>,
+    /// Its server's pid; None when it does not run (the guest's reads of blocks not yet
+    /// copied then wait).
+    pub server_pid: Option<u32>,
 }
 
 pub fn view(state_dir: &Path, record: Record) -> Result<View> {
     let paths = Paths::new(state_dir, &record.def.name);
     let running = control::status(&paths.control())?;
+    let instant = crate::guests::instant::pending(&paths.dir).then(|| InstantCopy {
+        progress: crate::guests::instant::progress(&paths.dir),
+        server_pid: crate::guests::instant::server_pid(&paths.dir),
+    });
     let state = match (&running, &record.last_engine) {
         (Some(_), _) => "running",
         (None, Some(_)) => "stopped",
@@ -55,6 +72,7 @@ pub fn view(state_dir: &Path, record: Record) -> Result<View> {
         state: state.to_string(),
         running,
         console_log: paths.console_log(),
+        instant,
     })
 }
 
