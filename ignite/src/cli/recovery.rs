@@ -14,7 +14,7 @@ use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
 use crate::cli::progress::with_progress;
 use crate::guests::capture::capture_guest;
 use crate::guests::instant;
-use crate::guests::restore::{restore_guest_with, CloneAs, InstantOptions};
+use crate::guests::restore::{CloneAs, InstantOptions};
 use crate::guests::verify_boot::verify_boot;
 use crate::state::schedules::{parse_at, Keep, Options, VerifyBoot};
 use crate::state::State;
@@ -722,7 +722,7 @@ fn restore_guest(
     let store = Arc::new(Store::open(store_dir)?);
     let t = std::time::Instant::now();
     let r = with_progress(None, "restoring", |p| {
-        restore_guest_with(
+        crate::guests::restore::restore_guest(
             state_dir,
             &state,
             store,

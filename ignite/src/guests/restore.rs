@@ -35,30 +35,17 @@ pub struct Restored {
     pub changed: Vec<String>,
 }
 
-/// Restores capture `spec` as guest `new` (see the module docs); `clone` gives it a new
-/// identity.
-pub fn restore_guest(
-    state_dir: &Path,
-    state: &State,
-    store: Arc<Store>,
-    spec: &str,
-    new: &str,
-    clone: Option<&CloneAs>,
-    progress: &Progress,
-) -> Result<Restored> {
-    restore_guest_with(state_dir, state, store, spec, new, clone, None, progress)
-}
-
 /// An instant restore (`super::instant`): the guest's disks are copied in the background
 /// while it runs, at most `rate` bytes/s (0: no limit).
 pub struct InstantOptions {
     pub rate: u64,
 }
 
-/// [`restore_guest`], or with `instant` an instant restore: no disk is written here; the
-/// guest (QEMU engine) starts at once on overlays of the snapshots.
+/// Restores capture `spec` as guest `new` (see the module docs); `clone` gives it a new
+/// identity. With `instant`, an instant restore: no disk is written here; the guest (QEMU
+/// engine) starts at once on overlays of the snapshots.
 #[allow(clippy::too_many_arguments)]
-pub fn restore_guest_with(
+pub fn restore_guest(
     state_dir: &Path,
     state: &State,
     store: Arc<Store>,

@@ -97,6 +97,7 @@ fn run(
         spec,
         name,
         Some(&clone),
+        None,
         &Progress::default(),
     )
     .context("the test restore failed")?;

@@ -179,6 +179,7 @@ fn guest_job(
                 &spec,
                 &new,
                 clone.as_ref(),
+                None,
                 p,
             )
         })?;
