@@ -199,7 +199,7 @@ pub fn spawn_server(state_dir: &Path, name: &str) -> Result<()> {
         .append(true)
         .open(log_path(&dir))
         .with_context(|| format!("{}: cannot open it", log_path(&dir).display()))?;
-    let mut cmd = Command::new(std::env::current_exe().context("cannot find the ignite binary")?);
+    let mut cmd = Command::new(super::ignite_exe().context("cannot find the ignite binary")?);
     cmd.args(["recovery", "--state-dir"])
         .arg(state_dir)
         .args(["_instant-serve", name])

@@ -127,3 +127,33 @@ pub fn spawn_detached(cmd: &mut std::process::Command) -> std::io::Result<std::p
     }
     cmd.spawn()
 }
+
+/// This `ignite` binary, to run again as a guest's supervisor or an instant restore's
+/// server. A long-running server whose binary a package upgrade replaced sees its own path
+/// as "PATH (deleted)": the binary now at PATH is the one to run.
+pub fn ignite_exe() -> std::io::Result<std::path::PathBuf> {
+    std::env::current_exe().map(replaced_by)
+}
+
+fn replaced_by(exe: std::path::PathBuf) -> std::path::PathBuf {
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) if !exe.exists() => std::path::PathBuf::from(path),
+        _ => exe,
+    }
+}
+
+#[cfg(test)]
+mod exe_tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_binary_is_run_from_its_path() {
+        let p = |s: &str| std::path::PathBuf::from(s);
+        assert_eq!(
+            replaced_by(p("/usr/bin/ignite (deleted)")),
+            p("/usr/bin/ignite")
+        );
+        let me = std::env::current_exe().unwrap();
+        assert_eq!(replaced_by(me.clone()), me);
+    }
+}

@@ -93,7 +93,7 @@ pub fn start(state_dir: &Path, name: &str) -> Result<Status> {
         .with_context(|| format!("guest directory {}: cannot create it", paths.dir.display()))?;
     let log = std::fs::File::create(paths.supervisor_log())
         .with_context(|| format!("{}: cannot create it", paths.supervisor_log().display()))?;
-    let mut cmd = Command::new(std::env::current_exe().context("cannot find the ignite binary")?);
+    let mut cmd = Command::new(super::ignite_exe().context("cannot find the ignite binary")?);
     cmd.args(["vm", "_supervise", name, "--state-dir"])
         .arg(state_dir)
         .arg(format!("--engine={engine}"))
