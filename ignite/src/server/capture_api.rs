@@ -29,8 +29,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ignite_archive::chunk_stream::{self, Limits};
 use ignite_archive::{
-    chunk_source::BATCH_BYTES, Draft, DraftContent, Manifest, SnapshotKind, Store, Writer,
+    chunk_source::BATCH_BYTES, ChunkId, Draft, DraftContent, Manifest, SnapshotKind, Store, Writer,
 };
+use ignite_recovery::capture::compare;
 use ignite_recovery::capture::files::{self, Rules};
 use ignite_recovery::capture::record::{
     disk_snapshot_name, files_snapshot_name, CaptureKind, CaptureStats, SourceInfo, LABEL_CAPTURE,
@@ -44,8 +45,8 @@ use crate::state::State;
 
 /// A session nobody used for this long ends (its client is gone).
 pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-/// Ids in one `missing` request (the client asks a batch of 256 at a time).
-const MAX_IDS: usize = 4096;
+/// Ids in one `missing` request.
+const MAX_IDS: usize = compare::MAX_IDS;
 /// An upload: a batch, plus one chunk of the largest size, plus ids and headers.
 const MAX_UPLOAD: usize = (BATCH_BYTES as usize)
     + chunk_stream::MAX_CHUNK_BYTES as usize
@@ -77,10 +78,21 @@ struct Session {
     /// Taken out to commit a part, then replaced by a fresh one for the next part.
     writer: RwLock<Option<Writer<'static>>>,
     parts: Mutex<BTreeMap<String, Manifest>>,
+    /// Disk parts compared with their previous capture, waiting for their changes.
+    compared: Mutex<BTreeMap<String, Compared>>,
     /// Request and answer bodies, in bytes.
     wire: AtomicU64,
     last_used: Mutex<Instant>,
     finished: Mutex<Option<Finished>>,
+}
+
+/// A disk compared with its previous capture ([`compare`]): that capture's blocks, and
+/// which groups of them the client's disk changed.
+struct Compared {
+    size: u64,
+    block_size: u32,
+    blocks: Vec<Option<ChunkId>>,
+    differs: Vec<bool>,
 }
 
 impl Session {
@@ -126,6 +138,14 @@ impl CaptureApi {
             .route("/api/capture/{session}/chunks", post(chunks_handler))
             .route("/api/capture/{session}/tree/{part}", get(tree_handler))
             .route("/api/capture/{session}/commit/{part}", post(commit_handler))
+            .route(
+                "/api/capture/{session}/compare/{part}",
+                post(compare_handler),
+            )
+            .route(
+                "/api/capture/{session}/changes/{part}",
+                post(changes_handler),
+            )
             .route("/api/capture/{session}/finish", post(finish_handler))
             .route("/api/capture/{session}/fail", post(fail_handler))
             .route("/ignite", get(binary_handler))
@@ -318,6 +338,7 @@ impl CaptureApi {
             parents: parents.clone(),
             writer: RwLock::new(Some(writer)),
             parts: Mutex::new(BTreeMap::new()),
+            compared: Mutex::new(BTreeMap::new()),
             wire: AtomicU64::new(0),
             last_used: Mutex::new(Instant::now()),
             finished: Mutex::new(None),
@@ -400,6 +421,117 @@ impl CaptureApi {
     }
 
     fn commit(&self, s: &Session, part: &str, body: &[u8]) -> ApiResult<Manifest> {
+        let draft = Draft::decode(body)
+            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        self.commit_draft(s, part, draft)
+    }
+
+    /// Which groups of disk `part` differ from its previous capture: the client's group
+    /// digests against that capture's. The unchanged groups' chunks become this session's
+    /// (gc keeps them); a group holding a chunk the store lost since counts as changed.
+    fn compare(&self, s: &Session, part: &str, body: &[u8]) -> ApiResult<Vec<u8>> {
+        if s.kind != CaptureKind::Block || part_disk(part).is_none() {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "capture of {} ({}): {part:?} is not a disk part (disk0, disk1, ...)",
+                    s.name, s.kind
+                ),
+            ));
+        }
+        let Some(m) = s
+            .parents
+            .get(part)
+            .filter(|m| m.kind == SnapshotKind::Image)
+        else {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("capture of {}: no previous capture of {part} to compare with; commit it in full", s.name),
+            ));
+        };
+        let store = self.store()?;
+        let blocks = store.load_image(m).map_err(internal)?;
+        let theirs = compare::decode_digests(body, blocks.len()).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("capture of {}: {part}: {e:#}", s.name),
+            )
+        })?;
+        let mut differs: Vec<bool> = compare::group_digests(&blocks)
+            .iter()
+            .zip(&theirs)
+            .map(|(ours, theirs)| ours != theirs)
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let kept: Vec<ChunkId> = blocks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !differs[i / compare::GROUP_BLOCKS])
+            .filter_map(|(_, b)| *b)
+            .filter(|id| seen.insert(*id))
+            .collect();
+        let gone: std::collections::HashSet<ChunkId> = {
+            let w = s.writer.read().unwrap_or_else(|p| p.into_inner());
+            let w = w.as_ref().ok_or_else(|| internal("no write session"))?;
+            w.missing(&kept).map_err(internal)?.into_iter().collect()
+        };
+        for (i, b) in blocks.iter().enumerate() {
+            if b.is_some_and(|id| gone.contains(&id)) {
+                differs[i / compare::GROUP_BLOCKS] = true;
+            }
+        }
+        let answer = compare::encode_bitmap(&differs);
+        s.compared.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            part.to_string(),
+            Compared {
+                size: m.image_size.unwrap_or(0),
+                block_size: m.block_size.unwrap_or(0),
+                blocks,
+                differs,
+            },
+        );
+        Ok(answer)
+    }
+
+    /// Commits disk `part` as its previous capture with the blocks of the groups that
+    /// [`Self::compare`] found changed replaced by the client's.
+    fn changes(&self, s: &Session, part: &str, body: &[u8]) -> ApiResult<Manifest> {
+        let (size, block_size, mut blocks, differs) = {
+            let map = s.compared.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(c) = map.get(part) else {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!("capture of {}: {part} was not compared with its previous capture; compare it first", s.name),
+                ));
+            };
+            (c.size, c.block_size, c.blocks.clone(), c.differs.clone())
+        };
+        let changed: Vec<usize> = compare::blocks_in(&differs, blocks.len()).collect();
+        let (stats, new) = compare::decode_changes(body, changed.len()).map_err(|e| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("capture of {}: the changes of {part}: {e:#}", s.name),
+            )
+        })?;
+        for (i, b) in changed.into_iter().zip(new) {
+            blocks[i] = b;
+        }
+        let draft = Draft {
+            name: String::new(),
+            labels: BTreeMap::new(),
+            parent: None,
+            content: DraftContent::Image {
+                size,
+                block_size,
+                blocks,
+            },
+            stats,
+        };
+        self.commit_draft(s, part, draft)
+    }
+
+    /// Commits a part: the server names it, labels it and chains it to the part's latest.
+    fn commit_draft(&self, s: &Session, part: &str, mut draft: Draft) -> ApiResult<Manifest> {
         let bad = |m: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, m);
         let (name, label, kind) = match (s.kind, part_disk(part)) {
             (CaptureKind::Files, _) if part == "files" => {
@@ -415,7 +547,6 @@ impl CaptureApi {
             )))
             }
         };
-        let mut draft = Draft::decode(body).map_err(|e| bad(e.to_string()))?;
         let draft_kind = match &draft.content {
             DraftContent::Tree(_) => SnapshotKind::Tree,
             DraftContent::Image { .. } => SnapshotKind::Image,
@@ -426,7 +557,6 @@ impl CaptureApi {
                 s.name
             )));
         }
-        // The server names what it stores, and chains it to the part's latest.
         let store = self.store()?;
         draft.name = name.clone();
         draft.labels = BTreeMap::from([(LABEL_CAPTURE.to_string(), label.to_string())]);
@@ -754,6 +884,36 @@ async fn commit_handler(
     s.touch(body.len());
     let s2 = s.clone();
     let m = blocking(move || api.commit(&s2, &part, &body)).await?;
+    Ok(Json(m).into_response())
+}
+
+async fn compare_handler(
+    AxState(api): Api,
+    ConnectInfo(peer): Peer,
+    Path((id, part)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (s, body) = session_of(&api, id, peer, headers, body, MAX_DRAFT).await?;
+    let body = read_body(body, MAX_DRAFT, "group digests").await?;
+    let s2 = s.clone();
+    let out = blocking(move || api.compare(&s2, &part, &body).map(|o| (o, body.len()))).await?;
+    s.touch(out.1 + out.0.len());
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out.0).into_response())
+}
+
+async fn changes_handler(
+    AxState(api): Api,
+    ConnectInfo(peer): Peer,
+    Path((id, part)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (s, body) = session_of(&api, id, peer, headers, body, MAX_DRAFT).await?;
+    let body = read_body(body, MAX_DRAFT, "changed blocks").await?;
+    s.touch(body.len());
+    let s2 = s.clone();
+    let m = blocking(move || api.changes(&s2, &part, &body)).await?;
     Ok(Json(m).into_response())
 }
 
