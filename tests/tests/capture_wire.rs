@@ -21,7 +21,8 @@ struct Wire {
 }
 
 impl Wire {
-    fn new(tag: &str) -> Option<Wire> {
+    /// A server, and an image of [`BLOCKS`] blocks of distinct data (`pattern(.., seed)`).
+    fn new(tag: &str, seed: u64) -> Option<(Wire, PathBuf)> {
         if !require_all(&[("root (network namespaces)", is_root())]) || !require_tools(&["ip"]) {
             return None;
         }
@@ -34,11 +35,14 @@ impl Wire {
             &dir.path().join("boot"),
             &[],
         );
-        Some(Wire {
+        let img = dir.path().join("disk.img");
+        std::fs::write(&img, pattern((BLOCKS * BLOCK) as usize, seed)).unwrap();
+        let w = Wire {
             lab,
             dir,
             _server: server,
-        })
+        };
+        Some((w, img))
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -88,11 +92,9 @@ fn write_block(img: &Path, block: u64, data: &[u8]) {
 
 #[test]
 fn a_nightly_capture_sends_what_changed_and_little_else() {
-    let Some(w) = Wire::new("capwire") else {
+    let Some((w, img)) = Wire::new("capwire", 11) else {
         return;
     };
-    let img = w.path("disk.img");
-    std::fs::write(&img, pattern((BLOCKS * BLOCK) as usize, 11)).unwrap();
     let full = w.capture("wire1", &img);
     assert!(
         full > BLOCKS * BLOCK / 2,
@@ -125,18 +127,20 @@ fn a_nightly_capture_sends_what_changed_and_little_else() {
 
 #[test]
 fn chunks_the_store_lost_since_the_last_capture_are_sent_again() {
-    let Some(w) = Wire::new("capwlost") else {
+    let Some((w, img)) = Wire::new("capwlost", 12) else {
         return;
     };
-    let img = w.path("disk.img");
-    std::fs::write(&img, pattern((BLOCKS * BLOCK) as usize, 12)).unwrap();
     w.capture("wire2", &img);
     // A pack lost (a damaged disk, a hand-made mess): its chunks are no longer held.
     // The largest pack holds disk blocks (a small one may hold only the record's files).
-    let (lost, pack) = walk(&w.path("state/store/packs"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .map(|p| (std::fs::metadata(&p).unwrap().len(), p))
+    let packs = sh(&format!(
+        "find {} -name '*.pack' -printf '%s %p\\n'",
+        w.path("state/store/packs").display()
+    ));
+    let (lost, pack) = packs
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(size, p)| (size.parse::<u64>().unwrap(), PathBuf::from(p)))
         .max()
         .expect("a pack");
     assert!(lost > 8 * BLOCK, "the largest pack has {lost} bytes");
@@ -148,18 +152,4 @@ fn chunks_the_store_lost_since_the_last_capture_are_sent_again() {
         "the lost chunks were not sent again ({again} bytes)"
     );
     assert_eq!(w.exported("wire2"), std::fs::read(&img).unwrap());
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -25,7 +25,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use ignite_archive::chunk_stream::{self, Limits};
 use ignite_archive::{
@@ -137,14 +137,17 @@ impl CaptureApi {
             .route("/api/capture/{session}/missing", post(missing_handler))
             .route("/api/capture/{session}/chunks", post(chunks_handler))
             .route("/api/capture/{session}/tree/{part}", get(tree_handler))
-            .route("/api/capture/{session}/commit/{part}", post(commit_handler))
+            .route(
+                "/api/capture/{session}/commit/{part}",
+                part_post("snapshot draft", CaptureApi::commit, manifest_reply),
+            )
             .route(
                 "/api/capture/{session}/compare/{part}",
-                post(compare_handler),
+                part_post("group digests", CaptureApi::compare, bitmap_reply),
             )
             .route(
                 "/api/capture/{session}/changes/{part}",
-                post(changes_handler),
+                part_post("changed blocks", CaptureApi::changes, manifest_reply),
             )
             .route("/api/capture/{session}/finish", post(finish_handler))
             .route("/api/capture/{session}/fail", post(fail_handler))
@@ -872,49 +875,39 @@ async fn tree_handler(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
-async fn commit_handler(
-    AxState(api): Api,
-    ConnectInfo(peer): Peer,
-    Path((id, part)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (s, body) = session_of(&api, id, peer, headers, body, MAX_DRAFT).await?;
-    let body = read_body(body, MAX_DRAFT, "snapshot draft").await?;
-    s.touch(body.len());
-    let s2 = s.clone();
-    let m = blocking(move || api.commit(&s2, &part, &body)).await?;
-    Ok(Json(m).into_response())
+/// `POST /api/capture/{session}/WHAT/{part}`: the body (at most [`MAX_DRAFT`] bytes, `what`
+/// in errors) goes to `f`; `reply` makes the answer and says how many bytes of it count on
+/// the wire.
+fn part_post<T: Send + 'static>(
+    what: &'static str,
+    f: fn(&CaptureApi, &Session, &str, &[u8]) -> ApiResult<T>,
+    reply: fn(T) -> (Response, usize),
+) -> MethodRouter<Arc<CaptureApi>> {
+    post(
+        move |AxState(api): Api,
+              ConnectInfo(peer): Peer,
+              Path((id, part)): Path<(String, String)>,
+              headers: HeaderMap,
+              body: Body| async move {
+            let (s, body) = session_of(&api, id, peer, headers, body, MAX_DRAFT).await?;
+            let body = read_body(body, MAX_DRAFT, what).await?;
+            s.touch(body.len());
+            let s2 = s.clone();
+            let (answer, len) = reply(blocking(move || f(&api, &s2, &part, &body)).await?);
+            s.touch(len);
+            ApiResult::Ok(answer)
+        },
+    )
 }
 
-async fn compare_handler(
-    AxState(api): Api,
-    ConnectInfo(peer): Peer,
-    Path((id, part)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (s, body) = session_of(&api, id, peer, headers, body, MAX_DRAFT).await?;
-    let body = read_body(body, MAX_DRAFT, "group digests").await?;
-    let s2 = s.clone();
-    let out = blocking(move || api.compare(&s2, &part, &body).map(|o| (o, body.len()))).await?;
-    s.touch(out.1 + out.0.len());
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out.0).into_response())
+fn manifest_reply(m: Manifest) -> (Response, usize) {
+    (Json(m).into_response(), 0)
 }
 
-async fn changes_handler(
-    AxState(api): Api,
-    ConnectInfo(peer): Peer,
-    Path((id, part)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (s, body) = session_of(&api, id, peer, headers, body, MAX_DRAFT).await?;
-    let body = read_body(body, MAX_DRAFT, "changed blocks").await?;
-    s.touch(body.len());
-    let s2 = s.clone();
-    let m = blocking(move || api.changes(&s2, &part, &body)).await?;
-    Ok(Json(m).into_response())
+fn bitmap_reply(bitmap: Vec<u8>) -> (Response, usize) {
+    let len = bitmap.len();
+    let r = ([(header::CONTENT_TYPE, "application/octet-stream")], bitmap).into_response();
+    (r, len)
 }
 
 async fn finish_handler(
