@@ -25,12 +25,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use ignite_archive::chunk_stream::{self, Limits};
 use ignite_archive::{
-    chunk_source::BATCH_BYTES, Draft, DraftContent, Manifest, SnapshotKind, Store, Writer,
+    chunk_source::BATCH_BYTES, ChunkId, Draft, DraftContent, Manifest, SnapshotKind, Store, Writer,
 };
+use ignite_recovery::capture::compare;
 use ignite_recovery::capture::files::{self, Rules};
 use ignite_recovery::capture::record::{
     disk_snapshot_name, files_snapshot_name, CaptureKind, CaptureStats, SourceInfo, LABEL_CAPTURE,
@@ -44,8 +45,8 @@ use crate::state::State;
 
 /// A session nobody used for this long ends (its client is gone).
 pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-/// Ids in one `missing` request (the client asks a batch of 256 at a time).
-const MAX_IDS: usize = 4096;
+/// Ids in one `missing` request.
+const MAX_IDS: usize = compare::MAX_IDS;
 /// An upload: a batch, plus one chunk of the largest size, plus ids and headers.
 const MAX_UPLOAD: usize = (BATCH_BYTES as usize)
     + chunk_stream::MAX_CHUNK_BYTES as usize
@@ -77,10 +78,21 @@ struct Session {
     /// Taken out to commit a part, then replaced by a fresh one for the next part.
     writer: RwLock<Option<Writer<'static>>>,
     parts: Mutex<BTreeMap<String, Manifest>>,
+    /// Disk parts compared with their previous capture, waiting for their changes.
+    compared: Mutex<BTreeMap<String, Compared>>,
     /// Request and answer bodies, in bytes.
     wire: AtomicU64,
     last_used: Mutex<Instant>,
     finished: Mutex<Option<Finished>>,
+}
+
+/// A disk compared with its previous capture ([`compare`]): that capture's blocks, and
+/// which groups of them the client's disk changed.
+struct Compared {
+    size: u64,
+    block_size: u32,
+    blocks: Vec<Option<ChunkId>>,
+    differs: Vec<bool>,
 }
 
 impl Session {
@@ -125,7 +137,18 @@ impl CaptureApi {
             .route("/api/capture/{session}/missing", post(missing_handler))
             .route("/api/capture/{session}/chunks", post(chunks_handler))
             .route("/api/capture/{session}/tree/{part}", get(tree_handler))
-            .route("/api/capture/{session}/commit/{part}", post(commit_handler))
+            .route(
+                "/api/capture/{session}/commit/{part}",
+                part_post("snapshot draft", CaptureApi::commit, manifest_reply),
+            )
+            .route(
+                "/api/capture/{session}/compare/{part}",
+                part_post("group digests", CaptureApi::compare, bitmap_reply),
+            )
+            .route(
+                "/api/capture/{session}/changes/{part}",
+                part_post("changed blocks", CaptureApi::changes, manifest_reply),
+            )
             .route("/api/capture/{session}/finish", post(finish_handler))
             .route("/api/capture/{session}/fail", post(fail_handler))
             .route("/ignite", get(binary_handler))
@@ -318,6 +341,7 @@ impl CaptureApi {
             parents: parents.clone(),
             writer: RwLock::new(Some(writer)),
             parts: Mutex::new(BTreeMap::new()),
+            compared: Mutex::new(BTreeMap::new()),
             wire: AtomicU64::new(0),
             last_used: Mutex::new(Instant::now()),
             finished: Mutex::new(None),
@@ -400,6 +424,117 @@ impl CaptureApi {
     }
 
     fn commit(&self, s: &Session, part: &str, body: &[u8]) -> ApiResult<Manifest> {
+        let draft = Draft::decode(body)
+            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        self.commit_draft(s, part, draft)
+    }
+
+    /// Which groups of disk `part` differ from its previous capture: the client's group
+    /// digests against that capture's. The unchanged groups' chunks become this session's
+    /// (gc keeps them); a group holding a chunk the store lost since counts as changed.
+    fn compare(&self, s: &Session, part: &str, body: &[u8]) -> ApiResult<Vec<u8>> {
+        if s.kind != CaptureKind::Block || part_disk(part).is_none() {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "capture of {} ({}): {part:?} is not a disk part (disk0, disk1, ...)",
+                    s.name, s.kind
+                ),
+            ));
+        }
+        let Some(m) = s
+            .parents
+            .get(part)
+            .filter(|m| m.kind == SnapshotKind::Image)
+        else {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("capture of {}: no previous capture of {part} to compare with; commit it in full", s.name),
+            ));
+        };
+        let store = self.store()?;
+        let blocks = store.load_image(m).map_err(internal)?;
+        let theirs = compare::decode_digests(body, blocks.len()).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("capture of {}: {part}: {e:#}", s.name),
+            )
+        })?;
+        let mut differs: Vec<bool> = compare::group_digests(&blocks)
+            .iter()
+            .zip(&theirs)
+            .map(|(ours, theirs)| ours != theirs)
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let kept: Vec<ChunkId> = blocks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !differs[i / compare::GROUP_BLOCKS])
+            .filter_map(|(_, b)| *b)
+            .filter(|id| seen.insert(*id))
+            .collect();
+        let gone: std::collections::HashSet<ChunkId> = {
+            let w = s.writer.read().unwrap_or_else(|p| p.into_inner());
+            let w = w.as_ref().ok_or_else(|| internal("no write session"))?;
+            w.missing(&kept).map_err(internal)?.into_iter().collect()
+        };
+        for (i, b) in blocks.iter().enumerate() {
+            if b.is_some_and(|id| gone.contains(&id)) {
+                differs[i / compare::GROUP_BLOCKS] = true;
+            }
+        }
+        let answer = compare::encode_bitmap(&differs);
+        s.compared.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            part.to_string(),
+            Compared {
+                size: m.image_size.unwrap_or(0),
+                block_size: m.block_size.unwrap_or(0),
+                blocks,
+                differs,
+            },
+        );
+        Ok(answer)
+    }
+
+    /// Commits disk `part` as its previous capture with the blocks of the groups that
+    /// [`Self::compare`] found changed replaced by the client's.
+    fn changes(&self, s: &Session, part: &str, body: &[u8]) -> ApiResult<Manifest> {
+        let (size, block_size, mut blocks, differs) = {
+            let map = s.compared.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(c) = map.get(part) else {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!("capture of {}: {part} was not compared with its previous capture; compare it first", s.name),
+                ));
+            };
+            (c.size, c.block_size, c.blocks.clone(), c.differs.clone())
+        };
+        let changed: Vec<usize> = compare::blocks_in(&differs, blocks.len()).collect();
+        let (stats, new) = compare::decode_changes(body, changed.len()).map_err(|e| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("capture of {}: the changes of {part}: {e:#}", s.name),
+            )
+        })?;
+        for (i, b) in changed.into_iter().zip(new) {
+            blocks[i] = b;
+        }
+        let draft = Draft {
+            name: String::new(),
+            labels: BTreeMap::new(),
+            parent: None,
+            content: DraftContent::Image {
+                size,
+                block_size,
+                blocks,
+            },
+            stats,
+        };
+        self.commit_draft(s, part, draft)
+    }
+
+    /// Commits a part: the server names it, labels it and chains it to the part's latest.
+    fn commit_draft(&self, s: &Session, part: &str, mut draft: Draft) -> ApiResult<Manifest> {
         let bad = |m: String| ApiError(StatusCode::UNPROCESSABLE_ENTITY, m);
         let (name, label, kind) = match (s.kind, part_disk(part)) {
             (CaptureKind::Files, _) if part == "files" => {
@@ -415,7 +550,6 @@ impl CaptureApi {
             )))
             }
         };
-        let mut draft = Draft::decode(body).map_err(|e| bad(e.to_string()))?;
         let draft_kind = match &draft.content {
             DraftContent::Tree(_) => SnapshotKind::Tree,
             DraftContent::Image { .. } => SnapshotKind::Image,
@@ -426,7 +560,6 @@ impl CaptureApi {
                 s.name
             )));
         }
-        // The server names what it stores, and chains it to the part's latest.
         let store = self.store()?;
         draft.name = name.clone();
         draft.labels = BTreeMap::from([(LABEL_CAPTURE.to_string(), label.to_string())]);
@@ -742,19 +875,39 @@ async fn tree_handler(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
-async fn commit_handler(
-    AxState(api): Api,
-    ConnectInfo(peer): Peer,
-    Path((id, part)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (s, body) = session_of(&api, id, peer, headers, body, MAX_DRAFT).await?;
-    let body = read_body(body, MAX_DRAFT, "snapshot draft").await?;
-    s.touch(body.len());
-    let s2 = s.clone();
-    let m = blocking(move || api.commit(&s2, &part, &body)).await?;
-    Ok(Json(m).into_response())
+/// `POST /api/capture/{session}/WHAT/{part}`: the body (at most [`MAX_DRAFT`] bytes, `what`
+/// in errors) goes to `f`; `reply` makes the answer and says how many bytes of it count on
+/// the wire.
+fn part_post<T: Send + 'static>(
+    what: &'static str,
+    f: fn(&CaptureApi, &Session, &str, &[u8]) -> ApiResult<T>,
+    reply: fn(T) -> (Response, usize),
+) -> MethodRouter<Arc<CaptureApi>> {
+    post(
+        move |AxState(api): Api,
+              ConnectInfo(peer): Peer,
+              Path((id, part)): Path<(String, String)>,
+              headers: HeaderMap,
+              body: Body| async move {
+            let (s, body) = session_of(&api, id, peer, headers, body, MAX_DRAFT).await?;
+            let body = read_body(body, MAX_DRAFT, what).await?;
+            s.touch(body.len());
+            let s2 = s.clone();
+            let (answer, len) = reply(blocking(move || f(&api, &s2, &part, &body)).await?);
+            s.touch(len);
+            ApiResult::Ok(answer)
+        },
+    )
+}
+
+fn manifest_reply(m: Manifest) -> (Response, usize) {
+    (Json(m).into_response(), 0)
+}
+
+fn bitmap_reply(bitmap: Vec<u8>) -> (Response, usize) {
+    let len = bitmap.len();
+    let r = ([(header::CONTENT_TYPE, "application/octet-stream")], bitmap).into_response();
+    (r, len)
 }
 
 async fn finish_handler(

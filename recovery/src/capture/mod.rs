@@ -11,6 +11,7 @@
 
 pub mod as_profile;
 pub mod block;
+pub mod compare;
 pub mod diff;
 pub mod files;
 pub mod layout;

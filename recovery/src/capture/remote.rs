@@ -8,6 +8,8 @@
 //! POST /api/capture/{session}/chunks         chunks as stored (chunk_stream::encode_upload)
 //! GET  /api/capture/{session}/tree/{part}    the part's previous tree (archive tree encoding)
 //! POST /api/capture/{session}/commit/{part}  Draft::encode → the part's Manifest (JSON)
+//! POST /api/capture/{session}/compare/{part} a disk's group digests → which groups changed
+//! POST /api/capture/{session}/changes/{part} the changed groups' blocks → the Manifest
 //! POST /api/capture/{session}/finish         Report (JSON) → Finished (JSON)
 //! POST /api/capture/{session}/fail           why the capture failed (text)
 //! GET  /ignite                               the server's own (static) ignite binary
@@ -23,8 +25,12 @@
 //! while the import goes on. While the server is away every request is retried with backoff;
 //! when it answers again without the session (it was restarted), the capture begins again:
 //! reading is redone, but what the server stored is no longer missing and is not sent again.
+//!
+//! A disk whose previous capture has its size is not asked about block by block: the client
+//! hashes it, and only the groups of blocks whose digests differ from that capture's are
+//! asked about, sent and committed ([`compare`]); a first capture sends each chunk's id.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -33,14 +39,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ignite_archive::chunk_stream::{self, StoredChunk};
-use ignite_archive::snapshot::decode_tree;
+use ignite_archive::snapshot::{decode_tree, SnapshotStats};
 use ignite_archive::{
-    ChunkId, ChunkSink, Draft, DraftContent, FileImage, ImageSource, ImportOptions, Manifest,
-    Progress, StoreConfig,
+    ChunkId, ChunkSink, Draft, DraftContent, FileImage, ImageReader, ImageSource, ImportOptions,
+    Manifest, Progress, StoreConfig,
 };
 use ignite_profiles::DiskFact;
 use serde::{Deserialize, Serialize};
 
+use super::compare;
 use super::files::{self, FileSystem, Rules, Source, View};
 use super::layout::{self, DiskLayout};
 use super::record::{disk_snapshot_name, files_snapshot_name, CaptureKind, LABEL_CAPTURE};
@@ -237,6 +244,29 @@ impl Client {
     fn commit(&self, s: &Session, part: &str, draft: &Draft) -> Result<Manifest> {
         let path = format!("/api/capture/{}/commit/{part}", s.session);
         self.json(&format!("the commit of {part}"), &path, &draft.encode()?)
+    }
+
+    /// Which groups of `part` differ from its previous capture ([`compare`]).
+    fn compare(&self, s: &Session, part: &str, digests: &[[u8; 32]]) -> Result<Vec<bool>> {
+        let what = format!("a comparison of {part} with its previous capture");
+        let path = format!("/api/capture/{}/compare/{part}", s.session);
+        let data = self.call(&what, &path, Some(&compare::encode_digests(digests)))?;
+        compare::decode_bitmap(&data, digests.len())
+            .with_context(|| format!("server {}: {what}", self.server()))
+    }
+
+    /// Commits `part` as its previous capture with the differing groups' blocks replaced.
+    fn commit_changes(
+        &self,
+        s: &Session,
+        part: &str,
+        stats: &SnapshotStats,
+        blocks: &[Option<ChunkId>],
+    ) -> Result<()> {
+        let path = format!("/api/capture/{}/changes/{part}", s.session);
+        let body = compare::encode_changes(stats, blocks)?;
+        self.json::<Manifest>(&format!("the commit of {part}"), &path, &body)
+            .map(|_| ())
     }
 
     fn finish(&self, s: &Session, report: &Report) -> Result<Finished> {
@@ -447,7 +477,7 @@ fn run(client: &Client, s: &Session, job: &Job, progress: &Progress) -> Result<F
                 report.disks.push(DiskReport {
                     index: *i,
                     path: p.display().to_string(),
-                    size: ignite_archive::ImageReader::size(&img),
+                    size: ImageReader::size(&img),
                     serial: None,
                     layout: layout::probe(&img).ok(),
                 });
@@ -627,22 +657,175 @@ fn capture_block(
 ) -> Result<()> {
     for (index, path) in disks {
         let img = FileImage::open(path).with_context(|| format!("disk {}", path.display()))?;
+        let part = format!("disk{index}");
         let mut opts = ImportOptions::new(&disk_snapshot_name(&s.name, *index));
         opts.labels.insert(LABEL_CAPTURE.into(), "disk".into());
-        let draft = with_sink(client, s, |sink| {
-            let src = ImageSource {
-                reader: &img,
-                changed: None,
-            };
-            Ok(ignite_archive::import_image_into(
-                sink, src, &opts, None, progress,
-            )?)
-        })
+        let size = ImageReader::size(&img);
+        let parent = s
+            .parents
+            .get(&part)
+            .filter(|m| m.image_size == Some(size) && m.block_size == Some(s.config.block_size));
+        match parent {
+            Some(_) => capture_compared(client, s, &part, &img, &opts, progress),
+            // A first capture: every block is new to this disk's history, so it is sent in
+            // one pass, asking about each chunk as it is made.
+            None => {
+                let draft = with_sink(client, s, |sink| {
+                    let src = ImageSource {
+                        reader: &img,
+                        changed: None,
+                    };
+                    Ok(ignite_archive::import_image_into(
+                        sink, src, &opts, None, progress,
+                    )?)
+                })?;
+                client.commit(s, &part, &draft).map(|_| ())
+            }
+        }
         .with_context(|| format!("reading disk {}", path.display()))?;
-        client.commit(s, &format!("disk{index}"), &draft)?;
         report.captured.push(path.display().to_string());
     }
     Ok(())
+}
+
+/// A disk with a previous capture of its size ([`compare`]): every block hashed, the group
+/// digests compared at the server, and only the differing groups' chunks asked about, sent
+/// where missing, and committed.
+fn capture_compared(
+    client: &Client,
+    s: &Session,
+    part: &str,
+    img: &FileImage,
+    opts: &ImportOptions,
+    progress: &Progress,
+) -> Result<()> {
+    let src = ImageSource {
+        reader: img,
+        changed: None,
+    };
+    let hashed =
+        ignite_archive::import_image_into(&HashOnly(&s.config), src, opts, None, progress)?;
+    let DraftContent::Image { blocks, .. } = hashed.content else {
+        bail!("an image import made a tree");
+    };
+    let differs = client.compare(s, part, &compare::group_digests(&blocks))?;
+    let changed: Vec<usize> = compare::blocks_in(&differs, blocks.len()).collect();
+    // Chunks of the groups that did not change: the server holds them (it checked).
+    let mut in_changed = vec![false; blocks.len()];
+    for &i in &changed {
+        in_changed[i] = true;
+    }
+    let known: HashSet<ChunkId> = blocks
+        .iter()
+        .zip(&in_changed)
+        .filter(|(_, c)| !**c)
+        .filter_map(|(b, _)| *b)
+        .collect();
+    let mut stats = hashed.stats;
+    stats.read_bytes += with_sink(client, s, |sink| {
+        send_missing(sink, img, &blocks, &changed, &known)
+    })?;
+    let delta: Vec<Option<ChunkId>> = changed.iter().map(|&i| blocks[i]).collect();
+    client.commit_changes(s, part, &stats, &delta)
+}
+
+/// Asks the server about the chunks of blocks `changed` it does not hold already (`known`),
+/// then reads those blocks again and uploads them (the archive's pipeline compresses them),
+/// checked against the ids they had when the disk was hashed. Returns the bytes read.
+fn send_missing(
+    sink: &HttpSink,
+    img: &FileImage,
+    blocks: &[Option<ChunkId>],
+    changed: &[usize],
+    known: &HashSet<ChunkId>,
+) -> Result<u64> {
+    // Each chunk once, at its first block.
+    let mut seen = HashSet::new();
+    let ask: Vec<(usize, ChunkId)> = changed
+        .iter()
+        .filter_map(|&i| blocks[i].map(|id| (i, id)))
+        .filter(|(_, id)| !known.contains(id) && seen.insert(*id))
+        .collect();
+    let ids: Vec<ChunkId> = ask.iter().map(|(_, id)| *id).collect();
+    let mut missing: HashSet<ChunkId> = HashSet::new();
+    for batch in ids.chunks(compare::MAX_IDS) {
+        missing.extend(sink.missing(batch)?);
+    }
+    let send: Vec<(usize, ChunkId)> = ask
+        .into_iter()
+        .filter(|(_, id)| missing.contains(id))
+        .collect();
+    let bs = u64::from(sink.config().block_size);
+    let size = ImageReader::size(img);
+    let asked = Asked {
+        sink,
+        missing: &missing,
+    };
+    let (read, ids) = ignite_archive::pipeline::run(&asked, |sub| {
+        let mut read = 0u64;
+        for (i, _) in &send {
+            let off = *i as u64 * bs;
+            let mut buf = vec![0u8; bs.min(size - off) as usize];
+            ImageReader::read_at(img, &mut buf, off).map_err(|e| {
+                ignite_archive::Error::Invalid(format!("{}: block {i}: {e}", img.name()))
+            })?;
+            read += buf.len() as u64;
+            sub.submit(buf)?;
+        }
+        Ok(read)
+    })?;
+    if let Some(((i, _), _)) = send
+        .iter()
+        .zip(&ids)
+        .find(|((_, want), got)| **got != Some(*want))
+    {
+        bail!("block {i} changed while the disk was captured; a disk captured at block level must not be in use");
+    }
+    Ok(read)
+}
+
+/// Uploads chunks the server was already asked about: the pipeline's own questions are
+/// answered from that answer.
+struct Asked<'a> {
+    sink: &'a HttpSink<'a>,
+    missing: &'a HashSet<ChunkId>,
+}
+
+impl ChunkSink for Asked<'_> {
+    fn config(&self) -> &StoreConfig {
+        self.sink.config()
+    }
+
+    fn missing(&self, ids: &[ChunkId]) -> ignite_archive::Result<Vec<ChunkId>> {
+        Ok(ids
+            .iter()
+            .filter(|id| self.missing.contains(id))
+            .copied()
+            .collect())
+    }
+
+    fn put(&self, chunks: &[StoredChunk]) -> ignite_archive::Result<()> {
+        self.sink.put(chunks)
+    }
+}
+
+/// A sink that stores nothing: every chunk counts as held, so an import only hashes.
+struct HashOnly<'a>(&'a StoreConfig);
+
+impl ChunkSink for HashOnly<'_> {
+    fn config(&self) -> &StoreConfig {
+        self.0
+    }
+
+    fn missing(&self, _: &[ChunkId]) -> ignite_archive::Result<Vec<ChunkId>> {
+        Ok(Vec::new())
+    }
+
+    fn put(&self, _: &[StoredChunk]) -> ignite_archive::Result<()> {
+        Err(ignite_archive::Error::Invalid(
+            "a hashing pass stores nothing".into(),
+        ))
+    }
 }
 
 /// A line on stderr (the agent's console, the live capture's terminal). A terminal that went
