@@ -41,6 +41,8 @@ use ignite_recovery::nbd::server::Server;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::instant_files::overlay_of;
+use super::instant_files::qmp_socket;
 use super::qemu::Qmp;
 use super::Paths;
 
@@ -94,29 +96,13 @@ pub fn log_path(dir: &Path) -> PathBuf {
 fn pid_path(dir: &Path) -> PathBuf {
     dir.join("instant.pid")
 }
-/// QEMU's second monitor, for the background copy.
-pub fn qmp_socket(dir: &Path) -> PathBuf {
-    dir.join("instant-qmp.sock")
-}
 fn nbd_socket(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("disk{i}.nbd.sock"))
-}
-fn overlay_of(disk: &Path) -> PathBuf {
-    let mut p = disk.as_os_str().to_owned();
-    p.push(".instant.qcow2");
-    PathBuf::from(p)
 }
 fn partial_of(disk: &Path) -> PathBuf {
     let mut p = disk.as_os_str().to_owned();
     p.push(".partial");
     PathBuf::from(p)
-}
-
-/// The overlay QEMU must open instead of `disk`: while an instant restore has not finished
-/// copying it (the disk's own image does not exist yet).
-pub fn overlay_in_use(disk: &Path) -> Option<PathBuf> {
-    let o = overlay_of(disk);
-    (o.exists() && !disk.exists()).then_some(o)
 }
 
 /// Makes the overlays of `disks` (index in the guest, snapshot) in guest directory `dir`
@@ -590,6 +576,7 @@ impl Reporter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::instant_files::overlay_in_use;
     use super::*;
 
     #[test]

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod control;
 pub mod definition;
 pub mod instant;
+pub mod instant_files;
 pub mod qemu;
 pub mod qemu_capture;
 pub mod restore;

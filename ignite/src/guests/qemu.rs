@@ -70,7 +70,7 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
     for (i, d) in def.disks.iter().enumerate() {
         // An instant restore still copying runs on its overlay (the backing, the snapshot's
         // NBD export, is opened as the overlay's header names it).
-        let (path, format) = match super::instant::overlay_in_use(&d.path) {
+        let (path, format) = match super::instant_files::overlay_in_use(&d.path) {
             Some(o) => {
                 instant = true;
                 (o, "qcow2")
@@ -95,7 +95,7 @@ pub fn command(def: &Definition, paths: &Paths, kvm: bool) -> Command {
     if instant {
         c.arg("-qmp").arg(format!(
             "unix:{},server=on,wait=off",
-            super::instant::qmp_socket(&paths.dir).display()
+            super::instant_files::qmp_socket(&paths.dir).display()
         ));
     }
     for (i, n) in def.nics.iter().enumerate() {
