@@ -94,37 +94,34 @@ impl Http {
         RemoteChunks(self)
     }
 
-    /// Everything an extraction of `archive` fetches (the tree, then every chunk once, in
-    /// the export's batches with `fetchers` in flight, each checked and decompressed), with
-    /// nothing written: the server's side of an install, for measuring many at once.
+    /// What an extraction of `archive` fetches (the tree, then every chunk once, in batches
+    /// within the server's limits with `fetchers` in flight, each checked and decompressed),
+    /// with nothing written: the server's side of an install, for measuring many at once.
     pub fn fetch_all(&self, archive: &ArchiveRef) -> Result<FetchStats> {
         let data = self.request(&format!("the tree of archive {archive}"), "tree", None)?;
         let id = archive.id.clone().unwrap_or_else(|| archive.name.clone());
         let entries = decode_tree(&id, &data)
             .with_context(|| format!("archive {archive} from server {}", self.api.server()))?;
+        // Each chunk once, in batches as the server takes them.
         let mut seen = std::collections::HashSet::new();
-        let mut batches: Vec<Vec<ChunkId>> = vec![Vec::new()];
-        let mut batch_bytes = 0;
-        for e in &entries {
-            let ignite_archive::EntryKind::File { extents, .. } = &e.kind else {
-                continue;
-            };
-            for x in extents.iter().filter(|x| seen.insert(x.id)) {
-                let full = batches.last().is_some_and(|b| {
-                    b.len() >= BATCH_CHUNKS || batch_bytes + u64::from(x.len) > BATCH_BYTES
-                });
-                if full {
-                    batches.push(Vec::new());
-                    batch_bytes = 0;
-                }
-                batches
-                    .last_mut()
-                    .unwrap_or_else(|| unreachable!())
-                    .push(x.id);
-                batch_bytes += u64::from(x.len);
+        let (mut batches, mut batch, mut batch_bytes) = (Vec::new(), Vec::new(), 0);
+        let extents = entries.iter().flat_map(|e| match &e.kind {
+            ignite_archive::EntryKind::File { extents, .. } => extents.as_slice(),
+            _ => &[],
+        });
+        for x in extents.filter(|x| seen.insert(x.id)) {
+            let len = u64::from(x.len);
+            if !batch.is_empty() && (batch.len() == BATCH_CHUNKS || batch_bytes + len > BATCH_BYTES)
+            {
+                batches.push(std::mem::take(&mut batch));
+                batch_bytes = 0;
             }
+            batch.push(x.id);
+            batch_bytes += len;
         }
-        batches.retain(|b| !b.is_empty());
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
         let next = AtomicUsize::new(0);
         let bytes = AtomicU64::new(0);
         let latencies = std::sync::Mutex::new(Vec::with_capacity(batches.len()));
