@@ -316,6 +316,69 @@ mod tests {
         w.commit(draft).unwrap().id
     }
 
+    /// A draft naming `ids` as one file each.
+    fn draft(ids: &[(ChunkId, usize)]) -> Draft {
+        let entries = ids
+            .iter()
+            .enumerate()
+            .map(|(i, (id, size))| Entry {
+                path: format!("f{i}").into_bytes(),
+                kind: EntryKind::File {
+                    size: *size as u64,
+                    extents: vec![Extent {
+                        offset: 0,
+                        len: *size as u32,
+                        id: *id,
+                    }],
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                mtime_nsec: 0,
+                xattrs: vec![],
+                source: None,
+            })
+            .collect();
+        Draft {
+            name: "s".into(),
+            labels: Default::default(),
+            parent: None,
+            content: DraftContent::Tree(entries),
+            stats: Default::default(),
+        }
+    }
+
+    /// A session that was told the store has a chunk commits after gc moved that chunk to a
+    /// new pack and removed the old one (the race CI met with three captures beside gc).
+    #[test]
+    fn a_session_commits_a_chunk_gc_repacked_meanwhile() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::init(&t.path().join("s"), StoreConfig::default()).unwrap();
+        let mut zc = zstd::bulk::Compressor::new(1).unwrap();
+        let small: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        // One pack holds a small live chunk and a big dead one: gc repacks the small one.
+        let w = Writer::new(&store).unwrap();
+        let x = w.put(&small, &mut zc).unwrap();
+        let z = w.put(&big, &mut zc).unwrap();
+        let both = w
+            .commit(draft(&[(x, small.len()), (z, big.len())]))
+            .unwrap();
+        let w = Writer::new(&store).unwrap();
+        assert!(w.missing(&[x]).unwrap().is_empty());
+        w.commit(draft(&[(x, small.len())])).unwrap();
+        store.forget(&both.id).unwrap();
+        // A remote session learns the chunk where it is now, then gc moves it.
+        let session = Writer::new(&store).unwrap();
+        assert!(session.missing(&[x]).unwrap().is_empty());
+        let r = gc(&store).unwrap();
+        assert_eq!((r.packs_repacked, r.packs_deleted), (1, 1), "{r:?}");
+        session
+            .commit_uploaded(draft(&[(x, small.len())]))
+            .expect("the chunk is in the store, in gc's new pack");
+    }
+
     #[test]
     fn what_gc_reports_freed_is_durably_gone() {
         let t = tempfile::tempdir().unwrap();

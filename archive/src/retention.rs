@@ -36,7 +36,7 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     pub id: String,
     pub name: String,

@@ -157,18 +157,37 @@ impl<'s> Writer<'s> {
             ids.iter().map(|id| map.get(id).cloned()).collect()
         };
         let mut packs: HashMap<Arc<str>, bool> = HashMap::new();
+        let mut exists = |p: &Arc<str>| {
+            *packs
+                .entry(p.clone())
+                .or_insert_with(|| self.store.pack_file_path(p, false).exists())
+        };
         let mut out = Vec::new();
+        let mut moved = Vec::new();
         for (id, k) in ids.iter().zip(known) {
-            let have = match k {
-                Some(Known::Mine) => true,
-                Some(Known::Packed(p)) => *packs
-                    .entry(p.clone())
-                    .or_insert_with(|| self.store.pack_file_path(&p, false).exists()),
-                None => false,
-            };
-            if !have {
-                out.push(*id);
+            match k {
+                Some(Known::Mine) => {}
+                Some(Known::Packed(p)) if exists(&p) => {}
+                Some(Known::Packed(_)) => moved.push(*id),
+                None => out.push(*id),
             }
+        }
+        if !moved.is_empty() {
+            // gc removed the pack the session knew: the chunk may live on in the pack gc
+            // copied it to, or be gone.
+            self.store.refresh_index()?;
+            let mut map = self.known.lock().unwrap();
+            for id in moved {
+                match self.store.locate(&id) {
+                    Some(l) if !l.in_trash && exists(&l.pack) => {
+                        map.insert(id, Known::Packed(l.pack));
+                    }
+                    _ => out.push(id),
+                }
+            }
+            // Keep the order given.
+            let asked: HashMap<&ChunkId, usize> = ids.iter().zip(0..).collect();
+            out.sort_by_key(|id| asked[id]);
         }
         Ok(out)
     }

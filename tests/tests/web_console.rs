@@ -215,7 +215,10 @@ fn the_console_shows_the_server_and_acts_through_the_api() {
     // Guests: start one (QEMU) and stop it; start it again and see its console in the page
     // until it powers off by itself.
     show(&b, "guests");
-    let g = rows(&b, "guests-rows");
+    // The list is fetched when the view shows: under load it may not be there yet.
+    let g = b.wait_for("the guests' rows", Duration::from_secs(30), |b| {
+        Some(rows(b, "guests-rows")).filter(|r| !r.is_empty())
+    });
     assert_eq!(&g[0][..2], ["g1", "defined"], "{g:?}");
     let button = |n: u8| format!("#guests-rows tr[data-guest=\"g1\"] button:nth-of-type({n})");
     let state_is = |want: &str| {
