@@ -1497,6 +1497,51 @@ fn recovery_and_prune_as_jobs() {
         }
     }
 
+    // The CLI through the API (`--server`): the same jobs, their logs printed.
+    let remote = [("IGNITE_SERVER", s.url.as_str())];
+    let (ok, out, err) = s.ignite(&["recovery", "capture", "gr", "--server", &s.url], &[]);
+    assert!(ok && out.contains("captured gr as gr@"), "{out}{err}");
+    let out2 = s.dir.path().join("restored2.img");
+    let (ok, out, err) = s.ignite(
+        &[
+            "recovery",
+            "restore",
+            "gr@latest",
+            "--to",
+            out2.to_str().unwrap(),
+        ],
+        &remote,
+    );
+    assert!(ok && out.contains("restored gr@"), "{out}{err}");
+    assert!(
+        std::fs::read(&out2).unwrap() == content,
+        "the restore through the CLI differs"
+    );
+    let (ok, _, err) = s.ignite(&["recovery", "restore", "gr", "--to", "rel.img"], &remote);
+    assert!(!ok && err.contains("absolute"), "{err}");
+    let (ok, out, err) = s.ignite(&["recovery", "restore", "gr", "--as-guest", "gr5"], &remote);
+    assert!(ok && out.contains("as guest gr5"), "{out}{err}");
+    assert_eq!(s.get("/api/v1/guests/gr5").1["mem"], 64 << 20);
+    let (ok, _, err) = s.ignite(&["recovery", "clone", "gr", "--as", "gr6"], &remote);
+    assert_eq!(
+        ok,
+        s.get("/api/v1/guests/gr3").0 == 200,
+        "the CLI's clone through the API went otherwise than the API's: {err}"
+    );
+    // A prune says the same through the server as locally; then it forgets.
+    let dry = ["recovery", "prune", "gr", "--keep-last", "1", "--dry-run"];
+    let (ok, via, err) = s.ignite(&dry, &remote);
+    assert!(ok, "{err}");
+    assert_eq!(via, s.ok(&dry));
+    assert!(via.contains("would remove gr@"), "{via}");
+    let (ok, _, err) = s.ignite(&["recovery", "prune", "gr", "--keep-last", "1"], &remote);
+    assert!(ok, "{err}");
+    let captures: Value =
+        serde_json::from_str(&s.ok(&["archive", "list", "--json", "--name", "gr"])).unwrap();
+    assert_eq!(captures.as_array().unwrap().len(), 1, "{captures}");
+    let (ok, _, err) = s.ignite(&["recovery", "prune", "gr"], &remote);
+    assert!(!ok && err.contains("no keep_* rule"), "{err}");
+
     // Prune: refused without a rule, a dry run changes nothing, then it forgets.
     make_store(&s);
     let prune = "/api/v1/archives/prune";
@@ -1537,6 +1582,14 @@ fn recovery_and_prune_as_jobs() {
     assert!(
         job["log"].to_string().contains("would remove golden"),
         "{job}"
+    );
+    let dry = ["archive", "prune", "--keep-last", "1", "--dry-run"];
+    let via = s.ignite(&dry, &remote);
+    assert!(via.0, "{}", via.2);
+    assert_eq!(
+        via,
+        s.ignite(&dry, &[]),
+        "archive prune through the server and locally"
     );
     let job = run_job(&s, prune, Some(json!({"keep_last": 1})));
     assert_eq!(

@@ -10,6 +10,7 @@ use ignite_archive::config::StoreConfig;
 use ignite_archive::diff::{Change, DiffReport};
 use ignite_archive::import::{ImportOptions, ParentChoice};
 use ignite_archive::import_image::ImageSource;
+use ignite_archive::retention::Decision;
 use ignite_archive::{Manifest, SnapshotKind, Store};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -115,6 +116,8 @@ enum Cmd {
         policy: PrunePolicy,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Remove chunks no snapshot needs (safe while imports run).
     Gc {
@@ -509,10 +512,20 @@ pub fn run(args: Args) -> Result<()> {
                 );
             }
         }
-        Cmd::Prune { policy, json } => {
-            let store = open(&args.store)?;
+        Cmd::Prune { policy, json, api } => {
             let dry_run = policy.dry_run;
-            let decisions = prune(&store, &policy.policy()?, dry_run)?;
+            let decisions: Vec<Decision> = match api.remote_if_asked(&remote::default_state_dir())?
+            {
+                Some(r) => {
+                    let job: JobRef = r.call(
+                        "POST",
+                        "/api/v1/archives/prune",
+                        Some(serde_json::to_value(&policy)?),
+                    )?;
+                    serde_json::from_value(r.wait_job(job.job)?)?
+                }
+                None => prune(&open(&args.store)?, &policy.policy()?, dry_run)?,
+            };
             if json {
                 return print_json(&decisions);
             }

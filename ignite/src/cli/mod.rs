@@ -14,6 +14,7 @@ mod netboot_bench;
 mod profile;
 mod progress;
 mod recovery;
+mod recovery_remote;
 mod remote;
 mod server;
 mod vm;

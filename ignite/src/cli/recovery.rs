@@ -12,6 +12,8 @@ use ignite_recovery::capture::diff as capture_diff;
 use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
 
 use crate::cli::progress::with_progress;
+use crate::cli::recovery_remote;
+use crate::cli::remote::ServerOpts;
 use crate::guests::capture::capture_guest;
 use crate::guests::instant;
 use crate::guests::restore::{CloneAs, InstantOptions};
@@ -41,9 +43,10 @@ pub struct RecoveryArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Capture a defined guest's disks now (running or stopped), reading only what changed
-    /// since its last capture when the change log allows; or, with --server, this machine
-    /// over the network (`make_net_recovery`): its running system at file level, or the
-    /// disks or image files given with --disk at block level.
+    /// since its last capture when the change log allows (with --server URL: the guest of
+    /// that server, as a job of its API); or, with --server and no NAME, this machine over
+    /// the network (`make_net_recovery`): its running system at file level, or the disks or
+    /// image files given with --disk at block level.
     Capture(CaptureArgs),
     /// Make a capture token for client NAME: for `ignite recovery capture --server` on it
     /// (printed), or with --agent the options of its next netboot capture (boot action
@@ -104,6 +107,8 @@ enum Cmd {
         as_guest: Option<String>,
         #[command(flatten)]
         instant: InstantArgs,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Recovery media (`make_tape_recovery`): a bootable ISO (BIOS and UEFI) holding the
     /// install kernel, the agent initramfs and the capture; booted with no network, it
@@ -140,6 +145,8 @@ enum Cmd {
         mac: Vec<String>,
         #[command(flatten)]
         instant: InstantArgs,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// An instant restore or clone still copying its disks: where the copy is, whether its
     /// server runs; `--rate` changes the copy's speed limit, `--resume` starts the server
@@ -165,6 +172,8 @@ enum Cmd {
         keep: KeepArgs,
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        api: ServerOpts,
     },
 }
 
@@ -270,10 +279,12 @@ impl KeepArgs {
 
 #[derive(Args)]
 struct CaptureArgs {
-    /// The guest to capture (without --server).
+    /// The guest to capture (with --server: a guest of that server).
     name: Option<String>,
-    /// Capture this machine to the Ignite server at URL (`http://10.77.0.1:8080`, or
-    /// `https://10.77.0.1:8443` with --tls-pin).
+    /// Without NAME: capture this machine to the Ignite server at URL
+    /// (`http://10.77.0.1:8080`, or `https://10.77.0.1:8443` with --tls-pin). With NAME:
+    /// have that server capture its guest NAME (--token is then its admin token, default
+    /// IGNITE_TOKEN or the server's own on its host).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// The pin of an https:// server's authority (`ignite server` logs it at start).
@@ -320,7 +331,26 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
     let store_dir = a.store.clone().unwrap_or_else(|| a.state_dir.join("store"));
     match a.cmd {
         Cmd::Capture(c) if c.server.is_some() && c.verify.verify_boot => {
-            anyhow::bail!("--verify-boot runs on the server: captures of its guests only")
+            anyhow::bail!("--verify-boot runs where the guest is: on the server, without --server")
+        }
+        Cmd::Capture(c) if c.server.is_some() && c.name.is_some() => {
+            if !(c.disks.is_empty() && c.rules.is_empty() && c.tls_pin.is_none()) {
+                anyhow::bail!(
+                    "--disk, -x and --tls-pin are for capturing this machine (--server URL without a NAME)"
+                );
+            }
+            let api = ServerOpts {
+                server: c.server.clone(),
+                token: c
+                    .token
+                    .clone()
+                    .or_else(|| std::env::var("IGNITE_TOKEN").ok()),
+            };
+            let name = c.name.as_deref().expect("matched");
+            match api.remote_if_asked(&a.state_dir)? {
+                Some(r) => recovery_remote::capture(&r, name),
+                None => capture(&a.state_dir, &store_dir, name, None),
+            }
         }
         Cmd::Capture(c) if c.server.is_some() => net_capture(c),
         Cmd::Capture(c) => match (&c.name, c.disks.is_empty() && c.rules.is_empty()) {
@@ -354,14 +384,26 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             name,
             keep,
             dry_run,
-        } => prune(&store_dir, &name, &keep.keep(), dry_run),
+            api,
+        } => match api.remote_if_asked(&a.state_dir)? {
+            Some(r) => recovery_remote::prune(&r, &name, &keep.keep(), dry_run),
+            None => prune(&store_dir, &name, &keep.keep(), dry_run),
+        },
         Cmd::Restore {
             capture,
             to,
             as_guest,
             instant,
-        } => match as_guest {
-            Some(new) => restore_guest(
+            api,
+        } => match (api.remote_if_asked(&a.state_dir)?, as_guest) {
+            (Some(r), as_guest) => recovery_remote::restore(
+                &r,
+                &capture,
+                &to,
+                as_guest.as_deref(),
+                instant.options()?.map(|o| o.rate),
+            ),
+            (None, Some(new)) => restore_guest(
                 &a.state_dir,
                 &store_dir,
                 &capture,
@@ -369,10 +411,10 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
                 None,
                 instant.options()?,
             ),
-            None if instant.instant => {
+            (None, None) if instant.instant => {
                 anyhow::bail!("--instant restores as a guest: add --as-guest NEW")
             }
-            None => restore_to(&store_dir, &capture, &to),
+            (None, None) => restore_to(&store_dir, &capture, &to),
         },
         Cmd::Instant {
             name,
@@ -396,7 +438,18 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             hostname,
             mac,
             instant,
+            api,
         } => {
+            if let Some(r) = api.remote_if_asked(&a.state_dir)? {
+                return recovery_remote::clone(
+                    &r,
+                    &capture,
+                    &new,
+                    hostname.as_deref(),
+                    &mac,
+                    instant.options()?.map(|o| o.rate),
+                );
+            }
             let hostname = hostname.unwrap_or_else(|| new.clone());
             if let Some(why) = ignite_profiles::hostname_problem(&hostname) {
                 anyhow::bail!("hostname {hostname:?} {why}; give a valid one with --hostname");
@@ -488,18 +541,8 @@ fn schedule(state_dir: &Path, a: ScheduleArgs) -> Result<()> {
 fn prune(store_dir: &Path, name: &str, keep: &Keep, dry_run: bool) -> Result<()> {
     let store = Store::open(store_dir)?;
     let r = retention::prune(&store, name, &keep.policy(), dry_run)?;
-    for (id, why) in &r.kept {
-        println!("keep   {name}@{} ({})", short(id), why.join(", "));
-    }
-    let verb = if dry_run { "would remove" } else { "remove" };
-    for id in &r.removed {
-        println!("{verb} {name}@{}", short(id));
-    }
-    if !r.removed_data.is_empty() {
-        println!(
-            "{verb} {} disk/file snapshot(s) of those captures; `ignite archive gc` frees their space",
-            r.removed_data.len()
-        );
+    for line in r.lines(name, dry_run) {
+        println!("{line}");
     }
     Ok(())
 }
@@ -545,20 +588,9 @@ fn capture(
     let state = State::open(state_dir)?;
     let store = Arc::new(Store::open_or_init(store_dir)?);
     let c = capture_guest(state_dir, &state, store.clone(), name)?;
-    let s = &c.record.stats;
-    for why in &s.full_reads {
-        println!("{why}");
+    for line in c.summary() {
+        println!("{line}");
     }
-    println!(
-        "captured {name} as {name}@{}: {} disk(s), {} read of {}, {} new in the store, writes held {} ms, {:.1} s",
-        short(&c.snapshot.id),
-        c.record.disks.len(),
-        human(s.read_bytes),
-        human(s.logical_bytes),
-        human(s.new_stored_bytes),
-        s.pause_ms,
-        s.seconds
-    );
     if let Some(v) = verify {
         println!(
             "test-booting {name}@{} on the isolated bridge",

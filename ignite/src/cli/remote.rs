@@ -158,8 +158,25 @@ impl Remote {
 
     /// Job `id`'s result once it is done (polled); its error when it failed.
     pub fn wait_job(&self, id: u64) -> Result<serde_json::Value> {
+        self.follow_job(id, |_| {})
+    }
+
+    /// As [`Remote::wait_job`], printing the job's log lines as they come.
+    pub fn wait_job_logged(&self, id: u64) -> Result<serde_json::Value> {
+        let mut printed = 0;
+        self.follow_job(id, |j| {
+            for line in j.log.iter().skip(printed) {
+                println!("{}", crate::cli::escape(line));
+            }
+            printed = printed.max(j.log.len());
+        })
+    }
+
+    /// Job `id`, polled until it ends, `seen` shown each state on the way.
+    fn follow_job(&self, id: u64, mut seen: impl FnMut(&Job)) -> Result<serde_json::Value> {
         loop {
             let j: Job = self.get(&format!("/api/v1/jobs/{id}"))?;
+            seen(&j);
             match j.state {
                 JobState::Running => std::thread::sleep(Duration::from_millis(200)),
                 JobState::Done => return Ok(j.result.unwrap_or_default()),

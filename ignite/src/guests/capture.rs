@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ignite_profiles::human;
 use ignite_recovery::capture::block::{BlockDisk, Changes};
+use ignite_recovery::capture::record::short;
 use ignite_vmm::change_tracking::{ChangeSet, ChangeTracker};
 use serde::{Deserialize, Serialize};
 
@@ -430,6 +432,27 @@ pub struct Captured {
     pub history: i64,
     pub snapshot: ignite_archive::Manifest,
     pub record: ignite_recovery::capture::record::Record,
+}
+
+impl Captured {
+    /// What the capture did, as shown to people: why it read disks whole, if it did, then
+    /// one line of what it read, stored and held.
+    pub fn summary(&self) -> Vec<String> {
+        let s = &self.record.stats;
+        let name = &self.record.name;
+        let mut out = s.full_reads.clone();
+        out.push(format!(
+            "captured {name} as {name}@{}: {} disk(s), {} read of {}, {} new in the store, writes held {} ms, {:.1} s",
+            short(&self.snapshot.id),
+            self.record.disks.len(),
+            human(s.read_bytes),
+            human(s.logical_bytes),
+            human(s.new_stored_bytes),
+            s.pause_ms,
+            s.seconds
+        ));
+        out
+    }
 }
 
 /// Captures every disk of guest `name` into `store` (running or not), recording the

@@ -8,7 +8,7 @@ use ignite_archive::retention::{apply, Policy};
 use ignite_archive::Store;
 use serde::Serialize;
 
-use super::record::{Record, LABEL_CAPTURE};
+use super::record::{short, Record, LABEL_CAPTURE};
 
 #[derive(Debug, Default, Serialize)]
 pub struct PruneReport {
@@ -18,6 +18,30 @@ pub struct PruneReport {
     pub removed: Vec<String>,
     /// Disk and file snapshots removed with them (or left by interrupted captures).
     pub removed_data: Vec<String>,
+}
+
+impl PruneReport {
+    /// What a prune of `name`'s captures kept and removed, a line each, as shown to people.
+    pub fn lines(&self, name: &str, dry_run: bool) -> Vec<String> {
+        let verb = if dry_run { "would remove" } else { "remove" };
+        let mut out: Vec<String> = self
+            .kept
+            .iter()
+            .map(|(id, why)| format!("keep   {name}@{} ({})", short(id), why.join(", ")))
+            .collect();
+        out.extend(
+            self.removed
+                .iter()
+                .map(|id| format!("{verb} {name}@{}", short(id))),
+        );
+        if !self.removed_data.is_empty() {
+            out.push(format!(
+                "{verb} {} disk/file snapshot(s) of those captures; `ignite archive gc` frees their space",
+                self.removed_data.len()
+            ));
+        }
+        out
+    }
 }
 
 /// Applies `policy` to the captures of `name`; with `dry_run` only decides.

@@ -39,8 +39,9 @@
 //! POST   /api/v1/guests/{name}/media          {media, drive, take}                  media.rs
 //! DELETE /api/v1/guests/{name}/media/{drive}
 //! POST   /api/v1/recovery/{name}/capture      a job capturing guest NAME's disks    recovery.rs
-//! POST   /api/v1/recovery/{name}/restore      a job: {snapshot, as_guest | to}
-//! POST   /api/v1/recovery/{name}/clone        a job: {snapshot, as, hostname, mac}
+//! POST   /api/v1/recovery/{name}/restore      a job: {snapshot, as_guest | to, instant}
+//! POST   /api/v1/recovery/{name}/clone        a job: {snapshot, as, hostname, mac, instant}
+//! POST   /api/v1/recovery/{name}/prune        a job: retention over its captures {keep_*}
 //! GET    /api/v1/jobs, /api/v1/jobs/{id}      long work: state, progress, log       jobs.rs
 //! GET    /api/v1/events                       changes as Server-Sent Events         events.rs
 //! ```
@@ -161,6 +162,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/recovery/{name}/capture", post(recovery::capture))
         .route("/api/v1/recovery/{name}/restore", post(recovery::restore))
         .route("/api/v1/recovery/{name}/clone", post(recovery::clone))
+        .route("/api/v1/recovery/{name}/prune", post(recovery::prune))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/events", get(events::stream))
@@ -278,11 +280,11 @@ impl Modify for BearerToken {
         profiles::list, profiles::show, profiles::check_posted, profiles::render,
         netboot::boot_log, netboot::leases, netboot::schedules,
         guests::list, guests::show, guests::start, guests::stop, guests::console,
-        recovery::capture, recovery::restore, recovery::clone,
+        recovery::capture, recovery::restore, recovery::clone, recovery::prune,
         guests::create_route, guests::remove, media::insert_route, media::eject_route,
     ),
     components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event, guests::ConsoleTail, clients::DefaultAction,
-        archives::PrunePolicy, recovery::RestoreRequest, recovery::CloneRequest, guests::NewGuest, guests::Removed, media::Insert, media::Inserted, media::Ejected, media::DriveChange,
+        archives::PrunePolicy, recovery::RestoreRequest, recovery::CloneRequest, recovery::PruneRequest, guests::NewGuest, guests::Removed, media::Insert, media::Inserted, media::Ejected, media::DriveChange,
         profiles::Problem, profiles::Checked, profiles::ProfileFile))
 )]
 struct Doc;

@@ -1,7 +1,7 @@
-//! Captures of guests (`make_net_recovery`), restores and clones, each a job (jobs.rs): the
-//! request is checked at once (404 no such guest or capture, 409 a guest name taken, 422 a
-//! bad request), the work runs as a job calling what `ignite recovery capture/restore/clone`
-//! call, its progress the bytes written.
+//! Captures of guests (`make_net_recovery`), restores, clones and prunes of their captures,
+//! each a job (jobs.rs): the request is checked at once (404 no such guest or capture, 409 a
+//! guest name taken, 422 a bad request), the work runs as a job calling what
+//! `ignite recovery capture/restore/clone/prune` call, its progress the bytes written.
 //!
 //! `{name}` is the captured guest's name; `snapshot` picks one of its captures (an id or id
 //! prefix; default: the latest).
@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use super::jobs::{Handle, JobRef};
 use super::{blocking, Api, Ctx, JsonBody};
-use crate::guests::restore::{restore_guest, CloneAs};
+use crate::guests::restore::{restore_guest, CloneAs, InstantOptions};
 use crate::server::api_error::{ErrorBody, V1Error, V1Result};
 
 /// One disk of a capture and where it is restored.
@@ -70,6 +70,25 @@ pub struct RestoreRequest {
     /// Or onto these image files or block devices of the server (absolute paths), one per
     /// disk in order.
     pub to: Option<Vec<String>>,
+    /// An instant restore (QEMU engine): the new guest can start at once, its disks served
+    /// from the store on demand while they are copied in the background.
+    #[serde(default)]
+    pub instant: bool,
+    /// With `instant`: the background copy's speed limit, bytes per second (default: none).
+    pub rate: Option<u64>,
+}
+
+/// The options of an instant restore or clone (`instant`, `rate`), checked.
+fn instant_options(instant: bool, rate: Option<u64>) -> V1Result<Option<InstantOptions>> {
+    match (instant, rate) {
+        (false, Some(_)) => Err(V1Error::invalid(
+            "rate is for an instant restore: add instant: true",
+        )),
+        (false, None) => Ok(None),
+        (true, rate) => Ok(Some(InstantOptions {
+            rate: rate.unwrap_or(0),
+        })),
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -85,6 +104,25 @@ pub struct CloneRequest {
     /// MACs for its NICs in order (default: generated).
     #[serde(default)]
     pub mac: Vec<String>,
+    /// An instant restore (QEMU engine): the new guest can start at once, its disks served
+    /// from the store on demand while they are copied in the background.
+    #[serde(default)]
+    pub instant: bool,
+    /// With `instant`: the background copy's speed limit, bytes per second (default: none).
+    pub rate: Option<u64>,
+}
+
+/// A retention policy over one guest's captures (restic's semantics); at least one rule.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneRequest {
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    /// Say what would go and why the rest stays; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// The capture `snapshot` of `name` names, checked to exist.
@@ -141,18 +179,9 @@ pub async fn capture(
         h.progress(0, Some(1));
         h.log(format!("capturing guest {name}"));
         let c = crate::guests::capture::capture_guest(&state_dir, &db, store, &name)?;
-        let s = &c.record.stats;
-        for why in &s.full_reads {
-            h.log(why.clone());
+        for line in c.summary() {
+            h.log(line);
         }
-        h.log(format!(
-            "captured {name} as {name}@{}: {} disk(s), {} bytes read of {}, {} new in the store",
-            short(&c.snapshot.id),
-            c.record.disks.len(),
-            s.read_bytes,
-            s.logical_bytes,
-            s.new_stored_bytes
-        ));
         h.progress(1, Some(1));
         Ok(serde_json::json!({"snapshot": c.snapshot.id, "record": c.record}))
     });
@@ -166,11 +195,15 @@ fn guest_job(
     spec: String,
     new: String,
     clone: Option<CloneAs>,
+    instant: Option<InstantOptions>,
     store: Store,
 ) -> u64 {
     let (state_dir, db) = (api.state_dir.clone(), api.state.clone());
     api.jobs.spawn(kind, move |h| {
-        h.log(format!("{spec} as guest {new}"));
+        h.log(format!(
+            "{spec} as guest {new}{}",
+            if instant.is_some() { " (instant)" } else { "" }
+        ));
         let r = h.with_progress(None, |p| {
             restore_guest(
                 &state_dir,
@@ -179,7 +212,7 @@ fn guest_job(
                 &spec,
                 &new,
                 clone.as_ref(),
-                None,
+                instant.as_ref(),
                 p,
             )
         })?;
@@ -216,11 +249,23 @@ pub async fn restore(
     let a = api.clone();
     let job = blocking(move || {
         let (spec, store) = capture_spec(&a, &name, b.snapshot.as_deref())?;
+        let instant = instant_options(b.instant, b.rate)?;
         match (b.as_guest, b.to) {
             (Some(new), None) => {
                 new_guest(&a, &new)?;
-                Ok(guest_job(&a, "recovery restore", spec, new, None, store))
+                Ok(guest_job(
+                    &a,
+                    "recovery restore",
+                    spec,
+                    new,
+                    None,
+                    instant,
+                    store,
+                ))
             }
+            (None, Some(_)) if instant.is_some() => Err(V1Error::invalid(
+                "an instant restore makes a guest: give as_guest, not to",
+            )),
             (None, Some(to)) => {
                 let to: Vec<PathBuf> = to.into_iter().map(PathBuf::from).collect();
                 if let Some(p) = to.iter().find(|p| p.is_relative()) {
@@ -302,13 +347,62 @@ pub async fn clone(
     let job = blocking(move || {
         let (spec, store) = capture_spec(&a, &name, b.snapshot.as_deref())?;
         new_guest(&a, &b.new)?;
+        let instant = instant_options(b.instant, b.rate)?;
         let c = CloneAs {
             hostname,
             macs: b.mac,
             bridge: None,
         };
-        Ok(guest_job(&a, "recovery clone", spec, b.new, Some(c), store))
+        Ok(guest_job(
+            &a,
+            "recovery clone",
+            spec,
+            b.new,
+            Some(c),
+            instant,
+            store,
+        ))
     })
     .await?;
+    Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
+}
+
+/// Apply a retention policy to a guest's captures (a job)
+///
+/// The records the policy does not keep go, with their disk and file snapshots; as
+/// `ignite recovery prune`. `ignite archive gc` (or the server's nightly gc) frees the space.
+/// The job's result says what was kept (and why) and what was removed.
+#[utoipa::path(operation_id = "recovery_prune", post, path = "/api/v1/recovery/{name}/prune", tag = "recovery",
+    params(("name" = String, Path, description = "the captured guest or client")), request_body = PruneRequest,
+    responses((status = 202, description = "started; follow GET /api/v1/jobs/{job}", body = JobRef),
+        (status = 422, description = "no rule given", body = ErrorBody)))]
+pub async fn prune(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+    JsonBody(b): JsonBody<PruneRequest>,
+) -> V1Result<(StatusCode, Json<JobRef>)> {
+    let keep = crate::state::schedules::Keep {
+        last: b.keep_last,
+        daily: b.keep_daily,
+        weekly: b.keep_weekly,
+        monthly: b.keep_monthly,
+    };
+    if keep.is_empty() {
+        return Err(V1Error::invalid(
+            "no keep_* rule given; refusing to remove every capture",
+        ));
+    }
+    let dir = api.store_dir.clone();
+    let store = blocking(move || super::archives::open(&dir)).await?;
+    let job = api.jobs.spawn("recovery prune", move |h| {
+        h.progress(0, Some(1));
+        let r =
+            ignite_recovery::capture::retention::prune(&store, &name, &keep.policy(), b.dry_run)?;
+        for line in r.lines(&name, b.dry_run) {
+            h.log(line);
+        }
+        h.progress(1, Some(1));
+        Ok(serde_json::to_value(&r)?)
+    });
     Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
 }
