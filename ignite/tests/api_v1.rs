@@ -70,9 +70,15 @@ impl Server {
         };
         let t = Instant::now();
         loop {
+            // The token is written before the listener binds: a refused connection means
+            // "not yet".
             if let Ok(t) = std::fs::read_to_string(state.join("admin.token")) {
                 s.token = t.trim().to_string();
-                if s.get("/api/v1/health").0 == 200 {
+                let health = Self::agent()
+                    .get(format!("{}/api/v1/health", s.url))
+                    .header("Authorization", format!("Bearer {}", s.token))
+                    .call();
+                if health.is_ok_and(|r| r.status() == 200) {
                     break;
                 }
             }
@@ -1501,6 +1507,24 @@ fn recovery_and_prune_as_jobs() {
     let remote = [("IGNITE_SERVER", s.url.as_str())];
     let (ok, out, err) = s.ignite(&["recovery", "capture", "gr", "--server", &s.url], &[]);
     assert!(ok && out.contains("captured gr as gr@"), "{out}{err}");
+    let first = &snapshot[..12];
+    for args in [
+        vec!["recovery", "list"],
+        vec!["recovery", "list", "gr", "--json"],
+        vec!["recovery", "show", "gr"],
+        vec!["recovery", "show", "gr@latest", "--json"],
+        vec!["recovery", "show", &format!("gr@{first}")],
+    ] {
+        let via = s.ignite(&args, &remote);
+        assert!(via.0, "{args:?}: {}", via.2);
+        assert_eq!(
+            via,
+            s.ignite(&args, &[]),
+            "{args:?} through the server and locally"
+        );
+    }
+    let (ok, _, err) = s.ignite(&["recovery", "show", "nope"], &remote);
+    assert!(!ok && err.contains("nope"), "{err}");
     let out2 = s.dir.path().join("restored2.img");
     let (ok, out, err) = s.ignite(
         &[

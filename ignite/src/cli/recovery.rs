@@ -13,11 +13,12 @@ use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
 
 use crate::cli::progress::with_progress;
 use crate::cli::recovery_remote;
-use crate::cli::remote::ServerOpts;
+use crate::cli::remote::{segment, ServerOpts};
 use crate::guests::capture::capture_guest;
 use crate::guests::instant;
 use crate::guests::restore::{CloneAs, InstantOptions};
 use crate::guests::verify_boot::verify_boot;
+use crate::state::captures::CaptureRow;
 use crate::state::schedules::{parse_at, Keep, Options, VerifyBoot};
 use crate::state::State;
 use ignite_recovery::capture::retention;
@@ -57,6 +58,8 @@ enum Cmd {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// A capture's record: disks, layouts, file systems, identity, source.
     Show {
@@ -71,6 +74,8 @@ enum Cmd {
         /// The archive such a profile installs (default for a files capture: its tree).
         #[arg(long, requires = "profile")]
         archive: Option<String>,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// What changed between two captures of NAME (default: the last two; A and B are capture
     /// ids or NAME@ID).
@@ -363,14 +368,49 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             ),
         },
         Cmd::Token(t) => token(&a.state_dir, t),
-        Cmd::List { name, json } => list(&a.state_dir, name.as_deref(), json),
+        Cmd::List { name, json, api } => {
+            let rows = match api.remote_if_asked(&a.state_dir)? {
+                Some(r) => r.get(&match &name {
+                    Some(n) => format!("/api/v1/recovery?name={}", segment(n)),
+                    None => "/api/v1/recovery".into(),
+                })?,
+                None => State::open(&a.state_dir)?.captures(name.as_deref())?,
+            };
+            print_captures(rows, json)
+        }
         Cmd::Show {
             capture,
             profile: true,
             archive,
+            api,
             ..
-        } => show_profile(&store_dir, &capture, archive),
-        Cmd::Show { capture, json, .. } => show(&store_dir, &capture, json),
+        } => {
+            if api.server.is_some() {
+                anyhow::bail!("--profile reads the store where it is: run it on the server host");
+            }
+            show_profile(&store_dir, &capture, archive)
+        }
+        Cmd::Show {
+            capture, json, api, ..
+        } => {
+            let (m, r) = match api.remote_if_asked(&a.state_dir)? {
+                Some(remote) => {
+                    let (name, id) = recovery_remote::split_capture(&capture);
+                    let path = match id {
+                        Some(id) => format!(
+                            "/api/v1/recovery/{}?snapshot={}",
+                            segment(name),
+                            segment(id)
+                        ),
+                        None => format!("/api/v1/recovery/{}", segment(name)),
+                    };
+                    let v: ShownRecord = remote.get(&path)?;
+                    (v.snapshot, v.record)
+                }
+                None => Record::load(&Store::open(&store_dir)?, &capture)?,
+            };
+            print_record(&m, &r, json)
+        }
         Cmd::Schedule(s) => schedule(&a.state_dir, s),
         Cmd::Diff {
             name,
@@ -852,8 +892,7 @@ fn instant_status(
     Ok(())
 }
 
-fn list(state_dir: &Path, name: Option<&str>, json: bool) -> Result<()> {
-    let rows = State::open(state_dir)?.captures(name)?;
+fn print_captures(rows: Vec<CaptureRow>, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -913,9 +952,14 @@ fn show_profile(store_dir: &Path, spec: &str, archive: Option<String>) -> Result
     Ok(())
 }
 
-fn show(store_dir: &Path, spec: &str, json: bool) -> Result<()> {
-    let store = Store::open(store_dir)?;
-    let (m, r) = Record::load(&store, spec)?;
+/// A capture as `GET /api/v1/recovery/{name}` gives it.
+#[derive(serde::Deserialize)]
+struct ShownRecord {
+    snapshot: ignite_archive::Manifest,
+    record: Record,
+}
+
+fn print_record(m: &ignite_archive::Manifest, r: &Record, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

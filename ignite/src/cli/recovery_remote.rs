@@ -13,7 +13,7 @@ use crate::server::api_v1::jobs::JobRef;
 use crate::state::schedules::Keep;
 
 /// `NAME`, `NAME@latest` or `NAME@ID`: the guest, and the capture id when one is named.
-fn split_capture(spec: &str) -> (&str, Option<&str>) {
+pub fn split_capture(spec: &str) -> (&str, Option<&str>) {
     match spec.split_once('@') {
         Some((name, "latest")) => (name, None),
         Some((name, id)) => (name, Some(id)),

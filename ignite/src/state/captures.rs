@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{bail, Result};
 use rusqlite::{params, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{now_ms, Action, State};
 
@@ -53,7 +53,7 @@ fn read_token(r: &rusqlite::Row) -> rusqlite::Result<CaptureToken> {
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaptureRow {
     pub id: i64,
     pub name: String,

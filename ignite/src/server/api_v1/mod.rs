@@ -38,7 +38,9 @@
 //! GET    /api/v1/guests/{name}/console        the end of its console log (?bytes=)
 //! POST   /api/v1/guests/{name}/media          {media, drive, take}                  media.rs
 //! DELETE /api/v1/guests/{name}/media/{drive}
-//! POST   /api/v1/recovery/{name}/capture      a job capturing guest NAME's disks    recovery.rs
+//! GET    /api/v1/recovery                     the capture history (?name=)          recovery.rs
+//! GET    /api/v1/recovery/{name}              a capture's record (?snapshot=ID)
+//! POST   /api/v1/recovery/{name}/capture      a job capturing guest NAME's disks
 //! POST   /api/v1/recovery/{name}/restore      a job: {snapshot, as_guest | to, instant}
 //! POST   /api/v1/recovery/{name}/clone        a job: {snapshot, as, hostname, mac, instant}
 //! POST   /api/v1/recovery/{name}/prune        a job: retention over its captures {keep_*}
@@ -159,6 +161,8 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/guests/{name}/start", post(guests::start))
         .route("/api/v1/guests/{name}/stop", post(guests::stop))
         .route("/api/v1/guests/{name}/console", get(guests::console))
+        .route("/api/v1/recovery", get(recovery::history))
+        .route("/api/v1/recovery/{name}", get(recovery::record))
         .route("/api/v1/recovery/{name}/capture", post(recovery::capture))
         .route("/api/v1/recovery/{name}/restore", post(recovery::restore))
         .route("/api/v1/recovery/{name}/clone", post(recovery::clone))
@@ -280,7 +284,7 @@ impl Modify for BearerToken {
         profiles::list, profiles::show, profiles::check_posted, profiles::render,
         netboot::boot_log, netboot::leases, netboot::schedules,
         guests::list, guests::show, guests::start, guests::stop, guests::console,
-        recovery::capture, recovery::restore, recovery::clone, recovery::prune,
+        recovery::history, recovery::record, recovery::capture, recovery::restore, recovery::clone, recovery::prune,
         guests::create_route, guests::remove, media::insert_route, media::eject_route,
     ),
     components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event, guests::ConsoleTail, clients::DefaultAction,

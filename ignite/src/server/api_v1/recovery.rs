@@ -4,7 +4,8 @@
 //! `ignite recovery capture/restore/clone/prune` call, its progress the bytes written.
 //!
 //! `{name}` is the captured guest's name; `snapshot` picks one of its captures (an id or id
-//! prefix; default: the latest).
+//! prefix; default: the latest). The capture history and a capture's record are read here
+//! too, as `ignite recovery list` and `show` read them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -405,4 +406,52 @@ pub async fn prune(
         Ok(serde_json::to_value(&r)?)
     });
     Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct HistoryQuery {
+    /// Only the captures of this guest or client.
+    pub name: Option<String>,
+}
+
+/// The capture history
+///
+/// Every capture attempt, oldest first: kind, how, sizes read and stored, duration, result
+/// (and its test boot); as `ignite recovery list --json`.
+#[utoipa::path(operation_id = "recovery_history", get, path = "/api/v1/recovery", tag = "recovery",
+    params(HistoryQuery),
+    responses((status = 200, description = "`[{id, name, kind, how, started_ms, finished_ms, result, error, record, logical_bytes, read_bytes, new_bytes, pause_ms, notes, boot_check}]`", body = Vec<Object>)))]
+pub async fn history(
+    State(api): Ctx,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> V1Result<Json<Vec<crate::state::captures::CaptureRow>>> {
+    blocking(move || Ok(Json(api.state.captures(q.name.as_deref())?))).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RecordQuery {
+    /// A capture id (prefix) of the guest's (default: the latest).
+    pub snapshot: Option<String>,
+}
+
+/// A capture and what it recorded
+///
+/// The record's snapshot (id, time) and the record: disks and their layouts, file systems,
+/// identity, source; as `ignite recovery show --json`.
+#[utoipa::path(operation_id = "recovery_record", get, path = "/api/v1/recovery/{name}", tag = "recovery",
+    params(("name" = String, Path, description = "the captured guest or client"), RecordQuery),
+    responses((status = 200, description = "`{snapshot: manifest, record}`", body = Object),
+        (status = 404, description = "no such capture", body = ErrorBody)))]
+pub async fn record(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<RecordQuery>,
+) -> V1Result<Json<serde_json::Value>> {
+    blocking(move || {
+        let (spec, store) = capture_spec(&api, &name, q.snapshot.as_deref())?;
+        let (m, r) =
+            Record::load(&store, &spec).map_err(|e| V1Error::not_found(format!("{e:#}")))?;
+        Ok(Json(serde_json::json!({"snapshot": m, "record": r})))
+    })
+    .await
 }
