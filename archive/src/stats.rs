@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 /// Bytes processed so far by an import or export, for progress display from another thread.
 pub type Progress = AtomicU64;
 
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct StoreStats {
     pub snapshots: usize,
     /// Sum of every snapshot's logical size (what restoring them all would write).

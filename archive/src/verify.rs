@@ -7,7 +7,7 @@ use crate::store::Store;
 use rayon::prelude::*;
 use std::collections::HashSet;
 
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     pub snapshots: usize,
     pub packs: usize,

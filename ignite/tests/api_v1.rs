@@ -781,6 +781,10 @@ fn the_cli_prints_the_same_through_the_server_as_locally() {
         vec!["archive", "list"],
         vec!["archive", "list", "--json", "--name", "golden"],
         vec!["archive", "show", "golden", "--entries"],
+        vec!["archive", "stats"],
+        vec!["archive", "stats", "--json"],
+        vec!["netboot", "leases"],
+        vec!["netboot", "leases", "--json"],
         vec!["vm", "list"],
         vec!["vm", "show", "g1"],
     ] {
@@ -800,6 +804,12 @@ fn the_cli_prints_the_same_through_the_server_as_locally() {
         assert_eq!(via.2, "", "{args:?}");
         assert!(!local.1.is_empty(), "{args:?}");
     }
+    // A verify through the server is its job, its log the report.
+    let (ok, out, err) = s.ignite(&["archive", "verify", "--sample", "50%"], &remote);
+    assert!(
+        ok && out.contains("verifying store") && out.contains("referenced chunks read"),
+        "{out}{err}"
+    );
     // An install's log (none written yet), and a client that never installed.
     for args in [["client", "log", "web1"], ["client", "log", "db1"]] {
         let local = s.ignite(&args, &[]);

@@ -11,6 +11,7 @@ use ignite_archive::diff::{Change, DiffReport};
 use ignite_archive::import::{ImportOptions, ParentChoice};
 use ignite_archive::import_image::ImageSource;
 use ignite_archive::retention::Decision;
+use ignite_archive::stats::StoreStats;
 use ignite_archive::{Manifest, SnapshotKind, Store};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -109,6 +110,8 @@ enum Cmd {
         sample: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Forget snapshots by retention policy (restic semantics, grouped by name and labels).
     Prune {
@@ -128,6 +131,8 @@ enum Cmd {
     Stats {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ServerOpts,
     },
 }
 
@@ -481,7 +486,24 @@ pub fn run(args: Args) -> Result<()> {
                 ),
             }
         }
-        Cmd::Verify { sample, json } => {
+        Cmd::Verify { sample, json, api } => {
+            if let Some(r) = api.remote_if_asked(&remote::default_state_dir())? {
+                // The job's log is the report (its problems, then the counts).
+                let path = match &sample {
+                    Some(s) => format!("/api/v1/archives/verify?sample={}", remote::segment(s)),
+                    None => "/api/v1/archives/verify".into(),
+                };
+                let job: JobRef = r.call("POST", &path, None)?;
+                let report = if json {
+                    r.wait_job(job.job)?
+                } else {
+                    r.wait_job_logged(job.job)?
+                };
+                if json {
+                    print_json(&report)?;
+                }
+                return Ok(());
+            }
             let store = open(&args.store)?;
             let fraction = match sample {
                 None => 1.0,
@@ -568,9 +590,11 @@ pub fn run(args: Args) -> Result<()> {
                 human(r.bytes_freed.max(0) as u64)
             );
         }
-        Cmd::Stats { json } => {
-            let store = open(&args.store)?;
-            let s = ignite_archive::stats::stats(&store)?;
+        Cmd::Stats { json, api } => {
+            let s: StoreStats = match api.remote_if_asked(&remote::default_state_dir())? {
+                Some(r) => r.get("/api/v1/archives/stats")?,
+                None => ignite_archive::stats::stats(&open(&args.store)?)?,
+            };
             if json {
                 return print_json(&s);
             }

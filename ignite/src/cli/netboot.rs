@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use super::remote::ServerOpts;
 use crate::bootfiles;
+use crate::state::views::LeaseView;
 
 #[derive(Args)]
 pub struct NetbootArgs {
@@ -56,6 +58,8 @@ enum NetbootCmd {
         state_dir: PathBuf,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ServerOpts,
     },
 }
 
@@ -67,7 +71,11 @@ pub fn run(a: NetbootArgs) -> Result<()> {
             cache_dir,
             marker,
         } => bootfiles::fetch_boot_files(&boot_dir, kernel, &cache_dir, &marker),
-        NetbootCmd::Leases { state_dir, json } => leases(&state_dir, json),
+        NetbootCmd::Leases {
+            state_dir,
+            json,
+            api,
+        } => leases(&state_dir, json, &api),
         NetbootCmd::Bench(b) => crate::cli::netboot_bench::run(b),
         NetbootCmd::BuildInitramfs {
             kernel_version,
@@ -87,8 +95,11 @@ pub fn run(a: NetbootArgs) -> Result<()> {
     }
 }
 
-fn leases(state_dir: &Path, json: bool) -> Result<()> {
-    let rows = crate::state::State::open(state_dir)?.lease_views()?;
+fn leases(state_dir: &Path, json: bool, api: &ServerOpts) -> Result<()> {
+    let rows: Vec<LeaseView> = match api.remote(state_dir)? {
+        Some(r) => r.get("/api/v1/leases")?,
+        None => crate::state::State::open(state_dir)?.lease_views()?,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
