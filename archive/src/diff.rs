@@ -5,7 +5,7 @@ use crate::snapshot::{Entry, EntryKind, Manifest, SnapshotKind};
 use crate::store::Store;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "change", rename_all = "lowercase")]
 pub enum Change {
     Added {
@@ -16,11 +16,12 @@ pub enum Change {
     },
     Changed {
         path: String,
-        what: Vec<&'static str>,
+        /// What differs: content, type, target, mode, owner, xattrs, mtime, links, size.
+        what: Vec<String>,
     },
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DiffReport {
     Tree {
@@ -123,7 +124,7 @@ pub fn diff_trees(a: &[Entry], b: &[Entry], same_content: &SameContent) -> Vec<C
                 if !what.is_empty() {
                     out.push(Change::Changed {
                         path: p.clone(),
-                        what,
+                        what: what.into_iter().map(String::from).collect(),
                     });
                 }
             }

@@ -804,6 +804,19 @@ fn the_cli_prints_the_same_through_the_server_as_locally() {
         assert_eq!(via.2, "", "{args:?}");
         assert!(!local.1.is_empty(), "{args:?}");
     }
+    // A diff, with its count of changes on stderr.
+    let first = s.get("/api/v1/archives?name=golden").1[0]["id"]
+        .as_str()
+        .unwrap()[..10]
+        .to_string();
+    for args in [
+        vec!["archive", "diff", &first, "golden"],
+        vec!["archive", "diff", &first, "golden@latest", "--json"],
+    ] {
+        let via = s.ignite(&args, &remote);
+        assert!(via.0 && via.1.contains("etc/hostname"), "{args:?}: {via:?}");
+        assert_eq!(via, s.ignite(&args, &[]), "{args:?}");
+    }
     // A verify through the server is its job, its log the report.
     let (ok, out, err) = s.ignite(&["archive", "verify", "--sample", "50%"], &remote);
     assert!(

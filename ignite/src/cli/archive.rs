@@ -102,6 +102,8 @@ enum Cmd {
         to: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Check that every referenced chunk is present and intact.
     Verify {
@@ -456,10 +458,35 @@ pub fn run(args: Args) -> Result<()> {
             }
             print!("{}", show_text(&d));
         }
-        Cmd::Diff { from, to, json } => {
-            let store = open(&args.store)?;
-            let (a, b) = (store.resolve(&from)?, store.resolve(&to)?);
-            let report = ignite_archive::diff::diff(&store, &a, &b)?;
+        Cmd::Diff {
+            from,
+            to,
+            json,
+            api,
+        } => {
+            let (a, b, report): (Manifest, Manifest, DiffReport) =
+                match api.remote_if_asked(&remote::default_state_dir())? {
+                    Some(r) => {
+                        let show = |spec: &str| -> Result<Manifest> {
+                            let d: ArchiveDetail =
+                                r.get(&format!("/api/v1/archives/{}", remote::segment(spec)))?;
+                            Ok(d.manifest)
+                        };
+                        let (a, b) = (show(&from)?, show(&to)?);
+                        let path = format!(
+                            "/api/v1/archives/diff?from={}&to={}",
+                            remote::segment(&a.id),
+                            remote::segment(&b.id)
+                        );
+                        (a, b, r.get(&path)?)
+                    }
+                    None => {
+                        let store = open(&args.store)?;
+                        let (a, b) = (store.resolve(&from)?, store.resolve(&to)?);
+                        let report = ignite_archive::diff::diff(&store, &a, &b)?;
+                        (a, b, report)
+                    }
+                };
             if json {
                 return print_json(&report);
             }

@@ -237,7 +237,7 @@ fn compare(a: &BTreeMap<String, Meta>, b: &BTreeMap<String, Meta>) -> Vec<Change
                 }
                 out.push(Change::Changed {
                     path: path.clone(),
-                    what,
+                    what: what.into_iter().map(String::from).collect(),
                 });
             }
             _ => {}
