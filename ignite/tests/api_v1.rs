@@ -1575,6 +1575,46 @@ fn recovery_and_prune_as_jobs() {
         s.get("/api/v1/guests/gr3").0 == 200,
         "the CLI's clone through the API went otherwise than the API's: {err}"
     );
+    // Schedules: set, listed and removed through the server as locally.
+    let set = [
+        "recovery",
+        "schedule",
+        "gr",
+        "--at",
+        "03:30",
+        "--every",
+        "12h",
+        "--keep-last",
+        "3",
+    ];
+    let (ok, via, err) = s.ignite(&set, &remote);
+    assert!(
+        ok && via.contains("captured at 03:30 UTC every 12h, keeping last 3"),
+        "{via}{err}"
+    );
+    let put = s.get("/api/v1/schedules").1;
+    assert_eq!(
+        (put[0]["name"].as_str(), put[0]["at_minute"].as_u64()),
+        (Some("gr"), Some(210)),
+        "{put}"
+    );
+    for args in [
+        vec!["recovery", "schedule", "list"],
+        vec!["recovery", "schedule", "list", "--json"],
+    ] {
+        let via = s.ignite(&args, &remote);
+        assert!(via.0, "{args:?}: {}", via.2);
+        assert_eq!(via, s.ignite(&args, &[]), "{args:?}");
+    }
+    let (ok, _, err) = s.ignite(&["recovery", "schedule", "nope"], &remote);
+    assert!(!ok && err.contains("nope is not one"), "{err}");
+    let (ok, _, err) = s.ignite(&["recovery", "schedule", "gr", "--at", "25:00"], &remote);
+    assert!(!ok && err.contains("not HH:MM"), "{err}");
+    let (ok, out, err) = s.ignite(&["recovery", "schedule", "remove", "gr"], &remote);
+    assert!(ok && out == "schedule of gr removed\n", "{out}{err}");
+    assert_eq!(s.get("/api/v1/schedules"), (200, json!([])));
+    let (ok, _, err) = s.ignite(&["recovery", "schedule", "remove", "gr"], &remote);
+    assert!(!ok && err.contains("no capture schedule"), "{err}");
     // A prune says the same through the server as locally; then it forgets.
     let dry = ["recovery", "prune", "gr", "--keep-last", "1", "--dry-run"];
     let (ok, via, err) = s.ignite(&dry, &remote);

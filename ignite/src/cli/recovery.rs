@@ -19,7 +19,7 @@ use crate::guests::instant;
 use crate::guests::restore::{CloneAs, InstantOptions};
 use crate::guests::verify_boot::verify_boot;
 use crate::state::captures::CaptureRow;
-use crate::state::schedules::{parse_at, Keep, Options, VerifyBoot};
+use crate::state::schedules::{parse_at, parse_every, Keep, Options, Schedule, VerifyBoot};
 use crate::state::State;
 use ignite_recovery::capture::retention;
 use ignite_recovery::restore;
@@ -233,6 +233,8 @@ struct ScheduleArgs {
     verify: VerifyArgs,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    api: ServerOpts,
 }
 
 #[derive(Args)]
@@ -512,11 +514,14 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
 }
 
 fn schedule(state_dir: &Path, a: ScheduleArgs) -> Result<()> {
-    let state = State::open(state_dir)?;
+    let remote = a.api.remote_if_asked(state_dir)?;
     let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["list"] => {
-            let all = state.schedules()?;
+            let all: Vec<Schedule> = match &remote {
+                Some(r) => r.get("/api/v1/schedules")?,
+                None => State::open(state_dir)?.schedules()?,
+            };
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
                 return Ok(());
@@ -542,25 +547,44 @@ fn schedule(state_dir: &Path, a: ScheduleArgs) -> Result<()> {
             Ok(())
         }
         ["remove", name] => {
-            state.remove_schedule(name)?;
+            match &remote {
+                Some(r) => {
+                    let path = format!("/api/v1/schedules/{}", segment(name));
+                    r.call::<serde_json::Value>("DELETE", &path, None)?;
+                }
+                None => State::open(state_dir)?.remove_schedule(name)?,
+            }
             println!("schedule of {name} removed");
             Ok(())
         }
         [name] => {
-            state
-                .guest(name)
-                .with_context(|| format!("schedules capture defined guests; {name} is not one"))?;
-            let every = ignite_archive::retention::parse_duration(&a.every)?;
-            let s = state.set_schedule(
-                name,
-                parse_at(&a.at)?,
-                every as u64,
-                &a.keep.keep(),
-                &Options {
-                    verify_boot: a.verify.options(),
-                },
-                crate::clock::now(),
-            )?;
+            let keep = a.keep.keep();
+            let verify_boot = a.verify.options();
+            let s = match &remote {
+                Some(r) => {
+                    let body = serde_json::json!({
+                        "at": a.at, "every": a.every, "keep_last": keep.last,
+                        "keep_daily": keep.daily, "keep_weekly": keep.weekly,
+                        "keep_monthly": keep.monthly, "verify_boot": verify_boot,
+                    });
+                    let path = format!("/api/v1/schedules/{}", segment(name));
+                    r.call("PUT", &path, Some(body))?
+                }
+                None => {
+                    let state = State::open(state_dir)?;
+                    state.guest(name).with_context(|| {
+                        format!("schedules capture defined guests; {name} is not one")
+                    })?;
+                    state.set_schedule(
+                        name,
+                        parse_at(&a.at)?,
+                        parse_every(&a.every)?,
+                        &keep,
+                        &Options { verify_boot },
+                        crate::clock::now(),
+                    )?
+                }
+            };
             println!(
                 "{name}: captured at {} UTC every {}, keeping {}{}; next run {} UTC (by `ignite server`)",
                 s.at(),

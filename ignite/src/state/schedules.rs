@@ -56,7 +56,7 @@ impl VerifyBoot {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Schedule {
     pub name: String,
     /// Minutes after midnight UTC of the first run of a day.
@@ -96,6 +96,11 @@ pub fn next_run(at_minute: u32, every_secs: u64, now: i64) -> i64 {
 }
 
 /// `HH:MM` into minutes after midnight.
+/// A repeat period (`1d`, `12h`, `1w`) in seconds.
+pub fn parse_every(s: &str) -> Result<u64> {
+    Ok(ignite_archive::retention::parse_duration(s)? as u64)
+}
+
 pub fn parse_at(s: &str) -> Result<u32> {
     let bad = || anyhow::anyhow!("time {s:?} is not HH:MM (24-hour, UTC), e.g. 02:00");
     let (h, m) = s.split_once(':').ok_or_else(bad)?;

@@ -28,7 +28,9 @@
 //! GET    /api/v1/profiles/{name}/render       its plan for ?mac=&disk=[&hostname=]
 //! GET    /api/v1/bootlog                      boot steps (?mac=, ?limit=)           netboot.rs
 //! GET    /api/v1/leases                       DHCP leases
-//! GET    /api/v1/schedules                    capture schedules
+//! GET    /api/v1/schedules                    capture schedules                     recovery.rs
+//! PUT    /api/v1/schedules/{name}             set one {at, every, keep_*, verify_boot}
+//! DELETE /api/v1/schedules/{name}
 //! GET    /api/v1/guests                       guests with their state               guests.rs
 //! POST   /api/v1/guests                       define one (`vm create`'s options as JSON)
 //! GET    /api/v1/guests/{name}
@@ -144,7 +146,11 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/profiles/{name}/render", get(profiles::render))
         .route("/api/v1/bootlog", get(netboot::boot_log))
         .route("/api/v1/leases", get(netboot::leases))
-        .route("/api/v1/schedules", get(netboot::schedules))
+        .route("/api/v1/schedules", get(recovery::schedules))
+        .route(
+            "/api/v1/schedules/{name}",
+            put(recovery::set_schedule).delete(recovery::remove_schedule),
+        )
         .route(
             "/api/v1/guests",
             get(guests::list).post(guests::create_route),
@@ -282,13 +288,13 @@ impl Modify for BearerToken {
         clients::default_action, clients::set_default_action,
         archives::list, archives::stats, archives::diff, archives::verify, archives::import, archives::show, archives::prune_route,
         profiles::list, profiles::show, profiles::check_posted, profiles::render,
-        netboot::boot_log, netboot::leases, netboot::schedules,
+        netboot::boot_log, netboot::leases, recovery::schedules, recovery::set_schedule, recovery::remove_schedule,
         guests::list, guests::show, guests::start, guests::stop, guests::console,
         recovery::history, recovery::record, recovery::capture, recovery::restore, recovery::clone, recovery::prune,
         guests::create_route, guests::remove, media::insert_route, media::eject_route,
     ),
     components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event, guests::ConsoleTail, clients::DefaultAction,
-        archives::PrunePolicy, recovery::RestoreRequest, recovery::CloneRequest, recovery::PruneRequest, guests::NewGuest, guests::Removed, media::Insert, media::Inserted, media::Ejected, media::DriveChange,
+        archives::PrunePolicy, recovery::RestoreRequest, recovery::CloneRequest, recovery::PruneRequest, recovery::ScheduleRequest, guests::NewGuest, guests::Removed, media::Insert, media::Inserted, media::Ejected, media::DriveChange,
         profiles::Problem, profiles::Checked, profiles::ProfileFile))
 )]
 struct Doc;

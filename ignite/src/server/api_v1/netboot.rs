@@ -8,7 +8,6 @@ use utoipa::IntoParams;
 
 use super::{blocking, Ctx};
 use crate::server::api_error::{ErrorBody, V1Error, V1Result};
-use crate::state::schedules::Schedule;
 use crate::state::views::LeaseView;
 use crate::state::StepRecord;
 
@@ -53,11 +52,4 @@ pub async fn boot_log(
     responses((status = 200, description = "`[{ip, mac, expires, state, active, hostname}]` as `ignite netboot leases --json`", body = Vec<Object>)))]
 pub async fn leases(State(api): Ctx) -> V1Result<Json<Vec<LeaseView>>> {
     blocking(move || Ok(Json(api.state.lease_views()?))).await
-}
-
-/// Capture schedules
-#[utoipa::path(operation_id = "netboot_schedules", get, path = "/api/v1/schedules", tag = "captures",
-    responses((status = 200, description = "`[{name, at_minute, every_secs, keep, next_run, last_run, last_result, options}]`", body = Vec<Object>)))]
-pub async fn schedules(State(api): Ctx) -> V1Result<Json<Vec<Schedule>>> {
-    blocking(move || Ok(Json(api.state.schedules()?))).await
 }

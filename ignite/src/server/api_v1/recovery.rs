@@ -23,6 +23,7 @@ use super::jobs::{Handle, JobRef};
 use super::{blocking, Api, Ctx, JsonBody};
 use crate::guests::restore::{restore_guest, CloneAs, InstantOptions};
 use crate::server::api_error::{ErrorBody, V1Error, V1Result};
+use crate::state::schedules::{parse_at, parse_every, Keep, Options, Schedule, VerifyBoot};
 
 /// One disk of a capture and where it is restored.
 pub struct DiskRestore {
@@ -382,7 +383,7 @@ pub async fn prune(
     UrlPath(name): UrlPath<String>,
     JsonBody(b): JsonBody<PruneRequest>,
 ) -> V1Result<(StatusCode, Json<JobRef>)> {
-    let keep = crate::state::schedules::Keep {
+    let keep = Keep {
         last: b.keep_last,
         daily: b.keep_daily,
         weekly: b.keep_weekly,
@@ -452,6 +453,93 @@ pub async fn record(
         let (m, r) =
             Record::load(&store, &spec).map_err(|e| V1Error::not_found(format!("{e:#}")))?;
         Ok(Json(serde_json::json!({"snapshot": m, "record": r})))
+    })
+    .await
+}
+
+/// Capture schedules
+#[utoipa::path(operation_id = "recovery_schedules", get, path = "/api/v1/schedules", tag = "recovery",
+    responses((status = 200, description = "`[{name, at_minute, every_secs, keep, next_run, last_run, last_result, options}]`", body = Vec<Object>)))]
+pub async fn schedules(State(api): Ctx) -> V1Result<Json<Vec<Schedule>>> {
+    blocking(move || Ok(Json(api.state.schedules()?))).await
+}
+
+/// When and how a guest is captured, as `ignite recovery schedule NAME`'s flags.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// First run of the day, HH:MM UTC (default 02:00).
+    pub at: Option<String>,
+    /// Repeat period, e.g. 1d, 12h, 1w (default 1d).
+    pub every: Option<String>,
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    /// Prove each capture boots: the console marker and the seconds the boot may take.
+    #[schema(value_type = Option<Object>)]
+    pub verify_boot: Option<VerifyBoot>,
+}
+
+/// Capture a guest on a schedule
+///
+/// Creates or replaces guest NAME's schedule (run by the server), with retention after each
+/// successful capture; as `ignite recovery schedule NAME`. Answers the schedule, its next run
+/// computed.
+#[utoipa::path(operation_id = "recovery_schedule_set", put, path = "/api/v1/schedules/{name}", tag = "recovery",
+    params(("name" = String, Path, description = "the guest")), request_body = ScheduleRequest,
+    responses((status = 200, description = "the schedule", body = Object),
+        (status = 404, description = "no such guest", body = ErrorBody),
+        (status = 422, description = "a bad time or period", body = ErrorBody)))]
+pub async fn set_schedule(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+    JsonBody(b): JsonBody<ScheduleRequest>,
+) -> V1Result<Json<Schedule>> {
+    let invalid = |e: anyhow::Error| V1Error::invalid(format!("{e:#}"));
+    let at = parse_at(b.at.as_deref().unwrap_or("02:00")).map_err(invalid)?;
+    let every = parse_every(b.every.as_deref().unwrap_or("1d")).map_err(invalid)?;
+    let keep = Keep {
+        last: b.keep_last,
+        daily: b.keep_daily,
+        weekly: b.keep_weekly,
+        monthly: b.keep_monthly,
+    };
+    let options = Options {
+        verify_boot: b.verify_boot,
+    };
+    blocking(move || {
+        if api.state.find_guest(&name)?.is_none() {
+            return Err(V1Error::not_found(format!(
+                "schedules capture defined guests; {name} is not one"
+            )));
+        }
+        let now = crate::clock::now();
+        Ok(Json(
+            api.state
+                .set_schedule(&name, at, every, &keep, &options, now)?,
+        ))
+    })
+    .await
+}
+
+/// Stop capturing a guest on a schedule
+#[utoipa::path(operation_id = "recovery_schedule_remove", delete, path = "/api/v1/schedules/{name}", tag = "recovery",
+    params(("name" = String, Path, description = "the guest")),
+    responses((status = 200, description = "`{removed: NAME}`", body = Object),
+        (status = 404, description = "it has no schedule", body = ErrorBody)))]
+pub async fn remove_schedule(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+) -> V1Result<Json<serde_json::Value>> {
+    blocking(move || {
+        if api.state.schedule(&name)?.is_none() {
+            return Err(V1Error::not_found(format!(
+                "{name} has no capture schedule; GET /api/v1/schedules lists them"
+            )));
+        }
+        api.state.remove_schedule(&name)?;
+        Ok(Json(serde_json::json!({ "removed": name })))
     })
     .await
 }
