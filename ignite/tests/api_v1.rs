@@ -1537,6 +1537,10 @@ fn recovery_and_prune_as_jobs() {
         vec!["recovery", "show", "gr"],
         vec!["recovery", "show", "gr@latest", "--json"],
         vec!["recovery", "show", &format!("gr@{first}")],
+        vec!["recovery", "diff", "gr"],
+        vec!["recovery", "diff", "gr", first, "--json"],
+        vec!["recovery", "check", "gr"],
+        vec!["recovery", "check", "gr", "--json"],
     ] {
         let via = s.ignite(&args, &remote);
         assert!(via.0, "{args:?}: {}", via.2);
@@ -1548,6 +1552,10 @@ fn recovery_and_prune_as_jobs() {
     }
     let (ok, _, err) = s.ignite(&["recovery", "show", "nope"], &remote);
     assert!(!ok && err.contains("nope"), "{err}");
+    let (ok, _, err) = s.ignite(&["recovery", "check", "nope"], &remote);
+    assert!(!ok && err.contains("nope is not defined"), "{err}");
+    let (ok, _, err) = s.ignite(&["recovery", "diff", "nope"], &remote);
+    assert!(!ok && err.contains("fewer than 2 captures"), "{err}");
     let out2 = s.dir.path().join("restored2.img");
     let (ok, out, err) = s.ignite(
         &[

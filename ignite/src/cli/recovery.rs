@@ -9,12 +9,13 @@ use clap::{Args, Subcommand};
 use ignite_archive::Store;
 use ignite_profiles::human;
 use ignite_recovery::capture::diff as capture_diff;
-use ignite_recovery::capture::record::{short, Record, LABEL_CAPTURE};
+use ignite_recovery::capture::record::{short, Record};
 
 use crate::cli::progress::with_progress;
 use crate::cli::recovery_remote;
 use crate::cli::remote::{segment, ServerOpts};
 use crate::guests::capture::capture_guest;
+use crate::guests::control::Pending;
 use crate::guests::instant;
 use crate::guests::restore::{CloneAs, InstantOptions};
 use crate::guests::verify_boot::verify_boot;
@@ -88,6 +89,8 @@ enum Cmd {
         /// Paths listed per file system at most.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// What changed on guest NAME since its last capture, without capturing
     /// (`check_net_recovery`): changed bytes per disk and file system.
@@ -95,6 +98,8 @@ enum Cmd {
         name: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Capture a guest on a schedule (run by `ignite server`), with retention after each
     /// successful capture; `schedule list` and `schedule remove NAME` manage them.
@@ -420,8 +425,30 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             b: to,
             json,
             limit,
-        } => diff(&store_dir, &name, from, to, json, limit),
-        Cmd::Check { name, json } => check(&a.state_dir, &store_dir, &name, json),
+            api,
+        } => {
+            let compared = match api.remote_if_asked(&a.state_dir)? {
+                Some(r) => {
+                    let mut q = Vec::new();
+                    for (k, v) in [("a", &from), ("b", &to)] {
+                        if let Some(v) = v {
+                            q.push(format!("{k}={}", segment(v)));
+                        }
+                    }
+                    let path = format!("/api/v1/recovery/{}/diff?{}", segment(&name), q.join("&"));
+                    let s: ShownDiff = r.get(&path)?;
+                    (s.from, s.to, s.diff)
+                }
+                None => {
+                    let store = Arc::new(Store::open(&store_dir)?);
+                    let ((ma, ra), (mb, rb)) =
+                        capture_diff::pick_two(&store, &name, from.as_deref(), to.as_deref())?;
+                    (ma, mb, capture_diff::diff(store, &ra, &rb)?)
+                }
+            };
+            print_diff(compared, &name, json, limit)
+        }
+        Cmd::Check { name, json, api } => check(&a.state_dir, &store_dir, &name, json, &api),
         Cmd::Prune {
             name,
             keep,
@@ -1057,47 +1084,25 @@ fn print_record(m: &ignite_archive::Manifest, r: &Record, json: bool) -> Result<
 }
 
 /// The capture records of `name`, oldest first.
-fn captures_of(store: &Store, name: &str) -> Result<Vec<ignite_archive::Manifest>> {
-    Ok(store
-        .list_snapshots()?
-        .into_iter()
-        .filter(|m| m.name == name && m.labels.contains_key(LABEL_CAPTURE))
-        .collect())
+/// Two captures of a source and what changed between them, as
+/// `GET /api/v1/recovery/{name}/diff` gives them.
+#[derive(serde::Deserialize)]
+struct ShownDiff {
+    from: ignite_archive::Manifest,
+    to: ignite_archive::Manifest,
+    diff: capture_diff::CaptureDiff,
 }
 
-fn spec(name: &str, s: &str) -> String {
-    if s.contains('@') {
-        s.to_string()
-    } else {
-        format!("{name}@{s}")
-    }
-}
-
-fn diff(
-    store_dir: &Path,
+fn print_diff(
+    (ma, mb, d): (
+        ignite_archive::Manifest,
+        ignite_archive::Manifest,
+        capture_diff::CaptureDiff,
+    ),
     name: &str,
-    from: Option<String>,
-    to: Option<String>,
     json: bool,
     limit: usize,
 ) -> Result<()> {
-    let store = Arc::new(Store::open(store_dir)?);
-    let all = captures_of(&store, name)?;
-    let pick = |s: Option<String>, back: usize| -> Result<String> {
-        match s {
-            Some(s) => Ok(spec(name, &s)),
-            None => all
-                .iter()
-                .rev()
-                .nth(back)
-                .map(|m| m.id.clone())
-                .with_context(|| format!("{name} has fewer than {} captures; name them", back + 1)),
-        }
-    };
-    let (sa, sb) = (pick(from, 1)?, pick(to, 0)?);
-    let (ma, ra) = Record::load(&store, &sa)?;
-    let (mb, rb) = Record::load(&store, &sb)?;
-    let d = capture_diff::diff(store, &ra, &rb)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
@@ -1142,16 +1147,36 @@ fn change_line(c: &ignite_archive::diff::Change) -> String {
     }
 }
 
-fn check(state_dir: &Path, store_dir: &Path, name: &str, json: bool) -> Result<()> {
-    let state = State::open(state_dir)?;
-    let pending = crate::guests::capture::pending_changes(state_dir, &state, name)?;
+fn check(
+    state_dir: &Path,
+    store_dir: &Path,
+    name: &str,
+    json: bool,
+    api: &ServerOpts,
+) -> Result<()> {
+    let (pending, last): (Vec<Pending>, Option<Record>) = match api.remote_if_asked(state_dir)? {
+        Some(r) => {
+            let pending = r.get(&format!("/api/v1/recovery/{}/check", segment(name)))?;
+            // (No capture yet: the check says why each disk is read in full.)
+            let last = r
+                .get::<ShownRecord>(&format!("/api/v1/recovery/{}", segment(name)))
+                .ok()
+                .map(|s| s.record);
+            (pending, last)
+        }
+        None => {
+            let state = State::open(state_dir)?;
+            let pending = crate::guests::capture::pending_changes(state_dir, &state, name)?;
+            let last = Store::open(store_dir)
+                .ok()
+                .and_then(|s| Record::load(&s, name).ok().map(|(_, r)| r));
+            (pending, last)
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&pending)?);
         return Ok(());
     }
-    let last = Store::open(store_dir)
-        .ok()
-        .and_then(|s| Record::load(&s, name).ok().map(|(_, r)| r));
     for p in &pending {
         match (&p.base, &p.why) {
             (Some(base), _) => println!(

@@ -10,19 +10,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ignite_archive::diff::Change;
-use ignite_archive::Store;
-use serde::Serialize;
+use ignite_archive::{Manifest, Store};
+use serde::{Deserialize, Serialize};
 
 use super::layout::{DiskLayout, PartitionLayout, SystemInfo};
-use super::record::Record;
+use super::record::{Record, LABEL_CAPTURE};
 use crate::disk::{ImageReader, SnapshotDisk};
 
 /// Entries walked per file system at most (a root file system has tens of thousands).
 const MAX_ENTRIES: usize = 2_000_000;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RegionReport {
     pub disk: usize,
     /// Partition number (0: outside any partition), its mount point, changed bytes.
@@ -30,7 +30,7 @@ pub struct RegionReport {
     pub changed_bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct CaptureDiff {
     pub regions: Vec<RegionReport>,
     /// Per file system (disk, partition, mount point): path changes.
@@ -97,6 +97,38 @@ pub fn regions(
 }
 
 /// Compares capture `a` (older) with `b`.
+/// A capture and its record.
+pub type Capture = (Manifest, Record);
+
+/// The two captures of `name` to compare: `from` and `to` (capture ids, or NAME@ID), by
+/// default the last two.
+pub fn pick_two(
+    store: &Store,
+    name: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(Capture, Capture)> {
+    let all: Vec<Manifest> = store
+        .list_snapshots()?
+        .into_iter()
+        .filter(|m| m.name == name && m.labels.contains_key(LABEL_CAPTURE))
+        .collect();
+    let pick = |s: Option<&str>, back: usize| -> Result<String> {
+        match s {
+            Some(s) if s.contains('@') => Ok(s.to_string()),
+            Some(s) => Ok(format!("{name}@{s}")),
+            None => all
+                .iter()
+                .rev()
+                .nth(back)
+                .map(|m| m.id.clone())
+                .with_context(|| format!("{name} has fewer than {} captures; name them", back + 1)),
+        }
+    };
+    let (sa, sb) = (pick(from, 1)?, pick(to, 0)?);
+    Ok((Record::load(store, &sa)?, Record::load(store, &sb)?))
+}
+
 pub fn diff(store: Arc<Store>, a: &Record, b: &Record) -> Result<CaptureDiff> {
     if let (Some(fa), Some(fb)) = (&a.files, &b.files) {
         let (ma, mb) = (store.resolve(&fa.snapshot)?, store.resolve(&fb.snapshot)?);

@@ -42,6 +42,8 @@
 //! DELETE /api/v1/guests/{name}/media/{drive}
 //! GET    /api/v1/recovery                     the capture history (?name=)          recovery.rs
 //! GET    /api/v1/recovery/{name}              a capture's record (?snapshot=ID)
+//! GET    /api/v1/recovery/{name}/diff         what changed between two captures (?a=&b=)
+//! GET    /api/v1/recovery/{name}/check        what changed on a guest since its last capture
 //! POST   /api/v1/recovery/{name}/capture      a job capturing guest NAME's disks
 //! POST   /api/v1/recovery/{name}/restore      a job: {snapshot, as_guest | to, instant}
 //! POST   /api/v1/recovery/{name}/clone        a job: {snapshot, as, hostname, mac, instant}
@@ -169,6 +171,8 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/guests/{name}/console", get(guests::console))
         .route("/api/v1/recovery", get(recovery::history))
         .route("/api/v1/recovery/{name}", get(recovery::record))
+        .route("/api/v1/recovery/{name}/diff", get(recovery::diff))
+        .route("/api/v1/recovery/{name}/check", get(recovery::check))
         .route("/api/v1/recovery/{name}/capture", post(recovery::capture))
         .route("/api/v1/recovery/{name}/restore", post(recovery::restore))
         .route("/api/v1/recovery/{name}/clone", post(recovery::clone))
@@ -290,7 +294,7 @@ impl Modify for BearerToken {
         profiles::list, profiles::show, profiles::check_posted, profiles::render,
         netboot::boot_log, netboot::leases, recovery::schedules, recovery::set_schedule, recovery::remove_schedule,
         guests::list, guests::show, guests::start, guests::stop, guests::console,
-        recovery::history, recovery::record, recovery::capture, recovery::restore, recovery::clone, recovery::prune,
+        recovery::history, recovery::record, recovery::diff, recovery::check, recovery::capture, recovery::restore, recovery::clone, recovery::prune,
         guests::create_route, guests::remove, media::insert_route, media::eject_route,
     ),
     components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event, guests::ConsoleTail, clients::DefaultAction,

@@ -543,3 +543,60 @@ pub async fn remove_schedule(
     })
     .await
 }
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DiffQuery {
+    /// The older capture: an id (prefix) or NAME@ID (default: the one before the latest).
+    pub a: Option<String>,
+    /// The newer capture (default: the latest).
+    pub b: Option<String>,
+}
+
+/// What changed between two captures
+///
+/// Changed bytes per disk and partition (named by mount point), then per file system the
+/// paths added, removed and changed; as `ignite recovery diff --json`.
+#[utoipa::path(operation_id = "recovery_diff", get, path = "/api/v1/recovery/{name}/diff", tag = "recovery",
+    params(("name" = String, Path, description = "the captured guest or client"), DiffQuery),
+    responses((status = 200, description = "`{from: manifest, to: manifest, diff: {regions, files}}`", body = Object),
+        (status = 404, description = "fewer than two captures, or no such capture", body = ErrorBody)))]
+pub async fn diff(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<DiffQuery>,
+) -> V1Result<Json<serde_json::Value>> {
+    blocking(move || {
+        use ignite_recovery::capture::diff::{diff, pick_two};
+        let store = Arc::new(super::archives::open(&api.store_dir)?);
+        let ((ma, ra), (mb, rb)) = pick_two(&store, &name, q.a.as_deref(), q.b.as_deref())
+            .map_err(|e| V1Error::not_found(format!("{e:#}")))?;
+        let d = diff(store, &ra, &rb)?;
+        Ok(Json(serde_json::json!({"from": ma, "to": mb, "diff": d})))
+    })
+    .await
+}
+
+/// What changed on a guest since its last capture
+///
+/// Per disk: the bytes written since its last capture (and where, when the change log
+/// knows), or why the next capture reads it in full; without capturing
+/// (`check_net_recovery`), as `ignite recovery check --json`.
+#[utoipa::path(operation_id = "recovery_check", get, path = "/api/v1/recovery/{name}/check", tag = "recovery",
+    params(("name" = String, Path, description = "the guest")),
+    responses((status = 200, description = "`[{index, base, ranges, bytes, why}]`", body = Vec<Object>),
+        (status = 404, description = "no such guest", body = ErrorBody)))]
+pub async fn check(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+) -> V1Result<Json<Vec<crate::guests::control::Pending>>> {
+    blocking(move || {
+        if api.state.find_guest(&name)?.is_none() {
+            return Err(V1Error::not_found(format!(
+                "guest {name} is not defined; GET /api/v1/guests lists them"
+            )));
+        }
+        let p = crate::guests::capture::pending_changes(&api.state_dir, &api.state, &name)?;
+        Ok(Json(p))
+    })
+    .await
+}
