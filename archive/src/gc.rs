@@ -287,33 +287,7 @@ mod tests {
         let w = Writer::new(store).unwrap();
         let mut zc = zstd::bulk::Compressor::new(1).unwrap();
         let id = w.put(data, &mut zc).unwrap();
-        let size = data.len() as u64;
-        let entry = Entry {
-            path: b"f".to_vec(),
-            kind: EntryKind::File {
-                size,
-                extents: vec![Extent {
-                    offset: 0,
-                    len: size as u32,
-                    id,
-                }],
-            },
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            mtime_nsec: 0,
-            xattrs: vec![],
-            source: None,
-        };
-        let draft = Draft {
-            name: "s".into(),
-            labels: Default::default(),
-            parent: None,
-            content: DraftContent::Tree(vec![entry]),
-            stats: Default::default(),
-        };
-        w.commit(draft).unwrap().id
+        w.commit(draft(&[(id, data.len())])).unwrap().id
     }
 
     /// A draft naming `ids` as one file each.
