@@ -21,6 +21,11 @@
 //! open (a directory is opened from its nearest open ancestor: one `openat`). Per file that
 //! is `openat`, the writes, `futimens` and `close`; owner, mode and size are set only where
 //! creating the file did not already get them right.
+//!
+//! Measured (perf, `scripts/bench-archive --only g`: 119k files, 2.6 GB, cold cache), the
+//! export's CPU is the work itself: zstd 26 %, checking chunk ids (sha256) 11 %, the kernel's
+//! buffered writes 20 % and file creation 15 %, pack reads 5 %, metadata and `close` 8 %;
+//! restic's restore of the same tree uses 3.4 times the CPU (54 s against 16 s).
 
 use crate::beneath::{self, split_parent, Beneath};
 use crate::chunk_source::{ChunkSource, BATCH_BYTES, BATCH_CHUNKS};
