@@ -1111,10 +1111,10 @@ impl Peers {
             let err = String::from_utf8_lossy(&started.stderr);
             let why = err
                 .lines()
-                .filter(|l| l.contains("error") || l.contains("Assertion"))
+                .filter(|l| l.starts_with("qemu-system-x86_64:"))
                 .collect::<Vec<_>>()
                 .join(" / ");
-            eprintln!("libguestfs appliance under KVM failed: {err}");
+            eprintln!("libguestfs appliance under KVM failed:\n{}", tail(&err, 30));
             peers.settings = "force_tcg".into();
             peers.no_kvm = Some(why);
             let again = peers.guestfish_run();
@@ -1128,8 +1128,10 @@ impl Peers {
     }
 
     /// `guestfish -a /dev/null run`: starts (and, the first time, builds) the appliance.
+    /// With libguestfs's debug output, which holds QEMU's own error if it fails.
     fn guestfish_run(&self) -> std::process::Output {
         self.libguestfs(Command::new("guestfish").args(["-a", "/dev/null", "run"]))
+            .env("LIBGUESTFS_DEBUG", "1")
             .output()
             .unwrap()
     }
