@@ -912,13 +912,17 @@ fn capture_change_restore_and_clone(site: &Site, lab: &Lab, server: &Server, g: 
 /// run the time to its first-boot report (multi-user, login up) booting from its own disk
 /// (the better of two boots),
 /// after a full clone (the `recovery clone` command and the boot), and after an instant clone
-/// (the command and the boot, the copy going on meanwhile at full speed); the ratios.
+/// (the command and the boot, the copy going on meanwhile at full speed); then the two peer
+/// paths on the same stopped disk, each ending in the same checked boot: `restic restore` of
+/// the image + `virt-sysprep`, and `qemu-img convert` of the raw image + `virt-sysprep`
+/// (see [`Peers`]); the ratios.
 #[test]
 #[ignore]
 fn bench_clone_to_login() {
     if !prerequisites() {
         return;
     }
+    Peers::check_tools();
     let _turn = QEMU_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let site = Site::new(&[("lab", profile(&[&firstboot_hook(&firstboot_script())]))]);
     let lab = Lab::new("bclone");
@@ -963,6 +967,9 @@ fn bench_clone_to_login() {
     }
     capture(&site, "src");
     vm(&lab, &site, &server, &["remove", "src", "--keep-disks"]);
+    // The peers' preparation, not timed and done before any timing so that it loads no
+    // timed step: the image backed up into restic, libguestfs's appliance built.
+    let peers = Peers::prepare(site.tmp.path(), &disk);
 
     let t = Instant::now();
     site.ignite(&["recovery", "clone", "src", "--as", "full1"]);
@@ -975,6 +982,11 @@ fn bench_clone_to_login() {
     let made = t.elapsed();
     boot_clone(&site, &lab, &server, "fast1", &source);
     let instant = t.elapsed();
+    // The instant clone's copy runs in its QEMU, which its first-boot job powered off: the
+    // peers below share the CPU with nothing of Ignite's.
+    let ctx = (&lab, &site, &server);
+    let restic = peers.clone_and_boot(ctx, "rst1", Peer::Restic, &g.mac, &source);
+    let qemu_img = peers.clone_and_boot(ctx, "qimg1", Peer::QemuImg, &g.mac, &source);
     let s = |d: Duration| d.as_secs_f64();
     println!(
         "BENCH clone to login (4 GiB disk, QEMU TCG, first-boot report on the serial console)"
@@ -993,11 +1005,236 @@ fn bench_clone_to_login() {
         s(instant),
         s(made)
     );
+    for (name, p) in [("restic restore", &restic), ("qemu-img convert", &qemu_img)] {
+        println!(
+            "BENCH {name:<16} + virt-sysprep + boot: {:7.1} s (copy {:.1} s, virt-sysprep {:.1} s)",
+            s(p.total),
+            s(p.copy),
+            s(p.sysprep)
+        );
+    }
+    println!("BENCH virt-sysprep: {}", peers.describe());
     println!(
         "BENCH instant / own boot = {:.2} (goal <= 1.5); full / instant = {:.2}",
         s(instant) / s(own),
         s(full) / s(instant)
     );
+    println!(
+        "BENCH restic path / ignite full = {:.2}, / ignite instant = {:.2} (goal >= 3)",
+        s(restic.total) / s(full),
+        s(restic.total) / s(instant)
+    );
+    println!(
+        "BENCH qemu-img path / ignite full = {:.2}, / ignite instant = {:.2}",
+        s(qemu_img.total) / s(full),
+        s(qemu_img.total) / s(instant)
+    );
+}
+
+/// The clone benchmark's peer paths: how an administrator clones a guest with standard
+/// tools. The disk comes back whole — from a restic backup, or from an uncompressed (raw)
+/// copy by `qemu-img convert` — and `virt-sysprep` (libguestfs) resets what Ignite's clone
+/// resets: the hostname (`--hostname`, /etc/hostname and /etc/hosts), `machine-id`, SSH host
+/// keys (`ssh-hostkeys` deletes them; Debian does not make new ones at boot, so `ssh-keygen
+/// -A` in the guest makes fresh ones as Ignite does), MAC-bound network configuration
+/// (`net-hwaddr`, `udev-persistent-net`, and the old MAC rewritten to the new one in the
+/// files that name it, as Ignite does: the lab's networkd configuration matches on the
+/// MAC), DHCP leases (`dhcp-client-state`) and the random seed (`customize` writes a new
+/// one).
+struct Peers {
+    dir: std::path::PathBuf,
+    /// The stopped source disk: the uncompressed copy `qemu-img convert` reads.
+    raw: std::path::PathBuf,
+    /// LIBGUESTFS_BACKEND_SETTINGS: `force_tcg` when the appliance cannot run under KVM.
+    settings: String,
+    /// Why KVM was not used, if it was not.
+    no_kvm: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Peer {
+    Restic,
+    QemuImg,
+}
+
+/// The time of one peer path: its copy, its virt-sysprep, and all of it to the booted guest.
+struct PeerTimes {
+    copy: Duration,
+    sysprep: Duration,
+    total: Duration,
+}
+
+/// The restic repository's password (a throwaway repository).
+const RESTIC_PASSWORD: &str = "bench";
+
+impl Peers {
+    /// Fails the benchmark, saying what to install, when a peer's tool is missing (not in
+    /// scripts/deps: CI does not run this benchmark).
+    fn check_tools() {
+        let missing: Vec<&str> = ["restic", "qemu-img", "virt-sysprep", "guestfish"]
+            .into_iter()
+            .filter(|t| which(t).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the clone benchmark's peers need {missing:?}: apt-get install restic qemu-utils \
+             libguestfs-tools libguestfs-xfs linux-image-amd64 (the appliance needs a kernel)"
+        );
+    }
+
+    /// Backs `raw` up into a restic repository and builds libguestfs's appliance (its
+    /// cache is kept between runs: a warm start is the usual case). The appliance runs
+    /// under KVM when it can; if it cannot start there, under TCG, and why is kept.
+    fn prepare(tmp: &Path, raw: &Path) -> Peers {
+        let dir = tmp.join("peers");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = dir.join("restic");
+        run(Command::new("restic")
+            .env("RESTIC_PASSWORD", RESTIC_PASSWORD)
+            .arg("init")
+            .arg("--repo")
+            .arg(&repo));
+        run(Command::new("restic")
+            .env("RESTIC_PASSWORD", RESTIC_PASSWORD)
+            .arg("backup")
+            .arg("--repo")
+            .arg(&repo)
+            .arg(raw));
+        let mut peers = Peers {
+            dir,
+            raw: raw.to_path_buf(),
+            settings: String::new(),
+            no_kvm: None,
+        };
+        let started = peers.guestfish_run();
+        if !started.status.success() {
+            let err = String::from_utf8_lossy(&started.stderr);
+            let why = err
+                .lines()
+                .filter(|l| l.starts_with("qemu-system-x86_64:"))
+                .collect::<Vec<_>>()
+                .join(" / ");
+            eprintln!("libguestfs appliance under KVM failed:\n{}", tail(&err, 30));
+            peers.settings = "force_tcg".into();
+            peers.no_kvm = Some(why);
+            let again = peers.guestfish_run();
+            assert!(
+                again.status.success(),
+                "libguestfs's appliance does not start, even under TCG:\n{}",
+                String::from_utf8_lossy(&again.stderr)
+            );
+        }
+        peers
+    }
+
+    /// `guestfish -a /dev/null run`: starts (and, the first time, builds) the appliance.
+    /// With libguestfs's debug output, which holds QEMU's own error if it fails.
+    fn guestfish_run(&self) -> std::process::Output {
+        self.libguestfs(Command::new("guestfish").args(["-a", "/dev/null", "run"]))
+            .env("LIBGUESTFS_DEBUG", "1")
+            .output()
+            .unwrap()
+    }
+
+    fn libguestfs<'a>(&self, c: &'a mut Command) -> &'a mut Command {
+        c.env("LIBGUESTFS_BACKEND", "direct")
+            .env("LIBGUESTFS_BACKEND_SETTINGS", &self.settings)
+    }
+
+    /// How virt-sysprep's appliance ran.
+    fn describe(&self) -> String {
+        match &self.no_kvm {
+            None => "appliance under KVM (LIBGUESTFS_BACKEND=direct)".into(),
+            Some(why) => format!(
+                "appliance under TCG (LIBGUESTFS_BACKEND=direct, force_tcg): KVM failed: {why}"
+            ),
+        }
+    }
+
+    /// Timed from here: the disk copied back (`peer`), reset by virt-sysprep as guest
+    /// `name` with a new MAC, defined and booted to the same checked first-boot report as
+    /// Ignite's clones.
+    fn clone_and_boot(
+        &self,
+        (lab, site, server): (&Lab, &Site, &Server),
+        name: &str,
+        peer: Peer,
+        old_mac: &str,
+        source: &HashMap<String, String>,
+    ) -> PeerTimes {
+        let mac = match peer {
+            Peer::Restic => "52:54:00:78:00:21",
+            Peer::QemuImg => "52:54:00:78:00:22",
+        };
+        let t = Instant::now();
+        let img = match peer {
+            Peer::Restic => {
+                let out = self.dir.join(name);
+                run(Command::new("restic")
+                    .env("RESTIC_PASSWORD", RESTIC_PASSWORD)
+                    .arg("restore")
+                    .arg("latest")
+                    .arg("--repo")
+                    .arg(self.dir.join("restic"))
+                    .arg("--target")
+                    .arg(&out));
+                // restic restores the file under its absolute path.
+                out.join(self.raw.strip_prefix("/").unwrap())
+            }
+            Peer::QemuImg => {
+                let img = self.dir.join(format!("{name}.raw"));
+                run(Command::new("qemu-img")
+                    .args(["convert", "-O", "raw"])
+                    .arg(&self.raw)
+                    .arg(&img));
+                img
+            }
+        };
+        let copy = t.elapsed();
+        let rewrite_mac = format!(
+            "grep -rilsF {old_mac} /etc/network /etc/systemd/network /etc/netplan \
+             /etc/udev/rules.d /etc/NetworkManager/system-connections \
+             | xargs -r sed -i 's/{old_mac}/{mac}/I'"
+        );
+        let out = run(self
+            .libguestfs(&mut Command::new("virt-sysprep"))
+            .args(["--format", "raw", "-a"])
+            .arg(&img)
+            .args(["--hostname", name])
+            .args([
+                "--operations",
+                "machine-id,ssh-hostkeys,net-hwaddr,udev-persistent-net,dhcp-client-state,customize",
+            ])
+            .args(["--run-command", "ssh-keygen -A"])
+            .args(["--run-command", &rewrite_mac]));
+        eprintln!("virt-sysprep {name}:\n{out}");
+        let sysprep = t.elapsed() - copy;
+        define((lab, site, server), name, &img, "disk", "bios", mac);
+        boot_clone(site, lab, server, name, source);
+        let total = t.elapsed();
+        // A disk the user named is kept by `vm remove`: deleted here (4 GiB each).
+        vm(lab, site, server, &["remove", name]);
+        std::fs::remove_file(&img).unwrap();
+        let _ = std::fs::remove_dir_all(self.dir.join(name));
+        PeerTimes {
+            copy,
+            sysprep,
+            total,
+        }
+    }
+}
+
+/// Runs `c`; its standard output. A failure fails the benchmark with its output.
+fn run(c: &mut Command) -> String {
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Everything that can go wrong before the first byte is written ends with a clear error,
