@@ -163,31 +163,34 @@ impl<'s> Writer<'s> {
                 .or_insert_with(|| self.store.pack_file_path(p, false).exists())
         };
         let mut out = Vec::new();
-        let mut moved = Vec::new();
+        let mut refreshed = false;
         for (id, k) in ids.iter().zip(known) {
-            match k {
-                Some(Known::Mine) => {}
-                Some(Known::Packed(p)) if exists(&p) => {}
-                Some(Known::Packed(_)) => moved.push(*id),
-                None => out.push(*id),
-            }
-        }
-        if !moved.is_empty() {
-            // gc removed the pack the session knew: the chunk may live on in the pack gc
-            // copied it to, or be gone.
-            self.store.refresh_index()?;
-            let mut map = self.known.lock().unwrap();
-            for id in moved {
-                match self.store.locate(&id) {
-                    Some(l) if !l.in_trash && exists(&l.pack) => {
-                        map.insert(id, Known::Packed(l.pack));
+            let have = match k {
+                Some(Known::Mine) => true,
+                Some(Known::Packed(p)) if exists(&p) => true,
+                // gc removed the pack the session knew: the chunk may live on in the pack gc
+                // copied it to, or be gone.
+                Some(Known::Packed(_)) => {
+                    if !refreshed {
+                        self.store.refresh_index()?;
+                        refreshed = true;
                     }
-                    _ => out.push(id),
+                    match self.store.locate(id) {
+                        Some(l) if !l.in_trash && exists(&l.pack) => {
+                            self.known
+                                .lock()
+                                .unwrap()
+                                .insert(*id, Known::Packed(l.pack));
+                            true
+                        }
+                        _ => false,
+                    }
                 }
+                None => false,
+            };
+            if !have {
+                out.push(*id);
             }
-            // Keep the order given.
-            let asked: HashMap<&ChunkId, usize> = ids.iter().zip(0..).collect();
-            out.sort_by_key(|id| asked[id]);
         }
         Ok(out)
     }

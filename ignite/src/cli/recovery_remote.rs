@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::remote::{segment, Remote};
@@ -52,11 +52,9 @@ pub fn restore(
 ) -> Result<()> {
     let (name, id) = split_capture(spec);
     let mut body = json!({ "snapshot": id });
+    // The server says what is missing or wrong (targets per disk, relative paths).
     match as_guest {
         Some(new) => body["as_guest"] = json!(new),
-        None if to.is_empty() => {
-            bail!("give --to DISK_OR_IMAGE (one per disk, the server's paths) or --as-guest NEW")
-        }
         None => body["to"] = json!(to),
     }
     instant_fields(&mut body, instant);
