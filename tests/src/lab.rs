@@ -179,7 +179,8 @@ impl Lab {
     ) -> String {
         self.add_tap("tap0");
         let child = Lab::cmd(&self.ns, "qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "512", "-display", "none"])
+            .args(crate::EMULATED_CPU)
+            .args(["-m", "512", "-display", "none"])
             .args(["-monitor", "none", "-no-reboot"])
             .args(args)
             .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::lab::{Lab, Server};
-use crate::{fixture, ignite_bin, run};
+use crate::{fixture, ignite_bin, run, strip_ansi, EMULATED_CPU};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -472,6 +472,15 @@ impl Guest {
         )
     }
 
+    /// The console line where a boot came to a dead end ([`DEAD_ENDS`]: it will not go on
+    /// by itself), if it has: a test waiting for this guest fails at once, with the console.
+    pub fn dead_end(&self) -> Option<String> {
+        let text = strip_ansi(&self.console());
+        text.lines()
+            .find(|l| DEAD_ENDS.iter().any(|d| l.contains(d)))
+            .map(str::to_string)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -480,6 +489,16 @@ impl Guest {
         self.child.try_wait().unwrap().is_some()
     }
 }
+
+/// What a console shows when a boot has stopped short of its system for good: a kernel
+/// panic, Debian's initramfs shell, systemd's emergency mode (its sulogin finding root
+/// locked). (The agent's own shell after a failed install is not one: it reports first.)
+const DEAD_ENDS: &[&str] = &[
+    "Kernel panic - not syncing",
+    "Dropping to a shell!",
+    "You are in emergency mode",
+    "Cannot open access to console, the root account is locked",
+];
 
 /// Disk `i` of a guest whose first disk is `first` (`g1.raw`, `g1-1.raw`, ...).
 fn disk_path(first: &Path, i: usize) -> PathBuf {
@@ -516,11 +535,8 @@ fn launch(
     cpus: u8,
 ) -> Child {
     let mut cmd = Lab::cmd(&lab.ns, "qemu-system-x86_64");
-    // RDRAND seeds the guest kernel's random pool at boot. Without it an emulated guest
-    // has no entropy source but interrupts: its crng took minutes to initialize on a
-    // busy host, and the agent's DHCP client (dhcproto draws a random xid for every
-    // message it builds) waited that long, past its 60 s timeout.
-    cmd.args(["-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "1024"])
+    cmd.args(EMULATED_CPU)
+        .args(["-m", "1024"])
         .args(["-smp", &cpus.to_string()])
         .args(["-display", "none", "-monitor", "none"])
         .args([

@@ -52,9 +52,8 @@ fn agent_initramfs_boots_debian_kernel_and_passes_its_selfcheck() {
 
     let serial = dir.path().join("serial.log");
     let mut child = Command::new("qemu-system-x86_64")
+        .args(EMULATED_CPU)
         .args([
-            "-accel",
-            "tcg",
             // A debug build of ignite is ~200 MB: unpacked in the initramfs it needs the room.
             "-m",
             "1024",

@@ -54,16 +54,15 @@ fn boot_and_restore(dir: &Path, iso: &Path, (firmware, fw): (Firmware, &str)) ->
         .unwrap();
     let serial = dir.join(format!("{fw}-serial.log"));
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-accel", "tcg", "-m", "1024", "-display", "none", "-monitor", "none",
-    ])
-    // The agent reboots when done: QEMU exits instead.
-    .args(["-no-reboot", "-nic", "none", "-boot", "d", "-cdrom"])
-    .arg(iso)
-    .arg("-drive")
-    .arg(format!("file={},if=virtio,format=raw", target.display()))
-    .arg("-serial")
-    .arg(format!("file:{}", serial.display()));
+    qemu.args(EMULATED_CPU)
+        .args(["-m", "1024", "-display", "none", "-monitor", "none"])
+        // The agent reboots when done: QEMU exits instead.
+        .args(["-no-reboot", "-nic", "none", "-boot", "d", "-cdrom"])
+        .arg(iso)
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", target.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()));
     if firmware == Firmware::Uefi {
         let vars = dir.join("ovmf-vars.fd");
         std::fs::copy(OVMF_VARS, &vars).unwrap();
