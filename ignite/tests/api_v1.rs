@@ -372,6 +372,19 @@ fn the_management_api_end_to_end() {
         "the served OpenAPI document differs from docs/openapi.json; regenerate it with \
          `cargo run -p ignite -- generate-docs --openapi docs/openapi.json`"
     );
+    // A path parameter is one the path names (a query struct left without
+    // `#[into_params(parameter_in = Query)]` comes out as a required path parameter).
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                assert!(
+                    p["in"] != "path" || path.contains(&format!("{{{name}}}")),
+                    "{method} {path}: `{name}` is not in the path; is it a query parameter?"
+                );
+            }
+        }
+    }
     assert!(doc["paths"]["/api/v1/clients/{client}/action"]["put"].is_object());
 
     let ev = events(&s);
@@ -1550,6 +1563,38 @@ fn recovery_and_prune_as_jobs() {
             "{args:?} through the server and locally"
         );
     }
+    // The record as an install profile, through the server as locally (or refused alike:
+    // the server's reason is the last line of the local error).
+    for args in [
+        vec!["recovery", "show", "gr", "--profile"],
+        vec!["recovery", "show", "gr", "--profile", "--archive", "golden"],
+    ] {
+        let (via, here) = (s.ignite(&args, &remote), s.ignite(&args, &[]));
+        assert_eq!(
+            (via.0, &via.1),
+            (here.0, &here.1),
+            "{args:?}: {}{}",
+            via.2,
+            here.2
+        );
+        if !via.0 {
+            let why = here
+                .2
+                .trim()
+                .lines()
+                .last()
+                .unwrap()
+                .trim_start_matches("Error: ");
+            assert!(
+                via.2.contains(why),
+                "{args:?}: through the server {}, locally {}",
+                via.2,
+                here.2
+            );
+        }
+    }
+    let (ok, _, err) = s.ignite(&["recovery", "show", "nope", "--profile"], &remote);
+    assert!(!ok && err.contains("nope"), "{err}");
     let (ok, _, err) = s.ignite(&["recovery", "show", "nope"], &remote);
     assert!(!ok && err.contains("nope"), "{err}");
     let (ok, _, err) = s.ignite(&["recovery", "check", "nope"], &remote);
@@ -1691,6 +1736,19 @@ fn recovery_and_prune_as_jobs() {
         (job["state"].as_str(), gone(&job), count()),
         (Some("done"), 1, 1),
         "{job}"
+    );
+    // gc through the server frees what the prunes left unneeded; a local gc then finds
+    // nothing more.
+    let (ok, out, err) = s.ignite(&["archive", "gc"], &remote);
+    assert!(ok && out.starts_with("gc: "), "{out}{err}");
+    assert!(!out.contains("; 0 chunks removed"), "{out}");
+    let (ok, out, err) = s.ignite(&["archive", "gc", "--json"], &[]);
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (r["chunks_removed"].as_u64(), r["packs_deleted"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
     );
 }
 

@@ -128,6 +128,8 @@ enum Cmd {
     Gc {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ServerOpts,
     },
     /// Sizes, deduplication and compression of the whole store.
     Stats {
@@ -601,9 +603,15 @@ pub fn run(args: Args) -> Result<()> {
                 decisions.len()
             );
         }
-        Cmd::Gc { json } => {
-            let store = open(&args.store)?;
-            let r = ignite_archive::gc::gc(&store)?;
+        Cmd::Gc { json, api } => {
+            let r: ignite_archive::gc::GcReport =
+                match api.remote_if_asked(&remote::default_state_dir())? {
+                    Some(r) => {
+                        let job: JobRef = r.call("POST", "/api/v1/archives/gc", None)?;
+                        serde_json::from_value(r.wait_job(job.job)?)?
+                    }
+                    None => ignite_archive::gc::gc(&open(&args.store)?)?,
+                };
             if json {
                 return print_json(&r);
             }

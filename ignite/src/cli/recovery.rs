@@ -392,10 +392,27 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             api,
             ..
         } => {
-            if api.server.is_some() {
-                anyhow::bail!("--profile reads the store where it is: run it on the server host");
-            }
-            show_profile(&store_dir, &capture, archive)
+            let text = match api.remote_if_asked(&a.state_dir)? {
+                Some(remote) => {
+                    let (name, id) = recovery_remote::split_capture(&capture);
+                    let mut q = Vec::new();
+                    for (k, v) in [("snapshot", id), ("archive", archive.as_deref())] {
+                        if let Some(v) = v {
+                            q.push(format!("{k}={}", segment(v)));
+                        }
+                    }
+                    let path =
+                        format!("/api/v1/recovery/{}/profile?{}", segment(name), q.join("&"));
+                    let p: ShownProfile = remote.get(&path)?;
+                    p.profile
+                }
+                None => {
+                    let (m, r) = Record::load(&Store::open(&store_dir)?, &capture)?;
+                    ignite_recovery::capture::as_profile::profile_for(&m, &r, archive.as_deref())?
+                }
+            };
+            print!("{text}");
+            Ok(())
         }
         Cmd::Show {
             capture, json, api, ..
@@ -986,21 +1003,10 @@ fn print_captures(rows: Vec<CaptureRow>, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn show_profile(store_dir: &Path, spec: &str, archive: Option<String>) -> Result<()> {
-    use ignite_recovery::capture::{as_profile::profile_toml, record::files_snapshot_name};
-    let store = Store::open(store_dir)?;
-    let (m, r) = Record::load(&store, spec)?;
-    let archive = match (archive, &r.files) {
-        (Some(a), _) => a,
-        (None, Some(f)) => format!("{}@{}", files_snapshot_name(&r.name), f.snapshot),
-        (None, None) => anyhow::bail!(
-            "{}@{} is a block capture: it holds disks, not a file tree to install; name one with --archive NAME",
-            r.name,
-            short(&m.id)
-        ),
-    };
-    print!("{}", profile_toml(&r, &archive)?);
-    Ok(())
+/// A capture as an install profile, as `GET /api/v1/recovery/{name}/profile` gives it.
+#[derive(serde::Deserialize)]
+struct ShownProfile {
+    profile: String,
 }
 
 /// A capture as `GET /api/v1/recovery/{name}` gives it.

@@ -9,8 +9,25 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, Result};
 
+use ignite_archive::Manifest;
+
 use super::layout::{PartitionLayout, Table};
-use super::record::Record;
+use super::record::{files_snapshot_name, short, Record};
+
+/// The profile text (TOML) for the capture `m` (`rec`), installing `archive`, or by default
+/// a files capture's own tree; a block capture needs an archive named.
+pub fn profile_for(m: &Manifest, rec: &Record, archive: Option<&str>) -> Result<String> {
+    let archive = match (archive, &rec.files) {
+        (Some(a), _) => a.to_string(),
+        (None, Some(f)) => format!("{}@{}", files_snapshot_name(&rec.name), f.snapshot),
+        (None, None) => bail!(
+            "{}@{} is a block capture: it holds disks, not a file tree to install; name one with --archive NAME",
+            rec.name,
+            short(&m.id)
+        ),
+    };
+    profile_toml(rec, &archive)
+}
 
 /// The profile text (TOML) for `rec`, installing `archive`.
 pub fn profile_toml(rec: &Record, archive: &str) -> Result<String> {

@@ -439,3 +439,27 @@ pub async fn prune_route(
     });
     Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
 }
+
+/// Free what no snapshot needs (a job)
+///
+/// As `ignite archive gc`: packs whose chunks no snapshot names are deleted, packs mostly
+/// unneeded are repacked; the job's result is the report
+/// (`{packs_before, packs_deleted, packs_repacked, packs_rescued, chunks_removed, bytes_freed}`).
+#[utoipa::path(operation_id = "archive_gc", post, path = "/api/v1/archives/gc", tag = "archives",
+    responses((status = 202, description = "started; follow GET /api/v1/jobs/{job}", body = JobRef),
+        (status = 404, body = ErrorBody)))]
+pub async fn gc_route(State(api): Ctx) -> V1Result<(StatusCode, Json<JobRef>)> {
+    let dir = api.store_dir.clone();
+    let store = blocking(move || open(&dir)).await?;
+    let job = api.jobs.spawn("archive gc", move |h| {
+        h.progress(0, Some(1));
+        let r = ignite_archive::gc::gc(&store)?;
+        h.log(format!(
+            "{} of {} packs deleted, {} repacked; {} chunks removed",
+            r.packs_deleted, r.packs_before, r.packs_repacked, r.chunks_removed
+        ));
+        h.progress(1, Some(1));
+        Ok(serde_json::to_value(&r)?)
+    });
+    Ok((StatusCode::ACCEPTED, Json(JobRef { job })))
+}

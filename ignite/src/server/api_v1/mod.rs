@@ -141,6 +141,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/archives/verify", post(archives::verify))
         .route("/api/v1/archives/import", post(archives::import))
         .route("/api/v1/archives/prune", post(archives::prune_route))
+        .route("/api/v1/archives/gc", post(archives::gc_route))
         .route("/api/v1/archives/{snapshot}", get(archives::show))
         .route("/api/v1/profiles", get(profiles::list))
         .route("/api/v1/profiles/check", post(profiles::check_posted))
@@ -172,6 +173,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/recovery", get(recovery::history))
         .route("/api/v1/recovery/{name}", get(recovery::record))
         .route("/api/v1/recovery/{name}/diff", get(recovery::diff))
+        .route("/api/v1/recovery/{name}/profile", get(recovery::profile))
         .route("/api/v1/recovery/{name}/check", get(recovery::check))
         .route("/api/v1/recovery/{name}/capture", post(recovery::capture))
         .route("/api/v1/recovery/{name}/restore", post(recovery::restore))
@@ -290,11 +292,11 @@ impl Modify for BearerToken {
         health, list_jobs, job, events::stream,
         clients::list, clients::add, clients::show, clients::set_action, clients::remove, clients::log,
         clients::default_action, clients::set_default_action,
-        archives::list, archives::stats, archives::diff, archives::verify, archives::import, archives::show, archives::prune_route,
+        archives::list, archives::stats, archives::diff, archives::verify, archives::import, archives::show, archives::prune_route, archives::gc_route,
         profiles::list, profiles::show, profiles::check_posted, profiles::render,
         netboot::boot_log, netboot::leases, recovery::schedules, recovery::set_schedule, recovery::remove_schedule,
         guests::list, guests::show, guests::start, guests::stop, guests::console,
-        recovery::history, recovery::record, recovery::diff, recovery::check, recovery::capture, recovery::restore, recovery::clone, recovery::prune,
+        recovery::history, recovery::record, recovery::profile, recovery::diff, recovery::check, recovery::capture, recovery::restore, recovery::clone, recovery::prune,
         guests::create_route, guests::remove, media::insert_route, media::eject_route,
     ),
     components(schemas(ErrorBody, Health, Job, jobs::JobRef, events::Event, guests::ConsoleTail, clients::DefaultAction,

@@ -410,6 +410,7 @@ pub async fn prune(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Only the captures of this guest or client.
     pub name: Option<String>,
@@ -430,6 +431,7 @@ pub async fn history(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecordQuery {
     /// A capture id (prefix) of the guest's (default: the latest).
     pub snapshot: Option<String>,
@@ -453,6 +455,41 @@ pub async fn record(
         let (m, r) =
             Record::load(&store, &spec).map_err(|e| V1Error::not_found(format!("{e:#}")))?;
         Ok(Json(serde_json::json!({"snapshot": m, "record": r})))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProfileQuery {
+    /// A capture id (prefix) of the guest's (default: the latest).
+    pub snapshot: Option<String>,
+    /// The archive the profile installs (default for a files capture: its own tree; a block
+    /// capture needs one).
+    pub archive: Option<String>,
+}
+
+/// A capture as an install profile
+///
+/// The recorded disk layout, file systems, boot loader, firmware and hostname as profile
+/// text (TOML), installing `archive`; as `ignite recovery show NAME --profile`.
+#[utoipa::path(operation_id = "recovery_profile", get, path = "/api/v1/recovery/{name}/profile", tag = "recovery",
+    params(("name" = String, Path, description = "the captured guest or client"), ProfileQuery),
+    responses((status = 200, description = "`{profile: TOML text}`", body = Object),
+        (status = 404, description = "no such capture", body = ErrorBody),
+        (status = 422, description = "a block capture and no archive named, or a layout profiles cannot write", body = ErrorBody)))]
+pub async fn profile(
+    State(api): Ctx,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<ProfileQuery>,
+) -> V1Result<Json<serde_json::Value>> {
+    blocking(move || {
+        let (spec, store) = capture_spec(&api, &name, q.snapshot.as_deref())?;
+        let (m, r) =
+            Record::load(&store, &spec).map_err(|e| V1Error::not_found(format!("{e:#}")))?;
+        let text = ignite_recovery::capture::as_profile::profile_for(&m, &r, q.archive.as_deref())
+            .map_err(|e| V1Error::invalid(format!("{e:#}")))?;
+        Ok(Json(serde_json::json!({ "profile": text })))
     })
     .await
 }
@@ -545,6 +582,7 @@ pub async fn remove_schedule(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DiffQuery {
     /// The older capture: an id (prefix) or NAME@ID (default: the one before the latest).
     pub a: Option<String>,
