@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::lab::{Lab, Server};
-use crate::{fixture, ignite_bin, run, strip_ansi, EMULATED_CPU};
+use crate::{fixture, ignite_bin, run, strip_ansi, tail, EMULATED_CPU};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -488,6 +488,22 @@ impl Guest {
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
     }
+}
+
+/// The end of each guest's console, headed by its name: what a test that waited for them in
+/// vain shows.
+pub fn console_tails<'a>(guests: impl IntoIterator<Item = &'a Guest>) -> String {
+    let tails: Vec<String> = guests
+        .into_iter()
+        .map(|g| {
+            format!(
+                "--- {} console (tail):\n{}",
+                g.name,
+                tail(&strip_ansi(&g.console()), 40)
+            )
+        })
+        .collect();
+    tails.join("\n")
 }
 
 /// What a console shows when a boot has stopped short of its system for good: a kernel

@@ -560,21 +560,13 @@ fn a_matrix_of_machines_installs_at_once_and_failures_show_in_client_show() {
             .collect();
         if t.elapsed() >= limit {
             // What each machine still on its way shows last.
-            let waiting: Vec<String> = guests
+            let waiting = guests
                 .iter()
                 .filter(|g| g.firstboot().is_none())
-                .chain(raid_guests.iter().map(|(g, _)| g))
-                .map(|g| {
-                    format!(
-                        "--- {} console (tail):\n{}",
-                        g.name,
-                        tail(&strip_ansi(&g.console()), 40)
-                    )
-                })
-                .collect();
+                .chain(raid_guests.iter().map(|(g, _)| g));
             panic!(
                 "not every guest came up within {limit:?} (the RAID machines: {steps:?}):\n{}\n{}",
-                waiting.join("\n"),
+                console_tails(waiting),
                 context()
             );
         }

@@ -216,21 +216,10 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
             }
         }
         if t.elapsed() >= limit {
-            let waiting: Vec<String> = guests
-                .iter()
-                .filter(|g| g.firstboot().is_none())
-                .map(|g| {
-                    format!(
-                        "--- {} console (tail):\n{}",
-                        g.name,
-                        tail(&strip_ansi(&g.console()), 40)
-                    )
-                })
-                .collect();
             panic!(
                 "not every guest came up within {limit:?}:\n{}\n{}\n--- server log:\n{}",
                 site.ignite(&["client", "list"]),
-                waiting.join("\n"),
+                console_tails(guests.iter().filter(|g| g.firstboot().is_none())),
                 server.log_text()
             );
         }
