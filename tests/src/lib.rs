@@ -24,8 +24,9 @@ pub use lab::{fetch_boot_files, Lab, Server, SERVER_IP};
 /// pace for one guest on a quiet core) and runs with the host's only while the guest idles.
 /// Without it a guest starved by a busy host (ten emulated guests beside a build on two
 /// cores) sees its own timeouts expire: systemd's 90 s wait for a disk dropped installed
-/// systems into emergency mode. A Debian boot costs about a quarter more CPU this way
-/// (56.6 s to 70.1 s alone on a core). RDRAND seeds the guest kernel's random pool at boot:
+/// systems into emergency mode. It costs CPU: a Debian boot 11% more (77 to 86 CPU
+/// seconds), capture_net's four tests 40% more (318 to 474: its guests move hundreds of
+/// megabytes over their NICs, and QEMU's own system time doubled). RDRAND seeds the guest kernel's random pool at boot:
 /// without an entropy source but interrupts its crng took minutes to initialize on a busy
 /// host, and anything asking for random bytes early (a DHCP client's xid) waited that long.
 pub const EMULATED_CPU: [&str; 6] = [
