@@ -1563,35 +1563,48 @@ fn recovery_and_prune_as_jobs() {
             "{args:?} through the server and locally"
         );
     }
-    // The record as an install profile, through the server as locally (or refused alike:
-    // the server's reason is the last line of the local error).
-    for args in [
-        vec!["recovery", "show", "gr", "--profile"],
-        vec!["recovery", "show", "gr", "--profile", "--archive", "golden"],
-    ] {
-        let (via, here) = (s.ignite(&args, &remote), s.ignite(&args, &[]));
+    // The record as an install profile, through the server as locally: a capture of a disk
+    // with a GPT and an ext4 partition renders with the archive named; a block capture with
+    // none named is refused alike (the server's reason is the last line of the local error).
+    if ignite_e2e::require_tools(&["sgdisk", "mkfs.ext4"]) {
+        s.ok(&[
+            "vm", "create", "gp", "--mem", "64M", "--disk", "8M", "--engine", "bundled",
+        ]);
+        let disk = s.state().join("guests/gp/disk0.img");
+        ignite_e2e::run(
+            Command::new("sgdisk")
+                .args(["-n", "1:2048:0", "-t", "1:8300"])
+                .arg(&disk),
+        );
+        ignite_e2e::run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-E", "offset=1048576,nodiscard"])
+                .arg(&disk)
+                .arg("6M"),
+        );
+        s.ok(&["recovery", "capture", "gp"]);
+        let args = ["recovery", "show", "gp", "--profile", "--archive", "golden"];
+        let via = s.ignite(&args, &remote);
+        assert!(
+            via.0 && via.1.contains("archive = \"golden\"") && via.1.contains("fs = \"ext4\""),
+            "{via:?}"
+        );
         assert_eq!(
-            (via.0, &via.1),
-            (here.0, &here.1),
-            "{args:?}: {}{}",
+            via,
+            s.ignite(&args, &[]),
+            "{args:?} through the server and locally"
+        );
+        let args = ["recovery", "show", "gp", "--profile"];
+        let (via, here) = (s.ignite(&args, &remote), s.ignite(&args, &[]));
+        assert!(!via.0 && !here.0 && via.1.is_empty(), "{via:?}");
+        let why = here.2.trim().lines().last().unwrap();
+        let why = why.trim_start_matches("ignite: ");
+        assert!(
+            why.contains("is a block capture") && via.2.contains(why),
+            "through the server {}, locally {}",
             via.2,
             here.2
         );
-        if !via.0 {
-            let why = here
-                .2
-                .trim()
-                .lines()
-                .last()
-                .unwrap()
-                .trim_start_matches("Error: ");
-            assert!(
-                via.2.contains(why),
-                "{args:?}: through the server {}, locally {}",
-                via.2,
-                here.2
-            );
-        }
     }
     let (ok, _, err) = s.ignite(&["recovery", "show", "nope", "--profile"], &remote);
     assert!(!ok && err.contains("nope"), "{err}");

@@ -26,9 +26,10 @@ pub use lab::{fetch_boot_files, Lab, Server, SERVER_IP};
 /// cores) sees its own timeouts expire: systemd's 90 s wait for a disk dropped installed
 /// systems into emergency mode. It costs CPU: a Debian boot 11% more (77 to 86 CPU
 /// seconds), capture_net's four tests 40% more (318 to 474: its guests move hundreds of
-/// megabytes over their NICs, and QEMU's own system time doubled). RDRAND seeds the guest kernel's random pool at boot:
-/// without an entropy source but interrupts its crng took minutes to initialize on a busy
-/// host, and anything asking for random bytes early (a DHCP client's xid) waited that long.
+/// megabytes over their NICs, and QEMU's own system time doubled). RDRAND seeds the guest
+/// kernel's random pool at boot: without an entropy source but interrupts its crng took
+/// minutes to initialize on a busy host, and anything asking for random bytes early (a DHCP
+/// client's xid) waited that long.
 pub const EMULATED_CPU: [&str; 6] = [
     "-accel",
     "tcg",

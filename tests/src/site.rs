@@ -472,13 +472,17 @@ impl Guest {
         )
     }
 
-    /// The console line where a boot came to a dead end ([`DEAD_ENDS`]: it will not go on
-    /// by itself), if it has: a test waiting for this guest fails at once, with the console.
-    pub fn dead_end(&self) -> Option<String> {
+    /// How the guest stopped short of what a test waits for, if it has: it exited, or its
+    /// console came to a dead end ([`DEAD_ENDS`]: it will not go on by itself). A test
+    /// waiting for the guest then fails at once, with the console.
+    pub fn stopped_short(&mut self) -> Option<String> {
+        if self.exited() {
+            return Some("stopped".into());
+        }
         let text = strip_ansi(&self.console());
         text.lines()
             .find(|l| DEAD_ENDS.iter().any(|d| l.contains(d)))
-            .map(str::to_string)
+            .map(|l| format!("came to a dead end ({l})"))
     }
 
     pub fn pid(&self) -> u32 {

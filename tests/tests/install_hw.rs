@@ -196,11 +196,7 @@ fn raid_progress(
     site: &Site,
     context: &dyn Fn() -> String,
 ) -> RaidStep {
-    let stopped = |guest: &Guest, what: &str| -> ! {
-        let how = match guest.dead_end() {
-            Some(l) => format!("came to a dead end ({l})"),
-            None => "stopped".into(),
-        };
+    let stopped = |guest: &Guest, how: String, what: &str| -> ! {
         panic!(
             "the RAID machine {} {how} before its {what} boot reported:\n{}\n{}",
             r.name,
@@ -220,8 +216,10 @@ fn raid_progress(
                 assert!(text.contains(&done), "{text}");
                 RaidStep::PoweringOff
             }
-            None if guest.exited() || guest.dead_end().is_some() => stopped(guest, "first"),
-            None => at,
+            None => match guest.stopped_short() {
+                Some(how) => stopped(guest, how, "first"),
+                None => at,
+            },
         },
         RaidStep::PoweringOff if guest.exited() => {
             if r.fw == Firmware::Bios {
@@ -239,8 +237,10 @@ fn raid_progress(
                 assert_raid_boot(r, &id, &["sda"]);
                 RaidStep::Done
             }
-            None if guest.exited() || guest.dead_end().is_some() => stopped(guest, "degraded"),
-            None => at,
+            None => match guest.stopped_short() {
+                Some(how) => stopped(guest, how, "degraded"),
+                None => at,
+            },
         },
         RaidStep::PoweringOff | RaidStep::Done => at,
     }
@@ -543,9 +543,9 @@ fn a_matrix_of_machines_installs_at_once_and_failures_show_in_client_show() {
             *at = raid_progress(*at, r, g, &lab, &site, &context);
         }
         for (g, c) in guests.iter_mut().zip(&cases) {
-            if (g.exited() || g.dead_end().is_some()) && g.firstboot().is_none() {
+            if let (Some(how), None) = (g.stopped_short(), g.firstboot()) {
                 panic!(
-                    "{} ({}) stopped or came to a dead end before its installed system reported:\n{}\n{}",
+                    "{} ({}) {how} before its installed system reported:\n{}\n{}",
                     c.name,
                     g.name,
                     tail(&strip_ansi(&g.console()), 60),

@@ -200,12 +200,7 @@ fn four_guests_bios_and_uefi_install_at_once_and_boot_their_own_disks() {
     let limit = Duration::from_secs(3000);
     while guests.iter().any(|g| g.firstboot().is_none()) {
         for g in &mut guests {
-            let stopped = if g.exited() {
-                Some("stopped".to_string())
-            } else {
-                g.dead_end().map(|l| format!("came to a dead end ({l})"))
-            };
-            if let (Some(how), None) = (stopped, g.firstboot()) {
+            if let (Some(how), None) = (g.stopped_short(), g.firstboot()) {
                 panic!(
                     "guest {} {how} before its installed system reported:\n{}\n--- clients:\n{}\n--- server log:\n{}",
                     g.name,

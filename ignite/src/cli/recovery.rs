@@ -13,7 +13,7 @@ use ignite_recovery::capture::record::{short, Record};
 
 use crate::cli::progress::with_progress;
 use crate::cli::recovery_remote;
-use crate::cli::remote::{segment, ServerOpts};
+use crate::cli::remote::{query, segment, ServerOpts};
 use crate::guests::capture::capture_guest;
 use crate::guests::control::Pending;
 use crate::guests::instant;
@@ -395,15 +395,9 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             let text = match api.remote_if_asked(&a.state_dir)? {
                 Some(remote) => {
                     let (name, id) = recovery_remote::split_capture(&capture);
-                    let mut q = Vec::new();
-                    for (k, v) in [("snapshot", id), ("archive", archive.as_deref())] {
-                        if let Some(v) = v {
-                            q.push(format!("{k}={}", segment(v)));
-                        }
-                    }
-                    let path =
-                        format!("/api/v1/recovery/{}/profile?{}", segment(name), q.join("&"));
-                    let p: ShownProfile = remote.get(&path)?;
+                    let q = query(&[("snapshot", id), ("archive", archive.as_deref())]);
+                    let p: ShownProfile =
+                        remote.get(&format!("/api/v1/recovery/{}/profile{q}", segment(name)))?;
                     p.profile
                 }
                 None => {
@@ -420,15 +414,9 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
             let (m, r) = match api.remote_if_asked(&a.state_dir)? {
                 Some(remote) => {
                     let (name, id) = recovery_remote::split_capture(&capture);
-                    let path = match id {
-                        Some(id) => format!(
-                            "/api/v1/recovery/{}?snapshot={}",
-                            segment(name),
-                            segment(id)
-                        ),
-                        None => format!("/api/v1/recovery/{}", segment(name)),
-                    };
-                    let v: ShownRecord = remote.get(&path)?;
+                    let q = query(&[("snapshot", id)]);
+                    let v: ShownRecord =
+                        remote.get(&format!("/api/v1/recovery/{}{q}", segment(name)))?;
                     (v.snapshot, v.record)
                 }
                 None => Record::load(&Store::open(&store_dir)?, &capture)?,
@@ -446,14 +434,9 @@ pub fn run(a: RecoveryArgs) -> Result<()> {
         } => {
             let compared = match api.remote_if_asked(&a.state_dir)? {
                 Some(r) => {
-                    let mut q = Vec::new();
-                    for (k, v) in [("a", &from), ("b", &to)] {
-                        if let Some(v) = v {
-                            q.push(format!("{k}={}", segment(v)));
-                        }
-                    }
-                    let path = format!("/api/v1/recovery/{}/diff?{}", segment(&name), q.join("&"));
-                    let s: ShownDiff = r.get(&path)?;
+                    let q = query(&[("a", from.as_deref()), ("b", to.as_deref())]);
+                    let s: ShownDiff =
+                        r.get(&format!("/api/v1/recovery/{}/diff{q}", segment(&name)))?;
                     (s.from, s.to, s.diff)
                 }
                 None => {

@@ -337,6 +337,19 @@ pub fn default_state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/ignite"))
 }
 
+/// A URL's query for the `pairs` that have a value: `?k=v&...` (values as [`segment`]s), or
+/// nothing when none has.
+pub fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let set: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", segment(v))))
+        .collect();
+    match set.is_empty() {
+        true => String::new(),
+        false => format!("?{}", set.join("&")),
+    }
+}
+
 /// `s` as one path segment of a URL (names and MACs carry `:`, snapshots `@`).
 pub fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -371,5 +384,14 @@ mod tests {
         assert_eq!(super::segment("web1"), "web1");
         assert_eq!(super::segment("52:54:00:aa"), "52%3A54%3A00%3Aaa");
         assert_eq!(super::segment("a/b c@latest?x"), "a%2Fb%20c%40latest%3Fx");
+    }
+
+    #[test]
+    fn a_query_holds_the_pairs_that_have_values() {
+        assert_eq!(super::query(&[("a", None)]), "");
+        assert_eq!(
+            super::query(&[("a", None), ("b", Some("x@1")), ("c", Some("y"))]),
+            "?b=x%401&c=y"
+        );
     }
 }

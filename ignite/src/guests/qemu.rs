@@ -29,10 +29,10 @@ pub const OVMF_IPV4_ONLY: [&str; 2] = ["-fw_cfg", "name=opt/org.tianocore/IPv6Su
 /// ran (8 ns each, about the host's pace for one guest on a quiet core) and follows the
 /// host's only while the guest idles, so a guest a busy host starves does not see its own
 /// timeouts expire (systemd's 90 s wait for a disk dropped starved emulated guests into
-/// emergency mode); it costs CPU: 11% for a Debian boot, 40% for an emulated guest busy on
-/// its NIC (measured with the tests' guests). RDRAND: without it the default CPU leaves a guest kernel to
-/// seed its random pool from interrupts alone, which took minutes on a busy host, and
-/// anything asking for random bytes early (a DHCP client's transaction id) waited that long.
+/// emergency mode); it costs CPU: 11% for a Debian boot, 40% for a guest busy on its NIC
+/// (measured with the tests' guests). RDRAND: without it the default CPU leaves a guest
+/// kernel to seed its random pool from interrupts alone, which took minutes on a busy host,
+/// and anything asking for random bytes early (a DHCP client's transaction id) waited.
 const TCG: [&str; 6] = [
     "-accel",
     "tcg",
